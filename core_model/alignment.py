@@ -1,0 +1,264 @@
+"""Align a user's AnnData to the model's gene vocabulary.
+
+The steps: pick the matrix (X, a layer or raw), detect its value type and bring it to a linear
+scale, map gene names to human symbols (Ensembl ids, mouse orthologs, renamed aliases), and sum
+the columns that land on the same vocabulary gene. Vocabulary genes the input lacks stay zero.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import anndata
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from .errors import GeneOverlapError, InvalidValuesError, LabelKeyError
+from .genes import detect_gene_id_type, detect_species, to_human_symbols
+from .io import select_matrix
+from .values import detect_value_type, to_count_scale
+
+logger = logging.getLogger(__name__)
+
+# var columns that commonly hold symbols when var_names are Ensembl ids (10x, CELLxGENE, scanpy).
+SYMBOL_COLUMNS: tuple[str, ...] = (
+    "gene_symbols", "gene_symbol", "feature_name", "gene_name", "gene_names", "symbol", "symbols",
+    "gene_ids_symbol", "name",
+)
+_N_EXAMPLES = 10
+
+
+@dataclass(frozen=True)
+class AlignmentReport:
+    """How well an input matched the vocabulary, and what was done to it."""
+
+    n_vocab: int
+    n_input_genes: int
+    n_matched: int
+    matched_fraction: float  # of the vocabulary
+    input_matched_fraction: float  # of the input genes
+    id_type: str
+    species: str
+    value_type: dict[str, Any]
+    missing_examples: tuple[str, ...]
+    unmatched_input_examples: tuple[str, ...]
+    notes: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready dictionary."""
+        return {
+            "n_vocab": self.n_vocab,
+            "n_input_genes": self.n_input_genes,
+            "n_matched": self.n_matched,
+            "matched_fraction": self.matched_fraction,
+            "input_matched_fraction": self.input_matched_fraction,
+            "id_type": self.id_type,
+            "species": self.species,
+            "value_type": dict(self.value_type),
+            "missing_examples": list(self.missing_examples),
+            "unmatched_input_examples": list(self.unmatched_input_examples),
+            "notes": list(self.notes),
+        }
+
+    def summary(self) -> str:
+        """A few human-readable lines."""
+        vt = self.value_type
+        kind = str(vt.get("kind"))
+        if vt.get("log_base") is not None:
+            base = vt["log_base"]
+            kind += f" (base {'e' if abs(base - np.e) < 1e-9 else f'{base:g}'})"
+        if vt.get("assumed"):
+            kind += ", assumed"
+        ids = "Ensembl ids" if self.id_type == "ensembl" else "gene symbols"
+        lines = [
+            f"Matched {self.n_matched:,} of {self.n_vocab:,} vocabulary genes "
+            f"({100 * self.matched_fraction:.1f}%) from {self.n_input_genes:,} input genes "
+            f"({100 * self.input_matched_fraction:.1f}% of them used).",
+            f"Input: {self.species} {ids}; values: {kind}.",
+        ]
+        if self.missing_examples:
+            lines.append("Missing vocabulary genes, e.g.: " + ", ".join(self.missing_examples))
+        if self.unmatched_input_examples:
+            lines.append("Unused input genes, e.g.: " + ", ".join(self.unmatched_input_examples))
+        lines.extend(f"Note: {note}" for note in self.notes)
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class AlignedData:
+    """The input on the vocabulary's genes.
+
+    Attributes
+    ----------
+    X
+        cells x len(vocab), float32 CSR on a linear scale (see ``values.to_count_scale``);
+        zero where the input lacks a vocabulary gene.
+    obs_names
+        Cell names, in input order.
+    report
+        What matched and what was done.
+    """
+
+    X: sp.csr_matrix
+    obs_names: list[str]
+    report: AlignmentReport
+
+
+def _var_frame(adata: anndata.AnnData, use_raw: bool) -> pd.DataFrame:
+    return adata.raw.var if use_raw and adata.raw is not None else adata.var
+
+
+def _gene_names(
+    var: pd.DataFrame, var_names: list[str], gene_key: str | None
+) -> tuple[list[str], list[str] | None, list[str]]:
+    """Return (names to map, fallback symbols or None, notes)."""
+    if gene_key is not None:
+        if gene_key not in var.columns:
+            available = ", ".join(repr(str(c)) for c in var.columns) or "none"
+            raise LabelKeyError(
+                f"var has no column {gene_key!r} (gene_key); available var columns: {available}. "
+                "Omit gene_key to use var_names"
+            )
+        return [str(v) for v in var[gene_key].astype(object).tolist()], None, [
+            f"gene names taken from var[{gene_key!r}]"
+        ]
+    if detect_gene_id_type(var_names) == "ensembl":
+        for column in SYMBOL_COLUMNS:
+            if column in var.columns:
+                fallback = [str(v) for v in var[column].astype(object).tolist()]
+                note = f"Ensembl ids the table lacks were named from var[{column!r}]"
+                return var_names, fallback, [note]
+    return var_names, None, []
+
+
+def align_to_vocab(
+    adata: anndata.AnnData,
+    vocab: Sequence[str],
+    *,
+    layer: str | None = None,
+    use_raw: bool = False,
+    gene_key: str | None = None,
+    species: str | None = None,
+    min_genes: int = 100,
+) -> AlignedData:
+    """Put an AnnData's expression on the model's gene vocabulary.
+
+    Parameters
+    ----------
+    adata
+        Input cells (never modified).
+    vocab
+        The model's genes, human symbols, without duplicates.
+    layer, use_raw
+        Which matrix to use (see :func:`instructcell_agent.core_model.io.select_matrix`).
+    gene_key
+        A var column with gene names to use instead of var_names. Without it, Ensembl
+        var_names are mapped through the shipped table, and a symbol column such as
+        ``"gene_symbols"`` or ``"feature_name"`` names the ids the table lacks.
+    species
+        ``"human"`` or ``"mouse"``; detected from the gene names when None.
+    min_genes
+        Refuse when fewer vocabulary genes than this (or than the whole vocabulary, if it is
+        smaller) are matched.
+
+    Returns
+    -------
+    AlignedData
+
+    Raises
+    ------
+    InvalidValuesError
+        No cells, or values negative / non-finite.
+    GeneOverlapError
+        Too few vocabulary genes matched.
+    LabelKeyError
+        ``gene_key`` is not a var column.
+    InputFileError
+        The layer or raw matrix is missing.
+    """
+    vocab = [str(g) for g in vocab]
+    vocab_index = {g: i for i, g in enumerate(vocab)}
+    if len(vocab_index) != len(vocab):
+        raise ValueError("the vocabulary has duplicate genes")
+    if adata.n_obs == 0:
+        raise InvalidValuesError("the input has no cells (0 observations); nothing to align")
+
+    X, var_names = select_matrix(adata, layer=layer, use_raw=use_raw)
+    names, fallback, notes = _gene_names(_var_frame(adata, use_raw), var_names, gene_key)
+    if X.shape[1] != len(names):
+        raise InvalidValuesError(
+            f"the matrix has {X.shape[1]:,} columns but {len(names):,} gene names"
+        )
+
+    value_report = detect_value_type(X)
+    id_type = detect_gene_id_type(names)
+    symbols, info = to_human_symbols(names, species=species, id_type=id_type)
+    notes.extend(info.notes)
+    if fallback is not None:
+        symbols = [s if s is not None else (f or None) for s, f in zip(symbols, fallback)]
+
+    # A human symbol that is itself in the vocabulary wins over its alias renaming: the model
+    # was trained on that name.
+    direct = id_type == "symbol" and info.species == "human"
+    targets = np.full(len(names), -1, dtype=np.int64)
+    for i, (name, symbol) in enumerate(zip(names, symbols)):
+        if direct and name in vocab_index:
+            targets[i] = vocab_index[name]
+        elif symbol is not None and symbol in vocab_index:
+            targets[i] = vocab_index[symbol]
+
+    used = np.flatnonzero(targets >= 0)
+    matched = np.unique(targets[used])
+    n_matched = int(matched.size)
+    n_dup = int(used.size - n_matched)
+    if n_dup:
+        notes.append(
+            f"{n_dup:,} input genes shared a vocabulary gene with another; their values were summed"
+        )
+    if value_report.assumed:
+        notes.append(value_report.note)
+
+    matched_set = set(matched.tolist())
+    missing = tuple(g for i, g in enumerate(vocab) if i not in matched_set)[:_N_EXAMPLES]
+    unmatched_input = tuple(names[i] for i in np.flatnonzero(targets < 0)[:_N_EXAMPLES])
+    report = AlignmentReport(
+        n_vocab=len(vocab),
+        n_input_genes=len(names),
+        n_matched=n_matched,
+        matched_fraction=n_matched / len(vocab) if vocab else 0.0,
+        input_matched_fraction=used.size / len(names) if names else 0.0,
+        id_type=id_type,
+        species=info.species,
+        value_type=value_report.to_dict(),
+        missing_examples=missing,
+        unmatched_input_examples=unmatched_input,
+        notes=tuple(notes),
+    )
+
+    needed = min(min_genes, len(vocab))
+    if n_matched < needed:
+        examples = ", ".join(names[:5]) or "none"
+        raise GeneOverlapError(
+            f"only {n_matched:,} of {len(vocab):,} vocabulary genes matched the input's "
+            f"{len(names):,} genes (at least {needed:,} needed). Input genes look like "
+            f"{info.species} {id_type} (e.g. {examples}). Pass gene_key naming a var column of "
+            "gene symbols, use human symbols or Ensembl ids, or set species='mouse'/'human' if "
+            "the detection is wrong"
+        )
+
+    # Sum columns onto the vocabulary with one sparse product: duplicates add up for free.
+    # Only the used columns are converted, which bounds memory for wide inputs.
+    columns = X[:, used] if sp.issparse(X) else np.asarray(X)[:, used]
+    counts = to_count_scale(columns, value_report)
+    mapping = sp.csr_matrix(
+        (np.ones(used.size, dtype=np.float32), (np.arange(used.size), targets[used])),
+        shape=(used.size, len(vocab)),
+    )
+    aligned = sp.csr_matrix(counts @ mapping, dtype=np.float32)
+    aligned.sort_indices()
+    logger.info("%s", report.summary().splitlines()[0])
+    return AlignedData(X=aligned, obs_names=[str(n) for n in adata.obs_names], report=report)

@@ -1,0 +1,108 @@
+"""Checkpoint directories: config.json, gene_vocab.json, labels.json, weights.safetensors.
+
+Only trained weights are stored (cell encoder, projection); the frozen backbone is identified by
+name and file hash and loaded from its package. Tiny test backbones are stored too, since they
+exist nowhere else. Loading is strict and pickle-free.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .backbone import load_backbone
+from .config import ModelConfig
+from .errors import CheckpointError
+from .model import CellLanguageModel
+
+FORMAT_VERSION = 1
+REQUIRED = ("config.json", "gene_vocab.json", "labels.json", "weights.safetensors")
+
+
+@dataclass
+class LoadedModel:
+    """A model with what it needs to read user data: its gene vocabulary and label sets."""
+
+    model: CellLanguageModel
+    vocab: list[str]
+    label_sets: dict[str, dict[str, Any]]
+    info: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None
+
+    def label_set(self, name: str) -> dict[str, Any]:
+        if name not in self.label_sets:
+            raise CheckpointError(f"no label set {name!r}; this checkpoint knows {sorted(self.label_sets)}")
+        return self.label_sets[name]
+
+    def labels_for_task(self, task: str) -> list[str]:
+        """All labels of a task across the checkpoint's datasets, first spelling of each kept."""
+        out: list[str] = []
+        for entry in self.label_sets.values():
+            if entry["task"] == task:
+                out.extend(l for l in entry["labels"] if l not in out)
+        return out
+
+
+def save_checkpoint(loaded: LoadedModel, out_dir: str | os.PathLike) -> Path:
+    """Write `loaded` to `out_dir` atomically (a temporary directory renamed into place)."""
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
+    try:
+        model = loaded.model
+        config = {"format_version": FORMAT_VERSION, "model": model.cfg.to_dict(), **loaded.info}
+        config["model"]["backbone"]["sha256"] = model.backbone.sha256
+        (tmp / "config.json").write_text(json.dumps(config, indent=1))
+        (tmp / "gene_vocab.json").write_text(json.dumps(loaded.vocab))
+        (tmp / "labels.json").write_text(json.dumps(loaded.label_sets, indent=1))
+        save_file({k: v.contiguous() for k, v in model.trainable_state_dict().items()}, str(tmp / "weights.safetensors"))
+        if model.cfg.backbone.kind == "tiny" or model.cfg.lm_trained:
+            state = {k: v.contiguous() for k, v in model.lm.state_dict().items() if k != "lm_head.weight"}
+            save_file(state, str(tmp / "backbone.safetensors"))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedModel:
+    """Rebuild a model from a checkpoint directory (strict: every trained tensor must match)."""
+    root = Path(path)
+    missing = [name for name in REQUIRED if not (root / name).is_file()]
+    if missing:
+        raise CheckpointError(f"{root} is not a checkpoint directory: missing {', '.join(missing)}")
+    config = json.loads((root / "config.json").read_text())
+    if config.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{root}: checkpoint format {config.get('format_version')} is not {FORMAT_VERSION}")
+    cfg = ModelConfig.from_dict(config.pop("model"))
+    backbone = load_backbone(cfg.backbone)
+    if (cfg.backbone.kind == "tiny" or cfg.lm_trained) and not (root / "backbone.safetensors").is_file():
+        raise CheckpointError(f"{root} lacks backbone.safetensors, which this model's config requires")
+    if cfg.backbone.kind == "tiny" or cfg.lm_trained:
+        result = backbone.model.load_state_dict(load_file(str(root / "backbone.safetensors")), strict=False)
+        if set(result.missing_keys) - {"lm_head.weight"} or result.unexpected_keys:
+            raise CheckpointError(f"{root}/backbone.safetensors does not fit the tiny backbone: {result}")
+        backbone.model.tie_weights()
+    model = CellLanguageModel(cfg, backbone)
+    state = load_file(str(root / "weights.safetensors"))
+    expected = set(model.trainable_state_dict())
+    if set(state) != expected:
+        diff = sorted(set(state) ^ expected)[:5]
+        raise CheckpointError(f"{root}/weights.safetensors does not match the model config (e.g. {diff})")
+    model.load_state_dict(state, strict=False)
+    vocab = json.loads((root / "gene_vocab.json").read_text())
+    if len(vocab) != cfg.encoder.n_genes:
+        raise CheckpointError(f"{root}: gene_vocab.json has {len(vocab)} genes, config says {cfg.encoder.n_genes}")
+    labels = json.loads((root / "labels.json").read_text())
+    return LoadedModel(model.to(device).eval(), vocab, labels, config, root)

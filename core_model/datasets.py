@@ -1,0 +1,119 @@
+"""The shared datasets: catalog entries, canonical splits, and per-cell prompt fields.
+
+Shared data is read by path at run time (never copied into the project): `INSTRUCTCELL_SHARED`,
+else a `shared/` folder beside the current directory or beside the source checkout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anndata as ad
+import numpy as np
+
+from .errors import InputFileError, LabelKeyError
+
+# The catalog does not name the drug of a drug-response set; the study does.
+KNOWN_DRUGS = {"aissa2021_pc9_erlotinib": "erlotinib"}
+TASK_OF_CATALOG = {"cta": "annotation", "dsp": "drug_response"}
+PROMPT_FIELDS = ("species", "tissue", "sequencing_method", "drug")
+
+
+def shared_root() -> Path:
+    """Directory holding the shared data (`data/catalog.json` inside)."""
+    env = os.environ.get("INSTRUCTCELL_SHARED")
+    candidates = [Path(env)] if env else []
+    candidates += [Path.cwd().parent / "shared", Path(__file__).resolve().parents[2] / "shared"]
+    for path in candidates:
+        if (path / "data" / "catalog.json").is_file():
+            return path
+    raise InputFileError(
+        "shared data not found: set INSTRUCTCELL_SHARED to the folder that holds data/catalog.json "
+        f"(looked in {', '.join(str(c) for c in candidates)})"
+    )
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """One labelled dataset usable for training or evaluation."""
+
+    name: str
+    task: str  # "annotation" | "drug_response"
+    path: Path
+    label_key: str
+    split_path: Path | None = None
+    tissue: str = ""
+    species: str = ""
+    sequencing_method: str = ""
+    drug: str = ""
+    classes: tuple[str, ...] = ()
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @classmethod
+    def from_catalog_entry(cls, entry: dict[str, Any], data_dir: Path) -> DatasetSpec:
+        species = entry.get("species") or []
+        return cls(
+            name=entry["name"],
+            task=TASK_OF_CATALOG.get(entry["task"], entry["task"]),
+            path=data_dir / entry["path"],
+            label_key=entry.get("label") or "",
+            split_path=data_dir / entry["split"] if entry.get("split") else None,
+            tissue=entry.get("tissue", ""),
+            species=" and ".join(species) if isinstance(species, list) else str(species),
+            sequencing_method=entry.get("sequencing_method", ""),
+            drug=entry.get("drug") or KNOWN_DRUGS.get(entry["name"], ""),
+            classes=tuple(sorted(entry.get("classes", {}))),
+        )
+
+
+def load_catalog(root: Path | None = None, tasks: tuple[str, ...] = ("annotation", "drug_response")) -> list[DatasetSpec]:
+    """Catalog entries of the given tasks, in catalog order."""
+    data_dir = (root or shared_root()) / "data"
+    entries = json.loads((data_dir / "catalog.json").read_text())
+    specs = [DatasetSpec.from_catalog_entry(e, data_dir) for e in entries]
+    return [s for s in specs if s.task in tasks]
+
+
+def read_split(path: str | os.PathLike) -> dict[str, list[str]]:
+    """A split file: {"train": [obs_names], "valid": [...], "test": [...]}."""
+    try:
+        split = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise InputFileError(f"cannot read split file {path}: {exc}") from exc
+    if not isinstance(split, dict) or not all(isinstance(v, list) for v in split.values()):
+        raise InputFileError(f"split file {path} must map split names to lists of obs_names")
+    return split
+
+
+def subset_by_names(adata: ad.AnnData, names: list[str], what: str) -> ad.AnnData:
+    """Rows of `adata` named `names`, in that order; refuses names the file does not hold."""
+    index = adata.obs_names.get_indexer(names)
+    if (index < 0).any():
+        missing = [n for n, i in zip(names, index) if i < 0][:5]
+        raise InputFileError(f"{(index < 0).sum()} cells of the {what} split are not in the data, e.g. {missing}")
+    return adata[index]
+
+
+def prompt_fields(adata: ad.AnnData, spec: DatasetSpec | None = None, **overrides: str) -> list[dict[str, str]]:
+    """Per-cell prompt fields (species, tissue, sequencing method, drug): explicit overrides, then
+    the cell's own `obs` columns, then the dataset's catalog entry."""
+    n = adata.n_obs
+    columns: dict[str, np.ndarray] = {}
+    for key in PROMPT_FIELDS:
+        if overrides.get(key):
+            columns[key] = np.full(n, overrides[key], dtype=object)
+        elif key in adata.obs.columns:
+            columns[key] = adata.obs[key].astype(str).to_numpy()
+        else:
+            columns[key] = np.full(n, getattr(spec, key, "") if spec else "", dtype=object)
+    return [{k: str(columns[k][i]) for k in PROMPT_FIELDS} for i in range(n)]
+
+
+def labels_of(adata: ad.AnnData, key: str) -> np.ndarray:
+    if key not in adata.obs.columns:
+        raise LabelKeyError(f"label column {key!r} not in obs; available: {sorted(adata.obs.columns)}")
+    return adata.obs[key].astype(str).to_numpy()

@@ -1,0 +1,126 @@
+"""Evaluate a checkpoint on a labelled split, the way a user would meet it: each test cell paired
+with a random phrasing; with options the candidates are scored, without options the generated
+text is mapped onto the label set (exact, then Cell Ontology synonyms) or counted invalid."""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from sklearn.metrics import accuracy_score, f1_score
+
+from .checkpoint import LoadedModel
+from .corpus import dense_rows
+from .alignment import align_to_vocab
+from .datasets import prompt_fields, read_split, subset_by_names
+from .instructions import format_choices, has_choices, load_bank, render
+from .io import get_labels, read_h5ad
+from .labels import LabelMapper
+
+INVALID = "<invalid>"
+BANK_OF_TASK = {"cta": "annotation", "dsp": "drug_response"}
+
+
+@dataclass
+class Predictions:
+    truth: np.ndarray
+    predicted: np.ndarray  # label or INVALID
+    with_options: np.ndarray  # bool per cell
+    answers: list[str]
+    seconds: float
+
+
+def predict_split(loaded: LoadedModel, X, fields: list[dict[str, str]], truth: np.ndarray, labels: Sequence[str],
+                  phrasings: Sequence[str], seed: int, batch_size: int = 32) -> Predictions:
+    """Answer every cell with its own randomly drawn phrasing (seeded)."""
+    model = loaded.model
+    rng = random.Random(seed)
+    labels = list(labels)
+    mapper = LabelMapper(tuple(labels))
+    prompts, options = [], []
+    for i in range(X.shape[0]):
+        template = rng.choice(list(phrasings))
+        values = {**fields[i], "cell_type": "", "condition": ""}
+        if has_choices(template):
+            values["choices"] = format_choices(labels, rng)
+        prompts.append(model.prefix_text(render(template, values)))
+        options.append(has_choices(template))
+    options_arr = np.array(options)
+    predicted = np.empty(X.shape[0], dtype=object)
+    answers = [""] * X.shape[0]
+    start = time.perf_counter()
+    with torch.no_grad():
+        for flag in (True, False):
+            idx = np.flatnonzero(options_arr == flag)
+            for b in range(0, len(idx), batch_size):
+                rows = idx[b : b + batch_size]
+                texts = [prompts[r] for r in rows]
+                uniq = sorted(set(texts))
+                ctx = model.start(uniq, torch.tensor([uniq.index(t) for t in texts]))
+                expr = model.normalize(torch.from_numpy(dense_rows(X, rows)).to(model.device))
+                if flag:
+                    scores = model.score_candidates(ctx, expr, labels)
+                    out = [labels[j] for j in scores.argmax(1).tolist()]
+                    got = out
+                else:
+                    out = model.generate(ctx, expr)
+                    got = [mapper.map(a) or INVALID for a in out]
+                for r, a, g in zip(rows, out, got):
+                    answers[r], predicted[r] = a, g
+    return Predictions(truth, predicted.astype(str), options_arr, answers, time.perf_counter() - start)
+
+
+def metrics(truth: np.ndarray, predicted: np.ndarray, labels: Sequence[str]) -> dict[str, Any]:
+    """Accuracy, macro/weighted F1 over the dataset's labels (an invalid answer is a wrong one)."""
+    if len(truth) == 0:
+        return {"n_cells": 0}
+    labels = list(labels)
+    return {
+        "n_cells": int(len(truth)),
+        "accuracy": float(accuracy_score(truth, predicted)),
+        "macro_f1": float(f1_score(truth, predicted, labels=labels, average="macro", zero_division=0)),
+        "weighted_f1": float(f1_score(truth, predicted, labels=labels, average="weighted", zero_division=0)),
+        "invalid_rate": float(np.mean(predicted == INVALID)),
+        "per_label_f1": dict(zip(map(str, labels), map(float, f1_score(truth, predicted, labels=labels, average=None, zero_division=0)))),
+    }
+
+
+def evaluate(loaded: LoadedModel, data: str | Path, split_path: str | Path | None, task: str, label_key: str, *,
+             instructions: Sequence[str] | None = None, n_instructions: int | None = None, seed: int = 0,
+             split: str = "test", batch_size: int = 32) -> dict[str, Any]:
+    """Metrics of `loaded` on one split of a labelled .h5ad (the `instructcell evaluate` job)."""
+    if task not in BANK_OF_TASK:
+        raise ValueError(f"task must be one of {sorted(BANK_OF_TASK)}, got {task!r}")
+    adata = read_h5ad(data)
+    all_labels = sorted(set(get_labels(adata, label_key)))
+    if split_path is not None:
+        adata = subset_by_names(adata, read_split(split_path)[split], split)
+    truth = get_labels(adata, label_key)
+    aligned = align_to_vocab(adata, loaded.vocab)
+    known = loaded.label_sets.get(Path(data).stem, {})
+    fields = prompt_fields(adata, None, **{k: known.get(k, "") for k in ("tissue", "species", "sequencing_method", "drug")
+                                          if k not in adata.obs.columns})
+    source = "checkpoint valid phrasings" if instructions is None else "user file"
+    phrasings = list(instructions) if instructions is not None else list(load_bank(BANK_OF_TASK[task]).valid)
+    if n_instructions is not None and n_instructions < len(phrasings):
+        phrasings = random.Random(seed).sample(phrasings, n_instructions)
+    preds = predict_split(loaded, aligned.X, fields, truth, all_labels, phrasings, seed, batch_size)
+    result = {
+        **metrics(preds.truth, preds.predicted, all_labels),
+        "n_instructions": len(phrasings),
+        "instructions_source": source,
+        "with_options": metrics(preds.truth[preds.with_options], preds.predicted[preds.with_options], all_labels),
+        "without_options": metrics(preds.truth[~preds.with_options], preds.predicted[~preds.with_options], all_labels),
+        "cells_per_second": float(len(truth) / max(preds.seconds, 1e-9)),
+        "task": task, "data": str(data), "split": split, "seed": seed, "label_key": label_key,
+        "labels": all_labels, "alignment": aligned.report.to_dict(),
+        "checkpoint": str(loaded.path) if loaded.path else None,
+        "invalid_examples": sorted({a for a, p in zip(preds.answers, preds.predicted) if p == "<invalid>"})[:20],
+        "macro_f1_definition": "sklearn macro F1 over the dataset's label set; invalid answers count as wrong",
+    }
+    return result

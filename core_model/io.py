@@ -1,0 +1,267 @@
+"""Reading and writing AnnData files with errors that say what was expected and what to do."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import anndata
+import numpy as np
+
+from .errors import InputFileError, LabelKeyError
+
+logger = logging.getLogger(__name__)
+
+PathLike = str | os.PathLike[str]
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+_EXPECTED = "expected an AnnData .h5ad file (HDF5), e.g. written by adata.write_h5ad()"
+
+
+def _describe_non_hdf5(head: bytes) -> str:
+    """A short guess at what a non-HDF5 file is, from its first bytes."""
+    if not head:
+        return "the file is empty"
+    if head.startswith(b"PK"):
+        return "it is a zip archive (a zipped zarr store or .npz?)"
+    if head.startswith(b"\x1f\x8b"):
+        return "it is gzip-compressed (decompress it first?)"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return "its content is not HDF5"
+    if "," in text or "\t" in text:
+        return "it looks like a text table (CSV/TSV); load it and build an AnnData first"
+    return "it looks like a text file"
+
+
+def _is_hdf5(path: Path) -> bool:
+    """HDF5 signature at offset 0 or at a user-block offset (512, 1024, 2048, ...)."""
+    size = path.stat().st_size
+    with path.open("rb") as fh:
+        offset = 0
+        while offset + len(_HDF5_SIGNATURE) <= size:
+            fh.seek(offset)
+            if fh.read(len(_HDF5_SIGNATURE)) == _HDF5_SIGNATURE:
+                return True
+            offset = 512 if offset == 0 else offset * 2
+    return False
+
+
+def read_h5ad(path: PathLike) -> anndata.AnnData:
+    """Read an ``.h5ad`` file into memory, read-only.
+
+    Parameters
+    ----------
+    path
+        Path to the file.
+
+    Returns
+    -------
+    anndata.AnnData
+
+    Raises
+    ------
+    InputFileError
+        When the path is missing, a directory, unreadable, not HDF5, or HDF5 but not AnnData.
+    """
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise InputFileError(f"input file not found: {p}; {_EXPECTED}")
+    if p.is_dir():
+        raise InputFileError(
+            f"{p} is a directory; {_EXPECTED} (for a zarr store use anndata.read_zarr)"
+        )
+    try:
+        if not _is_hdf5(p):
+            with p.open("rb") as fh:
+                head = fh.read(512)
+            raise InputFileError(
+                f"{p} is not an HDF5 file: {_describe_non_hdf5(head)}; {_EXPECTED}"
+            )
+    except OSError as exc:
+        raise InputFileError(f"cannot read {p}: {exc.strerror or exc}; {_EXPECTED}") from exc
+    try:
+        # anndata opens the file in mode "r": it never writes to the input.
+        adata = anndata.read_h5ad(p)
+    except Exception as exc:  # noqa: BLE001 - any failure here means "not a readable AnnData"
+        raise InputFileError(
+            f"{p} is an HDF5 file but could not be read as AnnData ({type(exc).__name__}: {exc}); "
+            f"{_EXPECTED}"
+        ) from exc
+    logger.info("read %s: %d cells x %d genes", p, adata.n_obs, adata.n_vars)
+    return adata
+
+
+def get_labels(adata: anndata.AnnData, key: str) -> np.ndarray:
+    """Return the ``obs[key]`` column as an array of strings.
+
+    Parameters
+    ----------
+    adata
+        The AnnData object.
+    key
+        Name of an ``obs`` column (cell type, condition, ...).
+
+    Returns
+    -------
+    numpy.ndarray
+        One string per cell (unicode dtype).
+
+    Raises
+    ------
+    LabelKeyError
+        When the column is missing (the message lists the available columns) or some cells
+        have no label (NaN/None).
+    """
+    if key not in adata.obs.columns:
+        available = ", ".join(repr(str(c)) for c in adata.obs.columns) or "none"
+        raise LabelKeyError(
+            f"obs has no column {key!r}; available obs columns: {available}. "
+            "Pass the name of the column that holds the labels"
+        )
+    column = adata.obs[key]
+    n_missing = int(column.isna().sum())
+    if n_missing:
+        raise LabelKeyError(
+            f"obs column {key!r} has no label for {n_missing:,} of {adata.n_obs:,} cells (NaN); "
+            f"fill them or drop those cells first, e.g. adata = adata[adata.obs[{key!r}].notna()]"
+        )
+    return np.asarray(column.astype(str).to_numpy(), dtype=str)
+
+
+def select_matrix(
+    adata: anndata.AnnData, *, layer: str | None = None, use_raw: bool = False
+) -> tuple[Any, list[str]]:
+    """Pick the expression matrix and its gene names.
+
+    Parameters
+    ----------
+    adata
+        The AnnData object (not modified).
+    layer
+        Name of a layer in ``adata.layers`` to use instead of ``adata.X``.
+    use_raw
+        Use ``adata.raw.X`` and ``adata.raw.var_names``.
+
+    Returns
+    -------
+    X : numpy.ndarray or scipy.sparse matrix
+        Cells x genes (the object stored in ``adata``, not a copy: do not modify it).
+    var_names : list of str
+        Gene names of the columns of ``X``.
+
+    Raises
+    ------
+    InputFileError
+        When the layer or ``adata.raw`` is missing.
+    ValueError
+        When both ``layer`` and ``use_raw`` are given.
+    """
+    if layer is not None and use_raw:
+        raise ValueError("pass either layer=... or use_raw=True, not both")
+    if use_raw:
+        if adata.raw is None:
+            layers = ", ".join(map(repr, adata.layers.keys())) or "none"
+            raise InputFileError(
+                f"use_raw=True but the input has no adata.raw; use adata.X (use_raw=False) or "
+                f"a layer (available layers: {layers})"
+            )
+        return adata.raw.X, [str(n) for n in adata.raw.var_names]
+    if layer is not None:
+        if layer not in adata.layers:
+            layers = ", ".join(map(repr, adata.layers.keys())) or "none"
+            raw = "; adata.raw is present (use_raw=True)" if adata.raw is not None else ""
+            raise InputFileError(
+                f"the input has no layer {layer!r}; available layers: {layers}{raw}; "
+                "omit layer to use adata.X"
+            )
+        return adata.layers[layer], [str(n) for n in adata.var_names]
+    if adata.X is None:
+        raise InputFileError("the input has no expression matrix (adata.X is None); pass layer=...")
+    return adata.X, [str(n) for n in adata.var_names]
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return a.resolve() == b.resolve()
+
+
+def write_h5ad_atomic(
+    adata: anndata.AnnData, path: PathLike, *, protect: Sequence[PathLike] = ()
+) -> Path:
+    """Write ``adata`` to ``path`` atomically (temporary file in the same folder, then rename).
+
+    A reader never sees a half-written file, and a failure leaves any previous file in place.
+
+    Parameters
+    ----------
+    adata
+        The object to write.
+    path
+        Destination ``.h5ad`` path; missing parent folders are created.
+    protect
+        Paths that must never be overwritten (typically the input file).
+
+    Returns
+    -------
+    pathlib.Path
+        The written path.
+
+    Raises
+    ------
+    InputFileError
+        When ``path`` is a protected file or a directory, or the write fails.
+    """
+    target = Path(path).expanduser()
+    for protected in protect:
+        if _same_file(target, Path(protected).expanduser()):
+            raise InputFileError(
+                f"refusing to overwrite the input file {target}; choose another output path"
+            )
+    if target.is_dir():
+        raise InputFileError(
+            f"output path {target} is a directory; give a file name ending in .h5ad"
+        )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(
+        dir=target.parent, prefix=f".{target.name}.", suffix=".tmp.h5ad"
+    )
+    os.close(fd)
+    try:
+        adata.write_h5ad(tmp_name)
+        os.replace(tmp_name, target)
+    except OSError as exc:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise InputFileError(f"cannot write {target}: {exc.strerror or exc}") from exc
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    logger.info("wrote %s", target)
+    return target
+
+
+def write_json_atomic(obj: Any, path: PathLike) -> Path:
+    """Write `obj` as indented JSON to `path` atomically (temporary file, then rename)."""
+    import json
+    import os
+    import tempfile
+
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(obj, fh, indent=1)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target

@@ -1,0 +1,222 @@
+"""CellLanguageModel: a Q-Former cell encoder whose query outputs are spliced into a frozen causal
+language model's prompt.
+
+Prompt layout (ChatML, the backbone's own chat format)::
+
+    <|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{instruction}\n   <- prefix (text)
+    [n_queries soft tokens from the cell encoder]                                 <- the cell
+    <|im_end|>\n<|im_start|>assistant\n                                          <- suffix (text)
+    {answer}<|im_end|>                                                            <- scored / generated
+
+The cell comes after the instruction on purpose: the prefix does not depend on the cell, so one
+forward pass over it serves a whole batch (its key/value cache is shared), and only the few cell,
+suffix and answer tokens are run per cell. Every task (training, scoring, generation, saliency)
+goes through `start`/`extend` below, so they all see exactly the same prompt.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import DynamicCache
+
+from .backbone import Backbone
+from .cell_encoder import CellEncoder, log_normalize
+from .config import ModelConfig
+
+IM_START, IM_END = "<|im_start|>", "<|im_end|>"
+SUFFIX_TEXT = f"{IM_END}\n{IM_START}assistant\n"
+
+
+@dataclass
+class Context:
+    """A batch of partially read prompts: the LM's key/value cache plus mask and next positions."""
+
+    cache: DynamicCache
+    mask: torch.Tensor  # (B, L) 1 for real tokens, 0 for left padding
+    next_pos: torch.Tensor  # (B,) position id of the next token
+
+    def repeat_interleave(self, n: int) -> Context:
+        """A copy with every row repeated `n` times (row i -> rows i*n .. i*n+n-1)."""
+        cache = DynamicCache()
+        for idx, layer in enumerate(self.cache.layers):
+            cache.update(layer.keys.repeat_interleave(n, 0), layer.values.repeat_interleave(n, 0), idx)
+        return Context(cache, self.mask.repeat_interleave(n, 0), self.next_pos.repeat_interleave(n, 0))
+
+
+class CellLanguageModel(nn.Module):
+    """Cell encoder + projection (trained) in front of a frozen backbone LM."""
+
+    def __init__(self, cfg: ModelConfig, backbone: Backbone) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.backbone = backbone
+        self.tokenizer = backbone.tokenizer
+        self.lm = backbone.model
+        self.encoder = CellEncoder(cfg.encoder)
+        self.proj = nn.Linear(cfg.encoder.dim, backbone.hidden_size)
+        with torch.no_grad():
+            # Start the soft tokens at the scale of real token embeddings so the frozen LM is not
+            # fed vectors far outside what it has seen.
+            emb_rms = self.lm.get_input_embeddings().weight.pow(2).mean().sqrt()
+            self.proj.weight.mul_(emb_rms / (self.proj.weight.std() * cfg.encoder.dim**0.5))
+            self.proj.bias.zero_()
+        self._suffix_ids = self.encode_text(SUFFIX_TEXT)
+        self._end_id = self.tokenizer.convert_tokens_to_ids(IM_END)
+        self._prefix_memo: dict[str, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
+
+    # ----------------------------------------------------------------- basics
+    @property
+    def device(self) -> torch.device:
+        return self.proj.weight.device
+
+    @property
+    def end_token_id(self) -> int:
+        return int(self._end_id)
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """Weights a checkpoint stores: everything except the frozen backbone."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("lm.")}
+
+    def encode_text(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def prefix_text(self, instruction: str) -> str:
+        return f"{IM_START}system\n{self.cfg.system_prompt}{IM_END}\n{IM_START}user\n{instruction.strip()}\n"
+
+    def normalize(self, counts: torch.Tensor) -> torch.Tensor:
+        """Count-scale expression over the vocabulary -> the model's log1p(CP10k) input."""
+        return log_normalize(counts, self.cfg.target_sum)
+
+    def cell_tokens(self, expr: torch.Tensor) -> torch.Tensor:
+        """Log-normalized expression (B, n_genes) -> soft tokens (B, n_queries, hidden)."""
+        return self.proj(self.encoder(expr))
+
+    def embed_ids(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.lm.get_input_embeddings()(ids)
+
+    # ------------------------------------------------------------- contexts
+    @torch.no_grad()
+    def start(self, prefix_texts: list[str], rows: torch.Tensor | None = None) -> Context:
+        """Read the prompt prefixes; row b of the result holds prefix_texts[rows[b]].
+
+        Distinct prefixes are run once each (left-padded in one batch); rows sharing a prefix
+        share its cache. A single prefix is memoised, since batches usually repeat it.
+        """
+        if rows is None:
+            rows = torch.arange(len(prefix_texts))
+        rows = rows.to(self.device)
+        if len(prefix_texts) == 1 and prefix_texts[0] in self._prefix_memo:
+            keys, values = self._prefix_memo[prefix_texts[0]]
+            mask = torch.ones(1, keys[0].shape[2], dtype=torch.long, device=self.device)
+        else:
+            keys, values, mask = self._run_prefixes(prefix_texts)
+            if len(prefix_texts) == 1:
+                if len(self._prefix_memo) >= 16:
+                    self._prefix_memo.pop(next(iter(self._prefix_memo)))
+                self._prefix_memo[prefix_texts[0]] = (keys, values)
+        cache = DynamicCache()
+        for idx, (k, v) in enumerate(zip(keys, values)):
+            cache.update(k.index_select(0, rows), v.index_select(0, rows), idx)
+        mask = mask.index_select(0, rows)
+        return Context(cache, mask, mask.sum(1))
+
+    def _run_prefixes(self, texts: list[str]):
+        ids = [self.encode_text(t) for t in texts]
+        width = max(len(x) for x in ids)
+        pad = self.tokenizer.pad_token_id or 0
+        input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids], device=self.device)
+        mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids], device=self.device)
+        pos = (mask.cumsum(1) - 1).clamp_min(0)
+        out = self.lm.model(input_ids=input_ids, attention_mask=mask, position_ids=pos, use_cache=True)
+        cache = out.past_key_values
+        return [l.keys for l in cache.layers], [l.values for l in cache.layers], mask
+
+    def extend(self, ctx: Context, embeds: torch.Tensor) -> torch.Tensor:
+        """Append `embeds` (B, T, H) to every prompt in `ctx`; returns their hidden states."""
+        batch, steps = embeds.shape[:2]
+        mask = torch.cat([ctx.mask, torch.ones(batch, steps, dtype=ctx.mask.dtype, device=self.device)], 1)
+        pos = ctx.next_pos[:, None] + torch.arange(steps, device=self.device)
+        out = self.lm.model(
+            inputs_embeds=embeds, attention_mask=mask, position_ids=pos, past_key_values=ctx.cache, use_cache=True
+        )
+        ctx.mask, ctx.next_pos = mask, ctx.next_pos + steps
+        return out.last_hidden_state
+
+    def read_cell(self, ctx: Context, expr: torch.Tensor) -> torch.Tensor:
+        """Append the cell's soft tokens and the assistant header; returns the last hidden state."""
+        suffix = torch.tensor(self._suffix_ids, device=self.device)
+        suffix = self.embed_ids(suffix).unsqueeze(0).expand(expr.shape[0], -1, -1)
+        hidden = self.extend(ctx, torch.cat([self.cell_tokens(expr), suffix], 1))
+        return hidden[:, -1]
+
+    # --------------------------------------------------------------- tasks
+    def pad_answers(self, answers: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Answer texts -> (ids, mask), each answer followed by the end-of-turn token."""
+        ids = [self.encode_text(a) + [self.end_token_id] for a in answers]
+        width = max(len(x) for x in ids)
+        out = torch.full((len(ids), width), self.end_token_id, dtype=torch.long)
+        mask = torch.zeros(len(ids), width)
+        for i, x in enumerate(ids):
+            out[i, : len(x)] = torch.tensor(x)
+            mask[i, : len(x)] = 1
+        return out.to(self.device), mask.to(self.device)
+
+    def answer_logprob(self, ctx: Context, expr: torch.Tensor, answers: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher-forced log-probability of each row's answer: (per-token (B, A), mask (B, A))."""
+        ids, mask = self.pad_answers(answers)
+        last = self.read_cell(ctx, expr)
+        logits = [self.lm.lm_head(last).unsqueeze(1)]
+        if ids.shape[1] > 1:
+            logits.append(self.lm.lm_head(self.extend(ctx, self.embed_ids(ids[:, :-1]))))
+        logp = torch.log_softmax(torch.cat(logits, 1).float(), -1)
+        return logp.gather(-1, ids.unsqueeze(-1)).squeeze(-1) * mask, mask
+
+    def score_candidates(self, ctx: Context, expr: torch.Tensor, candidates: list[str]) -> torch.Tensor:
+        """Log-likelihood (B, C) of each candidate answer for each cell.
+
+        The cell is read once; only the candidates' own tokens are run per (cell, candidate).
+        """
+        ids, mask = self.pad_answers(candidates)  # (C, A)
+        n_cells, n_cand = expr.shape[0], len(candidates)
+        first = torch.log_softmax(self.lm.lm_head(self.read_cell(ctx, expr)).float(), -1)
+        scores = first[:, ids[:, 0]]  # (B, C)
+        if ids.shape[1] > 1:
+            rest = ctx.repeat_interleave(n_cand)
+            tokens = ids[:, :-1].repeat(n_cells, 1)  # row b*C + c -> candidate c
+            logp = torch.log_softmax(self.lm.lm_head(self.extend(rest, self.embed_ids(tokens))).float(), -1)
+            target = ids[:, 1:].repeat(n_cells, 1)
+            tail = (logp.gather(-1, target.unsqueeze(-1)).squeeze(-1) * mask[:, 1:].repeat(n_cells, 1)).sum(1)
+            scores = scores + tail.view(n_cells, n_cand)
+        return scores
+
+    @torch.no_grad()
+    def generate(self, ctx: Context, expr: torch.Tensor, max_new_tokens: int | None = None,
+                 return_logprob: bool = False):
+        """Greedy answer text for each cell (stops at the end-of-turn token).
+
+        With `return_logprob`, also the log-probability of each answer (its tokens and the end
+        token), i.e. the model's confidence in exactly that text.
+        """
+        steps = max_new_tokens or self.cfg.max_answer_tokens
+        logits = self.lm.lm_head(self.read_cell(ctx, expr))
+        done = torch.zeros(expr.shape[0], dtype=torch.bool, device=self.device)
+        total = torch.zeros(expr.shape[0], device=self.device)
+        out: list[torch.Tensor] = []
+        for _ in range(steps):
+            logp = torch.log_softmax(logits.float(), -1)
+            token = logp.argmax(-1)
+            total += torch.where(done, torch.zeros_like(total), logp.gather(1, token[:, None]).squeeze(1))
+            token = torch.where(done, torch.full_like(token, self.end_token_id), token)
+            out.append(token)
+            done |= token == self.end_token_id
+            if bool(done.all()):
+                break
+            logits = self.lm.lm_head(self.extend(ctx, self.embed_ids(token[:, None]))[:, -1])
+        texts = []
+        for row in torch.stack(out, 1).tolist():
+            row = row[: row.index(self.end_token_id)] if self.end_token_id in row else row
+            texts.append(self.tokenizer.decode(row, skip_special_tokens=True).strip())
+        return (texts, total.cpu().numpy()) if return_logprob else texts

@@ -1,0 +1,335 @@
+"""Multi-dataset training of the cell language model: a plain, seeded, resumable loop.
+
+Stage 1 (cheap, no language model): the cell encoder learns to separate each dataset's labels
+through an auxiliary linear head on the pooled queries. Stage 2: the full prompt runs through the
+frozen LM and the encoder + projection learn to make it answer with the label text, for random
+phrasings of our instruction bank, with and without candidate options. The auxiliary loss stays
+on (down-weighted) so the encoder keeps its separation while the LM path is learned.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from .backbone import load_backbone
+from .cell_encoder import sparse_log_normalize
+from .checkpoint import LoadedModel, save_checkpoint
+from .config import BackboneConfig, CellEncoderConfig, ModelConfig
+from .corpus import SplitData, dense_rows, file_sha256, load_split
+from .datasets import DatasetSpec, load_catalog, read_split, subset_by_names
+from .instructions import format_choices, has_choices, load_bank, render
+from .io import read_h5ad
+from .model import CellLanguageModel
+from .vocab import build_vocab
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyper-parameters of one training run (recorded in the checkpoint)."""
+
+    datasets: tuple[str, ...] = ()  # names from the catalog; empty = every annotation + drug set
+    n_hvg: int = 2000
+    seed: int = 0
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    hidden_dim: int = 384
+    dim: int = 256
+    n_queries: int = 8
+    n_layers: int = 2
+    encoder_epochs: int = 25
+    encoder_batch: int = 128
+    encoder_lr: float = 1e-3
+    lm_steps: int = 600
+    batch_size: int = 16
+    lr: float = 3e-4
+    weight_decay: float = 0.01
+    aux_weight: float = 0.5
+    train_lm: bool = False  # also fine-tune the backbone (full tuning); default: frozen LM
+    gene_keep: float = 0.85  # per-entry keep probability (dropout augmentation)
+    panel_drop_prob: float = 0.3  # chance a batch sees only a random subset of the genes
+    valid_cells: int = 48  # per dataset, for the end-of-training check
+    save_every: int = 200
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class AuxHead(nn.Module):
+    """Pooled queries -> logits over every (dataset, label) pair; masked per dataset."""
+
+    def __init__(self, dim: int, n_labels: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(dim, n_labels)
+
+    def forward(self, queries: torch.Tensor) -> torch.Tensor:
+        return self.linear(queries.mean(1))
+
+
+@dataclass
+class TrainingData:
+    splits: list[SplitData]
+    label_offset: list[int]  # first global label index of each dataset
+    label_index: list[dict[str, int]]
+    n_labels: int
+
+    @classmethod
+    def build(cls, splits: list[SplitData]) -> TrainingData:
+        offsets, index, total = [], [], 0
+        for s in splits:
+            labels = sorted(set(s.labels))
+            offsets.append(total)
+            index.append({l: i for i, l in enumerate(labels)})
+            total += len(labels)
+        return cls(splits, offsets, index, total)
+
+    def sample(self, rng: np.random.Generator, d: int, n: int) -> np.ndarray:
+        """Cells of dataset d, class-balanced in part (weight count^-0.5) so rare types are seen."""
+        labels = self.splits[d].labels
+        _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+        weight = counts[inverse] ** -0.5
+        return rng.choice(len(labels), size=n, replace=True, p=weight / weight.sum())
+
+    def targets(self, d: int, rows: np.ndarray) -> torch.Tensor:
+        idx = self.label_index[d]
+        return torch.tensor([self.label_offset[d] + idx[l] for l in self.splits[d].labels[rows]])
+
+    def mask(self, d: int) -> torch.Tensor:
+        m = torch.full((self.n_labels,), float("-inf"))
+        m[self.label_offset[d] : self.label_offset[d] + len(self.label_index[d])] = 0.0
+        return m
+
+
+def augment(counts: sp.csr_matrix, cfg: TrainConfig, rng: np.random.Generator) -> sp.csr_matrix:
+    """Random dropout of entries, and sometimes of a whole gene panel, before normalization: user
+    files hold fewer genes and shallower cells than the training sets."""
+    counts = counts.copy()
+    keep = rng.random(counts.nnz) < cfg.gene_keep
+    if rng.random() < cfg.panel_drop_prob:
+        panel = rng.random(counts.shape[1]) < rng.uniform(0.2, 0.8)
+        keep &= panel[counts.indices]
+    counts.data = counts.data * keep
+    counts.eliminate_zeros()
+    return counts
+
+
+def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, show_progress: bool = True,
+          command: str | None = None, specs: list[DatasetSpec] | None = None) -> Path:
+    """Train on the train splits, check on `valid`, write a checkpoint to `out_dir/checkpoint`.
+
+    `specs` (datasets with a split file) replaces the shared catalog, e.g. for a user's own
+    labelled sets; without it every catalog set named in `cfg.datasets` (default: all) is used.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    specs = specs or _select_specs(cfg)
+    vocab = _vocab(specs, cfg, out)
+    data = TrainingData.build([load_split(s, vocab, "train") for s in specs])
+    enc_cfg = CellEncoderConfig(
+        n_genes=len(vocab), hidden_dim=cfg.hidden_dim, dim=cfg.dim, n_queries=cfg.n_queries, n_layers=cfg.n_layers
+    )
+    model_cfg = ModelConfig(encoder=enc_cfg, backbone=cfg.backbone, lm_trained=cfg.train_lm)
+    model = CellLanguageModel(model_cfg, load_backbone(cfg.backbone))
+    aux = AuxHead(cfg.dim, data.n_labels)
+    state_path = out / "train_state.pt"
+    state = torch.load(state_path, weights_only=True) if resume and state_path.exists() else None
+    if state is None or state["stage"] == 1:
+        _stage1(model, aux, data, cfg, show_progress)
+    else:
+        model.load_state_dict(state["model"], strict=False)
+        if "lm" in state:
+            model.lm.load_state_dict(state["lm"])
+        aux.load_state_dict(state["aux"])
+    _stage2(model, aux, data, cfg, out, state, show_progress)
+    model.lm.requires_grad_(False)
+    valid = _validate(model, specs, vocab, cfg)
+    loaded = LoadedModel(model, vocab, _label_sets(specs, data), {**_info(cfg, specs, valid), "command": command})
+    save_checkpoint(loaded, out / "checkpoint")
+    (out / "valid_metrics.json").write_text(json.dumps(valid, indent=1))
+    return out / "checkpoint"
+
+
+def _select_specs(cfg: TrainConfig) -> list[DatasetSpec]:
+    specs = load_catalog()
+    if cfg.datasets:
+        known = {s.name: s for s in specs}
+        unknown = [n for n in cfg.datasets if n not in known]
+        if unknown:
+            raise ValueError(f"unknown datasets {unknown}; the catalog has {sorted(known)}")
+        specs = [known[n] for n in cfg.datasets]
+    return specs
+
+
+def _vocab(specs: list[DatasetSpec], cfg: TrainConfig, out: Path) -> list[str]:
+    path = out / "gene_vocab.json"
+    if path.exists():  # resuming: the vocabulary must not change under the weights
+        return json.loads(path.read_text())
+    sets = [subset_by_names(read_h5ad(s.path), read_split(s.split_path)["train"], "train") for s in specs]
+    vocab = build_vocab(sets, cfg.n_hvg)
+    path.write_text(json.dumps(vocab))
+    return vocab
+
+
+def _batch(data: TrainingData, d: int, rows: np.ndarray, model: CellLanguageModel, cfg: TrainConfig,
+           rng: np.random.Generator) -> torch.Tensor:
+    """Augmented, log-normalized batch as a sparse tensor (the encoder's first layer is sparse)."""
+    return sparse_log_normalize(augment(data.splits[d].X[rows], cfg, rng), model.cfg.target_sum)
+
+
+def _stage1(model: CellLanguageModel, aux: AuxHead, data: TrainingData, cfg: TrainConfig, show: bool) -> None:
+    params = list(model.encoder.parameters()) + list(aux.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.encoder_lr, weight_decay=cfg.weight_decay)
+    rng = np.random.default_rng(cfg.seed)
+    sizes = np.array([s.n_cells for s in data.splits], dtype=float)
+    steps = int(cfg.encoder_epochs * sizes.sum() / cfg.encoder_batch)
+    probs = sizes**0.5 / (sizes**0.5).sum()
+    model.encoder.train()
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.encoder_lr, total_steps=max(steps, 1))
+    for _ in tqdm(range(steps), desc="stage 1 (encoder)", disable=not show):
+        d = int(rng.choice(len(sizes), p=probs))
+        rows = data.sample(rng, d, cfg.encoder_batch)
+        logits = aux(model.encoder(_batch(data, d, rows, model, cfg, rng))) + data.mask(d)
+        loss = F.cross_entropy(logits, data.targets(d, rows), label_smoothing=0.1)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+
+
+def _prompt(template: str, fields: dict[str, str], labels: list[str], rng: random.Random) -> str:
+    values = dict(fields)
+    values.setdefault("cell_type", "")
+    if has_choices(template):
+        values["choices"] = format_choices(labels, rng)
+    return render(template, values)
+
+
+def _stage2(model: CellLanguageModel, aux: AuxHead, data: TrainingData, cfg: TrainConfig, out: Path,
+            state: dict | None, show: bool) -> None:
+    trainable = list(model.encoder.parameters()) + list(model.proj.parameters()) + list(aux.parameters())
+    if cfg.train_lm:
+        model.lm.requires_grad_(True)
+        trainable += list(model.lm.parameters())
+    opt = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    warm = max(1, cfg.lm_steps // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, cfg.lm_steps) / cfg.lm_steps))
+    )
+    start = 0
+    if state is not None and state["stage"] == 2:
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        start = int(state["step"])
+    banks = {task: load_bank(task).train for task in {s.spec.task for s in data.splits}}
+    sizes = np.array([s.n_cells for s in data.splits], dtype=float)
+    probs = sizes**0.5 / (sizes**0.5).sum()
+    model.train()
+    model.lm.eval()  # no dropout in the backbone, frozen or not
+    bar = tqdm(range(start, cfg.lm_steps), desc="stage 2 (LM)", disable=not show, initial=start, total=cfg.lm_steps)
+    for step in bar:
+        # Per-step seeds make a resumed run draw exactly what an uninterrupted one would.
+        rng = np.random.default_rng([cfg.seed, step])
+        prng = random.Random(cfg.seed * 1_000_003 + step)
+        d = int(rng.choice(len(sizes), p=probs))
+        split = data.splits[d]
+        rows = data.sample(rng, d, cfg.batch_size)
+        template = prng.choice(banks[split.spec.task])
+        labels = sorted(set(split.labels))
+        texts = [model.prefix_text(_prompt(template, split.fields[r], labels, random.Random(step))) for r in rows]
+        uniq = sorted(set(texts))
+        ctx = model.start(uniq, torch.tensor([uniq.index(t) for t in texts]))
+        expr = _batch(data, d, rows, model, cfg, rng)
+        logp, mask = model.answer_logprob(ctx, expr, [str(split.labels[r]) for r in rows])
+        lm_loss = -(logp.sum() / mask.sum())
+        aux_logits = aux(model.encoder(expr)) + data.mask(d)
+        loss = lm_loss + cfg.aux_weight * F.cross_entropy(aux_logits, data.targets(d, rows))
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+        opt.step()
+        sched.step()
+        bar.set_postfix(lm=f"{lm_loss.item():.3f}", set=split.spec.name[:12])
+        if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.lm_steps:
+            _save_state(out, model, aux, opt, sched, step + 1)
+    model.eval()
+
+
+def _save_state(out: Path, model, aux, opt, sched, step: int) -> None:
+    tmp = out / "train_state.pt.tmp"
+    state = {"stage": 2, "step": step, "model": model.trainable_state_dict(), "aux": aux.state_dict(),
+             "opt": opt.state_dict(), "sched": sched.state_dict()}
+    if model.cfg.lm_trained:
+        state["lm"] = model.lm.state_dict()
+    torch.save(state, tmp)
+    tmp.replace(out / "train_state.pt")
+
+
+@torch.no_grad()
+def _validate(model: CellLanguageModel, specs: list[DatasetSpec], vocab: list[str], cfg: TrainConfig) -> dict[str, Any]:
+    """Candidate-scoring accuracy on a few valid cells per set, with valid-split phrasings."""
+    results: dict[str, Any] = {}
+    for spec in specs:
+        split = load_split(spec, vocab, "valid")
+        n = min(cfg.valid_cells, split.n_cells)
+        rows = np.random.default_rng(cfg.seed).choice(split.n_cells, n, replace=False)
+        bank = [t for t in load_bank(spec.task).valid if has_choices(t)]
+        labels = sorted(set(split.labels))
+        prng = random.Random(cfg.seed)
+        texts = [model.prefix_text(_prompt(prng.choice(bank), split.fields[r], labels, prng)) for r in rows]
+        uniq = sorted(set(texts))
+        ctx = model.start(uniq, torch.tensor([uniq.index(t) for t in texts]))
+        expr = model.normalize(torch.from_numpy(dense_rows(split.X, rows)))
+        scores = model.score_candidates(ctx, expr, labels)
+        pred = np.array(labels)[scores.argmax(1).numpy()]
+        results[spec.name] = {"n_cells": int(n), "accuracy": float((pred == split.labels[rows]).mean())}
+    return results
+
+
+def _label_sets(specs: list[DatasetSpec], data: TrainingData) -> dict[str, dict[str, Any]]:
+    return {
+        s.spec.name: {
+            "task": s.spec.task, "labels": sorted(set(s.labels)), "label_key": s.spec.label_key,
+            "tissue": s.spec.tissue, "species": s.spec.species, "sequencing_method": s.spec.sequencing_method,
+            "drug": s.spec.drug,
+        }
+        for s in data.splits
+    }
+
+
+def _info(cfg: TrainConfig, specs: list[DatasetSpec], valid: dict[str, Any]) -> dict[str, Any]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        pkg = version("instructcell-agent")
+    except PackageNotFoundError:
+        pkg = "unknown"
+    return {
+        "package_version": pkg,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "train_config": cfg.to_dict(),
+        "data": [
+            {"name": s.name, "file": s.path.name, "sha256": file_sha256(s.path),
+             "split": s.split_path.name if s.split_path else None,
+             "split_sha256": file_sha256(s.split_path) if s.split_path else None}
+            for s in specs
+        ],
+        "valid": valid,
+    }

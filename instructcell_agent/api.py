@@ -1,0 +1,151 @@
+"""Python API: AnnData in, result objects out.
+
+    import instructcell_agent as ica
+    model = ica.load_model()
+    result = ica.annotate(adata, model=model)
+    result.to_adata(adata)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Sequence
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import torch
+
+from .core_model.alignment import align_to_vocab
+from .core_model.checkpoint import LoadedModel, load_checkpoint
+from .core_model.corpus import dense_rows
+from .core_model.datasets import prompt_fields
+from .core_model.errors import InstructionError
+from .core_model.instructions import has_choices, render
+from .core_model.labels import LabelMapper
+from .results import AnnotationResult
+
+log = logging.getLogger(__name__)
+
+DEFAULT_INSTRUCTIONS = {
+    # Our own phrasings (not the evaluation templates); {choices} only when candidates are given.
+    ("annotation", True): "Which cell type is this cell? Choose one of: {choices}.",
+    ("annotation", False): "Which cell type is this cell?",
+    ("drug_response", True): "Is this cell resistant or sensitive to {drug}? Options: {choices}.",
+    ("drug_response", False): "How does this cell respond to {drug}?",
+}
+
+
+def default_checkpoint_path() -> Path:
+    """Directory of the checkpoint shipped inside the package."""
+    return Path(str(resources.files("instructcell_agent").joinpath("checkpoints/default")))
+
+
+@lru_cache(maxsize=4)
+def _load_cached(path: str, device: str) -> LoadedModel:
+    return load_checkpoint(path, device)
+
+
+def load_model(checkpoint: str | os.PathLike | None = None, device: str = "cpu") -> LoadedModel:
+    """Load a checkpoint (default: the shipped one); repeated calls reuse the loaded model."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    path = Path(checkpoint) if checkpoint else default_checkpoint_path()
+    return _load_cached(str(path.resolve()), device)
+
+
+def annotate(adata: ad.AnnData, model: LoadedModel | None = None, instruction: str | None = None,
+             candidates: Sequence[str] | None = None, **kwargs) -> AnnotationResult:
+    """Cell type of every cell, answering `instruction` (a default phrasing when None).
+
+    With `candidates` each candidate's likelihood is scored (probabilities for all of them);
+    without, the model answers freely and `confidence` is the answer's own probability.
+    Keyword arguments: species, tissue, sequencing_method (prompt fields; default from `obs`),
+    layer, use_raw, gene_key, min_genes (alignment), batch_size, mode ("instruct" | "chat").
+    """
+    return _answer(adata, model, "annotation", instruction, candidates, **kwargs)
+
+
+def predict_drug_response(adata: ad.AnnData, drug: str, model: LoadedModel | None = None,
+                          instruction: str | None = None, candidates: Sequence[str] | None = ("resistant", "sensitive"),
+                          **kwargs) -> AnnotationResult:
+    """Drug response of every cell (default candidates: resistant / sensitive)."""
+    return _answer(adata, model, "drug_response", instruction, candidates, drug=drug, **kwargs)
+
+
+def _answer(adata: ad.AnnData, model: LoadedModel | None, task: str, instruction: str | None,
+            candidates: Sequence[str] | None, *, species: str = "", tissue: str = "", sequencing_method: str = "",
+            drug: str = "", layer: str | None = None, use_raw: bool = False, gene_key: str | None = None,
+            min_genes: int = 100, batch_size: int = 64, mode: str = "instruct") -> AnnotationResult:
+    if mode not in ("instruct", "chat"):
+        raise ValueError(f"mode must be 'instruct' or 'chat', got {mode!r}")
+    loaded = model or load_model()
+    cands = [str(c) for c in candidates] if candidates else None
+    if cands is not None and len(set(cands)) != len(cands):
+        raise ValueError("candidates contain duplicates")
+    template = instruction or DEFAULT_INSTRUCTIONS[(task, cands is not None)]
+    if has_choices(template) and cands is None:
+        cands = loaded.labels_for_task(task)
+    aligned = align_to_vocab(adata, loaded.vocab, layer=layer, use_raw=use_raw, gene_key=gene_key, min_genes=min_genes)
+    fields = prompt_fields(adata, None, species=species, tissue=tissue, sequencing_method=sequencing_method, drug=drug)
+    texts = [_prompt(loaded, template, f, cands) for f in fields]
+    labels, conf, answers, probs = _run(loaded, aligned.X, texts, cands, batch_size)
+    if cands is None:  # free answers: name them with the checkpoint's own spelling when they match one
+        mapper = LabelMapper(tuple(loaded.labels_for_task(task)))
+        labels = [mapper.map(a) or a for a in labels]
+    if mode == "chat":
+        answers = [f"This cell is most likely {l} (probability {c:.2f})." for l, c in zip(labels, conf)]
+    provenance = {
+        "task": task, "instruction": template, "mode": mode, "alignment": aligned.report.to_dict(),
+        "alignment_summary": aligned.report.summary(),
+        "checkpoint": str(loaded.path), "package_version": loaded.info.get("package_version"),
+        "backbone": loaded.model.cfg.backbone.name, "backbone_sha256": loaded.model.backbone.sha256,
+    }
+    prob_frame = pd.DataFrame(probs, index=aligned.obs_names, columns=cands) if probs is not None else None
+    return AnnotationResult(list(map(str, aligned.obs_names)), np.asarray(labels, dtype=object), np.asarray(conf),
+                            answers, prob_frame, provenance)
+
+
+def _prompt(loaded: LoadedModel, template: str, fields: dict[str, str], cands: list[str] | None) -> str:
+    values = {**fields, "cell_type": "", "condition": ""}
+    if cands is not None:
+        # A fixed order keeps one shared prompt prefix for every cell (computed once).
+        values["choices"] = ", ".join(cands)
+    try:
+        return loaded.model.prefix_text(render(template, values))
+    except InstructionError:
+        raise
+    except KeyError as exc:
+        raise InstructionError(f"the instruction uses a placeholder with no value: {exc}") from exc
+
+
+@torch.no_grad()
+def _run(loaded: LoadedModel, X, texts: list[str], cands: list[str] | None, batch_size: int):
+    model = loaded.model
+    labels: list[str] = []
+    conf: list[float] = []
+    answers: list[str] = []
+    probs = []
+    for start in range(0, X.shape[0], batch_size):
+        rows = np.arange(start, min(start + batch_size, X.shape[0]))
+        batch_texts = [texts[r] for r in rows]
+        uniq = sorted(set(batch_texts))
+        ctx = model.start(uniq, torch.tensor([uniq.index(t) for t in batch_texts]))
+        expr = model.normalize(torch.from_numpy(dense_rows(X, rows)).to(model.device))
+        if cands is not None:
+            p = torch.softmax(model.score_candidates(ctx, expr, cands), 1).cpu().numpy()
+            best = p.argmax(1)
+            labels += [cands[i] for i in best]
+            conf += p[np.arange(len(rows)), best].tolist()
+            answers += [cands[i] for i in best]
+            probs.append(p)
+        else:
+            texts_out, logp = model.generate(ctx, expr, return_logprob=True)
+            labels += texts_out
+            answers += texts_out
+            conf += np.exp(logp).tolist()
+    return labels, conf, answers, (np.concatenate(probs) if probs else None)

@@ -1,0 +1,131 @@
+"""`instructcell` command line: train, evaluate, annotate, info."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+log = logging.getLogger("instructcell_agent")
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train a checkpoint on the shared train splits")
+    p.add_argument("--out", required=True, help="run directory (checkpoint goes to OUT/checkpoint)")
+    p.add_argument("--datasets", default="", help="comma-separated catalog names (default: all annotation + drug sets)")
+    p.add_argument("--backbone", choices=["smollm2", "tiny"], default="smollm2")
+    p.add_argument("--lm-steps", type=int, default=600)
+    p.add_argument("--encoder-epochs", type=int, default=25)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--n-hvg", type=int, default=2000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue from OUT/train_state.pt")
+
+
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser("evaluate", help="metrics of a checkpoint on one split of a labelled .h5ad")
+    p.add_argument("--checkpoint", default=None, help="checkpoint directory (default: the shipped one)")
+    p.add_argument("--data", required=True)
+    p.add_argument("--split", required=True, help="split JSON (train/valid/test lists of obs_names)")
+    p.add_argument("--split-name", default="test")
+    p.add_argument("--task", choices=["cta", "dsp"], required=True)
+    p.add_argument("--label-key", required=True)
+    p.add_argument("--instructions", default=None, help="JSON list / JSON lines with an 'instruction' field")
+    p.add_argument("--n-instructions", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="metrics JSON to write")
+
+
+def _add_annotate(sub) -> None:
+    p = sub.add_parser("annotate", help="annotate the cells of an .h5ad; writes a new .h5ad")
+    p.add_argument("--checkpoint", default=None)
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--instruction", default=None)
+    p.add_argument("--candidates", default=None, help="comma-separated candidate labels")
+    p.add_argument("--key-added", default="instructcell")
+    p.add_argument("--use-raw", action="store_true")
+    p.add_argument("--layer", default=None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="instructcell", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_train(sub)
+    _add_evaluate(sub)
+    _add_annotate(sub)
+    sub.add_parser("info", help="describe the default checkpoint")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
+                        format="%(levelname)s %(name)s: %(message)s")
+    from .core_model.errors import InstructCellError
+
+    try:
+        return {"train": _train, "evaluate": _evaluate, "annotate": _annotate, "info": _info}[args.command](args)
+    except InstructCellError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _train(args) -> int:
+    from .core_model.config import BackboneConfig
+    from .core_model.training import TrainConfig, train
+
+    cfg = TrainConfig(
+        datasets=tuple(d for d in args.datasets.split(",") if d), backbone=BackboneConfig(kind=args.backbone),
+        lm_steps=args.lm_steps, encoder_epochs=args.encoder_epochs, batch_size=args.batch_size,
+        n_hvg=args.n_hvg, seed=args.seed,
+    )
+    command = "instructcell " + " ".join(sys.argv[1:]) if argv_is_cli() else None
+    path = train(cfg, args.out, resume=args.resume, command=command)
+    print(path)
+    return 0
+
+
+def argv_is_cli() -> bool:
+    return Path(sys.argv[0]).name in ("instructcell", "cli.py", "__main__.py")
+
+
+def _evaluate(args) -> int:
+    from .api import load_model
+    from .core_model.evaluation import evaluate
+    from .core_model.instructions import load_instruction_file
+    from .core_model.io import write_json_atomic
+
+    loaded = load_model(args.checkpoint)
+    instructions = load_instruction_file(args.instructions) if args.instructions else None
+    result = evaluate(loaded, args.data, args.split, args.task, args.label_key, instructions=instructions,
+                      n_instructions=args.n_instructions, seed=args.seed, split=args.split_name)
+    write_json_atomic(result, args.out)
+    print(json.dumps({k: result[k] for k in ("accuracy", "macro_f1", "weighted_f1", "invalid_rate", "n_cells")}))
+    return 0
+
+
+def _annotate(args) -> int:
+    from .api import annotate, load_model
+    from .core_model.io import read_h5ad, write_h5ad_atomic
+
+    adata = read_h5ad(args.data)
+    candidates = [c.strip() for c in args.candidates.split(",")] if args.candidates else None
+    result = annotate(adata, model=load_model(args.checkpoint), instruction=args.instruction, candidates=candidates,
+                      use_raw=args.use_raw, layer=args.layer)
+    out = result.to_adata(adata.copy(), key_added=args.key_added)
+    write_h5ad_atomic(out, args.out, protect=[args.data])
+    print(result.summary())
+    return 0
+
+
+def _info(args) -> int:
+    from .api import default_checkpoint_path
+
+    path = default_checkpoint_path()
+    config = json.loads((path / "config.json").read_text())
+    print(json.dumps({k: config.get(k) for k in ("package_version", "created", "command", "data", "valid")}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

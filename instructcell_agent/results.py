@@ -1,0 +1,69 @@
+"""Result types returned by the task API, with tidy views and scverse-style write-back."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+
+
+@dataclass
+class AnnotationResult:
+    """Per-cell answers of one annotation (or drug-response) call.
+
+    Attributes
+    ----------
+    labels
+        Predicted label per cell (`None`-free: unmapped free answers keep their text).
+    confidence
+        Probability of the predicted label (softmax over candidates, or the product of the
+        generated tokens' probabilities when no candidates were given).
+    probabilities
+        cells x candidates probabilities, or None without candidates.
+    answers
+        The model's answer text per cell (a sentence in chat mode).
+    provenance
+        Model, instruction, alignment report and versions, stored in `uns` by `to_adata`.
+    """
+
+    obs_names: list[str]
+    labels: np.ndarray
+    confidence: np.ndarray
+    answers: list[str]
+    probabilities: pd.DataFrame | None = None
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per cell: label, confidence, answer."""
+        return pd.DataFrame(
+            {"label": self.labels, "confidence": self.confidence, "answer": self.answers}, index=self.obs_names
+        )
+
+    def label_counts(self) -> pd.Series:
+        return pd.Series(self.labels).value_counts()
+
+    def summary(self) -> str:
+        counts = self.label_counts()
+        lines = [f"{len(self.labels):,} cells annotated; mean confidence {float(np.mean(self.confidence)):.3f}"]
+        lines += [f"  {label}: {n}" for label, n in counts.items()]
+        return "\n".join(lines)
+
+    def to_adata(self, adata: ad.AnnData, key_added: str = "instructcell") -> ad.AnnData:
+        """Write the result into `adata` (in memory, scverse style) and return it.
+
+        Adds `obs['<key>_label']`, `obs['<key>_confidence']`, `obsm['<key>_probabilities']` (with
+        candidates) and `uns['<key>']` (provenance). The cells must be the ones annotated.
+        """
+        if list(map(str, adata.obs_names)) != list(self.obs_names):
+            raise ValueError("adata's cells differ from the annotated cells (same obs_names in the same order needed)")
+        adata.obs[f"{key_added}_label"] = pd.Categorical(self.labels)
+        adata.obs[f"{key_added}_confidence"] = self.confidence.astype(np.float32)
+        uns = dict(self.provenance)
+        if self.probabilities is not None:
+            adata.obsm[f"{key_added}_probabilities"] = self.probabilities.to_numpy(dtype=np.float32)
+            uns["candidates"] = list(map(str, self.probabilities.columns))
+        adata.uns[key_added] = uns
+        return adata

@@ -1,0 +1,58 @@
+"""Checkpoint directories: round trip, strictness, provenance."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from instructcell_agent.core_model.checkpoint import load_checkpoint, save_checkpoint
+from instructcell_agent.core_model.errors import CheckpointError
+
+
+def _scores(loaded):
+    model = loaded.model
+    expr = model.normalize(torch.rand(2, len(loaded.vocab), generator=torch.Generator().manual_seed(0)) * 3)
+    with torch.no_grad():
+        ctx = model.start([model.prefix_text("Type?")], torch.zeros(2, dtype=torch.long))
+        return model.score_candidates(ctx, expr, ["alpha", "beta"])
+
+
+def test_round_trip_gives_identical_outputs(tiny_model, tmp_path):
+    path = save_checkpoint(tiny_model, tmp_path / "copy")
+    again = load_checkpoint(path)
+    torch.testing.assert_close(_scores(tiny_model), _scores(again))
+    assert again.vocab == tiny_model.vocab and again.label_sets == tiny_model.label_sets
+
+
+def test_checkpoint_records_provenance(tiny_checkpoint):
+    config = json.loads((tiny_checkpoint / "config.json").read_text())
+    assert config["format_version"] == 1
+    assert config["train_config"]["seed"] == 0
+    assert config["data"][0]["sha256"] and len(config["data"][0]["sha256"]) == 64
+    labels = json.loads((tiny_checkpoint / "labels.json").read_text())
+    assert labels["planted"]["labels"] == ["alpha", "beta", "delta", "gamma"]
+
+
+def test_missing_file_is_refused(tiny_checkpoint, tmp_path):
+    broken = shutil.copytree(tiny_checkpoint, tmp_path / "broken")
+    (broken / "gene_vocab.json").unlink()
+    with pytest.raises(CheckpointError, match="gene_vocab.json"):
+        load_checkpoint(broken)
+
+
+def test_weights_that_do_not_fit_are_refused(tiny_checkpoint, tmp_path):
+    broken = shutil.copytree(tiny_checkpoint, tmp_path / "broken")
+    weights = load_file(str(broken / "weights.safetensors"))
+    weights.pop(next(iter(weights)))
+    save_file(weights, str(broken / "weights.safetensors"))
+    with pytest.raises(CheckpointError, match="does not match"):
+        load_checkpoint(broken)
+
+
+def test_not_a_checkpoint_directory(tmp_path):
+    with pytest.raises(CheckpointError, match="not a checkpoint"):
+        load_checkpoint(tmp_path)

@@ -1,0 +1,60 @@
+"""`evaluate`: metrics, option handling, instruction files, label mapping."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from instructcell_agent.core_model.errors import LabelKeyError
+from instructcell_agent.core_model.evaluation import INVALID, evaluate, metrics
+from instructcell_agent.core_model.instructions import load_instruction_file
+from instructcell_agent.core_model.labels import LabelMapper
+
+
+def test_metrics_count_invalid_answers_as_wrong():
+    truth = np.array(["a", "a", "b", "b"])
+    pred = np.array(["a", INVALID, "b", "b"])
+    m = metrics(truth, pred, ["a", "b"])
+    assert m["accuracy"] == 0.75 and m["invalid_rate"] == 0.25
+    # a: precision 1, recall 1/2 -> F1 2/3; b: F1 1.
+    assert m["macro_f1"] == pytest.approx((2 / 3 + 1) / 2)
+
+
+def test_label_mapper_uses_exact_then_ontology_synonyms():
+    mapper = LabelMapper(("CD14+ Monocyte", "CD19+ B", "CD8+ Cytotoxic T"))
+    assert mapper.map(" cd14+ monocyte. ") == "CD14+ Monocyte"
+    assert mapper.map("CD14+ Mono") == "CD14+ Monocyte"
+    assert mapper.map("B cell") == "CD19+ B"
+    assert mapper.map("a liver cell") is None
+
+
+def test_evaluate_reports_required_fields(tiny_model, synthetic_set):
+    result = evaluate(tiny_model, synthetic_set["path"], synthetic_set["split_path"], "cta", "cell_type", seed=1)
+    for key in ("accuracy", "macro_f1", "weighted_f1", "invalid_rate", "n_cells", "n_instructions"):
+        assert key in result
+    assert result["n_cells"] == 40
+    assert result["with_options"]["n_cells"] + result["without_options"]["n_cells"] == 40
+    # The planted types are easy: with options (scored candidates) the tiny model is well above chance.
+    assert result["with_options"]["accuracy"] > 0.5
+
+
+def test_evaluate_with_an_instruction_file(tiny_model, synthetic_set, tmp_path):
+    path = tmp_path / "phrasings.json"
+    path.write_text(json.dumps([{"instruction": "Cell {input} is which of {choices}?", "response": "{output}"}]))
+    result = evaluate(tiny_model, synthetic_set["path"], synthetic_set["split_path"], "cta", "cell_type",
+                      instructions=load_instruction_file(path))
+    assert result["n_instructions"] == 1 and result["with_options"]["n_cells"] == 40
+    assert result["invalid_rate"] == 0.0  # scored candidates are always valid
+
+
+def test_evaluate_is_seeded(tiny_model, synthetic_set):
+    a = evaluate(tiny_model, synthetic_set["path"], synthetic_set["split_path"], "cta", "cell_type", seed=3)
+    b = evaluate(tiny_model, synthetic_set["path"], synthetic_set["split_path"], "cta", "cell_type", seed=3)
+    assert a["accuracy"] == b["accuracy"] and a["with_options"]["n_cells"] == b["with_options"]["n_cells"]
+
+
+def test_evaluate_refuses_a_missing_label_column(tiny_model, synthetic_set):
+    with pytest.raises(LabelKeyError, match="cell_type"):
+        evaluate(tiny_model, synthetic_set["path"], synthetic_set["split_path"], "cta", "celltype")

@@ -1,0 +1,83 @@
+"""The cell language model's prompt mechanics: scoring, caching, padding, generation, gradients."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from instructcell_agent.core_model.backbone import load_backbone
+from instructcell_agent.core_model.config import BackboneConfig, CellEncoderConfig, ModelConfig
+from instructcell_agent.core_model.model import CellLanguageModel
+
+CANDIDATES = ["alpha", "beta cell", "gamma-delta T"]
+
+
+@pytest.fixture(scope="module")
+def model() -> CellLanguageModel:
+    torch.manual_seed(0)
+    cfg = ModelConfig(encoder=CellEncoderConfig(n_genes=30, hidden_dim=32, dim=32, n_heads=4, dropout=0.0),
+                      backbone=BackboneConfig(kind="tiny"))
+    return CellLanguageModel(cfg, load_backbone(cfg.backbone)).eval()
+
+
+def _expr(model, n=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return model.normalize(torch.rand(n, 30, generator=g) * 5)
+
+
+def test_candidate_scores_equal_teacher_forced_log_likelihood(model):
+    expr = _expr(model)
+    prefix = [model.prefix_text("Which cell type is this?")]
+    with torch.no_grad():
+        scores = model.score_candidates(model.start(prefix, torch.zeros(3, dtype=torch.long)), expr, CANDIDATES)
+        for j, cand in enumerate(CANDIDATES):
+            logp, _ = model.answer_logprob(model.start(prefix, torch.zeros(3, dtype=torch.long)), expr, [cand] * 3)
+            torch.testing.assert_close(scores[:, j], logp.sum(1))
+
+
+def test_left_padding_of_mixed_prefixes_changes_nothing(model):
+    expr = _expr(model)
+    short, long = model.prefix_text("Type?"), model.prefix_text("Which cell type is this cell, in your view?")
+    with torch.no_grad():
+        mixed = model.score_candidates(model.start([short, long], torch.tensor([0, 1, 0])), expr, CANDIDATES)
+        alone = model.score_candidates(model.start([short], torch.zeros(3, dtype=torch.long)), expr, CANDIDATES)
+    torch.testing.assert_close(mixed[[0, 2]], alone[[0, 2]], atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(mixed[1], alone[1])
+
+
+def test_scores_depend_on_the_cell(model):
+    prefix = [model.prefix_text("Type?")]
+    with torch.no_grad():
+        a = model.score_candidates(model.start(prefix, torch.zeros(1, dtype=torch.long)), _expr(model, 1, 1), CANDIDATES)
+        b = model.score_candidates(model.start(prefix, torch.zeros(1, dtype=torch.long)), _expr(model, 1, 2), CANDIDATES)
+    assert not torch.allclose(a, b)
+
+
+def test_generate_returns_one_text_and_logprob_per_cell(model):
+    expr = _expr(model, 4)
+    texts, logp = model.generate(model.start([model.prefix_text("Type?")], torch.zeros(4, dtype=torch.long)), expr,
+                                 max_new_tokens=5, return_logprob=True)
+    assert len(texts) == 4 and all(isinstance(t, str) for t in texts)
+    assert logp.shape == (4,) and (logp <= 0).all()
+
+
+def test_gradients_reach_the_cell_encoder_through_the_frozen_lm(model):
+    expr = _expr(model, 2).requires_grad_(True)
+    logp, mask = model.answer_logprob(model.start([model.prefix_text("Type?")], torch.zeros(2, dtype=torch.long)),
+                                      expr, ["alpha", "beta cell"])
+    (-logp.sum()).backward()
+    assert expr.grad is not None and expr.grad.abs().sum() > 0
+    assert model.encoder.gene_proj.weight.grad is not None
+    assert all(p.grad is None for p in model.lm.parameters())
+    model.zero_grad()
+
+
+def test_sparse_and_dense_inputs_encode_identically(model):
+    expr = _expr(model, 3)
+    expr[expr < 1.0] = 0
+    torch.testing.assert_close(model.encoder(expr.to_sparse()), model.encoder(expr))
+
+
+def test_trainable_state_excludes_the_backbone(model):
+    keys = model.trainable_state_dict()
+    assert keys and not any(k.startswith("lm.") for k in keys)
