@@ -87,6 +87,7 @@ class ModelConfig:
     max_answer_tokens: int = 24
     target_sum: float = 1e4
     lm_trained: bool = False  # the backbone was fine-tuned too; its weights then live in the checkpoint
+    lora_rank: int = 0  # >0: low-rank adapters in the backbone's attention (trained, stored)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -25,6 +25,7 @@ from transformers import DynamicCache
 from .backbone import Backbone
 from .cell_encoder import CellEncoder, log_normalize
 from .config import ModelConfig
+from .lora import inject_lora
 
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
 SUFFIX_TEXT = f"{IM_END}\n{IM_START}assistant\n"
@@ -55,14 +56,16 @@ class CellLanguageModel(nn.Module):
         self.backbone = backbone
         self.tokenizer = backbone.tokenizer
         self.lm = backbone.model
+        if cfg.lora_rank:
+            for param in inject_lora(self.lm, cfg.lora_rank):
+                param.requires_grad_(False)  # like the backbone; training switches them on
         self.encoder = CellEncoder(cfg.encoder)
         self.proj = nn.Linear(cfg.encoder.dim, backbone.hidden_size)
-        with torch.no_grad():
-            # Start the soft tokens at the scale of real token embeddings so the frozen LM is not
-            # fed vectors far outside what it has seen.
-            emb_rms = self.lm.get_input_embeddings().weight.pow(2).mean().sqrt()
-            self.proj.weight.mul_(emb_rms / (self.proj.weight.std() * cfg.encoder.dim**0.5))
-            self.proj.bias.zero_()
+        # Soft tokens are RMS-normalized to a learned per-dimension scale that starts at the
+        # scale of real token embeddings: the frozen LM never sees vectors far outside what it
+        # was trained on, however the projection's weights move.
+        emb_rms = float(self.lm.get_input_embeddings().weight.detach().pow(2).mean().sqrt())
+        self.token_scale = nn.Parameter(torch.full((backbone.hidden_size,), emb_rms))
         self._suffix_ids = self.encode_text(SUFFIX_TEXT)
         self._end_id = self.tokenizer.convert_tokens_to_ids(IM_END)
         self._prefix_memo: dict[str, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
@@ -78,7 +81,10 @@ class CellLanguageModel(nn.Module):
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """Weights a checkpoint stores: everything except the frozen backbone."""
-        return {k: v for k, v in self.state_dict().items() if not k.startswith("lm.")}
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("lm.") or ".lora_" in k}
+
+    def lora_parameters(self) -> list[nn.Parameter]:
+        return [p for n, p in self.lm.named_parameters() if ".lora_" in n]
 
     def encode_text(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -92,7 +98,8 @@ class CellLanguageModel(nn.Module):
 
     def cell_tokens(self, expr: torch.Tensor) -> torch.Tensor:
         """Log-normalized expression (B, n_genes) -> soft tokens (B, n_queries, hidden)."""
-        return self.proj(self.encoder(expr))
+        tokens = self.proj(self.encoder(expr))
+        return tokens * torch.rsqrt(tokens.pow(2).mean(-1, keepdim=True) + 1e-6) * self.token_scale
 
     def embed_ids(self, ids: torch.Tensor) -> torch.Tensor:
         return self.lm.get_input_embeddings()(ids)

@@ -57,10 +57,11 @@ class TrainConfig:
     encoder_lr: float = 1e-3
     lm_steps: int = 600
     batch_size: int = 16
-    lr: float = 3e-4
+    lr: float = 5e-4
     weight_decay: float = 0.01
     aux_weight: float = 0.5
-    train_lm: bool = False  # also fine-tune the backbone (full tuning); default: frozen LM
+    train_lm: bool = False  # also fine-tune the whole backbone (full tuning)
+    lora_rank: int = 8  # low-rank adapters in the frozen backbone's attention; 0 = none
     gene_keep: float = 0.85  # per-entry keep probability (dropout augmentation)
     panel_drop_prob: float = 0.3  # chance a batch sees only a random subset of the genes
     valid_cells: int = 48  # per dataset, for the end-of-training check
@@ -146,7 +147,8 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, show_p
     enc_cfg = CellEncoderConfig(
         n_genes=len(vocab), hidden_dim=cfg.hidden_dim, dim=cfg.dim, n_queries=cfg.n_queries, n_layers=cfg.n_layers
     )
-    model_cfg = ModelConfig(encoder=enc_cfg, backbone=cfg.backbone, lm_trained=cfg.train_lm)
+    model_cfg = ModelConfig(encoder=enc_cfg, backbone=cfg.backbone, lm_trained=cfg.train_lm,
+                            lora_rank=0 if cfg.train_lm else cfg.lora_rank)
     model = CellLanguageModel(model_cfg, load_backbone(cfg.backbone))
     aux = AuxHead(cfg.dim, data.n_labels)
     state_path = out / "train_state.pt"
@@ -224,12 +226,17 @@ def _prompt(template: str, fields: dict[str, str], labels: list[str], rng: rando
 
 def _stage2(model: CellLanguageModel, aux: AuxHead, data: TrainingData, cfg: TrainConfig, out: Path,
             state: dict | None, show: bool) -> None:
-    trainable = list(model.encoder.parameters()) + list(model.proj.parameters()) + list(aux.parameters())
+    trainable = list(model.encoder.parameters()) + list(model.proj.parameters()) + [model.token_scale]
+    trainable += list(aux.parameters())
     if cfg.train_lm:
         model.lm.requires_grad_(True)
         trainable += list(model.lm.parameters())
+    else:
+        for p in model.lora_parameters():
+            p.requires_grad_(True)
+        trainable += model.lora_parameters()
     opt = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    warm = max(1, cfg.lm_steps // 20)
+    warm = max(1, cfg.lm_steps // 10)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, cfg.lm_steps) / cfg.lm_steps))
     )

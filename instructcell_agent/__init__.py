@@ -12,11 +12,13 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
-__all__ = ["annotate", "predict_drug_response", "load_model", "default_checkpoint_path", "AnnotationResult"]
+__all__ = ["annotate", "predict_drug_response", "load_model", "default_checkpoint_path", "AnnotationResult", "explain"]
 _WHERE = {
     "annotate": ".api", "predict_drug_response": ".api", "load_model": ".api", "default_checkpoint_path": ".api",
-    "AnnotationResult": ".results",
+    "AnnotationResult": ".results", "explain": ".interpret.api",
 }
+__all__ += ["generate_cells"]
+_WHERE["generate_cells"] = ".api"
 
 
 def __getattr__(name: str) -> Any:

@@ -77,6 +77,22 @@ def predict_drug_response(adata: ad.AnnData, drug: str, model: LoadedModel | Non
     return _answer(adata, model, "drug_response", instruction, candidates, drug=drug, **kwargs)
 
 
+def generate_cells(model: LoadedModel | None = None, cell_type: str = "", n: int = 100, species: str | None = None,
+                   tissue: str | None = None, condition: str | None = None, instruction: str | None = None,
+                   seed: int = 0, allow_unseen: bool = False, sequencing_method: str | None = None) -> ad.AnnData:
+    """Generate `n` pseudo-cells (integer counts over the model's genes) for a condition.
+
+    `condition` is free text ("IFN-beta stimulated", "control"; "stim"/"ctrl" are mapped). An
+    unseen condition raises `UnseenConditionError` unless `allow_unseen` (then it warns and sets
+    obs['unseen_condition']). obs records cell_type, species, tissue, condition and instruction.
+    See `instructcell_agent.core_model.generation.sampling.generate_cells`.
+    """
+    from .core_model.generation.sampling import generate_cells as _generate
+
+    return _generate(model or load_model(), cell_type, n, species=species, tissue=tissue, condition=condition,
+                     sequencing_method=sequencing_method, instruction=instruction, seed=seed, allow_unseen=allow_unseen)
+
+
 def _answer(adata: ad.AnnData, model: LoadedModel | None, task: str, instruction: str | None,
             candidates: Sequence[str] | None, *, species: str = "", tissue: str = "", sequencing_method: str = "",
             drug: str = "", layer: str | None = None, use_raw: bool = False, gene_key: str | None = None,

@@ -1,4 +1,4 @@
-"""`instructcell` command line: train, evaluate, annotate, info."""
+"""`instructcell` command line: train, evaluate, annotate, explain, info."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--data", required=True)
     p.add_argument("--split", required=True, help="split JSON (train/valid/test lists of obs_names)")
     p.add_argument("--split-name", default="test")
-    p.add_argument("--task", choices=["cta", "dsp"], required=True)
+    p.add_argument("--task", choices=["cta", "dsp", "cpcg"], required=True)
     p.add_argument("--label-key", required=True)
     p.add_argument("--instructions", default=None, help="JSON list / JSON lines with an 'instruction' field")
     p.add_argument("--n-instructions", type=int, default=None)
@@ -50,6 +50,23 @@ def _add_annotate(sub) -> None:
     p.add_argument("--layer", default=None)
 
 
+def _add_explain(sub) -> None:
+    p = sub.add_parser("explain", help="gene saliency per label; writes explained.h5ad, top_genes.csv and figures")
+    p.add_argument("--checkpoint", default=None)
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--label-key", default=None, help="obs column of labels to explain (default: predicted labels)")
+    p.add_argument("--dataset", default=None, help="checkpoint label set whose labels are the candidates")
+    p.add_argument("--candidates", default=None, help="comma-separated candidate labels")
+    p.add_argument("--method", choices=["saliency", "gradient", "ig"], default="saliency")
+    p.add_argument("--top-k", type=int, default=10)
+    p.add_argument("--n-steps", type=int, default=64, help="Integrated Gradients integration points")
+    p.add_argument("--normalize", choices=["none", "minmax"], default="none", help="per-cell scaling before the mean")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--use-raw", action="store_true")
+    p.add_argument("--layer", default=None)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="instructcell", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -57,14 +74,21 @@ def main(argv: list[str] | None = None) -> int:
     _add_train(sub)
     _add_evaluate(sub)
     _add_annotate(sub)
+    _add_explain(sub)
     sub.add_parser("info", help="describe the default checkpoint")
+    from .core_model.generation import commands as generation_commands  # generate, train-generator, cpcg
+
+    generation_commands.add_generation_commands(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
                         format="%(levelname)s %(name)s: %(message)s")
     from .core_model.errors import InstructCellError
 
     try:
-        return {"train": _train, "evaluate": _evaluate, "annotate": _annotate, "info": _info}[args.command](args)
+        if generation_commands.handles(args):
+            return generation_commands.run(args)
+        return {"train": _train, "evaluate": _evaluate, "annotate": _annotate, "explain": _explain,
+                "info": _info}[args.command](args)
     except InstructCellError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -115,6 +139,23 @@ def _annotate(args) -> int:
     out = result.to_adata(adata.copy(), key_added=args.key_added)
     write_h5ad_atomic(out, args.out, protect=[args.data])
     print(result.summary())
+    return 0
+
+
+def _explain(args) -> int:
+    from .api import load_model
+    from .core_model.io import get_labels, read_h5ad
+    from .interpret.api import explain, write_explanation
+
+    adata = read_h5ad(args.data)
+    candidates = [c.strip() for c in args.candidates.split(",")] if args.candidates else None
+    labels = get_labels(adata, args.label_key) if args.label_key else None  # a missing column is an error here
+    result = explain(adata, model=load_model(args.checkpoint), labels=labels, method=args.method,
+                     top_k=args.top_k, dataset=args.dataset, candidates=candidates, normalize=args.normalize,
+                     n_steps=args.n_steps, batch_size=args.batch_size, use_raw=args.use_raw, layer=args.layer)
+    paths = write_explanation(result, args.out, protect=[args.data])
+    print(result.summary())
+    print("\n".join(str(p) for p in paths.values()))
     return 0
 
 
