@@ -67,6 +67,10 @@ def save_checkpoint(loaded: LoadedModel, out_dir: str | os.PathLike) -> Path:
         if model.cfg.backbone.kind == "tiny" or model.cfg.lm_trained:
             state = {k: v.contiguous() for k, v in model.lm.state_dict().items() if k != "lm_head.weight"}
             save_file(state, str(tmp / "backbone.safetensors"))
+        # mkdtemp makes a private directory; a checkpoint is meant to be shared and shipped.
+        os.chmod(tmp, 0o755)
+        for item in tmp.iterdir():
+            os.chmod(item, 0o644)
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)

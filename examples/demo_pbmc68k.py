@@ -30,6 +30,8 @@ def agreement(predicted, known) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", default="runs/demo/pbmc68k_annotated.h5ad")
+    parser.add_argument("--scored-cells", type=int, default=100,
+                        help="cells for the candidate-scoring run (scoring 10 candidates is ~10x the work of a free answer on CPU)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
@@ -47,23 +49,26 @@ def main() -> None:
     print("\nAlignment report:\n" + free.provenance["alignment_summary"])
 
     candidates = sorted(set(known))
+    subset = adata[np.random.default_rng(0).choice(adata.n_obs, min(args.scored_cells, adata.n_obs), replace=False)].copy()
+    sub_known = subset.obs["bulk_labels"].astype(str).to_numpy()
     start = time.perf_counter()
-    scored = ica.annotate(adata, model=model, use_raw=True, candidates=candidates)
+    scored = ica.annotate(subset, model=model, use_raw=True, candidates=candidates)
     scored_s = time.perf_counter() - start
 
     print("\n1) Free answers (no candidates given), label counts:")
     print(free.label_counts().to_string())
     print(f"agreement with bulk_labels: {agreement(free.labels, known):.3f}  ({adata.n_obs / free_s:.1f} cells/s)")
-    print(f"\n2) Candidates = the {len(candidates)} bulk_labels names, label counts:")
+    print(f"\n2) Candidates = the {len(candidates)} bulk_labels names, {subset.n_obs} random cells, label counts:")
     print(scored.label_counts().to_string())
-    print(f"agreement with bulk_labels: {agreement(scored.labels, known):.3f}  ({adata.n_obs / scored_s:.1f} cells/s)")
-    print("\nPer known label (candidates run): share agreeing")
-    frame = pd.DataFrame({"known": known, "ok": scored.labels == known})
+    print(f"agreement with bulk_labels: {agreement(scored.labels, sub_known):.3f}  ({subset.n_obs / scored_s:.1f} cells/s)")
+    print("\nPer known label (free answers): share agreeing")
+    mapper = LabelMapper(tuple(candidates))
+    frame = pd.DataFrame({"known": known, "ok": [mapper.map(str(p)) == k for p, k in zip(free.labels, known)]})
     print(frame.groupby("known")["ok"].agg(["mean", "size"]).round(3).to_string())
 
-    out = scored.to_adata(adata.copy(), key_added="instructcell")
+    out = free.to_adata(adata.copy(), key_added="instructcell")
     path = write_h5ad_atomic(out, args.out)
-    print(f"\nwrote {path} (obs['instructcell_label'], obs['instructcell_confidence'], obsm['instructcell_probabilities'])")
+    print(f"\nwrote {path} (obs['instructcell_label'], obs['instructcell_confidence'], uns['instructcell'])")
 
 
 if __name__ == "__main__":
