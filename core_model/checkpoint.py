@@ -65,7 +65,10 @@ def save_checkpoint(loaded: LoadedModel, out_dir: str | os.PathLike) -> Path:
         (tmp / "labels.json").write_text(json.dumps(loaded.label_sets, indent=1))
         save_file({k: v.contiguous() for k, v in model.trainable_state_dict().items()}, str(tmp / "weights.safetensors"))
         if model.cfg.backbone.kind == "tiny" or model.cfg.lm_trained:
-            state = {k: v.contiguous() for k, v in model.lm.state_dict().items() if k != "lm_head.weight"}
+            # Plain backbone names (LoRA wrappers unwrapped): the backbone is rebuilt and loaded
+            # before adapters are injected; the adapters themselves live in weights.safetensors.
+            state = {k.replace(".base.", "."): v.contiguous() for k, v in model.lm.state_dict().items()
+                     if k != "lm_head.weight" and ".lora_" not in k}
             save_file(state, str(tmp / "backbone.safetensors"))
         # mkdtemp makes a private directory; a checkpoint is meant to be shared and shipped.
         os.chmod(tmp, 0o755)

@@ -61,7 +61,8 @@ def _add_explain(sub) -> None:
     p.add_argument("--method", choices=["saliency", "gradient", "ig"], default="saliency")
     p.add_argument("--top-k", type=int, default=10)
     p.add_argument("--n-steps", type=int, default=64, help="Integrated Gradients integration points")
-    p.add_argument("--normalize", choices=["none", "minmax"], default="none", help="per-cell scaling before the mean")
+    p.add_argument("--normalize", choices=["none", "minmax"], default="none",
+                   help="per-cell scaling before the per-label mean (minmax: each cell's supporting genes to [0, 1])")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--use-raw", action="store_true")
     p.add_argument("--layer", default=None)
@@ -150,8 +151,12 @@ def _explain(args) -> int:
     adata = read_h5ad(args.data)
     candidates = [c.strip() for c in args.candidates.split(",")] if args.candidates else None
     labels = get_labels(adata, args.label_key) if args.label_key else None  # a missing column is an error here
-    result = explain(adata, model=load_model(args.checkpoint), labels=labels, method=args.method,
-                     top_k=args.top_k, dataset=args.dataset, candidates=candidates, normalize=args.normalize,
+    loaded = load_model(args.checkpoint)
+    # A file named like one of the checkpoint's datasets gets that label set as candidates.
+    dataset = args.dataset or (Path(args.data).stem if Path(args.data).stem in loaded.label_sets else None)
+    result = explain(adata, model=loaded, labels=labels, method=args.method,
+                     top_k=args.top_k, dataset=None if candidates else dataset, candidates=candidates,
+                     normalize=args.normalize,
                      n_steps=args.n_steps, batch_size=args.batch_size, use_raw=args.use_raw, layer=args.layer)
     paths = write_explanation(result, args.out, protect=[args.data])
     print(result.summary())

@@ -56,3 +56,16 @@ def test_weights_that_do_not_fit_are_refused(tiny_checkpoint, tmp_path):
 def test_not_a_checkpoint_directory(tmp_path):
     with pytest.raises(CheckpointError, match="not a checkpoint"):
         load_checkpoint(tmp_path)
+
+
+def test_tiny_backbone_with_lora_round_trips(planted_spec, tmp_path):
+    from conftest import tiny_train_config
+    from instructcell_agent.core_model.training import train
+
+    cfg = tiny_train_config(encoder_epochs=1, lm_steps=3, valid_cells=4, train_lm=False, lora_rank=4)
+    path = train(cfg, tmp_path / "run", specs=[planted_spec], show_progress=False)
+    loaded = load_checkpoint(path)
+    assert loaded.model.cfg.lora_rank == 4
+    assert any(".lora_" in k for k in loaded.model.trainable_state_dict())
+    again = load_checkpoint(save_checkpoint(loaded, tmp_path / "copy"))
+    torch.testing.assert_close(_scores(loaded), _scores(again))

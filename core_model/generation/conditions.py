@@ -1,0 +1,247 @@
+"""Generation conditions: what a pseudo-cell is asked to be, and what the generator has seen.
+
+A condition is (cell type, species, tissue, sequencing method, free condition text). The table
+of conditions seen in training is stored with the generator; requests are checked against it so
+that an unseen condition is refused (or generated with an explicit warning), never silently.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from ..errors import InstructCellError
+from ..instructions import placeholders_in, render
+from ..labels import normalize_label, ontology_id
+
+log = logging.getLogger(__name__)
+
+# Dataset condition codes -> the text a prompt uses. Kept small on purpose: only the sets we train on.
+CONDITION_TEXT: dict[str, str] = {
+    "stim": "IFN-beta stimulated", "stimulated": "IFN-beta stimulated", "ifnb": "IFN-beta stimulated",
+    "ifn-beta stimulated": "IFN-beta stimulated", "ifn-beta": "IFN-beta stimulated",
+    "ctrl": "control", "control": "control", "unstimulated": "control",
+}
+SPECIES_ALIASES: dict[str, str] = {
+    "homo sapiens": "human", "h. sapiens": "human", "hsapiens": "human", "mus musculus": "mouse",
+    "m. musculus": "mouse", "mmusculus": "mouse", "mice": "mouse", "humans": "human",
+}
+FIELDS: tuple[str, ...] = ("cell_type", "species", "tissue", "sequencing_method", "condition")
+CHECKED: tuple[str, ...] = ("cell_type", "species", "tissue", "condition")  # sequencing method is descriptive
+
+
+class UnseenConditionError(InstructCellError):
+    """A requested generation condition was not seen when the generator was trained."""
+
+
+def condition_text(value: str | None) -> str:
+    """Map a dataset's condition code (``"stim"``, ``"ctrl"``) to prompt text; other text is kept.
+
+    Parameters
+    ----------
+    value
+        A condition code or free text; None or blank gives ``""`` (no condition).
+
+    Returns
+    -------
+    str
+        E.g. ``"IFN-beta stimulated"`` for ``"stim"``.
+    """
+    text = " ".join(str(value or "").split())
+    return CONDITION_TEXT.get(text.casefold(), text)
+
+
+def _norm(field: str, value: str, loose: bool = False) -> str:
+    """Comparison key of a field value: case/space-insensitive, synonyms folded. `loose` also
+    folds cell-type spellings that name one Cell Ontology term ("CD14+ Monocyte" = "CD14+Mono")."""
+    key = normalize_label(value)
+    if field == "species":
+        return SPECIES_ALIASES.get(key, key)
+    if field == "condition":
+        return normalize_label(condition_text(value))
+    if field == "cell_type" and loose:
+        return ontology_id(value) or re.sub(r"[\s_\-]+", "", key)
+    return key
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One generation condition (empty strings mean "not specified")."""
+
+    cell_type: str = ""
+    species: str = ""
+    tissue: str = ""
+    sequencing_method: str = ""
+    condition: str = ""
+
+    def fields(self) -> dict[str, str]:
+        """Prompt fields, for :func:`~instructcell_agent.core_model.instructions.render`."""
+        return asdict(self)
+
+    def key(self, loose: bool = False) -> tuple[str, ...]:
+        """Normalized identity (what two spellings of one condition share)."""
+        return tuple(_norm(f, getattr(self, f), loose) for f in FIELDS)
+
+    def label(self) -> str:
+        """Conditioning label used by the metrics: the cell type, plus the condition if any."""
+        return f"{self.cell_type} | {self.condition}" if self.condition else self.cell_type
+
+
+@dataclass
+class ConditionRecord:
+    """A condition seen in training, with where it came from and how many cells it had."""
+
+    condition: Condition
+    dataset: str
+    n_cells: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.condition.fields(), "dataset": self.dataset, "n_cells": self.n_cells}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ConditionRecord:
+        return cls(Condition(**{f: str(d.get(f, "")) for f in FIELDS}), str(d.get("dataset", "")), int(d["n_cells"]))
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """A request checked against the table: the condition to generate and whether it was seen."""
+
+    condition: Condition
+    unseen: bool
+    record: int | None  # index of the matching training record, if any
+    message: str
+
+
+class ConditionTable:
+    """The conditions a generator was trained on (index i = row i of its condition embeddings)."""
+
+    def __init__(self, records: Sequence[ConditionRecord]) -> None:
+        self.records = list(records)
+        self._keys = {False: [r.condition.key() for r in self.records],
+                      True: [r.condition.key(loose=True) for r in self.records]}
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def to_list(self) -> list[dict[str, Any]]:
+        return [r.to_dict() for r in self.records]
+
+    @classmethod
+    def from_list(cls, rows: Iterable[Mapping[str, Any]]) -> ConditionTable:
+        return cls([ConditionRecord.from_dict(r) for r in rows])
+
+    def index(self, cond: Condition) -> int | None:
+        """Row of exactly this condition (normalized comparison), or None."""
+        key = cond.key()
+        return self._keys[False].index(key) if key in self._keys[False] else None
+
+    def known(self, field: str) -> list[str]:
+        """Distinct values of one field in the table, first spelling kept."""
+        seen: dict[str, str] = {}
+        for r in self.records:
+            value = getattr(r.condition, field)
+            seen.setdefault(_norm(field, value), value)
+        return [v for v in seen.values() if v]
+
+    def _matches(self, requested: Mapping[str, str]) -> list[int]:
+        """Rows agreeing with every non-empty requested field: exact spellings first, else
+        cell-type synonyms (Cell Ontology)."""
+        for loose in (False, True):
+            want = {f: _norm(f, v, loose) for f, v in requested.items() if v and f in FIELDS}
+            rows = [i for i, key in enumerate(self._keys[loose])
+                    if all(key[FIELDS.index(f)] == w for f, w in want.items())]
+            if rows:
+                return rows
+        return []
+
+    def resolve(self, cell_type: str, species: str | None = None, tissue: str | None = None,
+                condition: str | None = None, sequencing_method: str | None = None) -> Resolution:
+        """Match a request to the table; fields left out are filled from the best-matching record.
+
+        Parameters
+        ----------
+        cell_type, species, tissue, condition, sequencing_method
+            The request; None or ``""`` means "not specified". A condition given as a dataset
+            code (``"stim"``) is mapped to its text first.
+
+        Returns
+        -------
+        Resolution
+            ``unseen`` is True when no training record agrees with every given field; the
+            message then lists what the table knows.
+        """
+        requested = {"cell_type": cell_type or "", "species": species or "", "tissue": tissue or "",
+                     "condition": condition_text(condition), "sequencing_method": sequencing_method or ""}
+        checked = {f: v for f, v in requested.items() if f in CHECKED}
+        rows = self._matches(checked)
+        if not rows:
+            return Resolution(Condition(**requested), True, None, self._unseen_message(checked))
+        if not requested["condition"]:  # unconditioned cells first (annotation sets), then controls
+            rows = sorted(rows, key=lambda i: (self.records[i].condition.condition not in ("", "control"),
+                                               self.records[i].condition.condition != "", -self.records[i].n_cells))
+        else:
+            rows = sorted(rows, key=lambda i: -self.records[i].n_cells)
+        exact = set(self._matches(requested)) if requested["sequencing_method"] else set(rows)
+        best = next((i for i in rows if i in exact), rows[0])  # keeps the preference order above
+        known = self.records[best].condition
+        # The table's spelling wins for fields the user gave (the model was trained on it); fields
+        # left out are taken from the record, and the caller records them in obs.
+        filled = Condition(**{f: (getattr(known, f) if f in CHECKED or not requested[f] else requested[f])
+                              for f in FIELDS})
+        filled_from = [f for f in FIELDS if not requested[f] and getattr(filled, f)]
+        message = f"filled {', '.join(filled_from)} from training data ({self.records[best].dataset})" if filled_from else ""
+        return Resolution(filled, False, best, message)
+
+    def _unseen_message(self, requested: Mapping[str, str]) -> str:
+        parts = []
+        for f, v in requested.items():
+            if v and not self._matches({f: v}):
+                parts.append(f"{f} {v!r} was not seen in training; known: {', '.join(sorted(self.known(f)))}")
+        if not parts:  # each value seen, but never together
+            given = {f: v for f, v in requested.items() if v}
+            same_type = set(self._matches({"cell_type": given.get("cell_type", "")}))
+            combos = sorted({self.records[i].condition.label() for i in same_type})
+            parts.append(f"the combination {given} was not seen in training"
+                         + (f"; this cell type was seen as: {', '.join(combos)}" if combos else ""))
+        return "; ".join(parts) + ". Pass allow_unseen=True (CLI: --allow-unseen) to generate anyway."
+
+
+def compose_instruction(template: str, cond: Condition) -> str:
+    """Render a generation phrasing and make sure the key conditions reach the prompt.
+
+    A phrasing without ``{condition}`` (or ``{cell_type}``) would silently drop what the user
+    asked for, so a short clause is appended instead; training uses the same rule, so the model
+    has seen such prompts. Other empty fields render as empty text.
+
+    Parameters
+    ----------
+    template
+        A phrasing with placeholders such as ``{cell_type}``.
+    cond
+        The condition to describe.
+
+    Returns
+    -------
+    str
+        The instruction text.
+    """
+    text = render(template, cond.fields())
+    names = placeholders_in(template)
+    if cond.cell_type and "cell_type" not in names:
+        text = f"{text} Cell type: {cond.cell_type}."
+    if cond.condition and "condition" not in names:
+        text = f"{text} Condition: {cond.condition}."
+    return text
+
+
+def phrasings_for(cond: Condition, bank: Sequence[str]) -> list[str]:
+    """Phrasings that fit a condition: without a condition, those naming ``{condition}`` read
+    badly ("in the  condition"), so they are left out when another phrasing is available."""
+    if cond.condition:
+        return list(bank)
+    plain = [t for t in bank if "condition" not in placeholders_in(t)]
+    return plain or list(bank)

@@ -1,0 +1,268 @@
+"""`explain`: which genes drive the model's answer, per label, checked against marker databases.
+
+    import instructcell_agent as ica
+    result = ica.explain(adata, model=ica.load_model(), dataset="xin2016_pancreas_subset")
+    result.top_genes                  # label, rank, gene, score, is_known_marker
+    result.marker_report              # precision at 10 vs PanglaoDB, ours and wilcoxon's
+    vocab_adata = result.to_adata()   # uns["instructcell_saliency"] in rank_genes_groups layout
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from instructcell_agent.core_model.alignment import align_to_vocab
+from instructcell_agent.core_model.checkpoint import LoadedModel
+from instructcell_agent.core_model.datasets import prompt_fields
+from instructcell_agent.core_model.errors import InputFileError, LabelKeyError
+from instructcell_agent.core_model.instructions import render
+from instructcell_agent.core_model.io import get_labels, write_h5ad_atomic, write_json_atomic
+
+from .aggregate import DEFAULT_NORMALIZE, NORMALIZATIONS, cell_scores, label_means, rankings
+from .attribution import METHODS, IGSettings, attribute
+from .markers import DEFAULT_DB, PRECISION_K, MarkerDB, load_marker_db, marker_report, wilcoxon_rankings
+from .result import DEFAULT_KEY, ExplanationResult
+
+log = logging.getLogger(__name__)
+
+
+def explain(adata: ad.AnnData, model: LoadedModel | None = None, labels: str | Sequence[str] | None = None,
+            method: str = "saliency", top_k: int = 10, *, dataset: str | None = None,
+            candidates: Sequence[str] | None = None, instruction: str | None = None,
+            normalize: str = DEFAULT_NORMALIZE,
+            n_steps: int = 64, ig_tolerance: float | None = 0.05, batch_size: int = 16,
+            marker_db: str = DEFAULT_DB, compare_wilcoxon: bool = True,
+            species: str | None = None, layer: str | None = None, use_raw: bool = False,
+            gene_key: str | None = None, min_genes: int = 100) -> ExplanationResult:
+    """Gene saliency of every cell for its label, aggregated per label, checked against markers.
+
+    Parameters
+    ----------
+    adata
+        Cells to explain (never modified).
+    model
+        A loaded checkpoint (default: the shipped one).
+    labels
+        What to explain. None: each cell's predicted label. An ``obs`` column name: each cell's
+        label in that column. A candidate label name: that label for every cell. A sequence:
+        one label per cell. Cells are grouped by this label for the per-label ranking.
+    method
+        ``"saliency"`` (gradient x input, default), ``"gradient"`` (plain gradient) or ``"ig"``
+        (Integrated Gradients from a zero baseline, with its convergence delta).
+    top_k
+        Genes reported per label.
+    dataset, candidates
+        The labels scored for every cell: `candidates` if given, else the label set `dataset`
+        of the checkpoint, else the labels passed in `labels`, else all annotation labels of the
+        checkpoint.
+    instruction
+        Prompt template (default: the API's annotation phrasing listing the candidates).
+    normalize
+        Per-cell normalisation before the per-label mean: ``"none"`` (default, raw attributions)
+        or ``"minmax"`` (each cell's supporting attributions scaled to [0, 1], after the
+        InstructCell paper); see :mod:`~instructcell_agent.interpret.aggregate` for why.
+    n_steps, ig_tolerance, batch_size
+        Integrated Gradients: integration points of the first pass, and the completeness
+        |delta| (log-probability units) below which pieces of the path stop being refined (None:
+        one pass; see :class:`~instructcell_agent.interpret.attribution.IGSettings`); cells per
+        forward pass.
+    marker_db, compare_wilcoxon, species
+        Marker database for validation (``"panglaodb"`` or ``"cellmarker2"``), whether to rank
+        the same cells by scanpy's wilcoxon test for comparison, and whose database entries to
+        use (default: the species the gene alignment detected).
+    layer, use_raw, gene_key, min_genes
+        Which matrix and gene names to read (see ``align_to_vocab``).
+
+    Returns
+    -------
+    ExplanationResult
+
+    Raises
+    ------
+    LabelKeyError
+        A label that is neither an ``obs`` column nor among the candidates.
+    CheckpointError
+        `dataset` is not a label set of the checkpoint.
+    ValueError
+        Unknown method or normalisation, bad `top_k`, labels of the wrong length.
+    """
+    _check_options(method, normalize, top_k)
+    if model is None:
+        from instructcell_agent.api import load_model
+
+        model = load_model()
+    started = time.perf_counter()
+    given = _given_labels(adata, labels)
+    cands = _candidates(model, dataset, candidates, given)
+    given = _check_in_candidates(given, cands, adata.n_obs)
+    aligned = align_to_vocab(adata, model.vocab, layer=layer, use_raw=use_raw, gene_key=gene_key, min_genes=min_genes)
+    template, prefixes, rows = _prompts(model, adata, instruction, cands)
+    target = None if given is None else np.array([cands.index(l) for l in given], dtype=np.int64)
+    attr = attribute(model.model, aligned.X, cands, prefixes, rows, target, method=method, batch_size=batch_size,
+                     ig=IGSettings(n_steps, min(8, n_steps), ig_tolerance, max_steps=16 * n_steps))
+    groups = given if given is not None else np.asarray(cands, dtype=object)[attr.predicted].astype(str)
+    means = label_means(cell_scores(attr.values, attr.inputs, normalize), groups, model.vocab, order=cands)
+    species = species or aligned.report.species
+    db = load_marker_db(marker_db)
+    report = _marker_comparison(means, db, species, model.vocab, attr.inputs, groups, compare_wilcoxon)
+    provenance = {
+        "method": method, "target": "given" if given is not None else "predicted", "instruction": template,
+        "candidates": cands, "normalize": normalize, "n_steps": n_steps if method == "ig" else None,
+        "ig_tolerance": ig_tolerance if method == "ig" else None,
+        "marker_db": marker_db if db is not None else None, "marker_db_source": db.source if db else None,
+        "species": species, "checkpoint": str(model.path) if model.path else None,
+        "backbone": model.model.cfg.backbone.name, "alignment": aligned.report.to_dict(),
+        "alignment_summary": aligned.report.summary(), "seconds": time.perf_counter() - started,
+        "notes": [] if db is not None else ["marker validation skipped: shared marker database not found"],
+    }
+    return ExplanationResult(list(aligned.obs_names), list(model.vocab), np.asarray(groups, dtype=str), attr, means,
+                             top_k, normalize, report, adata.obs.copy(), provenance, db, species)
+
+
+def _check_options(method: str, normalize: str, top_k: int) -> None:
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if normalize not in NORMALIZATIONS:
+        raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}")
+    if top_k < 1:
+        raise ValueError(f"top_k must be at least 1, got {top_k}")
+
+
+def _given_labels(adata: ad.AnnData, labels: str | Sequence[str] | None) -> np.ndarray | str | None:
+    """Per-cell labels from `labels`; a single label name is returned as a str (checked later)."""
+    if labels is None:
+        return None
+    if isinstance(labels, str):
+        return get_labels(adata, labels) if labels in adata.obs.columns else labels
+    values = np.asarray(list(labels), dtype=str)
+    if len(values) != adata.n_obs:
+        raise ValueError(f"labels has {len(values)} entries for {adata.n_obs} cells; pass one label per cell, "
+                         "an obs column name, or a single label name")
+    return values
+
+
+def _candidates(model: LoadedModel, dataset: str | None, candidates: Sequence[str] | None,
+                given: np.ndarray | str | None) -> list[str]:
+    if candidates is not None:
+        cands = [str(c) for c in candidates]
+    elif dataset is not None:
+        cands = [str(c) for c in model.label_set(dataset)["labels"]]
+    elif given is not None and not isinstance(given, str):
+        cands = sorted(set(given.tolist()))
+    else:
+        cands = model.labels_for_task("annotation")
+    if len(set(cands)) != len(cands) or not cands:
+        raise ValueError("candidates must be a non-empty list without duplicates")
+    return cands
+
+
+def _check_in_candidates(given: np.ndarray | str | None, cands: list[str], n_obs: int) -> np.ndarray | None:
+    if given is None:
+        return None
+    if isinstance(given, str):
+        if given not in cands:
+            raise LabelKeyError(f"{given!r} is neither an obs column nor a candidate label; candidates: {cands}. "
+                                "Pass labels=<obs column>, a label among the candidates, or candidates=[...]")
+        return np.full(n_obs, given, dtype=object).astype(str)
+    unknown = sorted(set(given.tolist()) - set(cands))
+    if unknown:
+        raise LabelKeyError(f"label(s) {unknown[:10]} are not among the candidates {cands}; pass candidates=[...] "
+                            "or dataset=<label set> that contains them")
+    return given
+
+
+def _prompts(model: LoadedModel, adata: ad.AnnData, instruction: str | None,
+             cands: list[str]) -> tuple[str, list[str], np.ndarray]:
+    """The rendered prompt prefix of every cell, as distinct prefixes plus a row index per cell."""
+    from instructcell_agent.api import DEFAULT_INSTRUCTIONS
+
+    template = instruction or DEFAULT_INSTRUCTIONS[("annotation", True)]
+    texts = []
+    for fields in prompt_fields(adata):
+        # A fixed candidate order keeps one shared prefix for every cell (read once).
+        values = {**fields, "cell_type": "", "condition": "", "choices": ", ".join(cands)}
+        texts.append(model.model.prefix_text(render(template, values)))
+    uniq = sorted(set(texts))
+    lookup = {t: i for i, t in enumerate(uniq)}
+    return template, uniq, np.array([lookup[t] for t in texts], dtype=np.int64)
+
+
+def _marker_comparison(means: pd.DataFrame, db: MarkerDB | None, species: str | None, vocab: Sequence[str],
+                       inputs: np.ndarray, groups: np.ndarray, compare_wilcoxon: bool) -> pd.DataFrame | None:
+    """Precision at 10 of our ranking, and of wilcoxon's on the same cells and labels."""
+    if db is None:
+        return None
+    ours = {label: names for label, (names, _) in rankings(means, PRECISION_K, positive_only=True).items()}
+    report = marker_report(ours, db, species, PRECISION_K, vocab)
+    if compare_wilcoxon:
+        wil = wilcoxon_rankings(sp.csr_matrix(inputs), vocab, groups, n_genes=PRECISION_K)
+        wil_report = marker_report(wil, db, species, PRECISION_K).set_index("label")
+        report["wilcoxon_known_in_top"] = report["label"].map(wil_report["known_in_top"])
+        report["wilcoxon_precision_at_k"] = report["label"].map(wil_report["precision_at_k"]).astype(float)
+    return report
+
+
+# ------------------------------------------------------------------ files
+
+def write_explanation(result: ExplanationResult, out_dir: str | os.PathLike, protect: Sequence[str | os.PathLike] = (),
+                      key: str = DEFAULT_KEY) -> dict[str, Path]:
+    """Write a result to `out_dir`: explained.h5ad, top_genes.csv, marker_report.csv, explain.json, PNGs.
+
+    Every file is written atomically; none may be one of the `protect` paths (the input).
+    """
+    out = Path(out_dir)
+    names = {"h5ad": "explained.h5ad", "top_genes": "top_genes.csv", "markers": "marker_report.csv",
+             "json": "explain.json", "dotplot": "saliency_dotplot.png", "heatmap": "saliency_heatmap.png"}
+    paths = {k: out / v for k, v in names.items()}
+    for path in paths.values():
+        for guarded in protect:
+            if path.exists() and Path(guarded).exists() and os.path.samefile(path, guarded):
+                raise InputFileError(f"refusing to overwrite the input file {guarded}; choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    write_h5ad_atomic(result.to_adata(None, key), paths["h5ad"], protect=protect)
+    _write_csv_atomic(result.top_genes, paths["top_genes"])
+    if result.marker_report is not None:
+        _write_csv_atomic(result.marker_report, paths["markers"])
+    else:
+        paths.pop("markers")
+    result.save_figures(out, key)
+    summary = {"summary": result.summary(), "provenance": result.provenance,
+               "marker_report": result.marker_report.to_dict("records") if result.marker_report is not None else None}
+    write_json_atomic(json_ready(summary), paths["json"])
+    return paths
+
+
+def _write_csv_atomic(frame: pd.DataFrame, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", newline="") as fh:
+            frame.to_csv(fh, index=False)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a table is for sharing
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def json_ready(value: Any) -> Any:
+    """NaN -> None and numpy scalars -> Python, recursively (json.dump would write NaN)."""
+    if isinstance(value, dict):
+        return {str(k): json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value

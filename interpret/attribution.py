@@ -1,0 +1,323 @@
+"""Captum attributions on the model's expression input, through its own candidate scoring.
+
+The attributed function is the one the model answers with: the prompt prefix (instruction with
+its options) is read, the cell's soft tokens are appended, every candidate label is scored by its
+log-likelihood (``CellLanguageModel.score_candidates``), and a softmax over the candidates gives
+each label's log-probability. The input is the log1p(CP10k) vector over the model's vocabulary,
+the exact tensor the cell encoder reads, so attributions are in the space the model sees.
+
+Methods
+-------
+``saliency``
+    gradient x input (Captum ``InputXGradient``): zero for genes the cell does not express,
+    signed, in log-probability units per unit of log-expression times that expression.
+``gradient``
+    the plain gradient (Captum ``Saliency`` without absolute value): sensitivity, also for
+    genes the cell does not express.
+``ig``
+    Integrated Gradients from an all-zero baseline (no expression), with Captum's completeness
+    delta per cell: sum(attributions) - (f(x) - f(0)). The path integral is taken piecewise and
+    adaptively (see :func:`_integrated_gradients` for why).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from captum.attr import InputXGradient, IntegratedGradients, Saliency
+
+from instructcell_agent.core_model.corpus import dense_rows
+from instructcell_agent.core_model.model import CellLanguageModel
+
+log = logging.getLogger(__name__)
+
+METHODS = ("saliency", "gradient", "ig")
+
+
+@dataclass
+class Attributions:
+    """Per-cell attributions over the vocabulary.
+
+    Attributes
+    ----------
+    values
+        cells x genes float32 attributions for each cell's target label.
+    inputs
+        cells x genes float32 log1p(CP10k): the model input that was attributed.
+    target
+        Per cell, the index (into `candidates`) of the label explained.
+    probabilities
+        cells x candidates softmax probabilities of the unperturbed input.
+    candidates
+        The scored labels, in scoring order.
+    method
+        One of :data:`METHODS`.
+    delta
+        Integrated Gradients' completeness delta per cell (None for other methods).
+    n_steps
+        Integration steps (IG only).
+    steps_used
+        IG: integration points (forward + backward passes) spent per cell (its batch's count).
+    prefixes, rows
+        The distinct prompt prefixes and each cell's index into them (to re-run the model on
+        perturbed inputs, e.g. the deletion test).
+    """
+
+    values: np.ndarray
+    inputs: np.ndarray
+    target: np.ndarray
+    probabilities: np.ndarray
+    candidates: list[str]
+    method: str
+    delta: np.ndarray | None = None
+    n_steps: int | None = None
+    prefixes: list[str] = field(default_factory=list)
+    rows: np.ndarray | None = None
+    steps_used: np.ndarray | None = None
+
+    @property
+    def predicted(self) -> np.ndarray:
+        """Index of the most probable candidate per cell."""
+        return self.probabilities.argmax(1)
+
+
+class LabelLogProb:
+    """Forward function for Captum: log-probability of every candidate, (B, n_candidates).
+
+    A fresh prompt context is built for every call with that call's batch size, because a
+    context is consumed by scoring and Integrated Gradients calls it with n_steps x B rows.
+    `rows` (an extra forward argument, expanded by Captum alongside the inputs) says which of
+    the distinct prompt prefixes each row uses.
+    """
+
+    def __init__(self, model: CellLanguageModel, prefixes: Sequence[str], candidates: Sequence[str]) -> None:
+        self.model = model
+        self.prefixes = list(prefixes)
+        self.candidates = [str(c) for c in candidates]
+
+    def __call__(self, expr: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        ctx = self.model.start(self.prefixes, rows)
+        scores = self.model.score_candidates(ctx, expr, self.candidates)
+        return torch.log_softmax(scores, 1)
+
+
+def _attribute_batch(forward: LabelLogProb, expr: torch.Tensor, rows: torch.Tensor, target: torch.Tensor,
+                     method: str, ig: IGSettings,
+                     internal_batch_size: int) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+    """Attributions, IG delta (else None) and integration points used, for one batch of cells.
+
+    Gradients are taken w.r.t. the input only."""
+    expr = expr.detach().requires_grad_()  # Captum would set it too, with a warning per batch
+    with torch.enable_grad():
+        if method == "saliency":
+            return InputXGradient(forward).attribute(expr, target=target, additional_forward_args=(rows,)), None, 1
+        if method == "gradient":
+            grads = Saliency(forward).attribute(expr, target=target, abs=False, additional_forward_args=(rows,))
+            return grads, None, 1
+        return _integrated_gradients(forward, expr.detach(), rows, target, ig, internal_batch_size)
+
+
+@dataclass(frozen=True)
+class IGSettings:
+    """How Integrated Gradients integrates along its path.
+
+    Attributes
+    ----------
+    n_steps
+        Integration points of the first pass, spread over `segments` pieces of the path.
+    segments
+        Initial pieces: one [0, alpha_min], the rest geometrically spaced up to 1.
+    tolerance
+        Target |completeness delta| per cell (log-probability units); pieces whose own delta
+        is above their share of it are halved and integrated again. None: a single pass.
+    max_steps
+        Cap on integration points per batch (a warning says when it stopped refinement).
+    alpha_min
+        Smallest scale of the input on the geometric grid.
+    """
+
+    n_steps: int = 64
+    segments: int = 8
+    tolerance: float | None = 0.05
+    max_steps: int = 1024
+    alpha_min: float = 1e-4
+
+    def breakpoints(self) -> np.ndarray:
+        """Initial path breakpoints, 0 (baseline) to 1 (the input)."""
+        if self.segments < 1 or self.n_steps < self.segments:
+            raise ValueError(f"need 1 <= ig segments <= n_steps, got {self.segments} for {self.n_steps} steps")
+        if self.segments == 1:
+            return np.array([0.0, 1.0])
+        return np.concatenate([[0.0], np.geomspace(self.alpha_min, 1.0, self.segments)])
+
+
+class _PathFunction:
+    """f(a * x) for the batch's targets, memoised per scale a (no gradients)."""
+
+    def __init__(self, forward: LabelLogProb, expr: torch.Tensor, rows: torch.Tensor, target: torch.Tensor) -> None:
+        self.forward, self.expr, self.rows, self.target = forward, expr, rows, target
+        self.memo: dict[float, torch.Tensor] = {}
+
+    def __call__(self, alpha: float) -> torch.Tensor:
+        if alpha not in self.memo:
+            with torch.no_grad():
+                out = self.forward(self.expr * alpha, self.rows)
+            self.memo[alpha] = out.gather(1, self.target[:, None]).squeeze(1)
+        return self.memo[alpha]
+
+
+def _integrated_gradients(forward: LabelLogProb, expr: torch.Tensor, rows: torch.Tensor, target: torch.Tensor,
+                          settings: IGSettings, internal_batch_size: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """IG from the zero baseline, integrated adaptively along the same straight path.
+
+    The cell encoder layer-normalises its first hidden layer, so the model is nearly
+    scale-invariant in its input: along the path from zero the answer changes within a narrow
+    band of small scales (about |bias| / |W x|, ~1% of the input on the tiny test model) and
+    hardly at all after; evenly spread quadrature points step over that band (|delta| up to 16
+    nats with 64 points measured). IG is additive over pieces of its path, so Captum's IG is run
+    piece by piece (from a*x to b*x), starting from geometrically spaced pieces and halving any
+    piece whose own completeness gap exceeds its share of the tolerance. The delta returned is
+    Captum's, for the whole path: sum(attributions) - (f(x) - f(0)).
+    """
+    ig = IntegratedGradients(forward)
+    path = _PathFunction(forward, expr, rows, target)
+    points = settings.breakpoints()
+    per = max(1, settings.n_steps // (len(points) - 1))
+    budget = settings.tolerance / (len(points) - 1) if settings.tolerance is not None else None
+    todo = [(float(lo), float(hi), budget) for lo, hi in zip(points[:-1], points[1:])]
+    total, used, capped = torch.zeros_like(expr), 0, False
+    while todo:
+        lo, hi, tol = todo.pop()
+        attr = ig.attribute(expr * hi, baselines=expr * lo, target=target, additional_forward_args=(rows,),
+                            n_steps=per, internal_batch_size=max(internal_batch_size, expr.shape[0])).detach()
+        used += per
+        gap = (attr.sum(1) - (path(hi) - path(lo))).abs().max().item()
+        if tol is not None and gap > tol and hi - lo > 1e-9:
+            if used + 2 * per <= settings.max_steps:
+                mid = (lo + hi) / 2 if lo == 0 else float(np.sqrt(lo * hi))
+                todo += [(lo, mid, tol / 2), (mid, hi, tol / 2)]
+                continue
+            capped = True
+        total += attr
+    if capped:
+        log.warning("Integrated Gradients stopped refining at %d points (max_steps); see the per-cell deltas", used)
+    delta = ig.compute_convergence_delta(total, torch.zeros_like(expr), expr, target=target,
+                                         additional_forward_args=(rows,))
+    return total, delta, used
+
+
+@torch.no_grad()
+def _probabilities(forward: LabelLogProb, expr: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    return forward(expr, rows).exp()
+
+
+def attribute(model: CellLanguageModel, counts: sp.csr_matrix | np.ndarray, candidates: Sequence[str],
+              prefixes: Sequence[str], rows: np.ndarray | None = None, target: np.ndarray | None = None, *,
+              method: str = "saliency", batch_size: int = 16, ig: IGSettings | None = None,
+              internal_batch_size: int = 256, progress: Callable[[int, int], None] | None = None) -> Attributions:
+    """Attribute each cell's target-label log-probability to its log-normalized expression.
+
+    Parameters
+    ----------
+    model
+        The cell language model (kept in eval mode; its parameters are not differentiated).
+    counts
+        cells x vocabulary count-scale matrix (``AlignedData.X``).
+    candidates
+        Labels scored for every cell; the softmax runs over them.
+    prefixes, rows
+        Distinct prompt prefixes (``model.prefix_text(...)``) and, per cell, which one it uses
+        (default: all cells use ``prefixes[0]``).
+    target
+        Per cell, the candidate index to explain (default: the predicted one).
+    method
+        ``"saliency"`` (gradient x input), ``"gradient"`` or ``"ig"``.
+    batch_size
+        Cells per forward pass.
+    ig
+        Integrated Gradients settings (default :class:`IGSettings`: 64 points on 8 geometric
+        pieces, refined to |delta| < 0.05).
+    internal_batch_size
+        Integrated Gradients: rows (cells x points) per forward pass.
+    progress
+        Called with (cells done, total) after each batch.
+
+    Returns
+    -------
+    Attributions
+
+    Raises
+    ------
+    ValueError
+        Unknown method, or a target index outside the candidates.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    ig = ig or IGSettings()
+    if method == "ig":
+        ig.breakpoints()  # refuse bad settings before any work
+    n_cells = counts.shape[0]
+    if n_cells == 0:
+        raise ValueError("no cells to attribute")
+    rows = np.zeros(n_cells, dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
+    if target is not None and (np.min(target) < 0 or np.max(target) >= len(candidates)):
+        raise ValueError(f"target indices must lie in [0, {len(candidates)})")
+    if model.training:
+        log.warning("model was in training mode; switching it to eval for attributions")
+        model.eval()
+    forward = LabelLogProb(model, prefixes, candidates)
+    parts = []
+    for start in range(0, n_cells, batch_size):
+        idx = np.arange(start, min(start + batch_size, n_cells))
+        parts.append(_one_batch(forward, counts, idx, rows, target, method, ig, internal_batch_size))
+        if progress is not None:
+            progress(int(idx[-1]) + 1, n_cells)
+    values, inputs, probs, targets, deltas, used = (list(x) for x in zip(*parts))
+    return Attributions(
+        np.concatenate(values), np.concatenate(inputs), np.concatenate(targets).astype(np.int64),
+        np.concatenate(probs), [str(c) for c in candidates], method,
+        np.concatenate(deltas) if method == "ig" else None, ig.n_steps if method == "ig" else None,
+        list(prefixes), rows, np.concatenate(used) if method == "ig" else None,
+    )
+
+
+def _one_batch(forward: LabelLogProb, counts: sp.csr_matrix | np.ndarray, idx: np.ndarray, rows: np.ndarray,
+               target: np.ndarray | None, method: str, ig: IGSettings, internal_batch_size: int) -> tuple:
+    """(attributions, inputs, probabilities, targets, IG delta or None, points used) of cells `idx`."""
+    model = forward.model
+    expr = _log_expression(model, counts, idx)
+    row_t = torch.from_numpy(rows[idx]).to(model.device)
+    p = _probabilities(forward, expr, row_t)
+    tgt = p.argmax(1) if target is None else torch.as_tensor(target[idx], device=model.device)
+    attr, delta, used = _attribute_batch(forward, expr, row_t, tgt, method, ig, internal_batch_size)
+    as_np = lambda t: t.detach().float().cpu().numpy()  # noqa: E731
+    return (as_np(attr), as_np(expr), as_np(p), tgt.cpu().numpy(), as_np(delta) if delta is not None else None,
+            np.full(len(idx), used, dtype=np.int64))
+
+
+def _log_expression(model: CellLanguageModel, counts: sp.csr_matrix | np.ndarray, idx: np.ndarray) -> torch.Tensor:
+    dense = dense_rows(counts, idx) if sp.issparse(counts) else np.asarray(counts[idx], dtype=np.float32)
+    return model.normalize(torch.from_numpy(dense).to(model.device)).float()
+
+
+@torch.no_grad()
+def label_probability(model: CellLanguageModel, expr: np.ndarray, candidates: Sequence[str], prefixes: Sequence[str],
+                      rows: np.ndarray, target: np.ndarray, batch_size: int = 16) -> np.ndarray:
+    """Probability of each cell's `target` candidate given log-normalized input `expr` (cells x genes).
+
+    Used by the deletion test: `expr` may have genes zeroed in log space.
+    """
+    forward = LabelLogProb(model, prefixes, candidates)
+    out = []
+    for start in range(0, expr.shape[0], batch_size):
+        sl = slice(start, start + batch_size)
+        x = torch.from_numpy(np.ascontiguousarray(expr[sl], dtype=np.float32)).to(model.device)
+        r = torch.from_numpy(np.asarray(rows[sl], dtype=np.int64)).to(model.device)
+        p = forward(x, r).exp()
+        out.append(p.gather(1, torch.as_tensor(target[sl], device=model.device)[:, None]).squeeze(1).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)

@@ -1,0 +1,92 @@
+"""Deletion test: does removing a cell's most salient genes hurt its label more than random genes?
+
+For every cell, the `k` genes with the highest attribution among those it expresses are set to 0
+in the model's input space (log1p(CP10k); the other genes keep their values, no renormalisation),
+and the drop in the explained label's probability is compared with the drop after zeroing `k`
+expressed genes drawn at random (averaged over `n_random` draws). Faithful attributions give a
+ratio of mean drops well above 1.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from instructcell_agent.core_model.model import CellLanguageModel
+
+from .aggregate import per_cell_top
+from .attribution import Attributions, label_probability
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DeletionResult:
+    """Mean probability drops of the explained label; `ratio` = top / random (NaN if random <= 0)."""
+
+    k: int
+    n_cells: int
+    n_random: int
+    mean_drop_top: float
+    mean_drop_random: float
+    ratio: float
+    mean_probability: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def deletion_test(model: CellLanguageModel, attributions: Attributions, k: int = 10, n_random: int = 3,
+                  seed: int = 0, batch_size: int = 16) -> DeletionResult:
+    """Zero each cell's top-`k` salient expressed genes vs `k` random expressed genes.
+
+    Parameters
+    ----------
+    model
+        The model that produced `attributions` (same prompts are re-used).
+    attributions
+        Output of :func:`~instructcell_agent.interpret.attribution.attribute`.
+    k, n_random, seed
+        Genes removed per cell, random draws per cell, and the generator seed.
+    batch_size
+        Cells per forward pass.
+
+    Returns
+    -------
+    DeletionResult
+    """
+    a = attributions
+    rows = a.rows if a.rows is not None else np.zeros(len(a.target), dtype=np.int64)
+    base = a.probabilities[np.arange(len(a.target)), a.target]
+    top_idx, _ = per_cell_top(a.values, a.inputs, k)
+    drop_top = base - _probability_without(model, a, rows, top_idx, batch_size)
+    rng = np.random.default_rng(seed)
+    drops_random = []
+    for _ in range(n_random):
+        rand_idx = _random_expressed(a.inputs, k, rng)
+        drops_random.append(base - _probability_without(model, a, rows, rand_idx, batch_size))
+    mean_top, mean_rand = float(drop_top.mean()), float(np.mean(drops_random))
+    ratio = mean_top / mean_rand if mean_rand > 0 else float("nan")
+    return DeletionResult(k, len(base), n_random, mean_top, mean_rand, ratio, float(base.mean()))
+
+
+def _probability_without(model: CellLanguageModel, a: Attributions, rows: np.ndarray, gene_idx: np.ndarray,
+                         batch_size: int) -> np.ndarray:
+    """The target probability once the genes `gene_idx` (cells x k, -1 = none) are zeroed."""
+    expr = a.inputs.copy()
+    cells = np.repeat(np.arange(expr.shape[0]), gene_idx.shape[1])
+    genes = gene_idx.ravel()
+    keep = genes >= 0
+    expr[cells[keep], genes[keep]] = 0.0
+    return label_probability(model, expr, a.candidates, a.prefixes, rows, a.target, batch_size)
+
+
+def _random_expressed(inputs: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    out = np.full((inputs.shape[0], k), -1, dtype=np.int64)
+    for i, row in enumerate(inputs):
+        expressed = np.flatnonzero(row > 0)
+        pick = rng.choice(expressed, size=min(k, expressed.size), replace=False) if expressed.size else []
+        out[i, : len(pick)] = pick
+    return out

@@ -1,0 +1,245 @@
+"""Marker validation: are a label's top genes known markers of its cell type?
+
+The shared marker databases (``<shared>/data/markers``) name cell types their own way; our small
+table ``marker_map.json`` maps the label strings of the shared datasets onto those names. Gene
+symbols are compared upper-case: the model's vocabulary is human symbols and PanglaoDB writes
+mouse genes human-style, so mouse datasets aligned to human symbols compare directly.
+
+Everything here degrades gracefully: without the shared folder, or for a label our table does
+not map, a report says so instead of failing.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from instructcell_agent.core_model.datasets import shared_root
+from instructcell_agent.core_model.errors import InputFileError
+
+log = logging.getLogger(__name__)
+
+DATABASES = {"panglaodb": "PanglaoDB_markers_27_Mar_2020.tsv", "cellmarker2": "CellMarker2_Human_Aug.csv"}
+DEFAULT_DB = "panglaodb"
+PRECISION_K = 10
+
+
+@dataclass(frozen=True)
+class MarkerDB:
+    """One marker database: cell type -> species -> upper-case gene symbols.
+
+    Attributes
+    ----------
+    name
+        Database key (``"panglaodb"``, ``"cellmarker2"``, or anything for a constructed one).
+    genes
+        ``{cell_type: {species: set_of_symbols}}``; species ``"human"``, ``"mouse"`` or ``"any"``.
+    label_map
+        ``{label: [cell_type, ...]}``: our mapping of dataset labels onto this database's names.
+    source
+        Where it was read from (for reports).
+    """
+
+    name: str
+    genes: Mapping[str, Mapping[str, frozenset[str]]]
+    label_map: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    source: str = ""
+
+    def cell_types_for(self, label: str) -> list[str] | None:
+        """Database cell types our table maps `label` to (exact, then case-insensitive), or None."""
+        if label in self.label_map:
+            return list(self.label_map[label])
+        folded = {k.casefold(): v for k, v in self.label_map.items()}
+        hit = folded.get(str(label).casefold())
+        return list(hit) if hit is not None else None
+
+    def markers_for(self, label: str, species: str | None = None) -> set[str] | None:
+        """Known marker symbols of `label` (union over its mapped cell types), or None if unmapped.
+
+        `species` ``"human"``/``"mouse"`` keeps the entries the database gives for it; anything
+        else keeps every entry.
+        """
+        types = self.cell_types_for(label)
+        if types is None:
+            return None
+        out: set[str] = set()
+        for cell_type in types:
+            by_species = self.genes.get(cell_type, {})
+            keys = [species, "any"] if species in ("human", "mouse") else list(by_species)
+            for key in keys:
+                out |= set(by_species.get(key, ()))
+        return out
+
+
+def marker_map() -> dict[str, dict[str, list[str]]]:
+    """Our label -> database cell type table, one section per database."""
+    text = resources.files(__package__).joinpath("marker_map.json").read_text(encoding="utf-8")
+    return {k: v for k, v in json.loads(text).items() if not k.startswith("_")}
+
+
+def marker_dir(root: Path | None = None) -> Path | None:
+    """The shared markers folder, or None (logged) when the shared data cannot be found."""
+    try:
+        base = root or shared_root()
+    except InputFileError as exc:
+        log.warning("marker validation skipped: %s", exc)
+        return None
+    path = base / "data" / "markers"
+    return path if path.is_dir() else None
+
+
+def _panglaodb(path: Path) -> dict[str, dict[str, set[str]]]:
+    genes: dict[str, dict[str, set[str]]] = {}
+    with path.open(newline="", encoding="utf-8") as fh:
+        for row in csv.DictReader(fh, delimiter="\t"):
+            symbol = (row.get("official gene symbol") or "").strip().upper()
+            cell_type = (row.get("cell type") or "").strip()
+            if not symbol or not cell_type:
+                continue
+            tags = (row.get("species") or "").split()
+            # "Mm Hs" rows hold for both; rows of neither tag ("None") are kept for any species.
+            keys = [{"Hs": "human", "Mm": "mouse"}[t] for t in tags if t in ("Hs", "Mm")] or ["any"]
+            for key in keys:
+                genes.setdefault(cell_type, {}).setdefault(key, set()).add(symbol)
+    return genes
+
+
+def _cellmarker2(path: Path) -> dict[str, dict[str, set[str]]]:
+    genes: dict[str, dict[str, set[str]]] = {}
+    with path.open(newline="", encoding="utf-8") as fh:
+        for row in csv.DictReader(fh):
+            cell_type = (row.get("CT") or "").strip()
+            symbols = {g.strip().upper() for g in (row.get("Gene") or "").split(",") if g.strip()}
+            # The shared CellMarker 2.0 table is the human one.
+            genes.setdefault(cell_type, {}).setdefault("human", set()).update(symbols)
+    return genes
+
+
+@lru_cache(maxsize=4)
+def _load_cached(name: str, path: str) -> MarkerDB:
+    reader = _panglaodb if name == "panglaodb" else _cellmarker2
+    raw = reader(Path(path))
+    genes = {ct: {sp_: frozenset(g) for sp_, g in by.items()} for ct, by in raw.items()}
+    return MarkerDB(name, genes, marker_map().get(name, {}), path)
+
+
+def load_marker_db(name: str = DEFAULT_DB, root: Path | None = None) -> MarkerDB | None:
+    """Read one shared marker database with our label mapping; None when the files are absent.
+
+    Parameters
+    ----------
+    name
+        ``"panglaodb"`` (the reference for precision numbers) or ``"cellmarker2"``.
+    root
+        Shared data folder (default: :func:`~instructcell_agent.core_model.datasets.shared_root`).
+
+    Raises
+    ------
+    ValueError
+        For an unknown database name.
+    """
+    if name not in DATABASES:
+        raise ValueError(f"unknown marker database {name!r}; choose one of {sorted(DATABASES)}")
+    folder = marker_dir(root)
+    if folder is None or not (folder / DATABASES[name]).is_file():
+        log.warning("marker database %s not found (shared data missing); marker validation skipped", name)
+        return None
+    return _load_cached(name, str(folder / DATABASES[name]))
+
+
+def precision_at_k(ranked: Sequence[str], known: set[str], k: int = PRECISION_K) -> float:
+    """Known markers among the first `k` ranked genes, divided by `k`.
+
+    A ranking shorter than `k` counts its missing places as misses (a method that names fewer
+    genes does not score higher for it). Symbols compare upper-case.
+    """
+    top = [str(g).upper() for g in list(ranked)[:k]]
+    return sum(g in known for g in top) / k
+
+
+def marker_report(rankings: Mapping[str, Sequence[str]], db: MarkerDB | None, species: str | None = None,
+                  k: int = PRECISION_K, vocab: Sequence[str] | None = None) -> pd.DataFrame:
+    """Per label: mapped cell types, known markers among the top `k` genes, precision at `k`.
+
+    Parameters
+    ----------
+    rankings
+        ``{label: genes ranked best first}`` (at least `k` each for a full precision).
+    db
+        The database (None: every row gets a note and NaN precision).
+    species
+        ``"human"`` / ``"mouse"`` to use that species' entries; None for all.
+    k
+        Cut-off for the precision.
+    vocab
+        Genes the model can rank at all: reported as how many known markers it could have found.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns label, cell_types, n_known, n_known_in_vocab, known_in_top, precision_at_k, note.
+    """
+    universe = {str(g).upper() for g in vocab} if vocab is not None else None
+    rows = []
+    for label, ranked in rankings.items():
+        known = db.markers_for(label, species) if db is not None else None
+        row = {"label": label, "cell_types": "", "n_known": 0, "n_known_in_vocab": np.nan,
+               "known_in_top": "", "precision_at_k": np.nan, "note": ""}
+        if db is None:
+            row["note"] = "no marker database (shared data not found)"
+        elif known is None:
+            row["note"] = f"label not in our {db.name} mapping (interpret/marker_map.json)"
+        else:
+            top = [str(g) for g in list(ranked)[:k]]
+            row.update(cell_types="; ".join(db.cell_types_for(label) or []), n_known=len(known),
+                       known_in_top=",".join(g for g in top if g.upper() in known),
+                       precision_at_k=precision_at_k(ranked, known, k))
+            if universe is not None:
+                row["n_known_in_vocab"] = len(known & universe)
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["label", "cell_types", "n_known", "n_known_in_vocab", "known_in_top",
+                                       "precision_at_k", "note"])
+
+
+def is_known(db: MarkerDB | None, label: str, genes: Sequence[str], species: str | None = None) -> list[bool | None]:
+    """Per gene: a known marker of `label`? None where that cannot be said (no db, unmapped label)."""
+    known = db.markers_for(label, species) if db is not None else None
+    if known is None:
+        return [None] * len(genes)
+    return [str(g).upper() in known for g in genes]
+
+
+def wilcoxon_rankings(log_expr: sp.spmatrix | np.ndarray, genes: Sequence[str], groups: Sequence[str],
+                      n_genes: int = 100) -> dict[str, list[str]]:
+    """Top genes per group by scanpy's ``rank_genes_groups(method="wilcoxon")``, one group vs rest.
+
+    `log_expr` is log1p(CP10k) (cells x genes). Groups with fewer than two cells are left out
+    (scanpy cannot test them); fewer than two testable groups give an empty result.
+    """
+    import scanpy as sc
+
+    labels = pd.Series(np.asarray(groups, dtype=str))
+    counts = labels.value_counts()
+    keep_groups = sorted(counts.index[counts >= 2])
+    if len(keep_groups) < 2:
+        log.warning("wilcoxon comparison skipped: fewer than two groups with at least two cells")
+        return {}
+    mask = labels.isin(keep_groups).to_numpy()
+    X = log_expr[mask] if sp.issparse(log_expr) else np.asarray(log_expr)[mask]
+    adata = ad.AnnData(sp.csr_matrix(X, dtype=np.float32))
+    adata.var_names = pd.Index([str(g) for g in genes])
+    adata.obs["group"] = pd.Categorical(labels[mask].to_numpy(), categories=keep_groups)
+    sc.tl.rank_genes_groups(adata, "group", method="wilcoxon", n_genes=min(n_genes, adata.n_vars))
+    names = adata.uns["rank_genes_groups"]["names"]
+    return {g: [str(x) for x in names[g]] for g in keep_groups}

@@ -1,0 +1,94 @@
+"""Conditions: text mapping, the training table's checks, and instruction composition."""
+
+from __future__ import annotations
+
+from instructcell_agent.core_model.errors import InstructCellError
+from instructcell_agent.core_model.generation.conditions import (
+    Condition,
+    ConditionRecord,
+    ConditionTable,
+    UnseenConditionError,
+    compose_instruction,
+    condition_text,
+    phrasings_for,
+)
+
+
+def _table() -> ConditionTable:
+    rows = [
+        Condition("CD14+Mono", "human", "peripheral blood", "10x Chromium", "control"),
+        Condition("CD14+Mono", "human", "peripheral blood", "10x Chromium", "IFN-beta stimulated"),
+        Condition("CD4T", "human", "peripheral blood", "10x Chromium", "control"),
+        Condition("beta", "mouse", "pancreas", "10x Chromium", ""),
+    ]
+    return ConditionTable([ConditionRecord(c, "set", 10 + i) for i, c in enumerate(rows)])
+
+
+def test_condition_codes_map_to_text():
+    assert condition_text("stim") == "IFN-beta stimulated"
+    assert condition_text(" CTRL ") == "control"
+    assert condition_text("heat shock") == "heat shock"
+    assert condition_text(None) == ""
+
+
+def test_unseen_error_is_a_package_error():
+    assert issubclass(UnseenConditionError, InstructCellError)
+
+
+def test_resolve_seen_request_fills_missing_fields_from_the_table():
+    res = _table().resolve("cd4t", condition="ctrl")
+    assert not res.unseen
+    assert res.condition.cell_type == "CD4T"  # the table's spelling
+    assert res.condition.tissue == "peripheral blood" and res.condition.species == "human"
+    assert "filled" in res.message
+
+
+def test_resolve_prefers_control_when_no_condition_is_given():
+    assert _table().resolve("CD14+Mono").condition.condition == "control"
+
+
+def test_resolve_matches_cell_ontology_synonyms():
+    res = _table().resolve("CD14+ Monocyte", condition="stim")
+    assert not res.unseen and res.condition.cell_type == "CD14+Mono"
+
+
+def test_unseen_cell_type_lists_known_values():
+    res = _table().resolve("hepatocyte")
+    assert res.unseen and "hepatocyte" in res.message and "CD4T" in res.message and "allow_unseen" in res.message
+
+
+def test_unseen_combination_is_reported():
+    res = _table().resolve("CD4T", condition="IFN-beta stimulated")
+    assert res.unseen
+    assert "combination" in res.message and "CD4T | control" in res.message
+    assert _table().resolve("beta", species="human").unseen
+
+
+def test_table_round_trips_through_json_rows():
+    table = _table()
+    again = ConditionTable.from_list(table.to_list())
+    assert again.to_list() == table.to_list()
+    assert again.index(Condition("cd4t", "Homo sapiens", "Peripheral Blood", "10x chromium", "ctrl")) == 2
+
+
+def test_compose_appends_conditions_a_phrasing_leaves_out():
+    cond = Condition("B", "human", "peripheral blood", "10x Chromium", "IFN-beta stimulated")
+    assert compose_instruction("Generate one {cell_type}.", cond) == "Generate one B. Condition: IFN-beta stimulated."
+    text = compose_instruction("Make a cell from {tissue} ({species}).", cond)
+    assert text.endswith("Cell type: B. Condition: IFN-beta stimulated.") and "peripheral blood" in text
+    plain = compose_instruction("Generate one {cell_type} in the {condition} condition.", cond)
+    assert plain == "Generate one B in the IFN-beta stimulated condition."
+
+
+def test_phrasings_without_condition_are_used_for_unconditioned_cells():
+    bank = ["One {cell_type}.", "One {cell_type}, {condition}."]
+    assert phrasings_for(Condition("B"), bank) == ["One {cell_type}."]
+    assert phrasings_for(Condition("B", condition="control"), bank) == bank
+
+
+def test_sequencing_method_picks_among_otherwise_equal_records():
+    rows = [Condition("B", "human", "peripheral blood", "10x Chromium", ""),
+            Condition("B", "human", "peripheral blood", "10x Chromium (v1)", "")]
+    table = ConditionTable([ConditionRecord(rows[0], "a", 50), ConditionRecord(rows[1], "b", 10)])
+    assert table.resolve("B").record == 0  # the larger set when nothing tells them apart
+    assert table.resolve("B", sequencing_method="10x chromium (v1)").record == 1

@@ -1,0 +1,134 @@
+"""Generation with a tiny model: shapes, counts, conditions in obs, seeds, unseen conditions, files."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+
+import anndata as ad
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from instructcell_agent.core_model.errors import CheckpointError
+from instructcell_agent.core_model.generation.conditions import UnseenConditionError
+from instructcell_agent.core_model.generation.data import restore_counts
+from instructcell_agent.core_model.generation.generator import META_FILE, WEIGHTS_FILE, load_generator
+from instructcell_agent.core_model.generation.sampling import generate_cells
+
+
+def test_generated_cells_are_integer_counts_over_the_vocabulary(gen_model):
+    adata = generate_cells(gen_model, "alpha", 12, condition="stim", seed=0)
+    assert adata.n_obs == 12 and adata.n_vars == len(gen_model.vocab)
+    assert list(adata.var_names) == list(gen_model.vocab)
+    assert sp.issparse(adata.X) and adata.X.dtype == np.float32
+    values = adata.X.toarray()
+    assert (values >= 0).all() and np.array_equal(values, np.round(values))
+    assert values.sum() > 0
+
+
+def test_conditions_reach_obs(gen_model):
+    adata = generate_cells(gen_model, "beta", 5, condition="ctrl", tissue="pancreas", seed=1)
+    row = adata.obs.iloc[0]
+    assert row["cell_type"] == "beta" and row["condition"] == "control" and row["tissue"] == "pancreas"
+    assert row["species"] == "human"  # filled from the training table
+    assert "beta" in row["instruction"] and "control" in row["instruction"]
+    assert not adata.obs["unseen_condition"].any()
+    assert adata.uns["instructcell_generation"]["seed"] == 1
+
+
+def test_custom_instruction_is_rendered(gen_model):
+    adata = generate_cells(gen_model, "gamma", 3, condition="stim", instruction="Simulate a {cell_type} cell.", seed=0)
+    assert adata.obs["instruction"].iloc[0] == "Simulate a gamma cell. Condition: IFN-beta stimulated."
+
+
+def test_same_seed_same_cells_other_seed_other_cells(gen_model):
+    a = generate_cells(gen_model, "delta", 8, condition="stim", seed=3).X.toarray()
+    b = generate_cells(gen_model, "delta", 8, condition="stim", seed=3).X.toarray()
+    c = generate_cells(gen_model, "delta", 8, condition="stim", seed=4).X.toarray()
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+def test_unseen_cell_type_is_refused_with_the_known_ones(gen_model):
+    with pytest.raises(UnseenConditionError, match="epsilon.*alpha"):
+        generate_cells(gen_model, "epsilon", 4)
+
+
+def test_unseen_condition_is_refused(gen_model):
+    with pytest.raises(UnseenConditionError, match="heat shock"):
+        generate_cells(gen_model, "alpha", 4, condition="heat shock")
+
+
+def test_unseen_allowed_warns_and_marks_obs(gen_model, caplog):
+    with caplog.at_level(logging.WARNING):
+        adata = generate_cells(gen_model, "epsilon", 4, allow_unseen=True, seed=0)
+    assert adata.n_obs == 4 and adata.obs["unseen_condition"].all()
+    assert any("unseen" in r.getMessage() for r in caplog.records)
+
+
+def test_generator_files_are_small_and_described(gen_checkpoint):
+    meta = json.loads((gen_checkpoint / META_FILE).read_text())
+    assert meta["config"]["n_genes"] > 0 and len(meta["conditions"]) == 8  # 4 types x ctrl/stim
+    assert {c["condition"] for c in meta["conditions"]} == {"control", "IFN-beta stimulated"}
+    assert (gen_checkpoint / WEIGHTS_FILE).stat().st_size < 12e6
+    assert "signal_nearest_condition_accuracy_valid" in meta["report"]
+    assert not list(gen_checkpoint.glob(".generator*"))  # no temporary files left
+
+
+def test_checkpoint_without_generator_says_how_to_add_one(tiny_model):
+    with pytest.raises(CheckpointError, match="train-generator"):
+        load_generator(tiny_model)
+
+
+def test_tampered_weights_are_refused(gen_checkpoint, tmp_path):
+    from instructcell_agent.core_model.checkpoint import load_checkpoint
+
+    copy = tmp_path / "ckpt"
+    shutil.copytree(gen_checkpoint, copy)
+    with open(copy / WEIGHTS_FILE, "ab") as fh:
+        fh.write(b"\0")
+    with pytest.raises(CheckpointError, match="does not match"):
+        load_generator(load_checkpoint(copy))
+
+
+def test_generator_of_other_model_weights_is_refused(gen_checkpoint, tmp_path):
+    from instructcell_agent.core_model.checkpoint import load_checkpoint
+
+    copy = tmp_path / "ckpt"
+    shutil.copytree(gen_checkpoint, copy)
+    meta = json.loads((copy / META_FILE).read_text())
+    meta["model_weights_sha256"] = "0" * 64  # as if the cell model had been retrained since
+    (copy / META_FILE).write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="retrain the generator"):
+        load_generator(load_checkpoint(copy))
+
+
+def test_restore_counts_inverts_log_normalization():
+    rng = np.random.default_rng(0)
+    counts = rng.poisson(2.0, size=(30, 50)).astype(np.float32)
+    counts[:, 0] += 1  # every cell has a count of at least one somewhere
+    totals = counts.sum(1, keepdims=True)
+    logged = np.log1p(counts / totals * 1832.5)  # normalized to a median-like total, as kang2018 is
+    restored, how = restore_counts(ad.AnnData(sp.csr_matrix(logged.astype(np.float32))))
+    assert how == "restored"
+    min_per_cell = np.where(counts > 0, counts, np.inf).min(1, keepdims=True)
+    assert np.allclose(restored.X.toarray(), counts / min_per_cell)
+
+
+def test_api_generate_cells(gen_model):
+    import instructcell_agent as ica
+
+    adata = ica.generate_cells(model=gen_model, cell_type="alpha", n=3, condition="IFN-beta stimulated", seed=0)
+    assert adata.n_obs == 3 and adata.obs["condition"].iloc[0] == "IFN-beta stimulated"
+
+
+def test_evaluate_generation_reports_metrics(gen_model, condition_set):
+    from instructcell_agent.core_model.generation.evaluate import evaluate_generation
+
+    result = evaluate_generation(gen_model, condition_set["path"], condition_set["split_path"], "cell_type", seed=0)
+    assert result["n_real"] == result["n_generated"] == 40
+    for key in ("mmd", "delta_sknn@5", "pknn@25", "classifier_auc", "nonzero_fraction_corr", "mean_expression_corr",
+                "marker_frac_expressing_abs_diff", "understood_rate"):
+        assert np.isfinite(result[key]), key
+    assert result["n_unseen_conditions"] == 0

@@ -1,0 +1,112 @@
+"""Marker validation: precision on constructed tables, our label mapping, graceful degradation."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from conftest import CELL_TYPES, make_counts, marker_genes
+
+from instructcell_agent.core_model.errors import InputFileError
+from instructcell_agent.interpret import markers
+from instructcell_agent.interpret.markers import (
+    MarkerDB, is_known, load_marker_db, marker_map, marker_report, precision_at_k, wilcoxon_rankings)
+
+DB = MarkerDB(
+    "toy",
+    {"Alpha cells": {"human": frozenset({"GCG", "TTR", "IRX2"}), "mouse": frozenset({"GCG", "ARX"})},
+     "Beta cells": {"any": frozenset({"INS"}), "human": frozenset({"IAPP"})}},
+    {"alpha": ["Alpha cells"], "Beta": ["Beta cells"]},
+)
+
+
+def _shared_or_skip():
+    db = load_marker_db("panglaodb")
+    if db is None:
+        pytest.skip("shared marker databases not available")
+    return db
+
+
+def test_precision_at_k_counts_known_genes_in_the_head():
+    known = {"GCG", "TTR"}
+    assert precision_at_k(["GCG", "INS", "ttr", "X"], known, k=2) == 0.5
+    assert precision_at_k(["GCG", "INS", "ttr", "X"], known, k=4) == 0.5
+    assert precision_at_k(["gcg", "TTR"], known, k=10) == 0.2  # missing places are misses
+    assert precision_at_k([], known, k=10) == 0.0
+
+
+def test_marker_report_on_a_constructed_table():
+    rankings = {"alpha": ["GCG", "INS", "TTR", "ARX", "X1"], "beta": ["X1", "INS", "IAPP"], "acinar": ["PRSS1"]}
+    report = marker_report(rankings, DB, species="human", k=4, vocab=["GCG", "TTR", "INS", "X1"]).set_index("label")
+    assert report.at["alpha", "precision_at_k"] == 0.5  # GCG, TTR of GCG/INS/TTR/ARX (ARX is mouse-only)
+    assert report.at["alpha", "known_in_top"] == "GCG,TTR"
+    assert report.at["alpha", "n_known"] == 3 and report.at["alpha", "n_known_in_vocab"] == 2
+    assert report.at["beta", "precision_at_k"] == 0.5  # INS, IAPP of 4 places; label matched case-insensitively
+    assert report.at["beta", "cell_types"] == "Beta cells"
+    assert math.isnan(report.at["acinar", "precision_at_k"]) and "not in our toy mapping" in report.at["acinar", "note"]
+    mouse = marker_report(rankings, DB, species="mouse", k=4).set_index("label")
+    assert mouse.at["alpha", "precision_at_k"] == 0.5  # GCG, ARX
+
+
+def test_is_known_says_unknown_when_it_cannot_tell():
+    assert is_known(DB, "alpha", ["gcg", "INS"], "human") == [True, False]
+    assert is_known(DB, "acinar", ["GCG"], "human") == [None]
+    assert is_known(None, "alpha", ["GCG"]) == [None]
+
+
+def test_marker_validation_is_skipped_without_shared_data(monkeypatch, tiny_model):
+    def missing():
+        raise InputFileError("shared data not found")
+
+    monkeypatch.setattr(markers, "shared_root", missing)
+    assert load_marker_db("panglaodb") is None
+    report = marker_report({"alpha": ["GCG"]}, None)
+    assert "no marker database" in report.at[0, "note"]
+    from instructcell_agent.interpret.api import explain
+
+    result = explain(make_counts(8, seed=3), model=tiny_model, dataset="planted")
+    assert result.marker_report is None
+    assert result.top_genes["is_known_marker"].isna().all()
+    assert any("skipped" in n for n in result.provenance["notes"])
+
+
+def test_unknown_database_is_refused():
+    with pytest.raises(ValueError, match="panglaodb"):
+        load_marker_db("nope")
+
+
+def test_wilcoxon_ranks_the_planted_markers():
+    adata = make_counts(80, seed=2)
+    X = adata.X.toarray()
+    log_expr = np.log1p(X / X.sum(1, keepdims=True) * 1e4)
+    ranked = wilcoxon_rankings(log_expr, list(adata.var_names), adata.obs["cell_type"].astype(str), n_genes=4)
+    assert set(ranked) == set(CELL_TYPES)
+    for label, genes in ranked.items():
+        assert set(genes) == set(marker_genes(label))
+
+
+def test_our_mapping_names_exist_in_the_shared_databases():
+    _shared_or_skip()
+    for name, section in marker_map().items():
+        db = load_marker_db(name)
+        missing = sorted({t for types in section.values() for t in types} - set(db.genes))
+        assert not missing, (name, missing)
+
+
+def test_every_shared_annotation_label_is_mapped():
+    db = _shared_or_skip()
+    from instructcell_agent.core_model.datasets import shared_root
+
+    catalog = json.loads((shared_root() / "data" / "catalog.json").read_text())
+    labels = {l for entry in catalog if entry["task"] in ("cta", "compat") for l in entry.get("classes", {})}
+    assert labels and not [l for l in labels if db.cell_types_for(l) is None]
+
+
+def test_panglaodb_knows_the_textbook_markers():
+    db = _shared_or_skip()
+    assert {"INS", "IAPP"} <= db.markers_for("beta", "human")
+    assert "GCG" in db.markers_for("Alpha", "mouse")
+    assert "CD14" in db.markers_for("CD14+ Monocyte", "human")
+    assert "PPY" in db.markers_for("gamma", "human")

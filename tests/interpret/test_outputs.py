@@ -1,0 +1,116 @@
+"""Outputs researchers use: scanpy's rank_genes_groups layout, figures, the `explain` command."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scanpy as sc
+from conftest import make_counts
+
+from instructcell_agent.cli import main
+from instructcell_agent.interpret.api import explain
+
+KEY = "instructcell_saliency"
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _digest(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def result(tiny_model):
+    # 64 cells: scanpy's default dendrogram runs a 50-component PCA of the cells.
+    return explain(make_counts(64, seed=11), model=tiny_model, labels="cell_type", dataset="planted", top_k=6)
+
+
+def test_rank_genes_groups_df_reads_the_ranking(result, tmp_path):
+    adata = result.to_adata()
+    df = sc.get.rank_genes_groups_df(adata, group=None, key=KEY)
+    assert {"group", "names", "scores", "logfoldchanges", "pvals", "pvals_adj"} <= set(df.columns)
+    assert len(df) == 6 * 4
+    # The tidy view lists the genes with a positive score: the head of the same ranking.
+    ours = result.top_genes.sort_values(["label", "rank"])
+    head = df[df["scores"] > 0]
+    assert head["names"].tolist() == ours["gene"].tolist()
+    np.testing.assert_allclose(head["scores"], ours["score"], rtol=1e-6)
+    path = tmp_path / "x.h5ad"
+    adata.write_h5ad(path)
+    back = sc.get.rank_genes_groups_df(ad.read_h5ad(path), group="alpha", key=KEY)
+    assert back["names"].tolist() == df[df["group"] == "alpha"]["names"].tolist()
+
+
+def test_scanpy_plots_read_the_ranking(result):
+    adata = result.to_adata()
+    sc.pl.rank_genes_groups_dotplot(adata, key=KEY, n_genes=3, show=False)
+    sc.pl.rank_genes_groups_matrixplot(adata, key=KEY, n_genes=3, show=False)
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
+
+
+def test_to_adata_in_place_on_the_users_cells(result):
+    cells = make_counts(64, seed=11)
+    out = result.to_adata(cells)
+    assert out is cells
+    assert list(cells.obs[f"{KEY}_label"].cat.categories) == result.labels
+    assert cells.obsm[f"{KEY}_probabilities"].shape == (64, 4)
+    assert cells.obs[f"{KEY}_top_genes"].str.count(",").eq(5).all()
+    assert sc.get.rank_genes_groups_df(cells, group=None, key=KEY).shape[0] == 24
+    with pytest.raises(ValueError, match="obs_names"):
+        result.to_adata(make_counts(64, seed=11)[:5].copy())
+
+
+def test_figures_are_pngs(result, tmp_path):
+    paths = result.save_figures(tmp_path)
+    assert {p.name for p in paths} == {"saliency_dotplot.png", "saliency_heatmap.png"}
+    assert all(p.read_bytes()[:8] == PNG and p.stat().st_size > 5000 for p in paths)
+    assert not list(tmp_path.glob(".*"))  # no temporary files left behind
+
+
+def test_cli_explain_writes_everything_and_keeps_the_input(tiny_checkpoint, synthetic_set, tmp_path):
+    before = _digest(synthetic_set["path"])
+    out = tmp_path / "explained"
+    code = main(["explain", "--checkpoint", str(tiny_checkpoint), "--data", str(synthetic_set["path"]),
+                 "--label-key", "cell_type", "--top-k", "5", "--out", str(out)])
+    assert code == 0
+    assert _digest(synthetic_set["path"]) == before
+    top = pd.read_csv(out / "top_genes.csv")
+    assert list(top.columns) == ["label", "rank", "gene", "score", "is_known_marker"]
+    assert 4 <= len(top) <= 4 * 5 and top["rank"].between(1, 5).all() and (top["score"] > 0).all()
+    adata = ad.read_h5ad(out / "explained.h5ad")
+    assert adata.n_obs == 240 and KEY in adata.uns
+    assert len(sc.get.rank_genes_groups_df(adata, group=None, key=KEY)) == 20
+    for name in ("saliency_dotplot.png", "saliency_heatmap.png"):
+        assert (out / name).read_bytes()[:8] == PNG
+    assert (out / "explain.json").is_file()
+
+
+def test_cli_explain_with_integrated_gradients(tiny_checkpoint, synthetic_set, tmp_path):
+    small = tmp_path / "small.h5ad"
+    ad.read_h5ad(synthetic_set["path"])[:12].copy().write_h5ad(small)
+    code = main(["explain", "--checkpoint", str(tiny_checkpoint), "--data", str(small), "--method", "ig",
+                 "--n-steps", "16", "--out", str(tmp_path / "ig")])
+    assert code == 0
+    adata = ad.read_h5ad(tmp_path / "ig" / "explained.h5ad")
+    assert f"{KEY}_ig_delta" in adata.obs and adata.uns[KEY]["params"]["attribution"] == "ig"
+
+
+def test_cli_explain_errors_are_messages(tiny_checkpoint, synthetic_set, tmp_path, capsys):
+    code = main(["explain", "--checkpoint", str(tiny_checkpoint), "--data", str(synthetic_set["path"]),
+                 "--label-key", "no_such_column", "--out", str(tmp_path / "o")])
+    assert code == 2 and "no_such_column" in capsys.readouterr().err
+    # An input sitting where the output would go is never overwritten.
+    out = tmp_path / "clash"
+    out.mkdir()
+    victim = out / "explained.h5ad"
+    shutil.copy(synthetic_set["path"], victim)
+    before = _digest(victim)
+    code = main(["explain", "--checkpoint", str(tiny_checkpoint), "--data", str(victim), "--out", str(out)])
+    assert code == 2 and _digest(victim) == before
+    assert "refusing to overwrite" in capsys.readouterr().err
