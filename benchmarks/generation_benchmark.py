@@ -144,7 +144,9 @@ def run_dataset(loaded: LoadedModel, name: str, args: argparse.Namespace, unseen
             continue
         log.info("%s: %s", name, method)
         try:
+            start = time.perf_counter()
             counts, extra = make()
+            extra = {"seconds": time.perf_counter() - start, **extra}
             metrics = generation_metrics(real.X, counts, labels, labels, gene_names=loaded.vocab, seed=args.seed)
             runs[method] = {**metrics, **extra}
         except ImportError as exc:
