@@ -1,0 +1,124 @@
+"""A LangChain agent that inspects a dataset, annotates its cells and explains the answers.
+
+Runs offline by default: a scripted chat model plays the agent's turns (inspect_dataset, then
+annotate_cells with the model's known labels as candidates, then explain_genes) and the real
+tools do the work. Give --model to let a real chat model decide instead (needs its provider
+package and API key, e.g. --model anthropic:claude-sonnet-4-5 or --model openai:gpt-4.1).
+
+    python examples/agent_workflow.py --data pbmc.h5ad                   # native tools, in process
+    python examples/agent_workflow.py --data pbmc.h5ad --via stdio       # through the MCP server
+    python examples/agent_workflow.py --data planted.h5ad --checkpoint runs/tiny/checkpoint
+
+Without --data it uses 200 cells of the shared PBMC set when present
+(${INSTRUCTCELL_SHARED:-../shared}/data/cta/zheng2017_pbmc_sorted.h5ad).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from langchain.agents import create_agent
+
+QUESTION = ("What cell types are in {path}, and which genes drive the model's answers? Check the file first, then "
+            "annotate it and explain the labels.")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", type=Path, help=".h5ad file (its folder becomes the data root)")
+    p.add_argument("--checkpoint", type=Path, default=None, help="default: the shipped checkpoint")
+    p.add_argument("--output-dir", type=Path, default=None, help="default: a new temporary folder")
+    p.add_argument("--via", choices=("native", "stdio"), default="native",
+                   help="native LangChain tools in process, or the MCP server as a stdio subprocess")
+    p.add_argument("--model", default=None, help="a real chat model for init_chat_model, e.g. openai:gpt-4.1")
+    p.add_argument("--explain-cells", type=int, default=200, help="explain_genes cell limit (attribution is slow)")
+    return p.parse_args(argv)
+
+
+def default_data() -> Path:
+    import anndata as ad
+
+    shared = Path(os.environ.get("INSTRUCTCELL_SHARED", "../shared")) / "data/cta/zheng2017_pbmc_sorted.h5ad"
+    if not shared.exists():
+        raise SystemExit(f"no --data given and {shared} does not exist; pass --data FILE.h5ad")
+    adata = ad.read_h5ad(shared, backed="r")
+    subset = adata[::max(1, adata.n_obs // 200)][:200].to_memory()
+    out = Path(tempfile.mkdtemp(prefix="instructcell-agent-data-")) / "pbmc_200.h5ad"
+    subset.write_h5ad(out)
+    return out
+
+
+def scripted_model(h5ad_path: str):
+    from instructcell_agent.scripted_model import ScriptedChatModel, tool_results
+
+    def annotate_args(messages):
+        # Use the labels inspect_dataset reported as the candidates: an earlier result feeds the next call.
+        info = next(value for name, value in tool_results(messages) if name == "inspect_dataset")
+        labels = info.get("model_annotation_labels", [])[:30]
+        return {"h5ad_path": h5ad_path, **({"candidates": labels} if len(labels) >= 2 else {})}
+
+    return ScriptedChatModel(plan=[
+        ("inspect_dataset", {"h5ad_path": h5ad_path}),
+        ("annotate_cells", annotate_args),
+        ("explain_genes", {"h5ad_path": h5ad_path, "top_k": 5}),
+    ])
+
+
+def chat_model(args, h5ad_path: str):
+    if not args.model:
+        return scripted_model(h5ad_path)
+    from langchain.chat_models import init_chat_model
+
+    return init_chat_model(args.model)
+
+
+def server_settings(args, data: Path) -> tuple[Path, Path]:
+    out = args.output_dir or Path(tempfile.mkdtemp(prefix="instructcell-agent-out-"))
+    return data.resolve().parent, out
+
+
+async def run(args) -> str:
+    data = args.data or default_data()
+    root, out = server_settings(args, data)
+    model = chat_model(args, str(data.resolve()))
+    question = QUESTION.format(path=data.resolve())
+    if args.via == "native":
+        from instructcell_agent.langchain_tools import make_tools
+        from instructcell_agent.server.config import Limits, ServerConfig
+        from instructcell_agent.server.toolbox import Toolbox
+
+        toolbox = Toolbox(ServerConfig(data_roots=(root,), output_dir=out, checkpoint=args.checkpoint,
+                                       limits=Limits(max_explain_cells=args.explain_cells)))
+        try:
+            agent = create_agent(model, make_tools(toolbox))
+            state = await agent.ainvoke({"messages": [("user", question)]})
+        finally:
+            toolbox.shutdown()
+    else:
+        from mcp import StdioServerParameters
+
+        from instructcell_agent.mcp_langchain import mcp_tools
+
+        cli = ["-m", "instructcell_agent.server.cli", "--data-root", str(root), "--output-dir", str(out),
+               "--max-explain-cells", str(args.explain_cells)]
+        cli += ["--checkpoint", str(args.checkpoint)] if args.checkpoint else []
+        params = StdioServerParameters(command=sys.executable, args=cli, env=dict(os.environ))
+        async with mcp_tools(params) as tools:
+            agent = create_agent(model, tools)
+            state = await agent.ainvoke({"messages": [("user", question)]})
+    return state["messages"][-1].content
+
+
+def main(argv=None) -> str:
+    answer = asyncio.run(run(parse_args(argv)))
+    print(answer)
+    return answer
+
+
+if __name__ == "__main__":
+    main()

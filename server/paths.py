@@ -1,0 +1,60 @@
+"""Resolve user-supplied paths and keep them inside the configured data roots."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+from instructcell_agent.core_model.errors import InstructCellError
+
+
+class PathNotAllowedError(InstructCellError):
+    """A path outside the data roots, a missing file, a directory, or the wrong file type."""
+
+
+def resolve_input(path: str | os.PathLike, roots: Sequence[Path], suffixes: Sequence[str] = (".h5ad",)) -> Path:
+    """The real path of an existing input file inside one of `roots`.
+
+    Relative paths are taken relative to the first root (clients rarely know the server's working
+    directory). The check runs on the fully resolved path, so `..` segments and symlinks that
+    point outside every root are refused, while a symlink between two places inside the roots
+    is fine.
+    """
+    raw = str(path).strip()
+    if not raw:
+        raise PathNotAllowedError("h5ad_path is empty; give the path of an .h5ad file inside a data root")
+    if "\x00" in raw:
+        raise PathNotAllowedError("h5ad_path contains a NUL byte")
+    candidate = Path(raw).expanduser()
+    if not candidate.is_absolute():
+        candidate = roots[0] / candidate
+    try:
+        real = candidate.resolve(strict=True)
+    except FileNotFoundError:
+        raise PathNotAllowedError(f"no such file: {raw}{_roots_hint(roots)}") from None
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop
+        raise PathNotAllowedError(f"cannot resolve {raw}: {exc}") from None
+    if not any(real.is_relative_to(root) for root in roots):
+        raise PathNotAllowedError(f"{raw} is outside the allowed data roots{_roots_hint(roots)}")
+    if not real.is_file():
+        raise PathNotAllowedError(f"{raw} is not a regular file (a directory or device?); give an .h5ad file")
+    if suffixes and real.suffix.lower() not in suffixes:
+        raise PathNotAllowedError(f"{raw} does not end in {' or '.join(suffixes)}; give an AnnData .h5ad file")
+    return real
+
+
+def resolve_output(relative: str, output_dir: Path) -> Path:
+    """An existing file below `output_dir`, named relative to it (for resource reads)."""
+    candidate = (output_dir / relative).resolve()
+    if not candidate.is_relative_to(output_dir) or candidate == output_dir:
+        raise PathNotAllowedError(f"{relative!r} is not inside the output directory")
+    if not candidate.is_file():
+        raise PathNotAllowedError(f"no output file {relative!r}")
+    if any(part.startswith(".") for part in candidate.relative_to(output_dir).parts):
+        raise PathNotAllowedError(f"{relative!r} is not a finished output")  # staging area
+    return candidate
+
+
+def _roots_hint(roots: Sequence[Path]) -> str:
+    return "; allowed data roots: " + ", ".join(str(r) for r in roots)

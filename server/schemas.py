@@ -1,0 +1,223 @@
+"""Typed requests and results of every tool, shared by the MCP server and the LangChain tools.
+
+Bounds here are absolute caps of the schema; the configured limits (often lower) are enforced by
+the service with a message naming the limit. Results stay small: counts, summaries, top genes and
+a few example cells. The full result is a file under the output directory (see `OutputFile`).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+H5adPath = Annotated[str, Field(
+    min_length=1, max_length=4096,
+    description="Path of an AnnData .h5ad file inside one of the server's data roots "
+                "(absolute, or relative to the first data root).")]
+OptionalText = Annotated[str | None, Field(max_length=200)]
+JobId = Annotated[str, Field(pattern=r"^[0-9a-f]{32}$", description="Job id returned by an earlier call.")]
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class _MatrixOptions(_Request):
+    layer: OptionalText = Field(None, description="Layer to read instead of X (e.g. 'counts').")
+    use_raw: bool = Field(False, description="Read adata.raw instead of X.")
+    gene_key: OptionalText = Field(None, description="var column holding gene symbols, if var_names are not genes.")
+
+
+class InspectDatasetRequest(_MatrixOptions):
+    h5ad_path: H5adPath
+
+
+class AnnotateCellsRequest(_MatrixOptions):
+    h5ad_path: H5adPath
+    candidates: list[Annotated[str, Field(min_length=1, max_length=200)]] | None = Field(
+        None, min_length=2, max_length=200,
+        description="Cell types to choose from (probabilities for each). Omit to let the model name the type freely.")
+    instruction: str | None = Field(
+        None, max_length=2000, description="Question asked per cell; {choices} lists the candidates. Default: ours.")
+    species: OptionalText = Field(None, description="Prompt field; default: obs['species'] or detected.")
+    tissue: OptionalText = Field(None, description="Prompt field; default: obs['tissue'] if present.")
+    background: bool = Field(False, description="Run as a background job and return a job id at once.")
+    n_examples: int = Field(5, ge=0, le=20, description="Example cells to include in the reply.")
+
+
+class PredictDrugResponseRequest(_MatrixOptions):
+    h5ad_path: H5adPath
+    drug: str = Field(min_length=1, max_length=200, description="Drug name, e.g. 'cisplatin'.")
+    candidates: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(
+        ["resistant", "sensitive"], min_length=2, max_length=20, description="Response classes to score.")
+    instruction: str | None = Field(None, max_length=2000, description="Question asked per cell; default: ours.")
+    background: bool = Field(False, description="Run as a background job and return a job id at once.")
+    n_examples: int = Field(5, ge=0, le=20, description="Example cells to include in the reply.")
+
+
+class GenerateCellsRequest(_Request):
+    cell_type: str = Field(min_length=1, max_length=200, description="Cell type to generate, e.g. 'CD14+ Monocyte'.")
+    n: int = Field(100, ge=1, le=1_000_000, description="Number of cells to generate.")
+    condition: OptionalText = Field(None, description="Condition, e.g. 'IFN-beta stimulated' or 'control'.")
+    species: OptionalText = Field(None, description="Species; default: from the training conditions.")
+    tissue: OptionalText = Field(None, description="Tissue; default: from the training conditions.")
+    instruction: str | None = Field(None, max_length=2000, description="Template with {cell_type}, {condition}.")
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="Sampling seed (same seed, same cells).")
+    allow_unseen: bool = Field(False, description="Generate even for a condition unseen in training.")
+    background: bool = Field(False, description="Run as a background job and return a job id at once.")
+
+
+class ExplainGenesRequest(_MatrixOptions):
+    h5ad_path: H5adPath
+    labels: OptionalText = Field(
+        None, description="What to explain: an obs column of labels, or one label for every cell. "
+                          "Default: each cell's predicted label.")
+    candidates: list[Annotated[str, Field(min_length=1, max_length=200)]] | None = Field(
+        None, min_length=2, max_length=200, description="Labels scored for every cell. Default: the model's.")
+    method: Literal["saliency", "gradient", "ig"] = Field(
+        "saliency", description="saliency (gradient x input), gradient, or ig (Integrated Gradients; slower).")
+    top_k: int = Field(10, ge=1, le=1000, description="Genes reported per label.")
+    background: bool = Field(False, description="Run as a background job and return a job id at once.")
+
+
+class JobRequest(_Request):
+    job_id: JobId
+
+
+# ------------------------------------------------------------------ results
+
+
+class OutputFile(BaseModel):
+    path: str = Field(description="Absolute path of the written file on the server.")
+    uri: str = Field(description="MCP resource URI to read it through the server.")
+    kind: str = Field(description="What it holds, e.g. 'annotated_h5ad', 'labels_csv', 'dotplot_png'.")
+    mime_type: str
+    size_bytes: int
+
+
+class ObsColumn(BaseModel):
+    name: str
+    dtype: str
+    n_unique: int
+    examples: list[str] = Field(description="Up to 5 values.")
+
+
+class VocabularyOverlap(BaseModel):
+    n_vocab: int = Field(description="Genes the model reads.")
+    n_matched: int = Field(description="Of those, genes found in the input.")
+    matched_fraction: float
+    input_matched_fraction: float = Field(description="Share of the input's genes the model uses.")
+    min_needed: int = Field(description="Fewest matched genes the model accepts.")
+    sufficient: bool
+    gene_id_type: str
+    species: str
+    missing_examples: list[str]
+    notes: list[str]
+
+
+class DatasetInfo(BaseModel):
+    kind: Literal["dataset"] = "dataset"
+    h5ad_path: str
+    n_cells: int
+    n_genes: int
+    obs_columns: list[ObsColumn]
+    layers: list[str]
+    has_raw: bool
+    value_type: str = Field(description="raw_counts, log1p, normalized, or invalid (with value_note).")
+    value_note: str
+    overlap: VocabularyOverlap | None = Field(description="None when the values cannot be used.")
+    within_cell_limit: bool
+    runs_in_background: bool = Field(description="Whether annotate_cells on this file would run as a job.")
+    model_annotation_labels: list[str] = Field(description="Labels the model knows (first 50).")
+
+
+class CellExample(BaseModel):
+    cell: str
+    label: str
+    confidence: float
+
+
+class AnnotationSummary(BaseModel):
+    kind: Literal["annotation", "drug_response"]
+    h5ad_path: str
+    n_cells: int
+    label_counts: dict[str, int]
+    mean_confidence: float
+    low_confidence_cells: int = Field(description="Cells whose confidence is below 0.5.")
+    candidates: list[str] | None
+    drug: str | None = None
+    examples: list[CellExample]
+    alignment: str = Field(description="How the input's genes matched the model's.")
+    outputs: list[OutputFile]
+    seconds: float
+
+
+class GenerationSummary(BaseModel):
+    kind: Literal["generation"] = "generation"
+    n_cells: int
+    n_genes: int
+    cell_type: str
+    condition: str | None
+    unseen_condition: bool
+    mean_total_counts: float
+    top_expressed_genes: list[str] = Field(description="Ten genes with the highest mean count.")
+    outputs: list[OutputFile]
+    seconds: float
+
+
+class GeneScore(BaseModel):
+    gene: str
+    score: float
+    is_known_marker: bool | None
+
+
+class ExplanationSummary(BaseModel):
+    kind: Literal["explanation"] = "explanation"
+    h5ad_path: str
+    n_cells: int
+    method: str
+    cells_per_label: dict[str, int]
+    top_genes: dict[str, list[GeneScore]] = Field(description="Per label, its top genes by attribution.")
+    marker_precision: dict[str, float | None] | None = Field(
+        description="Per label, share of the top 10 genes that are known markers (None: no marker database).")
+    outputs: list[OutputFile]
+    seconds: float
+
+
+ToolResult = Annotated[Union[AnnotationSummary, GenerationSummary, ExplanationSummary], Field(discriminator="kind")]
+JobStatusName = Literal["queued", "running", "completed", "failed", "cancelled"]
+
+
+class JobInfo(BaseModel):
+    job_id: str
+    tool: str
+    status: JobStatusName
+    progress: float = Field(ge=0, le=1, description="Fraction done.")
+    message: str
+    error: str | None = None
+    seconds: float = Field(description="Time since the job was queued.")
+
+
+class _CallOutput(BaseModel):
+    """What a model-using tool returns: the result when it finished in time, else a job to poll."""
+
+    status: JobStatusName
+    job: JobInfo | None = Field(description="Set when the work continues in the background; poll job_status.")
+
+
+class AnnotationOutput(_CallOutput):
+    result: AnnotationSummary | None
+
+
+class GenerationOutput(_CallOutput):
+    result: GenerationSummary | None
+
+
+class ExplanationOutput(_CallOutput):
+    result: ExplanationSummary | None
+
+
+class JobResultOutput(BaseModel):
+    job: JobInfo
+    result: ToolResult | None = Field(description="Set once the job completed.")

@@ -1,0 +1,314 @@
+"""The service layer: paths and parameters in, pydantic results out. No MCP here.
+
+Both the MCP server and the LangChain tools call these methods. Every input path is checked
+against the data roots, inputs are only read, results are written under the output directory
+(staged, then renamed), and the model is loaded once, on first use.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+
+from instructcell_agent.core_model.errors import InputFileError, InstructCellError
+from instructcell_agent.core_model.io import read_h5ad, write_h5ad_atomic
+
+from .config import ServerConfig
+from .jobs import Reporter
+from .outputs import Staging, new_id, slug
+from .paths import resolve_input
+from .schemas import (AnnotateCellsRequest, AnnotationSummary, CellExample, DatasetInfo, ExplainGenesRequest,
+                      ExplanationSummary, GenerateCellsRequest, GenerationSummary, GeneScore, InspectDatasetRequest,
+                      ObsColumn, PredictDrugResponseRequest, VocabularyOverlap)
+
+log = logging.getLogger(__name__)
+
+_INSPECT_CELLS = 2000  # value type and gene overlap are read from the first cells only
+_MIN_GENES = 100  # the API's default minimum gene overlap
+
+
+class LimitError(InstructCellError):
+    """A request over one of the server's configured limits."""
+
+
+class _NoReporter:
+    def update(self, done: float, total: float, message: str = "") -> None:
+        pass
+
+    def check(self) -> None:
+        pass
+
+
+class InstructCellService:
+    """Runs the package's API for remote callers under the configured roots and limits."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.limits = config.limits
+        self._load_lock = threading.Lock()
+        # Model passes never overlap: the job worker is the normal queue, and this lock also
+        # covers direct callers (the native LangChain tools may run on several threads).
+        self.model_lock = threading.RLock()
+        self._model = None
+
+    # ------------------------------------------------------------------ model
+    def model(self):
+        """The loaded checkpoint; loaded on the first call (seconds for the shipped one)."""
+        if self._model is None:
+            with self._load_lock:
+                if self._model is None:
+                    from instructcell_agent.api import load_model
+
+                    started = time.perf_counter()
+                    self._model = load_model(self.config.checkpoint, device=self.config.device)
+                    log.info("model %s loaded on %s in %.1f s", self._model.path, self._model.model.device,
+                             time.perf_counter() - started)
+        return self._model
+
+    @property
+    def model_loaded(self) -> bool:
+        return self._model is not None
+
+    # ------------------------------------------------------------------ checks
+    def input_path(self, h5ad_path: str) -> Path:
+        return resolve_input(h5ad_path, self.config.data_roots)
+
+    def count_cells(self, h5ad_path: str) -> int:
+        """Cells in a file without loading its matrix (for limits and the background decision)."""
+        path = self.input_path(h5ad_path)
+        backed = _open_backed(path)
+        try:
+            return int(backed.n_obs)
+        finally:
+            backed.file.close()
+
+    def work_size(self, tool: str, request: Any) -> int:
+        """Cells a request will process; also refuses requests over the limits up front."""
+        if tool == "generate_cells":
+            self._check(request.n, self.limits.max_generate, "generated cells per call (n)")
+            return int(request.n)
+        if tool == "explain_genes":
+            self._check(request.top_k, self.limits.max_top_k, "top_k")
+        n = self.count_cells(request.h5ad_path)
+        if tool == "explain_genes":
+            self._check(n, self.limits.max_explain_cells, "cells per explain_genes call")
+        else:
+            self._check(n, self.limits.max_cells, f"cells per {tool} call")
+        return n
+
+    @staticmethod
+    def _check(value: int, limit: int, what: str) -> None:
+        if value > limit:
+            raise LimitError(f"request over the server limit: {value:,} {what}, at most {limit:,} allowed. "
+                             "Subset the data (e.g. one sample or cell type per file) and call again")
+
+    # ------------------------------------------------------------------ tools
+    def inspect_dataset(self, req: InspectDatasetRequest) -> DatasetInfo:
+        """Shape, obs columns, value type and gene overlap with the model; runs no inference."""
+        from instructcell_agent.core_model.alignment import align_to_vocab
+
+        path = self.input_path(req.h5ad_path)
+        backed = _open_backed(path)
+        try:
+            obs = backed.obs.copy()
+            head = backed[: min(backed.n_obs, _INSPECT_CELLS)].to_memory()
+            n_cells, n_genes = backed.n_obs, backed.n_vars
+            layers, has_raw = list(backed.layers.keys()), backed.raw is not None
+        except Exception as exc:  # noqa: BLE001 - any failure here means an unreadable file
+            raise InputFileError(f"{req.h5ad_path} could not be read as AnnData: {type(exc).__name__}: {exc}") from exc
+        finally:
+            backed.file.close()
+        model = self.model()
+        overlap, kind, note = None, "invalid", ""
+        try:
+            report = align_to_vocab(head, model.vocab, layer=req.layer, use_raw=req.use_raw, gene_key=req.gene_key,
+                                    min_genes=0).report
+        except InstructCellError as exc:
+            note = str(exc)
+        else:
+            needed = min(_MIN_GENES, len(model.vocab))
+            kind, note = report.value_type["kind"], report.value_type.get("note", "")
+            overlap = VocabularyOverlap(
+                n_vocab=report.n_vocab, n_matched=report.n_matched, matched_fraction=round(report.matched_fraction, 4),
+                input_matched_fraction=round(report.input_matched_fraction, 4), min_needed=needed,
+                sufficient=report.n_matched >= needed, gene_id_type=report.id_type, species=report.species,
+                missing_examples=list(report.missing_examples), notes=list(report.notes))
+        return DatasetInfo(
+            h5ad_path=str(path), n_cells=n_cells, n_genes=n_genes, obs_columns=[_describe_column(obs, c) for c in obs],
+            layers=layers, has_raw=has_raw, value_type=kind, value_note=note, overlap=overlap,
+            within_cell_limit=n_cells <= self.limits.max_cells,
+            runs_in_background=n_cells > self.limits.async_threshold_cells,
+            model_annotation_labels=model.labels_for_task("annotation")[:50])
+
+    def annotate_cells(self, req: AnnotateCellsRequest, reporter: Reporter | None = None) -> AnnotationSummary:
+        from instructcell_agent import api
+
+        extra = {k: v for k, v in (("species", req.species), ("tissue", req.tissue)) if v}
+        return self._annotate(req, "annotation", reporter, lambda view, model: api.annotate(
+            view, model=model, instruction=req.instruction, candidates=req.candidates, **extra, **_matrix(req)))
+
+    def predict_drug_response(self, req: PredictDrugResponseRequest,
+                              reporter: Reporter | None = None) -> AnnotationSummary:
+        from instructcell_agent import api
+
+        return self._annotate(req, "drug_response", reporter, lambda view, model: api.predict_drug_response(
+            view, drug=req.drug, model=model, instruction=req.instruction, candidates=req.candidates, **_matrix(req)))
+
+    def generate_cells(self, req: GenerateCellsRequest, reporter: Reporter | None = None) -> GenerationSummary:
+        from instructcell_agent import api
+
+        rep = reporter or _NoReporter()
+        self._check(req.n, self.limits.max_generate, "generated cells per call (n)")
+        started = time.perf_counter()
+        model = self.model()
+        rep.update(0, req.n, f"generating {req.n:,} {req.cell_type} cells")
+        with self.model_lock:
+            adata = api.generate_cells(model=model, cell_type=req.cell_type, n=req.n, species=req.species,
+                                       tissue=req.tissue, condition=req.condition, instruction=req.instruction,
+                                       seed=req.seed, allow_unseen=req.allow_unseen)
+        rep.update(req.n, req.n, "writing the generated cells")
+        name = f"generated_{slug(req.cell_type)}_{new_id()}.h5ad"
+        with Staging(self.config.output_dir) as staging:
+            write_h5ad_atomic(adata, staging.path(name))
+            rep.check()  # the last point a cancellation is honoured: after it the file is published
+            files = staging.commit({name: "generated_h5ad"})
+        means = np.asarray(adata.X.mean(axis=0)).ravel()
+        top = [str(adata.var_names[i]) for i in np.argsort(-means)[:10]]
+        totals = np.asarray(adata.X.sum(axis=1)).ravel()
+        unseen = bool(adata.obs["unseen_condition"].any()) if "unseen_condition" in adata.obs else False
+        condition = str(adata.obs["condition"].iloc[0]) if "condition" in adata.obs and adata.n_obs else None
+        return GenerationSummary(n_cells=adata.n_obs, n_genes=adata.n_vars, cell_type=req.cell_type,
+                                 condition=condition or None, unseen_condition=unseen,
+                                 mean_total_counts=round(float(totals.mean()), 3), top_expressed_genes=top,
+                                 outputs=files, seconds=round(time.perf_counter() - started, 3))
+
+    def explain_genes(self, req: ExplainGenesRequest, reporter: Reporter | None = None) -> ExplanationSummary:
+        from instructcell_agent.interpret.api import explain, write_explanation
+
+        rep = reporter or _NoReporter()
+        self._check(req.top_k, self.limits.max_top_k, "top_k")
+        started = time.perf_counter()
+        path = self.input_path(req.h5ad_path)
+        adata = read_h5ad(path)
+        self._check(adata.n_obs, self.limits.max_explain_cells, "cells per explain_genes call")
+        model = self.model()
+        # Attribution aggregates over all cells per label, so it runs as one unit: cancellation
+        # is honoured before it and before the files are published.
+        rep.update(0, adata.n_obs, f"explaining {adata.n_obs:,} cells ({req.method})")
+        with self.model_lock:
+            result = explain(adata, model=model, labels=req.labels, method=req.method, top_k=req.top_k,
+                             candidates=req.candidates, **_matrix(req))
+        rep.update(adata.n_obs, adata.n_obs, "writing tables and figures")
+        folder = f"{slug(path.stem)}_explain_{new_id()}"
+        with Staging(self.config.output_dir) as staging:
+            write_explanation(result, staging.path(folder), protect=[path])
+            rep.check()
+            files = staging.commit({folder: "explanation"})
+        top: dict[str, list[GeneScore]] = {}
+        for row in result.top_genes.itertuples(index=False):
+            known = None if pd.isna(row.is_known_marker) else bool(row.is_known_marker)
+            top.setdefault(str(row.label), []).append(GeneScore(gene=str(row.gene), score=float(row.score),
+                                                                is_known_marker=known))
+        precision = None
+        if result.marker_report is not None:
+            precision = {str(r.label): (None if pd.isna(r.precision_at_k) else float(r.precision_at_k))
+                         for r in result.marker_report.itertuples(index=False)}
+        return ExplanationSummary(h5ad_path=str(path), n_cells=adata.n_obs, method=req.method,
+                                  cells_per_label=dict(Counter(map(str, result.groups))), top_genes=top,
+                                  marker_precision=precision, outputs=files,
+                                  seconds=round(time.perf_counter() - started, 3))
+
+    # ------------------------------------------------------------------ annotation core
+    def _annotate(self, req, task: str, reporter: Reporter | None, run) -> AnnotationSummary:
+        from instructcell_agent.results import AnnotationResult
+
+        rep = reporter or _NoReporter()
+        started = time.perf_counter()
+        path = self.input_path(req.h5ad_path)
+        adata = read_h5ad(path)
+        self._check(adata.n_obs, self.limits.max_cells, f"cells per {_TOOL[task]} call")
+        if adata.n_obs == 0:
+            raise InputFileError(f"{req.h5ad_path} has no cells; nothing to annotate")
+        model = self.model()
+        n, step = adata.n_obs, max(1, self.limits.chunk_cells)
+        parts: list[AnnotationResult] = []
+        rep.update(0, n, f"{n:,} cells queued for the model")
+        # Chunks bound the time between progress reports and cancellation checks; each chunk
+        # runs the public API on a view (the input is never modified).
+        for start in range(0, n, step):
+            with self.model_lock:
+                parts.append(run(adata[start:start + step], model))
+            rep.update(min(start + step, n), n, f"{min(start + step, n):,} of {n:,} cells")
+        result = _concat(parts)
+        key = "instructcell" if task == "annotation" else "instructcell_drug"
+        base = f"{slug(path.stem)}_{'annotated' if task == 'annotation' else 'drug_response'}_{new_id()}"
+        with Staging(self.config.output_dir) as staging:
+            write_h5ad_atomic(result.to_adata(adata, key_added=key), staging.path(base + ".h5ad"), protect=[path])
+            _labels_frame(result).to_csv(staging.path(base + "_labels.csv"), index_label="cell")
+            rep.check()  # the last point a cancellation is honoured: after it the files are published
+            files = staging.commit({base + ".h5ad": "annotated_h5ad", base + "_labels.csv": "labels_csv"})
+        conf = np.asarray(result.confidence, dtype=float)
+        cands = list(map(str, result.probabilities.columns)) if result.probabilities is not None else None
+        pick = np.linspace(0, n - 1, num=min(req.n_examples, n)).round().astype(int) if n else []
+        examples = [CellExample(cell=result.obs_names[i], label=str(result.labels[i]),
+                                confidence=round(float(conf[i]), 4)) for i in pick]
+        return AnnotationSummary(
+            kind=task, h5ad_path=str(path), n_cells=n,
+            label_counts={str(k): int(v) for k, v in result.label_counts().items()},
+            mean_confidence=round(float(conf.mean()), 4) if n else 0.0, low_confidence_cells=int((conf < 0.5).sum()),
+            candidates=cands, drug=getattr(req, "drug", None), examples=examples,
+            alignment=str(result.provenance.get("alignment_summary", "")), outputs=files,
+            seconds=round(time.perf_counter() - started, 3))
+
+
+_TOOL = {"annotation": "annotate_cells", "drug_response": "predict_drug_response"}
+
+
+def _matrix(req) -> dict[str, Any]:
+    return {"layer": req.layer, "use_raw": req.use_raw, "gene_key": req.gene_key}
+
+
+def _open_backed(path: Path) -> ad.AnnData:
+    try:
+        return ad.read_h5ad(path, backed="r")
+    except Exception as exc:  # noqa: BLE001
+        read_h5ad(path)  # the full reader says what the file is instead (not HDF5, a CSV, ...)
+        raise InputFileError(f"{path} could not be opened as AnnData: {type(exc).__name__}: {exc}") from exc
+
+
+def _describe_column(obs: pd.DataFrame, name: str) -> ObsColumn:
+    col = obs[name]
+    values = col.dropna().astype(str)
+    return ObsColumn(name=str(name), dtype=str(col.dtype), n_unique=int(values.nunique()),
+                     examples=list(dict.fromkeys(values.head(200)))[:5])
+
+
+def _concat(parts):
+    from instructcell_agent.results import AnnotationResult
+
+    first = parts[0]
+    probs = None
+    if first.probabilities is not None:
+        probs = pd.concat([p.probabilities for p in parts])
+    provenance = dict(first.provenance, chunks=len(parts))
+    return AnnotationResult(
+        obs_names=[o for p in parts for o in p.obs_names], labels=np.concatenate([p.labels for p in parts]),
+        confidence=np.concatenate([np.asarray(p.confidence) for p in parts]),
+        answers=[a for p in parts for a in p.answers], probabilities=probs, provenance=provenance)
+
+
+def _labels_frame(result) -> pd.DataFrame:
+    frame = result.to_frame()
+    if result.probabilities is not None:
+        probs = result.probabilities.copy()
+        probs.columns = [f"p_{c}" for c in probs.columns]
+        frame = frame.join(probs)
+    return frame

@@ -1,0 +1,338 @@
+"""Every tool through the SDK's in-memory client: schemas, structured output, files, errors, jobs.
+
+The server runs the tiny generator checkpoint (annotation + generation) on planted data, so the
+whole module takes seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import anndata as ad
+import anyio
+import jsonschema
+import numpy as np
+import pandas as pd
+import pytest
+from mcp import Client
+
+import instructcell_agent as ica
+from instructcell_agent.server.mcp_app import build_server
+from instructcell_agent.server.toolbox import Toolbox
+from server_testkit import N_CELLS, digest, make_config, make_data_root, output_entries
+from synthetic import CELL_TYPES
+
+CANDIDATES = list(CELL_TYPES)
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory, gen_checkpoint):
+    paths = make_data_root(tmp_path_factory.mktemp("mcp_tools"))
+    toolbox = Toolbox(make_config(paths, gen_checkpoint))
+    server = build_server(toolbox=toolbox)
+    yield {"paths": paths, "toolbox": toolbox, "server": server}
+    toolbox.shutdown()
+
+
+def run(server, script):
+    """Connect an in-memory client, run `script(client)`, return its value."""
+
+    async def main():
+        async with Client(server) as client:
+            return await script(client)
+
+    return anyio.run(main)
+
+
+def call(server, name, arguments, **kw):
+    return run(server, lambda c: c.call_tool(name, arguments, **kw))
+
+
+def check_structured(server, name, result):
+    """The structured content validates against the tool's published output schema."""
+    assert not result.is_error, result.content[0].text
+    tools = run(server, lambda c: c.list_tools())
+    schema = next(t.output_schema for t in tools.tools if t.name == name)
+    jsonschema.validate(result.structured_content, schema)
+    # The text block carries the same result for clients that only read text.
+    text = json.loads(result.content[0].text)
+    assert text.get("status", text.get("kind")) == result.structured_content.get(
+        "status", result.structured_content.get("kind"))
+    return result.structured_content
+
+
+def error_text(result) -> str:
+    assert result.is_error, result.structured_content
+    return result.content[0].text
+
+
+# ------------------------------------------------------------------ listing
+
+
+def test_every_tool_is_listed_with_typed_schemas_and_hints(env):
+    tools = {t.name: t for t in run(env["server"], lambda c: c.list_tools()).tools}
+    assert set(tools) == {"inspect_dataset", "annotate_cells", "predict_drug_response", "generate_cells",
+                          "explain_genes", "job_status", "job_result", "cancel_job"}
+    for name in ("inspect_dataset", "annotate_cells", "predict_drug_response", "explain_genes"):
+        props = tools[name].input_schema["properties"]
+        assert "h5ad_path" in props and props["h5ad_path"]["description"]
+        assert "h5ad_path" in tools[name].input_schema["required"]
+    for tool in tools.values():
+        assert tool.description and tool.output_schema and tool.annotations is not None
+        assert all(p.get("description") for p in tool.input_schema["properties"].values()), tool.name
+    top_k = tools["explain_genes"].input_schema["properties"]["top_k"]
+    assert top_k["minimum"] == 1 and top_k["maximum"] == 1000
+    assert tools["inspect_dataset"].annotations.read_only_hint is True
+    assert tools["job_status"].annotations.read_only_hint is True
+    assert tools["annotate_cells"].annotations.read_only_hint is False
+    assert tools["annotate_cells"].annotations.destructive_hint is False
+    assert "600" in tools["annotate_cells"].description  # the configured limit is stated
+
+
+# ------------------------------------------------------------------ tools
+
+
+def test_inspect_dataset(env):
+    result = call(env["server"], "inspect_dataset", {"h5ad_path": "planted.h5ad"})
+    info = check_structured(env["server"], "inspect_dataset", result)
+    assert (info["n_cells"], info["n_genes"]) == (N_CELLS, 120)
+    assert info["value_type"] == "raw_counts"
+    assert {c["name"] for c in info["obs_columns"]} == {"cell_type", "species", "tissue"}
+    cell_type = next(c for c in info["obs_columns"] if c["name"] == "cell_type")
+    assert cell_type["n_unique"] == 4 and set(cell_type["examples"]) <= set(CELL_TYPES)
+    assert info["overlap"]["n_matched"] == 120 and info["overlap"]["sufficient"] is True
+    assert info["within_cell_limit"] is True and info["runs_in_background"] is False
+    assert set(CELL_TYPES) <= set(info["model_annotation_labels"])
+
+
+def test_annotate_cells_writes_files_and_matches_the_api(env, gen_model):
+    paths = env["paths"]
+    before = digest(paths["planted"])
+    result = call(env["server"], "annotate_cells", {"h5ad_path": str(paths["planted"]), "candidates": CANDIDATES})
+    out = check_structured(env["server"], "annotate_cells", result)
+    assert out["status"] == "completed" and out["job"] is None
+    summary = out["result"]
+    assert summary["n_cells"] == N_CELLS and sum(summary["label_counts"].values()) == N_CELLS
+    assert summary["candidates"] == CANDIDATES and len(summary["examples"]) == 5
+    kinds = {f["kind"]: f for f in summary["outputs"]}
+    assert set(kinds) == {"annotated_h5ad", "labels_csv"}
+    h5 = ad.read_h5ad(kinds["annotated_h5ad"]["path"])
+    csv = pd.read_csv(kinds["labels_csv"]["path"], index_col="cell")
+    assert h5.n_obs == N_CELLS and "instructcell_label" in h5.obs
+    # Chunked server calls give the same answers as one direct API call.
+    direct = ica.annotate(ad.read_h5ad(paths["planted"]), model=gen_model, candidates=CANDIDATES)
+    assert list(csv["label"]) == list(direct.labels)
+    np.testing.assert_allclose(csv["confidence"], direct.confidence, rtol=1e-4, atol=1e-5)
+    assert (csv["label"].to_numpy() == h5.obs["cell_type"].to_numpy()).mean() > 0.5  # planted; chance 0.25
+    assert digest(paths["planted"]) == before  # the input is never modified
+    # Output files come back as resource links and can be read through the server.
+    links = [b for b in result.content if b.type == "resource_link"]
+    assert {str(l.uri) for l in links} == {f["uri"] for f in summary["outputs"]}
+    text = run(env["server"], lambda c: c.read_resource(kinds["labels_csv"]["uri"]))
+    assert text.contents[0].text.splitlines()[0].startswith("cell,label,confidence")
+
+
+def test_predict_drug_response(env):
+    result = call(env["server"], "predict_drug_response", {"h5ad_path": "sub/planted_b.h5ad", "drug": "cisplatin"})
+    summary = check_structured(env["server"], "predict_drug_response", result)["result"]
+    assert summary["kind"] == "drug_response" and summary["drug"] == "cisplatin"
+    assert set(summary["label_counts"]) <= {"resistant", "sensitive"}
+    assert sum(summary["label_counts"].values()) == N_CELLS
+
+
+def test_generate_cells(env):
+    result = call(env["server"], "generate_cells", {"cell_type": "alpha", "n": 16, "condition": "stim", "seed": 3})
+    summary = check_structured(env["server"], "generate_cells", result)["result"]
+    assert summary["n_cells"] == 16 and summary["condition"] == "IFN-beta stimulated"
+    assert summary["unseen_condition"] is False and len(summary["top_expressed_genes"]) == 10
+    generated = ad.read_h5ad(summary["outputs"][0]["path"])
+    assert generated.n_obs == 16 and (generated.obs["cell_type"] == "alpha").all()
+
+
+def test_explain_genes(env):
+    paths = env["paths"]
+    small = paths["root"] / "small.h5ad"
+    ad.read_h5ad(paths["planted"])[:48].copy().write_h5ad(small)
+    result = call(env["server"], "explain_genes", {"h5ad_path": str(small), "labels": "cell_type", "top_k": 5})
+    summary = check_structured(env["server"], "explain_genes", result)["result"]
+    assert set(summary["top_genes"]) == set(CELL_TYPES) and summary["n_cells"] == 48
+    assert all(1 <= len(genes) <= 5 for genes in summary["top_genes"].values())
+    kinds = {f["kind"] for f in summary["outputs"]}
+    assert {"explanation:explained", "explanation:top_genes"} <= kinds
+    assert any(f["mime_type"] == "image/png" for f in summary["outputs"])
+    png = next(f for f in summary["outputs"] if f["mime_type"] == "image/png")
+    blob = run(env["server"], lambda c: c.read_resource(png["uri"]))
+    assert blob.contents[0].mime_type == "image/png" and blob.contents[0].blob
+
+
+# ------------------------------------------------------------------ errors and limits
+
+
+@pytest.mark.parametrize("path, message", [
+    ("missing.h5ad", "no such file"),
+    ("../outside/secret.h5ad", "outside the allowed data roots"),
+    ("escape.h5ad", "outside the allowed data roots"),  # symlink pointing out of the root
+    ("notes.txt", "does not end in .h5ad"),
+    ("folder.h5ad", "not a regular file"),
+    ("fake.h5ad", "not an HDF5 file"),
+])
+def test_bad_paths_come_back_as_tool_errors(env, path, message):
+    for tool in ("inspect_dataset", "annotate_cells"):
+        text = error_text(call(env["server"], tool, {"h5ad_path": path}))
+        assert message in text, text
+    assert not any(p.endswith(".h5ad") for p in output_entries(env["paths"]["out"]) if "secret" in p)
+
+
+def test_symlink_inside_the_root_is_allowed(env):
+    info = check_structured(env["server"], "inspect_dataset",
+                            call(env["server"], "inspect_dataset", {"h5ad_path": "alias.h5ad"}))
+    assert info["h5ad_path"] == str(env["paths"]["planted"])
+
+
+def test_limits_are_enforced_with_clear_messages(env):
+    server = env["server"]
+    text = error_text(call(server, "annotate_cells", {"h5ad_path": "big.h5ad"}))
+    assert "700 cells per annotate_cells call, at most 600" in text
+    text = error_text(call(server, "generate_cells", {"cell_type": "alpha", "n": 201}))
+    assert "201 generated cells" in text and "at most 200" in text
+    text = error_text(call(server, "explain_genes", {"h5ad_path": "planted.h5ad", "top_k": 5}))
+    assert "240 cells per explain_genes call, at most 120" in text
+    text = error_text(call(server, "explain_genes", {"h5ad_path": "big.h5ad", "top_k": 21}))
+    assert "top_k" in text and "at most 20" in text
+    text = error_text(call(server, "explain_genes", {"h5ad_path": "planted.h5ad", "top_k": 5000}))
+    assert "top_k" in text and "less than or equal to 1000" in text  # the schema's absolute bound
+
+
+def test_model_errors_come_back_as_tool_errors(env):
+    text = error_text(call(env["server"], "generate_cells", {"cell_type": "alpha", "n": 4, "condition": "heat shock"}))
+    assert "heat shock" in text
+    text = error_text(call(env["server"], "annotate_cells", {"h5ad_path": "planted.h5ad", "layer": "nope"}))
+    assert "no layer 'nope'" in text
+    text = error_text(call(env["server"], "job_status", {"job_id": "0" * 32}))
+    assert "no job" in text
+
+
+# ------------------------------------------------------------------ jobs, progress, concurrency
+
+
+def test_large_requests_return_a_job_id_at_once_and_can_be_polled(env):
+    async def script(client):
+        first = await client.call_tool("annotate_cells", {"h5ad_path": "async.h5ad", "candidates": CANDIDATES})
+        job_id = first.structured_content["job"]["job_id"]
+        for _ in range(600):
+            status = await client.call_tool("job_status", {"job_id": job_id})
+            if status.structured_content["status"] in ("completed", "failed", "cancelled"):
+                break
+            await anyio.sleep(0.05)
+        return first, status, await client.call_tool("job_result", {"job_id": job_id})
+
+    first, status, result = run(env["server"], script)
+    out = check_structured(env["server"], "annotate_cells", first)
+    assert out["status"] in ("queued", "running") and out["result"] is None  # over async_threshold_cells
+    info = check_structured(env["server"], "job_status", status)
+    assert info["status"] == "completed" and info["progress"] == 1.0
+    final = check_structured(env["server"], "job_result", result)
+    assert final["result"]["kind"] == "annotation" and final["result"]["n_cells"] == 500
+
+
+def test_progress_is_reported_per_chunk(env):
+    seen = []
+
+    async def on_progress(progress, total, message):
+        seen.append((progress, total, message))
+
+    result = call(env["server"], "annotate_cells", {"h5ad_path": "planted.h5ad"}, progress_callback=on_progress)
+    assert not result.is_error
+    assert seen and all(total == N_CELLS for _, total, _ in seen)
+    assert [p for p, _, _ in seen] == sorted(p for p, _, _ in seen)  # monotone
+    assert len(seen) >= 2  # 240 cells in chunks of 64: several reports, not only the end
+
+
+def test_two_concurrent_calls_both_get_their_own_correct_result(env, gen_model):
+    paths = env["paths"]
+    results = {}
+
+    async def one(client, key, path):
+        results[key] = await client.call_tool("annotate_cells", {"h5ad_path": str(path), "candidates": CANDIDATES})
+
+    async def script(client):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(one, client, "a", paths["planted"])
+            tg.start_soon(one, client, "b", paths["planted_b"])
+
+    run(env["server"], script)
+    for key, path in (("a", paths["planted"]), ("b", paths["planted_b"])):
+        summary = check_structured(env["server"], "annotate_cells", results[key])["result"]
+        assert summary["h5ad_path"] == str(path)
+        csv = pd.read_csv(next(f["path"] for f in summary["outputs"] if f["kind"] == "labels_csv"), index_col="cell")
+        direct = ica.annotate(ad.read_h5ad(path), model=gen_model, candidates=CANDIDATES)
+        assert list(csv["label"]) == list(direct.labels)
+
+
+def test_cancelling_a_queued_job_leaves_no_output(env):
+    toolbox, out = env["toolbox"], env["paths"]["out"]
+    gate = threading.Event()
+    blocker = toolbox.jobs.submit("blocker", lambda reporter: gate.wait(30))  # holds the single model worker
+    before = output_entries(out)
+    try:
+        async def script(client):
+            started = await client.call_tool("annotate_cells", {"h5ad_path": "planted.h5ad", "background": True})
+            job_id = started.structured_content["job"]["job_id"]
+            cancelled = await client.call_tool("cancel_job", {"job_id": job_id})
+            return job_id, cancelled, await client.call_tool("job_result", {"job_id": job_id})
+
+        job_id, cancelled, result = run(env["server"], script)
+    finally:
+        gate.set()
+        blocker.wait(10)
+    assert check_structured(env["server"], "cancel_job", cancelled)["status"] == "cancelled"
+    assert check_structured(env["server"], "job_result", result)["result"] is None
+    assert toolbox.jobs.get(job_id).status == "cancelled"
+    assert output_entries(out) == before
+
+
+def test_cancelling_a_running_job_between_chunks_leaves_no_partial_file(env, monkeypatch):
+    toolbox, out = env["toolbox"], env["paths"]["out"]
+    import instructcell_agent.api as api
+
+    real = api.annotate
+    calls = {"n": 0}
+    state = {}
+
+    def annotate_then_cancel(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:  # a cancel arriving while the second chunk runs
+            state["job"].cancel()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(api, "annotate", annotate_then_cancel)
+    before = output_entries(out)
+    from instructcell_agent.server.schemas import AnnotateCellsRequest
+    from instructcell_agent.server.toolbox import SPEC_BY_NAME
+
+    job, _ = toolbox.start(SPEC_BY_NAME["annotate_cells"], AnnotateCellsRequest(h5ad_path="planted.h5ad"))
+    state["job"] = job
+    assert job.wait(60)
+    assert job.status == "cancelled" and calls["n"] == 2  # stopped at the next chunk boundary
+    assert output_entries(out) == before  # no h5ad, no CSV, no staging folder
+
+
+def test_cancelling_the_request_cancels_its_job(env):
+    toolbox = env["toolbox"]
+    gate = threading.Event()
+    blocker = toolbox.jobs.submit("blocker", lambda reporter: gate.wait(30))
+    before = output_entries(env["paths"]["out"])
+    try:
+        async def script(client):
+            with anyio.move_on_after(1.0):  # the client gives up: the SDK cancels the request
+                await client.call_tool("annotate_cells", {"h5ad_path": "planted.h5ad"})
+            await anyio.sleep(0.3)
+
+        run(env["server"], script)
+    finally:
+        gate.set()
+        blocker.wait(10)
+    jobs = [j for j in toolbox.jobs._jobs.values() if j.tool == "annotate_cells" and j.created > blocker.created]
+    assert jobs and jobs[-1].status == "cancelled"
+    assert output_entries(env["paths"]["out"]) == before
