@@ -1,67 +1,32 @@
-"""Shared fixtures: synthetic labelled data with planted marker genes, and a tiny trained model.
+"""Shared fixtures: the planted synthetic sets on disk and tiny models trained on them.
 
-Everything is built locally (random tiny Llama, byte-level tokenizer): the suite never needs the
-network, the shared data or the real backbone.
+The helpers that build the data live in synthetic.py (importable from any test module, since
+pytest puts tests/ on sys.path); one conftest holds every fixture, so no two modules share the
+name `conftest`.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
-import anndata as ad
-import numpy as np
-import pandas as pd
 import pytest
-import scipy.sparse as sp
 import torch
+
+from synthetic import make_condition_counts, make_counts, tiny_generator_config, tiny_train_config
 
 # Tiny models run faster on one thread (no OpenMP hand-offs), and the suite stays polite to
 # whatever else the machine is doing.
 torch.set_num_threads(1)
 
-CELL_TYPES = ("alpha", "beta", "gamma", "delta")
-N_GENES = 120
-MARKERS_PER_TYPE = 4
 
-
-def marker_genes(cell_type: str) -> list[str]:
-    i = CELL_TYPES.index(cell_type)
-    return [f"GENE{j:03d}" for j in range(i * MARKERS_PER_TYPE, (i + 1) * MARKERS_PER_TYPE)]
-
-
-def make_counts(n_cells: int, seed: int = 0) -> ad.AnnData:
-    """Raw counts: a shared background plus strong expression of each type's planted markers."""
-    rng = np.random.default_rng(seed)
-    labels = np.array([CELL_TYPES[i % len(CELL_TYPES)] for i in range(n_cells)])
-    rate = rng.gamma(2.0, 0.5, size=N_GENES)
-    lam = np.tile(rate, (n_cells, 1))
-    for i, label in enumerate(labels):
-        k = CELL_TYPES.index(label)
-        lam[i, k * MARKERS_PER_TYPE : (k + 1) * MARKERS_PER_TYPE] += 12.0
-    counts = rng.poisson(lam * rng.uniform(0.6, 1.4, size=(n_cells, 1))).astype(np.float32)
-    adata = ad.AnnData(sp.csr_matrix(counts))
-    adata.obs_names = [f"cell{i:04d}" for i in range(n_cells)]
-    adata.var_names = [f"GENE{j:03d}" for j in range(N_GENES)]
-    adata.obs["cell_type"] = pd.Categorical(labels)
-    adata.obs["species"] = "human"
-    adata.obs["tissue"] = "pancreas"
-    return adata
-
-
-def tiny_train_config(**overrides):
-    """Training settings for the tiny model; the LM is tuned too, since a random frozen LM
-    cannot be steered to spell labels in a few dozen steps."""
-    from instructcell_agent.core_model.config import BackboneConfig
-    from instructcell_agent.core_model.training import TrainConfig
-
-    settings = dict(
-        backbone=BackboneConfig(kind="tiny", tiny_hidden=64, tiny_layers=2), n_hvg=N_GENES, hidden_dim=64, dim=32,
-        n_queries=4, n_layers=1, encoder_epochs=20, encoder_batch=32, lm_steps=60, batch_size=16, lr=3e-3,
-        train_lm=True, valid_cells=40, save_every=50, gene_keep=0.95, panel_drop_prob=0.0,
-    )
-    settings.update(overrides)
-    return TrainConfig(**settings)
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    """Pin torch to one thread before each test's fixtures are built: libraries the generation
+    metrics use (via threadpoolctl) reset the OpenMP pool to all cores, and a different thread
+    count changes float summation order, so a model trained after them would differ."""
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
@@ -106,3 +71,45 @@ def tiny_model(tiny_checkpoint):
     from instructcell_agent.core_model.checkpoint import load_checkpoint
 
     return load_checkpoint(tiny_checkpoint)
+
+
+# --- generation: the planted set with a condition column, and a generator trained on it ---
+
+
+@pytest.fixture(scope="session")
+def condition_set(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("gen_synthetic")
+    adata = make_condition_counts(240)
+    path = root / "planted_cond.h5ad"
+    adata.write_h5ad(path)
+    names = list(adata.obs_names)
+    split = {"train": names[:160], "valid": names[160:200], "test": names[200:]}
+    split_path = root / "planted_cond_split.json"
+    split_path.write_text(json.dumps(split))
+    return {"path": path, "split_path": split_path, "adata": adata}
+
+
+@pytest.fixture(scope="session")
+def condition_spec(condition_set):
+    from instructcell_agent.core_model.datasets import DatasetSpec
+
+    return DatasetSpec(name="planted_cond", task="annotation", path=condition_set["path"], label_key="cell_type",
+                       split_path=condition_set["split_path"], tissue="pancreas", species="human")
+
+
+@pytest.fixture(scope="session")
+def gen_checkpoint(tiny_checkpoint, condition_spec, tmp_path_factory) -> Path:
+    """A copy of the tiny checkpoint with generator files (the shared one stays untouched)."""
+    from instructcell_agent.core_model.generation.train import train_generator
+
+    out = tmp_path_factory.mktemp("gen_ckpt") / "checkpoint"
+    shutil.copytree(tiny_checkpoint, out)
+    train_generator(out, tiny_generator_config(), specs=[condition_spec], show_progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def gen_model(gen_checkpoint):
+    from instructcell_agent.core_model.checkpoint import load_checkpoint
+
+    return load_checkpoint(gen_checkpoint)

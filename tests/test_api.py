@@ -7,7 +7,7 @@ import pytest
 import scipy.sparse as sp
 
 import instructcell_agent as ica
-from conftest import CELL_TYPES, make_counts
+from synthetic import CELL_TYPES, make_counts
 from instructcell_agent.core_model.errors import GeneOverlapError, InvalidValuesError
 
 

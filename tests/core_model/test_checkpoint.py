@@ -59,7 +59,7 @@ def test_not_a_checkpoint_directory(tmp_path):
 
 
 def test_tiny_backbone_with_lora_round_trips(planted_spec, tmp_path):
-    from conftest import tiny_train_config
+    from synthetic import tiny_train_config
     from instructcell_agent.core_model.training import train
 
     cfg = tiny_train_config(encoder_epochs=1, lm_steps=3, valid_cells=4, train_lm=False, lora_rank=4)

@@ -7,7 +7,7 @@ import json
 import torch
 from safetensors.torch import load_file
 
-from conftest import tiny_train_config
+from synthetic import tiny_train_config
 from instructcell_agent.core_model.training import train
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import CELL_TYPES, make_counts, marker_genes, tiny_train_config
+from synthetic import CELL_TYPES, make_counts, marker_genes, tiny_train_config
 
 from instructcell_agent.core_model.alignment import align_to_vocab
 from instructcell_agent.core_model.errors import LabelKeyError

@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 import pytest
-from conftest import CELL_TYPES, make_counts, marker_genes
+from synthetic import CELL_TYPES, make_counts, marker_genes
 
 from instructcell_agent.core_model.errors import InputFileError
 from instructcell_agent.interpret import markers

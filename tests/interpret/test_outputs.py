@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import scanpy as sc
-from conftest import make_counts
+from synthetic import make_counts
 
 from instructcell_agent.cli import main
 from instructcell_agent.interpret.api import explain
