@@ -36,9 +36,16 @@ class Predictions:
 
 
 def predict_split(loaded: LoadedModel, X, fields: list[dict[str, str]], truth: np.ndarray, labels: Sequence[str],
-                  phrasings: Sequence[str], seed: int, batch_size: int = 32) -> Predictions:
-    """Answer every cell with its own randomly drawn phrasing (seeded)."""
+                  phrasings: Sequence[str], seed: int, batch_size: int = 32,
+                  answers: Sequence[str] | None = None) -> Predictions:
+    """Answer every cell with its own randomly drawn phrasing (seeded).
+
+    Questions without options are answered by greedy decoding constrained to `answers` (the
+    labels the checkpoint learned to name for this task; None = unconstrained), and the text is
+    then mapped onto `labels`; the dataset's own label set is never shown to the model there.
+    """
     model = loaded.model
+    allowed = list(answers) if answers else None
     rng = random.Random(seed)
     labels = list(labels)
     mapper = LabelMapper(tuple(labels))
@@ -68,7 +75,7 @@ def predict_split(loaded: LoadedModel, X, fields: list[dict[str, str]], truth: n
                     out = [labels[j] for j in scores.argmax(1).tolist()]
                     got = out
                 else:
-                    out = model.generate(ctx, expr)
+                    out = model.generate(ctx, expr, allowed=allowed)
                     got = [mapper.map(a) or INVALID for a in out]
                 for r, a, g in zip(rows, out, got):
                     answers[r], predicted[r] = a, g
@@ -109,7 +116,8 @@ def evaluate(loaded: LoadedModel, data: str | Path, split_path: str | Path | Non
     phrasings = list(instructions) if instructions is not None else list(load_bank(BANK_OF_TASK[task]).valid)
     if n_instructions is not None and n_instructions < len(phrasings):
         phrasings = random.Random(seed).sample(phrasings, n_instructions)
-    preds = predict_split(loaded, aligned.X, fields, truth, all_labels, phrasings, seed, batch_size)
+    preds = predict_split(loaded, aligned.X, fields, truth, all_labels, phrasings, seed, batch_size,
+                          answers=loaded.labels_for_task(BANK_OF_TASK[task]))
     result = {
         **metrics(preds.truth, preds.predicted, all_labels),
         "n_instructions": len(phrasings),

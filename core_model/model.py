@@ -201,20 +201,29 @@ class CellLanguageModel(nn.Module):
 
     @torch.no_grad()
     def generate(self, ctx: Context, expr: torch.Tensor, max_new_tokens: int | None = None,
-                 return_logprob: bool = False):
+                 return_logprob: bool = False, allowed: list[str] | None = None):
         """Greedy answer text for each cell (stops at the end-of-turn token).
 
         With `return_logprob`, also the log-probability of each answer (its tokens and the end
-        token), i.e. the model's confidence in exactly that text.
+        token), i.e. the model's confidence in exactly that text. With `allowed`, decoding is
+        constrained to those answers (a token trie): each step takes the most likely token that
+        still leads to one of them, so the answer is always a label the model knows how to name;
+        the log-probability stays the model's own (not renormalized over the allowed answers).
         """
         steps = max_new_tokens or self.cfg.max_answer_tokens
+        trie = AnswerTrie([self.encode_text(a) + [self.end_token_id] for a in allowed]) if allowed else None
+        if trie is not None:
+            steps = max(steps, trie.depth)
+        prefixes: list[tuple[int, ...]] = [()] * expr.shape[0]
         logits = self.lm.lm_head(self.read_cell(ctx, expr))
         done = torch.zeros(expr.shape[0], dtype=torch.bool, device=self.device)
         total = torch.zeros(expr.shape[0], device=self.device)
         out: list[torch.Tensor] = []
         for _ in range(steps):
             logp = torch.log_softmax(logits.float(), -1)
-            token = logp.argmax(-1)
+            token = (logp + trie.mask(prefixes, logp.shape[1], self.device)).argmax(-1) if trie else logp.argmax(-1)
+            if trie is not None:
+                prefixes = [p + (t,) for p, t in zip(prefixes, token.tolist())]
             total += torch.where(done, torch.zeros_like(total), logp.gather(1, token[:, None]).squeeze(1))
             token = torch.where(done, torch.full_like(token, self.end_token_id), token)
             out.append(token)
@@ -227,3 +236,26 @@ class CellLanguageModel(nn.Module):
             row = row[: row.index(self.end_token_id)] if self.end_token_id in row else row
             texts.append(self.tokenizer.decode(row, skip_special_tokens=True).strip())
         return (texts, total.cpu().numpy()) if return_logprob else texts
+
+
+class AnswerTrie:
+    """Token-id sequences of the allowed answers, for constrained greedy decoding."""
+
+    def __init__(self, sequences: list[list[int]]) -> None:
+        self.children: dict[tuple[int, ...], set[int]] = {}
+        for seq in sequences:
+            for i, token in enumerate(seq):
+                self.children.setdefault(tuple(seq[:i]), set()).add(token)
+        self.depth = max(len(s) for s in sequences)
+
+    def mask(self, prefixes: list[tuple[int, ...]], vocab: int, device: torch.device) -> torch.Tensor:
+        """(B, vocab) additive mask: 0 for tokens that continue an allowed answer, -inf elsewhere.
+        A finished row (no continuation) gets no mask; the caller pads it with the end token."""
+        out = torch.full((len(prefixes), vocab), float("-inf"), device=device)
+        for row, prefix in enumerate(prefixes):
+            nxt = self.children.get(prefix)
+            if nxt is None:
+                out[row] = 0.0
+            else:
+                out[row, list(nxt)] = 0.0
+        return out

@@ -65,7 +65,8 @@ def annotate(adata: ad.AnnData, model: LoadedModel | None = None, instruction: s
     With `candidates` each candidate's likelihood is scored (probabilities for all of them);
     without, the model answers freely and `confidence` is the answer's own probability.
     Keyword arguments: species, tissue, sequencing_method (prompt fields; default from `obs`),
-    layer, use_raw, gene_key, min_genes (alignment), batch_size, mode ("instruct" | "chat").
+    layer, use_raw, gene_key, min_genes (alignment), batch_size, mode ("instruct" | "chat"),
+    free_text (True: unconstrained free answers instead of decoding within the known labels).
     """
     return _answer(adata, model, "annotation", instruction, candidates, **kwargs)
 
@@ -96,7 +97,8 @@ def generate_cells(model: LoadedModel | None = None, cell_type: str = "", n: int
 def _answer(adata: ad.AnnData, model: LoadedModel | None, task: str, instruction: str | None,
             candidates: Sequence[str] | None, *, species: str = "", tissue: str = "", sequencing_method: str = "",
             drug: str = "", layer: str | None = None, use_raw: bool = False, gene_key: str | None = None,
-            min_genes: int = 100, batch_size: int = 64, mode: str = "instruct") -> AnnotationResult:
+            min_genes: int = 100, batch_size: int = 64, mode: str = "instruct",
+            free_text: bool = False) -> AnnotationResult:
     if mode not in ("instruct", "chat"):
         raise ValueError(f"mode must be 'instruct' or 'chat', got {mode!r}")
     loaded = model or load_model()
@@ -109,7 +111,10 @@ def _answer(adata: ad.AnnData, model: LoadedModel | None, task: str, instruction
     aligned = align_to_vocab(adata, loaded.vocab, layer=layer, use_raw=use_raw, gene_key=gene_key, min_genes=min_genes)
     fields = prompt_fields(adata, None, species=species, tissue=tissue, sequencing_method=sequencing_method, drug=drug)
     texts = [_prompt(loaded, template, f, cands) for f in fields]
-    labels, conf, answers, probs = _run(loaded, aligned.X, texts, cands, batch_size)
+    # Free answers are decoded within the labels this checkpoint learned to name (never a
+    # misspelling), unless the caller asks for unconstrained text.
+    allowed = None if cands is not None or free_text else loaded.labels_for_task(task)
+    labels, conf, answers, probs = _run(loaded, aligned.X, texts, cands, batch_size, allowed)
     if cands is None:  # free answers: name them with the checkpoint's own spelling when they match one
         mapper = LabelMapper(tuple(loaded.labels_for_task(task)))
         labels = [mapper.map(a) or a for a in labels]
@@ -140,7 +145,8 @@ def _prompt(loaded: LoadedModel, template: str, fields: dict[str, str], cands: l
 
 
 @torch.no_grad()
-def _run(loaded: LoadedModel, X, texts: list[str], cands: list[str] | None, batch_size: int):
+def _run(loaded: LoadedModel, X, texts: list[str], cands: list[str] | None, batch_size: int,
+         allowed: list[str] | None = None):
     model = loaded.model
     labels: list[str] = []
     conf: list[float] = []
@@ -160,7 +166,7 @@ def _run(loaded: LoadedModel, X, texts: list[str], cands: list[str] | None, batc
             answers += [cands[i] for i in best]
             probs.append(p)
         else:
-            texts_out, logp = model.generate(ctx, expr, return_logprob=True)
+            texts_out, logp = model.generate(ctx, expr, return_logprob=True, allowed=allowed)
             labels += texts_out
             answers += texts_out
             conf += np.exp(logp).tolist()

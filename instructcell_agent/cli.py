@@ -48,6 +48,9 @@ def _add_annotate(sub) -> None:
     p.add_argument("--key-added", default="instructcell")
     p.add_argument("--use-raw", action="store_true")
     p.add_argument("--layer", default=None)
+    p.add_argument("--free-text", action="store_true",
+                   help="without candidates, let the model answer in unconstrained text (default: decode "
+                        "within the labels the checkpoint knows)")
 
 
 def _add_explain(sub) -> None:
@@ -136,7 +139,7 @@ def _annotate(args) -> int:
     adata = read_h5ad(args.data)
     candidates = [c.strip() for c in args.candidates.split(",")] if args.candidates else None
     result = annotate(adata, model=load_model(args.checkpoint), instruction=args.instruction, candidates=candidates,
-                      use_raw=args.use_raw, layer=args.layer)
+                      use_raw=args.use_raw, layer=args.layer, free_text=args.free_text)
     out = result.to_adata(adata.copy(), key_added=args.key_added)
     write_h5ad_atomic(out, args.out, protect=[args.data])
     print(result.summary())

@@ -61,6 +61,22 @@ def test_generate_returns_one_text_and_logprob_per_cell(model):
     assert logp.shape == (4,) and (logp <= 0).all()
 
 
+def test_constrained_generation_names_only_allowed_answers_with_their_own_logprob(model):
+    # An untrained tiny LM spells garbage when free; constrained, it can only name an allowed
+    # answer (including one that is a prefix of another), and the reported log-probability is
+    # exactly the teacher-forced likelihood of that answer.
+    allowed = CANDIDATES + ["alpha beta"]
+    expr = _expr(model, 6, seed=3)
+    ctx = lambda: model.start([model.prefix_text("Type?")], torch.zeros(6, dtype=torch.long))  # noqa: E731
+    texts, logp = model.generate(ctx(), expr, max_new_tokens=2, return_logprob=True, allowed=allowed)
+    assert set(texts) <= set(allowed)
+    expected = model.score_candidates(ctx(), expr, allowed)
+    for row, text in enumerate(texts):
+        assert logp[row] == pytest.approx(expected[row, allowed.index(text)].item(), abs=1e-4)
+    free = model.generate(ctx(), expr, max_new_tokens=4)
+    assert not set(free) <= set(allowed)  # the constraint, not luck, keeps the answers valid
+
+
 def test_gradients_reach_the_cell_encoder_through_the_frozen_lm(model):
     expr = _expr(model, 2).requires_grad_(True)
     logp, mask = model.answer_logprob(model.start([model.prefix_text("Type?")], torch.zeros(2, dtype=torch.long)),
