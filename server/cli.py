@@ -45,7 +45,10 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     token = os.environ.get(TOKEN_ENV) or None
     if args.transport == "http":
-        check_http_exposure(args.host, token)  # before the slow imports: fail fast
+        try:
+            check_http_exposure(args.host, token)  # before the slow imports: fail fast
+        except ValueError as exc:
+            raise SystemExit(str(exc)) from None
     for root in args.data_root:
         if not Path(root).is_dir():
             raise SystemExit(f"--data-root {root} is not a folder")

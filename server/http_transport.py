@@ -26,7 +26,7 @@ def is_loopback(host: str) -> bool:
 def check_http_exposure(host: str, token: str | None) -> None:
     """Refuse to serve a non-loopback address without a token (anyone on the network could call)."""
     if not is_loopback(host) and not token:
-        raise SystemExit(f"refusing to serve HTTP on {host} without a bearer token: set {TOKEN_ENV} (clients then "
+        raise ValueError(f"refusing to serve HTTP on {host} without a bearer token: set {TOKEN_ENV} (clients then "
                          "send 'Authorization: Bearer <token>'), or bind 127.0.0.1")
 
 

@@ -40,6 +40,8 @@ class AnnotateCellsRequest(_MatrixOptions):
         description="Cell types to choose from (probabilities for each). Omit to let the model name the type freely.")
     instruction: str | None = Field(
         None, max_length=2000, description="Question asked per cell; {choices} lists the candidates. Default: ours.")
+    free_text: bool = Field(False, description="Without candidates: unconstrained free answers instead of "
+                                                 "answers decoded within the model's known labels.")
     species: OptionalText = Field(None, description="Prompt field; default: obs['species'] or detected.")
     tissue: OptionalText = Field(None, description="Prompt field; default: obs['tissue'] if present.")
     background: bool = Field(False, description="Run as a background job and return a job id at once.")

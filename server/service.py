@@ -151,7 +151,7 @@ class InstructCellService:
     def annotate_cells(self, req: AnnotateCellsRequest, reporter: Reporter | None = None) -> AnnotationSummary:
         from instructcell_agent import api
 
-        extra = {k: v for k, v in (("species", req.species), ("tissue", req.tissue)) if v}
+        extra = {k: v for k, v in (("species", req.species), ("tissue", req.tissue), ("free_text", req.free_text)) if v}
         return self._annotate(req, "annotation", reporter, lambda view, model: api.annotate(
             view, model=model, instruction=req.instruction, candidates=req.candidates, **extra, **_matrix(req)))
 

@@ -103,3 +103,14 @@ def test_config_checks(tmp_path):
         ServerConfig(data_roots=(tmp_path,), output_dir=tmp_path, device="tpu")
     cfg = ServerConfig(data_roots=(str(tmp_path),), output_dir=tmp_path / "o").with_limits(max_cells=5)
     assert cfg.limits.max_cells == 5 and cfg.data_roots == (tmp_path.resolve(),)
+
+
+def test_http_exposure_rules():
+    from instructcell_agent.server.http_transport import check_http_exposure, is_loopback
+
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.5") and not is_loopback("example.org")
+    check_http_exposure("127.0.0.1", None)
+    check_http_exposure("0.0.0.0", "token")
+    with pytest.raises(ValueError, match="without a bearer token"):
+        check_http_exposure("0.0.0.0", None)
