@@ -336,3 +336,22 @@ def test_cancelling_the_request_cancels_its_job(env):
     jobs = [j for j in toolbox.jobs._jobs.values() if j.tool == "annotate_cells" and j.created > blocker.created]
     assert jobs and jobs[-1].status == "cancelled"
     assert output_entries(env["paths"]["out"]) == before
+
+
+def test_free_text_reaches_the_api(env, monkeypatch):
+    import instructcell_agent.api as api
+
+    seen = []
+    real = api.annotate
+    monkeypatch.setattr(api, "annotate", lambda *a, **kw: seen.append(kw.get("free_text")) or real(*a, **kw))
+    result = call(env["server"], "annotate_cells", {"h5ad_path": "planted.h5ad", "free_text": True})
+    assert not result.is_error and seen and all(seen)
+
+
+def test_an_unexpected_failure_is_a_tool_error_naming_it(env, monkeypatch):
+    def broken(request, reporter=None):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(env["toolbox"].service, "generate_cells", broken)
+    text = error_text(call(env["server"], "generate_cells", {"cell_type": "alpha", "n": 2}))
+    assert "internal error (RuntimeError: disk on fire)" in text

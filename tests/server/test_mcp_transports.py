@@ -22,7 +22,7 @@ from instructcell_agent.mcp_langchain import http_transport
 from instructcell_agent.server.cli import main as cli_main
 from instructcell_agent.server.http_transport import TOKEN_ENV, http_app
 from instructcell_agent.server.mcp_app import build_server
-from server_testkit import N_CELLS, make_config, make_data_root, output_entries
+from server_testkit import N_CELLS, make_config, make_data_root
 
 TOKEN = "test-token-1f3a9c"
 
