@@ -184,20 +184,46 @@ class CellLanguageModel(nn.Module):
     def score_candidates(self, ctx: Context, expr: torch.Tensor, candidates: list[str]) -> torch.Tensor:
         """Log-likelihood (B, C) of each candidate answer for each cell.
 
-        The cell is read once; only the candidates' own tokens are run per (cell, candidate).
+        The cell is read once. All candidates' tokens then run as ONE packed row per cell: a
+        custom attention mask lets each candidate token see the cell's prompt and the earlier
+        tokens of its own candidate only. Repeating the prompt cache once per candidate (the
+        obvious way) spends most of the time copying that cache; packing avoids it.
         """
         ids, mask = self.pad_answers(candidates)  # (C, A)
-        n_cells, n_cand = expr.shape[0], len(candidates)
         first = torch.log_softmax(self.lm.lm_head(self.read_cell(ctx, expr)).float(), -1)
         scores = first[:, ids[:, 0]]  # (B, C)
-        if ids.shape[1] > 1:
-            rest = ctx.repeat_interleave(n_cand)
-            tokens = ids[:, :-1].repeat(n_cells, 1)  # row b*C + c -> candidate c
-            logp = torch.log_softmax(self.lm.lm_head(self.extend(rest, self.embed_ids(tokens))).float(), -1)
-            target = ids[:, 1:].repeat(n_cells, 1)
-            tail = (logp.gather(-1, target.unsqueeze(-1)).squeeze(-1) * mask[:, 1:].repeat(n_cells, 1)).sum(1)
-            scores = scores + tail.view(n_cells, n_cand)
-        return scores
+        lengths = mask.sum(1).long().tolist()
+        # Packed inputs: every token of candidate c but its last predicts c's next token.
+        cand = [c for c, n in enumerate(lengths) for _ in range(n - 1)]
+        if not cand:
+            return scores
+        offset = torch.tensor([j for n in lengths for j in range(n - 1)], device=self.device)
+        cand_t = torch.tensor(cand, device=self.device)
+        inputs, targets = ids[cand_t, offset], ids[cand_t, offset + 1]
+        hidden = self._extend_packed(ctx, inputs, cand_t, offset)  # (B, T, H)
+        logits = self.lm.lm_head(hidden).float()
+        token_logp = logits.gather(-1, targets.view(1, -1, 1).expand(hidden.shape[0], -1, 1)).squeeze(-1)
+        token_logp = token_logp - torch.logsumexp(logits, -1)
+        return scores.index_add(1, cand_t, token_logp)
+
+    def _extend_packed(self, ctx: Context, tokens: torch.Tensor, segment: torch.Tensor,
+                       offset: torch.Tensor) -> torch.Tensor:
+        """Run packed segments (T tokens; `segment` ids, `offset` within each) after every
+        prompt in `ctx`; each token attends to the prompt and to its own segment's earlier tokens."""
+        batch, steps = ctx.mask.shape[0], tokens.shape[0]
+        inner = (segment[:, None] == segment[None, :]) & (offset[None, :] <= offset[:, None])  # (T, T)
+        allowed = torch.cat([ctx.mask.bool()[:, None, :].expand(batch, steps, -1),
+                             inner[None].expand(batch, -1, -1)], -1)
+        dtype = self.lm.lm_head.weight.dtype
+        additive = torch.zeros(allowed.shape, dtype=dtype, device=self.device)
+        additive = additive.masked_fill(~allowed, torch.finfo(dtype).min)[:, None]  # (B, 1, T, L + T)
+        embeds = self.embed_ids(tokens).unsqueeze(0).expand(batch, -1, -1)
+        pos = ctx.next_pos[:, None] + offset[None, :]
+        out = self.lm.model(inputs_embeds=embeds, attention_mask=additive, position_ids=pos,
+                            past_key_values=ctx.cache, use_cache=True)
+        # The cache now holds packed tokens that later positions must not see: the context is spent.
+        ctx.mask = torch.cat([ctx.mask, torch.zeros(batch, steps, dtype=ctx.mask.dtype, device=self.device)], 1)
+        return out.last_hidden_state
 
     @torch.no_grad()
     def generate(self, ctx: Context, expr: torch.Tensor, max_new_tokens: int | None = None,
