@@ -78,6 +78,38 @@ def load_catalog(root: Path | None = None, tasks: tuple[str, ...] = ("annotation
     return [s for s in specs if s.task in tasks]
 
 
+def load_user_catalog(path: str | os.PathLike) -> list[DatasetSpec]:
+    """A user's own datasets, in the shared catalog's format (a JSON list of entries).
+
+    Each entry needs ``name``, ``task`` ("cta" or "dsp"), ``path`` (.h5ad), ``label`` (the obs
+    column) and ``split`` (split JSON); a drug-response entry also names its ``drug``. Optional:
+    ``tissue``, ``species``, ``sequencing_method``. Relative paths are read from the catalog file's
+    folder. Any labels work: the label set is read from the data.
+    """
+    path = Path(path)
+    try:
+        entries = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise InputFileError(f"cannot read dataset catalog {path}: {exc}") from exc
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise InputFileError(f"dataset catalog {path} must be a JSON list of objects")
+    specs = []
+    for i, entry in enumerate(entries):
+        missing = [k for k in ("name", "task", "path", "label", "split") if not entry.get(k)]
+        if entry.get("task") not in TASK_OF_CATALOG:
+            missing.append("task (cta or dsp)")
+        if entry.get("task") == "dsp" and not entry.get("drug"):
+            missing.append("drug")
+        if missing:
+            raise InputFileError(f"dataset catalog {path}, entry {i}: missing or invalid {', '.join(missing)}")
+        spec = DatasetSpec.from_catalog_entry(entry, path.parent)
+        for file in (spec.path, spec.split_path):
+            if not Path(file).is_file():
+                raise InputFileError(f"dataset catalog {path}, entry {entry['name']!r}: no file {file}")
+        specs.append(spec)
+    return specs
+
+
 def read_split(path: str | os.PathLike) -> dict[str, list[str]]:
     """A split file: {"train": [obs_names], "valid": [...], "test": [...]}."""
     try:

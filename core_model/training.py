@@ -141,7 +141,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, show_p
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    specs = specs or _select_specs(cfg)
+    specs = specs or select_specs(cfg)
     vocab = _vocab(specs, cfg, out)
     data = TrainingData.build([load_split(s, vocab, "train") for s in specs])
     enc_cfg = CellEncoderConfig(
@@ -169,7 +169,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, show_p
     return out / "checkpoint"
 
 
-def _select_specs(cfg: TrainConfig) -> list[DatasetSpec]:
+def select_specs(cfg: TrainConfig) -> list[DatasetSpec]:
     specs = load_catalog()
     if cfg.datasets:
         known = {s.name: s for s in specs}

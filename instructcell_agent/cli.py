@@ -22,6 +22,10 @@ def _add_train(sub) -> None:
     p.add_argument("--n-hvg", type=int, default=2000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from OUT/train_state.pt")
+    p.add_argument("--catalog", action="append", default=[],
+                   help="JSON list of your own datasets in the shared catalog's format (name, task cta|dsp, "
+                        "path, label, split, drug for dsp); repeatable; trained beside the shared sets")
+    p.add_argument("--no-shared", action="store_true", help="train on the --catalog datasets only")
 
 
 def _add_evaluate(sub) -> None:
@@ -100,15 +104,25 @@ def main(argv: list[str] | None = None) -> int:
 
 def _train(args) -> int:
     from .core_model.config import BackboneConfig
-    from .core_model.training import TrainConfig, train
+    from .core_model.datasets import load_user_catalog
+    from .core_model.training import TrainConfig, select_specs, train
 
+    if args.no_shared and not args.catalog:
+        raise SystemExit("--no-shared needs at least one --catalog file")
     cfg = TrainConfig(
         datasets=tuple(d for d in args.datasets.split(",") if d), backbone=BackboneConfig(kind=args.backbone),
         lm_steps=args.lm_steps, encoder_epochs=args.encoder_epochs, batch_size=args.batch_size,
         n_hvg=args.n_hvg, seed=args.seed,
     )
     command = "instructcell " + " ".join(sys.argv[1:]) if argv_is_cli() else None
-    path = train(cfg, args.out, resume=args.resume, command=command)
+    specs = None
+    if args.catalog:
+        specs = [] if args.no_shared else select_specs(cfg)
+        specs += [spec for file in args.catalog for spec in load_user_catalog(file)]
+        names = [s.name for s in specs]
+        if len(set(names)) != len(names):
+            raise SystemExit(f"dataset names must be unique across catalogs: {names}")
+    path = train(cfg, args.out, resume=args.resume, command=command, specs=specs)
     print(path)
     return 0
 

@@ -57,3 +57,39 @@ def test_missing_label_key_is_reported(tiny_checkpoint, synthetic_set, tmp_path,
                  "--split", str(synthetic_set["split_path"]), "--task", "cta", "--label-key", "nope",
                  "--out", str(tmp_path / "m.json")])
     assert code == 2 and "nope" in capsys.readouterr().err
+
+
+def _user_catalog(tmp_path, synthetic_set, **entry):
+    """A user's own drug-response set in the shared catalog format: the planted cells, with the
+    cell type standing in for the response label (any labels must work)."""
+    base = {"name": "my_drug_screen", "task": "dsp", "path": str(synthetic_set["path"]), "label": "cell_type",
+            "split": str(synthetic_set["split_path"]), "drug": "olaparib", "tissue": "ovary"}
+    path = tmp_path / "my_catalog.json"
+    path.write_text(json.dumps([{**base, **entry}]))
+    return path
+
+
+def test_train_adds_a_users_own_drug_set_from_a_catalog_file(synthetic_set, tmp_path, monkeypatch):
+    import instructcell_agent.core_model.training as training
+
+    seen = {}
+
+    def fake_train(cfg, out, *, resume=False, command=None, specs=None, **_):
+        seen["specs"] = specs
+        return out
+
+    monkeypatch.setattr(training, "train", fake_train)
+    code = main(["train", "--out", str(tmp_path / "run"), "--backbone", "tiny", "--no-shared",
+                 "--catalog", str(_user_catalog(tmp_path, synthetic_set))])
+    assert code == 0
+    (spec,) = seen["specs"]
+    assert (spec.name, spec.task, spec.drug, spec.label_key) == ("my_drug_screen", "drug_response", "olaparib",
+                                                                 "cell_type")
+    assert spec.path == synthetic_set["path"] and spec.split_path == synthetic_set["split_path"]
+
+
+def test_a_drug_set_without_its_drug_is_refused_with_a_message(synthetic_set, tmp_path, capsys):
+    code = main(["train", "--out", str(tmp_path / "run"), "--backbone", "tiny", "--no-shared",
+                 "--catalog", str(_user_catalog(tmp_path, synthetic_set, drug=""))])
+    assert code != 0
+    assert "drug" in capsys.readouterr().err
