@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from sklearn.metrics import accuracy_score, f1_score
 
+from .calibration import label_prior_correction
 from .checkpoint import LoadedModel
 from .corpus import dense_rows
 from .alignment import align_to_vocab
@@ -37,12 +38,14 @@ class Predictions:
 
 def predict_split(loaded: LoadedModel, X, fields: list[dict[str, str]], truth: np.ndarray, labels: Sequence[str],
                   phrasings: Sequence[str], seed: int, batch_size: int = 32,
-                  answers: Sequence[str] | None = None) -> Predictions:
+                  answers: Sequence[str] | None = None, calibrate: bool = False) -> Predictions:
     """Answer every cell with its own randomly drawn phrasing (seeded).
 
     Questions without options are answered by greedy decoding constrained to `answers` (the
     labels the checkpoint learned to name for this task; None = unconstrained), and the text is
     then mapped onto `labels`; the dataset's own label set is never shown to the model there.
+    With `calibrate`, scored answers get the batch label-prior correction (core_model/calibration.py)
+    over all cells asked with options.
     """
     model = loaded.model
     allowed = list(answers) if answers else None
@@ -60,6 +63,7 @@ def predict_split(loaded: LoadedModel, X, fields: list[dict[str, str]], truth: n
     options_arr = np.array(options)
     predicted = np.empty(X.shape[0], dtype=object)
     answers = [""] * X.shape[0]
+    scored_rows, scored = [], []
     start = time.perf_counter()
     with torch.no_grad():
         for flag in (True, False):
@@ -72,6 +76,8 @@ def predict_split(loaded: LoadedModel, X, fields: list[dict[str, str]], truth: n
                 expr = model.normalize(torch.from_numpy(dense_rows(X, rows)).to(model.device))
                 if flag:
                     scores = model.score_candidates(ctx, expr, labels)
+                    scored_rows.extend(rows.tolist())
+                    scored.append(scores.cpu().numpy())
                     out = [labels[j] for j in scores.argmax(1).tolist()]
                     got = out
                 else:
@@ -79,6 +85,10 @@ def predict_split(loaded: LoadedModel, X, fields: list[dict[str, str]], truth: n
                     got = [mapper.map(a) or INVALID for a in out]
                 for r, a, g in zip(rows, out, got):
                     answers[r], predicted[r] = a, g
+    if calibrate and scored:
+        best = label_prior_correction(np.concatenate(scored)).argmax(1)
+        for r, j in zip(scored_rows, best):
+            answers[r] = predicted[r] = labels[j]
     return Predictions(truth, predicted.astype(str), options_arr, answers, time.perf_counter() - start)
 
 
@@ -99,7 +109,7 @@ def metrics(truth: np.ndarray, predicted: np.ndarray, labels: Sequence[str]) -> 
 
 def evaluate(loaded: LoadedModel, data: str | Path, split_path: str | Path | None, task: str, label_key: str, *,
              instructions: Sequence[str] | None = None, n_instructions: int | None = None, seed: int = 0,
-             split: str = "test", batch_size: int = 32) -> dict[str, Any]:
+             split: str = "test", batch_size: int = 32, calibrate: bool = False) -> dict[str, Any]:
     """Metrics of `loaded` on one split of a labelled .h5ad (the `instructcell evaluate` job)."""
     if task not in BANK_OF_TASK:
         raise ValueError(f"task must be one of {sorted(BANK_OF_TASK)}, got {task!r}")
@@ -117,11 +127,12 @@ def evaluate(loaded: LoadedModel, data: str | Path, split_path: str | Path | Non
     if n_instructions is not None and n_instructions < len(phrasings):
         phrasings = random.Random(seed).sample(phrasings, n_instructions)
     preds = predict_split(loaded, aligned.X, fields, truth, all_labels, phrasings, seed, batch_size,
-                          answers=loaded.labels_for_task(BANK_OF_TASK[task]))
+                          answers=loaded.labels_for_task(BANK_OF_TASK[task]), calibrate=calibrate)
     result = {
         **metrics(preds.truth, preds.predicted, all_labels),
         "n_instructions": len(phrasings),
         "instructions_source": source,
+        "calibration": "batch label-prior correction of scored answers" if calibrate else "none",
         "with_options": metrics(preds.truth[preds.with_options], preds.predicted[preds.with_options], all_labels),
         "without_options": metrics(preds.truth[~preds.with_options], preds.predicted[~preds.with_options], all_labels),
         "cells_per_second": float(len(truth) / max(preds.seconds, 1e-9)),

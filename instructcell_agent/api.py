@@ -21,6 +21,7 @@ import pandas as pd
 import torch
 
 from .core_model.alignment import align_to_vocab
+from .core_model.calibration import label_prior_correction
 from .core_model.checkpoint import LoadedModel, load_checkpoint
 from .core_model.corpus import dense_rows
 from .core_model.datasets import prompt_fields
@@ -66,7 +67,9 @@ def annotate(adata: ad.AnnData, model: LoadedModel | None = None, instruction: s
     without, the model answers freely and `confidence` is the answer's own probability.
     Keyword arguments: species, tissue, sequencing_method (prompt fields; default from `obs`),
     layer, use_raw, gene_key, min_genes (alignment), batch_size, mode ("instruct" | "chat"),
-    free_text (True: unconstrained free answers instead of decoding within the known labels).
+    free_text (True: unconstrained free answers instead of decoding within the known labels),
+    calibrate (True: subtract each candidate's mean log-likelihood over the cells of the call, see
+    core_model/calibration.py; needs candidates and at least 20 cells).
     """
     return _answer(adata, model, "annotation", instruction, candidates, **kwargs)
 
@@ -98,7 +101,7 @@ def _answer(adata: ad.AnnData, model: LoadedModel | None, task: str, instruction
             candidates: Sequence[str] | None, *, species: str = "", tissue: str = "", sequencing_method: str = "",
             drug: str = "", layer: str | None = None, use_raw: bool = False, gene_key: str | None = None,
             min_genes: int = 100, batch_size: int = 64, mode: str = "instruct",
-            free_text: bool = False) -> AnnotationResult:
+            free_text: bool = False, calibrate: bool = False) -> AnnotationResult:
     if mode not in ("instruct", "chat"):
         raise ValueError(f"mode must be 'instruct' or 'chat', got {mode!r}")
     loaded = model or load_model()
@@ -114,7 +117,9 @@ def _answer(adata: ad.AnnData, model: LoadedModel | None, task: str, instruction
     # Free answers are decoded within the labels this checkpoint learned to name (never a
     # misspelling), unless the caller asks for unconstrained text.
     allowed = None if cands is not None or free_text else loaded.labels_for_task(task)
-    labels, conf, answers, probs = _run(loaded, aligned.X, texts, cands, batch_size, allowed)
+    if calibrate and cands is None:
+        raise ValueError("calibrate=True corrects scored candidates: pass candidates (or an instruction with {choices})")
+    labels, conf, answers, probs = _run(loaded, aligned.X, texts, cands, batch_size, allowed, calibrate)
     if cands is None:  # free answers: name them with the checkpoint's own spelling when they match one
         mapper = LabelMapper(tuple(loaded.labels_for_task(task)))
         labels = [mapper.map(a) or a for a in labels]
@@ -123,6 +128,7 @@ def _answer(adata: ad.AnnData, model: LoadedModel | None, task: str, instruction
     provenance = {
         "task": task, "instruction": template, "mode": mode, "alignment": aligned.report.to_dict(),
         "alignment_summary": aligned.report.summary(),
+        "calibration": "batch label-prior correction" if calibrate else "none",
         "checkpoint": str(loaded.path), "package_version": loaded.info.get("package_version"),
         "backbone": loaded.model.cfg.backbone.name, "backbone_sha256": loaded.model.backbone.sha256,
     }
@@ -146,12 +152,12 @@ def _prompt(loaded: LoadedModel, template: str, fields: dict[str, str], cands: l
 
 @torch.no_grad()
 def _run(loaded: LoadedModel, X, texts: list[str], cands: list[str] | None, batch_size: int,
-         allowed: list[str] | None = None):
+         allowed: list[str] | None = None, calibrate: bool = False):
     model = loaded.model
     labels: list[str] = []
     conf: list[float] = []
     answers: list[str] = []
-    probs = []
+    scores = []
     for start in range(0, X.shape[0], batch_size):
         rows = np.arange(start, min(start + batch_size, X.shape[0]))
         batch_texts = [texts[r] for r in rows]
@@ -159,15 +165,19 @@ def _run(loaded: LoadedModel, X, texts: list[str], cands: list[str] | None, batc
         ctx = model.start(uniq, torch.tensor([uniq.index(t) for t in batch_texts]))
         expr = model.normalize(torch.from_numpy(dense_rows(X, rows)).to(model.device))
         if cands is not None:
-            p = torch.softmax(model.score_candidates(ctx, expr, cands), 1).cpu().numpy()
-            best = p.argmax(1)
-            labels += [cands[i] for i in best]
-            conf += p[np.arange(len(rows)), best].tolist()
-            answers += [cands[i] for i in best]
-            probs.append(p)
+            scores.append(model.score_candidates(ctx, expr, cands).cpu().numpy())
         else:
             texts_out, logp = model.generate(ctx, expr, return_logprob=True, allowed=allowed)
             labels += texts_out
             answers += texts_out
             conf += np.exp(logp).tolist()
-    return labels, conf, answers, (np.concatenate(probs) if probs else None)
+    if cands is None:
+        return labels, conf, answers, None
+    loglik = np.concatenate(scores).astype(np.float64)
+    if calibrate:
+        loglik = label_prior_correction(loglik)
+    probs = np.exp(loglik - loglik.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    best = probs.argmax(1)
+    picked = [cands[i] for i in best]
+    return picked, probs[np.arange(len(best)), best].tolist(), list(picked), probs

@@ -40,6 +40,8 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--n-instructions", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="metrics JSON to write")
+    p.add_argument("--calibrate", action="store_true",
+                   help="batch label-prior correction of scored answers (core_model/calibration.py)")
 
 
 def _add_annotate(sub) -> None:
@@ -140,7 +142,8 @@ def _evaluate(args) -> int:
     loaded = load_model(args.checkpoint)
     instructions = load_instruction_file(args.instructions) if args.instructions else None
     result = evaluate(loaded, args.data, args.split, args.task, args.label_key, instructions=instructions,
-                      n_instructions=args.n_instructions, seed=args.seed, split=args.split_name)
+                      n_instructions=args.n_instructions, seed=args.seed, split=args.split_name,
+                      calibrate=args.calibrate)
     write_json_atomic(result, args.out)
     print(json.dumps({k: result[k] for k in ("accuracy", "macro_f1", "weighted_f1", "invalid_rate", "n_cells")}))
     return 0
