@@ -210,6 +210,25 @@ class ConditionTable:
         return "; ".join(parts) + ". Pass allow_unseen=True (CLI: --allow-unseen) to generate anyway."
 
 
+def condition_incidence(table: ConditionTable) -> list[list[float]]:
+    """0/1 matrix (conditions x field values): which normalized cell type, species, tissue,
+    sequencing method and condition text each training condition has. An empty value ("no
+    condition given") is a value too: it is what separates unconditioned sets from control cells.
+    Columns follow first appearance in the table, so the matrix is a function of the table alone."""
+    columns: dict[tuple[str, str], int] = {}
+    keys = [r.condition.key() for r in table.records]
+    for key in keys:
+        for f, v in zip(FIELDS, key):
+            columns.setdefault((f, v), len(columns))
+    rows = []
+    for key in keys:
+        row = [0.0] * len(columns)
+        for f, v in zip(FIELDS, key):
+            row[columns[(f, v)]] = 1.0
+        rows.append(row)
+    return rows
+
+
 def compose_instruction(template: str, cond: Condition) -> str:
     """Render a generation phrasing and make sure the key conditions reach the prompt.
 

@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 
 from ..checkpoint import LoadedModel
 from ..errors import CheckpointError
-from .conditions import ConditionTable
+from .conditions import ConditionTable, condition_incidence
 from .vae import CountVAE, GeneratorConfig, SignalHead, generation_state
 
 log = logging.getLogger(__name__)
@@ -148,7 +148,9 @@ def _read(root: Path, loaded: LoadedModel) -> Generator:
         raise CheckpointError(f"{root}: generator expects an LM width of {cfg.lm_hidden}, "
                               f"the backbone has {loaded.model.backbone.hidden_size}")
     state = {k: v.float() for k, v in load_file(str(root / WEIGHTS_FILE)).items()}
-    vae, head = CountVAE(cfg), SignalHead(cfg.lm_hidden, torch.zeros(cfg.n_conditions, cfg.cond_dim))
+    table = ConditionTable.from_list(meta["conditions"])
+    incidence = torch.tensor(condition_incidence(table)) if cfg.factorized_signal else None
+    vae, head = CountVAE(cfg), SignalHead(cfg.lm_hidden, torch.zeros(cfg.n_conditions, cfg.cond_dim), incidence=incidence)
     vae_state = {k[4:]: v for k, v in state.items() if k.startswith("vae.")}
     result = vae.load_state_dict(vae_state, strict=False)
     if result.unexpected_keys or any(not k.startswith("encoder.") for k in result.missing_keys):
@@ -156,5 +158,4 @@ def _read(root: Path, loaded: LoadedModel) -> Generator:
     head.load_state_dict({k[7:]: v for k, v in state.items() if k.startswith("signal.")})
     device = loaded.model.device
     info = {k: v for k, v in meta.items() if k not in ("config", "conditions")}
-    return Generator(cfg, vae.to(device).eval(), head.to(device).eval(), ConditionTable.from_list(meta["conditions"]),
-                     info)
+    return Generator(cfg, vae.to(device).eval(), head.to(device).eval(), table, info)

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from ..instructions import load_bank
 from ..model import CellLanguageModel
-from .conditions import ConditionTable, compose_instruction, phrasings_for
+from .conditions import ConditionTable, compose_instruction, condition_incidence, phrasings_for
 from .signal import read_prompts, signal_states_of
 from .vae import SignalHead
 
@@ -41,6 +41,7 @@ class SignalSettings(Protocol):
     signal_prompts: int
     signal_fit_epochs: int
     check_phrasings: int
+    factorized_signal: bool
 
 
 def make_prompts(table: ConditionTable, bank: Sequence[str], n: int, rng: random.Random) -> list[tuple[int, str]]:
@@ -79,7 +80,8 @@ def train_signal(model: CellLanguageModel, targets: torch.Tensor, table: Conditi
     """
     # Start the signal token at the mean input embedding: a typical token, not an outlier.
     init = model.lm.get_input_embeddings().weight.detach().float().mean(0)
-    head = SignalHead(model.backbone.hidden_size, targets, init).to(model.device)
+    incidence = torch.tensor(condition_incidence(table)) if cfg.factorized_signal else None
+    head = SignalHead(model.backbone.hidden_size, targets, init, incidence).to(model.device)
     rng = random.Random(cfg.seed)
     bank = load_bank("generation").train
     tune_loss = _tune(model, head, make_prompts(table, bank, cfg.signal_tune_prompts, rng), cfg, show)
@@ -138,10 +140,11 @@ def _fit(model: CellLanguageModel, head: SignalHead, prompts: list[tuple[int, st
         head.norm.running_var.copy_(states.var(0, unbiased=True))
     head.norm.eval()
     normed = head.norm(states)
-    opt = torch.optim.AdamW(head.proj.parameters(), lr=1e-2, weight_decay=1.0)
+    params = [p for name, p in head.named_parameters() if name.startswith(("proj.", "value_proj."))]
+    opt = torch.optim.AdamW(params, lr=1e-2, weight_decay=1.0)
     value = float("nan")
     for _ in range(cfg.signal_fit_epochs):
-        loss = F.cross_entropy(head.proj(normed), rows)
+        loss = F.cross_entropy(head.readout(normed), rows)
         opt.zero_grad()
         loss.backward()
         opt.step()

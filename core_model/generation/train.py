@@ -48,6 +48,9 @@ class GeneratorTrainConfig:
     latent_dim: int = 16
     hidden_dim: int = 256
     likelihood: str = "nb"
+    conditional_prior: bool = True  # z ~ p(z | c) (see vae.CountVAE)
+    dispersion: str = "gene-condition"
+    factorized_signal: bool = True  # per-field-value logits in the signal read-out (see vae.SignalHead)
     kl_warmup: float = 0.25  # fraction of stage-1 steps over which the KL weight ramps up
     table_noise: float = 0.1  # noise on condition vectors in stage 1: the decoder must tolerate
     # the small error with which the signal token reproduces them
@@ -100,7 +103,9 @@ def train_generator(checkpoint: str | Path | LoadedModel, cfg: GeneratorTrainCon
     log.info("generator training: %d cells, %d conditions", data.X.shape[0], len(data.table))
     gcfg = GeneratorConfig(n_genes=len(loaded.vocab), lm_hidden=loaded.model.backbone.hidden_size,
                            n_conditions=len(data.table), cond_dim=cfg.cond_dim, latent_dim=cfg.latent_dim,
-                           hidden_dim=cfg.hidden_dim, likelihood=cfg.likelihood)
+                           hidden_dim=cfg.hidden_dim, likelihood=cfg.likelihood,
+                           conditional_prior=cfg.conditional_prior, dispersion=cfg.dispersion,
+                           factorized_signal=cfg.factorized_signal)
     vae, table, vae_report = _train_vae(gcfg, data, cfg, show_progress)
     head, signal_report = train_signal(loaded.model, table, data.table, cfg, show_progress)
     info = _info(cfg, specs, data, command, {**vae_report, **signal_report}, time.perf_counter() - start)

@@ -9,6 +9,7 @@ from instructcell_agent.core_model.generation.conditions import (
     ConditionTable,
     UnseenConditionError,
     compose_instruction,
+    condition_incidence,
     condition_text,
     phrasings_for,
 )
@@ -92,3 +93,15 @@ def test_sequencing_method_picks_among_otherwise_equal_records():
     table = ConditionTable([ConditionRecord(rows[0], "a", 50), ConditionRecord(rows[1], "b", 10)])
     assert table.resolve("B").record == 0  # the larger set when nothing tells them apart
     assert table.resolve("B", sequencing_method="10x chromium (v1)").record == 1
+
+
+def test_condition_incidence_shares_field_values_across_rows():
+    rows = condition_incidence(_table())
+    assert len(rows) == 4 and all(sum(r) == 5 for r in rows)  # one value per field
+    width = len(rows[0])
+    # CD14+Mono: control, CD14+Mono: stimulated, CD4T: control share the human/blood/10x columns
+    shared = [j for j in range(width) if rows[0][j] and rows[1][j] and rows[2][j]]
+    assert len(shared) == 3
+    # the two control rows share the "control" column, which the stimulated row lacks
+    assert any(rows[0][j] and rows[2][j] and not rows[1][j] for j in range(width))
+    assert condition_incidence(_table()) == rows  # a function of the table alone
