@@ -182,6 +182,15 @@ def checks(runs: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def setup(loaded: LoadedModel) -> dict[str, Any]:
+    """How the evaluated model came about: the cell model's and the generator's training commands."""
+    info = load_generator(loaded).info
+    cfg = json.loads((Path(str(loaded.path)) / "config.json").read_text()) if loaded.path else {}
+    return {"model_command": cfg.get("command"), "model_data": [d.get("name") for d in cfg.get("data", [])],
+            "generator_command": info.get("command"), "generator_data": [d.get("name") for d in info.get("data", [])],
+            "generator_train_seconds": info.get("train_seconds"), "generator_report": info.get("report")}
+
+
 def versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
     for pkg in ("instructcell-agent", "torch", "numpy", "scikit-learn", "umap-learn", "scanpy", "scvi-tools"):
@@ -196,11 +205,27 @@ def _fmt(value: Any) -> str:
     return f"{value:.3f}" if isinstance(value, (float, np.floating)) else str(value)
 
 
+def _setup_lines(st: dict[str, Any]) -> list[str]:
+    if not st:
+        return []
+    rep = st.get("generator_report") or {}
+    acc = {k.rsplit("_", 1)[-1]: v for k, v in rep.items() if k.startswith("signal_nearest_condition_accuracy_")}
+    return [f"- setup: the generator is trained on top of the cell model, which stays frozen (encoder, LM and "
+            f"LoRA as shipped). The cell model was trained multi-task (cell type annotation + drug sensitivity) "
+            f"with `{st.get('model_command')}` on {', '.join(st.get('model_data') or [])}; the generator with "
+            f"`{st.get('generator_command')}` ({st.get('generator_train_seconds')} s) on the train splits of "
+            f"{', '.join(st.get('generator_data') or [])}. No single-task generation model was trained, so there is "
+            f"no single- vs multi-task comparison for generation here.",
+            f"- signal token, nearest-condition accuracy at the end of generator training: "
+            + ", ".join(f"{k} phrasings {v:.3f}" for k, v in acc.items())]
+
+
 def markdown(report: dict[str, Any]) -> str:
     lines = ["# Generation benchmark (CPCG)", "", f"- command: `{report['command']}`", f"- date: {report['date']}",
              f"- checkpoint: `{report['checkpoint']}` (generator created {report['generator_created']})",
              f"- versions: {', '.join(f'{k} {v}' for k, v in report['versions'].items())}",
              f"- real cells per set: {'subsampled to ' + str(report['max_cells']) if report['max_cells'] else 'full test split'}",
+             *_setup_lines(report.get("setup") or {}),
              "", "One generated cell per real test cell, with that cell's conditions. Lower is better for MMD, "
              "deltaSKNN, AUC and marker difference; higher for pKNN and correlations.", ""]
     for name, res in report["datasets"].items():
@@ -234,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "versions": versions(),
         "checkpoint": str(loaded.path), "generator_created": load_generator(loaded).info.get("created"),
+        "setup": setup(loaded),
         "max_cells": args.max_cells, "seed": args.seed, "unseen_templates": str(templates), "datasets": {}}
     for name in [d for d in args.datasets.split(",") if d]:
         report["datasets"][name] = run_dataset(loaded, name, args, unseen)
