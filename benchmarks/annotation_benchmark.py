@@ -301,7 +301,7 @@ def _versions() -> dict[str, str]:
 def checkpoint_summary(loaded: LoadedModel) -> str:
     cfg, info = loaded.model.cfg, loaded.info
     enc, bb = cfg.encoder, cfg.backbone
-    trained_on = info.get("train_config", {}).get("datasets", [])
+    trained_on = info.get("data", [])  # train_config.datasets is empty when every catalog set was used
     return (f"backbone {bb.name} ({bb.kind}), encoder {enc.n_genes} genes / {enc.n_queries} queries x {enc.dim} / "
             f"{enc.n_layers} layers, trained on {len(trained_on)} sets, created {info.get('created', '?')}")
 
