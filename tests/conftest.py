@@ -29,18 +29,20 @@ def pytest_runtest_setup(item):
     torch.set_num_threads(1)
 
 
+def _write_set(root: Path, adata, name: str) -> dict:
+    """`adata` as ROOT/NAME.h5ad plus a canonical-style split file (160 train, 40 valid, 40 test)."""
+    path = root / f"{name}.h5ad"
+    adata.write_h5ad(path)
+    names = list(adata.obs_names)
+    split_path = root / f"{name}_split.json"
+    split_path.write_text(json.dumps({"train": names[:160], "valid": names[160:200], "test": names[200:]}))
+    return {"path": path, "split_path": split_path, "adata": adata}
+
+
 @pytest.fixture(scope="session")
 def synthetic_set(tmp_path_factory) -> dict:
     """A labelled .h5ad with a canonical-style split file on disk."""
-    root = tmp_path_factory.mktemp("synthetic")
-    adata = make_counts(240)
-    path = root / "planted.h5ad"
-    adata.write_h5ad(path)
-    names = list(adata.obs_names)
-    split = {"train": names[:160], "valid": names[160:200], "test": names[200:]}
-    split_path = root / "planted_split.json"
-    split_path.write_text(json.dumps(split))
-    return {"path": path, "split_path": split_path, "adata": adata}
+    return _write_set(tmp_path_factory.mktemp("synthetic"), make_counts(240), "planted")
 
 
 @pytest.fixture(scope="session")
@@ -78,15 +80,7 @@ def tiny_model(tiny_checkpoint):
 
 @pytest.fixture(scope="session")
 def condition_set(tmp_path_factory) -> dict:
-    root = tmp_path_factory.mktemp("gen_synthetic")
-    adata = make_condition_counts(240)
-    path = root / "planted_cond.h5ad"
-    adata.write_h5ad(path)
-    names = list(adata.obs_names)
-    split = {"train": names[:160], "valid": names[160:200], "test": names[200:]}
-    split_path = root / "planted_cond_split.json"
-    split_path.write_text(json.dumps(split))
-    return {"path": path, "split_path": split_path, "adata": adata}
+    return _write_set(tmp_path_factory.mktemp("gen_synthetic"), make_condition_counts(240), "planted_cond")
 
 
 @pytest.fixture(scope="session")
