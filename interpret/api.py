@@ -13,7 +13,7 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +44,8 @@ def explain(adata: ad.AnnData, model: LoadedModel | None = None, labels: str | S
             n_steps: int = 64, ig_tolerance: float | None = 0.05, batch_size: int = 16,
             marker_db: str = DEFAULT_DB, compare_wilcoxon: bool = True,
             species: str | None = None, layer: str | None = None, use_raw: bool = False,
-            gene_key: str | None = None, min_genes: int = 100) -> ExplanationResult:
+            gene_key: str | None = None, min_genes: int = 100,
+            progress: Callable[[int, int], None] | None = None) -> ExplanationResult:
     """Gene saliency of every cell for its label, aggregated per label, checked against markers.
 
     Parameters
@@ -83,6 +84,9 @@ def explain(adata: ad.AnnData, model: LoadedModel | None = None, labels: str | S
         use (default: the species the gene alignment detected).
     layer, use_raw, gene_key, min_genes
         Which matrix and gene names to read (see ``align_to_vocab``).
+    progress
+        Called with (cells done, total) after each attribution batch; an exception it raises
+        stops the work there (the server's cancellation).
 
     Returns
     -------
@@ -110,7 +114,7 @@ def explain(adata: ad.AnnData, model: LoadedModel | None = None, labels: str | S
     template, prefixes, rows = _prompts(model, adata, instruction, cands)
     target = None if given is None else np.array([cands.index(l) for l in given], dtype=np.int64)
     attr = attribute(model.model, aligned.X, cands, prefixes, rows, target, method=method, batch_size=batch_size,
-                     ig=IGSettings(n_steps, min(8, n_steps), ig_tolerance, max_steps=16 * n_steps))
+                     ig=IGSettings(n_steps, min(8, n_steps), ig_tolerance, max_steps=16 * n_steps), progress=progress)
     groups = given if given is not None else np.asarray(cands, dtype=object)[attr.predicted].astype(str)
     means = label_means(cell_scores(attr.values, attr.inputs, normalize), groups, model.vocab, order=cands)
     species = species or aligned.report.species

@@ -200,12 +200,13 @@ class InstructCellService:
         adata = read_h5ad(path)
         self._check(adata.n_obs, self.limits.max_explain_cells, "cells per explain_genes call")
         model = self.model()
-        # Attribution aggregates over all cells per label, so it runs as one unit: cancellation
-        # is honoured before it and before the files are published.
+        # Progress after every attribution batch; rep.update raises JobCancelled once the job is
+        # cancelled, so a cancellation is honoured between batches and nothing is written.
         rep.update(0, adata.n_obs, f"explaining {adata.n_obs:,} cells ({req.method})")
         with self.model_lock:
             result = explain(adata, model=model, labels=req.labels, method=req.method, top_k=req.top_k,
-                             candidates=req.candidates, **_matrix(req))
+                             candidates=req.candidates, **_matrix(req),
+                             progress=lambda done, total: rep.update(done, total, f"explained {done:,} of {total:,} cells"))
         rep.update(adata.n_obs, adata.n_obs, "writing tables and figures")
         folder = f"{slug(path.stem)}_explain_{new_id()}"
         with Staging(self.config.output_dir) as staging:

@@ -355,3 +355,33 @@ def test_an_unexpected_failure_is_a_tool_error_naming_it(env, monkeypatch):
     monkeypatch.setattr(env["toolbox"].service, "generate_cells", broken)
     text = error_text(call(env["server"], "generate_cells", {"cell_type": "alpha", "n": 2}))
     assert "internal error (RuntimeError: disk on fire)" in text
+
+
+def test_cancelling_an_explain_job_between_batches_leaves_no_partial_output(env, monkeypatch):
+    toolbox, out = env["toolbox"], env["paths"]["out"]
+    import instructcell_agent.interpret.attribution as attribution
+
+    real = attribution._one_batch
+    calls = {"n": 0}
+    state = {}
+
+    def batch_then_cancel(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 1:  # a cancel arriving while the first attribution batch runs
+            state["job"].cancel()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(attribution, "_one_batch", batch_then_cancel)
+    before = output_entries(out)
+    from instructcell_agent.server.schemas import ExplainGenesRequest
+    from instructcell_agent.server.toolbox import SPEC_BY_NAME
+
+    from synthetic import make_counts
+
+    make_counts(48, seed=9).write_h5ad(env["paths"]["root"] / "explain_small.h5ad")  # 3 batches of 16
+    before = output_entries(out)
+    job, _ = toolbox.start(SPEC_BY_NAME["explain_genes"], ExplainGenesRequest(h5ad_path="explain_small.h5ad"))
+    state["job"] = job
+    assert job.wait(60)
+    assert job.status == "cancelled" and calls["n"] == 1  # stopped before the second of 3 batches
+    assert output_entries(out) == before
