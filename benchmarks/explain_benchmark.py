@@ -322,7 +322,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         except Exception as exc:  # one broken set must not lose the others' numbers
             logger.error("%s failed:\n%s", spec.name, traceback.format_exc())
             report["datasets"].append({"name": spec.name, "error": f"{type(exc).__name__}: {exc}"})
-    write_outputs(report, args.out_dir)
+        # Written after every set: a run stopped later (time, memory) keeps the sets it finished.
+        write_outputs(report, args.out_dir)
     logger.info("wrote %s", args.out_dir / "explain.md")
     return 1 if any("error" in r for r in report["datasets"]) else 0
 
