@@ -86,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     _add_annotate(sub)
     _add_explain(sub)
     sub.add_parser("info", help="describe the default checkpoint")
+    c = sub.add_parser("store-weights", help="rewrite a checkpoint's trained weights in a smaller float type")
+    c.add_argument("--checkpoint", required=True)
+    c.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default="float16")
     from .core_model.generation import commands as generation_commands  # generate, train-generator, cpcg
 
     generation_commands.add_generation_commands(sub)
@@ -98,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         if generation_commands.handles(args):
             return generation_commands.run(args)
         return {"train": _train, "evaluate": _evaluate, "annotate": _annotate, "explain": _explain,
-                "info": _info}[args.command](args)
+                "info": _info, "store-weights": _store_weights}[args.command](args)
     except InstructCellError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -146,6 +149,17 @@ def _evaluate(args) -> int:
                       calibrate=args.calibrate)
     write_json_atomic(result, args.out)
     print(json.dumps({k: result[k] for k in ("accuracy", "macro_f1", "weighted_f1", "invalid_rate", "n_cells")}))
+    return 0
+
+
+def _store_weights(args) -> int:
+    from .core_model.checkpoint import store_weights_as
+    from .core_model.generation.generator import rebind_model_weights
+
+    command = "instructcell " + " ".join(sys.argv[1:]) if argv_is_cli() else None
+    record = store_weights_as(args.checkpoint, args.dtype, command=command)
+    record["generator_rebound"] = rebind_model_weights(args.checkpoint, record["sha256_before"])
+    print(json.dumps(record))
     return 0
 
 

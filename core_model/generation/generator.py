@@ -74,6 +74,25 @@ def _atomic_target(directory: Path, name: str) -> Path:
     return Path(tmp)
 
 
+def rebind_model_weights(checkpoint_dir: str | os.PathLike, old_sha256: str) -> bool:
+    """After the cell model's weights file was rewritten without retraining (stored in another
+    precision), point generator.json at the new file. Refuses when the generator was trained
+    against other weights than `old_sha256`. Returns False when there is no generator."""
+    root = Path(checkpoint_dir)
+    if not has_generator(root):
+        return False
+    meta = json.loads((root / META_FILE).read_text())
+    if meta.get("model_weights_sha256") != old_sha256:
+        raise CheckpointError(f"{root}: the generator was not trained with the weights being replaced; retrain it")
+    meta["model_weights_sha256"] = _file_sha256(root / MODEL_WEIGHTS)
+    meta["model_weights_trained_with_sha256"] = old_sha256
+    tmp = _atomic_target(root, META_FILE)
+    tmp.write_text(json.dumps(meta, indent=1))
+    os.chmod(tmp, 0o644)  # mkstemp makes it private; a checkpoint is shared
+    os.replace(tmp, root / META_FILE)
+    return True
+
+
 def save_generator(checkpoint_dir: str | os.PathLike, gen: Generator, vocab: list[str]) -> Path:
     """Write the generator files into a checkpoint directory, each atomically (temp + rename).
 

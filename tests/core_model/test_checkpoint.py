@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -69,3 +70,34 @@ def test_tiny_backbone_with_lora_round_trips(planted_spec, tmp_path):
     assert any(".lora_" in k for k in loaded.model.trainable_state_dict())
     again = load_checkpoint(save_checkpoint(loaded, tmp_path / "copy"))
     torch.testing.assert_close(_scores(loaded), _scores(again))
+
+
+def test_weights_stored_in_float16_halve_the_file_and_keep_the_answers(gen_checkpoint, tmp_path):
+    from synthetic import CELL_TYPES, make_counts
+
+    import instructcell_agent as ica
+    from instructcell_agent.cli import main
+    from instructcell_agent.core_model.checkpoint import load_checkpoint
+    from instructcell_agent.core_model.generation.generator import load_generator
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(gen_checkpoint, ckpt)
+    before = (ckpt / "weights.safetensors").stat().st_size
+    assert main(["store-weights", "--checkpoint", str(ckpt)]) == 0
+    assert (ckpt / "weights.safetensors").stat().st_size < 0.6 * before
+    full, half = load_checkpoint(gen_checkpoint), load_checkpoint(ckpt)
+    assert all(p.dtype == torch.float32 for p in half.model.parameters())  # cast back on load
+    cells = make_counts(24, seed=11)
+    a = ica.annotate(cells, model=full, candidates=list(CELL_TYPES)).probabilities.to_numpy()
+    b = ica.annotate(cells, model=half, candidates=list(CELL_TYPES)).probabilities.to_numpy()
+    np.testing.assert_allclose(a, b, atol=0.02)
+    assert load_generator(half) is not None  # generator.json follows the rewritten weights
+
+
+def test_a_generator_trained_on_other_weights_is_not_rebound(gen_checkpoint, tmp_path):
+    from instructcell_agent.core_model.generation.generator import rebind_model_weights
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(gen_checkpoint, ckpt)
+    with pytest.raises(CheckpointError, match="retrain"):
+        rebind_model_weights(ckpt, "0" * 64)
