@@ -48,7 +48,7 @@ from instructcell_agent.core_model.datasets import (  # noqa: E402
     DatasetSpec, load_catalog, read_split, shared_root, subset_by_names)
 from instructcell_agent.core_model.evaluation import BANK_OF_TASK, evaluate, predict_split  # noqa: E402
 from instructcell_agent.core_model.instructions import has_choices, load_bank, load_instruction_file  # noqa: E402
-from instructcell_agent.core_model.io import get_labels, read_h5ad, write_json_atomic  # noqa: E402
+from instructcell_agent.core_model.io import get_labels, read_h5ad, write_json_atomic, write_text_atomic  # noqa: E402
 
 logger = logging.getLogger("annotation_benchmark")
 
@@ -321,14 +321,7 @@ def build_meta(args: argparse.Namespace, argv: Sequence[str] | None, loaded: Loa
 def write_outputs(report: dict[str, Any], out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(report, out_dir / "annotation.json")
-    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".annotation.md-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(render_markdown(report))
-        os.replace(tmp, out_dir / "annotation.md")
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_text_atomic(render_markdown(report), out_dir / "annotation.md")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

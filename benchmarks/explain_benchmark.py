@@ -35,7 +35,6 @@ import logging
 import os
 import shlex
 import sys
-import tempfile
 import time
 import traceback
 from importlib import metadata
@@ -53,7 +52,7 @@ from instructcell_agent.core_model.alignment import align_to_vocab  # noqa: E402
 from instructcell_agent.core_model.checkpoint import LoadedModel, load_checkpoint  # noqa: E402
 from instructcell_agent.core_model.datasets import DatasetSpec, load_catalog, read_split, shared_root  # noqa: E402
 from instructcell_agent.core_model.datasets import subset_by_names  # noqa: E402
-from instructcell_agent.core_model.io import get_labels, read_h5ad, write_json_atomic  # noqa: E402
+from instructcell_agent.core_model.io import get_labels, read_h5ad, write_json_atomic, write_text_atomic  # noqa: E402
 from instructcell_agent.interpret.aggregate import cell_scores, label_means, rankings  # noqa: E402
 from instructcell_agent.interpret.api import explain, json_ready  # noqa: E402
 from instructcell_agent.interpret.faithfulness import deletion_test  # noqa: E402
@@ -299,14 +298,7 @@ def build_meta(args: argparse.Namespace, argv: Sequence[str] | None, loaded: Loa
 def write_outputs(report: dict[str, Any], out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(json_ready(report), out_dir / "explain.json")
-    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".explain.md-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(render_markdown(report))
-        os.replace(tmp, out_dir / "explain.md")
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_text_atomic(render_markdown(report), out_dir / "explain.md")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -28,7 +28,6 @@ import logging
 import platform
 import shlex
 import sys
-import tempfile
 import time
 import traceback
 from importlib import metadata
@@ -48,7 +47,7 @@ from instructcell_agent.core_model.generation.generator import load_generator
 from instructcell_agent.core_model.generation.metrics import KS, generation_metrics
 from instructcell_agent.core_model.generation.sampling import sample_counts
 from instructcell_agent.core_model.instructions import load_bank, load_instruction_file
-from instructcell_agent.core_model.io import write_json_atomic
+from instructcell_agent.core_model.io import write_json_atomic, write_text_atomic
 
 log = logging.getLogger("generation_benchmark")
 DATASETS = ("kang2018_pbmc_ifnb", "zheng2017_pbmc_sorted")
@@ -216,7 +215,7 @@ def _setup_lines(st: dict[str, Any]) -> list[str]:
             f"`{st.get('generator_command')}` ({st.get('generator_train_seconds')} s) on the train splits of "
             f"{', '.join(st.get('generator_data') or [])}. No single-task generation model was trained, so there is "
             f"no single- vs multi-task comparison for generation here.",
-            f"- signal token, nearest-condition accuracy at the end of generator training: "
+            "- signal token, nearest-condition accuracy at the end of generator training: "
             + ", ".join(f"{k} phrasings {v:.3f}" for k, v in acc.items())]
 
 
@@ -265,10 +264,7 @@ def main(argv: list[str] | None = None) -> int:
         report["datasets"][name] = run_dataset(loaded, name, args, unseen)
     out = Path(args.out_dir)
     write_json_atomic(report, out / "generation.json")
-    fd, tmp = tempfile.mkstemp(dir=out, prefix=".generation.md-", suffix=".tmp")
-    with open(fd, "w") as fh:
-        fh.write(markdown(report))
-    Path(tmp).replace(out / "generation.md")
+    write_text_atomic(markdown(report), out / "generation.md")
     print(out / "generation.md")
     return 0
 

@@ -18,7 +18,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from .errors import GeneOverlapError, InvalidValuesError, LabelKeyError
-from .genes import detect_gene_id_type, detect_species, to_human_symbols
+from .genes import detect_gene_id_type, to_human_symbols
 from .io import select_matrix
 from .values import detect_value_type, to_count_scale
 

@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from .backbone import load_backbone
 from .config import ModelConfig
 from .errors import CheckpointError
+from .io import write_json_atomic
 from .model import CellLanguageModel
 
 FORMAT_VERSION = 1
@@ -107,9 +108,7 @@ def store_weights_as(checkpoint_dir: str | os.PathLike, dtype: str = "float16",
     record = {"dtype": dtype, "sha256_before": before, "sha256_after": _sha256(path), "command": command}
     config = json.loads(config_path.read_text())
     config["weights_storage"] = record
-    tmp = config_path.with_name(f".{config_path.name}.tmp")
-    tmp.write_text(json.dumps(config, indent=1))
-    os.replace(tmp, config_path)
+    write_json_atomic(config, config_path)
     return record
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
@@ -250,16 +251,18 @@ def write_h5ad_atomic(
 
 def write_json_atomic(obj: Any, path: PathLike) -> Path:
     """Write `obj` as indented JSON to `path` atomically (temporary file, then rename)."""
-    import json
-    import os
-    import tempfile
+    return write_text_atomic(json.dumps(obj, indent=1), path)
 
+
+def write_text_atomic(text: str, path: PathLike) -> Path:
+    """Write `text` to `path` atomically (temporary file, then rename), readable by everyone."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}-", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as fh:
-            json.dump(obj, fh, indent=1)
+            fh.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; results and checkpoints are for sharing
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):

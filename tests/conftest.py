@@ -45,12 +45,17 @@ def synthetic_set(tmp_path_factory) -> dict:
     return _write_set(tmp_path_factory.mktemp("synthetic"), make_counts(240), "planted")
 
 
-@pytest.fixture(scope="session")
-def planted_spec(synthetic_set):
+def _spec(written: dict, name: str):
+    """The catalog entry of a set written by _write_set."""
     from instructcell_agent.core_model.datasets import DatasetSpec
 
-    return DatasetSpec(name="planted", task="annotation", path=synthetic_set["path"], label_key="cell_type",
-                       split_path=synthetic_set["split_path"], tissue="pancreas", species="human")
+    return DatasetSpec(name=name, task="annotation", path=written["path"], label_key="cell_type",
+                       split_path=written["split_path"], tissue="pancreas", species="human")
+
+
+@pytest.fixture(scope="session")
+def planted_spec(synthetic_set):
+    return _spec(synthetic_set, "planted")
 
 
 @pytest.fixture(scope="session")
@@ -85,10 +90,7 @@ def condition_set(tmp_path_factory) -> dict:
 
 @pytest.fixture(scope="session")
 def condition_spec(condition_set):
-    from instructcell_agent.core_model.datasets import DatasetSpec
-
-    return DatasetSpec(name="planted_cond", task="annotation", path=condition_set["path"], label_key="cell_type",
-                       split_path=condition_set["split_path"], tissue="pancreas", species="human")
+    return _spec(condition_set, "planted_cond")
 
 
 @pytest.fixture(scope="session")

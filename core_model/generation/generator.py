@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 
 from ..checkpoint import LoadedModel
 from ..errors import CheckpointError
+from ..io import write_json_atomic
 from .conditions import ConditionTable, condition_incidence
 from .vae import CountVAE, GeneratorConfig, SignalHead, generation_state
 
@@ -86,10 +87,7 @@ def rebind_model_weights(checkpoint_dir: str | os.PathLike, old_sha256: str) -> 
         raise CheckpointError(f"{root}: the generator was not trained with the weights being replaced; retrain it")
     meta["model_weights_sha256"] = _file_sha256(root / MODEL_WEIGHTS)
     meta["model_weights_trained_with_sha256"] = old_sha256
-    tmp = _atomic_target(root, META_FILE)
-    tmp.write_text(json.dumps(meta, indent=1))
-    os.chmod(tmp, 0o644)  # mkstemp makes it private; a checkpoint is shared
-    os.replace(tmp, root / META_FILE)
+    write_json_atomic(meta, root / META_FILE)
     return True
 
 

@@ -292,30 +292,35 @@ def test_cancelling_a_queued_job_leaves_no_output(env):
     assert output_entries(out) == before
 
 
-def test_cancelling_a_running_job_between_chunks_leaves_no_partial_file(env, monkeypatch):
-    toolbox, out = env["toolbox"], env["paths"]["out"]
-    import instructcell_agent.api as api
+def _cancel_during_call(env, monkeypatch, module, name, nth, tool, request):
+    """Run `tool` as a job and cancel it while the `nth` call of module.name (a unit of its work)
+    runs; returns (job, calls made). The output directory must be left as it was."""
+    from instructcell_agent.server.toolbox import SPEC_BY_NAME
 
-    real = api.annotate
-    calls = {"n": 0}
-    state = {}
+    real, calls, state = getattr(module, name), {"n": 0}, {}
 
-    def annotate_then_cancel(*args, **kwargs):
+    def call_then_cancel(*args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == 2:  # a cancel arriving while the second chunk runs
+        if calls["n"] == nth:
             state["job"].cancel()
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(api, "annotate", annotate_then_cancel)
-    before = output_entries(out)
-    from instructcell_agent.server.schemas import AnnotateCellsRequest
-    from instructcell_agent.server.toolbox import SPEC_BY_NAME
-
-    job, _ = toolbox.start(SPEC_BY_NAME["annotate_cells"], AnnotateCellsRequest(h5ad_path="planted.h5ad"))
+    monkeypatch.setattr(module, name, call_then_cancel)
+    before = output_entries(env["paths"]["out"])
+    job, _ = env["toolbox"].start(SPEC_BY_NAME[tool], request)
     state["job"] = job
     assert job.wait(60)
-    assert job.status == "cancelled" and calls["n"] == 2  # stopped at the next chunk boundary
-    assert output_entries(out) == before  # no h5ad, no CSV, no staging folder
+    assert output_entries(env["paths"]["out"]) == before  # no h5ad, CSV, folder or staging left
+    return job, calls["n"]
+
+
+def test_cancelling_a_running_job_between_chunks_leaves_no_partial_file(env, monkeypatch):
+    import instructcell_agent.api as api
+    from instructcell_agent.server.schemas import AnnotateCellsRequest
+
+    job, calls = _cancel_during_call(env, monkeypatch, api, "annotate", 2, "annotate_cells",
+                                     AnnotateCellsRequest(h5ad_path="planted.h5ad"))
+    assert job.status == "cancelled" and calls == 2  # stopped at the next chunk boundary
 
 
 def test_cancelling_the_request_cancels_its_job(env):
@@ -358,30 +363,12 @@ def test_an_unexpected_failure_is_a_tool_error_naming_it(env, monkeypatch):
 
 
 def test_cancelling_an_explain_job_between_batches_leaves_no_partial_output(env, monkeypatch):
-    toolbox, out = env["toolbox"], env["paths"]["out"]
-    import instructcell_agent.interpret.attribution as attribution
-
-    real = attribution._one_batch
-    calls = {"n": 0}
-    state = {}
-
-    def batch_then_cancel(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 1:  # a cancel arriving while the first attribution batch runs
-            state["job"].cancel()
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(attribution, "_one_batch", batch_then_cancel)
-    before = output_entries(out)
-    from instructcell_agent.server.schemas import ExplainGenesRequest
-    from instructcell_agent.server.toolbox import SPEC_BY_NAME
-
     from synthetic import make_counts
 
+    import instructcell_agent.interpret.attribution as attribution
+    from instructcell_agent.server.schemas import ExplainGenesRequest
+
     make_counts(48, seed=9).write_h5ad(env["paths"]["root"] / "explain_small.h5ad")  # 3 batches of 16
-    before = output_entries(out)
-    job, _ = toolbox.start(SPEC_BY_NAME["explain_genes"], ExplainGenesRequest(h5ad_path="explain_small.h5ad"))
-    state["job"] = job
-    assert job.wait(60)
-    assert job.status == "cancelled" and calls["n"] == 1  # stopped before the second of 3 batches
-    assert output_entries(out) == before
+    job, calls = _cancel_during_call(env, monkeypatch, attribution, "_one_batch", 1, "explain_genes",
+                                     ExplainGenesRequest(h5ad_path="explain_small.h5ad"))
+    assert job.status == "cancelled" and calls == 1  # stopped before the second of 3 batches
