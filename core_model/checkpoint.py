@@ -52,6 +52,41 @@ class LoadedModel:
                 out.extend(l for l in entry["labels"] if l not in out)
         return out
 
+    def labels_for_context(self, task: str, species: str = "", tissue: str = "") -> list[str]:
+        """The labels of `task` that this checkpoint learned for cells of this species and tissue.
+
+        Free answers are decoded within this list, so a pancreas cell is never named with a
+        blood-cell label learned from another set. Empty or unknown context (no label set of the
+        task matches it) gives every label of the task.
+        """
+        wanted_species, wanted_tissue = _words(species), " ".join(_words(tissue))
+        out: list[str] = []
+        for entry in self.label_sets.values():
+            if entry["task"] != task:
+                continue
+            if wanted_tissue and " ".join(_words(entry.get("tissue", ""))) != wanted_tissue:
+                continue
+            if wanted_species and not set(wanted_species) & set(_words(entry.get("species", ""))):
+                continue
+            out.extend(l for l in entry["labels"] if l not in out)
+        return out or self.labels_for_task(task)
+
+    def labels_for_cells(self, task: str, fields: list[dict[str, str]]) -> list[list[str]]:
+        """`labels_for_context` of each cell's prompt fields (one list object per distinct context)."""
+        cache: dict[tuple[str, str], list[str]] = {}
+        out = []
+        for f in fields:
+            key = (f.get("species", ""), f.get("tissue", ""))
+            if key not in cache:
+                cache[key] = self.labels_for_context(task, *key)
+            out.append(cache[key])
+        return out
+
+
+def _words(text: str) -> list[str]:
+    """Lower-case words of a context field ('human and mouse' -> ['human', 'mouse'])."""
+    return [w for w in text.replace(",", " ").replace("/", " ").casefold().split() if w != "and"]
+
 
 def save_checkpoint(loaded: LoadedModel, out_dir: str | os.PathLike) -> Path:
     """Write `loaded` to `out_dir` atomically (a temporary directory renamed into place)."""

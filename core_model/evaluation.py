@@ -38,12 +38,13 @@ class Predictions:
 
 def predict_split(loaded: LoadedModel, X, fields: list[dict[str, str]], truth: np.ndarray, labels: Sequence[str],
                   phrasings: Sequence[str], seed: int, batch_size: int = 32,
-                  answers: Sequence[str] | None = None, calibrate: bool = False) -> Predictions:
+                  answers: Sequence[Sequence[str]] | None = None, calibrate: bool = False) -> Predictions:
     """Answer every cell with its own randomly drawn phrasing (seeded).
 
-    Questions without options are answered by greedy decoding constrained to `answers` (the
-    labels the checkpoint learned to name for this task; None = unconstrained), and the text is
-    then mapped onto `labels`; the dataset's own label set is never shown to the model there.
+    Questions without options are answered by greedy decoding constrained to `answers[i]` for
+    cell i (the labels the checkpoint learned to name for the cell's species and tissue; None =
+    unconstrained), and the text is then mapped onto `labels`; the dataset's own label set is
+    never shown to the model there.
     With `calibrate`, scored answers get the batch label-prior correction (core_model/calibration.py)
     over all cells asked with options.
     """
@@ -81,7 +82,7 @@ def predict_split(loaded: LoadedModel, X, fields: list[dict[str, str]], truth: n
                     out = [labels[j] for j in scores.argmax(1).tolist()]
                     got = out
                 else:
-                    out = model.generate(ctx, expr, allowed=allowed)
+                    out = model.generate(ctx, expr, allowed=[allowed[r] for r in rows] if allowed else None)
                     got = [mapper.map(a) or INVALID for a in out]
                 for r, a, g in zip(rows, out, got):
                     answers[r], predicted[r] = a, g
@@ -127,7 +128,7 @@ def evaluate(loaded: LoadedModel, data: str | Path, split_path: str | Path | Non
     if n_instructions is not None and n_instructions < len(phrasings):
         phrasings = random.Random(seed).sample(phrasings, n_instructions)
     preds = predict_split(loaded, aligned.X, fields, truth, all_labels, phrasings, seed, batch_size,
-                          answers=loaded.labels_for_task(BANK_OF_TASK[task]), calibrate=calibrate)
+                          answers=loaded.labels_for_cells(BANK_OF_TASK[task], fields), calibrate=calibrate)
     result = {
         **metrics(preds.truth, preds.predicted, all_labels),
         "n_instructions": len(phrasings),

@@ -17,6 +17,7 @@ goes through `start`/`extend` below, so they all see exactly the same prompt.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 from torch import nn
@@ -227,7 +228,7 @@ class CellLanguageModel(nn.Module):
 
     @torch.no_grad()
     def generate(self, ctx: Context, expr: torch.Tensor, max_new_tokens: int | None = None,
-                 return_logprob: bool = False, allowed: list[str] | None = None):
+                 return_logprob: bool = False, allowed: Sequence[str] | Sequence[Sequence[str]] | None = None):
         """Greedy answer text for each cell (stops at the end-of-turn token).
 
         With `return_logprob`, also the log-probability of each answer (its tokens and the end
@@ -235,12 +236,12 @@ class CellLanguageModel(nn.Module):
         constrained to those answers (a token trie): each step takes the most likely token that
         still leads to one of them, so the answer is always a label the model knows how to name;
         the log-probability stays the model's own (not renormalized over the allowed answers).
+        `allowed` is one list of answers for every cell, or one list per cell.
         """
         steps = max_new_tokens or self.cfg.max_answer_tokens
-        trie = AnswerTrie([self.encode_text(a) + [self.end_token_id] for a in allowed]) if allowed else None
+        trie, prefixes = self._answer_trie(allowed, expr.shape[0]) if allowed else (None, [()] * expr.shape[0])
         if trie is not None:
             steps = max(steps, trie.depth)
-        prefixes: list[tuple[int, ...]] = [()] * expr.shape[0]
         logits = self.lm.lm_head(self.read_cell(ctx, expr))
         done = torch.zeros(expr.shape[0], dtype=torch.bool, device=self.device)
         total = torch.zeros(expr.shape[0], device=self.device)
@@ -262,6 +263,21 @@ class CellLanguageModel(nn.Module):
             row = row[: row.index(self.end_token_id)] if self.end_token_id in row else row
             texts.append(self.tokenizer.decode(row, skip_special_tokens=True).strip())
         return (texts, total.cpu().numpy()) if return_logprob else texts
+
+    def _answer_trie(self, allowed: Sequence[str] | Sequence[Sequence[str]], n: int):
+        """One trie for all rows; with per-row lists each distinct list gets its own root, a
+        negative sentinel id that no real token has, so a row only continues its own answers."""
+        if isinstance(allowed[0], str):
+            lists, row_group = [list(allowed)], [0] * n
+        else:
+            if len(allowed) != n:
+                raise ValueError(f"allowed has {len(allowed)} lists for {n} cells")
+            distinct = sorted({tuple(a) for a in allowed})
+            lists, row_group = [list(d) for d in distinct], [distinct.index(tuple(a)) for a in allowed]
+        seqs = [[-1 - g] + self.encode_text(a) + [self.end_token_id] for g, answers in enumerate(lists) for a in answers]
+        trie = AnswerTrie(seqs)
+        trie.depth -= 1  # the sentinel is not a decoding step
+        return trie, [(-1 - g,) for g in row_group]
 
 
 class AnswerTrie:

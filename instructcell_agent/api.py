@@ -67,7 +67,8 @@ def annotate(adata: ad.AnnData, model: LoadedModel | None = None, instruction: s
     without, the model answers freely and `confidence` is the answer's own probability.
     Keyword arguments: species, tissue, sequencing_method (prompt fields; default from `obs`),
     layer, use_raw, gene_key, min_genes (alignment), batch_size, mode ("instruct" | "chat"),
-    free_text (True: unconstrained free answers instead of decoding within the known labels),
+    free_text (True: unconstrained free answers instead of decoding within the labels the checkpoint
+    learned for the cells' species and tissue),
     calibrate (True: subtract each candidate's mean log-likelihood over the cells of the call, see
     core_model/calibration.py; needs candidates and at least 20 cells).
     """
@@ -114,9 +115,10 @@ def _answer(adata: ad.AnnData, model: LoadedModel | None, task: str, instruction
     aligned = align_to_vocab(adata, loaded.vocab, layer=layer, use_raw=use_raw, gene_key=gene_key, min_genes=min_genes)
     fields = prompt_fields(adata, None, species=species, tissue=tissue, sequencing_method=sequencing_method, drug=drug)
     texts = [_prompt(loaded, template, f, cands) for f in fields]
-    # Free answers are decoded within the labels this checkpoint learned to name (never a
-    # misspelling), unless the caller asks for unconstrained text.
-    allowed = None if cands is not None or free_text else loaded.labels_for_task(task)
+    # Free answers are decoded within the labels this checkpoint learned to name for the cell's
+    # species and tissue (never a misspelling, never a blood label for a pancreas cell), unless
+    # the caller asks for unconstrained text.
+    allowed = None if cands is not None or free_text else loaded.labels_for_cells(task, fields)
     if calibrate and cands is None:
         raise ValueError("calibrate=True corrects scored candidates: pass candidates (or an instruction with {choices})")
     labels, conf, answers, probs = _run(loaded, aligned.X, texts, cands, batch_size, allowed, calibrate)
@@ -152,7 +154,7 @@ def _prompt(loaded: LoadedModel, template: str, fields: dict[str, str], cands: l
 
 @torch.no_grad()
 def _run(loaded: LoadedModel, X, texts: list[str], cands: list[str] | None, batch_size: int,
-         allowed: list[str] | None = None, calibrate: bool = False):
+         allowed: list[list[str]] | None = None, calibrate: bool = False):
     model = loaded.model
     labels: list[str] = []
     conf: list[float] = []
@@ -167,7 +169,8 @@ def _run(loaded: LoadedModel, X, texts: list[str], cands: list[str] | None, batc
         if cands is not None:
             scores.append(model.score_candidates(ctx, expr, cands).cpu().numpy())
         else:
-            texts_out, logp = model.generate(ctx, expr, return_logprob=True, allowed=allowed)
+            texts_out, logp = model.generate(ctx, expr, return_logprob=True,
+                                             allowed=[allowed[r] for r in rows] if allowed else None)
             labels += texts_out
             answers += texts_out
             conf += np.exp(logp).tolist()

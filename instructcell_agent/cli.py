@@ -54,9 +54,11 @@ def _add_annotate(sub) -> None:
     p.add_argument("--key-added", default="instructcell")
     p.add_argument("--use-raw", action="store_true")
     p.add_argument("--layer", default=None)
+    p.add_argument("--species", default="", help="species named in the prompt (default: obs['species'] if present)")
+    p.add_argument("--tissue", default="", help="tissue named in the prompt (default: obs['tissue'] if present)")
     p.add_argument("--free-text", action="store_true",
                    help="without candidates, let the model answer in unconstrained text (default: decode "
-                        "within the labels the checkpoint knows)")
+                        "within the labels the checkpoint knows for the species and tissue)")
 
 
 def _add_explain(sub) -> None:
@@ -170,7 +172,8 @@ def _annotate(args) -> int:
     adata = read_h5ad(args.data)
     candidates = [c.strip() for c in args.candidates.split(",")] if args.candidates else None
     result = annotate(adata, model=load_model(args.checkpoint), instruction=args.instruction, candidates=candidates,
-                      use_raw=args.use_raw, layer=args.layer, free_text=args.free_text)
+                      use_raw=args.use_raw, layer=args.layer, free_text=args.free_text, species=args.species,
+                      tissue=args.tissue)
     out = result.to_adata(adata.copy(), key_added=args.key_added)
     write_h5ad_atomic(out, args.out, protect=[args.data])
     print(result.summary())

@@ -5,6 +5,11 @@ in the model's input space (log1p(CP10k); the other genes keep their values, no 
 and the drop in the explained label's probability is compared with the drop after zeroing `k`
 expressed genes drawn at random (averaged over `n_random` draws). Faithful attributions give a
 ratio of mean drops well above 1.
+
+The same drops are also measured in log-odds, log(p / (1 - p)). A model that is sure of a cell
+(p = 0.9998) can lose a lot of evidence while its probability barely moves, and random deletions
+then often *raise* p by a hair, which leaves the probability ratio undefined; log-odds drops
+stay on a scale where both are measurable.
 """
 
 from __future__ import annotations
@@ -24,7 +29,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class DeletionResult:
-    """Mean probability drops of the explained label; `ratio` = top / random (NaN if random <= 0)."""
+    """Mean drops of the explained label's probability and log-odds; each `ratio` = top / random
+    (NaN if the random drop is not positive)."""
 
     k: int
     n_cells: int
@@ -33,6 +39,9 @@ class DeletionResult:
     mean_drop_random: float
     ratio: float
     mean_probability: float
+    mean_logodds_drop_top: float
+    mean_logodds_drop_random: float
+    logodds_ratio: float
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -61,15 +70,25 @@ def deletion_test(model: CellLanguageModel, attributions: Attributions, k: int =
     rows = a.rows if a.rows is not None else np.zeros(len(a.target), dtype=np.int64)
     base = a.probabilities[np.arange(len(a.target)), a.target]
     top_idx, _ = per_cell_top(a.values, a.inputs, k)
-    drop_top = base - _probability_without(model, a, rows, top_idx, batch_size)
+    after_top = _probability_without(model, a, rows, top_idx, batch_size)
     rng = np.random.default_rng(seed)
-    drops_random = []
-    for _ in range(n_random):
-        rand_idx = _random_expressed(a.inputs, k, rng)
-        drops_random.append(base - _probability_without(model, a, rows, rand_idx, batch_size))
-    mean_top, mean_rand = float(drop_top.mean()), float(np.mean(drops_random))
-    ratio = mean_top / mean_rand if mean_rand > 0 else float("nan")
-    return DeletionResult(k, len(base), n_random, mean_top, mean_rand, ratio, float(base.mean()))
+    after_random = [_probability_without(model, a, rows, _random_expressed(a.inputs, k, rng), batch_size)
+                    for _ in range(n_random)]
+    mean_top, mean_rand = float(np.mean(base - after_top)), float(np.mean([base - r for r in after_random]))
+    lo_top = float(np.mean(_logodds(base) - _logodds(after_top)))
+    lo_rand = float(np.mean([_logodds(base) - _logodds(r) for r in after_random]))
+    return DeletionResult(k, len(base), n_random, mean_top, mean_rand, _ratio(mean_top, mean_rand),
+                          float(base.mean()), lo_top, lo_rand, _ratio(lo_top, lo_rand))
+
+
+def _ratio(top: float, rand: float) -> float:
+    return top / rand if rand > 0 else float("nan")
+
+
+def _logodds(p: np.ndarray) -> np.ndarray:
+    # Clipped so a probability rounded to exactly 0 or 1 in float32 stays finite.
+    p = np.clip(np.asarray(p, dtype=np.float64), 1e-7, 1 - 1e-7)
+    return np.log(p) - np.log1p(-p)
 
 
 def _probability_without(model: CellLanguageModel, a: Attributions, rows: np.ndarray, gene_idx: np.ndarray,

@@ -35,6 +35,14 @@ def test_annotate_writes_a_new_file_and_keeps_the_input(tiny_checkpoint, synthet
     assert "instructcell_label" in ad.read_h5ad(out).obs
 
 
+def test_annotate_free_answers_name_the_checkpoints_labels_for_the_tissue(tiny_checkpoint, synthetic_set, tmp_path):
+    out = tmp_path / "free.h5ad"
+    code = main(["annotate", "--checkpoint", str(tiny_checkpoint), "--data", str(synthetic_set["path"]),
+                 "--species", "human", "--tissue", "pancreas", "--out", str(out)])
+    assert code == 0
+    assert set(ad.read_h5ad(out).obs["instructcell_label"]) <= {"alpha", "beta", "gamma", "delta"}
+
+
 def test_annotate_refuses_to_overwrite_its_input(tiny_checkpoint, synthetic_set, capsys):
     before = _digest(synthetic_set["path"])
     code = main(["annotate", "--checkpoint", str(tiny_checkpoint), "--data", str(synthetic_set["path"]),

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from instructcell_agent.core_model.checkpoint import load_checkpoint, save_checkpoint
+from instructcell_agent.core_model.checkpoint import LoadedModel, load_checkpoint, save_checkpoint
 from instructcell_agent.core_model.errors import CheckpointError
 
 
@@ -101,3 +101,20 @@ def test_a_generator_trained_on_other_weights_is_not_rebound(gen_checkpoint, tmp
     shutil.copytree(gen_checkpoint, ckpt)
     with pytest.raises(CheckpointError, match="retrain"):
         rebind_model_weights(ckpt, "0" * 64)
+
+
+def test_free_answer_vocabulary_follows_the_cells_species_and_tissue():
+    sets = {
+        "blood": {"task": "annotation", "labels": ["B", "NK"], "species": "human", "tissue": "peripheral blood"},
+        "islets": {"task": "annotation", "labels": ["alpha", "beta"], "species": "human and mouse",
+                   "tissue": "Pancreas"},
+        "drug": {"task": "drug_response", "labels": ["sensitive"], "species": "human", "tissue": "lung"},
+    }
+    loaded = LoadedModel(model=None, vocab=[], label_sets=sets)  # type: ignore[arg-type]
+    assert loaded.labels_for_context("annotation", "mouse", "pancreas") == ["alpha", "beta"]
+    assert loaded.labels_for_context("annotation", "human", "peripheral  blood") == ["B", "NK"]
+    assert loaded.labels_for_context("annotation", "human", "") == ["B", "NK", "alpha", "beta"]
+    assert loaded.labels_for_context("annotation", "mouse", "peripheral blood") == ["B", "NK", "alpha", "beta"]
+    assert loaded.labels_for_context("annotation", "", "liver") == ["B", "NK", "alpha", "beta"]
+    fields = [{"species": "human", "tissue": "pancreas"}, {"species": "human", "tissue": "peripheral blood"}]
+    assert loaded.labels_for_cells("annotation", fields) == [["alpha", "beta"], ["B", "NK"]]

@@ -38,6 +38,9 @@ def test_evaluate_reports_required_fields(tiny_model, synthetic_set):
     assert result["with_options"]["n_cells"] + result["without_options"]["n_cells"] == 40
     # The planted types are easy: with options (scored candidates) the tiny model is well above chance.
     assert result["with_options"]["accuracy"] > 0.5
+    # Free answers are decoded within the labels the checkpoint learned for this tissue, which
+    # here are exactly the set's labels: none can be invalid.
+    assert result["without_options"]["n_cells"] > 0 and result["without_options"]["invalid_rate"] == 0.0
 
 
 def test_evaluate_with_an_instruction_file(tiny_model, synthetic_set, tmp_path):

@@ -77,6 +77,21 @@ def test_constrained_generation_names_only_allowed_answers_with_their_own_logpro
     assert not set(free) <= set(allowed)  # the constraint, not luck, keeps the answers valid
 
 
+def test_per_cell_allowed_lists_keep_each_cell_within_its_own_answers(model):
+    # Two contexts in one batch: each row may only name answers from its own list, and a row's
+    # answer is the one it would get decoded alone with that list.
+    expr = _expr(model, 6, seed=4)
+    ctx = lambda n: model.start([model.prefix_text("Type?")], torch.zeros(n, dtype=torch.long))  # noqa: E731
+    first, second = ["alpha", "beta cell"], ["gamma", "alpha beta"]
+    lists = [first, second, first, second, second, first]
+    texts = model.generate(ctx(6), expr, max_new_tokens=2, allowed=lists)
+    for row, (text, allowed) in enumerate(zip(texts, lists)):
+        assert text in allowed
+        assert model.generate(ctx(1), expr[row : row + 1], max_new_tokens=2, allowed=allowed) == [text]
+    with pytest.raises(ValueError, match="2 lists for 6 cells"):
+        model.generate(ctx(6), expr, allowed=[first, second])
+
+
 def test_gradients_reach_the_cell_encoder_through_the_frozen_lm(model):
     expr = _expr(model, 2).requires_grad_(True)
     logp, mask = model.answer_logprob(model.start([model.prefix_text("Type?")], torch.zeros(2, dtype=torch.long)),

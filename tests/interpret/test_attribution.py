@@ -165,3 +165,13 @@ def test_deleting_salient_genes_hurts_more_than_random_ones(marker_model, given)
     assert result.n_cells == 48
     assert result.mean_drop_top > 0
     assert result.mean_drop_top > 3 * result.mean_drop_random, result
+    assert result.mean_logodds_drop_top > 0
+    assert result.mean_logodds_drop_top > 3 * result.mean_logodds_drop_random, result
+
+
+def test_logodds_drops_match_the_probabilities():
+    from instructcell_agent.interpret.faithfulness import _logodds
+
+    p = np.array([0.5, 0.9, 0.999])
+    np.testing.assert_allclose(_logodds(p), [0.0, np.log(9.0), np.log(999.0)], rtol=1e-6)
+    assert np.isfinite(_logodds(np.array([0.0, 1.0]))).all()
