@@ -49,7 +49,9 @@ def main() -> None:
     print(f"loaded {model.path} in {time.perf_counter() - start:.1f} s")
 
     start = time.perf_counter()
-    free = ica.annotate(adata, model=model, use_raw=True)
+    # What a user knows about these cells: the prompt names them, and free answers are then
+    # decoded within the labels the checkpoint learned for human peripheral blood.
+    free = ica.annotate(adata, model=model, use_raw=True, species="human", tissue="peripheral blood")
     free_s = time.perf_counter() - start
     print("\nAlignment report:\n" + free.provenance["alignment_summary"])
 
@@ -60,7 +62,7 @@ def main() -> None:
     scored = ica.annotate(subset, model=model, use_raw=True, candidates=candidates)
     scored_s = time.perf_counter() - start
 
-    print("\n1) Free answers (no candidates given), label counts:")
+    print("\n1) Free answers (no candidates given; species human, tissue peripheral blood), label counts:")
     print(free.label_counts().to_string())
     print(f"agreement with bulk_labels: {agreement(free.labels, known):.3f}  ({adata.n_obs / free_s:.1f} cells/s)")
     print(f"\n2) Candidates = the {len(candidates)} bulk_labels names, {subset.n_obs} random cells, label counts:")
