@@ -187,7 +187,8 @@ def setup(loaded: LoadedModel) -> dict[str, Any]:
     cfg = json.loads((Path(str(loaded.path)) / "config.json").read_text()) if loaded.path else {}
     return {"model_command": cfg.get("command"), "model_data": [d.get("name") for d in cfg.get("data", [])],
             "generator_command": info.get("command"), "generator_data": [d.get("name") for d in info.get("data", [])],
-            "generator_train_seconds": info.get("train_seconds"), "generator_report": info.get("report")}
+            "generator_train_seconds": info.get("train_seconds"), "generator_report": info.get("report"),
+            "derived": cfg.get("derived")}
 
 
 def versions() -> dict[str, str]:
@@ -209,12 +210,16 @@ def _setup_lines(st: dict[str, Any]) -> list[str]:
         return []
     rep = st.get("generator_report") or {}
     acc = {k.rsplit("_", 1)[-1]: v for k, v in rep.items() if k.startswith("signal_nearest_condition_accuracy_")}
-    return [f"- setup: the generator is trained on top of the cell model, which stays frozen (encoder, LM and "
-            f"LoRA as shipped). The cell model was trained multi-task (cell type annotation + drug sensitivity) "
+    derived = st.get("derived")
+    # A copy made by benchmarks/without_adapters.py is the single-task generation baseline.
+    lm = (f"LM as its package ships it: this checkpoint is a copy of {derived.get('from')} with "
+          f"{derived.get('change')} (`{derived.get('command')}`)" if derived else "LM and LoRA as shipped")
+    return [f"- setup: the generator is trained on top of the cell model, which stays frozen (encoder, {lm}). "
+            f"The cell model was trained multi-task (cell type annotation + drug sensitivity) "
             f"with `{st.get('model_command')}` on {', '.join(st.get('model_data') or [])}; the generator with "
             f"`{st.get('generator_command')}` ({st.get('generator_train_seconds')} s) on the train splits of "
-            f"{', '.join(st.get('generator_data') or [])}. No single-task generation model was trained, so there is "
-            f"no single- vs multi-task comparison for generation here.",
+            f"{', '.join(st.get('generator_data') or [])}. Single- vs multi-task: "
+            "benchmarks/results/single_vs_multi.md.",
             "- signal token, nearest-condition accuracy at the end of generator training: "
             + ", ".join(f"{k} phrasings {v:.3f}" for k, v in acc.items())]
 

@@ -7,7 +7,6 @@ cached as safetensors (first load ~15-30 s, later loads well under a second).
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import logging
@@ -28,6 +27,7 @@ from transformers import (
 
 from .config import BackboneConfig
 from .errors import CheckpointError
+from .io import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -92,17 +92,9 @@ def cache_root() -> Path:
     return Path(os.environ.get("INSTRUCTCELL_CACHE", Path.home() / ".cache" / "instructcell_agent"))
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _smollm2_backbone(cfg: BackboneConfig) -> Backbone:
     gguf = smollm2_gguf_path()
-    sha = _sha256(gguf)
+    sha = file_sha256(gguf)
     target = cache_root() / "backbones" / f"smollm2-{sha[:16]}"
     if not (target / "model.safetensors").is_file():
         _convert_gguf(gguf, target)

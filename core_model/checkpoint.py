@@ -7,7 +7,6 @@ exist nowhere else. Loading is strict and pickle-free.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -22,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from .backbone import load_backbone
 from .config import ModelConfig
 from .errors import CheckpointError
-from .io import write_json_atomic
+from .io import file_sha256, write_json_atomic
 from .model import CellLanguageModel
 
 FORMAT_VERSION = 1
@@ -133,22 +132,18 @@ def store_weights_as(checkpoint_dir: str | os.PathLike, dtype: str = "float16",
         raise ValueError(f"dtype must be float16, bfloat16 or float32, got {dtype!r}")
     root = Path(checkpoint_dir)
     path, config_path = root / "weights.safetensors", root / "config.json"
-    before = _sha256(path)
+    before = file_sha256(path)
     target = getattr(torch, dtype)
     state = {k: (v.to(target) if v.is_floating_point() else v).contiguous() for k, v in load_file(str(path)).items()}
     tmp = path.with_name(f".{path.name}.tmp")
     save_file(state, str(tmp))
     os.chmod(tmp, 0o644)  # shipped files must be readable by everyone
     os.replace(tmp, path)
-    record = {"dtype": dtype, "sha256_before": before, "sha256_after": _sha256(path), "command": command}
+    record = {"dtype": dtype, "sha256_before": before, "sha256_after": file_sha256(path), "command": command}
     config = json.loads(config_path.read_text())
     config["weights_storage"] = record
     write_json_atomic(config, config_path)
     return record
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedModel:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,14 +38,6 @@ def load_split(spec: DatasetSpec, vocab: list[str], split: str, split_path: Path
     aligned = align_to_vocab(adata, vocab)
     labels = get_labels(adata, spec.label_key)
     return SplitData(spec, aligned.X, labels, prompt_fields(adata, spec), list(adata.obs_names), aligned.report)
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def dense_rows(X: sp.csr_matrix, rows: np.ndarray) -> np.ndarray:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -247,6 +248,15 @@ def write_h5ad_atomic(
         raise
     logger.info("wrote %s", target)
     return target
+
+
+def file_sha256(path: PathLike) -> str:
+    """sha256 of a file's bytes, read in 4 MB blocks (data files and weights are large)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def write_json_atomic(obj: Any, path: PathLike) -> Path:

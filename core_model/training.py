@@ -30,10 +30,10 @@ from .backbone import load_backbone
 from .cell_encoder import sparse_log_normalize
 from .checkpoint import LoadedModel, save_checkpoint
 from .config import BackboneConfig, CellEncoderConfig, ModelConfig
-from .corpus import SplitData, dense_rows, file_sha256, load_split
+from .corpus import SplitData, dense_rows, load_split
 from .datasets import DatasetSpec, load_catalog, read_split, subset_by_names
 from .instructions import format_choices, has_choices, load_bank, render
-from .io import read_h5ad
+from .io import file_sha256, read_h5ad
 from .model import CellLanguageModel
 from .vocab import build_vocab
 

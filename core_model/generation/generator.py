@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 
 from ..checkpoint import LoadedModel
 from ..errors import CheckpointError
-from ..io import write_json_atomic
+from ..io import file_sha256, write_json_atomic
 from .conditions import ConditionTable, condition_incidence
 from .vae import CountVAE, GeneratorConfig, SignalHead, generation_state
 
@@ -60,10 +60,6 @@ def vocab_sha256(vocab: list[str]) -> str:
     return hashlib.sha256(json.dumps(list(vocab)).encode()).hexdigest()
 
 
-def _file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def has_generator(path: str | os.PathLike | None) -> bool:
     """Whether a checkpoint directory holds generator files."""
     return path is not None and all((Path(path) / f).is_file() for f in (WEIGHTS_FILE, META_FILE))
@@ -85,7 +81,7 @@ def rebind_model_weights(checkpoint_dir: str | os.PathLike, old_sha256: str) -> 
     meta = json.loads((root / META_FILE).read_text())
     if meta.get("model_weights_sha256") != old_sha256:
         raise CheckpointError(f"{root}: the generator was not trained with the weights being replaced; retrain it")
-    meta["model_weights_sha256"] = _file_sha256(root / MODEL_WEIGHTS)
+    meta["model_weights_sha256"] = file_sha256(root / MODEL_WEIGHTS)
     meta["model_weights_trained_with_sha256"] = old_sha256
     write_json_atomic(meta, root / META_FILE)
     return True
@@ -113,8 +109,8 @@ def save_generator(checkpoint_dir: str | os.PathLike, gen: Generator, vocab: lis
     try:
         save_file(generation_state(gen.vae, gen.head), str(weights_tmp))
         meta = {"format_version": FORMAT_VERSION, "config": gen.cfg.to_dict(), "conditions": gen.table.to_list(),
-                "vocab_sha256": vocab_sha256(vocab), "weights_sha256": _file_sha256(weights_tmp),
-                "model_weights_sha256": _file_sha256(root / MODEL_WEIGHTS), **gen.info}
+                "vocab_sha256": vocab_sha256(vocab), "weights_sha256": file_sha256(weights_tmp),
+                "model_weights_sha256": file_sha256(root / MODEL_WEIGHTS), **gen.info}
         meta_tmp.write_text(json.dumps(meta, indent=1))
         for tmp in (weights_tmp, meta_tmp):
             tmp.chmod(0o644)  # mkstemp creates 0600; match the checkpoint's other files
@@ -155,10 +151,10 @@ def _read(root: Path, loaded: LoadedModel) -> Generator:
         raise CheckpointError(f"{root}/{META_FILE}: format {meta.get('format_version')} is not {FORMAT_VERSION}")
     if meta.get("vocab_sha256") != vocab_sha256(loaded.vocab):
         raise CheckpointError(f"{root}: the generator was trained on another gene vocabulary; retrain it")
-    if meta.get("model_weights_sha256") != _file_sha256(root / MODEL_WEIGHTS):
+    if meta.get("model_weights_sha256") != file_sha256(root / MODEL_WEIGHTS):
         raise CheckpointError(f"{root}: the generator was trained with other model weights (the checkpoint was "
                               "retrained since); its condition vectors would not match: retrain the generator")
-    if meta.get("weights_sha256") != _file_sha256(root / WEIGHTS_FILE):
+    if meta.get("weights_sha256") != file_sha256(root / WEIGHTS_FILE):
         raise CheckpointError(f"{root}: {WEIGHTS_FILE} does not match {META_FILE} (interrupted write?); retrain it")
     cfg = GeneratorConfig(**meta["config"])
     if cfg.lm_hidden != loaded.model.backbone.hidden_size:

@@ -24,7 +24,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..checkpoint import LoadedModel, load_checkpoint
-from ..corpus import file_sha256
+from ..io import file_sha256
 from ..datasets import DatasetSpec
 from .data import GenerationData, build_generation_data, default_specs, load_generation_split
 from .generator import Generator, save_generator
