@@ -183,12 +183,13 @@ def checks(runs: dict[str, Any]) -> dict[str, Any]:
 
 def setup(loaded: LoadedModel) -> dict[str, Any]:
     """How the evaluated model came about: the cell model's and the generator's training commands."""
-    info = load_generator(loaded).info
+    gen = load_generator(loaded)
+    info = gen.info
     cfg = json.loads((Path(str(loaded.path)) / "config.json").read_text()) if loaded.path else {}
     return {"model_command": cfg.get("command"), "model_data": [d.get("name") for d in cfg.get("data", [])],
             "generator_command": info.get("command"), "generator_data": [d.get("name") for d in info.get("data", [])],
             "generator_train_seconds": info.get("train_seconds"), "generator_report": info.get("report"),
-            "derived": cfg.get("derived")}
+            "generator_lm_adapters": gen.lm_adapters}
 
 
 def versions() -> dict[str, str]:
@@ -210,12 +211,11 @@ def _setup_lines(st: dict[str, Any]) -> list[str]:
         return []
     rep = st.get("generator_report") or {}
     acc = {k.rsplit("_", 1)[-1]: v for k, v in rep.items() if k.startswith("signal_nearest_condition_accuracy_")}
-    derived = st.get("derived")
-    # A copy made by benchmarks/without_adapters.py is the single-task generation baseline.
-    lm = (f"LM as its package ships it: this checkpoint is a copy of {derived.get('from')} with "
-          f"{derived.get('change')} (`{derived.get('command')}`)" if derived else "LM and LoRA as shipped")
-    return [f"- setup: the generator is trained on top of the cell model, which stays frozen (encoder, {lm}). "
-            f"The cell model was trained multi-task (cell type annotation + drug sensitivity) "
+    reads = ("through the cell model's LM with its LoRA adapters (trained on annotation and drug response)"
+             if st.get("generator_lm_adapters", True) else
+             "through the backbone LM as its package ships it (LoRA adapters switched off)")
+    return [f"- setup: the generator is trained on top of the frozen cell model; its signal token reads instructions "
+            f"{reads}. The cell model was trained multi-task (cell type annotation + drug sensitivity) "
             f"with `{st.get('model_command')}` on {', '.join(st.get('model_data') or [])}; the generator with "
             f"`{st.get('generator_command')}` ({st.get('generator_train_seconds')} s) on the train splits of "
             f"{', '.join(st.get('generator_data') or [])}. Single- vs multi-task: "

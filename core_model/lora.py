@@ -2,16 +2,40 @@
 
 Written here rather than through peft so the model keeps calling the plain Hugging Face modules
 (`lm.model`, `lm.lm_head`) and checkpoints stay a flat safetensors file of trained weights.
+
+`adapters(False)` runs the backbone exactly as its package ships it, for readers that must not
+depend on the task-tuned adapters (the generator's signal token). The switch is a context
+variable, so it holds only for the calling thread or asyncio task: a server annotating in one
+thread while generating in another never sees the other's setting.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 import torch
 from torch import nn
 
 TARGETS = ("q_proj", "v_proj", "o_proj")
+_ACTIVE: ContextVar[bool] = ContextVar("lora_adapters_active", default=True)
+
+
+@contextmanager
+def adapters(active: bool) -> Iterator[None]:
+    """Run every LoRA layer with (True) or without (False) its adapter inside the block."""
+    token = _ACTIVE.set(bool(active))
+    try:
+        yield
+    finally:
+        _ACTIVE.reset(token)
+
+
+def adapters_active() -> bool:
+    """Whether LoRA layers apply their adapters in the current thread / task."""
+    return _ACTIVE.get()
 
 
 class LoRALinear(nn.Module):
@@ -26,6 +50,8 @@ class LoRALinear(nn.Module):
         self.scale = alpha / rank
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not _ACTIVE.get():
+            return self.base(x)
         return self.base(x) + (x @ self.lora_a.t() @ self.lora_b.t()) * self.scale
 
 

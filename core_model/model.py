@@ -26,7 +26,7 @@ from transformers import DynamicCache
 from .backbone import Backbone
 from .cell_encoder import CellEncoder, log_normalize
 from .config import ModelConfig
-from .lora import inject_lora
+from .lora import adapters_active, inject_lora
 
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
 SUFFIX_TEXT = f"{IM_END}\n{IM_START}assistant\n"
@@ -69,7 +69,7 @@ class CellLanguageModel(nn.Module):
         self.token_scale = nn.Parameter(torch.full((backbone.hidden_size,), emb_rms))
         self._suffix_ids = self.encode_text(SUFFIX_TEXT)
         self._end_id = self.tokenizer.convert_tokens_to_ids(IM_END)
-        self._prefix_memo: dict[str, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
+        self._prefix_memo: dict[tuple[str, bool], tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
 
     # ----------------------------------------------------------------- basics
     @property
@@ -116,15 +116,17 @@ class CellLanguageModel(nn.Module):
         if rows is None:
             rows = torch.arange(len(prefix_texts))
         rows = rows.to(self.device)
-        if len(prefix_texts) == 1 and prefix_texts[0] in self._prefix_memo:
-            keys, values = self._prefix_memo[prefix_texts[0]]
+        # keyed on the adapter switch too: the same text reads differently without adapters
+        memo_key = (prefix_texts[0], adapters_active()) if len(prefix_texts) == 1 else None
+        if memo_key is not None and memo_key in self._prefix_memo:
+            keys, values = self._prefix_memo[memo_key]
             mask = torch.ones(1, keys[0].shape[2], dtype=torch.long, device=self.device)
         else:
             keys, values, mask = self._run_prefixes(prefix_texts)
-            if len(prefix_texts) == 1:
+            if memo_key is not None:
                 if len(self._prefix_memo) >= 16:
                     self._prefix_memo.pop(next(iter(self._prefix_memo)))
-                self._prefix_memo[prefix_texts[0]] = (keys, values)
+                self._prefix_memo[memo_key] = (keys, values)
         cache = DynamicCache()
         for idx, (k, v) in enumerate(zip(keys, values)):
             cache.update(k.index_select(0, rows), v.index_select(0, rows), idx)

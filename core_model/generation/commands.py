@@ -35,6 +35,9 @@ def add_generation_commands(sub: Any) -> None:
     t.add_argument("--epochs", type=int, default=20, help="passes over the training cells (count VAE)")
     t.add_argument("--signal-prompts", type=int, default=768, help="instruction prompts that fit the signal read-out")
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--lm-adapters", choices=["off", "on"], default="off",
+                   help="read instructions through the cell model's LoRA adapters (default off: the backbone as "
+                        "shipped, so the generator stays valid when the cell model is retrained)")
 
     evaluate = sub.choices.get("evaluate")
     if evaluate is not None:  # extra options of `evaluate --task cpcg`
@@ -86,7 +89,8 @@ def _train(args: argparse.Namespace) -> int:
     from .train import GeneratorTrainConfig, train_generator
 
     cfg = GeneratorTrainConfig(datasets=tuple(d for d in args.datasets.split(",") if d), epochs=args.epochs,
-                               signal_prompts=args.signal_prompts, seed=args.seed)
+                               signal_prompts=args.signal_prompts, seed=args.seed,
+                               lm_adapters=args.lm_adapters == "on")
     path = train_generator(args.checkpoint, cfg, command="instructcell " + " ".join(sys.argv[1:]))
     print(path)
     return 0

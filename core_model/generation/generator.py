@@ -4,10 +4,18 @@ They sit beside the model's own files and are optional: a checkpoint without the
 before and says, when asked to generate, how to add them (`instructcell train-generator`).
 Weights are fp16 (loaded as fp32); the JSON holds the config, the table of training conditions,
 the vocabulary hash and the weights' hash, so a mismatched pair of files is refused.
+
+What the signal token reads through decides what the generator is bound to. With the LoRA
+adapters off (the default since they are tuned for annotation and drug response, and read
+generation requests worse) the reader is the backbone as its package ships it plus the prompt
+format: the generator stays valid when the cell model is retrained, and is refused only on
+another backbone build or system prompt. With the adapters on (or a fine-tuned backbone) it is
+bound to the exact weights file.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -21,6 +29,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..checkpoint import LoadedModel
+from ..config import ModelConfig
 from ..errors import CheckpointError
 from ..io import file_sha256, write_json_atomic
 from .conditions import ConditionTable, condition_incidence
@@ -43,6 +52,7 @@ class Generator:
     head: SignalHead
     table: ConditionTable
     info: dict[str, Any] = field(default_factory=dict)
+    lm_adapters: bool = True  # whether the signal token reads instructions through the LoRA adapters
 
     @property
     def table_vectors(self) -> torch.Tensor:
@@ -58,6 +68,20 @@ class Generator:
 def vocab_sha256(vocab: list[str]) -> str:
     """Hash of a gene vocabulary (order matters: it is the decoder's output layout)."""
     return hashlib.sha256(json.dumps(list(vocab)).encode()).hexdigest()
+
+
+def reader_sha256(model_cfg: ModelConfig) -> str:
+    """Hash of what reads a generation prompt when the adapters are off: the backbone build
+    (its file hash where known, else its name and size settings) and the system prompt. The
+    backbone's path is left out, so a moved model directory still matches."""
+    backbone = {k: v for k, v in dataclasses.asdict(model_cfg.backbone).items() if k != "path"}
+    key = {"backbone": backbone, "system_prompt": model_cfg.system_prompt}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+
+
+def _bound_to_backbone(lm_adapters: bool, model_cfg: ModelConfig) -> bool:
+    """Whether the generator depends on the backbone only, not on the cell model's weights file."""
+    return not lm_adapters and not model_cfg.lm_trained
 
 
 def has_generator(path: str | os.PathLike | None) -> bool:
@@ -79,6 +103,10 @@ def rebind_model_weights(checkpoint_dir: str | os.PathLike, old_sha256: str) -> 
     if not has_generator(root):
         return False
     meta = json.loads((root / META_FILE).read_text())
+    if meta.get("bound_to") == "backbone":  # any weights file will do; keep the record current
+        meta["model_weights_sha256"] = file_sha256(root / MODEL_WEIGHTS)
+        write_json_atomic(meta, root / META_FILE)
+        return True
     if meta.get("model_weights_sha256") != old_sha256:
         raise CheckpointError(f"{root}: the generator was not trained with the weights being replaced; retrain it")
     meta["model_weights_sha256"] = file_sha256(root / MODEL_WEIGHTS)
@@ -87,29 +115,31 @@ def rebind_model_weights(checkpoint_dir: str | os.PathLike, old_sha256: str) -> 
     return True
 
 
-def save_generator(checkpoint_dir: str | os.PathLike, gen: Generator, vocab: list[str]) -> Path:
-    """Write the generator files into a checkpoint directory, each atomically (temp + rename).
+def save_generator(loaded: LoadedModel, gen: Generator) -> Path:
+    """Write the generator files into a checkpoint's directory, each atomically (temp + rename).
 
     Parameters
     ----------
-    checkpoint_dir
-        An existing checkpoint directory.
+    loaded
+        The checkpoint the generator was trained on (must have a directory).
     gen
         The trained generator.
-    vocab
-        The checkpoint's gene vocabulary (its hash is recorded).
 
     Returns
     -------
     pathlib.Path
         The path of generator.json.
     """
-    root = Path(checkpoint_dir)
+    if loaded.path is None:
+        raise ValueError("the checkpoint has no directory to add the generator to")
+    root = Path(loaded.path)
+    bound = "backbone" if _bound_to_backbone(gen.lm_adapters, loaded.model.cfg) else "model_weights"
     weights_tmp, meta_tmp = _atomic_target(root, WEIGHTS_FILE), _atomic_target(root, META_FILE)
     try:
         save_file(generation_state(gen.vae, gen.head), str(weights_tmp))
         meta = {"format_version": FORMAT_VERSION, "config": gen.cfg.to_dict(), "conditions": gen.table.to_list(),
-                "vocab_sha256": vocab_sha256(vocab), "weights_sha256": file_sha256(weights_tmp),
+                "vocab_sha256": vocab_sha256(loaded.vocab), "weights_sha256": file_sha256(weights_tmp),
+                "lm_adapters": gen.lm_adapters, "bound_to": bound, "reader_sha256": reader_sha256(loaded.model.cfg),
                 "model_weights_sha256": file_sha256(root / MODEL_WEIGHTS), **gen.info}
         meta_tmp.write_text(json.dumps(meta, indent=1))
         for tmp in (weights_tmp, meta_tmp):
@@ -151,7 +181,11 @@ def _read(root: Path, loaded: LoadedModel) -> Generator:
         raise CheckpointError(f"{root}/{META_FILE}: format {meta.get('format_version')} is not {FORMAT_VERSION}")
     if meta.get("vocab_sha256") != vocab_sha256(loaded.vocab):
         raise CheckpointError(f"{root}: the generator was trained on another gene vocabulary; retrain it")
-    if meta.get("model_weights_sha256") != file_sha256(root / MODEL_WEIGHTS):
+    if meta.get("bound_to") == "backbone":  # (files without "bound_to" read through the adapters)
+        if meta.get("reader_sha256") != reader_sha256(loaded.model.cfg):
+            raise CheckpointError(f"{root}: the generator was trained on another backbone or system prompt; its "
+                                  "condition vectors would not match: retrain the generator")
+    elif meta.get("model_weights_sha256") != file_sha256(root / MODEL_WEIGHTS):
         raise CheckpointError(f"{root}: the generator was trained with other model weights (the checkpoint was "
                               "retrained since); its condition vectors would not match: retrain the generator")
     if meta.get("weights_sha256") != file_sha256(root / WEIGHTS_FILE):
@@ -171,4 +205,5 @@ def _read(root: Path, loaded: LoadedModel) -> Generator:
     head.load_state_dict({k[7:]: v for k, v in state.items() if k.startswith("signal.")})
     device = loaded.model.device
     info = {k: v for k, v in meta.items() if k not in ("config", "conditions")}
-    return Generator(cfg, vae.to(device).eval(), head.to(device).eval(), table, info)
+    return Generator(cfg, vae.to(device).eval(), head.to(device).eval(), table, info,
+                     lm_adapters=bool(meta.get("lm_adapters", True)))

@@ -48,7 +48,7 @@ def sample_counts(loaded: LoadedModel, gen: Generator, instructions: Sequence[st
     (np.ndarray, list of int)
         Integer counts (int64) and nearest-condition rows.
     """
-    vectors = condition_vectors(loaded.model, gen.head, list(instructions))
+    vectors = condition_vectors(loaded.model, gen.head, list(instructions), lm_adapters=gen.lm_adapters)
     rng = np.random.default_rng(seed)
     parts = [gen.vae.sample(vectors[i:i + batch_size], rng) for i in range(0, len(instructions), batch_size)]
     counts = np.vstack(parts) if parts else np.zeros((0, gen.cfg.n_genes), dtype=np.int64)
@@ -141,4 +141,5 @@ def describe(gen: Generator) -> dict[str, Any]:
 
 def vectors_for(loaded: LoadedModel, instructions: Sequence[str]) -> torch.Tensor:
     """Condition vectors of instructions (for inspection and tests)."""
-    return condition_vectors(loaded.model, load_generator(loaded).head, list(instructions))
+    gen = load_generator(loaded)
+    return condition_vectors(loaded.model, gen.head, list(instructions), lm_adapters=gen.lm_adapters)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
+from ..lora import adapters
 from ..model import SUFFIX_TEXT, CellLanguageModel, Context
 from .vae import SignalHead
 
@@ -60,7 +61,7 @@ def signal_vectors(model: CellLanguageModel, head: SignalHead, cache: PromptCach
 
 
 def condition_vectors(model: CellLanguageModel, head: SignalHead, instructions: Sequence[str],
-                      batch_size: int = 32) -> torch.Tensor:
+                      batch_size: int = 32, lm_adapters: bool = True) -> torch.Tensor:
     """Condition vectors for instructions, one LM pass per distinct instruction (no gradients).
 
     Parameters
@@ -73,6 +74,8 @@ def condition_vectors(model: CellLanguageModel, head: SignalHead, instructions: 
         Instruction texts (already rendered); duplicates are computed once.
     batch_size
         Prompts per LM batch.
+    lm_adapters
+        Read through the LM's LoRA adapters (as the head was trained: `Generator.lm_adapters`).
 
     Returns
     -------
@@ -82,7 +85,7 @@ def condition_vectors(model: CellLanguageModel, head: SignalHead, instructions: 
     where = {t: i for i, t in enumerate(dict.fromkeys(instructions))}
     uniq = list(where)
     out = []
-    with torch.no_grad():
+    with torch.no_grad(), adapters(lm_adapters):
         for start in range(0, len(uniq), batch_size):
             out.append(signal_vectors(model, head, read_prompts(model, uniq[start:start + batch_size])))
     vectors = torch.cat(out) if out else torch.zeros(0, head.table.shape[1])

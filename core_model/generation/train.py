@@ -24,8 +24,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..checkpoint import LoadedModel, load_checkpoint
-from ..io import file_sha256
 from ..datasets import DatasetSpec
+from ..io import file_sha256
+from ..lora import adapters
 from .data import GenerationData, build_generation_data, default_specs, load_generation_split
 from .generator import Generator, save_generator
 from .signal_fit import train_signal
@@ -61,6 +62,9 @@ class GeneratorTrainConfig:
     signal_prompts: int = 768  # stage 2b: prompts whose signal states fit the read-out
     signal_fit_epochs: int = 400
     check_phrasings: int = 1  # per condition, held-out (valid) phrasings for the end-of-training check
+    lm_adapters: bool = False  # read instructions through the LoRA adapters? They are tuned for
+    # annotation and drug response; without them the signal token understood more generation
+    # requests (benchmarks/results/single_vs_multi.md), and the generator survives a retrained cell model
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -107,10 +111,11 @@ def train_generator(checkpoint: str | Path | LoadedModel, cfg: GeneratorTrainCon
                            conditional_prior=cfg.conditional_prior, dispersion=cfg.dispersion,
                            factorized_signal=cfg.factorized_signal)
     vae, table, vae_report = _train_vae(gcfg, data, cfg, show_progress)
-    head, signal_report = train_signal(loaded.model, table, data.table, cfg, show_progress)
+    with adapters(cfg.lm_adapters):
+        head, signal_report = train_signal(loaded.model, table, data.table, cfg, show_progress)
     info = _info(cfg, specs, data, command, {**vae_report, **signal_report}, time.perf_counter() - start)
-    gen = Generator(gcfg, vae.eval(), head.eval(), data.table, info)
-    return save_generator(loaded.path, gen, loaded.vocab)
+    gen = Generator(gcfg, vae.eval(), head.eval(), data.table, info, lm_adapters=cfg.lm_adapters)
+    return save_generator(loaded, gen)
 
 
 def _sampling_weights(cond_index: np.ndarray) -> np.ndarray:
