@@ -16,8 +16,9 @@ goes through `start`/`extend` below, so they all see exactly the same prompt.
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from torch import nn
@@ -48,6 +49,15 @@ class Context:
         return Context(cache, self.mask.repeat_interleave(n, 0), self.next_pos.repeat_interleave(n, 0))
 
 
+def cache_argument(lm_model: nn.Module) -> str:
+    """Name of the key/value cache in the backbone's forward call and output.
+
+    transformers 5.24 renamed `past_key_values` to `cache` (the old name warns, and goes in 5.40);
+    earlier 5.x releases know only `past_key_values`. Asking the signature works for both.
+    """
+    return "cache" if "cache" in inspect.signature(lm_model.forward).parameters else "past_key_values"
+
+
 class CellLanguageModel(nn.Module):
     """Cell encoder + projection (trained) in front of a frozen backbone LM."""
 
@@ -70,6 +80,7 @@ class CellLanguageModel(nn.Module):
         self._suffix_ids = self.encode_text(SUFFIX_TEXT)
         self._end_id = self.tokenizer.convert_tokens_to_ids(IM_END)
         self._prefix_memo: dict[tuple[str, bool], tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
+        self._cache_arg = cache_argument(self.lm.model)
 
     # ----------------------------------------------------------------- basics
     @property
@@ -141,7 +152,7 @@ class CellLanguageModel(nn.Module):
         mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids], device=self.device)
         pos = (mask.cumsum(1) - 1).clamp_min(0)
         out = self.lm.model(input_ids=input_ids, attention_mask=mask, position_ids=pos, use_cache=True)
-        cache = out.past_key_values
+        cache = getattr(out, self._cache_arg)
         return [l.keys for l in cache.layers], [l.values for l in cache.layers], mask
 
     def extend(self, ctx: Context, embeds: torch.Tensor) -> torch.Tensor:
@@ -150,7 +161,8 @@ class CellLanguageModel(nn.Module):
         mask = torch.cat([ctx.mask, torch.ones(batch, steps, dtype=ctx.mask.dtype, device=self.device)], 1)
         pos = ctx.next_pos[:, None] + torch.arange(steps, device=self.device)
         out = self.lm.model(
-            inputs_embeds=embeds, attention_mask=mask, position_ids=pos, past_key_values=ctx.cache, use_cache=True
+            inputs_embeds=embeds, attention_mask=mask, position_ids=pos, use_cache=True,
+            **{self._cache_arg: ctx.cache}
         )
         ctx.mask, ctx.next_pos = mask, ctx.next_pos + steps
         return out.last_hidden_state
@@ -223,7 +235,7 @@ class CellLanguageModel(nn.Module):
         embeds = self.embed_ids(tokens).unsqueeze(0).expand(batch, -1, -1)
         pos = ctx.next_pos[:, None] + offset[None, :]
         out = self.lm.model(inputs_embeds=embeds, attention_mask=additive, position_ids=pos,
-                            past_key_values=ctx.cache, use_cache=True)
+                            use_cache=True, **{self._cache_arg: ctx.cache})
         # The cache now holds packed tokens that later positions must not see: the context is spent.
         ctx.mask = torch.cat([ctx.mask, torch.zeros(batch, steps, dtype=ctx.mask.dtype, device=self.device)], 1)
         return out.last_hidden_state

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 
@@ -112,3 +114,23 @@ def test_sparse_and_dense_inputs_encode_identically(model):
 def test_trainable_state_excludes_the_backbone(model):
     keys = model.trainable_state_dict()
     assert keys and not any(k.startswith("lm.") for k in keys)
+
+
+def test_backbone_receives_only_arguments_its_forward_declares(model, monkeypatch):
+    # transformers renames arguments between releases (5.24: past_key_values -> cache); a name
+    # the signature lacks is swallowed by **kwargs with a warning, and dropped later.
+    declared = inspect.signature(model.lm.model.forward).parameters
+    original, passed = model.lm.model.forward, []
+
+    def spy(*args, **kwargs):
+        passed.append(set(kwargs))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(model.lm.model, "forward", spy)
+    expr = _expr(model)
+    prefix = [model.prefix_text("Which cell type is this?")]
+    with torch.no_grad():
+        model.score_candidates(model.start(prefix, torch.zeros(3, dtype=torch.long)), expr, CANDIDATES)
+        model.generate(model.start(prefix, torch.zeros(3, dtype=torch.long)), expr, max_new_tokens=2)
+    assert len(passed) >= 4
+    assert all(name in declared for names in passed for name in names), passed
