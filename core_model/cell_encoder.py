@@ -83,11 +83,16 @@ def log_normalize(counts: torch.Tensor, target_sum: float = 1e4) -> torch.Tensor
     return torch.log1p(counts / total * target_sum)
 
 
-def sparse_log_normalize(counts: sp.csr_matrix, target_sum: float = 1e4) -> torch.Tensor:
-    """`log_normalize` for a scipy CSR batch, returned as a sparse COO tensor."""
-    counts = counts.tocsr().astype(np.float32)
+def log_normalize_csr(counts: sp.spmatrix, target_sum: float = 1e4) -> sp.csr_matrix:
+    """`log_normalize` for a scipy matrix, kept sparse (float32 CSR)."""
+    counts = sp.csr_matrix(counts, dtype=np.float32)
     total = np.asarray(counts.sum(axis=1)).ravel().clip(min=1e-6)
     data = np.log1p(counts.data / np.repeat(total, np.diff(counts.indptr)) * target_sum).astype(np.float32)
-    coo = sp.csr_matrix((data, counts.indices, counts.indptr), shape=counts.shape).tocoo()
+    return sp.csr_matrix((data, counts.indices.copy(), counts.indptr.copy()), shape=counts.shape)
+
+
+def sparse_log_normalize(counts: sp.csr_matrix, target_sum: float = 1e4) -> torch.Tensor:
+    """`log_normalize` for a scipy CSR batch, returned as a sparse COO tensor."""
+    coo = log_normalize_csr(counts, target_sum).tocoo()
     index = torch.from_numpy(np.vstack([coo.row, coo.col]).astype(np.int64))
     return torch.sparse_coo_tensor(index, torch.from_numpy(coo.data), coo.shape, check_invariants=False).coalesce()

@@ -17,15 +17,20 @@ def normalize_label(text: str) -> str:
 
 
 @lru_cache(maxsize=1)
-def _synonym_ids() -> dict[str, str]:
+def _table() -> dict[str, dict]:
     table = json.loads(resources.files(__package__).joinpath("resources/label_ontology.json").read_text())
-    out: dict[str, str] = {}
-    for term, entry in table.items():
-        if term.startswith("_"):
-            continue
-        for label in entry["labels"]:
-            out[normalize_label(label)] = term
-    return out
+    return {term: entry for term, entry in table.items() if not term.startswith("_")}
+
+
+@lru_cache(maxsize=1)
+def _synonym_ids() -> dict[str, str]:
+    return {normalize_label(label): term for term, entry in _table().items() for label in entry["labels"]}
+
+
+def ontology_ancestors(term: str) -> list[str]:
+    """The term's ancestors that the synonym table also records, nearest first."""
+    entry = _table().get(term)
+    return list(entry.get("is_a", [])) if entry else []
 
 
 def ontology_id(label: str) -> str | None:
@@ -35,7 +40,11 @@ def ontology_id(label: str) -> str | None:
 
 @dataclass(frozen=True)
 class LabelMapper:
-    """Maps generated answers onto one dataset's label set (exact, then through CL synonyms)."""
+    """Maps generated answers onto one dataset's label set: exact, then through CL synonyms, then
+    to the label of the answer's nearest CL ancestor in the set ('CD8+ Cytotoxic T' is a 'CD8T').
+
+    Never the other way: an answer coarser than the set's labels ('T cell' where the set has CD4
+    and CD8 T cells) does not say which label it means, so it stays invalid."""
 
     labels: tuple[str, ...]
 
@@ -57,7 +66,13 @@ class LabelMapper:
         if key in self._exact:  # type: ignore[attr-defined]
             return self._exact[key]  # type: ignore[attr-defined]
         term = _synonym_ids().get(key)
-        return self._by_term.get(term) if term else None  # type: ignore[attr-defined]
+        if term is None:
+            return None
+        by_term = self._by_term  # type: ignore[attr-defined]
+        for candidate in [term, *ontology_ancestors(term)]:
+            if candidate in by_term:
+                return by_term[candidate]
+        return None
 
     def map_all(self, answers: Sequence[str]) -> list[str | None]:
         return [self.map(a) for a in answers]

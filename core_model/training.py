@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from . import warm_start
 from .backbone import load_backbone
 from .cell_encoder import sparse_log_normalize
 from .checkpoint import LoadedModel, save_checkpoint
@@ -66,6 +67,7 @@ class TrainConfig:
     panel_drop_prob: float = 0.3  # chance a batch sees only a random subset of the genes
     valid_cells: int = 48  # per dataset, for the end-of-training check
     save_every: int = 200
+    init_from: str | None = None  # a checkpoint directory: start from its weights, skip stage 1
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -142,31 +144,46 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, show_p
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     specs = specs or select_specs(cfg)
-    vocab = _vocab(specs, cfg, out)
+    start = warm_start.load_start(cfg.init_from, cfg.backbone, cfg.train_lm, out) if cfg.init_from else None
+    vocab = start.vocab if start else _vocab(specs, cfg, out)
     data = TrainingData.build([load_split(s, vocab, "train") for s in specs])
-    enc_cfg = CellEncoderConfig(
-        n_genes=len(vocab), hidden_dim=cfg.hidden_dim, dim=cfg.dim, n_queries=cfg.n_queries, n_layers=cfg.n_layers
-    )
-    model_cfg = ModelConfig(encoder=enc_cfg, backbone=cfg.backbone, lm_trained=cfg.train_lm,
-                            lora_rank=0 if cfg.train_lm else cfg.lora_rank)
-    model = CellLanguageModel(model_cfg, load_backbone(cfg.backbone))
-    aux = AuxHead(cfg.dim, data.n_labels)
+    model = start.model if start else _new_model(cfg, data)
+    aux = AuxHead(model.cfg.encoder.dim, data.n_labels)
     state_path = out / "train_state.pt"
     state = torch.load(state_path, weights_only=True) if resume and state_path.exists() else None
-    if state is None or state["stage"] == 1:
-        _stage1(model, aux, data, cfg, show_progress)
-    else:
+    if state is not None and state["stage"] == 2:
         model.load_state_dict(state["model"], strict=False)
         if "lm" in state:
             model.lm.load_state_dict(state["lm"])
         aux.load_state_dict(state["aux"])
+    elif start is not None:
+        warm_start.fit_aux_head(model.encoder, aux, warm_start.sampler(data, cfg, model.cfg.target_sum, _batch))
+    else:
+        train_encoder(model.encoder, aux, data, cfg, model.cfg.target_sum, show_progress)
     _stage2(model, aux, data, cfg, out, state, show_progress)
     model.lm.requires_grad_(False)
     valid = _validate(model, specs, vocab, cfg)
-    loaded = LoadedModel(model, vocab, _label_sets(specs, data), {**_info(cfg, specs, valid), "command": command})
+    labels = _label_sets(specs, data)
+    info = {**_info(cfg, specs, valid), "command": command}
+    if start is not None:
+        labels = warm_start.merged_label_sets(start, labels)
+        info["started_from"] = warm_start.provenance(start)
+    loaded = LoadedModel(model, vocab, labels, info)
     save_checkpoint(loaded, out / "checkpoint")
     (out / "valid_metrics.json").write_text(json.dumps(valid, indent=1))
     return out / "checkpoint"
+
+
+def new_encoder_config(cfg: TrainConfig, data: TrainingData) -> CellEncoderConfig:
+    """The encoder a run from scratch builds (the gene count is the vocabulary the data is aligned to)."""
+    return CellEncoderConfig(n_genes=int(data.splits[0].X.shape[1]), hidden_dim=cfg.hidden_dim, dim=cfg.dim,
+                             n_queries=cfg.n_queries, n_layers=cfg.n_layers)
+
+
+def _new_model(cfg: TrainConfig, data: TrainingData) -> CellLanguageModel:
+    model_cfg = ModelConfig(encoder=new_encoder_config(cfg, data), backbone=cfg.backbone, lm_trained=cfg.train_lm,
+                            lora_rank=0 if cfg.train_lm else cfg.lora_rank)
+    return CellLanguageModel(model_cfg, load_backbone(cfg.backbone))
 
 
 def select_specs(cfg: TrainConfig) -> list[DatasetSpec]:
@@ -190,25 +207,28 @@ def _vocab(specs: list[DatasetSpec], cfg: TrainConfig, out: Path) -> list[str]:
     return vocab
 
 
-def _batch(data: TrainingData, d: int, rows: np.ndarray, model: CellLanguageModel, cfg: TrainConfig,
+def _batch(data: TrainingData, d: int, rows: np.ndarray, target_sum: float, cfg: TrainConfig,
            rng: np.random.Generator) -> torch.Tensor:
     """Augmented, log-normalized batch as a sparse tensor (the encoder's first layer is sparse)."""
-    return sparse_log_normalize(augment(data.splits[d].X[rows], cfg, rng), model.cfg.target_sum)
+    return sparse_log_normalize(augment(data.splits[d].X[rows], cfg, rng), target_sum)
 
 
-def _stage1(model: CellLanguageModel, aux: AuxHead, data: TrainingData, cfg: TrainConfig, show: bool) -> None:
-    params = list(model.encoder.parameters()) + list(aux.parameters())
+def train_encoder(encoder: nn.Module, aux: AuxHead, data: TrainingData, cfg: TrainConfig, target_sum: float,
+                  show: bool = False) -> None:
+    """Stage 1: the encoder and the auxiliary head alone (no language model), `cfg.encoder_epochs`
+    passes over the train cells. Public so `benchmarks/encoder_probe.py` can compare settings."""
+    params = list(encoder.parameters()) + list(aux.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.encoder_lr, weight_decay=cfg.weight_decay)
     rng = np.random.default_rng(cfg.seed)
     sizes = np.array([s.n_cells for s in data.splits], dtype=float)
     steps = int(cfg.encoder_epochs * sizes.sum() / cfg.encoder_batch)
     probs = sizes**0.5 / (sizes**0.5).sum()
-    model.encoder.train()
+    encoder.train()
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.encoder_lr, total_steps=max(steps, 1))
     for _ in tqdm(range(steps), desc="stage 1 (encoder)", disable=not show):
         d = int(rng.choice(len(sizes), p=probs))
         rows = data.sample(rng, d, cfg.encoder_batch)
-        logits = aux(model.encoder(_batch(data, d, rows, model, cfg, rng))) + data.mask(d)
+        logits = aux(encoder(_batch(data, d, rows, target_sum, cfg, rng))) + data.mask(d)
         loss = F.cross_entropy(logits, data.targets(d, rows), label_smoothing=0.1)
         opt.zero_grad()
         loss.backward()
@@ -263,7 +283,7 @@ def _stage2(model: CellLanguageModel, aux: AuxHead, data: TrainingData, cfg: Tra
         texts = [model.prefix_text(_prompt(template, split.fields[r], labels, random.Random(step))) for r in rows]
         uniq = sorted(set(texts))
         ctx = model.start(uniq, torch.tensor([uniq.index(t) for t in texts]))
-        expr = _batch(data, d, rows, model, cfg, rng)
+        expr = _batch(data, d, rows, model.cfg.target_sum, cfg, rng)
         logp, mask = model.answer_logprob(ctx, expr, [str(split.labels[r]) for r in rows])
         lm_loss = -(logp.sum() / mask.sum())
         aux_logits = aux(model.encoder(expr)) + data.mask(d)

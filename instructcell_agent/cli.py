@@ -20,8 +20,17 @@ def _add_train(sub) -> None:
     p.add_argument("--encoder-epochs", type=int, default=25)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--n-hvg", type=int, default=2000)
+    p.add_argument("--hidden-dim", type=int, default=384, help="width of the encoder's gene-embedding layer")
+    p.add_argument("--gene-keep", type=float, default=0.85,
+                   help="augmentation: chance each non-zero count is kept (1 = no entry dropout)")
+    p.add_argument("--panel-drop", type=float, default=0.3,
+                   help="augmentation: chance a batch sees only a random subset of the genes (0 = never)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from OUT/train_state.pt")
+    p.add_argument("--init-from", default=None, metavar="CHECKPOINT",
+                   help="start from this checkpoint's weights and gene vocabulary (skips stage 1): more steps "
+                        "for a trained model, or fine-tuning it on --catalog sets")
+    p.add_argument("--lr", type=float, default=5e-4, help="peak learning rate of stage 2")
     p.add_argument("--catalog", action="append", default=[],
                    help="JSON list of your own datasets in the shared catalog's format (name, task cta|dsp, "
                         "path, label, split, drug for dsp); repeatable; trained beside the shared sets")
@@ -119,7 +128,8 @@ def _train(args) -> int:
     cfg = TrainConfig(
         datasets=tuple(d for d in args.datasets.split(",") if d), backbone=BackboneConfig(kind=args.backbone),
         lm_steps=args.lm_steps, encoder_epochs=args.encoder_epochs, batch_size=args.batch_size,
-        n_hvg=args.n_hvg, seed=args.seed,
+        n_hvg=args.n_hvg, seed=args.seed, hidden_dim=args.hidden_dim, gene_keep=args.gene_keep,
+        panel_drop_prob=args.panel_drop, lr=args.lr, init_from=args.init_from,
     )
     command = "instructcell " + " ".join(sys.argv[1:]) if argv_is_cli() else None
     specs = None

@@ -101,3 +101,28 @@ def test_a_drug_set_without_its_drug_is_refused_with_a_message(synthetic_set, tm
                  "--catalog", str(_user_catalog(tmp_path, synthetic_set, drug=""))])
     assert code != 0
     assert "drug" in capsys.readouterr().err
+
+
+def test_train_passes_its_options_to_the_config(synthetic_set, tmp_path, monkeypatch):
+    import instructcell_agent.core_model.training as training
+    from instructcell_agent.core_model.training import TrainConfig
+
+    seen = {}
+
+    def fake_train(cfg, out, **_):
+        seen["cfg"] = cfg
+        return out
+
+    monkeypatch.setattr(training, "train", fake_train)
+    base = ["train", "--out", str(tmp_path / "run"), "--backbone", "tiny", "--no-shared",
+            "--catalog", str(_user_catalog(tmp_path, synthetic_set))]
+    assert main(base) == 0
+    defaults = seen["cfg"]
+    assert (defaults.hidden_dim, defaults.gene_keep, defaults.panel_drop_prob) == (
+        TrainConfig.hidden_dim, TrainConfig.gene_keep, TrainConfig.panel_drop_prob)
+    assert (defaults.lr, defaults.init_from) == (TrainConfig.lr, None)
+    assert main([*base, "--hidden-dim", "96", "--gene-keep", "1", "--panel-drop", "0", "--lr", "1e-4",
+                 "--init-from", "ckpt"]) == 0
+    got = seen["cfg"]
+    assert (got.hidden_dim, got.gene_keep, got.panel_drop_prob) == (96, 1.0, 0.0)
+    assert (got.lr, got.init_from) == (1e-4, "ckpt")

@@ -30,6 +30,20 @@ def test_label_mapper_uses_exact_then_ontology_synonyms():
     assert mapper.map("a liver cell") is None
 
 
+def test_a_more_specific_answer_maps_to_its_nearest_ancestor_in_the_set():
+    kang = LabelMapper(("B", "CD14+Mono", "CD4T", "CD8T", "NK"))
+    assert kang.map("CD8+ Cytotoxic T") == "CD8T"
+    assert kang.map("naive CD4 T cell") == "CD4T"
+    assert kang.map("Th2") == "CD4T"
+    # Nearest first: with CD8 T cells in the set, a naive CD8 T cell is one of them, not just a T cell.
+    assert LabelMapper(("T cell", "CD8 T cell")).map("CD8+/CD45RA+ Naive Cytotoxic") == "CD8 T cell"
+    assert LabelMapper(("B cell", "T cell")).map("CD8+ Cytotoxic T") == "T cell"
+    # Never coarser: 'T cell' does not say whether it means CD4T or CD8T.
+    assert kang.map("T cell") is None
+    # A term two labels of the set share is ambiguous, also as an ancestor.
+    assert LabelMapper(("CD8T", "CD8 T cell")).map("CD8+ Cytotoxic T") is None
+
+
 def test_evaluate_reports_required_fields(tiny_model, synthetic_set):
     result = evaluate(tiny_model, synthetic_set["path"], synthetic_set["split_path"], "cta", "cell_type", seed=1)
     for key in ("accuracy", "macro_f1", "weighted_f1", "invalid_rate", "n_cells", "n_instructions"):
