@@ -216,7 +216,9 @@ def _info(args) -> int:
 
     path = default_checkpoint_path()
     config = json.loads((path / "config.json").read_text())
-    print(json.dumps({k: config.get(k) for k in ("package_version", "created", "command", "data", "valid")}, indent=1))
+    # started_from / resumed_from chain back to the run from scratch (absent on such a run itself).
+    keys = ("package_version", "created", "command", "started_from", "resumed_from", "weights_storage", "data", "valid")
+    print(json.dumps({k: config[k] for k in keys if k in config}, indent=1))
     return 0
 
 

@@ -126,3 +126,16 @@ def test_train_passes_its_options_to_the_config(synthetic_set, tmp_path, monkeyp
     got = seen["cfg"]
     assert (got.hidden_dim, got.gene_keep, got.panel_drop_prob) == (96, 1.0, 0.0)
     assert (got.lr, got.init_from) == (1e-4, "ckpt")
+
+
+def test_info_prints_how_the_shipped_checkpoint_was_made(capsys):
+    from instructcell_agent import default_checkpoint_path
+
+    assert main(["info"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    config = json.loads((default_checkpoint_path() / "config.json").read_text())
+    assert printed["command"] == config["command"]
+    # Whatever chain of starting points the checkpoint records is shown, down to its data hashes.
+    for key in ("started_from", "resumed_from", "weights_storage"):
+        assert printed.get(key) == config.get(key)
+    assert all(len(entry["sha256"]) == 64 for entry in printed["data"])
