@@ -1,13 +1,19 @@
-"""Training learns the planted signal, is seeded, and resumes where it stopped."""
+"""Training learns the planted signal, is seeded, resumes where it stopped, and starts from a checkpoint."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import shutil
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
 from synthetic import tiny_train_config
+from instructcell_agent.core_model.checkpoint import load_checkpoint
+from instructcell_agent.core_model.config import BackboneConfig
+from instructcell_agent.core_model.errors import CheckpointError
 from instructcell_agent.core_model.training import train
 
 
@@ -36,19 +42,14 @@ def test_resume_continues_from_saved_state(planted_spec, tmp_path):
     assert a.keys() == b.keys()
 
 
+
 def test_a_run_started_from_a_checkpoint_keeps_its_vocabulary_and_labels(tiny_checkpoint, planted_spec, tmp_path):
-    import dataclasses
-
-    from instructcell_agent.core_model.checkpoint import load_checkpoint
-
     start = load_checkpoint(tiny_checkpoint)
     # A label set the new run does not train on must survive into the new checkpoint.
-    labels = json.loads((tiny_checkpoint / "labels.json").read_text())
-    labels["kept_from_start"] = dict(labels["planted"], labels=["x", "y"])
     copy = tmp_path / "start"
-    import shutil
-
     shutil.copytree(tiny_checkpoint, copy)
+    labels = json.loads((copy / "labels.json").read_text())
+    labels["kept_from_start"] = dict(labels["planted"], labels=["x", "y"])
     (copy / "labels.json").write_text(json.dumps(labels))
     # A gentle learning rate, as for any continued run (fresh optimizer moments); a stage 1 of
     # 10,000 epochs would take many minutes, so the test also shows that it is skipped.
@@ -60,27 +61,19 @@ def test_a_run_started_from_a_checkpoint_keeps_its_vocabulary_and_labels(tiny_ch
     assert set(new.label_sets) == {"planted", "kept_from_start"}
     assert new.info["started_from"]["path"] == str(copy)
     assert new.info["started_from"]["weights_sha256"]
-    # A run started from that one records the whole chain.
-    again = train(dataclasses.replace(cfg, init_from=str(out), lm_steps=1), tmp_path / "again", specs=[planted_spec],
-                  show_progress=False)
-    assert load_checkpoint(again).info["started_from"]["started_from"]["path"] == str(copy)
     # Stage 2 moved the weights away from the start, and the model still answers.
     before, after = load_file(str(copy / "weights.safetensors")), load_file(str(out / "weights.safetensors"))
     assert before.keys() == after.keys()
     assert any(not torch.equal(before[k], after[k]) for k in before)
     assert json.loads((tmp_path / "more" / "valid_metrics.json").read_text())["planted"]["accuracy"] >= 0.6
+    # A run started from that one records the whole chain.
+    again = train(dataclasses.replace(cfg, init_from=str(out), lm_steps=1), tmp_path / "again", specs=[planted_spec],
+                  show_progress=False)
+    assert load_checkpoint(again).info["started_from"]["started_from"]["path"] == str(copy)
 
 
 def test_a_run_started_from_a_checkpoint_refuses_another_backbone(tiny_checkpoint, planted_spec, tmp_path):
-    import dataclasses
-
-    import pytest
-
-    from instructcell_agent.core_model.config import BackboneConfig
-    from instructcell_agent.core_model.errors import CheckpointError
-
     cfg = dataclasses.replace(tiny_train_config(lm_steps=2), init_from=str(tiny_checkpoint),
                               backbone=BackboneConfig(kind="smollm2"))
     with pytest.raises(CheckpointError, match="backbone"):
         train(cfg, tmp_path / "other", specs=[planted_spec], show_progress=False)
-
