@@ -101,6 +101,12 @@ class TrainingData:
             total += len(labels)
         return cls(splits, offsets, index, total)
 
+    def dataset_probs(self) -> np.ndarray:
+        """Chance each dataset is drawn for a batch: proportional to sqrt(cells), so small sets are
+        seen more than their size alone would give, large ones less."""
+        root = np.sqrt([s.n_cells for s in self.splits])
+        return root / root.sum()
+
     def sample(self, rng: np.random.Generator, d: int, n: int) -> np.ndarray:
         """Cells of dataset d, class-balanced in part (weight count^-0.5) so rare types are seen."""
         labels = self.splits[d].labels
@@ -220,13 +226,12 @@ def train_encoder(encoder: nn.Module, aux: AuxHead, data: TrainingData, cfg: Tra
     params = list(encoder.parameters()) + list(aux.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.encoder_lr, weight_decay=cfg.weight_decay)
     rng = np.random.default_rng(cfg.seed)
-    sizes = np.array([s.n_cells for s in data.splits], dtype=float)
-    steps = int(cfg.encoder_epochs * sizes.sum() / cfg.encoder_batch)
-    probs = sizes**0.5 / (sizes**0.5).sum()
+    steps = int(cfg.encoder_epochs * sum(s.n_cells for s in data.splits) / cfg.encoder_batch)
+    probs = data.dataset_probs()
     encoder.train()
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.encoder_lr, total_steps=max(steps, 1))
     for _ in tqdm(range(steps), desc="stage 1 (encoder)", disable=not show):
-        d = int(rng.choice(len(sizes), p=probs))
+        d = int(rng.choice(len(probs), p=probs))
         rows = data.sample(rng, d, cfg.encoder_batch)
         logits = aux(encoder(_batch(data, d, rows, target_sum, cfg, rng))) + data.mask(d)
         loss = F.cross_entropy(logits, data.targets(d, rows), label_smoothing=0.1)
@@ -266,8 +271,7 @@ def _stage2(model: CellLanguageModel, aux: AuxHead, data: TrainingData, cfg: Tra
         sched.load_state_dict(state["sched"])
         start = int(state["step"])
     banks = {task: load_bank(task).train for task in {s.spec.task for s in data.splits}}
-    sizes = np.array([s.n_cells for s in data.splits], dtype=float)
-    probs = sizes**0.5 / (sizes**0.5).sum()
+    probs = data.dataset_probs()
     model.train()
     model.lm.eval()  # no dropout in the backbone, frozen or not
     bar = tqdm(range(start, cfg.lm_steps), desc="stage 2 (LM)", disable=not show, initial=start, total=cfg.lm_steps)
@@ -275,7 +279,7 @@ def _stage2(model: CellLanguageModel, aux: AuxHead, data: TrainingData, cfg: Tra
         # Per-step seeds make a resumed run draw exactly what an uninterrupted one would.
         rng = np.random.default_rng([cfg.seed, step])
         prng = random.Random(cfg.seed * 1_000_003 + step)
-        d = int(rng.choice(len(sizes), p=probs))
+        d = int(rng.choice(len(probs), p=probs))
         split = data.splits[d]
         rows = data.sample(rng, d, cfg.batch_size)
         template = prng.choice(banks[split.spec.task])

@@ -83,12 +83,11 @@ def merged_label_sets(start: LoadedModel, new: dict[str, dict[str, Any]]) -> dic
 
 def sampler(data, cfg, target_sum: float, make_batch):
     """`batches(step)` for `fit_aux_head` over the run's training data (seeded per step)."""
-    sizes = np.array([s.n_cells for s in data.splits], dtype=float)
-    probs = sizes**0.5 / (sizes**0.5).sum()
+    probs = data.dataset_probs()
 
     def batches(step: int):
         rng = np.random.default_rng([cfg.seed, 7, step])
-        d = int(rng.choice(len(sizes), p=probs))
+        d = int(rng.choice(len(probs), p=probs))
         rows = data.sample(rng, d, cfg.encoder_batch)
         return make_batch(data, d, rows, target_sum, cfg, rng), data.targets(d, rows), data.mask(d)
 
