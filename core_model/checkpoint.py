@@ -146,6 +146,52 @@ def store_weights_as(checkpoint_dir: str | os.PathLike, dtype: str = "float16",
     return record
 
 
+GENE_INPUT_WEIGHT = "encoder.gene_proj.weight"  # (hidden, n_genes): the one tensor indexed by gene
+
+
+def reorder_genes(checkpoint_dir: str | os.PathLike, vocab: list[str], command: str | None = None) -> dict[str, str | None]:
+    """Put a checkpoint's genes in the order of `vocab` (the same genes), in place and atomically.
+
+    Only the encoder's first layer reads genes, one weight column per gene, so permuting its
+    columns with the vocabulary leaves every answer unchanged. Use: a retrained cell model whose
+    vocabulary holds the same genes as the shipped generator's, in another order, can then carry
+    that generator (which is bound to the exact gene order it decodes into).
+    """
+    root = Path(checkpoint_dir)
+    old = json.loads((root / "gene_vocab.json").read_text())
+    if sorted(old) != sorted(vocab) or len(set(vocab)) != len(vocab):
+        extra, missing = sorted(set(vocab) - set(old))[:5], sorted(set(old) - set(vocab))[:5]
+        raise CheckpointError(f"{root}: the new order must hold exactly the checkpoint's genes "
+                              f"(not in the checkpoint: {extra}; left out: {missing}; or duplicates)")
+    # Weights and vocabulary must change together: edit a copy of the directory, then swap it in.
+    work = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}-reorder-"))
+    shutil.rmtree(work)
+    shutil.copytree(root, work)
+    try:
+        path = work / "weights.safetensors"
+        before = file_sha256(path)
+        state = load_file(str(path))
+        position = {g: i for i, g in enumerate(old)}
+        state[GENE_INPUT_WEIGHT] = state[GENE_INPUT_WEIGHT][:, [position[g] for g in vocab]].contiguous()
+        save_file(state, str(path))
+        (work / "gene_vocab.json").write_text(json.dumps(vocab))
+        record = {"sha256_before": before, "sha256_after": file_sha256(path), "command": command}
+        config = json.loads((work / "config.json").read_text())
+        config["genes_reordered"] = record
+        (work / "config.json").write_text(json.dumps(config, indent=1))
+        for item in work.iterdir():
+            if item.is_file():
+                os.chmod(item, 0o644)
+        old_dir = root.with_name(f".{root.name}-replaced")
+        os.replace(root, old_dir)
+        os.replace(work, root)
+        shutil.rmtree(old_dir)
+    finally:
+        if work.exists():
+            shutil.rmtree(work, ignore_errors=True)
+    return record
+
+
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedModel:
     """Rebuild a model from a checkpoint directory (strict: every trained tensor must match)."""
     root = Path(path)

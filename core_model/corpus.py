@@ -9,7 +9,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .alignment import AlignmentReport, align_to_vocab
-from .datasets import DatasetSpec, prompt_fields, read_split, subset_by_names
+from .datasets import DatasetSpec, prompt_fields, split_names, subset_by_names
 from .io import get_labels, read_h5ad
 
 
@@ -30,11 +30,15 @@ class SplitData:
 
 
 def load_split(spec: DatasetSpec, vocab: list[str], split: str, split_path: Path | None = None) -> SplitData:
-    """Read `spec`'s file, keep the cells of `split`, align them to `vocab`."""
+    """Read `spec`'s file, keep the cells of `split`, align them to `vocab`.
+
+    `split` is one split name, several joined by '+' ("train+valid": their cells in that order),
+    or "all" (every cell in the file).
+    """
     adata = read_h5ad(spec.path)
     path = split_path or spec.split_path
     if path is not None and split != "all":
-        adata = subset_by_names(adata, read_split(path)[split], split)
+        adata = subset_by_names(adata, split_names(path, split), split)
     aligned = align_to_vocab(adata, vocab)
     labels = get_labels(adata, spec.label_key)
     return SplitData(spec, aligned.X, labels, prompt_fields(adata, spec), list(adata.obs_names), aligned.report)

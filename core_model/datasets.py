@@ -121,6 +121,16 @@ def read_split(path: str | os.PathLike) -> dict[str, list[str]]:
     return split
 
 
+def split_names(path: str | os.PathLike, split: str) -> list[str]:
+    """obs_names of `split` in a split file; several splits joined by '+' ("train+valid") give
+    their cells in that order."""
+    table = read_split(path)
+    unknown = [part for part in split.split("+") if part not in table]
+    if unknown:
+        raise InputFileError(f"split file {path} has no split {unknown[0]!r}; it has {sorted(table)}")
+    return [name for part in split.split("+") for name in table[part]]
+
+
 def subset_by_names(adata: ad.AnnData, names: list[str], what: str) -> ad.AnnData:
     """Rows of `adata` named `names`, in that order; refuses names the file does not hold."""
     index = adata.obs_names.get_indexer(names)

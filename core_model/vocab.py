@@ -37,7 +37,10 @@ def highly_variable_symbols(adata: ad.AnnData, n_top: int) -> list[str]:
     sc.pp.normalize_total(tmp, target_sum=1e4)
     sc.pp.log1p(tmp)
     sc.pp.highly_variable_genes(tmp, flavor="seurat", n_top_genes=n_top)
-    ranked = tmp.var.sort_values("dispersions_norm", ascending=False)
+    # Genes with equal dispersion are common (46 ties in zheng2017's top 2,000): break ties by
+    # symbol with a stable sort, or the order, and so the encoder's input layout, depends on
+    # the pandas version's sorting algorithm.
+    ranked = tmp.var.sort_values(["dispersions_norm", "symbol"], ascending=[False, True], kind="mergesort")
     ranked = ranked[ranked["highly_variable"]]
     return _dedupe(ranked["symbol"].astype(str))
 

@@ -31,6 +31,11 @@ def _add_train(sub) -> None:
                    help="start from this checkpoint's weights and gene vocabulary (skips stage 1): more steps "
                         "for a trained model, or fine-tuning it on --catalog sets")
     p.add_argument("--lr", type=float, default=5e-4, help="peak learning rate of stage 2")
+    p.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay, both stages")
+    p.add_argument("--fit-splits", default="train", choices=["train", "train+valid"],
+                   help="splits to fit on; train+valid is the final refit once settings were chosen on valid")
+    p.add_argument("--vocab-from", default=None, metavar="CHECKPOINT_OR_JSON",
+                   help="take the gene vocabulary (genes and order) from a checkpoint or gene_vocab.json")
     p.add_argument("--catalog", action="append", default=[],
                    help="JSON list of your own datasets in the shared catalog's format (name, task cta|dsp, "
                         "path, label, split, drug for dsp); repeatable; trained beside the shared sets")
@@ -100,6 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     c = sub.add_parser("store-weights", help="rewrite a checkpoint's trained weights in a smaller float type")
     c.add_argument("--checkpoint", required=True)
     c.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default="float16")
+    c = sub.add_parser("reorder-genes", help="put a checkpoint's genes in another checkpoint's order (same answers)")
+    c.add_argument("--checkpoint", required=True, help="checkpoint to rewrite in place")
+    c.add_argument("--like", required=True, help="checkpoint directory (or gene_vocab.json) whose order to take")
     from .core_model.generation import commands as generation_commands  # generate, train-generator, cpcg
 
     generation_commands.add_generation_commands(sub)
@@ -112,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
         if generation_commands.handles(args):
             return generation_commands.run(args)
         return {"train": _train, "evaluate": _evaluate, "annotate": _annotate, "explain": _explain,
-                "info": _info, "store-weights": _store_weights}[args.command](args)
+                "info": _info, "store-weights": _store_weights,
+                "reorder-genes": _reorder_genes}[args.command](args)
     except InstructCellError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -129,7 +138,8 @@ def _train(args) -> int:
         datasets=tuple(d for d in args.datasets.split(",") if d), backbone=BackboneConfig(kind=args.backbone),
         lm_steps=args.lm_steps, encoder_epochs=args.encoder_epochs, batch_size=args.batch_size,
         n_hvg=args.n_hvg, seed=args.seed, hidden_dim=args.hidden_dim, gene_keep=args.gene_keep,
-        panel_drop_prob=args.panel_drop, lr=args.lr, init_from=args.init_from,
+        panel_drop_prob=args.panel_drop, lr=args.lr, init_from=args.init_from, weight_decay=args.weight_decay,
+        fit_splits=args.fit_splits, vocab_from=args.vocab_from,
     )
     command = "instructcell " + " ".join(sys.argv[1:]) if argv_is_cli() else None
     specs = None
@@ -172,6 +182,16 @@ def _store_weights(args) -> int:
     record = store_weights_as(args.checkpoint, args.dtype, command=command)
     record["generator_rebound"] = rebind_model_weights(args.checkpoint, record["sha256_before"])
     print(json.dumps(record))
+    return 0
+
+
+def _reorder_genes(args) -> int:
+    from .core_model.checkpoint import reorder_genes
+
+    like = Path(args.like)
+    vocab = json.loads((like / "gene_vocab.json" if like.is_dir() else like).read_text())
+    command = "instructcell " + " ".join(sys.argv[1:]) if argv_is_cli() else None
+    print(json.dumps(reorder_genes(args.checkpoint, vocab, command=command)))
     return 0
 
 

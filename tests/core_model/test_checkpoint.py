@@ -118,3 +118,34 @@ def test_free_answer_vocabulary_follows_the_cells_species_and_tissue():
     assert loaded.labels_for_context("annotation", "", "liver") == ["B", "NK", "alpha", "beta"]
     fields = [{"species": "human", "tissue": "pancreas"}, {"species": "human", "tissue": "peripheral blood"}]
     assert loaded.labels_for_cells("annotation", fields) == [["alpha", "beta"], ["B", "NK"]]
+
+
+def test_reordering_the_genes_keeps_every_answer(tiny_checkpoint, tmp_path):
+    from synthetic import CELL_TYPES, make_counts
+
+    import instructcell_agent as ica
+    from instructcell_agent.cli import main
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, ckpt)
+    order = list(reversed(load_checkpoint(tiny_checkpoint).vocab))
+    (tmp_path / "order.json").write_text(json.dumps(order))
+    assert main(["reorder-genes", "--checkpoint", str(ckpt), "--like", str(tmp_path / "order.json")]) == 0
+    before, after = load_checkpoint(tiny_checkpoint), load_checkpoint(ckpt)
+    assert after.vocab == order
+    assert after.info["genes_reordered"]["sha256_before"] != after.info["genes_reordered"]["sha256_after"]
+    cells = make_counts(24, seed=5)
+    a = ica.annotate(cells, model=before, candidates=list(CELL_TYPES)).probabilities.to_numpy()
+    b = ica.annotate(cells, model=after, candidates=list(CELL_TYPES)).probabilities.to_numpy()
+    np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_reordering_refuses_another_gene_set(tiny_checkpoint, tmp_path):
+    from instructcell_agent.core_model.checkpoint import reorder_genes
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, ckpt)
+    vocab = load_checkpoint(ckpt).vocab
+    with pytest.raises(CheckpointError, match="exactly the checkpoint's genes"):
+        reorder_genes(ckpt, vocab[:-1] + ["NOT_A_GENE"])
+    assert load_checkpoint(ckpt).vocab == vocab  # untouched

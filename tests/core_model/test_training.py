@@ -13,7 +13,9 @@ from safetensors.torch import load_file
 from synthetic import tiny_train_config
 from instructcell_agent.core_model.checkpoint import load_checkpoint
 from instructcell_agent.core_model.config import BackboneConfig
-from instructcell_agent.core_model.errors import CheckpointError
+from instructcell_agent.core_model.corpus import load_split
+from instructcell_agent.core_model.datasets import read_split
+from instructcell_agent.core_model.errors import CheckpointError, InputFileError
 from instructcell_agent.core_model.training import train
 
 
@@ -77,3 +79,23 @@ def test_a_run_started_from_a_checkpoint_refuses_another_backbone(tiny_checkpoin
                               backbone=BackboneConfig(kind="smollm2"))
     with pytest.raises(CheckpointError, match="backbone"):
         train(cfg, tmp_path / "other", specs=[planted_spec], show_progress=False)
+
+
+def test_a_refit_on_train_and_valid_sees_both_splits_and_skips_the_valid_check(tiny_checkpoint, planted_spec,
+                                                                                  tmp_path):
+    split = read_split(planted_spec.split_path)
+    order = list(reversed(load_checkpoint(tiny_checkpoint).vocab))
+    (tmp_path / "order.json").write_text(json.dumps(order))
+    cfg = tiny_train_config(encoder_epochs=1, lm_steps=2, save_every=2, fit_splits="train+valid",
+                            vocab_from=str(tmp_path / "order.json"))
+    refit = load_checkpoint(train(cfg, tmp_path / "refit", specs=[planted_spec], show_progress=False))
+    assert refit.vocab == order  # taken as given, not rebuilt
+    both = load_split(planted_spec, refit.vocab, "train+valid")
+    assert both.obs_names == split["train"] + split["valid"]
+    assert refit.info["valid"] == {"skipped": "the model was fitted on train+valid"}
+    assert refit.info["train_config"]["fit_splits"] == "train+valid"
+
+
+def test_an_unknown_split_name_is_refused(planted_spec):
+    with pytest.raises(InputFileError, match="no split 'holdout'"):
+        load_split(planted_spec, ["GENE0"], "train+holdout")
