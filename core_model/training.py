@@ -36,7 +36,7 @@ from .datasets import DatasetSpec, load_catalog, split_names, subset_by_names
 from .instructions import format_choices, has_choices, load_bank, render
 from .io import file_sha256, read_h5ad
 from .model import CellLanguageModel
-from .vocab import build_vocab
+from .vocab import build_vocab, read_vocab
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +157,8 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, show_p
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
+    if cfg.init_from and cfg.vocab_from:
+        raise ValueError("--vocab-from cannot be combined with --init-from: the starting checkpoint's genes are kept")
     specs = specs or select_specs(cfg)
     start = warm_start.load_start(cfg.init_from, cfg.backbone, cfg.train_lm, out) if cfg.init_from else None
     vocab = start.vocab if start else _vocab(specs, cfg, out)
@@ -217,8 +219,7 @@ def _vocab(specs: list[DatasetSpec], cfg: TrainConfig, out: Path) -> list[str]:
     if path.exists():  # resuming: the vocabulary must not change under the weights
         return json.loads(path.read_text())
     if cfg.vocab_from:
-        source = Path(cfg.vocab_from)
-        vocab = json.loads((source / "gene_vocab.json" if source.is_dir() else source).read_text())
+        vocab = read_vocab(cfg.vocab_from)
         path.write_text(json.dumps(vocab))
         return vocab
     sets = [subset_by_names(read_h5ad(s.path), split_names(s.split_path, cfg.fit_splits), cfg.fit_splits)

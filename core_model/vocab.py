@@ -3,8 +3,11 @@ named as human symbols (mouse genes through their orthologs)."""
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import anndata as ad
 import numpy as np
@@ -65,3 +68,9 @@ def _dedupe(genes) -> list[str]:
             seen.add(g)
             out.append(g)
     return out
+
+
+def read_vocab(path: str | os.PathLike) -> list[str]:
+    """A gene vocabulary from a gene_vocab.json file or a checkpoint directory holding one."""
+    source = Path(path)
+    return json.loads((source / "gene_vocab.json" if source.is_dir() else source).read_text())

@@ -187,9 +187,9 @@ def _store_weights(args) -> int:
 
 def _reorder_genes(args) -> int:
     from .core_model.checkpoint import reorder_genes
+    from .core_model.vocab import read_vocab
 
-    like = Path(args.like)
-    vocab = json.loads((like / "gene_vocab.json" if like.is_dir() else like).read_text())
+    vocab = read_vocab(args.like)
     command = "instructcell " + " ".join(sys.argv[1:]) if argv_is_cli() else None
     print(json.dumps(reorder_genes(args.checkpoint, vocab, command=command)))
     return 0

@@ -99,3 +99,9 @@ def test_a_refit_on_train_and_valid_sees_both_splits_and_skips_the_valid_check(t
 def test_an_unknown_split_name_is_refused(planted_spec):
     with pytest.raises(InputFileError, match="no split 'holdout'"):
         load_split(planted_spec, ["GENE0"], "train+holdout")
+
+
+def test_a_given_vocabulary_cannot_be_combined_with_a_starting_checkpoint(tiny_checkpoint, planted_spec, tmp_path):
+    cfg = tiny_train_config(lm_steps=1, init_from=str(tiny_checkpoint), vocab_from=str(tiny_checkpoint))
+    with pytest.raises(ValueError, match="--vocab-from cannot be combined"):
+        train(cfg, tmp_path / "both", specs=[planted_spec], show_progress=False)
