@@ -76,6 +76,9 @@ class TrainConfig:
     # vocabulary from the data: keeps a retrained model on the genes, and in the gene order, that
     # a shipped generator decodes into.
     vocab_from: str | None = None
+    # Datasets are drawn for a batch with probability proportional to cells**dataset_alpha: 0.5
+    # favours small sets, 1.0 gives every train cell the same number of passes.
+    dataset_alpha: float = 0.5
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -109,11 +112,13 @@ class TrainingData:
             total += len(labels)
         return cls(splits, offsets, index, total)
 
-    def dataset_probs(self) -> np.ndarray:
-        """Chance each dataset is drawn for a batch: proportional to sqrt(cells), so small sets are
-        seen more than their size alone would give, large ones less."""
-        root = np.sqrt([s.n_cells for s in self.splits])
-        return root / root.sum()
+    def dataset_probs(self, alpha: float = 0.5) -> np.ndarray:
+        """Chance each dataset is drawn for a batch: proportional to cells**alpha. Below 1, small
+        sets are seen more than their size alone would give, large ones less."""
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"dataset_alpha must lie in [0, 1], got {alpha}")
+        weight = np.asarray([s.n_cells for s in self.splits], dtype=float) ** alpha
+        return weight / weight.sum()
 
     def sample(self, rng: np.random.Generator, d: int, n: int) -> np.ndarray:
         """Cells of dataset d, class-balanced in part (weight count^-0.5) so rare types are seen."""
@@ -243,7 +248,7 @@ def train_encoder(encoder: nn.Module, aux: AuxHead, data: TrainingData, cfg: Tra
     opt = torch.optim.AdamW(params, lr=cfg.encoder_lr, weight_decay=cfg.weight_decay)
     rng = np.random.default_rng(cfg.seed)
     steps = int(cfg.encoder_epochs * sum(s.n_cells for s in data.splits) / cfg.encoder_batch)
-    probs = data.dataset_probs()
+    probs = data.dataset_probs(cfg.dataset_alpha)
     encoder.train()
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.encoder_lr, total_steps=max(steps, 1))
     for _ in tqdm(range(steps), desc="stage 1 (encoder)", disable=not show):
@@ -287,7 +292,7 @@ def _stage2(model: CellLanguageModel, aux: AuxHead, data: TrainingData, cfg: Tra
         sched.load_state_dict(state["sched"])
         start = int(state["step"])
     banks = {task: load_bank(task).train for task in {s.spec.task for s in data.splits}}
-    probs = data.dataset_probs()
+    probs = data.dataset_probs(cfg.dataset_alpha)
     model.train()
     model.lm.eval()  # no dropout in the backbone, frozen or not
     bar = tqdm(range(start, cfg.lm_steps), desc="stage 2 (LM)", disable=not show, initial=start, total=cfg.lm_steps)

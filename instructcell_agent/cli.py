@@ -32,6 +32,9 @@ def _add_train(sub) -> None:
                         "for a trained model, or fine-tuning it on --catalog sets")
     p.add_argument("--lr", type=float, default=5e-4, help="peak learning rate of stage 2")
     p.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay, both stages")
+    p.add_argument("--dataset-alpha", type=float, default=0.5,
+                   help="draw datasets with probability proportional to cells**ALPHA (0.5 favours small "
+                        "sets; 1 gives every train cell the same number of passes)")
     p.add_argument("--fit-splits", default="train", choices=["train", "train+valid"],
                    help="splits to fit on; train+valid is the final refit once settings were chosen on valid")
     p.add_argument("--vocab-from", default=None, metavar="CHECKPOINT_OR_JSON",
@@ -139,7 +142,7 @@ def _train(args) -> int:
         lm_steps=args.lm_steps, encoder_epochs=args.encoder_epochs, batch_size=args.batch_size,
         n_hvg=args.n_hvg, seed=args.seed, hidden_dim=args.hidden_dim, gene_keep=args.gene_keep,
         panel_drop_prob=args.panel_drop, lr=args.lr, init_from=args.init_from, weight_decay=args.weight_decay,
-        fit_splits=args.fit_splits, vocab_from=args.vocab_from,
+        fit_splits=args.fit_splits, vocab_from=args.vocab_from, dataset_alpha=args.dataset_alpha,
     )
     command = "instructcell " + " ".join(sys.argv[1:]) if argv_is_cli() else None
     specs = None

@@ -34,6 +34,8 @@ def add_generation_commands(sub: Any) -> None:
     t.add_argument("--datasets", default="", help="comma-separated catalog names (default: every annotation set)")
     t.add_argument("--epochs", type=int, default=20, help="passes over the training cells (count VAE)")
     t.add_argument("--signal-prompts", type=int, default=768, help="instruction prompts that fit the signal read-out")
+    t.add_argument("--signal-tune-prompts", type=int, default=192,
+                   help="instruction prompts that tune the signal token's embedding (gradients through the LM)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--lm-adapters", choices=["off", "on"], default="off",
                    help="read instructions through the cell model's LoRA adapters (default off: the backbone as "
@@ -89,7 +91,8 @@ def _train(args: argparse.Namespace) -> int:
     from .train import GeneratorTrainConfig, train_generator
 
     cfg = GeneratorTrainConfig(datasets=tuple(d for d in args.datasets.split(",") if d), epochs=args.epochs,
-                               signal_prompts=args.signal_prompts, seed=args.seed,
+                               signal_prompts=args.signal_prompts, signal_tune_prompts=args.signal_tune_prompts,
+                               seed=args.seed,
                                lm_adapters=args.lm_adapters == "on")
     path = train_generator(args.checkpoint, cfg, command="instructcell " + " ".join(sys.argv[1:]))
     print(path)

@@ -105,3 +105,16 @@ def test_a_given_vocabulary_cannot_be_combined_with_a_starting_checkpoint(tiny_c
     cfg = tiny_train_config(lm_steps=1, init_from=str(tiny_checkpoint), vocab_from=str(tiny_checkpoint))
     with pytest.raises(ValueError, match="--vocab-from cannot be combined"):
         train(cfg, tmp_path / "both", specs=[planted_spec], show_progress=False)
+
+
+def test_dataset_draws_follow_cells_to_the_power_alpha():
+    from types import SimpleNamespace
+
+    from instructcell_agent.core_model.training import TrainingData
+
+    data = TrainingData([SimpleNamespace(n_cells=n) for n in (100, 400)], [0, 2], [{}, {}], 4)
+    assert data.dataset_probs(1.0) == pytest.approx([0.2, 0.8])
+    assert data.dataset_probs(0.5) == pytest.approx([1 / 3, 2 / 3])  # sqrt: 10 vs 20
+    assert data.dataset_probs(0.0) == pytest.approx([0.5, 0.5])
+    with pytest.raises(ValueError, match="dataset_alpha"):
+        data.dataset_probs(1.5)
