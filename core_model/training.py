@@ -80,6 +80,11 @@ class TrainConfig:
     # favours small sets, 1.0 gives every train cell the same number of passes.
     dataset_alpha: float = 0.5
 
+    def __post_init__(self) -> None:
+        # Checked here, not at the first draw, so a bad value fails before minutes of data loading.
+        if not 0.0 <= self.dataset_alpha <= 1.0:
+            raise ValueError(f"dataset_alpha must lie in [0, 1], got {self.dataset_alpha}")
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -115,8 +120,6 @@ class TrainingData:
     def dataset_probs(self, alpha: float = 0.5) -> np.ndarray:
         """Chance each dataset is drawn for a batch: proportional to cells**alpha. Below 1, small
         sets are seen more than their size alone would give, large ones less."""
-        if not 0.0 <= alpha <= 1.0:
-            raise ValueError(f"dataset_alpha must lie in [0, 1], got {alpha}")
         weight = np.asarray([s.n_cells for s in self.splits], dtype=float) ** alpha
         return weight / weight.sum()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -16,7 +17,7 @@ from instructcell_agent.core_model.config import BackboneConfig
 from instructcell_agent.core_model.corpus import load_split
 from instructcell_agent.core_model.datasets import read_split
 from instructcell_agent.core_model.errors import CheckpointError, InputFileError
-from instructcell_agent.core_model.training import train
+from instructcell_agent.core_model.training import TrainingData, train
 
 
 def test_training_learns_planted_types(tiny_run):
@@ -108,13 +109,9 @@ def test_a_given_vocabulary_cannot_be_combined_with_a_starting_checkpoint(tiny_c
 
 
 def test_dataset_draws_follow_cells_to_the_power_alpha():
-    from types import SimpleNamespace
-
-    from instructcell_agent.core_model.training import TrainingData
-
     data = TrainingData([SimpleNamespace(n_cells=n) for n in (100, 400)], [0, 2], [{}, {}], 4)
     assert data.dataset_probs(1.0) == pytest.approx([0.2, 0.8])
     assert data.dataset_probs(0.5) == pytest.approx([1 / 3, 2 / 3])  # sqrt: 10 vs 20
     assert data.dataset_probs(0.0) == pytest.approx([0.5, 0.5])
     with pytest.raises(ValueError, match="dataset_alpha"):
-        data.dataset_probs(1.5)
+        tiny_train_config(dataset_alpha=1.5)
