@@ -63,8 +63,9 @@ THROUGHPUT_NOTE = (
     "mixed phrasings (answers generated where a phrasing lists no candidates); the baselines' predict step on "
     "log1p(CP10k). CellTypist `annotate` spends a fixed time matching gene names (numpy object-array `isin`, "
     "seconds on 20k genes), so the ratio uses its scale+predict steps timed alone on genes already in model order "
-    "(same predictions, checked). Timings are wall-clock on a shared machine (see load "
-    "average above).")
+    "(same predictions, checked). The fixed-instruction run is timed twice, with the language model in float32 "
+    "(as in the accuracy table) and in bfloat16 (`--precision auto` on CPUs with bfloat16 units, as here), with the "
+    "share of cells given the same answer. Timings are wall-clock on a shared machine (see load average above).")
 VERSIONED = ("instructcell-agent", "torch", "transformers", "scanpy", "anndata", "scikit-learn", "celltypist",
              "numpy")
 
@@ -151,12 +152,23 @@ def ours_block(loaded: LoadedModel, spec: DatasetSpec, split_path: Path) -> dict
 
 
 def throughput_block(loaded: LoadedModel, spec: DatasetSpec, split_path: Path, labels: list[str]) -> dict[str, Any]:
+    """Fixed-instruction answering timed with the LM in float32 (as loaded) and in bfloat16."""
+    import torch
+
     data = load_split(spec, loaded.vocab, "test", split_path=split_path)
     phrasing = fixed_phrasing(spec.task)
     preds = predict_split(loaded, data.X, data.fields, data.labels, labels, [phrasing], seed=0)
+    loaded.model.use_lm_dtype(torch.bfloat16)
+    try:
+        half = predict_split(loaded, data.X, data.fields, data.labels, labels, [phrasing], seed=0)
+    finally:
+        loaded.model.use_lm_dtype(torch.float32)
     return {"phrasing": phrasing, "n_cells": data.n_cells, "seconds": preds.seconds,
             "cells_per_second": data.n_cells / max(preds.seconds, 1e-9),
-            "accuracy": float(np.mean(preds.predicted == data.labels))}
+            "accuracy": float(np.mean(preds.predicted == data.labels)),
+            "bf16_cells_per_second": data.n_cells / max(half.seconds, 1e-9),
+            "bf16_accuracy": float(np.mean(half.predicted == data.labels)),
+            "bf16_same_answer": float(np.mean(half.predicted == preds.predicted))}
 
 
 def target_checks(name: str, row: dict[str, Any]) -> dict[str, Any]:
@@ -217,11 +229,14 @@ def _throughput_row(row: dict[str, Any]) -> str:
     core = b["celltypist"].get("core_cells_per_second") or cps["celltypist"]
     cells = [row["name"], str(row["n_test"])]
     if "throughput" in row:
-        ours = row["throughput"]["cells_per_second"]
+        t = row["throughput"]
+        ours, half = t["cells_per_second"], t.get("bf16_cells_per_second")
         cells += [f"{ours:.1f}", f"{row['ours']['own']['cells_per_second']:.1f}"]
+        cells += [f"{half:.1f} ({half / ours:.2f}x fp32; same answer {t['bf16_same_answer']:.3f})" if half else "-"]
     cells += [f"{cps['celltypist']:.0f}", f"{core:.0f}", f"{cps['logreg']:.0f}", f"{cps['knn']:.0f}"]
     if "throughput" in row:
-        cells += [f"{ours / core:.3g}x", f"{ours / cps['knn']:.3g}x"]
+        best = max(ours, half or 0.0)
+        cells += [f"{best / core:.3g}x", f"{best / cps['knn']:.3g}x"]
     return "| " + " | ".join(cells) + " |"
 
 
@@ -232,9 +247,11 @@ def _tables(rows: list[dict[str, Any]], with_ours: bool) -> list[str]:
                  "F1 - best baseline", "acc unseen - own", "target met?"]
     thead = ["dataset", "n_test"]
     if with_ours:
-        thead += ["ours, fixed instruction (cells/s)", "ours, evaluate own phrasings (cells/s)"]
+        thead += ["ours, fixed instruction (cells/s)", "ours, evaluate own phrasings (cells/s)",
+                  "ours, fixed instruction, LM in bfloat16 (cells/s)"]
     thead += ["CellTypist annotate (cells/s)", "CellTypist scale+predict (cells/s)", "logreg (cells/s)",
-              "kNN (cells/s)"] + (["ours / CellTypist scale+predict", "ours / kNN"] if with_ours else [])
+              "kNN (cells/s)"] + (["ours (faster precision) / CellTypist scale+predict", "ours (faster precision) / kNN"]
+                                  if with_ours else [])
     ok = [r for r in rows if "error" not in r]
     lines = ["## Accuracy / macro-F1 (test split)", "", _md_head(head)] + [_accuracy_row(r) for r in ok]
     lines += ["", "## Throughput (predict step only, test cells)", "", THROUGHPUT_NOTE, "", _md_head(thead)]

@@ -21,10 +21,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime as dt
 import json
 import logging
-import os
 import shlex
 import sys
 import time
@@ -40,9 +38,9 @@ from instructcell_agent import default_checkpoint_path
 from instructcell_agent.core_model.cell_encoder import CellEncoder, log_normalize_csr, sparse_log_normalize
 from instructcell_agent.core_model.corpus import SplitData, load_split
 from instructcell_agent.core_model.datasets import load_catalog, shared_root
-from instructcell_agent.core_model.io import write_json_atomic, write_text_atomic
 from instructcell_agent.core_model.training import (AuxHead, TrainConfig, TrainingData, new_encoder_config,
                                                      train_encoder)
+from report_io import run_meta, write_report
 
 logger = logging.getLogger("encoder_probe")
 TARGET_SETS = ("zheng2017_pbmc_sorted", "bastidasponce2019_pancreas_e155", "kang2018_pbmc_ifnb",
@@ -128,18 +126,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     data = TrainingData.build(train)
     cmd = [sys.executable.rsplit("/", 1)[-1], *sys.argv] if argv is None else ["encoder_probe.py", *argv]
     report: dict[str, Any] = {
-        "meta": {"command": shlex.join(cmd), "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                 "nproc": os.cpu_count(), "loadavg": " ".join(f"{x:.2f}" for x in os.getloadavg()),
-                 "torch_threads": torch.get_num_threads(), "split": args.split, "shared": str(shared_root()),
+        "meta": {**run_meta(shlex.join(cmd)), "split": args.split, "shared": str(shared_root()),
                  "vocab": str(args.vocab)},
         "linear_peer": linear_peer(train, held), "probes": []}
     for setting in args.settings:
         logger.info("stage 1 with %s", setting)
         report["probes"].append(probe(json.loads(setting), data, held))
-        args.out_dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(report, args.out_dir / "encoder_probe.json")
-        write_text_atomic(render_markdown(report), args.out_dir / "encoder_probe.md")
-    logger.info("wrote %s", args.out_dir / "encoder_probe.md")
+        path = write_report(report, render_markdown(report), args.out_dir, "encoder_probe")
+    logger.info("wrote %s", path)
     return 0
 
 

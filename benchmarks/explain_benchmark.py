@@ -181,10 +181,32 @@ def run_dataset(spec: DatasetSpec, loaded: LoadedModel, args: argparse.Namespace
     row["top_genes"] = {k: rank_sets[k] for k in ("ours_true_label", "wilcoxon_train_all_genes")}
     row["deletion"] = deletion_test(loaded.model, predicted.attributions, k=K, n_random=3).to_dict()
     row["saliency_timing"] = {"n_cells": int(test.n_obs), "seconds": saliency_s,
-                              "seconds_per_1000": 1000 * saliency_s / test.n_obs}
+                              "seconds_per_1000": 1000 * saliency_s / test.n_obs,
+                              **_bf16_saliency(loaded, test, cands, args.batch_size, species,
+                                               rank_sets["ours_predicted"])}
     row["ig"] = _ig_block(loaded, test, cands, args.ig_cells, args.batch_size)
     row["targets"] = target_checks(spec.name, row)
     return row
+
+
+def _bf16_saliency(loaded: LoadedModel, test: Any, cands: list[str], batch_size: int, species: str | None,
+                   float32_ranked: dict[str, list[str]]) -> dict[str, Any]:
+    """Saliency timed again with the LM in bfloat16 (`--precision auto` on CPUs with bfloat16
+    units), and how many of each label's top-10 genes it shares with the float32 ranking."""
+    import torch
+
+    loaded.model.use_lm_dtype(torch.bfloat16)
+    try:
+        start = time.perf_counter()
+        half = explain(test, model=loaded, candidates=cands, batch_size=batch_size, compare_wilcoxon=False,
+                       species=species)
+        seconds = time.perf_counter() - start
+    finally:
+        loaded.model.use_lm_dtype(torch.float32)
+    ranked = _our_rankings(half, "none", cands)
+    shared = [len(set(float32_ranked[l][:K]) & set(ranked.get(l, [])[:K])) / K for l in float32_ranked if float32_ranked[l]]
+    return {"bf16_seconds_per_1000": 1000 * seconds / test.n_obs,
+            "bf16_top10_overlap": float(np.mean(shared)) if shared else None}
 
 
 def target_checks(name: str, row: dict[str, Any]) -> dict[str, Any]:
@@ -218,6 +240,12 @@ def _f(x: Any) -> str:
     return "n/a" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{x:.2f}"
 
 
+def _bf16_cell(timing: dict[str, Any]) -> str:
+    if "bf16_seconds_per_1000" not in timing:
+        return "n/a"
+    return f"{timing['bf16_seconds_per_1000']:.0f} ({_f(timing['bf16_top10_overlap'])})"
+
+
 def _tables(rows: list[dict[str, Any]]) -> list[str]:
     cols = ["ours_true_label", "ours_true_label_minmax", "ours_predicted", "ours_predicted_minmax",
             "wilcoxon_test_cells", "wilcoxon_train_vocab", "wilcoxon_train_all_genes"]
@@ -235,7 +263,7 @@ def _tables(rows: list[dict[str, Any]]) -> list[str]:
     lines += ["", "## (b) Deletion test and (c) speed", "",
               _md_head(["dataset", "p drop top-10", "p drop random-10", "ratio", "log-odds drop top-10",
                         "log-odds drop random-10", "ratio", "mean p(pred)", "saliency s/1k cells",
-                        "IG s/1k cells", "IG cells", "IG points/cell", "IG max abs delta", "targets met"])]
+                        "saliency s/1k cells, LM in bfloat16 (top-10 shared)", "IG s/1k cells", "IG cells", "IG points/cell", "IG max abs delta", "targets met"])]
     for r in rows:
         d, ig, t = r["deletion"], r["ig"], r["targets"]
         failed = [k for k, ok in t["checks"].items() if not ok]
@@ -243,7 +271,7 @@ def _tables(rows: list[dict[str, Any]]) -> list[str]:
             r["name"], f"{d['mean_drop_top']:.4f}", f"{d['mean_drop_random']:.5f}", _f(d["ratio"]),
             f"{d['mean_logodds_drop_top']:.3f}", f"{d['mean_logodds_drop_random']:.3f}", _f(d["logodds_ratio"]),
             f"{d['mean_probability']:.3f}", f"{r['saliency_timing']['seconds_per_1000']:.0f}",
-            f"{ig['seconds_per_1000']:.0f}", str(ig["n_cells"]), f"{ig['points_per_cell_mean']:.0f}",
+            _bf16_cell(r["saliency_timing"]), f"{ig['seconds_per_1000']:.0f}", str(ig["n_cells"]), f"{ig['points_per_cell_mean']:.0f}",
             f"{ig['delta_abs_max']:.4f}", "yes" if t["met"] else "no: " + ", ".join(failed)]) + " |")
     return lines
 

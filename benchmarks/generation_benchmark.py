@@ -67,6 +67,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skip-scvi", action="store_true")
     p.add_argument("--scvi-epochs", type=int, default=200)
+    p.add_argument("--precision", choices=("float32", "bfloat16", "auto"), default="float32",
+                   help="LM compute dtype while reading instructions (float32: the same numbers on every machine)")
     return p.parse_args(argv)
 
 
@@ -226,7 +228,8 @@ def _setup_lines(st: dict[str, Any]) -> list[str]:
 
 def markdown(report: dict[str, Any]) -> str:
     lines = ["# Generation benchmark (CPCG)", "", f"- command: `{report['command']}`", f"- date: {report['date']}",
-             f"- checkpoint: `{report['checkpoint']}` (generator created {report['generator_created']})",
+             f"- checkpoint: `{report['checkpoint']}` (generator created {report['generator_created']}); "
+             f"language model in {report.get('precision', 'float32')}",
              f"- versions: {', '.join(f'{k} {v}' for k, v in report['versions'].items())}",
              f"- real cells per set: {'subsampled to ' + str(report['max_cells']) if report['max_cells'] else 'full test split'}",
              *_setup_lines(report.get("setup") or {}),
@@ -256,13 +259,14 @@ def markdown(report: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    loaded = load_model(args.checkpoint)
+    loaded = load_model(args.checkpoint, precision=args.precision)
     templates = Path(args.templates) if args.templates else shared_root() / TEMPLATES
     unseen = load_instruction_file(templates)
     report: dict[str, Any] = {
         "command": " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "versions": versions(),
         "checkpoint": str(loaded.path), "generator_created": load_generator(loaded).info.get("created"),
+        "precision": str(loaded.model.lm_dtype).removeprefix("torch."),
         "setup": setup(loaded),
         "max_cells": args.max_cells, "seed": args.seed, "unseen_templates": str(templates), "datasets": {}}
     for name in [d for d in args.datasets.split(",") if d]:

@@ -29,7 +29,7 @@ def main(checkpoints: list[str]) -> None:
                  "unseen": load_instruction_file(shared_root() / TEMPLATES)}
     specs = {s.name: s for s in load_catalog()}
     for ck in checkpoints:
-        loaded = load_model(None if ck == "default" else ck)
+        loaded = load_model(None if ck == "default" else ck, precision="float32")  # the rates on record are float32
         gen = load_generator(loaded)
         for name in DATASETS:
             spec = specs[name]

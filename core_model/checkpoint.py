@@ -23,6 +23,7 @@ from .config import ModelConfig
 from .errors import CheckpointError
 from .io import file_sha256, write_json_atomic
 from .model import CellLanguageModel
+from .precision import resolve_precision
 
 FORMAT_VERSION = 1
 REQUIRED = ("config.json", "gene_vocab.json", "labels.json", "weights.safetensors")
@@ -192,8 +193,14 @@ def reorder_genes(checkpoint_dir: str | os.PathLike, vocab: list[str], command: 
     return record
 
 
-def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedModel:
-    """Rebuild a model from a checkpoint directory (strict: every trained tensor must match)."""
+def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
+                    precision: str = "float32") -> LoadedModel:
+    """Rebuild a model from a checkpoint directory (strict: every trained tensor must match).
+
+    `precision` sets the backbone LM's compute dtype (`core_model/precision.py`); the trained
+    cell encoder always runs in float32. Training needs float32.
+    """
+    lm_dtype = resolve_precision(precision, device)
     root = Path(path)
     missing = [name for name in REQUIRED if not (root / name).is_file()]
     if missing:
@@ -221,4 +228,6 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     if len(vocab) != cfg.encoder.n_genes:
         raise CheckpointError(f"{root}: gene_vocab.json has {len(vocab)} genes, config says {cfg.encoder.n_genes}")
     labels = json.loads((root / "labels.json").read_text())
-    return LoadedModel(model.to(device).eval(), vocab, labels, config, root)
+    model = model.to(device).eval()
+    model.use_lm_dtype(lm_dtype)
+    return LoadedModel(model, vocab, labels, config, root)

@@ -80,12 +80,29 @@ class CellLanguageModel(nn.Module):
         self._suffix_ids = self.encode_text(SUFFIX_TEXT)
         self._end_id = self.tokenizer.convert_tokens_to_ids(IM_END)
         self._prefix_memo: dict[tuple[str, bool], tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
+        self._trie_memo: dict[tuple[tuple[str, ...], bool], CandidateTrie] = {}
         self._cache_arg = cache_argument(self.lm.model)
 
     # ----------------------------------------------------------------- basics
     @property
     def device(self) -> torch.device:
         return self.proj.weight.device
+
+    @property
+    def lm_dtype(self) -> torch.dtype:
+        """The backbone's compute dtype (float32, or bfloat16 after `use_lm_dtype`)."""
+        return self.lm.lm_head.weight.dtype
+
+    def use_lm_dtype(self, dtype: torch.dtype) -> None:
+        """Run the backbone (and its adapters) in `dtype`; the cell encoder stays float32.
+
+        bfloat16 is for inference: on CPUs with AMX or AVX-512 BF16 its matrix products run
+        several times faster than float32, and on GPUs it halves memory traffic. Everything
+        that leaves the LM (log-probabilities, hidden states for the generator) is cast back
+        to float32, so callers see one dtype either way.
+        """
+        self.lm.to(dtype)
+        self._prefix_memo.clear()  # cached keys/values are in the old dtype
 
     @property
     def end_token_id(self) -> int:
@@ -158,6 +175,7 @@ class CellLanguageModel(nn.Module):
     def extend(self, ctx: Context, embeds: torch.Tensor) -> torch.Tensor:
         """Append `embeds` (B, T, H) to every prompt in `ctx`; returns their hidden states."""
         batch, steps = embeds.shape[:2]
+        embeds = embeds.to(self.lm_dtype)
         mask = torch.cat([ctx.mask, torch.ones(batch, steps, dtype=ctx.mask.dtype, device=self.device)], 1)
         pos = ctx.next_pos[:, None] + torch.arange(steps, device=self.device)
         out = self.lm.model(
@@ -171,7 +189,7 @@ class CellLanguageModel(nn.Module):
         """Append the cell's soft tokens and the assistant header; returns the last hidden state."""
         suffix = torch.tensor(self._suffix_ids, device=self.device)
         suffix = self.embed_ids(suffix).unsqueeze(0).expand(expr.shape[0], -1, -1)
-        hidden = self.extend(ctx, torch.cat([self.cell_tokens(expr), suffix], 1))
+        hidden = self.extend(ctx, torch.cat([self.cell_tokens(expr).to(suffix.dtype), suffix], 1))
         return hidden[:, -1]
 
     # --------------------------------------------------------------- tasks
@@ -196,40 +214,47 @@ class CellLanguageModel(nn.Module):
         logp = torch.log_softmax(torch.cat(logits, 1).float(), -1)
         return logp.gather(-1, ids.unsqueeze(-1)).squeeze(-1) * mask, mask
 
-    def score_candidates(self, ctx: Context, expr: torch.Tensor, candidates: list[str]) -> torch.Tensor:
+    def score_candidates(self, ctx: Context, expr: torch.Tensor, candidates: list[str],
+                         share_prefixes: bool = True) -> torch.Tensor:
         """Log-likelihood (B, C) of each candidate answer for each cell.
 
-        The cell is read once. All candidates' tokens then run as ONE packed row per cell: a
-        custom attention mask lets each candidate token see the cell's prompt and the earlier
-        tokens of its own candidate only. Repeating the prompt cache once per candidate (the
-        obvious way) spends most of the time copying that cache; packing avoids it.
+        The cell is read once. The candidates' tokens then run as ONE packed row per cell, laid
+        out as a token trie: candidates that begin alike ('CD4+/CD45RA+ ...', 'CD4+/CD25 ...')
+        share the tokens of their common start, and a custom attention mask lets each token see
+        the cell's prompt and its own ancestors in the trie only. Repeating the prompt cache
+        once per candidate (the obvious way) spends most of the time copying that cache;
+        packing avoids it, and sharing prefixes cuts the tokens run (84 -> 60 for zheng2017's
+        ten labels). `share_prefixes=False` runs every candidate's tokens on their own (same
+        scores; kept to check and time the sharing against).
         """
-        ids, mask = self.pad_answers(candidates)  # (C, A)
+        trie = self._candidate_trie(tuple(candidates), share_prefixes)
         first = torch.log_softmax(self.lm.lm_head(self.read_cell(ctx, expr)).float(), -1)
-        scores = first[:, ids[:, 0]]  # (B, C)
-        lengths = mask.sum(1).long().tolist()
-        # Packed inputs: every token of candidate c but its last predicts c's next token.
-        cand = [c for c, n in enumerate(lengths) for _ in range(n - 1)]
-        if not cand:
+        scores = first[:, trie.first_tokens]  # (B, C)
+        if trie.tokens.numel() == 0:
             return scores
-        offset = torch.tensor([j for n in lengths for j in range(n - 1)], device=self.device)
-        cand_t = torch.tensor(cand, device=self.device)
-        inputs, targets = ids[cand_t, offset], ids[cand_t, offset + 1]
-        hidden = self._extend_packed(ctx, inputs, cand_t, offset)  # (B, T, H)
+        hidden = self._extend_packed(ctx, trie.tokens, trie.ancestors, trie.offsets)  # (B, T, H)
         logits = self.lm.lm_head(hidden).float()
-        token_logp = logits.gather(-1, targets.view(1, -1, 1).expand(hidden.shape[0], -1, 1)).squeeze(-1)
-        token_logp = token_logp - torch.logsumexp(logits, -1)
-        return scores.index_add(1, cand_t, token_logp)
+        norm = torch.logsumexp(logits, -1)  # (B, T)
+        term_logp = logits[:, trie.term_node, trie.term_target] - norm[:, trie.term_node]  # (B, K)
+        return scores.index_add(1, trie.term_candidate, term_logp)
 
-    def _extend_packed(self, ctx: Context, tokens: torch.Tensor, segment: torch.Tensor,
+    def _candidate_trie(self, candidates: tuple[str, ...], share_prefixes: bool = True) -> CandidateTrie:
+        key = (candidates, share_prefixes)
+        if key not in self._trie_memo:
+            if len(self._trie_memo) >= 32:
+                self._trie_memo.pop(next(iter(self._trie_memo)))
+            seqs = [self.encode_text(c) + [self.end_token_id] for c in candidates]
+            self._trie_memo[key] = CandidateTrie(seqs, share_prefixes)
+        return self._trie_memo[key].to(self.device)
+
+    def _extend_packed(self, ctx: Context, tokens: torch.Tensor, inner: torch.Tensor,
                        offset: torch.Tensor) -> torch.Tensor:
-        """Run packed segments (T tokens; `segment` ids, `offset` within each) after every
-        prompt in `ctx`; each token attends to the prompt and to its own segment's earlier tokens."""
+        """Run T packed tokens after every prompt in `ctx` (`offset`: each token's position after
+        the prompt); token i attends to the prompt and to the tokens j with inner[i, j]."""
         batch, steps = ctx.mask.shape[0], tokens.shape[0]
-        inner = (segment[:, None] == segment[None, :]) & (offset[None, :] <= offset[:, None])  # (T, T)
         allowed = torch.cat([ctx.mask.bool()[:, None, :].expand(batch, steps, -1),
                              inner[None].expand(batch, -1, -1)], -1)
-        dtype = self.lm.lm_head.weight.dtype
+        dtype = self.lm_dtype
         additive = torch.zeros(allowed.shape, dtype=dtype, device=self.device)
         additive = additive.masked_fill(~allowed, torch.finfo(dtype).min)[:, None]  # (B, 1, T, L + T)
         embeds = self.embed_ids(tokens).unsqueeze(0).expand(batch, -1, -1)
@@ -315,3 +340,53 @@ class AnswerTrie:
             else:
                 out[row, list(nxt)] = 0.0
         return out
+
+
+class CandidateTrie:
+    """Candidate answers (token ids, each ending with the end token) packed as a prefix tree.
+
+    Every proper prefix of a candidate is one input token (its last token), run once however
+    many candidates share it. A candidate's log-likelihood is the first token's log-probability
+    after the cell plus one term per later token: its log-probability at the node of the
+    prefix before it. Index tensors (built once per candidate list):
+      first_tokens (C,)           each candidate's first token
+      tokens, offsets (T,)        node tokens and their depth (0 = first answer token)
+      ancestors (T, T) bool       node i may attend to node j (j is i or a prefix of i)
+      term_node, term_target, term_candidate (K,)  the later-token terms
+    """
+
+    def __init__(self, sequences: list[list[int]], share_prefixes: bool = True) -> None:
+        # share_prefixes=False gives every candidate its own nodes (the plain packed layout)
+        def key(c: int, prefix: tuple[int, ...]) -> tuple[int, ...]:
+            return prefix if share_prefixes else (c, *prefix)
+
+        node_of: dict[tuple[int, ...], int] = {}
+        tokens, offsets = [], []
+        term_node, term_target, term_candidate = [], [], []
+        for c, seq in enumerate(sequences):
+            for i in range(1, len(seq)):
+                node = node_of.setdefault(key(c, tuple(seq[:i])), len(tokens))
+                if node == len(tokens):
+                    tokens.append(seq[i - 1])
+                    offsets.append(i - 1)
+                term_node.append(node)
+                term_target.append(seq[i])
+                term_candidate.append(c)
+        ancestors = torch.zeros(len(tokens), len(tokens), dtype=torch.bool)
+        for c, seq in enumerate(sequences):
+            for i in range(1, len(seq)):
+                for depth in range(1, i + 1):
+                    ancestors[node_of[key(c, tuple(seq[:i]))], node_of[key(c, tuple(seq[:depth]))]] = True
+        self.first_tokens = torch.tensor([s[0] for s in sequences], dtype=torch.long)
+        self.tokens = torch.tensor(tokens, dtype=torch.long)
+        self.offsets = torch.tensor(offsets, dtype=torch.long)
+        self.ancestors = ancestors
+        self.term_node = torch.tensor(term_node, dtype=torch.long)
+        self.term_target = torch.tensor(term_target, dtype=torch.long)
+        self.term_candidate = torch.tensor(term_candidate, dtype=torch.long)
+
+    def to(self, device: torch.device) -> CandidateTrie:
+        if self.tokens.device != device:
+            for name, value in vars(self).items():
+                setattr(self, name, value.to(device))
+        return self

@@ -31,9 +31,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", default="runs/demo/pbmc68k_annotated.h5ad")
     parser.add_argument("--cells", type=int, default=300,
-                        help="random cells for the free-answer run (all 700 take several minutes on 2 CPU cores)")
-    parser.add_argument("--scored-cells", type=int, default=100,
-                        help="cells for the candidate-scoring run (scoring 10 candidates is ~10x the work of a free answer on CPU)")
+                        help="random cells for the free-answer run (all 700 take a few minutes on 2 CPU cores)")
+    parser.add_argument("--scored-cells", type=int, default=300,
+                        help="of those, cells for the candidate-scoring run (10 candidates: several times the work "
+                             "of a free answer)")
+    parser.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default="auto",
+                        help="language-model compute dtype (auto: bfloat16 where the CPU/GPU has fast units)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
@@ -45,8 +48,9 @@ def main() -> None:
     print(f"pbmc68k_reduced: {adata.n_obs} random cells (--cells); X is scaled (z-scores), so the log-normalized adata.raw is used")
 
     start = time.perf_counter()
-    model = ica.load_model()
-    print(f"loaded {model.path} in {time.perf_counter() - start:.1f} s")
+    model = ica.load_model(precision=args.precision)
+    print(f"loaded {model.path} in {time.perf_counter() - start:.1f} s "
+          f"(language model in {str(model.model.lm_dtype).removeprefix('torch.')}; --precision {args.precision})")
 
     start = time.perf_counter()
     # What a user knows about these cells: the prompt names them, and free answers are then
@@ -56,7 +60,8 @@ def main() -> None:
     print("\nAlignment report:\n" + free.provenance["alignment_summary"])
 
     candidates = sorted(set(known))
-    subset = adata[rng.choice(adata.n_obs, min(args.scored_cells, adata.n_obs), replace=False)].copy()
+    subset = adata if args.scored_cells >= adata.n_obs else \
+        adata[np.sort(rng.choice(adata.n_obs, args.scored_cells, replace=False))].copy()
     sub_known = subset.obs["bulk_labels"].astype(str).to_numpy()
     start = time.perf_counter()
     scored = ica.annotate(subset, model=model, use_raw=True, candidates=candidates)

@@ -28,6 +28,7 @@ from .core_model.datasets import prompt_fields
 from .core_model.errors import InstructionError
 from .core_model.instructions import has_choices, render
 from .core_model.labels import LabelMapper
+from .core_model.precision import resolve_precision
 from .results import AnnotationResult
 
 log = logging.getLogger(__name__)
@@ -47,16 +48,24 @@ def default_checkpoint_path() -> Path:
 
 
 @lru_cache(maxsize=4)
-def _load_cached(path: str, device: str) -> LoadedModel:
-    return load_checkpoint(path, device)
+def _load_cached(path: str, device: str, precision: str) -> LoadedModel:
+    return load_checkpoint(path, device, precision)
 
 
-def load_model(checkpoint: str | os.PathLike | None = None, device: str = "cpu") -> LoadedModel:
-    """Load a checkpoint (default: the shipped one); repeated calls reuse the loaded model."""
+def load_model(checkpoint: str | os.PathLike | None = None, device: str = "cpu",
+               precision: str = "auto") -> LoadedModel:
+    """Load a checkpoint (default: the shipped one); repeated calls reuse the loaded model.
+
+    `precision`: the language model's compute dtype. "auto" (bfloat16 where the CPU or GPU has
+    fast bfloat16 units, else float32), "float32" (bit-reproducible across machines; what the
+    benchmarks' accuracy tables use) or "bfloat16". See `core_model/precision.py`.
+    """
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    if precision == "auto":
+        precision = "bfloat16" if resolve_precision("auto", device) == torch.bfloat16 else "float32"
     path = Path(checkpoint) if checkpoint else default_checkpoint_path()
-    return _load_cached(str(path.resolve()), device)
+    return _load_cached(str(path.resolve()), device, precision)
 
 
 def annotate(adata: ad.AnnData, model: LoadedModel | None = None, instruction: str | None = None,
@@ -133,6 +142,7 @@ def _answer(adata: ad.AnnData, model: LoadedModel | None, task: str, instruction
         "calibration": "batch label-prior correction" if calibrate else "none",
         "checkpoint": str(loaded.path), "package_version": loaded.info.get("package_version"),
         "backbone": loaded.model.cfg.backbone.name, "backbone_sha256": loaded.model.backbone.sha256,
+        "precision": str(loaded.model.lm_dtype).removeprefix("torch."),
     }
     prob_frame = pd.DataFrame(probs, index=aligned.obs_names, columns=cands) if probs is not None else None
     return AnnotationResult(list(map(str, aligned.obs_names)), np.asarray(labels, dtype=object), np.asarray(conf),

@@ -11,6 +11,7 @@ import os
 import sys
 from pathlib import Path
 
+from ..core_model.precision import add_precision_argument
 from .http_transport import TOKEN_ENV, check_http_exposure
 
 
@@ -22,6 +23,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--output-dir", required=True, metavar="DIR", help="folder for result files")
     p.add_argument("--checkpoint", default=None, help="checkpoint folder (default: the shipped one)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    add_precision_argument(p, "auto")
     p.add_argument("--host", default="127.0.0.1", help="HTTP bind address (non-loopback needs a token)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--path", default="/mcp", help="HTTP endpoint path")
@@ -64,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     limits = Limits(**{k: getattr(args, k) for k in limit_names if getattr(args, k) is not None})
     config = ServerConfig(data_roots=tuple(Path(r) for r in args.data_root), output_dir=Path(args.output_dir),
                           checkpoint=Path(args.checkpoint) if args.checkpoint else None, device=args.device,
-                          limits=limits)
+                          precision=args.precision, limits=limits)
     server = build_server(config)
     log = logging.getLogger("instructcell_agent.server")
     if args.preload:

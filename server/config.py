@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from ..core_model.precision import PRECISIONS
+
 
 @dataclass(frozen=True)
 class Limits:
@@ -33,6 +35,7 @@ class ServerConfig:
     output_dir: Path
     checkpoint: Path | None = None  # None: the checkpoint shipped with the package
     device: str = "auto"  # "auto" | "cpu" | "cuda"
+    precision: str = "auto"  # LM dtype: "auto" | "float32" | "bfloat16" (core_model/precision.py)
     limits: Limits = field(default_factory=Limits)
 
     def __post_init__(self) -> None:
@@ -40,6 +43,8 @@ class ServerConfig:
             raise ValueError("at least one data root is needed (--data-root DIR)")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         # Resolved once: containment checks compare resolved paths, so a root given through a
         # symlink must be resolved too.
         object.__setattr__(self, "data_roots", tuple(Path(r).expanduser().resolve() for r in self.data_roots))

@@ -68,9 +68,10 @@ class InstructCellService:
                     from instructcell_agent.api import load_model
 
                     started = time.perf_counter()
-                    self._model = load_model(self.config.checkpoint, device=self.config.device)
-                    log.info("model %s loaded on %s in %.1f s", self._model.path, self._model.model.device,
-                             time.perf_counter() - started)
+                    self._model = load_model(self.config.checkpoint, device=self.config.device,
+                                             precision=self.config.precision)
+                    log.info("model %s loaded on %s (LM in %s) in %.1f s", self._model.path,
+                             self._model.model.device, self._model.model.lm_dtype, time.perf_counter() - started)
         return self._model
 
     @property

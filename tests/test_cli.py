@@ -22,6 +22,7 @@ def test_evaluate_writes_metrics_json(tiny_checkpoint, synthetic_set, tmp_path):
     assert code == 0
     metrics = json.loads(out.read_text())
     assert metrics["n_instructions"] == 5 and metrics["n_cells"] == 40
+    assert metrics["precision"] == "float32"  # evaluate's default: the same numbers on every machine
     assert {"accuracy", "macro_f1", "weighted_f1", "invalid_rate", "with_options", "without_options"} <= set(metrics)
 
 
@@ -29,10 +30,12 @@ def test_annotate_writes_a_new_file_and_keeps_the_input(tiny_checkpoint, synthet
     before = _digest(synthetic_set["path"])
     out = tmp_path / "annotated.h5ad"
     code = main(["annotate", "--checkpoint", str(tiny_checkpoint), "--data", str(synthetic_set["path"]),
-                 "--candidates", "alpha,beta,gamma,delta", "--out", str(out)])
+                 "--candidates", "alpha,beta,gamma,delta", "--out", str(out), "--precision", "bfloat16"])
     assert code == 0
     assert _digest(synthetic_set["path"]) == before
-    assert "instructcell_label" in ad.read_h5ad(out).obs
+    annotated = ad.read_h5ad(out)
+    assert "instructcell_label" in annotated.obs
+    assert annotated.uns["instructcell"]["precision"] == "bfloat16"  # provenance says how it ran
 
 
 def test_annotate_free_answers_name_the_checkpoints_labels_for_the_tissue(tiny_checkpoint, synthetic_set, tmp_path):

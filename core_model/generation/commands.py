@@ -11,6 +11,8 @@ import json
 import sys
 from typing import Any
 
+from ..precision import add_precision_argument
+
 COMMANDS = ("generate", "train-generator")
 
 
@@ -28,13 +30,14 @@ def add_generation_commands(sub: Any) -> None:
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--out", required=True, help=".h5ad to write (never an existing input)")
     p.add_argument("--allow-unseen", action="store_true", help="generate even for a condition not seen in training")
+    add_precision_argument(p, "auto")
 
     t = sub.add_parser("train-generator", help="train the pseudo-cell generator of an existing checkpoint")
     t.add_argument("--checkpoint", required=True, help="checkpoint directory; generator files are added to it")
     t.add_argument("--datasets", default="", help="comma-separated catalog names (default: every annotation set)")
     t.add_argument("--epochs", type=int, default=20, help="passes over the training cells (count VAE)")
-    t.add_argument("--signal-prompts", type=int, default=768, help="instruction prompts that fit the signal read-out")
-    t.add_argument("--signal-tune-prompts", type=int, default=192,
+    t.add_argument("--signal-prompts", type=int, default=4608, help="instruction prompts that fit the signal read-out")
+    t.add_argument("--signal-tune-prompts", type=int, default=1152,
                    help="instruction prompts that tune the signal token's embedding (gradients through the LM)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--lm-adapters", choices=["off", "on"], default="off",
@@ -67,7 +70,7 @@ def _generate(args: argparse.Namespace) -> int:
     from ..io import write_h5ad_atomic
     from .sampling import generate_cells
 
-    loaded = load_model(args.checkpoint)
+    loaded = load_model(args.checkpoint, precision=args.precision)
     protect = [p for p in (loaded.path,) if p is not None]
     adata = generate_cells(loaded, args.cell_type, args.n, species=args.species, tissue=args.tissue,
                            condition=args.condition, sequencing_method=args.sequencing_method,
@@ -105,7 +108,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from ..io import write_json_atomic
     from .evaluate import evaluate_generation
 
-    loaded = load_model(args.checkpoint)
+    loaded = load_model(args.checkpoint, precision=args.precision)
     instructions = load_instruction_file(args.instructions) if args.instructions else None
     result = evaluate_generation(loaded, args.data, args.split, args.label_key, instructions=instructions,
                                  seed=args.seed, split=args.split_name, condition_key=args.condition_key,

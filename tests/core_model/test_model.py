@@ -37,6 +37,38 @@ def test_candidate_scores_equal_teacher_forced_log_likelihood(model):
             torch.testing.assert_close(scores[:, j], logp.sum(1))
 
 
+def test_candidates_sharing_a_start_are_scored_as_if_alone(model):
+    # Shared starts run once in the packed trie; a candidate that is a prefix of another must
+    # still get its own end-of-answer term. Each score must equal its teacher-forced likelihood.
+    shared = ["alpha", "alpha beta", "alpha beta gamma", "alpha delta", "beta"]
+    trie = model._candidate_trie(tuple(shared))
+    assert trie.tokens.numel() < model._candidate_trie(tuple(shared), share_prefixes=False).tokens.numel()
+    expr = _expr(model, 2, seed=5)
+    prefix = [model.prefix_text("Which cell type is this?")]
+    ctx = lambda: model.start(prefix, torch.zeros(2, dtype=torch.long))  # noqa: E731
+    with torch.no_grad():
+        scores = model.score_candidates(ctx(), expr, shared)
+        torch.testing.assert_close(scores, model.score_candidates(ctx(), expr, shared, share_prefixes=False))
+        for j, cand in enumerate(shared):
+            logp, _ = model.answer_logprob(model.start(prefix, torch.zeros(2, dtype=torch.long)), expr, [cand] * 2)
+            torch.testing.assert_close(scores[:, j], logp.sum(1))
+
+
+def test_bfloat16_backbone_gives_float32_scores_close_to_float32(model):
+    expr = _expr(model)
+    prefix = [model.prefix_text("Type?")]
+    with torch.no_grad():
+        full = model.score_candidates(model.start(prefix, torch.zeros(3, dtype=torch.long)), expr, CANDIDATES)
+        model.use_lm_dtype(torch.bfloat16)
+        try:
+            half = model.score_candidates(model.start(prefix, torch.zeros(3, dtype=torch.long)), expr, CANDIDATES)
+        finally:
+            model.use_lm_dtype(torch.float32)
+    assert half.dtype == torch.float32
+    torch.testing.assert_close(half, full, atol=0.1, rtol=0.05)
+    assert not torch.equal(half, full)  # it really ran in bfloat16
+
+
 def test_left_padding_of_mixed_prefixes_changes_nothing(model):
     expr = _expr(model)
     short, long = model.prefix_text("Type?"), model.prefix_text("Which cell type is this cell, in your view?")

@@ -41,8 +41,9 @@ def make_data_root(base: Path) -> dict[str, Path]:
 
 
 def make_config(paths: dict[str, Path], checkpoint: Path, **limit_changes) -> ServerConfig:
+    # float32: the tests compare server answers with direct API calls on a float32 model
     return ServerConfig(data_roots=(paths["root"],), output_dir=paths["out"], checkpoint=checkpoint, device="cpu",
-                        limits=Limits(**{**TEST_LIMITS, **limit_changes}))
+                        precision="float32", limits=Limits(**{**TEST_LIMITS, **limit_changes}))
 
 
 def digest(path: Path) -> str:

@@ -100,6 +100,8 @@ def test_config_checks(tmp_path):
         ServerConfig(data_roots=(), output_dir=tmp_path)
     with pytest.raises(ValueError, match="device"):
         ServerConfig(data_roots=(tmp_path,), output_dir=tmp_path, device="tpu")
+    with pytest.raises(ValueError, match="precision"):
+        ServerConfig(data_roots=(tmp_path,), output_dir=tmp_path, precision="float16")
     cfg = ServerConfig(data_roots=(str(tmp_path),), output_dir=tmp_path / "o").with_limits(max_cells=5)
     assert cfg.limits.max_cells == 5 and cfg.data_roots == (tmp_path.resolve(),)
 
