@@ -204,7 +204,8 @@ def _bf16_saliency(loaded: LoadedModel, test: Any, cands: list[str], batch_size:
     finally:
         loaded.model.use_lm_dtype(torch.float32)
     ranked = _our_rankings(half, "none", cands)
-    shared = [len(set(float32_ranked[l][:K]) & set(ranked.get(l, [])[:K])) / K for l in float32_ranked if float32_ranked[l]]
+    shared = [len(set(genes[:K]) & set(ranked.get(label, [])[:K])) / K
+              for label, genes in float32_ranked.items() if genes]
     return {"bf16_seconds_per_1000": 1000 * seconds / test.n_obs,
             "bf16_top10_overlap": float(np.mean(shared)) if shared else None}
 
@@ -263,7 +264,8 @@ def _tables(rows: list[dict[str, Any]]) -> list[str]:
     lines += ["", "## (b) Deletion test and (c) speed", "",
               _md_head(["dataset", "p drop top-10", "p drop random-10", "ratio", "log-odds drop top-10",
                         "log-odds drop random-10", "ratio", "mean p(pred)", "saliency s/1k cells",
-                        "saliency s/1k cells, LM in bfloat16 (top-10 shared)", "IG s/1k cells", "IG cells", "IG points/cell", "IG max abs delta", "targets met"])]
+                        "saliency s/1k cells, LM in bfloat16 (top-10 shared)", "IG s/1k cells", "IG cells",
+                        "IG points/cell", "IG max abs delta", "targets met"])]
     for r in rows:
         d, ig, t = r["deletion"], r["ig"], r["targets"]
         failed = [k for k, ok in t["checks"].items() if not ok]
@@ -271,7 +273,8 @@ def _tables(rows: list[dict[str, Any]]) -> list[str]:
             r["name"], f"{d['mean_drop_top']:.4f}", f"{d['mean_drop_random']:.5f}", _f(d["ratio"]),
             f"{d['mean_logodds_drop_top']:.3f}", f"{d['mean_logodds_drop_random']:.3f}", _f(d["logodds_ratio"]),
             f"{d['mean_probability']:.3f}", f"{r['saliency_timing']['seconds_per_1000']:.0f}",
-            _bf16_cell(r["saliency_timing"]), f"{ig['seconds_per_1000']:.0f}", str(ig["n_cells"]), f"{ig['points_per_cell_mean']:.0f}",
+            _bf16_cell(r["saliency_timing"]), f"{ig['seconds_per_1000']:.0f}", str(ig["n_cells"]),
+            f"{ig['points_per_cell_mean']:.0f}",
             f"{ig['delta_abs_max']:.4f}", "yes" if t["met"] else "no: " + ", ".join(failed)]) + " |")
     return lines
 
