@@ -15,6 +15,7 @@ configuration is timed `--repeats` times and the fastest pass is kept (timings o
 machine vary run to run; the best pass is the least disturbed).
 
     python benchmarks/scoring_speed.py [--datasets zheng2017_pbmc_sorted,kang2018_pbmc_ifnb] [--repeats 2]
+    python benchmarks/scoring_speed.py --device cuda      # GPU throughput, when a GPU is lent
 
 Writes ``scoring_speed.md`` and ``scoring_speed.json`` to ``--out-dir`` (default benchmarks/results).
 """
@@ -51,6 +52,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--checkpoint", type=Path, default=default_checkpoint_path())
     p.add_argument("--datasets", default=DEFAULT_SETS)
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto (GPU throughput when one is there)")
     p.add_argument("--out-dir", type=Path, default=Path(__file__).resolve().parent / "results")
     return p.parse_args(argv)
 
@@ -65,7 +67,8 @@ def answer_all(loaded: LoadedModel, X, prompt: str, labels: list[str], share: bo
             rows = np.arange(b, min(b + BATCH, X.shape[0]))
             ctx = model.start([prompt], torch.zeros(len(rows), dtype=torch.long))
             expr = model.normalize(torch.from_numpy(dense_rows(X, rows)).to(model.device))
-            best.append(model.score_candidates(ctx, expr, labels, share_prefixes=share).argmax(1).numpy())
+            # .cpu() waits for the device, so the clock also covers GPU work
+            best.append(model.score_candidates(ctx, expr, labels, share_prefixes=share).argmax(1).cpu().numpy())
     return np.concatenate(best), time.perf_counter() - start
 
 
@@ -102,7 +105,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     meta = report["meta"]
     lines = ["# Candidate scoring speed", "", f"- command: `{meta['command']}`", f"- date: {meta['date']}",
              f"- machine: {meta['nproc']} CPU cores, torch threads {meta['torch_threads']}, load average at "
-             f"start {meta['loadavg']}, bfloat16 CPU units: {meta['fast_bf16_cpu']}",
+             f"start {meta['loadavg']}, bfloat16 CPU units: {meta['fast_bf16_cpu']}, device: {meta.get('device', 'cpu')}",
              f"- checkpoint: `{meta['checkpoint']}`; test splits, one fixed instruction listing the labels; "
              f"best of {meta['repeats']} passes per configuration; peer = float32, no sharing", "",
              "| dataset | cells | configuration | candidate tokens / cell | cells/s | x peer | same answer as peer | accuracy |",
@@ -125,10 +128,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = sorted(set(wanted) - set(specs))
     if unknown:
         raise SystemExit(f"unknown dataset(s) {unknown}")
-    loaded = load_checkpoint(args.checkpoint)
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    loaded = load_checkpoint(args.checkpoint, device)
     cmd = [sys.executable.rsplit("/", 1)[-1], *sys.argv] if argv is None else ["scoring_speed.py", *argv]
     meta = {**run_meta(shlex.join(cmd)), "fast_bf16_cpu": cpu_has_fast_bf16(), "checkpoint": str(args.checkpoint),
-            "repeats": args.repeats}
+            "repeats": args.repeats, "device": torch.cuda.get_device_name() if device == "cuda" else "cpu"}
     report = {"meta": meta, "datasets": {name: run_dataset(loaded, specs[name], args.repeats) for name in wanted}}
     logger.info("wrote %s", write_report(report, render_markdown(report), args.out_dir, "scoring_speed"))
     return 0
