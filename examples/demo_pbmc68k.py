@@ -19,6 +19,7 @@ import scanpy as sc
 import instructcell_agent as ica
 from instructcell_agent.core_model.io import write_h5ad_atomic
 from instructcell_agent.core_model.labels import LabelMapper
+from instructcell_agent.core_model.precision import PRECISIONS
 
 
 def agreement(predicted, known) -> float:
@@ -35,7 +36,7 @@ def main() -> None:
     parser.add_argument("--scored-cells", type=int, default=300,
                         help="of those, cells for the candidate-scoring run (10 candidates: several times the work "
                              "of a free answer)")
-    parser.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default="auto",
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
                         help="language-model compute dtype (auto: bfloat16 where the CPU/GPU has fast units)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)

@@ -211,7 +211,8 @@ def _annotate(args) -> int:
 
     adata = read_h5ad(args.data)
     candidates = [c.strip() for c in args.candidates.split(",")] if args.candidates else None
-    result = annotate(adata, model=load_model(args.checkpoint, precision=args.precision), instruction=args.instruction, candidates=candidates,
+    model = load_model(args.checkpoint, precision=args.precision)
+    result = annotate(adata, model=model, instruction=args.instruction, candidates=candidates,
                       use_raw=args.use_raw, layer=args.layer, free_text=args.free_text, species=args.species,
                       tissue=args.tissue)
     out = result.to_adata(adata.copy(), key_added=args.key_added)
