@@ -266,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "versions": versions(),
         "checkpoint": str(loaded.path), "generator_created": load_generator(loaded).info.get("created"),
-        "precision": str(loaded.model.lm_dtype).removeprefix("torch."),
+        "precision": loaded.model.precision,
         "setup": setup(loaded),
         "max_cells": args.max_cells, "seed": args.seed, "unseen_templates": str(templates), "datasets": {}}
     for name in [d for d in args.datasets.split(",") if d]:

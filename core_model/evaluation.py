@@ -140,7 +140,7 @@ def evaluate(loaded: LoadedModel, data: str | Path, split_path: str | Path | Non
         "task": task, "data": str(data), "split": split, "seed": seed, "label_key": label_key,
         "labels": all_labels, "alignment": aligned.report.to_dict(),
         "checkpoint": str(loaded.path) if loaded.path else None,
-        "precision": str(loaded.model.lm_dtype).removeprefix("torch."),
+        "precision": loaded.model.precision,
         "invalid_examples": sorted({a for a, p in zip(preds.answers, preds.predicted) if p == "<invalid>"})[:20],
         "macro_f1_definition": "sklearn macro F1 over the dataset's label set; invalid answers count as wrong",
     }

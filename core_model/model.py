@@ -93,6 +93,11 @@ class CellLanguageModel(nn.Module):
         """The backbone's compute dtype (float32, or bfloat16 after `use_lm_dtype`)."""
         return self.lm.lm_head.weight.dtype
 
+    @property
+    def precision(self) -> str:
+        """`lm_dtype` as recorded in provenance: "float32" or "bfloat16"."""
+        return str(self.lm_dtype).removeprefix("torch.")
+
     def use_lm_dtype(self, dtype: torch.dtype) -> None:
         """Run the backbone (and its adapters) in `dtype`; the cell encoder stays float32.
 

@@ -51,7 +51,7 @@ def main() -> None:
     start = time.perf_counter()
     model = ica.load_model(precision=args.precision)
     print(f"loaded {model.path} in {time.perf_counter() - start:.1f} s "
-          f"(language model in {str(model.model.lm_dtype).removeprefix('torch.')}; --precision {args.precision})")
+          f"(language model in {model.model.precision}; --precision {args.precision})")
 
     start = time.perf_counter()
     # What a user knows about these cells: the prompt names them, and free answers are then

@@ -142,7 +142,7 @@ def _answer(adata: ad.AnnData, model: LoadedModel | None, task: str, instruction
         "calibration": "batch label-prior correction" if calibrate else "none",
         "checkpoint": str(loaded.path), "package_version": loaded.info.get("package_version"),
         "backbone": loaded.model.cfg.backbone.name, "backbone_sha256": loaded.model.backbone.sha256,
-        "precision": str(loaded.model.lm_dtype).removeprefix("torch."),
+        "precision": loaded.model.precision,
     }
     prob_frame = pd.DataFrame(probs, index=aligned.obs_names, columns=cands) if probs is not None else None
     return AnnotationResult(list(map(str, aligned.obs_names)), np.asarray(labels, dtype=object), np.asarray(conf),
