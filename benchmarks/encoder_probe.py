@@ -8,8 +8,11 @@ input (log1p(CP10k) over the checkpoint's gene vocabulary, train split), is an L
 regression: what a linear read-out of the same numbers reaches.
 
 Settings are JSON objects of `TrainConfig` fields; the default compares the shipped settings
-with no augmentation, at 12 and 25 epochs. Choosing settings here uses `valid` only; the test
-split stays for the annotation benchmark.
+with no augmentation, at 12 and 25 epochs. One probe-only key, ``input_scale_floor`` F, feeds
+the encoder each gene's log1p(CP10k) divided by max(its standard deviation over the pooled
+train cells, F): z-scored input as CellTypist uses, up to a shift the first layer's bias absorbs
+(the shipped encoder reads unscaled log1p values). Choosing settings here uses `valid` only;
+the test split stays for the annotation benchmark.
 
     python benchmarks/encoder_probe.py
     python benchmarks/encoder_probe.py --settings '{"encoder_epochs": 12}' '{"weight_decay": 0.1}'
@@ -72,10 +75,44 @@ def linear_peer(train: list[SplitData], held: list[SplitData]) -> dict[str, floa
     return out
 
 
-def probe(overrides: dict[str, Any], data: TrainingData, held: list[SplitData]) -> dict[str, Any]:
-    cfg = TrainConfig(**overrides)
+class ScaledInput(torch.nn.Module):
+    """The encoder reading each gene's value times a fixed per-gene factor (dense or sparse COO)."""
+
+    def __init__(self, encoder: CellEncoder, scale: np.ndarray) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.register_buffer("scale", torch.from_numpy(np.asarray(scale, dtype=np.float32)))
+
+    def forward(self, expr: torch.Tensor) -> torch.Tensor:
+        if expr.is_sparse:
+            expr = expr.coalesce()
+            idx = expr.indices()
+            expr = torch.sparse_coo_tensor(idx, expr.values() * self.scale[idx[1]], expr.shape,
+                                           check_invariants=False).coalesce()
+        else:
+            expr = expr * self.scale
+        return self.encoder(expr)
+
+
+def gene_std(splits: list[SplitData]) -> np.ndarray:
+    """Standard deviation of each gene's log1p(CP10k) over the pooled cells of `splits`."""
+    n, total, squares = 0, 0.0, 0.0
+    for s in splits:
+        x = log_normalize_csr(s.X, TARGET_SUM)
+        n += x.shape[0]
+        total = total + np.asarray(x.sum(0)).ravel()
+        squares = squares + np.asarray(x.multiply(x).sum(0)).ravel()
+    mean = total / n
+    return np.sqrt(np.clip(squares / n - mean ** 2, 0.0, None))
+
+
+def probe(settings: dict[str, Any], data: TrainingData, held: list[SplitData]) -> dict[str, Any]:
+    floor = settings.get("input_scale_floor")
+    cfg = TrainConfig(**{k: v for k, v in settings.items() if k != "input_scale_floor"})
     torch.manual_seed(cfg.seed)
     encoder = CellEncoder(new_encoder_config(cfg, data))
+    if floor is not None:
+        encoder = ScaledInput(encoder, 1.0 / np.maximum(gene_std(data.splits), float(floor)))
     aux = AuxHead(cfg.dim, data.n_labels)
     start = time.perf_counter()
     train_encoder(encoder, aux, data, cfg, TARGET_SUM)
@@ -89,7 +126,7 @@ def probe(overrides: dict[str, Any], data: TrainingData, held: list[SplitData]) 
             names = {v: k for k, v in data.label_index[d].items()}
             best = (aux(queries) + data.mask(d)).argmax(1) - data.label_offset[d]
             scores[ev.spec.name] = macro_f1(ev.labels, [names[int(i)] for i in best])
-    return {"settings": overrides, "config": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "backbone"},
+    return {"settings": settings, "config": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "backbone"},
             "seconds": seconds, "macro_f1": scores}
 
 

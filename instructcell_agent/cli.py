@@ -95,6 +95,9 @@ def _add_explain(sub) -> None:
     p.add_argument("--n-steps", type=int, default=64, help="Integrated Gradients integration points")
     p.add_argument("--normalize", choices=["none", "minmax"], default="none",
                    help="per-cell scaling before the per-label mean (minmax: each cell's supporting genes to [0, 1])")
+    p.add_argument("--reference", choices=["zero", "mean"], default="zero",
+                   help="what saliency and ig measure each cell against: no expression (zero) or the mean cell of "
+                        "the file (mean: why this label rather than an average cell)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--use-raw", action="store_true")
     p.add_argument("--layer", default=None)
@@ -234,7 +237,7 @@ def _explain(args) -> int:
     dataset = args.dataset or (Path(args.data).stem if Path(args.data).stem in loaded.label_sets else None)
     result = explain(adata, model=loaded, labels=labels, method=args.method,
                      top_k=args.top_k, dataset=None if candidates else dataset, candidates=candidates,
-                     normalize=args.normalize,
+                     normalize=args.normalize, reference=args.reference,
                      n_steps=args.n_steps, batch_size=args.batch_size, use_raw=args.use_raw, layer=args.layer)
     paths = write_explanation(result, args.out, protect=[args.data])
     print(result.summary())

@@ -23,6 +23,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from instructcell_agent.core_model.alignment import align_to_vocab
+from instructcell_agent.core_model.cell_encoder import log_normalize_csr
 from instructcell_agent.core_model.checkpoint import LoadedModel
 from instructcell_agent.core_model.datasets import prompt_fields
 from instructcell_agent.core_model.errors import InputFileError, LabelKeyError
@@ -34,13 +35,15 @@ from .attribution import METHODS, IGSettings, attribute
 from .markers import DEFAULT_DB, PRECISION_K, MarkerDB, load_marker_db, marker_report, wilcoxon_rankings
 from .result import DEFAULT_KEY, ExplanationResult
 
+REFERENCES = ("zero", "mean")
+
 log = logging.getLogger(__name__)
 
 
 def explain(adata: ad.AnnData, model: LoadedModel | None = None, labels: str | Sequence[str] | None = None,
             method: str = "saliency", top_k: int = 10, *, dataset: str | None = None,
             candidates: Sequence[str] | None = None, instruction: str | None = None,
-            normalize: str = DEFAULT_NORMALIZE,
+            normalize: str = DEFAULT_NORMALIZE, reference: str | np.ndarray = "zero",
             n_steps: int = 64, ig_tolerance: float | None = 0.05, batch_size: int = 16,
             marker_db: str = DEFAULT_DB, compare_wilcoxon: bool = True,
             species: str | None = None, layer: str | None = None, use_raw: bool = False,
@@ -73,6 +76,11 @@ def explain(adata: ad.AnnData, model: LoadedModel | None = None, labels: str | S
         Per-cell normalisation before the per-label mean: ``"none"`` (default, raw attributions)
         or ``"minmax"`` (each cell's supporting attributions scaled to [0, 1], after the
         InstructCell paper); see :mod:`~instructcell_agent.interpret.aggregate` for why.
+    reference
+        What ``saliency`` and ``ig`` measure each cell against: ``"zero"`` (default, no
+        expression), ``"mean"`` (the mean log1p(CP10k) profile of the cells passed in: why this
+        label rather than an average cell of the sample; housekeeping genes then drop out of the
+        rankings), or one log1p(CP10k) value per model gene. ``gradient`` ignores it.
     n_steps, ig_tolerance, batch_size
         Integrated Gradients: integration points of the first pass, and the completeness
         |delta| (log-probability units) below which pieces of the path stop being refined (None:
@@ -99,9 +107,9 @@ def explain(adata: ad.AnnData, model: LoadedModel | None = None, labels: str | S
     CheckpointError
         `dataset` is not a label set of the checkpoint.
     ValueError
-        Unknown method or normalisation, bad `top_k`, labels of the wrong length.
+        Unknown method, normalisation or reference, bad `top_k`, labels of the wrong length.
     """
-    _check_options(method, normalize, top_k)
+    _check_options(method, normalize, top_k, reference)
     if model is None:
         from instructcell_agent.api import load_model
 
@@ -113,8 +121,10 @@ def explain(adata: ad.AnnData, model: LoadedModel | None = None, labels: str | S
     aligned = align_to_vocab(adata, model.vocab, layer=layer, use_raw=use_raw, gene_key=gene_key, min_genes=min_genes)
     template, prefixes, rows = _prompts(model, adata, instruction, cands)
     target = None if given is None else np.array([cands.index(l) for l in given], dtype=np.int64)
+    ref = _reference(reference, aligned.X, model) if method != "gradient" else None
     attr = attribute(model.model, aligned.X, cands, prefixes, rows, target, method=method, batch_size=batch_size,
-                     ig=IGSettings(n_steps, min(8, n_steps), ig_tolerance, max_steps=16 * n_steps), progress=progress)
+                     ig=IGSettings(n_steps, min(8, n_steps), ig_tolerance, max_steps=16 * n_steps), reference=ref,
+                     progress=progress)
     groups = given if given is not None else np.asarray(cands, dtype=object)[attr.predicted].astype(str)
     means = label_means(cell_scores(attr.values, attr.inputs, normalize), groups, model.vocab, order=cands)
     species = species or aligned.report.species
@@ -122,7 +132,9 @@ def explain(adata: ad.AnnData, model: LoadedModel | None = None, labels: str | S
     report = _marker_comparison(means, db, species, model.vocab, attr.inputs, groups, compare_wilcoxon)
     provenance = {
         "method": method, "target": "given" if given is not None else "predicted", "instruction": template,
-        "candidates": cands, "normalize": normalize, "n_steps": n_steps if method == "ig" else None,
+        "candidates": cands, "normalize": normalize,
+        "reference": None if method == "gradient" else (reference if isinstance(reference, str) else "given"),
+        "n_steps": n_steps if method == "ig" else None,
         "ig_tolerance": ig_tolerance if method == "ig" else None,
         "marker_db": marker_db if db is not None else None, "marker_db_source": db.source if db else None,
         "species": species, "checkpoint": str(model.path) if model.path else None,
@@ -134,13 +146,25 @@ def explain(adata: ad.AnnData, model: LoadedModel | None = None, labels: str | S
                              top_k, normalize, report, adata.obs.copy(), provenance, db, species)
 
 
-def _check_options(method: str, normalize: str, top_k: int) -> None:
+def _check_options(method: str, normalize: str, top_k: int, reference: str | np.ndarray) -> None:
+    if isinstance(reference, str) and reference not in REFERENCES:
+        raise ValueError(f"reference must be one of {REFERENCES} or an array of one value per gene, got {reference!r}")
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if normalize not in NORMALIZATIONS:
         raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}")
     if top_k < 1:
         raise ValueError(f"top_k must be at least 1, got {top_k}")
+
+
+def _reference(reference: str | np.ndarray, counts: sp.spmatrix, model: LoadedModel) -> np.ndarray | None:
+    """The reference input over the model's genes (None: zeros)."""
+    if isinstance(reference, str):
+        if reference == "zero":
+            return None
+        log_expr = log_normalize_csr(counts, model.model.cfg.target_sum)
+        return np.asarray(log_expr.mean(0), dtype=np.float32).ravel()
+    return np.asarray(reference, dtype=np.float32)  # shape and values checked by `attribute`
 
 
 def _given_labels(adata: ad.AnnData, labels: str | Sequence[str] | None) -> np.ndarray | str | None:

@@ -9,15 +9,25 @@ the exact tensor the cell encoder reads, so attributions are in the space the mo
 Methods
 -------
 ``saliency``
-    gradient x input (Captum ``InputXGradient``): zero for genes the cell does not express,
-    signed, in log-probability units per unit of log-expression times that expression.
+    gradient x (input - reference), the first-order change of the log-probability from the
+    reference cell to this one. With the default all-zero reference this is gradient x input
+    (Captum ``InputXGradient``): zero for genes the cell does not express, signed, in
+    log-probability units per unit of log-expression times that expression.
 ``gradient``
     the plain gradient (Captum ``Saliency`` without absolute value): sensitivity, also for
-    genes the cell does not express.
+    genes the cell does not express. It has no reference.
 ``ig``
-    Integrated Gradients from an all-zero baseline (no expression), with Captum's completeness
-    delta per cell: sum(attributions) - (f(x) - f(0)). The path integral is taken piecewise and
-    adaptively (see :func:`_integrated_gradients` for why).
+    Integrated Gradients from the reference (default all-zero: no expression), with Captum's
+    completeness delta per cell: sum(attributions) - (f(x) - f(reference)). The path integral is
+    taken piecewise and adaptively (see :func:`_integrated_gradients` for why).
+
+Reference
+---------
+Zero asks "why this label rather than an empty cell". Genes every cell expresses highly
+(ribosomal, mitochondrial) then carry large attributions whenever the model leans on them at
+all. A reference such as the mean cell of a sample asks "why this label rather than an average
+cell": a gene at its average level contributes nothing, so the ranking favours genes the cell
+expresses above or below the rest (measured in `benchmarks/results/saliency_variants.md`).
 """
 
 from __future__ import annotations
@@ -29,7 +39,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.sparse as sp
 import torch
-from captum.attr import InputXGradient, IntegratedGradients, Saliency
+from captum.attr import IntegratedGradients, Saliency
 
 from instructcell_agent.core_model.corpus import dense_rows
 from instructcell_agent.core_model.model import CellLanguageModel
@@ -63,6 +73,8 @@ class Attributions:
         Integration steps (IG only).
     steps_used
         IG: integration points (forward + backward passes) spent per cell (its batch's count).
+    reference
+        The reference input (genes,) of ``saliency`` and ``ig``; None means all zeros.
     prefixes, rows
         The distinct prompt prefixes and each cell's index into them (to re-run the model on
         perturbed inputs, e.g. the deletion test).
@@ -79,6 +91,7 @@ class Attributions:
     prefixes: list[str] = field(default_factory=list)
     rows: np.ndarray | None = None
     steps_used: np.ndarray | None = None
+    reference: np.ndarray | None = None
 
     @property
     def predicted(self) -> np.ndarray:
@@ -107,19 +120,18 @@ class LabelLogProb:
 
 
 def _attribute_batch(forward: LabelLogProb, expr: torch.Tensor, rows: torch.Tensor, target: torch.Tensor,
-                     method: str, ig: IGSettings,
-                     internal_batch_size: int) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+                     method: str, ig: IGSettings, internal_batch_size: int,
+                     reference: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, int]:
     """Attributions, IG delta (else None) and integration points used, for one batch of cells.
 
-    Gradients are taken w.r.t. the input only."""
+    Gradients are taken w.r.t. the input only; `reference` is (genes,) or all zeros."""
     expr = expr.detach().requires_grad_()  # Captum would set it too, with a warning per batch
     with torch.enable_grad():
-        if method == "saliency":
-            return InputXGradient(forward).attribute(expr, target=target, additional_forward_args=(rows,)), None, 1
-        if method == "gradient":
+        if method in ("saliency", "gradient"):
             grads = Saliency(forward).attribute(expr, target=target, abs=False, additional_forward_args=(rows,))
-            return grads, None, 1
-        return _integrated_gradients(forward, expr.detach(), rows, target, ig, internal_batch_size)
+            # x - 0 is exactly x, so the zero reference gives InputXGradient's numbers
+            return (grads * (expr.detach() - reference) if method == "saliency" else grads), None, 1
+        return _integrated_gradients(forward, expr.detach(), rows, target, ig, internal_batch_size, reference)
 
 
 @dataclass(frozen=True)
@@ -157,35 +169,43 @@ class IGSettings:
 
 
 class _PathFunction:
-    """f(a * x) for the batch's targets, memoised per scale a (no gradients)."""
+    """f(r + a * (x - r)) for the batch's targets, memoised per position a (no gradients)."""
 
-    def __init__(self, forward: LabelLogProb, expr: torch.Tensor, rows: torch.Tensor, target: torch.Tensor) -> None:
-        self.forward, self.expr, self.rows, self.target = forward, expr, rows, target
+    def __init__(self, forward: LabelLogProb, expr: torch.Tensor, rows: torch.Tensor, target: torch.Tensor,
+                 reference: torch.Tensor) -> None:
+        self.forward, self.expr, self.rows, self.target, self.reference = forward, expr, rows, target, reference
         self.memo: dict[float, torch.Tensor] = {}
+
+    def point(self, alpha: float) -> torch.Tensor:
+        """The input at position `alpha` of the straight path (0: reference, 1: the cell)."""
+        return self.reference + alpha * (self.expr - self.reference)
 
     def __call__(self, alpha: float) -> torch.Tensor:
         if alpha not in self.memo:
             with torch.no_grad():
-                out = self.forward(self.expr * alpha, self.rows)
+                out = self.forward(self.point(alpha), self.rows)
             self.memo[alpha] = out.gather(1, self.target[:, None]).squeeze(1)
         return self.memo[alpha]
 
 
 def _integrated_gradients(forward: LabelLogProb, expr: torch.Tensor, rows: torch.Tensor, target: torch.Tensor,
-                          settings: IGSettings, internal_batch_size: int) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """IG from the zero baseline, integrated adaptively along the same straight path.
+                          settings: IGSettings, internal_batch_size: int,
+                          reference: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """IG from the reference, integrated adaptively along the same straight path.
 
     The cell encoder layer-normalises its first hidden layer, so the model is nearly
     scale-invariant in its input: along the path from zero the answer changes within a narrow
     band of small scales (about |bias| / |W x|, ~1% of the input on the tiny test model) and
     hardly at all after; evenly spread quadrature points step over that band (|delta| up to 16
     nats with 64 points measured). IG is additive over pieces of its path, so Captum's IG is run
-    piece by piece (from a*x to b*x), starting from geometrically spaced pieces and halving any
-    piece whose own completeness gap exceeds its share of the tolerance. The delta returned is
-    Captum's, for the whole path: sum(attributions) - (f(x) - f(0)).
+    piece by piece (between positions a and b of the path), starting from geometrically spaced
+    pieces and halving any piece whose own completeness gap exceeds its share of the tolerance.
+    The delta returned is Captum's, for the whole path: sum(attributions) - (f(x) - f(reference)).
+    (From a non-zero reference the geometric pieces are merely finer near it than they need be.)
     """
     ig = IntegratedGradients(forward)
-    path = _PathFunction(forward, expr, rows, target)
+    reference = reference.expand_as(expr)
+    path = _PathFunction(forward, expr, rows, target, reference)
     points = settings.breakpoints()
     per = max(1, settings.n_steps // (len(points) - 1))
     budget = settings.tolerance / (len(points) - 1) if settings.tolerance is not None else None
@@ -193,7 +213,7 @@ def _integrated_gradients(forward: LabelLogProb, expr: torch.Tensor, rows: torch
     total, used, capped = torch.zeros_like(expr), 0, False
     while todo:
         lo, hi, tol = todo.pop()
-        attr = ig.attribute(expr * hi, baselines=expr * lo, target=target, additional_forward_args=(rows,),
+        attr = ig.attribute(path.point(hi), baselines=path.point(lo), target=target, additional_forward_args=(rows,),
                             n_steps=per, internal_batch_size=max(internal_batch_size, expr.shape[0])).detach()
         used += per
         gap = (attr.sum(1) - (path(hi) - path(lo))).abs().max().item()
@@ -206,7 +226,7 @@ def _integrated_gradients(forward: LabelLogProb, expr: torch.Tensor, rows: torch
         total += attr
     if capped:
         log.warning("Integrated Gradients stopped refining at %d points (max_steps); see the per-cell deltas", used)
-    delta = ig.compute_convergence_delta(total, torch.zeros_like(expr), expr, target=target,
+    delta = ig.compute_convergence_delta(total, reference, expr, target=target,
                                          additional_forward_args=(rows,))
     return total, delta, used
 
@@ -219,7 +239,8 @@ def _probabilities(forward: LabelLogProb, expr: torch.Tensor, rows: torch.Tensor
 def attribute(model: CellLanguageModel, counts: sp.csr_matrix | np.ndarray, candidates: Sequence[str],
               prefixes: Sequence[str], rows: np.ndarray | None = None, target: np.ndarray | None = None, *,
               method: str = "saliency", batch_size: int = 16, ig: IGSettings | None = None,
-              internal_batch_size: int = 64, progress: Callable[[int, int], None] | None = None) -> Attributions:
+              internal_batch_size: int = 64, reference: np.ndarray | None = None,
+              progress: Callable[[int, int], None] | None = None) -> Attributions:
     """Attribute each cell's target-label log-probability to its log-normalized expression.
 
     Parameters
@@ -246,6 +267,9 @@ def attribute(model: CellLanguageModel, counts: sp.csr_matrix | np.ndarray, cand
         Integrated Gradients: rows (cells x points) per forward pass. Backward memory grows with
         rows x candidate tokens: 256 rows over zheng2017's 10 long labels took more than 20 GB on
         the default checkpoint; 64 stays near 6 GB.
+    reference
+        Reference input (one log1p(CP10k) value per gene) that ``saliency`` and ``ig`` measure
+        from, e.g. the mean cell of a sample. Default: all zeros (no expression).
     progress
         Called with (cells done, total) after each batch.
 
@@ -256,10 +280,12 @@ def attribute(model: CellLanguageModel, counts: sp.csr_matrix | np.ndarray, cand
     Raises
     ------
     ValueError
-        Unknown method, or a target index outside the candidates.
+        Unknown method, a target index outside the candidates, or a reference that is not one
+        finite, non-negative value per gene.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    ref = _reference_tensor(model, reference, counts.shape[1])
     ig = ig or IGSettings()
     if method == "ig":
         ig.breakpoints()  # refuse bad settings before any work
@@ -276,7 +302,7 @@ def attribute(model: CellLanguageModel, counts: sp.csr_matrix | np.ndarray, cand
     parts = []
     for start in range(0, n_cells, batch_size):
         idx = np.arange(start, min(start + batch_size, n_cells))
-        parts.append(_one_batch(forward, counts, idx, rows, target, method, ig, internal_batch_size))
+        parts.append(_one_batch(forward, counts, idx, rows, target, method, ig, internal_batch_size, ref))
         if progress is not None:
             progress(int(idx[-1]) + 1, n_cells)
     values, inputs, probs, targets, deltas, used = (list(x) for x in zip(*parts))
@@ -285,18 +311,32 @@ def attribute(model: CellLanguageModel, counts: sp.csr_matrix | np.ndarray, cand
         np.concatenate(probs), [str(c) for c in candidates], method,
         np.concatenate(deltas) if method == "ig" else None, ig.n_steps if method == "ig" else None,
         list(prefixes), rows, np.concatenate(used) if method == "ig" else None,
+        None if reference is None else ref.cpu().numpy(),
     )
 
 
+def _reference_tensor(model: CellLanguageModel, reference: np.ndarray | None, n_genes: int) -> torch.Tensor:
+    """The reference as a float32 tensor on the model's device (zeros when None), checked."""
+    if reference is None:
+        return torch.zeros(n_genes, device=model.device)
+    ref = np.asarray(reference, dtype=np.float32)
+    if ref.shape != (n_genes,):
+        raise ValueError(f"reference must hold one value per gene ({n_genes}), got shape {ref.shape}")
+    if not np.isfinite(ref).all() or (ref < 0).any():
+        raise ValueError("reference must be finite and non-negative (a log1p(CP10k) expression profile)")
+    return torch.from_numpy(ref).to(model.device)
+
+
 def _one_batch(forward: LabelLogProb, counts: sp.csr_matrix | np.ndarray, idx: np.ndarray, rows: np.ndarray,
-               target: np.ndarray | None, method: str, ig: IGSettings, internal_batch_size: int) -> tuple:
+               target: np.ndarray | None, method: str, ig: IGSettings, internal_batch_size: int,
+               reference: torch.Tensor) -> tuple:
     """(attributions, inputs, probabilities, targets, IG delta or None, points used) of cells `idx`."""
     model = forward.model
     expr = _log_expression(model, counts, idx)
     row_t = torch.from_numpy(rows[idx]).to(model.device)
     p = _probabilities(forward, expr, row_t)
     tgt = p.argmax(1) if target is None else torch.as_tensor(target[idx], device=model.device)
-    attr, delta, used = _attribute_batch(forward, expr, row_t, tgt, method, ig, internal_batch_size)
+    attr, delta, used = _attribute_batch(forward, expr, row_t, tgt, method, ig, internal_batch_size, reference)
     as_np = lambda t: t.detach().float().cpu().numpy()  # noqa: E731
     return (as_np(attr), as_np(expr), as_np(p), tgt.cpu().numpy(), as_np(delta) if delta is not None else None,
             np.full(len(idx), used, dtype=np.int64))

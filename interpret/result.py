@@ -174,6 +174,7 @@ class ExplanationResult:
         adata.obsm[f"{key}_probabilities"] = a.probabilities.astype(np.float32)
         params = {"target": self.provenance.get("target", ""), "normalize": self.normalize, "top_k": self.top_k,
                   "candidates": list(a.candidates), "attribution": a.method,
+                  "reference": self.provenance.get("reference") or "none",
                   "n_steps": a.n_steps if a.n_steps is not None else 0}
         adata.uns[key] = rank_genes_groups_layout(self.means, self.top_k, f"{key}_label", f"instructcell_{a.method}",
                                                   a.inputs, self.groups, params)

@@ -116,6 +116,56 @@ def test_batch_and_single_cell_attributions_agree(tiny_model, cells, method):
     np.testing.assert_array_equal(batched.target, single.target)
 
 
+def test_saliency_from_a_reference_is_the_gradient_times_the_difference(tiny_model, cells):
+    cands = list(CELL_TYPES)
+    X = align_to_vocab(cells[:6], tiny_model.vocab).X
+    prefix = _prefix(tiny_model, cands)
+    grad = attribute(tiny_model.model, X, cands, prefix, method="gradient")
+    zero = attribute(tiny_model.model, X, cands, prefix, method="saliency")
+    mean = grad.inputs.mean(0)
+    centred = attribute(tiny_model.model, X, cands, prefix, method="saliency", reference=mean)
+    np.testing.assert_allclose(zero.values, grad.values * grad.inputs, rtol=1e-5, atol=1e-8)
+    np.testing.assert_allclose(centred.values, grad.values * (grad.inputs - mean), rtol=1e-5, atol=1e-8)
+    assert zero.reference is None
+    np.testing.assert_array_equal(centred.reference, mean.astype(np.float32))
+    # measured against itself, a cell has nothing to explain; against zero it has
+    itself = attribute(tiny_model.model, X, cands, prefix, method="saliency", reference=grad.inputs[0])
+    assert np.all(itself.values[0] == 0) and np.abs(zero.values[0]).max() > 0 and np.abs(itself.values[1]).max() > 0
+
+
+def test_ig_from_the_mean_cell_sums_to_the_output_difference(tiny_model, cells):
+    cands = list(CELL_TYPES)
+    X = align_to_vocab(cells[:4], tiny_model.vocab).X
+    prefix = _prefix(tiny_model, cands)
+    mean = attribute(tiny_model.model, align_to_vocab(cells, tiny_model.vocab).X, cands, prefix,
+                     method="gradient").inputs.mean(0)
+    a = attribute(tiny_model.model, X, cands, prefix, method="ig", ig=IGSettings(n_steps=64), reference=mean)
+    f = LabelLogProb(tiny_model.model, prefix, cands)
+    rows = torch.zeros(4, dtype=torch.long)
+    with torch.no_grad():
+        x, ref = torch.from_numpy(a.inputs), torch.from_numpy(mean).expand(4, -1)
+        gap = (f(x, rows) - f(ref, rows)).gather(1, torch.from_numpy(a.target)[:, None]).squeeze(1)
+    assert gap.abs().max() > 0.01  # the mean cell is answered differently from these cells
+    np.testing.assert_allclose(a.values.sum(1), gap.numpy(), atol=IG_TOLERANCE)
+    np.testing.assert_allclose(a.values.sum(1) - gap.numpy(), a.delta, atol=1e-4)
+
+
+def test_planted_markers_lead_also_against_the_mean_cell(marker_model, cells):
+    result = explain(cells, model=marker_model, labels="cell_type", dataset="planted", reference="mean")
+    assert result.provenance["reference"] == "mean"
+    for label in CELL_TYPES:
+        assert _top(result, label, 1)[0] in marker_genes(label), (label, _top(result, label, 4))
+
+
+def test_a_bad_reference_is_refused(tiny_model, cells):
+    with pytest.raises(ValueError, match="reference must be one of"):
+        explain(cells[:4], model=tiny_model, dataset="planted", reference="median")
+    with pytest.raises(ValueError, match="one value per gene"):
+        explain(cells[:4], model=tiny_model, dataset="planted", reference=np.zeros(3))
+    with pytest.raises(ValueError, match="finite and non-negative"):
+        explain(cells[:4], model=tiny_model, dataset="planted", reference=np.full(len(tiny_model.vocab), -1.0))
+
+
 def test_gradient_x_input_is_zero_where_nothing_is_expressed(given):
     a = given.attributions
     assert np.all(a.values[a.inputs == 0] == 0)

@@ -91,14 +91,16 @@ def test_cli_explain_writes_everything_and_keeps_the_input(tiny_checkpoint, synt
     assert (out / "explain.json").is_file()
 
 
-def test_cli_explain_with_integrated_gradients(tiny_checkpoint, synthetic_set, tmp_path):
+@pytest.mark.parametrize("reference", ["zero", "mean"])
+def test_cli_explain_with_integrated_gradients(tiny_checkpoint, synthetic_set, tmp_path, reference):
     small = tmp_path / "small.h5ad"
     ad.read_h5ad(synthetic_set["path"])[:12].copy().write_h5ad(small)
     code = main(["explain", "--checkpoint", str(tiny_checkpoint), "--data", str(small), "--method", "ig",
-                 "--n-steps", "16", "--out", str(tmp_path / "ig")])
+                 "--n-steps", "16", "--reference", reference, "--out", str(tmp_path / "ig")])
     assert code == 0
     adata = ad.read_h5ad(tmp_path / "ig" / "explained.h5ad")
     assert f"{KEY}_ig_delta" in adata.obs and adata.uns[KEY]["params"]["attribution"] == "ig"
+    assert adata.uns[KEY]["params"]["reference"] == reference
 
 
 def test_cli_explain_errors_are_messages(tiny_checkpoint, synthetic_set, tmp_path, capsys):
