@@ -79,6 +79,10 @@ class ExplainGenesRequest(_MatrixOptions):
         None, min_length=2, max_length=200, description="Labels scored for every cell. Default: the model's.")
     method: Literal["saliency", "gradient", "ig"] = Field(
         "saliency", description="saliency (gradient x input), gradient, or ig (Integrated Gradients; slower).")
+    reference: Literal["zero", "mean"] = Field(
+        "zero", description="What saliency and ig measure each cell against: no expression (zero), or the mean "
+                            "cell of the file (mean: genes at their average level count for nothing, so "
+                            "housekeeping genes drop out of the rankings).")
     top_k: int = Field(10, ge=1, le=1000, description="Genes reported per label.")
     background: bool = Field(False, description="Run as a background job and return a job id at once.")
 
@@ -179,6 +183,7 @@ class ExplanationSummary(BaseModel):
     h5ad_path: str
     n_cells: int
     method: str
+    reference: str = Field("zero", description="What the attributions were measured against.")
     cells_per_label: dict[str, int]
     top_genes: dict[str, list[GeneScore]] = Field(description="Per label, its top genes by attribution.")
     marker_precision: dict[str, float | None] | None = Field(

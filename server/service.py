@@ -206,6 +206,7 @@ class InstructCellService:
         rep.update(0, adata.n_obs, f"explaining {adata.n_obs:,} cells ({req.method})")
         with self.model_lock:
             result = explain(adata, model=model, labels=req.labels, method=req.method, top_k=req.top_k,
+                             reference=req.reference,
                              candidates=req.candidates, **_matrix(req),
                              progress=lambda done, total: rep.update(done, total, f"explained {done:,} of {total:,} cells"))
         rep.update(adata.n_obs, adata.n_obs, "writing tables and figures")
@@ -224,6 +225,7 @@ class InstructCellService:
             precision = {str(r.label): (None if pd.isna(r.precision_at_k) else float(r.precision_at_k))
                          for r in result.marker_report.itertuples(index=False)}
         return ExplanationSummary(h5ad_path=str(path), n_cells=adata.n_obs, method=req.method,
+                                  reference=req.reference if req.method != "gradient" else "none",
                                   cells_per_label=dict(Counter(map(str, result.groups))), top_genes=top,
                                   marker_precision=precision, outputs=files,
                                   seconds=round(time.perf_counter() - started, 3))
