@@ -41,7 +41,7 @@ from instructcell_agent.core_model.checkpoint import load_checkpoint
 from instructcell_agent.core_model.datasets import load_catalog, read_split, shared_root, subset_by_names
 from instructcell_agent.core_model.io import get_labels, read_h5ad
 from instructcell_agent import default_checkpoint_path
-from instructcell_agent.interpret.aggregate import rankings
+from instructcell_agent.interpret.aggregate import cell_scores, rankings
 from instructcell_agent.interpret.api import explain
 from instructcell_agent.interpret.markers import load_marker_db, marker_report
 from report_io import run_meta, write_report
@@ -60,14 +60,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def scale_cells(scores: np.ndarray, how: str) -> np.ndarray:
-    """Per-cell scaling of attributions already zeroed at unexpressed genes."""
-    if how == "none":
-        return scores
-    if how == "l1":
-        return scores / (np.abs(scores).sum(1, keepdims=True) + 1e-12)
-    positive = np.clip(scores, 0.0, None)
-    return positive / (positive.max(1, keepdims=True) + 1e-12)
+def scale_cells(values: np.ndarray, inputs: np.ndarray, how: str) -> np.ndarray:
+    """Per-cell scores: `explain`'s own ("none", "minmax"), or divided by their absolute sum ("l1")."""
+    if how != "l1":
+        return cell_scores(values, inputs, how)
+    scores = cell_scores(values, inputs, "none")
+    return scores / (np.abs(scores).sum(1, keepdims=True) + 1e-12)
 
 
 def pooled(scores: np.ndarray, groups: np.ndarray, labels: list[str], genes: list[str], how: str) -> pd.DataFrame:
@@ -98,7 +96,7 @@ def run_dataset(spec: Any, loaded: Any, db: Any) -> dict[str, float]:
     references = {"zero": np.zeros_like(train_mean), "train_mean": train_mean}
     out = {}
     for ref, scale, pool in itertools.product(REFERENCES, SCALINGS, POOLINGS):
-        scores = scale_cells(np.where(x > 0, grad * (x - references[ref]), 0.0), scale)
+        scores = scale_cells(grad * (x - references[ref]), x, scale)
         out[f"{ref}/{scale}/{pool}"] = precision(pooled(scores, truth, labels, list(loaded.vocab), pool), db, species)
     return out
 
