@@ -7,7 +7,10 @@ pooling cells ranks more PanglaoDB markers in each label's top 10, before anythi
 log-probability once (``explain(method="gradient")``, float32) and forms, offline:
 
 - reference: ``zero`` (gradient x input, the shipped default) or ``train_mean`` (gradient x
-  (input - the mean train cell): why this label rather than an average cell of the set);
+  (input - the mean train cell): why this label rather than an average cell of the set), or
+  ``train_mean_above``: the same attributions, but a gene counts in a cell only where the cell
+  expresses it above the mean cell (its evidence by presence, not by absence; with the zero
+  reference "above the reference" and "expressed" are the same rule);
 - per-cell scaling: ``none`` (the shipped default), ``l1`` (attributions / their absolute sum)
   or ``minmax`` (supporting attributions scaled to [0, 1], as ``explain(normalize="minmax")``);
 - per-label pooling: ``mean`` (the shipped default) or ``median`` over the label's cells.
@@ -48,7 +51,8 @@ from report_io import run_meta, write_report
 
 logger = logging.getLogger("saliency_variants")
 DATASETS = ("zheng2017_pbmc_sorted", "xin2016_pancreas_subset", "bastidasponce2019_pancreas_e155")
-REFERENCES, SCALINGS, POOLINGS = ("zero", "train_mean"), ("none", "l1", "minmax"), ("mean", "median")
+REFERENCES = ("zero", "train_mean", "train_mean_above")
+SCALINGS, POOLINGS = ("none", "l1", "minmax"), ("mean", "median")
 K = 10
 
 
@@ -93,10 +97,12 @@ def run_dataset(spec: Any, loaded: Any, db: Any) -> dict[str, float]:
     grad, x = result.attributions.values, result.attributions.inputs
     train = subset_by_names(adata, split["train"], "train")
     train_mean = np.asarray(log_normalize_csr(align_to_vocab(train, loaded.vocab).X).mean(0)).ravel()
-    references = {"zero": np.zeros_like(train_mean), "train_mean": train_mean}
+    references = {"zero": np.zeros_like(train_mean), "train_mean": train_mean, "train_mean_above": train_mean}
     out = {}
     for ref, scale, pool in itertools.product(REFERENCES, SCALINGS, POOLINGS):
-        scores = scale_cells(grad * (x - references[ref]), x, scale)
+        shift = x - references[ref]
+        # `cell_scores` counts a gene where its second argument is > 0: expressed, or above the mean cell.
+        scores = scale_cells(grad * shift, shift if ref.endswith("_above") else x, scale)
         out[f"{ref}/{scale}/{pool}"] = precision(pooled(scores, truth, labels, list(loaded.vocab), pool), db, species)
     return out
 

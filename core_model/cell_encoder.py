@@ -58,6 +58,7 @@ class CellEncoder(nn.Module):
             QFormerLayer(cfg.dim, cfg.n_heads, cfg.dropout) for _ in range(cfg.n_layers)
         )
         self.norm_out = nn.LayerNorm(cfg.dim)
+        self.skip = nn.Linear(cfg.hidden_dim, cfg.dim) if cfg.linear_skip else None
 
     def forward(self, expr: torch.Tensor) -> torch.Tensor:
         """`expr` dense, or a sparse COO tensor (training batches: ~90% of entries are zero)."""
@@ -70,6 +71,8 @@ class CellEncoder(nn.Module):
         queries = self.queries.unsqueeze(0).expand(batch, -1, -1)
         for layer in self.layers:
             queries = layer(queries, kv)
+        if self.skip is not None:
+            queries = queries + self.skip(hidden).unsqueeze(1)
         return self.norm_out(queries)
 
 

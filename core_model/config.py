@@ -33,6 +33,9 @@ class CellEncoderConfig:
         Q-Former depth and attention heads (self- and cross-attention in every layer).
     dropout
         Dropout inside the encoder during training.
+    linear_skip
+        Add a linear read-out of the first layer (before its non-linearity) to every query output,
+        so the soft tokens carry a purely linear view of the expression next to the Q-Former's.
     """
 
     n_genes: int
@@ -43,6 +46,7 @@ class CellEncoderConfig:
     n_layers: int = 2
     n_heads: int = 4
     dropout: float = 0.1
+    linear_skip: bool = False
 
     def __post_init__(self) -> None:
         _positive(self, "n_genes", "hidden_dim", "n_kv_tokens", "dim", "n_queries", "n_layers", "n_heads")

@@ -79,6 +79,7 @@ class TrainConfig:
     # Datasets are drawn for a batch with probability proportional to cells**dataset_alpha: 0.5
     # favours small sets, 1.0 gives every train cell the same number of passes.
     dataset_alpha: float = 0.5
+    linear_skip: bool = False  # see CellEncoderConfig.linear_skip
 
     def __post_init__(self) -> None:
         # Checked here, not at the first draw, so a bad value fails before minutes of data loading.
@@ -202,7 +203,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, show_p
 def new_encoder_config(cfg: TrainConfig, data: TrainingData) -> CellEncoderConfig:
     """The encoder a run from scratch builds (the gene count is the vocabulary the data is aligned to)."""
     return CellEncoderConfig(n_genes=int(data.splits[0].X.shape[1]), hidden_dim=cfg.hidden_dim, dim=cfg.dim,
-                             n_queries=cfg.n_queries, n_layers=cfg.n_layers)
+                             n_queries=cfg.n_queries, n_layers=cfg.n_layers, linear_skip=cfg.linear_skip)
 
 
 def _new_model(cfg: TrainConfig, data: TrainingData) -> CellLanguageModel:

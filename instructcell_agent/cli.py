@@ -37,6 +37,9 @@ def _add_train(sub) -> None:
     p.add_argument("--dataset-alpha", type=float, default=0.5,
                    help="draw datasets with probability proportional to cells**ALPHA (0.5 favours small "
                         "sets; 1 gives every train cell the same number of passes)")
+    p.add_argument("--linear-skip", action="store_true",
+                   help="give the encoder's soft tokens a linear read-out of the expression beside the "
+                        "Q-Former's (benchmarks/results/encoder_probe_run7.md)")
     p.add_argument("--fit-splits", default="train", choices=["train", "train+valid"],
                    help="splits to fit on; train+valid is the final refit once settings were chosen on valid")
     p.add_argument("--vocab-from", default=None, metavar="CHECKPOINT_OR_JSON",
@@ -97,7 +100,8 @@ def _add_explain(sub) -> None:
                    help="per-cell scaling before the per-label mean (minmax: each cell's supporting genes to [0, 1])")
     p.add_argument("--reference", choices=["zero", "mean"], default="zero",
                    help="what saliency and ig measure each cell against: no expression (zero) or the mean cell of "
-                        "the file (mean: why this label rather than an average cell)")
+                        "the file (mean: why this label rather than an average cell; genes are ranked where a cell "
+                        "expresses them above it)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--use-raw", action="store_true")
     p.add_argument("--layer", default=None)
@@ -153,6 +157,7 @@ def _train(args) -> int:
         n_hvg=args.n_hvg, seed=args.seed, hidden_dim=args.hidden_dim, gene_keep=args.gene_keep,
         panel_drop_prob=args.panel_drop, lr=args.lr, init_from=args.init_from, weight_decay=args.weight_decay,
         fit_splits=args.fit_splits, vocab_from=args.vocab_from, dataset_alpha=args.dataset_alpha,
+        linear_skip=args.linear_skip,
     )
     command = "instructcell " + " ".join(sys.argv[1:]) if argv_is_cli() else None
     specs = None

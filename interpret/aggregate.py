@@ -2,7 +2,8 @@
 
 For every label, the mean over its cells of each gene's per-cell score, counting a gene only
 where the cell expresses it (unexpressed genes score 0; gradient x input and zero-baseline
-Integrated Gradients give 0 there anyway, the plain gradient does not).
+Integrated Gradients give 0 there anyway, the plain gradient does not), or, for attributions
+against a non-zero reference such as the mean cell, where it expresses it above the reference.
 
 ``normalize="none"`` (our default): raw attributions, in log-probability units and signed.
 ``normalize="minmax"`` (after the InstructCell paper): per cell, only attributions that support
@@ -40,7 +41,8 @@ def cell_scores(values: np.ndarray, inputs: np.ndarray, normalize: str = DEFAULT
     values
         cells x genes attributions.
     inputs
-        cells x genes model input (log1p(CP10k)); a gene counts where it is > 0.
+        cells x genes model input (log1p(CP10k)), or the input minus the attribution's reference
+        (`Attributions.above_reference`); a gene counts where it is > 0.
     normalize
         ``"none"`` or ``"minmax"``.
 
@@ -138,7 +140,8 @@ def rank_genes_groups_layout(means: pd.DataFrame, n_genes: int, groupby: str, me
 
 
 def per_cell_top(scores: np.ndarray, inputs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Each cell's `k` highest-scoring expressed genes: (gene indices, scores), cells x k.
+    """Each cell's `k` highest-scoring counted genes (`inputs` > 0, as in `cell_scores`):
+    (gene indices, scores), cells x k.
 
     Cells expressing fewer than `k` genes get index -1 and score NaN in the spare places.
     """

@@ -80,7 +80,9 @@ def explain(adata: ad.AnnData, model: LoadedModel | None = None, labels: str | S
         What ``saliency`` and ``ig`` measure each cell against: ``"zero"`` (default, no
         expression), ``"mean"`` (the mean log1p(CP10k) profile of the cells passed in: why this
         label rather than an average cell of the sample; housekeeping genes then drop out of the
-        rankings), or one log1p(CP10k) value per model gene. ``gradient`` ignores it.
+        rankings), or one log1p(CP10k) value per model gene. ``gradient`` ignores it. Rankings
+        and per-cell top genes count a gene where the cell expresses it above the reference (for
+        ``"zero"``: where it is expressed); the full signed attributions stay in the layers.
     n_steps, ig_tolerance, batch_size
         Integrated Gradients: integration points of the first pass, and the completeness
         |delta| (log-probability units) below which pieces of the path stop being refined (None:
@@ -126,7 +128,7 @@ def explain(adata: ad.AnnData, model: LoadedModel | None = None, labels: str | S
                      ig=IGSettings(n_steps, min(8, n_steps), ig_tolerance, max_steps=16 * n_steps), reference=ref,
                      progress=progress)
     groups = given if given is not None else np.asarray(cands, dtype=object)[attr.predicted].astype(str)
-    means = label_means(cell_scores(attr.values, attr.inputs, normalize), groups, model.vocab, order=cands)
+    means = label_means(cell_scores(attr.values, attr.above_reference, normalize), groups, model.vocab, order=cands)
     species = species or aligned.report.species
     db = load_marker_db(marker_db)
     report = _marker_comparison(means, db, species, model.vocab, attr.inputs, groups, compare_wilcoxon)

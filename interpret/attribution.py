@@ -98,6 +98,17 @@ class Attributions:
         """Index of the most probable candidate per cell."""
         return self.probabilities.argmax(1)
 
+    @property
+    def above_reference(self) -> np.ndarray:
+        """cells x genes input minus the reference (the input itself for the zero reference).
+
+        Rankings count a gene in a cell where this is > 0: the evidence of what the cell expresses
+        beyond the reference. Against the mean cell, a gene below the mean also gets attribution
+        (its absence supports the label: GCG in a beta cell), but a marker list names genes the
+        label's cells express, so those are left out there. Against zeros it is "expressed".
+        """
+        return self.inputs if self.reference is None else self.inputs - self.reference
+
 
 class LabelLogProb:
     """Forward function for Captum: log-probability of every candidate, (B, n_candidates).

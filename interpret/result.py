@@ -95,7 +95,7 @@ class ExplanationResult:
 
     def per_cell_top(self, k: int = 10) -> pd.DataFrame:
         """Each cell's `k` most salient expressed genes: cell, label, rank, gene, score (long format)."""
-        idx, vals = per_cell_top(self.cell_scores(), self.attributions.inputs, k)
+        idx, vals = per_cell_top(self.cell_scores(), self.attributions.above_reference, k)
         genes = np.asarray(self.genes + [""], dtype=object)  # index -1 -> ""
         n, kk = idx.shape
         frame = pd.DataFrame({
@@ -106,8 +106,8 @@ class ExplanationResult:
         return frame[frame["gene"] != ""].reset_index(drop=True)
 
     def cell_scores(self) -> np.ndarray:
-        """cells x genes scores as aggregated (unexpressed genes 0, normalised as `normalize`)."""
-        return cell_scores(self.attributions.values, self.attributions.inputs, self.normalize)
+        """cells x genes scores as aggregated (genes at or below the reference 0, normalised as `normalize`)."""
+        return cell_scores(self.attributions.values, self.attributions.above_reference, self.normalize)
 
     def summary(self) -> str:
         """A few readable lines: method, cells, top genes and marker precision per label."""
@@ -163,7 +163,7 @@ class ExplanationResult:
 
     def _annotate(self, adata: ad.AnnData, key: str) -> None:
         a = self.attributions
-        idx, _ = per_cell_top(self.cell_scores(), a.inputs, self.top_k)
+        idx, _ = per_cell_top(self.cell_scores(), a.above_reference, self.top_k)
         genes = np.asarray(self.genes, dtype=object)
         adata.obs[f"{key}_label"] = pd.Categorical(self.groups, categories=self.labels)
         adata.obs[f"{key}_predicted"] = pd.Categorical(self.predicted.astype(str), categories=a.candidates)

@@ -82,7 +82,8 @@ class ExplainGenesRequest(_MatrixOptions):
     reference: Literal["zero", "mean"] = Field(
         "zero", description="What saliency and ig measure each cell against: no expression (zero), or the mean "
                             "cell of the file (mean: genes at their average level count for nothing, so "
-                            "housekeeping genes drop out of the rankings).")
+                            "housekeeping genes drop out of the rankings; genes are ranked where a cell "
+                            "expresses them above the mean).")
     top_k: int = Field(10, ge=1, le=1000, description="Genes reported per label.")
     background: bool = Field(False, description="Run as a background job and return a job id at once.")
 

@@ -72,6 +72,27 @@ def test_tiny_backbone_with_lora_round_trips(planted_spec, tmp_path):
     torch.testing.assert_close(_scores(loaded), _scores(again))
 
 
+def test_encoder_with_linear_skip_trains_and_round_trips(planted_spec, tmp_path):
+    from synthetic import tiny_train_config
+    from instructcell_agent.core_model.training import train
+
+    cfg = tiny_train_config(encoder_epochs=1, lm_steps=3, valid_cells=4, linear_skip=True)
+    loaded = load_checkpoint(train(cfg, tmp_path / "run", specs=[planted_spec], show_progress=False))
+    assert loaded.model.cfg.encoder.linear_skip
+    assert {"encoder.skip.weight", "encoder.skip.bias"} <= set(loaded.model.trainable_state_dict())
+    again = load_checkpoint(save_checkpoint(loaded, tmp_path / "copy"))
+    torch.testing.assert_close(_scores(loaded), _scores(again))
+
+
+def test_configs_written_before_linear_skip_load_without_it(tiny_checkpoint, tmp_path):
+    copy = shutil.copytree(tiny_checkpoint, tmp_path / "old")
+    config = json.loads((copy / "config.json").read_text())
+    config["model"]["encoder"].pop("linear_skip")
+    (copy / "config.json").write_text(json.dumps(config))
+    loaded = load_checkpoint(copy)
+    assert not loaded.model.cfg.encoder.linear_skip and loaded.model.encoder.skip is None
+
+
 def test_weights_stored_in_float16_halve_the_file_and_keep_the_answers(gen_checkpoint, tmp_path):
     from synthetic import CELL_TYPES, make_counts
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from synthetic import CELL_TYPES, make_counts, marker_genes, tiny_train_config
@@ -155,6 +156,20 @@ def test_planted_markers_lead_also_against_the_mean_cell(marker_model, cells):
     assert result.provenance["reference"] == "mean"
     for label in CELL_TYPES:
         assert _top(result, label, 1)[0] in marker_genes(label), (label, _top(result, label, 4))
+
+
+def test_against_the_mean_cell_rankings_count_only_genes_above_it(marker_model, cells):
+    result = explain(cells, model=marker_model, labels="cell_type", dataset="planted", reference="mean")
+    a = result.attributions
+    below = (a.above_reference <= 0) & (a.inputs > 0)
+    assert below.any() and np.abs(a.values[below]).max() > 0  # expressed below the mean: attributed, kept in layers
+    assert np.all(result.cell_scores()[a.above_reference <= 0] == 0)  # but not counted in any ranking
+    top = result.per_cell_top(5).merge(pd.DataFrame({"cell": result.obs_names, "row": range(len(result.obs_names))}))
+    gene_index = {g: i for i, g in enumerate(result.genes)}
+    assert all(a.above_reference[r, gene_index[g]] > 0 for r, g in zip(top["row"], top["gene"]))
+    for label in CELL_TYPES:
+        others = set().union(*(marker_genes(o) for o in CELL_TYPES if o != label))
+        assert not others & set(_top(result, label, 4)), (label, _top(result, label, 4))
 
 
 def test_a_bad_reference_is_refused(tiny_model, cells):
