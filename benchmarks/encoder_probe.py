@@ -8,7 +8,11 @@ input (log1p(CP10k) over the checkpoint's gene vocabulary, train split), is an L
 regression: what a linear read-out of the same numbers reaches.
 
 Settings are JSON objects of `TrainConfig` fields; the default compares the shipped settings
-with no augmentation, at 12 and 25 epochs. One probe-only key, ``input_scale_floor`` F, feeds
+with no augmentation, at 12 and 25 epochs. ``--checkpoints`` reads out trained models instead:
+each checkpoint's frozen encoder (after stage 2, as the language model sees it), with a logistic
+regression fitted per dataset on its mean-pooled queries of the train cells. Set beside the
+language model's own answers on the same split, that says whether the encoder or the reading
+of its tokens loses what the linear peer keeps. One probe-only key, ``input_scale_floor`` F, feeds
 the encoder each gene's log1p(CP10k) divided by max(its standard deviation over the pooled
 train cells, F): z-scored input as CellTypist uses, up to a shift the first layer's bias absorbs
 (the shipped encoder reads unscaled log1p values). Choosing settings here uses `valid` only;
@@ -16,6 +20,7 @@ the test split stays for the annotation benchmark.
 
     python benchmarks/encoder_probe.py
     python benchmarks/encoder_probe.py --settings '{"encoder_epochs": 12}' '{"weight_decay": 0.1}'
+    python benchmarks/encoder_probe.py --checkpoints instructcell_agent/checkpoints/default
 
 Writes ``encoder_probe.md`` and ``encoder_probe.json`` to ``--out-dir`` (default benchmarks/results).
 """
@@ -36,9 +41,12 @@ import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 from instructcell_agent import default_checkpoint_path
 from instructcell_agent.core_model.cell_encoder import CellEncoder, log_normalize_csr, sparse_log_normalize
+from instructcell_agent.core_model.checkpoint import load_checkpoint
 from instructcell_agent.core_model.corpus import SplitData, load_split
 from instructcell_agent.core_model.datasets import load_catalog, shared_root
 from instructcell_agent.core_model.training import (AuxHead, TrainConfig, TrainingData, new_encoder_config,
@@ -56,7 +64,10 @@ TARGET_SUM = 1e4
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--settings", nargs="+", default=list(DEFAULT_SETTINGS), help="JSON TrainConfig overrides")
+    p.add_argument("--settings", nargs="+", default=None,
+                   help="JSON TrainConfig overrides (default: the three settings above, unless --checkpoints)")
+    p.add_argument("--checkpoints", nargs="+", type=Path, default=[],
+                   help="trained checkpoints whose frozen encoders are read out (same gene vocabulary)")
     p.add_argument("--vocab", type=Path, default=default_checkpoint_path() / "gene_vocab.json")
     p.add_argument("--split", default="valid", choices=["valid", "test"])
     p.add_argument("--out-dir", type=Path, default=Path(__file__).parent / "results")
@@ -130,6 +141,26 @@ def probe(settings: dict[str, Any], data: TrainingData, held: list[SplitData]) -
             "seconds": seconds, "macro_f1": scores}
 
 
+def pooled_queries(encoder: torch.nn.Module, X: Any, target_sum: float) -> np.ndarray:
+    with torch.no_grad():
+        return torch.cat([encoder(sparse_log_normalize(X[i : i + 256], target_sum).to_dense()).mean(1)
+                          for i in range(0, X.shape[0], 256)]).numpy()
+
+
+def trained_readout(path: Path, vocab: list[str], train: list[SplitData], held: list[SplitData]) -> dict[str, Any]:
+    """Macro-F1 of a per-dataset logistic regression on a trained checkpoint's pooled queries."""
+    loaded = load_checkpoint(path)
+    if list(loaded.vocab) != list(vocab):
+        raise SystemExit(f"{path} has another gene vocabulary than --vocab; pass --vocab {path}/gene_vocab.json")
+    encoder, target_sum = loaded.model.encoder.eval(), loaded.model.cfg.target_sum
+    scores = {}
+    for tr, ev in zip(train, held):
+        clf = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=2000))
+        clf.fit(pooled_queries(encoder, tr.X, target_sum), tr.labels)
+        scores[tr.spec.name] = macro_f1(ev.labels, clf.predict(pooled_queries(encoder, ev.X, target_sum)))
+    return {"checkpoint": str(path), "macro_f1": scores}
+
+
 def _mean(scores: dict[str, float]) -> float:
     return float(np.mean([scores[n] for n in TARGET_SETS if n in scores]))
 
@@ -149,6 +180,9 @@ def render_markdown(report: dict[str, Any]) -> str:
         cells = [f"{r['macro_f1'][n]:.3f}" for n in names]
         lines.append(f"| `{json.dumps(r['settings'])}` | " + " | ".join(cells)
                      + f" | {_mean(r['macro_f1']):.3f} | {r['seconds']:.0f} |")
+    for r in report.get("checkpoints", []):
+        lines.append(f"| trained `{r['checkpoint']}`, frozen encoder + logistic regression | "
+                     + " | ".join(f"{r['macro_f1'][n]:.3f}" for n in names) + f" | {_mean(r['macro_f1']):.3f} | |")
     lines.append("| linear peer | " + " | ".join(f"{peer[n]:.3f}" for n in names) + f" | {_mean(peer):.3f} | |")
     return "\n".join(lines) + "\n"
 
@@ -165,8 +199,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     report: dict[str, Any] = {
         "meta": {**run_meta(shlex.join(cmd)), "split": args.split, "shared": str(shared_root()),
                  "vocab": str(args.vocab)},
-        "linear_peer": linear_peer(train, held), "probes": []}
-    for setting in args.settings:
+        "linear_peer": linear_peer(train, held), "probes": [], "checkpoints": []}
+    path = None
+    for ckpt in args.checkpoints:
+        logger.info("read-out of %s", ckpt)
+        report["checkpoints"].append(trained_readout(ckpt, vocab, train, held))
+        path = write_report(report, render_markdown(report), args.out_dir, "encoder_probe")
+    settings = args.settings if args.settings is not None else ([] if args.checkpoints else list(DEFAULT_SETTINGS))
+    for setting in settings:
         logger.info("stage 1 with %s", setting)
         report["probes"].append(probe(json.loads(setting), data, held))
         path = write_report(report, render_markdown(report), args.out_dir, "encoder_probe")

@@ -37,6 +37,9 @@ def _add_train(sub) -> None:
     p.add_argument("--dataset-alpha", type=float, default=0.5,
                    help="draw datasets with probability proportional to cells**ALPHA (0.5 favours small "
                         "sets; 1 gives every train cell the same number of passes)")
+    p.add_argument("--aux-weight", type=float, default=0.5,
+                   help="weight of the auxiliary per-dataset classifier's loss beside the LM's in stage 2 (keeps "
+                        "the encoder's queries separable while the LM learns to read them)")
     p.add_argument("--linear-skip", action="store_true",
                    help="give the encoder's soft tokens a linear read-out of the expression beside the "
                         "Q-Former's (benchmarks/results/encoder_probe_run7.md)")
@@ -157,7 +160,7 @@ def _train(args) -> int:
         n_hvg=args.n_hvg, seed=args.seed, hidden_dim=args.hidden_dim, gene_keep=args.gene_keep,
         panel_drop_prob=args.panel_drop, lr=args.lr, init_from=args.init_from, weight_decay=args.weight_decay,
         fit_splits=args.fit_splits, vocab_from=args.vocab_from, dataset_alpha=args.dataset_alpha,
-        linear_skip=args.linear_skip,
+        linear_skip=args.linear_skip, aux_weight=args.aux_weight,
     )
     command = "instructcell " + " ".join(sys.argv[1:]) if argv_is_cli() else None
     specs = None
