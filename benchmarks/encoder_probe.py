@@ -8,15 +8,16 @@ input (log1p(CP10k) over the checkpoint's gene vocabulary, train split), is an L
 regression: what a linear read-out of the same numbers reaches.
 
 Settings are JSON objects of `TrainConfig` fields; the default compares the shipped settings
-with no augmentation, at 12 and 25 epochs. ``--checkpoints`` reads out trained models instead:
-each checkpoint's frozen encoder (after stage 2, as the language model sees it), with a logistic
-regression fitted per dataset on its mean-pooled queries of the train cells. Set beside the
-language model's own answers on the same split, that says whether the encoder or the reading
-of its tokens loses what the linear peer keeps. One probe-only key, ``input_scale_floor`` F, feeds
+with no augmentation, at 12 and 25 epochs. One probe-only key, ``input_scale_floor`` F, feeds
 the encoder each gene's log1p(CP10k) divided by max(its standard deviation over the pooled
 train cells, F): z-scored input as CellTypist uses, up to a shift the first layer's bias absorbs
-(the shipped encoder reads unscaled log1p values). Choosing settings here uses `valid` only;
-the test split stays for the annotation benchmark.
+(the shipped encoder reads unscaled log1p values).
+
+``--checkpoints`` reads out trained models instead: each checkpoint's frozen encoder (after
+stage 2, as the language model sees it), with a logistic regression fitted per dataset on its
+mean-pooled queries of the train cells. Set beside the language model's own answers on the same
+split, that says whether the encoder or the reading of its tokens loses what the linear peer
+keeps. Choosing settings here uses `valid` only; the test split stays for the annotation benchmark.
 
     python benchmarks/encoder_probe.py
     python benchmarks/encoder_probe.py --settings '{"encoder_epochs": 12}' '{"weight_decay": 0.1}'
@@ -132,16 +133,16 @@ def probe(settings: dict[str, Any], data: TrainingData, held: list[SplitData]) -
     scores = {}
     with torch.no_grad():
         for d, ev in enumerate(held):
-            queries = torch.cat([encoder(sparse_log_normalize(ev.X[i : i + 256], TARGET_SUM).to_dense())
-                                 for i in range(0, ev.X.shape[0], 256)])
+            pooled = torch.from_numpy(pooled_queries(encoder, ev.X, TARGET_SUM))
             names = {v: k for k, v in data.label_index[d].items()}
-            best = (aux(queries) + data.mask(d)).argmax(1) - data.label_offset[d]
+            best = (aux.linear(pooled) + data.mask(d)).argmax(1) - data.label_offset[d]  # AuxHead on pooled queries
             scores[ev.spec.name] = macro_f1(ev.labels, [names[int(i)] for i in best])
     return {"settings": settings, "config": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "backbone"},
             "seconds": seconds, "macro_f1": scores}
 
 
 def pooled_queries(encoder: torch.nn.Module, X: Any, target_sum: float) -> np.ndarray:
+    """Mean over queries of the encoder's output for count rows `X` (batches of 256, no gradients)."""
     with torch.no_grad():
         return torch.cat([encoder(sparse_log_normalize(X[i : i + 256], target_sum).to_dense()).mean(1)
                           for i in range(0, X.shape[0], 256)]).numpy()

@@ -26,8 +26,9 @@ Reference
 Zero asks "why this label rather than an empty cell". Genes every cell expresses highly
 (ribosomal, mitochondrial) then carry large attributions whenever the model leans on them at
 all. A reference such as the mean cell of a sample asks "why this label rather than an average
-cell": a gene at its average level contributes nothing, so the ranking favours genes the cell
-expresses above or below the rest (measured in `benchmarks/results/saliency_variants.md`).
+cell": a gene at its average level contributes nothing. Genes below the average get attribution
+too, but rankings count only genes the cell expresses above the reference
+(`Attributions.above_reference`; measured in `benchmarks/results/saliency_variants.md`).
 """
 
 from __future__ import annotations
