@@ -80,6 +80,10 @@ class TrainConfig:
     # favours small sets, 1.0 gives every train cell the same number of passes.
     dataset_alpha: float = 0.5
     linear_skip: bool = False  # see CellEncoderConfig.linear_skip
+    # Stage 2 leaves the encoder as stage 1 trained it (eval mode, no auxiliary loss) and fits only
+    # the projection, token scale and adapters: tests whether stage 2's LM loss erodes what
+    # stage 1's classifier made separable (benchmarks/results/encoder_probe_run8.md).
+    freeze_encoder: bool = False
 
     def __post_init__(self) -> None:
         # Checked here, not at the first draw, so a bad value fails before minutes of data loading.
@@ -187,6 +191,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, show_p
         train_encoder(model.encoder, aux, data, cfg, model.cfg.target_sum, show_progress)
     _stage2(model, aux, data, cfg, out, state, show_progress)
     model.lm.requires_grad_(False)
+    model.encoder.requires_grad_(True)  # a frozen encoder is frozen for stage 2 only
     valid = _validate(model, specs, vocab, cfg) if "valid" not in cfg.fit_splits.split("+") else {
         "skipped": f"the model was fitted on {cfg.fit_splits}"}
     labels = _label_sets(specs, data)
@@ -276,8 +281,11 @@ def _prompt(template: str, fields: dict[str, str], labels: list[str], rng: rando
 
 def _stage2(model: CellLanguageModel, aux: AuxHead, data: TrainingData, cfg: TrainConfig, out: Path,
             state: dict | None, show: bool) -> None:
-    trainable = list(model.encoder.parameters()) + list(model.proj.parameters()) + [model.token_scale]
-    trainable += list(aux.parameters())
+    trainable = list(model.proj.parameters()) + [model.token_scale]
+    if cfg.freeze_encoder:
+        model.encoder.requires_grad_(False)
+    else:
+        trainable += list(model.encoder.parameters()) + list(aux.parameters())
     if cfg.train_lm:
         model.lm.requires_grad_(True)
         trainable += list(model.lm.parameters())
@@ -299,6 +307,8 @@ def _stage2(model: CellLanguageModel, aux: AuxHead, data: TrainingData, cfg: Tra
     probs = data.dataset_probs(cfg.dataset_alpha)
     model.train()
     model.lm.eval()  # no dropout in the backbone, frozen or not
+    if cfg.freeze_encoder:
+        model.encoder.eval()  # the LM learns to read the tokens inference will give it
     bar = tqdm(range(start, cfg.lm_steps), desc="stage 2 (LM)", disable=not show, initial=start, total=cfg.lm_steps)
     for step in bar:
         # Per-step seeds make a resumed run draw exactly what an uninterrupted one would.
@@ -315,8 +325,10 @@ def _stage2(model: CellLanguageModel, aux: AuxHead, data: TrainingData, cfg: Tra
         expr = _batch(data, d, rows, model.cfg.target_sum, cfg, rng)
         logp, mask = model.answer_logprob(ctx, expr, [str(split.labels[r]) for r in rows])
         lm_loss = -(logp.sum() / mask.sum())
-        aux_logits = aux(model.encoder(expr)) + data.mask(d)
-        loss = lm_loss + cfg.aux_weight * F.cross_entropy(aux_logits, data.targets(d, rows))
+        loss = lm_loss
+        if not cfg.freeze_encoder:
+            aux_logits = aux(model.encoder(expr)) + data.mask(d)
+            loss = loss + cfg.aux_weight * F.cross_entropy(aux_logits, data.targets(d, rows))
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)

@@ -43,6 +43,9 @@ def _add_train(sub) -> None:
     p.add_argument("--linear-skip", action="store_true",
                    help="give the encoder's soft tokens a linear read-out of the expression beside the "
                         "Q-Former's (benchmarks/results/encoder_probe_run7.md)")
+    p.add_argument("--freeze-encoder", action="store_true",
+                   help="stage 2 keeps the encoder as stage 1 (or --init-from) left it and trains only the "
+                        "projection and the LM adapters")
     p.add_argument("--fit-splits", default="train", choices=["train", "train+valid"],
                    help="splits to fit on; train+valid is the final refit once settings were chosen on valid")
     p.add_argument("--vocab-from", default=None, metavar="CHECKPOINT_OR_JSON",
@@ -160,7 +163,7 @@ def _train(args) -> int:
         n_hvg=args.n_hvg, seed=args.seed, hidden_dim=args.hidden_dim, gene_keep=args.gene_keep,
         panel_drop_prob=args.panel_drop, lr=args.lr, init_from=args.init_from, weight_decay=args.weight_decay,
         fit_splits=args.fit_splits, vocab_from=args.vocab_from, dataset_alpha=args.dataset_alpha,
-        linear_skip=args.linear_skip, aux_weight=args.aux_weight,
+        linear_skip=args.linear_skip, aux_weight=args.aux_weight, freeze_encoder=args.freeze_encoder,
     )
     command = "instructcell " + " ".join(sys.argv[1:]) if argv_is_cli() else None
     specs = None

@@ -124,13 +124,14 @@ def test_train_passes_its_options_to_the_config(synthetic_set, tmp_path, monkeyp
     assert (defaults.hidden_dim, defaults.gene_keep, defaults.panel_drop_prob) == (
         TrainConfig.hidden_dim, TrainConfig.gene_keep, TrainConfig.panel_drop_prob)
     assert (defaults.lr, defaults.init_from) == (TrainConfig.lr, None)
-    assert (defaults.aux_weight, defaults.linear_skip) == (TrainConfig.aux_weight, False)
+    assert (defaults.aux_weight, defaults.linear_skip, defaults.freeze_encoder) == (
+        TrainConfig.aux_weight, False, False)
     assert main([*base, "--hidden-dim", "96", "--gene-keep", "1", "--panel-drop", "0", "--lr", "1e-4",
-                 "--init-from", "ckpt", "--aux-weight", "2", "--linear-skip"]) == 0
+                 "--init-from", "ckpt", "--aux-weight", "2", "--linear-skip", "--freeze-encoder"]) == 0
     got = seen["cfg"]
     assert (got.hidden_dim, got.gene_keep, got.panel_drop_prob) == (96, 1.0, 0.0)
     assert (got.lr, got.init_from) == (1e-4, "ckpt")
-    assert (got.aux_weight, got.linear_skip) == (2.0, True)
+    assert (got.aux_weight, got.linear_skip, got.freeze_encoder) == (2.0, True, True)
 
 
 def test_info_prints_how_the_shipped_checkpoint_was_made(capsys):

@@ -75,6 +75,18 @@ def test_a_run_started_from_a_checkpoint_keeps_its_vocabulary_and_labels(tiny_ch
     assert load_checkpoint(again).info["started_from"]["started_from"]["path"] == str(copy)
 
 
+def test_a_frozen_encoder_keeps_its_weights_while_the_rest_of_stage_2_trains(tiny_checkpoint, planted_spec,
+                                                                               tmp_path):
+    cfg = dataclasses.replace(tiny_train_config(lm_steps=3, save_every=3, lr=3e-4), init_from=str(tiny_checkpoint),
+                              freeze_encoder=True)
+    out = train(cfg, tmp_path / "frozen", specs=[planted_spec], show_progress=False)
+    before, after = load_file(str(tiny_checkpoint / "weights.safetensors")), load_file(str(out / "weights.safetensors"))
+    encoder = [k for k in before if k.startswith("encoder.")]
+    assert encoder and all(torch.equal(before[k], after[k]) for k in encoder)
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("proj."))
+    assert load_checkpoint(out).info["train_config"]["freeze_encoder"] is True
+
+
 def test_a_run_started_from_a_checkpoint_refuses_another_backbone(tiny_checkpoint, planted_spec, tmp_path):
     cfg = dataclasses.replace(tiny_train_config(lm_steps=2), init_from=str(tiny_checkpoint),
                               backbone=BackboneConfig(kind="smollm2"))
