@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Sequence
 
 import anndata as ad
@@ -47,9 +47,11 @@ class BaselineResult:
     detail: str = ""
     # CellTypist only: predict throughput without its gene-name matching (see _celltypist_core).
     core_cells_per_second: float | None = None
+    # One label per test cell, for paired comparisons; left out of the JSON report.
+    predicted: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if k != "predicted"}
 
 
 def log_cp10k(X: Any, report: ValueReport | None = None) -> sp.csr_matrix:
@@ -95,7 +97,7 @@ def _result(name: str, truth: np.ndarray, predicted: Any, labels: Sequence[str],
     predicted = np.asarray(predicted).astype(str)
     acc, f1 = score(truth, predicted, labels)
     return BaselineResult(name, acc, f1, len(truth), fit_s, predict_s,
-                          len(truth) / max(predict_s, 1e-9), detail)
+                          len(truth) / max(predict_s, 1e-9), detail, predicted=predicted)
 
 
 def run_celltypist(train: ad.AnnData, test: ad.AnnData, label_key: str, labels: Sequence[str],

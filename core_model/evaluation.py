@@ -110,8 +110,13 @@ def metrics(truth: np.ndarray, predicted: np.ndarray, labels: Sequence[str]) -> 
 
 def evaluate(loaded: LoadedModel, data: str | Path, split_path: str | Path | None, task: str, label_key: str, *,
              instructions: Sequence[str] | None = None, n_instructions: int | None = None, seed: int = 0,
-             split: str = "test", batch_size: int = 32, calibrate: bool = False) -> dict[str, Any]:
-    """Metrics of `loaded` on one split of a labelled .h5ad (the `instructcell evaluate` job)."""
+             split: str = "test", batch_size: int = 32, calibrate: bool = False,
+             keep_predictions: bool = False) -> dict[str, Any]:
+    """Metrics of `loaded` on one split of a labelled .h5ad (the `instructcell evaluate` job).
+
+    With `keep_predictions`, ``result["cells"]`` holds each cell's obs name, truth and answer
+    (mapped to a label, or ``<invalid>``), for paired comparisons with other classifiers.
+    """
     if task not in BANK_OF_TASK:
         raise ValueError(f"task must be one of {sorted(BANK_OF_TASK)}, got {task!r}")
     adata = read_h5ad(data)
@@ -144,4 +149,7 @@ def evaluate(loaded: LoadedModel, data: str | Path, split_path: str | Path | Non
         "invalid_examples": sorted({a for a, p in zip(preds.answers, preds.predicted) if p == "<invalid>"})[:20],
         "macro_f1_definition": "sklearn macro F1 over the dataset's label set; invalid answers count as wrong",
     }
+    if keep_predictions:
+        result["cells"] = {"obs_names": [str(n) for n in adata.obs_names], "truth": [str(t) for t in preds.truth],
+                           "predicted": [str(p) for p in preds.predicted]}
     return result

@@ -72,6 +72,20 @@ def test_evaluate_is_seeded(tiny_model, synthetic_set):
     assert a["accuracy"] == b["accuracy"] and a["with_options"]["n_cells"] == b["with_options"]["n_cells"]
 
 
+def test_evaluate_can_keep_each_cells_answer_for_paired_comparisons(tiny_model, synthetic_set):
+    import anndata as ad
+    from sklearn.metrics import accuracy_score
+
+    args = (tiny_model, synthetic_set["path"], synthetic_set["split_path"], "cta", "cell_type")
+    assert "cells" not in evaluate(*args, seed=2)
+    result = evaluate(*args, seed=2, keep_predictions=True)
+    cells = result["cells"]
+    assert cells["obs_names"] == json.loads(synthetic_set["split_path"].read_text())["test"]
+    obs = ad.read_h5ad(synthetic_set["path"]).obs
+    assert cells["truth"] == [str(obs.loc[n, "cell_type"]) for n in cells["obs_names"]]
+    assert accuracy_score(cells["truth"], cells["predicted"]) == result["accuracy"]
+
+
 def test_evaluate_refuses_a_missing_label_column(tiny_model, synthetic_set):
     with pytest.raises(LabelKeyError, match="cell_type"):
         evaluate(tiny_model, synthetic_set["path"], synthetic_set["split_path"], "cta", "celltype")

@@ -1,0 +1,126 @@
+"""Is a candidate checkpoint really better than another? Paired bootstrap on one split.
+
+Choosing between training recipes on the valid splits went wrong twice here (README, "Measured
+so far"): leads of 0.02 to 0.04 in mean macro-F1 on valid turned into losses on test. The splits
+are small (18 to 389 cells) and macro-F1 weighs rare types fully, so this script puts an interval
+on each difference before anyone reads it as a gain. Every checkpoint answers the same cells with
+the same phrasing per cell (``evaluate(seed=...)`` draws phrasings from the seed alone), so the
+comparison is paired; cells are resampled with replacement (2,000 times), independently per
+dataset, and the per-set draws are averaged for the interval of the mean over sets.
+
+    python benchmarks/compare_checkpoints.py --reference instructcell_agent/checkpoints/default \
+        --candidates runs/frozen16 runs/skip16 --split valid --out-dir /tmp/compare
+
+Writes ``compare_checkpoints.md`` and ``.json`` to ``--out-dir``. Model selection belongs on
+``valid``; ``--split test`` is for reporting a choice already made.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from instructcell_agent import default_checkpoint_path
+from instructcell_agent.core_model.bootstrap import f1_difference_draws, summarize
+from instructcell_agent.core_model.checkpoint import load_checkpoint
+from instructcell_agent.core_model.datasets import load_catalog, shared_root
+from instructcell_agent.core_model.evaluation import evaluate
+from report_io import run_meta, write_report
+
+logger = logging.getLogger("compare_checkpoints")
+TASK_CODE = {"annotation": "cta", "drug_response": "dsp"}
+N_BOOT = 2000
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--reference", type=Path, default=default_checkpoint_path())
+    p.add_argument("--candidates", type=Path, nargs="+", required=True)
+    p.add_argument("--split", default="valid", choices=["valid", "test"])
+    p.add_argument("--datasets", help="comma-separated catalog names (default: every annotation and drug set)")
+    p.add_argument("--seed", type=int, default=0, help="phrasing draw and bootstrap seed")
+    p.add_argument("--out-dir", type=Path, default=Path(__file__).parent / "results")
+    return p.parse_args(argv)
+
+
+def answers(checkpoint: Path, specs: list[Any], split: str, seed: int) -> dict[str, dict[str, Any]]:
+    """Each dataset's per-cell answers and macro-F1 from one checkpoint (own valid phrasings)."""
+    loaded = load_checkpoint(checkpoint, "cpu")
+    out = {}
+    for spec in specs:
+        result = evaluate(loaded, spec.path, spec.split_path, TASK_CODE[spec.task], spec.label_key, seed=seed,
+                          split=split, keep_predictions=True)
+        out[spec.name] = {"macro_f1": result["macro_f1"], "labels": result["labels"], **result["cells"]}
+        logger.info("%s %s: macro-F1 %.3f", checkpoint, spec.name, result["macro_f1"])
+    return out
+
+
+def compare(reference: dict[str, dict[str, Any]], candidate: dict[str, dict[str, Any]], seed: int) -> dict[str, Any]:
+    rows, draws = {}, []
+    for name, ref in reference.items():
+        cand = candidate[name]
+        if cand["obs_names"] != ref["obs_names"] or cand["truth"] != ref["truth"]:
+            raise RuntimeError(f"{name}: the two checkpoints were scored on different cells")
+        delta, d = f1_difference_draws(ref["truth"], cand["predicted"], ref["predicted"], ref["labels"], N_BOOT, seed)
+        same = float(np.mean(np.asarray(cand["predicted"]) == np.asarray(ref["predicted"])))
+        rows[name] = {"reference_f1": ref["macro_f1"], "candidate_f1": cand["macro_f1"], "same_answer": same,
+                      **summarize(delta, d, len(ref["truth"])).to_dict()}
+        draws.append(d)
+    mean = summarize(float(np.mean([r["delta"] for r in rows.values()])), np.mean(draws, axis=0),
+                     sum(r["n_cells"] for r in rows.values()))
+    return {"datasets": rows, "mean_over_sets": mean.to_dict()}
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    meta = report["meta"]
+    lines = ["# Checkpoint comparison: paired bootstrap of macro-F1", "",
+             f"- command: `{meta['command']}`", f"- date: {meta['date']}",
+             f"- split: `{meta['split']}`, own valid phrasings, phrasing seed {meta['seed']}; shared data: {meta['shared']}",
+             f"- reference: `{meta['reference']}`",
+             f"- interval: 2.5th-97.5th percentile of candidate - reference over {N_BOOT} resamples of the cells "
+             "(per set; the mean row averages the sets' draws)", ""]
+    for cand, result in report["candidates"].items():
+        lines += [f"## `{cand}`", "",
+                  "| dataset | n | reference F1 | candidate F1 | difference [95% interval] | share of draws ahead | same answer |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
+        for name, r in result["datasets"].items():
+            lines.append(f"| {name} | {r['n_cells']} | {r['reference_f1']:.3f} | {r['candidate_f1']:.3f} | "
+                         f"{r['delta']:+.3f} [{r['low']:+.3f}, {r['high']:+.3f}] | {r['share_a_ahead']:.2f} | "
+                         f"{r['same_answer']:.2f} |")
+        m = result["mean_over_sets"]
+        lines += [f"| mean over sets | {m['n_cells']} | | | {m['delta']:+.3f} [{m['low']:+.3f}, {m['high']:+.3f}] | "
+                  f"{m['share_a_ahead']:.2f} | |", ""]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    args = parse_args(argv)
+    specs = [s for s in load_catalog() if s.task in TASK_CODE and s.split_path is not None]
+    if args.datasets:
+        wanted = [n.strip() for n in args.datasets.split(",") if n.strip()]
+        unknown = sorted(set(wanted) - {s.name for s in specs})
+        if unknown:
+            raise SystemExit(f"unknown dataset(s) {unknown}; catalog has {[s.name for s in specs]}")
+        specs = [s for s in specs if s.name in wanted]
+    cmd = [sys.executable.rsplit("/", 1)[-1], *sys.argv] if argv is None else ["compare_checkpoints.py", *argv]
+    report: dict[str, Any] = {"meta": {**run_meta(shlex.join(cmd)), "split": args.split, "seed": args.seed,
+                                       "shared": str(shared_root()), "reference": str(args.reference)},
+                              "candidates": {}}
+    reference = answers(args.reference, specs, args.split, args.seed)
+    for candidate in args.candidates:
+        report["candidates"][str(candidate)] = compare(reference, answers(candidate, specs, args.split, args.seed),
+                                                       args.seed)
+        path = write_report(report, render_markdown(report), args.out_dir, "compare_checkpoints")
+    logger.info("wrote %s", path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
