@@ -29,12 +29,12 @@ import numpy as np
 from instructcell_agent import default_checkpoint_path
 from instructcell_agent.core_model.bootstrap import f1_difference_draws, summarize
 from instructcell_agent.core_model.checkpoint import load_checkpoint
-from instructcell_agent.core_model.datasets import load_catalog, shared_root
+from instructcell_agent.core_model.datasets import TASK_OF_CATALOG, load_catalog, shared_root
 from instructcell_agent.core_model.evaluation import evaluate
 from report_io import run_meta, write_report
 
 logger = logging.getLogger("compare_checkpoints")
-TASK_CODE = {"annotation": "cta", "drug_response": "dsp"}
+TASK_CODE = {task: code for code, task in TASK_OF_CATALOG.items()}  # "annotation" -> "cta"
 N_BOOT = 2000
 
 
@@ -102,7 +102,7 @@ def render_markdown(report: dict[str, Any]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     args = parse_args(argv)
-    specs = [s for s in load_catalog() if s.task in TASK_CODE and s.split_path is not None]
+    specs = [s for s in load_catalog() if s.split_path is not None]
     if args.datasets:
         wanted = [n.strip() for n in args.datasets.split(",") if n.strip()]
         unknown = sorted(set(wanted) - {s.name for s in specs})
