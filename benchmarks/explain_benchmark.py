@@ -70,12 +70,20 @@ MARGIN, XIN_FLOOR, DELETION_RATIO, K = 0.05, 0.5, 3.0, 10
 VERSIONED = ("instructcell-agent", "torch", "captum", "transformers", "scanpy", "anndata", "numpy")
 
 
+def _positive(text: str) -> int:
+    # the report's speed table needs at least one IG cell; say so before minutes of saliency
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", type=Path, help="checkpoint directory (default: the shipped one)")
     p.add_argument("--datasets", default=",".join(DATASETS), help="comma-separated catalog names")
     p.add_argument("--max-cells", type=int, help="first N test cells only (smoke runs)")
-    p.add_argument("--ig-cells", type=int, default=32, help="test cells timed with Integrated Gradients")
+    p.add_argument("--ig-cells", type=_positive, default=32, help="test cells timed with Integrated Gradients (>= 1)")
     p.add_argument("--ig-all", action="store_true",
                    help="also rank with Integrated Gradients on every test cell (slow on CPU; for a GPU run)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
