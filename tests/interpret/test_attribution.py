@@ -28,7 +28,11 @@ def marker_model(planted_spec, tmp_path_factory):
     wrong, and those uncertain cells' large gradients put background genes first in the
     predicted beta group; at 250 to 300 steps the model is so sure of most cells that their
     tiny gradients turn noisy and the planted genes slip down the lists. At 200 every check
-    here passed with one and with two threads.
+    here passed with one and with two threads. The recipe's seed is pinned (0) on purpose: over
+    seeds 0 to 5 gradient x input put a planted gene first for all four given labels in 4 of 6
+    models, 64-point Integrated Gradients in 5 of 6 (throwaway script, 2026-12-03). Saturation:
+    on a cell the model is sure of, log p's gradient is a faint contrast with the runner-up,
+    and one unsure cell can outweigh a label's other cells a million times in the raw mean.
     """
     from instructcell_agent.core_model.checkpoint import load_checkpoint
     from instructcell_agent.core_model.training import train
