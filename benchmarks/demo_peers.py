@@ -30,15 +30,15 @@ from typing import Any, Sequence
 import anndata as ad
 import numpy as np
 import scanpy as sc
-import scipy.sparse as sp
 
 import instructcell_agent as ica
-from instructcell_agent.core_model.alignment import align_to_vocab
+from instructcell_agent.core_model.alignment import AlignedData, align_to_vocab
 from instructcell_agent.core_model.datasets import load_catalog, read_split, subset_by_names
 from instructcell_agent.core_model.io import get_labels, read_h5ad
 from instructcell_agent.core_model.labels import LabelMapper
 from instructcell_agent.core_model.precision import PRECISIONS
-from baselines import run_baselines
+from instructcell_agent.core_model.values import detect_value_type
+from baselines import log_cp10k, run_baselines
 from report_io import run_meta, write_report
 
 logger = logging.getLogger("demo_peers")
@@ -53,14 +53,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def on_shared_genes(adata: ad.AnnData, vocab: Sequence[str], keep: np.ndarray, use_raw: bool) -> ad.AnnData:
-    """`adata` aligned to the vocabulary, restricted to the `keep` columns, log1p(CP10k) over them."""
-    aligned = align_to_vocab(adata, vocab, use_raw=use_raw)
-    X = sp.csr_matrix(aligned.X[:, keep], dtype=np.float64)
-    totals = np.asarray(X.sum(1)).ravel()
-    X = sp.csr_matrix(sp.diags(np.divide(1e4, totals, out=np.zeros_like(totals), where=totals > 0)) @ X)
-    X.data = np.log1p(X.data)
-    out = ad.AnnData(X=X.astype(np.float32), obs=adata.obs.copy())
+def on_genes(aligned: AlignedData, vocab: Sequence[str], keep: np.ndarray, obs: Any) -> ad.AnnData:
+    """Aligned cells restricted to the `keep` vocabulary columns, log1p(CP10k) over those genes."""
+    X = aligned.X[:, keep]  # linear scale already (the alignment undid any log)
+    out = ad.AnnData(X=log_cp10k(X, detect_value_type(X)), obs=obs.copy())
     out.var_names = [str(vocab[i]) for i in keep]
     return out
 
@@ -80,8 +76,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     known = demo.obs["bulk_labels"].astype(str).to_numpy()
     model = ica.load_model(precision=args.precision)
     vocab = list(model.vocab)
-    # the genes the demo file has on the vocabulary (its alignment's matched columns)
     demo_aligned = align_to_vocab(demo, vocab, use_raw=True)
+    # the vocabulary genes the demo file has (an unmatched gene is zero in every cell)
     keep = np.flatnonzero(np.asarray((demo_aligned.X != 0).sum(0)).ravel() > 0)
 
     spec = next(s for s in load_catalog() if s.name == REFERENCE)
@@ -89,8 +85,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     split = read_split(spec.split_path)
     train = subset_by_names(full, list(split["train"]) + list(split["valid"]), "train+valid")
     train_labels = sorted(set(get_labels(full, spec.label_key)))
-    train_p = on_shared_genes(train, vocab, keep, use_raw=False)
-    demo_p = on_shared_genes(demo, vocab, keep, use_raw=True)
+    train_p = on_genes(align_to_vocab(train, vocab), vocab, keep, train.obs)
+    demo_p = on_genes(demo_aligned, vocab, keep, demo.obs)
     demo_p.obs[spec.label_key] = known  # truth column for the baselines' own scoring (not used below)
 
     shared = np.isin(known, train_labels)

@@ -31,9 +31,10 @@ def marker_model(planted_spec, tmp_path_factory):
     turned noisy and the planted genes slipped down the lists, and 200 passed every check here
     with one and with two threads. The seed is pinned on purpose: over seeds 0 to 5 of this
     recipe gradient x input put a planted gene first for all four given labels in 4 of 6
-    models, 64-point Integrated Gradients in 5 of 6 (throwaway script, 2026-12-03). Saturation:
-    on a cell the model is sure of, log p's gradient is a faint contrast with the runner-up,
-    and one unsure cell can outweigh a label's other cells a million times in the raw mean.
+    models; Integrated Gradients, run on 4 of them, in 3 (throwaway script, 2026-12-03; README).
+    Saturation: on a cell the model is sure of, log p's gradient is a faint contrast with the
+    runner-up, and one unsure cell can outweigh a label's other cells a million times in the
+    raw mean.
     """
     from instructcell_agent.core_model.checkpoint import load_checkpoint
     from instructcell_agent.core_model.training import train
