@@ -59,17 +59,35 @@ class LoadedModel:
         blood-cell label learned from another set. Empty or unknown context (no label set of the
         task matches it) gives every label of the task.
         """
-        wanted_species, wanted_tissue = _words(species), " ".join(_words(tissue))
         out: list[str] = []
-        for entry in self.label_sets.values():
+        for name in self.label_sets_for_context(task, species, tissue):
+            out.extend(l for l in self.label_sets[name]["labels"] if l not in out)
+        return out or self.labels_for_task(task)
+
+    def label_sets_for_context(self, task: str, species: str = "", tissue: str = "") -> list[str]:
+        """Names of the label sets of `task` learned from cells of this species and tissue (an
+        empty field matches every set; an empty list means the checkpoint never saw this context)."""
+        wanted_species, wanted_tissue = _words(species), " ".join(_words(tissue))
+        names = []
+        for name, entry in self.label_sets.items():
             if entry["task"] != task:
                 continue
             if wanted_tissue and " ".join(_words(entry.get("tissue", ""))) != wanted_tissue:
                 continue
             if wanted_species and not set(wanted_species) & set(_words(entry.get("species", ""))):
                 continue
-            out.extend(l for l in entry["labels"] if l not in out)
-        return out or self.labels_for_task(task)
+            names.append(name)
+        return names
+
+    def known_contexts(self, task: str) -> list[str]:
+        """'species / tissue' of every label set of `task`, for messages."""
+        seen = []
+        for entry in self.label_sets.values():
+            if entry["task"] == task:
+                item = f"{entry.get('species', '') or '?'} / {entry.get('tissue', '') or '?'}"
+                if item not in seen:
+                    seen.append(item)
+        return seen
 
     def labels_for_cells(self, task: str, fields: list[dict[str, str]]) -> list[list[str]]:
         """`labels_for_context` of each cell's prompt fields (one list object per distinct context)."""

@@ -24,13 +24,19 @@ def _table() -> dict[str, dict]:
 
 @lru_cache(maxsize=1)
 def _synonym_ids() -> dict[str, str]:
-    return {normalize_label(label): term for term, entry in _table().items() for label in entry["labels"]}
+    return {normalize_label(label): term for term, entry in _table().items()
+            for label in [entry["name"], *entry["labels"]]}
 
 
 def ontology_ancestors(term: str) -> list[str]:
     """The term's ancestors that the synonym table also records, nearest first."""
     entry = _table().get(term)
     return list(entry.get("is_a", [])) if entry else []
+
+
+def ontology_name(term: str) -> str:
+    """The Cell Ontology name of a term in the synonym table ('CL:0000236' -> 'B cell')."""
+    return _table()[term]["name"]
 
 
 def ontology_id(label: str) -> str | None:

@@ -68,11 +68,11 @@ def main() -> None:
     scored = ica.annotate(subset, model=model, use_raw=True, candidates=candidates)
     scored_s = time.perf_counter() - start
 
-    print("\n1) Free answers (no candidates given; species human, tissue peripheral blood), label counts:")
-    print(free.label_counts().to_string())
+    print("\n1) Free answers (no candidates given; species human, tissue peripheral blood):")
+    print(free.summary())
     print(f"agreement with bulk_labels: {agreement(free.labels, known):.3f}  ({adata.n_obs / free_s:.1f} cells/s)")
-    print(f"\n2) Candidates = the {len(candidates)} bulk_labels names, {subset.n_obs} random cells, label counts:")
-    print(scored.label_counts().to_string())
+    print(f"\n2) Candidates = the {len(candidates)} bulk_labels names, {subset.n_obs} random cells:")
+    print(scored.summary())
     print(f"agreement with bulk_labels: {agreement(scored.labels, sub_known):.3f}  ({subset.n_obs / scored_s:.1f} cells/s)")
     print("\nPer known label (free answers): share agreeing")
     mapper = LabelMapper(tuple(candidates))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -22,6 +23,7 @@ import torch
 
 from .core_model.alignment import align_to_vocab
 from .core_model.calibration import label_prior_correction
+from .core_model.candidate_route import CandidateNoteWarning, CandidateRoute, route_candidates
 from .core_model.checkpoint import LoadedModel, load_checkpoint
 from .core_model.corpus import dense_rows
 from .core_model.datasets import prompt_fields
@@ -118,22 +120,50 @@ def _answer(adata: ad.AnnData, model: LoadedModel | None, task: str, instruction
     cands = [str(c) for c in candidates] if candidates else None
     if cands is not None and len(set(cands)) != len(cands):
         raise ValueError("candidates contain duplicates")
+    route = route_candidates(cands, loaded.label_sets, task) if cands is not None else None
     template = instruction or DEFAULT_INSTRUCTIONS[(task, cands is not None)]
     if has_choices(template) and cands is None:
         cands = loaded.labels_for_task(task)
+        route = CandidateRoute("learned", tuple(cands))
+    scored = cands
+    if route is not None and route.kind == "ontology":
+        # The model answers the open question; listing strings it never learned would only
+        # bias it towards the closest-looking learned label.
+        template = instruction if instruction and not has_choices(instruction) else DEFAULT_INSTRUCTIONS[(task, False)]
+        scored = list(route.learned)
     aligned = align_to_vocab(adata, loaded.vocab, layer=layer, use_raw=use_raw, gene_key=gene_key, min_genes=min_genes)
     fields = prompt_fields(adata, None, species=species, tissue=tissue, sequencing_method=sequencing_method, drug=drug)
-    texts = [_prompt(loaded, template, f, cands) for f in fields]
+    texts = [_prompt(loaded, template, f, cands if scored is cands else None) for f in fields]
     # Free answers are decoded within the labels this checkpoint learned to name for the cell's
     # species and tissue (never a misspelling, never a blood label for a pancreas cell), unless
     # the caller asks for unconstrained text.
     allowed = None if cands is not None or free_text else loaded.labels_for_cells(task, fields)
+    notes = [route.note] if route is not None and route.note else []
+    if scored is not cands and instruction and has_choices(instruction):
+        notes.append(f"the instruction lists the candidates ({{choices}}), which this route cannot use; "
+                     f"the model was asked {template!r} instead")
+    if route is not None and route.kind == "text":
+        warnings.warn(route.note, CandidateNoteWarning, stacklevel=3)
+    if cands is None:
+        notes += _unseen_context_notes(loaded, task, fields, free_text)
+        for note in notes:
+            warnings.warn(note, UnseenContextWarning, stacklevel=3)
     if calibrate and cands is None:
         raise ValueError("calibrate=True corrects scored candidates: pass candidates (or an instruction with {choices})")
-    labels, conf, answers, probs = _run(loaded, aligned.X, texts, cands, batch_size, allowed, calibrate)
-    if cands is None:  # free answers: name them with the checkpoint's own spelling when they match one
+    if cands is None:
+        labels, conf, answers = _generate_answers(loaded, aligned.X, texts, batch_size, allowed)
+        # Free answers: named with the checkpoint's own spelling when they match one.
         mapper = LabelMapper(tuple(loaded.labels_for_task(task)))
         labels = [mapper.map(a) or a for a in labels]
+        probs = None
+    else:
+        loglik = _score(loaded, aligned.X, texts, scored, batch_size)
+        answers = None
+        if route is not None and route.kind == "ontology":
+            loglik, top = route.pool(loglik)
+            answers = [route.learned[i] for i in top]  # the model's own, often finer, answer
+        labels, conf, probs = _choose(loglik, cands, calibrate)
+        answers = answers or list(labels)
     if mode == "chat":
         answers = [f"This cell is most likely {l} (probability {c:.2f})." for l, c in zip(labels, conf)]
     provenance = {
@@ -142,11 +172,34 @@ def _answer(adata: ad.AnnData, model: LoadedModel | None, task: str, instruction
         "calibration": "batch label-prior correction" if calibrate else "none",
         "checkpoint": str(loaded.path), "package_version": loaded.info.get("package_version"),
         "backbone": loaded.model.cfg.backbone.name, "backbone_sha256": loaded.model.backbone.sha256,
-        "precision": loaded.model.precision,
+        "precision": loaded.model.precision, "notes": notes,
+        "candidate_route": route.kind if route is not None else "none",
     }
     prob_frame = pd.DataFrame(probs, index=aligned.obs_names, columns=cands) if probs is not None else None
     return AnnotationResult(list(map(str, aligned.obs_names)), np.asarray(labels, dtype=object), np.asarray(conf),
                             answers, prob_frame, provenance)
+
+
+class UnseenContextWarning(UserWarning):
+    """Free answers for cells of a species / tissue the checkpoint learned no labels for."""
+
+
+def _unseen_context_notes(loaded: LoadedModel, task: str, fields: list[dict[str, str]], free_text: bool) -> list[str]:
+    """One note per (species, tissue) of the cells that no label set of the checkpoint matches.
+
+    Free answers for such cells range over every label the checkpoint knows, from every tissue;
+    a user should hear that, and how to do better, rather than read blood labels off a liver."""
+    notes = []
+    for species, tissue in dict.fromkeys((f.get("species", ""), f.get("tissue", "")) for f in fields):
+        if loaded.label_sets_for_context(task, species, tissue):
+            continue
+        scope = "unconstrained text" if free_text else f"all {len(loaded.labels_for_task(task))} labels it knows, from every tissue"
+        notes.append(
+            f"this checkpoint learned no {task.replace('_', ' ')} labels for {species or 'any species'} / "
+            f"{tissue or 'any tissue'}; free answers for these cells range over {scope}. Pass candidates "
+            f"(the labels you expect) for answers you can weigh, or name a tissue it knows: "
+            f"{'; '.join(loaded.known_contexts(task))}.")
+    return notes
 
 
 def _prompt(loaded: LoadedModel, template: str, fields: dict[str, str], cands: list[str] | None) -> str:
@@ -162,35 +215,42 @@ def _prompt(loaded: LoadedModel, template: str, fields: dict[str, str], cands: l
         raise InstructionError(f"the instruction uses a placeholder with no value: {exc}") from exc
 
 
-@torch.no_grad()
-def _run(loaded: LoadedModel, X, texts: list[str], cands: list[str] | None, batch_size: int,
-         allowed: list[list[str]] | None = None, calibrate: bool = False):
+def _batches(loaded: LoadedModel, X, texts: list[str], batch_size: int):
+    """(rows, prompt context, normalized expression) per batch; each distinct prompt read once."""
     model = loaded.model
-    labels: list[str] = []
-    conf: list[float] = []
-    answers: list[str] = []
-    scores = []
     for start in range(0, X.shape[0], batch_size):
         rows = np.arange(start, min(start + batch_size, X.shape[0]))
         batch_texts = [texts[r] for r in rows]
         uniq = sorted(set(batch_texts))
         ctx = model.start(uniq, torch.tensor([uniq.index(t) for t in batch_texts]))
-        expr = model.normalize(torch.from_numpy(dense_rows(X, rows)).to(model.device))
-        if cands is not None:
-            scores.append(model.score_candidates(ctx, expr, cands).cpu().numpy())
-        else:
-            texts_out, logp = model.generate(ctx, expr, return_logprob=True,
-                                             allowed=[allowed[r] for r in rows] if allowed else None)
-            labels += texts_out
-            answers += texts_out
-            conf += np.exp(logp).tolist()
-    if cands is None:
-        return labels, conf, answers, None
-    loglik = np.concatenate(scores).astype(np.float64)
+        yield rows, ctx, model.normalize(torch.from_numpy(dense_rows(X, rows)).to(model.device))
+
+
+@torch.no_grad()
+def _score(loaded: LoadedModel, X, texts: list[str], labels: list[str], batch_size: int) -> np.ndarray:
+    """Log-likelihood (cells x labels) of each label as the answer."""
+    scores = [loaded.model.score_candidates(ctx, expr, labels).cpu().numpy()
+              for _, ctx, expr in _batches(loaded, X, texts, batch_size)]
+    return np.concatenate(scores).astype(np.float64)
+
+
+@torch.no_grad()
+def _generate_answers(loaded: LoadedModel, X, texts: list[str], batch_size: int, allowed: list[list[str]] | None):
+    labels: list[str] = []
+    conf: list[float] = []
+    for rows, ctx, expr in _batches(loaded, X, texts, batch_size):
+        out, logp = loaded.model.generate(ctx, expr, return_logprob=True,
+                                          allowed=[allowed[r] for r in rows] if allowed else None)
+        labels += out
+        conf += np.exp(logp).tolist()
+    return labels, conf, list(labels)
+
+
+def _choose(loglik: np.ndarray, cands: list[str], calibrate: bool):
+    """Softmax over the candidates (after the opt-in label-prior correction); best label per cell."""
     if calibrate:
         loglik = label_prior_correction(loglik)
     probs = np.exp(loglik - loglik.max(1, keepdims=True))
     probs /= probs.sum(1, keepdims=True)
     best = probs.argmax(1)
-    picked = [cands[i] for i in best]
-    return picked, probs[np.arange(len(best)), best].tolist(), list(picked), probs
+    return [cands[i] for i in best], probs[np.arange(len(best)), best].tolist(), probs

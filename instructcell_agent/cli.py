@@ -124,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     _add_evaluate(sub)
     _add_annotate(sub)
     _add_explain(sub)
-    sub.add_parser("info", help="describe the default checkpoint")
+    c = sub.add_parser("info", help="describe a checkpoint: how it was made, its label sets")
+    c.add_argument("--checkpoint", help="checkpoint directory (default: the shipped one)")
     c = sub.add_parser("store-weights", help="rewrite a checkpoint's trained weights in a smaller float type")
     c.add_argument("--checkpoint", required=True)
     c.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default="float16")
@@ -259,11 +260,20 @@ def _explain(args) -> int:
 def _info(args) -> int:
     from .api import default_checkpoint_path
 
-    path = default_checkpoint_path()
+    from .core_model.errors import CheckpointError
+
+    path = Path(args.checkpoint) if args.checkpoint else default_checkpoint_path()
+    if not (path / "config.json").is_file() or not (path / "labels.json").is_file():
+        raise CheckpointError(f"{path} is not a checkpoint directory (config.json and labels.json expected)")
     config = json.loads((path / "config.json").read_text())
     # started_from / resumed_from chain back to the run from scratch (absent on such a run itself).
     keys = ("package_version", "created", "command", "started_from", "resumed_from", "weights_storage", "data", "valid")
-    print(json.dumps({k: config[k] for k in keys if k in config}, indent=1))
+    out = {k: config[k] for k in keys if k in config}
+    # The label sets tell a user which candidate names are scored as learned (core_model/candidate_route.py).
+    fields = ("task", "species", "tissue", "labels")
+    out["label_sets"] = {name: {f: entry.get(f) for f in fields}
+                         for name, entry in json.loads((path / "labels.json").read_text()).items()}
+    print(json.dumps(out, indent=1))
     return 0
 
 

@@ -9,6 +9,8 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
+from .core_model.labels import ontology_id, ontology_name
+
 
 @dataclass
 class AnnotationResult:
@@ -49,18 +51,46 @@ class AnnotationResult:
         counts = self.label_counts()
         lines = [f"{len(self.labels):,} cells annotated; mean confidence {float(np.mean(self.confidence)):.3f}"]
         lines += [f"  {label}: {n}" for label, n in counts.items()]
+        lines += self._merged_synonyms(counts)
+        lines += [f"Note: {note}" for note in self.provenance.get("notes", [])]
         return "\n".join(lines)
+
+    def _merged_synonyms(self, counts: pd.Series) -> list[str]:
+        """Free answers range over several training sets' spellings ('NK' and 'CD56+ NK'); say which
+        labels name the same Cell Ontology term, with the merged counts."""
+        if self.provenance.get("task") != "annotation":
+            return []
+        by_term: dict[str, list[str]] = {}
+        for label in counts.index:
+            term = ontology_id(str(label))
+            if term:
+                by_term.setdefault(term, []).append(str(label))
+        merged = {t: labels for t, labels in by_term.items() if len(labels) > 1}
+        if not merged:
+            return []
+        lines = ["Same population under several training-set spellings (to_adata's obs '..._ontology_id' "
+                 "holds the shared Cell Ontology id):"]
+        for term, labels in sorted(merged.items(), key=lambda kv: -int(counts[kv[1]].sum())):
+            lines.append(f"  {ontology_name(term)} ({term}): {int(counts[labels].sum())} = "
+                         + " + ".join(f"{label} {int(counts[label])}" for label in labels))
+        return lines
 
     def to_adata(self, adata: ad.AnnData, key_added: str = "instructcell") -> ad.AnnData:
         """Write the result into `adata` (in memory, scverse style) and return it.
 
-        Adds `obs['<key>_label']`, `obs['<key>_confidence']`, `obsm['<key>_probabilities']` (with
-        candidates) and `uns['<key>']` (provenance). The cells must be the ones annotated.
+        Adds `obs['<key>_label']`, `obs['<key>_confidence']`, `obs['<key>_ontology_id']` (cell types:
+        the label's Cell Ontology id, where the package's synonym table has one),
+        `obsm['<key>_probabilities']` (with candidates) and `uns['<key>']` (provenance). The cells
+        must be the ones annotated.
         """
         if list(map(str, adata.obs_names)) != list(self.obs_names):
             raise ValueError("adata's cells differ from the annotated cells (same obs_names in the same order needed)")
         adata.obs[f"{key_added}_label"] = pd.Categorical(self.labels)
         adata.obs[f"{key_added}_confidence"] = self.confidence.astype(np.float32)
+        if self.provenance.get("task") == "annotation":
+            # Cell Ontology ids (CELLxGENE's convention) let labels from different spellings be
+            # merged downstream: 'CD19+ B' and 'B' are both CL:0000236. Missing where unknown.
+            adata.obs[f"{key_added}_ontology_id"] = pd.Categorical([ontology_id(str(l)) for l in self.labels])
         uns = dict(self.provenance)
         if self.probabilities is not None:
             adata.obsm[f"{key_added}_probabilities"] = self.probabilities.to_numpy(dtype=np.float32)

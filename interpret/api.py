@@ -13,6 +13,7 @@ import logging
 import os
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,11 +24,12 @@ import pandas as pd
 import scipy.sparse as sp
 
 from instructcell_agent.core_model.alignment import align_to_vocab
+from instructcell_agent.core_model.candidate_route import CandidateNoteWarning, CandidateRoute, route_candidates
 from instructcell_agent.core_model.cell_encoder import log_normalize_csr
 from instructcell_agent.core_model.checkpoint import LoadedModel
 from instructcell_agent.core_model.datasets import prompt_fields
 from instructcell_agent.core_model.errors import InputFileError, LabelKeyError
-from instructcell_agent.core_model.instructions import render
+from instructcell_agent.core_model.instructions import has_choices, render
 from instructcell_agent.core_model.io import get_labels, write_h5ad_atomic, write_json_atomic
 
 from .aggregate import DEFAULT_NORMALIZE, NORMALIZATIONS, cell_scores, label_means, rankings
@@ -121,12 +123,23 @@ def explain(adata: ad.AnnData, model: LoadedModel | None = None, labels: str | S
     cands = _candidates(model, dataset, candidates, given)
     given = _check_in_candidates(given, cands, adata.n_obs)
     aligned = align_to_vocab(adata, model.vocab, layer=layer, use_raw=use_raw, gene_key=gene_key, min_genes=min_genes)
-    template, prefixes, rows = _prompts(model, adata, instruction, cands)
+    # Candidates the user named (or the labels of their obs column) may be spelled unlike anything
+    # the checkpoint learned; its own label sets need no routing.
+    user_named = candidates is not None or (dataset is None and given is not None and not isinstance(given, str))
+    route = route_candidates(cands, model.label_sets) if user_named else None
+    notes = [route.note] if route is not None and route.note else []
+    if route is not None and route.kind == "ontology" and instruction and has_choices(instruction):
+        instruction = None  # the open question is asked (see route_candidates)
+        notes.append("the instruction lists the candidates ({choices}), which this route cannot use; "
+                      "the default open question was asked instead")
+    template, prefixes, rows = _prompts(model, adata, instruction, cands, route)
     target = None if given is None else np.array([cands.index(l) for l in given], dtype=np.int64)
     ref = _reference(reference, aligned.X, model) if method != "gradient" else None
     attr = attribute(model.model, aligned.X, cands, prefixes, rows, target, method=method, batch_size=batch_size,
                      ig=IGSettings(n_steps, min(8, n_steps), ig_tolerance, max_steps=16 * n_steps), reference=ref,
-                     progress=progress)
+                     progress=progress, route=route)
+    if route is not None and route.kind == "text":
+        warnings.warn(route.note, CandidateNoteWarning, stacklevel=2)
     groups = given if given is not None else np.asarray(cands, dtype=object)[attr.predicted].astype(str)
     means = label_means(cell_scores(attr.values, attr.above_reference, normalize), groups, model.vocab, order=cands)
     species = species or aligned.report.species
@@ -134,7 +147,8 @@ def explain(adata: ad.AnnData, model: LoadedModel | None = None, labels: str | S
     report = _marker_comparison(means, db, species, model.vocab, attr.inputs, groups, compare_wilcoxon)
     provenance = {
         "method": method, "target": "given" if given is not None else "predicted", "instruction": template,
-        "candidates": cands, "normalize": normalize,
+        "candidates": cands, "candidate_route": route.kind if route is not None else "learned",
+        "notes": notes, "normalize": normalize,
         "reference": None if method == "gradient" else (reference if isinstance(reference, str) else "given"),
         "n_steps": n_steps if method == "ig" else None,
         "ig_tolerance": ig_tolerance if method == "ig" else None,
@@ -212,12 +226,13 @@ def _check_in_candidates(given: np.ndarray | str | None, cands: list[str], n_obs
     return given
 
 
-def _prompts(model: LoadedModel, adata: ad.AnnData, instruction: str | None,
-             cands: list[str]) -> tuple[str, list[str], np.ndarray]:
+def _prompts(model: LoadedModel, adata: ad.AnnData, instruction: str | None, cands: list[str],
+             route: CandidateRoute | None = None) -> tuple[str, list[str], np.ndarray]:
     """The rendered prompt prefix of every cell, as distinct prefixes plus a row index per cell."""
     from instructcell_agent.api import DEFAULT_INSTRUCTIONS
 
-    template = instruction or DEFAULT_INSTRUCTIONS[("annotation", True)]
+    open_question = route is not None and route.kind == "ontology"
+    template = instruction or DEFAULT_INSTRUCTIONS[("annotation", not open_question)]
     texts = []
     for fields in prompt_fields(adata):
         # A fixed candidate order keeps one shared prefix for every cell (read once).

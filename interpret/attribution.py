@@ -42,6 +42,7 @@ import scipy.sparse as sp
 import torch
 from captum.attr import IntegratedGradients, Saliency
 
+from instructcell_agent.core_model.candidate_route import CandidateRoute
 from instructcell_agent.core_model.corpus import dense_rows
 from instructcell_agent.core_model.model import CellLanguageModel
 
@@ -93,6 +94,7 @@ class Attributions:
     rows: np.ndarray | None = None
     steps_used: np.ndarray | None = None
     reference: np.ndarray | None = None
+    route: CandidateRoute | None = None
 
     @property
     def predicted(self) -> np.ndarray:
@@ -120,15 +122,25 @@ class LabelLogProb:
     the distinct prompt prefixes each row uses.
     """
 
-    def __init__(self, model: CellLanguageModel, prefixes: Sequence[str], candidates: Sequence[str]) -> None:
+    def __init__(self, model: CellLanguageModel, prefixes: Sequence[str], candidates: Sequence[str],
+                 route: CandidateRoute | None = None) -> None:
         self.model = model
         self.prefixes = list(prefixes)
         self.candidates = [str(c) for c in candidates]
+        # Ontology route: the learned labels are scored and their probability summed per candidate
+        # (core_model/candidate_route.py), so the explained quantity is what `annotate` answers with.
+        self.pooled = route is not None and route.kind == "ontology"
+        self.scored = list(route.learned) if self.pooled else self.candidates
+        if self.pooled:
+            owner = torch.tensor(route.owner)
+            self.groups = [torch.nonzero(owner == c).flatten() for c in range(len(self.candidates))]
 
     def __call__(self, expr: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         ctx = self.model.start(self.prefixes, rows)
-        scores = self.model.score_candidates(ctx, expr, self.candidates)
-        return torch.log_softmax(scores, 1)
+        logp = torch.log_softmax(self.model.score_candidates(ctx, expr, self.scored), 1)
+        if not self.pooled:
+            return logp
+        return torch.stack([torch.logsumexp(logp[:, g.to(logp.device)], 1) for g in self.groups], 1)
 
 
 def _attribute_batch(forward: LabelLogProb, expr: torch.Tensor, rows: torch.Tensor, target: torch.Tensor,
@@ -252,7 +264,7 @@ def attribute(model: CellLanguageModel, counts: sp.csr_matrix | np.ndarray, cand
               prefixes: Sequence[str], rows: np.ndarray | None = None, target: np.ndarray | None = None, *,
               method: str = "saliency", batch_size: int = 16, ig: IGSettings | None = None,
               internal_batch_size: int = 64, reference: np.ndarray | None = None,
-              progress: Callable[[int, int], None] | None = None) -> Attributions:
+              progress: Callable[[int, int], None] | None = None, route: CandidateRoute | None = None) -> Attributions:
     """Attribute each cell's target-label log-probability to its log-normalized expression.
 
     Parameters
@@ -284,6 +296,10 @@ def attribute(model: CellLanguageModel, counts: sp.csr_matrix | np.ndarray, cand
         from, e.g. the mean cell of a sample. Default: all zeros (no expression).
     progress
         Called with (cells done, total) after each batch.
+    route
+        How the candidates are scored (``core_model/candidate_route.py``); with an ontology route
+        the prefixes must ask the open question, and each candidate's probability is the sum over
+        the learned labels it covers. Default: the candidates themselves are scored.
 
     Returns
     -------
@@ -310,7 +326,7 @@ def attribute(model: CellLanguageModel, counts: sp.csr_matrix | np.ndarray, cand
     if model.training:
         log.warning("model was in training mode; switching it to eval for attributions")
         model.eval()
-    forward = LabelLogProb(model, prefixes, candidates)
+    forward = LabelLogProb(model, prefixes, candidates, route)
     parts = []
     for start in range(0, n_cells, batch_size):
         idx = np.arange(start, min(start + batch_size, n_cells))
@@ -323,7 +339,7 @@ def attribute(model: CellLanguageModel, counts: sp.csr_matrix | np.ndarray, cand
         np.concatenate(probs), [str(c) for c in candidates], method,
         np.concatenate(deltas) if method == "ig" else None, ig.n_steps if method == "ig" else None,
         list(prefixes), rows, np.concatenate(used) if method == "ig" else None,
-        None if reference is None else ref.cpu().numpy(),
+        None if reference is None else ref.cpu().numpy(), route,
     )
 
 
@@ -361,12 +377,13 @@ def _log_expression(model: CellLanguageModel, counts: sp.csr_matrix | np.ndarray
 
 @torch.no_grad()
 def label_probability(model: CellLanguageModel, expr: np.ndarray, candidates: Sequence[str], prefixes: Sequence[str],
-                      rows: np.ndarray, target: np.ndarray, batch_size: int = 16) -> np.ndarray:
+                      rows: np.ndarray, target: np.ndarray, batch_size: int = 16,
+                      route: CandidateRoute | None = None) -> np.ndarray:
     """Probability of each cell's `target` candidate given log-normalized input `expr` (cells x genes).
 
-    Used by the deletion test: `expr` may have genes zeroed in log space.
+    Used by the deletion test: `expr` may have genes zeroed in log space. `route`: as in `attribute`.
     """
-    forward = LabelLogProb(model, prefixes, candidates)
+    forward = LabelLogProb(model, prefixes, candidates, route)
     out = []
     for start in range(0, expr.shape[0], batch_size):
         sl = slice(start, start + batch_size)

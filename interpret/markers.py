@@ -27,6 +27,7 @@ import scipy.sparse as sp
 
 from instructcell_agent.core_model.datasets import shared_root
 from instructcell_agent.core_model.errors import InputFileError
+from instructcell_agent.core_model.labels import ontology_id
 
 log = logging.getLogger(__name__)
 
@@ -57,11 +58,14 @@ class MarkerDB:
     source: str = ""
 
     def cell_types_for(self, label: str) -> list[str] | None:
-        """Database cell types our table maps `label` to (exact, then case-insensitive), or None."""
+        """Database cell types our table maps `label` to (exact, then case-insensitive, then a mapped
+        label with the same Cell Ontology term: 'pancreatic A cell' as 'Alpha'), or None."""
         if label in self.label_map:
             return list(self.label_map[label])
         folded = {k.casefold(): v for k, v in self.label_map.items()}
         hit = folded.get(str(label).casefold())
+        if hit is None and (term := ontology_id(str(label))):
+            hit = next((v for k, v in self.label_map.items() if ontology_id(k) == term), None)
         return list(hit) if hit is not None else None
 
     def markers_for(self, label: str, species: str | None = None) -> set[str] | None:

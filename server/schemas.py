@@ -37,7 +37,9 @@ class AnnotateCellsRequest(_MatrixOptions):
     h5ad_path: H5adPath
     candidates: list[Annotated[str, Field(min_length=1, max_length=200)]] | None = Field(
         None, min_length=2, max_length=200,
-        description="Cell types to choose from (probabilities for each). Omit to let the model name the type freely.")
+        description="Cell types to choose from (probabilities for each): a label set the model learned, or Cell "
+                    "Ontology names such as 'B cell' or 'CD14-positive monocyte'. Omit to let the model name the type "
+                    "freely. The reply's notes say how the candidates were scored.")
     instruction: str | None = Field(
         None, max_length=2000, description="Question asked per cell; {choices} lists the candidates. Default: ours.")
     free_text: bool = Field(False, description="Without candidates: unconstrained free answers instead of "
@@ -156,6 +158,8 @@ class AnnotationSummary(BaseModel):
     drug: str | None = None
     examples: list[CellExample]
     alignment: str = Field(description="How the input's genes matched the model's.")
+    notes: list[str] = Field(default_factory=list,
+                             description="What to weigh before trusting the labels (e.g. a tissue the model never saw).")
     outputs: list[OutputFile]
     seconds: float
 
@@ -189,6 +193,7 @@ class ExplanationSummary(BaseModel):
     top_genes: dict[str, list[GeneScore]] = Field(description="Per label, its top genes by attribution.")
     marker_precision: dict[str, float | None] | None = Field(
         description="Per label, share of the top 10 genes that are known markers (None: no marker database).")
+    notes: list[str] = Field(default_factory=list, description="How the labels were scored, where that matters.")
     outputs: list[OutputFile]
     seconds: float
 

@@ -227,7 +227,8 @@ class InstructCellService:
         return ExplanationSummary(h5ad_path=str(path), n_cells=adata.n_obs, method=req.method,
                                   reference=req.reference if req.method != "gradient" else "none",
                                   cells_per_label=dict(Counter(map(str, result.groups))), top_genes=top,
-                                  marker_precision=precision, outputs=files,
+                                  marker_precision=precision, notes=list(result.provenance.get("notes", [])),
+                                  outputs=files,
                                   seconds=round(time.perf_counter() - started, 3))
 
     # ------------------------------------------------------------------ annotation core
@@ -269,7 +270,8 @@ class InstructCellService:
             label_counts={str(k): int(v) for k, v in result.label_counts().items()},
             mean_confidence=round(float(conf.mean()), 4) if n else 0.0, low_confidence_cells=int((conf < 0.5).sum()),
             candidates=cands, drug=getattr(req, "drug", None), examples=examples,
-            alignment=str(result.provenance.get("alignment_summary", "")), outputs=files,
+            alignment=str(result.provenance.get("alignment_summary", "")),
+            notes=list(result.provenance.get("notes", [])), outputs=files,
             seconds=round(time.perf_counter() - started, 3))
 
 
@@ -302,7 +304,8 @@ def _concat(parts):
     probs = None
     if first.probabilities is not None:
         probs = pd.concat([p.probabilities for p in parts])
-    provenance = dict(first.provenance, chunks=len(parts))
+    notes = list(dict.fromkeys(n for p in parts for n in p.provenance.get("notes", [])))
+    provenance = dict(first.provenance, chunks=len(parts), notes=notes)
     return AnnotationResult(
         obs_names=[o for p in parts for o in p.obs_names], labels=np.concatenate([p.labels for p in parts]),
         confidence=np.concatenate([np.asarray(p.confidence) for p in parts]),

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import warnings
+
+import anndata as ad
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.sparse as sp
 
 import instructcell_agent as ica
 from synthetic import CELL_TYPES, make_counts
+from instructcell_agent.core_model.alignment import align_to_vocab
 from instructcell_agent.core_model.errors import GeneOverlapError, InvalidValuesError
 
 
@@ -42,6 +47,50 @@ def test_free_answers_and_chat_mode(tiny_model, cells):
     assert ((result.confidence >= 0) & (result.confidence <= 1)).all()
 
 
+def test_free_answers_for_an_unseen_tissue_say_so(tiny_model, cells):
+    from instructcell_agent.api import UnseenContextWarning
+
+    with pytest.warns(UnseenContextWarning, match="liver"):
+        result = ica.annotate(cells, model=tiny_model, tissue="liver")
+    assert "human / pancreas" in result.provenance["notes"][0] and "Note: " in result.summary()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnseenContextWarning)
+        assert ica.annotate(cells, model=tiny_model).provenance["notes"] == []  # the tissue it was trained on
+        assert ica.annotate(cells, model=tiny_model, tissue="liver", candidates=list(CELL_TYPES)).provenance["notes"] == []
+
+
+CL_NAMES = {"alpha": "pancreatic A cell", "beta": "type B pancreatic cell", "gamma": "pancreatic PP cell",
+            "delta": "pancreatic D cell"}
+
+
+def test_candidates_named_by_the_cell_ontology_pool_the_learned_labels(tiny_model, cells):
+    from instructcell_agent.api import DEFAULT_INSTRUCTIONS, _prompt, _score
+
+    names = [CL_NAMES[c] for c in CELL_TYPES]
+    result = ica.annotate(cells, model=tiny_model, candidates=names)
+    assert result.provenance["candidate_route"] == "ontology"
+    # one learned label per candidate here, so the probabilities are the model's open-question
+    # probabilities of its own labels, renamed
+    texts = [_prompt(tiny_model, DEFAULT_INSTRUCTIONS[("annotation", False)], {}, None)] * cells.n_obs
+    loglik = _score(tiny_model, align_to_vocab(cells, tiny_model.vocab).X, texts, list(CELL_TYPES), 64)
+    expected = np.exp(loglik - loglik.max(1, keepdims=True))
+    expected /= expected.sum(1, keepdims=True)
+    np.testing.assert_allclose(result.probabilities.to_numpy(), expected, rtol=1e-4, atol=1e-6)
+    assert list(result.answers) == [CELL_TYPES[i] for i in expected.argmax(1)]  # the model's own label
+    renamed = np.array([CL_NAMES[t] for t in cells.obs["cell_type"]])
+    assert np.mean(result.labels == renamed) > 0.5  # planted markers; chance is 0.25
+    out = result.to_adata(cells.copy())
+    assert out.obs["instructcell_ontology_id"].iloc[0].startswith("CL:")
+
+
+def test_candidates_it_cannot_route_warn(tiny_model, cells):
+    from instructcell_agent.api import CandidateNoteWarning
+
+    with pytest.warns(CandidateNoteWarning, match="Kupffer cell"):
+        result = ica.annotate(cells, model=tiny_model, candidates=["Kupffer cell", "hepatocyte"])
+    assert result.provenance["candidate_route"] == "text" and result.probabilities.shape == (24, 2)
+
+
 def test_annotate_does_not_modify_the_input(tiny_model, cells):
     before = cells.X.toarray().copy()
     obs_cols = list(cells.obs.columns)
@@ -72,3 +121,16 @@ def test_duplicate_candidates_are_refused(tiny_model, cells):
 def test_default_checkpoint_path_points_into_the_package():
     path = ica.default_checkpoint_path()
     assert path.name == "default" and path.parent.name == "checkpoints"
+
+
+def test_summary_merges_spellings_of_one_population():
+    from instructcell_agent.results import AnnotationResult
+
+    labels = np.array(["NK", "CD56+ NK", "NK", "CD19+ B", "alpha"], dtype=object)
+    result = AnnotationResult([f"c{i}" for i in range(5)], labels, np.full(5, 0.9), list(labels),
+                              provenance={"task": "annotation", "notes": []})
+    text = result.summary()
+    assert "natural killer cell (CL:0000623): 3 = NK 2 + CD56+ NK 1" in text
+    assert "B cell (CL:0000236)" not in text  # one spelling only: nothing to merge
+    out = result.to_adata(ad.AnnData(obs=pd.DataFrame(index=result.obs_names)))
+    assert list(out.obs["instructcell_ontology_id"].astype(str)) == ["CL:0000623"] * 3 + ["CL:0000236", "CL:0000171"]

@@ -139,6 +139,9 @@ def test_free_answer_vocabulary_follows_the_cells_species_and_tissue():
     assert loaded.labels_for_context("annotation", "", "liver") == ["B", "NK", "alpha", "beta"]
     fields = [{"species": "human", "tissue": "pancreas"}, {"species": "human", "tissue": "peripheral blood"}]
     assert loaded.labels_for_cells("annotation", fields) == [["alpha", "beta"], ["B", "NK"]]
+    assert loaded.label_sets_for_context("annotation", "human", "liver") == []
+    assert loaded.label_sets_for_context("annotation", "mouse", "pancreas") == ["islets"]
+    assert loaded.known_contexts("annotation") == ["human / peripheral blood", "human and mouse / Pancreas"]
 
 
 def test_reordering_the_genes_keeps_every_answer(tiny_checkpoint, tmp_path):

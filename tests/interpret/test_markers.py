@@ -29,6 +29,14 @@ def _shared_or_skip():
     return db
 
 
+def test_labels_find_their_markers_by_any_spelling():
+    assert DB.cell_types_for("ALPHA") == ["Alpha cells"]
+    # through the Cell Ontology: a user's name for the population the table maps as 'alpha'
+    assert DB.cell_types_for("pancreatic A cell") == ["Alpha cells"]
+    assert DB.markers_for("type B pancreatic cell", "human") == {"INS", "IAPP"}
+    assert DB.cell_types_for("B cell") is None and DB.cell_types_for("no such cell") is None
+
+
 def test_precision_at_k_counts_known_genes_in_the_head():
     known = {"GCG", "TTR"}
     assert precision_at_k(["GCG", "INS", "ttr", "X"], known, k=2) == 0.5

@@ -116,3 +116,25 @@ def test_cli_explain_errors_are_messages(tiny_checkpoint, synthetic_set, tmp_pat
     code = main(["explain", "--checkpoint", str(tiny_checkpoint), "--data", str(victim), "--out", str(out)])
     assert code == 2 and _digest(victim) == before
     assert "refusing to overwrite" in capsys.readouterr().err
+
+
+def test_labels_spelled_by_the_cell_ontology_are_explained_through_the_learned_labels(tiny_model):
+    import instructcell_agent as ica
+
+    names = {"alpha": "pancreatic A cell", "beta": "type B pancreatic cell", "gamma": "pancreatic PP cell",
+             "delta": "pancreatic D cell"}
+    cells = make_counts(16, seed=12)
+    cells.obs["cl_name"] = cells.obs["cell_type"].map(names).astype(str)
+    result = explain(cells, model=tiny_model, labels="cl_name", top_k=4)
+    assert result.provenance["candidate_route"] == "ontology"
+    # the explained probabilities are the ones `annotate` answers with for the same candidates
+    cands = result.provenance["candidates"]
+    answered = ica.annotate(cells, model=tiny_model, candidates=cands).probabilities[cands].to_numpy()
+    np.testing.assert_allclose(result.attributions.probabilities, answered, rtol=1e-4, atol=1e-6)
+    # the deletion test re-scores through the same route: deleting nothing changes nothing
+    from instructcell_agent.interpret.faithfulness import _probability_without
+
+    a = result.attributions
+    base = a.probabilities[np.arange(len(a.target)), a.target]
+    again = _probability_without(tiny_model.model, a, a.rows, np.full((len(base), 1), -1), 8)
+    np.testing.assert_allclose(again, base, rtol=1e-4, atol=1e-6)

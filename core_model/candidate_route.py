@@ -1,0 +1,112 @@
+"""How to score a user's candidate labels with a checkpoint that learned other spellings.
+
+The model learned to name cells with the label strings of its training sets ('CD14+Mono',
+'CD4+/CD45RO+ Memory'). Asked to choose among strings it never produced ('CD14-positive
+monocyte', 'T Cell'), the likelihood of the string says more about the string than about the
+cell: on the valid splits, candidates renamed to their Cell Ontology names dropped accuracy from
+0.84 to 0.17 (kang2018) and from 0.97 to 0.20 (baron2016) (`benchmarks/renamed_candidates.py`).
+
+So candidates are routed:
+- `learned`: all of them are labels of one set the checkpoint learned -> scored as they are,
+  listed in the prompt, the way the model was trained. Labels mixed from several sets are
+  routed through the ontology: spelled as other sets do (kang2018's 'CD19+ B', 'CD8 T', 'DC'...),
+  scoring the strings gave test accuracy 0.867 / 0.764 / 0.922 / 0.960 / 0.833 on kang2018 /
+  pbmc3k / wang2016 / tabula muris / puram2017, the ontology 0.893 / 0.875 / 0.980 / 1.000 /
+  1.000 (throwaway script, 2026-12-03). The one mix where strings did better: pbmc68k_reduced's
+  ten `bulk_labels` (nine of zheng2017's plus 'Dendritic'), 0.691 against 0.679 on its 700 cells.
+- `ontology`: otherwise, when every candidate names a Cell Ontology term and the checkpoint
+  learned labels at or below each term -> the model answers the open question, its probability
+  over those learned labels is summed per candidate (each learned label to the candidate with its
+  nearest term: 'CD8+ Cytotoxic T' to 'CD8 T cell' when both 'T cell' and 'CD8 T cell' are
+  candidates).
+- `text`: neither -> scored as strings, with a note saying why that is weak.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+from .labels import normalize_label, ontology_ancestors, ontology_id
+
+
+class CandidateNoteWarning(UserWarning):
+    """Candidates scored as plain text: the checkpoint could not route them (see the note)."""
+
+
+@dataclass(frozen=True)
+class CandidateRoute:
+    kind: str  # "learned" | "ontology" | "text"
+    candidates: tuple[str, ...]
+    learned: tuple[str, ...] = ()  # ontology route: learned labels scored
+    owner: tuple[int, ...] = ()  # ontology route: candidate index of each learned label
+    note: str = ""
+    terms: dict[str, str] = field(default_factory=dict)  # candidate -> CL id, where known
+
+    def pool(self, loglik: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Learned-label log-likelihoods (cells x learned) -> candidate log-probabilities (cells x
+        candidates) and, per cell, the index of the learned label that carried the most mass."""
+        loglik = np.asarray(loglik, dtype=np.float64)
+        logp = loglik - _logsumexp(loglik, axis=1)
+        pooled = np.full((loglik.shape[0], len(self.candidates)), -np.inf)
+        owner = np.asarray(self.owner)
+        for c in range(len(self.candidates)):
+            pooled[:, c] = _logsumexp(logp[:, owner == c], axis=1)[:, 0]
+        return pooled, logp.argmax(1)
+
+
+def route_candidates(candidates: Sequence[str], label_sets: dict[str, dict], task: str = "annotation") -> CandidateRoute:
+    """Pick how to score `candidates` given a checkpoint's label sets (see the module doc)."""
+    cands = tuple(candidates)
+    wanted = {normalize_label(c) for c in cands}
+    sets = [e for e in label_sets.values() if e["task"] == task]
+    if any(wanted <= {normalize_label(label) for label in e["labels"]} for e in sets):
+        return CandidateRoute("learned", cands)
+    terms = {c: t for c in cands if (t := ontology_id(c))}
+    learned = list(dict.fromkeys(label for e in sets for label in e["labels"]))
+    if task != "annotation":
+        problem = "they are not one label set the checkpoint learned for this task"
+    else:
+        problem = _ontology_problem(cands, terms)
+    owner: dict[str, int] = {}
+    if not problem:
+        index = {terms[c]: i for i, c in enumerate(cands)}
+        for label in learned:
+            term = ontology_id(label)
+            for t in ([term, *ontology_ancestors(term)] if term else []):
+                if t in index:
+                    owner[label] = index[t]
+                    break
+        unreached = [c for i, c in enumerate(cands) if i not in owner.values()]
+        if unreached:
+            problem = f"the checkpoint learned no label at or below {', '.join(map(repr, unreached))}"
+    if problem:
+        note = (f"candidates scored as text ({problem}); the likelihood of a string the model never learned to "
+                f"answer says little about the cell. Name the candidates as one of the checkpoint's label sets "
+                f"does (`instructcell info` lists them){' or by Cell Ontology names' if task == 'annotation' else ''}.")
+        return CandidateRoute("text", cands, note=note, terms=terms)
+    kept = [l for l in learned if l in owner]
+    note = (f"candidates are not one label set this checkpoint learned; scored through the Cell Ontology: "
+            f"the model's probability over {len(kept)} labels it learned, summed per candidate.")
+    return CandidateRoute("ontology", cands, tuple(kept), tuple(owner[l] for l in kept), note, terms)
+
+
+def _ontology_problem(cands: tuple[str, ...], terms: dict[str, str]) -> str:
+    missing = [c for c in cands if c not in terms]
+    if missing:
+        return f"no Cell Ontology term recorded for {', '.join(map(repr, missing))}"
+    seen: dict[str, str] = {}
+    for c in cands:
+        if terms[c] in seen:
+            return f"{seen[terms[c]]!r} and {c!r} name the same Cell Ontology term"
+        seen[terms[c]] = c
+    return ""
+
+
+def _logsumexp(x: np.ndarray, axis: int) -> np.ndarray:
+    if x.shape[axis] == 0:
+        return np.full(x.shape[:axis] + (1,), -np.inf)
+    top = x.max(axis=axis, keepdims=True)
+    return top + np.log(np.exp(x - top).sum(axis=axis, keepdims=True))

@@ -1,0 +1,62 @@
+"""Routing a user's candidate labels: learned set, Cell Ontology pooling, or plain text."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from instructcell_agent.core_model.candidate_route import route_candidates
+
+SETS = {
+    "blood": {"task": "annotation", "labels": ["B", "CD14+Mono", "CD4T", "CD8T", "NK"]},
+    "sorted": {"task": "annotation", "labels": ["CD19+ B", "CD8+ Cytotoxic T", "CD4+/CD25 T Reg"]},
+    "islets": {"task": "annotation", "labels": ["alpha", "beta"]},
+    "drug": {"task": "drug_response", "labels": ["resistant", "sensitive"]},
+}
+
+
+def test_a_subset_of_one_learned_set_is_scored_as_it_is():
+    route = route_candidates(["nk", "B"], SETS)  # case and spacing do not matter
+    assert route.kind == "learned" and route.note == ""
+    # learned labels mixed from two sets are pooled instead (measured better; see the module doc)
+    assert route_candidates(["CD19+ B", "CD8T"], SETS).kind == "ontology"
+    assert route_candidates(["sensitive", "resistant"], SETS, "drug_response").kind == "learned"
+
+
+def test_other_spellings_pool_the_learned_labels_under_each_candidate():
+    route = route_candidates(["B cell", "T cell", "CD8-positive, alpha-beta T cell"], SETS)
+    assert route.kind == "ontology" and "Cell Ontology" in route.note
+    owner = dict(zip(route.learned, route.owner))
+    assert owner["B"] == owner["CD19+ B"] == 0
+    # each learned label goes to the candidate with its nearest term: CD8 subsets to the CD8 candidate,
+    # other T cells to 'T cell'
+    assert owner["CD8T"] == owner["CD8+ Cytotoxic T"] == 2
+    assert owner["CD4T"] == owner["CD4+/CD25 T Reg"] == 1
+    assert "NK" not in owner and "alpha" not in owner  # covered by no candidate: left out
+
+
+@pytest.mark.parametrize("cands, why", [
+    (["B cell", "Kupffer cell"], "no Cell Ontology term recorded for 'Kupffer cell'"),
+    (["B", "B cell", "NK"], "'B' and 'B cell' name the same Cell Ontology term"),
+    (["B cell", "macrophage"], "no label at or below 'macrophage'"),
+])
+def test_candidates_it_cannot_route_are_scored_as_text_with_a_reason(cands, why):
+    route = route_candidates(cands, SETS)
+    assert route.kind == "text" and why in route.note
+
+
+def test_drug_labels_outside_the_learned_set_are_text():
+    route = route_candidates(["responder", "non-responder"], SETS, "drug_response")
+    assert route.kind == "text" and "Cell Ontology" not in route.note
+
+
+def test_pooling_sums_probabilities_per_candidate():
+    route = route_candidates(["B cell", "T cell"], SETS)
+    rng = np.random.default_rng(0)
+    loglik = rng.normal(size=(6, len(route.learned))) - 5.0  # unnormalized, as the model scores them
+    pooled, top = route.pool(loglik)
+    p = np.exp(loglik) / np.exp(loglik).sum(1, keepdims=True)
+    owner = np.asarray(route.owner)
+    np.testing.assert_allclose(np.exp(pooled), np.stack([p[:, owner == c].sum(1) for c in range(2)], 1))
+    np.testing.assert_allclose(np.exp(pooled).sum(1), 1.0)
+    np.testing.assert_array_equal(top, p.argmax(1))
