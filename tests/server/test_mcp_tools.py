@@ -133,6 +133,17 @@ def test_annotate_cells_writes_files_and_matches_the_api(env, gen_model):
     assert text.contents[0].text.splitlines()[0].startswith("cell,label,confidence")
 
 
+def test_annotate_cells_passes_on_what_to_weigh(env):
+    free = call(env["server"], "annotate_cells", {"h5ad_path": "planted.h5ad", "tissue": "liver"})
+    notes = check_structured(env["server"], "annotate_cells", free)["result"]["notes"]
+    assert len(notes) == 1 and "liver" in notes[0] and "Pass candidates" in notes[0]
+    renamed = call(env["server"], "annotate_cells", {"h5ad_path": "planted.h5ad",
+                                                     "candidates": ["pancreatic A cell", "type B pancreatic cell"]})
+    summary = check_structured(env["server"], "annotate_cells", renamed)["result"]
+    assert any("Cell Ontology" in n for n in summary["notes"])
+    assert set(summary["label_counts"]) <= {"pancreatic A cell", "type B pancreatic cell"}
+
+
 def test_predict_drug_response(env):
     result = call(env["server"], "predict_drug_response", {"h5ad_path": "sub/planted_b.h5ad", "drug": "cisplatin"})
     summary = check_structured(env["server"], "predict_drug_response", result)["result"]
