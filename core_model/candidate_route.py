@@ -3,8 +3,9 @@
 The model learned to name cells with the label strings of its training sets ('CD14+Mono',
 'CD4+/CD45RO+ Memory'). Asked to choose among strings it never produced ('CD14-positive
 monocyte', 'T Cell'), the likelihood of the string says more about the string than about the
-cell: on the valid splits, candidates renamed to their Cell Ontology names dropped accuracy from
-0.84 to 0.17 (kang2018) and from 0.97 to 0.20 (baron2016) (`benchmarks/renamed_candidates.py`).
+cell: on the test splits, candidates renamed to their Cell Ontology names dropped accuracy from
+0.888 to 0.184 (kang2018) and from 0.971 to 0.200 (baron2016)
+(`benchmarks/results/renamed_candidates_test.md`).
 
 So candidates are routed:
 - `learned`: all of them are labels of one set the checkpoint learned -> scored as they are,
@@ -14,12 +15,18 @@ So candidates are routed:
   pbmc3k / wang2016 / tabula muris / puram2017, the ontology 0.893 / 0.875 / 0.980 / 1.000 /
   1.000 (throwaway script, 2026-12-03). The one mix where strings did better: pbmc68k_reduced's
   ten `bulk_labels` (nine of zheng2017's plus 'Dendritic'), 0.691 against 0.679 on its 700 cells.
-- `ontology`: otherwise, when every candidate names a Cell Ontology term and the checkpoint
-  learned labels at or below each term -> the model answers the open question, its probability
+- `ontology`: otherwise, when candidates name Cell Ontology terms under which the checkpoint
+  learned labels -> the model answers the open question, its probability
   over those learned labels is summed per candidate (each learned label to the candidate with its
   nearest term: 'CD8+ Cytotoxic T' to 'CD8 T cell' when both 'T cell' and 'CD8 T cell' are
   candidates).
-- `text`: neither -> scored as strings, with a note saying why that is weak.
+  Candidates with no learned label under them (no term recorded, or a type the checkpoint never
+  learned) are scored there as their own string, with a warning. Measured against scoring every
+  candidate as a string (throwaway script, 2026-12-03): 'Kupffer cell' among four routable names
+  on the reference system's 20-cell liver demo, 14 right against 7; kang2018's test cells with its
+  seven labels' Cell Ontology names plus 'erythrocyte', 0.893 against 0.153.
+- `text`: otherwise (no candidate routable, two candidates naming one term, drug labels the
+  checkpoint did not learn) -> scored as strings, with a warning saying why that is weak.
 """
 
 from __future__ import annotations
@@ -44,6 +51,7 @@ class CandidateRoute:
     owner: tuple[int, ...] = ()  # ontology route: candidate index of each learned label
     note: str = ""
     terms: dict[str, str] = field(default_factory=dict)  # candidate -> CL id, where known
+    unrouted: tuple[str, ...] = ()  # ontology route: candidates scored as their own string
 
     def pool(self, loglik: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Learned-label log-likelihoods (cells x learned) -> candidate log-probabilities (cells x
@@ -66,22 +74,20 @@ def route_candidates(candidates: Sequence[str], label_sets: dict[str, dict], tas
         return CandidateRoute("learned", cands)
     terms = {c: t for c in cands if (t := ontology_id(c))}
     learned = list(dict.fromkeys(label for e in sets for label in e["labels"]))
-    if task != "annotation":
-        problem = "they are not one label set the checkpoint learned for this task"
-    else:
-        problem = _ontology_problem(cands, terms)
+    problem = "they are not one label set the checkpoint learned for this task" if task != "annotation" \
+        else _shared_term(cands, terms)
     owner: dict[str, int] = {}
     if not problem:
-        index = {terms[c]: i for i, c in enumerate(cands)}
+        index = {terms[c]: i for i, c in enumerate(cands) if c in terms}
         for label in learned:
             term = ontology_id(label)
             for t in ([term, *ontology_ancestors(term)] if term else []):
                 if t in index:
                     owner[label] = index[t]
                     break
-        unreached = [c for i, c in enumerate(cands) if i not in owner.values()]
-        if unreached:
-            problem = f"the checkpoint learned no label at or below {', '.join(map(repr, unreached))}"
+        if not owner:
+            problem = (f"none of {', '.join(map(repr, cands))} has a Cell Ontology term with a label the "
+                       f"checkpoint learned at or below it")
     if problem:
         note = (f"candidates scored as text ({problem}); the likelihood of a string the model never learned to "
                 f"answer says little about the cell. Name the candidates as one of the checkpoint's label sets "
@@ -90,18 +96,27 @@ def route_candidates(candidates: Sequence[str], label_sets: dict[str, dict], tas
     kept = [l for l in learned if l in owner]
     note = (f"candidates are not one label set this checkpoint learned; scored through the Cell Ontology: "
             f"the model's probability over {len(kept)} labels it learned, summed per candidate.")
-    return CandidateRoute("ontology", cands, tuple(kept), tuple(owner[l] for l in kept), note, terms)
+    # A candidate with no learned label under it is scored as its own string in the open question.
+    # The model seldom answers with a string it never learned, so such cells mostly go to the
+    # nearest type it knows; the alternative, scoring every candidate as a string, fails for all.
+    unrouted = [(i, c) for i, c in enumerate(cands) if i not in owner.values()]
+    if unrouted:
+        names = ", ".join(repr(c) for _, c in unrouted)
+        note += (f" {names}: no label this checkpoint learned lies at or below {'it' if len(unrouted) == 1 else 'them'}"
+                 f" (or no Cell Ontology term is recorded); scored as plain text in the open question, so cells of "
+                 f"{'that type' if len(unrouted) == 1 else 'those types'} will mostly be given another candidate.")
+    return CandidateRoute("ontology", cands, tuple(kept) + tuple(c for _, c in unrouted),
+                          tuple(owner[l] for l in kept) + tuple(i for i, _ in unrouted), note, terms,
+                          tuple(c for _, c in unrouted))
 
 
-def _ontology_problem(cands: tuple[str, ...], terms: dict[str, str]) -> str:
-    missing = [c for c in cands if c not in terms]
-    if missing:
-        return f"no Cell Ontology term recorded for {', '.join(map(repr, missing))}"
+def _shared_term(cands: tuple[str, ...], terms: dict[str, str]) -> str:
     seen: dict[str, str] = {}
     for c in cands:
-        if terms[c] in seen:
+        if c in terms and terms[c] in seen:
             return f"{seen[terms[c]]!r} and {c!r} name the same Cell Ontology term"
-        seen[terms[c]] = c
+        if c in terms:
+            seen[terms[c]] = c
     return ""
 
 

@@ -142,7 +142,7 @@ def _answer(adata: ad.AnnData, model: LoadedModel | None, task: str, instruction
     if scored is not cands and instruction and has_choices(instruction):
         notes.append(f"the instruction lists the candidates ({{choices}}), which this route cannot use; "
                      f"the model was asked {template!r} instead")
-    if route is not None and route.kind == "text":
+    if route is not None and (route.kind == "text" or route.unrouted):
         warnings.warn(route.note, CandidateNoteWarning, stacklevel=3)
     if cands is None:
         notes += _unseen_context_notes(loaded, task, fields, free_text)

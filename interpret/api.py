@@ -138,7 +138,7 @@ def explain(adata: ad.AnnData, model: LoadedModel | None = None, labels: str | S
     attr = attribute(model.model, aligned.X, cands, prefixes, rows, target, method=method, batch_size=batch_size,
                      ig=IGSettings(n_steps, min(8, n_steps), ig_tolerance, max_steps=16 * n_steps), reference=ref,
                      progress=progress, route=route)
-    if route is not None and route.kind == "text":
+    if route is not None and (route.kind == "text" or route.unrouted):
         warnings.warn(route.note, CandidateNoteWarning, stacklevel=2)
     groups = given if given is not None else np.asarray(cands, dtype=object)[attr.predicted].astype(str)
     means = label_means(cell_scores(attr.values, attr.above_reference, normalize), groups, model.vocab, order=cands)

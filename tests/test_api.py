@@ -89,6 +89,12 @@ def test_candidates_it_cannot_route_warn(tiny_model, cells):
     with pytest.warns(CandidateNoteWarning, match="Kupffer cell"):
         result = ica.annotate(cells, model=tiny_model, candidates=["Kupffer cell", "hepatocyte"])
     assert result.provenance["candidate_route"] == "text" and result.probabilities.shape == (24, 2)
+    # one unroutable name among routable ones: the others are still routed, the stranger scored as text
+    names = [CL_NAMES[c] for c in CELL_TYPES] + ["Kupffer cell"]
+    with pytest.warns(CandidateNoteWarning, match="'Kupffer cell': no label"):
+        mixed = ica.annotate(cells, model=tiny_model, candidates=names)
+    assert mixed.provenance["candidate_route"] == "ontology" and mixed.probabilities.shape == (24, 5)
+    np.testing.assert_allclose(mixed.probabilities.sum(1), 1.0, rtol=1e-5)
 
 
 def test_annotate_does_not_modify_the_input(tiny_model, cells):

@@ -36,13 +36,21 @@ def test_other_spellings_pool_the_learned_labels_under_each_candidate():
 
 
 @pytest.mark.parametrize("cands, why", [
-    (["B cell", "Kupffer cell"], "no Cell Ontology term recorded for 'Kupffer cell'"),
+    (["Kupffer cell", "hepatocyte"], "none of 'Kupffer cell', 'hepatocyte' has a Cell Ontology term"),
+    (["macrophage", "endothelial cell"], "has a Cell Ontology term with a label"),  # terms, nothing learned
     (["B", "B cell", "NK"], "'B' and 'B cell' name the same Cell Ontology term"),
-    (["B cell", "macrophage"], "no label at or below 'macrophage'"),
 ])
 def test_candidates_it_cannot_route_are_scored_as_text_with_a_reason(cands, why):
     route = route_candidates(cands, SETS)
     assert route.kind == "text" and why in route.note
+
+
+@pytest.mark.parametrize("extra", ["Kupffer cell", "macrophage"])  # no term / nothing learned under it
+def test_an_unroutable_candidate_is_scored_as_its_string_beside_the_routed_ones(extra):
+    route = route_candidates(["B cell", "T cell", extra], SETS)
+    assert route.kind == "ontology" and route.unrouted == (extra,) and repr(extra) in route.note
+    owner = dict(zip(route.learned, route.owner))
+    assert owner[extra] == 2 and owner["CD19+ B"] == 0 and owner["CD8T"] == 1
 
 
 def test_drug_labels_outside_the_learned_set_are_text():
