@@ -66,13 +66,16 @@ class LoadedModel:
 
     def label_sets_for_context(self, task: str, species: str = "", tissue: str = "") -> list[str]:
         """Names of the label sets of `task` learned from cells of this species and tissue (an
-        empty field matches every set; an empty list means the checkpoint never saw this context)."""
-        wanted_species, wanted_tissue = _words(species), " ".join(_words(tissue))
+        empty field matches every set; an empty list means the checkpoint never saw this context).
+
+        A tissue matches a set whose tissue contains all its words, so 'blood' finds the
+        'peripheral blood' sets and 'immune' the 'immune (spleen/marrow)' one."""
+        wanted_species, wanted_tissue = _words(species), set(_words(tissue))
         names = []
         for name, entry in self.label_sets.items():
             if entry["task"] != task:
                 continue
-            if wanted_tissue and " ".join(_words(entry.get("tissue", ""))) != wanted_tissue:
+            if wanted_tissue and not wanted_tissue <= set(_words(entry.get("tissue", ""))):
                 continue
             if wanted_species and not set(wanted_species) & set(_words(entry.get("species", ""))):
                 continue
@@ -103,7 +106,9 @@ class LoadedModel:
 
 def _words(text: str) -> list[str]:
     """Lower-case words of a context field ('human and mouse' -> ['human', 'mouse'])."""
-    return [w for w in text.replace(",", " ").replace("/", " ").casefold().split() if w != "and"]
+    for sep in ",/()":
+        text = text.replace(sep, " ")
+    return [w for w in text.casefold().split() if w != "and"]
 
 
 def save_checkpoint(loaded: LoadedModel, out_dir: str | os.PathLike) -> Path:

@@ -140,6 +140,8 @@ def test_free_answer_vocabulary_follows_the_cells_species_and_tissue():
     fields = [{"species": "human", "tissue": "pancreas"}, {"species": "human", "tissue": "peripheral blood"}]
     assert loaded.labels_for_cells("annotation", fields) == [["alpha", "beta"], ["B", "NK"]]
     assert loaded.label_sets_for_context("annotation", "human", "liver") == []
+    assert loaded.label_sets_for_context("annotation", "human", "Blood") == ["blood"]  # 'peripheral blood'
+    assert loaded.label_sets_for_context("annotation", "human", "peripheral blood (PBMC)") == []
     assert loaded.label_sets_for_context("annotation", "mouse", "pancreas") == ["islets"]
     assert loaded.known_contexts("annotation") == ["human / peripheral blood", "human and mouse / Pancreas"]
 
