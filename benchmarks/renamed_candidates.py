@@ -33,7 +33,7 @@ from instructcell_agent.api import DEFAULT_INSTRUCTIONS, _choose, _prompt, _scor
 from instructcell_agent.core_model.alignment import align_to_vocab
 from instructcell_agent.core_model.datasets import load_catalog, prompt_fields, read_split, subset_by_names
 from instructcell_agent.core_model.io import get_labels, read_h5ad
-from instructcell_agent.core_model.labels import _table, normalize_label, ontology_id
+from instructcell_agent.core_model.labels import normalize_label, ontology_id, ontology_name, ontology_synonyms
 from report_io import run_meta, write_report
 
 logger = logging.getLogger("renamed_candidates")
@@ -53,14 +53,13 @@ def renamings(own: list[str], learned: set[str]) -> dict[str, list[str]] | None:
     terms = [ontology_id(label) for label in own]
     if None in terms:
         return None
-    table = _table()
-    names = [table[t]["name"] for t in terms]
+    names = [ontology_name(t) for t in terms]
     others = []
     for label, term in zip(own, terms):
-        spellings = [s for s in table[term]["labels"] if normalize_label(s) != normalize_label(label)]
+        spellings = [s for s in ontology_synonyms(term) if normalize_label(s) != normalize_label(label)]
         # prefer a spelling no training set uses: the user's own words
         fresh = [s for s in spellings if s not in learned]
-        others.append((fresh or spellings or [table[term]["name"]])[-1])
+        others.append((fresh or spellings or [ontology_name(term)])[-1])
     return {"cl_names": names, "synonyms": others}
 
 

@@ -31,7 +31,7 @@ So candidates are routed:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -50,7 +50,6 @@ class CandidateRoute:
     learned: tuple[str, ...] = ()  # ontology route: learned labels scored
     owner: tuple[int, ...] = ()  # ontology route: candidate index of each learned label
     note: str = ""
-    terms: dict[str, str] = field(default_factory=dict)  # candidate -> CL id, where known
     unrouted: tuple[str, ...] = ()  # ontology route: candidates scored as their own string
 
     def pool(self, loglik: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -92,7 +91,7 @@ def route_candidates(candidates: Sequence[str], label_sets: dict[str, dict], tas
         note = (f"candidates scored as text ({problem}); the likelihood of a string the model never learned to "
                 f"answer says little about the cell. Name the candidates as one of the checkpoint's label sets "
                 f"does (`instructcell info` lists them){' or by Cell Ontology names' if task == 'annotation' else ''}.")
-        return CandidateRoute("text", cands, note=note, terms=terms)
+        return CandidateRoute("text", cands, note=note)
     kept = [l for l in learned if l in owner]
     note = (f"candidates are not one label set this checkpoint learned; scored through the Cell Ontology: "
             f"the model's probability over {len(kept)} labels it learned, summed per candidate.")
@@ -106,7 +105,7 @@ def route_candidates(candidates: Sequence[str], label_sets: dict[str, dict], tas
                  f" (or no Cell Ontology term is recorded); scored as plain text in the open question, so cells of "
                  f"{'that type' if len(unrouted) == 1 else 'those types'} will mostly be given another candidate.")
     return CandidateRoute("ontology", cands, tuple(kept) + tuple(c for _, c in unrouted),
-                          tuple(owner[l] for l in kept) + tuple(i for i, _ in unrouted), note, terms,
+                          tuple(owner[l] for l in kept) + tuple(i for i, _ in unrouted), note,
                           tuple(c for _, c in unrouted))
 
 

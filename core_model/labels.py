@@ -39,6 +39,11 @@ def ontology_name(term: str) -> str:
     return _table()[term]["name"]
 
 
+def ontology_synonyms(term: str) -> list[str]:
+    """The label strings the synonym table ties to a term ('CL:0000236' -> ['B', 'B cell', ...])."""
+    return list(_table()[term]["labels"])
+
+
 def ontology_id(label: str) -> str | None:
     """Cell Ontology id recorded for a label string, if any."""
     return _synonym_ids().get(normalize_label(label))

@@ -125,21 +125,21 @@ def _answer(adata: ad.AnnData, model: LoadedModel | None, task: str, instruction
     if has_choices(template) and cands is None:
         cands = loaded.labels_for_task(task)
         route = CandidateRoute("learned", tuple(cands))
-    scored = cands
-    if route is not None and route.kind == "ontology":
+    pooled = route is not None and route.kind == "ontology"
+    scored = list(route.learned) if pooled else cands
+    if pooled:
         # The model answers the open question; listing strings it never learned would only
         # bias it towards the closest-looking learned label.
         template = instruction if instruction and not has_choices(instruction) else DEFAULT_INSTRUCTIONS[(task, False)]
-        scored = list(route.learned)
     aligned = align_to_vocab(adata, loaded.vocab, layer=layer, use_raw=use_raw, gene_key=gene_key, min_genes=min_genes)
     fields = prompt_fields(adata, None, species=species, tissue=tissue, sequencing_method=sequencing_method, drug=drug)
-    texts = [_prompt(loaded, template, f, cands if scored is cands else None) for f in fields]
+    texts = [_prompt(loaded, template, f, None if pooled else cands) for f in fields]
     # Free answers are decoded within the labels this checkpoint learned to name for the cell's
     # species and tissue (never a misspelling, never a blood label for a pancreas cell), unless
     # the caller asks for unconstrained text.
     allowed = None if cands is not None or free_text else loaded.labels_for_cells(task, fields)
     notes = [route.note] if route is not None and route.note else []
-    if scored is not cands and instruction and has_choices(instruction):
+    if pooled and instruction and has_choices(instruction):
         notes.append(f"the instruction lists the candidates ({{choices}}), which this route cannot use; "
                      f"the model was asked {template!r} instead")
     if route is not None and (route.kind == "text" or route.unrouted):
@@ -159,7 +159,7 @@ def _answer(adata: ad.AnnData, model: LoadedModel | None, task: str, instruction
     else:
         loglik = _score(loaded, aligned.X, texts, scored, batch_size)
         answers = None
-        if route is not None and route.kind == "ontology":
+        if pooled:
             loglik, top = route.pool(loglik)
             answers = [route.learned[i] for i in top]  # the model's own, often finer, answer
         labels, conf, probs = _choose(loglik, cands, calibrate)

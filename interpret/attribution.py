@@ -131,8 +131,8 @@ class LabelLogProb:
         # (core_model/candidate_route.py), so the explained quantity is what `annotate` answers with.
         self.pooled = route is not None and route.kind == "ontology"
         self.scored = list(route.learned) if self.pooled else self.candidates
-        if self.pooled:
-            owner = torch.tensor(route.owner)
+        if self.pooled:  # index tensors built once, on the model's device
+            owner = torch.tensor(route.owner, device=model.device)
             self.groups = [torch.nonzero(owner == c).flatten() for c in range(len(self.candidates))]
 
     def __call__(self, expr: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -140,7 +140,7 @@ class LabelLogProb:
         logp = torch.log_softmax(self.model.score_candidates(ctx, expr, self.scored), 1)
         if not self.pooled:
             return logp
-        return torch.stack([torch.logsumexp(logp[:, g.to(logp.device)], 1) for g in self.groups], 1)
+        return torch.stack([torch.logsumexp(logp[:, g], 1) for g in self.groups], 1)
 
 
 def _attribute_batch(forward: LabelLogProb, expr: torch.Tensor, rows: torch.Tensor, target: torch.Tensor,
