@@ -28,9 +28,10 @@ import numpy as np
 
 from instructcell_agent import default_checkpoint_path
 from instructcell_agent.core_model.bootstrap import f1_difference_draws, summarize
-from instructcell_agent.core_model.checkpoint import load_checkpoint
+from instructcell_agent.core_model.checkpoint import LoadedModel, load_checkpoint
 from instructcell_agent.core_model.datasets import TASK_OF_CATALOG, load_catalog, shared_root
 from instructcell_agent.core_model.evaluation import evaluate
+from instructcell_agent.core_model.scoring import SCORINGS
 from report_io import run_meta, write_report
 
 logger = logging.getLogger("compare_checkpoints")
@@ -45,18 +46,35 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--split", default="valid", choices=["valid", "test"])
     p.add_argument("--datasets", help="comma-separated catalog names (default: every annotation and drug set)")
     p.add_argument("--seed", type=int, default=0, help="phrasing draw and bootstrap seed")
+    p.add_argument("--scoring", default="auto", choices=SCORINGS,
+                   help="candidate scoring (reports written before this option existed scored every token: full)")
     p.add_argument("--out-dir", type=Path, default=Path(__file__).parent / "results")
     return p.parse_args(argv)
 
 
-def answers(checkpoint: Path, specs: list[Any], split: str, seed: int) -> dict[str, dict[str, Any]]:
-    """Each dataset's per-cell answers and macro-F1 from one checkpoint (own valid phrasings)."""
-    loaded = load_checkpoint(checkpoint, "cpu")
+def split_specs(datasets: str | None) -> list[Any]:
+    """Catalog sets with canonical splits: those named (comma-separated), or all of them."""
+    specs = [s for s in load_catalog() if s.split_path is not None]
+    if not datasets:
+        return specs
+    wanted = [n.strip() for n in datasets.split(",") if n.strip()]
+    unknown = sorted(set(wanted) - {s.name for s in specs})
+    if unknown:
+        raise SystemExit(f"unknown dataset(s) {unknown}; catalog has {[s.name for s in specs]}")
+    return [s for s in specs if s.name in wanted]
+
+
+def answers(checkpoint: Path, specs: list[Any], split: str, seed: int, scoring: str = "auto",
+            loaded: LoadedModel | None = None) -> dict[str, dict[str, Any]]:
+    """Each dataset's per-cell answers, macro-F1 and speed from one checkpoint (own valid phrasings)."""
+    loaded = loaded or load_checkpoint(checkpoint, "cpu")
     out = {}
     for spec in specs:
         result = evaluate(loaded, spec.path, spec.split_path, TASK_CODE[spec.task], spec.label_key, seed=seed,
-                          split=split, keep_predictions=True)
-        out[spec.name] = {"macro_f1": result["macro_f1"], "labels": result["labels"], **result["cells"]}
+                          split=split, keep_predictions=True, scoring=scoring)
+        out[spec.name] = {"macro_f1": result["macro_f1"], "labels": result["labels"],
+                          "cells_per_second": result["cells_per_second"], "scoring": result["scoring"],
+                          **result["cells"]}
         logger.info("%s %s: macro-F1 %.3f", checkpoint, spec.name, result["macro_f1"])
     return out
 
@@ -81,7 +99,8 @@ def render_markdown(report: dict[str, Any]) -> str:
     meta = report["meta"]
     lines = ["# Checkpoint comparison: paired bootstrap of macro-F1", "",
              f"- command: `{meta['command']}`", f"- date: {meta['date']}",
-             f"- split: `{meta['split']}`, own valid phrasings, phrasing seed {meta['seed']}; shared data: {meta['shared']}",
+             f"- split: `{meta['split']}`, own valid phrasings, phrasing seed {meta['seed']}, scoring "
+             f"{meta.get('scoring', 'full')}; shared data: {meta['shared']}",
              f"- reference: `{meta['reference']}`",
              f"- interval: 2.5th-97.5th percentile of candidate - reference over {N_BOOT} resamples of the cells "
              "(per set; the mean row averages the sets' draws)", ""]
@@ -102,21 +121,16 @@ def render_markdown(report: dict[str, Any]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     args = parse_args(argv)
-    specs = [s for s in load_catalog() if s.split_path is not None]
-    if args.datasets:
-        wanted = [n.strip() for n in args.datasets.split(",") if n.strip()]
-        unknown = sorted(set(wanted) - {s.name for s in specs})
-        if unknown:
-            raise SystemExit(f"unknown dataset(s) {unknown}; catalog has {[s.name for s in specs]}")
-        specs = [s for s in specs if s.name in wanted]
+    specs = split_specs(args.datasets)
     cmd = [sys.executable.rsplit("/", 1)[-1], *sys.argv] if argv is None else ["compare_checkpoints.py", *argv]
     report: dict[str, Any] = {"meta": {**run_meta(shlex.join(cmd)), "split": args.split, "seed": args.seed,
-                                       "shared": str(shared_root()), "reference": str(args.reference)},
+                                       "shared": str(shared_root()), "reference": str(args.reference),
+                                       "scoring": args.scoring},
                               "candidates": {}}
-    reference = answers(args.reference, specs, args.split, args.seed)
+    reference = answers(args.reference, specs, args.split, args.seed, args.scoring)
     for candidate in args.candidates:
-        report["candidates"][str(candidate)] = compare(reference, answers(candidate, specs, args.split, args.seed),
-                                                       args.seed)
+        report["candidates"][str(candidate)] = compare(
+            reference, answers(candidate, specs, args.split, args.seed, args.scoring), args.seed)
         path = write_report(report, render_markdown(report), args.out_dir, "compare_checkpoints")
     logger.info("wrote %s", path)
     return 0

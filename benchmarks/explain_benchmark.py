@@ -56,6 +56,8 @@ from instructcell_agent.core_model.checkpoint import LoadedModel, load_checkpoin
 from instructcell_agent.core_model.datasets import DatasetSpec, load_catalog, read_split, shared_root  # noqa: E402
 from instructcell_agent.core_model.datasets import subset_by_names  # noqa: E402
 from instructcell_agent.core_model.io import get_labels, read_h5ad, write_json_atomic, write_text_atomic  # noqa: E402
+from instructcell_agent.core_model.precision import cpu_has_fast_bf16  # noqa: E402
+from instructcell_agent.core_model.scoring import SCORINGS  # noqa: E402
 from instructcell_agent.interpret.aggregate import cell_scores, label_means, rankings  # noqa: E402
 from instructcell_agent.interpret.api import explain, json_ready  # noqa: E402
 from instructcell_agent.interpret.faithfulness import deletion_test  # noqa: E402
@@ -88,6 +90,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="also rank with Integrated Gradients on every test cell (slow on CPU; for a GPU run)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--scoring", choices=SCORINGS, default="auto",
+                   help="candidate scoring explained (auto: decisive tokens of the learned labels, as annotate; "
+                        "reports written before this option existed used full)")
+    p.add_argument("--bf16", choices=["auto", "on", "off"], default="auto",
+                   help="also time saliency with the LM in bfloat16: auto = on a GPU or a CPU with bfloat16 units "
+                        "(elsewhere bfloat16 is emulated and several times slower, which would only lengthen the run)")
     p.add_argument("--out-dir", type=Path, default=Path(__file__).resolve().parent / "results")
     args = p.parse_args(argv)
     if args.max_cells is not None and args.max_cells < 1:
@@ -139,10 +147,12 @@ def _wilcoxon_train(spec: DatasetSpec, adata: Any, train_names: list[str], vocab
             "n_train": int(train.n_obs)}
 
 
-def _ig_block(loaded: LoadedModel, test: Any, cands: list[str], n_cells: int, batch_size: int) -> dict[str, Any]:
+def _ig_block(loaded: LoadedModel, test: Any, cands: list[str], n_cells: int, batch_size: int,
+              scoring: str) -> dict[str, Any]:
     sub = test[: min(n_cells, test.n_obs)].copy()
     start = time.perf_counter()
-    result = explain(sub, model=loaded, candidates=cands, method="ig", batch_size=batch_size, compare_wilcoxon=False)
+    result = explain(sub, model=loaded, candidates=cands, method="ig", batch_size=batch_size, compare_wilcoxon=False,
+                     scoring=scoring)
     seconds = time.perf_counter() - start
     a = result.attributions
     delta = np.abs(a.delta)
@@ -165,13 +175,13 @@ def run_dataset(spec: DatasetSpec, loaded: LoadedModel, args: argparse.Namespace
     row: dict[str, Any] = {"name": spec.name, "n_test": int(test.n_obs), "species": species, "candidates": cands,
                            "candidates_source": "checkpoint label set" if known else "dataset labels"}
     given = explain(test, model=loaded, labels=truth, candidates=cands, batch_size=args.batch_size,
-                    compare_wilcoxon=False, species=species)
+                    compare_wilcoxon=False, scoring=args.scoring, species=species)
     start = time.perf_counter()
     predicted = explain(test, model=loaded, candidates=cands, batch_size=args.batch_size, compare_wilcoxon=False,
-                        species=species)
+                        scoring=args.scoring, species=species)
     saliency_s = time.perf_counter() - start
     against_mean = explain(test, model=loaded, labels=truth, candidates=cands, batch_size=args.batch_size,
-                           compare_wilcoxon=False, species=species, reference="mean")
+                           compare_wilcoxon=False, scoring=args.scoring, species=species, reference="mean")
     row["accuracy"] = float(np.mean(predicted.predicted.astype(str) == truth))
     wil_train = _wilcoxon_train(spec, adata, split["train"], loaded.vocab)
     wil_test = wilcoxon_rankings(sp.csr_matrix(given.attributions.inputs), loaded.vocab, truth, n_genes=K)
@@ -186,7 +196,7 @@ def run_dataset(spec: DatasetSpec, loaded: LoadedModel, args: argparse.Namespace
         "wilcoxon_train_all_genes": wil_train["all_genes"]}
     if args.ig_all:
         ig_given = explain(test, model=loaded, labels=truth, candidates=cands, method="ig", batch_size=args.batch_size,
-                           compare_wilcoxon=False, species=species)
+                           compare_wilcoxon=False, scoring=args.scoring, species=species)
         rank_sets["ours_ig_true_label"] = _our_rankings(ig_given, "none", cands)
         row["ig_all_delta_abs_max"] = float(np.abs(ig_given.attributions.delta).max())
     row["n_train"] = wil_train["n_train"]
@@ -197,15 +207,21 @@ def run_dataset(spec: DatasetSpec, loaded: LoadedModel, args: argparse.Namespace
     row["deletion"] = deletion_test(loaded.model, predicted.attributions, k=K, n_random=3).to_dict()
     row["saliency_timing"] = {"n_cells": int(test.n_obs), "seconds": saliency_s,
                               "seconds_per_1000": 1000 * saliency_s / test.n_obs,
-                              **_bf16_saliency(loaded, test, cands, args.batch_size, species,
-                                               rank_sets["ours_predicted"])}
-    row["ig"] = _ig_block(loaded, test, cands, args.ig_cells, args.batch_size)
+                              **(_bf16_saliency(loaded, test, cands, args.batch_size, species,
+                                                rank_sets["ours_predicted"], args.scoring) if _want_bf16(args) else {})}
+    row["ig"] = _ig_block(loaded, test, cands, args.ig_cells, args.batch_size, args.scoring)
     row["targets"] = target_checks(spec.name, row)
     return row
 
 
+def _want_bf16(args: argparse.Namespace) -> bool:
+    if args.bf16 != "auto":
+        return args.bf16 == "on"
+    return args.device != "cpu" or cpu_has_fast_bf16()
+
+
 def _bf16_saliency(loaded: LoadedModel, test: Any, cands: list[str], batch_size: int, species: str | None,
-                   float32_ranked: dict[str, list[str]]) -> dict[str, Any]:
+                   float32_ranked: dict[str, list[str]], scoring: str) -> dict[str, Any]:
     """Saliency timed again with the LM in bfloat16 (`--precision auto` on CPUs with bfloat16
     units), and how many of each label's top-10 genes it shares with the float32 ranking."""
     import torch
@@ -214,6 +230,7 @@ def _bf16_saliency(loaded: LoadedModel, test: Any, cands: list[str], batch_size:
     try:
         start = time.perf_counter()
         half = explain(test, model=loaded, candidates=cands, batch_size=batch_size, compare_wilcoxon=False,
+                       scoring=scoring,
                        species=species)
         seconds = time.perf_counter() - start
     finally:
@@ -318,6 +335,8 @@ def render_markdown(report: dict[str, Any]) -> str:
              f"{meta['torch_threads']}, device {meta['device']}",
              "- versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()),
              f"- checkpoint: `{meta['checkpoint']}`", f"- shared data: {meta['shared']}",
+             f"- scoring: {meta.get('scoring', 'full')} (the log-probability explained: of the labels' decisive "
+             "tokens under auto, as `annotate` scores them, or of every token under full)",
              "- method: saliency = gradient x input of the label's log-probability (softmax over the dataset's "
              "candidates) w.r.t. log1p(CP10k) over the model's genes; per-label mean over cells of the raw "
              "attributions (the default); '_minmax' = mean of per-cell min-max scores (each cell's supporting "
@@ -357,7 +376,7 @@ def build_meta(args: argparse.Namespace, argv: Sequence[str] | None, loaded: Loa
             "nproc": os.cpu_count(), "loadavg": " ".join(f"{x:.2f}" for x in os.getloadavg()),
             "torch_threads": torch.get_num_threads(), "device": str(loaded.model.device), "versions": _versions(),
             "shared": str(shared_root()), "checkpoint": str(args.checkpoint), "max_cells": args.max_cells,
-            "ig_all": args.ig_all}
+            "ig_all": args.ig_all, "scoring": args.scoring}
 
 
 def write_outputs(report: dict[str, Any], out_dir: Path) -> None:

@@ -52,6 +52,12 @@ class CandidateRoute:
     note: str = ""
     unrouted: tuple[str, ...] = ()  # ontology route: candidates scored as their own string
 
+    @property
+    def scores_learned_labels(self) -> bool:
+        """Whether every string scored is a label the checkpoint learned to write (which is what
+        makes scoring their decisive tokens only safe; see `CellLanguageModel.score_candidates`)."""
+        return self.kind == "learned" or (self.kind == "ontology" and not self.unrouted)
+
     def pool(self, loglik: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Learned-label log-likelihoods (cells x learned) -> candidate log-probabilities (cells x
         candidates) and, per cell, the index of the learned label that carried the most mass."""

@@ -22,6 +22,7 @@ from .datasets import prompt_fields, read_split, subset_by_names
 from .instructions import format_choices, has_choices, load_bank, render
 from .io import get_labels, read_h5ad
 from .labels import LabelMapper
+from .scoring import check_scoring, scoring_name, use_decisive
 
 INVALID = "<invalid>"
 BANK_OF_TASK = {"cta": "annotation", "dsp": "drug_response"}
@@ -38,7 +39,8 @@ class Predictions:
 
 def predict_split(loaded: LoadedModel, X, fields: list[dict[str, str]], truth: np.ndarray, labels: Sequence[str],
                   phrasings: Sequence[str], seed: int, batch_size: int = 32,
-                  answers: Sequence[Sequence[str]] | None = None, calibrate: bool = False) -> Predictions:
+                  answers: Sequence[Sequence[str]] | None = None, calibrate: bool = False,
+                  decisive: bool = False) -> Predictions:
     """Answer every cell with its own randomly drawn phrasing (seeded).
 
     Questions without options are answered by greedy decoding constrained to `answers[i]` for
@@ -46,7 +48,8 @@ def predict_split(loaded: LoadedModel, X, fields: list[dict[str, str]], truth: n
     unconstrained), and the text is then mapped onto `labels`; the dataset's own label set is
     never shown to the model there.
     With `calibrate`, scored answers get the batch label-prior correction (core_model/calibration.py)
-    over all cells asked with options.
+    over all cells asked with options. With `decisive`, candidates are scored, and constrained
+    answers decoded, on their decisive tokens only (`CellLanguageModel.score_candidates`).
     """
     model = loaded.model
     allowed = list(answers) if answers else None
@@ -76,13 +79,14 @@ def predict_split(loaded: LoadedModel, X, fields: list[dict[str, str]], truth: n
                 ctx = model.start(uniq, torch.tensor([uniq.index(t) for t in texts]))
                 expr = model.normalize(torch.from_numpy(dense_rows(X, rows)).to(model.device))
                 if flag:
-                    scores = model.score_candidates(ctx, expr, labels)
+                    scores = model.score_candidates(ctx, expr, labels, decisive=decisive)
                     scored_rows.extend(rows.tolist())
                     scored.append(scores.cpu().numpy())
                     out = [labels[j] for j in scores.argmax(1).tolist()]
                     got = out
                 else:
-                    out = model.generate(ctx, expr, allowed=[allowed[r] for r in rows] if allowed else None)
+                    out = model.generate(ctx, expr, allowed=[allowed[r] for r in rows] if allowed else None,
+                                         decisive=decisive)
                     got = [mapper.map(a) or INVALID for a in out]
                 for r, a, g in zip(rows, out, got):
                     answers[r], predicted[r] = a, g
@@ -111,14 +115,18 @@ def metrics(truth: np.ndarray, predicted: np.ndarray, labels: Sequence[str]) -> 
 def evaluate(loaded: LoadedModel, data: str | Path, split_path: str | Path | None, task: str, label_key: str, *,
              instructions: Sequence[str] | None = None, n_instructions: int | None = None, seed: int = 0,
              split: str = "test", batch_size: int = 32, calibrate: bool = False,
-             keep_predictions: bool = False) -> dict[str, Any]:
+             keep_predictions: bool = False, scoring: str = "auto") -> dict[str, Any]:
     """Metrics of `loaded` on one split of a labelled .h5ad (the `instructcell evaluate` job).
+
+    `scoring` as in `annotate`: "auto" scores decisive tokens when every label of the dataset is
+    one the checkpoint learned to write, else every token (core_model/scoring.py).
 
     With `keep_predictions`, ``result["cells"]`` holds each cell's obs name, truth and answer
     (mapped to a label, or ``<invalid>``), for paired comparisons with other classifiers.
     """
     if task not in BANK_OF_TASK:
         raise ValueError(f"task must be one of {sorted(BANK_OF_TASK)}, got {task!r}")
+    check_scoring(scoring)
     adata = read_h5ad(data)
     all_labels = sorted(set(get_labels(adata, label_key)))
     if split_path is not None:
@@ -132,8 +140,10 @@ def evaluate(loaded: LoadedModel, data: str | Path, split_path: str | Path | Non
     phrasings = list(instructions) if instructions is not None else list(load_bank(BANK_OF_TASK[task]).valid)
     if n_instructions is not None and n_instructions < len(phrasings):
         phrasings = random.Random(seed).sample(phrasings, n_instructions)
+    decisive = use_decisive(scoring, set(all_labels) <= set(loaded.labels_for_task(BANK_OF_TASK[task])))
     preds = predict_split(loaded, aligned.X, fields, truth, all_labels, phrasings, seed, batch_size,
-                          answers=loaded.labels_for_cells(BANK_OF_TASK[task], fields), calibrate=calibrate)
+                          answers=loaded.labels_for_cells(BANK_OF_TASK[task], fields), calibrate=calibrate,
+                          decisive=decisive)
     result = {
         **metrics(preds.truth, preds.predicted, all_labels),
         "n_instructions": len(phrasings),
@@ -146,6 +156,7 @@ def evaluate(loaded: LoadedModel, data: str | Path, split_path: str | Path | Non
         "labels": all_labels, "alignment": aligned.report.to_dict(),
         "checkpoint": str(loaded.path) if loaded.path else None,
         "precision": loaded.model.precision,
+        "scoring": scoring_name(decisive),
         "invalid_examples": sorted({a for a, p in zip(preds.answers, preds.predicted) if p == "<invalid>"})[:20],
         "macro_f1_definition": "sklearn macro F1 over the dataset's label set; invalid answers count as wrong",
     }

@@ -14,7 +14,7 @@ import warnings
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import anndata as ad
 import numpy as np
@@ -31,6 +31,7 @@ from .core_model.errors import InstructionError
 from .core_model.instructions import has_choices, render
 from .core_model.labels import LabelMapper
 from .core_model.precision import resolve_precision
+from .core_model.scoring import check_scoring, scoring_name, use_decisive
 from .results import AnnotationResult
 
 log = logging.getLogger(__name__)
@@ -75,13 +76,20 @@ def annotate(adata: ad.AnnData, model: LoadedModel | None = None, instruction: s
     """Cell type of every cell, answering `instruction` (a default phrasing when None).
 
     With `candidates` each candidate's likelihood is scored (probabilities for all of them);
-    without, the model answers freely and `confidence` is the answer's own probability.
+    without, the model answers freely and `confidence` is the answer's own probability (of its
+    decisive tokens, under the default scoring).
     Keyword arguments: species, tissue, sequencing_method (prompt fields; default from `obs`),
     layer, use_raw, gene_key, min_genes (alignment), batch_size, mode ("instruct" | "chat"),
     free_text (True: unconstrained free answers instead of decoding within the labels the checkpoint
     learned for the cells' species and tissue),
     calibrate (True: subtract each candidate's mean log-likelihood over the cells of the call, see
-    core_model/calibration.py; needs candidates and at least 20 cells).
+    core_model/calibration.py; needs candidates and at least 20 cells),
+    scoring ("auto": labels the checkpoint learned are scored on their decisive tokens, the ones
+    that tell them apart: 1.2x to 3.5x faster on CPU, the same answer for 97.4% to 100% of each
+    test split's cells, benchmarks/results/decisive_scoring.md; other strings on every token.
+    "full": every token of every candidate. "decisive": always the decisive tokens. See
+    `CellLanguageModel.score_candidates`),
+    progress (called with (cells done, total) after each batch; the CLI draws a bar with it).
     """
     return _answer(adata, model, "annotation", instruction, candidates, **kwargs)
 
@@ -113,9 +121,11 @@ def _answer(adata: ad.AnnData, model: LoadedModel | None, task: str, instruction
             candidates: Sequence[str] | None, *, species: str = "", tissue: str = "", sequencing_method: str = "",
             drug: str = "", layer: str | None = None, use_raw: bool = False, gene_key: str | None = None,
             min_genes: int = 100, batch_size: int = 64, mode: str = "instruct",
-            free_text: bool = False, calibrate: bool = False) -> AnnotationResult:
+            free_text: bool = False, calibrate: bool = False, scoring: str = "auto",
+            progress: Callable[[int, int], None] | None = None) -> AnnotationResult:
     if mode not in ("instruct", "chat"):
         raise ValueError(f"mode must be 'instruct' or 'chat', got {mode!r}")
+    check_scoring(scoring)
     loaded = model or load_model()
     cands = [str(c) for c in candidates] if candidates else None
     if cands is not None and len(set(cands)) != len(cands):
@@ -150,14 +160,17 @@ def _answer(adata: ad.AnnData, model: LoadedModel | None, task: str, instruction
             warnings.warn(note, UnseenContextWarning, stacklevel=3)
     if calibrate and cands is None:
         raise ValueError("calibrate=True corrects scored candidates: pass candidates (or an instruction with {choices})")
+    # Labels the model learned to write are told apart by their decisive tokens; a string it never
+    # learned is scored in full under "auto" (its later tokens are not near-certain).
+    decisive = use_decisive(scoring, route.scores_learned_labels if cands is not None else allowed is not None)
     if cands is None:
-        labels, conf, answers = _generate_answers(loaded, aligned.X, texts, batch_size, allowed)
+        labels, conf, answers = _generate_answers(loaded, aligned.X, texts, batch_size, allowed, decisive, progress)
         # Free answers: named with the checkpoint's own spelling when they match one.
         mapper = LabelMapper(tuple(loaded.labels_for_task(task)))
         labels = [mapper.map(a) or a for a in labels]
         probs = None
     else:
-        loglik = _score(loaded, aligned.X, texts, scored, batch_size)
+        loglik = _score(loaded, aligned.X, texts, scored, batch_size, decisive, progress)
         answers = None
         if pooled:
             loglik, top = route.pool(loglik)
@@ -174,6 +187,7 @@ def _answer(adata: ad.AnnData, model: LoadedModel | None, task: str, instruction
         "backbone": loaded.model.cfg.backbone.name, "backbone_sha256": loaded.model.backbone.sha256,
         "precision": loaded.model.precision, "notes": notes,
         "candidate_route": route.kind if route is not None else "none",
+        "scoring": scoring_name(decisive and (cands is not None or allowed is not None)),
     }
     prob_frame = pd.DataFrame(probs, index=aligned.obs_names, columns=cands) if probs is not None else None
     return AnnotationResult(list(map(str, aligned.obs_names)), np.asarray(labels, dtype=object), np.asarray(conf),
@@ -215,8 +229,10 @@ def _prompt(loaded: LoadedModel, template: str, fields: dict[str, str], cands: l
         raise InstructionError(f"the instruction uses a placeholder with no value: {exc}") from exc
 
 
-def _batches(loaded: LoadedModel, X, texts: list[str], batch_size: int):
-    """(rows, prompt context, normalized expression) per batch; each distinct prompt read once."""
+def _batches(loaded: LoadedModel, X, texts: list[str], batch_size: int,
+             progress: Callable[[int, int], None] | None = None):
+    """(rows, prompt context, normalized expression) per batch; each distinct prompt read once.
+    `progress` hears (cells done, total) once the caller has finished with a batch."""
     model = loaded.model
     for start in range(0, X.shape[0], batch_size):
         rows = np.arange(start, min(start + batch_size, X.shape[0]))
@@ -224,22 +240,26 @@ def _batches(loaded: LoadedModel, X, texts: list[str], batch_size: int):
         uniq = sorted(set(batch_texts))
         ctx = model.start(uniq, torch.tensor([uniq.index(t) for t in batch_texts]))
         yield rows, ctx, model.normalize(torch.from_numpy(dense_rows(X, rows)).to(model.device))
+        if progress is not None:
+            progress(int(rows[-1]) + 1, X.shape[0])
 
 
 @torch.no_grad()
-def _score(loaded: LoadedModel, X, texts: list[str], labels: list[str], batch_size: int) -> np.ndarray:
-    """Log-likelihood (cells x labels) of each label as the answer."""
-    scores = [loaded.model.score_candidates(ctx, expr, labels).cpu().numpy()
-              for _, ctx, expr in _batches(loaded, X, texts, batch_size)]
+def _score(loaded: LoadedModel, X, texts: list[str], labels: list[str], batch_size: int,
+           decisive: bool = False, progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+    """Log-likelihood (cells x labels) of each label as the answer (of its decisive tokens only)."""
+    scores = [loaded.model.score_candidates(ctx, expr, labels, decisive=decisive).cpu().numpy()
+              for _, ctx, expr in _batches(loaded, X, texts, batch_size, progress)]
     return np.concatenate(scores).astype(np.float64)
 
 
 @torch.no_grad()
-def _generate_answers(loaded: LoadedModel, X, texts: list[str], batch_size: int, allowed: list[list[str]] | None):
+def _generate_answers(loaded: LoadedModel, X, texts: list[str], batch_size: int, allowed: list[list[str]] | None,
+                      decisive: bool = False, progress: Callable[[int, int], None] | None = None):
     labels: list[str] = []
     conf: list[float] = []
-    for rows, ctx, expr in _batches(loaded, X, texts, batch_size):
-        out, logp = loaded.model.generate(ctx, expr, return_logprob=True,
+    for rows, ctx, expr in _batches(loaded, X, texts, batch_size, progress):
+        out, logp = loaded.model.generate(ctx, expr, return_logprob=True, decisive=decisive,
                                           allowed=[allowed[r] for r in rows] if allowed else None)
         labels += out
         conf += np.exp(logp).tolist()

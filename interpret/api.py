@@ -31,6 +31,7 @@ from instructcell_agent.core_model.datasets import prompt_fields
 from instructcell_agent.core_model.errors import InputFileError, LabelKeyError
 from instructcell_agent.core_model.instructions import has_choices, render
 from instructcell_agent.core_model.io import get_labels, write_h5ad_atomic, write_json_atomic
+from instructcell_agent.core_model.scoring import check_scoring, scoring_name, use_decisive
 
 from .aggregate import DEFAULT_NORMALIZE, NORMALIZATIONS, cell_scores, label_means, rankings
 from .attribution import METHODS, IGSettings, attribute
@@ -49,7 +50,7 @@ def explain(adata: ad.AnnData, model: LoadedModel | None = None, labels: str | S
             n_steps: int = 64, ig_tolerance: float | None = 0.05, batch_size: int = 16,
             marker_db: str = DEFAULT_DB, compare_wilcoxon: bool = True,
             species: str | None = None, layer: str | None = None, use_raw: bool = False,
-            gene_key: str | None = None, min_genes: int = 100,
+            gene_key: str | None = None, min_genes: int = 100, scoring: str = "auto",
             progress: Callable[[int, int], None] | None = None) -> ExplanationResult:
     """Gene saliency of every cell for its label, aggregated per label, checked against markers.
 
@@ -96,6 +97,9 @@ def explain(adata: ad.AnnData, model: LoadedModel | None = None, labels: str | S
         use (default: the species the gene alignment detected).
     layer, use_raw, gene_key, min_genes
         Which matrix and gene names to read (see ``align_to_vocab``).
+    scoring
+        As in ``annotate`` (``core_model/scoring.py``): "auto" explains the log-probability of
+        learned labels' decisive tokens, the quantity ``annotate`` answers with by default.
     progress
         Called with (cells done, total) after each attribution batch; an exception it raises
         stops the work there (the server's cancellation).
@@ -114,6 +118,7 @@ def explain(adata: ad.AnnData, model: LoadedModel | None = None, labels: str | S
         Unknown method, normalisation or reference, bad `top_k`, labels of the wrong length.
     """
     _check_options(method, normalize, top_k, reference)
+    check_scoring(scoring)
     if model is None:
         from instructcell_agent.api import load_model
 
@@ -133,11 +138,12 @@ def explain(adata: ad.AnnData, model: LoadedModel | None = None, labels: str | S
         notes.append("the instruction lists the candidates ({choices}), which this route cannot use; "
                       "the default open question was asked instead")
     template, prefixes, rows = _prompts(model, adata, instruction, cands, route)
+    decisive = use_decisive(scoring, route.scores_learned_labels if route is not None else True)
     target = None if given is None else np.array([cands.index(l) for l in given], dtype=np.int64)
     ref = _reference(reference, aligned.X, model) if method != "gradient" else None
     attr = attribute(model.model, aligned.X, cands, prefixes, rows, target, method=method, batch_size=batch_size,
                      ig=IGSettings(n_steps, min(8, n_steps), ig_tolerance, max_steps=16 * n_steps), reference=ref,
-                     progress=progress, route=route)
+                     progress=progress, route=route, decisive=decisive)
     if route is not None and (route.kind == "text" or route.unrouted):
         warnings.warn(route.note, CandidateNoteWarning, stacklevel=2)
     groups = given if given is not None else np.asarray(cands, dtype=object)[attr.predicted].astype(str)
@@ -148,6 +154,7 @@ def explain(adata: ad.AnnData, model: LoadedModel | None = None, labels: str | S
     provenance = {
         "method": method, "target": "given" if given is not None else "predicted", "instruction": template,
         "candidates": cands, "candidate_route": route.kind if route is not None else "learned",
+        "scoring": scoring_name(decisive),
         "notes": notes, "normalize": normalize,
         "reference": None if method == "gradient" else (reference if isinstance(reference, str) else "given"),
         "n_steps": n_steps if method == "ig" else None,

@@ -80,6 +80,8 @@ class Attributions:
     prefixes, rows
         The distinct prompt prefixes and each cell's index into them (to re-run the model on
         perturbed inputs, e.g. the deletion test).
+    route, decisive
+        How the candidates were scored (re-scoring must do the same).
     """
 
     values: np.ndarray
@@ -95,6 +97,7 @@ class Attributions:
     steps_used: np.ndarray | None = None
     reference: np.ndarray | None = None
     route: CandidateRoute | None = None
+    decisive: bool = False
 
     @property
     def predicted(self) -> np.ndarray:
@@ -123,8 +126,9 @@ class LabelLogProb:
     """
 
     def __init__(self, model: CellLanguageModel, prefixes: Sequence[str], candidates: Sequence[str],
-                 route: CandidateRoute | None = None) -> None:
+                 route: CandidateRoute | None = None, decisive: bool = False) -> None:
         self.model = model
+        self.decisive = decisive  # score decisive tokens only, as `annotate` does for learned labels
         self.prefixes = list(prefixes)
         self.candidates = [str(c) for c in candidates]
         # Ontology route: the learned labels are scored and their probability summed per candidate
@@ -137,7 +141,7 @@ class LabelLogProb:
 
     def __call__(self, expr: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         ctx = self.model.start(self.prefixes, rows)
-        logp = torch.log_softmax(self.model.score_candidates(ctx, expr, self.scored), 1)
+        logp = torch.log_softmax(self.model.score_candidates(ctx, expr, self.scored, decisive=self.decisive), 1)
         if not self.pooled:
             return logp
         return torch.stack([torch.logsumexp(logp[:, g], 1) for g in self.groups], 1)
@@ -264,7 +268,8 @@ def attribute(model: CellLanguageModel, counts: sp.csr_matrix | np.ndarray, cand
               prefixes: Sequence[str], rows: np.ndarray | None = None, target: np.ndarray | None = None, *,
               method: str = "saliency", batch_size: int = 16, ig: IGSettings | None = None,
               internal_batch_size: int = 64, reference: np.ndarray | None = None,
-              progress: Callable[[int, int], None] | None = None, route: CandidateRoute | None = None) -> Attributions:
+              progress: Callable[[int, int], None] | None = None, route: CandidateRoute | None = None,
+              decisive: bool = False) -> Attributions:
     """Attribute each cell's target-label log-probability to its log-normalized expression.
 
     Parameters
@@ -300,6 +305,9 @@ def attribute(model: CellLanguageModel, counts: sp.csr_matrix | np.ndarray, cand
         How the candidates are scored (``core_model/candidate_route.py``); with an ontology route
         the prefixes must ask the open question, and each candidate's probability is the sum over
         the learned labels it covers. Default: the candidates themselves are scored.
+    decisive
+        Score the candidates on their decisive tokens only (``CellLanguageModel.score_candidates``),
+        so the explained log-probability is the one `annotate` answers with under its default scoring.
 
     Returns
     -------
@@ -326,7 +334,7 @@ def attribute(model: CellLanguageModel, counts: sp.csr_matrix | np.ndarray, cand
     if model.training:
         log.warning("model was in training mode; switching it to eval for attributions")
         model.eval()
-    forward = LabelLogProb(model, prefixes, candidates, route)
+    forward = LabelLogProb(model, prefixes, candidates, route, decisive)
     parts = []
     for start in range(0, n_cells, batch_size):
         idx = np.arange(start, min(start + batch_size, n_cells))
@@ -339,7 +347,7 @@ def attribute(model: CellLanguageModel, counts: sp.csr_matrix | np.ndarray, cand
         np.concatenate(probs), [str(c) for c in candidates], method,
         np.concatenate(deltas) if method == "ig" else None, ig.n_steps if method == "ig" else None,
         list(prefixes), rows, np.concatenate(used) if method == "ig" else None,
-        None if reference is None else ref.cpu().numpy(), route,
+        None if reference is None else ref.cpu().numpy(), route, decisive,
     )
 
 
@@ -378,12 +386,13 @@ def _log_expression(model: CellLanguageModel, counts: sp.csr_matrix | np.ndarray
 @torch.no_grad()
 def label_probability(model: CellLanguageModel, expr: np.ndarray, candidates: Sequence[str], prefixes: Sequence[str],
                       rows: np.ndarray, target: np.ndarray, batch_size: int = 16,
-                      route: CandidateRoute | None = None) -> np.ndarray:
+                      route: CandidateRoute | None = None, decisive: bool = False) -> np.ndarray:
     """Probability of each cell's `target` candidate given log-normalized input `expr` (cells x genes).
 
-    Used by the deletion test: `expr` may have genes zeroed in log space. `route`: as in `attribute`.
+    Used by the deletion test: `expr` may have genes zeroed in log space. `route`, `decisive`: as
+    in `attribute`.
     """
-    forward = LabelLogProb(model, prefixes, candidates, route)
+    forward = LabelLogProb(model, prefixes, candidates, route, decisive)
     out = []
     for start in range(0, expr.shape[0], batch_size):
         sl = slice(start, start + batch_size)

@@ -63,24 +63,40 @@ CL_NAMES = {"alpha": "pancreatic A cell", "beta": "type B pancreatic cell", "gam
             "delta": "pancreatic D cell"}
 
 
-def test_candidates_named_by_the_cell_ontology_pool_the_learned_labels(tiny_model, cells):
+@pytest.mark.parametrize("scoring", ["auto", "full"])
+def test_candidates_named_by_the_cell_ontology_pool_the_learned_labels(tiny_model, cells, scoring):
     from instructcell_agent.api import DEFAULT_INSTRUCTIONS, _prompt, _score
 
     names = [CL_NAMES[c] for c in CELL_TYPES]
-    result = ica.annotate(cells, model=tiny_model, candidates=names)
+    result = ica.annotate(cells, model=tiny_model, candidates=names, scoring=scoring)
     assert result.provenance["candidate_route"] == "ontology"
+    # every string scored is a learned label, so "auto" scores their decisive tokens
+    decisive = scoring == "auto"
+    assert result.provenance["scoring"] == ("decisive tokens" if decisive else "full")
     # one learned label per candidate here, so the probabilities are the model's open-question
     # probabilities of its own labels, renamed
     texts = [_prompt(tiny_model, DEFAULT_INSTRUCTIONS[("annotation", False)], {}, None)] * cells.n_obs
-    loglik = _score(tiny_model, align_to_vocab(cells, tiny_model.vocab).X, texts, list(CELL_TYPES), 64)
+    loglik = _score(tiny_model, align_to_vocab(cells, tiny_model.vocab).X, texts, list(CELL_TYPES), 64, decisive)
     expected = np.exp(loglik - loglik.max(1, keepdims=True))
     expected /= expected.sum(1, keepdims=True)
     np.testing.assert_allclose(result.probabilities.to_numpy(), expected, rtol=1e-4, atol=1e-6)
     assert list(result.answers) == [CELL_TYPES[i] for i in expected.argmax(1)]  # the model's own label
     renamed = np.array([CL_NAMES[t] for t in cells.obs["cell_type"]])
-    assert np.mean(result.labels == renamed) > 0.5  # planted markers; chance is 0.25
+    # planted markers; chance is 0.25. The tiny model's character tokens tell its four labels
+    # apart at the first letter, which it reads less well than whole labels (measured on 96
+    # cells, 3 seeds: 0.48-0.56 decisive, 0.56-0.68 full), so the bar is on full scoring.
+    assert np.mean(result.labels == renamed) > (0.5 if not decisive else 0.3)
     out = result.to_adata(cells.copy())
     assert out.obs["instructcell_ontology_id"].iloc[0].startswith("CL:")
+
+
+def test_strings_the_model_never_learned_are_scored_in_full(tiny_model, cells):
+    with pytest.warns(UserWarning):
+        result = ica.annotate(cells, model=tiny_model, candidates=["hepatocyte", "Kupffer cell"])
+    assert result.provenance["candidate_route"] == "text"
+    assert result.provenance["scoring"] == "full"
+    with pytest.raises(ValueError, match="scoring must be one of"):
+        ica.annotate(cells, model=tiny_model, candidates=list(CELL_TYPES), scoring="fast")
 
 
 def test_candidates_it_cannot_route_warn(tiny_model, cells):
@@ -140,3 +156,10 @@ def test_summary_merges_spellings_of_one_population():
     assert "B cell (CL:0000236)" not in text  # one spelling only: nothing to merge
     out = result.to_adata(ad.AnnData(obs=pd.DataFrame(index=result.obs_names)))
     assert list(out.obs["instructcell_ontology_id"].astype(str)) == ["CL:0000623"] * 3 + ["CL:0000236", "CL:0000171"]
+
+
+def test_progress_hears_every_batch_up_to_the_last_cell(tiny_model, cells):
+    heard = []
+    ica.annotate(cells, model=tiny_model, candidates=list(CELL_TYPES), batch_size=10,
+                 progress=lambda done, total: heard.append((done, total)))
+    assert heard == [(10, 24), (20, 24), (24, 24)]

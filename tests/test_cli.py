@@ -23,6 +23,7 @@ def test_evaluate_writes_metrics_json(tiny_checkpoint, synthetic_set, tmp_path):
     metrics = json.loads(out.read_text())
     assert metrics["n_instructions"] == 5 and metrics["n_cells"] == 40
     assert metrics["precision"] == "float32"  # evaluate's default: the same numbers on every machine
+    assert metrics["scoring"] == "decisive tokens"  # the set's labels are ones the checkpoint learned
     assert {"accuracy", "macro_f1", "weighted_f1", "invalid_rate", "with_options", "without_options"} <= set(metrics)
 
 

@@ -86,6 +86,18 @@ def test_evaluate_can_keep_each_cells_answer_for_paired_comparisons(tiny_model, 
     assert accuracy_score(cells["truth"], cells["predicted"]) == result["accuracy"]
 
 
+def test_decisive_scoring_changes_no_free_answer(tiny_model, synthetic_set):
+    # Free answers are decoded within the learned labels; stopping once one is left cannot change
+    # them. Scored answers may differ (the tiny model reads its labels' first letter less well).
+    args = (tiny_model, synthetic_set["path"], synthetic_set["split_path"], "cta", "cell_type")
+    full = evaluate(*args, seed=4, keep_predictions=True, scoring="full")
+    fast = evaluate(*args, seed=4, keep_predictions=True, scoring="auto")
+    assert (full["scoring"], fast["scoring"]) == ("full", "decisive tokens")
+    assert full["without_options"] == fast["without_options"] and full["without_options"]["n_cells"] > 0
+    with pytest.raises(ValueError, match="scoring must be one of"):
+        evaluate(*args, scoring="quick")
+
+
 def test_evaluate_refuses_a_missing_label_column(tiny_model, synthetic_set):
     with pytest.raises(LabelKeyError, match="cell_type"):
         evaluate(tiny_model, synthetic_set["path"], synthetic_set["split_path"], "cta", "celltype")

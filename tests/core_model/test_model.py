@@ -9,7 +9,7 @@ import torch
 
 from instructcell_agent.core_model.backbone import load_backbone
 from instructcell_agent.core_model.config import BackboneConfig, CellEncoderConfig, ModelConfig
-from instructcell_agent.core_model.model import CellLanguageModel
+from instructcell_agent.core_model.model import CellLanguageModel, decisive_tokens
 
 CANDIDATES = ["alpha", "beta cell", "gamma-delta T"]
 
@@ -109,6 +109,48 @@ def test_constrained_generation_names_only_allowed_answers_with_their_own_logpro
         assert logp[row] == pytest.approx(expected[row, allowed.index(text)].item(), abs=1e-4)
     free = model.generate(ctx(), expr, max_new_tokens=4)
     assert not set(free) <= set(allowed)  # the constraint, not luck, keeps the answers valid
+
+
+def test_decisive_tokens_stop_where_a_sequence_is_told_apart():
+    # 'alpha' / 'alpha beta' differ only at alpha's end token; 'gamma' is decided by its first.
+    end = 0
+    seqs = [[5, 6, end], [5, 6, 7, end], [5, 8, 9, end], [3, 4, end]]
+    assert decisive_tokens(seqs) == [[5, 6, end], [5, 6, 7], [5, 8], [3]]
+    assert decisive_tokens([[5, end]]) == [[5]]
+
+
+def test_decisive_scores_are_the_log_likelihood_of_the_decisive_tokens(model):
+    expr = _expr(model)
+    prefix = [model.prefix_text("Which cell type is this?")]
+    candidates = CANDIDATES + ["alpha beta"]
+    ctx = lambda: model.start(prefix, torch.zeros(3, dtype=torch.long))  # noqa: E731
+    with torch.no_grad():
+        decisive = model.score_candidates(ctx(), expr, candidates, decisive=True)
+        full = model.score_candidates(ctx(), expr, candidates)
+        seqs = [model.encode_text(c) + [model.end_token_id] for c in candidates]
+        for j, (seq, cut) in enumerate(zip(seqs, decisive_tokens(seqs))):
+            logp, mask = model.answer_logprob(ctx(), expr, [candidates[j]] * 3)
+            torch.testing.assert_close(decisive[:, j], logp[:, : len(cut)].sum(1))
+            # the untrained tiny LM is far from sure of the later tokens, so the scores differ
+            if len(cut) < len(seq):
+                assert (decisive[:, j] > full[:, j]).all()
+
+
+def test_decisive_generation_gives_the_full_runs_texts(model):
+    # Once one allowed answer is left its remaining tokens are forced: same texts, and the
+    # log-probability is the decisive tokens' (never below the full answer's). The rows' lists
+    # are decided at different steps (first token for 'beta cell' / 'gamma', the end of 'alpha').
+    lists = [["alpha", "alpha beta"], ["beta cell", "gamma"], CANDIDATES + ["alpha beta", "gamma"]] * 2
+    expr = _expr(model, 6, seed=3)
+    ctx = lambda n=6: model.start([model.prefix_text("Type?")], torch.zeros(n, dtype=torch.long))  # noqa: E731
+    texts, logp = model.generate(ctx(), expr, return_logprob=True, allowed=lists)
+    fast, fast_logp = model.generate(ctx(), expr, return_logprob=True, allowed=lists, decisive=True)
+    assert fast == texts
+    for row, (text, allowed) in enumerate(zip(fast, lists)):
+        expected = model.score_candidates(ctx(1), expr[row : row + 1], allowed, decisive=True)
+        assert fast_logp[row] == pytest.approx(expected[0, allowed.index(text)].item(), abs=1e-4)
+        assert fast_logp[row] >= logp[row] - 1e-5
+    assert (fast_logp > logp + 1e-3).any()  # some tokens were forced, not scored
 
 
 def test_per_cell_allowed_lists_keep_each_cell_within_its_own_answers(model):
