@@ -115,7 +115,9 @@ def main(argv: Sequence[str] | None = None) -> None:
              "Cell Ontology term; API fixed instruction; candidates in one order for all cells",
              "- `cl_names_as_text` scores the renamed candidates as strings (the route before candidate "
              "routing); `cl_names` and `synonyms` go through `ica.annotate`, which routes them through the "
-             "Cell Ontology (core_model/candidate_route.py)", "",
+             "Cell Ontology (core_model/candidate_route.py)",
+             "- scoring: `ica.annotate`'s default (`own` and the routed names: the learned labels' decisive "
+             "tokens); `cl_names_as_text`: every token of every string", "",
              "| set | cells | " + " | ".join(f"{v} acc / F1" for v in VARIANTS) + " | cells/s own / cl_names |",
              "| --- | --- | " + " | ".join("---" for _ in VARIANTS) + " | --- |"]
     for r in rows:
