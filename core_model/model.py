@@ -350,12 +350,12 @@ def decisive_tokens(sequences: list[list[int]]) -> list[list[int]]:
     """Each sequence cut after its first token that no other sequence shares at that place
     (the shortest prefix that tells it apart); a sequence that is a prefix of another keeps
     its end token, which is then what tells them apart."""
-    out = []
-    for i, seq in enumerate(sequences):
-        others = [other for j, other in enumerate(sequences) if j != i]
-        length = next((k for k in range(1, len(seq) + 1) if all(o[:k] != seq[:k] for o in others)), len(seq))
-        out.append(seq[:length])
-    return out
+    shared: dict[tuple[int, ...], int] = {}  # how many sequences begin with each prefix
+    for seq in sequences:
+        for k in range(1, len(seq) + 1):
+            shared[tuple(seq[:k])] = shared.get(tuple(seq[:k]), 0) + 1
+    return [seq[: next((k for k in range(1, len(seq) + 1) if shared[tuple(seq[:k])] == 1), len(seq))]
+            for seq in sequences]
 
 
 class AnswerTrie:
