@@ -208,16 +208,18 @@ def run_dataset(spec: DatasetSpec, loaded: LoadedModel, args: argparse.Namespace
     row["saliency_timing"] = {"n_cells": int(test.n_obs), "seconds": saliency_s,
                               "seconds_per_1000": 1000 * saliency_s / test.n_obs,
                               **(_bf16_saliency(loaded, test, cands, args.batch_size, species,
-                                                rank_sets["ours_predicted"], args.scoring) if _want_bf16(args) else {})}
+                                                rank_sets["ours_predicted"], args.scoring)
+                                 if _want_bf16(args, loaded) else {})}
     row["ig"] = _ig_block(loaded, test, cands, args.ig_cells, args.batch_size, args.scoring)
     row["targets"] = target_checks(spec.name, row)
     return row
 
 
-def _want_bf16(args: argparse.Namespace) -> bool:
+def _want_bf16(args: argparse.Namespace, loaded: LoadedModel) -> bool:
     if args.bf16 != "auto":
         return args.bf16 == "on"
-    return args.device != "cpu" or cpu_has_fast_bf16()
+    # the device the model landed on (--device auto resolves to cpu on a machine without a GPU)
+    return loaded.model.device.type != "cpu" or cpu_has_fast_bf16()
 
 
 def _bf16_saliency(loaded: LoadedModel, test: Any, cands: list[str], batch_size: int, species: str | None,
@@ -230,8 +232,7 @@ def _bf16_saliency(loaded: LoadedModel, test: Any, cands: list[str], batch_size:
     try:
         start = time.perf_counter()
         half = explain(test, model=loaded, candidates=cands, batch_size=batch_size, compare_wilcoxon=False,
-                       scoring=scoring,
-                       species=species)
+                       scoring=scoring, species=species)
         seconds = time.perf_counter() - start
     finally:
         loaded.model.use_lm_dtype(torch.float32)
