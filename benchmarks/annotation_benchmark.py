@@ -51,6 +51,9 @@ from instructcell_agent.core_model.datasets import (  # noqa: E402
 from instructcell_agent.core_model.evaluation import BANK_OF_TASK, evaluate, predict_split  # noqa: E402
 from instructcell_agent.core_model.instructions import has_choices, load_bank, load_instruction_file  # noqa: E402
 from instructcell_agent.core_model.io import get_labels, read_h5ad, write_json_atomic, write_text_atomic  # noqa: E402
+from instructcell_agent.core_model.precision import cpu_has_fast_bf16  # noqa: E402
+from instructcell_agent.core_model.readout import readout_name  # noqa: E402
+from instructcell_agent.core_model.scoring import scoring_name, use_decisive  # noqa: E402
 
 logger = logging.getLogger("annotation_benchmark")
 
@@ -62,12 +65,15 @@ F1_MARGIN, PHRASING_MARGIN, MAX_INVALID = 0.02, 0.02, 0.01
 THROUGHPUT_NOTE = (
     "Timed: our model answering every test cell (`predict_split`, gene alignment done before the clock starts) "
     "with one fixed instruction listing the dataset's labels as candidates, and its `evaluate` run with its own "
-    "mixed phrasings (answers generated where a phrasing lists no candidates); the baselines' predict step on "
-    "log1p(CP10k). CellTypist `annotate` spends a fixed time matching gene names (numpy object-array `isin`, "
-    "seconds on 20k genes), so the ratio uses its scale+predict steps timed alone on genes already in model order "
-    "(same predictions, checked). The fixed-instruction run is timed twice, with the language model in float32 "
-    "(as in the accuracy table) and in bfloat16 (`--precision auto` on CPUs with bfloat16 units, as here), with the "
-    "share of cells given the same answer. Timings are wall-clock on a shared machine (see load average above).")
+    "mixed phrasings (answers chosen among the learned labels where a phrasing lists no candidates), both scored "
+    "as `evaluate` scores by default (decisive tokens of learned labels; the linear read-out beside the LM where "
+    "the checkpoint has one); the baselines' predict step on log1p(CP10k). CellTypist `annotate` spends a fixed "
+    "time matching gene names (numpy object-array `isin`, seconds on 20k genes), so the ratio uses its "
+    "scale+predict steps timed alone on genes already in model order (same predictions, checked). On CPUs with "
+    "bfloat16 units the fixed-instruction run is timed twice, with the language model in float32 (as in the "
+    "accuracy table) and in bfloat16 (what `--precision auto` picks there), with the share of cells given the same "
+    "answer; elsewhere bfloat16 is emulated and not timed (`--bf16`). Timings are wall-clock on a shared machine "
+    "(see load average above).")
 VERSIONED = ("instructcell-agent", "torch", "transformers", "scanpy", "anndata", "scikit-learn", "celltypist",
              "numpy")
 
@@ -79,6 +85,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--max-test-cells", type=int, help="first N test cells only (smoke runs)")
     p.add_argument("--skip-ours", action="store_true", help="baselines only")
     p.add_argument("--out-dir", type=Path, default=Path(__file__).resolve().parent / "results")
+    p.add_argument("--bf16", choices=["auto", "on", "off"], default="auto",
+                   help="also time the fixed instruction with the LM in bfloat16 (auto: where the CPU has fast "
+                        "bfloat16 units; elsewhere it is emulated, several times slower, and says nothing)")
     args = p.parse_args(argv)
     if args.max_test_cells is not None and args.max_test_cells < 1:
         p.error("--max-test-cells must be positive")
@@ -148,10 +157,13 @@ def ours_block(loaded: LoadedModel, spec: DatasetSpec, split_path: Path) -> dict
     code = TASK_CODE[spec.task]
     unseen, unseen_path = unseen_phrasings(spec.task)
     out: dict[str, Any] = {"unseen_source": str(unseen_path)}
-    for key, phrasings in (("own", None), ("unseen", unseen)):
+    runs = [("own", None, True), ("unseen", unseen, True)]
+    if loaded.readout is not None:  # the language model's own answers, same cells and phrasings
+        runs.append(("lm_alone", None, False))
+    for key, phrasings, readout in runs:
         # Own-phrasing answers per cell feed the interval on the gap to the best baseline.
         result = evaluate(loaded, spec.path, split_path, code, spec.label_key, instructions=phrasings, seed=0,
-                          keep_predictions=key == "own")
+                          keep_predictions=key == "own", readout=readout)
         result.pop("labels", None)  # already stored once per dataset
         out[key] = result
         logger.info("ours (%s phrasings): acc %.3f macro-F1 %.3f invalid %.3f", key,
@@ -159,22 +171,31 @@ def ours_block(loaded: LoadedModel, spec: DatasetSpec, split_path: Path) -> dict
     return out
 
 
-def throughput_block(loaded: LoadedModel, spec: DatasetSpec, split_path: Path, labels: list[str]) -> dict[str, Any]:
-    """Fixed-instruction answering timed with the LM in float32 (as loaded) and in bfloat16."""
+def throughput_block(loaded: LoadedModel, spec: DatasetSpec, split_path: Path, labels: list[str],
+                     bf16: bool) -> dict[str, Any]:
+    """Fixed-instruction answering, scored as `evaluate` scores by default (decisive tokens for
+    learned labels, the read-out where the checkpoint has one), timed with the LM in float32 (as
+    loaded) and, if `bf16`, in bfloat16."""
     import torch
 
     data = load_split(spec, loaded.vocab, "test", split_path=split_path)
     phrasing = fixed_phrasing(spec.task)
-    preds = predict_split(loaded, data.X, data.fields, data.labels, labels, [phrasing], seed=0)
+    decisive = use_decisive("auto", set(labels) <= set(loaded.labels_for_task(spec.task)))
+    run = lambda: predict_split(loaded, data.X, data.fields, data.labels, labels, [phrasing], seed=0,  # noqa: E731
+                                decisive=decisive, readout=loaded.readout, label_lists=loaded.label_lists)
+    preds = run()
+    out = {"phrasing": phrasing, "n_cells": data.n_cells, "seconds": preds.seconds,
+           "cells_per_second": data.n_cells / max(preds.seconds, 1e-9), "scoring": scoring_name(decisive),
+           "readout": readout_name(loaded.readout, labels),
+           "accuracy": float(np.mean(preds.predicted == data.labels))}
+    if not bf16:
+        return out
     loaded.model.use_lm_dtype(torch.bfloat16)
     try:
-        half = predict_split(loaded, data.X, data.fields, data.labels, labels, [phrasing], seed=0)
+        half = run()
     finally:
         loaded.model.use_lm_dtype(torch.float32)
-    return {"phrasing": phrasing, "n_cells": data.n_cells, "seconds": preds.seconds,
-            "cells_per_second": data.n_cells / max(preds.seconds, 1e-9),
-            "accuracy": float(np.mean(preds.predicted == data.labels)),
-            "bf16_cells_per_second": data.n_cells / max(half.seconds, 1e-9),
+    return {**out, "bf16_cells_per_second": data.n_cells / max(half.seconds, 1e-9),
             "bf16_accuracy": float(np.mean(half.predicted == data.labels)),
             "bf16_same_answer": float(np.mean(half.predicted == preds.predicted))}
 
@@ -209,7 +230,8 @@ def target_checks(name: str, row: dict[str, Any]) -> dict[str, Any]:
             "checks": checks, "met": all(checks.values())}
 
 
-def run_dataset(spec: DatasetSpec, loaded: LoadedModel | None, max_test: int | None, tmp: Path) -> dict[str, Any]:
+def run_dataset(spec: DatasetSpec, loaded: LoadedModel | None, max_test: int | None, tmp: Path,
+                bf16: bool = False) -> dict[str, Any]:
     logger.info("== %s (%s)", spec.name, spec.task)
     split, split_path = effective_split(spec, max_test, tmp)
     row: dict[str, Any] = {"name": spec.name, "task": spec.task, "label_key": spec.label_key,
@@ -218,7 +240,7 @@ def run_dataset(spec: DatasetSpec, loaded: LoadedModel | None, max_test: int | N
     row.update(block)
     if loaded is not None:
         row["ours"] = ours_block(loaded, spec, split_path)
-        row["throughput"] = throughput_block(loaded, spec, split_path, row["labels"])
+        row["throughput"] = throughput_block(loaded, spec, split_path, row["labels"], bf16)
         row["targets"] = target_checks(spec.name, row)
         # Per-cell answers are only needed here; the report keeps the interval, not n_test labels.
         own_cells = row["ours"]["own"].pop("cells")
@@ -250,7 +272,9 @@ def _accuracy_row(row: dict[str, Any]) -> str:
     if "ours" in row:
         t = row["targets"]
         failed = [k for k, ok in t["checks"].items() if not ok]
-        cells += [_ours_cell(row["ours"]["own"]), _ours_cell(row["ours"]["unseen"]),
+        alone = row["ours"].get("lm_alone")
+        cells += [_ours_cell(row["ours"]["own"]), _af(alone["accuracy"], alone["macro_f1"]) if alone else "-",
+                  _ours_cell(row["ours"]["unseen"]),
                   _gap_cell(t), f"{t['delta_acc_unseen_minus_own']:+.3f}",
                   "yes" if t["met"] else "no: " + ", ".join(failed)]
     return "| " + " | ".join(cells) + " |"
@@ -276,7 +300,8 @@ def _throughput_row(row: dict[str, Any]) -> str:
 def _tables(rows: list[dict[str, Any]], with_ours: bool) -> list[str]:
     head = ["dataset", "n_test", "CellTypist acc / F1", "logreg acc / F1", "kNN acc / F1", "best baseline F1"]
     if with_ours:
-        head += ["ours, own phrasings acc / F1 / invalid", "ours, unseen phrasings acc / F1 / invalid",
+        head += ["ours, own phrasings acc / F1 / invalid", "ours, LM alone (no read-out), own phrasings acc / F1",
+                 "ours, unseen phrasings acc / F1 / invalid",
                  "F1 - best baseline [95% interval]", "acc unseen - own", "target met?"]
     thead = ["dataset", "n_test"]
     if with_ours:
@@ -383,10 +408,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     specs = select_specs(args.datasets)
     loaded = None if args.skip_ours else load_checkpoint(args.checkpoint)
     report: dict[str, Any] = {"meta": build_meta(args, argv, loaded), "datasets": []}
+    bf16 = args.bf16 == "on" or (args.bf16 == "auto" and cpu_has_fast_bf16())
     with tempfile.TemporaryDirectory(prefix="annotation_bench_") as tmp:
         for spec in specs:
             try:
-                report["datasets"].append(run_dataset(spec, loaded, args.max_test_cells, Path(tmp)))
+                report["datasets"].append(run_dataset(spec, loaded, args.max_test_cells, Path(tmp), bf16))
             except Exception as exc:  # one broken set must not lose the others' numbers
                 logger.error("%s failed:\n%s", spec.name, traceback.format_exc())
                 report["datasets"].append({"name": spec.name, "error": f"{type(exc).__name__}: {exc}"})

@@ -182,11 +182,16 @@ def run_dataset(spec: DatasetSpec, loaded: LoadedModel, args: argparse.Namespace
     saliency_s = time.perf_counter() - start
     against_mean = explain(test, model=loaded, labels=truth, candidates=cands, batch_size=args.batch_size,
                            compare_wilcoxon=False, scoring=args.scoring, species=species, reference="mean")
+    # The same true-label saliency with the language model alone (no read-out term), for comparison.
+    alone = explain(test, model=loaded, labels=truth, candidates=cands, batch_size=args.batch_size,
+                    compare_wilcoxon=False, scoring=args.scoring, species=species, readout=False)
+    row["readout"] = given.provenance["readout"]
     row["accuracy"] = float(np.mean(predicted.predicted.astype(str) == truth))
     wil_train = _wilcoxon_train(spec, adata, split["train"], loaded.vocab)
     wil_test = wilcoxon_rankings(sp.csr_matrix(given.attributions.inputs), loaded.vocab, truth, n_genes=K)
     rank_sets = {
         "ours_true_label": _our_rankings(given, "none", cands),
+        "ours_true_label_lm_alone": _our_rankings(alone, "none", cands),
         "ours_true_label_minmax": _our_rankings(given, "minmax", cands),
         "ours_true_label_mean_ref": _our_rankings(against_mean, "none", cands),
         "ours_true_label_mean_ref_minmax": _our_rankings(against_mean, "minmax", cands),
@@ -281,7 +286,8 @@ def _bf16_cell(timing: dict[str, Any]) -> str:
 
 
 def _tables(rows: list[dict[str, Any]]) -> list[str]:
-    cols = ["ours_true_label", "ours_true_label_minmax", "ours_true_label_mean_ref", "ours_true_label_mean_ref_minmax",
+    cols = ["ours_true_label", "ours_true_label_lm_alone", "ours_true_label_minmax", "ours_true_label_mean_ref",
+            "ours_true_label_mean_ref_minmax",
             "ours_predicted", "ours_predicted_minmax",
             "wilcoxon_test_cells", "wilcoxon_train_vocab", "wilcoxon_train_all_genes"]
     if any("ours_ig_true_label" in r["precision"] for r in rows):
@@ -339,7 +345,9 @@ def render_markdown(report: dict[str, Any]) -> str:
              f"- scoring: {meta.get('scoring', 'full')} (the log-probability explained: of the labels' decisive "
              "tokens under auto, as `annotate` scores them, or of every token under full)",
              "- method: saliency = gradient x input of the label's log-probability (softmax over the dataset's "
-             "candidates) w.r.t. log1p(CP10k) over the model's genes; per-label mean over cells of the raw "
+             "candidates of the language model's score plus, where the checkpoint has one, the linear gene "
+             "read-out's weighted log-probability, as `annotate` answers; '_lm_alone' = the language model's "
+             "alone) w.r.t. log1p(CP10k) over the model's genes; per-label mean over cells of the raw "
              "attributions (the default); '_minmax' = mean of per-cell min-max scores (each cell's supporting "
              "attributions scaled to [0, 1]); '_mean_ref' = gradient x (input - the mean test cell), "
              "`explain(reference=\"mean\")`, genes counted where a cell expresses them above the mean cell; "

@@ -24,6 +24,7 @@ from .errors import CheckpointError
 from .io import file_sha256, write_json_atomic
 from .model import CellLanguageModel
 from .precision import resolve_precision
+from .readout import Readout, load_readout, save_readout
 
 FORMAT_VERSION = 1
 REQUIRED = ("config.json", "gene_vocab.json", "labels.json", "weights.safetensors")
@@ -38,11 +39,17 @@ class LoadedModel:
     label_sets: dict[str, dict[str, Any]]
     info: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
+    readout: Readout | None = None  # the linear gene read-out beside the LM (core_model/readout.py), if fitted
 
     def label_set(self, name: str) -> dict[str, Any]:
         if name not in self.label_sets:
             raise CheckpointError(f"no label set {name!r}; this checkpoint knows {sorted(self.label_sets)}")
         return self.label_sets[name]
+
+    @property
+    def label_lists(self) -> list[list[str]]:
+        """Every learned label set's labels (what the read-out's softmax was trained within)."""
+        return [list(entry["labels"]) for entry in self.label_sets.values()]
 
     def labels_for_task(self, task: str) -> list[str]:
         """All labels of a task across the checkpoint's datasets, first spelling of each kept."""
@@ -130,6 +137,8 @@ def save_checkpoint(loaded: LoadedModel, out_dir: str | os.PathLike) -> Path:
             state = {k.replace(".base.", "."): v.contiguous() for k, v in model.lm.state_dict().items()
                      if k != "lm_head.weight" and ".lora_" not in k}
             save_file(state, str(tmp / "backbone.safetensors"))
+        if loaded.readout is not None:
+            save_readout(tmp, loaded.readout, loaded.vocab)
         # mkdtemp makes a private directory; a checkpoint is meant to be shared and shipped.
         os.chmod(tmp, 0o755)
         for item in tmp.iterdir():
@@ -176,10 +185,10 @@ GENE_INPUT_WEIGHT = "encoder.gene_proj.weight"  # (hidden, n_genes): the one ten
 def reorder_genes(checkpoint_dir: str | os.PathLike, vocab: list[str], command: str | None = None) -> dict[str, str | None]:
     """Put a checkpoint's genes in the order of `vocab` (the same genes), in place and atomically.
 
-    Only the encoder's first layer reads genes, one weight column per gene, so permuting its
-    columns with the vocabulary leaves every answer unchanged. Use: a retrained cell model whose
-    vocabulary holds the same genes as the shipped generator's, in another order, can then carry
-    that generator (which is bound to the exact gene order it decodes into).
+    Only the encoder's first layer and the read-out read genes, one weight column per gene, so
+    permuting their columns with the vocabulary leaves every answer unchanged. Use: a retrained
+    cell model whose vocabulary holds the same genes as the shipped generator's, in another order,
+    can then carry that generator (which is bound to the exact gene order it decodes into).
     """
     root = Path(checkpoint_dir)
     old = json.loads((root / "gene_vocab.json").read_text())
@@ -199,6 +208,10 @@ def reorder_genes(checkpoint_dir: str | os.PathLike, vocab: list[str], command: 
         state[GENE_INPUT_WEIGHT] = state[GENE_INPUT_WEIGHT][:, [position[g] for g in vocab]].contiguous()
         save_file(state, str(path))
         (work / "gene_vocab.json").write_text(json.dumps(vocab))
+        readout = load_readout(work, old)
+        if readout is not None:  # its weight columns are genes too
+            readout.weight = readout.weight[:, [position[g] for g in vocab]].contiguous()
+            save_readout(work, readout, vocab)
         record = {"sha256_before": before, "sha256_after": file_sha256(path), "command": command}
         config = json.loads((work / "config.json").read_text())
         config["genes_reordered"] = record
@@ -253,4 +266,5 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
     labels = json.loads((root / "labels.json").read_text())
     model = model.to(device).eval()
     model.use_lm_dtype(lm_dtype)
-    return LoadedModel(model, vocab, labels, config, root)
+    readout = load_readout(root, vocab)
+    return LoadedModel(model, vocab, labels, config, root, readout.to(device) if readout is not None else None)

@@ -1,6 +1,7 @@
 """Evaluate a checkpoint on a labelled split, the way a user would meet it: each test cell paired
-with a random phrasing; with options the candidates are scored, without options the generated
-text is mapped onto the label set (exact, then Cell Ontology synonyms) or counted invalid."""
+with a random phrasing; with options the candidates are scored, without options the answer
+(decoded, or with the checkpoint's read-out chosen by scoring the labels it learned) is mapped onto
+the label set (exact, then Cell Ontology synonyms) or counted invalid."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from .datasets import prompt_fields, read_split, subset_by_names
 from .instructions import format_choices, has_choices, load_bank, render
 from .io import get_labels, read_h5ad
 from .labels import LabelMapper
+from .readout import Readout, add_readout, readout_name
 from .scoring import check_scoring, scoring_name, use_decisive
 
 INVALID = "<invalid>"
@@ -40,7 +42,8 @@ class Predictions:
 def predict_split(loaded: LoadedModel, X, fields: list[dict[str, str]], truth: np.ndarray, labels: Sequence[str],
                   phrasings: Sequence[str], seed: int, batch_size: int = 32,
                   answers: Sequence[Sequence[str]] | None = None, calibrate: bool = False,
-                  decisive: bool = False) -> Predictions:
+                  decisive: bool = False, readout: Readout | None = None,
+                  label_lists: Sequence[Sequence[str]] = ()) -> Predictions:
     """Answer every cell with its own randomly drawn phrasing (seeded).
 
     Questions without options are answered by greedy decoding constrained to `answers[i]` for
@@ -79,11 +82,15 @@ def predict_split(loaded: LoadedModel, X, fields: list[dict[str, str]], truth: n
                 ctx = model.start(uniq, torch.tensor([uniq.index(t) for t in texts]))
                 expr = model.normalize(torch.from_numpy(dense_rows(X, rows)).to(model.device))
                 if flag:
-                    scores = model.score_candidates(ctx, expr, labels, decisive=decisive)
+                    scores = add_readout(model.score_candidates(ctx, expr, labels, decisive=decisive), readout,
+                                         expr, labels, label_lists)
                     scored_rows.extend(rows.tolist())
                     scored.append(scores.cpu().numpy())
                     out = [labels[j] for j in scores.argmax(1).tolist()]
                     got = out
+                elif readout is not None and allowed and _shared_allowed(allowed, rows, readout):
+                    out = _best_allowed(model, ctx, expr, list(allowed[rows[0]]), decisive, readout, label_lists)
+                    got = [mapper.map(a) or INVALID for a in out]
                 else:
                     out = model.generate(ctx, expr, allowed=[allowed[r] for r in rows] if allowed else None,
                                          decisive=decisive)
@@ -95,6 +102,21 @@ def predict_split(loaded: LoadedModel, X, fields: list[dict[str, str]], truth: n
         for r, j in zip(scored_rows, best):
             answers[r] = predicted[r] = labels[j]
     return Predictions(truth, predicted.astype(str), options_arr, answers, time.perf_counter() - start)
+
+
+def _shared_allowed(allowed: Sequence[Sequence[str]], rows: np.ndarray, readout: Readout) -> bool:
+    """Whether the batch's cells share one allowed list that the read-out covers (cells of one
+    dataset do; otherwise the batch is decoded without the read-out)."""
+    first = list(allowed[rows[0]])
+    return readout.covers(first) and all(list(allowed[r]) == first for r in rows)
+
+
+def _best_allowed(model, ctx, expr: torch.Tensor, labels: list[str], decisive: bool, readout: Readout,
+                  label_lists: Sequence[Sequence[str]]) -> list[str]:
+    """Each row's best allowed label by language-model score plus read-out."""
+    scores = add_readout(model.score_candidates(ctx, expr, labels, decisive=decisive), readout, expr, labels,
+                         label_lists)
+    return [labels[j] for j in scores.argmax(1).tolist()]
 
 
 def metrics(truth: np.ndarray, predicted: np.ndarray, labels: Sequence[str]) -> dict[str, Any]:
@@ -115,11 +137,12 @@ def metrics(truth: np.ndarray, predicted: np.ndarray, labels: Sequence[str]) -> 
 def evaluate(loaded: LoadedModel, data: str | Path, split_path: str | Path | None, task: str, label_key: str, *,
              instructions: Sequence[str] | None = None, n_instructions: int | None = None, seed: int = 0,
              split: str = "test", batch_size: int = 32, calibrate: bool = False,
-             keep_predictions: bool = False, scoring: str = "auto") -> dict[str, Any]:
+             keep_predictions: bool = False, scoring: str = "auto", readout: bool = True) -> dict[str, Any]:
     """Metrics of `loaded` on one split of a labelled .h5ad (the `instructcell evaluate` job).
 
     `scoring` as in `annotate`: "auto" scores decisive tokens when every label of the dataset is
-    one the checkpoint learned to write, else every token (core_model/scoring.py).
+    one the checkpoint learned to write, else every token (core_model/scoring.py). `readout` as in
+    `annotate`: the checkpoint's linear gene read-out joins the language model where it has one.
 
     With `keep_predictions`, ``result["cells"]`` holds each cell's obs name, truth and answer
     (mapped to a label, or ``<invalid>``), for paired comparisons with other classifiers.
@@ -141,9 +164,10 @@ def evaluate(loaded: LoadedModel, data: str | Path, split_path: str | Path | Non
     if n_instructions is not None and n_instructions < len(phrasings):
         phrasings = random.Random(seed).sample(phrasings, n_instructions)
     decisive = use_decisive(scoring, set(all_labels) <= set(loaded.labels_for_task(BANK_OF_TASK[task])))
+    expert = loaded.readout if readout else None
     preds = predict_split(loaded, aligned.X, fields, truth, all_labels, phrasings, seed, batch_size,
                           answers=loaded.labels_for_cells(BANK_OF_TASK[task], fields), calibrate=calibrate,
-                          decisive=decisive)
+                          decisive=decisive, readout=expert, label_lists=loaded.label_lists)
     result = {
         **metrics(preds.truth, preds.predicted, all_labels),
         "n_instructions": len(phrasings),
@@ -157,6 +181,7 @@ def evaluate(loaded: LoadedModel, data: str | Path, split_path: str | Path | Non
         "checkpoint": str(loaded.path) if loaded.path else None,
         "precision": loaded.model.precision,
         "scoring": scoring_name(decisive),
+        "readout": readout_name(expert, all_labels),
         "invalid_examples": sorted({a for a, p in zip(preds.answers, preds.predicted) if p == "<invalid>"})[:20],
         "macro_f1_definition": "sklearn macro F1 over the dataset's label set; invalid answers count as wrong",
     }

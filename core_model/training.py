@@ -36,6 +36,7 @@ from .datasets import DatasetSpec, load_catalog, split_names, subset_by_names
 from .instructions import format_choices, has_choices, load_bank, render
 from .io import file_sha256, read_h5ad
 from .model import CellLanguageModel
+from .readout_train import train_readout
 from .vocab import build_vocab, read_vocab
 
 log = logging.getLogger(__name__)
@@ -201,6 +202,9 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, show_p
         info["started_from"] = warm_start.provenance(start)
     loaded = LoadedModel(model, vocab, labels, info)
     save_checkpoint(loaded, out / "checkpoint")
+    # The read-out beside the LM (core_model/readout.py) is fitted on the same cells; the valid
+    # check above is the language model's alone.
+    train_readout(out / "checkpoint", specs, split=cfg.fit_splits, command=command)
     (out / "valid_metrics.json").write_text(json.dumps(valid, indent=1))
     return out / "checkpoint"
 
@@ -352,7 +356,8 @@ def _save_state(out: Path, model, aux, opt, sched, step: int) -> None:
 
 @torch.no_grad()
 def _validate(model: CellLanguageModel, specs: list[DatasetSpec], vocab: list[str], cfg: TrainConfig) -> dict[str, Any]:
-    """Candidate-scoring accuracy on a few valid cells per set, with valid-split phrasings."""
+    """Candidate-scoring accuracy of the language model on a few valid cells per set, with
+    valid-split phrasings."""
     results: dict[str, Any] = {}
     for spec in specs:
         split = load_split(spec, vocab, "valid")

@@ -31,6 +31,7 @@ from .core_model.errors import InstructionError
 from .core_model.instructions import has_choices, render
 from .core_model.labels import LabelMapper
 from .core_model.precision import resolve_precision
+from .core_model.readout import Readout, add_readout, readout_name
 from .core_model.scoring import check_scoring, scoring_name, use_decisive
 from .results import AnnotationResult
 
@@ -76,8 +77,10 @@ def annotate(adata: ad.AnnData, model: LoadedModel | None = None, instruction: s
     """Cell type of every cell, answering `instruction` (a default phrasing when None).
 
     With `candidates` each candidate's likelihood is scored (probabilities for all of them);
-    without, the model answers freely and `confidence` is the answer's own probability (of its
-    decisive tokens, under the default scoring).
+    without, the model answers freely: with the checkpoint's read-out (the default) by scoring
+    the labels it learned for the cells' species and tissue, `confidence` being the answer's
+    probability among them; without it by decoding, `confidence` being the answer's own
+    probability (of its decisive tokens, under the default scoring).
     Keyword arguments: species, tissue, sequencing_method (prompt fields; default from `obs`),
     layer, use_raw, gene_key, min_genes (alignment), batch_size, mode ("instruct" | "chat"),
     free_text (True: unconstrained free answers instead of decoding within the labels the checkpoint
@@ -89,6 +92,9 @@ def annotate(adata: ad.AnnData, model: LoadedModel | None = None, instruction: s
     test split's cells, benchmarks/results/decisive_scoring.md; other strings on every token.
     "full": every token of every candidate. "decisive": always the decisive tokens. See
     `CellLanguageModel.score_candidates`),
+    readout (True: where the checkpoint has a linear gene read-out and the labels are ones it learned,
+    each label's score adds the read-out's log-probability, core_model/readout.py; free answers are
+    then chosen by scoring the learned labels instead of decoding. False: the language model alone),
     progress (called with (cells done, total) after each batch; the CLI draws a bar with it).
     """
     return _answer(adata, model, "annotation", instruction, candidates, **kwargs)
@@ -121,7 +127,7 @@ def _answer(adata: ad.AnnData, model: LoadedModel | None, task: str, instruction
             candidates: Sequence[str] | None, *, species: str = "", tissue: str = "", sequencing_method: str = "",
             drug: str = "", layer: str | None = None, use_raw: bool = False, gene_key: str | None = None,
             min_genes: int = 100, batch_size: int = 64, mode: str = "instruct",
-            free_text: bool = False, calibrate: bool = False, scoring: str = "auto",
+            free_text: bool = False, calibrate: bool = False, scoring: str = "auto", readout: bool = True,
             progress: Callable[[int, int], None] | None = None) -> AnnotationResult:
     if mode not in ("instruct", "chat"):
         raise ValueError(f"mode must be 'instruct' or 'chat', got {mode!r}")
@@ -163,14 +169,21 @@ def _answer(adata: ad.AnnData, model: LoadedModel | None, task: str, instruction
     # Labels the model learned to write are told apart by their decisive tokens; a string it never
     # learned is scored in full under "auto" (its later tokens are not near-certain).
     decisive = use_decisive(scoring, route.scores_learned_labels if cands is not None else allowed is not None)
-    if cands is None:
+    expert = loaded.readout if readout else None
+    by_readout = cands is None and allowed is not None and expert is not None and all(map(expert.covers, allowed))
+    if by_readout:  # the read-out needs a score for every allowed label, which decoding does not give
+        labels, conf = _choose_allowed(loaded, aligned.X, texts, batch_size, allowed, decisive, expert, progress)
+        answers = list(labels)
+        probs = None
+    elif cands is None:
+        expert = None
         labels, conf, answers = _generate_answers(loaded, aligned.X, texts, batch_size, allowed, decisive, progress)
         # Free answers: named with the checkpoint's own spelling when they match one.
         mapper = LabelMapper(tuple(loaded.labels_for_task(task)))
         labels = [mapper.map(a) or a for a in labels]
         probs = None
     else:
-        loglik = _score(loaded, aligned.X, texts, scored, batch_size, decisive, progress)
+        loglik = _score(loaded, aligned.X, texts, scored, batch_size, decisive, progress, expert)
         answers = None
         if pooled:
             loglik, top = route.pool(loglik)
@@ -188,6 +201,7 @@ def _answer(adata: ad.AnnData, model: LoadedModel | None, task: str, instruction
         "precision": loaded.model.precision, "notes": notes,
         "candidate_route": route.kind if route is not None else "none",
         "scoring": scoring_name(decisive and (cands is not None or allowed is not None)),
+        "readout": readout_name(expert, scored if cands is not None else (allowed[0] if by_readout else None)),
     }
     prob_frame = pd.DataFrame(probs, index=aligned.obs_names, columns=cands) if probs is not None else None
     return AnnotationResult(list(map(str, aligned.obs_names)), np.asarray(labels, dtype=object), np.asarray(conf),
@@ -246,11 +260,34 @@ def _batches(loaded: LoadedModel, X, texts: list[str], batch_size: int,
 
 @torch.no_grad()
 def _score(loaded: LoadedModel, X, texts: list[str], labels: list[str], batch_size: int,
-           decisive: bool = False, progress: Callable[[int, int], None] | None = None) -> np.ndarray:
-    """Log-likelihood (cells x labels) of each label as the answer (of its decisive tokens only)."""
-    scores = [loaded.model.score_candidates(ctx, expr, labels, decisive=decisive).cpu().numpy()
+           decisive: bool = False, progress: Callable[[int, int], None] | None = None,
+           expert: Readout | None = None) -> np.ndarray:
+    """Log-likelihood (cells x labels) of each label as the answer (of its decisive tokens only),
+    plus the read-out's log-probability where `expert` is given (core_model/readout.py)."""
+    scores = [add_readout(loaded.model.score_candidates(ctx, expr, labels, decisive=decisive), expert, expr, labels,
+                          loaded.label_lists).cpu().numpy()
               for _, ctx, expr in _batches(loaded, X, texts, batch_size, progress)]
     return np.concatenate(scores).astype(np.float64)
+
+
+def _choose_allowed(loaded: LoadedModel, X, texts: list[str], batch_size: int, allowed: list[list[str]],
+                    decisive: bool, expert: Readout, progress: Callable[[int, int], None] | None = None):
+    """Free answers chosen by scoring each cell's allowed labels with the read-out beside the LM
+    (cells sharing an allowed list, usually all of them, are scored together)."""
+    labels: list[str] = [""] * X.shape[0]
+    conf = [0.0] * X.shape[0]
+    groups: dict[tuple[str, ...], list[int]] = {}
+    for r, a in enumerate(allowed):
+        groups.setdefault(tuple(a), []).append(r)
+    done = 0
+    for group, rows in groups.items():
+        tick = None if progress is None else (lambda d, _t, base=done: progress(base + d, X.shape[0]))
+        scores = _score(loaded, X[rows], [texts[r] for r in rows], list(group), batch_size, decisive, tick, expert)
+        best, top, _ = _choose(scores, list(group), False)
+        for r, b, c in zip(rows, best, top):
+            labels[r], conf[r] = b, c
+        done += len(rows)
+    return labels, conf
 
 
 @torch.no_grad()

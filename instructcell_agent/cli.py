@@ -57,6 +57,12 @@ def _add_train(sub) -> None:
     p.add_argument("--no-shared", action="store_true", help="train on the --catalog datasets only")
 
 
+def _add_readout_argument(p) -> None:
+    p.add_argument("--no-readout", action="store_true",
+                   help="answer with the language model alone, without the checkpoint's linear gene read-out "
+                        "(core_model/readout.py)")
+
+
 def _add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="metrics of a checkpoint on one split of a labelled .h5ad")
     p.add_argument("--checkpoint", default=None, help="checkpoint directory (default: the shipped one)")
@@ -73,6 +79,7 @@ def _add_evaluate(sub) -> None:
                    help="batch label-prior correction of scored answers (core_model/calibration.py)")
     add_precision_argument(p, "float32")  # metrics should not depend on the machine unless asked
     add_scoring_argument(p)
+    _add_readout_argument(p)
 
 
 def _add_annotate(sub) -> None:
@@ -92,6 +99,7 @@ def _add_annotate(sub) -> None:
                         "within the labels the checkpoint knows for the species and tissue)")
     add_precision_argument(p, "auto")
     add_scoring_argument(p)
+    _add_readout_argument(p)
 
 
 def _add_explain(sub) -> None:
@@ -118,6 +126,7 @@ def _add_explain(sub) -> None:
     # 1.2-1.7x speed-up; an explanation should not depend on the machine unless asked
     add_precision_argument(p, "float32")
     add_scoring_argument(p)
+    _add_readout_argument(p)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,6 +137,14 @@ def main(argv: list[str] | None = None) -> int:
     _add_evaluate(sub)
     _add_annotate(sub)
     _add_explain(sub)
+    c = sub.add_parser("train-readout", help="fit a checkpoint's linear gene read-out (the second expert beside the LM)")
+    c.add_argument("--checkpoint", required=True, help="checkpoint directory; readout.* files are added to it")
+    c.add_argument("--split", default="train", help="split(s) to fit on: train, or train+valid for a final refit")
+    c.add_argument("--l2", type=float, default=1.0, help="L2 penalty (scikit-learn's 1/C)")
+    c.add_argument("--weight", type=float, default=1.0,
+                   help="weight of the read-out's log-probability beside the LM's in every answer (0: off)")
+    c.add_argument("--catalog", action="append", default=[],
+                   help="JSON catalog of your own datasets (as for train), for label sets the shared catalog lacks")
     c = sub.add_parser("info", help="describe a checkpoint: how it was made, its label sets")
     c.add_argument("--checkpoint", help="checkpoint directory (default: the shipped one)")
     c = sub.add_parser("store-weights", help="rewrite a checkpoint's trained weights in a smaller float type")
@@ -148,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         if generation_commands.handles(args):
             return generation_commands.run(args)
         return {"train": _train, "evaluate": _evaluate, "annotate": _annotate, "explain": _explain,
-                "info": _info, "store-weights": _store_weights,
+                "info": _info, "store-weights": _store_weights, "train-readout": _train_readout,
                 "reorder-genes": _reorder_genes}[args.command](args)
     except InstructCellError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -197,9 +214,21 @@ def _evaluate(args) -> int:
     instructions = load_instruction_file(args.instructions) if args.instructions else None
     result = evaluate(loaded, args.data, args.split, args.task, args.label_key, instructions=instructions,
                       n_instructions=args.n_instructions, seed=args.seed, split=args.split_name,
-                      calibrate=args.calibrate, scoring=args.scoring)
+                      calibrate=args.calibrate, scoring=args.scoring, readout=not args.no_readout)
     write_json_atomic(result, args.out)
     print(json.dumps({k: result[k] for k in ("accuracy", "macro_f1", "weighted_f1", "invalid_rate", "n_cells")}))
+    return 0
+
+
+def _train_readout(args) -> int:
+    from .core_model.datasets import load_catalog, load_user_catalog
+    from .core_model.readout_train import train_readout
+
+    specs = load_catalog() + [spec for file in args.catalog for spec in load_user_catalog(file)]
+    command = "instructcell " + " ".join(sys.argv[1:]) if argv_is_cli() else None
+    readout = train_readout(args.checkpoint, specs, split=args.split, l2=args.l2, answer_weight=args.weight,
+                            command=command)
+    print(json.dumps({"labels": len(readout.labels), **{k: readout.info[k] for k in ("n_cells", "train_accuracy")}}))
     return 0
 
 
@@ -233,7 +262,8 @@ def _annotate(args) -> int:
     model = load_model(args.checkpoint, precision=args.precision)
     result = annotate(adata, model=model, instruction=args.instruction, candidates=candidates,
                       use_raw=args.use_raw, layer=args.layer, free_text=args.free_text, species=args.species,
-                      tissue=args.tissue, scoring=args.scoring, progress=_progress_bar("annotating"))
+                      tissue=args.tissue, scoring=args.scoring, readout=not args.no_readout,
+                      progress=_progress_bar("annotating"))
     out = result.to_adata(adata.copy(), key_added=args.key_added)
     write_h5ad_atomic(out, args.out, protect=[args.data])
     print(result.summary())
@@ -255,7 +285,7 @@ def _explain(args) -> int:
                      top_k=args.top_k, dataset=None if candidates else dataset, candidates=candidates,
                      normalize=args.normalize, reference=args.reference,
                      n_steps=args.n_steps, batch_size=args.batch_size, use_raw=args.use_raw, layer=args.layer,
-                     scoring=args.scoring, progress=_progress_bar("explaining"))
+                     scoring=args.scoring, readout=not args.no_readout, progress=_progress_bar("explaining"))
     paths = write_explanation(result, args.out, protect=[args.data])
     print(result.summary())
     print("\n".join(str(p) for p in paths.values()))
@@ -296,6 +326,10 @@ def _info(args) -> int:
     fields = ("task", "species", "tissue", "labels")
     out["label_sets"] = {name: {f: entry.get(f) for f in fields}
                          for name, entry in json.loads((path / "labels.json").read_text()).items()}
+    if (path / "readout.json").is_file():  # the linear gene read-out beside the LM (core_model/readout.py)
+        meta = json.loads((path / "readout.json").read_text())
+        out["readout"] = {"labels": len(meta.get("labels", [])), "answer_weight": meta.get("answer_weight"),
+                          "command": meta.get("command"), "data": meta.get("data")}
     print(json.dumps(out, indent=1))
     return 0
 

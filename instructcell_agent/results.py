@@ -21,8 +21,9 @@ class AnnotationResult:
     labels
         Predicted label per cell (`None`-free: unmapped free answers keep their text).
     confidence
-        Probability of the predicted label (softmax over candidates, or the product of the
-        generated tokens' probabilities when no candidates were given).
+        Probability of the predicted label (softmax over the candidates; without candidates,
+        over the learned labels the answer was chosen from, or, for decoded answers, the product
+        of the generated tokens' probabilities).
     probabilities
         cells x candidates probabilities, or None without candidates.
     answers

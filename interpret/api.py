@@ -31,6 +31,7 @@ from instructcell_agent.core_model.datasets import prompt_fields
 from instructcell_agent.core_model.errors import InputFileError, LabelKeyError
 from instructcell_agent.core_model.instructions import has_choices, render
 from instructcell_agent.core_model.io import get_labels, write_h5ad_atomic, write_json_atomic
+from instructcell_agent.core_model.readout import one_set, readout_name
 from instructcell_agent.core_model.scoring import check_scoring, scoring_name, use_decisive
 
 from .aggregate import DEFAULT_NORMALIZE, NORMALIZATIONS, cell_scores, label_means, rankings
@@ -50,7 +51,7 @@ def explain(adata: ad.AnnData, model: LoadedModel | None = None, labels: str | S
             n_steps: int = 64, ig_tolerance: float | None = 0.05, batch_size: int = 16,
             marker_db: str = DEFAULT_DB, compare_wilcoxon: bool = True,
             species: str | None = None, layer: str | None = None, use_raw: bool = False,
-            gene_key: str | None = None, min_genes: int = 100, scoring: str = "auto",
+            gene_key: str | None = None, min_genes: int = 100, scoring: str = "auto", readout: bool = True,
             progress: Callable[[int, int], None] | None = None) -> ExplanationResult:
     """Gene saliency of every cell for its label, aggregated per label, checked against markers.
 
@@ -100,6 +101,10 @@ def explain(adata: ad.AnnData, model: LoadedModel | None = None, labels: str | S
     scoring
         As in ``annotate`` (``core_model/scoring.py``): "auto" explains the log-probability of
         learned labels' decisive tokens, the quantity ``annotate`` answers with by default.
+    readout
+        As in ``annotate``: where the checkpoint has a linear gene read-out and the scored labels
+        are one learned label set, the explained log-probability includes its weighted term (the
+        quantity ``annotate`` answers with). False: the language model's alone.
     progress
         Called with (cells done, total) after each attribution batch; an exception it raises
         stops the work there (the server's cancellation).
@@ -140,10 +145,15 @@ def explain(adata: ad.AnnData, model: LoadedModel | None = None, labels: str | S
     template, prefixes, rows = _prompts(model, adata, instruction, cands, route)
     decisive = use_decisive(scoring, route.scores_learned_labels if route is not None else True)
     target = None if given is None else np.array([cands.index(l) for l in given], dtype=np.int64)
+    scored = list(route.learned) if route is not None and route.kind == "ontology" else cands
+    # Only over one learned set: across sets `annotate` lets the LM pick the set first, a choice
+    # that has no gradient (core_model/readout.py).
+    expert = model.readout if readout and model.readout is not None and model.readout.covers(scored) \
+        and one_set(scored, model.label_lists) else None
     ref = _reference(reference, aligned.X, model) if method != "gradient" else None
     attr = attribute(model.model, aligned.X, cands, prefixes, rows, target, method=method, batch_size=batch_size,
                      ig=IGSettings(n_steps, min(8, n_steps), ig_tolerance, max_steps=16 * n_steps), reference=ref,
-                     progress=progress, route=route, decisive=decisive)
+                     progress=progress, route=route, decisive=decisive, readout=expert)
     if route is not None and (route.kind == "text" or route.unrouted):
         warnings.warn(route.note, CandidateNoteWarning, stacklevel=2)
     groups = given if given is not None else np.asarray(cands, dtype=object)[attr.predicted].astype(str)
@@ -155,6 +165,7 @@ def explain(adata: ad.AnnData, model: LoadedModel | None = None, labels: str | S
         "method": method, "target": "given" if given is not None else "predicted", "instruction": template,
         "candidates": cands, "candidate_route": route.kind if route is not None else "learned",
         "scoring": scoring_name(decisive),
+        "readout": readout_name(expert, scored),
         "notes": notes, "normalize": normalize,
         "reference": None if method == "gradient" else (reference if isinstance(reference, str) else "given"),
         "n_steps": n_steps if method == "ig" else None,

@@ -45,6 +45,7 @@ from captum.attr import IntegratedGradients, Saliency
 from instructcell_agent.core_model.candidate_route import CandidateRoute
 from instructcell_agent.core_model.corpus import dense_rows
 from instructcell_agent.core_model.model import CellLanguageModel
+from instructcell_agent.core_model.readout import Readout
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,7 @@ class Attributions:
     prefixes, rows
         The distinct prompt prefixes and each cell's index into them (to re-run the model on
         perturbed inputs, e.g. the deletion test).
-    route, decisive
+    route, decisive, readout
         How the candidates were scored (re-scoring must do the same).
     """
 
@@ -98,6 +99,7 @@ class Attributions:
     reference: np.ndarray | None = None
     route: CandidateRoute | None = None
     decisive: bool = False
+    readout: Readout | None = None
 
     @property
     def predicted(self) -> np.ndarray:
@@ -126,9 +128,10 @@ class LabelLogProb:
     """
 
     def __init__(self, model: CellLanguageModel, prefixes: Sequence[str], candidates: Sequence[str],
-                 route: CandidateRoute | None = None, decisive: bool = False) -> None:
+                 route: CandidateRoute | None = None, decisive: bool = False, readout: Readout | None = None) -> None:
         self.model = model
         self.decisive = decisive  # score decisive tokens only, as `annotate` does for learned labels
+        self.readout = readout  # the linear read-out joins the LM's scores, as in `annotate` (None: LM alone)
         self.prefixes = list(prefixes)
         self.candidates = [str(c) for c in candidates]
         # Ontology route: the learned labels are scored and their probability summed per candidate
@@ -141,7 +144,10 @@ class LabelLogProb:
 
     def __call__(self, expr: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         ctx = self.model.start(self.prefixes, rows)
-        logp = torch.log_softmax(self.model.score_candidates(ctx, expr, self.scored, decisive=self.decisive), 1)
+        scores = self.model.score_candidates(ctx, expr, self.scored, decisive=self.decisive)
+        if self.readout is not None:
+            scores = scores + self.readout.answer_weight * self.readout.log_probs(expr, self.scored).to(scores.dtype)
+        logp = torch.log_softmax(scores, 1)
         if not self.pooled:
             return logp
         return torch.stack([torch.logsumexp(logp[:, g], 1) for g in self.groups], 1)
@@ -269,7 +275,7 @@ def attribute(model: CellLanguageModel, counts: sp.csr_matrix | np.ndarray, cand
               method: str = "saliency", batch_size: int = 16, ig: IGSettings | None = None,
               internal_batch_size: int = 64, reference: np.ndarray | None = None,
               progress: Callable[[int, int], None] | None = None, route: CandidateRoute | None = None,
-              decisive: bool = False) -> Attributions:
+              decisive: bool = False, readout: Readout | None = None) -> Attributions:
     """Attribute each cell's target-label log-probability to its log-normalized expression.
 
     Parameters
@@ -308,6 +314,9 @@ def attribute(model: CellLanguageModel, counts: sp.csr_matrix | np.ndarray, cand
     decisive
         Score the candidates on their decisive tokens only (``CellLanguageModel.score_candidates``),
         so the explained log-probability is the one `annotate` answers with under its default scoring.
+    readout
+        A linear gene read-out whose weighted log-probabilities join the scores (core_model/readout.py);
+        the caller passes it only when it covers the scored labels, all from one learned set.
 
     Returns
     -------
@@ -334,7 +343,7 @@ def attribute(model: CellLanguageModel, counts: sp.csr_matrix | np.ndarray, cand
     if model.training:
         log.warning("model was in training mode; switching it to eval for attributions")
         model.eval()
-    forward = LabelLogProb(model, prefixes, candidates, route, decisive)
+    forward = LabelLogProb(model, prefixes, candidates, route, decisive, readout)
     parts = []
     for start in range(0, n_cells, batch_size):
         idx = np.arange(start, min(start + batch_size, n_cells))
@@ -347,7 +356,7 @@ def attribute(model: CellLanguageModel, counts: sp.csr_matrix | np.ndarray, cand
         np.concatenate(probs), [str(c) for c in candidates], method,
         np.concatenate(deltas) if method == "ig" else None, ig.n_steps if method == "ig" else None,
         list(prefixes), rows, np.concatenate(used) if method == "ig" else None,
-        None if reference is None else ref.cpu().numpy(), route, decisive,
+        None if reference is None else ref.cpu().numpy(), route, decisive, readout,
     )
 
 
@@ -386,13 +395,14 @@ def _log_expression(model: CellLanguageModel, counts: sp.csr_matrix | np.ndarray
 @torch.no_grad()
 def label_probability(model: CellLanguageModel, expr: np.ndarray, candidates: Sequence[str], prefixes: Sequence[str],
                       rows: np.ndarray, target: np.ndarray, batch_size: int = 16,
-                      route: CandidateRoute | None = None, decisive: bool = False) -> np.ndarray:
+                      route: CandidateRoute | None = None, decisive: bool = False,
+                      readout: Readout | None = None) -> np.ndarray:
     """Probability of each cell's `target` candidate given log-normalized input `expr` (cells x genes).
 
-    Used by the deletion test: `expr` may have genes zeroed in log space. `route`, `decisive`: as
-    in `attribute`.
+    Used by the deletion test: `expr` may have genes zeroed in log space. `route`, `decisive`,
+    `readout`: as in `attribute`.
     """
-    forward = LabelLogProb(model, prefixes, candidates, route, decisive)
+    forward = LabelLogProb(model, prefixes, candidates, route, decisive, readout)
     out = []
     for start in range(0, expr.shape[0], batch_size):
         sl = slice(start, start + batch_size)

@@ -99,7 +99,8 @@ def _probability_without(model: CellLanguageModel, a: Attributions, rows: np.nda
     genes = gene_idx.ravel()
     keep = genes >= 0
     expr[cells[keep], genes[keep]] = 0.0
-    return label_probability(model, expr, a.candidates, a.prefixes, rows, a.target, batch_size, a.route, a.decisive)
+    return label_probability(model, expr, a.candidates, a.prefixes, rows, a.target, batch_size, a.route, a.decisive,
+                             a.readout)
 
 
 def _random_expressed(inputs: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:

@@ -74,9 +74,11 @@ def test_candidates_named_by_the_cell_ontology_pool_the_learned_labels(tiny_mode
     decisive = scoring == "auto"
     assert result.provenance["scoring"] == ("decisive tokens" if decisive else "full")
     # one learned label per candidate here, so the probabilities are the model's open-question
-    # probabilities of its own labels, renamed
+    # probabilities of its own labels (language model and read-out), renamed
+    assert result.provenance["readout"].startswith("linear gene read-out")
     texts = [_prompt(tiny_model, DEFAULT_INSTRUCTIONS[("annotation", False)], {}, None)] * cells.n_obs
-    loglik = _score(tiny_model, align_to_vocab(cells, tiny_model.vocab).X, texts, list(CELL_TYPES), 64, decisive)
+    loglik = _score(tiny_model, align_to_vocab(cells, tiny_model.vocab).X, texts, list(CELL_TYPES), 64, decisive,
+                    None, tiny_model.readout)
     expected = np.exp(loglik - loglik.max(1, keepdims=True))
     expected /= expected.sum(1, keepdims=True)
     np.testing.assert_allclose(result.probabilities.to_numpy(), expected, rtol=1e-4, atol=1e-6)

@@ -146,3 +146,28 @@ def test_info_prints_how_the_shipped_checkpoint_was_made(capsys):
     for key in ("started_from", "resumed_from", "weights_storage"):
         assert printed.get(key) == config.get(key)
     assert all(len(entry["sha256"]) == 64 for entry in printed["data"])
+
+
+def test_train_readout_refits_a_checkpoints_readout(tiny_checkpoint, synthetic_set, tmp_path, capsys):
+    import shutil
+
+    from instructcell_agent.core_model.readout import load_readout
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, ckpt)
+    for name in ("readout.json", "readout.safetensors"):
+        (ckpt / name).unlink()
+    catalog = _user_catalog(tmp_path, synthetic_set, name="planted", task="cta", drug="")
+    assert main(["train-readout", "--checkpoint", str(ckpt), "--catalog", str(catalog), "--weight", "0.5"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["n_cells"] == 160
+    vocab = json.loads((ckpt / "gene_vocab.json").read_text())
+    readout = load_readout(ckpt, vocab)
+    assert readout.answer_weight == 0.5 and readout.info["data"][0]["split"] == "train"
+    out = tmp_path / "m.json"
+    base = ["evaluate", "--checkpoint", str(ckpt), "--data", str(synthetic_set["path"]),
+            "--split", str(synthetic_set["split_path"]), "--task", "cta", "--label-key", "cell_type",
+            "--out", str(out)]
+    assert main(base) == 0
+    assert json.loads(out.read_text())["readout"] == "linear gene read-out, weight 0.5"
+    assert main([*base, "--no-readout"]) == 0
+    assert json.loads(out.read_text())["readout"] == "none"

@@ -101,3 +101,13 @@ def test_decisive_scoring_changes_no_free_answer(tiny_model, synthetic_set):
 def test_evaluate_refuses_a_missing_label_column(tiny_model, synthetic_set):
     with pytest.raises(LabelKeyError, match="cell_type"):
         evaluate(tiny_model, synthetic_set["path"], synthetic_set["split_path"], "cta", "celltype")
+
+
+def test_evaluate_with_and_without_the_readout(tiny_model, synthetic_set):
+    both = evaluate(tiny_model, synthetic_set["path"], synthetic_set["split_path"], "cta", "cell_type", seed=1)
+    alone = evaluate(tiny_model, synthetic_set["path"], synthetic_set["split_path"], "cta", "cell_type", seed=1,
+                     readout=False)
+    assert both["readout"].startswith("linear gene read-out") and alone["readout"] == "none"
+    # free answers with the read-out are chosen among the learned labels: never invalid
+    assert both["without_options"]["invalid_rate"] == 0.0 and both["without_options"]["n_cells"] > 0
+    assert both["accuracy"] > 0.8

@@ -138,3 +138,21 @@ def test_labels_spelled_by_the_cell_ontology_are_explained_through_the_learned_l
     base = a.probabilities[np.arange(len(a.target)), a.target]
     again = _probability_without(tiny_model.model, a, a.rows, np.full((len(base), 1), -1), 8)
     np.testing.assert_allclose(again, base, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("readout", [True, False])
+def test_the_explained_probabilities_are_the_answers_with_or_without_the_readout(tiny_model, readout):
+    import instructcell_agent as ica
+    from instructcell_agent.interpret.faithfulness import _probability_without
+
+    cells = make_counts(16, seed=13)
+    result = explain(cells, model=tiny_model, labels="cell_type", dataset="planted", top_k=4, readout=readout)
+    assert result.provenance["readout"].startswith("linear gene read-out") == readout
+    cands = result.provenance["candidates"]
+    answered = ica.annotate(cells, model=tiny_model, candidates=cands, readout=readout)
+    np.testing.assert_allclose(result.attributions.probabilities, answered.probabilities[cands].to_numpy(),
+                               rtol=1e-4, atol=1e-6)
+    a = result.attributions  # the deletion test re-scores the same way: deleting nothing changes nothing
+    base = a.probabilities[np.arange(len(a.target)), a.target]
+    again = _probability_without(tiny_model.model, a, a.rows, np.full((len(base), 1), -1), 8)
+    np.testing.assert_allclose(again, base, rtol=1e-4, atol=1e-6)

@@ -1,0 +1,141 @@
+"""The linear gene read-out beside the language model: fitting, files, and how it joins the scores."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+import instructcell_agent as ica
+from synthetic import CELL_TYPES, make_counts
+from instructcell_agent.core_model.checkpoint import load_checkpoint
+from instructcell_agent.core_model.errors import CheckpointError
+from instructcell_agent.core_model.readout import (
+    Readout, add_readout, fit_readout, load_readout, readout_name, save_readout)
+
+
+def _planted_block(n: int, labels: list[str], n_genes: int, rng: np.random.Generator, first_gene: int):
+    """Log-scale expression with gene first_gene + k high in cells of label k."""
+    truth = rng.integers(0, len(labels), n)
+    expr = rng.exponential(0.3, (n, n_genes)).astype(np.float32)
+    expr[np.arange(n), first_gene + truth] += 3.0
+    return expr, np.array(labels)[truth], labels
+
+
+def test_fit_learns_each_block_within_its_own_labels():
+    rng = np.random.default_rng(0)
+    # two sets naming "B" the same; each cell's softmax runs over its own set only
+    a = _planted_block(200, ["A1", "A2", "B"], 30, rng, 0)
+    b = _planted_block(200, ["B", "C1", "C2"], 30, rng, 10)
+    labels, weight, bias, info = fit_readout([a, b], 30)
+    assert labels == ["A1", "A2", "B", "C1", "C2"] and weight.shape == (5, 30) and bias.shape == (5,)
+    readout = Readout(labels, weight, bias)
+    test_a = _planted_block(100, ["A1", "A2", "B"], 30, rng, 0)
+    test_b = _planted_block(100, ["B", "C1", "C2"], 30, rng, 10)
+    for expr, truth, label_set in (test_a, test_b):
+        logp = readout.log_probs(torch.from_numpy(expr), label_set)
+        np.testing.assert_allclose(logp.exp().sum(1).numpy(), 1.0, rtol=1e-5)
+        accuracy = np.mean(np.array(label_set)[logp.argmax(1).numpy()] == truth)
+        assert accuracy > 0.9
+    assert info["n_cells"] == 400 and info["train_accuracy"] > 0.9
+    with pytest.raises(ValueError, match="outside their block"):
+        fit_readout([(a[0], np.array(["A1"] * 199 + ["Z"]), a[2])], 30)
+
+
+def _readout(labels=("x", "y", "p", "q"), n_genes=3, weight=1.0) -> Readout:
+    torch.manual_seed(0)
+    return Readout(list(labels), torch.randn(len(labels), n_genes), torch.randn(len(labels)), weight)
+
+
+def test_labels_of_one_set_add_the_weighted_readout():
+    readout = _readout(weight=2.0)
+    expr, scores = torch.rand(5, 3), torch.randn(5, 2)
+    sets = [["x", "y"], ["p", "q"]]
+    out = add_readout(scores, readout, expr, ["x", "y"], sets)
+    torch.testing.assert_close(out, scores + 2.0 * readout.log_probs(expr, ["x", "y"]))
+    assert readout_name(readout, ["x", "y"]) == "linear gene read-out, weight 2"
+    # no read-out, a label it never learned, or weight 0: the language model's scores unchanged
+    assert add_readout(scores, None, expr, ["x", "y"], sets) is scores
+    assert add_readout(scores, readout, expr, ["x", "hepatocyte"], sets) is scores
+    assert readout_name(readout, ["x", "hepatocyte"]) == "none"
+    assert add_readout(scores, _readout(weight=0.0), expr, ["x", "y"], sets) is scores
+
+
+def test_labels_of_several_sets_keep_the_set_the_language_model_chose():
+    readout = _readout()
+    expr = torch.rand(2, 3)
+    labels, sets = ["x", "y", "p", "q"], [["x", "y"], ["p", "q"]]
+    scores = torch.tensor([[0.0, -1.0, -5.0, -6.0], [-5.0, -6.0, -1.0, 0.0]])
+    out = add_readout(scores, readout, expr, labels, sets)
+    assert torch.isinf(out[0, 2:]).all() and torch.isinf(out[1, :2]).all()
+    torch.testing.assert_close(out[0, :2], scores[0, :2] + readout.log_probs(expr[:1], ["x", "y"])[0])
+    torch.testing.assert_close(out[1, 2:], scores[1, 2:] + readout.log_probs(expr[1:], ["p", "q"])[0])
+
+
+def test_files_round_trip_and_refuse_mismatches(tmp_path):
+    readout = _readout()
+    vocab = ["G1", "G2", "G3"]
+    save_readout(tmp_path, readout, vocab)
+    back = load_readout(tmp_path, vocab)
+    assert back.labels == readout.labels and back.answer_weight == readout.answer_weight
+    torch.testing.assert_close(back.weight, readout.weight.half().float())
+    assert oct((tmp_path / "readout.json").stat().st_mode & 0o777) == "0o644"
+    with pytest.raises(CheckpointError, match="another gene vocabulary"):
+        load_readout(tmp_path, ["G1", "G3", "G2"])
+    meta = json.loads((tmp_path / "readout.json").read_text())
+    meta["weights_sha256"] = "0" * 64
+    (tmp_path / "readout.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="does not match"):
+        load_readout(tmp_path, vocab)
+    assert load_readout(tmp_path / "nothing_here", vocab) is None
+
+
+def test_training_fits_a_readout_and_a_checkpoint_without_one_still_loads(tiny_model, tiny_checkpoint, tmp_path):
+    assert tiny_model.readout is not None and set(CELL_TYPES) <= set(tiny_model.readout.labels)
+    assert tiny_model.readout.info["data"][0]["name"] == "planted"
+    bare = tmp_path / "bare"
+    shutil.copytree(tiny_checkpoint, bare)
+    for name in ("readout.json", "readout.safetensors"):
+        (bare / name).unlink()
+    loaded = load_checkpoint(bare)
+    assert loaded.readout is None
+    cells = make_counts(24, seed=5)
+    result = ica.annotate(cells, model=loaded, candidates=list(CELL_TYPES))
+    assert result.provenance["readout"] == "none"
+
+
+def test_annotate_with_and_without_the_readout(tiny_model):
+    from instructcell_agent.api import DEFAULT_INSTRUCTIONS, _prompt, _score
+    from instructcell_agent.core_model.alignment import align_to_vocab
+
+    cells = make_counts(24, seed=5)
+    both = ica.annotate(cells, model=tiny_model, candidates=list(CELL_TYPES))
+    alone = ica.annotate(cells, model=tiny_model, candidates=list(CELL_TYPES), readout=False)
+    assert both.provenance["readout"].startswith("linear gene read-out") and alone.provenance["readout"] == "none"
+    template = DEFAULT_INSTRUCTIONS[("annotation", True)]
+    texts = [_prompt(tiny_model, template, {}, list(CELL_TYPES))] * cells.n_obs
+    X = align_to_vocab(cells, tiny_model.vocab).X
+    lm = _score(tiny_model, X, texts, list(CELL_TYPES), 64, True)
+    expr = tiny_model.model.normalize(torch.from_numpy(X.toarray().astype(np.float32)))
+    combined = lm + tiny_model.readout.log_probs(expr, list(CELL_TYPES)).numpy()
+    for result, scores in ((alone, lm), (both, combined)):
+        expected = np.exp(scores - scores.max(1, keepdims=True))
+        np.testing.assert_allclose(result.probabilities.to_numpy(), expected / expected.sum(1, keepdims=True),
+                                   rtol=1e-4, atol=1e-6)
+    truth = cells.obs["cell_type"].to_numpy()
+    assert np.mean(both.labels == truth) >= np.mean(alone.labels == truth) and np.mean(both.labels == truth) > 0.8
+
+
+def test_free_answers_with_the_readout_are_scored_among_the_learned_labels(tiny_model):
+    cells = make_counts(24, seed=5)
+    free = ica.annotate(cells, model=tiny_model)
+    assert free.provenance["readout"].startswith("linear gene read-out")
+    assert set(free.labels) <= set(CELL_TYPES) and free.probabilities is None
+    assert ((free.confidence > 0) & (free.confidence <= 1)).all()
+    decoded = ica.annotate(cells, model=tiny_model, readout=False)
+    assert decoded.provenance["readout"] == "none"
+    truth = cells.obs["cell_type"].to_numpy()
+    assert np.mean(free.labels == truth) > 0.8
