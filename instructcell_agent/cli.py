@@ -221,10 +221,17 @@ def _evaluate(args) -> int:
 
 
 def _train_readout(args) -> int:
-    from .core_model.datasets import load_catalog, load_user_catalog
+    from .core_model import datasets
+    from .core_model.errors import InputFileError
     from .core_model.readout_train import train_readout
 
-    specs = load_catalog() + [spec for file in args.catalog for spec in load_user_catalog(file)]
+    try:
+        shared = datasets.load_catalog()
+    except InputFileError:
+        if not args.catalog:
+            raise
+        shared = []  # a checkpoint of the user's own sets needs no shared data
+    specs = shared + [spec for file in args.catalog for spec in datasets.load_user_catalog(file)]
     command = "instructcell " + " ".join(sys.argv[1:]) if argv_is_cli() else None
     readout = train_readout(args.checkpoint, specs, split=args.split, l2=args.l2, answer_weight=args.weight,
                             command=command)

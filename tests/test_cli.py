@@ -148,10 +148,17 @@ def test_info_prints_how_the_shipped_checkpoint_was_made(capsys):
     assert all(len(entry["sha256"]) == 64 for entry in printed["data"])
 
 
-def test_train_readout_refits_a_checkpoints_readout(tiny_checkpoint, synthetic_set, tmp_path, capsys):
+def test_train_readout_refits_a_checkpoints_readout(tiny_checkpoint, synthetic_set, tmp_path, capsys, monkeypatch):
     import shutil
 
+    from instructcell_agent.core_model import datasets
+    from instructcell_agent.core_model.errors import InputFileError
     from instructcell_agent.core_model.readout import load_readout
+
+    def no_shared_data():
+        raise InputFileError("shared data not found")
+
+    monkeypatch.setattr(datasets, "load_catalog", no_shared_data)  # the user's own sets need no shared data
 
     ckpt = tmp_path / "ckpt"
     shutil.copytree(tiny_checkpoint, ckpt)
