@@ -86,6 +86,10 @@ class ExplainGenesRequest(_MatrixOptions):
                             "cell of the file (mean: genes at their average level count for nothing, so "
                             "housekeeping genes drop out of the rankings; genes are ranked where a cell "
                             "expresses them above the mean).")
+    normalize: Literal["none", "minmax"] = Field(
+        "none", description="Per-cell scaling before the per-label mean: none, or minmax (each cell's supporting "
+                            "genes scaled to [0, 1], so no single cell dominates a label's ranking). With "
+                            "reference mean it ranked the most known markers on the benchmark sets.")
     top_k: int = Field(10, ge=1, le=1000, description="Genes reported per label.")
     background: bool = Field(False, description="Run as a background job and return a job id at once.")
 
@@ -189,6 +193,7 @@ class ExplanationSummary(BaseModel):
     n_cells: int
     method: str
     reference: str = Field("zero", description="What the attributions were measured against.")
+    normalize: str = Field("none", description="Per-cell scaling applied before the per-label mean.")
     cells_per_label: dict[str, int]
     top_genes: dict[str, list[GeneScore]] = Field(description="Per label, its top genes by attribution.")
     marker_precision: dict[str, float | None] | None = Field(

@@ -206,7 +206,7 @@ class InstructCellService:
         rep.update(0, adata.n_obs, f"explaining {adata.n_obs:,} cells ({req.method})")
         with self.model_lock:
             result = explain(adata, model=model, labels=req.labels, method=req.method, top_k=req.top_k,
-                             reference=req.reference,
+                             reference=req.reference, normalize=req.normalize,
                              candidates=req.candidates, **_matrix(req),
                              progress=lambda done, total: rep.update(done, total, f"explained {done:,} of {total:,} cells"))
         rep.update(adata.n_obs, adata.n_obs, "writing tables and figures")
@@ -226,6 +226,7 @@ class InstructCellService:
                          for r in result.marker_report.itertuples(index=False)}
         return ExplanationSummary(h5ad_path=str(path), n_cells=adata.n_obs, method=req.method,
                                   reference=req.reference if req.method != "gradient" else "none",
+                                  normalize=req.normalize,
                                   cells_per_label=dict(Counter(map(str, result.groups))), top_genes=top,
                                   marker_precision=precision, notes=list(result.provenance.get("notes", [])),
                                   outputs=files,

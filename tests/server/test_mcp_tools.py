@@ -161,16 +161,18 @@ def test_generate_cells(env):
     assert generated.n_obs == 16 and (generated.obs["cell_type"] == "alpha").all()
 
 
-@pytest.mark.parametrize("reference", [None, "mean"])
-def test_explain_genes(env, reference):
+@pytest.mark.parametrize("reference, normalize", [(None, None), ("mean", "minmax")])
+def test_explain_genes(env, reference, normalize):
     paths = env["paths"]
     small = paths["root"] / "small.h5ad"
     ad.read_h5ad(paths["planted"])[:48].copy().write_h5ad(small)
     args = {"h5ad_path": str(small), "labels": "cell_type", "top_k": 5}
-    result = call(env["server"], "explain_genes", args if reference is None else {**args, "reference": reference})
+    if reference is not None:
+        args.update(reference=reference, normalize=normalize)
+    result = call(env["server"], "explain_genes", args)
     summary = check_structured(env["server"], "explain_genes", result)["result"]
     assert set(summary["top_genes"]) == set(CELL_TYPES) and summary["n_cells"] == 48
-    assert summary["reference"] == (reference or "zero")
+    assert summary["reference"] == (reference or "zero") and summary["normalize"] == (normalize or "none")
     assert all(1 <= len(genes) <= 5 for genes in summary["top_genes"].values())
     kinds = {f["kind"] for f in summary["outputs"]}
     assert {"explanation:explained", "explanation:top_genes"} <= kinds
