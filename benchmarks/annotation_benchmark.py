@@ -181,8 +181,11 @@ def throughput_block(loaded: LoadedModel, spec: DatasetSpec, split_path: Path, l
     data = load_split(spec, loaded.vocab, "test", split_path=split_path)
     phrasing = fixed_phrasing(spec.task)
     decisive = use_decisive("auto", set(labels) <= set(loaded.labels_for_task(spec.task)))
-    run = lambda: predict_split(loaded, data.X, data.fields, data.labels, labels, [phrasing], seed=0,  # noqa: E731
-                                decisive=decisive, readout=loaded.readout, label_lists=loaded.label_lists)
+
+    def run():
+        return predict_split(loaded, data.X, data.fields, data.labels, labels, [phrasing], seed=0,
+                             decisive=decisive, readout=loaded.readout, label_lists=loaded.label_lists)
+
     preds = run()
     out = {"phrasing": phrasing, "n_cells": data.n_cells, "seconds": preds.seconds,
            "cells_per_second": data.n_cells / max(preds.seconds, 1e-9), "scoring": scoring_name(decisive),

@@ -259,6 +259,18 @@ def file_sha256(path: PathLike) -> str:
     return digest.hexdigest()
 
 
+def vocab_sha256(vocab: Sequence[str]) -> str:
+    """Hash of a gene vocabulary (order matters: weights are laid out in it)."""
+    return hashlib.sha256(json.dumps(list(vocab)).encode()).hexdigest()
+
+
+def atomic_target(directory: PathLike, name: str) -> Path:
+    """An empty temporary file in `directory` to write `name` into before renaming it in place."""
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}-", suffix=".tmp")
+    os.close(fd)
+    return Path(tmp)
+
+
 def write_json_atomic(obj: Any, path: PathLike) -> Path:
     """Write `obj` as indented JSON to `path` atomically (temporary file, then rename)."""
     return write_text_atomic(json.dumps(obj, indent=1), path)

@@ -20,11 +20,9 @@ answers with the language model alone).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -34,7 +32,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .errors import CheckpointError
-from .io import file_sha256
+from .io import atomic_target, file_sha256, vocab_sha256
 
 log = logging.getLogger(__name__)
 
@@ -114,24 +112,20 @@ def readout_name(readout: Readout | None, labels: Sequence[str] | None) -> str:
     return f"linear gene read-out, weight {readout.answer_weight:g}"
 
 
-def vocab_sha256(vocab: Sequence[str]) -> str:
-    return hashlib.sha256(json.dumps(list(vocab)).encode()).hexdigest()
-
-
 # ---------------------------------------------------------------- training
 Block = tuple[np.ndarray, np.ndarray, Sequence[str]]  # expression, labels per cell, the block's label set
 
 
-def fit_readout(blocks: Sequence[Block], n_genes: int, *, l2: float = 1.0, max_iter: int = 300,
-                seed: int = 0) -> tuple[list[str], torch.Tensor, torch.Tensor, dict[str, Any]]:
+def fit_readout(blocks: Sequence[Block], n_genes: int, *, l2: float = 1.0,
+                max_iter: int = 300) -> tuple[list[str], torch.Tensor, torch.Tensor, dict[str, Any]]:
     """Fit the read-out by L-BFGS on every block at once.
 
     Each block is (log-normalized expression (cells, n_genes), labels per cell, the block's label
     set); a cell's softmax runs over its own block's label set only. The loss is the mean
     cross-entropy plus l2 / (2 n_cells) times the squared weights, the objective of scikit-learn's
-    LogisticRegression(C=1/l2) (the setting the valid-split probe used).
+    LogisticRegression(C=1/l2) (the setting the valid-split probe used). Starting from zeros, the
+    fit is deterministic.
     """
-    torch.manual_seed(seed)
     labels: list[str] = []
     for _, _, label_set in blocks:
         labels.extend(l for l in label_set if l not in labels)
@@ -178,25 +172,19 @@ def save_readout(root: str | os.PathLike, readout: Readout, vocab: Sequence[str]
     atomically; the JSON records the weights' hash and the vocabulary's, so a mismatched pair
     is refused on load."""
     root = Path(root)
-    tmps = []
+    weights_tmp, meta_tmp = atomic_target(root, WEIGHTS_FILE), atomic_target(root, META_FILE)
     try:
-        fd, weights_tmp = tempfile.mkstemp(dir=root, prefix=f".{WEIGHTS_FILE}-")
-        os.close(fd)
-        tmps.append(Path(weights_tmp))
-        state = {"weight": readout.weight.half().contiguous(), "bias": readout.bias.float().contiguous()}
-        save_file(state, weights_tmp)
+        save_file({"weight": readout.weight.half().contiguous(), "bias": readout.bias.float().contiguous()},
+                  str(weights_tmp))
         meta = {"format_version": FORMAT_VERSION, "labels": readout.labels, "answer_weight": readout.answer_weight,
                 "vocab_sha256": vocab_sha256(vocab), "weights_sha256": file_sha256(weights_tmp), **readout.info}
-        fd, meta_tmp = tempfile.mkstemp(dir=root, prefix=f".{META_FILE}-")
-        os.close(fd)
-        tmps.append(Path(meta_tmp))
-        Path(meta_tmp).write_text(json.dumps(meta, indent=1))
-        for tmp in tmps:
+        meta_tmp.write_text(json.dumps(meta, indent=1))
+        for tmp in (weights_tmp, meta_tmp):
             tmp.chmod(0o644)  # mkstemp makes 0600; a checkpoint is meant to be shared
         os.replace(weights_tmp, root / WEIGHTS_FILE)
         os.replace(meta_tmp, root / META_FILE)
     finally:
-        for tmp in tmps:
+        for tmp in (weights_tmp, meta_tmp):
             tmp.unlink(missing_ok=True)
     log.info("wrote %s and %s in %s", WEIGHTS_FILE, META_FILE, root)
     return root / META_FILE

@@ -264,8 +264,9 @@ def _score(loaded: LoadedModel, X, texts: list[str], labels: list[str], batch_si
            expert: Readout | None = None) -> np.ndarray:
     """Log-likelihood (cells x labels) of each label as the answer (of its decisive tokens only),
     plus the read-out's log-probability where `expert` is given (core_model/readout.py)."""
+    sets = loaded.label_lists
     scores = [add_readout(loaded.model.score_candidates(ctx, expr, labels, decisive=decisive), expert, expr, labels,
-                          loaded.label_lists).cpu().numpy()
+                          sets).cpu().numpy()
               for _, ctx, expr in _batches(loaded, X, texts, batch_size, progress)]
     return np.concatenate(scores).astype(np.float64)
 

@@ -20,7 +20,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,7 @@ from safetensors.torch import load_file, save_file
 from ..checkpoint import LoadedModel
 from ..config import ModelConfig
 from ..errors import CheckpointError
-from ..io import file_sha256, write_json_atomic
+from ..io import atomic_target, file_sha256, vocab_sha256, write_json_atomic
 from .conditions import ConditionTable, condition_incidence
 from .vae import CountVAE, GeneratorConfig, SignalHead, generation_state
 
@@ -65,11 +64,6 @@ class Generator:
         return dist.argmin(1).tolist()
 
 
-def vocab_sha256(vocab: list[str]) -> str:
-    """Hash of a gene vocabulary (order matters: it is the decoder's output layout)."""
-    return hashlib.sha256(json.dumps(list(vocab)).encode()).hexdigest()
-
-
 def reader_sha256(model_cfg: ModelConfig) -> str:
     """Hash of what reads a generation prompt when the adapters are off: the backbone build
     (its file hash where known, else its name and size settings) and the system prompt. The
@@ -87,12 +81,6 @@ def _bound_to_backbone(lm_adapters: bool, model_cfg: ModelConfig) -> bool:
 def has_generator(path: str | os.PathLike | None) -> bool:
     """Whether a checkpoint directory holds generator files."""
     return path is not None and all((Path(path) / f).is_file() for f in (WEIGHTS_FILE, META_FILE))
-
-
-def _atomic_target(directory: Path, name: str) -> Path:
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}-", suffix=".tmp")
-    os.close(fd)
-    return Path(tmp)
 
 
 def rebind_model_weights(checkpoint_dir: str | os.PathLike, old_sha256: str) -> bool:
@@ -134,7 +122,7 @@ def save_generator(loaded: LoadedModel, gen: Generator) -> Path:
         raise ValueError("the checkpoint has no directory to add the generator to")
     root = Path(loaded.path)
     bound = "backbone" if _bound_to_backbone(gen.lm_adapters, loaded.model.cfg) else "model_weights"
-    weights_tmp, meta_tmp = _atomic_target(root, WEIGHTS_FILE), _atomic_target(root, META_FILE)
+    weights_tmp, meta_tmp = atomic_target(root, WEIGHTS_FILE), atomic_target(root, META_FILE)
     try:
         save_file(generation_state(gen.vae, gen.head), str(weights_tmp))
         meta = {"format_version": FORMAT_VERSION, "config": gen.cfg.to_dict(), "conditions": gen.table.to_list(),
