@@ -2,16 +2,17 @@
 
 What it measures, on the canonical test split of each dataset (default: zheng2017_pbmc_sorted,
 xin2016_pancreas_subset, bastidasponce2019_pancreas_e155), with ``ica.explain``'s defaults
-(saliency = gradient x input on log1p(CP10k), target = log-probability of a label among the
-dataset's candidates):
+(saliency = gradient x (input - the checkpoint's mean training cell of the dataset's label set)
+on log1p(CP10k), target = log-probability of a label among the dataset's candidates, per-cell
+min-max scores averaged per label):
 
 (a) mean PanglaoDB precision at 10 across labels (our label mapping, the dataset's species):
     ours with each cell's true label as target and group (the comparison), ours with the
-    predicted label, each with the default raw mean and with per-cell min-max; ours against the
-    mean test cell instead of zero (``reference="mean"``, counting genes above that cell), raw
-    and min-max; scanpy's wilcoxon on
-    the same test cells (model genes), on the train split (model genes), and on the train split
-    over all the file's genes (how the reference numbers 0.39 / 0.60 / 0.15 were measured).
+    predicted label; beside them the same with raw (unscaled) means, with the language model
+    alone, against zero expression (the default before 2026-12-04), and against the mean test
+    cell; scanpy's wilcoxon on the same test cells (model genes), on the train split (model
+    genes), and on the train split over all the file's genes (how the reference numbers 0.39 /
+    0.60 / 0.15 were measured).
     Target: ours (true label) >= wilcoxon on the train split - 0.05 on every set, and >= 0.5 on
     xin2016_pancreas_subset. CellMarker 2.0 precision is reported beside it.
 (b) deletion test: zeroing each cell's top-10 salient expressed genes (model input space) must
@@ -182,32 +183,37 @@ def run_dataset(spec: DatasetSpec, loaded: LoadedModel, args: argparse.Namespace
     saliency_s = time.perf_counter() - start
     against_mean = explain(test, model=loaded, labels=truth, candidates=cands, batch_size=args.batch_size,
                            compare_wilcoxon=False, scoring=args.scoring, species=species, reference="mean")
+    # The default before 2026-12-04: against zero expression (gradient x input).
+    against_zero = explain(test, model=loaded, labels=truth, candidates=cands, batch_size=args.batch_size,
+                           compare_wilcoxon=False, scoring=args.scoring, species=species, reference="zero")
     # The same true-label saliency with the language model alone (no read-out term), for comparison.
     alone = explain(test, model=loaded, labels=truth, candidates=cands, batch_size=args.batch_size,
                     compare_wilcoxon=False, scoring=args.scoring, species=species, readout=False)
     row["readout"] = given.provenance["readout"]
+    row["reference_sets"] = given.provenance["reference_sets"]
     row["accuracy"] = float(np.mean(predicted.predicted.astype(str) == truth))
     wil_train = _wilcoxon_train(spec, adata, split["train"], loaded.vocab)
     wil_test = wilcoxon_rankings(sp.csr_matrix(given.attributions.inputs), loaded.vocab, truth, n_genes=K)
     rank_sets = {
-        "ours_true_label": _our_rankings(given, "none", cands),
-        "ours_true_label_lm_alone": _our_rankings(alone, "none", cands),
-        "ours_true_label_minmax": _our_rankings(given, "minmax", cands),
-        "ours_true_label_mean_ref": _our_rankings(against_mean, "none", cands),
+        "ours_true_label": _our_rankings(given, "minmax", cands),
+        "ours_true_label_lm_alone": _our_rankings(alone, "minmax", cands),
+        "ours_true_label_raw": _our_rankings(given, "none", cands),
+        "ours_true_label_zero_ref": _our_rankings(against_zero, "none", cands),
+        "ours_true_label_zero_ref_minmax": _our_rankings(against_zero, "minmax", cands),
         "ours_true_label_mean_ref_minmax": _our_rankings(against_mean, "minmax", cands),
-        "ours_predicted": _our_rankings(predicted, "none", cands),
-        "ours_predicted_minmax": _our_rankings(predicted, "minmax", cands),
+        "ours_predicted": _our_rankings(predicted, "minmax", cands),
+        "ours_predicted_raw": _our_rankings(predicted, "none", cands),
         "wilcoxon_test_cells": wil_test, "wilcoxon_train_vocab": wil_train["vocab"],
         "wilcoxon_train_all_genes": wil_train["all_genes"]}
     if args.ig_all:
         ig_given = explain(test, model=loaded, labels=truth, candidates=cands, method="ig", batch_size=args.batch_size,
                            compare_wilcoxon=False, scoring=args.scoring, species=species)
-        rank_sets["ours_ig_true_label"] = _our_rankings(ig_given, "none", cands)
+        rank_sets["ours_ig_true_label"] = _our_rankings(ig_given, "minmax", cands)
         row["ig_all_delta_abs_max"] = float(np.abs(ig_given.attributions.delta).max())
     row["n_train"] = wil_train["n_train"]
     row["precision"] = {k: _mean_precision(v, db, species) for k, v in rank_sets.items()}
     row["precision_cellmarker2"] = {k: _mean_precision(v, db2, species)["mean"] for k, v in rank_sets.items()}
-    row["top_genes"] = {k: rank_sets[k] for k in ("ours_true_label", "ours_true_label_mean_ref_minmax",
+    row["top_genes"] = {k: rank_sets[k] for k in ("ours_true_label", "ours_true_label_zero_ref",
                                                   "wilcoxon_train_all_genes")}
     row["deletion"] = deletion_test(loaded.model, predicted.attributions, k=K, n_random=3).to_dict()
     row["saliency_timing"] = {"n_cells": int(test.n_obs), "seconds": saliency_s,
@@ -241,7 +247,7 @@ def _bf16_saliency(loaded: LoadedModel, test: Any, cands: list[str], batch_size:
         seconds = time.perf_counter() - start
     finally:
         loaded.model.use_lm_dtype(torch.float32)
-    ranked = _our_rankings(half, "none", cands)
+    ranked = _our_rankings(half, "minmax", cands)
     shared = [len(set(genes[:K]) & set(ranked.get(label, [])[:K])) / K
               for label, genes in float32_ranked.items() if genes]
     return {"bf16_seconds_per_1000": 1000 * seconds / test.n_obs,
@@ -286,9 +292,9 @@ def _bf16_cell(timing: dict[str, Any]) -> str:
 
 
 def _tables(rows: list[dict[str, Any]]) -> list[str]:
-    cols = ["ours_true_label", "ours_true_label_lm_alone", "ours_true_label_minmax", "ours_true_label_mean_ref",
-            "ours_true_label_mean_ref_minmax",
-            "ours_predicted", "ours_predicted_minmax",
+    cols = ["ours_true_label", "ours_true_label_lm_alone", "ours_true_label_raw", "ours_true_label_zero_ref",
+            "ours_true_label_zero_ref_minmax", "ours_true_label_mean_ref_minmax",
+            "ours_predicted", "ours_predicted_raw",
             "wilcoxon_test_cells", "wilcoxon_train_vocab", "wilcoxon_train_all_genes"]
     if any("ours_ig_true_label" in r["precision"] for r in rows):
         cols.insert(4, "ours_ig_true_label")
@@ -347,11 +353,13 @@ def render_markdown(report: dict[str, Any]) -> str:
              "- method: saliency = gradient x input of the label's log-probability (softmax over the dataset's "
              "candidates of the language model's score plus, where the checkpoint has one, the linear gene "
              "read-out's weighted log-probability, as `annotate` answers; '_lm_alone' = the language model's "
-             "alone) w.r.t. log1p(CP10k) over the model's genes; per-label mean over cells of the raw "
-             "attributions (the default); '_minmax' = mean of per-cell min-max scores (each cell's supporting "
-             "attributions scaled to [0, 1]); '_mean_ref' = gradient x (input - the mean test cell), "
-             "`explain(reference=\"mean\")`, genes counted where a cell expresses them above the mean cell; "
-             "unexpressed genes 0; precision at 10 against PanglaoDB entries of "
+             "alone) w.r.t. log1p(CP10k) over the model's genes, measured against the checkpoint's mean "
+             "training cell of the dataset's label set (`reference=\"train\"`, the default; genes counted where "
+             "a cell expresses them above it); per-label mean of per-cell min-max scores (each cell's supporting "
+             "attributions scaled to [0, 1], the default); '_raw' = mean of the raw attributions; '_zero_ref' = "
+             "gradient x input (`reference=\"zero\"`, the default before 2026-12-04; genes counted where "
+             "expressed); '_mean_ref' = against the mean test cell (`reference=\"mean\"`); "
+             "precision at 10 against PanglaoDB entries of "
              "the dataset's species "
              "through interpret/marker_map.json",
              f"- targets: ours (true label) >= wilcoxon on the train split - {MARGIN} on every set (checked against "
@@ -364,7 +372,7 @@ def render_markdown(report: dict[str, Any]) -> str:
                      "full-split numbers**")
     ok = [r for r in rows if "error" not in r]
     lines += [""] + _tables(ok) + _per_label_lines(ok, "ours_true_label", "ours, true label")
-    lines += _per_label_lines(ok, "ours_true_label_mean_ref_minmax", "ours, true label, against the mean cell, min-max")
+    lines += _per_label_lines(ok, "ours_true_label_zero_ref", "ours, true label, against zero expression, raw")
     lines += [f"- **{r['name']} failed**: {r['error']}" for r in rows if "error" in r]
     return "\n".join(lines) + "\n"
 

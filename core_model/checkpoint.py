@@ -209,8 +209,8 @@ def reorder_genes(checkpoint_dir: str | os.PathLike, vocab: list[str], command: 
         save_file(state, str(path))
         (work / "gene_vocab.json").write_text(json.dumps(vocab))
         readout = load_readout(work, old)
-        if readout is not None:  # its weight columns are genes too
-            readout.weight = readout.weight[:, [position[g] for g in vocab]].contiguous()
+        if readout is not None:  # its weight columns and mean cells are over genes too
+            readout.permute_genes([position[g] for g in vocab])
             save_readout(work, readout, vocab)
         record = {"sha256_before": before, "sha256_after": file_sha256(path), "command": command}
         config = json.loads((work / "config.json").read_text())

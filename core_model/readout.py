@@ -15,7 +15,8 @@ trained on the train splits with each cell's softmax restricted to its own datas
 same population is named differently in several sets; those columns are never played against
 each other). It reads the model's own input, log1p(CP10k) over the vocabulary. Files:
 readout.safetensors + readout.json beside the model's files; optional (a checkpoint without them
-answers with the language model alone).
+answers with the language model alone). They also keep each label set's mean training cell, the
+reference gene saliency is measured against (interpret/api.py).
 """
 
 from __future__ import annotations
@@ -52,6 +53,10 @@ class Readout:
     bias: torch.Tensor
     answer_weight: float = DEFAULT_WEIGHT
     info: dict[str, Any] = field(default_factory=dict)
+    # Each label set's mean training cell (log1p(CP10k), genes,), from the cells the read-out was
+    # fitted on: the reference `explain` measures attributions against by default
+    # (interpret/api.py). Empty in read-outs written before it was kept.
+    mean_cells: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.column = {label: i for i, label in enumerate(self.labels)}
@@ -66,8 +71,21 @@ class Readout:
         logits = expr.float() @ self.weight.to(expr.device)[idx].T + self.bias.to(expr.device)[idx]
         return torch.log_softmax(logits, 1)
 
+    def mean_cell(self, sets: Sequence[str]) -> torch.Tensor | None:
+        """The mean training cell of the named label sets, each set weighted equally (None when
+        one of them has none)."""
+        if not sets or any(name not in self.mean_cells for name in sets):
+            return None
+        return torch.stack([self.mean_cells[name].float() for name in sets]).mean(0)
+
+    def permute_genes(self, order: Sequence[int]) -> None:
+        """Reorder the gene columns (the checkpoint's vocabulary was reordered)."""
+        self.weight = self.weight[:, list(order)].contiguous()
+        self.mean_cells = {k: v[list(order)].contiguous() for k, v in self.mean_cells.items()}
+
     def to(self, device: str | torch.device) -> Readout:
         self.weight, self.bias = self.weight.to(device), self.bias.to(device)
+        self.mean_cells = {k: v.to(device) for k, v in self.mean_cells.items()}
         return self
 
 
@@ -174,10 +192,14 @@ def save_readout(root: str | os.PathLike, readout: Readout, vocab: Sequence[str]
     root = Path(root)
     weights_tmp, meta_tmp = atomic_target(root, WEIGHTS_FILE), atomic_target(root, META_FILE)
     try:
-        save_file({"weight": readout.weight.half().contiguous(), "bias": readout.bias.float().contiguous()},
-                  str(weights_tmp))
+        sets = list(readout.mean_cells)
+        tensors = {"weight": readout.weight.half().contiguous(), "bias": readout.bias.float().contiguous()}
+        if sets:  # float16 keeps log1p values (under 12) to 3 significant digits
+            tensors["mean_cells"] = torch.stack([readout.mean_cells[n].cpu() for n in sets]).half().contiguous()
+        save_file({k: v.cpu() for k, v in tensors.items()}, str(weights_tmp))
         meta = {"format_version": FORMAT_VERSION, "labels": readout.labels, "answer_weight": readout.answer_weight,
-                "vocab_sha256": vocab_sha256(vocab), "weights_sha256": file_sha256(weights_tmp), **readout.info}
+                "mean_cell_sets": sets, "vocab_sha256": vocab_sha256(vocab),
+                "weights_sha256": file_sha256(weights_tmp), **readout.info}
         meta_tmp.write_text(json.dumps(meta, indent=1))
         for tmp in (weights_tmp, meta_tmp):
             tmp.chmod(0o644)  # mkstemp makes 0600; a checkpoint is meant to be shared
@@ -209,6 +231,12 @@ def load_readout(root: str | os.PathLike, vocab: Sequence[str]) -> Readout | Non
     if weight.shape != (len(labels), len(vocab)) or bias.shape != (len(labels),):
         raise CheckpointError(f"{root}/{WEIGHTS_FILE}: shape {tuple(weight.shape)} does not fit "
                               f"{len(labels)} labels x {len(vocab)} genes")
+    sets = list(meta.pop("mean_cell_sets", []))
+    means = state.get("mean_cells", torch.zeros(0, len(vocab))).float()
+    if means.shape != (len(sets), len(vocab)):
+        raise CheckpointError(f"{root}/{WEIGHTS_FILE}: mean cells of shape {tuple(means.shape)} do not fit "
+                              f"{len(sets)} label sets x {len(vocab)} genes")
     bookkeeping = ("format_version", "answer_weight", "vocab_sha256", "weights_sha256")
     info = {k: v for k, v in meta.items() if k not in bookkeeping}
-    return Readout(labels, weight, bias, float(meta.get("answer_weight", DEFAULT_WEIGHT)), info)
+    return Readout(labels, weight, bias, float(meta.get("answer_weight", DEFAULT_WEIGHT)), info,
+                   dict(zip(sets, means)))

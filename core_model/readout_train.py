@@ -28,7 +28,8 @@ def train_readout(checkpoint_dir: str | os.PathLike, specs: Sequence[DatasetSpec
                   split: str = "train", l2: float = 1.0, answer_weight: float = DEFAULT_WEIGHT,
                   command: str | None = None) -> Readout:
     """Fit the read-out on `split` of every dataset the checkpoint has a label set for and write
-    it into the checkpoint directory (readout.safetensors + readout.json, atomically).
+    it into the checkpoint directory (readout.safetensors + readout.json, atomically), with each
+    set's mean cell over the same cells (`explain`'s default reference).
 
     `specs` defaults to the shared catalog; label sets without a matching spec are left out
     (their labels get no column, so they are scored by the language model alone)."""
@@ -43,13 +44,14 @@ def train_readout(checkpoint_dir: str | os.PathLike, specs: Sequence[DatasetSpec
     missing = sorted(set(label_sets) - set(known))
     if missing:
         log.warning("no data for label sets %s: their labels are scored by the language model alone", missing)
-    blocks, data = [], []
+    blocks, data, means = [], [], {}
     for name, entry in label_sets.items():
         if name not in known:
             continue
         part = load_split(known[name], vocab, split)
         expr = log_normalize_csr(part.X, target_sum).toarray()
         blocks.append((expr, part.labels, list(entry["labels"])))
+        means[name] = torch.as_tensor(expr.mean(0), dtype=torch.float32)
         spec = known[name]
         data.append({"name": name, "split": split, "n_cells": part.n_cells, "sha256": file_sha256(spec.path),
                      "split_sha256": file_sha256(spec.split_path) if spec.split_path else None})
@@ -59,6 +61,6 @@ def train_readout(checkpoint_dir: str | os.PathLike, specs: Sequence[DatasetSpec
     labels, weight, bias, info = fit_readout(blocks, len(vocab), l2=l2)
     log.info("read-out fitted: %d labels, train accuracy %.3f", len(labels), info["train_accuracy"])
     readout = Readout(labels, weight, bias, answer_weight,
-                      {**info, "data": data, "command": command, "torch": torch.__version__})
+                      {**info, "data": data, "command": command, "torch": torch.__version__}, means)
     save_readout(root, readout, vocab)
     return readout

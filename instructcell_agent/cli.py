@@ -113,12 +113,13 @@ def _add_explain(sub) -> None:
     p.add_argument("--method", choices=["saliency", "gradient", "ig"], default="saliency")
     p.add_argument("--top-k", type=int, default=10)
     p.add_argument("--n-steps", type=int, default=64, help="Integrated Gradients integration points")
-    p.add_argument("--normalize", choices=["none", "minmax"], default="none",
-                   help="per-cell scaling before the per-label mean (minmax: each cell's supporting genes to [0, 1])")
-    p.add_argument("--reference", choices=["zero", "mean"], default="zero",
-                   help="what saliency and ig measure each cell against: no expression (zero) or the mean cell of "
-                        "the file (mean: why this label rather than an average cell; genes are ranked where a cell "
-                        "expresses them above it)")
+    p.add_argument("--normalize", choices=["none", "minmax"], default="minmax",
+                   help="per-cell scaling before the per-label mean (minmax, default: each cell's supporting genes "
+                        "to [0, 1]; none: raw attributions)")
+    p.add_argument("--reference", choices=["train", "zero", "mean"], default="train",
+                   help="what saliency and ig measure each cell against: the mean training cell of the scored label "
+                        "set (train, default), no expression (zero) or the mean cell of the file (mean); genes are "
+                        "ranked where a cell expresses them above the reference")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--use-raw", action="store_true")
     p.add_argument("--layer", default=None)
@@ -137,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     _add_evaluate(sub)
     _add_annotate(sub)
     _add_explain(sub)
-    c = sub.add_parser("train-readout", help="fit a checkpoint's linear gene read-out (the second expert beside the LM)")
+    c = sub.add_parser("train-readout", help="fit a checkpoint's linear gene read-out (the second expert beside the LM) "
+                                             "and keep each label set's mean cell (explain's reference)")
     c.add_argument("--checkpoint", required=True, help="checkpoint directory; readout.* files are added to it")
     c.add_argument("--split", default="train", help="split(s) to fit on: train, or train+valid for a final refit")
     c.add_argument("--l2", type=float, default=1.0, help="L2 penalty (scikit-learn's 1/C)")
@@ -336,6 +338,7 @@ def _info(args) -> int:
     if (path / "readout.json").is_file():  # the linear gene read-out beside the LM (core_model/readout.py)
         meta = json.loads((path / "readout.json").read_text())
         out["readout"] = {"labels": len(meta.get("labels", [])), "answer_weight": meta.get("answer_weight"),
+                          "mean_cell_sets": meta.get("mean_cell_sets", []),
                           "command": meta.get("command"), "data": meta.get("data")}
     print(json.dumps(out, indent=1))
     return 0

@@ -39,7 +39,7 @@ from .attribution import METHODS, IGSettings, attribute
 from .markers import DEFAULT_DB, PRECISION_K, MarkerDB, load_marker_db, marker_report, wilcoxon_rankings
 from .result import DEFAULT_KEY, ExplanationResult
 
-REFERENCES = ("zero", "mean")
+REFERENCES = ("train", "zero", "mean")
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 def explain(adata: ad.AnnData, model: LoadedModel | None = None, labels: str | Sequence[str] | None = None,
             method: str = "saliency", top_k: int = 10, *, dataset: str | None = None,
             candidates: Sequence[str] | None = None, instruction: str | None = None,
-            normalize: str = DEFAULT_NORMALIZE, reference: str | np.ndarray = "zero",
+            normalize: str = DEFAULT_NORMALIZE, reference: str | np.ndarray = "train",
             n_steps: int = 64, ig_tolerance: float | None = 0.05, batch_size: int = 16,
             marker_db: str = DEFAULT_DB, compare_wilcoxon: bool = True,
             species: str | None = None, layer: str | None = None, use_raw: bool = False,
@@ -81,12 +81,16 @@ def explain(adata: ad.AnnData, model: LoadedModel | None = None, labels: str | S
         or ``"minmax"`` (each cell's supporting attributions scaled to [0, 1], after the
         InstructCell paper); see :mod:`~instructcell_agent.interpret.aggregate` for why.
     reference
-        What ``saliency`` and ``ig`` measure each cell against: ``"zero"`` (default, no
-        expression), ``"mean"`` (the mean log1p(CP10k) profile of the cells passed in: why this
-        label rather than an average cell of the sample; housekeeping genes then drop out of the
-        rankings), or one log1p(CP10k) value per model gene. ``gradient`` ignores it. Rankings
-        and per-cell top genes count a gene where the cell expresses it above the reference (for
-        ``"zero"``: where it is expressed); the full signed attributions stay in the layers.
+        What ``saliency`` and ``ig`` measure each cell against (``gradient`` ignores it):
+        ``"train"`` (default) the mean log1p(CP10k) training cell of the label set being scored
+        (`dataset`, else the checkpoint's sets holding the scored labels, pooled; kept beside the
+        read-out, so a checkpoint without one falls back to ``"zero"`` with a note): why this
+        label rather than an average cell of its kind, so housekeeping genes drop out of the
+        rankings, and it does not depend on which cells are passed in (one cell works as well
+        as a thousand); ``"zero"`` (no expression); ``"mean"`` (the mean cell of the cells passed
+        in); or one log1p(CP10k) value per model gene. Rankings and per-cell top genes count a
+        gene where the cell expresses it above the reference (for ``"zero"``: where it is
+        expressed); the full signed attributions stay in the layers.
     n_steps, ig_tolerance, batch_size
         Integrated Gradients: integration points of the first pass, and the completeness
         |delta| (log-probability units) below which pieces of the path stop being refined (None:
@@ -150,7 +154,12 @@ def explain(adata: ad.AnnData, model: LoadedModel | None = None, labels: str | S
     # that has no gradient (core_model/readout.py).
     expert = model.readout if readout and model.readout is not None and model.readout.covers(scored) \
         and one_set(scored, model.label_lists) else None
-    ref = _reference(reference, aligned.X, model) if method != "gradient" else None
+    ref_name = None if method == "gradient" else reference if isinstance(reference, str) else "given"
+    ref, ref_sets = _reference(reference, aligned.X, model, dataset, scored) if ref_name else (None, [])
+    if ref_name == "train" and ref is None:
+        ref_name = "zero"
+        notes.append("the checkpoint keeps no mean training cells (refit its read-out with `instructcell "
+                     "train-readout`); attributions are measured against zero expression instead")
     attr = attribute(model.model, aligned.X, cands, prefixes, rows, target, method=method, batch_size=batch_size,
                      ig=IGSettings(n_steps, min(8, n_steps), ig_tolerance, max_steps=16 * n_steps), reference=ref,
                      progress=progress, route=route, decisive=decisive, readout=expert)
@@ -166,15 +175,16 @@ def explain(adata: ad.AnnData, model: LoadedModel | None = None, labels: str | S
         "candidates": cands, "candidate_route": route.kind if route is not None else "learned",
         "scoring": scoring_name(decisive),
         "readout": readout_name(expert, scored),
-        "notes": notes, "normalize": normalize,
-        "reference": None if method == "gradient" else (reference if isinstance(reference, str) else "given"),
+        "normalize": normalize,
+        "reference": ref_name, "reference_sets": ref_sets,
         "n_steps": n_steps if method == "ig" else None,
         "ig_tolerance": ig_tolerance if method == "ig" else None,
         "marker_db": marker_db if db is not None else None, "marker_db_source": db.source if db else None,
         "species": species, "checkpoint": str(model.path) if model.path else None,
         "backbone": model.model.cfg.backbone.name, "alignment": aligned.report.to_dict(),
         "alignment_summary": aligned.report.summary(), "seconds": time.perf_counter() - started,
-        "notes": [] if db is not None else ["marker validation skipped: shared marker database not found"],
+        # route and reference notes, then the marker check's
+        "notes": notes + ([] if db is not None else ["marker validation skipped: shared marker database not found"]),
     }
     return ExplanationResult(list(aligned.obs_names), list(model.vocab), np.asarray(groups, dtype=str), attr, means,
                              top_k, normalize, report, adata.obs.copy(), provenance, db, species)
@@ -191,14 +201,35 @@ def _check_options(method: str, normalize: str, top_k: int, reference: str | np.
         raise ValueError(f"top_k must be at least 1, got {top_k}")
 
 
-def _reference(reference: str | np.ndarray, counts: sp.spmatrix, model: LoadedModel) -> np.ndarray | None:
-    """The reference input over the model's genes (None: zeros)."""
-    if isinstance(reference, str):
-        if reference == "zero":
-            return None
+def _reference(reference: str | np.ndarray, counts: sp.spmatrix, model: LoadedModel, dataset: str | None,
+               scored: Sequence[str]) -> tuple[np.ndarray | None, list[str]]:
+    """The reference input over the model's genes (None: zeros), and the label sets whose mean
+    training cell it is (for ``"train"``)."""
+    if not isinstance(reference, str):
+        return np.asarray(reference, dtype=np.float32), []  # shape and values checked by `attribute`
+    if reference == "mean":
         log_expr = log_normalize_csr(counts, model.model.cfg.target_sum)
-        return np.asarray(log_expr.mean(0), dtype=np.float32).ravel()
-    return np.asarray(reference, dtype=np.float32)  # shape and values checked by `attribute`
+        return np.asarray(log_expr.mean(0), dtype=np.float32).ravel(), []
+    if reference == "zero" or model.readout is None:
+        return None, []
+    sets = [name for name in _reference_sets(model, dataset, scored) if name in model.readout.mean_cells]
+    mean = model.readout.mean_cell(sets)
+    return (None, []) if mean is None else (mean.cpu().numpy().astype(np.float32), sets)
+
+
+def _reference_sets(model: LoadedModel, dataset: str | None, scored: Sequence[str]) -> list[str]:
+    """`dataset`, else the label sets holding every scored label, else those holding any, else all.
+
+    Several sets name the same labels (the PBMC sets, the sensitive/resistant drug sets); their
+    mean cells are then pooled, each set weighted equally."""
+    if dataset is not None:
+        return [dataset]
+    wanted = set(scored)
+    for fits in (wanted.issubset, lambda labels: bool(wanted & labels)):
+        names = [name for name, entry in model.label_sets.items() if fits(set(entry["labels"]))]
+        if names:
+            return names
+    return list(model.label_sets)
 
 
 def _given_labels(adata: ad.AnnData, labels: str | Sequence[str] | None) -> np.ndarray | str | None:

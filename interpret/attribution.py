@@ -29,6 +29,8 @@ all. A reference such as the mean cell of a sample asks "why this label rather t
 cell": a gene at its average level contributes nothing. Genes below the average get attribution
 too, but rankings count only genes the cell expresses above the reference
 (`Attributions.above_reference`; measured in `benchmarks/results/saliency_variants.md`).
+This function takes any reference vector; ``explain`` defaults to the checkpoint's mean
+training cell of the scored label set (interpret/api.py).
 """
 
 from __future__ import annotations

@@ -81,15 +81,16 @@ class ExplainGenesRequest(_MatrixOptions):
         None, min_length=2, max_length=200, description="Labels scored for every cell. Default: the model's.")
     method: Literal["saliency", "gradient", "ig"] = Field(
         "saliency", description="saliency (gradient x input), gradient, or ig (Integrated Gradients; slower).")
-    reference: Literal["zero", "mean"] = Field(
-        "zero", description="What saliency and ig measure each cell against: no expression (zero), or the mean "
-                            "cell of the file (mean: genes at their average level count for nothing, so "
-                            "housekeeping genes drop out of the rankings; genes are ranked where a cell "
-                            "expresses them above the mean).")
+    reference: Literal["train", "zero", "mean"] = Field(
+        "train", description="What saliency and ig measure each cell against: the model's mean training cell of "
+                             "the scored label set (train, default: genes at their usual level count for "
+                             "nothing, so housekeeping genes drop out of the rankings), no expression (zero), "
+                             "or the mean cell of the file (mean). Genes are ranked where a cell expresses "
+                             "them above the reference.")
     normalize: Literal["none", "minmax"] = Field(
-        "none", description="Per-cell scaling before the per-label mean: none, or minmax (each cell's supporting "
-                            "genes scaled to [0, 1], so no single cell dominates a label's ranking). With "
-                            "reference mean it ranked the most known markers on the benchmark sets.")
+        "minmax", description="Per-cell scaling before the per-label mean: minmax (default: each cell's supporting "
+                              "genes scaled to [0, 1], so no single cell dominates a label's ranking), or none "
+                              "(raw attributions).")
     top_k: int = Field(10, ge=1, le=1000, description="Genes reported per label.")
     background: bool = Field(False, description="Run as a background job and return a job id at once.")
 
@@ -192,8 +193,9 @@ class ExplanationSummary(BaseModel):
     h5ad_path: str
     n_cells: int
     method: str
-    reference: str = Field("zero", description="What the attributions were measured against.")
-    normalize: str = Field("none", description="Per-cell scaling applied before the per-label mean.")
+    reference: str = Field(description="What the attributions were measured against (train, zero, mean; none "
+                                       "for the plain gradient).")
+    normalize: str = Field(description="Per-cell scaling applied before the per-label mean.")
     cells_per_label: dict[str, int]
     top_genes: dict[str, list[GeneScore]] = Field(description="Per label, its top genes by attribution.")
     marker_precision: dict[str, float | None] | None = Field(

@@ -225,7 +225,7 @@ class InstructCellService:
             precision = {str(r.label): (None if pd.isna(r.precision_at_k) else float(r.precision_at_k))
                          for r in result.marker_report.itertuples(index=False)}
         return ExplanationSummary(h5ad_path=str(path), n_cells=adata.n_obs, method=req.method,
-                                  reference=req.reference if req.method != "gradient" else "none",
+                                  reference=result.provenance.get("reference") or "none",
                                   normalize=req.normalize,
                                   cells_per_label=dict(Counter(map(str, result.groups))), top_genes=top,
                                   marker_precision=precision, notes=list(result.provenance.get("notes", [])),

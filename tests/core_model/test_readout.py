@@ -93,6 +93,31 @@ def test_files_round_trip_and_refuse_mismatches(tmp_path):
     assert load_readout(tmp_path / "nothing_here", vocab) is None
 
 
+def test_mean_cells_round_trip_pool_and_follow_a_gene_reorder(tmp_path):
+    readout = _readout()
+    readout.mean_cells = {"a": torch.tensor([1.0, 2.0, 0.0]), "b": torch.tensor([3.0, 0.0, 0.5])}
+    vocab = ["G1", "G2", "G3"]
+    save_readout(tmp_path, readout, vocab)
+    back = load_readout(tmp_path, vocab)
+    assert list(back.mean_cells) == ["a", "b"]
+    torch.testing.assert_close(back.mean_cell(["a", "b"]), torch.tensor([2.0, 1.0, 0.25]))
+    assert back.mean_cell(["a", "c"]) is None and back.mean_cell([]) is None
+    back.permute_genes([2, 0, 1])
+    torch.testing.assert_close(back.mean_cell(["a"]), torch.tensor([0.0, 1.0, 2.0]))
+    torch.testing.assert_close(back.weight, readout.weight[:, [2, 0, 1]].half().float())
+
+
+def test_training_keeps_each_sets_mean_training_cell(tiny_model, planted_spec):
+    from instructcell_agent.core_model.cell_encoder import log_normalize_csr
+    from instructcell_agent.core_model.corpus import load_split
+
+    part = load_split(planted_spec, tiny_model.vocab, "train")
+    expected = np.asarray(log_normalize_csr(part.X, tiny_model.model.cfg.target_sum).mean(0)).ravel()
+    stored = tiny_model.readout.mean_cell(["planted"]).cpu().numpy()
+    np.testing.assert_allclose(stored, expected, rtol=2e-3, atol=1e-3)  # stored in float16
+    assert stored.max() > 0
+
+
 def test_training_fits_a_readout_and_a_checkpoint_without_one_still_loads(tiny_model, tiny_checkpoint, tmp_path):
     assert tiny_model.readout is not None and set(CELL_TYPES) <= set(tiny_model.readout.labels)
     assert tiny_model.readout.info["data"][0]["name"] == "planted"

@@ -192,10 +192,34 @@ def test_a_bad_reference_is_refused(tiny_model, cells):
         explain(cells[:4], model=tiny_model, dataset="planted", reference=np.full(len(tiny_model.vocab), -1.0))
 
 
-def test_gradient_x_input_is_zero_where_nothing_is_expressed(given):
-    a = given.attributions
+def test_gradient_x_input_is_zero_where_nothing_is_expressed(marker_model, cells):
+    result = explain(cells[:16], model=marker_model, labels="cell_type", dataset="planted", reference="zero")
+    a = result.attributions
+    assert result.provenance["reference"] == "zero" and a.reference is None
     assert np.all(a.values[a.inputs == 0] == 0)
     assert a.method == "saliency" and a.delta is None
+
+
+def test_the_default_reference_is_the_sets_mean_training_cell(marker_model, given, cells):
+    mean = marker_model.readout.mean_cell(["planted"]).cpu().numpy()
+    assert given.provenance["reference"] == "train" and given.provenance["reference_sets"] == ["planted"]
+    np.testing.assert_array_equal(given.attributions.reference, mean)
+    np.testing.assert_array_equal(given.attributions.above_reference, given.attributions.inputs - mean)
+    # Candidates named without a dataset find the set that holds them; one cell gets the same reference.
+    one = explain(cells[:1], model=marker_model, candidates=list(CELL_TYPES))
+    assert one.provenance["reference_sets"] == ["planted"]
+    np.testing.assert_array_equal(one.attributions.reference, mean)
+
+
+def test_without_mean_training_cells_the_reference_falls_back_to_zero(marker_model, cells):
+    import copy
+
+    bare = copy.copy(marker_model)
+    bare.readout = copy.copy(marker_model.readout)
+    bare.readout.mean_cells = {}  # a read-out written before mean cells were kept
+    result = explain(cells[:8], model=bare, labels="cell_type", dataset="planted")
+    assert result.provenance["reference"] == "zero" and result.attributions.reference is None
+    assert any("no mean training cells" in n for n in result.provenance["notes"])
 
 
 def test_a_named_label_is_explained_for_every_cell(marker_model, cells):

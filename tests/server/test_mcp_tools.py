@@ -161,7 +161,7 @@ def test_generate_cells(env):
     assert generated.n_obs == 16 and (generated.obs["cell_type"] == "alpha").all()
 
 
-@pytest.mark.parametrize("reference, normalize", [(None, None), ("mean", "minmax")])
+@pytest.mark.parametrize("reference, normalize", [(None, None), ("mean", "none")])
 def test_explain_genes(env, reference, normalize):
     paths = env["paths"]
     small = paths["root"] / "small.h5ad"
@@ -172,7 +172,7 @@ def test_explain_genes(env, reference, normalize):
     result = call(env["server"], "explain_genes", args)
     summary = check_structured(env["server"], "explain_genes", result)["result"]
     assert set(summary["top_genes"]) == set(CELL_TYPES) and summary["n_cells"] == 48
-    assert summary["reference"] == (reference or "zero") and summary["normalize"] == (normalize or "none")
+    assert summary["reference"] == (reference or "train") and summary["normalize"] == (normalize or "minmax")
     assert all(1 <= len(genes) <= 5 for genes in summary["top_genes"].values())
     kinds = {f["kind"] for f in summary["outputs"]}
     assert {"explanation:explained", "explanation:top_genes"} <= kinds
