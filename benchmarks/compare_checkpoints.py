@@ -1,8 +1,8 @@
 """Is a candidate checkpoint really better than another? Paired bootstrap on one split.
 
-Choosing between training recipes on the valid splits went wrong twice here (README, "Measured
-so far"): leads of 0.02 to 0.04 in mean macro-F1 on valid turned into losses on test. The splits
-are small (18 to 389 cells) and macro-F1 weighs rare types fully, so this script puts an interval
+Choosing between training recipes on the valid splits went wrong twice here (benchmarks/
+EXPERIMENTS.md): leads of 0.02 to 0.04 in mean macro-F1 on valid turned into losses on test. The
+splits are small (18 to 389 cells) and macro-F1 weighs rare types fully, so this script puts an interval
 on each difference before anyone reads it as a gain. Every checkpoint answers the same cells with
 the same phrasing per cell (``evaluate(seed=...)`` draws phrasings from the seed alone), so the
 comparison is paired; cells are resampled with replacement (2,000 times), independently per

@@ -23,7 +23,7 @@ from .datasets import prompt_fields, read_split, subset_by_names
 from .instructions import format_choices, has_choices, load_bank, render
 from .io import get_labels, read_h5ad
 from .labels import LabelMapper
-from .readout import Readout, add_readout, readout_name
+from .readout import Readout, answer_scores, readout_name
 from .scoring import check_scoring, scoring_name, use_decisive
 
 INVALID = "<invalid>"
@@ -82,14 +82,15 @@ def predict_split(loaded: LoadedModel, X, fields: list[dict[str, str]], truth: n
                 ctx = model.start(uniq, torch.tensor([uniq.index(t) for t in texts]))
                 expr = model.normalize(torch.from_numpy(dense_rows(X, rows)).to(model.device))
                 if flag:
-                    scores = add_readout(model.score_candidates(ctx, expr, labels, decisive=decisive), readout,
-                                         expr, labels, label_lists)
+                    scores = answer_scores(model, ctx, expr, labels, decisive, readout, label_lists)
                     scored_rows.extend(rows.tolist())
                     scored.append(scores.cpu().numpy())
                     out = [labels[j] for j in scores.argmax(1).tolist()]
                     got = out
                 elif readout is not None and allowed and _shared_allowed(allowed, rows, readout):
-                    out = _best_allowed(model, ctx, expr, list(allowed[rows[0]]), decisive, readout, label_lists)
+                    choices = list(allowed[rows[0]])
+                    best = answer_scores(model, ctx, expr, choices, decisive, readout, label_lists).argmax(1)
+                    out = [choices[j] for j in best.tolist()]
                     got = [mapper.map(a) or INVALID for a in out]
                 else:
                     out = model.generate(ctx, expr, allowed=[allowed[r] for r in rows] if allowed else None,
@@ -109,14 +110,6 @@ def _shared_allowed(allowed: Sequence[Sequence[str]], rows: np.ndarray, readout:
     dataset do; otherwise the batch is decoded without the read-out)."""
     first = list(allowed[rows[0]])
     return readout.covers(first) and all(list(allowed[r]) == first for r in rows)
-
-
-def _best_allowed(model, ctx, expr: torch.Tensor, labels: list[str], decisive: bool, readout: Readout,
-                  label_lists: Sequence[Sequence[str]]) -> list[str]:
-    """Each row's best allowed label by language-model score plus read-out."""
-    scores = add_readout(model.score_candidates(ctx, expr, labels, decisive=decisive), readout, expr, labels,
-                         label_lists)
-    return [labels[j] for j in scores.argmax(1).tolist()]
 
 
 def metrics(truth: np.ndarray, predicted: np.ndarray, labels: Sequence[str]) -> dict[str, Any]:

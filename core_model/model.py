@@ -17,6 +17,7 @@ goes through `start`/`extend` below, so they all see exactly the same prompt.
 from __future__ import annotations
 
 import inspect
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -31,6 +32,8 @@ from .lora import adapters_active, inject_lora
 
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
 SUFFIX_TEXT = f"{IM_END}\n{IM_START}assistant\n"
+# Distinct prompts that open with at least this many equal tokens read them once (`start`).
+MIN_SHARED_TOKENS = 8
 
 
 @dataclass
@@ -80,6 +83,7 @@ class CellLanguageModel(nn.Module):
         self._suffix_ids = self.encode_text(SUFFIX_TEXT)
         self._end_id = self.tokenizer.convert_tokens_to_ids(IM_END)
         self._prefix_memo: dict[tuple[str, bool], tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
+        self._head_memo: dict[tuple[tuple[int, ...], bool], tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
         self._trie_memo: dict[tuple[tuple[str, ...], bool, bool], CandidateTrie] = {}
         self._cache_arg = cache_argument(self.lm.model)
 
@@ -107,7 +111,13 @@ class CellLanguageModel(nn.Module):
         to float32, so callers see one dtype either way.
         """
         self.lm.to(dtype)
-        self._prefix_memo.clear()  # cached keys/values are in the old dtype
+        self.forget_prompts()  # cached keys/values are in the old dtype
+
+    def forget_prompts(self) -> None:
+        """Drop the memoised prompt keys/values: they are stale once the adapters' weights change
+        (training calls this after every language-model step) or the backbone's dtype does."""
+        self._prefix_memo.clear()
+        self._head_memo.clear()
 
     @property
     def end_token_id(self) -> int:
@@ -168,12 +178,41 @@ class CellLanguageModel(nn.Module):
 
     def _run_prefixes(self, texts: list[str]):
         ids = [self.encode_text(t) for t in texts]
+        # The tokens every prompt opens with (the system prompt and user header at least, about a
+        # third of a typical prompt; the instruction's first words when one phrasing is asked with
+        # per-cell option orders) are read once, memoised across batches, and each prompt's own
+        # remainder runs on top of them. At least one token of each prompt is left to run.
+        shared = min(len(os.path.commonprefix(ids)), min(map(len, ids)) - 1) if len(ids) > 1 else 0
+        if shared < MIN_SHARED_TOKENS:
+            return self._read(ids)
+        return self._read([x[shared:] for x in ids], self._head(ids[0][:shared]))
+
+    def _head(self, ids: list[int]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        key = (tuple(ids), adapters_active())
+        if key not in self._head_memo:
+            if len(self._head_memo) >= 16:
+                self._head_memo.pop(next(iter(self._head_memo)))
+            keys, values, _ = self._read([ids])
+            self._head_memo[key] = (keys, values)
+        return self._head_memo[key]
+
+    def _read(self, ids: list[list[int]], head: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None):
+        """Run token sequences, left-padded into one batch, after the shared `head`'s keys/values
+        when given; the padding then sits between the head and each sequence, hidden by the mask
+        and skipped by the positions. Returns every layer's keys and values and the mask."""
         width = max(len(x) for x in ids)
         pad = self.tokenizer.pad_token_id or 0
         input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids], device=self.device)
         mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids], device=self.device)
         pos = (mask.cumsum(1) - 1).clamp_min(0)
-        out = self.lm.model(input_ids=input_ids, attention_mask=mask, position_ids=pos, use_cache=True)
+        past = {}
+        if head is not None:
+            cache, shared = DynamicCache(), head[0][0].shape[2]
+            for idx, (k, v) in enumerate(zip(*head)):
+                cache.update(k.expand(len(ids), -1, -1, -1), v.expand(len(ids), -1, -1, -1), idx)
+            mask = torch.cat([torch.ones(len(ids), shared, dtype=mask.dtype, device=self.device), mask], 1)
+            pos, past = pos + shared, {self._cache_arg: cache}
+        out = self.lm.model(input_ids=input_ids, attention_mask=mask, position_ids=pos, use_cache=True, **past)
         cache = getattr(out, self._cache_arg)
         return [l.keys for l in cache.layers], [l.values for l in cache.layers], mask
 

@@ -3,7 +3,7 @@
 Why: the language model reads a cell through eight query tokens, and on the finely split PBMC
 sets that bottleneck loses what a linear model on the genes keeps (on zheng2017's valid cells a
 linear read-out of the encoder's queries reaches macro-F1 0.764, logistic regression on the same
-input 0.836; README "Measured so far"). Training a linear path into the soft tokens did not carry
+input 0.836; benchmarks/EXPERIMENTS.md). Training a linear path into the soft tokens did not carry
 through the language model, so the two are combined where the answer is made instead: for labels
 the checkpoint learned, each label's score is the language model's log-likelihood plus `weight`
 times the read-out's log-probability among the same labels (a product of experts, renormalised
@@ -93,6 +93,15 @@ def one_set(labels: Sequence[str], label_sets: Sequence[Sequence[str]]) -> bool:
     """Whether all `labels` come from one learned label set (the read-out's softmax was trained
     within such sets only, so only there are its columns comparable)."""
     return any(set(labels) <= set(s) for s in label_sets)
+
+
+def answer_scores(model, ctx, expr: torch.Tensor, labels: Sequence[str], decisive: bool,
+                  readout: Readout | None, label_sets: Sequence[Sequence[str]]) -> torch.Tensor:
+    """(B, labels) scores a closed answer is chosen by: the language model's log-likelihood of each
+    label (decisive tokens only if `decisive`) combined with the read-out (`add_readout`). The one
+    place `annotate`, `evaluate` and the free answers chosen with the read-out score labels."""
+    return add_readout(model.score_candidates(ctx, expr, labels, decisive=decisive), readout, expr, labels,
+                       label_sets)
 
 
 def add_readout(scores: torch.Tensor, readout: Readout | None, expr: torch.Tensor, labels: Sequence[str],

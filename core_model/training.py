@@ -338,6 +338,7 @@ def _stage2(model: CellLanguageModel, aux: AuxHead, data: TrainingData, cfg: Tra
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         opt.step()
         sched.step()
+        model.forget_prompts()  # memoised prompt keys/values were read with the old adapters
         bar.set_postfix(lm=f"{lm_loss.item():.3f}", set=split.spec.name[:12])
         if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.lm_steps:
             _save_state(out, model, aux, opt, sched, step + 1)

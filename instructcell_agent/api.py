@@ -31,7 +31,7 @@ from .core_model.errors import InstructionError
 from .core_model.instructions import has_choices, render
 from .core_model.labels import LabelMapper
 from .core_model.precision import resolve_precision
-from .core_model.readout import Readout, add_readout, readout_name
+from .core_model.readout import Readout, answer_scores, readout_name
 from .core_model.scoring import check_scoring, scoring_name, use_decisive
 from .results import AnnotationResult
 
@@ -265,8 +265,7 @@ def _score(loaded: LoadedModel, X, texts: list[str], labels: list[str], batch_si
     """Log-likelihood (cells x labels) of each label as the answer (of its decisive tokens only),
     plus the read-out's log-probability where `expert` is given (core_model/readout.py)."""
     sets = loaded.label_lists
-    scores = [add_readout(loaded.model.score_candidates(ctx, expr, labels, decisive=decisive), expert, expr, labels,
-                          sets).cpu().numpy()
+    scores = [answer_scores(loaded.model, ctx, expr, labels, decisive, expert, sets).cpu().numpy()
               for _, ctx, expr in _batches(loaded, X, texts, batch_size, progress)]
     return np.concatenate(scores).astype(np.float64)
 

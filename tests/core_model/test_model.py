@@ -79,6 +79,43 @@ def test_left_padding_of_mixed_prefixes_changes_nothing(model):
     assert not torch.allclose(mixed[1], alone[1])
 
 
+def test_prompts_sharing_an_opening_read_it_once_with_the_same_scores(model):
+    # Options listed in a different order per cell: the prompts share the system prompt and the
+    # instruction's first words, which are read once; each prompt must score as if read alone.
+    texts = [model.prefix_text(f"Which of these is the cell: {order}?")
+             for order in ("alpha, beta cell, gamma-delta T", "beta cell, alpha, gamma-delta T", "gamma-delta T, alpha")]
+    expr = _expr(model, 3, seed=7)
+    model.forget_prompts()
+    with torch.no_grad():
+        together = model.score_candidates(model.start(texts, torch.tensor([0, 1, 2])), expr, CANDIDATES)
+        assert len(model._head_memo) == 1  # the shared opening was read once, and kept
+        for i, text in enumerate(texts):
+            alone = model.score_candidates(model.start([text], torch.zeros(1, dtype=torch.long)), expr[i : i + 1],
+                                           CANDIDATES)
+            torch.testing.assert_close(together[i : i + 1], alone, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(together[0], together[1])  # the remainders were read
+
+
+def test_forget_prompts_rereads_prompts_after_the_adapters_change():
+    torch.manual_seed(0)
+    cfg = ModelConfig(encoder=CellEncoderConfig(n_genes=30, hidden_dim=32, dim=32, n_heads=4, dropout=0.0),
+                      backbone=BackboneConfig(kind="tiny"), lora_rank=4)
+    model = CellLanguageModel(cfg, load_backbone(cfg.backbone)).eval()
+    prefix, expr = [model.prefix_text("Type?")], _expr(model, 1)
+    score = lambda: model.score_candidates(model.start(prefix, torch.zeros(1, dtype=torch.long)), expr,  # noqa: E731
+                                           CANDIDATES)
+    with torch.no_grad():
+        before = score()
+        for name, param in model.lm.named_parameters():
+            if name.endswith("lora_b"):  # zero at start: the adapters now change the prompt's reading
+                param.add_(0.5)
+        stale = score()  # memoised keys/values, read with the old adapters, plus new adapters on the rest
+        model.forget_prompts()
+        fresh = score()
+    assert not torch.allclose(fresh, stale)
+    assert not torch.allclose(fresh, before)
+
+
 def test_scores_depend_on_the_cell(model):
     prefix = [model.prefix_text("Type?")]
     with torch.no_grad():

@@ -31,7 +31,7 @@ def marker_model(planted_spec, tmp_path_factory):
     turned noisy and the planted genes slipped down the lists, and 200 passed every check here
     with one and with two threads. The seed is pinned on purpose: over seeds 0 to 5 of this
     recipe gradient x input put a planted gene first for all four given labels in 4 of 6
-    models; Integrated Gradients, run on 4 of them, in 3 (throwaway script, 2026-12-03; README).
+    models; Integrated Gradients, run on 4 of them, in 3 (throwaway script, 2026-12-03; benchmarks/EXPERIMENTS.md).
     Saturation: on a cell the model is sure of, log p's gradient is a faint contrast with the
     runner-up, and one unsure cell can outweigh a label's other cells a million times in the
     raw mean.
