@@ -226,8 +226,8 @@ def api_block(loaded: LoadedModel, spec: DatasetSpec, split: dict[str, list[str]
     seconds = time.perf_counter() - start
     truth = dict(zip(test.obs_names, get_labels(test, spec.label_key)))
     right = [label == truth[name] for name, label in zip(result.obs_names, result.labels)]
-    return {"n_cells": test.n_obs, "n_answered": len(right), "seconds": seconds, "cells_per_second": test.n_obs / max(seconds, 1e-9),
-            "accuracy": float(np.mean(right)),
+    return {"n_cells": test.n_obs, "n_answered": len(right), "seconds": seconds,
+            "cells_per_second": test.n_obs / max(seconds, 1e-9), "accuracy": float(np.mean(right)),
             "instruction": result.provenance["instruction"], "scoring": result.provenance["scoring"],
             "readout": result.provenance["readout"]}
 

@@ -154,7 +154,8 @@ class CellLanguageModel(nn.Module):
         """Read the prompt prefixes; row b of the result holds prefix_texts[rows[b]].
 
         Distinct prefixes are run once each (left-padded in one batch); rows sharing a prefix
-        share its cache. A single prefix is memoised, since batches usually repeat it.
+        share its cache. A single prefix is memoised, since batches usually repeat it; so is the
+        opening that distinct prefixes share (`_run_prefixes`).
         """
         if rows is None:
             rows = torch.arange(len(prefix_texts))

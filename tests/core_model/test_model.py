@@ -82,8 +82,8 @@ def test_left_padding_of_mixed_prefixes_changes_nothing(model):
 def test_prompts_sharing_an_opening_read_it_once_with_the_same_scores(model):
     # Options listed in a different order per cell: the prompts share the system prompt and the
     # instruction's first words, which are read once; each prompt must score as if read alone.
-    texts = [model.prefix_text(f"Which of these is the cell: {order}?")
-             for order in ("alpha, beta cell, gamma-delta T", "beta cell, alpha, gamma-delta T", "gamma-delta T, alpha")]
+    orders = ("alpha, beta cell, gamma-delta T", "beta cell, alpha, gamma-delta T", "gamma-delta T, alpha")
+    texts = [model.prefix_text(f"Which of these is the cell: {order}?") for order in orders]
     expr = _expr(model, 3, seed=7)
     model.forget_prompts()
     with torch.no_grad():
