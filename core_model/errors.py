@@ -29,3 +29,7 @@ class CheckpointError(InstructCellError):
 
 class InstructionError(InstructCellError):
     """An instruction or instruction file is malformed (unknown placeholder, bad JSON)."""
+
+
+class DeviceError(InstructCellError):
+    """The device asked for is not there (a GPU that torch cannot see)."""

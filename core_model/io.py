@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -238,7 +239,8 @@ def write_h5ad_atomic(
     )
     os.close(fd)
     try:
-        adata.write_h5ad(tmp_name)
+        with _string_columns_writable():
+            adata.write_h5ad(tmp_name)
         os.replace(tmp_name, target)
     except OSError as exc:
         Path(tmp_name).unlink(missing_ok=True)
@@ -248,6 +250,16 @@ def write_h5ad_atomic(
         raise
     logger.info("wrote %s", target)
     return target
+
+
+def _string_columns_writable():
+    """pandas 3 stores text columns as string arrays, which anndata 0.11+ writes only when allowed
+    (files older anndata cannot read); without this every annotated file under pandas 3 fails to
+    write. A no-op where the setting does not exist."""
+    settings = anndata.settings
+    if hasattr(settings, "allow_write_nullable_strings") and hasattr(settings, "override"):
+        return settings.override(allow_write_nullable_strings=True)
+    return contextlib.nullcontext()
 
 
 def file_sha256(path: PathLike) -> str:

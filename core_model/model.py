@@ -106,9 +106,9 @@ class CellLanguageModel(nn.Module):
         """Run the backbone (and its adapters) in `dtype`; the cell encoder stays float32.
 
         bfloat16 is for inference: on CPUs with AMX or AVX-512 BF16 its matrix products run
-        several times faster than float32, and on GPUs it halves memory traffic. Everything
-        that leaves the LM (log-probabilities, hidden states for the generator) is cast back
-        to float32, so callers see one dtype either way.
+        several times faster than float32 (on a GPU this small LM gains nothing from it; see
+        core_model/precision.py). Everything that leaves the LM (log-probabilities, hidden
+        states for the generator) is cast back to float32, so callers see one dtype either way.
         """
         self.lm.to(dtype)
         self.forget_prompts()  # cached keys/values are in the old dtype

@@ -1,11 +1,19 @@
 """Which dtype the backbone LM computes in: float32, or bfloat16 where the hardware makes it fast.
 
 bfloat16 keeps float32's exponent range, so the frozen LM's activations never overflow; on CPUs
-with AMX or AVX-512 BF16 units its matrix products run about 3x faster than float32, and on
-GPUs it halves memory traffic. CPUs without those units convert bfloat16 in software, which
-usually gains nothing, so "auto" only picks it where it pays. Measured with the shipped checkpoint on this project's CPU
-(benchmarks/results/annotation.md and scoring_speed.md): 2.0x to 3.5x more cells per second, the
-same answer for 98.6% to 100% of each set's test cells.
+with AMX or AVX-512 BF16 units its matrix products run about 3x faster than float32. CPUs without
+those units convert bfloat16 in software, which usually gains nothing, so "auto" only picks it
+where it pays. Measured with the shipped checkpoint on an Intel CPU with those units
+(benchmarks/EXPERIMENTS.md, Throughput): 2.0x to 3.5x more cells per second, the same answer for
+98.6% to 100% of each set's test cells.
+
+On a GPU "auto" is float32: this 135M-parameter LM reads each cell's few tokens after a memoised
+prompt, so a batch is many small kernels and the time goes to launching them (the GPU was busy
+for about a tenth of an API call's wall time on an H200), not to arithmetic. There bfloat16 answered
+1.4x to 2.4x fewer cells per second than float32 through the Python API at batch 64, and 1.4x to
+3.7x fewer with a prompt per cell (its cuDNN attention builds a plan for every new input shape;
+with that backend off it only matched float32), and float32 gives the CPU's answers exactly
+(benchmarks/results/gpu_throughput.md, gpu_batch_sweep.md).
 """
 
 from __future__ import annotations
@@ -37,8 +45,15 @@ def cpu_has_fast_bf16(cpuinfo: str | None = None) -> bool:
 def add_precision_argument(parser: Any, default: str) -> None:
     """`--precision` for a CLI subcommand (torch is not imported: `--help` stays fast)."""
     parser.add_argument("--precision", choices=PRECISIONS, default=default,
-                        help=f"LM compute dtype (default {default}; auto = bfloat16 where the CPU/GPU has fast "
-                             "bfloat16 units, 2-3x faster here; float32 = identical numbers on every machine)")
+                        help=f"LM compute dtype (default {default}; auto = bfloat16 on a CPU with fast bfloat16 "
+                             "units, 2-3x faster there, else float32, GPUs included; float32 = identical "
+                             "numbers on every machine)")
+
+
+def add_device_argument(parser: Any) -> None:
+    """`--device` for a CLI subcommand that loads a model: the GPU when there is one, by default."""
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="where the model runs (default auto: the GPU when torch sees one, else the CPU)")
 
 
 def resolve_precision(precision: str, device: str | torch.device) -> torch.dtype:
@@ -52,6 +67,4 @@ def resolve_precision(precision: str, device: str | torch.device) -> torch.dtype
     if precision == "bfloat16":
         return torch.bfloat16
     device = torch.device(device)
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
     return torch.bfloat16 if device.type == "cpu" and cpu_has_fast_bf16() else torch.float32

@@ -43,13 +43,15 @@ def parse_args(argv=None) -> argparse.Namespace:
 def default_data() -> Path:
     import anndata as ad
 
+    from instructcell_agent.core_model.io import write_h5ad_atomic
+
     shared = Path(os.environ.get("INSTRUCTCELL_SHARED", "../shared")) / "data/cta/zheng2017_pbmc_sorted.h5ad"
     if not shared.exists():
         raise SystemExit(f"no --data given and {shared} does not exist; pass --data FILE.h5ad")
     adata = ad.read_h5ad(shared, backed="r")
     subset = adata[::max(1, adata.n_obs // 200)][:200].to_memory()
     out = Path(tempfile.mkdtemp(prefix="instructcell-agent-data-")) / "pbmc_200.h5ad"
-    subset.write_h5ad(out)
+    write_h5ad_atomic(subset, out)  # also under pandas 3's string columns
     return out
 
 

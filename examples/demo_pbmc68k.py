@@ -37,7 +37,8 @@ def main() -> None:
                         help="of those, cells for the candidate-scoring run (10 candidates: several times the work "
                              "of a free answer)")
     parser.add_argument("--precision", choices=PRECISIONS, default="auto",
-                        help="language-model compute dtype (auto: bfloat16 where the CPU/GPU has fast units)")
+                        help="language-model compute dtype "
+                             "(auto: bfloat16 on a CPU with fast bfloat16 units, else float32)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 

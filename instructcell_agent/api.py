@@ -27,7 +27,7 @@ from .core_model.candidate_route import CandidateNoteWarning, CandidateRoute, ro
 from .core_model.checkpoint import LoadedModel, load_checkpoint
 from .core_model.corpus import dense_rows
 from .core_model.datasets import prompt_fields
-from .core_model.errors import InstructionError
+from .core_model.errors import DeviceError, InstructionError
 from .core_model.instructions import has_choices, render
 from .core_model.labels import LabelMapper
 from .core_model.precision import resolve_precision
@@ -60,12 +60,15 @@ def load_model(checkpoint: str | os.PathLike | None = None, device: str = "cpu",
                precision: str = "auto") -> LoadedModel:
     """Load a checkpoint (default: the shipped one); repeated calls reuse the loaded model.
 
-    `precision`: the language model's compute dtype. "auto" (bfloat16 where the CPU or GPU has
-    fast bfloat16 units, else float32), "float32" (bit-reproducible across machines; what the
+    `precision`: the language model's compute dtype. "auto" (bfloat16 on a CPU with fast
+    bfloat16 units, else float32, GPUs included), "float32" (reproducible across machines; what the
     benchmarks' accuracy tables use) or "bfloat16". See `core_model/precision.py`.
     """
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    elif torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        raise DeviceError(f"device {device!r} was asked for, but torch {torch.__version__} sees no GPU; "
+                          "use device 'auto' (the GPU when there is one) or 'cpu'")
     if precision == "auto":
         precision = "bfloat16" if resolve_precision("auto", device) == torch.bfloat16 else "float32"
     path = Path(checkpoint) if checkpoint else default_checkpoint_path()
@@ -82,7 +85,8 @@ def annotate(adata: ad.AnnData, model: LoadedModel | None = None, instruction: s
     probability among them; without it by decoding, `confidence` being the answer's own
     probability (of its decisive tokens, under the default scoring).
     Keyword arguments: species, tissue, sequencing_method (prompt fields; default from `obs`),
-    layer, use_raw, gene_key, min_genes (alignment), batch_size, mode ("instruct" | "chat"),
+    layer, use_raw, gene_key, min_genes (alignment), batch_size (default 64 on CPU, 256 on GPU),
+    mode ("instruct" | "chat"),
     free_text (True: unconstrained free answers instead of decoding within the labels the checkpoint
     learned for the cells' species and tissue),
     calibrate (True: subtract each candidate's mean log-likelihood over the cells of the call, see
@@ -123,16 +127,24 @@ def generate_cells(model: LoadedModel | None = None, cell_type: str = "", n: int
                      sequencing_method=sequencing_method, instruction=instruction, seed=seed, allow_unseen=allow_unseen)
 
 
+def default_batch_size(device: torch.device) -> int:
+    """Cells per forward pass when the caller names none: 64 on a CPU; 256 on a GPU, where this
+    small LM is launch-bound and bigger batches pay (H200, benchmarks/results/gpu_batch_sweep.md:
+    2.0x to 4.0x the cells per second of 64, at most 3.3 GiB of GPU memory on the shared sets)."""
+    return 256 if torch.device(device).type == "cuda" else 64
+
+
 def _answer(adata: ad.AnnData, model: LoadedModel | None, task: str, instruction: str | None,
             candidates: Sequence[str] | None, *, species: str = "", tissue: str = "", sequencing_method: str = "",
             drug: str = "", layer: str | None = None, use_raw: bool = False, gene_key: str | None = None,
-            min_genes: int = 100, batch_size: int = 64, mode: str = "instruct",
+            min_genes: int = 100, batch_size: int | None = None, mode: str = "instruct",
             free_text: bool = False, calibrate: bool = False, scoring: str = "auto", readout: bool = True,
             progress: Callable[[int, int], None] | None = None) -> AnnotationResult:
     if mode not in ("instruct", "chat"):
         raise ValueError(f"mode must be 'instruct' or 'chat', got {mode!r}")
     check_scoring(scoring)
     loaded = model or load_model()
+    batch_size = batch_size or default_batch_size(loaded.model.device)
     cands = [str(c) for c in candidates] if candidates else None
     if cands is not None and len(set(cands)) != len(cands):
         raise ValueError("candidates contain duplicates")
@@ -198,7 +210,7 @@ def _answer(adata: ad.AnnData, model: LoadedModel | None, task: str, instruction
         "calibration": "batch label-prior correction" if calibrate else "none",
         "checkpoint": str(loaded.path), "package_version": loaded.info.get("package_version"),
         "backbone": loaded.model.cfg.backbone.name, "backbone_sha256": loaded.model.backbone.sha256,
-        "precision": loaded.model.precision, "notes": notes,
+        "precision": loaded.model.precision, "device": loaded.model.device.type, "notes": notes,
         "candidate_route": route.kind if route is not None else "none",
         "scoring": scoring_name(decisive and (cands is not None or allowed is not None)),
         "readout": readout_name(expert, scored if cands is not None else (allowed[0] if by_readout else None)),

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
+import torch
 
 import instructcell_agent as ica
 from synthetic import CELL_TYPES, make_counts
@@ -165,3 +166,14 @@ def test_progress_hears_every_batch_up_to_the_last_cell(tiny_model, cells):
     ica.annotate(cells, model=tiny_model, candidates=list(CELL_TYPES), batch_size=10,
                  progress=lambda done, total: heard.append((done, total)))
     assert heard == [(10, 24), (20, 24), (24, 24)]
+
+
+def test_batch_size_defaults_to_the_device(tiny_model):
+    from instructcell_agent.api import default_batch_size
+
+    assert default_batch_size(torch.device("cpu")) == 64
+    assert default_batch_size(torch.device("cuda")) == 256  # launch-bound on a GPU: bigger pays
+    cells = make_counts(70, seed=6)
+    heard = []
+    ica.annotate(cells, model=tiny_model, candidates=list(CELL_TYPES), progress=lambda done, total: heard.append(done))
+    assert heard == [64, 70]  # the tiny model lives on the CPU

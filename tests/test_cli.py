@@ -6,6 +6,8 @@ import hashlib
 import json
 
 import anndata as ad
+import pytest
+import torch
 
 from instructcell_agent.cli import main
 
@@ -37,6 +39,19 @@ def test_annotate_writes_a_new_file_and_keeps_the_input(tiny_checkpoint, synthet
     annotated = ad.read_h5ad(out)
     assert "instructcell_label" in annotated.obs
     assert annotated.uns["instructcell"]["precision"] == "bfloat16"  # provenance says how it ran
+    assert annotated.uns["instructcell"]["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_asking_for_a_gpu_that_is_not_there_is_a_clear_error(tiny_checkpoint, synthetic_set, tmp_path, capsys):
+    out = tmp_path / "annotated.h5ad"
+    code = main(["annotate", "--checkpoint", str(tiny_checkpoint), "--data", str(synthetic_set["path"]),
+                 "--out", str(out), "--device", "cuda"])
+    assert code == 2 and not out.exists()
+    assert "sees no GPU" in capsys.readouterr().err
+    # auto falls back to the CPU
+    assert main(["annotate", "--checkpoint", str(tiny_checkpoint), "--data", str(synthetic_set["path"]),
+                 "--out", str(out), "--device", "auto"]) == 0
 
 
 def test_annotate_free_answers_name_the_checkpoints_labels_for_the_tissue(tiny_checkpoint, synthetic_set, tmp_path):

@@ -11,7 +11,7 @@ import json
 import sys
 from typing import Any
 
-from ..precision import add_precision_argument
+from ..precision import add_device_argument, add_precision_argument
 
 COMMANDS = ("generate", "train-generator")
 
@@ -31,6 +31,7 @@ def add_generation_commands(sub: Any) -> None:
     p.add_argument("--out", required=True, help=".h5ad to write (never an existing input)")
     p.add_argument("--allow-unseen", action="store_true", help="generate even for a condition not seen in training")
     add_precision_argument(p, "auto")
+    add_device_argument(p)
 
     t = sub.add_parser("train-generator", help="train the pseudo-cell generator of an existing checkpoint")
     t.add_argument("--checkpoint", required=True, help="checkpoint directory; generator files are added to it")
@@ -70,7 +71,7 @@ def _generate(args: argparse.Namespace) -> int:
     from ..io import write_h5ad_atomic
     from .sampling import generate_cells
 
-    loaded = load_model(args.checkpoint, precision=args.precision)
+    loaded = load_model(args.checkpoint, device=args.device, precision=args.precision)
     protect = [p for p in (loaded.path,) if p is not None]
     adata = generate_cells(loaded, args.cell_type, args.n, species=args.species, tissue=args.tissue,
                            condition=args.condition, sequencing_method=args.sequencing_method,
@@ -108,7 +109,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from ..io import write_json_atomic
     from .evaluate import evaluate_generation
 
-    loaded = load_model(args.checkpoint, precision=args.precision)
+    loaded = load_model(args.checkpoint, device=args.device, precision=args.precision)
     instructions = load_instruction_file(args.instructions) if args.instructions else None
     result = evaluate_generation(loaded, args.data, args.split, args.label_key, instructions=instructions,
                                  seed=args.seed, split=args.split_name, condition_key=args.condition_key,

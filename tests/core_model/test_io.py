@@ -138,3 +138,15 @@ def test_write_atomic_and_protect(tmp_path: Path) -> None:
     assert sorted(p.name for p in out.parent.iterdir()) == ["result.h5ad"]
     with pytest.raises(InputFileError, match="directory"):
         write_h5ad_atomic(adata, tmp_path)
+
+
+def test_write_atomic_keeps_pandas_string_columns(tmp_path: Path) -> None:
+    # pandas 3 makes every text column a string array; anndata refuses those unless allowed.
+    adata = _adata()
+    adata.obs_names = pd.Index([f"cell{i}" for i in range(adata.n_obs)], dtype="string")
+    adata.obs["barcode"] = pd.array([f"AC{i}" for i in range(adata.n_obs)], dtype="string")
+    out = write_h5ad_atomic(adata, tmp_path / "strings.h5ad")
+    back = read_h5ad(out)
+    assert list(back.obs_names) == [f"cell{i}" for i in range(6)]
+    assert list(back.obs["barcode"].astype(str)) == [f"AC{i}" for i in range(6)]
+    assert not ad.settings.allow_write_nullable_strings  # the user's setting is left as it was

@@ -23,6 +23,9 @@ def test_fast_bfloat16_is_read_from_the_cpu_flags():
 def test_auto_picks_bfloat16_only_where_it_is_fast(monkeypatch):
     monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: True)
     assert precision.resolve_precision("auto", "cpu") == torch.bfloat16
+    # On a GPU the small LM is launch-bound and bfloat16 measured slower (gpu_throughput.md).
+    assert precision.resolve_precision("auto", "cuda") == torch.float32
+    assert precision.resolve_precision("bfloat16", "cuda") == torch.bfloat16
     monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: False)
     assert precision.resolve_precision("auto", "cpu") == torch.float32
     assert precision.resolve_precision("bfloat16", "cpu") == torch.bfloat16  # asked for: given
