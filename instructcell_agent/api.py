@@ -56,9 +56,12 @@ def _load_cached(path: str, device: str, precision: str) -> LoadedModel:
     return load_checkpoint(path, device, precision)
 
 
-def load_model(checkpoint: str | os.PathLike | None = None, device: str = "cpu",
+def load_model(checkpoint: str | os.PathLike | None = None, device: str = "auto",
                precision: str = "auto") -> LoadedModel:
     """Load a checkpoint (default: the shipped one); repeated calls reuse the loaded model.
+
+    `device`: "auto" (the GPU when torch sees one, else the CPU; in float32 both give the same
+    answers), "cpu", "cuda" or "cuda:N"; a GPU that is not there is refused (`DeviceError`).
 
     `precision`: the language model's compute dtype. "auto" (bfloat16 on a CPU with fast
     bfloat16 units, else float32, GPUs included), "float32" (reproducible across machines; what the

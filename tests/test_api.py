@@ -177,3 +177,13 @@ def test_batch_size_defaults_to_the_device(tiny_model):
     heard = []
     ica.annotate(cells, model=tiny_model, candidates=list(CELL_TYPES), progress=lambda done, total: heard.append(done))
     assert heard == [64, 70]  # the tiny model lives on the CPU
+
+
+def test_load_model_runs_where_asked(tiny_checkpoint):
+    loaded = ica.load_model(tiny_checkpoint)  # auto: the GPU when there is one
+    assert loaded.model.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        from instructcell_agent.core_model.errors import DeviceError
+
+        with pytest.raises(DeviceError, match="sees no GPU"):
+            ica.load_model(tiny_checkpoint, device="cuda")
