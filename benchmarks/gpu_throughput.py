@@ -3,8 +3,8 @@
 On every shared annotation and drug-response test split it times, on a CUDA device:
 
 * the Python API as a user calls it (`ica.annotate(test, candidates=labels)`, or
-  `predict_drug_response`), end to end, in float32 and bfloat16, at the API's default batch of 64
-  and at a larger batch;
+  `predict_drug_response`), end to end, in float32 and bfloat16, at a batch of 64 (the API's CPU
+  default; it now takes 256 on a GPU, after gpu_batch_sweep.py) and at `--big-batch`;
 * the evaluation protocol (`core_model.evaluation.evaluate`, own valid phrasings, seed 0: each
   cell its own phrasing and option order), whose accuracy must equal the CPU float32 accuracy in
   benchmarks/results/annotation.json (a check that the GPU answers are the same answers);
