@@ -42,11 +42,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # report_io.py sits be
 
 import numpy as np  # noqa: E402
 
+from instructcell_agent.core_model.datasets import TASK_OF_CATALOG  # noqa: E402
 from report_io import run_meta, write_report  # noqa: E402
 
 logger = logging.getLogger("gpu_throughput")
 REFERENCE = Path(__file__).resolve().parent / "results" / "annotation.json"
-TASK_CODE = {"annotation": "cta", "drug_response": "dsp"}
+TASK_CODE = {task: code for code, task in TASK_OF_CATALOG.items()}  # "annotation" -> "cta"
 
 
 def prepare_subset(out: Path) -> None:

@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from ..core_model.precision import add_precision_argument
+from ..core_model.precision import add_device_argument, add_precision_argument
 from .http_transport import TOKEN_ENV, check_http_exposure
 
 
@@ -22,7 +22,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="folder whose .h5ad files the tools may read (repeatable)")
     p.add_argument("--output-dir", required=True, metavar="DIR", help="folder for result files")
     p.add_argument("--checkpoint", default=None, help="checkpoint folder (default: the shipped one)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    add_device_argument(p)
     add_precision_argument(p, "auto")
     p.add_argument("--host", default="127.0.0.1", help="HTTP bind address (non-loopback needs a token)")
     p.add_argument("--port", type=int, default=8000)
