@@ -56,6 +56,20 @@ def add_device_argument(parser: Any) -> None:
                         help="where the model runs (default auto: the GPU when torch sees one, else the CPU)")
 
 
+def resolve_device(device: str) -> str:
+    """"auto" -> "cuda" when torch sees a GPU, else "cpu"; a GPU asked for but absent is refused."""
+    import torch
+
+    from .errors import DeviceError
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        raise DeviceError(f"device {device!r} was asked for, but torch {torch.__version__} sees no GPU; "
+                          "use device 'auto' (the GPU when there is one) or 'cpu'")
+    return device
+
+
 def resolve_precision(precision: str, device: str | torch.device) -> torch.dtype:
     """The LM dtype for `precision` ("auto", "float32", "bfloat16") on `device`."""
     import torch

@@ -36,6 +36,7 @@ from .datasets import DatasetSpec, load_catalog, split_names, subset_by_names
 from .instructions import format_choices, has_choices, load_bank, render
 from .io import file_sha256, read_h5ad
 from .model import CellLanguageModel
+from .precision import resolve_device
 from .readout_train import train_readout
 from .vocab import build_vocab, read_vocab
 
@@ -160,12 +161,17 @@ def augment(counts: sp.csr_matrix, cfg: TrainConfig, rng: np.random.Generator) -
 
 
 def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, show_progress: bool = True,
-          command: str | None = None, specs: list[DatasetSpec] | None = None) -> Path:
+          command: str | None = None, specs: list[DatasetSpec] | None = None, device: str = "cpu",
+          fit_readout: bool = True) -> Path:
     """Train on the train splits, check on `valid`, write a checkpoint to `out_dir/checkpoint`.
 
     `specs` (datasets with a split file) replaces the shared catalog, e.g. for a user's own
     labelled sets; without it every catalog set named in `cfg.datasets` (default: all) is used.
+    `device`: where both stages run ("cpu", "cuda", "auto"); the data stays on the CPU and each
+    batch is moved. `fit_readout=False` leaves the linear read-out out of the checkpoint (it reads
+    genes only, not these weights: `instructcell train-readout` fits it later, anywhere).
     """
+    device = resolve_device(device)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     random.seed(cfg.seed)
@@ -177,10 +183,12 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, show_p
     start = warm_start.load_start(cfg.init_from, cfg.backbone, cfg.train_lm, out) if cfg.init_from else None
     vocab = start.vocab if start else _vocab(specs, cfg, out)
     data = TrainingData.build([load_split(s, vocab, cfg.fit_splits) for s in specs])
-    model = start.model if start else _new_model(cfg, data)
+    model = start.model if start else new_model(cfg, data)
     aux = AuxHead(model.cfg.encoder.dim, data.n_labels)
+    model.to(device)
+    aux.to(device)
     state_path = out / "train_state.pt"
-    state = torch.load(state_path, weights_only=True) if resume and state_path.exists() else None
+    state = torch.load(state_path, weights_only=True, map_location=device) if resume and state_path.exists() else None
     if state is not None and state["stage"] == 2:
         model.load_state_dict(state["model"], strict=False)
         if "lm" in state:
@@ -190,13 +198,14 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, show_p
         warm_start.fit_aux_head(model.encoder, aux, warm_start.sampler(data, cfg, model.cfg.target_sum, _batch))
     else:
         train_encoder(model.encoder, aux, data, cfg, model.cfg.target_sum, show_progress)
-    _stage2(model, aux, data, cfg, out, state, show_progress)
+    train_language_stage(model, aux, data, cfg, out, state, show_progress)
     model.lm.requires_grad_(False)
     model.encoder.requires_grad_(True)  # a frozen encoder is frozen for stage 2 only
     valid = _validate(model, specs, vocab, cfg) if "valid" not in cfg.fit_splits.split("+") else {
         "skipped": f"the model was fitted on {cfg.fit_splits}"}
+    model.to("cpu")  # checkpoints are written from, and loaded onto, the CPU
     labels = _label_sets(specs, data)
-    info = {**_info(cfg, specs, valid), "command": command}
+    info = {**_info(cfg, specs, valid), "command": command, "trained_on": _device_name(device)}
     if start is not None:
         labels = warm_start.merged_label_sets(start, labels)
         info["started_from"] = warm_start.provenance(start)
@@ -204,9 +213,16 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, show_p
     save_checkpoint(loaded, out / "checkpoint")
     # The read-out beside the LM (core_model/readout.py) is fitted on the same cells; the valid
     # check above is the language model's alone.
-    train_readout(out / "checkpoint", specs, split=cfg.fit_splits, command=command)
+    if fit_readout:
+        train_readout(out / "checkpoint", specs, split=cfg.fit_splits, command=command)
     (out / "valid_metrics.json").write_text(json.dumps(valid, indent=1))
     return out / "checkpoint"
+
+
+def _device_name(device: str) -> str:
+    if torch.device(device).type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
+    return device
 
 
 def new_encoder_config(cfg: TrainConfig, data: TrainingData) -> CellEncoderConfig:
@@ -215,7 +231,8 @@ def new_encoder_config(cfg: TrainConfig, data: TrainingData) -> CellEncoderConfi
                              n_queries=cfg.n_queries, n_layers=cfg.n_layers, linear_skip=cfg.linear_skip)
 
 
-def _new_model(cfg: TrainConfig, data: TrainingData) -> CellLanguageModel:
+def new_model(cfg: TrainConfig, data: TrainingData) -> CellLanguageModel:
+    """An untrained cell encoder on `cfg.backbone` (loaded offline), sized to the data's vocabulary."""
     model_cfg = ModelConfig(encoder=new_encoder_config(cfg, data), backbone=cfg.backbone, lm_trained=cfg.train_lm,
                             lora_rank=0 if cfg.train_lm else cfg.lora_rank)
     return CellLanguageModel(model_cfg, load_backbone(cfg.backbone))
@@ -258,6 +275,7 @@ def train_encoder(encoder: nn.Module, aux: AuxHead, data: TrainingData, cfg: Tra
     """Stage 1: the encoder and the auxiliary head alone (no language model), `cfg.encoder_epochs`
     passes over the train cells. Public so `benchmarks/encoder_probe.py` can compare settings."""
     params = list(encoder.parameters()) + list(aux.parameters())
+    device = params[0].device
     opt = torch.optim.AdamW(params, lr=cfg.encoder_lr, weight_decay=cfg.weight_decay)
     rng = np.random.default_rng(cfg.seed)
     steps = int(cfg.encoder_epochs * sum(s.n_cells for s in data.splits) / cfg.encoder_batch)
@@ -267,8 +285,8 @@ def train_encoder(encoder: nn.Module, aux: AuxHead, data: TrainingData, cfg: Tra
     for _ in tqdm(range(steps), desc="stage 1 (encoder)", disable=not show):
         d = int(rng.choice(len(probs), p=probs))
         rows = data.sample(rng, d, cfg.encoder_batch)
-        logits = aux(encoder(_batch(data, d, rows, target_sum, cfg, rng))) + data.mask(d)
-        loss = F.cross_entropy(logits, data.targets(d, rows), label_smoothing=0.1)
+        logits = aux(encoder(_batch(data, d, rows, target_sum, cfg, rng).to(device))) + data.mask(d).to(device)
+        loss = F.cross_entropy(logits, data.targets(d, rows).to(device), label_smoothing=0.1)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -283,8 +301,11 @@ def _prompt(template: str, fields: dict[str, str], labels: list[str], rng: rando
     return render(template, values)
 
 
-def _stage2(model: CellLanguageModel, aux: AuxHead, data: TrainingData, cfg: TrainConfig, out: Path,
-            state: dict | None, show: bool) -> None:
+def train_language_stage(model: CellLanguageModel, aux: AuxHead, data: TrainingData, cfg: TrainConfig, out: Path,
+                         state: dict | None, show: bool) -> None:
+    """Stage 2: `cfg.lm_steps` steps of the LM answering in text (plus the auxiliary loss), saving
+    resumable state to `out` every `cfg.save_every` steps. Public so `benchmarks/train_step_time.py`
+    can time it."""
     trainable = list(model.proj.parameters()) + [model.token_scale]
     if cfg.freeze_encoder:
         model.encoder.requires_grad_(False)
@@ -326,13 +347,13 @@ def _stage2(model: CellLanguageModel, aux: AuxHead, data: TrainingData, cfg: Tra
         texts = [model.prefix_text(_prompt(template, split.fields[r], labels, random.Random(step))) for r in rows]
         uniq = sorted(set(texts))
         ctx = model.start(uniq, torch.tensor([uniq.index(t) for t in texts]))
-        expr = _batch(data, d, rows, model.cfg.target_sum, cfg, rng)
+        expr = _batch(data, d, rows, model.cfg.target_sum, cfg, rng).to(model.device)
         logp, mask = model.answer_logprob(ctx, expr, [str(split.labels[r]) for r in rows])
         lm_loss = -(logp.sum() / mask.sum())
         loss = lm_loss
         if not cfg.freeze_encoder:
-            aux_logits = aux(model.encoder(expr)) + data.mask(d)
-            loss = loss + cfg.aux_weight * F.cross_entropy(aux_logits, data.targets(d, rows))
+            aux_logits = aux(model.encoder(expr)) + data.mask(d).to(model.device)
+            loss = loss + cfg.aux_weight * F.cross_entropy(aux_logits, data.targets(d, rows).to(model.device))
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
@@ -370,9 +391,9 @@ def _validate(model: CellLanguageModel, specs: list[DatasetSpec], vocab: list[st
         texts = [model.prefix_text(_prompt(prng.choice(bank), split.fields[r], labels, prng)) for r in rows]
         uniq = sorted(set(texts))
         ctx = model.start(uniq, torch.tensor([uniq.index(t) for t in texts]))
-        expr = model.normalize(torch.from_numpy(dense_rows(split.X, rows)))
+        expr = model.normalize(torch.from_numpy(dense_rows(split.X, rows)).to(model.device))
         scores = model.score_candidates(ctx, expr, labels)
-        pred = np.array(labels)[scores.argmax(1).numpy()]
+        pred = np.array(labels)[scores.argmax(1).cpu().numpy()]
         results[spec.name] = {"n_cells": int(n), "accuracy": float((pred == split.labels[rows]).mean())}
     return results
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import anndata as ad
 import numpy as np
-import scanpy as sc
+
 
 from .genes import to_human_symbols
 from .io import select_matrix
@@ -37,6 +37,8 @@ def highly_variable_symbols(adata: ad.AnnData, n_top: int) -> list[str]:
     tmp.var["symbol"] = [symbols[i] for i in keep]
     if tmp.n_vars <= n_top:
         return _dedupe(symbols[i] for i in keep)
+    import scanpy as sc  # here, not at the top: only building a vocabulary needs it (slow to import)
+
     sc.pp.normalize_total(tmp, target_sum=1e4)
     sc.pp.log1p(tmp)
     sc.pp.highly_variable_genes(tmp, flavor="seurat", n_top_genes=n_top)

@@ -62,10 +62,11 @@ def provenance(loaded: LoadedModel) -> dict[str, Any]:
 def fit_aux_head(encoder: nn.Module, aux: nn.Module, batches, steps: int = AUX_FIT_STEPS, lr: float = 1e-2) -> None:
     """Fit `aux` on the frozen encoder's outputs. `batches(step)` gives (expression, targets, mask)."""
     opt = torch.optim.AdamW(aux.parameters(), lr=lr)
+    device = next(aux.parameters()).device
     was_training = encoder.training
     encoder.eval()
     for step in range(steps):
-        expr, targets, mask = batches(step)
+        expr, targets, mask = (t.to(device) for t in batches(step))
         with torch.no_grad():
             queries = encoder(expr)
         loss = F.cross_entropy(aux(queries) + mask, targets)

@@ -27,10 +27,10 @@ from .core_model.candidate_route import CandidateNoteWarning, CandidateRoute, ro
 from .core_model.checkpoint import LoadedModel, load_checkpoint
 from .core_model.corpus import dense_rows
 from .core_model.datasets import prompt_fields
-from .core_model.errors import DeviceError, InstructionError
+from .core_model.errors import InstructionError
 from .core_model.instructions import has_choices, render
 from .core_model.labels import LabelMapper
-from .core_model.precision import resolve_precision
+from .core_model.precision import resolve_device, resolve_precision
 from .core_model.readout import Readout, answer_scores, readout_name
 from .core_model.scoring import check_scoring, scoring_name, use_decisive
 from .results import AnnotationResult
@@ -67,11 +67,7 @@ def load_model(checkpoint: str | os.PathLike | None = None, device: str = "auto"
     bfloat16 units, else float32, GPUs included), "float32" (reproducible across machines; what the
     benchmarks' accuracy tables use) or "bfloat16". See `core_model/precision.py`.
     """
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    elif torch.device(device).type == "cuda" and not torch.cuda.is_available():
-        raise DeviceError(f"device {device!r} was asked for, but torch {torch.__version__} sees no GPU; "
-                          "use device 'auto' (the GPU when there is one) or 'cpu'")
+    device = resolve_device(device)
     if precision == "auto":
         precision = "bfloat16" if resolve_precision("auto", device) == torch.bfloat16 else "float32"
     path = Path(checkpoint) if checkpoint else default_checkpoint_path()

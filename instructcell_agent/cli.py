@@ -55,6 +55,10 @@ def _add_train(sub) -> None:
                    help="JSON list of your own datasets in the shared catalog's format (name, task cta|dsp, "
                         "path, label, split, drug for dsp); repeatable; trained beside the shared sets")
     p.add_argument("--no-shared", action="store_true", help="train on the --catalog datasets only")
+    p.add_argument("--no-readout", action="store_true",
+                   help="leave the linear gene read-out out of the checkpoint (it reads genes only, not the "
+                        "trained weights; fit it later with train-readout)")
+    add_device_argument(p)
 
 
 def _add_readout_argument(p) -> None:
@@ -200,7 +204,8 @@ def _train(args) -> int:
         names = [s.name for s in specs]
         if len(set(names)) != len(names):
             raise SystemExit(f"dataset names must be unique across catalogs: {names}")
-    path = train(cfg, args.out, resume=args.resume, command=command, specs=specs)
+    path = train(cfg, args.out, resume=args.resume, command=command, specs=specs, device=args.device,
+                 fit_readout=not args.no_readout)
     print(path)
     return 0
 

@@ -16,7 +16,7 @@ from instructcell_agent.core_model.checkpoint import load_checkpoint
 from instructcell_agent.core_model.config import BackboneConfig
 from instructcell_agent.core_model.corpus import load_split
 from instructcell_agent.core_model.datasets import read_split
-from instructcell_agent.core_model.errors import CheckpointError, InputFileError
+from instructcell_agent.core_model.errors import CheckpointError, DeviceError, InputFileError
 from instructcell_agent.core_model.training import TrainingData, train
 
 
@@ -107,6 +107,21 @@ def test_a_refit_on_train_and_valid_sees_both_splits_and_skips_the_valid_check(t
     assert both.obs_names == split["train"] + split["valid"]
     assert refit.info["valid"] == {"skipped": "the model was fitted on train+valid"}
     assert refit.info["train_config"]["fit_splits"] == "train+valid"
+
+
+def test_a_run_records_its_device_and_can_leave_the_readout_for_later(planted_spec, tmp_path):
+    cfg = tiny_train_config(encoder_epochs=1, lm_steps=2, save_every=2, valid_cells=4)
+    out = train(cfg, tmp_path / "bare", specs=[planted_spec], show_progress=False, fit_readout=False)
+    assert not (out / "readout.safetensors").exists()
+    loaded = load_checkpoint(out)
+    assert loaded.readout is None and loaded.info["trained_on"] == "cpu"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for machines without a GPU")
+def test_a_gpu_asked_for_on_a_machine_without_one_is_refused_before_any_work(planted_spec, tmp_path):
+    with pytest.raises(DeviceError, match="sees no GPU"):
+        train(tiny_train_config(lm_steps=1), tmp_path / "gpu", specs=[planted_spec], device="cuda")
+    assert not (tmp_path / "gpu" / "gene_vocab.json").exists()
 
 
 def test_an_unknown_split_name_is_refused(planted_spec):
