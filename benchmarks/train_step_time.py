@@ -32,6 +32,7 @@ import torch
 from instructcell_agent import default_checkpoint_path
 from instructcell_agent.core_model.config import BackboneConfig
 from instructcell_agent.core_model.corpus import load_split
+from instructcell_agent.core_model.io import write_json_atomic
 from instructcell_agent.core_model.precision import resolve_device
 from instructcell_agent.core_model.training import (AuxHead, TrainConfig, TrainingData, new_model,
                                                      select_specs, train_encoder, train_language_stage)
@@ -81,8 +82,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     device = resolve_device(args.device)
     batches = [int(b) for b in args.batch_sizes.split(",")]
-    cfg = TrainConfig(datasets=tuple(d for d in args.datasets.split(",") if d), backbone=BackboneConfig(kind=args.backbone), seed=0,
-                      save_every=10**9, vocab_from=args.vocab_from)
+    cfg = TrainConfig(datasets=tuple(d for d in args.datasets.split(",") if d), seed=0, save_every=10**9,
+                      backbone=BackboneConfig(kind=args.backbone), vocab_from=args.vocab_from)
     vocab = read_vocab(args.vocab_from)
     data = TrainingData.build([load_split(spec, vocab, "train") for spec in select_specs(cfg)])
     model = new_model(cfg, data).to(device)
@@ -110,12 +111,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         batch = max(batches)
         s1_steps = int(args.encoder_epochs * n_cells / cfg.encoder_batch)
         left = args.budget_s * (1 - args.margin) - args.overhead_s - s1_steps * s1
-        report["plan"] = {"budget_s": args.budget_s, "margin": args.margin, "batch_size": batch, "stage1_steps": s1_steps,
+        report["plan"] = {"budget_s": args.budget_s, "margin": args.margin, "batch_size": batch,
+                          "stage1_steps": s1_steps,
                           "lm_steps": int(max(0, min(args.max_lm_steps, left / stage2[batch])))}
-    text = json.dumps(report, indent=1)
-    print(text)
+    print(json.dumps(report, indent=1))
     if args.out:
-        args.out.write_text(text)
+        write_json_atomic(report, args.out)
     return 0
 
 

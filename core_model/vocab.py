@@ -12,7 +12,6 @@ from pathlib import Path
 import anndata as ad
 import numpy as np
 
-
 from .genes import to_human_symbols
 from .io import select_matrix
 from .values import detect_value_type, to_count_scale
