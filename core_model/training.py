@@ -418,6 +418,7 @@ def _info(cfg: TrainConfig, specs: list[DatasetSpec], valid: dict[str, Any]) -> 
         pkg = "unknown"
     return {
         "package_version": pkg,
+        "torch": torch.__version__,  # with trained_on: GPU and CPU runs differ in the last digits
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "train_config": cfg.to_dict(),
         "data": [

@@ -115,6 +115,7 @@ def test_a_run_records_its_device_and_can_leave_the_readout_for_later(planted_sp
     assert not (out / "readout.safetensors").exists()
     loaded = load_checkpoint(out)
     assert loaded.readout is None and loaded.info["trained_on"] == "cpu"
+    assert loaded.info["torch"] == torch.__version__
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for machines without a GPU")
