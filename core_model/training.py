@@ -161,14 +161,14 @@ def augment(counts: sp.csr_matrix, cfg: TrainConfig, rng: np.random.Generator) -
 
 
 def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, show_progress: bool = True,
-          command: str | None = None, specs: list[DatasetSpec] | None = None, device: str = "cpu",
+          command: str | None = None, specs: list[DatasetSpec] | None = None, device: str = "auto",
           fit_readout: bool = True) -> Path:
     """Train on the train splits, check on `valid`, write a checkpoint to `out_dir/checkpoint`.
 
     `specs` (datasets with a split file) replaces the shared catalog, e.g. for a user's own
     labelled sets; without it every catalog set named in `cfg.datasets` (default: all) is used.
-    `device`: where both stages run ("cpu", "cuda", "auto"); the data stays on the CPU and each
-    batch is moved. `fit_readout=False` leaves the linear read-out out of the checkpoint (it reads
+    `device`: where both stages run ("auto": the GPU when torch sees one, as `load_model` and the
+    CLI; "cpu"; "cuda"); the data stays on the CPU and each batch is moved. `fit_readout=False` leaves the linear read-out out of the checkpoint (it reads
     genes only, not these weights: `instructcell train-readout` fits it later, anywhere).
     """
     device = resolve_device(device)

@@ -111,7 +111,7 @@ def test_a_refit_on_train_and_valid_sees_both_splits_and_skips_the_valid_check(t
 
 def test_a_run_records_its_device_and_can_leave_the_readout_for_later(planted_spec, tmp_path):
     cfg = tiny_train_config(encoder_epochs=1, lm_steps=2, save_every=2, valid_cells=4)
-    out = train(cfg, tmp_path / "bare", specs=[planted_spec], show_progress=False, fit_readout=False)
+    out = train(cfg, tmp_path / "bare", specs=[planted_spec], show_progress=False, fit_readout=False, device="cpu")
     assert not (out / "readout.safetensors").exists()
     loaded = load_checkpoint(out)
     assert loaded.readout is None and loaded.info["trained_on"] == "cpu"
