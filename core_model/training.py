@@ -168,8 +168,9 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, show_p
     `specs` (datasets with a split file) replaces the shared catalog, e.g. for a user's own
     labelled sets; without it every catalog set named in `cfg.datasets` (default: all) is used.
     `device`: where both stages run ("auto": the GPU when torch sees one, as `load_model` and the
-    CLI; "cpu"; "cuda"); the data stays on the CPU and each batch is moved. `fit_readout=False` leaves the linear read-out out of the checkpoint (it reads
-    genes only, not these weights: `instructcell train-readout` fits it later, anywhere).
+    CLI; "cpu"; "cuda"); the data stays on the CPU and each batch is moved. `fit_readout=False`
+    leaves the linear read-out out of the checkpoint (it reads genes only, not these weights:
+    `instructcell train-readout` fits it later, anywhere).
     """
     device = resolve_device(device)
     out = Path(out_dir)
