@@ -198,11 +198,8 @@ def throughput_block(loaded: LoadedModel, spec: DatasetSpec, split_path: Path, l
            "accuracy": float(np.mean(preds.predicted == data.labels))}
     if not bf16:
         return out
-    loaded.model.use_lm_dtype(torch.bfloat16)
-    try:
+    with loaded.model.lm_dtype_as(torch.bfloat16):  # the float32 weights come back exactly
         half = run()
-    finally:
-        loaded.model.use_lm_dtype(torch.float32)
     return {**out, "bf16_cells_per_second": data.n_cells / max(half.seconds, 1e-9),
             "bf16_accuracy": float(np.mean(half.predicted == data.labels)),
             "bf16_same_answer": float(np.mean(half.predicted == preds.predicted))}

@@ -239,14 +239,11 @@ def _bf16_saliency(loaded: LoadedModel, test: Any, cands: list[str], batch_size:
     units), and how many of each label's top-10 genes it shares with the float32 ranking."""
     import torch
 
-    loaded.model.use_lm_dtype(torch.bfloat16)
-    try:
+    with loaded.model.lm_dtype_as(torch.bfloat16):  # the float32 weights come back exactly
         start = time.perf_counter()
         half = explain(test, model=loaded, candidates=cands, batch_size=batch_size, compare_wilcoxon=False,
                        scoring=scoring, species=species)
         seconds = time.perf_counter() - start
-    finally:
-        loaded.model.use_lm_dtype(torch.float32)
     ranked = _our_rankings(half, "minmax", cands)
     shared = [len(set(genes[:K]) & set(ranked.get(label, [])[:K])) / K
               for label, genes in float32_ranked.items() if genes]

@@ -81,11 +81,11 @@ def run_dataset(loaded: LoadedModel, spec: Any, repeats: int) -> dict[str, Any]:
     out: dict[str, Any] = {"n_cells": data.n_cells, "labels": labels, "configs": {}}
     answers = {}
     for precision, share in CONFIGS:
-        loaded.model.use_lm_dtype(getattr(torch, precision))
         seconds = []
-        for _ in range(repeats):
-            picked, s = answer_all(loaded, data.X, prompt, labels, share)
-            seconds.append(s)
+        with loaded.model.lm_dtype_as(getattr(torch, precision)):  # float32 weights restored exactly after
+            for _ in range(repeats):
+                picked, s = answer_all(loaded, data.X, prompt, labels, share)
+                seconds.append(s)
         name = f"{precision}, {'trie' if share else 'no sharing'}"
         answers[name] = picked
         tokens = int(loaded.model._candidate_trie(tuple(labels), share).tokens.numel())
@@ -93,7 +93,6 @@ def run_dataset(loaded: LoadedModel, spec: Any, repeats: int) -> dict[str, Any]:
                                 "candidate_tokens_per_cell": tokens,
                                 "accuracy": float(np.mean(np.asarray(labels)[picked] == data.labels))}
         logger.info("%s %s: %.1f cells/s", spec.name, name, data.n_cells / min(seconds))
-    loaded.model.use_lm_dtype(torch.float32)
     peer = next(iter(out["configs"]))
     for name, row in out["configs"].items():
         row["speedup_vs_peer"] = row["cells_per_second"] / out["configs"][peer]["cells_per_second"]

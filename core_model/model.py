@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import inspect
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from itertools import chain
 from dataclasses import dataclass
 
 import torch
@@ -110,8 +112,36 @@ class CellLanguageModel(nn.Module):
         core_model/precision.py). Everything that leaves the LM (log-probabilities, hidden
         states for the generator) is cast back to float32, so callers see one dtype either way.
         """
+        if self.lm_dtype != torch.float32 and dtype != self.lm_dtype:
+            # The cast down rounded every weight; casting back would not restore them, and every
+            # later answer would differ a little from a float32 load (benchmarks that timed
+            # bfloat16 between float32 runs did exactly that before `lm_dtype_as`).
+            raise ValueError(f"the backbone runs in {self.lm_dtype} and its weights were rounded to it; "
+                             f"reload the checkpoint in {dtype}, or switch with `lm_dtype_as` for a while")
         self.lm.to(dtype)
         self.forget_prompts()  # cached keys/values are in the old dtype
+
+    @contextmanager
+    def lm_dtype_as(self, dtype: torch.dtype) -> Iterator[CellLanguageModel]:
+        """Run the backbone in `dtype` inside the block, then put back its exact weights (a copy
+        of them is kept meanwhile: about 0.5 GB for the 135M backbone in float32). Buffers are
+        kept too: the rotary inverse frequencies are cast with the weights but are not in the
+        state dict, and rounding them alone moves every score."""
+        def tensors():
+            return chain(self.lm.named_parameters(), self.lm.named_buffers())
+
+        saved = {name: t.detach().clone() for name, t in tensors()}
+        old = self.lm_dtype
+        self.lm.to(dtype)
+        self.forget_prompts()
+        try:
+            yield self
+        finally:
+            self.lm.to(old)
+            with torch.no_grad():
+                for name, t in tensors():
+                    t.copy_(saved[name])
+            self.forget_prompts()
 
     def forget_prompts(self) -> None:
         """Drop the memoised prompt keys/values: they are stale once the adapters' weights change

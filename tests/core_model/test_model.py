@@ -59,14 +59,23 @@ def test_bfloat16_backbone_gives_float32_scores_close_to_float32(model):
     prefix = [model.prefix_text("Type?")]
     with torch.no_grad():
         full = model.score_candidates(model.start(prefix, torch.zeros(3, dtype=torch.long)), expr, CANDIDATES)
-        model.use_lm_dtype(torch.bfloat16)
-        try:
+        with model.lm_dtype_as(torch.bfloat16):
+            assert model.precision == "bfloat16"
             half = model.score_candidates(model.start(prefix, torch.zeros(3, dtype=torch.long)), expr, CANDIDATES)
-        finally:
-            model.use_lm_dtype(torch.float32)
+        again = model.score_candidates(model.start(prefix, torch.zeros(3, dtype=torch.long)), expr, CANDIDATES)
     assert half.dtype == torch.float32
     torch.testing.assert_close(half, full, atol=0.1, rtol=0.05)
     assert not torch.equal(half, full)  # it really ran in bfloat16
+    assert model.precision == "float32" and torch.equal(again, full)  # the exact float32 weights are back
+
+
+def test_a_backbone_rounded_to_bfloat16_is_not_silently_cast_back(tiny_checkpoint):
+    from instructcell_agent.core_model.checkpoint import load_checkpoint
+
+    loaded = load_checkpoint(tiny_checkpoint, precision="bfloat16")
+    with pytest.raises(ValueError, match="rounded"):
+        loaded.model.use_lm_dtype(torch.float32)
+    assert loaded.model.precision == "bfloat16"
 
 
 def test_left_padding_of_mixed_prefixes_changes_nothing(model):
