@@ -13,7 +13,11 @@ by the language model alone.
 The read-out is one weight matrix over the model's gene vocabulary and every learned label,
 trained on the train splits with each cell's softmax restricted to its own dataset's labels (the
 same population is named differently in several sets; those columns are never played against
-each other). It reads the model's own input, log1p(CP10k) over the vocabulary. Files:
+each other). It reads the model's own input, log1p(CP10k) over the vocabulary. A file holding few
+of the vocabulary's genes is normalized over those, which no training cell shows the plain fit;
+`train-readout --panel-copies 1` also fits on a copy of every cell seen through a random gene panel
+(readout_train.py), better on such files and not on full panels (benchmarks/EXPERIMENTS.md,
+"Read-out variants"), so it is not the default. Files:
 readout.safetensors + readout.json beside the model's files; optional (a checkpoint without them
 answers with the language model alone). They also keep each label set's mean training cell, the
 reference gene saliency is measured against (interpret/api.py).

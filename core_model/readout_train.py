@@ -10,8 +10,10 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
+import numpy as np
+import scipy.sparse as sp
 import torch
 
 from .cell_encoder import log_normalize_csr
@@ -19,20 +21,59 @@ from .corpus import load_split
 from .datasets import DatasetSpec, load_catalog
 from .errors import CheckpointError
 from .io import file_sha256
-from .readout import DEFAULT_WEIGHT, Readout, fit_readout, save_readout
+from .readout import DEFAULT_WEIGHT, Block, Readout, fit_readout, save_readout
 
 log = logging.getLogger(__name__)
 
 
+def panel_dropped(counts: sp.spmatrix, rng: np.random.Generator, low: float = 0.05, high: float = 0.8) -> sp.csr_matrix:
+    """Cells as a file holding only some of the genes would show them: each cell keeps every gene
+    with its own probability, drawn from U(low, high). Normalizing afterwards (over what is left)
+    is what `annotate` does with such a file, so the read-out learns those inflated values too."""
+    counts = sp.csr_matrix(counts, dtype=np.float32, copy=True)
+    share = rng.uniform(low, high, counts.shape[0])
+    counts.data = counts.data * (rng.random(counts.nnz) < np.repeat(share, np.diff(counts.indptr)))
+    counts.eliminate_zeros()
+    return counts
+
+
+def readout_blocks(label_sets: dict[str, Any], known: dict[str, DatasetSpec], vocab: list[str], split: str,
+                   target_sum: float, panel_copies: int = 0,
+                   seed: int = 0) -> tuple[list[Block], dict[str, torch.Tensor], list[dict[str, Any]]]:
+    """What the read-out is fitted on, for every label set with a spec in `known`: the blocks of
+    `fit_readout` (log1p(CP10k) of the `split` cells, then `panel_copies` panel-dropped copies of
+    them), each set's mean cell (cells as they are) and the data's provenance."""
+    rng = np.random.default_rng(seed)
+    blocks, means, data = [], {}, []
+    for name, entry in label_sets.items():
+        if name not in known:
+            continue
+        spec = known[name]
+        part = load_split(spec, vocab, split)
+        expr = log_normalize_csr(part.X, target_sum).toarray()
+        means[name] = torch.as_tensor(expr.mean(0), dtype=torch.float32)
+        views = [expr] + [log_normalize_csr(panel_dropped(part.X, rng), target_sum).toarray()
+                          for _ in range(panel_copies)]
+        blocks.append((np.concatenate(views), np.concatenate([part.labels] * len(views)), list(entry["labels"])))
+        data.append({"name": name, "split": split, "n_cells": part.n_cells, "sha256": file_sha256(spec.path),
+                     "split_sha256": file_sha256(spec.split_path) if spec.split_path else None})
+        log.info("read-out data: %s, %d cells", name, part.n_cells)
+    return blocks, means, data
+
+
 def train_readout(checkpoint_dir: str | os.PathLike, specs: Sequence[DatasetSpec] | None = None, *,
                   split: str = "train", l2: float = 1.0, answer_weight: float = DEFAULT_WEIGHT,
-                  command: str | None = None) -> Readout:
+                  panel_copies: int = 0, seed: int = 0, command: str | None = None) -> Readout:
     """Fit the read-out on `split` of every dataset the checkpoint has a label set for and write
     it into the checkpoint directory (readout.safetensors + readout.json, atomically), with each
     set's mean cell over the same cells (`explain`'s default reference).
 
     `specs` defaults to the shared catalog; label sets without a matching spec are left out
-    (their labels get no column, so they are scored by the language model alone)."""
+    (their labels get no column, so they are scored by the language model alone).
+    `panel_copies`: fit also on that many copies of every cell seen through a random gene panel
+    (`panel_dropped`, seeded by `seed`), so files holding few of the vocabulary's genes are read
+    as the language model, trained with panel dropout, reads them; the mean cells use the
+    cells as they are."""
     root = Path(checkpoint_dir)
     for name in ("config.json", "gene_vocab.json", "labels.json"):
         if not (root / name).is_file():
@@ -44,21 +85,13 @@ def train_readout(checkpoint_dir: str | os.PathLike, specs: Sequence[DatasetSpec
     missing = sorted(set(label_sets) - set(known))
     if missing:
         log.warning("no data for label sets %s: their labels are scored by the language model alone", missing)
-    blocks, data, means = [], [], {}
-    for name, entry in label_sets.items():
-        if name not in known:
-            continue
-        part = load_split(known[name], vocab, split)
-        expr = log_normalize_csr(part.X, target_sum).toarray()
-        blocks.append((expr, part.labels, list(entry["labels"])))
-        means[name] = torch.as_tensor(expr.mean(0), dtype=torch.float32)
-        spec = known[name]
-        data.append({"name": name, "split": split, "n_cells": part.n_cells, "sha256": file_sha256(spec.path),
-                     "split_sha256": file_sha256(spec.split_path) if spec.split_path else None})
-        log.info("read-out data: %s, %d cells", name, part.n_cells)
+    blocks, means, data = readout_blocks(label_sets, known, vocab, split, target_sum, panel_copies, seed)
     if not blocks:
         raise CheckpointError(f"none of the checkpoint's label sets {sorted(label_sets)} has data to fit a read-out on")
     labels, weight, bias, info = fit_readout(blocks, len(vocab), l2=l2)
+    # fit_readout counts the rows it fitted (cells and their panel copies); report the cells
+    info = {**info, "n_cells": sum(d["n_cells"] for d in data), "n_fitted_rows": info["n_cells"],
+            "panel_copies": panel_copies, "seed": seed}
     log.info("read-out fitted: %d labels, train accuracy %.3f", len(labels), info["train_accuracy"])
     readout = Readout(labels, weight, bias, answer_weight,
                       {**info, "data": data, "command": command, "torch": torch.__version__}, means)

@@ -214,6 +214,8 @@ def _answer(adata: ad.AnnData, model: LoadedModel | None, task: str, instruction
         "scoring": scoring_name(decisive and (cands is not None or allowed is not None)),
         "readout": readout_name(expert, scored if cands is not None else (allowed[0] if by_readout else None)),
     }
+    if task == "drug_response":  # the instruction above is the template; which drug filled it
+        provenance["drug"] = drug
     prob_frame = pd.DataFrame(probs, index=aligned.obs_names, columns=cands) if probs is not None else None
     return AnnotationResult(list(map(str, aligned.obs_names)), np.asarray(labels, dtype=object), np.asarray(conf),
                             answers, prob_frame, provenance)

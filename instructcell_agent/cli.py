@@ -1,4 +1,4 @@
-"""`instructcell` command line: train, evaluate, annotate, explain, info."""
+"""`instructcell` command line: train, evaluate, annotate, drug-response, explain, generate, info."""
 
 from __future__ import annotations
 
@@ -89,19 +89,31 @@ def _add_evaluate(sub) -> None:
 
 def _add_annotate(sub) -> None:
     p = sub.add_parser("annotate", help="annotate the cells of an .h5ad; writes a new .h5ad")
+    _add_answer_arguments(p, candidates=None, key_added="instructcell")
+    p.add_argument("--free-text", action="store_true",
+                   help="without candidates, let the model answer in unconstrained text (default: decode "
+                        "within the labels the checkpoint knows for the species and tissue)")
+
+
+def _add_drug_response(sub) -> None:
+    p = sub.add_parser("drug-response", help="predict each cell's response to a drug; writes a new .h5ad")
+    p.add_argument("--drug", required=True, help="the drug named in the instruction, e.g. erlotinib")
+    _add_answer_arguments(p, candidates="resistant,sensitive", key_added="instructcell_drug")
+
+
+def _add_answer_arguments(p, candidates: str | None, key_added: str) -> None:
+    """What `annotate` and `drug-response` share: one question to every cell of a file."""
     p.add_argument("--checkpoint", default=None)
     p.add_argument("--data", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--instruction", default=None)
-    p.add_argument("--candidates", default=None, help="comma-separated candidate labels")
-    p.add_argument("--key-added", default="instructcell")
+    p.add_argument("--candidates", default=candidates,
+                   help=f"comma-separated candidate labels (default: {candidates or 'none, a free answer'})")
+    p.add_argument("--key-added", default=key_added, help=f"prefix of the obs/obsm/uns keys written (default {key_added})")
     p.add_argument("--use-raw", action="store_true")
     p.add_argument("--layer", default=None)
     p.add_argument("--species", default="", help="species named in the prompt (default: obs['species'] if present)")
     p.add_argument("--tissue", default="", help="tissue named in the prompt (default: obs['tissue'] if present)")
-    p.add_argument("--free-text", action="store_true",
-                   help="without candidates, let the model answer in unconstrained text (default: decode "
-                        "within the labels the checkpoint knows for the species and tissue)")
     add_precision_argument(p, "auto")
     add_device_argument(p)
     add_scoring_argument(p)
@@ -144,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_train(sub)
     _add_evaluate(sub)
     _add_annotate(sub)
+    _add_drug_response(sub)
     _add_explain(sub)
     c = sub.add_parser("train-readout", help="fit a checkpoint's linear gene read-out (the second expert beside the LM) "
                                              "and keep each label set's mean cell (explain's reference)")
@@ -154,6 +167,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="weight of the read-out's log-probability beside the LM's in every answer (0: off)")
     c.add_argument("--catalog", action="append", default=[],
                    help="JSON catalog of your own datasets (as for train), for label sets the shared catalog lacks")
+    c.add_argument("--panel-copies", type=int, default=0,
+                   help="also fit on this many copies of each cell seen through a random gene panel (default 0); "
+                        "1 helps files holding few of the vocabulary's genes and cost zheng2017 on its full panel "
+                        "(benchmarks/EXPERIMENTS.md, read-out variants)")
+    c.add_argument("--seed", type=int, default=0, help="seed of the panel draws")
     c = sub.add_parser("info", help="describe a checkpoint: how it was made, its label sets")
     c.add_argument("--checkpoint", help="checkpoint directory (default: the shipped one)")
     c = sub.add_parser("store-weights", help="rewrite a checkpoint's trained weights in a smaller float type")
@@ -173,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if generation_commands.handles(args):
             return generation_commands.run(args)
-        return {"train": _train, "evaluate": _evaluate, "annotate": _annotate, "explain": _explain,
+        return {"train": _train, "evaluate": _evaluate, "annotate": _annotate, "drug-response": _annotate,
+                "explain": _explain,
                 "info": _info, "store-weights": _store_weights, "train-readout": _train_readout,
                 "reorder-genes": _reorder_genes}[args.command](args)
     except InstructCellError as exc:
@@ -244,7 +263,7 @@ def _train_readout(args) -> int:
     specs = shared + [spec for file in args.catalog for spec in datasets.load_user_catalog(file)]
     command = "instructcell " + " ".join(sys.argv[1:]) if argv_is_cli() else None
     readout = train_readout(args.checkpoint, specs, split=args.split, l2=args.l2, answer_weight=args.weight,
-                            command=command)
+                            panel_copies=args.panel_copies, seed=args.seed, command=command)
     print(json.dumps({"labels": len(readout.labels), **{k: readout.info[k] for k in ("n_cells", "train_accuracy")}}))
     return 0
 
@@ -271,16 +290,20 @@ def _reorder_genes(args) -> int:
 
 
 def _annotate(args) -> int:
-    from .api import annotate, load_model
+    """`annotate` and `drug-response`: answer every cell of --data, write a new file beside it."""
+    from .api import annotate, load_model, predict_drug_response
     from .core_model.io import read_h5ad, write_h5ad_atomic
 
     adata = read_h5ad(args.data)
-    candidates = [c.strip() for c in args.candidates.split(",")] if args.candidates else None
+    candidates = [c.strip() for c in args.candidates.split(",") if c.strip()] if args.candidates else None
     model = load_model(args.checkpoint, device=args.device, precision=args.precision)
-    result = annotate(adata, model=model, instruction=args.instruction, candidates=candidates,
-                      use_raw=args.use_raw, layer=args.layer, free_text=args.free_text, species=args.species,
-                      tissue=args.tissue, scoring=args.scoring, readout=not args.no_readout,
-                      progress=_progress_bar("annotating"))
+    shared = dict(model=model, instruction=args.instruction, candidates=candidates, use_raw=args.use_raw,
+                  layer=args.layer, species=args.species, tissue=args.tissue, scoring=args.scoring,
+                  readout=not args.no_readout)
+    if args.command == "drug-response":
+        result = predict_drug_response(adata, drug=args.drug, progress=_progress_bar("predicting"), **shared)
+    else:
+        result = annotate(adata, free_text=args.free_text, progress=_progress_bar("annotating"), **shared)
     out = result.to_adata(adata.copy(), key_added=args.key_added)
     write_h5ad_atomic(out, args.out, protect=[args.data])
     print(result.summary())
@@ -346,6 +369,7 @@ def _info(args) -> int:
     if (path / "readout.json").is_file():  # the linear gene read-out beside the LM (core_model/readout.py)
         meta = json.loads((path / "readout.json").read_text())
         out["readout"] = {"labels": len(meta.get("labels", [])), "answer_weight": meta.get("answer_weight"),
+                          "l2": meta.get("l2"), "panel_copies": meta.get("panel_copies", 0),
                           "mean_cell_sets": meta.get("mean_cell_sets", []),
                           "command": meta.get("command"), "data": meta.get("data")}
     print(json.dumps(out, indent=1))

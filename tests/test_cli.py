@@ -43,6 +43,25 @@ def test_annotate_writes_a_new_file_and_keeps_the_input(tiny_checkpoint, synthet
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_drug_response_writes_probabilities_per_cell_and_keeps_the_input(tiny_checkpoint, synthetic_set, tmp_path):
+    before = _digest(synthetic_set["path"])
+    out = tmp_path / "drug.h5ad"
+    code = main(["drug-response", "--checkpoint", str(tiny_checkpoint), "--data", str(synthetic_set["path"]),
+                 "--drug", "cisplatin", "--out", str(out), "--precision", "float32"])
+    assert code == 0 and _digest(synthetic_set["path"]) == before
+    answered = ad.read_h5ad(out)
+    assert set(answered.obs["instructcell_drug_label"]) <= {"resistant", "sensitive"}
+    assert answered.obsm["instructcell_drug_probabilities"].shape == (answered.n_obs, 2)
+    assert answered.uns["instructcell_drug"]["drug"] == "cisplatin"  # provenance names the drug asked about
+
+
+def test_drug_response_requires_a_drug(tiny_checkpoint, synthetic_set, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["drug-response", "--checkpoint", str(tiny_checkpoint), "--data", str(synthetic_set["path"]),
+              "--out", str(tmp_path / "drug.h5ad")])
+    assert "--drug" in capsys.readouterr().err
+
+
 def test_asking_for_a_gpu_that_is_not_there_is_a_clear_error(tiny_checkpoint, synthetic_set, tmp_path, capsys):
     out = tmp_path / "annotated.h5ad"
     code = main(["annotate", "--checkpoint", str(tiny_checkpoint), "--data", str(synthetic_set["path"]),
@@ -180,11 +199,14 @@ def test_train_readout_refits_a_checkpoints_readout(tiny_checkpoint, synthetic_s
     for name in ("readout.json", "readout.safetensors"):
         (ckpt / name).unlink()
     catalog = _user_catalog(tmp_path, synthetic_set, name="planted", task="cta", drug="")
-    assert main(["train-readout", "--checkpoint", str(ckpt), "--catalog", str(catalog), "--weight", "0.5"]) == 0
+    assert main(["train-readout", "--checkpoint", str(ckpt), "--catalog", str(catalog), "--weight", "0.5",
+                 "--panel-copies", "1"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["n_cells"] == 160
     vocab = json.loads((ckpt / "gene_vocab.json").read_text())
     readout = load_readout(ckpt, vocab)
     assert readout.answer_weight == 0.5 and readout.info["data"][0]["split"] == "train"
+    # each cell fitted twice: as it is and through a random gene panel
+    assert readout.info["panel_copies"] == 1 and readout.info["n_fitted_rows"] == 320
     out = tmp_path / "m.json"
     base = ["evaluate", "--checkpoint", str(ckpt), "--data", str(synthetic_set["path"]),
             "--split", str(synthetic_set["split_path"]), "--task", "cta", "--label-key", "cell_type",

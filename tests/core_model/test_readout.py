@@ -164,3 +164,35 @@ def test_free_answers_with_the_readout_are_scored_among_the_learned_labels(tiny_
     assert decoded.provenance["readout"] == "none"
     truth = cells.obs["cell_type"].to_numpy()
     assert np.mean(free.labels == truth) > 0.8
+
+
+def test_panel_dropped_cells_keep_a_random_share_of_their_own_counts():
+    import scipy.sparse as sp
+
+    from instructcell_agent.core_model.readout_train import panel_dropped
+
+    counts = sp.csr_matrix(np.random.default_rng(0).poisson(2.0, (200, 500)).astype(np.float32))
+    before = counts.copy()
+    dropped = panel_dropped(counts, np.random.default_rng(1), low=0.1, high=0.5)
+    assert (counts != before).nnz == 0  # the input is left alone
+    kept = np.asarray((dropped > 0).sum(1)).ravel() / np.asarray((counts > 0).sum(1)).ravel()
+    assert 0.05 < kept.min() and kept.max() < 0.6 and kept.std() > 0.05  # a share per cell, from U(0.1, 0.5)
+    survivors = dropped.nonzero()
+    np.testing.assert_array_equal(np.asarray(dropped[survivors]), np.asarray(counts[survivors]))
+    again = panel_dropped(counts, np.random.default_rng(1), low=0.1, high=0.5)
+    assert (again != dropped).nnz == 0  # seeded
+
+
+def test_panel_copies_add_cells_to_the_fit_but_not_to_the_mean_cells(tiny_model, planted_spec):
+    from instructcell_agent.core_model.readout_train import readout_blocks
+
+    args = (tiny_model.label_sets, {planted_spec.name: planted_spec}, tiny_model.vocab, "train",
+            tiny_model.model.cfg.target_sum)
+    (plain, *_), plain_means, _ = readout_blocks(*args)
+    (twice, *_), twice_means, data = readout_blocks(*args, panel_copies=1, seed=3)
+    n = plain[0].shape[0]
+    assert twice[0].shape == (2 * n, plain[0].shape[1]) and data[0]["n_cells"] == n
+    np.testing.assert_array_equal(twice[0][:n], plain[0])
+    np.testing.assert_array_equal(twice[1], np.concatenate([plain[1], plain[1]]))
+    assert (twice[0][n:] > 0).sum() < (plain[0] > 0).sum()  # the copies hold fewer genes
+    torch.testing.assert_close(twice_means[planted_spec.name], plain_means[planted_spec.name])
