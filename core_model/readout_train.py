@@ -71,9 +71,10 @@ def train_readout(checkpoint_dir: str | os.PathLike, specs: Sequence[DatasetSpec
     `specs` defaults to the shared catalog; label sets without a matching spec are left out
     (their labels get no column, so they are scored by the language model alone).
     `panel_copies`: fit also on that many copies of every cell seen through a random gene panel
-    (`panel_dropped`, seeded by `seed`), so files holding few of the vocabulary's genes are read
-    as the language model, trained with panel dropout, reads them; the mean cells use the
-    cells as they are."""
+    (`panel_dropped`, seeded by `seed`), as the language model was trained with panel dropout;
+    the mean cells use the cells as they are. Off by default: on valid one copy read files
+    holding 10% of the genes better and full files no better, and it cost zheng2017 on test
+    (benchmarks/EXPERIMENTS.md, read-out variants)."""
     root = Path(checkpoint_dir)
     for name in ("config.json", "gene_vocab.json", "labels.json"):
         if not (root / name).is_file():

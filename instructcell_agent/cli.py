@@ -290,7 +290,7 @@ def _reorder_genes(args) -> int:
 
 
 def _annotate(args) -> int:
-    """`annotate` and `drug-response`: answer every cell of --data, write a new file beside it."""
+    """`annotate` and `drug-response`: answer every cell of --data, write them to a new file (--out)."""
     from .api import annotate, load_model, predict_drug_response
     from .core_model.io import read_h5ad, write_h5ad_atomic
 
