@@ -1,23 +1,27 @@
 """How should the linear gene read-out be fitted? Variants compared on valid, the language model held fixed.
 
 The read-out (core_model/readout.py) joins the language model's scores as a product of experts;
-how it is fitted (L2 penalty, feature scaling) is a choice made on the valid splits, with every
-read-out fitted on the train splits only. The language model's part of every answer does not
-depend on the read-out, so it is computed once: a first pass through `evaluate` records what the
-model returned for each call (candidate scores, decoded answers), and each variant then replays
-`evaluate` on those records with its own read-out: exactly the answers a checkpoint holding that
-read-out would give (same phrasings per cell, same option orders), in seconds instead of an LM
-pass per variant. Each variant is compared with the first (the shipped recipe) by the paired
-bootstrap of benchmarks/compare_checkpoints.py.
+how it is fitted (L2 penalty, feature scaling, gene panels) and weighted is a choice made on the
+valid splits, with every read-out fitted on the train splits only (of the sets evaluated). The
+language model's part of every answer does not depend on the read-out, so it is computed once: a
+first pass through `evaluate` records what the model returned for each call (candidate scores,
+decoded answers), and each variant then replays `evaluate` on those records with its own
+read-out: exactly the answers a checkpoint holding that read-out would give (same phrasings per
+cell, same option orders), in seconds instead of an LM pass per variant. Each variant is compared
+with the first by the paired bootstrap of benchmarks/compare_checkpoints.py.
 
     python benchmarks/readout_variants.py --variants raw:1 raw:10 z:1 z:10 --out-dir /tmp/ro
 
-A variant is SCALING:L2[:WEIGHT]. SCALING is `raw` (the model's input, log1p(CP10k)) or `z` (each gene
-centred and scaled by its standard deviation over the pooled train cells, floored at `--sd-floor`;
-the scaling is folded back into the weights, so the result is again a linear map of log1p(CP10k)
-and needs no change to the checkpoint format) or `panel` (raw, fitted on the train cells plus one
-copy of each seen through a random gene panel: `panel_dropped`). L2 as in `fit_readout`. WEIGHT is the read-out's weight
-in the product of experts (default: the checkpoint's).
+A variant is SCALING:L2[:WEIGHT].
+- SCALING `raw`: the model's input, log1p(CP10k) over the vocabulary.
+- `z`: each gene centred and scaled by its standard deviation over the pooled train cells
+  (floored at `--sd-floor`), folded back into the weights, so the result is again a linear map
+  of log1p(CP10k) and needs no change to the checkpoint format.
+- `panel`: raw, fitted on the train cells plus one copy of each seen through a random gene panel
+  (`train-readout --panel-copies 1`, core_model/readout_train.py).
+L2 as in `fit_readout`; WEIGHT is the read-out's weight in the product of experts (default: the
+checkpoint's). `--eval-panel 0.1` evaluates on copies of the files keeping a random 10% of their
+genes (the read-outs are still fitted on the full files).
 """
 
 from __future__ import annotations
@@ -25,9 +29,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import tempfile
 import shlex
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
