@@ -127,7 +127,6 @@ class Recorder:
             return out
 
         self.model.score_candidates, self.model.generate = scored, generated
-        self.model.start = self.originals["start"]
 
     def replay(self) -> None:
         queue = list(self.calls)
@@ -135,12 +134,17 @@ class Recorder:
         self.model.score_candidates = lambda *args, **kwargs: queue.pop(0).clone()
         self.model.generate = lambda *args, **kwargs: list(queue.pop(0))
 
+    def restore(self) -> None:
+        """The model's own methods again (the patches live on the instance only)."""
+        for name in self.originals:
+            self.model.__dict__.pop(name, None)
+
 
 def cells_of(result: dict[str, Any]) -> dict[str, Any]:
     return {"macro_f1": result["macro_f1"], "labels": result["labels"], **result["cells"]}
 
 
-def readout_alone_f1(readout: Readout, loaded: LoadedModel, blocks: list[tuple[np.ndarray, np.ndarray, list[str]]],
+def readout_alone_f1(readout: Readout, blocks: list[tuple[np.ndarray, np.ndarray, list[str]]],
                      names: list[str]) -> dict[str, float]:
     """Macro-F1 of the read-out on its own (argmax within each set's labels) on the evaluated split."""
     from sklearn.metrics import f1_score
@@ -213,28 +217,27 @@ def run(args: argparse.Namespace, cmd: list[str], specs: list[Any], panel_dir: P
         readouts[variant] = Readout(base.labels, base.weight, base.bias, float(rest[0]) if rest else weight, base.info)
     del fit, panel_fit
 
-    recorders = {}
+    recorded_calls = {}
     results: dict[str, dict[str, Any]] = {v: {} for v in args.variants}
     for spec in specs:
+        def answers() -> dict[str, Any]:
+            return cells_of(evaluate(loaded, spec.path, spec.split_path, TASK_CODE[spec.task], spec.label_key,
+                                     seed=args.seed, split=args.split, keep_predictions=True))
+
         recorder = Recorder(loaded.model)
         recorder.record()
         for i, variant in enumerate(args.variants):
             loaded.readout = readouts[variant]
             if i >= 1:  # every variant after the first plays the first one's record back
                 recorder.replay()
-            result = evaluate(loaded, spec.path, spec.split_path, TASK_CODE[spec.task], spec.label_key,
-                              seed=args.seed, split=args.split, keep_predictions=True)
-            results[variant][spec.name] = cells_of(result)
+            results[variant][spec.name] = answers()
         # The replay must be faithful: the first variant played back gives its recorded answers.
         loaded.readout = readouts[args.variants[0]]
         recorder.replay()
-        again = evaluate(loaded, spec.path, spec.split_path, TASK_CODE[spec.task], spec.label_key,
-                         seed=args.seed, split=args.split, keep_predictions=True)
-        if again["cells"]["predicted"] != results[args.variants[0]][spec.name]["predicted"]:
+        if answers()["predicted"] != results[args.variants[0]][spec.name]["predicted"]:
             raise RuntimeError(f"{spec.name}: replaying the recorded model calls changed the answers")
-        for name, fn in recorder.originals.items():
-            setattr(loaded.model, name, fn)
-        recorders[spec.name] = len(recorder.calls)
+        recorder.restore()
+        recorded_calls[spec.name] = len(recorder.calls)
         logger.info("%s: %s", spec.name, ", ".join(f"{v} {results[v][spec.name]['macro_f1']:.3f}" for v in args.variants))
 
     reference = args.variants[0]
@@ -242,8 +245,8 @@ def run(args: argparse.Namespace, cmd: list[str], specs: list[Any], panel_dir: P
         "meta": {**run_meta(shlex.join(cmd)), "checkpoint": str(args.checkpoint), "split": args.split,
                  "eval_panel": args.eval_panel,
                  "fit_split": args.fit_split, "seed": args.seed, "sd_floor": args.sd_floor,
-                 "variants": args.variants, "shared": str(shared_root()), "recorded_calls": recorders},
-        "readout_alone": {v: readout_alone_f1(r, loaded, held, names) for v, r in readouts.items()},
+                 "variants": args.variants, "shared": str(shared_root()), "recorded_calls": recorded_calls},
+        "readout_alone": {v: readout_alone_f1(r, held, names) for v, r in readouts.items()},
         "fit_info": {v: r.info for v, r in readouts.items()},
         "candidates": {v: compare(results[reference], results[v], args.seed) for v in args.variants[1:]},
     }
