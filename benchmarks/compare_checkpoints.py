@@ -18,9 +18,11 @@ Writes ``compare_checkpoints.md`` and ``.json`` to ``--out-dir``. Model selectio
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import shlex
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -32,6 +34,7 @@ from instructcell_agent.core_model.checkpoint import LoadedModel, load_checkpoin
 from instructcell_agent.core_model.datasets import TASK_OF_CATALOG, load_catalog, shared_root
 from instructcell_agent.core_model.evaluation import evaluate
 from instructcell_agent.core_model.scoring import SCORINGS
+from file_copies import with_hvg
 from report_io import run_meta, write_report
 
 logger = logging.getLogger("compare_checkpoints")
@@ -48,6 +51,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="phrasing draw and bootstrap seed")
     p.add_argument("--scoring", default="auto", choices=SCORINGS,
                    help="candidate scoring (reports written before this option existed scored every token: full)")
+    p.add_argument("--eval-hvg", type=int, default=None,
+                   help="answer copies of the files holding only their N most variable genes (file_copies.py)")
+    p.add_argument("--precision", default="float32", choices=["float32", "bfloat16"],
+                   help="the language model's compute dtype, the same for every checkpoint")
     p.add_argument("--out-dir", type=Path, default=Path(__file__).parent / "results")
     return p.parse_args(argv)
 
@@ -65,9 +72,9 @@ def split_specs(datasets: str | None) -> list[Any]:
 
 
 def answers(checkpoint: Path, specs: list[Any], split: str, seed: int, scoring: str = "auto",
-            loaded: LoadedModel | None = None) -> dict[str, dict[str, Any]]:
+            loaded: LoadedModel | None = None, precision: str = "float32") -> dict[str, dict[str, Any]]:
     """Each dataset's per-cell answers, macro-F1 and speed from one checkpoint (own valid phrasings)."""
-    loaded = loaded or load_checkpoint(checkpoint, "cpu")
+    loaded = loaded or load_checkpoint(checkpoint, "cpu", precision=precision)
     out = {}
     for spec in specs:
         result = evaluate(loaded, spec.path, spec.split_path, TASK_CODE[spec.task], spec.label_key, seed=seed,
@@ -77,6 +84,16 @@ def answers(checkpoint: Path, specs: list[Any], split: str, seed: int, scoring: 
                           **result["cells"]}
         logger.info("%s %s: macro-F1 %.3f", checkpoint, spec.name, result["macro_f1"])
     return out
+
+
+def readout_seen(checkpoint: Path, split: str) -> list[str]:
+    """The sets whose `split` cells the checkpoint's read-out was fitted on (the shipped one is
+    refit on train+valid): on those its answers are not a held-out measure."""
+    meta = Path(checkpoint) / "readout.json"
+    if not meta.is_file():
+        return []
+    data = json.loads(meta.read_text()).get("data", [])
+    return [d["name"] for d in data if split in str(d.get("split", "")).split("+")]
 
 
 def compare(reference: dict[str, dict[str, Any]], candidate: dict[str, dict[str, Any]], seed: int) -> dict[str, Any]:
@@ -100,8 +117,13 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines = ["# Checkpoint comparison: paired bootstrap of macro-F1", "",
              f"- command: `{meta['command']}`", f"- date: {meta['date']}",
              f"- split: `{meta['split']}`, own valid phrasings, phrasing seed {meta['seed']}, scoring "
-             f"{meta.get('scoring', 'full')}; shared data: {meta['shared']}",
+             f"{meta.get('scoring', 'full')}, language model in {meta.get('precision', 'float32')}; "
+             f"shared data: {meta['shared']}",
+             *([f"- files: copies holding each file's {meta['eval_hvg']:,} most variable genes (file_copies.py)"]
+               if meta.get("eval_hvg") else []),
              f"- reference: `{meta['reference']}`",
+             *[f"- **caution**: `{name}`'s read-out was fitted on these `{meta['split']}` cells ({len(sets)} sets): "
+               "its numbers there are not held out" for name, sets in meta.get("readout_seen", {}).items() if sets],
              f"- interval: 2.5th-97.5th percentile of candidate - reference over {N_BOOT} resamples of the cells "
              "(per set; the mean row averages the sets' draws)", ""]
     for cand, result in report["candidates"].items():
@@ -125,13 +147,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     cmd = [sys.executable.rsplit("/", 1)[-1], *sys.argv] if argv is None else ["compare_checkpoints.py", *argv]
     report: dict[str, Any] = {"meta": {**run_meta(shlex.join(cmd)), "split": args.split, "seed": args.seed,
                                        "shared": str(shared_root()), "reference": str(args.reference),
-                                       "scoring": args.scoring},
+                                       "scoring": args.scoring, "precision": args.precision,
+                                       "eval_hvg": args.eval_hvg,
+                                       "readout_seen": {str(c): readout_seen(c, args.split)
+                                                        for c in [args.reference, *args.candidates]}},
                               "candidates": {}}
-    reference = answers(args.reference, specs, args.split, args.seed, args.scoring)
-    for candidate in args.candidates:
-        report["candidates"][str(candidate)] = compare(
-            reference, answers(candidate, specs, args.split, args.seed, args.scoring), args.seed)
-        path = write_report(report, render_markdown(report), args.out_dir, "compare_checkpoints")
+    with tempfile.TemporaryDirectory(prefix="compare_hvg_") as copies:
+        if args.eval_hvg is not None:
+            specs = [with_hvg(spec, args.eval_hvg, Path(copies)) for spec in specs]
+        reference = answers(args.reference, specs, args.split, args.seed, args.scoring, precision=args.precision)
+        for candidate in args.candidates:
+            report["candidates"][str(candidate)] = compare(
+                reference, answers(candidate, specs, args.split, args.seed, args.scoring, precision=args.precision),
+                args.seed)
+            path = write_report(report, render_markdown(report), args.out_dir, "compare_checkpoints")
     logger.info("wrote %s", path)
     return 0
 

@@ -19,9 +19,17 @@ A variant is SCALING:L2[:WEIGHT].
   of log1p(CP10k) and needs no change to the checkpoint format.
 - `panel`: raw, fitted on the train cells plus one copy of each seen through a random gene panel
   (`train-readout --panel-copies 1`, core_model/readout_train.py).
+- `impute`: the raw fit, answering a file that lacks some of the vocabulary's genes as if it had
+  them: absent genes take the label set's mean training cell, and the present genes' values are
+  scaled down to the share of expression they carry in that mean cell (the file was normalized
+  over fewer genes than training cells were). `fill`: the absent genes only, no rescaling. On a
+  file holding every gene its set's training files held, both equal `raw`.
 L2 as in `fit_readout`; WEIGHT is the read-out's weight in the product of experts (default: the
 checkpoint's). `--eval-panel 0.1` evaluates on copies of the files keeping a random 10% of their
-genes (the read-outs are still fitted on the full files).
+genes (the read-outs are still fitted on the full files); `--eval-hvg 2000` on copies keeping each
+file's 2,000 most variable genes, as a file subset to HVGs in a scanpy workflow would
+(benchmarks/file_copies.py). `--complete-input` completes those cells as `impute` does before the
+language model reads them too (the record is then of the completed cells).
 """
 
 from __future__ import annotations
@@ -40,12 +48,14 @@ import torch
 
 from compare_checkpoints import TASK_CODE, compare, split_specs
 from instructcell_agent import default_checkpoint_path
+from instructcell_agent.core_model.alignment import align_to_vocab
 from instructcell_agent.core_model.checkpoint import LoadedModel, load_checkpoint
 from instructcell_agent.core_model.datasets import shared_root
 from instructcell_agent.core_model.evaluation import evaluate
-from instructcell_agent.core_model.io import read_h5ad, write_h5ad_atomic
+from instructcell_agent.core_model.io import read_h5ad
 from instructcell_agent.core_model.readout import Readout, fit_readout
 from instructcell_agent.core_model.readout_train import readout_blocks
+from file_copies import with_hvg, with_panel
 from report_io import run_meta, write_report
 
 logger = logging.getLogger("readout_variants")
@@ -64,6 +74,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--eval-panel", type=float, default=None,
                    help="evaluate on files holding only this share of each set's genes (one random panel per "
                         "set, as a targeted-panel or shallow file would), to see what the read-out does there")
+    p.add_argument("--eval-hvg", type=int, default=None,
+                   help="evaluate on files holding only their N most variable genes (scanpy, seurat flavor)")
+    p.add_argument("--complete-input", action="store_true",
+                   help="complete each evaluated file's gene panel (as `impute` does) before the language model "
+                        "reads it too, not only the read-out")
     p.add_argument("--out-dir", type=Path, default=Path(__file__).parent / "results")
     return p.parse_args(argv)
 
@@ -76,15 +91,29 @@ def fit_blocks(loaded: LoadedModel, specs: list[Any], split: str,
                           panel_copies, seed)[0]
 
 
-def with_panel(spec: Any, share: float, seed: int, out_dir: Path) -> Any:
-    """`spec` pointing at a copy of its file that keeps a random `share` of its genes (same file
-    name, so `evaluate` still finds the set's prompt fields)."""
-    adata = read_h5ad(spec.path)
-    keep = np.random.default_rng([seed, len(spec.name)]).random(adata.n_vars) < share
-    path = out_dir / Path(spec.path).name
-    write_h5ad_atomic(adata[:, keep].copy(), path)
-    logger.info("%s: evaluated on %d of its %d genes", spec.name, int(keep.sum()), adata.n_vars)
-    return dataclasses.replace(spec, path=path)
+@dataclasses.dataclass
+class ImputingReadout(Readout):
+    """A read-out that completes the file's gene panel before answering (`impute`, `fill`)."""
+
+    rescale: bool = True
+    present: torch.Tensor | None = None  # bool over the vocabulary: the evaluated file has the gene
+    fill: torch.Tensor | None = None  # the evaluated set's mean training cell, log1p(CP10k)
+
+    def log_probs(self, expr: torch.Tensor, labels: Sequence[str]) -> torch.Tensor:
+        if self.present is not None:
+            expr = complete_panel(expr, self.present, self.fill, self.rescale)
+        return super().log_probs(expr, labels)
+
+
+def complete_panel(expr: torch.Tensor, present: torch.Tensor, mean_cell: torch.Tensor, rescale: bool) -> torch.Tensor:
+    """log1p(CP10k) cells of a file holding the `present` genes, put on the scale of cells that
+    hold every gene: absent genes take `mean_cell`; present genes, normalized over fewer genes,
+    are scaled to the share of expression they carry in `mean_cell` (expm1 of its log values)."""
+    if rescale:
+        linear = torch.expm1(mean_cell.double())
+        share = float(linear[present].sum() / linear.sum().clamp(min=1e-12))
+        expr = torch.log1p(torch.expm1(expr.double()) * share).to(expr.dtype)
+    return torch.where(present, expr, mean_cell.to(expr.dtype))
 
 
 def fit_variant(blocks: list[tuple[np.ndarray, np.ndarray, list[str]]], n_genes: int, scaling: str, l2: float,
@@ -145,15 +174,36 @@ def cells_of(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def readout_alone_f1(readout: Readout, blocks: list[tuple[np.ndarray, np.ndarray, list[str]]],
-                     names: list[str]) -> dict[str, float]:
+                     names: list[str], panels: dict[str, Any]) -> dict[str, float]:
     """Macro-F1 of the read-out on its own (argmax within each set's labels) on the evaluated split."""
     from sklearn.metrics import f1_score
 
     out = {}
     for name, (x, truth, labels) in zip(names, blocks):
+        prepare(readout, name, panels)
         pred = np.asarray(labels)[readout.log_probs(torch.from_numpy(x), labels).argmax(1).numpy()]
         out[name] = float(f1_score(truth, pred, labels=labels, average="macro", zero_division=0))
     return out
+
+
+def prepare(readout: Readout, name: str, panels: dict[str, Any]) -> None:
+    """Point an imputing read-out at the evaluated file of set `name` (present genes, mean cell)."""
+    if isinstance(readout, ImputingReadout):
+        readout.present, readout.fill = panels[name]
+
+
+def evaluated_files(meta: dict[str, Any]) -> str:
+    """What the evaluated copies of the files held, in words."""
+    if meta.get("eval_hvg"):
+        held = f"each file's {meta['eval_hvg']:,} most variable genes (scanpy, seurat flavor)"
+    elif meta.get("eval_panel"):
+        held = f"a random {100 * meta['eval_panel']:g}% of each file's genes"
+    else:
+        return "the files as they are"
+    completed = ("; each cell completed (absent genes: the set's mean training cell) before the language "
+                 "model and the read-out read it; the read-out-alone table reads cells as they are"
+                 if meta.get("complete_input") else "")
+    return held + completed
 
 
 def render_markdown(report: dict[str, Any]) -> str:
@@ -165,7 +215,8 @@ def render_markdown(report: dict[str, Any]) -> str:
              f"`{meta['fit_split']}`), evaluated on `{meta['split']}`, own valid phrasings, seed {meta['seed']}; "
              f"shared data: {meta['shared']}",
              f"- reference variant: `{reference}`; `z` divides by each gene's pooled standard deviation "
-             f"(floor {meta['sd_floor']})", "",
+             f"(floor {meta['sd_floor']})",
+             f"- evaluated files: {evaluated_files(meta)}", "",
              "## Read-out alone (argmax within the set's labels), macro-F1", "",
              "| dataset | " + " | ".join(f"`{v}`" for v in meta["variants"]) + " |",
              "| --- |" + " --- |" * len(meta["variants"])]
@@ -204,17 +255,29 @@ def run(args: argparse.Namespace, cmd: list[str], specs: list[Any], panel_dir: P
         if any(v.startswith("panel:") for v in args.variants) else None
     if args.eval_panel is not None:  # the read-outs are fitted on the full files, evaluated on fewer genes
         specs = [with_panel(spec, args.eval_panel, args.seed, panel_dir) for spec in specs]
+    if args.eval_hvg is not None:
+        specs = [with_hvg(spec, args.eval_hvg, panel_dir) for spec in specs]
     held = fit_blocks(loaded, specs, args.split)
+    panels = {}  # per set: the evaluated file's genes, and the set's mean cell on the fit split
+    for name, spec, (x, _, _) in zip(names, specs, fit):
+        present = torch.zeros(len(loaded.vocab), dtype=torch.bool)
+        present[torch.from_numpy(align_to_vocab(read_h5ad(spec.path), loaded.vocab).matched)] = True
+        panels[name] = (present, torch.from_numpy(x.mean(0)).float())
+        logger.info("%s: the evaluated file has %d of %d vocabulary genes", name, int(present.sum()), len(present))
     readouts, fitted = {}, {}
     for variant in args.variants:
         scaling, l2, *rest = variant.split(":")
-        if (scaling, l2) not in fitted:  # variants differing in weight only share one fit
-            blocks = panel_fit if scaling == "panel" else fit
-            fitted[scaling, l2] = fit_variant(blocks, len(loaded.vocab), "raw" if scaling == "panel" else scaling,
-                                              float(l2), args.sd_floor, weight)
-            logger.info("fitted %s:%s (train accuracy %.3f)", scaling, l2, fitted[scaling, l2].info["train_accuracy"])
-        base = fitted[scaling, l2]
-        readouts[variant] = Readout(base.labels, base.weight, base.bias, float(rest[0]) if rest else weight, base.info)
+        fit_as = "raw" if scaling in ("panel", "impute", "fill") else scaling
+        key = ("panel" if scaling == "panel" else fit_as, l2)
+        if key not in fitted:  # variants differing in weight or imputation only share one fit
+            fitted[key] = fit_variant(panel_fit if scaling == "panel" else fit, len(loaded.vocab), fit_as,
+                                      float(l2), args.sd_floor, weight)
+            logger.info("fitted %s:%s (train accuracy %.3f)", *key, fitted[key].info["train_accuracy"])
+        base = fitted[key]
+        w = float(rest[0]) if rest else weight
+        readouts[variant] = ImputingReadout(base.labels, base.weight, base.bias, w, base.info,
+                                            rescale=scaling == "impute") \
+            if scaling in ("impute", "fill") else Readout(base.labels, base.weight, base.bias, w, base.info)
     del fit, panel_fit
 
     recorded_calls = {}
@@ -224,29 +287,36 @@ def run(args: argparse.Namespace, cmd: list[str], specs: list[Any], panel_dir: P
             return cells_of(evaluate(loaded, spec.path, spec.split_path, TASK_CODE[spec.task], spec.label_key,
                                      seed=args.seed, split=args.split, keep_predictions=True))
 
+        if args.complete_input:  # an instance attribute over the class's own method, popped below
+            present, mean = panels[spec.name]
+            loaded.model.normalize = lambda counts, own=type(loaded.model).normalize.__get__(loaded.model): \
+                complete_panel(own(counts), present.to(counts.device), mean.to(counts.device), True)
         recorder = Recorder(loaded.model)
         recorder.record()
         for i, variant in enumerate(args.variants):
             loaded.readout = readouts[variant]
+            prepare(loaded.readout, spec.name, panels)
             if i >= 1:  # every variant after the first plays the first one's record back
                 recorder.replay()
             results[variant][spec.name] = answers()
         # The replay must be faithful: the first variant played back gives its recorded answers.
         loaded.readout = readouts[args.variants[0]]
+        prepare(loaded.readout, spec.name, panels)
         recorder.replay()
         if answers()["predicted"] != results[args.variants[0]][spec.name]["predicted"]:
             raise RuntimeError(f"{spec.name}: replaying the recorded model calls changed the answers")
         recorder.restore()
+        loaded.model.__dict__.pop("normalize", None)
         recorded_calls[spec.name] = len(recorder.calls)
         logger.info("%s: %s", spec.name, ", ".join(f"{v} {results[v][spec.name]['macro_f1']:.3f}" for v in args.variants))
 
     reference = args.variants[0]
     report: dict[str, Any] = {
         "meta": {**run_meta(shlex.join(cmd)), "checkpoint": str(args.checkpoint), "split": args.split,
-                 "eval_panel": args.eval_panel,
+                 "eval_panel": args.eval_panel, "eval_hvg": args.eval_hvg, "complete_input": args.complete_input,
                  "fit_split": args.fit_split, "seed": args.seed, "sd_floor": args.sd_floor,
                  "variants": args.variants, "shared": str(shared_root()), "recorded_calls": recorded_calls},
-        "readout_alone": {v: readout_alone_f1(r, held, names) for v, r in readouts.items()},
+        "readout_alone": {v: readout_alone_f1(r, held, names, panels) for v, r in readouts.items()},
         "fit_info": {v: r.info for v, r in readouts.items()},
         "candidates": {v: compare(results[reference], results[v], args.seed) for v in args.variants[1:]},
     }

@@ -8,6 +8,7 @@ the columns that land on the same vocabulary gene. Vocabulary genes the input la
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -101,11 +102,14 @@ class AlignedData:
         Cell names, in input order.
     report
         What matched and what was done.
+    matched
+        Sorted vocabulary positions the input has a gene for (the others are absent, not zero).
     """
 
     X: sp.csr_matrix
     obs_names: list[str]
     report: AlignmentReport
+    matched: np.ndarray
 
 
 def _var_frame(adata: anndata.AnnData, use_raw: bool) -> pd.DataFrame:
@@ -133,6 +137,51 @@ def _gene_names(
                 note = f"Ensembl ids the table lacks were named from var[{column!r}]"
                 return var_names, fallback, [note]
     return var_names, None, []
+
+
+class SmallPanelWarning(UserWarning):
+    """The matrix read holds far fewer of the model's genes than `adata.raw` does."""
+
+
+def _vocab_targets(names: list[str], fallback: list[str] | None, species: str | None,
+                   vocab_index: dict[str, int]) -> tuple[np.ndarray, str, Any]:
+    """Each name's vocabulary position (-1: none), the names' id type, and the symbol mapping's info."""
+    id_type = detect_gene_id_type(names)
+    symbols, info = to_human_symbols(names, species=species, id_type=id_type)
+    if fallback is not None:
+        symbols = [s if s is not None else (f or None) for s, f in zip(symbols, fallback)]
+    # A human symbol that is itself in the vocabulary wins over its alias renaming: the model
+    # was trained on that name.
+    direct = id_type == "symbol" and info.species == "human"
+    targets = np.full(len(names), -1, dtype=np.int64)
+    for i, (name, symbol) in enumerate(zip(names, symbols)):
+        if direct and name in vocab_index:
+            targets[i] = vocab_index[name]
+        elif symbol is not None and symbol in vocab_index:
+            targets[i] = vocab_index[symbol]
+    return targets, id_type, info
+
+
+# Why warn: a file cut to its 2,000 most variable genes (the usual scanpy workflow, with the
+# full matrix kept in adata.raw) holds 13-17% of the vocabulary, and on the valid splits the
+# answers from such copies lost up to 0.2 macro-F1 (benchmarks/EXPERIMENTS.md, "files cut to their most variable genes").
+_RAW_GAIN, _RAW_EXTRA = 1.5, 1000
+
+
+def _raw_panel_hint(adata: anndata.AnnData, gene_key: str | None, species: str, vocab_index: dict[str, int],
+                    n_matched: int) -> str | None:
+    """A note when adata.raw holds many more vocabulary genes than the matrix used (None otherwise)."""
+    raw_names = [str(n) for n in adata.raw.var_names]
+    try:
+        names, fallback, _ = _gene_names(adata.raw.var, raw_names, gene_key)
+    except LabelKeyError:  # gene_key names a column X's var has and raw's lacks
+        return None
+    targets, _, _ = _vocab_targets(names, fallback, species, vocab_index)
+    n_raw = int(np.unique(targets[targets >= 0]).size)
+    if n_raw < _RAW_GAIN * n_matched or n_raw - n_matched < _RAW_EXTRA:
+        return None
+    return (f"adata.raw holds {n_raw:,} of the model's genes, the matrix used only {n_matched:,}: answers "
+            "read from fewer genes are less accurate; pass use_raw=True (CLI: --use-raw) to read adata.raw")
 
 
 def align_to_vocab(
@@ -195,25 +244,17 @@ def align_to_vocab(
         )
 
     value_report = detect_value_type(X)
-    id_type = detect_gene_id_type(names)
-    symbols, info = to_human_symbols(names, species=species, id_type=id_type)
+    targets, id_type, info = _vocab_targets(names, fallback, species, vocab_index)
     notes.extend(info.notes)
-    if fallback is not None:
-        symbols = [s if s is not None else (f or None) for s, f in zip(symbols, fallback)]
-
-    # A human symbol that is itself in the vocabulary wins over its alias renaming: the model
-    # was trained on that name.
-    direct = id_type == "symbol" and info.species == "human"
-    targets = np.full(len(names), -1, dtype=np.int64)
-    for i, (name, symbol) in enumerate(zip(names, symbols)):
-        if direct and name in vocab_index:
-            targets[i] = vocab_index[name]
-        elif symbol is not None and symbol in vocab_index:
-            targets[i] = vocab_index[symbol]
 
     used = np.flatnonzero(targets >= 0)
     matched = np.unique(targets[used])
     n_matched = int(matched.size)
+    if not use_raw and layer is None and adata.raw is not None:
+        hint = _raw_panel_hint(adata, gene_key, info.species, vocab_index, n_matched)
+        if hint:
+            notes.append(hint)
+            warnings.warn(hint, SmallPanelWarning, stacklevel=2)
     n_dup = int(used.size - n_matched)
     if n_dup:
         notes.append(
@@ -261,4 +302,4 @@ def align_to_vocab(
     aligned = sp.csr_matrix(counts @ mapping, dtype=np.float32)
     aligned.sort_indices()
     logger.info("%s", report.summary().splitlines()[0])
-    return AlignedData(X=aligned, obs_names=[str(n) for n in adata.obs_names], report=report)
+    return AlignedData(X=aligned, obs_names=[str(n) for n in adata.obs_names], report=report, matched=matched)

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from . import warm_start
 from .backbone import load_backbone
-from .cell_encoder import sparse_log_normalize
+from .cell_encoder import log_normalize_csr, sparse_log_normalize
 from .checkpoint import LoadedModel, save_checkpoint
 from .config import BackboneConfig, CellEncoderConfig, ModelConfig
 from .corpus import SplitData, dense_rows, load_split
@@ -67,6 +67,10 @@ class TrainConfig:
     lora_rank: int = 8  # low-rank adapters in the frozen backbone's attention; 0 = none
     gene_keep: float = 0.85  # per-entry keep probability (dropout augmentation)
     panel_drop_prob: float = 0.3  # chance a batch sees only a random subset of the genes
+    # Chance a batch sees only its dataset's 500-3,000 most variable genes, as a file cut to HVGs
+    # in a scanpy workflow shows them (unlike a random panel, it keeps the informative genes and
+    # drops the housekeeping ones the normalization leaned on). 0: never (the shipped recipe).
+    hvg_panel_prob: float = 0.0
     valid_cells: int = 48  # per dataset, for the end-of-training check
     save_every: int = 200
     init_from: str | None = None  # a checkpoint directory: start from its weights, skip stage 1
@@ -113,6 +117,7 @@ class TrainingData:
     label_offset: list[int]  # first global label index of each dataset
     label_index: list[dict[str, int]]
     n_labels: int
+    variable: dict[int, np.ndarray] = field(default_factory=dict, repr=False)  # see variable_genes
 
     @classmethod
     def build(cls, splits: list[SplitData]) -> TrainingData:
@@ -137,6 +142,12 @@ class TrainingData:
         weight = counts[inverse] ** -0.5
         return rng.choice(len(labels), size=n, replace=True, p=weight / weight.sum())
 
+    def variable_genes(self, d: int, target_sum: float) -> np.ndarray:
+        """Dataset d's genes, most variable first (`variable_gene_order`), computed once."""
+        if d not in self.variable:
+            self.variable[d] = variable_gene_order(self.splits[d].X, target_sum)
+        return self.variable[d]
+
     def targets(self, d: int, rows: np.ndarray) -> torch.Tensor:
         idx = self.label_index[d]
         return torch.tensor([self.label_offset[d] + idx[l] for l in self.splits[d].labels[rows]])
@@ -147,13 +158,20 @@ class TrainingData:
         return m
 
 
-def augment(counts: sp.csr_matrix, cfg: TrainConfig, rng: np.random.Generator) -> sp.csr_matrix:
+def augment(counts: sp.csr_matrix, cfg: TrainConfig, rng: np.random.Generator,
+            variable: np.ndarray | None = None) -> sp.csr_matrix:
     """Random dropout of entries, and sometimes of a whole gene panel, before normalization: user
-    files hold fewer genes and shallower cells than the training sets."""
+    files hold fewer genes and shallower cells than the training sets. `variable`: the dataset's
+    genes, most variable first (`variable_gene_order`), for `cfg.hvg_panel_prob`."""
     counts = counts.copy()
     keep = rng.random(counts.nnz) < cfg.gene_keep
     if rng.random() < cfg.panel_drop_prob:
         panel = rng.random(counts.shape[1]) < rng.uniform(0.2, 0.8)
+        keep &= panel[counts.indices]
+    # Drawn only when enabled, so runs without it draw exactly what they drew before.
+    if cfg.hvg_panel_prob > 0 and variable is not None and rng.random() < cfg.hvg_panel_prob:
+        panel = np.zeros(counts.shape[1], dtype=bool)
+        panel[variable[: int(rng.integers(500, 3001))]] = True
         keep &= panel[counts.indices]
     counts.data = counts.data * keep
     counts.eliminate_zeros()
@@ -268,7 +286,22 @@ def _vocab(specs: list[DatasetSpec], cfg: TrainConfig, out: Path) -> list[str]:
 def _batch(data: TrainingData, d: int, rows: np.ndarray, target_sum: float, cfg: TrainConfig,
            rng: np.random.Generator) -> torch.Tensor:
     """Augmented, log-normalized batch as a sparse tensor (the encoder's first layer is sparse)."""
-    return sparse_log_normalize(augment(data.splits[d].X[rows], cfg, rng), target_sum)
+    variable = data.variable_genes(d, target_sum) if cfg.hvg_panel_prob > 0 else None
+    return sparse_log_normalize(augment(data.splits[d].X[rows], cfg, rng, variable), target_sum)
+
+
+def variable_gene_order(counts: sp.csr_matrix, target_sum: float) -> np.ndarray:
+    """Column positions of the genes a cell holds in any cell, most variable first, ranked as
+    scanpy's `highly_variable_genes(flavor="seurat")` ranks them (normalized dispersion of
+    log1p(CP10k)), the usual way a user's file is cut to HVGs."""
+    import anndata
+    import scanpy as sc
+
+    present = np.flatnonzero(np.asarray(counts.sum(0)).ravel() > 0)
+    logged = anndata.AnnData(log_normalize_csr(counts, target_sum)[:, present])
+    sc.pp.highly_variable_genes(logged, flavor="seurat", n_top_genes=min(3000, present.size))
+    score = np.nan_to_num(logged.var["dispersions_norm"].to_numpy(dtype=float), nan=-np.inf)
+    return present[np.argsort(-score, kind="stable")]
 
 
 def train_encoder(encoder: nn.Module, aux: AuxHead, data: TrainingData, cfg: TrainConfig, target_sum: float,

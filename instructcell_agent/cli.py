@@ -28,6 +28,8 @@ def _add_train(sub) -> None:
                    help="augmentation: chance each non-zero count is kept (1 = no entry dropout)")
     p.add_argument("--panel-drop", type=float, default=0.3,
                    help="augmentation: chance a batch sees only a random subset of the genes (0 = never)")
+    p.add_argument("--hvg-panel", type=float, default=0.0,
+                   help="chance a batch sees only its dataset's 500-3,000 most variable genes (a file cut to HVGs)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from OUT/train_state.pt")
     p.add_argument("--init-from", default=None, metavar="CHECKPOINT",
@@ -211,7 +213,7 @@ def _train(args) -> int:
         datasets=tuple(d for d in args.datasets.split(",") if d), backbone=BackboneConfig(kind=args.backbone),
         lm_steps=args.lm_steps, encoder_epochs=args.encoder_epochs, batch_size=args.batch_size,
         n_hvg=args.n_hvg, seed=args.seed, hidden_dim=args.hidden_dim, gene_keep=args.gene_keep,
-        panel_drop_prob=args.panel_drop, lr=args.lr, init_from=args.init_from, weight_decay=args.weight_decay,
+        panel_drop_prob=args.panel_drop, hvg_panel_prob=args.hvg_panel, lr=args.lr, init_from=args.init_from, weight_decay=args.weight_decay,
         fit_splits=args.fit_splits, vocab_from=args.vocab_from, dataset_alpha=args.dataset_alpha,
         linear_skip=args.linear_skip, aux_weight=args.aux_weight, freeze_encoder=args.freeze_encoder,
     )

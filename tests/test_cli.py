@@ -161,10 +161,12 @@ def test_train_passes_its_options_to_the_config(synthetic_set, tmp_path, monkeyp
     assert (defaults.lr, defaults.init_from) == (TrainConfig.lr, None)
     assert (defaults.aux_weight, defaults.linear_skip, defaults.freeze_encoder) == (
         TrainConfig.aux_weight, False, False)
+    assert defaults.hvg_panel_prob == TrainConfig.hvg_panel_prob == 0.0
     assert main([*base, "--hidden-dim", "96", "--gene-keep", "1", "--panel-drop", "0", "--lr", "1e-4",
-                 "--init-from", "ckpt", "--aux-weight", "2", "--linear-skip", "--freeze-encoder"]) == 0
+                 "--init-from", "ckpt", "--aux-weight", "2", "--linear-skip", "--freeze-encoder",
+                 "--hvg-panel", "0.3"]) == 0
     got = seen["cfg"]
-    assert (got.hidden_dim, got.gene_keep, got.panel_drop_prob) == (96, 1.0, 0.0)
+    assert (got.hidden_dim, got.gene_keep, got.panel_drop_prob, got.hvg_panel_prob) == (96, 1.0, 0.0, 0.3)
     assert (got.lr, got.init_from) == (1e-4, "ckpt")
     assert (got.aux_weight, got.linear_skip, got.freeze_encoder) == (2.0, True, True)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from pathlib import Path
 
 import anndata as ad
@@ -13,7 +14,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from instructcell_agent.core_model.alignment import AlignedData, align_to_vocab
+from instructcell_agent.core_model.alignment import AlignedData, SmallPanelWarning, align_to_vocab
 from instructcell_agent.core_model.errors import (
     GeneOverlapError,
     InvalidValuesError,
@@ -169,3 +170,29 @@ def test_mouse_dataset_matches_human_vocabulary() -> None:
     assert (column_sums[: len(orthologs)] > 0).all()
     cd19 = adata[:, "Cd19"].X.toarray().ravel()
     np.testing.assert_array_equal(result.X[:, 0].toarray().ravel(), cd19)
+
+
+def _hvg_cut(n_vocab_in_raw: int, n_in_x: int) -> tuple[ad.AnnData, list[str]]:
+    """A file as scanpy leaves it: X cut to a few genes, the full matrix in adata.raw."""
+    vocab = [f"GENE{i}" for i in range(2000)]
+    full = _adata(_counts(4, n_vocab_in_raw), vocab[:n_vocab_in_raw])
+    full.raw = full
+    return full[:, :n_in_x].copy(), vocab
+
+
+def test_matched_lists_the_vocabulary_genes_present() -> None:
+    result = align_to_vocab(_adata(_counts(3, 4), ["LYZ", "FOO", "CD4", "NKG7"]), ["CD4", "CD8A", "LYZ", "NKG7"],
+                            min_genes=3)
+    assert result.matched.tolist() == [0, 2, 3]
+
+
+def test_raw_with_many_more_genes_is_pointed_out() -> None:
+    adata, vocab = _hvg_cut(1800, 200)
+    with pytest.warns(SmallPanelWarning, match="adata.raw holds 1,800 .* only 200.*use_raw=True"):
+        result = align_to_vocab(adata, vocab)
+    assert any("use_raw=True" in note for note in result.report.notes)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # reading raw, or a raw that adds little, says nothing
+        assert align_to_vocab(adata, vocab, use_raw=True).report.n_matched == 1800
+        cut, _ = _hvg_cut(1100, 200)  # 900 more genes: under the threshold
+        assert not align_to_vocab(cut, vocab).report.notes

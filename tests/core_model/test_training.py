@@ -143,3 +143,53 @@ def test_dataset_draws_follow_cells_to_the_power_alpha():
     assert data.dataset_probs(0.0) == pytest.approx([0.5, 0.5])
     with pytest.raises(ValueError, match="dataset_alpha"):
         tiny_train_config(dataset_alpha=1.5)
+
+
+def _variable_counts(n_cells: int = 400, seed: int = 0):
+    """Counts over 300 genes of spread means, of which genes 60, 120, 180 and 240 split the cells
+    into two groups (at their neighbours' mean: the seurat ranking compares genes of similar
+    mean) and genes 280 on are held by no cell."""
+    import numpy as np
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(seed)
+    means = np.tile(np.logspace(0.3, 1.7, 300), (n_cells, 1))
+    for g in VARIABLE:
+        means[: n_cells // 2, g] = 2 * means[0, g] - 0.5
+        means[n_cells // 2 :, g] = 0.5
+    counts = rng.poisson(means).astype(np.float32)
+    counts[:, 280:] = 0
+    return sp.csr_matrix(counts)
+
+
+VARIABLE = (60, 120, 180, 240)
+
+
+def test_variable_genes_come_first_and_absent_genes_are_left_out():
+    from instructcell_agent.core_model.training import variable_gene_order
+
+    order = variable_gene_order(_variable_counts(), 1e4)
+    assert sorted(order[:4].tolist()) == list(VARIABLE)
+    assert sorted(order.tolist()) == list(range(280))
+
+
+def test_an_hvg_panel_keeps_only_the_most_variable_genes_and_is_drawn_only_when_enabled():
+    import numpy as np
+
+    from instructcell_agent.core_model.training import TrainConfig, augment
+
+    counts = _variable_counts()
+    variable = np.arange(280)[::-1].copy()  # a made-up order: gene 279 first
+    plain = TrainConfig(gene_keep=1.0, panel_drop_prob=0.0)
+    # Off (the default): the same draws as before the option existed, whatever `variable` says.
+    a = augment(counts, plain, np.random.default_rng(3), variable)
+    b = augment(counts, plain, np.random.default_rng(3))
+    assert (a != b).nnz == 0 and (a != counts).nnz == 0
+    always = dataclasses.replace(plain, hvg_panel_prob=1.0)
+    cut = augment(counts, always, np.random.default_rng(3), variable)
+    # 500 or more genes are kept: all 280 held here, so nothing is lost...
+    assert (cut != counts).nnz == 0
+    # ...while an order naming fewer genes keeps exactly those.
+    few = augment(counts, always, np.random.default_rng(3), np.array([2, 7]))
+    assert set(few.tocoo().col.tolist()) == {2, 7}
+    assert np.allclose(few[:, [2, 7]].toarray(), counts[:, [2, 7]].toarray())
