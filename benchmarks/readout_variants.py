@@ -19,6 +19,9 @@ A variant is SCALING:L2[:WEIGHT].
   of log1p(CP10k) and needs no change to the checkpoint format.
 - `panel`: raw, fitted on the train cells plus one copy of each seen through a random gene panel
   (`train-readout --panel-copies 1`, core_model/readout_train.py).
+- `hvgpanel`: raw, fitted on the train cells plus one copy of each holding only its set's N most
+  variable genes (N drawn per cell from 500 to 3,000; ranked on the set's train cells as scanpy
+  ranks them), normalized over those (`train-readout --hvg-copies 1`, core_model/gene_panels.py).
 - `impute`: the raw fit, answering a file that lacks some of the vocabulary's genes as if it had
   them: absent genes take the label set's mean training cell, and the present genes' values are
   scaled down to the share of expression they carry in that mean cell (the file was normalized
@@ -83,12 +86,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def fit_blocks(loaded: LoadedModel, specs: list[Any], split: str,
-               panel_copies: int = 0, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray, list[str]]]:
+def fit_blocks(loaded: LoadedModel, specs: list[Any], split: str, panel_copies: int = 0, seed: int = 0,
+               hvg_copies: int = 0) -> list[tuple[np.ndarray, np.ndarray, list[str]]]:
     """`fit_readout`'s blocks for the checkpoint's label sets, from `split` of `specs`."""
     known = {spec.name: spec for spec in specs}
     return readout_blocks(loaded.label_sets, known, loaded.vocab, split, float(loaded.model.cfg.target_sum),
-                          panel_copies, seed)[0]
+                          panel_copies, seed, hvg_copies)[0]
 
 
 @dataclasses.dataclass
@@ -253,6 +256,8 @@ def run(args: argparse.Namespace, cmd: list[str], specs: list[Any], panel_dir: P
     fit = fit_blocks(loaded, specs, args.fit_split)
     panel_fit = fit_blocks(loaded, specs, args.fit_split, panel_copies=1, seed=args.seed) \
         if any(v.startswith("panel:") for v in args.variants) else None
+    hvg_fit = fit_blocks(loaded, specs, args.fit_split, seed=args.seed, hvg_copies=1) \
+        if any(v.startswith("hvgpanel:") for v in args.variants) else None
     if args.eval_panel is not None:  # the read-outs are fitted on the full files, evaluated on fewer genes
         specs = [with_panel(spec, args.eval_panel, args.seed, panel_dir) for spec in specs]
     if args.eval_hvg is not None:
@@ -267,18 +272,18 @@ def run(args: argparse.Namespace, cmd: list[str], specs: list[Any], panel_dir: P
     readouts, fitted = {}, {}
     for variant in args.variants:
         scaling, l2, *rest = variant.split(":")
-        fit_as = "raw" if scaling in ("panel", "impute", "fill") else scaling
-        key = ("panel" if scaling == "panel" else fit_as, l2)
+        fit_as = "raw" if scaling in ("panel", "hvgpanel", "impute", "fill") else scaling
+        key = (scaling if scaling in ("panel", "hvgpanel") else fit_as, l2)
         if key not in fitted:  # variants differing in weight or imputation only share one fit
-            fitted[key] = fit_variant(panel_fit if scaling == "panel" else fit, len(loaded.vocab), fit_as,
-                                      float(l2), args.sd_floor, weight)
+            blocks = {"panel": panel_fit, "hvgpanel": hvg_fit}.get(scaling, fit)
+            fitted[key] = fit_variant(blocks, len(loaded.vocab), fit_as, float(l2), args.sd_floor, weight)
             logger.info("fitted %s:%s (train accuracy %.3f)", *key, fitted[key].info["train_accuracy"])
         base = fitted[key]
         w = float(rest[0]) if rest else weight
         readouts[variant] = ImputingReadout(base.labels, base.weight, base.bias, w, base.info,
                                             rescale=scaling == "impute") \
             if scaling in ("impute", "fill") else Readout(base.labels, base.weight, base.bias, w, base.info)
-    del fit, panel_fit
+    del fit, panel_fit, hvg_fit
 
     recorded_calls = {}
     results: dict[str, dict[str, Any]] = {v: {} for v in args.variants}

@@ -20,6 +20,7 @@ from .cell_encoder import log_normalize_csr
 from .corpus import load_split
 from .datasets import DatasetSpec, load_catalog
 from .errors import CheckpointError
+from .gene_panels import hvg_cut, variable_gene_order
 from .io import file_sha256
 from .readout import DEFAULT_WEIGHT, Block, Readout, fit_readout, save_readout
 
@@ -38,11 +39,12 @@ def panel_dropped(counts: sp.spmatrix, rng: np.random.Generator, low: float = 0.
 
 
 def readout_blocks(label_sets: dict[str, Any], known: dict[str, DatasetSpec], vocab: list[str], split: str,
-                   target_sum: float, panel_copies: int = 0,
-                   seed: int = 0) -> tuple[list[Block], dict[str, torch.Tensor], list[dict[str, Any]]]:
+                   target_sum: float, panel_copies: int = 0, seed: int = 0,
+                   hvg_copies: int = 0) -> tuple[list[Block], dict[str, torch.Tensor], list[dict[str, Any]]]:
     """What the read-out is fitted on, for every label set with a spec in `known`: the blocks of
     `fit_readout` (log1p(CP10k) of the `split` cells, then `panel_copies` panel-dropped copies of
-    them), each set's mean cell (cells as they are) and the data's provenance."""
+    them, then `hvg_copies` copies cut to the set's most variable genes, `gene_panels.hvg_cut`),
+    each set's mean cell (cells as they are) and the data's provenance."""
     rng = np.random.default_rng(seed)
     blocks, means, data = [], {}, []
     for name, entry in label_sets.items():
@@ -54,6 +56,9 @@ def readout_blocks(label_sets: dict[str, Any], known: dict[str, DatasetSpec], vo
         means[name] = torch.as_tensor(expr.mean(0), dtype=torch.float32)
         views = [expr] + [log_normalize_csr(panel_dropped(part.X, rng), target_sum).toarray()
                           for _ in range(panel_copies)]
+        if hvg_copies:
+            order = variable_gene_order(part.X, target_sum)
+            views += [log_normalize_csr(hvg_cut(part.X, order, rng), target_sum).toarray() for _ in range(hvg_copies)]
         blocks.append((np.concatenate(views), np.concatenate([part.labels] * len(views)), list(entry["labels"])))
         data.append({"name": name, "split": split, "n_cells": part.n_cells, "sha256": file_sha256(spec.path),
                      "split_sha256": file_sha256(spec.split_path) if spec.split_path else None})
@@ -63,7 +68,7 @@ def readout_blocks(label_sets: dict[str, Any], known: dict[str, DatasetSpec], vo
 
 def train_readout(checkpoint_dir: str | os.PathLike, specs: Sequence[DatasetSpec] | None = None, *,
                   split: str = "train", l2: float = 1.0, answer_weight: float = DEFAULT_WEIGHT,
-                  panel_copies: int = 0, seed: int = 0, command: str | None = None) -> Readout:
+                  panel_copies: int = 0, seed: int = 0, hvg_copies: int = 0, command: str | None = None) -> Readout:
     """Fit the read-out on `split` of every dataset the checkpoint has a label set for and write
     it into the checkpoint directory (readout.safetensors + readout.json, atomically), with each
     set's mean cell over the same cells (`explain`'s default reference).
@@ -74,7 +79,11 @@ def train_readout(checkpoint_dir: str | os.PathLike, specs: Sequence[DatasetSpec
     (`panel_dropped`, seeded by `seed`), as the language model was trained with panel dropout;
     the mean cells use the cells as they are. Off by default: on valid one copy read files
     holding 10% of the genes better and full files no better, and it cost zheng2017 on test
-    (benchmarks/EXPERIMENTS.md, read-out variants)."""
+    (benchmarks/EXPERIMENTS.md, read-out variants).
+    `hvg_copies`: fit also on that many copies of every cell cut to its set's most variable genes
+    (`gene_panels.hvg_cut`). Off by default: on valid one copy read files cut to 2,000 HVGs better
+    and whole files no better, losing on zheng2017 (benchmarks/EXPERIMENTS.md, files cut to their
+    most variable genes)."""
     root = Path(checkpoint_dir)
     for name in ("config.json", "gene_vocab.json", "labels.json"):
         if not (root / name).is_file():
@@ -86,13 +95,13 @@ def train_readout(checkpoint_dir: str | os.PathLike, specs: Sequence[DatasetSpec
     missing = sorted(set(label_sets) - set(known))
     if missing:
         log.warning("no data for label sets %s: their labels are scored by the language model alone", missing)
-    blocks, means, data = readout_blocks(label_sets, known, vocab, split, target_sum, panel_copies, seed)
+    blocks, means, data = readout_blocks(label_sets, known, vocab, split, target_sum, panel_copies, seed, hvg_copies)
     if not blocks:
         raise CheckpointError(f"none of the checkpoint's label sets {sorted(label_sets)} has data to fit a read-out on")
     labels, weight, bias, info = fit_readout(blocks, len(vocab), l2=l2)
     # fit_readout counts the rows it fitted (cells and their panel copies); report the cells
     info = {**info, "n_cells": sum(d["n_cells"] for d in data), "n_fitted_rows": info["n_cells"],
-            "panel_copies": panel_copies, "seed": seed}
+            "panel_copies": panel_copies, "hvg_copies": hvg_copies, "seed": seed}
     log.info("read-out fitted: %d labels, train accuracy %.3f", len(labels), info["train_accuracy"])
     readout = Readout(labels, weight, bias, answer_weight,
                       {**info, "data": data, "command": command, "torch": torch.__version__}, means)

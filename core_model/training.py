@@ -28,11 +28,12 @@ from tqdm.auto import tqdm
 
 from . import warm_start
 from .backbone import load_backbone
-from .cell_encoder import log_normalize_csr, sparse_log_normalize
+from .cell_encoder import sparse_log_normalize
 from .checkpoint import LoadedModel, save_checkpoint
 from .config import BackboneConfig, CellEncoderConfig, ModelConfig
 from .corpus import SplitData, dense_rows, load_split
 from .datasets import DatasetSpec, load_catalog, split_names, subset_by_names
+from .gene_panels import N_TOP_RANGE, variable_gene_order
 from .instructions import format_choices, has_choices, load_bank, render
 from .io import file_sha256, read_h5ad
 from .model import CellLanguageModel
@@ -171,7 +172,7 @@ def augment(counts: sp.csr_matrix, cfg: TrainConfig, rng: np.random.Generator,
     # Drawn only when enabled, so runs without it draw exactly what they drew before.
     if cfg.hvg_panel_prob > 0 and variable is not None and rng.random() < cfg.hvg_panel_prob:
         panel = np.zeros(counts.shape[1], dtype=bool)
-        panel[variable[: int(rng.integers(500, 3001))]] = True
+        panel[variable[: int(rng.integers(N_TOP_RANGE[0], N_TOP_RANGE[1] + 1))]] = True
         keep &= panel[counts.indices]
     counts.data = counts.data * keep
     counts.eliminate_zeros()
@@ -288,20 +289,6 @@ def _batch(data: TrainingData, d: int, rows: np.ndarray, target_sum: float, cfg:
     """Augmented, log-normalized batch as a sparse tensor (the encoder's first layer is sparse)."""
     variable = data.variable_genes(d, target_sum) if cfg.hvg_panel_prob > 0 else None
     return sparse_log_normalize(augment(data.splits[d].X[rows], cfg, rng, variable), target_sum)
-
-
-def variable_gene_order(counts: sp.csr_matrix, target_sum: float) -> np.ndarray:
-    """Column positions of the genes a cell holds in any cell, most variable first, ranked as
-    scanpy's `highly_variable_genes(flavor="seurat")` ranks them (normalized dispersion of
-    log1p(CP10k)), the usual way a user's file is cut to HVGs."""
-    import anndata
-    import scanpy as sc
-
-    present = np.flatnonzero(np.asarray(counts.sum(0)).ravel() > 0)
-    logged = anndata.AnnData(log_normalize_csr(counts, target_sum)[:, present])
-    sc.pp.highly_variable_genes(logged, flavor="seurat", n_top_genes=min(3000, present.size))
-    score = np.nan_to_num(logged.var["dispersions_norm"].to_numpy(dtype=float), nan=-np.inf)
-    return present[np.argsort(-score, kind="stable")]
 
 
 def train_encoder(encoder: nn.Module, aux: AuxHead, data: TrainingData, cfg: TrainConfig, target_sum: float,

@@ -173,6 +173,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="also fit on this many copies of each cell seen through a random gene panel (default 0); "
                         "1 helps files holding few of the vocabulary's genes and cost zheng2017 on its full panel "
                         "(benchmarks/EXPERIMENTS.md, read-out variants)")
+    c.add_argument("--hvg-copies", type=int, default=0,
+                   help="also fit on N copies of every cell cut to its set's 500-3,000 most variable genes "
+                        "(better on files cut to HVGs, not on whole files; benchmarks/EXPERIMENTS.md)")
     c.add_argument("--seed", type=int, default=0, help="seed of the panel draws")
     c = sub.add_parser("info", help="describe a checkpoint: how it was made, its label sets")
     c.add_argument("--checkpoint", help="checkpoint directory (default: the shipped one)")
@@ -265,7 +268,8 @@ def _train_readout(args) -> int:
     specs = shared + [spec for file in args.catalog for spec in datasets.load_user_catalog(file)]
     command = "instructcell " + " ".join(sys.argv[1:]) if argv_is_cli() else None
     readout = train_readout(args.checkpoint, specs, split=args.split, l2=args.l2, answer_weight=args.weight,
-                            panel_copies=args.panel_copies, seed=args.seed, command=command)
+                            panel_copies=args.panel_copies, seed=args.seed, hvg_copies=args.hvg_copies,
+                            command=command)
     print(json.dumps({"labels": len(readout.labels), **{k: readout.info[k] for k in ("n_cells", "train_accuracy")}}))
     return 0
 
@@ -372,6 +376,7 @@ def _info(args) -> int:
         meta = json.loads((path / "readout.json").read_text())
         out["readout"] = {"labels": len(meta.get("labels", [])), "answer_weight": meta.get("answer_weight"),
                           "l2": meta.get("l2"), "panel_copies": meta.get("panel_copies", 0),
+                          "hvg_copies": meta.get("hvg_copies", 0),
                           "mean_cell_sets": meta.get("mean_cell_sets", []),
                           "command": meta.get("command"), "data": meta.get("data")}
     print(json.dumps(out, indent=1))

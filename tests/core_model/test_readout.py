@@ -196,3 +196,37 @@ def test_panel_copies_add_cells_to_the_fit_but_not_to_the_mean_cells(tiny_model,
     np.testing.assert_array_equal(twice[1], np.concatenate([plain[1], plain[1]]))
     assert (twice[0][n:] > 0).sum() < (plain[0] > 0).sum()  # the copies hold fewer genes
     torch.testing.assert_close(twice_means[planted_spec.name], plain_means[planted_spec.name])
+
+
+def test_hvg_cut_keeps_each_cell_s_most_variable_genes_only():
+    import scipy.sparse as sp
+
+    from instructcell_agent.core_model.gene_panels import N_TOP_RANGE, hvg_cut
+
+    n_genes = 4000
+    counts = sp.csr_matrix(np.random.default_rng(0).poisson(3.0, (50, n_genes)).astype(np.float32))
+    before = counts.copy()
+    order = np.random.default_rng(1).permutation(n_genes)  # a made-up variability ranking
+    cut = hvg_cut(counts, order, np.random.default_rng(2))
+    assert (counts != before).nnz == 0  # the input is left alone
+    rank = np.empty(n_genes, dtype=np.int64)
+    rank[order] = np.arange(n_genes)
+    deepest = np.array([rank[cut[i].indices].max() for i in range(cut.shape[0])])
+    # every cell keeps a prefix of the ranking, of a length drawn per cell within the range
+    assert deepest.min() >= N_TOP_RANGE[0] - 10 and deepest.max() < N_TOP_RANGE[1] and deepest.std() > 100
+    for i in range(cut.shape[0]):
+        top = order[: deepest[i] + 1]
+        np.testing.assert_array_equal(cut[i, top].toarray(), counts[i, top].toarray())
+
+
+def test_hvg_copies_add_cut_cells_to_the_fit_after_the_cells_as_they_are(tiny_model, planted_spec):
+    from instructcell_agent.core_model.readout_train import readout_blocks
+
+    args = (tiny_model.label_sets, {planted_spec.name: planted_spec}, tiny_model.vocab, "train",
+            tiny_model.model.cfg.target_sum)
+    (plain, *_), plain_means, _ = readout_blocks(*args)
+    (cut, *_), cut_means, _ = readout_blocks(*args, seed=3, hvg_copies=1)
+    n = plain[0].shape[0]
+    assert cut[0].shape == (2 * n, plain[0].shape[1])
+    np.testing.assert_array_equal(cut[0][:n], plain[0])
+    torch.testing.assert_close(cut_means[planted_spec.name], plain_means[planted_spec.name])

@@ -166,7 +166,7 @@ VARIABLE = (60, 120, 180, 240)
 
 
 def test_variable_genes_come_first_and_absent_genes_are_left_out():
-    from instructcell_agent.core_model.training import variable_gene_order
+    from instructcell_agent.core_model.gene_panels import variable_gene_order
 
     order = variable_gene_order(_variable_counts(), 1e4)
     assert sorted(order[:4].tolist()) == list(VARIABLE)
