@@ -164,7 +164,8 @@ def _vocab_targets(names: list[str], fallback: list[str] | None, species: str | 
 
 # Why warn: a file cut to its 2,000 most variable genes (the usual scanpy workflow, with the
 # full matrix kept in adata.raw) holds 13-17% of the vocabulary, and on the valid splits the
-# answers from such copies lost up to 0.2 macro-F1 (benchmarks/EXPERIMENTS.md, "files cut to their most variable genes").
+# answers from such copies lost up to 0.2 macro-F1 (benchmarks/EXPERIMENTS.md, "files cut to
+# their most variable genes").
 _RAW_GAIN, _RAW_EXTRA = 1.5, 1000
 
 

@@ -58,7 +58,8 @@ def readout_blocks(label_sets: dict[str, Any], known: dict[str, DatasetSpec], vo
                           for _ in range(panel_copies)]
         if hvg_copies:
             order = variable_gene_order(part.X, target_sum)
-            views += [log_normalize_csr(hvg_cut(part.X, order, rng), target_sum).toarray() for _ in range(hvg_copies)]
+            views += [log_normalize_csr(hvg_cut(part.X, order, rng), target_sum).toarray()
+                      for _ in range(hvg_copies)]
         blocks.append((np.concatenate(views), np.concatenate([part.labels] * len(views)), list(entry["labels"])))
         data.append({"name": name, "split": split, "n_cells": part.n_cells, "sha256": file_sha256(spec.path),
                      "split_sha256": file_sha256(spec.split_path) if spec.split_path else None})

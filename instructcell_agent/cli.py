@@ -216,7 +216,8 @@ def _train(args) -> int:
         datasets=tuple(d for d in args.datasets.split(",") if d), backbone=BackboneConfig(kind=args.backbone),
         lm_steps=args.lm_steps, encoder_epochs=args.encoder_epochs, batch_size=args.batch_size,
         n_hvg=args.n_hvg, seed=args.seed, hidden_dim=args.hidden_dim, gene_keep=args.gene_keep,
-        panel_drop_prob=args.panel_drop, hvg_panel_prob=args.hvg_panel, lr=args.lr, init_from=args.init_from, weight_decay=args.weight_decay,
+        panel_drop_prob=args.panel_drop, hvg_panel_prob=args.hvg_panel, lr=args.lr, init_from=args.init_from,
+        weight_decay=args.weight_decay,
         fit_splits=args.fit_splits, vocab_from=args.vocab_from, dataset_alpha=args.dataset_alpha,
         linear_skip=args.linear_skip, aux_weight=args.aux_weight, freeze_encoder=args.freeze_encoder,
     )
