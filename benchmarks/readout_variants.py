@@ -264,7 +264,8 @@ def run(args: argparse.Namespace, cmd: list[str], specs: list[Any], panel_dir: P
         specs = [with_hvg(spec, args.eval_hvg, panel_dir) for spec in specs]
     held = fit_blocks(loaded, specs, args.split)
     panels = {}  # per set: the evaluated file's genes, and the set's mean cell on the fit split
-    for name, spec, (x, _, _) in zip(names, specs, fit):
+    completes = args.complete_input or any(v.split(":")[0] in ("impute", "fill") for v in args.variants)
+    for name, spec, (x, _, _) in zip(names, specs, fit if completes else []):
         present = torch.zeros(len(loaded.vocab), dtype=torch.bool)
         present[torch.from_numpy(align_to_vocab(read_h5ad(spec.path), loaded.vocab).matched)] = True
         panels[name] = (present, torch.from_numpy(x.mean(0)).float())

@@ -182,9 +182,11 @@ def test_an_hvg_panel_keeps_only_the_most_variable_genes_and_is_drawn_only_when_
     variable = np.arange(280)[::-1].copy()  # a made-up order: gene 279 first
     plain = TrainConfig(gene_keep=1.0, panel_drop_prob=0.0)
     # Off (the default): the same draws as before the option existed, whatever `variable` says.
-    a = augment(counts, plain, np.random.default_rng(3), variable)
-    b = augment(counts, plain, np.random.default_rng(3))
+    with_order, without = np.random.default_rng(3), np.random.default_rng(3)
+    a = augment(counts, plain, with_order, variable)
+    b = augment(counts, plain, without)
     assert (a != b).nnz == 0 and (a != counts).nnz == 0
+    assert with_order.bit_generator.state == without.bit_generator.state  # no extra draw
     always = dataclasses.replace(plain, hvg_panel_prob=1.0)
     cut = augment(counts, always, np.random.default_rng(3), variable)
     # 500 or more genes are kept: all 280 held here, so nothing is lost...
