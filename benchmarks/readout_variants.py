@@ -28,9 +28,13 @@ A variant is SCALING:L2[:WEIGHT].
   over fewer genes than training cells were). `fill`: the absent genes only, no rescaling. On a
   file holding every gene its set's training files held, both equal `raw`.
 L2 as in `fit_readout`; WEIGHT is the read-out's weight in the product of experts (default: the
-checkpoint's). `--eval-panel 0.1` evaluates on copies of the files keeping a random 10% of their
-genes (the read-outs are still fitted on the full files); `--eval-hvg 2000` on copies keeping each
-file's 2,000 most variable genes, as a file subset to HVGs in a scanpy workflow would
+checkpoint's). PRIOR (default 0) takes PRIOR times each label's log-frequency in the fitted cells
+off the combined score (`label_log_prior`, folded into the read-out's bias): both experts
+were trained on those frequencies, so their product counts the label prior twice; 1 counts it
+once, 2 not at all (every label equally likely a priori, what macro-F1 rewards).
+`--eval-panel 0.1` evaluates on copies of the files keeping a random 10% of their genes (the
+read-outs are still fitted on the full files); `--eval-hvg 2000` on copies keeping each file's
+2,000 most variable genes, as a file subset to HVGs in a scanpy workflow would
 (benchmarks/file_copies.py). `--complete-input` completes those cells as `impute` does before the
 language model reads them too (the record is then of the completed cells).
 """
@@ -68,7 +72,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", type=Path, default=default_checkpoint_path())
     p.add_argument("--variants", nargs="+", default=["raw:1", "raw:10", "raw:100", "z:10", "z:100", "z:1000"],
-                   help="SCALING:L2[:WEIGHT] each; the first is the reference")
+                   help="SCALING:L2[:WEIGHT[:PRIOR]] each; the first is the reference")
     p.add_argument("--sd-floor", type=float, default=0.1, help="smallest standard deviation `z` divides by")
     p.add_argument("--split", default="valid", choices=["valid", "test"])
     p.add_argument("--fit-split", default="train")
@@ -92,6 +96,18 @@ def fit_blocks(loaded: LoadedModel, specs: list[Any], split: str, panel_copies: 
     known = {spec.name: spec for spec in specs}
     return readout_blocks(loaded.label_sets, known, loaded.vocab, split, float(loaded.model.cfg.target_sum),
                           panel_copies, seed, hvg_copies)[0]
+
+
+def label_log_prior(blocks: list[tuple[np.ndarray, np.ndarray, list[str]]], labels: Sequence[str]) -> torch.Tensor:
+    """(len(labels),) log-frequency of each label among the cells of the blocks whose label set
+    holds it (a label several sets share pools their cells; one with no cell counts as one)."""
+    hits, totals = np.zeros(len(labels)), np.zeros(len(labels))
+    column = {label: i for i, label in enumerate(labels)}
+    for _, truth, label_set in blocks:
+        totals[[column[label] for label in label_set]] += len(truth)
+        names, counts = np.unique(np.asarray(truth).astype(str), return_counts=True)
+        hits[[column[name] for name in names]] += counts
+    return torch.as_tensor(np.log(np.maximum(hits, 1) / np.maximum(totals, 1)), dtype=torch.float32)
 
 
 @dataclasses.dataclass
@@ -281,9 +297,12 @@ def run(args: argparse.Namespace, cmd: list[str], specs: list[Any], panel_dir: P
             logger.info("fitted %s:%s (train accuracy %.3f)", *key, fitted[key].info["train_accuracy"])
         base = fitted[key]
         w = float(rest[0]) if rest else weight
-        readouts[variant] = ImputingReadout(base.labels, base.weight, base.bias, w, base.info,
+        prior = float(rest[1]) if len(rest) > 1 else 0.0
+        # a per-label constant added to the read-out's logits reaches the combined score times w
+        bias = base.bias - prior / w * label_log_prior(fit, base.labels) if prior else base.bias
+        readouts[variant] = ImputingReadout(base.labels, base.weight, bias, w, base.info,
                                             rescale=scaling == "impute") \
-            if scaling in ("impute", "fill") else Readout(base.labels, base.weight, base.bias, w, base.info)
+            if scaling in ("impute", "fill") else Readout(base.labels, base.weight, bias, w, base.info)
     del fit, panel_fit, hvg_fit
 
     recorded_calls = {}

@@ -25,6 +25,7 @@ from .io import file_sha256, write_json_atomic
 from .model import CellLanguageModel
 from .precision import resolve_precision
 from .readout import Readout, load_readout, save_readout
+from .temperature import load_temperatures, rebind_temperatures
 
 FORMAT_VERSION = 1
 REQUIRED = ("config.json", "gene_vocab.json", "labels.json", "weights.safetensors")
@@ -40,6 +41,13 @@ class LoadedModel:
     info: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
     readout: Readout | None = None  # the linear gene read-out beside the LM (core_model/readout.py), if fitted
+    # confidence temperatures fitted on held-out cells, by mode (core_model/temperature.py); {} = none
+    temperatures: dict[str, float] = field(default_factory=dict)
+
+    def temperature(self, readout: Readout | None) -> float:
+        """What answer scores are divided by before the softmax that gives confidences: the
+        fitted temperature of answers with the read-out (`readout` given) or without it; 1 if none."""
+        return self.temperatures.get("readout" if readout is not None else "lm_alone", 1.0)
 
     def label_set(self, name: str) -> dict[str, Any]:
         if name not in self.label_sets:
@@ -212,6 +220,7 @@ def reorder_genes(checkpoint_dir: str | os.PathLike, vocab: list[str], command: 
         if readout is not None:  # its weight columns and mean cells are over genes too
             readout.permute_genes([position[g] for g in vocab])
             save_readout(work, readout, vocab)
+        rebind_temperatures(work, before)  # same answers, so the same confidences
         record = {"sha256_before": before, "sha256_after": file_sha256(path), "command": command}
         config = json.loads((work / "config.json").read_text())
         config["genes_reordered"] = record
@@ -267,4 +276,5 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
     model = model.to(device).eval()
     model.use_lm_dtype(lm_dtype)
     readout = load_readout(root, vocab)
-    return LoadedModel(model, vocab, labels, config, root, readout.to(device) if readout is not None else None)
+    return LoadedModel(model, vocab, labels, config, root, readout.to(device) if readout is not None else None,
+                       load_temperatures(root))

@@ -25,6 +25,7 @@ from .io import get_labels, read_h5ad
 from .labels import LabelMapper
 from .readout import Readout, answer_scores, readout_name
 from .scoring import check_scoring, scoring_name, use_decisive
+from .temperature import summary
 
 INVALID = "<invalid>"
 BANK_OF_TASK = {"cta": "annotation", "dsp": "drug_response"}
@@ -37,6 +38,9 @@ class Predictions:
     with_options: np.ndarray  # bool per cell
     answers: list[str]
     seconds: float
+    # each cell's answer scores (over the labels it was chosen among), None where it was decoded:
+    # what its confidence is a softmax of (core_model/temperature.py)
+    score_rows: list[np.ndarray | None] | None = None
 
 
 def predict_split(loaded: LoadedModel, X, fields: list[dict[str, str]], truth: np.ndarray, labels: Sequence[str],
@@ -70,6 +74,7 @@ def predict_split(loaded: LoadedModel, X, fields: list[dict[str, str]], truth: n
     options_arr = np.array(options)
     predicted = np.empty(X.shape[0], dtype=object)
     answers = [""] * X.shape[0]
+    score_rows: list[np.ndarray | None] = [None] * X.shape[0]
     scored_rows, scored = [], []
     start = time.perf_counter()
     with torch.no_grad():
@@ -84,25 +89,31 @@ def predict_split(loaded: LoadedModel, X, fields: list[dict[str, str]], truth: n
                 if flag:
                     scores = answer_scores(model, ctx, expr, labels, decisive, readout, label_lists)
                     scored_rows.extend(rows.tolist())
-                    scored.append(scores.cpu().numpy())
+                    scored.append(scores.float().cpu().numpy())
                     out = [labels[j] for j in scores.argmax(1).tolist()]
                     got = out
                 elif readout is not None and allowed and _shared_allowed(allowed, rows, readout):
                     choices = list(allowed[rows[0]])
-                    best = answer_scores(model, ctx, expr, choices, decisive, readout, label_lists).argmax(1)
-                    out = [choices[j] for j in best.tolist()]
+                    chosen = answer_scores(model, ctx, expr, choices, decisive, readout, label_lists)
+                    out = [choices[j] for j in chosen.argmax(1).tolist()]
                     got = [mapper.map(a) or INVALID for a in out]
+                    for r, row in zip(rows, chosen.float().cpu().numpy()):
+                        score_rows[r] = row
                 else:
                     out = model.generate(ctx, expr, allowed=[allowed[r] for r in rows] if allowed else None,
                                          decisive=decisive)
                     got = [mapper.map(a) or INVALID for a in out]
                 for r, a, g in zip(rows, out, got):
                     answers[r], predicted[r] = a, g
-    if calibrate and scored:
-        best = label_prior_correction(np.concatenate(scored)).argmax(1)
-        for r, j in zip(scored_rows, best):
-            answers[r] = predicted[r] = labels[j]
-    return Predictions(truth, predicted.astype(str), options_arr, answers, time.perf_counter() - start)
+    if scored:
+        matrix = np.concatenate(scored)
+        if calibrate:
+            matrix = label_prior_correction(matrix)
+            for r, j in zip(scored_rows, matrix.argmax(1)):
+                answers[r] = predicted[r] = labels[j]
+        for r, row in zip(scored_rows, matrix):
+            score_rows[r] = row
+    return Predictions(truth, predicted.astype(str), options_arr, answers, time.perf_counter() - start, score_rows)
 
 
 def _shared_allowed(allowed: Sequence[Sequence[str]], rows: np.ndarray, readout: Readout) -> bool:
@@ -110,6 +121,20 @@ def _shared_allowed(allowed: Sequence[Sequence[str]], rows: np.ndarray, readout:
     dataset do; otherwise the batch is decoded without the read-out)."""
     first = list(allowed[rows[0]])
     return readout.covers(first) and all(list(allowed[r]) == first for r in rows)
+
+
+def scored_cells(preds: Predictions) -> tuple[list[np.ndarray], np.ndarray]:
+    """The score rows of the cells whose answer was scored (decoded answers have none), and
+    whether each of those answers was right."""
+    keep = [i for i, row in enumerate(preds.score_rows or []) if row is not None]
+    return [preds.score_rows[i] for i in keep], preds.predicted[keep] == preds.truth[keep]
+
+
+def confidence_summary(preds: Predictions, temperature: float) -> dict[str, Any]:
+    """How well the confidences of scored answers match their accuracy, at `temperature`
+    (core_model/temperature.py)."""
+    return {**summary(*scored_cells(preds), temperature),
+            "definition": "top-label probability of scored answers; calibration_error: 10 equal-width bins"}
 
 
 def metrics(truth: np.ndarray, predicted: np.ndarray, labels: Sequence[str]) -> dict[str, Any]:
@@ -130,7 +155,8 @@ def metrics(truth: np.ndarray, predicted: np.ndarray, labels: Sequence[str]) -> 
 def evaluate(loaded: LoadedModel, data: str | Path, split_path: str | Path | None, task: str, label_key: str, *,
              instructions: Sequence[str] | None = None, n_instructions: int | None = None, seed: int = 0,
              split: str = "test", batch_size: int = 32, calibrate: bool = False,
-             keep_predictions: bool = False, scoring: str = "auto", readout: bool = True) -> dict[str, Any]:
+             keep_predictions: bool = False, scoring: str = "auto", readout: bool = True,
+             keep_scores: bool = False) -> dict[str, Any]:
     """Metrics of `loaded` on one split of a labelled .h5ad (the `instructcell evaluate` job).
 
     `scoring` as in `annotate`: "auto" scores decisive tokens when every label of the dataset is
@@ -138,7 +164,9 @@ def evaluate(loaded: LoadedModel, data: str | Path, split_path: str | Path | Non
     `annotate`: the checkpoint's linear gene read-out joins the language model where it has one.
 
     With `keep_predictions`, ``result["cells"]`` holds each cell's obs name, truth and answer
-    (mapped to a label, or ``<invalid>``), for paired comparisons with other classifiers.
+    (mapped to a label, or ``<invalid>``), for paired comparisons with other classifiers. With
+    `keep_scores`, ``result["score_rows"]`` holds each scored cell's answer scores (arrays, not
+    JSON) and ``result["correct"]`` whether its answer was right (core_model/temperature_fit.py).
     """
     if task not in BANK_OF_TASK:
         raise ValueError(f"task must be one of {sorted(BANK_OF_TASK)}, got {task!r}")
@@ -176,8 +204,12 @@ def evaluate(loaded: LoadedModel, data: str | Path, split_path: str | Path | Non
         "scoring": scoring_name(decisive),
         "readout": readout_name(expert, all_labels),
         "invalid_examples": sorted({a for a, p in zip(preds.answers, preds.predicted) if p == "<invalid>"})[:20],
+        "confidence": confidence_summary(preds, loaded.temperature(expert)),
         "macro_f1_definition": "sklearn macro F1 over the dataset's label set; invalid answers count as wrong",
     }
+    if keep_scores:
+        result["score_rows"], correct = scored_cells(preds)
+        result["correct"] = correct.tolist()
     if keep_predictions:
         result["cells"] = {"obs_names": [str(n) for n in adata.obs_names], "truth": [str(t) for t in preds.truth],
                            "predicted": [str(p) for p in preds.predicted]}

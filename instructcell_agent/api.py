@@ -213,6 +213,8 @@ def _answer(adata: ad.AnnData, model: LoadedModel | None, task: str, instruction
         "candidate_route": route.kind if route is not None else "none",
         "scoring": scoring_name(decisive and (cands is not None or allowed is not None)),
         "readout": readout_name(expert, scored if cands is not None else (allowed[0] if by_readout else None)),
+        # decoded free answers report the LM's own probability of the text, unscaled
+        "confidence_temperature": loaded.temperature(expert) if cands is not None or by_readout else 1.0,
     }
     if task == "drug_response":  # the instruction above is the template; which drug filled it
         provenance["drug"] = drug
@@ -276,11 +278,13 @@ def _score(loaded: LoadedModel, X, texts: list[str], labels: list[str], batch_si
            decisive: bool = False, progress: Callable[[int, int], None] | None = None,
            expert: Readout | None = None) -> np.ndarray:
     """Log-likelihood (cells x labels) of each label as the answer (of its decisive tokens only),
-    plus the read-out's log-probability where `expert` is given (core_model/readout.py)."""
+    plus the read-out's log-probability where `expert` is given (core_model/readout.py), divided
+    by the checkpoint's confidence temperature for that mode (core_model/temperature.py; the best
+    label of each cell is the same at any temperature, its probability is not)."""
     sets = loaded.label_lists
     scores = [answer_scores(loaded.model, ctx, expr, labels, decisive, expert, sets).cpu().numpy()
               for _, ctx, expr in _batches(loaded, X, texts, batch_size, progress)]
-    return np.concatenate(scores).astype(np.float64)
+    return np.concatenate(scores).astype(np.float64) / loaded.temperature(expert)
 
 
 def _choose_allowed(loaded: LoadedModel, X, texts: list[str], batch_size: int, allowed: list[list[str]],

@@ -177,6 +177,16 @@ def main(argv: list[str] | None = None) -> int:
                    help="also fit on N copies of every cell cut to its set's 500-3,000 most variable genes "
                         "(better on files cut to HVGs, not on whole files; benchmarks/EXPERIMENTS.md)")
     c.add_argument("--seed", type=int, default=0, help="seed of the panel draws")
+    c = sub.add_parser("calibrate", help="fit the temperatures that make answer confidences match accuracy, on "
+                                         "held-out cells (writes temperature.json; answers do not change)")
+    c.add_argument("--checkpoint", required=True, help="checkpoint directory; temperature.json is added to it")
+    c.add_argument("--split", default="valid", help="split the temperatures are fitted on (default valid)")
+    c.add_argument("--readout-split", default="train",
+                   help="split the read-out is refitted on for the fit, apart from --split (default train)")
+    c.add_argument("--catalog", action="append", default=[], help="JSON catalog of your own datasets (as for train)")
+    c.add_argument("--seed", type=int, default=0, help="seed of the phrasing draws")
+    add_precision_argument(c, "float32")
+    add_device_argument(c)
     c = sub.add_parser("info", help="describe a checkpoint: how it was made, its label sets")
     c.add_argument("--checkpoint", help="checkpoint directory (default: the shipped one)")
     c = sub.add_parser("store-weights", help="rewrite a checkpoint's trained weights in a smaller float type")
@@ -199,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         return {"train": _train, "evaluate": _evaluate, "annotate": _annotate, "drug-response": _annotate,
                 "explain": _explain,
                 "info": _info, "store-weights": _store_weights, "train-readout": _train_readout,
+                "calibrate": _calibrate,
                 "reorder-genes": _reorder_genes}[args.command](args)
     except InstructCellError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -255,18 +266,25 @@ def _evaluate(args) -> int:
     return 0
 
 
-def _train_readout(args) -> int:
+def _catalog_specs(catalogs: list[str]) -> list:
+    """The shared catalog's sets (none when there is no shared data but own catalogs are given)
+    and those of the user's own catalog files."""
     from .core_model import datasets
     from .core_model.errors import InputFileError
-    from .core_model.readout_train import train_readout
 
     try:
         shared = datasets.load_catalog()
     except InputFileError:
-        if not args.catalog:
+        if not catalogs:
             raise
         shared = []  # a checkpoint of the user's own sets needs no shared data
-    specs = shared + [spec for file in args.catalog for spec in datasets.load_user_catalog(file)]
+    return shared + [spec for file in catalogs for spec in datasets.load_user_catalog(file)]
+
+
+def _train_readout(args) -> int:
+    from .core_model.readout_train import train_readout
+
+    specs = _catalog_specs(args.catalog)
     command = "instructcell " + " ".join(sys.argv[1:]) if argv_is_cli() else None
     readout = train_readout(args.checkpoint, specs, split=args.split, l2=args.l2, answer_weight=args.weight,
                             panel_copies=args.panel_copies, seed=args.seed, hvg_copies=args.hvg_copies,
@@ -275,13 +293,28 @@ def _train_readout(args) -> int:
     return 0
 
 
+def _calibrate(args) -> int:
+    from .core_model.temperature_fit import calibrate_checkpoint
+
+    command = "instructcell " + " ".join(sys.argv[1:]) if argv_is_cli() else None
+    record = calibrate_checkpoint(args.checkpoint, _catalog_specs(args.catalog), split=args.split,
+                                  readout_split=args.readout_split, seed=args.seed, precision=args.precision,
+                                  device=args.device, command=command)
+    print(json.dumps({"temperature": record["temperature"], "calibration_error_unscaled_then_fitted": {
+        mode: [r["pooled"]["unscaled"]["calibration_error"], r["pooled"]["fitted"]["calibration_error"]]
+        for mode, r in record["fit_report"].items()}}))
+    return 0
+
+
 def _store_weights(args) -> int:
     from .core_model.checkpoint import store_weights_as
     from .core_model.generation.generator import rebind_model_weights
+    from .core_model.temperature import rebind_temperatures
 
     command = "instructcell " + " ".join(sys.argv[1:]) if argv_is_cli() else None
     record = store_weights_as(args.checkpoint, args.dtype, command=command)
     record["generator_rebound"] = rebind_model_weights(args.checkpoint, record["sha256_before"])
+    record["temperature_rebound"] = rebind_temperatures(args.checkpoint, record["sha256_before"])
     print(json.dumps(record))
     return 0
 
@@ -380,6 +413,9 @@ def _info(args) -> int:
                           "hvg_copies": meta.get("hvg_copies", 0),
                           "mean_cell_sets": meta.get("mean_cell_sets", []),
                           "command": meta.get("command"), "data": meta.get("data")}
+    if (path / "temperature.json").is_file():  # confidence temperatures (core_model/temperature.py)
+        meta = json.loads((path / "temperature.json").read_text())
+        out["confidence_temperature"] = {k: meta.get(k) for k in ("temperature", "fitted_on", "command", "created")}
     print(json.dumps(out, indent=1))
     return 0
 

@@ -1,0 +1,153 @@
+"""Temperature scaling of answer confidences, fitted on held-out cells.
+
+Why: a label's probability is a softmax over the candidates' scores, and those scores (the
+language model's log-likelihood, plus the read-out's log-probability in a product of experts)
+are overconfident: asked as `evaluate` asks them, the default checkpoint's answers on the test
+splits carried a mean confidence of 0.970 at accuracy 0.882 on zheng2017 and 0.967 at 0.784 on
+bastidasponce2019 (benchmarks/results/calibration_test.md). Dividing the scores by one
+temperature T > 1 before the softmax keeps every scored answer (the argmax does not move; where
+candidates pool several learned labels, the pooled sums can) and makes the confidence mean what
+it says, so a user can flag uncertain cells by it.
+
+T is fitted by `instructcell calibrate` on the valid splits, as `evaluate` asks them (each cell
+with its own phrasing), minimising the log loss of each answer's confidence against whether the
+answer was right: the top label's probability is what users read, and this fits it directly,
+whichever route (scored options, free answers chosen among learned labels) produced it. One
+temperature for answers with the linear read-out, one for the language model alone.
+temperature.json records the weights file it was fitted with; another weights file (a retrained
+model copied over the checkpoint) makes the loader ignore it, with a warning.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .errors import CheckpointError
+from .io import file_sha256, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+FILE = "temperature.json"
+FORMAT_VERSION = 1
+MODES = ("readout", "lm_alone")
+LOG_T_GRID = np.linspace(np.log(0.1), np.log(100.0), 1201)  # search range of T, log-spaced
+
+
+class StaleTemperatureWarning(UserWarning):
+    """temperature.json was fitted with another weights file; confidences are left unscaled."""
+
+
+def confidences(rows: Sequence[np.ndarray], temperature: float = 1.0) -> np.ndarray:
+    """Top-label probability of each score row (scores / T, softmax over the row's finite entries)."""
+    out = np.empty(len(rows))
+    for i, row in enumerate(rows):
+        z = np.asarray(row, dtype=np.float64) / temperature
+        z = z - np.max(z)
+        out[i] = 1.0 / np.exp(z[np.isfinite(z)]).sum()
+    return out
+
+
+def confidence_log_loss(conf: np.ndarray, correct: np.ndarray) -> float:
+    """Mean binary log loss of confidences against whether each answer was right."""
+    c = np.clip(conf, 1e-9, 1 - 1e-9)
+    return float(-np.mean(np.where(correct, np.log(c), np.log1p(-c))))
+
+
+def calibration_error(conf: np.ndarray, correct: np.ndarray, bins: int = 10) -> float:
+    """Expected calibration error: the cell-weighted mean |confidence - accuracy| over equal-width
+    confidence bins."""
+    conf, correct = np.asarray(conf, dtype=float), np.asarray(correct, dtype=float)
+    if len(conf) == 0:
+        return float("nan")
+    which = np.minimum((conf * bins).astype(int), bins - 1)
+    total = 0.0
+    for b in np.unique(which):
+        m = which == b
+        total += m.sum() * abs(conf[m].mean() - correct[m].mean())
+    return float(total / len(conf))
+
+
+def fit_temperature(rows: Sequence[np.ndarray], correct: Sequence[bool]) -> float:
+    """The T on a fine log-spaced grid (0.1 to 100) minimising `confidence_log_loss`."""
+    correct = np.asarray(correct, dtype=bool)
+    if len(rows) != len(correct) or len(rows) == 0:
+        raise ValueError(f"need one correctness flag per score row and at least one row, "
+                         f"got {len(rows)} and {len(correct)}")
+    # Only each row's top-to-rest gaps matter; stacking them once makes the grid search cheap.
+    width = max(len(r) for r in rows)
+    gaps = np.full((len(rows), width), np.inf)
+    for i, row in enumerate(rows):
+        row = np.asarray(row, dtype=np.float64)
+        finite = row[np.isfinite(row)]
+        gaps[i, : len(finite)] = np.max(finite) - finite
+    losses = []
+    for log_t in LOG_T_GRID:
+        conf = 1.0 / np.exp(-gaps / np.exp(log_t)).sum(1)
+        losses.append(confidence_log_loss(conf, correct))
+    return float(np.exp(LOG_T_GRID[int(np.argmin(losses))]))
+
+
+def summary(rows: Sequence[np.ndarray], correct: Sequence[bool], temperature: float) -> dict[str, Any]:
+    """Mean confidence, accuracy, ECE and log loss of the rows' answers at `temperature`."""
+    correct = np.asarray(correct, dtype=bool)
+    if len(rows) == 0:
+        return {"n_cells": 0, "temperature": temperature}
+    conf = confidences(rows, temperature)
+    return {"n_cells": int(len(rows)), "temperature": float(temperature), "accuracy": float(correct.mean()),
+            "mean_confidence": float(conf.mean()), "calibration_error": calibration_error(conf, correct),
+            "log_loss": confidence_log_loss(conf, correct)}
+
+
+# ---------------------------------------------------------------- files
+def save_temperatures(root: str | os.PathLike, temperatures: dict[str, float], info: dict[str, Any]) -> Path:
+    """Write temperature.json (atomically), bound to the checkpoint's current weights file."""
+    unknown = sorted(set(temperatures) - set(MODES))
+    if unknown:
+        raise ValueError(f"temperature modes must be among {MODES}, got {unknown}")
+    root = Path(root)
+    meta = {"format_version": FORMAT_VERSION, "temperature": temperatures,
+            "model_weights_sha256": file_sha256(root / "weights.safetensors"), **info}
+    write_json_atomic(meta, root / FILE)
+    return root / FILE
+
+
+def load_temperatures(root: str | os.PathLike | None) -> dict[str, float]:
+    """The temperatures stored with a checkpoint ({} when it has none, or when they were fitted
+    with another weights file: then with a StaleTemperatureWarning)."""
+    if root is None or not (Path(root) / FILE).is_file():
+        return {}
+    root = Path(root)
+    meta = json.loads((root / FILE).read_text())
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{root}/{FILE}: format {meta.get('format_version')} is not {FORMAT_VERSION}")
+    if meta.get("model_weights_sha256") != file_sha256(root / "weights.safetensors"):
+        warnings.warn(f"{root}/{FILE} was fitted with another weights file; confidences are left unscaled "
+                      f"(refit: instructcell calibrate --checkpoint {root})", StaleTemperatureWarning, stacklevel=2)
+        return {}
+    temps = {k: float(v) for k, v in meta.get("temperature", {}).items()}
+    bad = {k: v for k, v in temps.items() if k not in MODES or not np.isfinite(v) or v <= 0}
+    if bad:
+        raise CheckpointError(f"{root}/{FILE}: invalid temperatures {bad}")
+    return temps
+
+
+def rebind_temperatures(root: str | os.PathLike, old_sha256: str) -> bool:
+    """After the weights file was rewritten without retraining (stored in another precision),
+    point temperature.json at the new file, when it was fitted with the replaced one
+    (`old_sha256`). Returns whether it was rebound."""
+    path = Path(root) / FILE
+    if not path.is_file():
+        return False
+    meta = json.loads(path.read_text())
+    if meta.get("model_weights_sha256") != old_sha256:
+        return False  # fitted with other weights still: it stays stale
+    meta["model_weights_sha256"] = file_sha256(Path(root) / "weights.safetensors")
+    write_json_atomic(meta, path)
+    return True
