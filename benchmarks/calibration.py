@@ -64,6 +64,20 @@ def api_rows(loaded, spec, split: str) -> tuple[list[np.ndarray], np.ndarray]:
     return rows, np.asarray(result.labels) == truth
 
 
+def pool(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per-set summaries combined, each weighted by its cells (the low-confidence accuracies by
+    their low-confidence cells)."""
+    n = sum(p["n_cells"] for p in parts)
+    out = {k: sum(p[k] * p["n_cells"] for p in parts) / max(n, 1)
+           for k in ("accuracy", "mean_confidence", "calibration_error", "log_loss", "share_below_half")}
+    low = [(p["share_below_half"] * p["n_cells"], p["accuracy_below_half"]) for p in parts]
+    high = [((1 - p["share_below_half"]) * p["n_cells"], p["accuracy_from_half"]) for p in parts]
+    for key, groups in (("accuracy_below_half", low), ("accuracy_from_half", high)):
+        m = sum(k for k, a in groups if a is not None)
+        out[key] = sum(k * a for k, a in groups if a is not None) / m if m else None
+    return out
+
+
 def run(args: argparse.Namespace, cmd: str) -> dict[str, Any]:
     loaded = load_checkpoint(args.checkpoint, "cpu", precision=args.precision)
     temps = dict(loaded.temperatures)
@@ -85,16 +99,15 @@ def run(args: argparse.Namespace, cmd: str) -> dict[str, Any]:
         logger.info("%s: %s", spec.name, ", ".join(
             f"{s}: ECE {v['unscaled']['calibration_error']:.3f} -> {v['fitted']['calibration_error']:.3f}"
             for s, v in sets[spec.name].items()))
-    pooled = {}
-    for setting in SETTINGS:
-        n = sum(sets[name][setting]["unscaled"]["n_cells"] for name in sets)
-        pooled[setting] = {which: {k: sum(sets[name][setting][which][k] * sets[name][setting][which]["n_cells"]
-                                          for name in sets) / max(n, 1)
-                                   for k in ("accuracy", "mean_confidence", "calibration_error", "log_loss")}
-                           for which in ("unscaled", "fitted")}
+    pooled = {setting: {which: pool([sets[name][setting][which] for name in sets]) for which in ("unscaled", "fitted")}
+              for setting in SETTINGS}
     meta = {**run_meta(cmd), "checkpoint": str(args.checkpoint), "split": args.split, "seed": args.seed,
             "precision": args.precision, "temperatures": temps, "shared": str(shared_root())}
     return {"meta": meta, "datasets": sets, "cell_weighted_mean": pooled}
+
+
+def _value(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3f}"
 
 
 def render_markdown(report: dict[str, Any]) -> str:
@@ -112,7 +125,8 @@ def render_markdown(report: dict[str, Any]) -> str:
     for setting in SETTINGS:
         lines += [f"## {setting}", "",
                   "| dataset | n | accuracy | mean confidence, unscaled / fitted | ECE, unscaled / fitted | "
-                  "log loss, unscaled / fitted |", "| --- | --- | --- | --- | --- | --- |"]
+                  "log loss, unscaled / fitted | confidence < 0.5, fitted: share of cells, their accuracy / "
+                  "accuracy of the rest |", "| --- | --- | --- | --- | --- | --- | --- |"]
         rows = [(name, sets[setting]) for name, sets in report["datasets"].items()]
         rows.append(("cell-weighted mean", report["cell_weighted_mean"][setting]))
         for name, v in rows:
@@ -121,7 +135,8 @@ def render_markdown(report: dict[str, Any]) -> str:
             lines.append(f"| {name} | {n} | {u['accuracy']:.3f} | "
                          f"{u['mean_confidence']:.3f} / {f['mean_confidence']:.3f} | "
                          f"{u['calibration_error']:.3f} / {f['calibration_error']:.3f} | "
-                         f"{u['log_loss']:.3f} / {f['log_loss']:.3f} |")
+                         f"{u['log_loss']:.3f} / {f['log_loss']:.3f} | {f['share_below_half']:.3f}, "
+                         f"{_value(f['accuracy_below_half'])} / {_value(f['accuracy_from_half'])} |")
         lines.append("")
     return "\n".join(lines)
 

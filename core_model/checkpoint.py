@@ -13,7 +13,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -24,7 +24,7 @@ from .errors import CheckpointError
 from .io import file_sha256, write_json_atomic
 from .model import CellLanguageModel
 from .precision import resolve_precision
-from .readout import Readout, load_readout, save_readout
+from .readout import Readout, joins, load_readout, save_readout
 from .temperature import load_temperatures, rebind_temperatures
 
 FORMAT_VERSION = 1
@@ -44,10 +44,15 @@ class LoadedModel:
     # confidence temperatures fitted on held-out cells, by mode (core_model/temperature.py); {} = none
     temperatures: dict[str, float] = field(default_factory=dict)
 
-    def temperature(self, readout: Readout | None) -> float:
-        """What answer scores are divided by before the softmax that gives confidences: the
-        fitted temperature of answers with the read-out (`readout` given) or without it; 1 if none."""
-        return self.temperatures.get("readout" if readout is not None else "lm_alone", 1.0)
+    def temperature(self, readout: Readout | None, labels: Sequence[str] | None = None) -> float:
+        """What answer scores over `labels` are divided by before the softmax that gives
+        confidences: the fitted temperature of answers the read-out joins (`readout` given and
+        covering `labels`; any labels when None) or of the language model alone; 1 if none, and
+        for strings the checkpoint never learned (the temperatures were fitted on learned labels)."""
+        if labels is not None and not set(labels) <= {l for ls in self.label_lists for l in ls}:
+            return 1.0
+        joined = readout is not None and (labels is None or joins(readout, labels))
+        return self.temperatures.get("readout" if joined else "lm_alone", 1.0)
 
     def label_set(self, name: str) -> dict[str, Any]:
         if name not in self.label_sets:

@@ -204,7 +204,9 @@ def evaluate(loaded: LoadedModel, data: str | Path, split_path: str | Path | Non
         "scoring": scoring_name(decisive),
         "readout": readout_name(expert, all_labels),
         "invalid_examples": sorted({a for a, p in zip(preds.answers, preds.predicted) if p == "<invalid>"})[:20],
-        "confidence": confidence_summary(preds, loaded.temperature(expert)),
+        # the dataset's labels decide the mode: learned ones are scored with the read-out on both
+        # routes (options listed or not)
+        "confidence": confidence_summary(preds, loaded.temperature(expert, all_labels)),
         "macro_f1_definition": "sklearn macro F1 over the dataset's label set; invalid answers count as wrong",
     }
     if keep_scores:

@@ -99,6 +99,11 @@ def one_set(labels: Sequence[str], label_sets: Sequence[Sequence[str]]) -> bool:
     return any(set(labels) <= set(s) for s in label_sets)
 
 
+def joins(readout: Readout | None, labels: Sequence[str] | None) -> bool:
+    """Whether `readout` takes part in scoring `labels` (it is on and learned every one of them)."""
+    return readout is not None and readout.answer_weight != 0 and labels is not None and readout.covers(labels)
+
+
 def answer_scores(model, ctx, expr: torch.Tensor, labels: Sequence[str], decisive: bool,
                   readout: Readout | None, label_sets: Sequence[Sequence[str]]) -> torch.Tensor:
     """(B, labels) scores a closed answer is chosen by: the language model's log-likelihood of each
@@ -119,7 +124,7 @@ def add_readout(scores: torch.Tensor, readout: Readout | None, expr: torch.Tenso
     labels; the other sets' labels are ruled out (score -inf), so the answer keeps the naming the
     language model chose. Unchanged without a read-out or with a label it never learned.
     """
-    if readout is None or readout.answer_weight == 0 or not readout.covers(labels):
+    if not joins(readout, labels):
         return scores
     w = readout.answer_weight
     if one_set(labels, label_sets):
@@ -138,7 +143,7 @@ def add_readout(scores: torch.Tensor, readout: Readout | None, expr: torch.Tenso
 
 def readout_name(readout: Readout | None, labels: Sequence[str] | None) -> str:
     """Provenance: what besides the language model chose the answer."""
-    if readout is None or readout.answer_weight == 0 or labels is None or not readout.covers(labels):
+    if not joins(readout, labels):
         return "none"
     return f"linear gene read-out, weight {readout.answer_weight:g}"
 

@@ -95,14 +95,18 @@ def fit_temperature(rows: Sequence[np.ndarray], correct: Sequence[bool]) -> floa
 
 
 def summary(rows: Sequence[np.ndarray], correct: Sequence[bool], temperature: float) -> dict[str, Any]:
-    """Mean confidence, accuracy, ECE and log loss of the rows' answers at `temperature`."""
+    """Mean confidence, accuracy, ECE and log loss of the rows' answers at `temperature`, and the
+    share of answers with a confidence below 0.5 with the accuracy below and from there."""
     correct = np.asarray(correct, dtype=bool)
     if len(rows) == 0:
         return {"n_cells": 0, "temperature": temperature}
     conf = confidences(rows, temperature)
+    low = conf < 0.5  # what a user would set aside as uncertain
     return {"n_cells": int(len(rows)), "temperature": float(temperature), "accuracy": float(correct.mean()),
             "mean_confidence": float(conf.mean()), "calibration_error": calibration_error(conf, correct),
-            "log_loss": confidence_log_loss(conf, correct)}
+            "log_loss": confidence_log_loss(conf, correct), "share_below_half": float(low.mean()),
+            "accuracy_below_half": float(correct[low].mean()) if low.any() else None,
+            "accuracy_from_half": float(correct[~low].mean()) if (~low).any() else None}
 
 
 # ---------------------------------------------------------------- files

@@ -214,7 +214,8 @@ def _answer(adata: ad.AnnData, model: LoadedModel | None, task: str, instruction
         "scoring": scoring_name(decisive and (cands is not None or allowed is not None)),
         "readout": readout_name(expert, scored if cands is not None else (allowed[0] if by_readout else None)),
         # decoded free answers report the LM's own probability of the text, unscaled
-        "confidence_temperature": loaded.temperature(expert) if cands is not None or by_readout else 1.0,
+        "confidence_temperature": (loaded.temperature(expert, scored if cands is not None else allowed[0])
+                                   if cands is not None or by_readout else 1.0),
     }
     if task == "drug_response":  # the instruction above is the template; which drug filled it
         provenance["drug"] = drug
@@ -284,7 +285,7 @@ def _score(loaded: LoadedModel, X, texts: list[str], labels: list[str], batch_si
     sets = loaded.label_lists
     scores = [answer_scores(loaded.model, ctx, expr, labels, decisive, expert, sets).cpu().numpy()
               for _, ctx, expr in _batches(loaded, X, texts, batch_size, progress)]
-    return np.concatenate(scores).astype(np.float64) / loaded.temperature(expert)
+    return np.concatenate(scores).astype(np.float64) / loaded.temperature(expert, labels)
 
 
 def _choose_allowed(loaded: LoadedModel, X, texts: list[str], batch_size: int, allowed: list[list[str]],

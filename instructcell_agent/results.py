@@ -50,7 +50,11 @@ class AnnotationResult:
 
     def summary(self) -> str:
         counts = self.label_counts()
-        lines = [f"{len(self.labels):,} cells annotated; mean confidence {float(np.mean(self.confidence)):.3f}"]
+        conf = np.asarray(self.confidence, dtype=float)
+        # with a calibrated checkpoint (core_model/temperature.py) about half the answers given
+        # with confidence 0.5 are right: cells below it are worth a look before trusting them
+        lines = [f"{len(self.labels):,} cells annotated; mean confidence {float(np.mean(conf)):.3f}; "
+                 f"{int((conf < 0.5).sum()):,} below 0.5"]
         lines += [f"  {label}: {n}" for label, n in counts.items()]
         lines += self._merged_synonyms(counts)
         lines += [f"Note: {note}" for note in self.provenance.get("notes", [])]

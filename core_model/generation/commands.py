@@ -36,7 +36,7 @@ def add_generation_commands(sub: Any) -> None:
     t = sub.add_parser("train-generator", help="train the pseudo-cell generator of an existing checkpoint")
     t.add_argument("--checkpoint", required=True, help="checkpoint directory; generator files are added to it")
     t.add_argument("--datasets", default="", help="comma-separated catalog names (default: every annotation set)")
-    t.add_argument("--epochs", type=int, default=20, help="passes over the training cells (count VAE)")
+    t.add_argument("--epochs", type=int, default=60, help="passes over the training cells (count VAE; default 60)")
     t.add_argument("--signal-prompts", type=int, default=4608, help="instruction prompts that fit the signal read-out")
     t.add_argument("--signal-tune-prompts", type=int, default=1152,
                    help="instruction prompts that tune the signal token's embedding (gradients through the LM)")

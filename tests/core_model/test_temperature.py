@@ -15,7 +15,7 @@ from instructcell_agent.core_model.errors import CheckpointError
 from instructcell_agent.core_model.evaluation import evaluate
 from instructcell_agent.core_model.temperature import (
     FILE, StaleTemperatureWarning, calibration_error, confidences, fit_temperature, load_temperatures,
-    rebind_temperatures, save_temperatures)
+    rebind_temperatures, save_temperatures, summary)
 from instructcell_agent.core_model.io import file_sha256
 
 
@@ -39,6 +39,9 @@ def test_calibration_error_and_confidences_on_known_values():
     rows = [np.array([0.0, np.log(3.0), -np.inf]), np.array([2.0, 2.0])]
     np.testing.assert_allclose(confidences(rows), [0.75, 0.5])  # -inf (a label ruled out) takes no share
     np.testing.assert_allclose(confidences(rows, temperature=np.log(3.0) / np.log(2.0)), [2 / 3, 0.5])
+    low = summary([np.array([0.0, np.log(3.0)]), np.zeros(3), np.zeros(4)], [True, False, True], 1.0)
+    assert low["share_below_half"] == pytest.approx(2 / 3)  # confidences 0.75, 1/3, 1/4
+    assert low["accuracy_below_half"] == 0.5 and low["accuracy_from_half"] == 1.0
 
 
 def test_the_file_binds_to_the_weights_it_was_fitted_with(tiny_checkpoint, tmp_path):
@@ -84,6 +87,14 @@ def test_answers_keep_their_labels_and_confidences_soften(tiny_checkpoint, tmp_p
     assert warm.provenance["confidence_temperature"] == 4.0
     alone = ica.annotate(cells, model=loaded, candidates=list(CELL_TYPES), readout=False)
     assert alone.provenance["confidence_temperature"] == 1.0  # the LM-alone mode has its own
+    loaded.temperatures = {"readout": 4.0, "lm_alone": 2.0}
+    assert loaded.temperature(loaded.readout, list(CELL_TYPES)) == 4.0
+    assert loaded.temperature(None, list(CELL_TYPES)) == 2.0
+    # strings the checkpoint never learned: no read-out column, and no temperature fitted for them
+    assert loaded.temperature(loaded.readout, ["nephron", "podocyte"]) == 1.0
+    with pytest.warns(UserWarning):
+        text = ica.annotate(cells, model=loaded, candidates=["nephron", "podocyte"])
+    assert text.provenance["confidence_temperature"] == 1.0
 
 
 def test_calibrate_fits_both_modes_and_evaluate_reports_the_confidences(tiny_checkpoint, planted_spec, tmp_path):
