@@ -20,14 +20,14 @@ import numpy as np
 
 from .checkpoint import LoadedModel, load_checkpoint
 from .datasets import DatasetSpec, load_catalog
-from .evaluation import evaluate
+from .evaluation import BANK_OF_TASK, evaluate
 from .precision import resolve_device
 from .readout import Readout, fit_readout
 from .readout_train import readout_blocks
 from .temperature import fit_temperature, save_temperatures, summary
 
 log = logging.getLogger(__name__)
-TASK_CODE = {"annotation": "cta", "drug_response": "dsp"}
+TASK_CODE = {task: code for code, task in BANK_OF_TASK.items()}  # "annotation" -> "cta"
 
 
 def held_out_readout(loaded: LoadedModel, specs: Sequence[DatasetSpec], split: str) -> Readout:
