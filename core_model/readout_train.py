@@ -96,6 +96,17 @@ def train_readout(checkpoint_dir: str | os.PathLike, specs: Sequence[DatasetSpec
     missing = sorted(set(label_sets) - set(known))
     if missing:
         log.warning("no data for label sets %s: their labels are scored by the language model alone", missing)
+    readout = fitted_readout(label_sets, known, vocab, split, target_sum, l2=l2, answer_weight=answer_weight,
+                             panel_copies=panel_copies, seed=seed, hvg_copies=hvg_copies, command=command)
+    save_readout(root, readout, vocab)
+    return readout
+
+
+def fitted_readout(label_sets: dict[str, Any], known: dict[str, DatasetSpec], vocab: list[str], split: str,
+                   target_sum: float, *, l2: float = 1.0, answer_weight: float = DEFAULT_WEIGHT,
+                   panel_copies: int = 0, seed: int = 0, hvg_copies: int = 0,
+                   command: str | None = None) -> Readout:
+    """The read-out `train_readout` writes, fitted in memory (`readout_blocks`, `fit_readout`)."""
     blocks, means, data = readout_blocks(label_sets, known, vocab, split, target_sum, panel_copies, seed, hvg_copies)
     if not blocks:
         raise CheckpointError(f"none of the checkpoint's label sets {sorted(label_sets)} has data to fit a read-out on")
@@ -104,7 +115,5 @@ def train_readout(checkpoint_dir: str | os.PathLike, specs: Sequence[DatasetSpec
     info = {**info, "n_cells": sum(d["n_cells"] for d in data), "n_fitted_rows": info["n_cells"],
             "panel_copies": panel_copies, "hvg_copies": hvg_copies, "seed": seed}
     log.info("read-out fitted: %d labels, train accuracy %.3f", len(labels), info["train_accuracy"])
-    readout = Readout(labels, weight, bias, answer_weight,
-                      {**info, "data": data, "command": command, "torch": torch.__version__}, means)
-    save_readout(root, readout, vocab)
-    return readout
+    return Readout(labels, weight, bias, answer_weight,
+                   {**info, "data": data, "command": command, "torch": torch.__version__}, means)

@@ -22,8 +22,8 @@ from .checkpoint import LoadedModel, load_checkpoint
 from .datasets import DatasetSpec, load_catalog
 from .evaluation import BANK_OF_TASK, evaluate
 from .precision import resolve_device
-from .readout import Readout, fit_readout
-from .readout_train import readout_blocks
+from .readout import Readout
+from .readout_train import fitted_readout
 from .temperature import fit_temperature, save_temperatures, summary
 
 log = logging.getLogger(__name__)
@@ -31,12 +31,14 @@ TASK_CODE = {task: code for code, task in BANK_OF_TASK.items()}  # "annotation" 
 
 
 def held_out_readout(loaded: LoadedModel, specs: Sequence[DatasetSpec], split: str) -> Readout:
-    """The checkpoint's read-out refitted (same L2 and weight) on `split` of `specs` only."""
+    """The checkpoint's read-out refitted (same L2 and weight) on `split` of `specs` only, its
+    weights rounded to float16 as a checkpoint stores them."""
     shipped = loaded.readout
-    blocks, means, _ = readout_blocks(loaded.label_sets, {s.name: s for s in specs}, loaded.vocab, split,
-                                      float(loaded.model.cfg.target_sum))
-    labels, weight, bias, info = fit_readout(blocks, len(loaded.vocab), l2=float(shipped.info.get("l2", 1.0)))
-    return Readout(labels, weight.half().float(), bias, shipped.answer_weight, info, means).to(loaded.model.device)
+    readout = fitted_readout(loaded.label_sets, {s.name: s for s in specs}, loaded.vocab, split,
+                             float(loaded.model.cfg.target_sum), l2=float(shipped.info.get("l2", 1.0)),
+                             answer_weight=shipped.answer_weight)
+    readout.weight = readout.weight.half().float()
+    return readout.to(loaded.model.device)
 
 
 def collect(loaded: LoadedModel, specs: Sequence[DatasetSpec], split: str, seed: int,
@@ -70,7 +72,6 @@ def calibrate_checkpoint(checkpoint_dir: str | os.PathLike, specs: Sequence[Data
     specs = [s for s in (specs if specs is not None else load_catalog()) if s.name in loaded.label_sets]
     if not specs:
         raise ValueError(f"no data for any of the checkpoint's label sets {sorted(loaded.label_sets)}")
-    loaded.temperatures = {}  # the rows are the raw scores; their temperature is what is fitted
     modes: dict[str, bool] = {"lm_alone": False}
     if loaded.readout is not None:
         loaded.readout = held_out_readout(loaded, specs, readout_split)
