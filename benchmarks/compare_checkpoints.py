@@ -29,12 +29,16 @@ from typing import Any, Sequence
 import numpy as np
 
 from instructcell_agent import default_checkpoint_path
+from instructcell_agent.core_model.alignment import align_to_vocab
 from instructcell_agent.core_model.bootstrap import f1_difference_draws, summarize
 from instructcell_agent.core_model.checkpoint import LoadedModel, load_checkpoint
 from instructcell_agent.core_model.datasets import TASK_OF_CATALOG, load_catalog, shared_root
+from instructcell_agent.core_model.errors import GeneOverlapError
 from instructcell_agent.core_model.evaluation import evaluate
+from instructcell_agent.core_model.io import read_h5ad
 from instructcell_agent.core_model.scoring import SCORINGS
-from file_copies import with_hvg
+from instructcell_agent.core_model.vocab import read_vocab
+from file_copies import with_hvg, with_panel
 from report_io import run_meta, write_report
 
 logger = logging.getLogger("compare_checkpoints")
@@ -53,6 +57,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="candidate scoring (reports written before this option existed scored every token: full)")
     p.add_argument("--eval-hvg", type=int, default=None,
                    help="answer copies of the files holding only their N most variable genes (file_copies.py)")
+    p.add_argument("--eval-panel", type=float, default=None,
+                   help="answer copies of the files keeping a random share of their genes (file_copies.py); sets "
+                        "left with too few vocabulary genes to answer are skipped")
     p.add_argument("--precision", default="float32", choices=["float32", "bfloat16"],
                    help="the language model's compute dtype, the same for every checkpoint")
     p.add_argument("--out-dir", type=Path, default=Path(__file__).parent / "results")
@@ -84,6 +91,15 @@ def answers(checkpoint: Path, specs: list[Any], split: str, seed: int, scoring: 
                           **result["cells"]}
         logger.info("%s %s: macro-F1 %.3f", checkpoint, spec.name, result["macro_f1"])
     return out
+
+
+def answerable(spec: Any, checkpoint: Path) -> bool:
+    """Whether the file holds enough of the checkpoint's genes to be answered at all."""
+    try:
+        align_to_vocab(read_h5ad(spec.path), read_vocab(checkpoint))
+    except GeneOverlapError:
+        return False
+    return True
 
 
 def readout_seen(checkpoint: Path, split: str) -> list[str]:
@@ -121,6 +137,9 @@ def render_markdown(report: dict[str, Any]) -> str:
              f"shared data: {meta['shared']}",
              *([f"- files: copies holding each file's {meta['eval_hvg']:,} most variable genes (file_copies.py)"]
                if meta.get("eval_hvg") else []),
+             *([f"- files: copies keeping a random {100 * meta['eval_panel']:g}% of each file's genes (file_copies.py); "
+                f"skipped, too few vocabulary genes left: {', '.join(meta['skipped']) or 'none'}"]
+               if meta.get("eval_panel") else []),
              f"- reference: `{meta['reference']}`",
              *[f"- **caution**: `{name}`'s read-out was fitted on these `{meta['split']}` cells ({len(sets)} sets): "
                "its numbers there are not held out" for name, sets in meta.get("readout_seen", {}).items() if sets],
@@ -148,13 +167,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     report: dict[str, Any] = {"meta": {**run_meta(shlex.join(cmd)), "split": args.split, "seed": args.seed,
                                        "shared": str(shared_root()), "reference": str(args.reference),
                                        "scoring": args.scoring, "precision": args.precision,
-                                       "eval_hvg": args.eval_hvg,
+                                       "eval_hvg": args.eval_hvg, "eval_panel": args.eval_panel,
                                        "readout_seen": {str(c): readout_seen(c, args.split)
                                                         for c in [args.reference, *args.candidates]}},
                               "candidates": {}}
     with tempfile.TemporaryDirectory(prefix="compare_hvg_") as copies:
         if args.eval_hvg is not None:
             specs = [with_hvg(spec, args.eval_hvg, Path(copies)) for spec in specs]
+        if args.eval_panel is not None:
+            specs = [with_panel(spec, args.eval_panel, args.seed, Path(copies)) for spec in specs]
+            report["meta"]["skipped"] = [s.name for s in specs if not answerable(s, args.reference)]
+            specs = [s for s in specs if s.name not in report["meta"]["skipped"]]
         reference = answers(args.reference, specs, args.split, args.seed, args.scoring, precision=args.precision)
         for candidate in args.candidates:
             report["candidates"][str(candidate)] = compare(

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -53,6 +54,15 @@ class LoadedModel:
             return 1.0
         joined = readout is not None and (labels is None or joins(readout, labels))
         return self.temperatures.get("readout" if joined else "lm_alone", 1.0)
+
+    def readout_for(self, matched: np.ndarray) -> Readout | None:
+        """The read-out as it answers a file holding the vocabulary genes at positions `matched`
+        (its weight per label set taken from its curve at the file's gene coverage), or None."""
+        if self.readout is None:
+            return None
+        present = torch.zeros(len(self.vocab), dtype=torch.bool)
+        present[torch.as_tensor(np.asarray(matched, dtype=np.int64))] = True
+        return self.readout.for_genes(present, {name: e["labels"] for name, e in self.label_sets.items()})
 
     def label_set(self, name: str) -> dict[str, Any]:
         if name not in self.label_sets:

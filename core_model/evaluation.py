@@ -41,6 +41,7 @@ class Predictions:
     # each cell's answer scores (over the labels it was chosen among), None where it was decoded:
     # what its confidence is a softmax of (core_model/temperature.py)
     score_rows: list[np.ndarray | None] | None = None
+    score_labels: list[Sequence[str] | None] | None = None  # the labels each score row's columns stand for
 
 
 def predict_split(loaded: LoadedModel, X, fields: list[dict[str, str]], truth: np.ndarray, labels: Sequence[str],
@@ -75,6 +76,7 @@ def predict_split(loaded: LoadedModel, X, fields: list[dict[str, str]], truth: n
     predicted = np.empty(X.shape[0], dtype=object)
     answers = [""] * X.shape[0]
     score_rows: list[np.ndarray | None] = [None] * X.shape[0]
+    score_labels: list[Sequence[str] | None] = [None] * X.shape[0]
     scored_rows, scored = [], []
     start = time.perf_counter()
     with torch.no_grad():
@@ -98,7 +100,7 @@ def predict_split(loaded: LoadedModel, X, fields: list[dict[str, str]], truth: n
                     out = [choices[j] for j in chosen.argmax(1).tolist()]
                     got = [mapper.map(a) or INVALID for a in out]
                     for r, row in zip(rows, chosen.float().cpu().numpy()):
-                        score_rows[r] = row
+                        score_rows[r], score_labels[r] = row, choices
                 else:
                     out = model.generate(ctx, expr, allowed=[allowed[r] for r in rows] if allowed else None,
                                          decisive=decisive)
@@ -112,8 +114,9 @@ def predict_split(loaded: LoadedModel, X, fields: list[dict[str, str]], truth: n
             for r, j in zip(scored_rows, matrix.argmax(1)):
                 answers[r] = predicted[r] = labels[j]
         for r, row in zip(scored_rows, matrix):
-            score_rows[r] = row
-    return Predictions(truth, predicted.astype(str), options_arr, answers, time.perf_counter() - start, score_rows)
+            score_rows[r], score_labels[r] = row, labels
+    return Predictions(truth, predicted.astype(str), options_arr, answers, time.perf_counter() - start, score_rows,
+                       score_labels)
 
 
 def _shared_allowed(allowed: Sequence[Sequence[str]], rows: np.ndarray, readout: Readout) -> bool:
@@ -123,17 +126,21 @@ def _shared_allowed(allowed: Sequence[Sequence[str]], rows: np.ndarray, readout:
     return readout.covers(first) and all(list(allowed[r]) == first for r in rows)
 
 
-def scored_cells(preds: Predictions) -> tuple[list[np.ndarray], np.ndarray]:
-    """The score rows of the cells whose answer was scored (decoded answers have none), and
-    whether each of those answers was right."""
+def scored_cells(preds: Predictions) -> tuple[list[np.ndarray], np.ndarray, list[int]]:
+    """The score rows of the cells whose answer was scored (decoded answers have none), whether
+    each of those answers was right, and the column of each cell's true label in its row (-1
+    when the row does not hold it)."""
     keep = [i for i, row in enumerate(preds.score_rows or []) if row is not None]
-    return [preds.score_rows[i] for i in keep], preds.predicted[keep] == preds.truth[keep]
+    columns = [list(preds.score_labels[i]).index(preds.truth[i]) if preds.truth[i] in preds.score_labels[i] else -1
+               for i in keep]
+    return [preds.score_rows[i] for i in keep], preds.predicted[keep] == preds.truth[keep], columns
 
 
 def confidence_summary(preds: Predictions, temperature: float) -> dict[str, Any]:
     """How well the confidences of scored answers match their accuracy, at `temperature`
     (core_model/temperature.py)."""
-    return {**summary(*scored_cells(preds), temperature),
+    rows, correct, _ = scored_cells(preds)
+    return {**summary(rows, correct, temperature),
             "definition": "top-label probability of scored answers; calibration_error: 10 equal-width bins"}
 
 
@@ -166,7 +173,8 @@ def evaluate(loaded: LoadedModel, data: str | Path, split_path: str | Path | Non
     With `keep_predictions`, ``result["cells"]`` holds each cell's obs name, truth and answer
     (mapped to a label, or ``<invalid>``), for paired comparisons with other classifiers. With
     `keep_scores`, ``result["score_rows"]`` holds each scored cell's answer scores (arrays, not
-    JSON) and ``result["correct"]`` whether its answer was right (core_model/temperature_fit.py).
+    JSON), ``result["correct"]`` whether its answer was right (core_model/temperature_fit.py) and
+    ``result["truth_columns"]`` its true label's column in the row (-1: not among them).
     """
     if task not in BANK_OF_TASK:
         raise ValueError(f"task must be one of {sorted(BANK_OF_TASK)}, got {task!r}")
@@ -185,7 +193,7 @@ def evaluate(loaded: LoadedModel, data: str | Path, split_path: str | Path | Non
     if n_instructions is not None and n_instructions < len(phrasings):
         phrasings = random.Random(seed).sample(phrasings, n_instructions)
     decisive = use_decisive(scoring, set(all_labels) <= set(loaded.labels_for_task(BANK_OF_TASK[task])))
-    expert = loaded.readout if readout else None
+    expert = loaded.readout_for(aligned.matched) if readout else None
     preds = predict_split(loaded, aligned.X, fields, truth, all_labels, phrasings, seed, batch_size,
                           answers=loaded.labels_for_cells(BANK_OF_TASK[task], fields), calibrate=calibrate,
                           decisive=decisive, readout=expert, label_lists=loaded.label_lists)
@@ -210,7 +218,7 @@ def evaluate(loaded: LoadedModel, data: str | Path, split_path: str | Path | Non
         "macro_f1_definition": "sklearn macro F1 over the dataset's label set; invalid answers count as wrong",
     }
     if keep_scores:
-        result["score_rows"], correct = scored_cells(preds)
+        result["score_rows"], correct, result["truth_columns"] = scored_cells(preds)
         result["correct"] = correct.tolist()
     if keep_predictions:
         result["cells"] = {"obs_names": [str(n) for n in adata.obs_names], "truth": [str(t) for t in preds.truth],

@@ -8,7 +8,9 @@ through the language model, so the two are combined where the answer is made ins
 the checkpoint learned, each label's score is the language model's log-likelihood plus `weight`
 times the read-out's log-probability among the same labels (a product of experts, renormalised
 over the candidates). Strings the checkpoint never learned have no read-out column and are scored
-by the language model alone.
+by the language model alone. The weight may follow a curve over the file's gene coverage, fitted
+by label log loss on valid (core_model/readout_weight.py): a file lacking most of the genes the
+read-out was fitted on leans on the language model instead.
 
 The read-out is one weight matrix over the model's gene vocabulary and every learned label,
 trained on the train splits with each cell's softmax restricted to its own dataset's labels (the
@@ -25,6 +27,7 @@ reference gene saliency is measured against (interpret/api.py).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -43,8 +46,8 @@ log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 WEIGHTS_FILE, META_FILE = "readout.safetensors", "readout.json"
-# A plain product of experts; on valid, weights 0.5 to 4 all lifted zheng2017 and above 1
-# bastidasponce2019 lost more.
+# A plain product of experts: the weight of a read-out fitted without a curve
+# (benchmarks/readout_weight_curve.py fits one).
 DEFAULT_WEIGHT = 1.0
 
 
@@ -61,9 +64,45 @@ class Readout:
     # fitted on: the reference `explain` measures attributions against by default
     # (interpret/api.py). Empty in read-outs written before it was kept.
     mean_cells: dict[str, torch.Tensor] = field(default_factory=dict)
+    # (gene coverage, weight) points, coverage ascending: the weight a label set gets on a file
+    # whose genes carry that share of the set's mean training cell, interpolated linearly and
+    # held flat beyond the ends. Empty: `answer_weight` everywhere (core_model/readout_weight.py).
+    weight_curve: list[tuple[float, float]] = field(default_factory=list)
+    # Set by `for_genes` for one file: each label set's labels and its weight there.
+    set_weights: list[tuple[frozenset[str], float]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.column = {label: i for i, label in enumerate(self.labels)}
+
+    def weight_at(self, coverage: float) -> float:
+        """The weight on the curve at `coverage` (`answer_weight` without a curve)."""
+        if not self.weight_curve:
+            return self.answer_weight
+        xs, ws = zip(*self.weight_curve)
+        return float(np.interp(coverage, xs, ws))
+
+    def coverage(self, present: torch.Tensor, name: str) -> float:
+        """The share of label set `name`'s mean training cell (linear scale) on the `present`
+        vocabulary genes (bool mask): 1 for a file holding every gene the set's files held."""
+        linear = torch.expm1(self.mean_cells[name].double().cpu())
+        return float(linear[present.cpu()].sum() / linear.sum().clamp(min=1e-12))
+
+    def for_genes(self, present: torch.Tensor, label_sets: dict[str, Sequence[str]]) -> Readout:
+        """This read-out as it answers a file holding the `present` vocabulary genes: each label
+        set weighted as the curve says at its coverage (itself when it has no curve)."""
+        if not self.weight_curve:
+            return self
+        weights = [(frozenset(labels), self.weight_at(self.coverage(present, name)))
+                   for name, labels in label_sets.items() if name in self.mean_cells]
+        return dataclasses.replace(self, set_weights=weights)
+
+    def weight_for(self, labels: Sequence[str]) -> float:
+        """The weight of scores over `labels`: the largest of the file's weights of the label sets
+        holding them all (`answer_weight` outside `for_genes`' view, or for no such set). Several
+        sets spell some labels alike (pancreas types); the one whose genes the file holds best
+        is the one it most resembles, and a whole file of a training set keeps its full weight."""
+        held = [w for labels_of, w in self.set_weights if set(labels) <= labels_of]
+        return max(held) if held else self.answer_weight
 
     def covers(self, labels: Sequence[str]) -> bool:
         """Whether every label has a column (was learned), so the read-out can score the set."""
@@ -126,9 +165,8 @@ def add_readout(scores: torch.Tensor, readout: Readout | None, expr: torch.Tenso
     """
     if not joins(readout, labels):
         return scores
-    w = readout.answer_weight
     if one_set(labels, label_sets):
-        return scores + w * readout.log_probs(expr, labels).to(scores.dtype)
+        return scores + readout.weight_for(labels) * readout.log_probs(expr, labels).to(scores.dtype)
     out = torch.full_like(scores, float("-inf"))
     best = scores.argmax(1).tolist()
     for b in sorted(set(best)):
@@ -137,7 +175,7 @@ def add_readout(scores: torch.Tensor, readout: Readout | None, expr: torch.Tenso
         cols = torch.tensor([j for j, l in enumerate(labels) if l in family], device=scores.device)
         within = [labels[j] for j in cols.tolist()]
         r = readout.log_probs(expr[rows], within).to(scores.dtype)
-        out[rows.unsqueeze(1), cols] = scores[rows.unsqueeze(1), cols] + w * r
+        out[rows.unsqueeze(1), cols] = scores[rows.unsqueeze(1), cols] + readout.weight_for([labels[b]]) * r
     return out
 
 
@@ -145,7 +183,12 @@ def readout_name(readout: Readout | None, labels: Sequence[str] | None) -> str:
     """Provenance: what besides the language model chose the answer."""
     if not joins(readout, labels):
         return "none"
-    return f"linear gene read-out, weight {readout.answer_weight:g}"
+    if readout.set_weights and not any(set(labels) <= held for held, _ in readout.set_weights):
+        # labels across sets: each set re-ranks with its own weight (`add_readout`)
+        weights = sorted({w for held, w in readout.set_weights if held & set(labels)})
+        if len(weights) > 1:
+            return f"linear gene read-out, weight {weights[0]:.3g} to {weights[-1]:.3g} by label set (gene coverage)"
+    return f"linear gene read-out, weight {readout.weight_for(labels):.3g}"
 
 
 # ---------------------------------------------------------------- training
@@ -216,8 +259,8 @@ def save_readout(root: str | os.PathLike, readout: Readout, vocab: Sequence[str]
             tensors["mean_cells"] = torch.stack([readout.mean_cells[n].cpu() for n in sets]).half().contiguous()
         save_file({k: v.cpu() for k, v in tensors.items()}, str(weights_tmp))
         meta = {"format_version": FORMAT_VERSION, "labels": readout.labels, "answer_weight": readout.answer_weight,
-                "mean_cell_sets": sets, "vocab_sha256": vocab_sha256(vocab),
-                "weights_sha256": file_sha256(weights_tmp), **readout.info}
+                "weight_curve": [list(p) for p in readout.weight_curve], "mean_cell_sets": sets,
+                "vocab_sha256": vocab_sha256(vocab), "weights_sha256": file_sha256(weights_tmp), **readout.info}
         meta_tmp.write_text(json.dumps(meta, indent=1))
         for tmp in (weights_tmp, meta_tmp):
             tmp.chmod(0o644)  # mkstemp makes 0600; a checkpoint is meant to be shared
@@ -254,7 +297,10 @@ def load_readout(root: str | os.PathLike, vocab: Sequence[str]) -> Readout | Non
     if means.shape != (len(sets), len(vocab)):
         raise CheckpointError(f"{root}/{WEIGHTS_FILE}: mean cells of shape {tuple(means.shape)} do not fit "
                               f"{len(sets)} label sets x {len(vocab)} genes")
+    curve = [(float(c), float(w)) for c, w in meta.pop("weight_curve", [])]
+    if curve and (not sets or [c for c, _ in curve] != sorted({c for c, _ in curve})):
+        raise CheckpointError(f"{root}/{META_FILE}: a weight curve needs mean cells and strictly ascending coverages")
     bookkeeping = ("format_version", "answer_weight", "vocab_sha256", "weights_sha256")
     info = {k: v for k, v in meta.items() if k not in bookkeeping}
     return Readout(labels, weight, bias, float(meta.get("answer_weight", DEFAULT_WEIGHT)), info,
-                   dict(zip(sets, means)))
+                   dict(zip(sets, means)), curve)

@@ -180,7 +180,7 @@ def _answer(adata: ad.AnnData, model: LoadedModel | None, task: str, instruction
     # Labels the model learned to write are told apart by their decisive tokens; a string it never
     # learned is scored in full under "auto" (its later tokens are not near-certain).
     decisive = use_decisive(scoring, route.scores_learned_labels if cands is not None else allowed is not None)
-    expert = loaded.readout if readout else None
+    expert = loaded.readout_for(aligned.matched) if readout else None
     by_readout = cands is None and allowed is not None and expert is not None and all(map(expert.covers, allowed))
     if by_readout:  # the read-out needs a score for every allowed label, which decoding does not give
         labels, conf = _choose_allowed(loaded, aligned.X, texts, batch_size, allowed, decisive, expert, progress)

@@ -166,7 +166,9 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--split", default="train", help="split(s) to fit on: train, or train+valid for a final refit")
     c.add_argument("--l2", type=float, default=1.0, help="L2 penalty (scikit-learn's 1/C)")
     c.add_argument("--weight", type=float, default=1.0,
-                   help="weight of the read-out's log-probability beside the LM's in every answer (0: off)")
+                   help="weight of the read-out's log-probability beside the LM's in every answer (0: off); "
+                        "refitting drops a weight curve the read-out had (benchmarks/readout_weight_curve.py "
+                        "fits one by gene coverage)")
     c.add_argument("--catalog", action="append", default=[],
                    help="JSON catalog of your own datasets (as for train), for label sets the shared catalog lacks")
     c.add_argument("--panel-copies", type=int, default=0,
@@ -409,8 +411,9 @@ def _info(args) -> int:
     if (path / "readout.json").is_file():  # the linear gene read-out beside the LM (core_model/readout.py)
         meta = json.loads((path / "readout.json").read_text())
         out["readout"] = {"labels": len(meta.get("labels", [])), "answer_weight": meta.get("answer_weight"),
-                          "l2": meta.get("l2"), "panel_copies": meta.get("panel_copies", 0),
-                          "hvg_copies": meta.get("hvg_copies", 0),
+                          "weight_curve": meta.get("weight_curve", []),
+                          "weight_curve_command": meta.get("weight_curve_command"), "l2": meta.get("l2"),
+                          "panel_copies": meta.get("panel_copies", 0), "hvg_copies": meta.get("hvg_copies", 0),
                           "mean_cell_sets": meta.get("mean_cell_sets", []),
                           "command": meta.get("command"), "data": meta.get("data")}
     if (path / "temperature.json").is_file():  # confidence temperatures (core_model/temperature.py)

@@ -152,8 +152,8 @@ def explain(adata: ad.AnnData, model: LoadedModel | None = None, labels: str | S
     scored = list(route.learned) if route is not None and route.kind == "ontology" else cands
     # Only over one learned set: across sets `annotate` lets the LM pick the set first, a choice
     # that has no gradient (core_model/readout.py).
-    expert = model.readout if readout and model.readout is not None and model.readout.covers(scored) \
-        and one_set(scored, model.label_lists) else None
+    expert = model.readout_for(aligned.matched) if readout and model.readout is not None \
+        and model.readout.covers(scored) and one_set(scored, model.label_lists) else None
     ref_name = None if method == "gradient" else reference if isinstance(reference, str) else "given"
     ref, ref_sets = _reference(reference, aligned.X, model, dataset, scored) if ref_name else (None, [])
     if ref_name == "train" and ref is None:

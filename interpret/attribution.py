@@ -148,7 +148,8 @@ class LabelLogProb:
         ctx = self.model.start(self.prefixes, rows)
         scores = self.model.score_candidates(ctx, expr, self.scored, decisive=self.decisive)
         if self.readout is not None:
-            scores = scores + self.readout.answer_weight * self.readout.log_probs(expr, self.scored).to(scores.dtype)
+            weight = self.readout.weight_for(self.scored)
+            scores = scores + weight * self.readout.log_probs(expr, self.scored).to(scores.dtype)
         logp = torch.log_softmax(scores, 1)
         if not self.pooled:
             return logp

@@ -86,6 +86,16 @@ def test_evaluate_can_keep_each_cells_answer_for_paired_comparisons(tiny_model, 
     assert accuracy_score(cells["truth"], cells["predicted"]) == result["accuracy"]
 
 
+def test_kept_scores_name_each_rows_true_column(tiny_model, synthetic_set):
+    result = evaluate(tiny_model, synthetic_set["path"], synthetic_set["split_path"], "cta", "cell_type", seed=2,
+                      keep_scores=True)
+    rows, columns, correct = result["score_rows"], result["truth_columns"], result["correct"]
+    assert len(rows) == len(columns) == len(correct) > 0
+    # every row here holds its cell's true label (the set's labels, or every learned label of its tissue)
+    assert all(0 <= c < len(r) for r, c in zip(rows, columns))
+    assert [int(r.argmax()) == c for r, c in zip(rows, columns)] == correct
+
+
 def test_decisive_scoring_changes_no_free_answer(tiny_model, synthetic_set):
     # Free answers are decoded within the learned labels; stopping once one is left cannot change
     # them. Scored answers may differ (the tiny model reads its labels' first letter less well).
