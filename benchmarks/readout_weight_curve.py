@@ -10,7 +10,8 @@ the median gene coverage of its cells and made non-decreasing in coverage.
 The language model's part of each answer is recorded once per file and replayed
 (readout_variants.py): answered with read-out weights 1 and 2, each score row splits into the
 language model's scores and the read-out's log-probabilities. Only rows holding the cell's true
-label count (every row of a cell asked with options does).
+label count (every row of a cell asked with options does), and not free answers whose labels span
+several label sets (there the other sets' labels are ruled out, so the row does not split).
 
     python benchmarks/readout_weight_curve.py --out-dir /tmp/curve
     python benchmarks/readout_weight_curve.py --write instructcell_agent/checkpoints/default
@@ -48,7 +49,7 @@ from instructcell_agent.core_model.errors import GeneOverlapError
 from instructcell_agent.core_model.evaluation import evaluate
 from instructcell_agent.core_model.io import read_h5ad
 from instructcell_agent.core_model.readout import Readout, load_readout, save_readout
-from instructcell_agent.core_model.readout_weight import fit_weight, label_nll, monotone_curve
+from instructcell_agent.core_model.readout_weight import T_GRID, fit_weight, label_nll, monotone_curve
 from readout_variants import Recorder, fit_blocks, fit_variant
 from report_io import run_meta, write_report
 
@@ -119,7 +120,7 @@ def record_level(loaded, shipped: Readout, held: Readout, specs: list[Any], shar
 def fit_level(sets: dict[str, Any]) -> dict[str, Any]:
     groups = [g for entry in sets.values() for g in entry["groups"]]
     weight, temperature, loss = fit_weight(groups)
-    at_one = min(float(label_nll(groups, 1.0, t).mean()) for t in np.exp(np.linspace(np.log(0.1), np.log(100), 61)))
+    at_one = min(float(label_nll(groups, 1.0, t).mean()) for t in T_GRID)
     cells = np.concatenate([np.full(e["n_rows"], e["coverage"]) for e in sets.values()])
     return {"weight": weight, "temperature": temperature, "log_loss": loss, "log_loss_weight_1": at_one,
             "coverage": float(np.median(cells)), "coverage_range": [float(cells.min()), float(cells.max())],
