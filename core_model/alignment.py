@@ -134,7 +134,7 @@ def _gene_names(
         for column in SYMBOL_COLUMNS:
             if column in var.columns:
                 fallback = [str(v) for v in var[column].astype(object).tolist()]
-                note = f"Ensembl ids the table lacks were named from var[{column!r}]"
+                note = f"Ensembl ids the table lacks or names unlike the model were named from var[{column!r}]"
                 return var_names, fallback, [note]
     return var_names, None, []
 
@@ -148,17 +148,21 @@ def _vocab_targets(names: list[str], fallback: list[str] | None, species: str | 
     """Each name's vocabulary position (-1: none), the names' id type, and the symbol mapping's info."""
     id_type = detect_gene_id_type(names)
     symbols, info = to_human_symbols(names, species=species, id_type=id_type)
-    if fallback is not None:
-        symbols = [s if s is not None else (f or None) for s, f in zip(symbols, fallback)]
+    # The file's own symbols (beside Ensembl ids) name a gene the table lacks, or one whose id the
+    # table gives a newer name the model never saw (an id retired or reassigned since the file
+    # was made): tried second.
+    second = to_human_symbols(fallback, id_type="symbol")[0] if fallback is not None else [None] * len(names)
     # A human symbol that is itself in the vocabulary wins over its alias renaming: the model
     # was trained on that name.
     direct = id_type == "symbol" and info.species == "human"
     targets = np.full(len(names), -1, dtype=np.int64)
-    for i, (name, symbol) in enumerate(zip(names, symbols)):
+    for i, (name, symbol, other) in enumerate(zip(names, symbols, second)):
         if direct and name in vocab_index:
             targets[i] = vocab_index[name]
         elif symbol is not None and symbol in vocab_index:
             targets[i] = vocab_index[symbol]
+        elif other is not None and other in vocab_index:
+            targets[i] = vocab_index[other]
     return targets, id_type, info
 
 
@@ -304,3 +308,9 @@ def align_to_vocab(
     aligned.sort_indices()
     logger.info("%s", report.summary().splitlines()[0])
     return AlignedData(X=aligned, obs_names=[str(n) for n in adata.obs_names], report=report, matched=matched)
+
+
+def empty_cells(X: sp.csr_matrix) -> np.ndarray:
+    """Cells (bool per row of an aligned matrix) with no counts on any vocabulary gene: nothing to
+    answer from. Annotation leaves them unlabelled rather than let the model guess."""
+    return np.asarray(X.sum(axis=1)).ravel() <= 0

@@ -27,6 +27,7 @@ _ENSEMBL = re.compile(r"^ENS([A-Z]{0,6})G\d{11}(?:\.\d+)?(?:_PAR_Y)?$")
 _ENSEMBL_CORE = re.compile(r"^(ENS[A-Z]{0,6}G\d{11})")
 # Human symbols are upper case except for the open-reading-frame infix ("C1orf127").
 _HUMAN_ORF = re.compile(r"^C\w*orf\d+")
+_HUMAN_ORF_UPPER = re.compile(r"^(C\w*?)ORF(?=\d)")
 _N_EXAMPLES = 10
 
 
@@ -169,8 +170,8 @@ def detect_species(names: Iterable[object]) -> Species:
             elif core.startswith("ENSG"):
                 n_human += 1
             continue
-        if not any(c.isalpha() for c in name):
-            continue
+        if not any(c.isalpha() for c in name) or name.islower():
+            continue  # all lower case ("cd19"): a pipeline's lower-casing, no sign of either convention
         if any(c.islower() for c in name) and not _HUMAN_ORF.match(name):
             n_mouse += 1
         else:
@@ -186,6 +187,10 @@ def _map_ensembl(cleaned: Sequence[str]) -> tuple[list[str | None], list[str]]:
         # Only human ids can be mapped: the shipped table is human (GENCODE/HGNC).
         out.append(table.get(core) if core.startswith("ENSG") else None)
     notes = ["Ensembl gene ids mapped to symbols (GENCODE v44 / HGNC)"]
+    unknown = sum(1 for n, s in zip(cleaned, out) if s is None and strip_ensembl_version(n).startswith("ENSG"))
+    if unknown:  # e.g. Cell Ranger's GRCh38 (Ensembl 84) ids for CCL3, CCL4 and CCL5, since replaced
+        notes.append(f"{unknown:,} human Ensembl ids are not in GENCODE v44 (retired, or from another "
+                     "release); a var column of gene symbols names them: pass gene_key")
     if any(strip_ensembl_version(n).startswith("ENSMUSG") for n in cleaned):
         notes.append(
             "mouse Ensembl ids (ENSMUSG) cannot be mapped: pass gene_key naming a column of "
@@ -209,7 +214,7 @@ def _map_human(cleaned: Sequence[str]) -> tuple[list[str | None], list[str]]:
     aliases, ensembl = human_alias_table(), ensembl_to_symbol_table()
     present = set(cleaned)
     out: list[str | None] = []
-    n_alias = 0
+    n_alias = n_lower = 0
     for name in cleaned:
         if not name:
             out.append(None)
@@ -219,6 +224,11 @@ def _map_human(cleaned: Sequence[str]) -> tuple[list[str | None], list[str]]:
             # list; map those too when the table knows them.
             out.append(ensembl.get(strip_ensembl_version(name), name))
             continue
+        if name.islower() and name not in aliases:
+            # a lower-cased human symbol: restore the HGNC casing ("c1orf127" -> "C1orf127"); names
+            # HGNC spells in lower case ("hsa-mir-150", an alias of MIR150) are known as they are
+            name = _HUMAN_ORF_UPPER.sub(lambda m: m.group(1) + "orf", name.upper())
+            n_lower += 1
         approved = aliases.get(name)
         # Renaming an alias whose approved symbol is also in the input would merge two columns
         # that the user kept apart; leave it as given then.
@@ -228,6 +238,8 @@ def _map_human(cleaned: Sequence[str]) -> tuple[list[str | None], list[str]]:
         else:
             out.append(name)
     notes = []
+    if n_lower:
+        notes.append(f"{n_lower:,} lower-case symbols read as human symbols in HGNC casing")
     if n_alias:
         notes.append(f"{n_alias:,} outdated human symbols renamed to approved HGNC symbols")
     return out, notes

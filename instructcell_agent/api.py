@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .core_model.alignment import align_to_vocab
+from .core_model.alignment import align_to_vocab, empty_cells
 from .core_model.calibration import label_prior_correction
 from .core_model.candidate_route import CandidateNoteWarning, CandidateRoute, route_candidates
 from .core_model.checkpoint import LoadedModel, load_checkpoint
@@ -165,6 +165,7 @@ def _answer(adata: ad.AnnData, model: LoadedModel | None, task: str, instruction
     # species and tissue (never a misspelling, never a blood label for a pancreas cell), unless
     # the caller asks for unconstrained text.
     allowed = None if cands is not None or free_text else loaded.labels_for_cells(task, fields)
+    first_allowed = allowed[0] if allowed else None
     notes = [route.note] if route is not None and route.note else []
     if pooled and instruction and has_choices(instruction):
         notes.append(f"the instruction lists the candidates ({{choices}}), which this route cannot use; "
@@ -182,27 +183,41 @@ def _answer(adata: ad.AnnData, model: LoadedModel | None, task: str, instruction
     decisive = use_decisive(scoring, route.scores_learned_labels if cands is not None else allowed is not None)
     expert = loaded.readout_for(aligned.matched) if readout else None
     by_readout = cands is None and allowed is not None and expert is not None and all(map(expert.covers, allowed))
-    if by_readout:  # the read-out needs a score for every allowed label, which decoding does not give
-        labels, conf = _choose_allowed(loaded, aligned.X, texts, batch_size, allowed, decisive, expert, progress)
+    # A cell with no counts on any of the model's genes carries nothing to answer from; the model
+    # would still name a label for it, confidently (0.997 for an emptied zheng2017 cell), so it is
+    # left out and left unlabelled.
+    keep = np.flatnonzero(~empty_cells(aligned.X))
+    if len(keep) < len(texts):
+        notes.append(EMPTY_CELLS_NOTE)
+        warnings.warn(f"{len(texts) - len(keep):,} of {len(texts):,} cells: {EMPTY_CELLS_NOTE}", EmptyCellWarning,
+                      stacklevel=3)
+    X, texts = aligned.X[keep], [texts[i] for i in keep]
+    allowed = [allowed[i] for i in keep] if allowed is not None else None
+    labels, conf, answers, probs = [], [], [], np.zeros((0, len(cands or ())))
+    if not len(keep):
+        pass
+    elif by_readout:  # the read-out needs a score for every allowed label, which decoding does not give
+        labels, conf = _choose_allowed(loaded, X, texts, batch_size, allowed, decisive, expert, progress)
         answers = list(labels)
-        probs = None
     elif cands is None:
         expert = None
-        labels, conf, answers = _generate_answers(loaded, aligned.X, texts, batch_size, allowed, decisive, progress)
+        labels, conf, answers = _generate_answers(loaded, X, texts, batch_size, allowed, decisive, progress)
         # Free answers: named with the checkpoint's own spelling when they match one.
         mapper = LabelMapper(tuple(loaded.labels_for_task(task)))
         labels = [mapper.map(a) or a for a in labels]
-        probs = None
     else:
-        loglik = _score(loaded, aligned.X, texts, scored, batch_size, decisive, progress, expert)
+        loglik = _score(loaded, X, texts, scored, batch_size, decisive, progress, expert)
         answers = None
         if pooled:
             loglik, top = route.pool(loglik)
             answers = [route.learned[i] for i in top]  # the model's own, often finer, answer
         labels, conf, probs = _choose(loglik, cands, calibrate)
         answers = answers or list(labels)
+    labels, conf, answers, probs = _unlabelled_filled(len(aligned.obs_names), keep, labels, conf, answers,
+                                                      probs if cands is not None else None)
     if mode == "chat":
-        answers = [f"This cell is most likely {l} (probability {c:.2f})." for l, c in zip(labels, conf)]
+        answers = [f"This cell is most likely {l} (probability {c:.2f})." if l is not None else ""
+                   for l, c in zip(labels, conf)]
     provenance = {
         "task": task, "instruction": template, "mode": mode, "alignment": aligned.report.to_dict(),
         "alignment_summary": aligned.report.summary(),
@@ -212,20 +227,44 @@ def _answer(adata: ad.AnnData, model: LoadedModel | None, task: str, instruction
         "precision": loaded.model.precision, "device": loaded.model.device.type, "notes": notes,
         "candidate_route": route.kind if route is not None else "none",
         "scoring": scoring_name(decisive and (cands is not None or allowed is not None)),
-        "readout": readout_name(expert, scored if cands is not None else (allowed[0] if by_readout else None)),
+        "readout": readout_name(expert, scored if cands is not None else (first_allowed if by_readout else None)),
         # decoded free answers report the LM's own probability of the text, unscaled
-        "confidence_temperature": (loaded.temperature(expert, scored if cands is not None else allowed[0])
+        "confidence_temperature": (loaded.temperature(expert, scored if cands is not None else first_allowed)
                                    if cands is not None or by_readout else 1.0),
     }
     if task == "drug_response":  # the instruction above is the template; which drug filled it
         provenance["drug"] = drug
     prob_frame = pd.DataFrame(probs, index=aligned.obs_names, columns=cands) if probs is not None else None
-    return AnnotationResult(list(map(str, aligned.obs_names)), np.asarray(labels, dtype=object), np.asarray(conf),
-                            answers, prob_frame, provenance)
+    return AnnotationResult(list(map(str, aligned.obs_names)), labels, conf, answers, prob_frame, provenance)
 
 
 class UnseenContextWarning(UserWarning):
     """Free answers for cells of a species / tissue the checkpoint learned no labels for."""
+
+
+class EmptyCellWarning(UserWarning):
+    """Cells with no counts on any of the model's genes, left unlabelled."""
+
+
+EMPTY_CELLS_NOTE = ("cells with no counts on any of the model's genes are left unlabelled "
+                    "(label missing, confidence and probabilities NaN)")
+
+
+def _unlabelled_filled(n_cells: int, keep: np.ndarray, labels, conf, answers, probs):
+    """Answers for all `n_cells` from those of the cells at `keep`: the others get no label, NaN
+    confidence and probabilities, and an empty answer."""
+    all_labels = np.full(n_cells, None, dtype=object)
+    all_labels[keep] = labels
+    all_conf = np.full(n_cells, np.nan)
+    all_conf[keep] = conf
+    all_answers = [""] * n_cells
+    for i, answer in zip(keep, answers):
+        all_answers[i] = answer
+    all_probs = None
+    if probs is not None:
+        all_probs = np.full((n_cells, np.shape(probs)[1]), np.nan)
+        all_probs[keep] = probs
+    return all_labels, all_conf, all_answers, all_probs
 
 
 def _unseen_context_notes(loaded: LoadedModel, task: str, fields: list[dict[str, str]], free_text: bool) -> list[str]:

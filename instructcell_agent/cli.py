@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import sys
+import warnings
 from pathlib import Path
 
 from .core_model.precision import add_device_argument, add_precision_argument
@@ -206,16 +207,28 @@ def main(argv: list[str] | None = None) -> int:
     from .core_model.errors import InstructCellError
 
     try:
-        if generation_commands.handles(args):
-            return generation_commands.run(args)
-        return {"train": _train, "evaluate": _evaluate, "annotate": _annotate, "drug-response": _annotate,
-                "explain": _explain,
-                "info": _info, "store-weights": _store_weights, "train-readout": _train_readout,
-                "calibrate": _calibrate,
-                "reorder-genes": _reorder_genes}[args.command](args)
+        with warnings.catch_warnings():  # restored on return: tests and scripts call main() in process
+            if not args.verbose:  # a warning's text is for the user; the line that raised it is not (-v shows it)
+                warnings.showwarning = _show_warning
+            if generation_commands.handles(args):
+                return generation_commands.run(args)
+            return {"train": _train, "evaluate": _evaluate, "annotate": _annotate, "drug-response": _annotate,
+                    "explain": _explain,
+                    "info": _info, "store-weights": _store_weights, "train-readout": _train_readout,
+                    "calibrate": _calibrate,
+                    "reorder-genes": _reorder_genes}[args.command](args)
     except InstructCellError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except ValueError as exc:  # the API's argument checks ("n must be at least 1"); -v keeps the traceback
+        if args.verbose:
+            raise
+        print(f"error: {exc} (run with -v for the traceback)", file=sys.stderr)
+        return 2
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"warning: {message}", file=file or sys.stderr)
 
 
 def _train(args) -> int:

@@ -19,13 +19,14 @@ class AnnotationResult:
     Attributes
     ----------
     labels
-        Predicted label per cell (`None`-free: unmapped free answers keep their text).
+        Predicted label per cell (unmapped free answers keep their text); None for a cell left
+        unlabelled because it has no counts on any of the model's genes.
     confidence
         Probability of the predicted label (softmax over the candidates; without candidates,
         over the learned labels the answer was chosen from, or, for decoded answers, the product
-        of the generated tokens' probabilities).
+        of the generated tokens' probabilities); NaN for an unlabelled cell.
     probabilities
-        cells x candidates probabilities, or None without candidates.
+        cells x candidates probabilities (NaN rows for unlabelled cells), or None without candidates.
     answers
         The model's answer text per cell (a sentence in chat mode).
     provenance
@@ -48,13 +49,20 @@ class AnnotationResult:
     def label_counts(self) -> pd.Series:
         return pd.Series(self.labels).value_counts()
 
+    def n_unlabelled(self) -> int:
+        """Cells left without a label (no counts on any of the model's genes)."""
+        return sum(label is None for label in self.labels)
+
     def summary(self) -> str:
         counts = self.label_counts()
         conf = np.asarray(self.confidence, dtype=float)
+        answered = conf[~np.isnan(conf)]
+        mean = f"{float(answered.mean()):.3f}" if len(answered) else "n/a"
         # with a calibrated checkpoint (core_model/temperature.py) about half the answers given
         # with confidence 0.5 are right: cells below it are worth a look before trusting them
-        lines = [f"{len(self.labels):,} cells annotated; mean confidence {float(np.mean(conf)):.3f}; "
-                 f"{int((conf < 0.5).sum()):,} below 0.5"]
+        lines = [f"{len(answered):,} cells annotated; mean confidence {mean}; {int((answered < 0.5).sum()):,} below 0.5"]
+        if self.n_unlabelled():
+            lines.append(f"{self.n_unlabelled():,} cells unlabelled: no counts on any of the model's genes")
         lines += [f"  {label}: {n}" for label, n in counts.items()]
         lines += self._merged_synonyms(counts)
         lines += [f"Note: {note}" for note in self.provenance.get("notes", [])]
@@ -95,7 +103,8 @@ class AnnotationResult:
         if self.provenance.get("task") == "annotation":
             # Cell Ontology ids (CELLxGENE's convention) let labels from different spellings be
             # merged downstream: 'CD19+ B' and 'B' are both CL:0000236. Missing where unknown.
-            adata.obs[f"{key_added}_ontology_id"] = pd.Categorical([ontology_id(str(l)) for l in self.labels])
+            adata.obs[f"{key_added}_ontology_id"] = pd.Categorical(
+                [ontology_id(str(l)) if l is not None else None for l in self.labels])
         uns = dict(self.provenance)
         if self.probabilities is not None:
             adata.obsm[f"{key_added}_probabilities"] = self.probabilities.to_numpy(dtype=np.float32)

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from instructcell_agent.core_model.alignment import align_to_vocab
+from instructcell_agent.core_model.alignment import align_to_vocab, empty_cells
 from instructcell_agent.core_model.candidate_route import CandidateNoteWarning, CandidateRoute, route_candidates
 from instructcell_agent.core_model.cell_encoder import log_normalize_csr
 from instructcell_agent.core_model.checkpoint import LoadedModel
@@ -166,7 +166,15 @@ def explain(adata: ad.AnnData, model: LoadedModel | None = None, labels: str | S
     if route is not None and (route.kind == "text" or route.unrouted):
         warnings.warn(route.note, CandidateNoteWarning, stacklevel=2)
     groups = given if given is not None else np.asarray(cands, dtype=object)[attr.predicted].astype(str)
-    means = label_means(cell_scores(attr.values, attr.above_reference, normalize), groups, model.vocab, order=cands)
+    # A cell with no counts on the model's genes has nothing to explain; measured against the mean
+    # training cell its attributions would only echo the reference, so the per-label means skip it
+    # (a group named by no candidate is left out).
+    empty = empty_cells(aligned.X)
+    if empty.any():
+        notes.append(f"{int(empty.sum()):,} cells with no counts on any of the model's genes were left out of "
+                     "the per-label means")
+    means = label_means(cell_scores(attr.values, attr.above_reference, normalize), np.where(empty, "", groups),
+                        model.vocab, order=cands)
     species = species or aligned.report.species
     db = load_marker_db(marker_db)
     report = _marker_comparison(means, db, species, model.vocab, attr.inputs, groups, compare_wilcoxon)

@@ -159,6 +159,7 @@ class AnnotationSummary(BaseModel):
     label_counts: dict[str, int]
     mean_confidence: float
     low_confidence_cells: int = Field(description="Cells whose confidence is below 0.5.")
+    unlabelled_cells: int = Field(0, description="Cells left without a label: no counts on any of the model's genes.")
     candidates: list[str] | None
     drug: str | None = None
     examples: list[CellExample]

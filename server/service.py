@@ -262,14 +262,17 @@ class InstructCellService:
             rep.check()  # the last point a cancellation is honoured: after it the files are published
             files = staging.commit({base + ".h5ad": "annotated_h5ad", base + "_labels.csv": "labels_csv"})
         conf = np.asarray(result.confidence, dtype=float)
+        labelled = np.flatnonzero(~np.isnan(conf))  # unlabelled cells (no counts on the model's genes) have NaN
         cands = list(map(str, result.probabilities.columns)) if result.probabilities is not None else None
-        pick = np.linspace(0, n - 1, num=min(req.n_examples, n)).round().astype(int) if n else []
+        m = len(labelled)
+        pick = labelled[np.linspace(0, m - 1, num=min(req.n_examples, m)).round().astype(int)] if m else []
         examples = [CellExample(cell=result.obs_names[i], label=str(result.labels[i]),
                                 confidence=round(float(conf[i]), 4)) for i in pick]
         return AnnotationSummary(
             kind=task, h5ad_path=str(path), n_cells=n,
             label_counts={str(k): int(v) for k, v in result.label_counts().items()},
-            mean_confidence=round(float(conf.mean()), 4) if n else 0.0, low_confidence_cells=int((conf < 0.5).sum()),
+            mean_confidence=round(float(conf[labelled].mean()), 4) if m else 0.0,
+            low_confidence_cells=int((conf[labelled] < 0.5).sum()), unlabelled_cells=n - m,
             candidates=cands, drug=getattr(req, "drug", None), examples=examples,
             alignment=str(result.provenance.get("alignment_summary", "")),
             notes=list(result.provenance.get("notes", [])), outputs=files,

@@ -187,3 +187,45 @@ def test_load_model_runs_where_asked(tiny_checkpoint):
 
         with pytest.raises(DeviceError, match="sees no GPU"):
             ica.load_model(tiny_checkpoint, device="cuda")
+
+
+def _emptied(cells, rows):
+    """A copy of `cells` whose `rows` hold no counts at all."""
+    out = cells.copy()
+    X = out.X.toarray() if sp.issparse(out.X) else np.array(out.X)
+    X[rows] = 0
+    out.X = sp.csr_matrix(X)
+    return out
+
+
+@pytest.mark.parametrize("kind", ["candidates", "free", "free_lm_alone"])
+def test_cells_without_counts_are_left_unlabelled(tiny_model, cells, kind):
+    from instructcell_agent.api import EMPTY_CELLS_NOTE, EmptyCellWarning
+
+    kwargs = {"candidates": list(CELL_TYPES)} if kind == "candidates" else {}
+    if kind == "free_lm_alone":
+        kwargs["readout"] = False
+    emptied = _emptied(cells, [0, 5])
+    with pytest.warns(EmptyCellWarning, match="2 of 24 cells"):
+        result = ica.annotate(emptied, model=tiny_model, **kwargs)
+    assert result.labels[0] is None and result.labels[5] is None and result.n_unlabelled() == 2
+    assert np.isnan(result.confidence[[0, 5]]).all() and not np.isnan(np.delete(result.confidence, [0, 5])).any()
+    assert result.answers[0] == "" and EMPTY_CELLS_NOTE in result.provenance["notes"]
+    assert result.label_counts().sum() == 22 and "2 cells unlabelled" in result.summary()
+    # the other cells are answered exactly as without the emptied ones
+    kept = ica.annotate(cells[[i for i in range(24) if i not in (0, 5)]].copy(), model=tiny_model, **kwargs)
+    assert list(np.delete(result.labels, [0, 5])) == list(kept.labels)
+    np.testing.assert_allclose(np.delete(result.confidence, [0, 5]), kept.confidence, rtol=1e-5)
+    if kind == "candidates":
+        assert np.isnan(result.probabilities.iloc[[0, 5]].to_numpy()).all()
+    out = result.to_adata(emptied.copy(), key_added="ic")
+    assert out.obs["ic_label"].isna().sum() == 2 and out.obs["ic_confidence"].isna().sum() == 2
+
+
+def test_a_file_of_empty_cells_is_answered_with_no_labels(tiny_model, cells):
+    from instructcell_agent.api import EmptyCellWarning
+
+    with pytest.warns(EmptyCellWarning, match="24 of 24 cells"):
+        result = ica.annotate(_emptied(cells, slice(None)), model=tiny_model, candidates=list(CELL_TYPES))
+    assert result.n_unlabelled() == 24 and result.probabilities.shape == (24, 4)
+    assert "0 cells annotated; mean confidence n/a" in result.summary()

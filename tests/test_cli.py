@@ -89,6 +89,23 @@ def test_annotate_refuses_to_overwrite_its_input(tiny_checkpoint, synthetic_set,
     assert "error:" in capsys.readouterr().err
 
 
+def test_argument_errors_and_warnings_read_as_messages(tiny_checkpoint, synthetic_set, tmp_path, capsys):
+    code = main(["explain", "--checkpoint", str(tiny_checkpoint), "--data", str(synthetic_set["path"]),
+                 "--out", str(tmp_path / "why"), "--top-k", "0"])
+    err = capsys.readouterr().err
+    assert code == 2 and "error: top_k must be at least 1" in err and "Traceback" not in err
+    # a warning prints its text, not the source line that raised it
+    cells = ad.read_h5ad(synthetic_set["path"])[:10].copy()
+    cells.X = cells.X.toarray()
+    cells.X[0] = 0
+    cells.write_h5ad(tmp_path / "emptied.h5ad")
+    code = main(["annotate", "--checkpoint", str(tiny_checkpoint), "--data", str(tmp_path / "emptied.h5ad"),
+                 "--out", str(tmp_path / "answered.h5ad")])
+    err = capsys.readouterr().err
+    assert code == 0 and "warning: 1 of 10 cells" in err and "EmptyCellWarning" not in err
+    assert ad.read_h5ad(tmp_path / "answered.h5ad").obs["instructcell_label"].isna().sum() == 1
+
+
 def test_a_file_that_is_not_anndata_gives_a_clear_error(tiny_checkpoint, tmp_path, capsys):
     fake = tmp_path / "cells.h5ad"
     fake.write_text("gene,cell1\nCD3E,4\n")

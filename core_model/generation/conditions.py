@@ -19,12 +19,18 @@ from ..labels import normalize_label, ontology_id
 
 log = logging.getLogger(__name__)
 
-# Dataset condition codes -> the text a prompt uses. Kept small on purpose: only the sets we train on.
+# Dataset condition codes and the ways people write them -> the text a prompt uses. Kept to the
+# conditions of the sets we train on (kang2018: IFN-beta stimulated vs control). Keys are
+# `_condition_key`s: case, spaces, hyphens and underscores ignored, "interferon" read as "ifn",
+# "β" as "beta", a trailing "stimulated" / "treated" dropped.
 CONDITION_TEXT: dict[str, str] = {
     "stim": "IFN-beta stimulated", "stimulated": "IFN-beta stimulated", "ifnb": "IFN-beta stimulated",
-    "ifn-beta stimulated": "IFN-beta stimulated", "ifn-beta": "IFN-beta stimulated",
-    "ctrl": "control", "control": "control", "unstimulated": "control",
+    "ifnbeta": "IFN-beta stimulated",
+    "ctrl": "control", "control": "control", "unstimulated": "control", "untreated": "control",
+    "mock": "control", "baseline": "control",
 }
+_IFN = re.compile(r"interferon")
+_TRAILING_TREATMENT = re.compile(r"(?<=.)(stimulated|stimulation|treated|treatment)$")
 SPECIES_ALIASES: dict[str, str] = {
     "homo sapiens": "human", "h. sapiens": "human", "hsapiens": "human", "mus musculus": "mouse",
     "m. musculus": "mouse", "mmusculus": "mouse", "mice": "mouse", "humans": "human",
@@ -51,7 +57,13 @@ def condition_text(value: str | None) -> str:
         E.g. ``"IFN-beta stimulated"`` for ``"stim"``.
     """
     text = " ".join(str(value or "").split())
-    return CONDITION_TEXT.get(text.casefold(), text)
+    return CONDITION_TEXT.get(_condition_key(text), text)
+
+
+def _condition_key(text: str) -> str:
+    """'Interferon-β stimulated', 'IFN beta', 'ifnb' -> 'ifnbeta' / 'ifnb' (keys of CONDITION_TEXT)."""
+    key = re.sub(r"[\s_\-]+", "", _IFN.sub("ifn", text.casefold().replace("β", "beta")))
+    return key if key in CONDITION_TEXT else _TRAILING_TREATMENT.sub("", key)
 
 
 def _norm(field: str, value: str, loose: bool = False) -> str:

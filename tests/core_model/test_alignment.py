@@ -102,6 +102,23 @@ def test_ensembl_ids_missing_from_table_use_symbol_column() -> None:
     assert result.report.n_matched == 2
 
 
+def test_ensembl_ids_the_table_names_unlike_the_model_use_symbol_column() -> None:
+    # ENSG00000161570 is CCL5's id in Cell Ranger's GRCh38 (Ensembl 84) files; GENCODE v44 names
+    # CCL5 by another id. ENSG00000010610 is CD4 in both; the table's name comes first.
+    genes = ["ENSG00000010610", "ENSG00000161570"]
+    var = pd.DataFrame({"gene_symbols": ["CD4-as-the-file-says", "CCL5"]})
+    result = align_to_vocab(_adata(_counts(3, 2), genes, var), ["CD4", "CCL5"], min_genes=2)
+    assert result.report.n_matched == 2
+    bare = align_to_vocab(_adata(_counts(3, 2), genes), ["CD4", "CCL5"], min_genes=1)
+    assert bare.report.n_matched == 1 and any("not in GENCODE v44" in n for n in bare.report.notes)
+
+
+def test_lower_cased_human_symbols_match() -> None:
+    genes = ["cd4", "cd8a", "c1orf127", "gapdh"]
+    result = align_to_vocab(_adata(_counts(3, 4), genes), ["CD4", "CD8A", "C1orf127", "GAPDH"], min_genes=4)
+    assert result.report.n_matched == 4 and result.report.species == "human"
+
+
 def test_mouse_symbols_matched_by_ortholog() -> None:
     genes = ["Cd19", "Ptprc", "Actb", "Gm12345"]
     result = align_to_vocab(_adata(_counts(4, 4), genes), ["CD19", "PTPRC", "ACTB", "GAPDH"],

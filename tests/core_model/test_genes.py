@@ -152,3 +152,12 @@ def test_ensembl_ids_inside_a_symbol_list_are_mapped() -> None:
     symbols, info = to_human_symbols(["CD4", "TP53", "ENSG00000121410.2", "ENSG99999999999"])
     assert info.id_type == "symbol"
     assert symbols == ["CD4", "TP53", "A1BG", "ENSG99999999999"]
+
+
+def test_lower_cased_human_symbols_get_their_hgnc_casing_back() -> None:
+    # all lower case carries no species sign; a capitalised mouse set still reads as mouse
+    assert genes.detect_species(["cd19", "actb", "mt-nd1"]) == "human"
+    assert genes.detect_species(["Cd19", "Actb", "mt-nd1", "a"]) == "mouse"
+    symbols, info = genes.to_human_symbols(["cd19", "c1orf127", "hla-dra", "mt-nd1"])
+    assert symbols == ["CD19", "C1orf127", "HLA-DRA", "MT-ND1"] and info.species == "human"
+    assert any("4 lower-case symbols" in note for note in info.notes)

@@ -29,6 +29,13 @@ def test_condition_codes_map_to_text():
     assert condition_text("stim") == "IFN-beta stimulated"
     assert condition_text(" CTRL ") == "control"
     assert condition_text("heat shock") == "heat shock"
+    # the ways people write kang2018's two conditions reach the text the model was trained on
+    for written in ("interferon beta", "Interferon-β stimulated", "IFN-b", "ifnb treated", "IFN beta"):
+        assert condition_text(written) == "IFN-beta stimulated", written
+    for written in ("Untreated", "unstimulated", "mock"):
+        assert condition_text(written) == "control", written
+    assert condition_text("IFN-gamma stimulated") == "IFN-gamma stimulated"  # another condition stays unseen
+    assert condition_text("treated") == "treated"
     assert condition_text(None) == ""
 
 

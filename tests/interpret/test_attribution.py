@@ -275,3 +275,18 @@ def test_logodds_drops_match_the_probabilities():
     p = np.array([0.5, 0.9, 0.999])
     np.testing.assert_allclose(_logodds(p), [0.0, np.log(9.0), np.log(999.0)], rtol=1e-6)
     assert np.isfinite(_logodds(np.array([0.0, 1.0]))).all()
+
+
+def test_cells_without_counts_stay_out_of_the_label_means(tiny_model):
+    import scipy.sparse as sp
+
+    cells = make_counts(12, seed=11)
+    emptied = cells.copy()
+    X = emptied.X.toarray()
+    X[2] = 0
+    emptied.X = sp.csr_matrix(X)
+    with_empty = explain(emptied, model=tiny_model, labels="cell_type", dataset="planted", compare_wilcoxon=False)
+    without = explain(cells[[i for i in range(12) if i != 2]].copy(), model=tiny_model, labels="cell_type",
+                      dataset="planted", compare_wilcoxon=False)
+    assert any("1 cells with no counts" in n for n in with_empty.provenance["notes"])
+    pd.testing.assert_frame_equal(with_empty.means, without.means, rtol=1e-5, atol=1e-7)

@@ -15,13 +15,14 @@ import jsonschema
 import numpy as np
 import pandas as pd
 import pytest
+import scipy.sparse as sp
 from mcp import Client
 
 import instructcell_agent as ica
 from instructcell_agent.server.mcp_app import build_server
 from instructcell_agent.server.toolbox import Toolbox
 from server_testkit import N_CELLS, digest, make_config, make_data_root, output_entries
-from synthetic import CELL_TYPES
+from synthetic import CELL_TYPES, make_counts
 
 CANDIDATES = list(CELL_TYPES)
 
@@ -142,6 +143,22 @@ def test_annotate_cells_passes_on_what_to_weigh(env):
     summary = check_structured(env["server"], "annotate_cells", renamed)["result"]
     assert any("Cell Ontology" in n for n in summary["notes"])
     assert set(summary["label_counts"]) <= {"pancreatic A cell", "type B pancreatic cell"}
+
+
+def test_cells_without_counts_come_back_unlabelled(env):
+    # 130 cells, chunks of 64: one chunk holds only empty cells, another a single one
+    cells = make_counts(130, seed=7)
+    X = cells.X.toarray()
+    X[[3] + list(range(64, 128))] = 0
+    cells.X = sp.csr_matrix(X)
+    cells.write_h5ad(env["paths"]["root"] / "emptied.h5ad")
+    result = call(env["server"], "annotate_cells", {"h5ad_path": "emptied.h5ad", "candidates": CANDIDATES})
+    summary = check_structured(env["server"], "annotate_cells", result)["result"]
+    assert summary["unlabelled_cells"] == 65 and sum(summary["label_counts"].values()) == 65
+    assert 0 < summary["mean_confidence"] <= 1 and all(e["label"] in CANDIDATES for e in summary["examples"])
+    assert any("left unlabelled" in n for n in summary["notes"])
+    csv = pd.read_csv(next(f["path"] for f in summary["outputs"] if f["kind"] == "labels_csv"), index_col="cell")
+    assert csv["label"].isna().sum() == 65 and csv["p_alpha"].isna().sum() == 65
 
 
 def test_predict_drug_response(env):
