@@ -130,4 +130,5 @@ def _logsumexp(x: np.ndarray, axis: int) -> np.ndarray:
         return np.full(x.shape[:axis] + (1,), -np.inf)
     top = x.max(axis=axis, keepdims=True)
     top = np.where(np.isfinite(top), top, 0.0)  # a group ruled out entirely (all -inf) stays -inf, not nan
-    return top + np.log(np.exp(x - top).sum(axis=axis, keepdims=True))
+    with np.errstate(divide="ignore"):  # log(0) of such a group is the -inf meant
+        return top + np.log(np.exp(x - top).sum(axis=axis, keepdims=True))

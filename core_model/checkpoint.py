@@ -122,8 +122,11 @@ class LoadedModel:
                     seen.append(item)
         return seen
 
-    def labels_for_cells(self, task: str, fields: list[dict[str, str]]) -> list[list[str]]:
-        """`labels_for_context` of each cell's prompt fields (one list object per distinct context)."""
+    def labels_for_cells(self, task: str, fields: list[dict[str, str]]) -> list[list[str]] | None:
+        """`labels_for_context` of each cell's prompt fields (one list object per distinct context);
+        None when the checkpoint learned no labels for `task` at all (answers are then free text)."""
+        if not self.labels_for_task(task):
+            return None
         cache: dict[tuple[str, str], list[str]] = {}
         out = []
         for f in fields:

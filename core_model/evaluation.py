@@ -19,8 +19,9 @@ from .calibration import label_prior_correction
 from .checkpoint import LoadedModel
 from .corpus import dense_rows
 from .alignment import align_to_vocab
-from .datasets import prompt_fields, read_split, subset_by_names
+from .datasets import prompt_fields, split_names, subset_by_names
 from .instructions import format_choices, has_choices, load_bank, render
+from .errors import InputFileError
 from .io import get_labels, read_h5ad
 from .labels import LabelMapper
 from .readout import Readout, answer_scores, readout_name
@@ -163,7 +164,7 @@ def evaluate(loaded: LoadedModel, data: str | Path, split_path: str | Path | Non
              instructions: Sequence[str] | None = None, n_instructions: int | None = None, seed: int = 0,
              split: str = "test", batch_size: int = 32, calibrate: bool = False,
              keep_predictions: bool = False, scoring: str = "auto", readout: bool = True,
-             keep_scores: bool = False) -> dict[str, Any]:
+             keep_scores: bool = False, drug: str | None = None) -> dict[str, Any]:
     """Metrics of `loaded` on one split of a labelled .h5ad (the `instructcell evaluate` job).
 
     `scoring` as in `annotate`: "auto" scores decisive tokens when every label of the dataset is
@@ -175,6 +176,9 @@ def evaluate(loaded: LoadedModel, data: str | Path, split_path: str | Path | Non
     `keep_scores`, ``result["score_rows"]`` holds each scored cell's answer scores (arrays, not
     JSON), ``result["correct"]`` whether its answer was right (core_model/temperature_fit.py) and
     ``result["truth_columns"]`` its true label's column in the row (-1: not among them).
+
+    `drug` names the drug of a `dsp` file (else obs['drug'], else the checkpoint's record of a set
+    of the file's name); a drug-response phrasing without one is refused.
     """
     if task not in BANK_OF_TASK:
         raise ValueError(f"task must be one of {sorted(BANK_OF_TASK)}, got {task!r}")
@@ -182,12 +186,15 @@ def evaluate(loaded: LoadedModel, data: str | Path, split_path: str | Path | Non
     adata = read_h5ad(data)
     all_labels = sorted(set(get_labels(adata, label_key)))
     if split_path is not None:
-        adata = subset_by_names(adata, read_split(split_path)[split], split)
+        adata = subset_by_names(adata, split_names(split_path, split), split)
     truth = get_labels(adata, label_key)
     aligned = align_to_vocab(adata, loaded.vocab)
     known = loaded.label_sets.get(Path(data).stem, {})
-    fields = prompt_fields(adata, None, **{k: known.get(k, "") for k in ("tissue", "species", "sequencing_method", "drug")
-                                          if k not in adata.obs.columns})
+    given = {k: known.get(k, "") for k in ("tissue", "species", "sequencing_method", "drug") if k not in adata.obs.columns}
+    fields = prompt_fields(adata, None, **{**given, **({"drug": drug} if drug else {})})
+    if task == "dsp" and not all(f.get("drug") for f in fields):
+        raise InputFileError(f"{sum(not f.get('drug') for f in fields):,} cells have no drug to name in the "
+                             "drug-response phrasings: pass the drug (CLI --drug) or add an obs column 'drug'")
     source = "checkpoint valid phrasings" if instructions is None else "user file"
     phrasings = list(instructions) if instructions is not None else list(load_bank(BANK_OF_TASK[task]).valid)
     if n_instructions is not None and n_instructions < len(phrasings):

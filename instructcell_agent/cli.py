@@ -78,6 +78,8 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--split-name", default="test")
     p.add_argument("--task", choices=["cta", "dsp", "cpcg"], required=True)
     p.add_argument("--label-key", required=True)
+    p.add_argument("--drug", default=None, help="dsp: the drug the phrasings name (default: obs['drug'], else the "
+                                                "checkpoint's record of a set of the file's name)")
     p.add_argument("--instructions", default=None, help="JSON list / JSON lines with an 'instruction' field")
     p.add_argument("--n-instructions", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
@@ -275,7 +277,7 @@ def _evaluate(args) -> int:
     instructions = load_instruction_file(args.instructions) if args.instructions else None
     result = evaluate(loaded, args.data, args.split, args.task, args.label_key, instructions=instructions,
                       n_instructions=args.n_instructions, seed=args.seed, split=args.split_name,
-                      calibrate=args.calibrate, scoring=args.scoring, readout=not args.no_readout)
+                      calibrate=args.calibrate, scoring=args.scoring, readout=not args.no_readout, drug=args.drug)
     write_json_atomic(result, args.out)
     print(json.dumps({k: result[k] for k in ("accuracy", "macro_f1", "weighted_f1", "invalid_rate", "n_cells")}))
     return 0

@@ -229,3 +229,10 @@ def test_a_file_of_empty_cells_is_answered_with_no_labels(tiny_model, cells):
         result = ica.annotate(_emptied(cells, slice(None)), model=tiny_model, candidates=list(CELL_TYPES))
     assert result.n_unlabelled() == 24 and result.probabilities.shape == (24, 4)
     assert "0 cells annotated; mean confidence n/a" in result.summary()
+
+
+def test_free_drug_answers_from_a_checkpoint_that_learned_no_drug_labels(tiny_model, cells):
+    # the tiny checkpoint learned annotation only: nothing to constrain the answer to, so it is free text
+    result = ica.predict_drug_response(cells, drug="cisplatin", model=tiny_model, candidates=None)
+    assert len(result.labels) == 24 and result.probabilities is None
+    assert result.provenance["drug"] == "cisplatin"

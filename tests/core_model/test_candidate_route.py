@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -68,3 +70,13 @@ def test_pooling_sums_probabilities_per_candidate():
     np.testing.assert_allclose(np.exp(pooled), np.stack([p[:, owner == c].sum(1) for c in range(2)], 1))
     np.testing.assert_allclose(np.exp(pooled).sum(1), 1.0)
     np.testing.assert_array_equal(top, p.argmax(1))
+
+
+def test_a_candidate_whose_labels_are_all_ruled_out_pools_to_minus_infinity_quietly():
+    route = route_candidates(["B cell", "T cell"], SETS)
+    loglik = np.zeros((3, len(route.learned)))
+    loglik[:, np.asarray(route.owner) == 0] = -np.inf  # e.g. the read-out's -inf outside its label set
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pooled, _ = route.pool(loglik)
+    assert np.isneginf(pooled[:, 0]).all() and np.allclose(pooled[:, 1], 0.0)

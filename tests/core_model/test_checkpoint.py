@@ -139,6 +139,7 @@ def test_free_answer_vocabulary_follows_the_cells_species_and_tissue():
     assert loaded.labels_for_context("annotation", "", "liver") == ["B", "NK", "alpha", "beta"]
     fields = [{"species": "human", "tissue": "pancreas"}, {"species": "human", "tissue": "peripheral blood"}]
     assert loaded.labels_for_cells("annotation", fields) == [["alpha", "beta"], ["B", "NK"]]
+    assert loaded.labels_for_cells("generation", fields) is None  # no labels learned for the task: free text
     assert loaded.label_sets_for_context("annotation", "human", "liver") == []
     assert loaded.label_sets_for_context("annotation", "human", "Blood") == ["blood"]  # 'peripheral blood'
     assert loaded.label_sets_for_context("annotation", "human", "peripheral blood (PBMC)") == []

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from instructcell_agent.core_model.errors import LabelKeyError
+from instructcell_agent.core_model.errors import InputFileError, LabelKeyError
 from instructcell_agent.core_model.evaluation import INVALID, evaluate, metrics
 from instructcell_agent.core_model.instructions import load_instruction_file
 from instructcell_agent.core_model.labels import LabelMapper
@@ -111,6 +111,17 @@ def test_decisive_scoring_changes_no_free_answer(tiny_model, synthetic_set):
 def test_evaluate_refuses_a_missing_label_column(tiny_model, synthetic_set):
     with pytest.raises(LabelKeyError, match="cell_type"):
         evaluate(tiny_model, synthetic_set["path"], synthetic_set["split_path"], "cta", "celltype")
+
+
+def test_evaluate_refuses_a_split_the_file_lacks_and_a_drug_set_without_its_drug(tiny_model, synthetic_set, tmp_path):
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"train": [], "valid": []}))
+    with pytest.raises(InputFileError, match=r"no split 'test'; it has \['train', 'valid'\]"):
+        evaluate(tiny_model, synthetic_set["path"], split, "cta", "cell_type")
+    args = (tiny_model, synthetic_set["path"], synthetic_set["split_path"], "dsp", "cell_type")
+    with pytest.raises(InputFileError, match="no drug to name"):
+        evaluate(*args)
+    assert evaluate(*args, drug="cisplatin")["n_cells"] > 0
 
 
 def test_evaluate_with_and_without_the_readout(tiny_model, synthetic_set):
