@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from .backbone import load_backbone
 from .config import ModelConfig
+from .context import canonical_species, canonical_tissue
 from .errors import CheckpointError
 from .io import file_sha256, write_json_atomic
 from .model import CellLanguageModel
@@ -100,7 +101,7 @@ class LoadedModel:
 
         A tissue matches a set whose tissue contains all its words, so 'blood' finds the
         'peripheral blood' sets and 'immune' the 'immune (spleen/marrow)' one."""
-        wanted_species, wanted_tissue = _words(species), set(_words(tissue))
+        wanted_species, wanted_tissue = _words(canonical_species(species)), set(_words(canonical_tissue(tissue)))
         names = []
         for name, entry in self.label_sets.items():
             if entry["task"] != task:

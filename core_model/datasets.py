@@ -15,12 +15,15 @@ from typing import Any
 import anndata as ad
 import numpy as np
 
+from .context import canonical_species, canonical_tissue
 from .errors import InputFileError, LabelKeyError
 
 # The catalog does not name the drug of a drug-response set; the study does.
 KNOWN_DRUGS = {"aissa2021_pc9_erlotinib": "erlotinib"}
 TASK_OF_CATALOG = {"cta": "annotation", "dsp": "drug_response"}
 PROMPT_FIELDS = ("species", "tissue", "sequencing_method", "drug")
+OBS_COLUMNS = {"species": ("species", "organism")}  # obs columns a field is read from, first found
+CANONICAL = {"species": canonical_species, "tissue": canonical_tissue}
 
 
 def shared_root() -> Path:
@@ -142,16 +145,22 @@ def subset_by_names(adata: ad.AnnData, names: list[str], what: str) -> ad.AnnDat
 
 def prompt_fields(adata: ad.AnnData, spec: DatasetSpec | None = None, **overrides: str) -> list[dict[str, str]]:
     """Per-cell prompt fields (species, tissue, sequencing method, drug): explicit overrides, then
-    the cell's own `obs` columns, then the dataset's catalog entry."""
+    the cell's own `obs` columns (species also from CELLxGENE's `organism`), then the dataset's
+    catalog entry. Species and tissue are read as the training sets name them ('Homo sapiens' ->
+    'human', 'PBMC' -> 'peripheral blood'; core_model/context.py)."""
     n = adata.n_obs
     columns: dict[str, np.ndarray] = {}
     for key in PROMPT_FIELDS:
+        column = next((c for c in OBS_COLUMNS.get(key, (key,)) if c in adata.obs.columns), None)
         if overrides.get(key):
             columns[key] = np.full(n, overrides[key], dtype=object)
-        elif key in adata.obs.columns:
-            columns[key] = adata.obs[key].astype(str).to_numpy()
+        elif column is not None:
+            columns[key] = adata.obs[column].astype(str).to_numpy()
         else:
             columns[key] = np.full(n, getattr(spec, key, "") if spec else "", dtype=object)
+        if key in CANONICAL:
+            values, inverse = np.unique(columns[key].astype(str), return_inverse=True)
+            columns[key] = np.array([CANONICAL[key](v) for v in values], dtype=object)[inverse]
     return [{k: str(columns[k][i]) for k in PROMPT_FIELDS} for i in range(n)]
 
 

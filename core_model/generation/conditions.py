@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from ..context import canonical_species, canonical_tissue
 from ..errors import InstructCellError
 from ..instructions import placeholders_in, render
 from ..labels import normalize_label, ontology_id
@@ -31,10 +32,6 @@ CONDITION_TEXT: dict[str, str] = {
 }
 _IFN = re.compile(r"interferon")
 _TRAILING_TREATMENT = re.compile(r"(?<=.)(stimulated|stimulation|treated|treatment)$")
-SPECIES_ALIASES: dict[str, str] = {
-    "homo sapiens": "human", "h. sapiens": "human", "hsapiens": "human", "mus musculus": "mouse",
-    "m. musculus": "mouse", "mmusculus": "mouse", "mice": "mouse", "humans": "human",
-}
 FIELDS: tuple[str, ...] = ("cell_type", "species", "tissue", "sequencing_method", "condition")
 CHECKED: tuple[str, ...] = ("cell_type", "species", "tissue", "condition")  # sequencing method is descriptive
 
@@ -71,7 +68,9 @@ def _norm(field: str, value: str, loose: bool = False) -> str:
     folds cell-type spellings that name one Cell Ontology term ("CD14+ Monocyte" = "CD14+Mono")."""
     key = normalize_label(value)
     if field == "species":
-        return SPECIES_ALIASES.get(key, key)
+        return normalize_label(canonical_species(value))
+    if field == "tissue":
+        return normalize_label(canonical_tissue(value))
     if field == "condition":
         return normalize_label(condition_text(value))
     if field == "cell_type" and loose:

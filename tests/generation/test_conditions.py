@@ -60,6 +60,12 @@ def test_resolve_matches_cell_ontology_synonyms():
     assert not res.unseen and res.condition.cell_type == "CD14+Mono"
 
 
+def test_resolve_reads_species_and_tissue_as_cellxgene_writes_them():
+    res = _table().resolve("CD14+Mono", species="Homo sapiens", tissue="PBMC", condition="interferon beta")
+    assert not res.unseen and res.condition.species == "human" and res.condition.tissue == "peripheral blood"
+    assert res.condition.condition == "IFN-beta stimulated"
+
+
 def test_unseen_cell_type_lists_known_values():
     res = _table().resolve("hepatocyte")
     assert res.unseen and "hepatocyte" in res.message and "CD4T" in res.message and "allow_unseen" in res.message
