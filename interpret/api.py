@@ -72,8 +72,9 @@ def explain(adata: ad.AnnData, model: LoadedModel | None = None, labels: str | S
         Genes reported per label.
     dataset, candidates
         The labels scored for every cell: `candidates` if given, else the label set `dataset`
-        of the checkpoint, else the labels passed in `labels`, else all annotation labels of the
-        checkpoint.
+        of the checkpoint, else the labels passed in `labels`, else the learned label set that
+        holds most of the cells' free answers (``annotate`` without candidates; at least half of
+        them), else all annotation labels of the checkpoint.
     instruction
         Prompt template (default: the API's annotation phrasing listing the candidates).
     normalize
@@ -134,6 +135,10 @@ def explain(adata: ad.AnnData, model: LoadedModel | None = None, labels: str | S
         model = load_model()
     started = time.perf_counter()
     given = _given_labels(adata, labels)
+    inferred_note = None
+    if candidates is None and dataset is None and given is None:
+        dataset, inferred_note = _set_of_free_answers(model, adata, layer=layer, use_raw=use_raw, gene_key=gene_key,
+                                                      min_genes=min_genes, species=species)
     cands = _candidates(model, dataset, candidates, given)
     given = _check_in_candidates(given, cands, adata.n_obs)
     aligned = align_to_vocab(adata, model.vocab, layer=layer, use_raw=use_raw, gene_key=gene_key, min_genes=min_genes)
@@ -142,6 +147,7 @@ def explain(adata: ad.AnnData, model: LoadedModel | None = None, labels: str | S
     user_named = candidates is not None or (dataset is None and given is not None and not isinstance(given, str))
     route = route_candidates(cands, model.label_sets) if user_named else None
     notes = [route.note] if route is not None and route.note else []
+    notes += [inferred_note] if inferred_note else []
     if route is not None and route.kind == "ontology" and instruction and has_choices(instruction):
         instruction = None  # the open question is asked (see route_candidates)
         notes.append("the instruction lists the candidates ({choices}), which this route cannot use; "
@@ -238,6 +244,34 @@ def _reference_sets(model: LoadedModel, dataset: str | None, scored: Sequence[st
         if names:
             return names
     return list(model.label_sets)
+
+
+# Why: over every learned label at once (53 for the shipped checkpoint, from several tissues) the
+# scored labels are no one set, so the read-out cannot join and the reference is a pool of sets'
+# mean cells; on 97 zheng2017 cells the top genes were then mostly mitochondrial and ribosomal,
+# and each cell cost ten times the attribution of one set's labels.
+_MAJORITY = 0.5
+
+
+def _set_of_free_answers(model: LoadedModel, adata: ad.AnnData, *, species: str | None,
+                         **matrix: Any) -> tuple[str | None, str | None]:
+    """The learned annotation label set holding the most of the cells' free answers (a label
+    several sets share counts for each), when it holds at least half of them; and a note saying so."""
+    from instructcell_agent.api import annotate
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # annotate's notes on the file are explain's own to give
+        answers = annotate(adata, model=model, species=species or "", **matrix).labels
+    answered = [str(a) for a in answers if a is not None]
+    counts = {name: sum(a in set(entry["labels"]) for a in answered)
+              for name, entry in model.label_sets.items() if entry["task"] == "annotation"}
+    if not answered or not counts:
+        return None, None
+    best = max(counts, key=lambda name: counts[name])
+    if counts[best] < _MAJORITY * len(answered):
+        return None, None
+    return best, (f"no labels or candidates given: explained over label set {best!r}, which holds "
+                  f"{counts[best]:,} of the cells' {len(answered):,} free answers (annotate)")
 
 
 def _given_labels(adata: ad.AnnData, labels: str | Sequence[str] | None) -> np.ndarray | str | None:

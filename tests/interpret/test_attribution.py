@@ -290,3 +290,11 @@ def test_cells_without_counts_stay_out_of_the_label_means(tiny_model):
                       dataset="planted", compare_wilcoxon=False)
     assert any("1 cells with no counts" in n for n in with_empty.provenance["notes"])
     pd.testing.assert_frame_equal(with_empty.means, without.means, rtol=1e-5, atol=1e-7)
+
+
+def test_without_labels_or_candidates_the_set_of_the_free_answers_is_explained(tiny_model):
+    cells = make_counts(12, seed=13)
+    inferred = explain(cells, model=tiny_model, compare_wilcoxon=False)
+    named = explain(cells, model=tiny_model, dataset="planted", compare_wilcoxon=False)
+    assert any("label set 'planted'" in n and "of the cells' 12 free answers" in n for n in inferred.provenance["notes"])
+    pd.testing.assert_frame_equal(inferred.means, named.means)
