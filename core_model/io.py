@@ -197,6 +197,10 @@ def _same_file(a: Path, b: Path) -> bool:
     return a.resolve() == b.resolve()
 
 
+# mkstemp makes 0600 files; results and checkpoints are for sharing, as a plain open() would make them.
+SHARED_MODE = 0o644
+
+
 def write_h5ad_atomic(
     adata: anndata.AnnData, path: PathLike, *, protect: Sequence[PathLike] = ()
 ) -> Path:
@@ -241,6 +245,7 @@ def write_h5ad_atomic(
     try:
         with _string_columns_writable():
             adata.write_h5ad(tmp_name)
+        os.chmod(tmp_name, SHARED_MODE)
         os.replace(tmp_name, target)
     except OSError as exc:
         Path(tmp_name).unlink(missing_ok=True)
@@ -280,6 +285,7 @@ def atomic_target(directory: PathLike, name: str) -> Path:
     """An empty temporary file in `directory` to write `name` into before renaming it in place."""
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}-", suffix=".tmp")
     os.close(fd)
+    os.chmod(tmp, SHARED_MODE)
     return Path(tmp)
 
 
@@ -296,7 +302,7 @@ def write_text_atomic(text: str, path: PathLike) -> Path:
     try:
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; results and checkpoints are for sharing
+        os.chmod(tmp, SHARED_MODE)
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):

@@ -17,6 +17,7 @@ from typing import Any
 
 import anyio.to_thread
 from langchain_core.tools import StructuredTool, ToolException
+from pydantic import ValidationError
 
 from .server.config import ServerConfig
 from .server.toolbox import SPECS, Toolbox, ToolFailure, ToolSpec
@@ -44,5 +45,12 @@ def _tool(toolbox: Toolbox, spec: ToolSpec) -> StructuredTool:
 
     return StructuredTool.from_function(
         func=run, coroutine=arun, name=spec.name, description=toolbox.description(spec), args_schema=spec.request,
-        response_format="content_and_artifact", handle_tool_error=True,
+        response_format="content_and_artifact", handle_tool_error=True, handle_validation_error=_invalid_arguments,
         metadata={"read_only": spec.read_only, "title": spec.title})
+
+
+def _invalid_arguments(exc: ValidationError) -> str:
+    # Arguments an LLM got wrong (a misspelt option, top_k over the bound) come back as the
+    # ToolMessage, as the MCP server reports them, so the agent can correct its call; raised,
+    # they would end the run.
+    return f"invalid arguments: {exc}"

@@ -28,7 +28,7 @@ from instructcell_agent.core_model.candidate_route import CandidateNoteWarning, 
 from instructcell_agent.core_model.cell_encoder import log_normalize_csr
 from instructcell_agent.core_model.checkpoint import LoadedModel
 from instructcell_agent.core_model.datasets import prompt_fields
-from instructcell_agent.core_model.errors import InputFileError, LabelKeyError
+from instructcell_agent.core_model.errors import InputFileError, InvalidValuesError, LabelKeyError
 from instructcell_agent.core_model.instructions import has_choices, render
 from instructcell_agent.core_model.io import get_labels, write_h5ad_atomic, write_json_atomic
 from instructcell_agent.core_model.readout import one_set, readout_name
@@ -142,6 +142,12 @@ def explain(adata: ad.AnnData, model: LoadedModel | None = None, labels: str | S
     cands = _candidates(model, dataset, candidates, given)
     given = _check_in_candidates(given, cands, adata.n_obs)
     aligned = align_to_vocab(adata, model.vocab, layer=layer, use_raw=use_raw, gene_key=gene_key, min_genes=min_genes)
+    # A cell with no counts on the model's genes has nothing to explain; measured against the mean
+    # training cell its attributions would only echo the reference, so the per-label means skip it.
+    empty = empty_cells(aligned.X)
+    if empty.all():
+        raise InvalidValuesError(f"none of the {adata.n_obs:,} cells has counts on any of the model's genes; "
+                                 "nothing to explain (check the matrix read: layer=..., use_raw=...)")
     # Candidates the user named (or the labels of their obs column) may be spelled unlike anything
     # the checkpoint learned; its own label sets need no routing.
     user_named = candidates is not None or (dataset is None and given is not None and not isinstance(given, str))
@@ -172,11 +178,7 @@ def explain(adata: ad.AnnData, model: LoadedModel | None = None, labels: str | S
     if route is not None and (route.kind == "text" or route.unrouted):
         warnings.warn(route.note, CandidateNoteWarning, stacklevel=2)
     groups = given if given is not None else np.asarray(cands, dtype=object)[attr.predicted].astype(str)
-    # A cell with no counts on the model's genes has nothing to explain; measured against the mean
-    # training cell its attributions would only echo the reference, so the per-label means skip it
-    # (a group named by no candidate is left out).
-    empty = empty_cells(aligned.X)
-    if empty.any():
+    if empty.any():  # a group named by no candidate is left out of the means
         notes.append(f"{int(empty.sum()):,} cells with no counts on any of the model's genes were left out of "
                      "the per-label means")
     means = label_means(cell_scores(attr.values, attr.above_reference, normalize), np.where(empty, "", groups),

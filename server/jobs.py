@@ -83,6 +83,10 @@ class Job:
             if self.status == "queued":
                 # Never started: nothing to clean up, finish it here so waiters return now.
                 self._finish("cancelled", "cancelled before it started")
+            else:
+                # Still 'running' until its next batch boundary; say so, or a caller polling
+                # job_status reads the old message and thinks the cancel was lost.
+                self.message = "cancelling: stops at the next batch boundary, keeping no output"
             return True
 
     def wait(self, timeout: float | None = None) -> bool:

@@ -17,8 +17,9 @@ import anyio.to_thread
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ResourceError, ToolError
 from mcp.server.mcpserver.resources import FunctionResource
+from mcp.server.mcpserver.tools import Tool
 from mcp_types import CallToolResult, ResourceLink, TextContent, ToolAnnotations
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from .config import ServerConfig
 from .jobs import Job
@@ -44,8 +45,6 @@ def build_server(config: ServerConfig | None = None, toolbox: Toolbox | None = N
         if config is None:
             raise ValueError("build_server needs a ServerConfig or a Toolbox")
         toolbox = Toolbox(config)
-    server = MCPServer("instructcell", title="InstructCell", instructions=INSTRUCTIONS, version=_version())
-    server.toolbox = toolbox  # type: ignore[attr-defined] - tests and the CLI reach the jobs through it
     published: set[str] = set()
 
     def publish(files: list[OutputFile]) -> None:
@@ -57,18 +56,34 @@ def build_server(config: ServerConfig | None = None, toolbox: Toolbox | None = N
                     _reader(toolbox, f.uri[len(URI_PREFIX):]), uri=f.uri, name=f.uri[len(URI_PREFIX):],
                     description=f"{f.kind} ({f.size_bytes:,} bytes)", mime_type=f.mime_type))
 
-    for spec in SPECS:
-        annotations = ToolAnnotations(title=spec.title, read_only_hint=spec.read_only,
-                                      destructive_hint=spec.destructive, idempotent_hint=spec.idempotent,
-                                      open_world_hint=False)
-        server.add_tool(_tool_function(toolbox, spec, publish), name=spec.name, title=spec.title,
-                        description=toolbox.description(spec), annotations=annotations, structured_output=True)
+    tools = [_strict(Tool.from_function(
+        _tool_function(toolbox, spec, publish), name=spec.name, title=spec.title,
+        description=toolbox.description(spec), structured_output=True,
+        annotations=ToolAnnotations(title=spec.title, read_only_hint=spec.read_only,
+                                    destructive_hint=spec.destructive, idempotent_hint=spec.idempotent,
+                                    open_world_hint=False))) for spec in SPECS]
+    server = MCPServer("instructcell", title="InstructCell", instructions=INSTRUCTIONS, version=_version(),
+                       tools=tools)
+    server.toolbox = toolbox  # type: ignore[attr-defined] - tests and the CLI reach the jobs through it
 
     @server.resource(URI_PREFIX + "{+name}", name="output", description="A result file under the output directory.")
     def read_output(name: str) -> str | bytes:
         return _reader(toolbox, name)()
 
     return server
+
+
+def _strict(tool: Tool) -> Tool:
+    """Refuse arguments the tool does not have, as the request models (and the LangChain tools) do.
+
+    The SDK's argument model drops unknown keys, so a misspelt option ("candidate") would run the
+    call without it (free answers instead of the candidates asked for) and nobody would know.
+    """
+    loose = tool.fn_metadata.arg_model
+    strict = type(loose.__name__, (loose,), {"model_config": ConfigDict(extra="forbid"), "__module__": __name__})
+    tool.fn_metadata.arg_model = strict
+    tool.parameters = strict.model_json_schema(by_alias=True)  # publishes additionalProperties: false
+    return tool
 
 
 def _version() -> str:

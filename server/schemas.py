@@ -157,7 +157,8 @@ class AnnotationSummary(BaseModel):
     h5ad_path: str
     n_cells: int
     label_counts: dict[str, int]
-    mean_confidence: float
+    mean_confidence: float | None = Field(description="Mean confidence of the labelled cells; None when no "
+                                                "cell could be labelled.")
     low_confidence_cells: int = Field(description="Cells whose confidence is below 0.5.")
     unlabelled_cells: int = Field(0, description="Cells left without a label: no counts on any of the model's genes.")
     candidates: list[str] | None
@@ -197,7 +198,8 @@ class ExplanationSummary(BaseModel):
     reference: str = Field(description="What the attributions were measured against (train, zero, mean; none "
                                        "for the plain gradient).")
     normalize: str = Field(description="Per-cell scaling applied before the per-label mean.")
-    cells_per_label: dict[str, int]
+    cells_per_label: dict[str, int] = Field(description="Cells averaged into each label's ranking (cells with no "
+                                                    "counts on the model's genes are left out; see notes).")
     top_genes: dict[str, list[GeneScore]] = Field(description="Per label, its top genes by attribution.")
     marker_precision: dict[str, float | None] | None = Field(
         description="Per label, share of the top 10 genes that are known markers (None: no marker database).")

@@ -227,7 +227,7 @@ class InstructCellService:
         return ExplanationSummary(h5ad_path=str(path), n_cells=adata.n_obs, method=req.method,
                                   reference=result.provenance.get("reference") or "none",
                                   normalize=req.normalize,
-                                  cells_per_label=dict(Counter(map(str, result.groups))), top_genes=top,
+                                  cells_per_label=_explained_per_label(result), top_genes=top,
                                   marker_precision=precision, notes=list(result.provenance.get("notes", [])),
                                   outputs=files,
                                   seconds=round(time.perf_counter() - started, 3))
@@ -271,7 +271,7 @@ class InstructCellService:
         return AnnotationSummary(
             kind=task, h5ad_path=str(path), n_cells=n,
             label_counts={str(k): int(v) for k, v in result.label_counts().items()},
-            mean_confidence=round(float(conf[labelled].mean()), 4) if m else 0.0,
+            mean_confidence=round(float(conf[labelled].mean()), 4) if m else None,  # a 0.0 would read as doubt
             low_confidence_cells=int((conf[labelled] < 0.5).sum()), unlabelled_cells=n - m,
             candidates=cands, drug=getattr(req, "drug", None), examples=examples,
             alignment=str(result.provenance.get("alignment_summary", "")),
@@ -314,6 +314,13 @@ def _concat(parts):
         obs_names=[o for p in parts for o in p.obs_names], labels=np.concatenate([p.labels for p in parts]),
         confidence=np.concatenate([np.asarray(p.confidence) for p in parts]),
         answers=[a for p in parts for a in p.answers], probabilities=probs, provenance=provenance)
+
+
+def _explained_per_label(result) -> dict[str, int]:
+    """Cells per label that its gene ranking averages: cells with no counts on the model's genes
+    (all-zero model input) keep a group but are left out of the means, so they are not counted."""
+    expressed = np.asarray(result.attributions.inputs > 0).any(axis=1)
+    return dict(Counter(map(str, np.asarray(result.groups)[expressed])))
 
 
 def _labels_frame(result) -> pd.DataFrame:

@@ -136,6 +136,7 @@ def test_write_atomic_and_protect(tmp_path: Path) -> None:
     assert out.is_file()
     assert read_h5ad(out).shape == (6, 4)
     assert sorted(p.name for p in out.parent.iterdir()) == ["result.h5ad"]
+    assert out.stat().st_mode & 0o777 == 0o644  # readable by others, as a plain write would make it
     with pytest.raises(InputFileError, match="directory"):
         write_h5ad_atomic(adata, tmp_path)
 

@@ -298,3 +298,14 @@ def test_without_labels_or_candidates_the_set_of_the_free_answers_is_explained(t
     named = explain(cells, model=tiny_model, dataset="planted", compare_wilcoxon=False)
     assert any("label set 'planted'" in n and "of the cells' 12 free answers" in n for n in inferred.provenance["notes"])
     pd.testing.assert_frame_equal(inferred.means, named.means)
+
+
+def test_a_file_of_empty_cells_is_refused_with_a_message(tiny_model):
+    import scipy.sparse as sp
+
+    from instructcell_agent.core_model.errors import InvalidValuesError
+
+    cells = make_counts(4, seed=3)
+    cells.X = sp.csr_matrix(cells.X.shape, dtype=np.float32)
+    with pytest.raises(InvalidValuesError, match="none of the 4 cells has counts"):
+        explain(cells, model=tiny_model, dataset="planted")

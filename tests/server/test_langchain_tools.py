@@ -80,8 +80,10 @@ def test_native_tool_returns_json_and_artifact(env):
     tool = next(t for t in env["tools"] if t.name == "inspect_dataset")
     message = tool.invoke({"type": "tool_call", "name": tool.name, "id": "1", "args": {"h5ad_path": "planted.h5ad"}})
     assert json.loads(message.content)["n_genes"] == 120 and message.artifact["n_cells"] == N_CELLS
-    with pytest.raises(Exception, match="extra"):  # unknown arguments are refused, not ignored
-        tool.invoke({"h5ad_path": "planted.h5ad", "surprise": 1})
+    # unknown arguments are refused, not ignored (as a ToolMessage the agent reads, not an exception)
+    refused = tool.invoke({"type": "tool_call", "name": tool.name, "id": "2",
+                           "args": {"h5ad_path": "planted.h5ad", "surprise": 1}})
+    assert refused.status == "error" and "Extra inputs are not permitted" in refused.content
 
 
 def test_scripted_agent_calls_the_native_tools(env):
@@ -109,3 +111,13 @@ def test_example_workflow_runs_end_to_end(env, gen_checkpoint, tmp_path):
     assert "inspect_dataset: 240 cells x 120 genes" in answer
     assert "annotate_cells: 240 cells" in answer and "explain_genes: top genes" in answer
     assert any((tmp_path / "out").glob("*_explain_*/top_genes.csv"))
+
+
+def test_native_tool_argument_errors_come_back_as_tool_messages(env):
+    # raised, a ValidationError ends the agent's run; as a ToolMessage the agent can fix its call
+    tools = {t.name: t for t in env["tools"]}
+    for name, args, expected in [("annotate_cells", {"h5ad_path": "planted.h5ad", "candidate": ["a", "b"]}, "candidate"),
+                                 ("predict_drug_response", {"h5ad_path": "planted.h5ad"}, "drug")]:
+        msg = tools[name].invoke({"type": "tool_call", "id": "1", "name": name, "args": args})
+        assert isinstance(msg, ToolMessage) and msg.status == "error"
+        assert "invalid arguments" in msg.content and expected in msg.content

@@ -405,3 +405,54 @@ def test_cancelling_an_explain_job_between_batches_leaves_no_partial_output(env,
     job, calls = _cancel_during_call(env, monkeypatch, attribution, "_one_batch", 1, "explain_genes",
                                      ExplainGenesRequest(h5ad_path="explain_small.h5ad"))
     assert job.status == "cancelled" and calls == 1  # stopped before the second of 3 batches
+
+
+# ------------------------------------------------------------------ audit regressions
+
+
+def test_an_unknown_argument_is_refused_not_ignored(env):
+    # a misspelt "candidates" used to be dropped silently: the call ran with free answers
+    tools = {t.name: t for t in run(env["server"], lambda c: c.list_tools()).tools}
+    assert tools["annotate_cells"].input_schema.get("additionalProperties") is False
+    before = output_entries(env["paths"]["out"])
+    text = error_text(call(env["server"], "annotate_cells", {"h5ad_path": "planted.h5ad", "candidate": CANDIDATES}))
+    assert "candidate" in text and "Extra inputs are not permitted" in text
+    assert output_entries(env["paths"]["out"]) == before
+
+
+def test_no_labelled_cell_gives_no_mean_confidence(env):
+    cells = make_counts(12, seed=11)
+    cells.X = sp.csr_matrix(cells.shape, dtype=np.float32)
+    cells.write_h5ad(env["paths"]["root"] / "all_empty.h5ad")
+    result = call(env["server"], "annotate_cells", {"h5ad_path": "all_empty.h5ad", "candidates": CANDIDATES})
+    summary = check_structured(env["server"], "annotate_cells", result)["result"]
+    assert summary["unlabelled_cells"] == 12 and summary["label_counts"] == {} and summary["examples"] == []
+    assert summary["mean_confidence"] is None  # not 0.0, which reads as a confident "unsure"
+
+
+def test_explain_counts_only_the_cells_it_averaged(env):
+    cells = make_counts(32, seed=12)
+    X = cells.X.toarray()
+    X[:5] = 0
+    cells.X = sp.csr_matrix(X)
+    cells.write_h5ad(env["paths"]["root"] / "explain_emptied.h5ad")
+    result = call(env["server"], "explain_genes", {"h5ad_path": "explain_emptied.h5ad", "labels": "cell_type",
+                                                   "top_k": 3})
+    summary = check_structured(env["server"], "explain_genes", result)["result"]
+    assert sum(summary["cells_per_label"].values()) == 27  # the 5 empty cells are left out of the means
+    assert any("5 cells with no counts" in n for n in summary["notes"])
+
+
+def test_cancelling_a_running_job_says_it_is_stopping(env):
+    gate = threading.Event()
+    job = env["toolbox"].jobs.submit("blocker", lambda reporter: gate.wait(30))
+    try:
+        for _ in range(200):
+            if job.status == "running":
+                break
+            threading.Event().wait(0.05)
+        info = check_structured(env["server"], "cancel_job", call(env["server"], "cancel_job", {"job_id": job.id}))
+        assert info["status"] == "running" and info["message"].startswith("cancelling")
+    finally:
+        gate.set()
+        job.wait(10)
