@@ -81,6 +81,15 @@ def load_catalog(root: Path | None = None, tasks: tuple[str, ...] = ("annotation
     return [s for s in specs if s.task in tasks]
 
 
+USER_ENTRY_HINT = ('each entry needs text fields "name", "task" ("cta" or "dsp"), "path" (.h5ad), "label" (its obs '
+                   'column) and "split" (a JSON file {"train": [obs_names], "valid": [...], "test": [...]}), '
+                   'and "drug" for a dsp set; paths are read from the catalog\'s folder')
+
+
+def _is_text(value: Any) -> bool:
+    return isinstance(value, str) and bool(value.strip())
+
+
 def load_user_catalog(path: str | os.PathLike) -> list[DatasetSpec]:
     """A user's own datasets, in the shared catalog's format (a JSON list of entries).
 
@@ -95,16 +104,20 @@ def load_user_catalog(path: str | os.PathLike) -> list[DatasetSpec]:
     except (OSError, json.JSONDecodeError) as exc:
         raise InputFileError(f"cannot read dataset catalog {path}: {exc}") from exc
     if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
-        raise InputFileError(f"dataset catalog {path} must be a JSON list of objects")
+        raise InputFileError(f"dataset catalog {path} must be a JSON list of objects; {USER_ENTRY_HINT}")
+    if not entries:  # an empty list would otherwise train on nothing of the user's without a word
+        raise InputFileError(f"dataset catalog {path} holds no entries; {USER_ENTRY_HINT}")
     specs = []
     for i, entry in enumerate(entries):
-        missing = [k for k in ("name", "task", "path", "label", "split") if not entry.get(k)]
-        if entry.get("task") not in TASK_OF_CATALOG:
-            missing.append("task (cta or dsp)")
-        if entry.get("task") == "dsp" and not entry.get("drug"):
+        # Text fields only: a list or number here would fail later, deep in training, with a traceback.
+        missing = [k for k in ("name", "path", "label", "split") if not _is_text(entry.get(k))]
+        if not _is_text(entry.get("task")) or entry["task"] not in TASK_OF_CATALOG:
+            missing.insert(1, "task (cta or dsp)")
+        if entry.get("task") == "dsp" and not _is_text(entry.get("drug")):
             missing.append("drug")
         if missing:
-            raise InputFileError(f"dataset catalog {path}, entry {i}: missing or invalid {', '.join(missing)}")
+            raise InputFileError(f"dataset catalog {path}, entry {i}: missing or invalid "
+                                 f"{', '.join(missing)}; {USER_ENTRY_HINT}")
         spec = DatasetSpec.from_catalog_entry(entry, path.parent)
         for file in (spec.path, spec.split_path):
             if not Path(file).is_file():
@@ -139,7 +152,8 @@ def subset_by_names(adata: ad.AnnData, names: list[str], what: str) -> ad.AnnDat
     index = adata.obs_names.get_indexer(names)
     if (index < 0).any():
         missing = [n for n, i in zip(names, index) if i < 0][:5]
-        raise InputFileError(f"{(index < 0).sum()} cells of the {what} split are not in the data, e.g. {missing}")
+        raise InputFileError(f"{(index < 0).sum()} cells of the {what} split are not in the data, e.g. {missing}; "
+                             f"the split file must list the file's obs_names, e.g. {list(adata.obs_names[:2])}")
     return adata[index]
 
 

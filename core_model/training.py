@@ -32,7 +32,8 @@ from .cell_encoder import sparse_log_normalize
 from .checkpoint import LoadedModel, save_checkpoint
 from .config import BackboneConfig, CellEncoderConfig, ModelConfig
 from .corpus import SplitData, dense_rows, load_split
-from .datasets import DatasetSpec, load_catalog, split_names, subset_by_names
+from .datasets import DatasetSpec, load_catalog, read_split, split_names, subset_by_names
+from .errors import CheckpointError, InstructCellError
 from .gene_panels import N_TOP_RANGE, variable_gene_order
 from .instructions import format_choices, has_choices, load_bank, render
 from .io import file_sha256, read_h5ad
@@ -199,16 +200,20 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, show_p
     torch.manual_seed(cfg.seed)
     if cfg.init_from and cfg.vocab_from:
         raise ValueError("--vocab-from cannot be combined with --init-from: the starting checkpoint's genes are kept")
-    specs = specs or select_specs(cfg)
+    if specs is not None and not specs:  # not "all shared sets": the caller asked for its own, and gave none
+        raise ValueError("specs is empty: pass at least one dataset, or None for the shared catalog's")
+    specs = select_specs(cfg) if specs is None else specs
     start = warm_start.load_start(cfg.init_from, cfg.backbone, cfg.train_lm, out) if cfg.init_from else None
-    vocab = start.vocab if start else _vocab(specs, cfg, out)
-    data = TrainingData.build([load_split(s, vocab, cfg.fit_splits) for s in specs])
+    vocab = start.vocab if start else _vocab(specs, cfg, out, resume)
+    data = TrainingData.build([_load_split(s, vocab, cfg.fit_splits) for s in specs])
     model = start.model if start else new_model(cfg, data)
     aux = AuxHead(model.cfg.encoder.dim, data.n_labels)
     model.to(device)
     aux.to(device)
     state_path = out / "train_state.pt"
     state = torch.load(state_path, weights_only=True, map_location=device) if resume and state_path.exists() else None
+    if state is not None:
+        _check_resumable(state, data, state_path)
     if state is not None and state["stage"] == 2:
         model.load_state_dict(state["model"], strict=False)
         if "lm" in state:
@@ -269,19 +274,35 @@ def select_specs(cfg: TrainConfig) -> list[DatasetSpec]:
     return specs
 
 
-def _vocab(specs: list[DatasetSpec], cfg: TrainConfig, out: Path) -> list[str]:
+def _vocab(specs: list[DatasetSpec], cfg: TrainConfig, out: Path, resume: bool = False) -> list[str]:
     path = out / "gene_vocab.json"
-    if path.exists():  # resuming: the vocabulary must not change under the weights
+    # Resuming: the vocabulary must not change under the weights. A fresh run into a used
+    # directory builds its own: the old one may come from other data (other genes).
+    if resume and path.exists():
         return json.loads(path.read_text())
     if cfg.vocab_from:
         vocab = read_vocab(cfg.vocab_from)
         path.write_text(json.dumps(vocab))
         return vocab
-    sets = [subset_by_names(read_h5ad(s.path), split_names(s.split_path, cfg.fit_splits), cfg.fit_splits)
+    sets = [_named(s, lambda s=s: subset_by_names(read_h5ad(s.path), split_names(s.split_path, cfg.fit_splits),
+                                                  cfg.fit_splits))
             for s in specs]
     vocab = build_vocab(sets, cfg.n_hvg)
     path.write_text(json.dumps(vocab))
     return vocab
+
+
+def _named(spec: DatasetSpec, read):
+    """`read()`, with an input error naming the dataset and its file: with several sets in a run,
+    "label column 'x' not in obs" alone does not say which one to fix."""
+    try:
+        return read()
+    except InstructCellError as exc:
+        raise type(exc)(f"dataset {spec.name!r} ({spec.path}): {exc}") from exc
+
+
+def _load_split(spec: DatasetSpec, vocab: list[str], split: str) -> SplitData:
+    return _named(spec, lambda: load_split(spec, vocab, split))
 
 
 def _batch(data: TrainingData, d: int, rows: np.ndarray, target_sum: float, cfg: TrainConfig,
@@ -383,14 +404,31 @@ def train_language_stage(model: CellLanguageModel, aux: AuxHead, data: TrainingD
         model.forget_prompts()  # memoised prompt keys/values were read with the old adapters
         bar.set_postfix(lm=f"{lm_loss.item():.3f}", set=split.spec.name[:12])
         if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.lm_steps:
-            _save_state(out, model, aux, opt, sched, step + 1)
+            _save_state(out, model, aux, opt, sched, step + 1, data)
     model.eval()
 
 
-def _save_state(out: Path, model, aux, opt, sched, step: int) -> None:
+def _trained_labels(data: TrainingData) -> dict[str, list[str]]:
+    return {s.spec.name: sorted(set(map(str, s.labels))) for s in data.splits}
+
+
+def _check_resumable(state: dict, data: TrainingData, path: Path) -> None:
+    """A saved state fits only the datasets and labels it was trained on: its auxiliary head has a
+    column per (dataset, label), so other data fails deep in torch or trains the wrong columns.
+    States saved before the label sets were recorded are checked by the head's size."""
+    saved, now = state.get("label_sets"), _trained_labels(data)
+    same = saved == now if saved is not None else state["aux"]["linear.weight"].shape[0] == data.n_labels
+    if not same:
+        shown = f" (saved: {sorted(saved)}; now: {sorted(now)})" if saved is not None else ""
+        raise CheckpointError(f"{path} was saved by a run on other datasets or labels{shown}; resume with the "
+                              "same --catalog/--datasets files, or train into a fresh --out without --resume")
+
+
+def _save_state(out: Path, model, aux, opt, sched, step: int, data: TrainingData) -> None:
     tmp = out / "train_state.pt.tmp"
     state = {"stage": 2, "step": step, "model": model.trainable_state_dict(), "aux": aux.state_dict(),
-             "opt": opt.state_dict(), "sched": sched.state_dict()}
+             "opt": opt.state_dict(), "sched": sched.state_dict(),
+             "label_sets": _trained_labels(data)}  # what `_check_resumable` compares a resumed run's data with
     if model.cfg.lm_trained:
         state["lm"] = model.lm.state_dict()
     torch.save(state, tmp)
@@ -403,7 +441,12 @@ def _validate(model: CellLanguageModel, specs: list[DatasetSpec], vocab: list[st
     valid-split phrasings."""
     results: dict[str, Any] = {}
     for spec in specs:
-        split = load_split(spec, vocab, "valid")
+        # A user's split file may hold no valid cells; the weights are fitted without them, so the
+        # check is skipped (and recorded) rather than failing the finished run before it is saved.
+        if spec.split_path is not None and not read_split(spec.split_path).get("valid"):
+            results[spec.name] = {"skipped": f"no valid cells in {spec.split_path.name}"}
+            continue
+        split = _load_split(spec, vocab, "valid")
         n = min(cfg.valid_cells, split.n_cells)
         rows = np.random.default_rng(cfg.seed).choice(split.n_cells, n, replace=False)
         bank = [t for t in load_bank(spec.task).valid if has_choices(t)]

@@ -236,10 +236,11 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 def _train(args) -> int:
     from .core_model.config import BackboneConfig
     from .core_model.datasets import load_user_catalog
+    from .core_model.errors import InputFileError
     from .core_model.training import TrainConfig, select_specs, train
 
-    if args.no_shared and not args.catalog:
-        raise SystemExit("--no-shared needs at least one --catalog file")
+    if args.no_shared and not args.catalog:  # an InstructCellError, so main() prints it as "error: ..."
+        raise InputFileError("--no-shared needs at least one --catalog file of your own datasets")
     cfg = TrainConfig(
         datasets=tuple(d for d in args.datasets.split(",") if d), backbone=BackboneConfig(kind=args.backbone),
         lm_steps=args.lm_steps, encoder_epochs=args.encoder_epochs, batch_size=args.batch_size,
@@ -254,13 +255,22 @@ def _train(args) -> int:
     if args.catalog:
         specs = [] if args.no_shared else select_specs(cfg)
         specs += [spec for file in args.catalog for spec in load_user_catalog(file)]
-        names = [s.name for s in specs]
-        if len(set(names)) != len(names):
-            raise SystemExit(f"dataset names must be unique across catalogs: {names}")
+        _refuse_repeated_names([s.name for s in specs], shared=not args.no_shared)
     path = train(cfg, args.out, resume=args.resume, command=command, specs=specs, device=args.device,
                  fit_readout=not args.no_readout)
     print(path)
     return 0
+
+
+def _refuse_repeated_names(names: list[str], shared: bool) -> None:
+    """Label sets are keyed by dataset name, so a repeated name would merge or hide a set."""
+    from .core_model.errors import InputFileError
+
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        where = "the shared catalog and your --catalog files" if shared else "your --catalog files"
+        raise InputFileError(f"dataset names must be unique across {where}; repeated: {', '.join(repeated)}; "
+                             "rename your entries")
 
 
 def argv_is_cli() -> bool:

@@ -234,3 +234,17 @@ def test_train_readout_refits_a_checkpoints_readout(tiny_checkpoint, synthetic_s
     assert json.loads(out.read_text())["readout"] == "linear gene read-out, weight 0.5"
     assert main([*base, "--no-readout"]) == 0
     assert json.loads(out.read_text())["readout"] == "none"
+
+
+def test_no_shared_without_a_catalog_is_an_error_message(tmp_path, capsys):
+    assert main(["train", "--out", str(tmp_path / "run"), "--backbone", "tiny", "--no-shared"]) == 2
+    assert capsys.readouterr().err.startswith("error: --no-shared needs at least one --catalog")
+
+
+def test_a_repeated_dataset_name_is_an_error_message_naming_it(synthetic_set, tmp_path, capsys):
+    catalog = _user_catalog(tmp_path, synthetic_set)
+    code = main(["train", "--out", str(tmp_path / "run"), "--backbone", "tiny", "--no-shared",
+                 "--catalog", str(catalog), "--catalog", str(catalog)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: dataset names must be unique") and "repeated: my_drug_screen;" in err

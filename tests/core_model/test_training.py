@@ -16,7 +16,7 @@ from instructcell_agent.core_model.checkpoint import load_checkpoint
 from instructcell_agent.core_model.config import BackboneConfig
 from instructcell_agent.core_model.corpus import load_split
 from instructcell_agent.core_model.datasets import read_split
-from instructcell_agent.core_model.errors import CheckpointError, DeviceError, InputFileError
+from instructcell_agent.core_model.errors import CheckpointError, DeviceError, InputFileError, InstructCellError
 from instructcell_agent.core_model.training import TrainingData, train
 
 
@@ -195,3 +195,42 @@ def test_an_hvg_panel_keeps_only_the_most_variable_genes_and_is_drawn_only_when_
     few = augment(counts, always, np.random.default_rng(3), np.array([2, 7]))
     assert set(few.tocoo().col.tolist()) == {2, 7}
     assert np.allclose(few[:, [2, 7]].toarray(), counts[:, [2, 7]].toarray())
+
+
+def _without_valid(planted_spec, tmp_path):
+    split = read_split(planted_spec.split_path)
+    path = tmp_path / "split.json"
+    path.write_text(json.dumps({"train": split["train"], "test": split["test"]}))
+    return dataclasses.replace(planted_spec, split_path=path)
+
+
+def test_a_set_without_valid_cells_trains_and_records_the_skipped_check(planted_spec, tmp_path):
+    # Before: the finished run failed in the end-of-run check ("no split 'valid'") and wrote no checkpoint.
+    spec = _without_valid(planted_spec, tmp_path)
+    out = train(tiny_train_config(encoder_epochs=1, lm_steps=2, save_every=2), tmp_path / "run", specs=[spec],
+                show_progress=False)
+    assert load_checkpoint(out).info["valid"] == {"planted": {"skipped": "no valid cells in split.json"}}
+
+
+def test_a_dataset_whose_file_is_wrong_is_named_in_the_error(planted_spec, tmp_path):
+    spec = dataclasses.replace(planted_spec, label_key="nope")
+    with pytest.raises(InstructCellError, match="dataset 'planted' .*no column 'nope'"):
+        train(tiny_train_config(encoder_epochs=1, lm_steps=1), tmp_path / "run", specs=[spec], show_progress=False)
+
+
+def test_resuming_on_other_datasets_is_refused(planted_spec, tmp_path):
+    cfg = tiny_train_config(encoder_epochs=1, lm_steps=2, save_every=2, valid_cells=4)
+    train(cfg, tmp_path / "run", specs=[planted_spec], show_progress=False)
+    # Same head size, another set name: without the recorded label sets this resumed silently.
+    renamed = dataclasses.replace(planted_spec, name="renamed")
+    with pytest.raises(CheckpointError, match="other datasets or labels"):
+        train(cfg, tmp_path / "run", specs=[renamed], show_progress=False, resume=True)
+
+
+def test_a_fresh_run_into_a_used_directory_builds_its_own_vocabulary(planted_spec, tmp_path):
+    # Before: a gene_vocab.json left by an earlier run on other data was reused without --resume.
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "gene_vocab.json").write_text(json.dumps(["OTHER1", "GENE000"]))
+    out = train(tiny_train_config(encoder_epochs=1, lm_steps=1, save_every=1, valid_cells=4), tmp_path / "run",
+                specs=[planted_spec], show_progress=False)
+    assert len(load_checkpoint(out).vocab) == 120
