@@ -204,6 +204,8 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, show_p
         raise ValueError("specs is empty: pass at least one dataset, or None for the shared catalog's")
     specs = select_specs(cfg) if specs is None else specs
     start = warm_start.load_start(cfg.init_from, cfg.backbone, cfg.train_lm, out) if cfg.init_from else None
+    if start is not None:
+        warm_start.check_set_names(start, specs)
     vocab = start.vocab if start else _vocab(specs, cfg, out, resume)
     data = TrainingData.build([_load_split(s, vocab, cfg.fit_splits) for s in specs])
     model = start.model if start else new_model(cfg, data)
@@ -239,7 +241,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, show_p
     # The read-out beside the LM (core_model/readout.py) is fitted on the same cells; the valid
     # check above is the language model's alone.
     if fit_readout:
-        train_readout(out / "checkpoint", specs, split=cfg.fit_splits, command=command)
+        train_readout(out / "checkpoint", specs, split=cfg.fit_splits, command=command, inherit_from=start)
     (out / "valid_metrics.json").write_text(json.dumps(valid, indent=1))
     return out / "checkpoint"
 

@@ -76,6 +76,17 @@ def fit_aux_head(encoder: nn.Module, aux: nn.Module, batches, steps: int = AUX_F
     encoder.train(was_training)
 
 
+def check_set_names(start: LoadedModel, specs) -> None:
+    """Refuse, before any training, a dataset named like one of the start's label sets of another
+    task: its labels would silently replace that set's (a drug set turned into cell types). The
+    same name and task retrains the set, which is what fine-tuning it again means."""
+    clashes = [f"{s.name!r} ({s.task}; the start's is {start.label_sets[s.name]['task']})" for s in specs
+               if s.name in start.label_sets and start.label_sets[s.name]["task"] != s.task]
+    if clashes:
+        raise CheckpointError(f"dataset names taken by label sets of another task in {start.path}: "
+                              f"{', '.join(clashes)}; rename your entries")
+
+
 def merged_label_sets(start: LoadedModel, new: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """The new run's label sets, plus those the starting checkpoint knew and this run did not retrain:
     the model still answers them."""

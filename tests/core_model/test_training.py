@@ -234,3 +234,37 @@ def test_a_fresh_run_into_a_used_directory_builds_its_own_vocabulary(planted_spe
     out = train(tiny_train_config(encoder_epochs=1, lm_steps=1, save_every=1, valid_cells=4), tmp_path / "run",
                 specs=[planted_spec], show_progress=False)
     assert len(load_checkpoint(out).vocab) == 120
+
+
+def test_fine_tuning_on_other_sets_keeps_the_read_out_of_the_sets_it_inherits(tiny_checkpoint, synthetic_set,
+                                                                                tmp_path):
+    from instructcell_agent.core_model.datasets import DatasetSpec
+
+    # the user's own set: the planted cells under their own label names, and no shared data
+    mine = synthetic_set["adata"].copy()
+    mine.obs["group"] = ["g_" + str(t) for t in mine.obs["cell_type"]]
+    mine.write_h5ad(tmp_path / "mine.h5ad")
+    spec = DatasetSpec(name="mine", task="annotation", path=tmp_path / "mine.h5ad", label_key="group",
+                       split_path=synthetic_set["split_path"], tissue="pancreas", species="human")
+    cfg = dataclasses.replace(tiny_train_config(lm_steps=1, save_every=1), init_from=str(tiny_checkpoint))
+    new = load_checkpoint(train(cfg, tmp_path / "tuned", specs=[spec], show_progress=False))
+    old = load_checkpoint(tiny_checkpoint)
+    assert set(new.label_sets) == {"planted", "mine"}
+    for label in old.label_sets["planted"]["labels"]:  # the inherited rows, as they were
+        assert torch.equal(new.readout.weight[new.readout.column[label]], old.readout.weight[old.readout.column[label]])
+        assert new.readout.bias[new.readout.column[label]] == old.readout.bias[old.readout.column[label]]
+    assert all(label in new.readout.column for label in new.label_sets["mine"]["labels"])
+    assert torch.equal(new.readout.mean_cells["planted"], old.readout.mean_cells["planted"])
+    assert new.readout.info["inherited_sets"] == ["planted"]
+
+
+def test_fine_tuning_refuses_a_set_named_like_an_inherited_set_of_another_task(tiny_checkpoint, synthetic_set,
+                                                                              tmp_path):
+    from instructcell_agent.core_model.datasets import DatasetSpec
+
+    spec = DatasetSpec(name="planted", task="drug_response", path=synthetic_set["path"], label_key="cell_type",
+                       split_path=synthetic_set["split_path"], drug="cisplatin")
+    cfg = dataclasses.replace(tiny_train_config(lm_steps=1), init_from=str(tiny_checkpoint))
+    with pytest.raises(CheckpointError, match="'planted' \\(drug_response; the start's is annotation\\)"):
+        train(cfg, tmp_path / "clash", specs=[spec], show_progress=False)
+    assert not (tmp_path / "clash" / "checkpoint").exists()
