@@ -16,7 +16,8 @@ log = logging.getLogger("instructcell_agent")
 
 
 def _add_train(sub) -> None:
-    p = sub.add_parser("train", help="train a checkpoint on the shared train splits")
+    p = sub.add_parser("train", help="train a checkpoint on the shared train splits and/or your own sets "
+                                     "(--catalog); --init-from fine-tunes one")
     p.add_argument("--out", required=True, help="run directory (checkpoint goes to OUT/checkpoint)")
     p.add_argument("--datasets", default="", help="comma-separated catalog names (default: all annotation + drug sets)")
     p.add_argument("--backbone", choices=["smollm2", "tiny"], default="smollm2")
