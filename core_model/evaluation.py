@@ -190,7 +190,8 @@ def evaluate(loaded: LoadedModel, data: str | Path, split_path: str | Path | Non
     truth = get_labels(adata, label_key)
     aligned = align_to_vocab(adata, loaded.vocab)
     known = loaded.label_sets.get(Path(data).stem, {})
-    given = {k: known.get(k, "") for k in ("tissue", "species", "sequencing_method", "drug") if k not in adata.obs.columns}
+    given = {k: known.get(k, "") for k in ("tissue", "species", "sequencing_method", "drug")
+             if k not in adata.obs.columns}
     fields = prompt_fields(adata, None, **{**given, **({"drug": drug} if drug else {})})
     if task == "dsp" and not all(f.get("drug") for f in fields):
         raise InputFileError(f"{sum(not f.get('drug') for f in fields):,} cells have no drug to name in the "

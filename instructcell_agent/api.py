@@ -187,25 +187,25 @@ def _answer(adata: ad.AnnData, model: LoadedModel | None, task: str, instruction
     # would still name a label for it, confidently (0.997 for an emptied zheng2017 cell), so it is
     # left out and left unlabelled.
     keep = np.flatnonzero(~empty_cells(aligned.X))
+    X = aligned.X
     if len(keep) < len(texts):
         notes.append(EMPTY_CELLS_NOTE)
         warnings.warn(f"{len(texts) - len(keep):,} of {len(texts):,} cells: {EMPTY_CELLS_NOTE}", EmptyCellWarning,
                       stacklevel=3)
-    X, texts = aligned.X[keep], [texts[i] for i in keep]
-    allowed = [allowed[i] for i in keep] if allowed is not None else None
-    labels, conf, answers, probs = [], [], [], np.zeros((0, len(cands or ())))
-    if not len(keep):
-        pass
-    elif by_readout:  # the read-out needs a score for every allowed label, which decoding does not give
+        X, texts = X[keep], [texts[i] for i in keep]
+        allowed = [allowed[i] for i in keep] if allowed is not None else None
+    if cands is None and not by_readout:
+        expert = None  # decoded free answers: the read-out does not join them
+    labels, conf, answers, probs = [], [], [], np.zeros((0, len(cands or ())))  # what no cell to answer gives
+    if len(keep) and by_readout:  # the read-out needs a score for every allowed label, which decoding does not give
         labels, conf = _choose_allowed(loaded, X, texts, batch_size, allowed, decisive, expert, progress)
         answers = list(labels)
-    elif cands is None:
-        expert = None
+    elif len(keep) and cands is None:
         labels, conf, answers = _generate_answers(loaded, X, texts, batch_size, allowed, decisive, progress)
         # Free answers: named with the checkpoint's own spelling when they match one.
         mapper = LabelMapper(tuple(loaded.labels_for_task(task)))
         labels = [mapper.map(a) or a for a in labels]
-    else:
+    elif len(keep):
         loglik = _score(loaded, X, texts, scored, batch_size, decisive, progress, expert)
         answers = None
         if pooled:
