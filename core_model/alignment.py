@@ -248,7 +248,10 @@ def align_to_vocab(
             f"the matrix has {X.shape[1]:,} columns but {len(names):,} gene names"
         )
 
-    value_report = detect_value_type(X)
+    try:
+        value_report = detect_value_type(X)
+    except InvalidValuesError as exc:  # say which matrix was read and which others the file holds
+        raise InvalidValuesError(f"{exc}; {_matrices_note(adata, layer, use_raw)}") from exc
     targets, id_type, info = _vocab_targets(names, fallback, species, vocab_index)
     notes.extend(info.notes)
 
@@ -308,6 +311,15 @@ def align_to_vocab(
     aligned.sort_indices()
     logger.info("%s", report.summary().splitlines()[0])
     return AlignedData(X=aligned, obs_names=[str(n) for n in adata.obs_names], report=report, matched=matched)
+
+
+def _matrices_note(adata: anndata.AnnData, layer: str | None, use_raw: bool) -> str:
+    """'read adata.X; the file also holds adata.raw and layers 'counts'' (what to pass instead)."""
+    read = f"layer {layer!r}" if layer is not None else "adata.raw" if use_raw else "adata.X"
+    others = [] if use_raw or adata.raw is None else ["adata.raw (use_raw=True)"]
+    others += [f"layer {name!r} (layer={name!r})" for name in adata.layers.keys() if name != layer]
+    return f"read {read}; " + (f"the file also holds {', '.join(others)}" if others
+                               else "the file holds no other matrix (no adata.raw, no layers)")
 
 
 def empty_cells(X: sp.csr_matrix) -> np.ndarray:

@@ -127,8 +127,13 @@ def test_annotate_does_not_modify_the_input(tiny_model, cells):
 def test_negative_values_are_refused(tiny_model, cells):
     bad = cells.copy()
     bad.X = sp.csr_matrix(bad.X.toarray() - 1.0)
-    with pytest.raises(InvalidValuesError, match="negative"):
+    with pytest.raises(InvalidValuesError, match="negative.*read adata.X; the file holds no other matrix"):
         ica.annotate(bad, model=tiny_model)
+    # the message names the matrices the file does hold, as the argument that reads each
+    bad.layers["counts"] = cells.X.copy()
+    with pytest.raises(InvalidValuesError, match=r"the file also holds layer 'counts' \(layer='counts'\)"):
+        ica.annotate(bad, model=tiny_model)
+    assert ica.annotate(bad, model=tiny_model, layer="counts").labels.shape == (24,)
 
 
 def test_too_few_shared_genes_are_refused(tiny_model, cells):
