@@ -260,6 +260,11 @@ def _train(args) -> int:
     path = train(cfg, args.out, resume=args.resume, command=command, specs=specs, device=args.device,
                  fit_readout=not args.no_readout)
     print(path)
+    # Without temperatures the answers' confidences are the raw, overconfident ones (shipped
+    # model: mean 0.98 at accuracy 0.91 on test); fitting them is a separate, minutes-long step.
+    catalogs = "".join(f" --catalog {c}" for c in args.catalog)
+    print(f"hint: fit the confidence temperatures with `instructcell calibrate --checkpoint {path}{catalogs}`",
+          file=sys.stderr)
     return 0
 
 

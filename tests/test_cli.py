@@ -132,7 +132,7 @@ def _user_catalog(tmp_path, synthetic_set, **entry):
     return path
 
 
-def test_train_adds_a_users_own_drug_set_from_a_catalog_file(synthetic_set, tmp_path, monkeypatch):
+def test_train_adds_a_users_own_drug_set_from_a_catalog_file(synthetic_set, tmp_path, monkeypatch, capsys):
     import instructcell_agent.core_model.training as training
 
     seen = {}
@@ -149,6 +149,9 @@ def test_train_adds_a_users_own_drug_set_from_a_catalog_file(synthetic_set, tmp_
     assert (spec.name, spec.task, spec.drug, spec.label_key) == ("my_drug_screen", "drug_response", "olaparib",
                                                                  "cell_type")
     assert spec.path == synthetic_set["path"] and spec.split_path == synthetic_set["split_path"]
+    # the checkpoint comes without confidence temperatures: the run says how to fit them
+    catalog = tmp_path / "my_catalog.json"
+    assert f"instructcell calibrate --checkpoint {tmp_path / 'run'} --catalog {catalog}" in capsys.readouterr().err
 
 
 def test_a_drug_set_without_its_drug_is_refused_with_a_message(synthetic_set, tmp_path, capsys):
