@@ -190,7 +190,7 @@ def _map_ensembl(cleaned: Sequence[str]) -> tuple[list[str | None], list[str]]:
     unknown = sum(1 for n, s in zip(cleaned, out) if s is None and strip_ensembl_version(n).startswith("ENSG"))
     if unknown:  # e.g. Cell Ranger's GRCh38 (Ensembl 84) ids for CCL3, CCL4 and CCL5, since replaced
         notes.append(f"{unknown:,} human Ensembl ids are not in GENCODE v44 (retired, or from another "
-                     "release); a var column of gene symbols names them: pass gene_key")
+                     "release); a var column of gene symbols names them: pass gene_key (CLI --gene-key)")
     if any(strip_ensembl_version(n).startswith("ENSMUSG") for n in cleaned):
         notes.append(
             "mouse Ensembl ids (ENSMUSG) cannot be mapped: pass gene_key naming a column of "

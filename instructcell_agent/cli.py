@@ -71,6 +71,15 @@ def _add_readout_argument(p) -> None:
                         "(core_model/readout.py)")
 
 
+def _add_matrix_arguments(p) -> None:
+    """Which matrix and gene names of --data to read (the API's use_raw, layer and gene_key)."""
+    p.add_argument("--use-raw", action="store_true", help="read adata.raw instead of adata.X")
+    p.add_argument("--layer", default=None, help="read this layer instead of adata.X (e.g. counts)")
+    p.add_argument("--gene-key", default=None,
+                   help="var column holding the gene names (default: var_names; beside Ensembl ids a symbol "
+                        "column such as gene_symbols or feature_name is found by itself)")
+
+
 def _add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="metrics of a checkpoint on one split of a labelled .h5ad")
     p.add_argument("--checkpoint", default=None, help="checkpoint directory (default: the shipped one)")
@@ -116,8 +125,7 @@ def _add_answer_arguments(p, candidates: str | None, key_added: str) -> None:
     p.add_argument("--candidates", default=candidates,
                    help=f"comma-separated candidate labels (default: {candidates or 'none, a free answer'})")
     p.add_argument("--key-added", default=key_added, help=f"prefix of the obs/obsm/uns keys written (default {key_added})")
-    p.add_argument("--use-raw", action="store_true")
-    p.add_argument("--layer", default=None)
+    _add_matrix_arguments(p)
     p.add_argument("--species", default="", help="species named in the prompt (default: obs['species'] if present)")
     p.add_argument("--tissue", default="", help="tissue named in the prompt (default: obs['tissue'] if present)")
     add_precision_argument(p, "auto")
@@ -145,8 +153,7 @@ def _add_explain(sub) -> None:
                         "set (train, default), no expression (zero) or the mean cell of the file (mean); genes are "
                         "ranked where a cell expresses them above the reference")
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--use-raw", action="store_true")
-    p.add_argument("--layer", default=None)
+    _add_matrix_arguments(p)
     # float32: in bfloat16 the per-label top-10 genes changed by up to a quarter (zheng2017) for a
     # 1.2-1.7x speed-up; an explanation should not depend on the machine unless asked
     add_precision_argument(p, "float32")
@@ -371,7 +378,8 @@ def _annotate(args) -> int:
     candidates = [c.strip() for c in args.candidates.split(",") if c.strip()] if args.candidates else None
     model = load_model(args.checkpoint, device=args.device, precision=args.precision)
     shared = dict(model=model, instruction=args.instruction, candidates=candidates, use_raw=args.use_raw,
-                  layer=args.layer, species=args.species, tissue=args.tissue, scoring=args.scoring,
+                  layer=args.layer, gene_key=args.gene_key, species=args.species, tissue=args.tissue,
+                  scoring=args.scoring,
                   readout=not args.no_readout)
     if args.command == "drug-response":
         result = predict_drug_response(adata, drug=args.drug, progress=_progress_bar("predicting"), **shared)
@@ -398,6 +406,7 @@ def _explain(args) -> int:
                      top_k=args.top_k, dataset=None if candidates else dataset, candidates=candidates,
                      normalize=args.normalize, reference=args.reference,
                      n_steps=args.n_steps, batch_size=args.batch_size, use_raw=args.use_raw, layer=args.layer,
+                     gene_key=args.gene_key,
                      scoring=args.scoring, readout=not args.no_readout, progress=_progress_bar("explaining"))
     paths = write_explanation(result, args.out, protect=[args.data])
     print(result.summary())

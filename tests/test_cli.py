@@ -106,6 +106,18 @@ def test_argument_errors_and_warnings_read_as_messages(tiny_checkpoint, syntheti
     assert ad.read_h5ad(tmp_path / "answered.h5ad").obs["instructcell_label"].isna().sum() == 1
 
 
+def test_gene_names_can_come_from_a_var_column(tiny_checkpoint, synthetic_set, tmp_path):
+    cells = ad.read_h5ad(synthetic_set["path"])[:12].copy()
+    cells.var["symbol"] = list(cells.var_names)
+    cells.var_names = [f"feature{i}" for i in range(cells.n_vars)]
+    cells.write_h5ad(tmp_path / "numbered.h5ad")
+    args = ["annotate", "--checkpoint", str(tiny_checkpoint), "--data", str(tmp_path / "numbered.h5ad")]
+    assert main(args + ["--out", str(tmp_path / "none.h5ad")]) == 2  # no gene of the model's under those names
+    assert main(args + ["--out", str(tmp_path / "named.h5ad"), "--gene-key", "symbol"]) == 0
+    out = ad.read_h5ad(tmp_path / "named.h5ad")
+    assert out.uns["instructcell"]["alignment"]["n_matched"] == 120 and out.obs["instructcell_label"].notna().all()
+
+
 def test_a_file_that_is_not_anndata_gives_a_clear_error(tiny_checkpoint, tmp_path, capsys):
     fake = tmp_path / "cells.h5ad"
     fake.write_text("gene,cell1\nCD3E,4\n")
