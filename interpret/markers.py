@@ -93,14 +93,14 @@ def marker_map() -> dict[str, dict[str, list[str]]]:
 
 
 def marker_dir(root: Path | None = None) -> Path | None:
-    """The shared markers folder, or None (logged) when the shared data cannot be found."""
+    """The shared data's markers folder (which may not exist), or None (logged) when no shared data
+    folder is found."""
     try:
         base = root or shared_root()
     except InputFileError as exc:
         log.warning("marker validation skipped: %s", exc)
         return None
-    path = base / "data" / "markers"
-    return path if path.is_dir() else None
+    return base / "data" / "markers"
 
 
 def _panglaodb(path: Path) -> dict[str, dict[str, set[str]]]:
@@ -157,7 +157,9 @@ def load_marker_db(name: str = DEFAULT_DB, root: Path | None = None) -> MarkerDB
         raise ValueError(f"unknown marker database {name!r}; choose one of {sorted(DATABASES)}")
     folder = marker_dir(root)
     if folder is None or not (folder / DATABASES[name]).is_file():
-        log.warning("marker database %s not found (shared data missing); marker validation skipped", name)
+        if folder is not None:  # a shared folder without the markers (a partial copy, another project's)
+            log.warning("marker database %s not found at %s (INSTRUCTCELL_SHARED names the shared data folder); "
+                        "marker validation skipped", name, folder / DATABASES[name])
         return None
     return _load_cached(name, str(folder / DATABASES[name]))
 
