@@ -1,7 +1,7 @@
 """A LangChain agent that inspects a dataset, annotates its cells and explains the answers.
 
 Runs offline by default: a scripted chat model plays the agent's turns (inspect_dataset, then
-annotate_cells with the model's known labels as candidates, then explain_genes) and the real
+annotate_cells with a label set the model learned for the file's tissue, then explain_genes) and the real
 tools do the work. Give --model to let a real chat model decide instead (needs its provider
 package and API key, e.g. --model anthropic:claude-sonnet-4-5 or --model openai:gpt-4.1).
 
@@ -59,9 +59,10 @@ def scripted_model(h5ad_path: str):
     from instructcell_agent.scripted_model import ScriptedChatModel, tool_results
 
     def annotate_args(messages):
-        # Use the labels inspect_dataset reported as the candidates: an earlier result feeds the next call.
+        # An earlier result feeds the next call: the first label set inspect_dataset found for the
+        # file's species and tissue becomes the candidates (none found: free answers).
         info = next(value for name, value in tool_results(messages) if name == "inspect_dataset")
-        labels = info.get("model_annotation_labels", [])[:30]
+        labels = next(iter(info.get("matching_label_sets", {}).values()), [])
         return {"h5ad_path": h5ad_path, **({"candidates": labels} if len(labels) >= 2 else {})}
 
     return ScriptedChatModel(plan=[

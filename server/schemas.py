@@ -144,6 +144,12 @@ class DatasetInfo(BaseModel):
     within_cell_limit: bool
     runs_in_background: bool = Field(description="Whether annotate_cells on this file would run as a job.")
     model_annotation_labels: list[str] = Field(description="Labels the model knows (first 50).")
+    matching_label_sets: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="The model's annotation label sets learned for this file's species and tissue (obs columns "
+                    "species/organism and tissue, as annotate_cells reads them), by name. Pass one set's labels "
+                    "as candidates for a probability per label, or no candidates for free answers; empty when "
+                    "the model learned no labels for this context.")
 
 
 class CellExample(BaseModel):

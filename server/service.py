@@ -147,7 +147,8 @@ class InstructCellService:
             layers=layers, has_raw=has_raw, value_type=kind, value_note=note, overlap=overlap,
             within_cell_limit=n_cells <= self.limits.max_cells,
             runs_in_background=n_cells > self.limits.async_threshold_cells,
-            model_annotation_labels=model.labels_for_task("annotation")[:50])
+            model_annotation_labels=model.labels_for_task("annotation")[:50],
+            matching_label_sets=_matching_label_sets(model, head))
 
     def annotate_cells(self, req: AnnotateCellsRequest, reporter: Reporter | None = None) -> AnnotationSummary:
         from instructcell_agent import api
@@ -314,6 +315,18 @@ def _concat(parts):
         obs_names=[o for p in parts for o in p.obs_names], labels=np.concatenate([p.labels for p in parts]),
         confidence=np.concatenate([np.asarray(p.confidence) for p in parts]),
         answers=[a for p in parts for a in p.answers], probabilities=probs, provenance=provenance)
+
+
+def _matching_label_sets(model, cells: ad.AnnData) -> dict[str, list[str]]:
+    """Label sets learned for the most common (species, tissue) of `cells`: which candidates an
+    agent should pass. Listing every learned label instead mixes sets, and a mix is scored as
+    plain text (route_candidates), which the model answers poorly."""
+    from instructcell_agent.core_model.datasets import prompt_fields
+
+    contexts = Counter((f["species"], f["tissue"]) for f in prompt_fields(cells))
+    species, tissue = contexts.most_common(1)[0][0] if contexts else ("", "")
+    names = model.label_sets_for_context("annotation", species, tissue)
+    return {name: list(model.label_sets[name]["labels"]) for name in names}
 
 
 def _explained_per_label(result) -> dict[str, int]:

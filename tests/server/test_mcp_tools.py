@@ -105,6 +105,14 @@ def test_inspect_dataset(env):
     assert info["overlap"]["n_matched"] == 120 and info["overlap"]["sufficient"] is True
     assert info["within_cell_limit"] is True and info["runs_in_background"] is False
     assert set(CELL_TYPES) <= set(info["model_annotation_labels"])
+    # the label sets learned for the file's species and tissue: the candidates to pass
+    assert {name: set(labels) for name, labels in info["matching_label_sets"].items()} == {"planted": set(CELL_TYPES)}
+    liver = make_counts(20, seed=21)
+    liver.obs["tissue"] = "liver"
+    liver.write_h5ad(env["paths"]["root"] / "liver.h5ad")
+    info = check_structured(env["server"], "inspect_dataset", call(env["server"], "inspect_dataset",
+                                                                   {"h5ad_path": "liver.h5ad"}))
+    assert info["matching_label_sets"] == {}
 
 
 def test_annotate_cells_writes_files_and_matches_the_api(env, gen_model):
