@@ -58,7 +58,9 @@ SPECS: tuple[ToolSpec, ...] = (
     ToolSpec("annotate_cells", "Annotate cell types",
              "Predict the cell type of every cell in an .h5ad file with the InstructCell model. Returns label "
              "counts, mean confidence, a few example cells and notes to weigh (e.g. a tissue the model never saw). "
-             "Pass candidates to choose among known types (probabilities per type). At most {max_cells:,} cells per call." + _JOB_NOTE + _OUT_NOTE,
+             "Pass candidates to choose among known types (probabilities per type): best one label set from "
+             "inspect_dataset's matching_label_sets, or Cell Ontology names. At most {max_cells:,} cells per call."
+             + _JOB_NOTE + _OUT_NOTE,
              AnnotateCellsRequest, AnnotationOutput, read_only=False, idempotent=False, runs_model=True),
     ToolSpec("predict_drug_response", "Predict drug response",
              "Predict whether each cell in an .h5ad file is resistant or sensitive to a drug. Returns class "
