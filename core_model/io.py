@@ -14,6 +14,7 @@ from typing import Any
 
 import anndata
 import numpy as np
+import scipy.sparse as sp
 
 from .errors import InputFileError, LabelKeyError
 
@@ -173,7 +174,7 @@ def select_matrix(
                 f"use_raw=True but the input has no adata.raw; use adata.X (use_raw=False) or "
                 f"a layer (available layers: {layers})"
             )
-        return adata.raw.X, [str(n) for n in adata.raw.var_names]
+        return _in_memory(adata.raw.X), [str(n) for n in adata.raw.var_names]
     if layer is not None:
         if layer not in adata.layers:
             layers = ", ".join(map(repr, adata.layers.keys())) or "none"
@@ -182,10 +183,21 @@ def select_matrix(
                 f"the input has no layer {layer!r}; available layers: {layers}{raw}; "
                 "omit layer to use adata.X"
             )
-        return adata.layers[layer], [str(n) for n in adata.var_names]
+        return _in_memory(adata.layers[layer]), [str(n) for n in adata.var_names]
     if adata.X is None:
         raise InputFileError("the input has no expression matrix (adata.X is None); pass layer=...")
-    return adata.X, [str(n) for n in adata.var_names]
+    return _in_memory(adata.X), [str(n) for n in adata.var_names]
+
+
+def _in_memory(X: Any) -> Any:
+    """The matrix of a file opened with `backed="r"` (anndata's backed sparse dataset, an h5py
+    dataset) read into memory, as a file read whole would hold it; arrays and sparse matrices as
+    they are. The value checks and the alignment slice and sum it like an array."""
+    if isinstance(X, np.ndarray) or sp.issparse(X):
+        return X
+    if hasattr(X, "to_memory"):
+        return X.to_memory()
+    return np.asarray(X[()])
 
 
 def _same_file(a: Path, b: Path) -> bool:

@@ -241,3 +241,14 @@ def test_free_drug_answers_from_a_checkpoint_that_learned_no_drug_labels(tiny_mo
     result = ica.predict_drug_response(cells, drug="cisplatin", model=tiny_model, candidates=None)
     assert len(result.labels) == 24 and result.probabilities is None
     assert result.provenance["drug"] == "cisplatin"
+
+
+def test_a_file_opened_backed_is_answered_as_when_read_whole(tiny_model, synthetic_set):
+    whole = ica.annotate(ad.read_h5ad(synthetic_set["path"]), model=tiny_model, candidates=list(CELL_TYPES))
+    backed = ad.read_h5ad(synthetic_set["path"], backed="r")
+    try:
+        answered = ica.annotate(backed, model=tiny_model, candidates=list(CELL_TYPES))
+    finally:
+        backed.file.close()
+    assert list(answered.labels) == list(whole.labels)
+    np.testing.assert_allclose(answered.confidence, whole.confidence, rtol=1e-6)
