@@ -176,6 +176,9 @@ def _answer(adata: ad.AnnData, model: LoadedModel | None, task: str, instruction
         notes += _unseen_context_notes(loaded, task, fields, free_text)
         for note in notes:
             warnings.warn(note, UnseenContextWarning, stacklevel=3)
+    if task == "drug_response" and (drug_note := _unseen_drug_note(loaded, drug)):
+        notes.append(drug_note)
+        warnings.warn(drug_note, UnseenContextWarning, stacklevel=3)
     if calibrate and cands is None:
         raise ValueError("calibrate=True corrects scored candidates: pass candidates (or an instruction with {choices})")
     # Labels the model learned to write are told apart by their decisive tokens; a string it never
@@ -283,6 +286,22 @@ def _unseen_context_notes(loaded: LoadedModel, task: str, fields: list[dict[str,
             f"(the labels you expect) for answers you can weigh, or name a tissue it knows: "
             f"{'; '.join(loaded.known_contexts(task))}.")
     return notes
+
+
+def _unseen_drug_note(loaded: LoadedModel, drug: str) -> str | None:
+    """A note when `drug` is none of the drugs the checkpoint learned responses to.
+
+    Why: the shipped checkpoint learned one drug (erlotinib, aissa2021). Asked about cisplatin or
+    paclitaxel instead, it gave the same answer as for erlotinib to all 109 of aissa2021's test
+    cells (mean p(sensitive) 0.228 and 0.224 against 0.225; benchmarks/EXPERIMENTS.md): the drug's
+    name does not reach the answer, so a response to an unseen drug must not pass unremarked."""
+    known = sorted({str(e.get("drug")) for e in loaded.label_sets.values()
+                    if e.get("task") == "drug_response" and e.get("drug")})
+    if not known or " ".join(drug.split()).casefold() in {k.casefold() for k in known}:
+        return None
+    return (f"this checkpoint learned drug response for {', '.join(known)} only; {drug!r} was never seen, so the "
+            f"answers rest on what it learned for {', '.join(known)} (the name of an unseen drug did not change "
+            "its answers on the test cells). Fine-tune on a response set for that drug (train --catalog).")
 
 
 def _prompt(loaded: LoadedModel, template: str, fields: dict[str, str], cands: list[str] | None) -> str:

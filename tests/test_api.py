@@ -252,3 +252,20 @@ def test_a_file_opened_backed_is_answered_as_when_read_whole(tiny_model, synthet
         backed.file.close()
     assert list(answered.labels) == list(whole.labels)
     np.testing.assert_allclose(answered.confidence, whole.confidence, rtol=1e-6)
+
+
+def test_a_drug_the_checkpoint_never_learned_is_said_to_be_unseen(tiny_model, cells):
+    import dataclasses
+
+    from instructcell_agent.api import UnseenContextWarning
+
+    drug_set = {"task": "drug_response", "labels": ["resistant", "sensitive"], "drug": "Erlotinib",
+                "species": "human", "tissue": "lung"}
+    model = dataclasses.replace(tiny_model, label_sets={**tiny_model.label_sets, "screen": drug_set})
+    with pytest.warns(UnseenContextWarning, match="learned drug response for Erlotinib only; 'cisplatin'"):
+        result = ica.predict_drug_response(cells, drug="cisplatin", model=model)
+    assert any("'cisplatin' was never seen" in n for n in result.provenance["notes"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnseenContextWarning)
+        known = ica.predict_drug_response(cells, drug=" erlotinib ", model=model)  # case and spaces aside
+    assert not any("never seen" in n for n in known.provenance["notes"])
