@@ -297,7 +297,6 @@ def atomic_target(directory: PathLike, name: str) -> Path:
     """An empty temporary file in `directory` to write `name` into before renaming it in place."""
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}-", suffix=".tmp")
     os.close(fd)
-    os.chmod(tmp, SHARED_MODE)
     return Path(tmp)
 
 

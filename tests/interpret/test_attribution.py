@@ -296,7 +296,8 @@ def test_without_labels_or_candidates_the_set_of_the_free_answers_is_explained(t
     cells = make_counts(12, seed=13)
     inferred = explain(cells, model=tiny_model, compare_wilcoxon=False)
     named = explain(cells, model=tiny_model, dataset="planted", compare_wilcoxon=False)
-    assert any("label set 'planted'" in n and "of the cells' 12 free answers" in n for n in inferred.provenance["notes"])
+    assert any("label set 'planted'" in n and "12 of the free answers of 12 of the cells" in n
+               for n in inferred.provenance["notes"])
     pd.testing.assert_frame_equal(inferred.means, named.means)
 
 
