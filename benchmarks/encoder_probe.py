@@ -50,8 +50,8 @@ from instructcell_agent.core_model.cell_encoder import CellEncoder, log_normaliz
 from instructcell_agent.core_model.checkpoint import load_checkpoint
 from instructcell_agent.core_model.corpus import SplitData, load_split
 from instructcell_agent.core_model.datasets import load_catalog, shared_root
-from instructcell_agent.core_model.training import (AuxHead, TrainConfig, TrainingData, new_encoder_config,
-                                                     train_encoder)
+from instructcell_agent.core_model.training import TrainConfig, new_encoder_config, train_encoder
+from instructcell_agent.core_model.training_data import AuxHead, TrainingData
 from report_io import run_meta, write_report
 
 logger = logging.getLogger("encoder_probe")

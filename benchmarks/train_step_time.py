@@ -34,8 +34,9 @@ from instructcell_agent.core_model.config import BackboneConfig
 from instructcell_agent.core_model.corpus import load_split
 from instructcell_agent.core_model.io import write_json_atomic
 from instructcell_agent.core_model.precision import resolve_device
-from instructcell_agent.core_model.training import (AuxHead, TrainConfig, TrainingData, new_model,
-                                                     select_specs, train_encoder, train_language_stage)
+from instructcell_agent.core_model.training import (TrainConfig, new_model, select_specs, train_encoder,
+                                                     train_language_stage)
+from instructcell_agent.core_model.training_data import AuxHead, TrainingData
 from instructcell_agent.core_model.vocab import read_vocab
 from report_io import run_meta
 

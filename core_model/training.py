@@ -33,13 +33,15 @@ from .checkpoint import LoadedModel, save_checkpoint
 from .config import BackboneConfig, CellEncoderConfig, ModelConfig
 from .corpus import SplitData, dense_rows, load_split
 from .datasets import DatasetSpec, load_catalog, read_split, split_names, subset_by_names
-from .errors import CheckpointError, InstructCellError
-from .gene_panels import N_TOP_RANGE, variable_gene_order
+from .errors import InstructCellError
+from .gene_panels import N_TOP_RANGE
 from .instructions import format_choices, has_choices, load_bank, render
 from .io import file_sha256, read_h5ad
 from .model import CellLanguageModel
 from .precision import resolve_device
 from .readout_train import train_readout
+from .train_state import check_resumable, save_state
+from .training_data import AuxHead, TrainingData
 from .vocab import build_vocab, read_vocab
 
 log = logging.getLogger(__name__)
@@ -102,64 +104,6 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-class AuxHead(nn.Module):
-    """Pooled queries -> logits over every (dataset, label) pair; masked per dataset."""
-
-    def __init__(self, dim: int, n_labels: int) -> None:
-        super().__init__()
-        self.linear = nn.Linear(dim, n_labels)
-
-    def forward(self, queries: torch.Tensor) -> torch.Tensor:
-        return self.linear(queries.mean(1))
-
-
-@dataclass
-class TrainingData:
-    splits: list[SplitData]
-    label_offset: list[int]  # first global label index of each dataset
-    label_index: list[dict[str, int]]
-    n_labels: int
-    variable: dict[int, np.ndarray] = field(default_factory=dict, repr=False)  # see variable_genes
-
-    @classmethod
-    def build(cls, splits: list[SplitData]) -> TrainingData:
-        offsets, index, total = [], [], 0
-        for s in splits:
-            labels = sorted(set(s.labels))
-            offsets.append(total)
-            index.append({l: i for i, l in enumerate(labels)})
-            total += len(labels)
-        return cls(splits, offsets, index, total)
-
-    def dataset_probs(self, alpha: float = 0.5) -> np.ndarray:
-        """Chance each dataset is drawn for a batch: proportional to cells**alpha. Below 1, small
-        sets are seen more than their size alone would give, large ones less."""
-        weight = np.asarray([s.n_cells for s in self.splits], dtype=float) ** alpha
-        return weight / weight.sum()
-
-    def sample(self, rng: np.random.Generator, d: int, n: int) -> np.ndarray:
-        """Cells of dataset d, class-balanced in part (weight count^-0.5) so rare types are seen."""
-        labels = self.splits[d].labels
-        _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
-        weight = counts[inverse] ** -0.5
-        return rng.choice(len(labels), size=n, replace=True, p=weight / weight.sum())
-
-    def variable_genes(self, d: int, target_sum: float) -> np.ndarray:
-        """Dataset d's genes, most variable first (`variable_gene_order`), computed once."""
-        if d not in self.variable:
-            self.variable[d] = variable_gene_order(self.splits[d].X, target_sum)
-        return self.variable[d]
-
-    def targets(self, d: int, rows: np.ndarray) -> torch.Tensor:
-        idx = self.label_index[d]
-        return torch.tensor([self.label_offset[d] + idx[l] for l in self.splits[d].labels[rows]])
-
-    def mask(self, d: int) -> torch.Tensor:
-        m = torch.full((self.n_labels,), float("-inf"))
-        m[self.label_offset[d] : self.label_offset[d] + len(self.label_index[d])] = 0.0
-        return m
-
-
 def augment(counts: sp.csr_matrix, cfg: TrainConfig, rng: np.random.Generator,
             variable: np.ndarray | None = None) -> sp.csr_matrix:
     """Random dropout of entries, and sometimes of a whole gene panel, before normalization: user
@@ -215,7 +159,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, show_p
     state_path = out / "train_state.pt"
     state = torch.load(state_path, weights_only=True, map_location=device) if resume and state_path.exists() else None
     if state is not None:
-        _check_resumable(state, data, state_path)
+        check_resumable(state, data, state_path)
     if state is not None and state["stage"] == 2:
         model.load_state_dict(state["model"], strict=False)
         if "lm" in state:
@@ -406,35 +350,8 @@ def train_language_stage(model: CellLanguageModel, aux: AuxHead, data: TrainingD
         model.forget_prompts()  # memoised prompt keys/values were read with the old adapters
         bar.set_postfix(lm=f"{lm_loss.item():.3f}", set=split.spec.name[:12])
         if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.lm_steps:
-            _save_state(out, model, aux, opt, sched, step + 1, data)
+            save_state(out, model, aux, opt, sched, step + 1, data)
     model.eval()
-
-
-def _trained_labels(data: TrainingData) -> dict[str, list[str]]:
-    return {s.spec.name: sorted(set(map(str, s.labels))) for s in data.splits}
-
-
-def _check_resumable(state: dict, data: TrainingData, path: Path) -> None:
-    """A saved state fits only the datasets and labels it was trained on: its auxiliary head has a
-    column per (dataset, label), so other data fails deep in torch or trains the wrong columns.
-    States saved before the label sets were recorded are checked by the head's size."""
-    saved, now = state.get("label_sets"), _trained_labels(data)
-    same = saved == now if saved is not None else state["aux"]["linear.weight"].shape[0] == data.n_labels
-    if not same:
-        shown = f" (saved: {sorted(saved)}; now: {sorted(now)})" if saved is not None else ""
-        raise CheckpointError(f"{path} was saved by a run on other datasets or labels{shown}; resume with the "
-                              "same --catalog/--datasets files, or train into a fresh --out without --resume")
-
-
-def _save_state(out: Path, model, aux, opt, sched, step: int, data: TrainingData) -> None:
-    tmp = out / "train_state.pt.tmp"
-    state = {"stage": 2, "step": step, "model": model.trainable_state_dict(), "aux": aux.state_dict(),
-             "opt": opt.state_dict(), "sched": sched.state_dict(),
-             "label_sets": _trained_labels(data)}  # what `_check_resumable` compares a resumed run's data with
-    if model.cfg.lm_trained:
-        state["lm"] = model.lm.state_dict()
-    torch.save(state, tmp)
-    tmp.replace(out / "train_state.pt")
 
 
 @torch.no_grad()

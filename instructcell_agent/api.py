@@ -275,13 +275,18 @@ def _unseen_context_notes(loaded: LoadedModel, task: str, fields: list[dict[str,
 
     Free answers for such cells range over every label the checkpoint knows, from every tissue;
     a user should hear that, and how to do better, rather than read blood labels off a liver."""
+    what = task.replace("_", " ")
+    if not loaded.labels_for_task(task):
+        return [f"this checkpoint learned no {what} labels at all, so its answers are unconstrained text. "
+                f"Pass candidates (the answers you expect) for answers you can weigh, or use a checkpoint "
+                f"trained on a {what} set (train --catalog)."]
     notes = []
     for species, tissue in dict.fromkeys((f.get("species", ""), f.get("tissue", "")) for f in fields):
         if loaded.label_sets_for_context(task, species, tissue):
             continue
         scope = "unconstrained text" if free_text else f"all {len(loaded.labels_for_task(task))} labels it knows, from every tissue"
         notes.append(
-            f"this checkpoint learned no {task.replace('_', ' ')} labels for {species or 'any species'} / "
+            f"this checkpoint learned no {what} labels for {species or 'any species'} / "
             f"{tissue or 'any tissue'}; free answers for these cells range over {scope}. Pass candidates "
             f"(the labels you expect) for answers you can weigh, or name a tissue it knows: "
             f"{'; '.join(loaded.known_contexts(task))}.")

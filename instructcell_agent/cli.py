@@ -11,6 +11,8 @@ from pathlib import Path
 
 from .core_model.precision import add_device_argument, add_precision_argument
 from .core_model.scoring import add_scoring_argument
+from . import cli_checkpoint as checkpoint_commands
+from .cli_checkpoint import recorded_command
 
 log = logging.getLogger("instructcell_agent")
 
@@ -171,43 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_annotate(sub)
     _add_drug_response(sub)
     _add_explain(sub)
-    c = sub.add_parser("train-readout", help="fit a checkpoint's linear gene read-out (the second expert beside the LM) "
-                                             "and keep each label set's mean cell (explain's reference)")
-    c.add_argument("--checkpoint", required=True, help="checkpoint directory; readout.* files are added to it")
-    c.add_argument("--split", default="train", help="split(s) to fit on: train, or train+valid for a final refit")
-    c.add_argument("--l2", type=float, default=1.0, help="L2 penalty (scikit-learn's 1/C)")
-    c.add_argument("--weight", type=float, default=1.0,
-                   help="weight of the read-out's log-probability beside the LM's in every answer (0: off); "
-                        "refitting drops a weight curve the read-out had (benchmarks/readout_weight_curve.py "
-                        "fits one by gene coverage)")
-    c.add_argument("--catalog", action="append", default=[],
-                   help="JSON catalog of your own datasets (as for train), for label sets the shared catalog lacks")
-    c.add_argument("--panel-copies", type=int, default=0,
-                   help="also fit on this many copies of each cell seen through a random gene panel (default 0); "
-                        "1 helps files holding few of the vocabulary's genes and cost zheng2017 on its full panel "
-                        "(benchmarks/EXPERIMENTS.md, read-out variants)")
-    c.add_argument("--hvg-copies", type=int, default=0,
-                   help="also fit on N copies of every cell cut to its set's 500-3,000 most variable genes "
-                        "(better on files cut to HVGs, not on whole files; benchmarks/EXPERIMENTS.md)")
-    c.add_argument("--seed", type=int, default=0, help="seed of the panel draws")
-    c = sub.add_parser("calibrate", help="fit the temperatures that make answer confidences match accuracy, on "
-                                         "held-out cells (writes temperature.json; answers do not change)")
-    c.add_argument("--checkpoint", required=True, help="checkpoint directory; temperature.json is added to it")
-    c.add_argument("--split", default="valid", help="split the temperatures are fitted on (default valid)")
-    c.add_argument("--readout-split", default="train",
-                   help="split the read-out is refitted on for the fit, apart from --split (default train)")
-    c.add_argument("--catalog", action="append", default=[], help="JSON catalog of your own datasets (as for train)")
-    c.add_argument("--seed", type=int, default=0, help="seed of the phrasing draws")
-    add_precision_argument(c, "float32")
-    add_device_argument(c)
-    c = sub.add_parser("info", help="describe a checkpoint: how it was made, its label sets")
-    c.add_argument("--checkpoint", help="checkpoint directory (default: the shipped one)")
-    c = sub.add_parser("store-weights", help="rewrite a checkpoint's trained weights in a smaller float type")
-    c.add_argument("--checkpoint", required=True)
-    c.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default="float16")
-    c = sub.add_parser("reorder-genes", help="put a checkpoint's genes in another checkpoint's order (same answers)")
-    c.add_argument("--checkpoint", required=True, help="checkpoint to rewrite in place")
-    c.add_argument("--like", required=True, help="checkpoint directory (or gene_vocab.json) whose order to take")
+    checkpoint_commands.add_commands(sub)
     from .core_model.generation import commands as generation_commands  # generate, train-generator, cpcg
 
     generation_commands.add_generation_commands(sub)
@@ -222,11 +188,10 @@ def main(argv: list[str] | None = None) -> int:
                 warnings.showwarning = _show_warning
             if generation_commands.handles(args):
                 return generation_commands.run(args)
+            if checkpoint_commands.handles(args):
+                return checkpoint_commands.run(args)
             return {"train": _train, "evaluate": _evaluate, "annotate": _annotate, "drug-response": _annotate,
-                    "explain": _explain,
-                    "info": _info, "store-weights": _store_weights, "train-readout": _train_readout,
-                    "calibrate": _calibrate,
-                    "reorder-genes": _reorder_genes}[args.command](args)
+                    "explain": _explain}[args.command](args)
     except InstructCellError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -258,7 +223,7 @@ def _train(args) -> int:
         fit_splits=args.fit_splits, vocab_from=args.vocab_from, dataset_alpha=args.dataset_alpha,
         linear_skip=args.linear_skip, aux_weight=args.aux_weight, freeze_encoder=args.freeze_encoder,
     )
-    command = "instructcell " + " ".join(sys.argv[1:]) if argv_is_cli() else None
+    command = recorded_command()
     specs = None
     if args.catalog:
         specs = [] if args.no_shared else select_specs(cfg)
@@ -286,8 +251,6 @@ def _refuse_repeated_names(names: list[str], shared: bool) -> None:
                              "rename your entries")
 
 
-def argv_is_cli() -> bool:
-    return Path(sys.argv[0]).name in ("instructcell", "cli.py", "__main__.py")
 
 
 def _evaluate(args) -> int:
@@ -303,69 +266,6 @@ def _evaluate(args) -> int:
                       calibrate=args.calibrate, scoring=args.scoring, readout=not args.no_readout, drug=args.drug)
     write_json_atomic(result, args.out)
     print(json.dumps({k: result[k] for k in ("accuracy", "macro_f1", "weighted_f1", "invalid_rate", "n_cells")}))
-    return 0
-
-
-def _catalog_specs(catalogs: list[str]) -> list:
-    """The shared catalog's sets (none when there is no shared data but own catalogs are given)
-    and those of the user's own catalog files."""
-    from .core_model import datasets
-    from .core_model.errors import InputFileError
-
-    try:
-        shared = datasets.load_catalog()
-    except InputFileError:
-        if not catalogs:
-            raise
-        shared = []  # a checkpoint of the user's own sets needs no shared data
-    return shared + [spec for file in catalogs for spec in datasets.load_user_catalog(file)]
-
-
-def _train_readout(args) -> int:
-    from .core_model.readout_train import train_readout
-
-    specs = _catalog_specs(args.catalog)
-    command = "instructcell " + " ".join(sys.argv[1:]) if argv_is_cli() else None
-    readout = train_readout(args.checkpoint, specs, split=args.split, l2=args.l2, answer_weight=args.weight,
-                            panel_copies=args.panel_copies, seed=args.seed, hvg_copies=args.hvg_copies,
-                            command=command)
-    print(json.dumps({"labels": len(readout.labels), **{k: readout.info[k] for k in ("n_cells", "train_accuracy")}}))
-    return 0
-
-
-def _calibrate(args) -> int:
-    from .core_model.temperature_fit import calibrate_checkpoint
-
-    command = "instructcell " + " ".join(sys.argv[1:]) if argv_is_cli() else None
-    record = calibrate_checkpoint(args.checkpoint, _catalog_specs(args.catalog), split=args.split,
-                                  readout_split=args.readout_split, seed=args.seed, precision=args.precision,
-                                  device=args.device, command=command)
-    print(json.dumps({"temperature": record["temperature"], "calibration_error_unscaled_then_fitted": {
-        mode: [r["pooled"]["unscaled"]["calibration_error"], r["pooled"]["fitted"]["calibration_error"]]
-        for mode, r in record["fit_report"].items()}}))
-    return 0
-
-
-def _store_weights(args) -> int:
-    from .core_model.checkpoint import store_weights_as
-    from .core_model.generation.generator import rebind_model_weights
-    from .core_model.temperature import rebind_temperatures
-
-    command = "instructcell " + " ".join(sys.argv[1:]) if argv_is_cli() else None
-    record = store_weights_as(args.checkpoint, args.dtype, command=command)
-    record["generator_rebound"] = rebind_model_weights(args.checkpoint, record["sha256_before"])
-    record["temperature_rebound"] = rebind_temperatures(args.checkpoint, record["sha256_before"])
-    print(json.dumps(record))
-    return 0
-
-
-def _reorder_genes(args) -> int:
-    from .core_model.checkpoint import reorder_genes
-    from .core_model.vocab import read_vocab
-
-    vocab = read_vocab(args.like)
-    command = "instructcell " + " ".join(sys.argv[1:]) if argv_is_cli() else None
-    print(json.dumps(reorder_genes(args.checkpoint, vocab, command=command)))
     return 0
 
 
@@ -430,37 +330,6 @@ def _progress_bar(desc: str):
             bar.close()
 
     return update
-
-
-def _info(args) -> int:
-    from .api import default_checkpoint_path
-
-    from .core_model.errors import CheckpointError
-
-    path = Path(args.checkpoint) if args.checkpoint else default_checkpoint_path()
-    if not (path / "config.json").is_file() or not (path / "labels.json").is_file():
-        raise CheckpointError(f"{path} is not a checkpoint directory (config.json and labels.json expected)")
-    config = json.loads((path / "config.json").read_text())
-    # started_from / resumed_from chain back to the run from scratch (absent on such a run itself).
-    keys = ("package_version", "created", "command", "started_from", "resumed_from", "weights_storage", "data", "valid")
-    out = {k: config[k] for k in keys if k in config}
-    # The label sets tell a user which candidate names are scored as learned (core_model/candidate_route.py).
-    fields = ("task", "species", "tissue", "labels")
-    out["label_sets"] = {name: {f: entry.get(f) for f in fields}
-                         for name, entry in json.loads((path / "labels.json").read_text()).items()}
-    if (path / "readout.json").is_file():  # the linear gene read-out beside the LM (core_model/readout.py)
-        meta = json.loads((path / "readout.json").read_text())
-        out["readout"] = {"labels": len(meta.get("labels", [])), "answer_weight": meta.get("answer_weight"),
-                          "weight_curve": meta.get("weight_curve", []),
-                          "weight_curve_command": meta.get("weight_curve_command"), "l2": meta.get("l2"),
-                          "panel_copies": meta.get("panel_copies", 0), "hvg_copies": meta.get("hvg_copies", 0),
-                          "mean_cell_sets": meta.get("mean_cell_sets", []),
-                          "command": meta.get("command"), "data": meta.get("data")}
-    if (path / "temperature.json").is_file():  # confidence temperatures (core_model/temperature.py)
-        meta = json.loads((path / "temperature.json").read_text())
-        out["confidence_temperature"] = {k: meta.get(k) for k in ("temperature", "fitted_on", "command", "created")}
-    print(json.dumps(out, indent=1))
-    return 0
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ import torch
 
 from instructcell_agent.core_model.backbone import load_backbone
 from instructcell_agent.core_model.config import BackboneConfig, CellEncoderConfig, ModelConfig
-from instructcell_agent.core_model.model import CellLanguageModel, decisive_tokens
+from instructcell_agent.core_model.model import CellLanguageModel
+from instructcell_agent.core_model.tries import decisive_tokens
 
 CANDIDATES = ["alpha", "beta cell", "gamma-delta T"]
 

@@ -17,7 +17,8 @@ from instructcell_agent.core_model.config import BackboneConfig
 from instructcell_agent.core_model.corpus import load_split
 from instructcell_agent.core_model.datasets import read_split
 from instructcell_agent.core_model.errors import CheckpointError, DeviceError, InputFileError, InstructCellError
-from instructcell_agent.core_model.training import TrainingData, train
+from instructcell_agent.core_model.training import train
+from instructcell_agent.core_model.training_data import TrainingData
 
 
 def test_training_learns_planted_types(tiny_run):

@@ -1,0 +1,169 @@
+"""`instructcell` subcommands that fit or rewrite parts of an existing checkpoint, and describe one:
+`train-readout`, `calibrate`, `store-weights`, `reorder-genes`, `info`.
+
+Registered by `instructcell_agent.cli`; argparse only at import time, heavy imports when a
+command runs, so `instructcell --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from .core_model.precision import add_device_argument, add_precision_argument
+
+COMMANDS = ("train-readout", "calibrate", "info", "store-weights", "reorder-genes")
+
+
+def add_commands(sub: Any) -> None:
+    """Add this module's subcommands to a subparsers object."""
+    c = sub.add_parser("train-readout", help="fit a checkpoint's linear gene read-out (the second expert beside the LM) "
+                                             "and keep each label set's mean cell (explain's reference)")
+    c.add_argument("--checkpoint", required=True, help="checkpoint directory; readout.* files are added to it")
+    c.add_argument("--split", default="train", help="split(s) to fit on: train, or train+valid for a final refit")
+    c.add_argument("--l2", type=float, default=1.0, help="L2 penalty (scikit-learn's 1/C)")
+    c.add_argument("--weight", type=float, default=1.0,
+                   help="weight of the read-out's log-probability beside the LM's in every answer (0: off); "
+                        "refitting drops a weight curve the read-out had (benchmarks/readout_weight_curve.py "
+                        "fits one by gene coverage)")
+    c.add_argument("--catalog", action="append", default=[],
+                   help="JSON catalog of your own datasets (as for train), for label sets the shared catalog lacks")
+    c.add_argument("--panel-copies", type=int, default=0,
+                   help="also fit on this many copies of each cell seen through a random gene panel (default 0); "
+                        "1 helps files holding few of the vocabulary's genes and cost zheng2017 on its full panel "
+                        "(benchmarks/EXPERIMENTS.md, read-out variants)")
+    c.add_argument("--hvg-copies", type=int, default=0,
+                   help="also fit on N copies of every cell cut to its set's 500-3,000 most variable genes "
+                        "(better on files cut to HVGs, not on whole files; benchmarks/EXPERIMENTS.md)")
+    c.add_argument("--seed", type=int, default=0, help="seed of the panel draws")
+    c = sub.add_parser("calibrate", help="fit the temperatures that make answer confidences match accuracy, on "
+                                         "held-out cells (writes temperature.json; answers do not change)")
+    c.add_argument("--checkpoint", required=True, help="checkpoint directory; temperature.json is added to it")
+    c.add_argument("--split", default="valid", help="split the temperatures are fitted on (default valid)")
+    c.add_argument("--readout-split", default="train",
+                   help="split the read-out is refitted on for the fit, apart from --split (default train)")
+    c.add_argument("--catalog", action="append", default=[], help="JSON catalog of your own datasets (as for train)")
+    c.add_argument("--seed", type=int, default=0, help="seed of the phrasing draws")
+    add_precision_argument(c, "float32")
+    add_device_argument(c)
+    c = sub.add_parser("info", help="describe a checkpoint: how it was made, its label sets")
+    c.add_argument("--checkpoint", help="checkpoint directory (default: the shipped one)")
+    c = sub.add_parser("store-weights", help="rewrite a checkpoint's trained weights in a smaller float type")
+    c.add_argument("--checkpoint", required=True)
+    c.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default="float16")
+    c = sub.add_parser("reorder-genes", help="put a checkpoint's genes in another checkpoint's order (same answers)")
+    c.add_argument("--checkpoint", required=True, help="checkpoint to rewrite in place")
+    c.add_argument("--like", required=True, help="checkpoint directory (or gene_vocab.json) whose order to take")
+
+
+def handles(args: argparse.Namespace) -> bool:
+    return args.command in COMMANDS
+
+
+def run(args: argparse.Namespace) -> int:
+    return {"train-readout": _train_readout, "calibrate": _calibrate, "info": _info, "store-weights": _store_weights,
+            "reorder-genes": _reorder_genes}[args.command](args)
+
+
+def recorded_command() -> str | None:
+    """The command line, as checkpoints record it, when this process is the `instructcell` CLI
+    (None when a test or script calls `main()` in process: its argv is not the command)."""
+    if Path(sys.argv[0]).name in ("instructcell", "cli.py", "__main__.py"):
+        return "instructcell " + " ".join(sys.argv[1:])
+    return None
+
+
+def _catalog_specs(catalogs: list[str]) -> list:
+    """The shared catalog's sets (none when there is no shared data but own catalogs are given)
+    and those of the user's own catalog files."""
+    from .core_model import datasets
+    from .core_model.errors import InputFileError
+
+    try:
+        shared = datasets.load_catalog()
+    except InputFileError:
+        if not catalogs:
+            raise
+        shared = []  # a checkpoint of the user's own sets needs no shared data
+    return shared + [spec for file in catalogs for spec in datasets.load_user_catalog(file)]
+
+
+def _train_readout(args) -> int:
+    from .core_model.readout_train import train_readout
+
+    specs = _catalog_specs(args.catalog)
+    command = recorded_command()
+    readout = train_readout(args.checkpoint, specs, split=args.split, l2=args.l2, answer_weight=args.weight,
+                            panel_copies=args.panel_copies, seed=args.seed, hvg_copies=args.hvg_copies,
+                            command=command)
+    print(json.dumps({"labels": len(readout.labels), **{k: readout.info[k] for k in ("n_cells", "train_accuracy")}}))
+    return 0
+
+
+def _calibrate(args) -> int:
+    from .core_model.temperature_fit import calibrate_checkpoint
+
+    command = recorded_command()
+    record = calibrate_checkpoint(args.checkpoint, _catalog_specs(args.catalog), split=args.split,
+                                  readout_split=args.readout_split, seed=args.seed, precision=args.precision,
+                                  device=args.device, command=command)
+    print(json.dumps({"temperature": record["temperature"], "calibration_error_unscaled_then_fitted": {
+        mode: [r["pooled"]["unscaled"]["calibration_error"], r["pooled"]["fitted"]["calibration_error"]]
+        for mode, r in record["fit_report"].items()}}))
+    return 0
+
+
+def _store_weights(args) -> int:
+    from .core_model.checkpoint import store_weights_as
+    from .core_model.generation.generator import rebind_model_weights
+    from .core_model.temperature import rebind_temperatures
+
+    command = recorded_command()
+    record = store_weights_as(args.checkpoint, args.dtype, command=command)
+    record["generator_rebound"] = rebind_model_weights(args.checkpoint, record["sha256_before"])
+    record["temperature_rebound"] = rebind_temperatures(args.checkpoint, record["sha256_before"])
+    print(json.dumps(record))
+    return 0
+
+
+def _reorder_genes(args) -> int:
+    from .core_model.checkpoint import reorder_genes
+    from .core_model.vocab import read_vocab
+
+    vocab = read_vocab(args.like)
+    command = recorded_command()
+    print(json.dumps(reorder_genes(args.checkpoint, vocab, command=command)))
+    return 0
+
+
+def _info(args) -> int:
+    from .api import default_checkpoint_path
+    from .core_model.errors import CheckpointError
+
+    path = Path(args.checkpoint) if args.checkpoint else default_checkpoint_path()
+    if not (path / "config.json").is_file() or not (path / "labels.json").is_file():
+        raise CheckpointError(f"{path} is not a checkpoint directory (config.json and labels.json expected)")
+    config = json.loads((path / "config.json").read_text())
+    # started_from / resumed_from chain back to the run from scratch (absent on such a run itself).
+    keys = ("package_version", "created", "command", "started_from", "resumed_from", "weights_storage", "data", "valid")
+    out = {k: config[k] for k in keys if k in config}
+    # The label sets tell a user which candidate names are scored as learned (core_model/candidate_route.py).
+    fields = ("task", "species", "tissue", "labels")
+    out["label_sets"] = {name: {f: entry.get(f) for f in fields}
+                         for name, entry in json.loads((path / "labels.json").read_text()).items()}
+    if (path / "readout.json").is_file():  # the linear gene read-out beside the LM (core_model/readout.py)
+        meta = json.loads((path / "readout.json").read_text())
+        out["readout"] = {"labels": len(meta.get("labels", [])), "answer_weight": meta.get("answer_weight"),
+                          "weight_curve": meta.get("weight_curve", []),
+                          "weight_curve_command": meta.get("weight_curve_command"), "l2": meta.get("l2"),
+                          "panel_copies": meta.get("panel_copies", 0), "hvg_copies": meta.get("hvg_copies", 0),
+                          "mean_cell_sets": meta.get("mean_cell_sets", []),
+                          "command": meta.get("command"), "data": meta.get("data")}
+    if (path / "temperature.json").is_file():  # confidence temperatures (core_model/temperature.py)
+        meta = json.loads((path / "temperature.json").read_text())
+        out["confidence_temperature"] = {k: meta.get(k) for k in ("temperature", "fitted_on", "command", "created")}
+    print(json.dumps(out, indent=1))
+    return 0
