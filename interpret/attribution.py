@@ -156,19 +156,36 @@ class LabelLogProb:
         return torch.stack([torch.logsumexp(logp[:, g], 1) for g in self.groups], 1)
 
 
-def _attribute_batch(forward: LabelLogProb, expr: torch.Tensor, rows: torch.Tensor, target: torch.Tensor,
-                     method: str, ig: IGSettings, internal_batch_size: int,
-                     reference: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, int]:
-    """Attributions, IG delta (else None) and integration points used, for one batch of cells.
+class _TargetLogProb:
+    """Captum forward for gradients: the log-probability of each cell's target label, (B, 1), from
+    the same pass that records every candidate's probability and, without a given target, picks
+    the most probable one. One forward serves both: a separate no-gradient pass for the
+    probabilities had cost about a quarter of saliency's time (benchmarks/saliency_passes.py)."""
+
+    def __init__(self, forward: LabelLogProb, target: torch.Tensor | None) -> None:
+        self.forward, self.target = forward, target
+        self.probabilities: torch.Tensor | None = None
+        self.chosen: torch.Tensor | None = None
+
+    def __call__(self, expr: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        logp = self.forward(expr, rows)
+        self.probabilities = logp.detach().exp()
+        self.chosen = logp.detach().argmax(1) if self.target is None else self.target
+        return logp.gather(1, self.chosen[:, None])
+
+
+def _gradient_batch(forward: LabelLogProb, expr: torch.Tensor, rows: torch.Tensor, target: torch.Tensor | None,
+                    method: str, reference: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Saliency or plain gradient of one batch: (attributions, probabilities, targets), one pass.
 
     Gradients are taken w.r.t. the input only; `reference` is (genes,) or all zeros."""
     expr = expr.detach().requires_grad_()  # Captum would set it too, with a warning per batch
+    forward_target = _TargetLogProb(forward, target)
     with torch.enable_grad():
-        if method in ("saliency", "gradient"):
-            grads = Saliency(forward).attribute(expr, target=target, abs=False, additional_forward_args=(rows,))
-            # x - 0 is exactly x, so the zero reference gives InputXGradient's numbers
-            return (grads * (expr.detach() - reference) if method == "saliency" else grads), None, 1
-        return _integrated_gradients(forward, expr.detach(), rows, target, ig, internal_batch_size, reference)
+        grads = Saliency(forward_target).attribute(expr, target=0, abs=False, additional_forward_args=(rows,))
+    # x - 0 is exactly x, so the zero reference gives InputXGradient's numbers
+    attr = grads * (expr.detach() - reference) if method == "saliency" else grads
+    return attr, forward_target.probabilities, forward_target.chosen
 
 
 @dataclass(frozen=True)
@@ -382,9 +399,15 @@ def _one_batch(forward: LabelLogProb, counts: sp.csr_matrix | np.ndarray, idx: n
     model = forward.model
     expr = _log_expression(model, counts, idx)
     row_t = torch.from_numpy(rows[idx]).to(model.device)
-    p = _probabilities(forward, expr, row_t)
-    tgt = p.argmax(1) if target is None else torch.as_tensor(target[idx], device=model.device)
-    attr, delta, used = _attribute_batch(forward, expr, row_t, tgt, method, ig, internal_batch_size, reference)
+    given = None if target is None else torch.as_tensor(target[idx], device=model.device)
+    if method in ("saliency", "gradient"):
+        attr, p, tgt = _gradient_batch(forward, expr, row_t, given, method, reference)
+        delta, used = None, 1
+    else:
+        p = _probabilities(forward, expr, row_t)
+        tgt = p.argmax(1) if given is None else given
+        with torch.enable_grad():
+            attr, delta, used = _integrated_gradients(forward, expr, row_t, tgt, ig, internal_batch_size, reference)
     as_np = lambda t: t.detach().float().cpu().numpy()  # noqa: E731
     return (as_np(attr), as_np(expr), as_np(p), tgt.cpu().numpy(), as_np(delta) if delta is not None else None,
             np.full(len(idx), used, dtype=np.int64))

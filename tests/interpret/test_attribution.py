@@ -128,6 +128,27 @@ def test_batch_and_single_cell_attributions_agree(tiny_model, cells, method):
     np.testing.assert_array_equal(batched.target, single.target)
 
 
+@pytest.mark.parametrize("given", [False, True])
+def test_the_gradient_is_of_the_target_label_and_the_probabilities_are_the_answers(tiny_model, cells, given):
+    # One pass gives the probabilities, the predicted target and the gradient; checked against a
+    # separate no-gradient pass and torch.autograd on the target's log-probability.
+    cands = list(CELL_TYPES)
+    X = align_to_vocab(cells[:6], tiny_model.vocab).X
+    prefix = _prefix(tiny_model, cands)
+    target = np.array([3, 2, 1, 0, 3, 2]) if given else None
+    a = attribute(tiny_model.model, X, cands, prefix, method="gradient", target=target)
+    f = LabelLogProb(tiny_model.model, prefix, cands)
+    rows = torch.zeros(6, dtype=torch.long)
+    with torch.no_grad():
+        probs = f(torch.from_numpy(a.inputs), rows).exp().numpy()
+    np.testing.assert_allclose(a.probabilities, probs, rtol=1e-5, atol=1e-7)
+    np.testing.assert_array_equal(a.target, target if given else probs.argmax(1))
+    x = torch.from_numpy(a.inputs).requires_grad_()
+    f(x, rows).gather(1, torch.from_numpy(a.target)[:, None]).sum().backward()
+    assert np.abs(a.values).max() > 0
+    np.testing.assert_allclose(a.values, x.grad.numpy(), rtol=1e-4, atol=1e-7)
+
+
 def test_saliency_from_a_reference_is_the_gradient_times_the_difference(tiny_model, cells):
     cands = list(CELL_TYPES)
     X = align_to_vocab(cells[:6], tiny_model.vocab).X
