@@ -13,19 +13,11 @@ import logging
 import time
 
 import numpy as np
-import pandas as pd
 import scanpy as sc
 
 import instructcell_agent as ica
 from instructcell_agent.core_model.io import write_h5ad_atomic
-from instructcell_agent.core_model.labels import LabelMapper
 from instructcell_agent.core_model.precision import PRECISIONS
-
-
-def agreement(predicted, known) -> float:
-    """Share of cells whose answer names their known label (exact or a Cell Ontology synonym)."""
-    mapper = LabelMapper(tuple(sorted(set(known))))
-    return float(np.mean([mapper.map(str(p)) == k for p, k in zip(predicted, known)]))
 
 
 def main() -> None:
@@ -71,14 +63,13 @@ def main() -> None:
 
     print("\n1) Free answers (no candidates given; species human, tissue peripheral blood):")
     print(free.summary())
-    print(f"agreement with bulk_labels: {agreement(free.labels, known):.3f}  ({adata.n_obs / free_s:.1f} cells/s)")
+    # agreement: answers read onto the bulk_labels names (same name, Cell Ontology synonym or finer type)
+    print(f"agreement with bulk_labels: {free.agreement(known).agreement:.3f}  ({adata.n_obs / free_s:.1f} cells/s)")
     print(f"\n2) Candidates = the {len(candidates)} bulk_labels names, {subset.n_obs} random cells:")
     print(scored.summary())
-    print(f"agreement with bulk_labels: {agreement(scored.labels, sub_known):.3f}  ({subset.n_obs / scored_s:.1f} cells/s)")
-    print("\nPer known label (free answers): share agreeing")
-    mapper = LabelMapper(tuple(candidates))
-    frame = pd.DataFrame({"known": known, "ok": [mapper.map(str(p)) == k for p, k in zip(free.labels, known)]})
-    print(frame.groupby("known")["ok"].agg(["mean", "size"]).round(3).to_string())
+    print(f"agreement with bulk_labels: {scored.agreement(sub_known).agreement:.3f}  ({subset.n_obs / scored_s:.1f} cells/s)")
+    print("\nPer known label (free answers):")
+    print(free.agreement(known).summary("bulk_labels"))
 
     out = free.to_adata(adata.copy(), key_added="instructcell")
     path = write_h5ad_atomic(out, args.out)

@@ -127,6 +127,9 @@ def _add_answer_arguments(p, candidates: str | None, key_added: str) -> None:
     p.add_argument("--candidates", default=candidates,
                    help=f"comma-separated candidate labels (default: {candidates or 'none, a free answer'})")
     p.add_argument("--key-added", default=key_added, help=f"prefix of the obs/obsm/uns keys written (default {key_added})")
+    p.add_argument("--compare-key", default=None,
+                   help="obs column of labels the cells already have: print the agreement with them, overall and "
+                        "per label (answers read through the Cell Ontology), and store it in uns")
     _add_matrix_arguments(p)
     p.add_argument("--species", default="", help="species named in the prompt (default: obs['species'] if present)")
     p.add_argument("--tissue", default="", help="tissue named in the prompt (default: obs['tissue'] if present)")
@@ -251,8 +254,6 @@ def _refuse_repeated_names(names: list[str], shared: bool) -> None:
                              "rename your entries")
 
 
-
-
 def _evaluate(args) -> int:
     from .api import load_model
     from .core_model.evaluation import evaluate
@@ -271,10 +272,12 @@ def _evaluate(args) -> int:
 
 def _annotate(args) -> int:
     """`annotate` and `drug-response`: answer every cell of --data, write them to a new file (--out)."""
+    from .agreement import known_labels
     from .api import annotate, load_model, predict_drug_response
     from .core_model.io import read_h5ad, write_h5ad_atomic
 
     adata = read_h5ad(args.data)
+    known = known_labels(adata, args.compare_key) if args.compare_key else None  # refused before the model runs
     candidates = [c.strip() for c in args.candidates.split(",") if c.strip()] if args.candidates else None
     model = load_model(args.checkpoint, device=args.device, precision=args.precision)
     shared = dict(model=model, instruction=args.instruction, candidates=candidates, use_raw=args.use_raw,
@@ -286,8 +289,13 @@ def _annotate(args) -> int:
     else:
         result = annotate(adata, free_text=args.free_text, progress=_progress_bar("annotating"), **shared)
     out = result.to_adata(adata.copy(), key_added=args.key_added)
+    compared = result.agreement(known) if known is not None else None
+    if compared is not None:
+        out.uns[args.key_added]["agreement"] = {"key": args.compare_key, **compared.to_dict()}
     write_h5ad_atomic(out, args.out, protect=[args.data])
     print(result.summary())
+    if compared is not None:
+        print(compared.summary(f"obs[{args.compare_key!r}]"))
     return 0
 
 

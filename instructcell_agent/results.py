@@ -9,6 +9,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
+from .agreement import Agreement, agreement
 from .core_model.labels import ontology_id, ontology_name
 
 
@@ -45,6 +46,17 @@ class AnnotationResult:
         return pd.DataFrame(
             {"label": self.labels, "confidence": self.confidence, "answer": self.answers}, index=self.obs_names
         )
+
+    def agreement(self, known) -> Agreement:
+        """Agreement with labels the cells already have (`adata.obs['cell_type']`, say): overall and
+        per known label, answers read onto the known names through the Cell Ontology
+        (`instructcell_agent/agreement.py`). A Series indexed by cell names is aligned by name."""
+        if isinstance(known, pd.Series) and not known.index.equals(pd.Index(self.obs_names)):
+            if set(map(str, known.index)) >= set(self.obs_names):
+                known = known.set_axis(known.index.map(str)).reindex(self.obs_names)
+            else:
+                raise ValueError("known labels: a Series whose index does not hold the annotated cells' names")
+        return agreement(self.labels, known)
 
     def label_counts(self) -> pd.Series:
         return pd.Series(self.labels).value_counts()

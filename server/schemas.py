@@ -33,6 +33,11 @@ class InspectDatasetRequest(_MatrixOptions):
     h5ad_path: H5adPath
 
 
+CompareKey = Annotated[str | None, Field(
+    max_length=200, description="obs column of labels the cells already have (an author's annotation): the reply "
+                                "reports the agreement with them, overall and per label.")]
+
+
 class AnnotateCellsRequest(_MatrixOptions):
     h5ad_path: H5adPath
     candidates: list[Annotated[str, Field(min_length=1, max_length=200)]] | None = Field(
@@ -46,6 +51,7 @@ class AnnotateCellsRequest(_MatrixOptions):
                                                  "answers decoded within the model's known labels.")
     species: OptionalText = Field(None, description="Prompt field; default: obs['species'] or detected.")
     tissue: OptionalText = Field(None, description="Prompt field; default: obs['tissue'] if present.")
+    compare_key: CompareKey = None
     background: bool = Field(False, description="Run as a background job and return a job id at once.")
     n_examples: int = Field(5, ge=0, le=20, description="Example cells to include in the reply.")
 
@@ -56,6 +62,7 @@ class PredictDrugResponseRequest(_MatrixOptions):
     candidates: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(
         ["resistant", "sensitive"], min_length=2, max_length=20, description="Response classes to score.")
     instruction: str | None = Field(None, max_length=2000, description="Question asked per cell; default: ours.")
+    compare_key: CompareKey = None
     background: bool = Field(False, description="Run as a background job and return a job id at once.")
     n_examples: int = Field(5, ge=0, le=20, description="Example cells to include in the reply.")
 
@@ -158,6 +165,21 @@ class CellExample(BaseModel):
     confidence: float
 
 
+class LabelAgreement(BaseModel):
+    n_cells: int
+    agreement: float = Field(description="Share of this label's cells whose answer names it.")
+    most_common_answer: str
+
+
+class AgreementSummary(BaseModel):
+    compare_key: str
+    agreement: float | None = Field(description="Share of compared cells whose answer names their known label "
+                                                "(same name, Cell Ontology synonym or a finer type); None "
+                                                "when no cell could be compared.")
+    n_compared: int = Field(description="Cells with both a known label and an answer.")
+    per_label: dict[str, LabelAgreement] = Field(description="The 50 largest known labels.")
+
+
 class AnnotationSummary(BaseModel):
     kind: Literal["annotation", "drug_response"]
     h5ad_path: str
@@ -173,6 +195,7 @@ class AnnotationSummary(BaseModel):
     alignment: str = Field(description="How the input's genes matched the model's.")
     notes: list[str] = Field(default_factory=list,
                              description="What to weigh before trusting the labels (e.g. a tissue the model never saw).")
+    agreement: AgreementSummary | None = Field(None, description="With compare_key: agreement with those labels.")
     outputs: list[OutputFile]
     seconds: float
 

@@ -18,6 +18,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
+from instructcell_agent.agreement import known_labels
 from instructcell_agent.core_model.errors import InputFileError, InstructCellError
 from instructcell_agent.core_model.io import read_h5ad, write_h5ad_atomic
 
@@ -25,9 +26,9 @@ from .config import ServerConfig
 from .jobs import Reporter
 from .outputs import Staging, new_id, slug
 from .paths import resolve_input
-from .schemas import (AnnotateCellsRequest, AnnotationSummary, CellExample, DatasetInfo, ExplainGenesRequest,
-                      ExplanationSummary, GenerateCellsRequest, GenerationSummary, GeneScore, InspectDatasetRequest,
-                      ObsColumn, PredictDrugResponseRequest, VocabularyOverlap)
+from .schemas import (AgreementSummary, AnnotateCellsRequest, AnnotationSummary, CellExample, DatasetInfo,
+                      ExplainGenesRequest, ExplanationSummary, GenerateCellsRequest, GenerationSummary, GeneScore,
+                      InspectDatasetRequest, LabelAgreement, ObsColumn, PredictDrugResponseRequest, VocabularyOverlap)
 
 log = logging.getLogger(__name__)
 
@@ -244,6 +245,7 @@ class InstructCellService:
         self._check(adata.n_obs, self.limits.max_cells, f"cells per {_TOOL[task]} call")
         if adata.n_obs == 0:
             raise InputFileError(f"{req.h5ad_path} has no cells; nothing to annotate")
+        known = known_labels(adata, req.compare_key) if req.compare_key else None  # refused before any model work
         model = self.model()
         n, step = adata.n_obs, max(1, self.limits.chunk_cells)
         parts: list[AnnotationResult] = []
@@ -257,8 +259,12 @@ class InstructCellService:
         result = _concat(parts)
         key = "instructcell" if task == "annotation" else "instructcell_drug"
         base = f"{slug(path.stem)}_{'annotated' if task == 'annotation' else 'drug_response'}_{new_id()}"
+        compared = _agreement(result, known, req.compare_key) if known is not None else None
+        annotated = result.to_adata(adata, key_added=key)
+        if compared is not None:
+            annotated.uns[key]["agreement"] = compared.model_dump(exclude_none=True)  # h5ad stores no None
         with Staging(self.config.output_dir) as staging:
-            write_h5ad_atomic(result.to_adata(adata, key_added=key), staging.path(base + ".h5ad"), protect=[path])
+            write_h5ad_atomic(annotated, staging.path(base + ".h5ad"), protect=[path])
             _labels_frame(result).to_csv(staging.path(base + "_labels.csv"), index_label="cell")
             rep.check()  # the last point a cancellation is honoured: after it the files are published
             files = staging.commit({base + ".h5ad": "annotated_h5ad", base + "_labels.csv": "labels_csv"})
@@ -276,11 +282,23 @@ class InstructCellService:
             low_confidence_cells=int((conf[labelled] < 0.5).sum()), unlabelled_cells=n - m,
             candidates=cands, drug=getattr(req, "drug", None), examples=examples,
             alignment=str(result.provenance.get("alignment_summary", "")),
-            notes=list(result.provenance.get("notes", [])), outputs=files,
+            notes=list(result.provenance.get("notes", [])), agreement=compared, outputs=files,
             seconds=round(time.perf_counter() - started, 3))
 
 
 _TOOL = {"annotation": "annotate_cells", "drug_response": "predict_drug_response"}
+
+
+def _agreement(result, known: pd.Series, key: str) -> AgreementSummary:
+    """The reply's view of `result.agreement(known)`: overall, and the 50 largest known labels."""
+    found = result.agreement(known)
+    largest = found.per_label.sort_values("n_cells", ascending=False, kind="stable").head(50)
+    return AgreementSummary(
+        compare_key=key, agreement=None if np.isnan(found.agreement) else round(found.agreement, 4),
+        n_compared=found.n_compared,
+        per_label={str(label): LabelAgreement(n_cells=int(row.n_cells), agreement=round(float(row.agreement), 4),
+                                              most_common_answer=str(row.most_common_answer))
+                   for label, row in largest.iterrows()})
 
 
 def _matrix(req) -> dict[str, Any]:

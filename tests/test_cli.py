@@ -42,6 +42,23 @@ def test_annotate_writes_a_new_file_and_keeps_the_input(tiny_checkpoint, synthet
     assert annotated.uns["instructcell"]["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def test_annotate_compares_with_known_labels_and_refuses_a_missing_column(tiny_checkpoint, synthetic_set,
+                                                                          tmp_path, capsys):
+    out = tmp_path / "annotated.h5ad"
+    args = ["annotate", "--checkpoint", str(tiny_checkpoint), "--data", str(synthetic_set["path"]),
+            "--candidates", "alpha,beta,gamma,delta", "--out", str(out)]
+    assert main(args + ["--compare-key", "cell_type"]) == 0
+    printed = capsys.readouterr().out
+    annotated = ad.read_h5ad(out)
+    stored = annotated.uns["instructcell"]["agreement"]
+    expected = (annotated.obs["instructcell_label"].astype(str) == annotated.obs["cell_type"].astype(str)).mean()
+    assert stored["key"] == "cell_type" and stored["agreement"] == pytest.approx(expected)
+    assert f"agreement with obs['cell_type']: {expected:.3f}" in printed
+    missing = tmp_path / "never.h5ad"
+    assert main(args[:-1] + [str(missing), "--compare-key", "celltype"]) == 2
+    assert "no column 'celltype'" in capsys.readouterr().err and not missing.exists()
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
 def test_drug_response_writes_probabilities_per_cell_and_keeps_the_input(tiny_checkpoint, synthetic_set, tmp_path):
     before = _digest(synthetic_set["path"])

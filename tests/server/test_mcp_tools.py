@@ -153,6 +153,23 @@ def test_annotate_cells_passes_on_what_to_weigh(env):
     assert set(summary["label_counts"]) <= {"pancreatic A cell", "type B pancreatic cell"}
 
 
+def test_annotate_cells_reports_agreement_with_known_labels(env):
+    result = call(env["server"], "annotate_cells", {"h5ad_path": "planted.h5ad", "candidates": CANDIDATES,
+                                                    "compare_key": "cell_type"})
+    summary = check_structured(env["server"], "annotate_cells", result)["result"]
+    csv = pd.read_csv(next(f["path"] for f in summary["outputs"] if f["kind"] == "labels_csv"), index_col="cell")
+    known = ad.read_h5ad(env["paths"]["planted"]).obs["cell_type"].astype(str)
+    expected = float((csv["label"].to_numpy() == known.to_numpy()).mean())
+    agreement = summary["agreement"]
+    assert agreement["compare_key"] == "cell_type" and agreement["n_compared"] == N_CELLS
+    assert agreement["agreement"] == pytest.approx(expected, abs=1e-4)
+    assert set(agreement["per_label"]) == set(known) and expected > 0.5  # planted; chance 0.25
+    h5 = ad.read_h5ad(next(f["path"] for f in summary["outputs"] if f["kind"] == "annotated_h5ad"))
+    assert h5.uns["instructcell"]["agreement"]["agreement"] == pytest.approx(expected, abs=1e-4)
+    text = error_text(call(env["server"], "annotate_cells", {"h5ad_path": "planted.h5ad", "compare_key": "celltype"}))
+    assert "no column 'celltype'" in text
+
+
 def test_cells_without_counts_come_back_unlabelled(env):
     # 130 cells, chunks of 64: one chunk holds only empty cells, another a single one
     cells = make_counts(130, seed=7)

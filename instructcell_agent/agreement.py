@@ -1,0 +1,98 @@
+"""How far a result agrees with labels the user already has (an author's annotation, a
+reference): overall, and per known label with what the model said instead.
+
+Answers are read onto the known labels the way `evaluate` reads free answers: the same name after
+case and spacing, a Cell Ontology synonym ('CD19+ B' is 'B cell'), or a finer type of a known
+label ('CD8+ Cytotoxic T' is a 'T cell'). A coarser answer ('T cell' where the labels split CD4
+and CD8) does not say which label it means, so it does not agree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+
+from .core_model.errors import LabelKeyError
+from .core_model.labels import LabelMapper
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """Agreement of predicted labels with known ones.
+
+    Attributes
+    ----------
+    agreement
+        Share of compared cells whose answer names their known label.
+    n_compared
+        Cells with both a known label and an answer.
+    n_unlabelled, n_unknown
+        Cells the model left unlabelled; cells without a known label (both left out).
+    per_label
+        One row per known label: cells, share agreeing, and the most common answer with its share.
+    """
+
+    agreement: float
+    n_compared: int
+    n_unlabelled: int
+    n_unknown: int
+    per_label: pd.DataFrame
+
+    def summary(self, key: str = "known labels") -> str:
+        lines = [f"agreement with {key}: {self.agreement:.3f} of {self.n_compared:,} cells"]
+        left_out = [f"{n:,} {what}" for n, what in ((self.n_unlabelled, "unlabelled"),
+                                                    (self.n_unknown, "without a known label")) if n]
+        if left_out:
+            lines[0] += f" (left out: {', '.join(left_out)})"
+        for label, row in self.per_label.iterrows():
+            lines.append(f"  {label}: {row['agreement']:.2f} of {int(row['n_cells'])}; most often "
+                         f"{row['most_common_answer']!r} ({row['most_common_share']:.2f})")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"agreement": self.agreement, "n_compared": self.n_compared, "n_unlabelled": self.n_unlabelled,
+                "n_unknown": self.n_unknown,
+                "per_label": {str(k): {c: (v.item() if hasattr(v, "item") else v) for c, v in row.items()}
+                              for k, row in self.per_label.iterrows()}}
+
+
+def agreement(predicted: Sequence[Any], known: Sequence[Any]) -> Agreement:
+    """Compare `predicted` labels (None: unlabelled) with `known` ones (NaN / None: unknown), cell by cell."""
+    predicted = list(predicted)
+    known = pd.Series(list(known), dtype=object)
+    if len(predicted) != len(known):
+        raise ValueError(f"{len(predicted)} predicted labels for {len(known)} known ones")
+    has_known = known.notna().to_numpy()
+    has_answer = np.array([p is not None for p in predicted])
+    compared = has_known & has_answer
+    known_str = known[has_known].astype(str)
+    mapper = LabelMapper(tuple(sorted(set(known_str))))
+    frame = pd.DataFrame({
+        "known": known.where(known.notna(), None).map(lambda v: None if v is None else str(v)),
+        "answer": [None if p is None else str(p) for p in predicted]})
+    frame = frame[compared]
+    frame["agrees"] = [mapper.map(a) == k for a, k in zip(frame["answer"], frame["known"])]
+    rows = []
+    for label, group in frame.groupby("known", sort=True):
+        counts = group["answer"].value_counts()
+        rows.append({"known": label, "n_cells": len(group), "agreement": float(group["agrees"].mean()),
+                     "most_common_answer": str(counts.index[0]), "most_common_share": float(counts.iloc[0] / len(group))})
+    per_label = pd.DataFrame(rows, columns=["known", "n_cells", "agreement", "most_common_answer",
+                                            "most_common_share"]).set_index("known")
+    return Agreement(agreement=float(frame["agrees"].mean()) if len(frame) else float("nan"),
+                     n_compared=int(compared.sum()), n_unlabelled=int((~has_answer).sum()),
+                     n_unknown=int((~has_known).sum()), per_label=per_label)
+
+
+def known_labels(adata: ad.AnnData, key: str) -> pd.Series:
+    """`adata.obs[key]`, the labels to compare with (cells without one are left out of the
+    comparison, not refused); a missing column is refused with the columns there are."""
+    if key not in adata.obs.columns:
+        available = ", ".join(repr(str(c)) for c in adata.obs.columns) or "none"
+        raise LabelKeyError(f"obs has no column {key!r} to compare with; obs columns: {available}")
+    return adata.obs[key]
