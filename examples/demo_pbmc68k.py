@@ -74,7 +74,7 @@ def main() -> None:
     out = free.to_adata(adata.copy(), key_added="instructcell")
     path = write_h5ad_atomic(out, args.out)
     print(f"\nwrote {path} (obs['instructcell_label'], obs['instructcell_confidence'], "
-          "obs['instructcell_ontology_id'], uns['instructcell'])")
+          "obs['instructcell_ontology_id'], obs['instructcell_ontology_name'], uns['instructcell'])")
 
 
 if __name__ == "__main__":

@@ -104,8 +104,9 @@ class AnnotationResult:
     def to_adata(self, adata: ad.AnnData, key_added: str = "instructcell") -> ad.AnnData:
         """Write the result into `adata` (in memory, scverse style) and return it.
 
-        Adds `obs['<key>_label']`, `obs['<key>_confidence']`, `obs['<key>_ontology_id']` (cell types:
-        the label's Cell Ontology id, where the package's synonym table has one),
+        Adds `obs['<key>_label']`, `obs['<key>_confidence']`, `obs['<key>_ontology_id']` and
+        `obs['<key>_ontology_name']` (cell types: the label's Cell Ontology id and name, where the
+        package's synonym table has one; missing elsewhere),
         `obsm['<key>_probabilities']` (with candidates) and `uns['<key>']` (provenance). The cells
         must be the ones annotated.
         """
@@ -116,8 +117,10 @@ class AnnotationResult:
         if self.provenance.get("task") == "annotation":
             # Cell Ontology ids (CELLxGENE's convention) let labels from different spellings be
             # merged downstream: 'CD19+ B' and 'B' are both CL:0000236. Missing where unknown.
-            adata.obs[f"{key_added}_ontology_id"] = pd.Categorical(
-                [ontology_id(str(l)) if l is not None else None for l in self.labels])
+            terms = [ontology_id(str(l)) if l is not None else None for l in self.labels]
+            adata.obs[f"{key_added}_ontology_id"] = pd.Categorical(terms)
+            # one name per population whatever the training set's spelling: what to colour a UMAP by
+            adata.obs[f"{key_added}_ontology_name"] = pd.Categorical([ontology_name(t) if t else None for t in terms])
         uns = dict(self.provenance)
         if self.probabilities is not None:
             adata.obsm[f"{key_added}_probabilities"] = self.probabilities.to_numpy(dtype=np.float32)

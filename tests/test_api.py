@@ -164,6 +164,8 @@ def test_summary_merges_spellings_of_one_population():
     assert "B cell (CL:0000236)" not in text  # one spelling only: nothing to merge
     out = result.to_adata(ad.AnnData(obs=pd.DataFrame(index=result.obs_names)))
     assert list(out.obs["instructcell_ontology_id"].astype(str)) == ["CL:0000623"] * 3 + ["CL:0000236", "CL:0000171"]
+    assert list(out.obs["instructcell_ontology_name"].astype(str)) == (
+        ["natural killer cell"] * 3 + ["B cell", "pancreatic A cell"])
 
 
 def test_progress_hears_every_batch_up_to_the_last_cell(tiny_model, cells):
