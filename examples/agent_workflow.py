@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import sys
 import tempfile
@@ -45,14 +46,21 @@ def default_data() -> Path:
 
     from instructcell_agent.core_model.io import write_h5ad_atomic
 
-    shared = Path(os.environ.get("INSTRUCTCELL_SHARED", "../shared")) / "data/cta/zheng2017_pbmc_sorted.h5ad"
+    data = Path(os.environ.get("INSTRUCTCELL_SHARED", "../shared")) / "data"
+    shared = data / "cta/zheng2017_pbmc_sorted.h5ad"
     if not shared.exists():
         raise SystemExit(f"no --data given and {shared} does not exist; pass --data FILE.h5ad")
+    # 200 of the test split's cells, which the model never trained on, so the agreement the agent
+    # reports (compare_key) is a held-out one
+    test = json.loads((data / "splits/zheng2017_pbmc_sorted.json").read_text())["test"][:200]
     adata = ad.read_h5ad(shared, backed="r")
-    subset = adata[::max(1, adata.n_obs // 200)][:200].to_memory()
+    subset = adata[adata.obs_names.get_indexer(test)].to_memory()
     out = Path(tempfile.mkdtemp(prefix="instructcell-agent-data-")) / "pbmc_200.h5ad"
     write_h5ad_atomic(subset, out)  # also under pandas 3's string columns
     return out
+
+
+KNOWN_LABEL_COLUMNS = ("cell_type", "celltype", "cell_types", "labels", "annotation", "bulk_labels")
 
 
 def scripted_model(h5ad_path: str):
@@ -61,9 +69,12 @@ def scripted_model(h5ad_path: str):
     def annotate_args(messages):
         # An earlier result feeds the next call: the first label set inspect_dataset found for the
         # file's species and tissue becomes the candidates (none found: free answers).
+        # A column that looks like an author's cell types is passed as compare_key, for the agreement.
         info = next(value for name, value in tool_results(messages) if name == "inspect_dataset")
         labels = next(iter(info.get("matching_label_sets", {}).values()), [])
-        return {"h5ad_path": h5ad_path, **({"candidates": labels} if len(labels) >= 2 else {})}
+        known = next((c["name"] for c in info.get("obs_columns", []) if c["name"] in KNOWN_LABEL_COLUMNS), None)
+        return {"h5ad_path": h5ad_path, **({"candidates": labels} if len(labels) >= 2 else {}),
+                **({"compare_key": known} if known else {})}
 
     return ScriptedChatModel(plan=[
         ("inspect_dataset", {"h5ad_path": h5ad_path}),

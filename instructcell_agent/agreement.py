@@ -55,10 +55,12 @@ class Agreement:
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON- and `uns`-ready. The per-label table is stored by column, not keyed by label: an
+        .h5ad turns a '/' in a key ('CD4+/CD25 T Reg') into nested groups."""
+        table = self.per_label.reset_index()
         return {"agreement": self.agreement, "n_compared": self.n_compared, "n_unlabelled": self.n_unlabelled,
                 "n_unknown": self.n_unknown,
-                "per_label": {str(k): {c: (v.item() if hasattr(v, "item") else v) for c, v in row.items()}
-                              for k, row in self.per_label.iterrows()}}
+                "per_label": {c: table[c].tolist() for c in table.columns}}
 
 
 def agreement(predicted: Sequence[Any], known: Sequence[Any]) -> Agreement:

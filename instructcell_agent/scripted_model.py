@@ -71,8 +71,12 @@ def summarize(messages: Sequence[BaseMessage]) -> str:
         result = value.get("result", value)
         if isinstance(result, dict) and "label_counts" in result:
             top = sorted(result["label_counts"].items(), key=lambda kv: -kv[1])[:5]
+            agreement = result.get("agreement") or {}
+            agrees = (f"; agreement with obs['{agreement['compare_key']}'] {agreement['agreement']:.2f}"
+                      if agreement.get("agreement") is not None else "")
             lines.append(f"- {name}: {result['n_cells']} cells; " + ", ".join(f"{k} {v}" for k, v in top)
-                         + f"; mean confidence {result['mean_confidence']:.2f}")
+                         + (f"; mean confidence {result['mean_confidence']:.2f}"
+                            if result.get("mean_confidence") is not None else "; no cell labelled") + agrees)
         elif isinstance(result, dict) and "top_genes" in result:
             genes = "; ".join(f"{label}: {', '.join(g['gene'] for g in gs[:3])}"
                               for label, gs in list(result["top_genes"].items())[:5])

@@ -259,10 +259,10 @@ class InstructCellService:
         result = _concat(parts)
         key = "instructcell" if task == "annotation" else "instructcell_drug"
         base = f"{slug(path.stem)}_{'annotated' if task == 'annotation' else 'drug_response'}_{new_id()}"
-        compared = _agreement(result, known, req.compare_key) if known is not None else None
+        found = result.agreement(known) if known is not None else None
         annotated = result.to_adata(adata, key_added=key)
-        if compared is not None:
-            annotated.uns[key]["agreement"] = compared.model_dump(exclude_none=True)  # h5ad stores no None
+        if found is not None:
+            annotated.uns[key]["agreement"] = {"key": req.compare_key, **found.to_dict()}
         with Staging(self.config.output_dir) as staging:
             write_h5ad_atomic(annotated, staging.path(base + ".h5ad"), protect=[path])
             _labels_frame(result).to_csv(staging.path(base + "_labels.csv"), index_label="cell")
@@ -282,16 +282,16 @@ class InstructCellService:
             low_confidence_cells=int((conf[labelled] < 0.5).sum()), unlabelled_cells=n - m,
             candidates=cands, drug=getattr(req, "drug", None), examples=examples,
             alignment=str(result.provenance.get("alignment_summary", "")),
-            notes=list(result.provenance.get("notes", [])), agreement=compared, outputs=files,
+            notes=list(result.provenance.get("notes", [])),
+            agreement=_agreement(found, req.compare_key) if found is not None else None, outputs=files,
             seconds=round(time.perf_counter() - started, 3))
 
 
 _TOOL = {"annotation": "annotate_cells", "drug_response": "predict_drug_response"}
 
 
-def _agreement(result, known: pd.Series, key: str) -> AgreementSummary:
-    """The reply's view of `result.agreement(known)`: overall, and the 50 largest known labels."""
-    found = result.agreement(known)
+def _agreement(found, key: str) -> AgreementSummary:
+    """The reply's view of an `Agreement`: overall, and the 50 largest known labels."""
     largest = found.per_label.sort_values("n_cells", ascending=False, kind="stable").head(50)
     return AgreementSummary(
         compare_key=key, agreement=None if np.isnan(found.agreement) else round(found.agreement, 4),

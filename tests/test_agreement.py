@@ -68,3 +68,18 @@ def test_a_result_aligns_known_labels_by_cell_name(tiny_model, cells):
 def test_a_missing_column_is_refused_with_the_columns_there_are(cells):
     with pytest.raises(LabelKeyError, match="no column 'celltype'.*'cell_type'"):
         known_labels(cells, "celltype")
+
+
+def test_the_stored_form_survives_an_h5ad_round_trip_with_slashes_in_labels(tmp_path):
+    import warnings
+
+    import anndata as ad
+
+    found = agreement(["CD4+/CD25 T Reg", "B"], ["CD4+/CD25 T Reg", "CD4+/CD25 T Reg"])
+    cells = ad.AnnData(obs=pd.DataFrame(index=["a", "b"]))
+    cells.uns["check"] = found.to_dict()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a '/' in a key warns now and fails in later anndata
+        cells.write_h5ad(tmp_path / "x.h5ad")
+    back = ad.read_h5ad(tmp_path / "x.h5ad").uns["check"]["per_label"]
+    assert list(back["known"]) == ["CD4+/CD25 T Reg"] and list(back["agreement"]) == [0.5]

@@ -110,6 +110,7 @@ def test_example_workflow_runs_end_to_end(env, gen_checkpoint, tmp_path):
                            "--output-dir", str(tmp_path / "out"), "--explain-cells", "300"])
     assert "inspect_dataset: 240 cells x 120 genes" in answer
     assert "annotate_cells: 240 cells" in answer and "explain_genes: top genes" in answer
+    assert "agreement with obs['cell_type']" in answer  # the file's own labels were passed as compare_key
     assert any((tmp_path / "out").glob("*_explain_*/top_genes.csv"))
 
 

@@ -166,6 +166,7 @@ def test_annotate_cells_reports_agreement_with_known_labels(env):
     assert set(agreement["per_label"]) == set(known) and expected > 0.5  # planted; chance 0.25
     h5 = ad.read_h5ad(next(f["path"] for f in summary["outputs"] if f["kind"] == "annotated_h5ad"))
     assert h5.uns["instructcell"]["agreement"]["agreement"] == pytest.approx(expected, abs=1e-4)
+    assert sorted(h5.uns["instructcell"]["agreement"]["per_label"]["known"]) == sorted(set(known))
     text = error_text(call(env["server"], "annotate_cells", {"h5ad_path": "planted.h5ad", "compare_key": "celltype"}))
     assert "no column 'celltype'" in text
 
