@@ -9,10 +9,10 @@ import sys
 import warnings
 from pathlib import Path
 
-from .core_model.precision import add_device_argument, add_precision_argument
-from .core_model.scoring import add_scoring_argument
 from . import cli_checkpoint as checkpoint_commands
 from .cli_checkpoint import recorded_command
+from .core_model.precision import add_device_argument, add_precision_argument
+from .core_model.scoring import add_scoring_argument
 
 log = logging.getLogger("instructcell_agent")
 

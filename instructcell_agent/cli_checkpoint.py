@@ -74,6 +74,7 @@ def recorded_command() -> str | None:
     if Path(sys.argv[0]).name in ("instructcell", "cli.py", "__main__.py"):
         return "instructcell " + " ".join(sys.argv[1:])
     return None
+    return None
 
 
 def _catalog_specs(catalogs: list[str]) -> list:
