@@ -233,6 +233,28 @@ def test_info_prints_how_the_shipped_checkpoint_was_made(capsys):
     assert all(len(entry["sha256"]) == 64 for entry in printed["data"])
 
 
+def test_calibrate_writes_temperatures_from_the_command_line(tiny_checkpoint, synthetic_set, tmp_path, capsys,
+                                                             monkeypatch):
+    import shutil
+
+    from instructcell_agent.core_model import datasets
+    from instructcell_agent.core_model.errors import InputFileError
+
+    def no_shared_data():
+        raise InputFileError("shared data not found")
+
+    monkeypatch.setattr(datasets, "load_catalog", no_shared_data)  # the user's own sets need no shared data
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, ckpt)
+    (ckpt / "temperature.json").unlink(missing_ok=True)
+    catalog = _user_catalog(tmp_path, synthetic_set, name="planted", task="cta", drug="")
+    assert main(["calibrate", "--checkpoint", str(ckpt), "--catalog", str(catalog)]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    stored = json.loads((ckpt / "temperature.json").read_text())
+    assert set(printed["temperature"]) == {"readout", "lm_alone"} and stored["temperature"] == printed["temperature"]
+    assert all(t > 0 for t in stored["temperature"].values())
+
+
 def test_train_readout_refits_a_checkpoints_readout(tiny_checkpoint, synthetic_set, tmp_path, capsys, monkeypatch):
     import shutil
 
