@@ -12,16 +12,25 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
-__all__ = ["annotate", "predict_drug_response", "load_model", "default_checkpoint_path", "AnnotationResult", "explain"]
 _WHERE = {
-    "annotate": ".api", "predict_drug_response": ".api", "load_model": ".api", "default_checkpoint_path": ".api",
-    "AnnotationResult": ".results", "explain": ".interpret.api",
+    "annotate": ".api", "predict_drug_response": ".api", "generate_cells": ".api", "load_model": ".api",
+    "default_checkpoint_path": ".api", "AnnotationResult": ".results", "explain": ".interpret.api",
 }
-__all__ += ["generate_cells"]
-_WHERE["generate_cells"] = ".api"
+__all__ = [*_WHERE, "__version__"]
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("instructcell-agent")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
 
 
 def __getattr__(name: str) -> Any:
     if name in _WHERE:
         return getattr(import_module(_WHERE[name], __name__), name)
+    if name == "__version__":
+        return _version()
     raise AttributeError(f"module 'instructcell_agent' has no attribute {name!r}")

@@ -9,6 +9,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from . import __version__
 from . import cli_checkpoint as checkpoint_commands
 from .cli_checkpoint import recorded_command
 from .core_model.precision import add_device_argument, add_precision_argument
@@ -170,6 +171,7 @@ def _add_explain(sub) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="instructcell", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
     _add_evaluate(sub)

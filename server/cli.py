@@ -11,12 +11,14 @@ import os
 import sys
 from pathlib import Path
 
+from .. import __version__
 from ..core_model.precision import add_device_argument, add_precision_argument
 from .http_transport import TOKEN_ENV, check_http_exposure
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="instructcell-mcp", description=__doc__.splitlines()[0])
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     p.add_argument("--transport", choices=("stdio", "http"), default="stdio")
     p.add_argument("--data-root", action="append", required=True, metavar="DIR",
                    help="folder whose .h5ad files the tools may read (repeatable)")

@@ -302,3 +302,11 @@ def test_a_repeated_dataset_name_is_an_error_message_naming_it(synthetic_set, tm
     assert code == 2
     err = capsys.readouterr().err
     assert err.startswith("error: dataset names must be unique") and "repeated: my_drug_screen;" in err
+
+
+def test_version_is_the_installed_package_version(capsys):
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out.strip() == f"instructcell {version('instructcell-agent')}"
