@@ -72,7 +72,8 @@ class AnnotationResult:
         mean = f"{float(answered.mean()):.3f}" if len(answered) else "n/a"
         # with a calibrated checkpoint (core_model/temperature.py) about half the answers given
         # with confidence 0.5 are right: cells below it are worth a look before trusting them
-        lines = [f"{len(answered):,} cells annotated; mean confidence {mean}; "
+        done = "answered" if self.provenance.get("task") == "drug_response" else "annotated"
+        lines = [f"{len(answered):,} cells {done}; mean confidence {mean}; "
                  f"{int((answered < 0.5).sum()):,} below 0.5"]
         if self.n_unlabelled():
             lines.append(f"{self.n_unlabelled():,} cells unlabelled: no counts on any of the model's genes")
