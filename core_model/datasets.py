@@ -82,8 +82,9 @@ def load_catalog(root: Path | None = None, tasks: tuple[str, ...] = ("annotation
 
 
 USER_ENTRY_HINT = ('each entry needs text fields "name", "task" ("cta" or "dsp"), "path" (.h5ad), "label" (its obs '
-                   'column) and "split" (a JSON file {"train": [obs_names], "valid": [...], "test": [...]}), '
-                   'and "drug" for a dsp set; paths are read from the catalog\'s folder')
+                   'column) and "split" (a JSON file {"train": [obs_names], "valid": [...], "test": [...]}; '
+                   '`instructcell make-split` writes one), and "drug" for a dsp set; paths are read from the '
+                   'catalog\'s folder')
 
 
 def _is_text(value: Any) -> bool:

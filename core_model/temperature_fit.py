@@ -27,6 +27,10 @@ from .readout_train import fitted_readout
 from .temperature import fit_temperature, save_temperatures, summary
 
 log = logging.getLogger(__name__)
+# A temperature is read off the answers that were wrong: with none or a handful the log loss keeps
+# falling as scores sharpen, and the fit runs to the edge of its grid (T = 0.1 on a user's set of
+# 18 valid cells all answered right, ten times surer than the raw, already overconfident, scores).
+MIN_WRONG_ANSWERS = 5
 TASK_CODE = {task: code for code, task in BANK_OF_TASK.items()}  # "annotation" -> "cta"
 
 
@@ -64,11 +68,12 @@ def collect(loaded: LoadedModel, specs: Sequence[DatasetSpec], split: str, seed:
 def calibrate_checkpoint(checkpoint_dir: str | os.PathLike, specs: Sequence[DatasetSpec] | None = None, *,
                          split: str = "valid", readout_split: str = "train", seed: int = 0,
                          precision: str = "float32", device: str = "cpu",
-                         command: str | None = None) -> dict[str, Any]:
+                         command: str | None = None, min_wrong: int = MIN_WRONG_ANSWERS) -> dict[str, Any]:
     """Fit and write temperature.json for a checkpoint; returns what it recorded.
 
     `specs` default to the catalog sets the checkpoint has label sets for. Without a read-out
-    only the language model's temperature is fitted."""
+    only the language model's temperature is fitted. A mode with fewer than `min_wrong` wrong
+    answers gets no temperature (see MIN_WRONG_ANSWERS); its report says why."""
     root = Path(checkpoint_dir)
     loaded = load_checkpoint(root, resolve_device(device), precision=precision)
     specs = [s for s in (specs if specs is not None else load_catalog()) if s.name in loaded.label_sets]
@@ -83,6 +88,14 @@ def calibrate_checkpoint(checkpoint_dir: str | os.PathLike, specs: Sequence[Data
         rows, correct, per_set = collect(loaded, specs, split, seed, with_readout)
         if not rows:
             log.warning("%s: no scored answers to fit a temperature on", mode)
+            continue
+        wrong = len(correct) - int(np.sum(correct))
+        if wrong < min_wrong:
+            note = (f"{wrong} wrong of {len(correct)} scored answers on {split}, fewer than {min_wrong}: "
+                    "too few to fit a temperature on, so none is stored for this mode and its confidences stay "
+                    "unscaled (overconfident); calibrate with more held-out cells")
+            log.warning("%s: %s", mode, note)
+            report[mode] = {"skipped": note}
             continue
         t = fit_temperature(rows, correct)
         temperatures[mode] = t

@@ -91,10 +91,10 @@ def agreement(predicted: Sequence[Any], known: Sequence[Any]) -> Agreement:
                      n_unknown=int((~has_known).sum()), per_label=per_label)
 
 
-def known_labels(adata: ad.AnnData, key: str) -> pd.Series:
-    """`adata.obs[key]`, the labels to compare with (cells without one are left out of the
-    comparison, not refused); a missing column is refused with the columns there are."""
+def known_labels(adata: ad.AnnData, key: str, purpose: str = "to compare with") -> pd.Series:
+    """`adata.obs[key]`, labels that may miss for some cells (those are left out, not refused);
+    a missing column is refused with the columns there are."""
     if key not in adata.obs.columns:
         available = ", ".join(repr(str(c)) for c in adata.obs.columns) or "none"
-        raise LabelKeyError(f"obs has no column {key!r} to compare with; obs columns: {available}")
+        raise LabelKeyError(f"obs has no column {key!r} {purpose}; obs columns: {available}")
     return adata.obs[key]

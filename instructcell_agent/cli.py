@@ -105,6 +105,17 @@ def _add_evaluate(sub) -> None:
     _add_readout_argument(p)
 
 
+def _add_make_split(sub) -> None:
+    p = sub.add_parser("make-split", help="stratified train/valid/test split of a labelled .h5ad, for training on "
+                                          "your own set (train --catalog)")
+    p.add_argument("--data", required=True)
+    p.add_argument("--label-key", required=True, help="obs column of labels to stratify by")
+    p.add_argument("--out", required=True, help="split JSON to write ({train, valid, test}: lists of obs_names)")
+    p.add_argument("--valid", type=float, default=0.1, help="share of each label's cells for valid (default 0.1)")
+    p.add_argument("--test", type=float, default=0.1, help="share of each label's cells for test (default 0.1)")
+    p.add_argument("--seed", type=int, default=42, help="seed of the draw (default 42, as the shared splits)")
+
+
 def _add_annotate(sub) -> None:
     p = sub.add_parser("annotate", help="annotate the cells of an .h5ad; writes a new .h5ad")
     _add_answer_arguments(p, candidates=None, key_added="instructcell")
@@ -178,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_annotate(sub)
     _add_drug_response(sub)
     _add_explain(sub)
+    _add_make_split(sub)
     checkpoint_commands.add_commands(sub)
     from .core_model.generation import commands as generation_commands  # generate, train-generator, cpcg
 
@@ -196,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
             if checkpoint_commands.handles(args):
                 return checkpoint_commands.run(args)
             return {"train": _train, "evaluate": _evaluate, "annotate": _annotate, "drug-response": _annotate,
-                    "explain": _explain}[args.command](args)
+                    "explain": _explain, "make-split": _make_split}[args.command](args)
     except InstructCellError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -215,7 +227,7 @@ def _train(args) -> int:
     from .core_model.config import BackboneConfig
     from .core_model.datasets import load_user_catalog
     from .core_model.errors import InputFileError
-    from .core_model.training import TrainConfig, select_specs, train
+    from .core_model.training import TrainConfig, train
 
     if args.no_shared and not args.catalog:  # an InstructCellError, so main() prints it as "error: ..."
         raise InputFileError("--no-shared needs at least one --catalog file of your own datasets")
@@ -231,7 +243,7 @@ def _train(args) -> int:
     command = recorded_command()
     specs = None
     if args.catalog:
-        specs = [] if args.no_shared else select_specs(cfg)
+        specs = [] if args.no_shared else _shared_specs(cfg)
         specs += [spec for file in args.catalog for spec in load_user_catalog(file)]
         _refuse_repeated_names([s.name for s in specs], shared=not args.no_shared)
     path = train(cfg, args.out, resume=args.resume, command=command, specs=specs, device=args.device,
@@ -243,6 +255,18 @@ def _train(args) -> int:
     print(f"hint: fit the confidence temperatures with `instructcell calibrate --checkpoint {path}{catalogs}`",
           file=sys.stderr)
     return 0
+
+
+def _shared_specs(cfg) -> list:
+    """The shared sets a --catalog run trains beside the user's; where there is no shared data the
+    error says how to train on the user's sets alone."""
+    from .core_model.errors import InputFileError
+    from .core_model.training import select_specs
+
+    try:
+        return select_specs(cfg)
+    except InputFileError as exc:
+        raise InputFileError(f"{exc}; or pass --no-shared to train on your --catalog sets alone") from exc
 
 
 def _refuse_repeated_names(names: list[str], shared: bool) -> None:
@@ -269,6 +293,22 @@ def _evaluate(args) -> int:
                       calibrate=args.calibrate, scoring=args.scoring, readout=not args.no_readout, drug=args.drug)
     write_json_atomic(result, args.out)
     print(json.dumps({k: result[k] for k in ("accuracy", "macro_f1", "weighted_f1", "invalid_rate", "n_cells")}))
+    return 0
+
+
+def _make_split(args) -> int:
+    from .agreement import known_labels
+    from .core_model.errors import InputFileError
+    from .core_model.io import read_h5ad, write_json_atomic
+    from .core_model.splits import stratified_split
+
+    if Path(args.out).resolve() == Path(args.data).resolve():
+        raise InputFileError(f"--out {args.out} is the input file; name a new .json file")
+    adata = read_h5ad(args.data)
+    split, report = stratified_split(adata.obs_names, known_labels(adata, args.label_key, "to split by"), valid=args.valid,
+                                     test=args.test, seed=args.seed)
+    write_json_atomic(split, args.out)
+    print(json.dumps({"out": str(args.out), **report}))
     return 0
 
 

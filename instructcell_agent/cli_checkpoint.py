@@ -46,6 +46,8 @@ def add_commands(sub: Any) -> None:
     c.add_argument("--readout-split", default="train",
                    help="split the read-out is refitted on for the fit, apart from --split (default train)")
     c.add_argument("--catalog", action="append", default=[], help="JSON catalog of your own datasets (as for train)")
+    c.add_argument("--no-shared", action="store_true",
+                   help="fit on the --catalog datasets only, not the shared sets as well")
     c.add_argument("--seed", type=int, default=0, help="seed of the phrasing draws")
     add_precision_argument(c, "float32")
     add_device_argument(c)
@@ -74,17 +76,18 @@ def recorded_command() -> str | None:
     if Path(sys.argv[0]).name in ("instructcell", "cli.py", "__main__.py"):
         return "instructcell " + " ".join(sys.argv[1:])
     return None
-    return None
 
 
-def _catalog_specs(catalogs: list[str]) -> list:
-    """The shared catalog's sets (none when there is no shared data but own catalogs are given)
-    and those of the user's own catalog files."""
+def _catalog_specs(catalogs: list[str], no_shared: bool = False) -> list:
+    """The shared catalog's sets (none with `no_shared`, or when there is no shared data but own
+    catalogs are given) and those of the user's own catalog files."""
     from .core_model import datasets
     from .core_model.errors import InputFileError
 
+    if no_shared and not catalogs:
+        raise InputFileError("--no-shared needs at least one --catalog file of your own datasets")
     try:
-        shared = datasets.load_catalog()
+        shared = [] if no_shared else datasets.load_catalog()
     except InputFileError:
         if not catalogs:
             raise
@@ -108,12 +111,13 @@ def _calibrate(args) -> int:
     from .core_model.temperature_fit import calibrate_checkpoint
 
     command = recorded_command()
-    record = calibrate_checkpoint(args.checkpoint, _catalog_specs(args.catalog), split=args.split,
+    record = calibrate_checkpoint(args.checkpoint, _catalog_specs(args.catalog, args.no_shared), split=args.split,
                                   readout_split=args.readout_split, seed=args.seed, precision=args.precision,
                                   device=args.device, command=command)
     print(json.dumps({"temperature": record["temperature"], "calibration_error_unscaled_then_fitted": {
         mode: [r["pooled"]["unscaled"]["calibration_error"], r["pooled"]["fitted"]["calibration_error"]]
-        for mode, r in record["fit_report"].items()}}))
+        for mode, r in record["fit_report"].items() if "pooled" in r},
+        "skipped": {mode: r["skipped"] for mode, r in record["fit_report"].items() if "skipped" in r}}))
     return 0
 
 

@@ -251,8 +251,9 @@ def test_calibrate_writes_temperatures_from_the_command_line(tiny_checkpoint, sy
     assert main(["calibrate", "--checkpoint", str(ckpt), "--catalog", str(catalog)]) == 0
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     stored = json.loads((ckpt / "temperature.json").read_text())
-    assert set(printed["temperature"]) == {"readout", "lm_alone"} and stored["temperature"] == printed["temperature"]
-    assert all(t > 0 for t in stored["temperature"].values())
+    # each mode is fitted, or skipped with the reason (too few wrong answers on the planted cells)
+    assert set(printed["temperature"]) | set(printed["skipped"]) == {"readout", "lm_alone"}
+    assert stored["temperature"] == printed["temperature"] and all(t > 0 for t in stored["temperature"].values())
 
 
 def test_train_readout_refits_a_checkpoints_readout(tiny_checkpoint, synthetic_set, tmp_path, capsys, monkeypatch):

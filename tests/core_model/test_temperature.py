@@ -103,7 +103,9 @@ def test_calibrate_fits_both_modes_and_evaluate_reports_the_confidences(tiny_che
     root = tmp_path / "ckpt"
     shutil.copytree(tiny_checkpoint, root)
     readout_before = (root / "readout.safetensors").read_bytes()
-    record = calibrate_checkpoint(root, [planted_spec], command="test")
+    # the tiny model answers every planted valid cell right with its read-out: min_wrong=0 lets the
+    # fit run (the default refuses, as the next test shows)
+    record = calibrate_checkpoint(root, [planted_spec], command="test", min_wrong=0)
     assert set(record["temperature"]) == {"readout", "lm_alone"}
     assert (root / "readout.safetensors").read_bytes() == readout_before  # the refit for the fit stays in memory
     assert record["fitted_on"]["readout_fitted_on"] == "train"
@@ -116,3 +118,21 @@ def test_calibrate_fits_both_modes_and_evaluate_reports_the_confidences(tiny_che
     conf = result["confidence"]
     assert conf["temperature"] == record["temperature"]["readout"] and conf["n_cells"] == 40
     assert 0 < conf["mean_confidence"] <= 1 and 0 <= conf["calibration_error"] <= 1
+
+
+def test_calibrate_stores_no_temperature_where_too_few_answers_were_wrong(tiny_checkpoint, planted_spec, tmp_path):
+    from instructcell_agent.core_model.temperature_fit import calibrate_checkpoint
+
+    root = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, root)
+    free = calibrate_checkpoint(root, [planted_spec], command="test", min_wrong=0)
+    record = calibrate_checkpoint(root, [planted_spec], command="test")
+    wrong = {mode: r["pooled"]["unscaled"]["n_cells"] * (1 - r["pooled"]["unscaled"]["accuracy"])
+             for mode, r in free["fit_report"].items()}
+    for mode, n_wrong in wrong.items():
+        if round(n_wrong) < 5:  # a fit on these would only sharpen the scores without limit
+            assert mode not in record["temperature"] and "too few" in record["fit_report"][mode]["skipped"]
+        else:
+            assert record["temperature"][mode] == free["temperature"][mode]
+    assert any(round(n) < 5 for n in wrong.values())  # the read-out answers every valid cell right
+    assert load_checkpoint(root).temperatures == record["temperature"]
