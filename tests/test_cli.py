@@ -311,3 +311,18 @@ def test_version_is_the_installed_package_version(capsys):
     with pytest.raises(SystemExit) as done:
         main(["--version"])
     assert done.value.code == 0 and capsys.readouterr().out.strip() == f"instructcell {version('instructcell-agent')}"
+
+
+def test_a_catalog_run_without_shared_data_says_how_to_train_on_it_alone(synthetic_set, tmp_path, monkeypatch,
+                                                                         capsys):
+    import instructcell_agent.core_model.training as training
+    from instructcell_agent.core_model.errors import InputFileError
+
+    def no_shared_data(cfg):
+        raise InputFileError("shared data not found")
+
+    monkeypatch.setattr(training, "select_specs", no_shared_data)
+    catalog = _user_catalog(tmp_path, synthetic_set)
+    assert main(["train", "--out", str(tmp_path / "run"), "--catalog", str(catalog), "--lm-steps", "1"]) == 2
+    assert "or pass --no-shared to train on your --catalog sets alone" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "checkpoint").exists()
