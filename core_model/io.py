@@ -14,6 +14,7 @@ from typing import Any
 
 import anndata
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 
 from .errors import InputFileError, LabelKeyError
@@ -100,6 +101,15 @@ def read_h5ad(path: PathLike) -> anndata.AnnData:
     return adata
 
 
+def obs_column(adata: anndata.AnnData, key: str, hint: str) -> pd.Series:
+    """``adata.obs[key]`` as it is (missing values kept); a missing column is refused with a
+    message listing the columns there are, then `hint`."""
+    if key not in adata.obs.columns:
+        available = ", ".join(repr(str(c)) for c in adata.obs.columns) or "none"
+        raise LabelKeyError(f"obs has no column {key!r}; available obs columns: {available}. {hint}")
+    return adata.obs[key]
+
+
 def get_labels(adata: anndata.AnnData, key: str) -> np.ndarray:
     """Return the ``obs[key]`` column as an array of strings.
 
@@ -121,13 +131,7 @@ def get_labels(adata: anndata.AnnData, key: str) -> np.ndarray:
         When the column is missing (the message lists the available columns) or some cells
         have no label (NaN/None).
     """
-    if key not in adata.obs.columns:
-        available = ", ".join(repr(str(c)) for c in adata.obs.columns) or "none"
-        raise LabelKeyError(
-            f"obs has no column {key!r}; available obs columns: {available}. "
-            "Pass the name of the column that holds the labels"
-        )
-    column = adata.obs[key]
+    column = obs_column(adata, key, "Pass the name of the column that holds the labels")
     n_missing = int(column.isna().sum())
     if n_missing:
         raise LabelKeyError(

@@ -39,7 +39,8 @@ def stratified_split(obs_names: Sequence[str], labels: Sequence[Any], *, valid: 
     rng = np.random.default_rng(seed)
     part = np.full(len(names), "", dtype=object)
     kept_whole = []
-    for label, rows in labels[labels.notna()].groupby(labels[labels.notna()].astype(str)).groups.items():
+    labelled = labels[labels.notna()].astype(str)
+    for label, rows in labelled.groupby(labelled).groups.items():
         rows = np.asarray(rows)
         if len(rows) < MIN_CELLS_TO_SPLIT:
             part[rows] = "train"

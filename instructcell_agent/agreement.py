@@ -17,7 +17,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
-from .core_model.errors import LabelKeyError
+from .core_model.io import obs_column
 from .core_model.labels import LabelMapper
 
 
@@ -72,12 +72,9 @@ def agreement(predicted: Sequence[Any], known: Sequence[Any]) -> Agreement:
     has_known = known.notna().to_numpy()
     has_answer = np.array([p is not None for p in predicted])
     compared = has_known & has_answer
-    known_str = known[has_known].astype(str)
-    mapper = LabelMapper(tuple(sorted(set(known_str))))
-    frame = pd.DataFrame({
-        "known": known.where(known.notna(), None).map(lambda v: None if v is None else str(v)),
-        "answer": [None if p is None else str(p) for p in predicted]})
-    frame = frame[compared]
+    mapper = LabelMapper(tuple(sorted(set(known[has_known].astype(str)))))
+    frame = pd.DataFrame({"known": known[compared].astype(str).to_numpy(),
+                          "answer": [str(p) for p, c in zip(predicted, compared) if c]})
     frame["agrees"] = [mapper.map(a) == k for a, k in zip(frame["answer"], frame["known"])]
     rows = []
     for label, group in frame.groupby("known", sort=True):
@@ -94,7 +91,4 @@ def agreement(predicted: Sequence[Any], known: Sequence[Any]) -> Agreement:
 def known_labels(adata: ad.AnnData, key: str, purpose: str = "to compare with") -> pd.Series:
     """`adata.obs[key]`, labels that may miss for some cells (those are left out, not refused);
     a missing column is refused with the columns there are."""
-    if key not in adata.obs.columns:
-        available = ", ".join(repr(str(c)) for c in adata.obs.columns) or "none"
-        raise LabelKeyError(f"obs has no column {key!r} {purpose}; obs columns: {available}")
-    return adata.obs[key]
+    return obs_column(adata, key, f"Name the column that holds the labels {purpose}.")
