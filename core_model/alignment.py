@@ -19,7 +19,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from .errors import GeneOverlapError, InvalidValuesError, LabelKeyError
-from .genes import detect_gene_id_type, to_human_symbols
+from .genes import detect_gene_id_type, earlier_name, to_human_symbols
 from .io import select_matrix
 from .values import detect_value_type, to_count_scale
 
@@ -144,8 +144,9 @@ class SmallPanelWarning(UserWarning):
 
 
 def _vocab_targets(names: list[str], fallback: list[str] | None, species: str | None,
-                   vocab_index: dict[str, int]) -> tuple[np.ndarray, str, Any]:
-    """Each name's vocabulary position (-1: none), the names' id type, and the symbol mapping's info."""
+                   vocab_index: dict[str, int]) -> tuple[np.ndarray, str, Any, list[tuple[str, str]]]:
+    """Each name's vocabulary position (-1: none), the names' id type, the symbol mapping's info,
+    and the (name, vocabulary name) pairs matched through the gene's earlier name."""
     id_type = detect_gene_id_type(names)
     symbols, info = to_human_symbols(names, species=species, id_type=id_type)
     # The file's own symbols (beside Ensembl ids) name a gene the table lacks, or one whose id the
@@ -155,7 +156,9 @@ def _vocab_targets(names: list[str], fallback: list[str] | None, species: str | 
     # A human symbol that is itself in the vocabulary wins over its alias renaming: the model
     # was trained on that name.
     direct = id_type == "symbol" and info.species == "human"
+    present = set(names) | {s for s in symbols if s is not None}
     targets = np.full(len(names), -1, dtype=np.int64)
+    earlier: list[tuple[str, str]] = []
     for i, (name, symbol, other) in enumerate(zip(names, symbols, second)):
         if direct and name in vocab_index:
             targets[i] = vocab_index[name]
@@ -163,7 +166,12 @@ def _vocab_targets(names: list[str], fallback: list[str] | None, species: str | 
             targets[i] = vocab_index[symbol]
         elif other is not None and other in vocab_index:
             targets[i] = vocab_index[other]
-    return targets, id_type, info
+        # Last: the gene's name in an older release, which the vocabulary may hold (it is built
+        # from the training files' own names), unless the file also holds that name itself.
+        elif (old := earlier_name(name, symbol)) is not None and old in vocab_index and old not in present:
+            targets[i] = vocab_index[old]
+            earlier.append((name, old))
+    return targets, id_type, info, earlier
 
 
 # Why warn: a file cut to its 2,000 most variable genes (the usual scanpy workflow, with the
@@ -181,7 +189,7 @@ def _raw_panel_hint(adata: anndata.AnnData, gene_key: str | None, species: str, 
         names, fallback, _ = _gene_names(adata.raw.var, raw_names, gene_key)
     except LabelKeyError:  # gene_key names a column X's var has and raw's lacks
         return None
-    targets, _, _ = _vocab_targets(names, fallback, species, vocab_index)
+    targets = _vocab_targets(names, fallback, species, vocab_index)[0]
     n_raw = int(np.unique(targets[targets >= 0]).size)
     if n_raw < _RAW_GAIN * n_matched or n_raw - n_matched < _RAW_EXTRA:
         return None
@@ -252,8 +260,12 @@ def align_to_vocab(
         value_report = detect_value_type(X)
     except InvalidValuesError as exc:  # say which matrix was read and which others the file holds
         raise InvalidValuesError(f"{exc}; {_matrices_note(adata, layer, use_raw)}") from exc
-    targets, id_type, info = _vocab_targets(names, fallback, species, vocab_index)
+    targets, id_type, info, earlier = _vocab_targets(names, fallback, species, vocab_index)
     notes.extend(info.notes)
+    if earlier:
+        examples = ", ".join(f"{name} as {old}" for name, old in earlier[:3])
+        notes.append(f"{len(earlier):,} gene(s) matched under the name an older annotation release gave them, "
+                     f"which the model learned ({examples})")
 
     used = np.flatnonzero(targets >= 0)
     matched = np.unique(targets[used])

@@ -106,6 +106,30 @@ def human_alias_table() -> dict[str, str]:
     return _read_table("human_aliases.tsv.gz")
 
 
+@lru_cache(maxsize=1)
+def earlier_names_table() -> dict[str, str]:
+    """Human Ensembl gene id -> the symbol an older annotation release gave it (from a shared
+    dataset's own id and symbol columns), where GENCODE v44 / HGNC name it otherwise or not at all."""
+    return _read_table("earlier_names.tsv.gz")
+
+
+@lru_cache(maxsize=1)
+def _earlier_name_by_symbol() -> dict[str, str]:
+    """Current symbol -> the earlier symbol of the same Ensembl id."""
+    ids = ensembl_to_symbol_table()
+    return {ids[gene_id]: old for gene_id, old in earlier_names_table().items() if gene_id in ids}
+
+
+def earlier_name(name: str, symbol: str | None) -> str | None:
+    """The symbol an older annotation release gave the gene that `name` (an Ensembl id or a
+    symbol; `symbol` is what :func:`to_human_symbols` made of it) identifies, if it had another:
+    the name a model trained on older files may know it by ('SARS' for SARS1)."""
+    core = strip_ensembl_version(name)
+    if core.startswith("ENSG"):
+        return earlier_names_table().get(core)
+    return _earlier_name_by_symbol().get(symbol) if symbol is not None else None
+
+
 def _clean_names(names: Iterable[object]) -> list[str]:
     """Strings with surrounding blanks removed; NaN/None become ''."""
     cleaned = []

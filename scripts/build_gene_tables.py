@@ -6,11 +6,19 @@ gzipped, tab-separated, sorted tables into ``core_model/resources/``:
 * ``ensembl_to_symbol.tsv.gz``: human Ensembl gene id (no version) -> symbol
   (GENCODE v44, completed with HGNC for ids GENCODE leaves unnamed or lacks);
 * ``mouse_to_human.tsv.gz``: mouse symbol -> human ortholog symbol (Ensembl 105);
-* ``human_aliases.tsv.gz``: unambiguous alias / previous symbol -> approved HGNC symbol.
+* ``human_aliases.tsv.gz``: unambiguous alias / previous symbol -> approved HGNC symbol;
+* ``earlier_names.tsv.gz``: human Ensembl gene id -> the symbol an older annotation release gave
+  it, where a shared dataset names the id (a var column of ids beside its symbols) unlike the
+  table above or names an id it lacks. A model trained on such a file learned the older name
+  ('SARS' for what GENCODE v44 calls SARS1, 'RP11-206L10.9' for LINC01409); the alignment finds
+  it from a newer file's symbol or id through this table. The id pins the pair down, where the
+  HGNC alias lists are ambiguous ('SARS' is also an alias of SARS2).
 
 Usage::
 
     python scripts/build_gene_tables.py [--shared PATH] [--out PATH]
+
+(The datasets are read from ``<shared>/data/{cta,dsp,cpcg}``; only their gene annotation is used.)
 
 The output is byte-for-byte deterministic (sorted rows, gzip mtime 0), so re-running it on the
 same inputs leaves ``git status`` clean.
@@ -29,6 +37,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+import anndata as ad
 import pandas as pd
 
 logger = logging.getLogger("build_gene_tables")
@@ -39,6 +48,7 @@ GENCODE_FILE = "GENCODEv44_Gene_id2name.csv"
 ORTHOLOG_FILE = "Ensembl105_Human2Mouse_Genes.csv"
 HGNC_FILE = "HGNC_symbol_reference.csv.gz"
 _ENSG = re.compile(r"^(ENSG\d{11})(?:\.\d+)?(?:_PAR_Y)?$")
+DATASET_FOLDERS = ("cta", "dsp", "cpcg")
 
 
 def default_shared() -> Path:
@@ -126,6 +136,42 @@ def build_human_aliases(hgnc: pd.DataFrame, other_names: Iterable[str]) -> dict[
     }
 
 
+def dataset_gene_names(paths: Iterable[Path]) -> list[tuple[str, str]]:
+    """(Ensembl id, symbol) pairs of the datasets whose var holds a column of human Ensembl ids
+    (more than half of its values) beside symbol var_names; only the annotation is read."""
+    pairs: list[tuple[str, str]] = []
+    for path in sorted(paths):
+        adata = ad.read_h5ad(path, backed="r")
+        try:
+            var, names = adata.var, [str(n) for n in adata.var_names]
+        finally:
+            adata.file.close()
+        if sum(_ENSG.match(n) is not None for n in names) * 2 > len(names):
+            continue  # var_names are ids themselves: no symbols to learn from
+        for column in var.columns:
+            ids = [_ENSG.match(_clean(v)) for v in var[column].astype(object)]
+            n_ids = sum(m is not None for m in ids)
+            if n_ids * 2 <= len(ids):
+                continue
+            pairs += [(m.group(1), n) for m, n in zip(ids, names) if m is not None and n and not _ENSG.match(n)]
+            logger.info("%s: var[%r] names %d Ensembl ids", path.name, column, n_ids)
+    return pairs
+
+
+def build_earlier_names(pairs: Iterable[tuple[str, str]], ensembl: dict[str, str]) -> dict[str, str]:
+    """Ensembl id -> the dataset's symbol, where ``ensembl`` (the id table) names the id otherwise
+    or lacks it. An id named two ways by the datasets, or a symbol given to two ids, is left out:
+    the pair must name one gene."""
+    names: dict[str, set[str]] = defaultdict(set)
+    ids_of: dict[str, set[str]] = defaultdict(set)
+    for gene_id, symbol in pairs:
+        if ensembl.get(gene_id) != symbol:
+            names[gene_id].add(symbol)
+            ids_of[symbol].add(gene_id)
+    return {gene_id: next(iter(symbols)) for gene_id, symbols in names.items()
+            if len(symbols) == 1 and len(ids_of[next(iter(symbols))]) == 1}
+
+
 def write_table(path: Path, header: Sequence[str], table: dict[str, str]) -> int:
     """Write a sorted two-column gzipped TSV atomically and deterministically.
 
@@ -169,11 +215,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     hgnc = pd.read_csv(genes_dir / HGNC_FILE, dtype=str, keep_default_na=False, index_col=0)
 
+    ensembl = build_ensembl_to_symbol(gencode, hgnc)
+    datasets = [p for folder in DATASET_FOLDERS for p in (args.shared / "data" / folder).glob("*.h5ad")]
+
     args.out.mkdir(parents=True, exist_ok=True)
     tables = {
-        "ensembl_to_symbol.tsv.gz": (
-            ("ensembl_id", "symbol"),
-            build_ensembl_to_symbol(gencode, hgnc),
+        "ensembl_to_symbol.tsv.gz": (("ensembl_id", "symbol"), ensembl),
+        "earlier_names.tsv.gz": (
+            ("ensembl_id", "earlier_symbol"),
+            build_earlier_names(dataset_gene_names(datasets), ensembl),
         ),
         "mouse_to_human.tsv.gz": (
             ("mouse_symbol", "human_symbol"),

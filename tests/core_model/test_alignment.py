@@ -109,8 +109,37 @@ def test_ensembl_ids_the_table_names_unlike_the_model_use_symbol_column() -> Non
     var = pd.DataFrame({"gene_symbols": ["CD4-as-the-file-says", "CCL5"]})
     result = align_to_vocab(_adata(_counts(3, 2), genes, var), ["CD4", "CCL5"], min_genes=2)
     assert result.report.n_matched == 2
+    # without the symbol column, CCL5's id is found through the name the older release gave it
     bare = align_to_vocab(_adata(_counts(3, 2), genes), ["CD4", "CCL5"], min_genes=1)
-    assert bare.report.n_matched == 1 and any("not in GENCODE v44" in n for n in bare.report.notes)
+    assert bare.report.n_matched == 2 and any("not in GENCODE v44" in n for n in bare.report.notes)
+    assert any("ENSG00000161570 as CCL5" in n for n in bare.report.notes)
+    unknown = align_to_vocab(_adata(_counts(3, 2), ["ENSG00000010610", "ENSG99999999998"]), ["CD4", "CCL5"],
+                             min_genes=1)
+    assert unknown.report.n_matched == 1 and any("not in GENCODE v44" in n for n in unknown.report.notes)
+
+
+def test_current_names_find_the_earlier_names_a_vocabulary_holds() -> None:
+    # A vocabulary built from older files holds SARS (now SARS1) and RP11-206L10.9 (now LINC01409);
+    # newer files name them by their current symbol or by id, and mouse files through orthologs.
+    vocab = ["SARS", "RP11-206L10.9", "CD4"]
+    x = _counts(4, 3)
+    for genes in (["SARS1", "LINC01409", "CD4"], ["ENSG00000031698", "ENSG00000237491", "ENSG00000010610"]):
+        result = align_to_vocab(_adata(x, genes), vocab, min_genes=3)
+        assert result.report.n_matched == 3
+        np.testing.assert_array_equal(result.X.toarray(), x)
+        assert any(n.startswith("2 gene(s) matched under the name an older annotation release") for n in
+                   result.report.notes)
+    mouse = align_to_vocab(_adata(x, ["Sars", "Cd4", "Actb"]), vocab, min_genes=2)
+    assert mouse.report.n_matched == 2 and mouse.X[:, 0].toarray().ravel().tolist() == x[:, 0].tolist()
+
+
+def test_a_file_holding_both_names_keeps_them_apart() -> None:
+    # The earlier name present in the file matches as itself; the current one is not added onto it.
+    x = _counts(3, 3)
+    result = align_to_vocab(_adata(x, ["SARS", "SARS1", "CD4"]), ["SARS", "CD4"], min_genes=2)
+    assert result.report.n_matched == 2
+    np.testing.assert_array_equal(result.X.toarray(), x[:, [0, 2]])
+    assert not any("older annotation release" in n for n in result.report.notes)
 
 
 def test_lower_cased_human_symbols_match() -> None:

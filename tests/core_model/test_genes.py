@@ -7,6 +7,8 @@ import importlib.util
 from pathlib import Path
 from types import ModuleType
 
+import anndata as ad
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -20,7 +22,7 @@ from instructcell_agent.core_model.genes import (
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 RESOURCES = REPO_ROOT / "core_model" / "resources"
-TABLES = ("ensembl_to_symbol.tsv.gz", "mouse_to_human.tsv.gz", "human_aliases.tsv.gz")
+TABLES = ("ensembl_to_symbol.tsv.gz", "mouse_to_human.tsv.gz", "human_aliases.tsv.gz", "earlier_names.tsv.gz")
 
 
 def _load_build_script() -> ModuleType:
@@ -146,6 +148,28 @@ def test_build_write_table_is_deterministic(tmp_path: Path) -> None:
     with gzip.open(first, "rt") as fh:
         assert fh.read() == "k\tv\na\t1\nb\t2\n"
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_earlier_name_by_id_or_current_symbol() -> None:
+    # SARS1's id (ENSG00000031698) was named SARS in zheng2017's annotation; AL627309.1's id is retired
+    assert genes.earlier_name("ENSG00000031698.7", "SARS1") == "SARS"
+    assert genes.earlier_name("SARS1", "SARS1") == "SARS"
+    assert genes.earlier_name("ENSG00000237683", None) == "AL627309.1"
+    assert genes.earlier_name("CD4", "CD4") is None and genes.earlier_name("NOPE", None) is None
+
+
+def test_build_earlier_names_keeps_one_gene_per_pair(tmp_path: Path) -> None:
+    build = _load_build_script()
+    ids = ["ENSG00000000001", "ENSG00000000002", "ENSG00000000003", "ENSG00000000004", "ENSG00000000005"]
+    adata = ad.AnnData(np.zeros((2, 5), np.float32), var=pd.DataFrame(
+        {"ensembl": [f"{i}.3" for i in ids]}, index=["OLD1", "SAME", "RETIRED", "DUP", "DUP-2"]))
+    adata.write_h5ad(tmp_path / "a.h5ad")
+    pairs = build.dataset_gene_names([tmp_path / "a.h5ad"])
+    assert pairs == list(zip(ids, ["OLD1", "SAME", "RETIRED", "DUP", "DUP-2"]))
+    current = {ids[0]: "NEW1", ids[1]: "SAME", ids[3]: "X", ids[4]: "Y"}
+    # an id named two ways, or a name given to two ids, names no one gene
+    pairs += [(ids[3], "DUP-B"), ("ENSG00000000007", "RETIRED")]
+    assert build.build_earlier_names(pairs, current) == {ids[0]: "OLD1", ids[4]: "DUP-2"}
 
 
 def test_ensembl_ids_inside_a_symbol_list_are_mapped() -> None:
