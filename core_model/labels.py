@@ -10,6 +10,11 @@ from importlib import resources
 from typing import Sequence
 
 
+# The label of a cell whose answer's confidence fell below the caller's threshold
+# (`AnnotationResult.unassigned_below`); the model's best guess stays in the answer.
+UNASSIGNED = "Unassigned"
+
+
 def normalize_label(text: str) -> str:
     """Case- and whitespace-insensitive form used to compare answers with labels."""
     text = text.strip().strip(".").strip().strip("'\"`").strip()

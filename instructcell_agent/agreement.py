@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from .core_model.io import obs_column
-from .core_model.labels import LabelMapper
+from .core_model.labels import UNASSIGNED, LabelMapper
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,8 @@ class Agreement:
         Cells with both a known label and an answer.
     n_unlabelled, n_unknown
         Cells the model left unlabelled; cells without a known label (both left out).
+    n_unassigned
+        Cells labelled 'Unassigned' (answered below the caller's confidence threshold), left out.
     per_label
         One row per known label: cells, share agreeing, and the most common answer with its share.
     """
@@ -42,10 +44,12 @@ class Agreement:
     n_unlabelled: int
     n_unknown: int
     per_label: pd.DataFrame
+    n_unassigned: int = 0
 
     def summary(self, key: str = "known labels") -> str:
         lines = [f"agreement with {key}: {self.agreement:.3f} of {self.n_compared:,} cells"]
         left_out = [f"{n:,} {what}" for n, what in ((self.n_unlabelled, "unlabelled"),
+                                                    (self.n_unassigned, repr(UNASSIGNED)),
                                                     (self.n_unknown, "without a known label")) if n]
         if left_out:
             lines[0] += f" (left out: {', '.join(left_out)})"
@@ -59,19 +63,21 @@ class Agreement:
         .h5ad turns a '/' in a key ('CD4+/CD25 T Reg') into nested groups."""
         table = self.per_label.reset_index()
         return {"agreement": self.agreement, "n_compared": self.n_compared, "n_unlabelled": self.n_unlabelled,
-                "n_unknown": self.n_unknown,
+                "n_unassigned": self.n_unassigned, "n_unknown": self.n_unknown,
                 "per_label": {c: table[c].tolist() for c in table.columns}}
 
 
 def agreement(predicted: Sequence[Any], known: Sequence[Any]) -> Agreement:
-    """Compare `predicted` labels (None: unlabelled) with `known` ones (NaN / None: unknown), cell by cell."""
+    """Compare `predicted` labels (None: unlabelled; 'Unassigned': below the caller's confidence
+    threshold) with `known` ones (NaN / None: unknown), cell by cell; cells missing either are left out."""
     predicted = list(predicted)
     known = pd.Series(list(known), dtype=object)
     if len(predicted) != len(known):
         raise ValueError(f"{len(predicted)} predicted labels for {len(known)} known ones")
     has_known = known.notna().to_numpy()
     has_answer = np.array([p is not None for p in predicted])
-    compared = has_known & has_answer
+    unassigned = np.array([p == UNASSIGNED for p in predicted])
+    compared = has_known & has_answer & ~unassigned
     mapper = LabelMapper(tuple(sorted(set(known[has_known].astype(str)))))
     frame = pd.DataFrame({"known": known[compared].astype(str).to_numpy(),
                           "answer": [str(p) for p, c in zip(predicted, compared) if c]})
@@ -85,7 +91,7 @@ def agreement(predicted: Sequence[Any], known: Sequence[Any]) -> Agreement:
                                             "most_common_share"]).set_index("known")
     return Agreement(agreement=float(frame["agrees"].mean()) if len(frame) else float("nan"),
                      n_compared=int(compared.sum()), n_unlabelled=int((~has_answer).sum()),
-                     n_unknown=int((~has_known).sum()), per_label=per_label)
+                     n_unknown=int((~has_known).sum()), per_label=per_label, n_unassigned=int(unassigned.sum()))
 
 
 def known_labels(adata: ad.AnnData, key: str, purpose: str = "to compare with") -> pd.Series:

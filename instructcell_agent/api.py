@@ -75,7 +75,8 @@ def load_model(checkpoint: str | os.PathLike | None = None, device: str = "auto"
 
 
 def annotate(adata: ad.AnnData, model: LoadedModel | None = None, instruction: str | None = None,
-             candidates: Sequence[str] | None = None, **kwargs) -> AnnotationResult:
+             candidates: Sequence[str] | None = None, unassigned_below: float | None = None,
+             **kwargs) -> AnnotationResult:
     """Cell type of every cell, answering `instruction` (a default phrasing when None).
 
     With `candidates` each candidate's likelihood is scored (probabilities for all of them);
@@ -99,8 +100,13 @@ def annotate(adata: ad.AnnData, model: LoadedModel | None = None, instruction: s
     each label's score adds the read-out's log-probability, core_model/readout.py; free answers are
     then chosen by scoring the learned labels instead of decoding. False: the language model alone),
     progress (called with (cells done, total) after each batch; the CLI draws a bar with it).
+    `unassigned_below`: label cells answered with a lower confidence 'Unassigned' (for files that may
+    hold types the candidates lack; see `AnnotationResult.unassigned_below`).
     """
-    return _answer(adata, model, "annotation", instruction, candidates, **kwargs)
+    if unassigned_below is not None and not 0 < unassigned_below <= 1:  # before any model work
+        raise ValueError(f"unassigned_below takes a confidence in (0, 1], got {unassigned_below!r}")
+    result = _answer(adata, model, "annotation", instruction, candidates, **kwargs)
+    return result if unassigned_below is None else result.unassigned_below(unassigned_below)
 
 
 def predict_drug_response(adata: ad.AnnData, drug: str, model: LoadedModel | None = None,

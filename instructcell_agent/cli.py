@@ -122,6 +122,9 @@ def _add_annotate(sub) -> None:
     p.add_argument("--free-text", action="store_true",
                    help="without candidates, let the model answer in unconstrained text (default: decode "
                         "within the labels the checkpoint knows for the species and tissue)")
+    p.add_argument("--unassigned-below", type=float, default=None, metavar="CONFIDENCE",
+                   help="label cells answered with a lower confidence 'Unassigned' (the best guess stays in the "
+                        "answer), for files that may hold types the candidates lack; e.g. 0.5 or 0.6")
 
 
 def _add_drug_response(sub) -> None:
@@ -329,7 +332,8 @@ def _annotate(args) -> int:
     if args.command == "drug-response":
         result = predict_drug_response(adata, drug=args.drug, progress=_progress_bar("predicting"), **shared)
     else:
-        result = annotate(adata, free_text=args.free_text, progress=_progress_bar("annotating"), **shared)
+        result = annotate(adata, free_text=args.free_text, unassigned_below=args.unassigned_below,
+                          progress=_progress_bar("annotating"), **shared)
     out = result.to_adata(adata.copy(), key_added=args.key_added)
     compared = result.agreement(known) if known is not None else None
     if compared is not None:

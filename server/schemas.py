@@ -51,6 +51,9 @@ class AnnotateCellsRequest(_MatrixOptions):
                                                  "answers decoded within the model's known labels.")
     species: OptionalText = Field(None, description="Prompt field; default: obs['species'] or detected.")
     tissue: OptionalText = Field(None, description="Prompt field; default: obs['tissue'] if present.")
+    unassigned_below: float | None = Field(
+        None, gt=0, le=1, description="Label cells answered with a lower confidence 'Unassigned' (for files that may "
+                                      "hold cell types the candidates lack), e.g. 0.5 or 0.6. Omit to label every cell.")
     compare_key: CompareKey = None
     background: bool = Field(False, description="Run as a background job and return a job id at once.")
     n_examples: int = Field(5, ge=0, le=20, description="Example cells to include in the reply.")
@@ -189,6 +192,7 @@ class AnnotationSummary(BaseModel):
                                                 "cell could be labelled.")
     low_confidence_cells: int = Field(description="Cells whose confidence is below 0.5.")
     unlabelled_cells: int = Field(0, description="Cells left without a label: no counts on any of the model's genes.")
+    unassigned_cells: int = Field(0, description="Cells labelled 'Unassigned': confidence below unassigned_below.")
     candidates: list[str] | None
     drug: str | None = None
     examples: list[CellExample]

@@ -154,7 +154,8 @@ class InstructCellService:
     def annotate_cells(self, req: AnnotateCellsRequest, reporter: Reporter | None = None) -> AnnotationSummary:
         from instructcell_agent import api
 
-        extra = {k: v for k, v in (("species", req.species), ("tissue", req.tissue), ("free_text", req.free_text)) if v}
+        extra = {k: v for k, v in (("species", req.species), ("tissue", req.tissue), ("free_text", req.free_text),
+                                   ("unassigned_below", req.unassigned_below)) if v}
         return self._annotate(req, "annotation", reporter, lambda view, model: api.annotate(
             view, model=model, instruction=req.instruction, candidates=req.candidates, **extra, **_matrix(req)))
 
@@ -280,6 +281,7 @@ class InstructCellService:
             label_counts={str(k): int(v) for k, v in result.label_counts().items()},
             mean_confidence=round(float(conf[labelled].mean()), 4) if m else None,  # a 0.0 would read as doubt
             low_confidence_cells=int((conf[labelled] < 0.5).sum()), unlabelled_cells=n - m,
+            unassigned_cells=result.n_unassigned(),
             candidates=cands, drug=getattr(req, "drug", None), examples=examples,
             alignment=str(result.provenance.get("alignment_summary", "")),
             notes=list(result.provenance.get("notes", [])),

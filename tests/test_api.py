@@ -273,3 +273,29 @@ def test_a_drug_the_checkpoint_never_learned_is_said_to_be_unseen(tiny_model, ce
         warnings.simplefilter("error", UnseenContextWarning)
         known = ica.predict_drug_response(cells, drug=" erlotinib ", model=model)  # case and spaces aside
     assert not any("never seen" in n for n in known.provenance["notes"])
+
+
+def test_cells_below_the_confidence_threshold_are_unassigned(tiny_model, cells):
+    plain = ica.annotate(cells, model=tiny_model, candidates=list(CELL_TYPES))
+    threshold = float(np.median(plain.confidence))  # half the cells fall below it
+    result = ica.annotate(cells, model=tiny_model, candidates=list(CELL_TYPES), unassigned_below=threshold)
+    low = plain.confidence < threshold
+    assert 0 < low.sum() < len(low)
+    assert (result.labels[low] == "Unassigned").all()
+    assert (result.labels[~low] == plain.labels[~low]).all()
+    # the best guess, confidence and probabilities are kept; the threshold is recorded and summarised
+    assert result.answers == plain.answers and np.array_equal(result.confidence, plain.confidence)
+    pd.testing.assert_frame_equal(result.probabilities, plain.probabilities)
+    assert result.provenance["unassigned_below"] == threshold and result.n_unassigned() == low.sum()
+    assert f"{low.sum()} cells 'Unassigned'" in result.summary()
+    out = result.to_adata(cells.copy())
+    assert out.obs["instructcell_ontology_id"][low].isna().all()
+    # the same result from the one already computed, without running the model again
+    again = plain.unassigned_below(threshold)
+    assert list(again.labels) == list(result.labels) and plain.n_unassigned() == 0
+    # agreement leaves unassigned cells out and counts them
+    found = result.agreement(cells.obs["cell_type"])
+    assert found.n_unassigned == low.sum() and found.n_compared == (~low).sum()
+    for bad in (0, 1.5, -0.1):
+        with pytest.raises(ValueError, match="unassigned_below"):
+            ica.annotate(cells, model=tiny_model, candidates=list(CELL_TYPES), unassigned_below=bad)

@@ -59,6 +59,22 @@ def test_annotate_compares_with_known_labels_and_refuses_a_missing_column(tiny_c
     assert "no column 'celltype'" in capsys.readouterr().err and not missing.exists()
 
 
+def test_annotate_labels_low_confidence_cells_unassigned(tiny_checkpoint, synthetic_set, tmp_path, capsys):
+    out = tmp_path / "annotated.h5ad"
+    args = ["annotate", "--checkpoint", str(tiny_checkpoint), "--data", str(synthetic_set["path"]),
+            "--candidates", "alpha,beta,gamma,delta", "--out", str(out), "--compare-key", "cell_type"]
+    assert main(args + ["--unassigned-below", "1"]) == 0  # every confidence is below 1
+    printed = capsys.readouterr().out
+    annotated = ad.read_h5ad(out)
+    n = annotated.n_obs
+    assert (annotated.obs["instructcell_label"] == "Unassigned").all()
+    assert annotated.uns["instructcell"]["unassigned_below"] == 1.0
+    assert f"{n} cells 'Unassigned': confidence below 1" in printed and f"left out: {n} 'Unassigned'" in printed
+    assert main(args[:-2] + ["--out", str(tmp_path / "never.h5ad"), "--unassigned-below", "0"]) == 2
+    assert "unassigned_below takes a confidence in (0, 1]" in capsys.readouterr().err
+    assert not (tmp_path / "never.h5ad").exists()
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
 def test_drug_response_writes_probabilities_per_cell_and_keeps_the_input(tiny_checkpoint, synthetic_set, tmp_path):
     before = _digest(synthetic_set["path"])

@@ -171,6 +171,16 @@ def test_annotate_cells_reports_agreement_with_known_labels(env):
     assert "no column 'celltype'" in text
 
 
+def test_annotate_cells_can_leave_low_confidence_cells_unassigned(env):
+    result = call(env["server"], "annotate_cells", {"h5ad_path": "planted.h5ad", "candidates": CANDIDATES,
+                                                    "unassigned_below": 1.0, "compare_key": "cell_type"})
+    summary = check_structured(env["server"], "annotate_cells", result)["result"]
+    assert summary["label_counts"] == {"Unassigned": N_CELLS} and summary["unassigned_cells"] == N_CELLS
+    assert summary["agreement"]["n_compared"] == 0 and any("'Unassigned'" in n for n in summary["notes"])
+    assert "unassigned_below" in error_text(call(env["server"], "annotate_cells",
+                                                 {"h5ad_path": "planted.h5ad", "unassigned_below": 0}))
+
+
 def test_cells_without_counts_come_back_unlabelled(env):
     # 130 cells, chunks of 64: one chunk holds only empty cells, another a single one
     cells = make_counts(130, seed=7)
