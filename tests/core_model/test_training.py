@@ -259,6 +259,36 @@ def test_fine_tuning_on_other_sets_keeps_the_read_out_of_the_sets_it_inherits(ti
     assert new.readout.info["inherited_sets"] == ["planted"]
 
 
+def test_a_users_drug_set_with_its_own_drug_and_labels_is_learned_and_answered(tiny_checkpoint, synthetic_set,
+                                                                                 tmp_path):
+    import warnings
+
+    import instructcell_agent as ica
+    from instructcell_agent.api import UnseenContextWarning
+    from instructcell_agent.core_model.datasets import DatasetSpec
+
+    # the planted cells as a drug screen: two of the four planted types respond to 'olaparib'
+    screen = synthetic_set["adata"].copy()
+    screen.obs["outcome"] = ["responder" if t in ("alpha", "beta") else "non-responder" for t in screen.obs["cell_type"]]
+    screen.write_h5ad(tmp_path / "screen.h5ad")
+    spec = DatasetSpec(name="my_screen", task="drug_response", path=tmp_path / "screen.h5ad", label_key="outcome",
+                       split_path=synthetic_set["split_path"], tissue="pancreas", species="human", drug="olaparib")
+    cfg = dataclasses.replace(tiny_train_config(lm_steps=4, save_every=4), init_from=str(tiny_checkpoint))
+    model = load_checkpoint(train(cfg, tmp_path / "tuned", specs=[spec], show_progress=False))
+    assert set(model.labels_for_task("drug_response")) == {"non-responder", "responder"}
+    test = screen[read_split(synthetic_set["split_path"])["test"]].copy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnseenContextWarning)  # the drug it was trained on is not "unseen"
+        result = ica.predict_drug_response(test, drug="olaparib", model=model,
+                                           candidates=["non-responder", "responder"])
+    assert result.provenance["readout"].startswith("linear gene read-out")
+    accuracy = (result.labels == test.obs["outcome"].to_numpy()).mean()
+    assert accuracy > 0.9  # planted markers, learned by the read-out fitted on the set's train cells; chance 0.5
+    with pytest.warns(UnseenContextWarning, match="cisplatin"):
+        ica.predict_drug_response(test[:4].copy(), drug="cisplatin", model=model,
+                                  candidates=["non-responder", "responder"])
+
+
 def test_fine_tuning_refuses_a_set_named_like_an_inherited_set_of_another_task(tiny_checkpoint, synthetic_set,
                                                                               tmp_path):
     from instructcell_agent.core_model.datasets import DatasetSpec
