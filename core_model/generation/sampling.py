@@ -13,6 +13,7 @@ import scipy.sparse as sp
 import torch
 
 from ..checkpoint import LoadedModel
+from ..genes import gene_annotation
 from .conditions import Condition, Resolution, UnseenConditionError, compose_instruction
 from .generator import Generator, load_generator
 from .signal import condition_vectors
@@ -129,7 +130,10 @@ def to_anndata(counts: np.ndarray, vocab: Sequence[str], conditions: Sequence[Co
                        index=[f"generated_{i}" for i in range(n)])
     obs["instruction"] = list(instructions)
     obs["unseen_condition"] = np.broadcast_to(np.asarray(unseen, dtype=bool), (n,)).copy()
-    adata = ad.AnnData(sp.csr_matrix(counts.astype(np.float32)), obs=obs, var=pd.DataFrame(index=list(vocab)))
+    ids, current = gene_annotation(list(vocab))  # to join with newer files, which may name some genes otherwise
+    # categorical: an .h5ad cannot hold an object column with missing values
+    var = pd.DataFrame({"gene_ids": pd.Categorical(ids), "current_symbol": pd.Categorical(current)}, index=list(vocab))
+    adata = ad.AnnData(sp.csr_matrix(counts.astype(np.float32)), obs=obs, var=var)
     adata.uns["instructcell_generation"] = {k: v for k, v in provenance.items() if v is not None}
     return adata
 
