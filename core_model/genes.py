@@ -135,7 +135,8 @@ def gene_annotation(symbols: Sequence[str]) -> tuple[list[str | None], list[str 
     cells written on the vocabulary (generated ones) can be joined with newer files by id or name.
     The current tables' id first, else the id an older release named so (the vocabulary took
     some names from older files); None where no id, or several, carry the symbol (431 of the
-    shipped vocabulary's 11,117 names no id in these tables, 40 several)."""
+    shipped vocabulary's 11,117 names no id in these tables, 40 several), and no current symbol
+    for an id GENCODE v44 no longer holds."""
     current: dict[str, set[str]] = {}
     for gene_id, symbol in ensembl_to_symbol_table().items():
         current.setdefault(symbol, set()).add(gene_id)
@@ -147,7 +148,7 @@ def gene_annotation(symbols: Sequence[str]) -> tuple[list[str | None], list[str 
     for symbol in symbols:
         found = current.get(symbol) or earlier.get(symbol, set())
         ids.append(next(iter(found)) if len(found) == 1 else None)
-    return ids, [table.get(i, s) if i is not None else None for i, s in zip(ids, symbols)]
+    return ids, [table.get(i) if i is not None else None for i in ids]  # a retired id has no current name
 
 
 def _clean_names(names: Iterable[object]) -> list[str]:

@@ -94,11 +94,17 @@ class TrainConfig:
     # the projection, token scale and adapters: tests whether stage 2's LM loss erodes what
     # stage 1's classifier made separable (benchmarks/results/encoder_probe_run8.md).
     freeze_encoder: bool = False
+    # Weight of a loss that ranks the set's labels as inference scores them (cross-entropy over
+    # each label's decisive-token log-likelihood, `score_candidates`) beside the LM's next-token
+    # loss, which never plays the labels against each other. 0: off (the shipped recipe).
+    rank_weight: float = 0.0
 
     def __post_init__(self) -> None:
         # Checked here, not at the first draw, so a bad value fails before minutes of data loading.
         if not 0.0 <= self.dataset_alpha <= 1.0:
             raise ValueError(f"dataset_alpha must lie in [0, 1], got {self.dataset_alpha}")
+        if self.rank_weight < 0:
+            raise ValueError(f"rank_weight must not be negative, got {self.rank_weight}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -339,6 +345,10 @@ def train_language_stage(model: CellLanguageModel, aux: AuxHead, data: TrainingD
         logp, mask = model.answer_logprob(ctx, expr, [str(split.labels[r]) for r in rows])
         lm_loss = -(logp.sum() / mask.sum())
         loss = lm_loss
+        if cfg.rank_weight:
+            scores = model.score_candidates(ctx, expr, labels, decisive=True)
+            truth = torch.tensor([labels.index(str(split.labels[r])) for r in rows], device=model.device)
+            loss = loss + cfg.rank_weight * F.cross_entropy(scores, truth)
         if not cfg.freeze_encoder:
             aux_logits = aux(model.encoder(expr)) + data.mask(d).to(model.device)
             loss = loss + cfg.aux_weight * F.cross_entropy(aux_logits, data.targets(d, rows).to(model.device))

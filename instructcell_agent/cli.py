@@ -48,6 +48,9 @@ def _add_train(sub) -> None:
     p.add_argument("--aux-weight", type=float, default=0.5,
                    help="weight of the auxiliary per-dataset classifier's loss beside the LM's in stage 2 (keeps "
                         "the encoder's queries separable while the LM learns to read them)")
+    p.add_argument("--rank-weight", type=float, default=0.0,
+                   help="weight of a loss ranking each set's labels as answers are scored (decisive tokens), "
+                        "beside the LM's next-token loss (default 0: off)")
     p.add_argument("--linear-skip", action="store_true",
                    help="give the encoder's soft tokens a linear read-out of the expression beside the "
                         "Q-Former's (benchmarks/results/encoder_probe_run7.md)")
@@ -242,6 +245,7 @@ def _train(args) -> int:
         weight_decay=args.weight_decay,
         fit_splits=args.fit_splits, vocab_from=args.vocab_from, dataset_alpha=args.dataset_alpha,
         linear_skip=args.linear_skip, aux_weight=args.aux_weight, freeze_encoder=args.freeze_encoder,
+        rank_weight=args.rank_weight,
     )
     command = recorded_command()
     specs = None

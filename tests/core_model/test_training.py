@@ -27,6 +27,18 @@ def test_training_learns_planted_types(tiny_run):
     assert valid["accuracy"] >= 0.6, valid
 
 
+def test_the_ranking_loss_reaches_the_weights_and_the_run_still_learns(tiny_checkpoint, planted_spec, tmp_path):
+    # Same settings and seed as the tiny_checkpoint fixture's run, plus the ranking loss.
+    out = train(tiny_train_config(rank_weight=1.0), tmp_path / "ranked", specs=[planted_spec], show_progress=False)
+    ranked, plain = load_file(out / "weights.safetensors"), load_file(tiny_checkpoint / "weights.safetensors")
+    assert ranked.keys() == plain.keys()
+    assert any(not torch.equal(ranked[k], plain[k]) for k in plain)
+    valid = json.loads((tmp_path / "ranked" / "valid_metrics.json").read_text())["planted"]
+    assert valid["accuracy"] >= 0.6, valid
+    with pytest.raises(ValueError, match="rank_weight"):
+        tiny_train_config(rank_weight=-1.0)
+
+
 def test_vocabulary_comes_from_the_train_split(tiny_model):
     assert len(tiny_model.vocab) == 120 and tiny_model.vocab[0].startswith("GENE")
 
