@@ -35,8 +35,8 @@ def test_generated_genes_carry_their_ensembl_id_and_current_symbol():
     # vocabulary names as the training files wrote them: current, older (SARS: now SARS1), unknown
     adata = to_anndata(np.zeros((1, 4)), ["CD4", "SARS", "CCL5", "GENE001"], [Condition("B")], ["x"], False, {})
     ids, current = adata.var["gene_ids"], adata.var["current_symbol"]
-    assert ids[:3].tolist() == ["ENSG00000010610", "ENSG00000031698", "ENSG00000271503"] and ids.isna()[3]
-    assert current[:3].tolist() == ["CD4", "SARS1", "CCL5"] and current.isna()[3]
+    assert ids.iloc[:3].tolist() == ["ENSG00000010610", "ENSG00000031698", "ENSG00000271503"] and ids.isna().iloc[3]
+    assert current.iloc[:3].tolist() == ["CD4", "SARS1", "CCL5"] and current.isna().iloc[3]
 
 
 def test_conditions_reach_obs(gen_model):
