@@ -61,7 +61,7 @@ class AnnotationResult:
         return agreement(self.labels, known)
 
     def unassigned_below(self, threshold: float) -> AnnotationResult:
-        """This result with every cell answered at a confidence below `threshold` labelled
+        """A copy of this result with every cell answered at a confidence below `threshold` labelled
         'Unassigned' (its answer, probabilities and confidence kept): what to do when the file may
         hold types the candidates lack. A type missing from the candidates is answered with low
         confidence: zheng2017's CD34+ test cells asked among kang2018's seven labels, 0.63 of them
@@ -69,6 +69,10 @@ class AnnotationResult:
         (benchmarks/EXPERIMENTS.md, "Cells of a type the candidates lack")."""
         if not 0 < threshold <= 1:
             raise ValueError(f"unassigned_below takes a confidence in (0, 1], got {threshold!r}")
+        # A second call could not give back the labels the first one took (a lower threshold).
+        if "unassigned_below" in self.provenance:
+            raise ValueError("this result already has cells unassigned; call unassigned_below on the result annotate "
+                             "returned (it is left unchanged)")
         conf = np.asarray(self.confidence, dtype=float)
         low = conf < threshold  # NaN (unlabelled cells) compares False: they stay unlabelled
         labels = np.array([UNASSIGNED if l else label for label, l in zip(self.labels, low)], dtype=object)

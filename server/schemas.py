@@ -52,8 +52,9 @@ class AnnotateCellsRequest(_MatrixOptions):
     species: OptionalText = Field(None, description="Prompt field; default: obs['species'] or detected.")
     tissue: OptionalText = Field(None, description="Prompt field; default: obs['tissue'] if present.")
     unassigned_below: float | None = Field(
-        None, gt=0, le=1, description="Label cells answered with a lower confidence 'Unassigned' (for files that may "
-                                      "hold cell types the candidates lack), e.g. 0.5 or 0.6. Omit to label every cell.")
+        None, gt=0, le=1, description="Label cells answered with a lower confidence 'Unassigned' (for files that "
+                                      "may hold cell types the candidates lack), e.g. 0.5 or 0.6. Omit to label "
+                                      "every cell.")
     compare_key: CompareKey = None
     background: bool = Field(False, description="Run as a background job and return a job id at once.")
     n_examples: int = Field(5, ge=0, le=20, description="Example cells to include in the reply.")

@@ -293,6 +293,8 @@ def test_cells_below_the_confidence_threshold_are_unassigned(tiny_model, cells):
     # the same result from the one already computed, without running the model again
     again = plain.unassigned_below(threshold)
     assert list(again.labels) == list(result.labels) and plain.n_unassigned() == 0
+    with pytest.raises(ValueError, match="already has cells unassigned"):
+        again.unassigned_below(threshold / 2)
     # agreement leaves unassigned cells out and counts them
     found = result.agreement(cells.obs["cell_type"])
     assert found.n_unassigned == low.sum() and found.n_compared == (~low).sum()

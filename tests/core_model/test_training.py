@@ -281,7 +281,8 @@ def test_a_users_drug_set_with_its_own_drug_and_labels_is_learned_and_answered(t
 
     # the planted cells as a drug screen: two of the four planted types respond to 'olaparib'
     screen = synthetic_set["adata"].copy()
-    screen.obs["outcome"] = ["responder" if t in ("alpha", "beta") else "non-responder" for t in screen.obs["cell_type"]]
+    screen.obs["outcome"] = ["responder" if t in ("alpha", "beta") else "non-responder"
+                             for t in screen.obs["cell_type"]]
     screen.write_h5ad(tmp_path / "screen.h5ad")
     spec = DatasetSpec(name="my_screen", task="drug_response", path=tmp_path / "screen.h5ad", label_key="outcome",
                        split_path=synthetic_set["split_path"], tissue="pancreas", species="human", drug="olaparib")
