@@ -191,7 +191,8 @@ class AnnotationSummary(BaseModel):
     label_counts: dict[str, int]
     mean_confidence: float | None = Field(description="Mean confidence of the labelled cells; None when no "
                                                 "cell could be labelled.")
-    low_confidence_cells: int = Field(description="Cells whose confidence is below 0.5.")
+    low_confidence_cells: int = Field(description="Cells whose confidence is below 0.5 (worth a look; "
+                                                  "unassigned_below labels such cells 'Unassigned').")
     unlabelled_cells: int = Field(0, description="Cells left without a label: no counts on any of the model's genes.")
     unassigned_cells: int = Field(0, description="Cells labelled 'Unassigned': confidence below unassigned_below.")
     candidates: list[str] | None
