@@ -75,8 +75,7 @@ def load_model(checkpoint: str | os.PathLike | None = None, device: str = "auto"
 
 
 def annotate(adata: ad.AnnData, model: LoadedModel | None = None, instruction: str | None = None,
-             candidates: Sequence[str] | None = None, unassigned_below: float | None = None,
-             **kwargs) -> AnnotationResult:
+             candidates: Sequence[str] | None = None, **kwargs) -> AnnotationResult:
     """Cell type of every cell, answering `instruction` (a default phrasing when None).
 
     With `candidates` each candidate's likelihood is scored (probabilities for all of them);
@@ -100,19 +99,17 @@ def annotate(adata: ad.AnnData, model: LoadedModel | None = None, instruction: s
     each label's score adds the read-out's log-probability, core_model/readout.py; free answers are
     then chosen by scoring the learned labels instead of decoding. False: the language model alone),
     progress (called with (cells done, total) after each batch; the CLI draws a bar with it).
-    `unassigned_below`: label cells answered with a lower confidence 'Unassigned' (for files that may
-    hold types the candidates lack; see `AnnotationResult.unassigned_below`).
+    unassigned_below (a confidence: cells answered with a lower one are labelled 'Unassigned', for
+    files that may hold types the candidates lack; see `AnnotationResult.unassigned_below`).
     """
-    if unassigned_below is not None and not 0 < unassigned_below <= 1:  # before any model work
-        raise ValueError(f"unassigned_below takes a confidence in (0, 1], got {unassigned_below!r}")
-    result = _answer(adata, model, "annotation", instruction, candidates, **kwargs)
-    return result if unassigned_below is None else result.unassigned_below(unassigned_below)
+    return _answer(adata, model, "annotation", instruction, candidates, **kwargs)
 
 
 def predict_drug_response(adata: ad.AnnData, drug: str, model: LoadedModel | None = None,
                           instruction: str | None = None, candidates: Sequence[str] | None = ("resistant", "sensitive"),
                           **kwargs) -> AnnotationResult:
-    """Drug response of every cell (default candidates: resistant / sensitive)."""
+    """Drug response of every cell (default candidates: resistant / sensitive). Keyword arguments as
+    `annotate`'s (unassigned_below labels uncertain calls 'Unassigned')."""
     return _answer(adata, model, "drug_response", instruction, candidates, drug=drug, **kwargs)
 
 
@@ -144,9 +141,12 @@ def _answer(adata: ad.AnnData, model: LoadedModel | None, task: str, instruction
             drug: str = "", layer: str | None = None, use_raw: bool = False, gene_key: str | None = None,
             min_genes: int = 100, batch_size: int | None = None, mode: str = "instruct",
             free_text: bool = False, calibrate: bool = False, scoring: str = "auto", readout: bool = True,
-            progress: Callable[[int, int], None] | None = None) -> AnnotationResult:
+            progress: Callable[[int, int], None] | None = None,
+            unassigned_below: float | None = None) -> AnnotationResult:
     if mode not in ("instruct", "chat"):
         raise ValueError(f"mode must be 'instruct' or 'chat', got {mode!r}")
+    if unassigned_below is not None and not 0 < unassigned_below <= 1:  # before any model work
+        raise ValueError(f"unassigned_below takes a confidence in (0, 1], got {unassigned_below!r}")
     check_scoring(scoring)
     loaded = model or load_model()
     batch_size = batch_size or default_batch_size(loaded.model.device)
@@ -244,7 +244,8 @@ def _answer(adata: ad.AnnData, model: LoadedModel | None, task: str, instruction
     if task == "drug_response":  # the instruction above is the template; which drug filled it
         provenance["drug"] = drug
     prob_frame = pd.DataFrame(probs, index=aligned.obs_names, columns=cands) if probs is not None else None
-    return AnnotationResult(list(map(str, aligned.obs_names)), labels, conf, answers, prob_frame, provenance)
+    result = AnnotationResult(list(map(str, aligned.obs_names)), labels, conf, answers, prob_frame, provenance)
+    return result if unassigned_below is None else result.unassigned_below(unassigned_below)
 
 
 class UnseenContextWarning(UserWarning):

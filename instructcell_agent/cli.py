@@ -125,9 +125,6 @@ def _add_annotate(sub) -> None:
     p.add_argument("--free-text", action="store_true",
                    help="without candidates, let the model answer in unconstrained text (default: decode "
                         "within the labels the checkpoint knows for the species and tissue)")
-    p.add_argument("--unassigned-below", type=float, default=None, metavar="CONFIDENCE",
-                   help="label cells answered with a lower confidence 'Unassigned' (the best guess stays in the "
-                        "answer), for files that may hold types the candidates lack; e.g. 0.5 or 0.6")
 
 
 def _add_drug_response(sub) -> None:
@@ -148,6 +145,9 @@ def _add_answer_arguments(p, candidates: str | None, key_added: str) -> None:
     p.add_argument("--compare-key", default=None,
                    help="obs column of labels the cells already have: print the agreement with them, overall and "
                         "per label (answers read through the Cell Ontology), and store it in uns")
+    p.add_argument("--unassigned-below", type=float, default=None, metavar="CONFIDENCE",
+                   help="label cells answered with a lower confidence 'Unassigned' (the best guess stays in the "
+                        "answer), for files that may hold types the candidates lack; e.g. 0.5 or 0.6")
     _add_matrix_arguments(p)
     p.add_argument("--species", default="", help="species named in the prompt (default: obs['species'] if present)")
     p.add_argument("--tissue", default="", help="tissue named in the prompt (default: obs['tissue'] if present)")
@@ -331,13 +331,12 @@ def _annotate(args) -> int:
     model = load_model(args.checkpoint, device=args.device, precision=args.precision)
     shared = dict(model=model, instruction=args.instruction, candidates=candidates, use_raw=args.use_raw,
                   layer=args.layer, gene_key=args.gene_key, species=args.species, tissue=args.tissue,
-                  scoring=args.scoring,
+                  scoring=args.scoring, unassigned_below=args.unassigned_below,
                   readout=not args.no_readout)
     if args.command == "drug-response":
         result = predict_drug_response(adata, drug=args.drug, progress=_progress_bar("predicting"), **shared)
     else:
-        result = annotate(adata, free_text=args.free_text, unassigned_below=args.unassigned_below,
-                          progress=_progress_bar("annotating"), **shared)
+        result = annotate(adata, free_text=args.free_text, progress=_progress_bar("annotating"), **shared)
     out = result.to_adata(adata.copy(), key_added=args.key_added)
     compared = result.agreement(known) if known is not None else None
     if compared is not None:

@@ -33,6 +33,10 @@ class InspectDatasetRequest(_MatrixOptions):
     h5ad_path: H5adPath
 
 
+UnassignedBelow = Annotated[float | None, Field(
+    gt=0, le=1, description="Label cells answered with a lower confidence 'Unassigned' (for files that may hold "
+                            "types the candidates lack, or uncertain calls), e.g. 0.5 or 0.6. Omit to label every "
+                            "cell.")]
 CompareKey = Annotated[str | None, Field(
     max_length=200, description="obs column of labels the cells already have (an author's annotation): the reply "
                                 "reports the agreement with them, overall and per label.")]
@@ -51,10 +55,7 @@ class AnnotateCellsRequest(_MatrixOptions):
                                                  "answers decoded within the model's known labels.")
     species: OptionalText = Field(None, description="Prompt field; default: obs['species'] or detected.")
     tissue: OptionalText = Field(None, description="Prompt field; default: obs['tissue'] if present.")
-    unassigned_below: float | None = Field(
-        None, gt=0, le=1, description="Label cells answered with a lower confidence 'Unassigned' (for files that "
-                                      "may hold cell types the candidates lack), e.g. 0.5 or 0.6. Omit to label "
-                                      "every cell.")
+    unassigned_below: UnassignedBelow = None
     compare_key: CompareKey = None
     background: bool = Field(False, description="Run as a background job and return a job id at once.")
     n_examples: int = Field(5, ge=0, le=20, description="Example cells to include in the reply.")
@@ -66,6 +67,7 @@ class PredictDrugResponseRequest(_MatrixOptions):
     candidates: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(
         ["resistant", "sensitive"], min_length=2, max_length=20, description="Response classes to score.")
     instruction: str | None = Field(None, max_length=2000, description="Question asked per cell; default: ours.")
+    unassigned_below: UnassignedBelow = None
     compare_key: CompareKey = None
     background: bool = Field(False, description="Run as a background job and return a job id at once.")
     n_examples: int = Field(5, ge=0, le=20, description="Example cells to include in the reply.")

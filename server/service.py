@@ -164,7 +164,8 @@ class InstructCellService:
         from instructcell_agent import api
 
         return self._annotate(req, "drug_response", reporter, lambda view, model: api.predict_drug_response(
-            view, drug=req.drug, model=model, instruction=req.instruction, candidates=req.candidates, **_matrix(req)))
+            view, drug=req.drug, model=model, instruction=req.instruction, candidates=req.candidates,
+            unassigned_below=req.unassigned_below, **_matrix(req)))
 
     def generate_cells(self, req: GenerateCellsRequest, reporter: Reporter | None = None) -> GenerationSummary:
         from instructcell_agent import api

@@ -301,3 +301,6 @@ def test_cells_below_the_confidence_threshold_are_unassigned(tiny_model, cells):
     for bad in (0, 1.5, -0.1):
         with pytest.raises(ValueError, match="unassigned_below"):
             ica.annotate(cells, model=tiny_model, candidates=list(CELL_TYPES), unassigned_below=bad)
+    # drug responses too: every confidence is below 1
+    drug = ica.predict_drug_response(cells, drug="erlotinib", model=tiny_model, unassigned_below=1.0)
+    assert (drug.labels == "Unassigned").all() and set(drug.answers) <= {"resistant", "sensitive"}
