@@ -68,6 +68,12 @@ def main() -> None:
     print(f"\n2) Candidates = the {len(candidates)} bulk_labels names, {subset.n_obs} random cells:")
     print(scored.summary())
     print(f"agreement with bulk_labels: {scored.agreement(sub_known).agreement:.3f}  ({subset.n_obs / scored_s:.1f} cells/s)")
+    # The same answers with the least confident ones set aside (no second model pass): what a
+    # user does when unsure the candidates cover every type in the file.
+    sure = scored.unassigned_below(0.5)
+    kept = sure.agreement(sub_known)
+    print(f"with unassigned_below=0.5: {sure.n_unassigned()} cells 'Unassigned', agreement on the other "
+          f"{kept.n_compared}: {kept.agreement:.3f}")
     print("\nPer known label (free answers):")
     print(free.agreement(known).summary("bulk_labels"))
 
