@@ -66,7 +66,7 @@ class AnnotationResult:
         hold types the candidates lack. A type missing from the candidates is answered with low
         confidence: zheng2017's CD34+ test cells asked among kang2018's seven labels, 0.63 of them
         below 0.5 and 0.80 below 0.6, where 0.029 and 0.061 of in-set test cells are
-        (benchmarks/EXPERIMENTS.md, "Cells of a type the candidates lack")."""
+        (benchmarks/results/missing_types.md)."""
         if not 0 < threshold <= 1:
             raise ValueError(f"unassigned_below takes a confidence in (0, 1], got {threshold!r}")
         # A second call could not give back the labels the first one took (a lower threshold).
