@@ -58,15 +58,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     meta = run_meta(shlex.join(["python", *sys.argv]))
     model = ica.load_model(precision=args.precision)
     specs = {s.name: s for s in load_catalog(tasks=("annotation",))}
-    labels = {name: sorted(set(map(str, spec.classes))) if spec.classes else None for name, spec in specs.items()}
+    labels = {name: list(spec.classes) for name, spec in specs.items()}  # the catalog's classes, sorted
 
     rows: list[dict[str, Any]] = []
     pooled_conf, pooled_right = [], []
     for name, spec in specs.items():
         cells = test_cells(spec)
         truth = np.asarray(get_labels(cells, spec.label_key), str)
-        own = labels[name] or sorted(set(truth))
-        result = ica.annotate(cells, model=model, candidates=own)
+        result = ica.annotate(cells, model=model, candidates=labels[name] or sorted(set(truth)))
         conf, right = np.asarray(result.confidence, float), np.asarray(result.labels, str) == truth
         pooled_conf.append(conf)
         pooled_right.append(right)

@@ -130,6 +130,18 @@ def earlier_name(name: str, symbol: str | None) -> str | None:
     return _earlier_name_by_symbol().get(symbol) if symbol is not None else None
 
 
+@lru_cache(maxsize=1)
+def _ids_by_symbol() -> tuple[dict[str, frozenset[str]], dict[str, frozenset[str]]]:
+    """Symbol -> the Ensembl ids carrying it: in the current tables, and as an earlier name."""
+    current: dict[str, set[str]] = {}
+    for gene_id, symbol in ensembl_to_symbol_table().items():
+        current.setdefault(symbol, set()).add(gene_id)
+    earlier: dict[str, set[str]] = {}
+    for gene_id, old in earlier_names_table().items():
+        earlier.setdefault(old, set()).add(gene_id)
+    return ({s: frozenset(i) for s, i in current.items()}, {s: frozenset(i) for s, i in earlier.items()})
+
+
 def gene_annotation(symbols: Sequence[str]) -> tuple[list[str | None], list[str | None]]:
     """For vocabulary symbols: each one's Ensembl gene id and its GENCODE v44 / HGNC symbol, so
     cells written on the vocabulary (generated ones) can be joined with newer files by id or name.
@@ -137,16 +149,11 @@ def gene_annotation(symbols: Sequence[str]) -> tuple[list[str | None], list[str 
     some names from older files); None where no id, or several, carry the symbol (431 of the
     shipped vocabulary's 11,117 names no id in these tables, 40 several), and no current symbol
     for an id GENCODE v44 no longer holds."""
-    current: dict[str, set[str]] = {}
-    for gene_id, symbol in ensembl_to_symbol_table().items():
-        current.setdefault(symbol, set()).add(gene_id)
-    earlier: dict[str, set[str]] = {}
-    for gene_id, old in earlier_names_table().items():
-        earlier.setdefault(old, set()).add(gene_id)
+    current, earlier = _ids_by_symbol()
     table = ensembl_to_symbol_table()
     ids = []
     for symbol in symbols:
-        found = current.get(symbol) or earlier.get(symbol, set())
+        found = current.get(symbol) or earlier.get(symbol, frozenset())
         ids.append(next(iter(found)) if len(found) == 1 else None)
     return ids, [table.get(i) if i is not None else None for i in ids]  # a retired id has no current name
 

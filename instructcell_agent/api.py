@@ -33,7 +33,7 @@ from .core_model.labels import LabelMapper
 from .core_model.precision import resolve_device, resolve_precision
 from .core_model.readout import Readout, answer_scores, readout_name
 from .core_model.scoring import check_scoring, scoring_name, use_decisive
-from .results import AnnotationResult
+from .results import AnnotationResult, check_unassigned_below
 
 log = logging.getLogger(__name__)
 
@@ -145,8 +145,8 @@ def _answer(adata: ad.AnnData, model: LoadedModel | None, task: str, instruction
             unassigned_below: float | None = None) -> AnnotationResult:
     if mode not in ("instruct", "chat"):
         raise ValueError(f"mode must be 'instruct' or 'chat', got {mode!r}")
-    if unassigned_below is not None and not 0 < unassigned_below <= 1:  # before any model work
-        raise ValueError(f"unassigned_below takes a confidence in (0, 1], got {unassigned_below!r}")
+    if unassigned_below is not None:
+        check_unassigned_below(unassigned_below)  # before any model work
     check_scoring(scoring)
     loaded = model or load_model()
     batch_size = batch_size or default_batch_size(loaded.model.device)

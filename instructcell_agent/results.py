@@ -14,6 +14,12 @@ from .agreement import Agreement, agreement
 from .core_model.labels import UNASSIGNED, ontology_id, ontology_name
 
 
+def check_unassigned_below(threshold: float) -> None:
+    """Refuse a confidence threshold outside (0, 1]."""
+    if not 0 < threshold <= 1:
+        raise ValueError(f"unassigned_below takes a confidence in (0, 1], got {threshold!r}")
+
+
 @dataclass
 class AnnotationResult:
     """Per-cell answers of one annotation (or drug-response) call.
@@ -67,8 +73,7 @@ class AnnotationResult:
         confidence: zheng2017's CD34+ test cells asked among kang2018's seven labels, 0.63 of them
         below 0.5 and 0.80 below 0.6, where 0.029 and 0.061 of in-set test cells are
         (benchmarks/results/missing_types.md)."""
-        if not 0 < threshold <= 1:
-            raise ValueError(f"unassigned_below takes a confidence in (0, 1], got {threshold!r}")
+        check_unassigned_below(threshold)
         # A second call could not give back the labels the first one took (a lower threshold).
         if "unassigned_below" in self.provenance:
             raise ValueError("this result already has cells unassigned; call unassigned_below on the result annotate "
