@@ -27,6 +27,7 @@ from .io import file_sha256, write_json_atomic
 from .model import CellLanguageModel
 from .precision import resolve_precision
 from .readout import Readout, joins, load_readout, save_readout
+from .reference import Reference, load_reference, save_reference
 from .temperature import load_temperatures, rebind_temperatures
 
 FORMAT_VERSION = 1
@@ -45,6 +46,8 @@ class LoadedModel:
     readout: Readout | None = None  # the linear gene read-out beside the LM (core_model/readout.py), if fitted
     # confidence temperatures fitted on held-out cells, by mode (core_model/temperature.py); {} = none
     temperatures: dict[str, float] = field(default_factory=dict)
+    # training cells kept per label, what a cell's typicality is measured against (core_model/reference.py)
+    reference: Reference | None = None
 
     def temperature(self, readout: Readout | None, labels: Sequence[str] | None = None) -> float:
         """What answer scores over `labels` are divided by before the softmax that gives
@@ -166,6 +169,8 @@ def save_checkpoint(loaded: LoadedModel, out_dir: str | os.PathLike) -> Path:
             save_file(state, str(tmp / "backbone.safetensors"))
         if loaded.readout is not None:
             save_readout(tmp, loaded.readout, loaded.vocab)
+        if loaded.reference is not None:
+            save_reference(tmp, loaded.reference, loaded.vocab)
         # mkdtemp makes a private directory; a checkpoint is meant to be shared and shipped.
         os.chmod(tmp, 0o755)
         for item in tmp.iterdir():
@@ -212,8 +217,8 @@ GENE_INPUT_WEIGHT = "encoder.gene_proj.weight"  # (hidden, n_genes): the one ten
 def reorder_genes(checkpoint_dir: str | os.PathLike, vocab: list[str], command: str | None = None) -> dict[str, str | None]:
     """Put a checkpoint's genes in the order of `vocab` (the same genes), in place and atomically.
 
-    Only the encoder's first layer and the read-out read genes, one weight column per gene, so
-    permuting their columns with the vocabulary leaves every answer unchanged. Use: a retrained
+    Only the encoder's first layer, the read-out and the reference cells read genes, one column per
+    gene, so permuting their columns with the vocabulary leaves every answer unchanged. Use: a retrained
     cell model whose vocabulary holds the same genes as the shipped generator's, in another order,
     can then carry that generator (which is bound to the exact gene order it decodes into).
     """
@@ -239,6 +244,10 @@ def reorder_genes(checkpoint_dir: str | os.PathLike, vocab: list[str], command: 
         if readout is not None:  # its weight columns and mean cells are over genes too
             readout.permute_genes([position[g] for g in vocab])
             save_readout(work, readout, vocab)
+        reference = load_reference(work, old)
+        if reference is not None:
+            reference.permute_genes([position[g] for g in vocab])
+            save_reference(work, reference, vocab)
         rebind_temperatures(work, before)  # same answers, so the same confidences
         record = {"sha256_before": before, "sha256_after": file_sha256(path), "command": command}
         config = json.loads((work / "config.json").read_text())
@@ -296,4 +305,4 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
     model.use_lm_dtype(lm_dtype)
     readout = load_readout(root, vocab)
     return LoadedModel(model, vocab, labels, config, root, readout.to(device) if readout is not None else None,
-                       load_temperatures(root))
+                       load_temperatures(root), load_reference(root, vocab))

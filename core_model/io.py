@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from .errors import InputFileError, LabelKeyError
+from .errors import CheckpointError, InputFileError, LabelKeyError
 
 logger = logging.getLogger(__name__)
 
@@ -323,3 +323,53 @@ def write_text_atomic(text: str, path: PathLike) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return target
+
+
+def save_tensors_with_meta(root: PathLike, weights_name: str, meta_name: str, tensors: dict[str, Any],
+                           meta: dict[str, Any]) -> None:
+    """Write a safetensors file and the JSON describing it into a checkpoint directory, each
+    atomically; the JSON gets the tensors file's sha256 (`weights_sha256`), so a pair torn by an
+    interrupted write is refused on load. Both end readable by everyone (a checkpoint is shared)."""
+    from safetensors.torch import save_file
+
+    root = Path(root)
+    weights_tmp, meta_tmp = atomic_target(root, weights_name), atomic_target(root, meta_name)
+    try:
+        save_file({k: v.cpu().contiguous() for k, v in tensors.items()}, str(weights_tmp))
+        meta_tmp.write_text(json.dumps({**meta, "weights_sha256": file_sha256(weights_tmp)}, indent=1))
+        for tmp in (weights_tmp, meta_tmp):
+            tmp.chmod(SHARED_MODE)
+        os.replace(weights_tmp, root / weights_name)
+        os.replace(meta_tmp, root / meta_name)
+    finally:
+        for tmp in (weights_tmp, meta_tmp):
+            tmp.unlink(missing_ok=True)
+
+
+def load_tensors_with_meta(root: PathLike, weights_name: str, meta_name: str, vocab: Sequence[str],
+                           format_version: int, refit: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The tensors and JSON `save_tensors_with_meta` wrote, refused (CheckpointError, saying to run
+    `refit`) when the format, the gene vocabulary or the tensors file's hash does not match."""
+    from safetensors.torch import load_file
+
+    root = Path(root)
+    meta = json.loads((root / meta_name).read_text())
+    if meta.get("format_version") != format_version:
+        raise CheckpointError(f"{root}/{meta_name}: format {meta.get('format_version')} is not {format_version}")
+    if meta.get("vocab_sha256") != vocab_sha256(vocab):
+        raise CheckpointError(f"{root}: {weights_name} was written for another gene vocabulary; refit it "
+                              f"(`{refit}`) or delete {weights_name} and {meta_name}")
+    if meta.get("weights_sha256") != file_sha256(root / weights_name):
+        raise CheckpointError(f"{root}: {weights_name} does not match {meta_name} (interrupted write?); refit it "
+                              f"(`{refit}`)")
+    return load_file(str(root / weights_name)), meta
+
+
+def read_checkpoint_lists(root: PathLike) -> tuple[list[str], dict[str, Any]]:
+    """A checkpoint directory's gene vocabulary and label sets, refused (CheckpointError) when it
+    is not one. What the steps that fit beside the model (read-out, reference cells) read."""
+    root = Path(root)
+    for name in ("config.json", "gene_vocab.json", "labels.json"):
+        if not (root / name).is_file():
+            raise CheckpointError(f"{root} is not a checkpoint directory: missing {name}")
+    return json.loads((root / "gene_vocab.json").read_text()), json.loads((root / "labels.json").read_text())

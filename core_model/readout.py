@@ -28,7 +28,6 @@ reference gene saliency is measured against (interpret/api.py).
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -37,10 +36,9 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 
 from .errors import CheckpointError
-from .io import atomic_target, file_sha256, vocab_sha256
+from .io import load_tensors_with_meta, save_tensors_with_meta, vocab_sha256
 
 log = logging.getLogger(__name__)
 
@@ -250,27 +248,16 @@ def save_readout(root: str | os.PathLike, readout: Readout, vocab: Sequence[str]
     """Write readout.safetensors (float16) and readout.json into a checkpoint directory, each
     atomically; the JSON records the weights' hash and the vocabulary's, so a mismatched pair
     is refused on load."""
-    root = Path(root)
-    weights_tmp, meta_tmp = atomic_target(root, WEIGHTS_FILE), atomic_target(root, META_FILE)
-    try:
-        sets = list(readout.mean_cells)
-        tensors = {"weight": readout.weight.half().contiguous(), "bias": readout.bias.float().contiguous()}
-        if sets:  # float16 keeps log1p values (under 12) to 3 significant digits
-            tensors["mean_cells"] = torch.stack([readout.mean_cells[n].cpu() for n in sets]).half().contiguous()
-        save_file({k: v.cpu() for k, v in tensors.items()}, str(weights_tmp))
-        meta = {"format_version": FORMAT_VERSION, "labels": readout.labels, "answer_weight": readout.answer_weight,
-                "weight_curve": [list(p) for p in readout.weight_curve], "mean_cell_sets": sets,
-                "vocab_sha256": vocab_sha256(vocab), "weights_sha256": file_sha256(weights_tmp), **readout.info}
-        meta_tmp.write_text(json.dumps(meta, indent=1))
-        for tmp in (weights_tmp, meta_tmp):
-            tmp.chmod(0o644)  # mkstemp makes 0600; a checkpoint is meant to be shared
-        os.replace(weights_tmp, root / WEIGHTS_FILE)
-        os.replace(meta_tmp, root / META_FILE)
-    finally:
-        for tmp in (weights_tmp, meta_tmp):
-            tmp.unlink(missing_ok=True)
+    sets = list(readout.mean_cells)
+    tensors = {"weight": readout.weight.half(), "bias": readout.bias.float()}
+    if sets:  # float16 keeps log1p values (under 12) to 3 significant digits
+        tensors["mean_cells"] = torch.stack([readout.mean_cells[n].cpu() for n in sets]).half()
+    meta = {"format_version": FORMAT_VERSION, "labels": readout.labels, "answer_weight": readout.answer_weight,
+            "weight_curve": [list(p) for p in readout.weight_curve], "mean_cell_sets": sets,
+            "vocab_sha256": vocab_sha256(vocab), **readout.info}
+    save_tensors_with_meta(root, WEIGHTS_FILE, META_FILE, tensors, meta)
     log.info("wrote %s and %s in %s", WEIGHTS_FILE, META_FILE, root)
-    return root / META_FILE
+    return Path(root) / META_FILE
 
 
 def load_readout(root: str | os.PathLike, vocab: Sequence[str]) -> Readout | None:
@@ -278,15 +265,8 @@ def load_readout(root: str | os.PathLike, vocab: Sequence[str]) -> Readout | Non
     root = Path(root)
     if not has_readout(root):
         return None
-    meta = json.loads((root / META_FILE).read_text())
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{root}/{META_FILE}: format {meta.get('format_version')} is not {FORMAT_VERSION}")
-    if meta.get("vocab_sha256") != vocab_sha256(vocab):
-        raise CheckpointError(f"{root}: the read-out was fitted on another gene vocabulary; refit it "
-                              "(`instructcell train-readout --checkpoint DIR`) or delete readout.*")
-    if meta.get("weights_sha256") != file_sha256(root / WEIGHTS_FILE):
-        raise CheckpointError(f"{root}: {WEIGHTS_FILE} does not match {META_FILE} (interrupted write?); refit it")
-    state = load_file(str(root / WEIGHTS_FILE))
+    state, meta = load_tensors_with_meta(root, WEIGHTS_FILE, META_FILE, vocab, FORMAT_VERSION,
+                                         "instructcell train-readout --checkpoint DIR")
     weight, bias = state["weight"].float(), state["bias"].float()
     labels = list(meta.pop("labels"))
     if weight.shape != (len(labels), len(vocab)) or bias.shape != (len(labels),):

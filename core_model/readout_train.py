@@ -21,7 +21,7 @@ from .corpus import load_split
 from .datasets import DatasetSpec, load_catalog
 from .errors import CheckpointError
 from .gene_panels import hvg_cut, variable_gene_order
-from .io import file_sha256
+from .io import file_sha256, read_checkpoint_lists
 from .readout import DEFAULT_WEIGHT, Block, Readout, fit_readout, save_readout
 
 if TYPE_CHECKING:
@@ -92,11 +92,7 @@ def train_readout(checkpoint_dir: str | os.PathLike, specs: Sequence[DatasetSpec
     `inherit_from`: the checkpoint a fine-tuning run started from; label sets without data that it
     has read-out rows for keep them (`with_inherited_rows`)."""
     root = Path(checkpoint_dir)
-    for name in ("config.json", "gene_vocab.json", "labels.json"):
-        if not (root / name).is_file():
-            raise CheckpointError(f"{root} is not a checkpoint directory: missing {name}")
-    vocab = json.loads((root / "gene_vocab.json").read_text())
-    label_sets = json.loads((root / "labels.json").read_text())
+    vocab, label_sets = read_checkpoint_lists(root)
     target_sum = float(json.loads((root / "config.json").read_text())["model"].get("target_sum", 1e4))
     known = {s.name: s for s in (specs if specs is not None else load_catalog())}
     missing = sorted(set(label_sets) - set(known))

@@ -40,6 +40,7 @@ from .io import file_sha256, read_h5ad
 from .model import CellLanguageModel
 from .precision import resolve_device
 from .readout_train import train_readout
+from .reference_fit import fit_checkpoint_reference
 from .train_state import check_resumable, save_state
 from .training_data import AuxHead, TrainingData
 from .vocab import build_vocab, read_vocab
@@ -192,6 +193,8 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, show_p
     # check above is the language model's alone.
     if fit_readout:
         train_readout(out / "checkpoint", specs, split=cfg.fit_splits, command=command, inherit_from=start)
+    # what a cell's typicality of its label is measured against (core_model/reference.py)
+    fit_checkpoint_reference(out / "checkpoint", specs, split=cfg.fit_splits, command=command, inherit_from=start)
     (out / "valid_metrics.json").write_text(json.dumps(valid, indent=1))
     return out / "checkpoint"
 

@@ -74,13 +74,20 @@ def main() -> None:
     kept = sure.agreement(sub_known)
     print(f"with unassigned_below=0.5: {sure.n_unassigned()} cells 'Unassigned', agreement on the other "
           f"{kept.n_compared}: {kept.agreement:.3f}")
+    # Or by how unlike the training cells of their label the cells are (typicality, in those
+    # cells' standard deviations), which also works for free answers.
+    unlike = scored.unassigned_atypical(3)
+    kept = unlike.agreement(sub_known)
+    print(f"with unassigned_atypical=3: {unlike.n_unassigned()} cells 'Unassigned', agreement on the other "
+          f"{kept.n_compared}: {kept.agreement:.3f}")
     print("\nPer known label (free answers):")
     print(free.agreement(known).summary("bulk_labels"))
 
     out = free.to_adata(adata.copy(), key_added="instructcell")
     path = write_h5ad_atomic(out, args.out)
     print(f"\nwrote {path} (obs['instructcell_label'], obs['instructcell_confidence'], "
-          "obs['instructcell_ontology_id'], obs['instructcell_ontology_name'], uns['instructcell'])")
+          "obs['instructcell_typicality'], obs['instructcell_ontology_id'], obs['instructcell_ontology_name'], "
+          "uns['instructcell'])")
 
 
 if __name__ == "__main__":

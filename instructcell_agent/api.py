@@ -33,7 +33,7 @@ from .core_model.labels import LabelMapper
 from .core_model.precision import resolve_device, resolve_precision
 from .core_model.readout import Readout, answer_scores, readout_name
 from .core_model.scoring import check_scoring, scoring_name, use_decisive
-from .results import AnnotationResult, check_unassigned_below
+from .results import AnnotationResult, check_unassigned_atypical, check_unassigned_below
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +52,17 @@ def default_checkpoint_path() -> Path:
 
 
 @lru_cache(maxsize=4)
-def _load_cached(path: str, device: str, precision: str) -> LoadedModel:
+def _load_cached(path: str, device: str, precision: str, files: tuple) -> LoadedModel:
     return load_checkpoint(path, device, precision)
+
+
+def _files_state(path: Path) -> tuple:
+    """(name, size, modification time) of a checkpoint directory's files: part of the cache key, so
+    a checkpoint changed on disk since it was loaded (a read-out refitted, reference cells kept,
+    temperatures fitted) is loaded again rather than served stale."""
+    if not path.is_dir():
+        return ()
+    return tuple(sorted((e.name, e.stat().st_size, e.stat().st_mtime_ns) for e in os.scandir(path) if e.is_file()))
 
 
 def load_model(checkpoint: str | os.PathLike | None = None, device: str = "auto",
@@ -70,8 +79,8 @@ def load_model(checkpoint: str | os.PathLike | None = None, device: str = "auto"
     device = resolve_device(device)
     if precision == "auto":
         precision = "bfloat16" if resolve_precision("auto", device) == torch.bfloat16 else "float32"
-    path = Path(checkpoint) if checkpoint else default_checkpoint_path()
-    return _load_cached(str(path.resolve()), device, precision)
+    path = (Path(checkpoint) if checkpoint else default_checkpoint_path()).resolve()
+    return _load_cached(str(path), device, precision, _files_state(path))
 
 
 def annotate(adata: ad.AnnData, model: LoadedModel | None = None, instruction: str | None = None,
@@ -100,7 +109,10 @@ def annotate(adata: ad.AnnData, model: LoadedModel | None = None, instruction: s
     then chosen by scoring the learned labels instead of decoding. False: the language model alone),
     progress (called with (cells done, total) after each batch; the CLI draws a bar with it).
     unassigned_below (a confidence: cells answered with a lower one are labelled 'Unassigned', for
-    files that may hold types the candidates lack; see `AnnotationResult.unassigned_below`).
+    files that may hold types the candidates lack; see `AnnotationResult.unassigned_below`),
+    unassigned_atypical (a number of standard deviations, 3 say: cells whose typicality, how alike
+    the training cells of their label they are, lies further below 0 are labelled 'Unassigned';
+    with or without candidates; see `AnnotationResult.unassigned_atypical`).
     """
     return _answer(adata, model, "annotation", instruction, candidates, **kwargs)
 
@@ -109,7 +121,7 @@ def predict_drug_response(adata: ad.AnnData, drug: str, model: LoadedModel | Non
                           instruction: str | None = None, candidates: Sequence[str] | None = ("resistant", "sensitive"),
                           **kwargs) -> AnnotationResult:
     """Drug response of every cell (default candidates: resistant / sensitive). Keyword arguments as
-    `annotate`'s (unassigned_below labels uncertain calls 'Unassigned')."""
+    `annotate`'s (unassigned_below / unassigned_atypical label uncertain / atypical calls 'Unassigned')."""
     return _answer(adata, model, "drug_response", instruction, candidates, drug=drug, **kwargs)
 
 
@@ -142,13 +154,18 @@ def _answer(adata: ad.AnnData, model: LoadedModel | None, task: str, instruction
             min_genes: int = 100, batch_size: int | None = None, mode: str = "instruct",
             free_text: bool = False, calibrate: bool = False, scoring: str = "auto", readout: bool = True,
             progress: Callable[[int, int], None] | None = None,
-            unassigned_below: float | None = None) -> AnnotationResult:
+            unassigned_below: float | None = None, unassigned_atypical: float | None = None) -> AnnotationResult:
     if mode not in ("instruct", "chat"):
         raise ValueError(f"mode must be 'instruct' or 'chat', got {mode!r}")
     if unassigned_below is not None:
         check_unassigned_below(unassigned_below)  # before any model work
+    if unassigned_atypical is not None:
+        check_unassigned_atypical(unassigned_atypical)
     check_scoring(scoring)
     loaded = model or load_model()
+    if unassigned_atypical is not None and loaded.reference is None:
+        raise ValueError("unassigned_atypical needs reference cells, which this checkpoint does not keep "
+                         "(`instructcell fit-reference --checkpoint DIR` keeps them)")
     batch_size = batch_size or default_batch_size(loaded.model.device)
     cands = [str(c) for c in candidates] if candidates else None
     if cands is not None and len(set(cands)) != len(cands):
@@ -224,6 +241,10 @@ def _answer(adata: ad.AnnData, model: LoadedModel | None, task: str, instruction
         answers = answers or list(labels)
     labels, conf, answers, probs = _unlabelled_filled(len(aligned.obs_names), keep, labels, conf, answers,
                                                       probs if cands is not None else None)
+    # typicality is measured against the learned label the model chose (routed candidates are
+    # names it never learned; `answers` holds its own label there)
+    typicality = (loaded.reference.typicality(aligned.X, aligned.matched, answers if pooled else labels)
+                  if loaded.reference is not None else None)
     if mode == "chat":
         answers = [f"This cell is most likely {l} (probability {c:.2f})." if l is not None else ""
                    for l, c in zip(labels, conf)]
@@ -244,7 +265,10 @@ def _answer(adata: ad.AnnData, model: LoadedModel | None, task: str, instruction
     if task == "drug_response":  # the instruction above is the template; which drug filled it
         provenance["drug"] = drug
     prob_frame = pd.DataFrame(probs, index=aligned.obs_names, columns=cands) if probs is not None else None
-    result = AnnotationResult(list(map(str, aligned.obs_names)), labels, conf, answers, prob_frame, provenance)
+    result = AnnotationResult(list(map(str, aligned.obs_names)), labels, conf, answers, prob_frame, provenance,
+                              typicality)
+    if unassigned_atypical is not None:
+        result = result.unassigned_atypical(unassigned_atypical)
     return result if unassigned_below is None else result.unassigned_below(unassigned_below)
 
 

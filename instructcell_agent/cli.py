@@ -148,6 +148,10 @@ def _add_answer_arguments(p, candidates: str | None, key_added: str) -> None:
     p.add_argument("--unassigned-below", type=float, default=None, metavar="CONFIDENCE",
                    help="label cells answered with a lower confidence 'Unassigned' (the best guess stays in the "
                         "answer), for files that may hold types the candidates lack; e.g. 0.5 or 0.6")
+    p.add_argument("--unassigned-atypical", type=float, default=None, metavar="SDS",
+                   help="label cells 'Unassigned' whose typicality (how alike the training cells of their label, "
+                        "in those cells' standard deviations; written to obs '<key>_typicality') is below -SDS, "
+                        "with or without candidates; e.g. 3")
     _add_matrix_arguments(p)
     p.add_argument("--species", default="", help="species named in the prompt (default: obs['species'] if present)")
     p.add_argument("--tissue", default="", help="tissue named in the prompt (default: obs['tissue'] if present)")
@@ -332,7 +336,7 @@ def _annotate(args) -> int:
     shared = dict(model=model, instruction=args.instruction, candidates=candidates, use_raw=args.use_raw,
                   layer=args.layer, gene_key=args.gene_key, species=args.species, tissue=args.tissue,
                   scoring=args.scoring, unassigned_below=args.unassigned_below,
-                  readout=not args.no_readout)
+                  unassigned_atypical=args.unassigned_atypical, readout=not args.no_readout)
     if args.command == "drug-response":
         result = predict_drug_response(adata, drug=args.drug, progress=_progress_bar("predicting"), **shared)
     else:

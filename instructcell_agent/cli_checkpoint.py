@@ -1,5 +1,5 @@
 """`instructcell` subcommands that fit or rewrite parts of an existing checkpoint, and describe one:
-`train-readout`, `calibrate`, `store-weights`, `reorder-genes`, `info`.
+`train-readout`, `fit-reference`, `calibrate`, `store-weights`, `reorder-genes`, `info`.
 
 Registered by `instructcell_agent.cli`; argparse only at import time, heavy imports when a
 command runs, so `instructcell --help` stays fast.
@@ -15,7 +15,7 @@ from typing import Any
 
 from .core_model.precision import add_device_argument, add_precision_argument
 
-COMMANDS = ("train-readout", "calibrate", "info", "store-weights", "reorder-genes")
+COMMANDS = ("train-readout", "fit-reference", "calibrate", "info", "store-weights", "reorder-genes")
 
 
 def add_commands(sub: Any) -> None:
@@ -39,6 +39,14 @@ def add_commands(sub: Any) -> None:
                    help="also fit on N copies of every cell cut to its set's 500-3,000 most variable genes "
                         "(better on files cut to HVGs, not on whole files; benchmarks/EXPERIMENTS.md)")
     c.add_argument("--seed", type=int, default=0, help="seed of the panel draws")
+    c = sub.add_parser("fit-reference", help="keep training cells of each label, what a cell's typicality (how alike "
+                                             "its label's training cells it is) is measured against")
+    c.add_argument("--checkpoint", required=True, help="checkpoint directory; reference.* files are added to it")
+    c.add_argument("--split", default="train", help="split(s) whose cells are kept (default train)")
+    c.add_argument("--per-label", type=int, default=40, help="cells kept per label (default 40)")
+    c.add_argument("--catalog", action="append", default=[],
+                   help="JSON catalog of your own datasets (as for train), for label sets the shared catalog lacks")
+    c.add_argument("--seed", type=int, default=0, help="seed of the draw of kept cells")
     c = sub.add_parser("calibrate", help="fit the temperatures that make answer confidences match accuracy, on "
                                          "held-out cells (writes temperature.json; answers do not change)")
     c.add_argument("--checkpoint", required=True, help="checkpoint directory; temperature.json is added to it")
@@ -66,7 +74,7 @@ def handles(args: argparse.Namespace) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    return {"train-readout": _train_readout, "calibrate": _calibrate, "info": _info, "store-weights": _store_weights,
+    return {"train-readout": _train_readout, "fit-reference": _fit_reference, "calibrate": _calibrate, "info": _info, "store-weights": _store_weights,
             "reorder-genes": _reorder_genes}[args.command](args)
 
 
@@ -104,6 +112,17 @@ def _train_readout(args) -> int:
                             panel_copies=args.panel_copies, seed=args.seed, hvg_copies=args.hvg_copies,
                             command=command)
     print(json.dumps({"labels": len(readout.labels), **{k: readout.info[k] for k in ("n_cells", "train_accuracy")}}))
+    return 0
+
+
+def _fit_reference(args) -> int:
+    from .core_model.reference_fit import fit_checkpoint_reference
+
+    if args.per_label < 5:
+        raise ValueError(f"--per-label must be at least 5 (the spread of fewer cells is no yardstick), got {args.per_label}")
+    reference = fit_checkpoint_reference(args.checkpoint, _catalog_specs(args.catalog), split=args.split,
+                                         per_label=args.per_label, seed=args.seed, command=recorded_command())
+    print(json.dumps({"labels": len(reference.keys), "cells_kept": int(reference.cells.shape[0])}))
     return 0
 
 
@@ -167,6 +186,10 @@ def _info(args) -> int:
                           "panel_copies": meta.get("panel_copies", 0), "hvg_copies": meta.get("hvg_copies", 0),
                           "mean_cell_sets": meta.get("mean_cell_sets", []),
                           "command": meta.get("command"), "data": meta.get("data")}
+    if (path / "reference.json").is_file():  # training cells typicality is measured against (core_model/reference.py)
+        meta = json.loads((path / "reference.json").read_text())
+        out["reference"] = {"labels": len(meta.get("keys", [])), **{k: meta.get(k) for k in ("per_label", "seed",
+                                                                                            "command", "data")}}
     if (path / "temperature.json").is_file():  # confidence temperatures (core_model/temperature.py)
         meta = json.loads((path / "temperature.json").read_text())
         out["confidence_temperature"] = {k: meta.get(k) for k in ("temperature", "fitted_on", "command", "created")}

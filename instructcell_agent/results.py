@@ -20,6 +20,12 @@ def check_unassigned_below(threshold: float) -> None:
         raise ValueError(f"unassigned_below takes a confidence in (0, 1], got {threshold!r}")
 
 
+def check_unassigned_atypical(sds: float) -> None:
+    """Refuse a number of standard deviations that is not positive and finite."""
+    if not (isinstance(sds, (int, float)) and np.isfinite(sds) and sds > 0):
+        raise ValueError(f"unassigned_atypical takes a positive number of standard deviations (3, say), got {sds!r}")
+
+
 @dataclass
 class AnnotationResult:
     """Per-cell answers of one annotation (or drug-response) call.
@@ -29,7 +35,8 @@ class AnnotationResult:
     labels
         Predicted label per cell (unmapped free answers keep their text); None for a cell left
         unlabelled because it has no counts on any of the model's genes; 'Unassigned' for a cell
-        whose confidence fell below the threshold of `unassigned_below`.
+        whose confidence fell below the threshold of `unassigned_below` or whose typicality fell
+        below minus `unassigned_atypical`.
     confidence
         Probability of the predicted label (softmax over the candidates; without candidates,
         over the learned labels the answer was chosen from, or, for decoded answers, the product
@@ -40,6 +47,11 @@ class AnnotationResult:
         The model's answer text per cell (a sentence in chat mode).
     provenance
         Model, instruction, alignment report and versions, stored in `uns` by `to_adata`.
+    typicality
+        How alike the cell is to the training cells of its label (core_model/reference.py): a
+        z-score, 0 as alike as those cells are on average, -3 three of their standard deviations
+        less alike; NaN for an unlabelled cell or a label without reference cells. None when the
+        checkpoint keeps no reference cells.
     """
 
     obs_names: list[str]
@@ -48,12 +60,14 @@ class AnnotationResult:
     answers: list[str]
     probabilities: pd.DataFrame | None = None
     provenance: dict[str, Any] = field(default_factory=dict)
+    typicality: np.ndarray | None = None
 
     def to_frame(self) -> pd.DataFrame:
-        """One row per cell: label, confidence, answer."""
-        return pd.DataFrame(
-            {"label": self.labels, "confidence": self.confidence, "answer": self.answers}, index=self.obs_names
-        )
+        """One row per cell: label, confidence, answer (and typicality, where there is one)."""
+        columns = {"label": self.labels, "confidence": self.confidence, "answer": self.answers}
+        if self.typicality is not None:
+            columns["typicality"] = self.typicality
+        return pd.DataFrame(columns, index=self.obs_names)
 
     def agreement(self, known) -> Agreement:
         """Agreement with labels the cells already have (`adata.obs['cell_type']`, say): overall and
@@ -74,21 +88,40 @@ class AnnotationResult:
         below 0.5 and 0.80 below 0.6, where 0.029 and 0.061 of in-set test cells are
         (benchmarks/results/missing_types.md)."""
         check_unassigned_below(threshold)
+        low = np.asarray(self.confidence, dtype=float) < threshold  # NaN (unlabelled) compares False
+        return self._unassigned(low, "unassigned_below", threshold,
+                                f"cells answered with confidence below {threshold:g} are labelled {UNASSIGNED!r} "
+                                "(the model's best guess stays in the answer)")
+
+    def unassigned_atypical(self, sds: float) -> AnnotationResult:
+        """A copy of this result with every cell whose typicality is below -`sds` labelled
+        'Unassigned' (its answer, probabilities and confidence kept): cells less like the training
+        cells of their label than `sds` of those cells' standard deviations. Unlike the confidence,
+        this tells free answers apart too: on the test splits (benchmarks/results/atypical_cells.md)
+        it sets aside cells of a tissue or type the model never learned, asked with or without
+        candidates, at a small cost in cells of types it did learn."""
+        check_unassigned_atypical(sds)
+        if self.typicality is None:
+            raise ValueError("this result has no typicality: the checkpoint keeps no reference cells "
+                             "(`instructcell fit-reference --checkpoint DIR` keeps them)")
+        low = np.asarray(self.typicality, dtype=float) < -sds  # NaN compares False: left as answered
+        return self._unassigned(low, "unassigned_atypical", sds,
+                                f"cells less like their label's training cells than {sds:g} of those cells' "
+                                f"standard deviations (typicality below {-sds:g}) are labelled {UNASSIGNED!r} "
+                                "(the model's best guess stays in the answer)")
+
+    def _unassigned(self, mask: np.ndarray, key: str, value: float, note: str) -> AnnotationResult:
         # A second call could not give back the labels the first one took (a lower threshold).
-        if "unassigned_below" in self.provenance:
-            raise ValueError("this result already has cells unassigned; call unassigned_below on the result annotate "
-                             "returned (it is left unchanged)")
-        conf = np.asarray(self.confidence, dtype=float)
-        low = conf < threshold  # NaN (unlabelled cells) compares False: they stay unlabelled
-        labels = np.array([UNASSIGNED if l else label for label, l in zip(self.labels, low)], dtype=object)
-        note = (f"cells answered with confidence below {threshold:g} are labelled {UNASSIGNED!r} (the model's "
-                "best guess stays in the answer)")
-        provenance = dict(self.provenance, unassigned_below=threshold,
-                          notes=[*self.provenance.get("notes", []), note])
+        if key in self.provenance:
+            raise ValueError(f"this result already has cells unassigned by {key}; call {key} on the result "
+                             "annotate returned (it is left unchanged)")
+        labels = np.array([UNASSIGNED if m and label is not None else label for label, m in zip(self.labels, mask)],
+                          dtype=object)
+        provenance = dict(self.provenance, **{key: value}, notes=[*self.provenance.get("notes", []), note])
         return dataclasses.replace(self, labels=labels, provenance=provenance)
 
     def n_unassigned(self) -> int:
-        """Cells labelled 'Unassigned' by `unassigned_below`."""
+        """Cells labelled 'Unassigned' by `unassigned_below` or `unassigned_atypical`."""
         return sum(label == UNASSIGNED for label in self.labels)
 
     def label_counts(self) -> pd.Series:
@@ -110,9 +143,20 @@ class AnnotationResult:
                  f"{int((answered < 0.5).sum()):,} below 0.5"]
         if self.n_unlabelled():
             lines.append(f"{self.n_unlabelled():,} cells unlabelled: no counts on any of the model's genes")
+        if self.typicality is not None:
+            typ = np.asarray(self.typicality, dtype=float)
+            scored = typ[~np.isnan(typ)]
+            if len(scored):
+                lines.append(f"typicality (alike their label's training cells; 0 as those cells, in their standard "
+                             f"deviations): median {float(np.median(scored)):+.2f}; {int((scored < -3).sum()):,} "
+                             f"cells below -3")
+        rules = []
         if "unassigned_below" in self.provenance:
-            lines.append(f"{self.n_unassigned():,} cells {UNASSIGNED!r}: confidence below "
-                         f"{self.provenance['unassigned_below']:g}")
+            rules.append(f"confidence below {self.provenance['unassigned_below']:g}")
+        if "unassigned_atypical" in self.provenance:
+            rules.append(f"typicality below {-self.provenance['unassigned_atypical']:g}")
+        if rules:
+            lines.append(f"{self.n_unassigned():,} cells {UNASSIGNED!r}: {' or '.join(rules)}")
         lines += [f"  {label}: {n}" for label, n in counts.items()]
         lines += self._merged_synonyms(counts)
         lines += [f"Note: {note}" for note in self.provenance.get("notes", [])]
@@ -141,7 +185,8 @@ class AnnotationResult:
     def to_adata(self, adata: ad.AnnData, key_added: str = "instructcell") -> ad.AnnData:
         """Write the result into `adata` (in memory, scverse style) and return it.
 
-        Adds `obs['<key>_label']`, `obs['<key>_confidence']`, `obs['<key>_ontology_id']` and
+        Adds `obs['<key>_label']`, `obs['<key>_confidence']`, `obs['<key>_typicality']` (where
+        the checkpoint keeps reference cells), `obs['<key>_ontology_id']` and
         `obs['<key>_ontology_name']` (cell types: the label's Cell Ontology id and name, where the
         package's synonym table has one; missing elsewhere),
         `obsm['<key>_probabilities']` (with candidates) and `uns['<key>']` (provenance). The cells
@@ -151,6 +196,8 @@ class AnnotationResult:
             raise ValueError("adata's cells differ from the annotated cells (same obs_names in the same order needed)")
         adata.obs[f"{key_added}_label"] = pd.Categorical(self.labels)
         adata.obs[f"{key_added}_confidence"] = self.confidence.astype(np.float32)
+        if self.typicality is not None:
+            adata.obs[f"{key_added}_typicality"] = np.asarray(self.typicality, dtype=np.float32)
         if self.provenance.get("task") == "annotation":
             # Cell Ontology ids (CELLxGENE's convention) let labels from different spellings be
             # merged downstream: 'CD19+ B' and 'B' are both CL:0000236. Missing where unknown.

@@ -37,6 +37,11 @@ UnassignedBelow = Annotated[float | None, Field(
     gt=0, le=1, description="Label cells answered with a lower confidence 'Unassigned' (for files that may hold "
                             "types the candidates lack, or uncertain calls), e.g. 0.5 or 0.6. Omit to label every "
                             "cell.")]
+UnassignedAtypical = Annotated[float | None, Field(
+    gt=0, le=100, allow_inf_nan=False,
+    description="Label cells 'Unassigned' whose typicality (how alike the training cells of their label they are, "
+                "in those cells' standard deviations) is below minus this, e.g. 3: cells of a type or tissue the "
+                "model never learned, with or without candidates. Omit to label every cell.")]
 CompareKey = Annotated[str | None, Field(
     max_length=200, description="obs column of labels the cells already have (an author's annotation): the reply "
                                 "reports the agreement with them, overall and per label.")]
@@ -56,6 +61,7 @@ class AnnotateCellsRequest(_MatrixOptions):
     species: OptionalText = Field(None, description="Prompt field; default: obs['species'] or detected.")
     tissue: OptionalText = Field(None, description="Prompt field; default: obs['tissue'] if present.")
     unassigned_below: UnassignedBelow = None
+    unassigned_atypical: UnassignedAtypical = None
     compare_key: CompareKey = None
     background: bool = Field(False, description="Run as a background job and return a job id at once.")
     n_examples: int = Field(5, ge=0, le=20, description="Example cells to include in the reply.")
@@ -68,6 +74,7 @@ class PredictDrugResponseRequest(_MatrixOptions):
         ["resistant", "sensitive"], min_length=2, max_length=20, description="Response classes to score.")
     instruction: str | None = Field(None, max_length=2000, description="Question asked per cell; default: ours.")
     unassigned_below: UnassignedBelow = None
+    unassigned_atypical: UnassignedAtypical = None
     compare_key: CompareKey = None
     background: bool = Field(False, description="Run as a background job and return a job id at once.")
     n_examples: int = Field(5, ge=0, le=20, description="Example cells to include in the reply.")
@@ -169,6 +176,8 @@ class CellExample(BaseModel):
     cell: str
     label: str
     confidence: float
+    typicality: float | None = Field(None, description="How alike the training cells of its label the cell is: "
+                                                       "0 as those cells, -3 three of their standard deviations less.")
 
 
 class LabelAgreement(BaseModel):
@@ -196,7 +205,12 @@ class AnnotationSummary(BaseModel):
     low_confidence_cells: int = Field(description="Cells whose confidence is below 0.5 (worth a look; "
                                                   "unassigned_below labels such cells 'Unassigned').")
     unlabelled_cells: int = Field(0, description="Cells left without a label: no counts on any of the model's genes.")
-    unassigned_cells: int = Field(0, description="Cells labelled 'Unassigned': confidence below unassigned_below.")
+    unassigned_cells: int = Field(0, description="Cells labelled 'Unassigned': confidence below unassigned_below or "
+                                                 "typicality below -unassigned_atypical.")
+    atypical_cells: int | None = Field(None, description="Cells whose typicality is below -3: unlike the training "
+                                                         "cells of their label (a type or tissue the model may not "
+                                                         "know; unassigned_atypical=3 labels them 'Unassigned'). "
+                                                         "None when the checkpoint keeps no reference cells.")
     candidates: list[str] | None
     drug: str | None = None
     examples: list[CellExample]

@@ -155,7 +155,8 @@ class InstructCellService:
         from instructcell_agent import api
 
         extra = {k: v for k, v in (("species", req.species), ("tissue", req.tissue), ("free_text", req.free_text),
-                                   ("unassigned_below", req.unassigned_below)) if v}
+                                   ("unassigned_below", req.unassigned_below),
+                                   ("unassigned_atypical", req.unassigned_atypical)) if v}
         return self._annotate(req, "annotation", reporter, lambda view, model: api.annotate(
             view, model=model, instruction=req.instruction, candidates=req.candidates, **extra, **_matrix(req)))
 
@@ -165,7 +166,7 @@ class InstructCellService:
 
         return self._annotate(req, "drug_response", reporter, lambda view, model: api.predict_drug_response(
             view, drug=req.drug, model=model, instruction=req.instruction, candidates=req.candidates,
-            unassigned_below=req.unassigned_below, **_matrix(req)))
+            unassigned_below=req.unassigned_below, unassigned_atypical=req.unassigned_atypical, **_matrix(req)))
 
     def generate_cells(self, req: GenerateCellsRequest, reporter: Reporter | None = None) -> GenerationSummary:
         from instructcell_agent import api
@@ -275,14 +276,17 @@ class InstructCellService:
         cands = list(map(str, result.probabilities.columns)) if result.probabilities is not None else None
         m = len(labelled)
         pick = labelled[np.linspace(0, m - 1, num=min(req.n_examples, m)).round().astype(int)] if m else []
+        typ = np.asarray(result.typicality, dtype=float) if result.typicality is not None else None
         examples = [CellExample(cell=result.obs_names[i], label=str(result.labels[i]),
-                                confidence=round(float(conf[i]), 4)) for i in pick]
+                                confidence=round(float(conf[i]), 4),
+                                typicality=_rounded(typ[i]) if typ is not None else None) for i in pick]
         return AnnotationSummary(
             kind=task, h5ad_path=str(path), n_cells=n,
             label_counts={str(k): int(v) for k, v in result.label_counts().items()},
             mean_confidence=round(float(conf[labelled].mean()), 4) if m else None,  # a 0.0 would read as doubt
             low_confidence_cells=int((conf[labelled] < 0.5).sum()), unlabelled_cells=n - m,
             unassigned_cells=result.n_unassigned(),
+            atypical_cells=int((typ < -3).sum()) if typ is not None else None,
             candidates=cands, drug=getattr(req, "drug", None), examples=examples,
             alignment=str(result.provenance.get("alignment_summary", "")),
             notes=list(result.provenance.get("notes", [])),
@@ -323,6 +327,10 @@ def _describe_column(obs: pd.DataFrame, name: str) -> ObsColumn:
                      examples=list(dict.fromkeys(values.head(200)))[:5])
 
 
+def _rounded(value: float) -> float | None:
+    return None if np.isnan(value) else round(float(value), 3)
+
+
 def _concat(parts):
     from instructcell_agent.results import AnnotationResult
 
@@ -332,10 +340,12 @@ def _concat(parts):
         probs = pd.concat([p.probabilities for p in parts])
     notes = list(dict.fromkeys(n for p in parts for n in p.provenance.get("notes", [])))
     provenance = dict(first.provenance, chunks=len(parts), notes=notes)
+    typicality = np.concatenate([p.typicality for p in parts]) if first.typicality is not None else None
     return AnnotationResult(
         obs_names=[o for p in parts for o in p.obs_names], labels=np.concatenate([p.labels for p in parts]),
         confidence=np.concatenate([np.asarray(p.confidence) for p in parts]),
-        answers=[a for p in parts for a in p.answers], probabilities=probs, provenance=provenance)
+        answers=[a for p in parts for a in p.answers], probabilities=probs, provenance=provenance,
+        typicality=typicality)
 
 
 def _matching_label_sets(model, cells: ad.AnnData) -> dict[str, list[str]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 
 import anndata as ad
@@ -12,7 +13,7 @@ import scipy.sparse as sp
 import torch
 
 import instructcell_agent as ica
-from synthetic import CELL_TYPES, make_counts
+from synthetic import CELL_TYPES, make_counts, novel_counts
 from instructcell_agent.core_model.alignment import align_to_vocab
 from instructcell_agent.core_model.errors import GeneOverlapError, InvalidValuesError
 
@@ -304,3 +305,45 @@ def test_cells_below_the_confidence_threshold_are_unassigned(tiny_model, cells):
     # drug responses too: every confidence is below 1
     drug = ica.predict_drug_response(cells, drug="erlotinib", model=tiny_model, unassigned_below=1.0)
     assert (drug.labels == "Unassigned").all() and set(drug.answers) <= {"resistant", "sensitive"}
+
+
+def test_typicality_sets_apart_cells_of_a_type_never_learned(tiny_model, synthetic_set):
+    held_out = synthetic_set["adata"][200:].copy()  # the file's test cells: learned types, the training batch
+    novel = held_out.copy()
+    novel.X = novel_counts(held_out.X)
+    for kwargs in ({"candidates": list(CELL_TYPES)}, {}):  # with candidates and free
+        seen, unseen = (ica.annotate(a, model=tiny_model, **kwargs) for a in (held_out, novel))
+        assert np.isfinite(seen.typicality).all() and np.median(seen.typicality) > -1
+        assert (seen.typicality < -3).mean() < 0.1
+        assert np.median(unseen.typicality) < -3 and (unseen.typicality < -2).mean() > 0.8
+    out = seen.to_adata(held_out.copy())
+    np.testing.assert_allclose(out.obs["instructcell_typicality"], seen.typicality, rtol=1e-6)
+    assert "typicality" in seen.to_frame() and "typicality (alike their label's training cells" in seen.summary()
+
+
+def test_atypical_cells_are_unassigned(tiny_model, synthetic_set):
+    cells = synthetic_set["adata"][200:].copy()
+    cells.X = sp.vstack([cells.X[:20], novel_counts(cells.X[20:])], format="csr")
+    plain = ica.annotate(cells, model=tiny_model, candidates=list(CELL_TYPES))
+    result = ica.annotate(cells, model=tiny_model, candidates=list(CELL_TYPES), unassigned_atypical=3)
+    low = plain.typicality < -3
+    assert low[20:].mean() > 0.5 and low[:20].mean() < 0.2
+    assert (result.labels[low] == "Unassigned").all() and (result.labels[~low] == plain.labels[~low]).all()
+    assert result.answers == plain.answers and np.array_equal(result.confidence, plain.confidence)
+    assert result.provenance["unassigned_atypical"] == 3 and result.n_unassigned() == low.sum()
+    assert f"{low.sum()} cells 'Unassigned': typicality below -3" in result.summary()
+    with pytest.raises(ValueError, match="already has cells unassigned by unassigned_atypical"):
+        result.unassigned_atypical(2)
+    # both rules at once: a cell goes if either says so
+    both = result.unassigned_below(0.9)
+    assert (both.labels == "Unassigned").sum() == (low | (plain.confidence < 0.9)).sum()
+    assert "confidence below 0.9 or typicality below -3" in both.summary()
+    for bad in (0, -1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="unassigned_atypical"):
+            ica.annotate(cells, model=tiny_model, unassigned_atypical=bad)
+    bare = dataclasses.replace(tiny_model, reference=None)
+    assert ica.annotate(cells, model=bare, candidates=list(CELL_TYPES)).typicality is None
+    with pytest.raises(ValueError, match="fit-reference"):
+        ica.annotate(cells, model=bare, unassigned_atypical=3)
+    with pytest.raises(ValueError, match="no typicality"):
+        ica.annotate(cells, model=bare, candidates=list(CELL_TYPES)).unassigned_atypical(3)

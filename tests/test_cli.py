@@ -6,6 +6,7 @@ import hashlib
 import json
 
 import anndata as ad
+import numpy as np
 import pytest
 import torch
 
@@ -247,6 +248,11 @@ def test_info_prints_how_the_shipped_checkpoint_was_made(capsys):
     for key in ("started_from", "resumed_from", "weights_storage"):
         assert printed.get(key) == config.get(key)
     assert all(len(entry["sha256"]) == 64 for entry in printed["data"])
+    # the shipped reference cells say how they were kept, from which data
+    reference = json.loads((default_checkpoint_path() / "reference.json").read_text())
+    assert printed["reference"]["labels"] == len(reference["keys"]) and printed["reference"]["per_label"] == 40
+    assert printed["reference"]["command"].startswith("instructcell fit-reference")
+    assert all(len(entry["sha256"]) == 64 for entry in printed["reference"]["data"])
 
 
 def test_calibrate_writes_temperatures_from_the_command_line(tiny_checkpoint, synthetic_set, tmp_path, capsys,
@@ -305,6 +311,39 @@ def test_train_readout_refits_a_checkpoints_readout(tiny_checkpoint, synthetic_s
     assert json.loads(out.read_text())["readout"] == "linear gene read-out, weight 0.5"
     assert main([*base, "--no-readout"]) == 0
     assert json.loads(out.read_text())["readout"] == "none"
+
+
+def test_fit_reference_keeps_cells_that_typicality_reads(tiny_checkpoint, synthetic_set, tmp_path, capsys,
+                                                        monkeypatch):
+    import shutil
+
+    from instructcell_agent.core_model import datasets
+    from instructcell_agent.core_model.errors import InputFileError
+
+    def no_shared_data():
+        raise InputFileError("shared data not found")
+
+    monkeypatch.setattr(datasets, "load_catalog", no_shared_data)
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, ckpt)
+    for name in ("reference.json", "reference.safetensors"):
+        (ckpt / name).unlink()
+    out = tmp_path / "annotated.h5ad"
+    args = ["annotate", "--checkpoint", str(ckpt), "--data", str(synthetic_set["path"]), "--out", str(out)]
+    assert main(args + ["--unassigned-atypical", "3"]) == 2  # nothing to measure against yet
+    assert "fit-reference" in capsys.readouterr().err and not out.exists()
+    catalog = _user_catalog(tmp_path, synthetic_set, name="planted", task="cta", drug="")
+    assert main(["fit-reference", "--checkpoint", str(ckpt), "--catalog", str(catalog), "--per-label", "20"]) == 0
+    # 160 training cells, 4 types of 40: 20 kept of each
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == {"labels": 4, "cells_kept": 80}
+    assert main(args + ["--unassigned-atypical", "3"]) == 0
+    annotated = ad.read_h5ad(out)
+    typ = annotated.obs["instructcell_typicality"].to_numpy()
+    assert np.isfinite(typ).all() and annotated.uns["instructcell"]["unassigned_atypical"] == 3.0
+    assert ((annotated.obs["instructcell_label"] == "Unassigned").to_numpy() == (typ < -3)).all()
+    assert "typicality (alike their label's training cells" in capsys.readouterr().out
+    assert main(["fit-reference", "--checkpoint", str(ckpt), "--catalog", str(catalog), "--per-label", "2"]) == 2
+    assert "--per-label must be at least 5" in capsys.readouterr().err
 
 
 def test_no_shared_without_a_catalog_is_an_error_message(tmp_path, capsys):

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from synthetic import tiny_train_config
+from synthetic import CELL_TYPES, tiny_train_config
 from instructcell_agent.core_model.checkpoint import load_checkpoint
 from instructcell_agent.core_model.config import BackboneConfig
 from instructcell_agent.core_model.corpus import load_split
@@ -269,6 +269,11 @@ def test_fine_tuning_on_other_sets_keeps_the_read_out_of_the_sets_it_inherits(ti
     assert all(label in new.readout.column for label in new.label_sets["mine"]["labels"])
     assert torch.equal(new.readout.mean_cells["planted"], old.readout.mean_cells["planted"])
     assert new.readout.info["inherited_sets"] == ["planted"]
+    # the reference cells too: the new set's fitted, the inherited set's as they were
+    assert new.reference.keys == [("mine", f"g_{t}") for t in sorted(CELL_TYPES)] + old.reference.keys
+    assert new.reference.info["inherited_sets"] == ["planted"]
+    kept = slice(new.reference.offsets[4], None)
+    assert (new.reference.cells[kept] != old.reference.cells).nnz == 0
 
 
 def test_a_users_drug_set_with_its_own_drug_and_labels_is_learned_and_answered(tiny_checkpoint, synthetic_set,

@@ -1,0 +1,213 @@
+"""Cells unlike the training cells of the label they were given: does typicality tell them apart?
+
+Typicality (core_model/reference.py) scores each answer by how alike the cell is to the training
+cells of its label, in those cells' standard deviations; `unassigned_atypical=s` labels cells
+below -s 'Unassigned'. Beside it, the confidence (`unassigned_below`). Share of cells flagged by
+each, for:
+
+- in-set: each cell-type set's test cells asked among its own labels, and asked freely (tissue
+  and species from the catalog); the flagged share of right and of wrong answers;
+- the same files cut to their 2,000 most variable genes (scanpy's seurat flavour on the test
+  cells; the reference cells are cut alike at run time);
+- missing types, with candidates: zheng2017's CD34+ test cells and xin2016's pancreas test cells
+  among kang2018's seven blood labels, bastidasponce2019's mouse pancreas test cells among xin2016's
+  four islet labels;
+- another tissue, free answers: the test cells of xin2016 (pancreas), puram2017 (head and neck)
+  and aissa2021 (a lung cancer cell line) with the tissue given as peripheral blood;
+- other labs' cells of learned types: pbmc3k's test cells among kang2018's labels (where both
+  name the type), and scanpy's bundled pbmc68k_reduced (765 genes, `make demo`'s file) among the
+  ten sorted populations' names.
+
+Answers as users get them: `ica.annotate`, default instruction, candidates in one order,
+calibrated confidences.
+
+    python benchmarks/atypical_cells.py [--precision bfloat16] [--out-dir benchmarks/results]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import anndata as ad
+import numpy as np
+import scanpy as sc
+from sklearn.metrics import roc_auc_score
+
+import instructcell_agent as ica
+from instructcell_agent.core_model.datasets import DatasetSpec, load_catalog, read_split, subset_by_names
+from instructcell_agent.core_model.io import get_labels, read_h5ad
+from report_io import run_meta, write_report
+
+logger = logging.getLogger("atypical_cells")
+SDS = (2.0, 2.5, 3.0, 4.0)
+CONFIDENCES = (0.5, 0.6)
+BLOOD = {"tissue": "peripheral blood", "species": "human"}
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--precision", default="bfloat16", choices=["float32", "bfloat16"])
+    p.add_argument("--out-dir", type=Path, default=Path(__file__).parent / "results")
+    return p.parse_args(argv)
+
+
+def test_cells(spec: DatasetSpec) -> ad.AnnData:
+    return subset_by_names(read_h5ad(spec.path), read_split(spec.split_path)["test"], "test")
+
+
+def hvg_cut(cells: ad.AnnData, n_top: int = 2000) -> ad.AnnData:
+    """The file as a scanpy workflow cuts it: counts of its n_top most variable genes."""
+    logged = cells.copy()
+    sc.pp.normalize_total(logged, target_sum=1e4)
+    sc.pp.log1p(logged)
+    sc.pp.highly_variable_genes(logged, flavor="seurat", n_top_genes=n_top)
+    return cells[:, logged.var["highly_variable"].to_numpy()].copy()
+
+
+def flagged(result, truth: np.ndarray | None = None, scored: bool = True) -> dict[str, Any]:
+    """Shares flagged; with `truth`, the share flagged at -3 per true label, and where the
+    candidates name the true labels (`scored`), the accuracy and the flagged share of right and
+    of wrong answers."""
+    typ, conf = np.asarray(result.typicality, float), np.asarray(result.confidence, float)
+    row: dict[str, Any] = {"n": len(typ), "n_no_typicality": int(np.isnan(typ).sum()),
+                           "median_typicality": float(np.nanmedian(typ)),
+                           "typicality_below": {f"-{s:g}": float((typ < -s).mean()) for s in SDS},
+                           "confidence_below": {f"{c:g}": float((conf < c).mean()) for c in CONFIDENCES},
+                           "either_-3_or_0.5": float(((typ < -3) | (conf < 0.5)).mean()),
+                           "typicality": typ.tolist(), "confidence": conf.tolist()}
+    if truth is not None:
+        row["flagged_at_-3_by_true_label"] = {str(l): float((typ[truth == l] < -3).mean()) for l in sorted(set(truth))}
+    if truth is not None and scored:
+        right = np.asarray(result.labels, str) == truth
+        row["accuracy"] = float(right.mean())
+        row["flagged_at_-3_right_wrong"] = [float((typ[right] < -3).mean()) if right.any() else None,
+                                            float((typ[~right] < -3).mean()) if (~right).any() else None]
+    return row
+
+
+def auroc(inset: list[dict[str, Any]], other: list[dict[str, Any]], key: str) -> float:
+    a = np.concatenate([r[key] for r in inset])
+    b = np.concatenate([r[key] for r in other])
+    keep_a, keep_b = ~np.isnan(a), ~np.isnan(b)
+    y = np.r_[np.zeros(keep_a.sum()), np.ones(keep_b.sum())]
+    return float(roc_auc_score(y, -np.r_[a[keep_a], b[keep_b]]))  # lower score = flagged
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    meta = run_meta(shlex.join(["python", *sys.argv]))
+    model = ica.load_model(precision=args.precision)
+    if model.reference is None:
+        raise SystemExit("the shipped checkpoint keeps no reference cells (instructcell fit-reference)")
+    specs = {s.name: s for s in load_catalog(tasks=("annotation",))}
+    labels = {name: list(spec.classes) for name, spec in specs.items()}
+    tests = {name: test_cells(spec) for name, spec in specs.items()}
+    truths = {name: np.asarray(get_labels(c, specs[name].label_key), str) for name, c in tests.items()}
+    rows: dict[str, list[dict[str, Any]]] = {k: [] for k in ("in-set, candidates", "in-set, free", "in-set, HVG-2000",
+                                                               "missing types", "other tissue, free", "other labs")}
+    seconds = {"annotate": 0.0, "typicality": 0.0}
+
+    def run(group: str, what: str, cells: ad.AnnData, truth: np.ndarray | None = None, scored: bool = True,
+            **kwargs) -> None:
+        start = time.perf_counter()
+        result = ica.annotate(cells, model=model, **kwargs)
+        seconds["annotate"] += time.perf_counter() - start
+        row = {"cells": what, **flagged(result, truth, scored)}
+        rows[group].append(row)
+        logger.info("%s | %s: typicality < -3 %.3f, confidence < 0.5 %.3f", group, what,
+                    row["typicality_below"]["-3"], row["confidence_below"]["0.5"])
+
+    for name, cells in tests.items():
+        context = {"species": specs[name].species, "tissue": specs[name].tissue}
+        run("in-set, candidates", name, cells, truths[name], candidates=labels[name])
+        run("in-set, free", name, cells, truths[name], **context)
+        run("in-set, HVG-2000", name, hvg_cut(cells), truths[name], candidates=labels[name])
+    kang, xin = labels["kang2018_pbmc_ifnb"], labels["xin2016_pancreas_subset"]
+    zheng = tests["zheng2017_pbmc_sorted"]
+    run("missing types", "zheng2017's CD34+ test cells, kang2018's labels",
+        zheng[truths["zheng2017_pbmc_sorted"] == "CD34+"].copy(), candidates=kang)
+    run("missing types", "xin2016's pancreas test cells, kang2018's labels (tissue given as blood)",
+        tests["xin2016_pancreas_subset"], candidates=kang, tissue="peripheral blood")
+    run("missing types", "bastidasponce2019's mouse pancreas test cells, xin2016's labels",
+        tests["bastidasponce2019_pancreas_e155"], truths["bastidasponce2019_pancreas_e155"], scored=False,
+        candidates=xin)
+    for name in ("xin2016_pancreas_subset", "puram2017_headneck_chetah"):
+        run("other tissue, free", f"{name} test cells, tissue given as blood", tests[name], **BLOOD)
+    aissa = load_catalog(tasks=("drug_response",))[0]
+    run("other tissue, free", "aissa2021_pc9_erlotinib test cells (a lung cancer cell line), tissue given as blood",
+        test_cells(aissa), **BLOOD)
+    pbmc3k = tests["pbmc3k_seurat"]
+    shared = np.isin(truths["pbmc3k_seurat"], ["B", "NK"])  # spelled alike in kang2018
+    run("other labs", "pbmc3k's B and NK test cells, kang2018's labels", pbmc3k[shared].copy(),
+        truths["pbmc3k_seurat"][shared], candidates=kang)
+    demo = sc.datasets.pbmc68k_reduced()
+    run("other labs", "pbmc68k_reduced (765 genes), the ten bulk_labels names", demo,
+        np.asarray(demo.obs["bulk_labels"], str), use_raw=True, candidates=sorted(set(demo.obs["bulk_labels"])))
+    run("other labs", "pbmc68k_reduced (765 genes), free answers (blood)", demo,
+        np.asarray(demo.obs["bulk_labels"], str), scored=False, use_raw=True, **BLOOD)
+
+    # the score's own cost: typicality alone on zheng2017's test cells, beside annotate's total
+    from instructcell_agent.core_model.alignment import align_to_vocab
+    aligned = align_to_vocab(zheng, model.vocab)
+    start = time.perf_counter()
+    model.reference.typicality(aligned.X, aligned.matched, truths["zheng2017_pbmc_sorted"])
+    seconds["typicality_zheng2017"] = time.perf_counter() - start
+    start = time.perf_counter()
+    ica.annotate(zheng, model=model, candidates=labels["zheng2017_pbmc_sorted"])
+    seconds["annotate_zheng2017"] = time.perf_counter() - start
+
+    separations = [
+        ("in-set with candidates vs missing types", rows["in-set, candidates"], rows["missing types"]),
+        ("in-set free vs other tissue free", rows["in-set, free"], rows["other tissue, free"]),
+    ]
+    aurocs = [{"compared": what, "typicality": auroc(a, b, "typicality"), "confidence": auroc(a, b, "confidence")}
+              for what, a, b in separations]
+    report = {"meta": meta, "precision": model.model.precision, "sds": list(SDS), "confidences": list(CONFIDENCES),
+              "rows": rows, "auroc": aurocs, "seconds": seconds,
+              "reference": {k: model.reference.info.get(k) for k in ("per_label", "seed", "command")}}
+    lines = ["# Cells unlike their label's training cells", "",
+             f"- command: `{meta['command']}`", f"- date: {meta['date']}",
+             f"- machine: {meta['nproc']} CPU cores, load average at start {meta['loadavg']}",
+             f"- ours: `ica.annotate`, default instruction, candidates in one order, calibrated confidences, "
+             f"language model in {model.model.precision}; typicality against {model.reference.info.get('per_label')} "
+             "kept training cells per label", "",
+             "Share of cells flagged: typicality below -s (`unassigned_atypical=s`) and confidence below c "
+             "(`unassigned_below=c`), and by either at -3 / 0.5. In-set rows also give the accuracy and the share "
+             "flagged at -3 among right / wrong answers.", "",
+             "| group | cells | n | median typicality | " + " | ".join(f"typ < -{s:g}" for s in SDS) + " | "
+             + " | ".join(f"conf < {c:g}" for c in CONFIDENCES) + " | typ < -3 or conf < 0.5 | accuracy "
+             "| flagged at -3: right / wrong |",
+             "|---|---|---|---|" + "---|" * (len(SDS) + len(CONFIDENCES)) + "---|---|---|"]
+    for group, group_rows in rows.items():
+        for row in group_rows:
+            rw = row.get("flagged_at_-3_right_wrong")
+            rw_text = " / ".join("-" if v is None else f"{v:.3f}" for v in rw) if rw else ""
+            lines.append(f"| {group} | {row['cells']} | {row['n']:,} | {row['median_typicality']:+.2f} | "
+                         + " | ".join(f"{row['typicality_below'][f'-{s:g}']:.3f}" for s in SDS) + " | "
+                         + " | ".join(f"{row['confidence_below'][f'{c:g}']:.3f}" for c in CONFIDENCES)
+                         + f" | {row['either_-3_or_0.5']:.3f} | "
+                         + (f"{row['accuracy']:.3f}" if "accuracy" in row else "") + f" | {rw_text} |")
+    lines += ["", "Share flagged at -3 by the file's own label:", ""]
+    for group in ("missing types", "other labs"):
+        for row in rows[group]:
+            if "flagged_at_-3_by_true_label" in row:
+                lines.append(f"- {row['cells']}: " + ", ".join(
+                    f"{label} {share:.2f}" for label, share in row["flagged_at_-3_by_true_label"].items()))
+    lines += ["", "AUROC of telling the second group's cells from the first's (cells pooled; lower score = flagged):", "",
+              "| compared | typicality | confidence |", "|---|---|---|"]
+    lines += [f"| {a['compared']} | {a['typicality']:.3f} | {a['confidence']:.3f} |" for a in aurocs]
+    lines += ["", f"Cost: typicality of zheng2017's {zheng.n_obs} test cells took {seconds['typicality_zheng2017']:.2f} s, "
+              f"the whole `annotate` call (typicality included) {seconds['annotate_zheng2017']:.1f} s."]
+    path = write_report(report, "\n".join(lines) + "\n", args.out_dir, "atypical_cells")
+    print(path)
+
+
+if __name__ == "__main__":
+    main()

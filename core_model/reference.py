@@ -1,0 +1,264 @@
+"""How typical a cell is of the training cells of the label it was given.
+
+Why: the model always names a label. Asked among candidates, a cell of a type none of them names
+gets a low confidence (benchmarks/results/missing_types.md); asked freely, the answer is chosen
+among the labels learned for the tissue, and the confidence tells much less (pancreas cells given
+as blood: 0.57 of them below 0.6). Whether a cell looks like the cells the model learned its label
+from is a question the expression answers directly, without the language model.
+
+The score, per cell: the Pearson correlation of its log1p(CP10k) profile with the log1p of its
+label's mean training profile, over the genes the file holds, as a z-score against the same
+correlation of up to `PER_LABEL` of that label's training cells (each against the mean of the
+others), on the Fisher scale (atanh). 0 is as alike as the label's training cells are on
+average; -3 is three of their standard deviations less alike. Stored training cells, not stored
+statistics, because the score's scale follows the file's genes: a file cut to its 2,000 most
+variable genes correlates differently from a whole one, and the training cells are cut alike at
+run time. Correlation rather than cosine: housekeeping genes lift every cosine (on whole files,
+pancreas cells given as blood were told from blood cells with AUROC 0.87 by cosine, 0.99 by
+correlation; benchmarks/EXPERIMENTS.md).
+
+A label scores against the cells of every training set of the same tissue that names the same
+population: spelled alike, or tied to the same Cell Ontology term ('CD14+ Monocyte', 'CD14+Mono'
+and 'CD14+ Mono' of three PBMC sets); the best counts. Which set's spelling the model chose says
+little about which set's cells a file resembles: scanpy's pbmc68k_reduced comes from zheng2017's
+lab, and its monocytes, answered with another set's spelling, fell below -3 against that set's
+cells alone (0.96 of them; benchmarks/EXPERIMENTS.md) and not against zheng2017's. Files: reference.safetensors + reference.json beside the model's files; optional (a checkpoint
+without them gives no typicality).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from .errors import CheckpointError
+from .io import load_tensors_with_meta, save_tensors_with_meta, vocab_sha256
+from .labels import ontology_id
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+WEIGHTS_FILE, META_FILE = "reference.safetensors", "reference.json"
+PER_LABEL = 40  # training cells kept per label: ~600 non-zero genes each, ~5 MB for the shipped sets
+MIN_CELLS = 5  # fewer kept cells give no usable spread: such labels get no typicality
+CHUNK = 4096  # cells scored at once (a dense chunk of log values over the vocabulary at most)
+
+
+@dataclass
+class Reference:
+    """Per (label set, label): the mean CP10k profile of its training cells and a sample of them.
+
+    keys[i] = (label set, label); mean_cp10k[i] its training cells' mean CP10k (genes,), over
+    n_cells[i] cells; its kept cells are rows offsets[i]:offsets[i + 1] of `cells` (counts on the
+    vocabulary, CSR)."""
+
+    keys: list[tuple[str, str]]
+    mean_cp10k: np.ndarray
+    n_cells: np.ndarray
+    cells: sp.csr_matrix
+    offsets: np.ndarray
+    info: dict[str, Any] = field(default_factory=dict)
+    tissues: dict[str, str] = field(default_factory=dict)  # label set -> its tissue (labels.json)
+
+    def __post_init__(self) -> None:
+        self.by_label: dict[str, list[int]] = {}
+        for i, (_, label) in enumerate(self.keys):
+            self.by_label.setdefault(label, []).append(i)
+        self._populations: dict[str, list[int]] = {}
+
+    def population(self, label: str) -> list[int]:
+        """The keys a cell given `label` is scored against: the label's own, and those of labels
+        tied to the same Cell Ontology term in training sets of the same tissue (a label no set
+        holds: every set's labels of its term). Not across tissues: pooling more populations lets
+        more cells pass, and a tumour's Smart-seq2 T cells are not what a blood file's T cells
+        should be measured against (zheng2017's CD34+ cells called kang2018's 'CD4T' fell below -3
+        against kang2018's cells, 0.97 of them, and 0.07 with puram2017's CD4 T cells pooled in;
+        benchmarks/EXPERIMENTS.md)."""
+        if label not in self._populations:
+            own = self.by_label.get(label, [])
+            tissues = {self.tissues.get(self.keys[k][0], "") for k in own}
+            term = ontology_id(label)
+            alike = [k for k, (name, other) in enumerate(self.keys) if k not in own and term is not None
+                     and ontology_id(other) == term and (not own or self.tissues.get(name, "") in tissues)]
+            self._populations[label] = own + alike
+        return self._populations[label]
+
+    def typicality(self, counts: sp.spmatrix, present: np.ndarray, labels: Sequence[str | None]) -> np.ndarray:
+        """z-score per cell (see the module docstring) of `counts` (cells x vocabulary, linear
+        scale) against the kept cells of its label's population in `labels` (`population`), over
+        the vocabulary genes at positions `present` (the file's genes). NaN for a cell without a
+        label, a label of no population this reference holds enough cells of, or a cell with no
+        counts there."""
+        counts = sp.csr_matrix(counts)
+        present = np.asarray(present, dtype=np.int64)
+        out = np.full(counts.shape[0], np.nan)
+        stats: dict[int, tuple[np.ndarray, float, float]] = {}
+        names = np.asarray([str(l) if l is not None else "" for l in labels], dtype=object)
+        for label in sorted(set(names) - {""}):
+            keys = self.population(label)
+            if not keys:
+                continue
+            rows = np.flatnonzero(names == label)
+            best = np.full(rows.size, -np.inf)
+            for k in keys:
+                if k not in stats:
+                    stats[k] = self._stats(k, present)
+                mean_log, centre, spread = stats[k]
+                if not np.isfinite(spread):
+                    continue
+                for lo in range(0, rows.size, CHUNK):
+                    part = rows[lo:lo + CHUNK]
+                    z = (fisher(correlation(counts[part][:, present], mean_log)) - centre) / spread
+                    best[lo:lo + CHUNK] = np.fmax(best[lo:lo + CHUNK], z)
+            out[rows] = np.where(np.isfinite(best), best, np.nan)
+        return out
+
+    def _stats(self, k: int, present: np.ndarray) -> tuple[np.ndarray, float, float]:
+        """Label k's mean profile over `present` (log1p CP10k after renormalising there) and the
+        mean and standard deviation of its kept cells' Fisher-scaled correlations, each cell against
+        the mean of the label's other training cells (its own counts would flatter it)."""
+        mean_log = log_profile(self.mean_cp10k[k][present])
+        kept = self.cells[self.offsets[k]:self.offsets[k + 1]]
+        n = float(self.n_cells[k])
+        if kept.shape[0] < MIN_CELLS or n < 2:
+            return mean_log, np.nan, np.nan
+        own = cp10k(kept).toarray()
+        others = (n * self.mean_cp10k[k][None, :] - own) / (n - 1)
+        sims = np.array([correlation(kept[i][:, present], log_profile(others[i, present]))[0]
+                         for i in range(kept.shape[0])])
+        scores = fisher(sims[np.isfinite(sims)])
+        if scores.size < MIN_CELLS:
+            return mean_log, np.nan, np.nan
+        return mean_log, float(scores.mean()), float(max(scores.std(ddof=1), 1e-6))
+
+    def permute_genes(self, order: Sequence[int]) -> None:
+        """Reorder the gene columns (the checkpoint's vocabulary was reordered)."""
+        order = list(order)
+        self.mean_cp10k = self.mean_cp10k[:, order]
+        self.cells = sp.csr_matrix(self.cells[:, order])
+
+
+def cp10k(counts: sp.spmatrix) -> sp.csr_matrix:
+    """Each row scaled to sum 10,000 (rows without counts stay zero)."""
+    counts = sp.csr_matrix(counts, dtype=np.float64)
+    total = np.asarray(counts.sum(1)).ravel()
+    return sp.csr_matrix(sp.diags(np.where(total > 0, 1e4 / np.where(total > 0, total, 1), 0.0)) @ counts)
+
+
+def log_profile(mean: np.ndarray) -> np.ndarray:
+    """log1p of a mean CP10k profile renormalised to 10,000 over the genes it is given."""
+    total = float(mean.sum())
+    return np.log1p(mean * (1e4 / total if total > 0 else 0.0))
+
+
+def correlation(counts: sp.spmatrix, profile: np.ndarray) -> np.ndarray:
+    """Pearson correlation of each row's log1p(CP10k) (normalised over these columns) with
+    `profile`, computed on the sparse rows (zeros included). NaN for a row without counts."""
+    x = cp10k(counts)
+    x.data = np.log1p(x.data)
+    g = profile.size
+    sx, sxx = np.asarray(x.sum(1)).ravel(), np.asarray(x.multiply(x).sum(1)).ravel()
+    sxy = x @ profile
+    sy, syy = float(profile.sum()), float(profile @ profile)
+    cov = sxy - sx * sy / g
+    var = (sxx - sx ** 2 / g) * (syy - sy ** 2 / g)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(var > 0, cov / np.sqrt(np.clip(var, 1e-300, None)), np.nan)
+
+
+def fisher(r: np.ndarray) -> np.ndarray:
+    return np.arctanh(np.clip(r, -0.999999, 0.999999))
+
+
+# ---------------------------------------------------------------- fitting
+def fit_reference(parts: Sequence[tuple[str, sp.spmatrix, np.ndarray]], n_genes: int, per_label: int = PER_LABEL,
+                  seed: int = 0, info: dict[str, Any] | None = None,
+                  tissues: dict[str, str] | None = None) -> Reference:
+    """A reference from (label set, counts on the vocabulary, label per cell) parts: each label's
+    mean CP10k over all its cells and `per_label` of them drawn at random (seeded). `tissues`:
+    each label set's tissue (which sets pool a population, `Reference.population`)."""
+    rng = np.random.default_rng(seed)
+    keys, means, ns, kept = [], [], [], []
+    for name, counts, labels in parts:
+        counts = sp.csr_matrix(counts, dtype=np.float32)
+        if counts.shape[1] != n_genes:
+            raise ValueError(f"{name}: {counts.shape[1]} genes, the vocabulary {n_genes}")
+        labels = np.asarray(labels, dtype=str)
+        for label in sorted(set(labels)):
+            rows = np.flatnonzero(labels == label)
+            rows = rows[np.asarray(cp10k(counts[rows]).sum(1)).ravel() > 0]  # cells with counts only
+            if rows.size == 0:
+                continue
+            pick = np.sort(rng.choice(rows, per_label, replace=False)) if rows.size > per_label else rows
+            keys.append((name, label))
+            means.append(np.asarray(cp10k(counts[rows]).mean(0)).ravel())
+            ns.append(rows.size)
+            kept.append(counts[pick])
+    offsets = np.concatenate([[0], np.cumsum([k.shape[0] for k in kept])]).astype(np.int64)
+    cells = sp.vstack(kept, format="csr") if kept else sp.csr_matrix((0, n_genes), dtype=np.float32)
+    return Reference(keys, np.asarray(means).reshape(len(keys), n_genes), np.asarray(ns, dtype=np.int64), cells,
+                     offsets, {"per_label": per_label, "seed": seed, **(info or {})}, dict(tissues or {}))
+
+
+def merged(new: Reference, old: Reference, sets: Sequence[str]) -> Reference:
+    """`new` plus `old`'s labels of the label sets `sets` (inherited without data by a fine-tuning
+    run: their training cells are the starting checkpoint's, and so is what they are scored against)."""
+    take = [i for i, (name, _) in enumerate(old.keys) if name in set(sets)]
+    rows = [old.cells[old.offsets[i]:old.offsets[i + 1]] for i in take]
+    offsets = np.concatenate([new.offsets, new.offsets[-1] + np.cumsum([r.shape[0] for r in rows])]).astype(np.int64)
+    return Reference(new.keys + [old.keys[i] for i in take],
+                     np.concatenate([new.mean_cp10k, old.mean_cp10k[take]]),
+                     np.concatenate([new.n_cells, old.n_cells[take]]),
+                     sp.vstack([new.cells, *rows], format="csr"), offsets,
+                     {**new.info, "inherited_sets": list(sets)}, {**old.tissues, **new.tissues})
+
+
+# ---------------------------------------------------------------- files
+def has_reference(path: str | os.PathLike | None) -> bool:
+    return path is not None and all((Path(path) / f).is_file() for f in (WEIGHTS_FILE, META_FILE))
+
+
+def save_reference(root: str | os.PathLike, reference: Reference, vocab: Sequence[str]) -> Path:
+    """Write reference.safetensors + reference.json (each atomically). The kept cells are stored
+    as float16 log1p(counts), 3 significant digits (counts of Smart-seq2 files pass float16's
+    range; the score renormalises every cell, so the rounding is all that changes)."""
+    cells = sp.csr_matrix(reference.cells)
+    index_dtype = torch.int16 if len(vocab) < 2 ** 15 else torch.int32
+    tensors = {"mean_cp10k": torch.as_tensor(reference.mean_cp10k, dtype=torch.float32).half(),
+               "n_cells": torch.as_tensor(reference.n_cells, dtype=torch.int64),
+               "offsets": torch.as_tensor(reference.offsets, dtype=torch.int64),
+               "indptr": torch.as_tensor(cells.indptr, dtype=torch.int64),
+               "indices": torch.as_tensor(cells.indices).to(index_dtype),
+               "log_counts": torch.as_tensor(np.log1p(cells.data.astype(np.float32))).half()}
+    meta = {"format_version": FORMAT_VERSION, "keys": [list(k) for k in reference.keys],
+            "tissues": reference.tissues, "vocab_sha256": vocab_sha256(vocab), **reference.info}
+    save_tensors_with_meta(root, WEIGHTS_FILE, META_FILE, tensors, meta)
+    log.info("wrote %s and %s in %s", WEIGHTS_FILE, META_FILE, root)
+    return Path(root) / META_FILE
+
+
+def load_reference(root: str | os.PathLike, vocab: Sequence[str]) -> Reference | None:
+    """The reference stored in a checkpoint directory, or None when it has none."""
+    root = Path(root)
+    if not has_reference(root):
+        return None
+    state, meta = load_tensors_with_meta(root, WEIGHTS_FILE, META_FILE, vocab, FORMAT_VERSION,
+                                         "instructcell fit-reference --checkpoint DIR")
+    keys = [(str(a), str(b)) for a, b in meta.pop("keys")]
+    tissues = {str(k): str(v) for k, v in meta.pop("tissues", {}).items()}
+    indptr = state["indptr"].numpy()
+    cells = sp.csr_matrix((np.expm1(state["log_counts"].float().numpy()), state["indices"].long().numpy(), indptr),
+                          shape=(indptr.size - 1, len(vocab)))
+    mean = state["mean_cp10k"].float().numpy().astype(np.float64)
+    offsets = state["offsets"].numpy()
+    if mean.shape != (len(keys), len(vocab)) or offsets.shape != (len(keys) + 1,) or offsets[-1] != cells.shape[0]:
+        raise CheckpointError(f"{root}/{WEIGHTS_FILE}: shapes do not fit {len(keys)} labels x {len(vocab)} genes")
+    info = {k: v for k, v in meta.items() if k not in ("format_version", "vocab_sha256", "weights_sha256")}
+    return Reference(keys, mean, state["n_cells"].numpy(), cells, offsets, info, tissues)
