@@ -75,11 +75,12 @@ def main() -> None:
     print(f"with unassigned_below=0.5: {sure.n_unassigned()} cells 'Unassigned', agreement on the other "
           f"{kept.n_compared}: {kept.agreement:.3f}")
     # Or by how unlike the training cells of their label the cells are (typicality, in those
-    # cells' standard deviations), which also works for free answers.
-    unlike = scored.unassigned_atypical(3)
-    kept = unlike.agreement(sub_known)
-    print(f"with unassigned_atypical=3: {unlike.n_unassigned()} cells 'Unassigned', agreement on the other "
-          f"{kept.n_compared}: {kept.agreement:.3f}")
+    # cells' standard deviations), which works for free answers too.
+    for name, result, labels in (("free", free, known), ("scored", scored, sub_known)):
+        unlike = result.unassigned_atypical(3)
+        kept = unlike.agreement(labels)
+        print(f"with unassigned_atypical=3 ({name} answers): {unlike.n_unassigned()} cells 'Unassigned', agreement "
+              f"on the other {kept.n_compared}: {kept.agreement:.3f}")
     print("\nPer known label (free answers):")
     print(free.agreement(known).summary("bulk_labels"))
 
