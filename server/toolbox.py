@@ -60,7 +60,9 @@ SPECS: tuple[ToolSpec, ...] = (
              "counts, mean confidence, a few example cells and notes to weigh (e.g. a tissue the model never saw). "
              "Pass candidates to choose among known types (probabilities per type): best one label set from "
              "inspect_dataset's matching_label_sets, or Cell Ontology names. compare_key (an obs column of labels "
-             "the cells already have) adds the agreement with them. At most {max_cells:,} cells per call."
+             "the cells already have) adds the agreement with them. atypical_cells counts cells unlike the "
+             "training cells of their label (a type or tissue the model may not know); unassigned_atypical=3 "
+             "labels them 'Unassigned'. At most {max_cells:,} cells per call."
              + _JOB_NOTE + _OUT_NOTE,
              AnnotateCellsRequest, AnnotationOutput, read_only=False, idempotent=False, runs_model=True),
     ToolSpec("predict_drug_response", "Predict drug response",

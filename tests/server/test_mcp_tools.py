@@ -22,7 +22,7 @@ import instructcell_agent as ica
 from instructcell_agent.server.mcp_app import build_server
 from instructcell_agent.server.toolbox import Toolbox
 from server_testkit import N_CELLS, digest, make_config, make_data_root, output_entries
-from synthetic import CELL_TYPES, make_counts
+from synthetic import CELL_TYPES, make_counts, novel_counts
 
 CANDIDATES = list(CELL_TYPES)
 
@@ -179,6 +179,25 @@ def test_annotate_cells_can_leave_low_confidence_cells_unassigned(env):
     assert summary["agreement"]["n_compared"] == 0 and any("'Unassigned'" in n for n in summary["notes"])
     assert "unassigned_below" in error_text(call(env["server"], "annotate_cells",
                                                  {"h5ad_path": "planted.h5ad", "unassigned_below": 0}))
+
+
+def test_annotate_cells_counts_and_can_unassign_atypical_cells(env):
+    # 20 cells of the training batch's types, then the same cells turned into a type never learned
+    cells = make_counts(240, seed=0)[200:220].copy()
+    cells = ad.concat([cells, cells.copy()], index_unique="-")
+    cells.X = sp.vstack([cells.X[:20], novel_counts(cells.X[20:])], format="csr")
+    cells.write_h5ad(env["paths"]["root"] / "with_novel.h5ad")
+    args = {"h5ad_path": "with_novel.h5ad", "candidates": CANDIDATES}
+    plain = check_structured(env["server"], "annotate_cells", call(env["server"], "annotate_cells", args))["result"]
+    csv = pd.read_csv(next(f["path"] for f in plain["outputs"] if f["kind"] == "labels_csv"), index_col="cell")
+    low = csv["typicality"].to_numpy() < -3
+    assert plain["atypical_cells"] == low.sum() and low[20:].mean() > 0.5 and low[:20].mean() < 0.2
+    assert all(e["typicality"] is not None for e in plain["examples"]) and plain["unassigned_cells"] == 0
+    result = call(env["server"], "annotate_cells", {**args, "unassigned_atypical": 3})
+    summary = check_structured(env["server"], "annotate_cells", result)["result"]
+    assert summary["label_counts"].get("Unassigned") == low.sum() == summary["unassigned_cells"]
+    assert "unassigned_atypical" in error_text(call(env["server"], "annotate_cells",
+                                                    {**args, "unassigned_atypical": -1}))
 
 
 def test_cells_without_counts_come_back_unlabelled(env):
