@@ -14,6 +14,7 @@ import torch
 
 import instructcell_agent as ica
 from synthetic import CELL_TYPES, make_counts, novel_counts
+from instructcell_agent.api import AtypicalCellsWarning
 from instructcell_agent.core_model.alignment import align_to_vocab
 from instructcell_agent.core_model.errors import GeneOverlapError, InvalidValuesError
 
@@ -49,8 +50,12 @@ def test_free_answers_and_chat_mode(tiny_model, cells):
     assert ((result.confidence >= 0) & (result.confidence <= 1)).all()
 
 
-def test_free_answers_for_an_unseen_tissue_say_so(tiny_model, cells):
+def test_free_answers_for_an_unseen_tissue_say_so(tiny_model, synthetic_set):
     from instructcell_agent.api import UnseenContextWarning
+
+    # the training file's held-out cells: of its batch, so typicality adds no note of its own
+    # (make_counts' other seeds draw other background rates, a batch typicality tells apart)
+    cells = synthetic_set["adata"][200:].copy()
 
     with pytest.warns(UnseenContextWarning, match="liver"):
         result = ica.annotate(cells, model=tiny_model, tissue="liver")
@@ -316,6 +321,11 @@ def test_typicality_sets_apart_cells_of_a_type_never_learned(tiny_model, synthet
         assert np.isfinite(seen.typicality).all() and np.median(seen.typicality) > -1
         assert (seen.typicality < -3).mean() < 0.1
         assert np.median(unseen.typicality) < -3 and (unseen.typicality < -2).mean() > 0.8
+    # a file most of whose cells are unlike anything learned says so; one of learned types does not
+    assert any("unlike the training cells" in n for n in unseen.provenance["notes"])
+    assert not any("unlike the training cells" in n for n in seen.provenance["notes"])
+    with pytest.warns(AtypicalCellsWarning, match="the file may hold"):
+        ica.annotate(novel, model=tiny_model)
     out = seen.to_adata(held_out.copy())
     np.testing.assert_allclose(out.obs["instructcell_typicality"], seen.typicality, rtol=1e-6)
     assert "typicality" in seen.to_frame() and "typicality (alike their label's training cells" in seen.summary()
