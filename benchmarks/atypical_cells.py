@@ -18,6 +18,11 @@ each, for:
   name the type), and scanpy's bundled pbmc68k_reduced (765 genes, `make demo`'s file) among the
   ten sorted populations' names.
 
+And generated cells: one per kang2018 / zheng2017 test cell with that cell's conditions (the
+generation benchmark's requests, the generator's valid phrasings), scored against their requested
+type beside the real test cells against their own (the real file's genes for both): a generator
+drawing too close to each type's mean gives typicality well above the real cells'.
+
 Answers as users get them: `ica.annotate`, default instruction, candidates in one order,
 calibrated confidences.
 
@@ -99,6 +104,29 @@ def auroc(inset: list[dict[str, Any]], other: list[dict[str, Any]], key: str) ->
     return float(roc_auc_score(y, -np.r_[a[keep_a], b[keep_b]]))  # lower score = flagged
 
 
+def generated_vs_real(model, spec: DatasetSpec, cells: ad.AnnData, truth: np.ndarray, seed: int = 0) -> dict[str, Any]:
+    """Typicality of one generated cell per test cell (its conditions) and of the test cells."""
+    from instructcell_agent.core_model.alignment import align_to_vocab
+    from instructcell_agent.core_model.generation.evaluate import load_real, requests_for
+    from instructcell_agent.core_model.generation.generator import load_generator
+    from instructcell_agent.core_model.generation.sampling import sample_counts
+    from instructcell_agent.core_model.instructions import load_bank
+
+    aligned = align_to_vocab(cells, model.vocab)
+    real = load_real(spec.path, spec.split_path, spec.label_key, vocab=model.vocab)
+    gen = load_generator(model)
+    texts, _ = requests_for(gen, real.conditions, list(load_bank("generation").valid), seed)
+    counts, _ = sample_counts(model, gen, texts, seed)
+    asked = [c.cell_type for c in real.conditions]
+    out = {}
+    for name, typ in (("generated", model.reference.typicality(counts, aligned.matched, asked)),
+                      ("real", model.reference.typicality(aligned.X, aligned.matched, truth))):
+        q25, q50, q75 = np.nanpercentile(typ, [25, 50, 75])
+        out[name] = {"n": int(np.isfinite(typ).sum()), "median": float(q50), "q25": float(q25), "q75": float(q75),
+                     "below_-3": float(np.mean(typ < -3)), "above_3": float(np.mean(typ > 3))}
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -153,6 +181,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     run("other labs", "pbmc68k_reduced (765 genes), free answers (blood)", demo,
         np.asarray(demo.obs["bulk_labels"], str), scored=False, use_raw=True, **BLOOD)
 
+    generated = {name: generated_vs_real(model, specs[name], tests[name], truths[name])
+                 for name in ("kang2018_pbmc_ifnb", "zheng2017_pbmc_sorted")}
+
     # the score's own cost: typicality alone on zheng2017's test cells, beside annotate's total
     from instructcell_agent.core_model.alignment import align_to_vocab
     aligned = align_to_vocab(zheng, model.vocab)
@@ -170,7 +201,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     aurocs = [{"compared": what, "typicality": auroc(a, b, "typicality"), "confidence": auroc(a, b, "confidence")}
               for what, a, b in separations]
     report = {"meta": meta, "precision": model.model.precision, "sds": list(SDS), "confidences": list(CONFIDENCES),
-              "rows": rows, "auroc": aurocs, "seconds": seconds,
+              "rows": rows, "auroc": aurocs, "generated": generated, "seconds": seconds,
               "reference": {k: model.reference.info.get(k) for k in ("per_label", "seed", "command")}}
     lines = ["# Cells unlike their label's training cells", "",
              f"- command: `{meta['command']}`", f"- date: {meta['date']}",
@@ -203,6 +234,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     lines += ["", "AUROC of telling the second group's cells from the first's (cells pooled; lower score = flagged):", "",
               "| compared | typicality | confidence |", "|---|---|---|"]
     lines += [f"| {a['compared']} | {a['typicality']:.3f} | {a['confidence']:.3f} |" for a in aurocs]
+    lines += ["", "Generated cells (one per test cell, its conditions) against their requested type, beside the test "
+              "cells against their own:", "", "| set | cells | n | median | 25th / 75th percentile | below -3 | above +3 |",
+              "|---|---|---|---|---|---|---|"]
+    for name, sides in generated.items():
+        lines += [f"| {name} | {side} | {v['n']} | {v['median']:+.2f} | {v['q25']:+.2f} / {v['q75']:+.2f} | "
+                  f"{v['below_-3']:.3f} | {v['above_3']:.3f} |" for side, v in sides.items()]
     lines += ["", f"Cost: typicality of zheng2017's {zheng.n_obs} test cells took {seconds['typicality_zheng2017']:.2f} s, "
               f"the whole `annotate` call (typicality included) {seconds['annotate_zheng2017']:.1f} s."]
     path = write_report(report, "\n".join(lines) + "\n", args.out_dir, "atypical_cells")

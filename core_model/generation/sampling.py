@@ -100,7 +100,8 @@ def generate_cells(loaded: LoadedModel, cell_type: str, n: int, *, species: str 
     -------
     anndata.AnnData
         X: integer counts (float32 CSR) over the checkpoint's gene vocabulary; obs: the
-        conditions, the instruction and ``unseen_condition``; uns: provenance.
+        conditions, the instruction, ``unseen_condition`` and, where the checkpoint keeps reference
+        cells, ``typicality`` (core_model/reference.py; NaN for a type without any); uns: provenance.
 
     Raises
     ------
@@ -119,7 +120,14 @@ def generate_cells(loaded: LoadedModel, cell_type: str, n: int, *, species: str 
     provenance = {"checkpoint": str(loaded.path), "seed": int(seed), "instruction_template": template,
                   "resolution": res.message, "generator_created": gen.info.get("created"),
                   "understood_as": gen.table.records[nearest[0]].to_dict() if nearest else None}
-    return to_anndata(counts, loaded.vocab, [res.condition] * int(n), [text] * int(n), res.unseen, provenance)
+    adata = to_anndata(counts, loaded.vocab, [res.condition] * int(n), [text] * int(n), res.unseen, provenance)
+    if loaded.reference is not None:
+        # How alike each cell is to the training cells of the type asked for, on the scale real
+        # cells have: generated kang2018 / zheng2017 test-cell look-alikes scored much as the real
+        # test cells do (medians +0.09 / +0.10 against -0.19 / +0.07; atypical_cells.md).
+        adata.obs["typicality"] = loaded.reference.typicality(
+            adata.X, np.arange(len(loaded.vocab)), [res.condition.cell_type] * int(n)).astype(np.float32)
+    return adata
 
 
 def to_anndata(counts: np.ndarray, vocab: Sequence[str], conditions: Sequence[Condition], instructions: Sequence[str],

@@ -28,6 +28,15 @@ def test_generated_cells_are_integer_counts_over_the_vocabulary(gen_model):
     assert values.sum() > 0
 
 
+def test_generated_cells_carry_their_typicality_of_the_type_asked_for(gen_model):
+    adata = generate_cells(gen_model, "alpha", 40, condition="ctrl", seed=0)
+    typ = adata.obs["typicality"].to_numpy()
+    assert np.isfinite(typ).all()
+    # they look like the type asked for: closer to its training cells than to another type's
+    as_beta = gen_model.reference.typicality(adata.X, np.arange(adata.n_vars), ["beta"] * adata.n_obs)
+    assert np.median(typ) > np.median(as_beta) + 1
+
+
 def test_generated_genes_carry_their_ensembl_id_and_current_symbol():
     from instructcell_agent.core_model.generation.conditions import Condition
     from instructcell_agent.core_model.generation.sampling import to_anndata
