@@ -157,10 +157,17 @@ class AnnotationResult:
             rules.append(f"typicality below {-self.provenance['unassigned_atypical']:g}")
         if rules:
             lines.append(f"{self.n_unassigned():,} cells {UNASSIGNED!r}: {' or '.join(rules)}")
-        lines += [f"  {label}: {n}" for label, n in counts.items()]
+        lines += [f"  {label}: {n}{self._atypical_among(label)}" for label, n in counts.items()]
         lines += self._merged_synonyms(counts)
         lines += [f"Note: {note}" for note in self.provenance.get("notes", [])]
         return "\n".join(lines)
+
+    def _atypical_among(self, label) -> str:
+        """' (k below -3)' for a label some of whose cells fall below typicality -3, else ''."""
+        if self.typicality is None:
+            return ""
+        k = int((np.asarray(self.typicality, dtype=float)[np.asarray(self.labels == label)] < -3).sum())
+        return f" ({k} below -3)" if k else ""
 
     def _merged_synonyms(self, counts: pd.Series) -> list[str]:
         """Free answers range over several training sets' spellings ('NK' and 'CD56+ NK'); say which

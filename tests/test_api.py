@@ -329,6 +329,10 @@ def test_typicality_sets_apart_cells_of_a_type_never_learned(tiny_model, synthet
     out = seen.to_adata(held_out.copy())
     np.testing.assert_allclose(out.obs["instructcell_typicality"], seen.typicality, rtol=1e-6)
     assert "typicality" in seen.to_frame() and "typicality (alike their label's training cells" in seen.summary()
+    # the summary's label counts say how many of each label's cells are atypical
+    lines = [line for line in unseen.summary().splitlines() if line.startswith("  ")]
+    assert sum(int(line.split("(")[1].split()[0]) for line in lines if "below -3)" in line) == (
+        unseen.typicality < -3).sum()
 
 
 def test_atypical_cells_are_unassigned(tiny_model, synthetic_set):
