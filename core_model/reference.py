@@ -7,9 +7,10 @@ as blood: 0.57 of them below 0.6). Whether a cell looks like the cells the model
 from is a question the expression answers directly, without the language model.
 
 The score, per cell: the Pearson correlation of its log1p(CP10k) profile with the log1p of its
-label's mean training profile, over the genes the file holds, as a z-score against the same
-correlation of up to `PER_LABEL` of that label's training cells (each against the mean of the
-others), on the Fisher scale (atanh). 0 is as alike as the label's training cells are on
+label's mean training profile, over the genes the file holds among the `INFORMATIVE_GENES` whose
+mean differs most between the learned labels, as a z-score against the same correlation of up
+to `PER_LABEL` of that label's training cells (each against the mean of the others), on the
+Fisher scale (atanh). 0 is as alike as the label's training cells are on
 average; -3 is three of their standard deviations less alike. Stored training cells, not stored
 statistics, because the score's scale follows the file's genes: a file cut to its 2,000 most
 variable genes correlates differently from a whole one, and the training cells are cut alike at
@@ -22,7 +23,9 @@ population: spelled alike, or tied to the same Cell Ontology term ('CD14+ Monocy
 and 'CD14+ Mono' of three PBMC sets); the best counts. Which set's spelling the model chose says
 little about which set's cells a file resembles: scanpy's pbmc68k_reduced comes from zheng2017's
 lab, and its monocytes, answered with another set's spelling, fell below -3 against that set's
-cells alone (0.96 of them; benchmarks/EXPERIMENTS.md) and not against zheng2017's. Files: reference.safetensors + reference.json beside the model's files; optional (a checkpoint
+cells alone (0.96 of them; benchmarks/EXPERIMENTS.md) and not against zheng2017's.
+
+Files: reference.safetensors + reference.json beside the model's files; optional (a checkpoint
 without them gives no typicality).
 """
 
@@ -47,6 +50,13 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 WEIGHTS_FILE, META_FILE = "reference.safetensors", "reference.json"
 PER_LABEL = 40  # training cells kept per label: ~600 non-zero genes each, ~5 MB for the shipped sets
+# Genes the score reads: those whose mean differs most between the learned labels (variance of
+# log1p of the labels' mean profiles), 0 for all. On the valid splits 2,000 of the 11,117 read
+# other tissues' cells as atypical more often (aissa2021 as blood 0.64 -> 0.96 below -3 against
+# the best blood label) with no more in-set cells flagged (0.004 either way; cut to 2,000 HVGs
+# 0.023 -> 0.007); all genes let depth and housekeeping genes, which every type shares, set the
+# correlation (benchmarks/EXPERIMENTS.md).
+INFORMATIVE_GENES = 2000
 MIN_CELLS = 5  # fewer kept cells give no usable spread: such labels get no typicality
 CHUNK = 4096  # cells scored at once (a dense chunk of log values over the vocabulary at most)
 
@@ -72,6 +82,7 @@ class Reference:
         for i, (_, label) in enumerate(self.keys):
             self.by_label.setdefault(label, []).append(i)
         self._populations: dict[str, list[int]] = {}
+        self.genes = informative_genes(self.mean_cp10k, int(self.info.get("informative_genes", 0)))
 
     def population(self, label: str) -> list[int]:
         """The keys a cell given `label` is scored against: the label's own, and those of labels
@@ -98,6 +109,8 @@ class Reference:
         counts there."""
         counts = sp.csr_matrix(counts)
         present = np.asarray(present, dtype=np.int64)
+        if self.genes is not None:
+            present = np.intersect1d(present, self.genes)
         out = np.full(counts.shape[0], np.nan)
         stats: dict[int, tuple[np.ndarray, float, float]] = {}
         names = np.asarray([str(l) if l is not None else "" for l in labels], dtype=object)
@@ -143,6 +156,17 @@ class Reference:
         order = list(order)
         self.mean_cp10k = self.mean_cp10k[:, order]
         self.cells = sp.csr_matrix(self.cells[:, order])
+        self.genes = informative_genes(self.mean_cp10k, int(self.info.get("informative_genes", 0)))
+
+
+def informative_genes(mean_cp10k: np.ndarray, n: int) -> np.ndarray | None:
+    """Sorted positions of the `n` genes whose log1p mean varies most across the labels (ties by
+    position, so a reordered vocabulary picks the same genes); None for all genes (n = 0, or n
+    not below the vocabulary's size)."""
+    if n <= 0 or n >= mean_cp10k.shape[1] or len(mean_cp10k) < 2:
+        return None
+    spread = np.log1p(mean_cp10k).var(0)
+    return np.sort(np.lexsort((np.arange(spread.size), -spread))[:n])
 
 
 def cp10k(counts: sp.spmatrix) -> sp.csr_matrix:
@@ -179,11 +203,12 @@ def fisher(r: np.ndarray) -> np.ndarray:
 
 # ---------------------------------------------------------------- fitting
 def fit_reference(parts: Sequence[tuple[str, sp.spmatrix, np.ndarray]], n_genes: int, per_label: int = PER_LABEL,
-                  seed: int = 0, info: dict[str, Any] | None = None,
-                  tissues: dict[str, str] | None = None) -> Reference:
+                  seed: int = 0, info: dict[str, Any] | None = None, tissues: dict[str, str] | None = None,
+                  n_informative: int = INFORMATIVE_GENES) -> Reference:
     """A reference from (label set, counts on the vocabulary, label per cell) parts: each label's
     mean CP10k over all its cells and `per_label` of them drawn at random (seeded). `tissues`:
-    each label set's tissue (which sets pool a population, `Reference.population`)."""
+    each label set's tissue (which sets pool a population, `Reference.population`).
+    `n_informative`: how many of the genes the score reads (`informative_genes`; 0 for all)."""
     rng = np.random.default_rng(seed)
     keys, means, ns, kept = [], [], [], []
     for name, counts, labels in parts:
@@ -204,7 +229,8 @@ def fit_reference(parts: Sequence[tuple[str, sp.spmatrix, np.ndarray]], n_genes:
     offsets = np.concatenate([[0], np.cumsum([k.shape[0] for k in kept])]).astype(np.int64)
     cells = sp.vstack(kept, format="csr") if kept else sp.csr_matrix((0, n_genes), dtype=np.float32)
     return Reference(keys, np.asarray(means).reshape(len(keys), n_genes), np.asarray(ns, dtype=np.int64), cells,
-                     offsets, {"per_label": per_label, "seed": seed, **(info or {})}, dict(tissues or {}))
+                     offsets, {"per_label": per_label, "seed": seed, "informative_genes": n_informative, **(info or {})},
+                     dict(tissues or {}))
 
 
 def merged(new: Reference, old: Reference, sets: Sequence[str]) -> Reference:

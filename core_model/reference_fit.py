@@ -15,7 +15,7 @@ from .corpus import load_split
 from .datasets import DatasetSpec, load_catalog
 from .errors import CheckpointError
 from .io import file_sha256, read_checkpoint_lists
-from .reference import PER_LABEL, Reference, fit_reference, merged, save_reference
+from .reference import INFORMATIVE_GENES, PER_LABEL, Reference, fit_reference, merged, save_reference
 
 if TYPE_CHECKING:
     from .checkpoint import LoadedModel
@@ -25,7 +25,8 @@ log = logging.getLogger(__name__)
 
 def fit_checkpoint_reference(checkpoint_dir: str | os.PathLike, specs: Sequence[DatasetSpec] | None = None, *,
                              split: str = "train", per_label: int = PER_LABEL, seed: int = 0,
-                             command: str | None = None, inherit_from: LoadedModel | None = None) -> Reference:
+                             n_informative: int = INFORMATIVE_GENES, command: str | None = None,
+                             inherit_from: LoadedModel | None = None) -> Reference:
     """Keep the reference cells of every label set the checkpoint has data for (`specs`, default
     the shared catalog) from its `split` cells and write them into the checkpoint directory.
     `inherit_from`: the checkpoint a fine-tuning run started from; label sets without data that it
@@ -48,7 +49,8 @@ def fit_checkpoint_reference(checkpoint_dir: str | os.PathLike, specs: Sequence[
     if left:
         log.warning("no data for label sets %s: their labels get no typicality", left)
     tissues = {name: str(entry.get("tissue", "")) for name, entry in label_sets.items()}
-    reference = fit_reference(parts, len(vocab), per_label, seed, {"data": data, "command": command}, tissues)
+    reference = fit_reference(parts, len(vocab), per_label, seed, {"data": data, "command": command}, tissues,
+                              n_informative)
     if inherited:
         reference = merged(reference, old, inherited)
     save_reference(root, reference, vocab)

@@ -287,8 +287,8 @@ class AtypicalCellsWarning(UserWarning):
     """Most cells are unlike the training cells of the label they were given."""
 
 
-# On the test splits at most 0.015 of a set's cells fell below typicality -3 (0.141 on a file cut
-# to its 2,000 most variable genes), against 0.50 to 1.00 of other tissues' cells answered as
+# On the test splits at most 0.015 of a set's cells fell below typicality -3 (0.118 on a file cut
+# to its 2,000 most variable genes), against 0.72 to 1.00 of other tissues' cells answered as
 # blood (benchmarks/results/atypical_cells.md): half the file below -3 says the file, not a few
 # cells, is unlike what the model learned.
 ATYPICAL_SHARE = 0.5

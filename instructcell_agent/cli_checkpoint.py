@@ -47,6 +47,9 @@ def add_commands(sub: Any) -> None:
     c.add_argument("--catalog", action="append", default=[],
                    help="JSON catalog of your own datasets (as for train), for label sets the shared catalog lacks")
     c.add_argument("--seed", type=int, default=0, help="seed of the draw of kept cells")
+    c.add_argument("--informative-genes", type=int, default=2000,
+                   help="genes the score reads: those whose mean differs most between the labels (default 2000; "
+                        "0: all)")
     c = sub.add_parser("calibrate", help="fit the temperatures that make answer confidences match accuracy, on "
                                          "held-out cells (writes temperature.json; answers do not change)")
     c.add_argument("--checkpoint", required=True, help="checkpoint directory; temperature.json is added to it")
@@ -121,7 +124,8 @@ def _fit_reference(args) -> int:
     if args.per_label < 5:
         raise ValueError(f"--per-label must be at least 5 (the spread of fewer cells is no yardstick), got {args.per_label}")
     reference = fit_checkpoint_reference(args.checkpoint, _catalog_specs(args.catalog), split=args.split,
-                                         per_label=args.per_label, seed=args.seed, command=recorded_command())
+                                         per_label=args.per_label, seed=args.seed,
+                                         n_informative=args.informative_genes, command=recorded_command())
     print(json.dumps({"labels": len(reference.keys), "cells_kept": int(reference.cells.shape[0])}))
     return 0
 
@@ -188,8 +192,8 @@ def _info(args) -> int:
                           "command": meta.get("command"), "data": meta.get("data")}
     if (path / "reference.json").is_file():  # training cells typicality is measured against (core_model/reference.py)
         meta = json.loads((path / "reference.json").read_text())
-        out["reference"] = {"labels": len(meta.get("keys", [])), **{k: meta.get(k) for k in ("per_label", "seed",
-                                                                                            "command", "data")}}
+        out["reference"] = {"labels": len(meta.get("keys", [])), **{k: meta.get(k) for k in (
+            "per_label", "informative_genes", "seed", "command", "data")}}
     if (path / "temperature.json").is_file():  # confidence temperatures (core_model/temperature.py)
         meta = json.loads((path / "temperature.json").read_text())
         out["confidence_temperature"] = {k: meta.get(k) for k in ("temperature", "fitted_on", "command", "created")}

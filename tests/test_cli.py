@@ -251,6 +251,7 @@ def test_info_prints_how_the_shipped_checkpoint_was_made(capsys):
     # the shipped reference cells say how they were kept, from which data
     reference = json.loads((default_checkpoint_path() / "reference.json").read_text())
     assert printed["reference"]["labels"] == len(reference["keys"]) and printed["reference"]["per_label"] == 40
+    assert printed["reference"]["informative_genes"] == 2000
     assert printed["reference"]["command"].startswith("instructcell fit-reference")
     assert all(len(entry["sha256"]) == 64 for entry in printed["reference"]["data"])
 

@@ -124,7 +124,7 @@ def generate_cells(loaded: LoadedModel, cell_type: str, n: int, *, species: str 
     if loaded.reference is not None:
         # How alike each cell is to the training cells of the type asked for, on the scale real
         # cells have: generated kang2018 / zheng2017 test-cell look-alikes scored much as the real
-        # test cells do (medians +0.09 / +0.10 against -0.19 / +0.07; atypical_cells.md).
+        # test cells do (medians +0.02 / +0.06 against -0.17 / +0.06; atypical_cells.md).
         adata.obs["typicality"] = loaded.reference.typicality(
             adata.X, np.arange(len(loaded.vocab)), [res.condition.cell_type] * int(n)).astype(np.float32)
     return adata

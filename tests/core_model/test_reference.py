@@ -150,3 +150,21 @@ def test_a_population_is_scored_against_every_set_naming_it(fresh):
     np.testing.assert_allclose(apart.typicality(alpha, ALL, ["alpha"] * n), only_a.typicality(alpha, ALL, ["alpha"] * n))
     np.testing.assert_allclose(apart.typicality(alpha, ALL, ["Alpha"] * n), only_b.typicality(alpha, ALL, ["Alpha"] * n))
     np.testing.assert_allclose(apart.typicality(alpha, ALL, ["pancreatic A cell"] * n), expected)
+
+
+def test_the_score_reads_the_genes_that_tell_the_labels_apart(fresh):
+    """With n_informative, only the genes whose mean varies most across the labels count: the
+    planted markers among them, and the score equal to the all-genes one on just those genes."""
+    counts, labels = fresh
+    train = PLANTED[:200]
+    parts = [("planted", train.X, train.obs["cell_type"].to_numpy())]
+    some = fit_reference(parts, N_GENES, n_informative=30)
+    every = fit_reference(parts, N_GENES, n_informative=0)
+    assert every.genes is None and len(some.genes) == 30
+    assert set(range(16)) <= set(some.genes)  # the four types' planted markers, GENE000-015
+    np.testing.assert_allclose(some.typicality(counts, ALL, labels), every.typicality(counts, some.genes, labels))
+    # a file's missing genes stay missing: the score reads what both hold
+    half = ALL[::2]
+    np.testing.assert_allclose(some.typicality(counts, half, labels),
+                               every.typicality(counts, np.intersect1d(half, some.genes), labels))
+    assert (some.typicality(counts, ALL, next_type(labels)) < -3).mean() > 0.9
