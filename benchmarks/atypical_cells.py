@@ -202,13 +202,15 @@ def main(argv: Sequence[str] | None = None) -> None:
               for what, a, b in separations]
     report = {"meta": meta, "precision": model.model.precision, "sds": list(SDS), "confidences": list(CONFIDENCES),
               "rows": rows, "auroc": aurocs, "generated": generated, "seconds": seconds,
-              "reference": {k: model.reference.info.get(k) for k in ("per_label", "seed", "command")}}
+              "reference": {k: model.reference.info.get(k) for k in ("per_label", "informative_genes", "seed",
+                                                                     "command")}}
     lines = ["# Cells unlike their label's training cells", "",
              f"- command: `{meta['command']}`", f"- date: {meta['date']}",
              f"- machine: {meta['nproc']} CPU cores, load average at start {meta['loadavg']}",
              f"- ours: `ica.annotate`, default instruction, candidates in one order, calibrated confidences, "
              f"language model in {model.model.precision}; typicality against {model.reference.info.get('per_label')} "
-             "kept training cells per label", "",
+             f"kept training cells per label, reading the {model.reference.info.get('informative_genes') or 'all'} "
+             "genes whose mean differs most between the learned labels", "",
              "Share of cells flagged: typicality below -s (`unassigned_atypical=s`) and confidence below c "
              "(`unassigned_below=c`), and by either at -3 / 0.5. In-set rows also give the accuracy and the share "
              "flagged at -3 among right / wrong answers.", "",

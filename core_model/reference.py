@@ -58,7 +58,7 @@ PER_LABEL = 40  # training cells kept per label: ~600 non-zero genes each, ~5 MB
 # correlation (benchmarks/EXPERIMENTS.md).
 INFORMATIVE_GENES = 2000
 MIN_CELLS = 5  # fewer kept cells give no usable spread: such labels get no typicality
-CHUNK = 4096  # cells scored at once (a dense chunk of log values over the vocabulary at most)
+CHUNK = 4096  # cells scored at once: bounds the sparse copies a large file's call makes
 
 
 @dataclass
@@ -89,9 +89,9 @@ class Reference:
         tied to the same Cell Ontology term in training sets of the same tissue (a label no set
         holds: every set's labels of its term). Not across tissues: pooling more populations lets
         more cells pass, and a tumour's Smart-seq2 T cells are not what a blood file's T cells
-        should be measured against (zheng2017's CD34+ cells called kang2018's 'CD4T' fell below -3
-        against kang2018's cells, 0.97 of them, and 0.07 with puram2017's CD4 T cells pooled in;
-        benchmarks/EXPERIMENTS.md)."""
+        should be measured against (with all genes read, zheng2017's CD34+ cells asked among
+        kang2018's labels fell below -3 0.97 of them by spelling alone, 0.07 with every set's
+        population pooled in; benchmarks/EXPERIMENTS.md)."""
         if label not in self._populations:
             own = self.by_label.get(label, [])
             tissues = {self.tissues.get(self.keys[k][0], "") for k in own}
@@ -160,9 +160,8 @@ class Reference:
 
 
 def informative_genes(mean_cp10k: np.ndarray, n: int) -> np.ndarray | None:
-    """Sorted positions of the `n` genes whose log1p mean varies most across the labels (ties by
-    position, so a reordered vocabulary picks the same genes); None for all genes (n = 0, or n
-    not below the vocabulary's size)."""
+    """Sorted positions of the `n` genes whose log1p mean varies most across the labels (exact ties
+    broken by position); None for all genes (n = 0, or n not below the vocabulary's size)."""
     if n <= 0 or n >= mean_cp10k.shape[1] or len(mean_cp10k) < 2:
         return None
     spread = np.log1p(mean_cp10k).var(0)
