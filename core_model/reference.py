@@ -31,6 +31,7 @@ without them gives no typicality).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from dataclasses import dataclass, field
@@ -59,6 +60,7 @@ PER_LABEL = 40  # training cells kept per label: ~600 non-zero genes each, ~5 MB
 INFORMATIVE_GENES = 2000
 MIN_CELLS = 5  # fewer kept cells give no usable spread: such labels get no typicality
 CHUNK = 4096  # cells scored at once: bounds the sparse copies a large file's call makes
+STATS_CACHE = 1024  # (label, genes read) spreads kept between calls
 
 
 @dataclass
@@ -83,6 +85,9 @@ class Reference:
             self.by_label.setdefault(label, []).append(i)
         self._populations: dict[str, list[int]] = {}
         self.genes = informative_genes(self.mean_cp10k, int(self.info.get("informative_genes", 0)))
+        # (key, genes read) -> `_stats`: a file answered in chunks (the MCP server's 256 cells) reads
+        # the same genes every time, and the kept cells' spread need not be measured again
+        self._stats_cache: dict[tuple[int, bytes], tuple[np.ndarray, float, float]] = {}
 
     def population(self, label: str) -> list[int]:
         """The keys a cell given `label` is scored against: the label's own, and those of labels
@@ -112,7 +117,7 @@ class Reference:
         if self.genes is not None:
             present = np.intersect1d(present, self.genes)
         out = np.full(counts.shape[0], np.nan)
-        stats: dict[int, tuple[np.ndarray, float, float]] = {}
+        genes_read = hashlib.sha1(present.tobytes()).digest()
         names = np.asarray([str(l) if l is not None else "" for l in labels], dtype=object)
         for label in sorted(set(names) - {""}):
             keys = self.population(label)
@@ -121,9 +126,11 @@ class Reference:
             rows = np.flatnonzero(names == label)
             best = np.full(rows.size, -np.inf)
             for k in keys:
-                if k not in stats:
-                    stats[k] = self._stats(k, present)
-                mean_log, centre, spread = stats[k]
+                if (k, genes_read) not in self._stats_cache:
+                    if len(self._stats_cache) >= STATS_CACHE:
+                        self._stats_cache.clear()
+                    self._stats_cache[(k, genes_read)] = self._stats(k, present)
+                mean_log, centre, spread = self._stats_cache[(k, genes_read)]
                 if not np.isfinite(spread):
                     continue
                 for lo in range(0, rows.size, CHUNK):
@@ -157,6 +164,7 @@ class Reference:
         self.mean_cp10k = self.mean_cp10k[:, order]
         self.cells = sp.csr_matrix(self.cells[:, order])
         self.genes = informative_genes(self.mean_cp10k, int(self.info.get("informative_genes", 0)))
+        self._stats_cache.clear()
 
 
 def informative_genes(mean_cp10k: np.ndarray, n: int) -> np.ndarray | None:

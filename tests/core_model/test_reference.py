@@ -73,6 +73,12 @@ def test_the_score_follows_the_files_genes(reference, fresh):
     assert abs(np.median(own)) < 1 and (own < -3).mean() < 0.05
     wrong = reference.typicality(cut, half, next_type(labels))
     assert (wrong < own).mean() > 0.9 and np.median(wrong) < -2.5
+    # the kept cells' spread is remembered per set of genes read, never mixed up between them
+    assert reference._stats_cache
+    np.testing.assert_array_equal(reference.typicality(cut, half, labels), own)
+    whole = fit_reference([("planted", PLANTED[:200].X, PLANTED[:200].obs["cell_type"].to_numpy())], N_GENES,
+                          per_label=30, seed=0)
+    np.testing.assert_array_equal(reference.typicality(counts, ALL, labels), whole.typicality(counts, ALL, labels))
 
 
 def test_no_typicality_without_a_label_reference_or_counts(reference, fresh):
