@@ -233,17 +233,18 @@ def main(argv: Sequence[str] | None = None) -> None:
             if "flagged_at_-3_by_true_label" in row:
                 lines.append(f"- {row['cells']}: " + ", ".join(
                     f"{label} {share:.2f}" for label, share in row["flagged_at_-3_by_true_label"].items()))
-    lines += ["", "AUROC of telling the second group's cells from the first's (cells pooled; lower score = flagged):", "",
-              "| compared | typicality | confidence |", "|---|---|---|"]
+    lines += ["", "AUROC of telling the second group's cells from the first's (cells pooled; lower score = "
+              "flagged):", "", "| compared | typicality | confidence |", "|---|---|---|"]
     lines += [f"| {a['compared']} | {a['typicality']:.3f} | {a['confidence']:.3f} |" for a in aurocs]
     lines += ["", "Generated cells (one per test cell, its conditions) against their requested type, beside the test "
-              "cells against their own:", "", "| set | cells | n | median | 25th / 75th percentile | below -3 | above +3 |",
-              "|---|---|---|---|---|---|---|"]
+              "cells against their own:", "",
+              "| set | cells | n | median | 25th / 75th percentile | below -3 | above +3 |", "|---|---|---|---|---|---|---|"]
     for name, sides in generated.items():
         lines += [f"| {name} | {side} | {v['n']} | {v['median']:+.2f} | {v['q25']:+.2f} / {v['q75']:+.2f} | "
                   f"{v['below_-3']:.3f} | {v['above_3']:.3f} |" for side, v in sides.items()]
-    lines += ["", f"Cost: typicality of zheng2017's {zheng.n_obs} test cells took {seconds['typicality_zheng2017']:.2f} s, "
-              f"the whole `annotate` call (typicality included) {seconds['annotate_zheng2017']:.1f} s."]
+    lines += ["", f"Cost: typicality of zheng2017's {zheng.n_obs} test cells took "
+              f"{seconds['typicality_zheng2017']:.2f} s, the whole `annotate` call (typicality included) "
+              f"{seconds['annotate_zheng2017']:.1f} s."]
     path = write_report(report, "\n".join(lines) + "\n", args.out_dir, "atypical_cells")
     print(path)
 

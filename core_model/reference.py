@@ -236,8 +236,8 @@ def fit_reference(parts: Sequence[tuple[str, sp.spmatrix, np.ndarray]], n_genes:
     offsets = np.concatenate([[0], np.cumsum([k.shape[0] for k in kept])]).astype(np.int64)
     cells = sp.vstack(kept, format="csr") if kept else sp.csr_matrix((0, n_genes), dtype=np.float32)
     return Reference(keys, np.asarray(means).reshape(len(keys), n_genes), np.asarray(ns, dtype=np.int64), cells,
-                     offsets, {"per_label": per_label, "seed": seed, "informative_genes": n_informative, **(info or {})},
-                     dict(tissues or {}))
+                     offsets, {"per_label": per_label, "seed": seed, "informative_genes": n_informative,
+                               **(info or {})}, dict(tissues or {}))
 
 
 def merged(new: Reference, old: Reference, sets: Sequence[str]) -> Reference:

@@ -77,8 +77,8 @@ def handles(args: argparse.Namespace) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    return {"train-readout": _train_readout, "fit-reference": _fit_reference, "calibrate": _calibrate, "info": _info, "store-weights": _store_weights,
-            "reorder-genes": _reorder_genes}[args.command](args)
+    return {"train-readout": _train_readout, "fit-reference": _fit_reference, "calibrate": _calibrate, "info": _info,
+            "store-weights": _store_weights, "reorder-genes": _reorder_genes}[args.command](args)
 
 
 def recorded_command() -> str | None:
@@ -122,7 +122,8 @@ def _fit_reference(args) -> int:
     from .core_model.reference_fit import fit_checkpoint_reference
 
     if args.per_label < 5:
-        raise ValueError(f"--per-label must be at least 5 (the spread of fewer cells is no yardstick), got {args.per_label}")
+        raise ValueError(f"--per-label must be at least 5 (the spread of fewer cells is no yardstick), "
+                         f"got {args.per_label}")
     reference = fit_checkpoint_reference(args.checkpoint, _catalog_specs(args.catalog), split=args.split,
                                          per_label=args.per_label, seed=args.seed,
                                          n_informative=args.informative_genes, command=recorded_command())
