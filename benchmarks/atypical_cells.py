@@ -14,6 +14,8 @@ each, for:
   four islet labels;
 - another tissue, free answers: the test cells of xin2016 (pancreas), puram2017 (head and neck)
   and aissa2021 (a lung cancer cell line) with the tissue given as peripheral blood;
+- drug response (erlotinib): aissa2021's PC9 test cells, and kang2018's blood test cells asked
+  the same question;
 - other labs' cells of learned types: pbmc3k's test cells among kang2018's labels (where both
   name the type), and scanpy's bundled pbmc68k_reduced (765 genes, `make demo`'s file) among the
   ten sorted populations' names.
@@ -139,13 +141,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     tests = {name: test_cells(spec) for name, spec in specs.items()}
     truths = {name: np.asarray(get_labels(c, specs[name].label_key), str) for name, c in tests.items()}
     rows: dict[str, list[dict[str, Any]]] = {k: [] for k in ("in-set, candidates", "in-set, free", "in-set, HVG-2000",
-                                                               "missing types", "other tissue, free", "other labs")}
+                                                               "missing types", "other tissue, free", "drug response",
+                                                               "other labs")}
     seconds = {"annotate": 0.0, "typicality": 0.0}
 
     def run(group: str, what: str, cells: ad.AnnData, truth: np.ndarray | None = None, scored: bool = True,
-            **kwargs) -> None:
+            answer=ica.annotate, **kwargs) -> None:
         start = time.perf_counter()
-        result = ica.annotate(cells, model=model, **kwargs)
+        result = answer(cells, model=model, **kwargs)
         seconds["annotate"] += time.perf_counter() - start
         row = {"cells": what, **flagged(result, truth, scored)}
         rows[group].append(row)
@@ -171,6 +174,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     aissa = load_catalog(tasks=("drug_response",))[0]
     run("other tissue, free", "aissa2021_pc9_erlotinib test cells (a lung cancer cell line), tissue given as blood",
         test_cells(aissa), **BLOOD)
+    aissa_cells = test_cells(aissa)
+    run("drug response", "aissa2021_pc9_erlotinib test cells, erlotinib", aissa_cells,
+        np.asarray(get_labels(aissa_cells, aissa.label_key), str), answer=ica.predict_drug_response, drug="erlotinib")
+    run("drug response", "kang2018's blood test cells asked about erlotinib", tests["kang2018_pbmc_ifnb"],
+        answer=ica.predict_drug_response, drug="erlotinib")
     pbmc3k = tests["pbmc3k_seurat"]
     shared = np.isin(truths["pbmc3k_seurat"], ["B", "NK"])  # spelled alike in kang2018
     run("other labs", "pbmc3k's B and NK test cells, kang2018's labels", pbmc3k[shared].copy(),
@@ -187,9 +195,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     # the score's own cost: typicality alone on zheng2017's test cells, beside annotate's total
     from instructcell_agent.core_model.alignment import align_to_vocab
     aligned = align_to_vocab(zheng, model.vocab)
-    start = time.perf_counter()
-    model.reference.typicality(aligned.X, aligned.matched, truths["zheng2017_pbmc_sorted"])
-    seconds["typicality_zheng2017"] = time.perf_counter() - start
+    for when in ("first", "again"):  # a first call measures each label's spread; later ones reuse it
+        if when == "first":
+            model.reference.clear_cache()
+        start = time.perf_counter()
+        model.reference.typicality(aligned.X, aligned.matched, truths["zheng2017_pbmc_sorted"])
+        seconds[f"typicality_zheng2017_{when}"] = time.perf_counter() - start
     start = time.perf_counter()
     ica.annotate(zheng, model=model, candidates=labels["zheng2017_pbmc_sorted"])
     seconds["annotate_zheng2017"] = time.perf_counter() - start
@@ -243,8 +254,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         lines += [f"| {name} | {side} | {v['n']} | {v['median']:+.2f} | {v['q25']:+.2f} / {v['q75']:+.2f} | "
                   f"{v['below_-3']:.3f} | {v['above_3']:.3f} |" for side, v in sides.items()]
     lines += ["", f"Cost: typicality of zheng2017's {zheng.n_obs} test cells took "
-              f"{seconds['typicality_zheng2017']:.2f} s, the whole `annotate` call (typicality included) "
-              f"{seconds['annotate_zheng2017']:.1f} s."]
+              f"{seconds['typicality_zheng2017_first']:.2f} s on a first call (each label's spread measured), "
+              f"{seconds['typicality_zheng2017_again']:.2f} s again; the whole `annotate` call (typicality "
+              f"included) {seconds['annotate_zheng2017']:.1f} s."]
     path = write_report(report, "\n".join(lines) + "\n", args.out_dir, "atypical_cells")
     print(path)
 

@@ -76,6 +76,9 @@ def test_the_score_follows_the_files_genes(reference, fresh):
     # the kept cells' spread is remembered per set of genes read, never mixed up between them
     assert reference._stats_cache
     np.testing.assert_array_equal(reference.typicality(cut, half, labels), own)
+    reference.clear_cache()
+    assert not reference._stats_cache
+    np.testing.assert_array_equal(reference.typicality(cut, half, labels), own)
     whole = fit_reference([("planted", PLANTED[:200].X, PLANTED[:200].obs["cell_type"].to_numpy())], N_GENES,
                           per_label=30, seed=0)
     np.testing.assert_array_equal(reference.typicality(counts, ALL, labels), whole.typicality(counts, ALL, labels))
