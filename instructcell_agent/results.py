@@ -22,7 +22,8 @@ def check_unassigned_below(threshold: float) -> None:
 
 def check_unassigned_atypical(sds: float) -> None:
     """Refuse a number of standard deviations that is not positive and finite."""
-    if not (isinstance(sds, (int, float)) and np.isfinite(sds) and sds > 0):
+    # numpy scalars count (a threshold read from an array); True is not a number of deviations
+    if isinstance(sds, bool) or not isinstance(sds, (int, float, np.number)) or not (np.isfinite(sds) and sds > 0):
         raise ValueError(f"unassigned_atypical takes a positive number of standard deviations (3, say), got {sds!r}")
 
 

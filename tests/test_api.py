@@ -352,9 +352,10 @@ def test_atypical_cells_are_unassigned(tiny_model, synthetic_set):
     both = result.unassigned_below(0.9)
     assert (both.labels == "Unassigned").sum() == (low | (plain.confidence < 0.9)).sum()
     assert "confidence below 0.9 or typicality below -3" in both.summary()
-    for bad in (0, -1, float("nan"), float("inf")):
+    for bad in (0, -1, float("nan"), float("inf"), True, "3"):
         with pytest.raises(ValueError, match="unassigned_atypical"):
             ica.annotate(cells, model=tiny_model, unassigned_atypical=bad)
+    assert plain.unassigned_atypical(np.float32(3)).n_unassigned() == low.sum()  # numpy scalars are numbers
     bare = dataclasses.replace(tiny_model, reference=None)
     assert ica.annotate(cells, model=bare, candidates=list(CELL_TYPES)).typicality is None
     with pytest.raises(ValueError, match="fit-reference"):
