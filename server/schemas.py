@@ -226,9 +226,15 @@ class GenerationSummary(BaseModel):
     kind: Literal["generation"] = "generation"
     n_cells: int
     n_genes: int
-    cell_type: str
+    cell_type: str = Field(description="The cell type generated, as the model learned to name it.")
+    requested_cell_type: str
+    species: str | None
+    tissue: str | None
     condition: str | None
+    learned_from: str | None = Field(description="The training set whose cells of this type the request matched.")
     unseen_condition: bool
+    notes: list[str] = Field(default_factory=list, description=(
+        "How the request was resolved where the choice was open: the same type learned in other species or tissues."))
     mean_total_counts: float
     top_expressed_genes: list[str] = Field(description="Ten genes with the highest mean count.")
     outputs: list[OutputFile]

@@ -190,9 +190,13 @@ class InstructCellService:
         top = [str(adata.var_names[i]) for i in np.argsort(-means)[:10]]
         totals = np.asarray(adata.X.sum(axis=1)).ravel()
         unseen = bool(adata.obs["unseen_condition"].any()) if "unseen_condition" in adata.obs else False
-        condition = str(adata.obs["condition"].iloc[0]) if "condition" in adata.obs and adata.n_obs else None
-        return GenerationSummary(n_cells=adata.n_obs, n_genes=adata.n_vars, cell_type=req.cell_type,
-                                 condition=condition or None, unseen_condition=unseen,
+        first = adata.obs.iloc[0]  # one condition per call: every row holds it
+        provenance = adata.uns.get("instructcell_generation", {})
+        return GenerationSummary(n_cells=adata.n_obs, n_genes=adata.n_vars, cell_type=str(first["cell_type"]),
+                                 requested_cell_type=req.cell_type, species=str(first["species"]) or None,
+                                 tissue=str(first["tissue"]) or None, condition=str(first["condition"]) or None,
+                                 learned_from=provenance.get("learned_from"), unseen_condition=unseen,
+                                 notes=[provenance["alternatives"]] if provenance.get("alternatives") else [],
                                  mean_total_counts=round(float(totals.mean()), 3), top_expressed_genes=top,
                                  outputs=files, seconds=round(time.perf_counter() - started, 3))
 

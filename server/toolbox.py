@@ -73,7 +73,9 @@ SPECS: tuple[ToolSpec, ...] = (
     ToolSpec("generate_cells", "Generate cells",
              "Generate synthetic single cells (integer counts over the model's genes) of a cell type under a "
              "condition, e.g. 'CD14+ Monocyte' under 'IFN-beta stimulated'. Conditions unseen in training are "
-             "refused unless allow_unseen. Returns a summary (mean counts, top genes); at most "
+             "refused unless allow_unseen. Species and tissue left out are filled from training (the summary "
+             "says which, and notes other species or tissues the type was learned in). Returns a summary (mean "
+             "counts, top genes); at most "
              "{max_generate:,} cells per call." + _JOB_NOTE + _OUT_NOTE,
              GenerateCellsRequest, GenerationOutput, read_only=False, idempotent=True, runs_model=True),
     ToolSpec("explain_genes", "Explain predictions by genes",

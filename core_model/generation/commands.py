@@ -79,8 +79,10 @@ def _generate(args: argparse.Namespace) -> int:
     adata.uns["instructcell_generation"]["command"] = "instructcell " + " ".join(sys.argv[1:])
     write_h5ad_atomic(adata, args.out, protect=[*protect, *_checkpoint_files(loaded.path)])
     first = adata.obs.iloc[0]
+    provenance = adata.uns["instructcell_generation"]
     print(json.dumps({"out": str(args.out), "n_cells": int(adata.n_obs), "n_genes": int(adata.n_vars),
-                      "cell_type": first["cell_type"], "condition": first["condition"],
+                      "cell_type": first["cell_type"], "species": first["species"], "tissue": first["tissue"],
+                      "condition": first["condition"], "learned_from": provenance.get("learned_from"),
                       "unseen_condition": bool(first["unseen_condition"])}))
     return 0
 

@@ -16,7 +16,7 @@ from typing import Any
 from ..context import canonical_species, canonical_tissue
 from ..errors import InstructCellError
 from ..instructions import placeholders_in, render
-from ..labels import normalize_label, ontology_id
+from ..labels import normalize_label, ontology_ancestors, ontology_id
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,11 @@ CHECKED: tuple[str, ...] = ("cell_type", "species", "tissue", "condition")  # se
 
 class UnseenConditionError(InstructCellError):
     """A requested generation condition was not seen when the generator was trained."""
+
+
+class ConditionChoiceWarning(UserWarning):
+    """The request left species or tissue open and its cell type was learned in more than one
+    context: the message names the one generated and the others, and how to ask for them."""
 
 
 def condition_text(value: str | None) -> str:
@@ -125,6 +130,9 @@ class Resolution:
     unseen: bool
     record: int | None  # index of the matching training record, if any
     message: str
+    # When the request left the choice open: the same population learned in other contexts
+    # (species / tissue), and how to ask for one of them. Empty otherwise.
+    alternatives: str = ""
 
 
 class ConditionTable:
@@ -162,12 +170,13 @@ class ConditionTable:
         """Rows agreeing with every non-empty requested field: exact spellings first, else
         cell-type synonyms (Cell Ontology)."""
         for loose in (False, True):
-            want = {f: _norm(f, v, loose) for f, v in requested.items() if v and f in FIELDS}
-            rows = [i for i, key in enumerate(self._keys[loose])
-                    if all(key[FIELDS.index(f)] == w for f, w in want.items())]
-            if rows:
+            if rows := self._rows(requested, loose):
                 return rows
         return []
+
+    def _rows(self, requested: Mapping[str, str], loose: bool) -> list[int]:
+        want = {f: _norm(f, v, loose) for f, v in requested.items() if v and f in FIELDS}
+        return [i for i, key in enumerate(self._keys[loose]) if all(key[FIELDS.index(f)] == w for f, w in want.items())]
 
     def resolve(self, cell_type: str, species: str | None = None, tissue: str | None = None,
                 condition: str | None = None, sequencing_method: str | None = None) -> Resolution:
@@ -205,7 +214,42 @@ class ConditionTable:
                               for f in FIELDS})
         filled_from = [f for f in FIELDS if not requested[f] and getattr(filled, f)]
         message = f"filled {', '.join(filled_from)} from training data ({self.records[best].dataset})" if filled_from else ""
-        return Resolution(filled, False, best, message)
+        return Resolution(filled, False, best, message, self._alternatives(checked, best))
+
+    def _alternatives(self, requested: Mapping[str, str], chosen: int) -> str:
+        """The same population (Cell Ontology term) learned in other species / tissues than the
+        chosen record's, among the rows agreeing with what the request gave; "" when there are
+        none. A request naming 'B cell' alone is otherwise answered with one context silently
+        (mouse spleen, or with species='human' the 16 head-and-neck tumour B cells, not the
+        blood B cells three sets hold), the choice visible only in obs."""
+        where = _context(self.records[chosen].condition)
+        others = [i for i in self._rows(requested, loose=True) if _context(self.records[i].condition) != where]
+        if not others:
+            return ""
+        record = self.records[chosen]
+        return (f"generated {where} {record.condition.cell_type!r} ({record.dataset}, {record.n_cells:,} training "
+                f"cells); {requested['cell_type']!r} was also learned as {self._listing(others)}. "
+                f"Pass species and tissue to choose.")
+
+    def _listing(self, rows: Iterable[int], limit: int = 8) -> str:
+        """"human / peripheral blood: 'CD19+ B' (zheng2017_pbmc_sorted, 635 cells), 'B'
+        (kang2018_pbmc_ifnb, 178 cells: control, IFN-beta stimulated), ...": one entry per spelling
+        and dataset, its conditions pooled and named; contexts in first-seen order."""
+        groups: dict[str, dict[tuple[str, str], tuple[int, list[str]]]] = {}
+        for i in rows:
+            r = self.records[i]
+            entry, key = groups.setdefault(_context(r.condition), {}), (r.condition.cell_type, r.dataset)
+            n, conditions = entry.get(key, (0, []))
+            if r.condition.condition:
+                conditions = [*conditions, r.condition.condition]
+            entry[key] = (n + r.n_cells, conditions)
+        parts = []
+        for where, entries in groups.items():
+            items = [f"{t!r} ({d}, {n:,} cells{': ' + ', '.join(c) if c else ''})"
+                     for (t, d), (n, c) in sorted(entries.items(), key=lambda e: -e[1][0])]
+            more = f" and {len(items) - limit} more" if len(items) > limit else ""
+            parts.append(f"{where}: {', '.join(items[:limit])}{more}")
+        return "; ".join(parts)
 
     def _unseen_message(self, requested: Mapping[str, str]) -> str:
         parts = []
@@ -214,11 +258,38 @@ class ConditionTable:
                 parts.append(f"{f} {v!r} was not seen in training; known: {', '.join(sorted(self.known(f)))}")
         if not parts:  # each value seen, but never together
             given = {f: v for f, v in requested.items() if v}
-            same_type = set(self._matches({"cell_type": given.get("cell_type", "")}))
-            combos = sorted({self.records[i].condition.label() for i in same_type})
-            parts.append(f"the combination {given} was not seen in training"
-                         + (f"; this cell type was seen as: {', '.join(combos)}" if combos else ""))
+            parts.append(f"the combination {given} was not seen in training")
+            cell_type = given.get("cell_type", "")
+            if same := self._matches({"cell_type": cell_type}):
+                parts.append(f"{cell_type!r} was learned as {self._listing(same)}")
+            others = {f: v for f, v in given.items() if f != "cell_type"}
+            asked = ", ".join(f"{f} {v!r}" for f, v in others.items())
+            for relation, rows in _related(self, cell_type, self._rows(others, loose=False)).items():
+                parts.append(f"{relation} types learned with {asked}: {self._listing(rows)}")
         return "; ".join(parts) + ". Pass allow_unseen=True (CLI: --allow-unseen) to generate anyway."
+
+
+def _context(cond: Condition) -> str:
+    return f"{cond.species or '?'} / {cond.tissue or '?'}"
+
+
+def _related(table: ConditionTable, cell_type: str, rows: Sequence[int]) -> dict[str, list[int]]:
+    """Rows whose cell type is a finer kind of `cell_type` ('CD14+ Mono' of 'monocyte') or a broader
+    one, by the Cell Ontology terms the label table records: what to ask for instead where the
+    requested type was not learned as such."""
+    term = ontology_id(cell_type)
+    out: dict[str, list[int]] = {}
+    if term is None:
+        return out
+    for i in rows:
+        other = ontology_id(table.records[i].condition.cell_type)
+        if other is None or other == term:
+            continue
+        if term in ontology_ancestors(other):
+            out.setdefault("finer", []).append(i)
+        elif other in ontology_ancestors(term):
+            out.setdefault("broader", []).append(i)
+    return out
 
 
 def condition_incidence(table: ConditionTable) -> list[list[float]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -14,7 +15,7 @@ import torch
 
 from ..checkpoint import LoadedModel
 from ..genes import gene_annotation
-from .conditions import Condition, Resolution, UnseenConditionError, compose_instruction
+from .conditions import Condition, ConditionChoiceWarning, Resolution, UnseenConditionError, compose_instruction
 from .generator import Generator, load_generator
 from .signal import condition_vectors
 
@@ -68,6 +69,8 @@ def resolve_request(gen: Generator, cell_type: str, species: str | None, tissue:
         log.warning("generating for an unseen condition; the output is an extrapolation: %s", res.message)
     elif res.message:
         log.info("%s", res.message)
+    if res.alternatives:
+        warnings.warn(res.alternatives, ConditionChoiceWarning, stacklevel=4)
     return res
 
 
@@ -87,7 +90,9 @@ def generate_cells(loaded: LoadedModel, cell_type: str, n: int, *, species: str 
     species, tissue, condition, sequencing_method
         Further conditions; ``condition`` is free text such as ``"IFN-beta stimulated"`` (dataset
         codes such as ``"stim"`` / ``"ctrl"`` are mapped). Fields left out are filled from the
-        training conditions of that cell type and recorded in ``obs``.
+        training conditions of that cell type and recorded in ``obs``; where the type was learned
+        in more than one species or tissue, a ``ConditionChoiceWarning`` names the one generated
+        and the others (also in ``uns['instructcell_generation']['alternatives']``).
     instruction
         A phrasing with placeholders (``{cell_type}``, ``{condition}``, ...); default: our own.
     seed
@@ -118,7 +123,9 @@ def generate_cells(loaded: LoadedModel, cell_type: str, n: int, *, species: str 
     text = compose_instruction(template, res.condition)
     counts, nearest = sample_counts(loaded, gen, [text] * int(n), seed)
     provenance = {"checkpoint": str(loaded.path), "seed": int(seed), "instruction_template": template,
-                  "resolution": res.message, "generator_created": gen.info.get("created"),
+                  "resolution": res.message, "alternatives": res.alternatives or None,
+                  "learned_from": gen.table.records[res.record].dataset if res.record is not None else None,
+                  "generator_created": gen.info.get("created"),
                   "understood_as": gen.table.records[nearest[0]].to_dict() if nearest else None}
     adata = to_anndata(counts, loaded.vocab, [res.condition] * int(n), [text] * int(n), res.unseen, provenance)
     if loaded.reference is not None:

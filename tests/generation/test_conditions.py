@@ -74,8 +74,44 @@ def test_unseen_cell_type_lists_known_values():
 def test_unseen_combination_is_reported():
     res = _table().resolve("CD4T", condition="IFN-beta stimulated")
     assert res.unseen
-    assert "combination" in res.message and "CD4T | control" in res.message
+    # where the type was learned, with its conditions
+    assert "combination" in res.message and "'CD4T' (set, 12 cells: control)" in res.message
     assert _table().resolve("beta", species="human").unseen
+
+
+def _two_contexts() -> ConditionTable:
+    rows = [(Condition("B cell", "mouse", "immune (spleen/marrow)", "10x", ""), "tabula", 381),
+            (Condition("CD19+ B", "human", "peripheral blood", "10x", ""), "zheng", 635),
+            (Condition("Monocyte", "mouse", "immune (spleen/marrow)", "10x", ""), "tabula", 55),
+            (Condition("CD14+ Mono", "human", "peripheral blood", "10x", ""), "pbmc3k", 384),
+            (Condition("FCGR3A+Mono", "human", "peripheral blood", "10x", "control"), "kang", 103),
+            (Condition("FCGR3A+Mono", "human", "peripheral blood", "10x", "IFN-beta stimulated"), "kang", 234)]
+    return ConditionTable([ConditionRecord(c, d, n) for c, d, n in rows])
+
+
+def test_a_choice_left_open_names_the_other_contexts_of_the_population():
+    res = _two_contexts().resolve("B cell")
+    assert not res.unseen and res.condition.species == "mouse"  # the exact spelling is still what is generated
+    assert res.alternatives.startswith("generated mouse / immune (spleen/marrow) 'B cell' (tabula, 381 training")
+    assert "human / peripheral blood: 'CD19+ B' (zheng, 635 cells)" in res.alternatives
+    assert "Pass species and tissue" in res.alternatives
+    # a request that settles the context has nothing to add
+    assert _two_contexts().resolve("B cell", species="mouse").alternatives == ""
+    assert _two_contexts().resolve("CD19+ B", species="human", tissue="blood").alternatives == ""
+    assert _two_contexts().resolve("FCGR3A+Mono").alternatives == ""  # learned in one context only
+
+
+def test_a_type_unseen_in_a_context_points_to_finer_and_broader_ones_there():
+    res = _two_contexts().resolve("monocyte", species="human")
+    assert res.unseen
+    assert "'monocyte' was learned as mouse / immune (spleen/marrow): 'Monocyte' (tabula, 55 cells)" in res.message
+    finer = res.message.split("finer types learned with species 'human': ")[1]
+    assert finer.startswith("human / peripheral blood: 'CD14+ Mono' (pbmc3k, 384 cells), 'FCGR3A+Mono' (kang, "
+                            "337 cells: control, IFN-beta stimulated)")
+    res = _two_contexts().resolve("CD14+ Mono", species="mouse")
+    assert res.unseen and "broader types learned with species 'mouse': mouse / immune (spleen/marrow): 'Monocyte'" \
+        in res.message
+    assert "finer" not in res.message
 
 
 def test_table_round_trips_through_json_rows():

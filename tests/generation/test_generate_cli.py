@@ -18,7 +18,9 @@ def test_generate_writes_an_h5ad_with_conditions(gen_checkpoint, tmp_path, capsy
     adata = ad.read_h5ad(out)
     assert adata.n_obs == 6 and set(adata.obs["condition"]) == {"IFN-beta stimulated"}
     assert not [p for p in out.parent.iterdir() if p.name != out.name]  # atomic: no temporary file left
-    assert json.loads(capsys.readouterr().out)["n_cells"] == 6
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["n_cells"] == 6 and (printed["species"], printed["tissue"]) == ("human", "pancreas")
+    assert printed["learned_from"] == adata.uns["instructcell_generation"]["learned_from"]  # the set it drew on
     values = adata.X.toarray()
     assert (values >= 0).all() and np.array_equal(values, np.round(values))
 

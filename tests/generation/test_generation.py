@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import warnings
 
 import anndata as ad
 import numpy as np
@@ -12,7 +13,13 @@ import pytest
 import scipy.sparse as sp
 
 from instructcell_agent.core_model.errors import CheckpointError
-from instructcell_agent.core_model.generation.conditions import UnseenConditionError
+from instructcell_agent.core_model.generation.conditions import (
+    Condition,
+    ConditionChoiceWarning,
+    ConditionRecord,
+    ConditionTable,
+    UnseenConditionError,
+)
 from instructcell_agent.core_model.generation.data import restore_counts
 from instructcell_agent.core_model.generation.generator import META_FILE, WEIGHTS_FILE, load_generator
 from instructcell_agent.core_model.generation.sampling import generate_cells
@@ -85,6 +92,23 @@ def test_unseen_allowed_warns_and_marks_obs(gen_model, caplog):
         adata = generate_cells(gen_model, "epsilon", 4, allow_unseen=True, seed=0)
     assert adata.n_obs == 4 and adata.obs["unseen_condition"].all()
     assert any("unseen" in r.getMessage() for r in caplog.records)
+
+
+def test_a_type_learned_in_several_contexts_warns_which_was_generated(gen_model, monkeypatch):
+    gen = load_generator(gen_model)
+    # the same type learned in a second context too (ranked after the real rows: stimulated, few cells)
+    other = ConditionRecord(Condition("alpha", "mouse", "pancreas", "10x", "IFN-beta stimulated"), "mouse_set", 1)
+    monkeypatch.setattr(gen, "table", ConditionTable([*gen.table.records, other]))
+    with pytest.warns(ConditionChoiceWarning, match=r"generated human / pancreas 'alpha'.*mouse / pancreas: 'alpha' "
+                                                    r"\(mouse_set, 1 cells: IFN-beta stimulated\)"):
+        adata = generate_cells(gen_model, "alpha", 2, seed=0)
+    assert adata.obs["species"].iloc[0] == "human"
+    provenance = adata.uns["instructcell_generation"]
+    assert "mouse_set" in provenance["alternatives"] and provenance["learned_from"] != "mouse_set"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConditionChoiceWarning)  # a settled request does not warn
+        adata = generate_cells(gen_model, "alpha", 2, species="human", tissue="pancreas", seed=0)
+    assert "alternatives" not in adata.uns["instructcell_generation"]
 
 
 def test_generator_files_are_small_and_described(gen_checkpoint):

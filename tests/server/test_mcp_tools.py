@@ -230,6 +230,10 @@ def test_generate_cells(env):
     summary = check_structured(env["server"], "generate_cells", result)["result"]
     assert summary["n_cells"] == 16 and summary["condition"] == "IFN-beta stimulated"
     assert summary["unseen_condition"] is False and len(summary["top_expressed_genes"]) == 10
+    # what was generated, as the model learned it, and where it learned it
+    assert summary["cell_type"] == summary["requested_cell_type"] == "alpha"
+    assert (summary["species"], summary["tissue"]) == ("human", "pancreas") and summary["learned_from"]
+    assert summary["notes"] == []
     generated = ad.read_h5ad(summary["outputs"][0]["path"])
     assert generated.n_obs == 16 and (generated.obs["cell_type"] == "alpha").all()
 
