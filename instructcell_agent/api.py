@@ -32,6 +32,7 @@ from .core_model.instructions import has_choices, render
 from .core_model.labels import LabelMapper
 from .core_model.precision import resolve_device, resolve_precision
 from .core_model.readout import Readout, answer_scores, readout_name
+from .core_model.reference import ATYPICAL_SHARE, AtypicalCellsWarning, atypical_share
 from .core_model.scoring import check_scoring, scoring_name, use_decisive
 from .results import AnnotationResult, check_unassigned_atypical, check_unassigned_below
 
@@ -283,24 +284,9 @@ class EmptyCellWarning(UserWarning):
     """Cells with no counts on any of the model's genes, left unlabelled."""
 
 
-class AtypicalCellsWarning(UserWarning):
-    """Most cells are unlike the training cells of the label they were given."""
-
-
-# On the test splits at most 0.015 of a set's cells fell below typicality -3 (0.118 on a file cut
-# to its 2,000 most variable genes), against 0.72 to 1.00 of other tissues' cells answered as
-# blood (benchmarks/results/atypical_cells.md): half the file below -3 says the file, not a few
-# cells, is unlike what the model learned.
-ATYPICAL_SHARE = 0.5
-
-
 def _atypical_note(typicality: np.ndarray | None) -> str | None:
     """A note when at least ATYPICAL_SHARE of the scored cells fall below typicality -3."""
-    if typicality is None:
-        return None
-    scored = typicality[~np.isnan(typicality)]
-    share = float((scored < -3).mean()) if scored.size else 0.0
-    if share < ATYPICAL_SHARE:
+    if typicality is None or (share := atypical_share(typicality)) < ATYPICAL_SHARE:
         return None
     return (f"{share:.0%} of the cells are unlike the training cells of the label they were given (typicality "
             "below -3): the file may hold a tissue, cell types or a protocol the model never learned; weigh the "

@@ -234,7 +234,9 @@ class GenerationSummary(BaseModel):
     learned_from: str | None = Field(description="The training set whose cells of this type the request matched.")
     unseen_condition: bool
     notes: list[str] = Field(default_factory=list, description=(
-        "How the request was resolved where the choice was open: the same type learned in other species or tissues."))
+        "How the request was resolved where the choice was open (the same type learned in other species or "
+        "tissues), whether the instruction was read as another condition, and whether most cells came out unlike "
+        "the training cells of their type."))
     mean_total_counts: float
     top_expressed_genes: list[str] = Field(description="Ten genes with the highest mean count.")
     outputs: list[OutputFile]

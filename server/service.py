@@ -48,6 +48,11 @@ class _NoReporter:
         pass
 
 
+# What `generate_cells` notes in uns['instructcell_generation'] for the caller to hear: another
+# context the type was learned in, an instruction read as another condition, mostly atypical cells.
+GENERATION_NOTES = ("alternatives", "misread", "atypical")
+
+
 class InstructCellService:
     """Runs the package's API for remote callers under the configured roots and limits."""
 
@@ -196,7 +201,7 @@ class InstructCellService:
                                  requested_cell_type=req.cell_type, species=str(first["species"]) or None,
                                  tissue=str(first["tissue"]) or None, condition=str(first["condition"]) or None,
                                  learned_from=provenance.get("learned_from"), unseen_condition=unseen,
-                                 notes=[provenance["alternatives"]] if provenance.get("alternatives") else [],
+                                 notes=[provenance[k] for k in GENERATION_NOTES if provenance.get(k)],
                                  mean_total_counts=round(float(totals.mean()), 3), top_expressed_genes=top,
                                  outputs=files, seconds=round(time.perf_counter() - started, 3))
 

@@ -15,15 +15,36 @@ import torch
 
 from ..checkpoint import LoadedModel
 from ..genes import gene_annotation
-from .conditions import Condition, ConditionChoiceWarning, Resolution, UnseenConditionError, compose_instruction
+from ..reference import ATYPICAL_BELOW, ATYPICAL_SHARE, AtypicalCellsWarning, atypical_share
+from ..instructions import placeholders_in
+from .conditions import (
+    Condition,
+    ConditionChoiceWarning,
+    MisreadConditionWarning,
+    Resolution,
+    UnseenConditionError,
+    compose_instruction,
+)
 from .generator import Generator, load_generator
 from .signal import condition_vectors
 
 log = logging.getLogger(__name__)
 
-# Our own phrasings, both in the packaged training bank, so the default path is the best-trained one.
-DEFAULT_TEMPLATE = "Generate one {cell_type}."
-DEFAULT_TEMPLATE_WITH_CONDITION = "Generate one {cell_type} in the {condition} condition."
+# Default phrasings, all of the packaged training bank; the first whose fields the resolved
+# condition fills is used, and `compose_instruction` appends the condition text. They name the
+# species, tissue and sequencing method because the generator reads only the instruction: with
+# the cell type alone ("Generate one {cell_type}.", the default until 2026-12-05) a species or
+# tissue the caller gave never reached the prompt, and 7 of the 72 training conditions were read
+# as another (human 'beta' as baron2016's mouse cells, and the reverse); naming all three, each
+# of the 72 was read as itself (benchmarks/results/generated_types.md).
+DEFAULT_TEMPLATES = (
+    "Please generate a realistic single-cell expression profile for one {cell_type} from {species} {tissue}, as it "
+    "would look when measured with {sequencing_method}. The profile should show the marker genes typical of this "
+    "cell type.",
+    "Generate one {cell_type} transcriptome conditioned on {species} and {tissue}, matching reference marker "
+    "distributions.",
+    "Generate one {cell_type}.",
+)
 OBS_FIELDS = ("cell_type", "species", "tissue", "sequencing_method", "condition")
 
 
@@ -119,14 +140,17 @@ def generate_cells(loaded: LoadedModel, cell_type: str, n: int, *, species: str 
         raise ValueError(f"n must be at least 1, got {n}")
     gen = load_generator(loaded)
     res = resolve_request(gen, cell_type, species, tissue, condition, sequencing_method, allow_unseen)
-    template = instruction or (DEFAULT_TEMPLATE_WITH_CONDITION if res.condition.condition else DEFAULT_TEMPLATE)
+    template = instruction or default_template(res.condition)
     text = compose_instruction(template, res.condition)
     counts, nearest = sample_counts(loaded, gen, [text] * int(n), seed)
     provenance = {"checkpoint": str(loaded.path), "seed": int(seed), "instruction_template": template,
                   "resolution": res.message, "alternatives": res.alternatives or None,
                   "learned_from": gen.table.records[res.record].dataset if res.record is not None else None,
                   "generator_created": gen.info.get("created"),
-                  "understood_as": gen.table.records[nearest[0]].to_dict() if nearest else None}
+                  "understood_as": gen.table.records[nearest[0]].to_dict() if nearest else None,
+                  "misread": misread_note(gen, res, nearest[0]) if nearest else None}
+    if provenance["misread"]:
+        warnings.warn(provenance["misread"], MisreadConditionWarning, stacklevel=3)
     adata = to_anndata(counts, loaded.vocab, [res.condition] * int(n), [text] * int(n), res.unseen, provenance)
     if loaded.reference is not None:
         # How alike each cell is to the training cells of the type asked for, on the scale real
@@ -134,7 +158,55 @@ def generate_cells(loaded: LoadedModel, cell_type: str, n: int, *, species: str 
         # test cells do (medians +0.02 / +0.06 against -0.17 / +0.06; atypical_cells.md).
         adata.obs["typicality"] = loaded.reference.typicality(
             adata.X, np.arange(len(loaded.vocab)), [res.condition.cell_type] * int(n)).astype(np.float32)
+        if (note := _atypical_note(gen, res, adata.obs["typicality"].to_numpy())) is not None:
+            adata.uns["instructcell_generation"]["atypical"] = note
+            warnings.warn(note, AtypicalCellsWarning, stacklevel=3)
     return adata
+
+
+def default_template(cond: Condition) -> str:
+    """The first of DEFAULT_TEMPLATES whose fields (the condition text aside) `cond` fills."""
+    return next(t for t in DEFAULT_TEMPLATES if all(getattr(cond, f) for f in placeholders_in(t) - {"condition"}))
+
+
+def misread_note(gen: Generator, res: Resolution, understood: int) -> str | None:
+    """A note when the instruction was read as another training condition than the one resolved:
+    the cells follow what the generator read (its signal token's nearest training condition), so
+    obs, which records the request, would otherwise misdescribe them. A phrasing that leaves out
+    the species or tissue can do this where a type was learned in two of them."""
+    if res.record is None or understood == res.record:
+        return None
+    asked, read = gen.table.records[res.record].condition, gen.table.records[understood].condition
+    if _what(asked) == _what(read):
+        return None  # the same condition, learned from another set (another sequencing method)
+    return (f"the instruction was read as {_show(read)} ({gen.table.records[understood].dataset}), not as the "
+            f"{_show(asked)} asked for, and the cells are drawn for what was read; name the species and tissue "
+            f"in the instruction (or leave the instruction out: the default phrasing names them)")
+
+
+def _what(cond: Condition) -> tuple[str, ...]:
+    """Cell type (by Cell Ontology term), species, tissue and condition text: what a request asks."""
+    key = cond.key(loose=True)
+    return key[:3] + key[4:]
+
+
+def _show(cond: Condition) -> str:
+    return f"{cond.species} / {cond.tissue} {cond.cell_type!r}" + (f" ({cond.condition})" if cond.condition else "")
+
+
+def _atypical_note(gen: Generator, res: Resolution, typicality: np.ndarray) -> str | None:
+    """A note when most generated cells are unlike the training cells of their type, as the
+    annotation side notes it of a file. Why: the generator renders some types far worse than
+    others (puram2017's, learned from 16 cells each: a median typicality of -3.75 for its
+    endothelial cells against -0.3 to +0.3 for most blood types; benchmarks/EXPERIMENTS.md)."""
+    share = atypical_share(typicality)
+    if share < ATYPICAL_SHARE:
+        return None
+    record = gen.table.records[res.record] if res.record is not None else None
+    source = f", learned from {record.n_cells:,} cells of {record.dataset}" if record is not None else ""
+    return (f"{share:.0%} of the generated cells are unlike the training cells of {res.condition.cell_type!r} "
+            f"(typicality below {ATYPICAL_BELOW:g}): the generator renders this type poorly{source}; weigh them "
+            f"accordingly")
 
 
 def to_anndata(counts: np.ndarray, vocab: Sequence[str], conditions: Sequence[Condition], instructions: Sequence[str],

@@ -6,6 +6,8 @@ import json
 import logging
 import shutil
 import warnings
+from dataclasses import replace
+from types import SimpleNamespace
 
 import anndata as ad
 import numpy as np
@@ -22,7 +24,14 @@ from instructcell_agent.core_model.generation.conditions import (
 )
 from instructcell_agent.core_model.generation.data import restore_counts
 from instructcell_agent.core_model.generation.generator import META_FILE, WEIGHTS_FILE, load_generator
-from instructcell_agent.core_model.generation.sampling import generate_cells
+from instructcell_agent.core_model.generation.sampling import (
+    DEFAULT_TEMPLATES,
+    default_template,
+    generate_cells,
+    misread_note,
+)
+from instructcell_agent.core_model.instructions import load_bank, placeholders_in
+from instructcell_agent.core_model.reference import AtypicalCellsWarning
 
 
 def test_generated_cells_are_integer_counts_over_the_vocabulary(gen_model):
@@ -109,6 +118,46 @@ def test_a_type_learned_in_several_contexts_warns_which_was_generated(gen_model,
         warnings.simplefilter("error", ConditionChoiceWarning)  # a settled request does not warn
         adata = generate_cells(gen_model, "alpha", 2, species="human", tissue="pancreas", seed=0)
     assert "alternatives" not in adata.uns["instructcell_generation"]
+
+
+def test_the_default_phrasing_names_species_and_tissue(gen_model):
+    # the generator reads only the instruction: a species or tissue left out of it cannot steer the cells
+    adata = generate_cells(gen_model, "alpha", 2, species="human", tissue="pancreas", condition="ctrl", seed=0)
+    text = adata.obs["instruction"].iloc[0]
+    assert "alpha from human pancreas" in text and text.endswith("Condition: control.")
+    full = Condition("B", "human", "peripheral blood", "10x", "")
+    assert "{sequencing_method}" in default_template(full)
+    assert placeholders_in(default_template(replace(full, sequencing_method=""))) == {"cell_type", "species", "tissue"}
+    assert default_template(replace(full, species="", sequencing_method="")) == "Generate one {cell_type}."
+    assert set(DEFAULT_TEMPLATES) <= set(load_bank("generation").train)  # phrasings the generator trained on
+
+
+def test_an_instruction_read_as_another_condition_is_named():
+    rows = [Condition("beta", "human", "pancreas", "SMARTer", ""), Condition("beta", "mouse", "pancreas", "inDrop", ""),
+            Condition("Beta", "human", "pancreas", "inDrop", "")]
+    gen = SimpleNamespace(table=ConditionTable([ConditionRecord(c, f"set{i}", 10) for i, c in enumerate(rows)]))
+    res = gen.table.resolve("beta", species="human", sequencing_method="SMARTer")
+    assert res.record == 0
+    note = misread_note(gen, res, understood=1)
+    assert note.startswith("the instruction was read as mouse / pancreas 'beta' (set1), not as the human / pancreas")
+    assert misread_note(gen, res, understood=0) is None
+    assert misread_note(gen, res, understood=2) is None  # the same condition, learned from another set
+
+
+def test_mostly_atypical_generated_cells_warn(gen_model, monkeypatch):
+    # the generator's rendering of a type is judged as a file's cells are on the annotation side:
+    # half of them below typicality -3 warns (the scores are planted; the rule is what is tested)
+    planted = {"typ": -4.0}
+    monkeypatch.setattr(gen_model.reference, "typicality", lambda X, genes, labels: np.full(X.shape[0], planted["typ"]))
+    with pytest.warns(AtypicalCellsWarning, match=r"100% of the generated cells are unlike the training cells of "
+                                                  r"'alpha' \(typicality below -3\).*learned from"):
+        adata = generate_cells(gen_model, "alpha", 6, condition="ctrl", seed=0)
+    assert "renders this type poorly" in adata.uns["instructcell_generation"]["atypical"]
+    planted["typ"] = -2.5
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", AtypicalCellsWarning)
+        adata = generate_cells(gen_model, "alpha", 6, condition="ctrl", seed=0)
+    assert "atypical" not in adata.uns["instructcell_generation"]
 
 
 def test_generator_files_are_small_and_described(gen_checkpoint):
