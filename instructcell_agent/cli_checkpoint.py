@@ -195,6 +195,12 @@ def _info(args) -> int:
         meta = json.loads((path / "reference.json").read_text())
         out["reference"] = {"labels": len(meta.get("keys", [])), **{k: meta.get(k) for k in (
             "per_label", "informative_genes", "seed", "command", "data")}}
+    if (path / "generator.json").is_file():  # what `generate` can draw (core_model/generation/conditions.py)
+        from .core_model.generation.conditions import ConditionTable
+
+        meta = json.loads((path / "generator.json").read_text())
+        out["generator"] = {"command": meta.get("command"),
+                            "conditions": ConditionTable.from_list(meta.get("conditions", [])).grouped()}
     if (path / "temperature.json").is_file():  # confidence temperatures (core_model/temperature.py)
         meta = json.loads((path / "temperature.json").read_text())
         out["confidence_temperature"] = {k: meta.get(k) for k in ("temperature", "fitted_on", "command", "created")}

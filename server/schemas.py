@@ -172,6 +172,45 @@ class DatasetInfo(BaseModel):
                     "the model learned no labels for this context.")
 
 
+class DescribeModelRequest(_Request):
+    pass
+
+
+class LabelSetInfo(BaseModel):
+    name: str
+    task: str = Field(description="annotation or drug_response.")
+    species: str
+    tissue: str
+    drug: str | None = None
+    labels: list[str]
+
+
+class GenerationConditionInfo(BaseModel):
+    cell_type: str
+    species: str
+    tissue: str
+    conditions: list[str] = Field(description="Condition texts it was learned under (empty: none, or the set has "
+                                              "no conditions).")
+    dataset: str
+    n_cells: int = Field(description="Training cells: the generator renders types learned from few cells worse.")
+
+
+class ModelInfo(BaseModel):
+    kind: Literal["model"] = "model"
+    checkpoint: str
+    package_version: str | None
+    backbone: str
+    device: str
+    precision: str
+    label_sets: list[LabelSetInfo] = Field(description="What annotate_cells and predict_drug_response learned: pass "
+                                                       "one set's labels as candidates, or name them your way.")
+    drugs: list[str] = Field(description="Drugs whose responses the model learned; others get a warning.")
+    generation: list[GenerationConditionInfo] | None = Field(
+        description="What generate_cells can draw: cell type, species, tissue and conditions as learned; None "
+                    "without a generator.")
+    typicality: bool = Field(description="Whether answers carry a typicality (the checkpoint keeps reference cells).")
+
+
 class CellExample(BaseModel):
     cell: str
     label: str

@@ -27,8 +27,9 @@ from .jobs import Reporter
 from .outputs import Staging, new_id, slug
 from .paths import resolve_input
 from .schemas import (AgreementSummary, AnnotateCellsRequest, AnnotationSummary, CellExample, DatasetInfo,
-                      ExplainGenesRequest, ExplanationSummary, GenerateCellsRequest, GenerationSummary, GeneScore,
-                      InspectDatasetRequest, LabelAgreement, ObsColumn, PredictDrugResponseRequest, VocabularyOverlap)
+                      DescribeModelRequest, ExplainGenesRequest, ExplanationSummary, GenerateCellsRequest,
+                      GenerationConditionInfo, GenerationSummary, GeneScore, InspectDatasetRequest, LabelAgreement,
+                      LabelSetInfo, ModelInfo, ObsColumn, PredictDrugResponseRequest, VocabularyOverlap)
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +156,22 @@ class InstructCellService:
             runs_in_background=n_cells > self.limits.async_threshold_cells,
             model_annotation_labels=model.labels_for_task("annotation")[:50],
             matching_label_sets=_matching_label_sets(model, head))
+
+    def describe_model(self, req: DescribeModelRequest) -> ModelInfo:
+        """What the loaded checkpoint learned: label sets, drugs, generation conditions."""
+        from instructcell_agent.core_model.generation.generator import has_generator, load_generator
+
+        model = self.model()
+        sets = [LabelSetInfo(name=name, task=e["task"], species=e.get("species", ""), tissue=e.get("tissue", ""),
+                             drug=e.get("drug") or None, labels=list(e["labels"]))
+                for name, e in model.label_sets.items()]
+        generation = ([GenerationConditionInfo(**g) for g in load_generator(model).table.grouped()]
+                      if has_generator(model.path) else None)
+        return ModelInfo(checkpoint=str(model.path), package_version=model.info.get("package_version"),
+                         backbone=model.model.cfg.backbone.name, device=model.model.device.type,
+                         precision=model.model.precision, label_sets=sets,
+                         drugs=sorted({s.drug for s in sets if s.drug}), generation=generation,
+                         typicality=model.reference is not None)
 
     def annotate_cells(self, req: AnnotateCellsRequest, reporter: Reporter | None = None) -> AnnotationSummary:
         from instructcell_agent import api

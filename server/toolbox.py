@@ -18,9 +18,9 @@ from instructcell_agent.core_model.errors import InstructCellError
 from .config import ServerConfig
 from .jobs import Job, JobManager
 from .outputs import clean_stale_staging
-from .schemas import (AnnotateCellsRequest, AnnotationOutput, DatasetInfo, ExplainGenesRequest, ExplanationOutput,
-                      GenerateCellsRequest, GenerationOutput, InspectDatasetRequest, JobInfo, JobRequest,
-                      JobResultOutput, PredictDrugResponseRequest)
+from .schemas import (AnnotateCellsRequest, AnnotationOutput, DatasetInfo, DescribeModelRequest, ExplainGenesRequest,
+                      ExplanationOutput, GenerateCellsRequest, GenerationOutput, InspectDatasetRequest, JobInfo,
+                      JobRequest, JobResultOutput, ModelInfo, PredictDrugResponseRequest)
 from .service import InstructCellService
 
 log = logging.getLogger(__name__)
@@ -55,6 +55,11 @@ SPECS: tuple[ToolSpec, ...] = (
              "values, layers, the kind of expression values (raw counts, log1p, normalized) and how many of the "
              "model's genes it contains. Reads only; runs no inference. Use it first to pick labels and options.",
              InspectDatasetRequest, DatasetInfo, read_only=True, idempotent=True, runs_model=False),
+    ToolSpec("describe_model", "Describe the model",
+             "What the loaded InstructCell model learned: its annotation and drug-response label sets (with species "
+             "and tissue), the drugs, and the cell types, species, tissues and conditions generate_cells can draw, "
+             "with the training cells behind each. Runs no inference. Use it to pick candidates or a cell type.",
+             DescribeModelRequest, ModelInfo, read_only=True, idempotent=True, runs_model=False),
     ToolSpec("annotate_cells", "Annotate cell types",
              "Predict the cell type of every cell in an .h5ad file with the InstructCell model. Returns label "
              "counts, mean confidence, a few example cells and notes to weigh (e.g. a tissue the model never saw). "
@@ -125,8 +130,8 @@ class Toolbox:
     # ------------------------------------------------------------------ quick tools
     def run_quick(self, spec: ToolSpec, req: BaseModel) -> BaseModel:
         try:
-            if spec.name == "inspect_dataset":
-                return self.service.inspect_dataset(req)  # type: ignore[arg-type]
+            if spec.name in ("inspect_dataset", "describe_model"):
+                return getattr(self.service, spec.name)(req)
             job = self._job(req.job_id)  # type: ignore[attr-defined]
             if spec.name == "cancel_job":
                 job.cancel()

@@ -254,6 +254,12 @@ def test_info_prints_how_the_shipped_checkpoint_was_made(capsys):
     assert printed["reference"]["informative_genes"] == 2000
     assert printed["reference"]["command"].startswith("instructcell fit-reference")
     assert all(len(entry["sha256"]) == 64 for entry in printed["reference"]["data"])
+    # what `generate` can draw: every training condition, grouped by type, context and set
+    rows = json.loads((default_checkpoint_path() / "generator.json").read_text())["conditions"]
+    grouped = printed["generator"]["conditions"]
+    assert sum(g["n_cells"] for g in grouped) == sum(r["n_cells"] for r in rows)
+    kang_b = next(g for g in grouped if g["cell_type"] == "B" and g["dataset"] == "kang2018_pbmc_ifnb")
+    assert sorted(kang_b["conditions"]) == ["IFN-beta stimulated", "control"]
 
 
 def test_calibrate_writes_temperatures_from_the_command_line(tiny_checkpoint, synthetic_set, tmp_path, capsys,

@@ -157,6 +157,20 @@ class ConditionTable:
     def from_list(cls, rows: Iterable[Mapping[str, Any]]) -> ConditionTable:
         return cls([ConditionRecord.from_dict(r) for r in rows])
 
+    def grouped(self) -> list[dict[str, Any]]:
+        """The table as a reader wants it: one entry per cell type, species, tissue and training
+        set, with the conditions it was learned under and its training cells, largest first."""
+        groups: dict[tuple[str, ...], dict[str, Any]] = {}
+        for r in self.records:
+            c = r.condition
+            entry = groups.setdefault((c.cell_type, c.species, c.tissue, r.dataset), {
+                "cell_type": c.cell_type, "species": c.species, "tissue": c.tissue, "dataset": r.dataset,
+                "conditions": [], "n_cells": 0})
+            entry["n_cells"] += r.n_cells
+            if c.condition and c.condition not in entry["conditions"]:
+                entry["conditions"].append(c.condition)
+        return sorted(groups.values(), key=lambda e: (e["species"], e["tissue"], -e["n_cells"]))
+
     def index(self, cond: Condition) -> int | None:
         """Row of exactly this condition (normalized comparison), or None."""
         key = cond.key()

@@ -73,8 +73,8 @@ def error_text(result) -> str:
 
 def test_every_tool_is_listed_with_typed_schemas_and_hints(env):
     tools = {t.name: t for t in run(env["server"], lambda c: c.list_tools()).tools}
-    assert set(tools) == {"inspect_dataset", "annotate_cells", "predict_drug_response", "generate_cells",
-                          "explain_genes", "job_status", "job_result", "cancel_job"}
+    assert set(tools) == {"inspect_dataset", "describe_model", "annotate_cells", "predict_drug_response",
+                          "generate_cells", "explain_genes", "job_status", "job_result", "cancel_job"}
     for name in ("inspect_dataset", "annotate_cells", "predict_drug_response", "explain_genes"):
         props = tools[name].input_schema["properties"]
         assert "h5ad_path" in props and props["h5ad_path"]["description"]
@@ -92,6 +92,25 @@ def test_every_tool_is_listed_with_typed_schemas_and_hints(env):
 
 
 # ------------------------------------------------------------------ tools
+
+
+def test_describe_model_lists_what_it_learned(env):
+    info = check_structured(env["server"], "describe_model", call(env["server"], "describe_model", {}))
+    model = env["server"].toolbox.service.model()
+    assert {s["name"] for s in info["label_sets"]} == set(model.label_sets)
+    assert all(s["labels"] and s["task"] in ("annotation", "drug_response") for s in info["label_sets"])
+    # what generate_cells can draw: every training condition of the generator, grouped by type and set
+    from instructcell_agent.core_model.generation.generator import load_generator
+
+    records = load_generator(model).table.records
+    drawn = {(g["cell_type"], g["species"], g["tissue"], c)
+             for g in info["generation"] for c in g["conditions"] or [""]}
+    assert drawn == {(r.condition.cell_type, r.condition.species, r.condition.tissue, r.condition.condition)
+                     for r in records}
+    assert sum(g["n_cells"] for g in info["generation"]) == sum(r.n_cells for r in records)
+    assert info["typicality"] is (model.reference is not None)
+    text = error_text(call(env["server"], "describe_model", {"verbose": True}))  # no arguments to take
+    assert "verbose" in text
 
 
 def test_inspect_dataset(env):

@@ -50,7 +50,7 @@ async def annotate_and_inspect(client):
 
 
 def check_results(tools, info, annotated):
-    assert len(tools.tools) == 8
+    assert len(tools.tools) == 9
     assert not info.is_error and info.structured_content["n_cells"] == N_CELLS
     assert not annotated.is_error, annotated.content[0].text
     summary = annotated.structured_content["result"]
@@ -70,7 +70,7 @@ def test_stdio_subprocess(paths, gen_checkpoint, tmp_path):
 
     check_results(*anyio.run(main))
     log = errlog.read_text()
-    assert "serving 8 tools over stdio" in log  # logs go to stderr; stdout carried only the protocol
+    assert "serving 9 tools over stdio" in log  # logs go to stderr; stdout carried only the protocol
 
 
 def free_port() -> int:
