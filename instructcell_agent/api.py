@@ -133,8 +133,10 @@ def generate_cells(model: LoadedModel | None = None, cell_type: str = "", n: int
 
     `condition` is free text ("IFN-beta stimulated", "control"; "stim"/"ctrl" are mapped). An
     unseen condition raises `UnseenConditionError` unless `allow_unseen` (then it warns and sets
-    obs['unseen_condition']). obs records cell_type, species, tissue, condition and instruction.
-    See `instructcell_agent.core_model.generation.sampling.generate_cells`.
+    obs['unseen_condition']). obs records cell_type, species, tissue, condition and instruction;
+    fields left out are filled from training, with a `ConditionChoiceWarning` where the type was
+    learned in another species or tissue too (`instructcell info` and the MCP tool `describe_model`
+    list them). See `instructcell_agent.core_model.generation.sampling.generate_cells`.
     """
     from .core_model.generation.sampling import generate_cells as _generate
 

@@ -15,8 +15,8 @@ import torch
 
 from ..checkpoint import LoadedModel
 from ..genes import gene_annotation
-from ..reference import ATYPICAL_BELOW, ATYPICAL_SHARE, AtypicalCellsWarning, atypical_share
 from ..instructions import placeholders_in
+from ..reference import ATYPICAL_BELOW, ATYPICAL_SHARE, AtypicalCellsWarning, atypical_share
 from .conditions import (
     Condition,
     ConditionChoiceWarning,
@@ -115,7 +115,10 @@ def generate_cells(loaded: LoadedModel, cell_type: str, n: int, *, species: str 
         in more than one species or tissue, a ``ConditionChoiceWarning`` names the one generated
         and the others (also in ``uns['instructcell_generation']['alternatives']``).
     instruction
-        A phrasing with placeholders (``{cell_type}``, ``{condition}``, ...); default: our own.
+        A phrasing with placeholders (``{cell_type}``, ``{condition}``, ...); default: one of
+        DEFAULT_TEMPLATES, naming every field of the resolved condition. The generator reads only
+        this text: one read as another training condition than the resolved one warns
+        (``MisreadConditionWarning``, ``uns[...]['misread']``).
     seed
         Sampling seed.
     allow_unseen
@@ -127,7 +130,8 @@ def generate_cells(loaded: LoadedModel, cell_type: str, n: int, *, species: str 
     anndata.AnnData
         X: integer counts (float32 CSR) over the checkpoint's gene vocabulary; obs: the
         conditions, the instruction, ``unseen_condition`` and, where the checkpoint keeps reference
-        cells, ``typicality`` (core_model/reference.py; NaN for a type without any); uns: provenance.
+        cells, ``typicality`` (core_model/reference.py; NaN for a type without any; most cells
+        below -3 warn, ``AtypicalCellsWarning``); uns: provenance.
 
     Raises
     ------
@@ -197,8 +201,9 @@ def _show(cond: Condition) -> str:
 def _atypical_note(gen: Generator, res: Resolution, typicality: np.ndarray) -> str | None:
     """A note when most generated cells are unlike the training cells of their type, as the
     annotation side notes it of a file. Why: the generator renders some types far worse than
-    others (puram2017's, learned from 16 cells each: a median typicality of -3.75 for its
-    endothelial cells against -0.3 to +0.3 for most blood types; benchmarks/EXPERIMENTS.md)."""
+    others (puram2017's, learned from 16 cells each: a median typicality of -3.60 for its
+    endothelial cells against -1.3 to +0.9 for the blood types but one;
+    benchmarks/results/generated_types.md)."""
     share = atypical_share(typicality)
     if share < ATYPICAL_SHARE:
         return None

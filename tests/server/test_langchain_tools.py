@@ -37,6 +37,7 @@ def tool_messages(state) -> dict[str, ToolMessage]:
 
 
 PLAN = [
+    ("describe_model", {}),
     ("inspect_dataset", {"h5ad_path": "planted.h5ad"}),
     ("annotate_cells", {"h5ad_path": "planted.h5ad", "candidates": list(CELL_TYPES)}),
     ("generate_cells", {"cell_type": "beta", "n": 8, "condition": "ctrl"}),
@@ -47,6 +48,8 @@ PLAN = [
 def check_agent_state(state):
     got = tool_messages(state)
     assert set(got) == {name for name, _ in PLAN}
+    learned = json.loads(got["describe_model"].content)
+    assert {g["cell_type"] for g in learned["generation"]} >= {"beta"}  # what generate_cells below draws
     info = json.loads(got["inspect_dataset"].content)
     assert info["n_cells"] == N_CELLS
     annotated = json.loads(got["annotate_cells"].content)["result"]
