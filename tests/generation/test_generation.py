@@ -29,6 +29,7 @@ from instructcell_agent.core_model.generation.sampling import (
     default_template,
     generate_cells,
     misread_note,
+    sample_counts,
 )
 from instructcell_agent.core_model.instructions import load_bank, placeholders_in
 from instructcell_agent.core_model.reference import AtypicalCellsWarning
@@ -118,6 +119,17 @@ def test_a_type_learned_in_several_contexts_warns_which_was_generated(gen_model,
         warnings.simplefilter("error", ConditionChoiceWarning)  # a settled request does not warn
         adata = generate_cells(gen_model, "alpha", 2, species="human", tissue="pancreas", seed=0)
     assert "alternatives" not in adata.uns["instructcell_generation"]
+
+
+def test_cells_made_sparse_as_drawn_are_the_cells_of_the_dense_path(gen_model):
+    gen = load_generator(gen_model)
+    texts = ["Generate one alpha."] * 1100  # three batches of 512, the last one short
+    dense, near = sample_counts(gen_model, gen, texts, seed=4)
+    sparse, near_sparse = sample_counts(gen_model, gen, texts, seed=4, sparse=True)
+    assert sp.isspmatrix_csr(sparse) and sparse.dtype == np.float32 and near == near_sparse
+    assert np.array_equal(sparse.toarray(), dense.astype(np.float32))
+    empty, _ = sample_counts(gen_model, gen, [], sparse=True)
+    assert empty.shape == (0, len(gen_model.vocab))
 
 
 def test_the_default_phrasing_names_species_and_tissue(gen_model):
