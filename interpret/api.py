@@ -52,6 +52,7 @@ def explain(adata: ad.AnnData, model: LoadedModel | None = None, labels: str | S
             marker_db: str = DEFAULT_DB, compare_wilcoxon: bool = True,
             species: str | None = None, layer: str | None = None, use_raw: bool = False,
             gene_key: str | None = None, min_genes: int = 100, scoring: str = "auto", readout: bool = True,
+            max_cells_per_label: int | None = None, seed: int = 0,
             progress: Callable[[int, int], None] | None = None) -> ExplanationResult:
     """Gene saliency of every cell for its label, aggregated per label, checked against markers.
 
@@ -110,6 +111,12 @@ def explain(adata: ad.AnnData, model: LoadedModel | None = None, labels: str | S
         As in ``annotate``: where the checkpoint has a linear gene read-out and the scored labels
         are one learned label set, the explained log-probability includes its weighted term (the
         quantity ``annotate`` answers with). False: the language model's alone.
+    max_cells_per_label, seed
+        Explain at most this many cells of each label, drawn at random (`seed`), in file order:
+        the per-label ranking is a mean over cells, and attribution costs a backward pass per
+        cell. Needs `labels` (e.g. the obs column ``annotate(...).to_adata`` writes). The result
+        then holds the cells explained (``result.obs_names``); see
+        benchmarks/results/explain_subsample.md for how the rankings hold up.
     progress
         Called with (cells done, total) after each attribution batch; an exception it raises
         stops the work there (the server's cancellation).
@@ -135,6 +142,10 @@ def explain(adata: ad.AnnData, model: LoadedModel | None = None, labels: str | S
         model = load_model()
     started = time.perf_counter()
     given = _given_labels(adata, labels)
+    n_cells_in = adata.n_obs
+    subsample_note = None
+    if max_cells_per_label is not None:
+        adata, given, subsample_note = _cap_per_label(adata, given, max_cells_per_label, seed)
     inferred_note = None
     if candidates is None and dataset is None and given is None:
         dataset, inferred_note = _set_of_free_answers(model, adata, layer=layer, use_raw=use_raw, gene_key=gene_key,
@@ -153,7 +164,7 @@ def explain(adata: ad.AnnData, model: LoadedModel | None = None, labels: str | S
     user_named = candidates is not None or (dataset is None and given is not None and not isinstance(given, str))
     route = route_candidates(cands, model.label_sets) if user_named else None
     notes = [route.note] if route is not None and route.note else []
-    notes += [inferred_note] if inferred_note else []
+    notes += [note for note in (inferred_note, subsample_note) if note]
     if route is not None and route.kind == "ontology" and instruction and has_choices(instruction):
         instruction = None  # the open question is asked (see route_candidates)
         notes.append("the instruction lists the candidates ({choices}), which this route cannot use; "
@@ -199,6 +210,8 @@ def explain(adata: ad.AnnData, model: LoadedModel | None = None, labels: str | S
         "species": species, "checkpoint": str(model.path) if model.path else None,
         "backbone": model.model.cfg.backbone.name, "alignment": aligned.report.to_dict(),
         "alignment_summary": aligned.report.summary(), "seconds": time.perf_counter() - started,
+        "n_cells_in": n_cells_in, "max_cells_per_label": max_cells_per_label,
+        "seed": seed if max_cells_per_label is not None else None,
         # route and reference notes, then the marker check's
         "notes": notes + ([] if db is not None else ["marker validation skipped: shared marker database not found"]),
     }
@@ -292,6 +305,28 @@ def _given_labels(adata: ad.AnnData, labels: str | Sequence[str] | None) -> np.n
         raise ValueError(f"labels has {len(values)} entries for {adata.n_obs} cells; pass one label per cell, "
                          "an obs column name, or a single label name")
     return values
+
+
+def _cap_per_label(adata: ad.AnnData, given: np.ndarray | str | None, cap: int,
+                   seed: int) -> tuple[ad.AnnData, np.ndarray | str, str | None]:
+    """At most `cap` cells of each label, drawn at random (seeded), kept in file order; with a note
+    saying so when cells were left out."""
+    if isinstance(cap, bool) or not isinstance(cap, (int, np.integer)) or cap < 1:
+        raise ValueError(f"max_cells_per_label must be a whole number of at least 1, got {cap!r}")
+    if given is None:
+        raise ValueError("max_cells_per_label needs the labels to explain, an obs column (annotate(...).to_adata "
+                         "writes 'instructcell_label') or one label per cell: predicted labels are known only "
+                         "after the attribution pass it would bound")
+    groups = np.full(adata.n_obs, given, dtype=object) if isinstance(given, str) else given
+    rng = np.random.default_rng(seed)
+    parts = [np.flatnonzero(groups == label) for label in sorted(set(groups.tolist()))]
+    keep = np.sort(np.concatenate([rng.choice(rows, cap, replace=False) if rows.size > cap else rows
+                                   for rows in parts]))
+    if keep.size == adata.n_obs:
+        return adata, given, None
+    note = (f"explained {keep.size:,} of {adata.n_obs:,} cells: at most {cap:,} per label, drawn at random "
+            f"(seed {seed})")
+    return adata[keep].copy(), given if isinstance(given, str) else given[keep], note
 
 
 def _candidates(model: LoadedModel, dataset: str | None, candidates: Sequence[str] | None,

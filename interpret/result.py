@@ -142,7 +142,8 @@ class ExplanationResult:
         if adata is None:
             adata = self._vocab_adata(key_added)
         elif list(map(str, adata.obs_names)) != list(self.obs_names):
-            raise ValueError("adata's cells differ from the explained cells (same obs_names in the same order needed)")
+            raise ValueError("adata's cells differ from the explained cells (same obs_names in the same order needed; "
+                             "after max_cells_per_label, pass adata[result.obs_names])")
         self._annotate(adata, key_added)
         missing = sorted(set(self.top_genes["gene"]) - set(map(str, adata.var_names)))
         if missing:

@@ -112,6 +112,9 @@ class ExplainGenesRequest(_MatrixOptions):
                               "genes scaled to [0, 1], so no single cell dominates a label's ranking), or none "
                               "(raw attributions).")
     top_k: int = Field(10, ge=1, le=1000, description="Genes reported per label.")
+    max_cells_per_label: int | None = Field(None, ge=1, le=1_000_000, description=(
+        "Explain at most this many cells of each label (drawn at random, seeded), for large files: the rankings are "
+        "per-label means. Needs labels (an obs column). The cell limit then counts the cells explained."))
     background: bool = Field(False, description="Run as a background job and return a job id at once.")
 
 
@@ -292,6 +295,7 @@ class ExplanationSummary(BaseModel):
     kind: Literal["explanation"] = "explanation"
     h5ad_path: str
     n_cells: int
+    n_explained: int = Field(description="Cells attributed: all, or at most max_cells_per_label of each label.")
     method: str
     reference: str = Field(description="What the attributions were measured against (train, zero, mean; none "
                                        "for the plain gradient).")

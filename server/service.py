@@ -98,6 +98,21 @@ class InstructCellService:
         finally:
             backed.file.close()
 
+    def cells_to_explain(self, req: ExplainGenesRequest) -> int:
+        """Cells an explain_genes request attributes: the file's, or with max_cells_per_label and
+        labels from an obs column, at most that many of each label (read from obs alone)."""
+        path = self.input_path(req.h5ad_path)
+        backed = _open_backed(path)
+        try:
+            if req.max_cells_per_label is None or req.labels is None:
+                return int(backed.n_obs)
+            if req.labels not in backed.obs.columns:  # one label for every cell
+                return min(int(backed.n_obs), req.max_cells_per_label)
+            counts = backed.obs[req.labels].value_counts()
+            return int(np.minimum(counts.to_numpy(), req.max_cells_per_label).sum())
+        finally:
+            backed.file.close()
+
     def work_size(self, tool: str, request: Any) -> int:
         """Cells a request will process; also refuses requests over the limits up front."""
         if tool == "generate_cells":
@@ -105,6 +120,9 @@ class InstructCellService:
             return int(request.n)
         if tool == "explain_genes":
             self._check(request.top_k, self.limits.max_top_k, "top_k")
+            n = self.cells_to_explain(request)
+            self._check(n, self.limits.max_explain_cells, "cells per explain_genes call")
+            return n
         n = self.count_cells(request.h5ad_path)
         if tool == "explain_genes":
             self._check(n, self.limits.max_explain_cells, "cells per explain_genes call")
@@ -229,18 +247,19 @@ class InstructCellService:
         self._check(req.top_k, self.limits.max_top_k, "top_k")
         started = time.perf_counter()
         path = self.input_path(req.h5ad_path)
+        n_explained = self.cells_to_explain(req)
+        self._check(n_explained, self.limits.max_explain_cells, "cells per explain_genes call")
         adata = read_h5ad(path)
-        self._check(adata.n_obs, self.limits.max_explain_cells, "cells per explain_genes call")
         model = self.model()
         # Progress after every attribution batch; rep.update raises JobCancelled once the job is
         # cancelled, so a cancellation is honoured between batches and nothing is written.
-        rep.update(0, adata.n_obs, f"explaining {adata.n_obs:,} cells ({req.method})")
+        rep.update(0, n_explained, f"explaining {n_explained:,} cells ({req.method})")
         with self.model_lock:
             result = explain(adata, model=model, labels=req.labels, method=req.method, top_k=req.top_k,
                              reference=req.reference, normalize=req.normalize,
-                             candidates=req.candidates, **_matrix(req),
+                             candidates=req.candidates, max_cells_per_label=req.max_cells_per_label, **_matrix(req),
                              progress=lambda done, total: rep.update(done, total, f"explained {done:,} of {total:,} cells"))
-        rep.update(adata.n_obs, adata.n_obs, "writing tables and figures")
+        rep.update(n_explained, n_explained, "writing tables and figures")
         folder = f"{slug(path.stem)}_explain_{new_id()}"
         with Staging(self.config.output_dir) as staging:
             write_explanation(result, staging.path(folder), protect=[path])
@@ -255,7 +274,8 @@ class InstructCellService:
         if result.marker_report is not None:
             precision = {str(r.label): (None if pd.isna(r.precision_at_k) else float(r.precision_at_k))
                          for r in result.marker_report.itertuples(index=False)}
-        return ExplanationSummary(h5ad_path=str(path), n_cells=adata.n_obs, method=req.method,
+        return ExplanationSummary(h5ad_path=str(path), n_cells=adata.n_obs, n_explained=len(result.obs_names),
+                                  method=req.method,
                                   reference=result.provenance.get("reference") or "none",
                                   normalize=req.normalize,
                                   cells_per_label=_explained_per_label(result), top_genes=top,

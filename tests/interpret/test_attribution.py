@@ -255,6 +255,28 @@ def test_a_named_label_is_explained_for_every_cell(marker_model, cells):
     assert (other.top_genes["score"] > 0).all()
 
 
+def test_at_most_n_cells_of_each_label_are_explained(marker_model, cells, given):
+    capped = explain(cells, model=marker_model, labels="cell_type", dataset="planted", batch_size=16,
+                     max_cells_per_label=5, seed=1)
+    truth = cells.obs["cell_type"].astype(str)
+    kept = truth.loc[list(capped.obs_names)]
+    assert set(kept) == set(truth) and kept.value_counts().max() == 5 and len(kept) == 20  # 12 of each in the file
+    assert list(capped.obs_names) == [n for n in cells.obs_names if n in set(capped.obs_names)]  # file order
+    assert "explained 20 of 48 cells: at most 5 per label" in " ".join(capped.provenance["notes"])
+    # a cell kept is explained as in the run over every cell
+    rows = [list(given.obs_names).index(n) for n in capped.obs_names]
+    np.testing.assert_allclose(capped.attributions.values, given.attributions.values[rows], rtol=1e-4, atol=1e-6)
+    same = explain(cells, model=marker_model, labels="cell_type", dataset="planted", max_cells_per_label=5, seed=1)
+    other = explain(cells, model=marker_model, labels="cell_type", dataset="planted", max_cells_per_label=5, seed=2)
+    assert list(same.obs_names) == list(capped.obs_names) != list(other.obs_names)
+    with pytest.raises(ValueError, match="adata\\[result.obs_names\\]"):
+        capped.to_adata(cells.copy())
+    with pytest.raises(ValueError, match="needs the labels to explain"):
+        explain(cells, model=marker_model, dataset="planted", max_cells_per_label=5)
+    with pytest.raises(ValueError, match="whole number of at least 1"):
+        explain(cells, model=marker_model, labels="cell_type", dataset="planted", max_cells_per_label=0)
+
+
 def test_an_unknown_label_gives_a_clear_error(tiny_model, cells):
     with pytest.raises(LabelKeyError, match="'epsilon' is neither an obs column nor a candidate"):
         explain(cells[:4], model=tiny_model, labels="epsilon", dataset="planted")

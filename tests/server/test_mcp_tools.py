@@ -278,6 +278,17 @@ def test_explain_genes(env, reference, normalize):
     assert blob.contents[0].mime_type == "image/png" and blob.contents[0].blob
 
 
+def test_explain_genes_bounds_the_cells_of_each_label(env):
+    # the planted file is over the explain limit (120 cells); ten of each of its four labels are not
+    args = {"h5ad_path": "planted.h5ad", "labels": "cell_type", "top_k": 3}
+    assert "at most 120 allowed" in error_text(call(env["server"], "explain_genes", args))
+    result = call(env["server"], "explain_genes", {**args, "max_cells_per_label": 10})
+    summary = check_structured(env["server"], "explain_genes", result)["result"]
+    assert summary["n_cells"] == N_CELLS and summary["n_explained"] == 40
+    assert set(summary["cells_per_label"].values()) == {10}
+    assert any("explained 40 of" in note for note in summary["notes"])
+
+
 # ------------------------------------------------------------------ errors and limits
 
 
