@@ -386,7 +386,9 @@ def _marker_comparison(means: pd.DataFrame, db: MarkerDB | None, species: str | 
     if compare_wilcoxon:
         wil = wilcoxon_rankings(sp.csr_matrix(inputs), vocab, groups, n_genes=PRECISION_K)
         wil_report = marker_report(wil, db, species, PRECISION_K).set_index("label")
-        report["wilcoxon_known_in_top"] = report["label"].map(wil_report["known_in_top"])
+        # a label wilcoxon could not test (one cell) gets no genes, not NaN: an .h5ad cannot hold a
+        # text column with missing values, and explained.h5ad carries this table
+        report["wilcoxon_known_in_top"] = report["label"].map(wil_report["known_in_top"]).fillna("")
         report["wilcoxon_precision_at_k"] = report["label"].map(wil_report["precision_at_k"]).astype(float)
     return report
 

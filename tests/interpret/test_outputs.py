@@ -10,10 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import scanpy as sc
-from synthetic import make_counts
+from synthetic import CELL_TYPES, make_counts, marker_genes
 
 from instructcell_agent.cli import main
-from instructcell_agent.interpret.api import explain
+from instructcell_agent.interpret.api import explain, write_explanation
 
 KEY = "instructcell_saliency"
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -71,6 +71,28 @@ def test_figures_are_pngs(result, tmp_path):
     assert {p.name for p in paths} == {"saliency_dotplot.png", "saliency_heatmap.png"}
     assert all(p.read_bytes()[:8] == PNG and p.stat().st_size > 5000 for p in paths)
     assert not list(tmp_path.glob(".*"))  # no temporary files left behind
+
+
+def test_a_label_of_one_cell_is_written_with_the_marker_check(tiny_model, tmp_path, monkeypatch):
+    # wilcoxon cannot test a label held by one cell; its empty entry must still fit explained.h5ad
+    # (a text column with missing values did not, and a per-label cap of 1 to 3 cells makes them common)
+    import instructcell_agent.interpret.api as explain_api
+    from instructcell_agent.interpret.markers import MarkerDB
+
+    toy = MarkerDB("toy", {f"{t} cells": {"any": frozenset(marker_genes(t))} for t in CELL_TYPES},
+                   {t: [f"{t} cells"] for t in CELL_TYPES})
+    monkeypatch.setattr(explain_api, "load_marker_db", lambda name: toy)
+    cells = make_counts(40, seed=3)
+    labels = cells.obs["cell_type"].astype(str)
+    keep = np.flatnonzero(labels != "delta").tolist() + [int(np.flatnonzero(labels == "delta")[0])]
+    cells = cells[sorted(keep)].copy()
+    result = explain(cells, model=tiny_model, labels="cell_type", dataset="planted", top_k=4)
+    report = result.marker_report.set_index("label")
+    assert report.loc["delta", "wilcoxon_known_in_top"] == ""
+    assert np.isnan(report.loc["delta", "wilcoxon_precision_at_k"])
+    paths = write_explanation(result, tmp_path / "one_cell")
+    again = ad.read_h5ad(paths["h5ad"])
+    assert list(again.uns[f"{KEY}_markers"]["label"]) == list(result.marker_report["label"])
 
 
 def test_cli_explain_writes_everything_and_keeps_the_input(tiny_checkpoint, synthetic_set, tmp_path):
