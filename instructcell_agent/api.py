@@ -173,6 +173,12 @@ def _answer(adata: ad.AnnData, model: LoadedModel | None, task: str, instruction
     cands = [str(c) for c in candidates] if candidates else None
     if cands is not None and len(set(cands)) != len(cands):
         raise ValueError("candidates contain duplicates")
+    if cands is not None and len(cands) < 2:
+        # one candidate leaves nothing to choose: every cell would get it at confidence 1.0
+        raise ValueError(f"one candidate ({cands[0]!r}) leaves nothing to choose between: every cell would get it "
+                         "with confidence 1. Pass it among the others it should be told from (e.g. a label set the "
+                         "model learned), or annotate without candidates and read each cell's typicality, how alike "
+                         "it is to the training cells of its label")
     route = route_candidates(cands, loaded.label_sets, task) if cands is not None else None
     template = instruction or DEFAULT_INSTRUCTIONS[(task, cands is not None)]
     if has_choices(template) and cands is None:

@@ -154,6 +154,14 @@ def test_duplicate_candidates_are_refused(tiny_model, cells):
         ica.annotate(cells, model=tiny_model, candidates=["alpha", "alpha"])
 
 
+def test_a_single_candidate_is_refused(tiny_model, cells):
+    # it would be every cell's answer at confidence 1.0
+    with pytest.raises(ValueError, match="one candidate \\('alpha'\\) leaves nothing to choose between"):
+        ica.annotate(cells, model=tiny_model, candidates=["alpha"])
+    with pytest.raises(ValueError, match="nothing to choose between"):
+        ica.predict_drug_response(cells, drug="erlotinib", model=tiny_model, candidates=["sensitive"])
+
+
 def test_default_checkpoint_path_points_into_the_package():
     path = ica.default_checkpoint_path()
     assert path.name == "default" and path.parent.name == "checkpoints"
