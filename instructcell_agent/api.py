@@ -123,6 +123,9 @@ def predict_drug_response(adata: ad.AnnData, drug: str, model: LoadedModel | Non
                           **kwargs) -> AnnotationResult:
     """Drug response of every cell (default candidates: resistant / sensitive). Keyword arguments as
     `annotate`'s (unassigned_below / unassigned_atypical label uncertain / atypical calls 'Unassigned')."""
+    if not str(drug or "").strip():
+        raise ValueError("drug is required: the response to which drug? (the shipped model learned erlotinib; "
+                         "`instructcell info` lists a checkpoint's drugs)")
     return _answer(adata, model, "drug_response", instruction, candidates, drug=drug, **kwargs)
 
 

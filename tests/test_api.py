@@ -162,6 +162,12 @@ def test_a_single_candidate_is_refused(tiny_model, cells):
         ica.predict_drug_response(cells, drug="erlotinib", model=tiny_model, candidates=["sensitive"])
 
 
+def test_a_drug_response_names_its_drug(tiny_model, cells):
+    for drug in ("", "  ", None):
+        with pytest.raises(ValueError, match="drug is required"):
+            ica.predict_drug_response(cells, drug=drug, model=tiny_model)
+
+
 def test_default_checkpoint_path_points_into_the_package():
     path = ica.default_checkpoint_path()
     assert path.name == "default" and path.parent.name == "checkpoints"
