@@ -1,13 +1,16 @@
 """How the per-label gene rankings hold up when `explain` attributes at most N cells of each label.
 
-On the test splits of the explain benchmark's three sets, `explain` runs with the true labels
-over every test cell, then with `max_cells_per_label` N (several seeds), in one run and with the
-same settings (the LM in float32, as `instructcell explain` runs it; candidates the set's learned
-labels). Reported per N: the time against the full run's, the share of each label's top 10 genes
-also in the full run's top 10 (mean over the labels holding more than N test cells, the others
-being explained whole), and the mean PanglaoDB precision at 10 beside the full run's.
+On the held-out cells (test split by default; `--splits valid test` pools both) of the explain
+benchmark's three sets, `explain` runs with the true labels over every cell, then with
+`max_cells_per_label` N (several seeds), in one run and with the same settings (the LM in
+float32, as `instructcell explain` runs it; candidates the set's learned labels). Reported per N:
+the time against the full run's, the share of each label's top 10 genes also in the full run's
+top 10 (mean over the labels holding more than N cells, the others being explained whole), and
+the mean PanglaoDB precision at 10 beside the full run's.
 
     python benchmarks/explain_subsample.py [--caps 5 10 20] [--seeds 0 1 2] [--out-dir benchmarks/results]
+    python benchmarks/explain_subsample.py --splits valid test --caps 20 50 100 --seeds 0 1 \
+        --datasets zheng2017_pbmc_sorted --stem explain_subsample_valid_test   # more cells per label
 """
 
 from __future__ import annotations
@@ -37,6 +40,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--caps", type=int, nargs="+", default=[5, 10, 20])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--splits", nargs="+", default=["test"], choices=["valid", "test"],
+                   help="held-out splits whose cells are explained (pooled)")
+    p.add_argument("--datasets", nargs="+", default=list(DATASETS))
+    p.add_argument("--stem", default="explain_subsample", help="results file name")
     p.add_argument("--out-dir", type=Path, default=Path(__file__).parent / "results")
     return p.parse_args(argv)
 
@@ -53,8 +60,10 @@ def mean_precision(result) -> float | None:
     return float(np.nanmean(values)) if values.notna().any() else None
 
 
-def run_set(model, spec, caps: Sequence[int], seeds: Sequence[int]) -> dict[str, Any]:
-    test = subset_by_names(read_h5ad(spec.path), read_split(spec.split_path)["test"], "test").copy()
+def run_set(model, spec, caps: Sequence[int], seeds: Sequence[int], splits: Sequence[str]) -> dict[str, Any]:
+    split = read_split(spec.split_path)
+    names = [name for which in splits for name in split[which]]
+    test = subset_by_names(read_h5ad(spec.path), names, "+".join(splits)).copy()
     truth = get_labels(test, spec.label_key)
     cands = list(model.label_sets[spec.name]["labels"])
     species = spec.species if spec.species in ("human", "mouse") else None
@@ -91,9 +100,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     meta = run_meta(shlex.join(["python", *sys.argv]))
     model = ica.load_model(precision="float32")
     specs = {s.name: s for s in load_catalog(tasks=("annotation",))}
-    rows = [run_set(model, specs[name], args.caps, args.seeds) for name in DATASETS]
-    report = {**meta, "seeds": args.seeds, "rows": rows}
-    print(write_report(report, markdown(report), args.out_dir, "explain_subsample"))
+    rows = [run_set(model, specs[name], args.caps, args.seeds, args.splits) for name in args.datasets]
+    report = {**meta, "seeds": args.seeds, "splits": args.splits, "rows": rows}
+    print(write_report(report, markdown(report), args.out_dir, args.stem))
 
 
 def _mean(values: list[float | None]) -> str:
@@ -105,10 +114,12 @@ def markdown(report: dict[str, Any]) -> str:
     lines = ["# Explaining at most N cells of each label", "", f"- command: `{report['command']}`",
              f"- date: {report['date']}",
              f"- machine: {report['nproc']} CPU cores, load average at start {report['loadavg']}",
-             "- `explain` with the true labels on the test split, LM in float32, candidates the set's learned "
+             f"- `explain` with the true labels on the {' + '.join(report.get('splits', ['test']))} split, LM in "
+             "float32, "
+             "candidates the set's learned "
              f"labels; each cap over seeds {', '.join(map(str, report['seeds']))} (mean), beside the run over every "
-             "test cell", "- shared top 10: share of a label's top 10 genes also in the full run's top 10, over the "
-             "labels with more test cells than the cap", "",
+             "cell", "- shared top 10: share of a label's top 10 genes also in the full run's top 10, over the "
+             "labels with more cells than the cap", "",
              "| set | cells (labels) | full run: s / P@10 | cap | labels cut | cells explained | s (time ratio) | "
              "shared top 10 | P@10 |", "|---|---|---|---|---|---|---|---|---|"]
     for r in report["rows"]:
