@@ -210,7 +210,8 @@ class ModelInfo(BaseModel):
     drugs: list[str] = Field(description="Drugs whose responses the model learned; others get a warning.")
     generation: list[GenerationConditionInfo] | None = Field(
         description="What generate_cells can draw: cell type, species, tissue and conditions as learned; None "
-                    "without a generator.")
+                    "without a usable generator (generation_note says why).")
+    generation_note: str | None = None
     typicality: bool = Field(description="Whether answers carry a typicality (the checkpoint keeps reference cells).")
 
 

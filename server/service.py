@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from instructcell_agent.agreement import known_labels
-from instructcell_agent.core_model.errors import InputFileError, InstructCellError
+from instructcell_agent.core_model.errors import CheckpointError, InputFileError, InstructCellError
 from instructcell_agent.core_model.io import read_h5ad, write_h5ad_atomic
 
 from .config import ServerConfig
@@ -183,13 +183,18 @@ class InstructCellService:
         sets = [LabelSetInfo(name=name, task=e["task"], species=e.get("species", ""), tissue=e.get("tissue", ""),
                              drug=e.get("drug") or None, labels=list(e["labels"]))
                 for name, e in model.label_sets.items()]
-        generation = ([GenerationConditionInfo(**g) for g in load_generator(model).table.grouped()]
-                      if has_generator(model.path) else None)
+        generation, generation_note = None, "this checkpoint has no generator"
+        if has_generator(model.path):
+            try:
+                generation = [GenerationConditionInfo(**g) for g in load_generator(model).table.grouped()]
+                generation_note = None
+            except CheckpointError as exc:  # the rest of what the model learned still answers
+                generation_note = str(exc)
         return ModelInfo(checkpoint=str(model.path), package_version=model.info.get("package_version"),
                          backbone=model.model.cfg.backbone.name, device=model.model.device.type,
                          precision=model.model.precision, label_sets=sets,
                          drugs=sorted({s.drug for s in sets if s.drug}), generation=generation,
-                         typicality=model.reference is not None)
+                         generation_note=generation_note, typicality=model.reference is not None)
 
     def annotate_cells(self, req: AnnotateCellsRequest, reporter: Reporter | None = None) -> AnnotationSummary:
         from instructcell_agent import api

@@ -113,6 +113,24 @@ def test_describe_model_lists_what_it_learned(env):
     assert "verbose" in text
 
 
+def test_describe_model_without_a_usable_generator_still_lists_the_label_sets(gen_checkpoint, tmp_path):
+    import shutil
+
+    from instructcell_agent.core_model.generation.generator import WEIGHTS_FILE
+    from instructcell_agent.server.config import ServerConfig
+    from instructcell_agent.server.schemas import DescribeModelRequest
+    from instructcell_agent.server.service import InstructCellService
+
+    copy = tmp_path / "ckpt"
+    shutil.copytree(gen_checkpoint, copy)
+    with open(copy / WEIGHTS_FILE, "ab") as fh:  # the generator's weights no longer match their record
+        fh.write(b"\0")
+    service = InstructCellService(ServerConfig(data_roots=(tmp_path,), output_dir=tmp_path / "out", checkpoint=copy))
+    info = service.describe_model(DescribeModelRequest())
+    assert info.generation is None and "does not match" in info.generation_note
+    assert {s.name for s in info.label_sets} == set(service.model().label_sets)
+
+
 def test_inspect_dataset(env):
     result = call(env["server"], "inspect_dataset", {"h5ad_path": "planted.h5ad"})
     info = check_structured(env["server"], "inspect_dataset", result)
