@@ -54,6 +54,17 @@ class _NoReporter:
 GENERATION_NOTES = ("alternatives", "misread", "atypical")
 
 
+def _explained_count(obs: pd.DataFrame, req: ExplainGenesRequest) -> int:
+    """Cells an explain_genes request attributes: every cell, or with max_cells_per_label and
+    labels, at most that many of each label (an obs column's values; else one label for all)."""
+    cap = req.max_cells_per_label
+    if cap is None or req.labels is None:
+        return len(obs)
+    if req.labels not in obs.columns:
+        return min(len(obs), cap)
+    return int(np.minimum(obs[req.labels].value_counts().to_numpy(), cap).sum())
+
+
 class InstructCellService:
     """Runs the package's API for remote callers under the configured roots and limits."""
 
@@ -101,15 +112,9 @@ class InstructCellService:
     def cells_to_explain(self, req: ExplainGenesRequest) -> int:
         """Cells an explain_genes request attributes: the file's, or with max_cells_per_label and
         labels from an obs column, at most that many of each label (read from obs alone)."""
-        path = self.input_path(req.h5ad_path)
-        backed = _open_backed(path)
+        backed = _open_backed(self.input_path(req.h5ad_path))
         try:
-            if req.max_cells_per_label is None or req.labels is None:
-                return int(backed.n_obs)
-            if req.labels not in backed.obs.columns:  # one label for every cell
-                return min(int(backed.n_obs), req.max_cells_per_label)
-            counts = backed.obs[req.labels].value_counts()
-            return int(np.minimum(counts.to_numpy(), req.max_cells_per_label).sum())
+            return _explained_count(backed.obs, req)
         finally:
             backed.file.close()
 
@@ -124,10 +129,7 @@ class InstructCellService:
             self._check(n, self.limits.max_explain_cells, "cells per explain_genes call")
             return n
         n = self.count_cells(request.h5ad_path)
-        if tool == "explain_genes":
-            self._check(n, self.limits.max_explain_cells, "cells per explain_genes call")
-        else:
-            self._check(n, self.limits.max_cells, f"cells per {tool} call")
+        self._check(n, self.limits.max_cells, f"cells per {tool} call")
         return n
 
     @staticmethod
@@ -252,9 +254,9 @@ class InstructCellService:
         self._check(req.top_k, self.limits.max_top_k, "top_k")
         started = time.perf_counter()
         path = self.input_path(req.h5ad_path)
-        n_explained = self.cells_to_explain(req)
-        self._check(n_explained, self.limits.max_explain_cells, "cells per explain_genes call")
         adata = read_h5ad(path)
+        n_explained = _explained_count(adata.obs, req)
+        self._check(n_explained, self.limits.max_explain_cells, "cells per explain_genes call")
         model = self.model()
         # Progress after every attribution batch; rep.update raises JobCancelled once the job is
         # cancelled, so a cancellation is honoured between batches and nothing is written.
