@@ -22,8 +22,9 @@ from .alignment import align_to_vocab
 from .datasets import prompt_fields, split_names, subset_by_names
 from .instructions import format_choices, has_choices, load_bank, render
 from .errors import InputFileError
-from .io import get_labels, read_h5ad
+from .io import get_labels
 from .labels import LabelMapper
+from .readers import read_cells
 from .readout import Readout, answer_scores, readout_name
 from .scoring import check_scoring, scoring_name, use_decisive
 from .temperature import summary
@@ -183,7 +184,7 @@ def evaluate(loaded: LoadedModel, data: str | Path, split_path: str | Path | Non
     if task not in BANK_OF_TASK:
         raise ValueError(f"task must be one of {sorted(BANK_OF_TASK)}, got {task!r}")
     check_scoring(scoring)
-    adata = read_h5ad(data)
+    adata = read_cells(data)
     all_labels = sorted(set(get_labels(adata, label_key)))
     if split_path is not None:
         adata = subset_by_names(adata, split_names(split_path, split), split)

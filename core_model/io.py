@@ -56,13 +56,15 @@ def _is_hdf5(path: Path) -> bool:
     return False
 
 
-def read_h5ad(path: PathLike) -> anndata.AnnData:
+def read_h5ad(path: PathLike, *, expected: str = _EXPECTED) -> anndata.AnnData:
     """Read an ``.h5ad`` file into memory, read-only.
 
     Parameters
     ----------
     path
         Path to the file.
+    expected
+        What the error messages say was expected (callers that read other formats too say so).
 
     Returns
     -------
@@ -75,27 +77,27 @@ def read_h5ad(path: PathLike) -> anndata.AnnData:
     """
     p = Path(path).expanduser()
     if not p.exists():
-        raise InputFileError(f"input file not found: {p}; {_EXPECTED}")
+        raise InputFileError(f"input file not found: {p}; {expected}")
     if p.is_dir():
         raise InputFileError(
-            f"{p} is a directory; {_EXPECTED} (for a zarr store use anndata.read_zarr)"
+            f"{p} is a directory; {expected} (for a zarr store use anndata.read_zarr)"
         )
     try:
         if not _is_hdf5(p):
             with p.open("rb") as fh:
                 head = fh.read(512)
             raise InputFileError(
-                f"{p} is not an HDF5 file: {_describe_non_hdf5(head)}; {_EXPECTED}"
+                f"{p} is not an HDF5 file: {_describe_non_hdf5(head)}; {expected}"
             )
     except OSError as exc:
-        raise InputFileError(f"cannot read {p}: {exc.strerror or exc}; {_EXPECTED}") from exc
+        raise InputFileError(f"cannot read {p}: {exc.strerror or exc}; {expected}") from exc
     try:
         # anndata opens the file in mode "r": it never writes to the input.
         adata = anndata.read_h5ad(p)
     except Exception as exc:  # noqa: BLE001 - any failure here means "not a readable AnnData"
         raise InputFileError(
             f"{p} is an HDF5 file but could not be read as AnnData ({type(exc).__name__}: {exc}); "
-            f"{_EXPECTED}"
+            f"{expected}"
         ) from exc
     logger.info("read %s: %d cells x %d genes", p, adata.n_obs, adata.n_vars)
     return adata

@@ -16,6 +16,9 @@ from .core_model.precision import add_device_argument, add_precision_argument
 from .core_model.scoring import add_scoring_argument
 
 log = logging.getLogger("instructcell_agent")
+# core_model/readers.py reads these (kept as text here so that --help imports no data stack)
+DATA_HELP = ("the cells: an AnnData .h5ad file or .zarr store, or Cell Ranger's filtered_feature_bc_matrix "
+             "(.h5 file, or the folder holding matrix.mtx.gz)")
 
 
 def _add_train(sub) -> None:
@@ -89,7 +92,7 @@ def _add_matrix_arguments(p) -> None:
 def _add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="metrics of a checkpoint on one split of a labelled .h5ad")
     p.add_argument("--checkpoint", default=None, help="checkpoint directory (default: the shipped one)")
-    p.add_argument("--data", required=True)
+    p.add_argument("--data", required=True, help=DATA_HELP)
     p.add_argument("--split", required=True, help="split JSON (train/valid/test lists of obs_names)")
     p.add_argument("--split-name", default="test")
     p.add_argument("--task", choices=["cta", "dsp", "cpcg"], required=True)
@@ -111,7 +114,7 @@ def _add_evaluate(sub) -> None:
 def _add_make_split(sub) -> None:
     p = sub.add_parser("make-split", help="stratified train/valid/test split of a labelled .h5ad, for training on "
                                           "your own set (train --catalog)")
-    p.add_argument("--data", required=True)
+    p.add_argument("--data", required=True, help=DATA_HELP)
     p.add_argument("--label-key", required=True, help="obs column of labels to stratify by")
     p.add_argument("--out", required=True, help="split JSON to write ({train, valid, test}: lists of obs_names)")
     p.add_argument("--valid", type=float, default=0.1, help="share of each label's cells for valid (default 0.1)")
@@ -120,7 +123,7 @@ def _add_make_split(sub) -> None:
 
 
 def _add_annotate(sub) -> None:
-    p = sub.add_parser("annotate", help="annotate the cells of an .h5ad; writes a new .h5ad")
+    p = sub.add_parser("annotate", help="annotate the cells of a file; writes a new .h5ad")
     _add_answer_arguments(p, candidates=None, key_added="instructcell")
     p.add_argument("--free-text", action="store_true",
                    help="without candidates, let the model answer in unconstrained text (default: decode "
@@ -136,7 +139,7 @@ def _add_drug_response(sub) -> None:
 def _add_answer_arguments(p, candidates: str | None, key_added: str) -> None:
     """What `annotate` and `drug-response` share: one question to every cell of a file."""
     p.add_argument("--checkpoint", default=None)
-    p.add_argument("--data", required=True)
+    p.add_argument("--data", required=True, help=DATA_HELP)
     p.add_argument("--out", required=True)
     p.add_argument("--instruction", default=None)
     p.add_argument("--candidates", default=candidates,
@@ -164,7 +167,7 @@ def _add_answer_arguments(p, candidates: str | None, key_added: str) -> None:
 def _add_explain(sub) -> None:
     p = sub.add_parser("explain", help="gene saliency per label; writes explained.h5ad, top_genes.csv and figures")
     p.add_argument("--checkpoint", default=None)
-    p.add_argument("--data", required=True)
+    p.add_argument("--data", required=True, help=DATA_HELP)
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--label-key", default=None, help="obs column of labels to explain (default: predicted labels)")
     p.add_argument("--dataset", default=None, help="checkpoint label set whose labels are the candidates")
@@ -314,12 +317,13 @@ def _evaluate(args) -> int:
 def _make_split(args) -> int:
     from .agreement import known_labels
     from .core_model.errors import InputFileError
-    from .core_model.io import read_h5ad, write_json_atomic
+    from .core_model.io import write_json_atomic
+    from .core_model.readers import read_cells
     from .core_model.splits import stratified_split
 
     if Path(args.out).resolve() == Path(args.data).resolve():
         raise InputFileError(f"--out {args.out} is the input file; name a new .json file")
-    adata = read_h5ad(args.data)
+    adata = read_cells(args.data)
     split, report = stratified_split(adata.obs_names, known_labels(adata, args.label_key, "to split by"), valid=args.valid,
                                      test=args.test, seed=args.seed)
     write_json_atomic(split, args.out)
@@ -331,9 +335,10 @@ def _annotate(args) -> int:
     """`annotate` and `drug-response`: answer every cell of --data, write them to a new file (--out)."""
     from .agreement import known_labels
     from .api import annotate, load_model, predict_drug_response
-    from .core_model.io import read_h5ad, write_h5ad_atomic
+    from .core_model.io import write_h5ad_atomic
+    from .core_model.readers import read_cells
 
-    adata = read_h5ad(args.data)
+    adata = read_cells(args.data)
     known = known_labels(adata, args.compare_key) if args.compare_key else None  # refused before the model runs
     candidates = [c.strip() for c in args.candidates.split(",") if c.strip()] if args.candidates else None
     model = load_model(args.checkpoint, device=args.device, precision=args.precision)
@@ -358,10 +363,11 @@ def _annotate(args) -> int:
 
 def _explain(args) -> int:
     from .api import load_model
-    from .core_model.io import get_labels, read_h5ad
+    from .core_model.io import get_labels
+    from .core_model.readers import read_cells
     from .interpret.api import explain, write_explanation
 
-    adata = read_h5ad(args.data)
+    adata = read_cells(args.data)
     candidates = [c.strip() for c in args.candidates.split(",")] if args.candidates else None
     labels = get_labels(adata, args.label_key) if args.label_key else None  # a missing column is an error here
     loaded = load_model(args.checkpoint, device=args.device, precision=args.precision)

@@ -6,15 +6,21 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-from instructcell_agent.core_model.errors import InstructCellError
+from instructcell_agent.core_model.errors import InputFileError, InstructCellError
+from instructcell_agent.core_model.readers import cell_file_format
+
+# AnnData files, Cell Ranger's .h5 and its Matrix Market file; folders (zarr stores, matrix
+# folders) are admitted by what they hold instead (core_model/readers.py).
+INPUT_SUFFIXES = (".h5ad", ".h5")
+_MATRIX_FILES = ("matrix.mtx", "matrix.mtx.gz")
 
 
 class PathNotAllowedError(InstructCellError):
     """A path outside the data roots, a missing file, a directory, or the wrong file type."""
 
 
-def resolve_input(path: str | os.PathLike, roots: Sequence[Path], suffixes: Sequence[str] = (".h5ad",)) -> Path:
-    """The real path of an existing input file inside one of `roots`.
+def resolve_input(path: str | os.PathLike, roots: Sequence[Path], suffixes: Sequence[str] = INPUT_SUFFIXES) -> Path:
+    """The real path of an existing input file, zarr store or matrix folder inside one of `roots`.
 
     Relative paths are taken relative to the first root (clients rarely know the server's working
     directory). The check runs on the fully resolved path, so `..` segments and symlinks that
@@ -37,10 +43,17 @@ def resolve_input(path: str | os.PathLike, roots: Sequence[Path], suffixes: Sequ
         raise PathNotAllowedError(f"cannot resolve {raw}: {exc}") from None
     if not any(real.is_relative_to(root) for root in roots):
         raise PathNotAllowedError(f"{raw} is outside the allowed data roots{_roots_hint(roots)}")
+    if real.is_dir():
+        try:
+            cell_file_format(real)
+        except InputFileError as exc:
+            raise PathNotAllowedError(str(exc)) from None
+        return real
     if not real.is_file():
-        raise PathNotAllowedError(f"{raw} is not a regular file (a directory or device?); give an .h5ad file")
-    if suffixes and real.suffix.lower() not in suffixes:
-        raise PathNotAllowedError(f"{raw} does not end in {' or '.join(suffixes)}; give an AnnData .h5ad file")
+        raise PathNotAllowedError(f"{raw} is not a regular file or folder (a device?); give an .h5ad file")
+    if suffixes and real.suffix.lower() not in suffixes and real.name not in _MATRIX_FILES:
+        raise PathNotAllowedError(f"{raw} does not end in {' or '.join(suffixes)}; give an AnnData .h5ad file "
+                                  "(or a Cell Ranger .h5 file, matrix folder or AnnData .zarr store)")
     return real
 
 

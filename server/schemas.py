@@ -13,8 +13,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 H5adPath = Annotated[str, Field(
     min_length=1, max_length=4096,
-    description="Path of an AnnData .h5ad file inside one of the server's data roots "
-                "(absolute, or relative to the first data root).")]
+    description="Path of the cells inside one of the server's data roots (absolute, or relative to the first "
+                "data root): an AnnData .h5ad file or .zarr store, or Cell Ranger's filtered_feature_bc_matrix "
+                "(.h5 file, or the folder holding matrix.mtx.gz).")]
 OptionalText = Annotated[str | None, Field(max_length=200)]
 JobId = Annotated[str, Field(pattern=r"^[0-9a-f]{32}$", description="Job id returned by an earlier call.")]
 

@@ -7,10 +7,12 @@ against the data roots, inputs are only read, results are written under the outp
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,8 @@ import pandas as pd
 
 from instructcell_agent.agreement import known_labels
 from instructcell_agent.core_model.errors import CheckpointError, InputFileError, InstructCellError
-from instructcell_agent.core_model.io import read_h5ad, write_h5ad_atomic
+from instructcell_agent.core_model.io import write_h5ad_atomic
+from instructcell_agent.core_model.readers import cell_file_format, read_cells
 
 from .config import ServerConfig
 from .jobs import Reporter
@@ -102,21 +105,14 @@ class InstructCellService:
 
     def count_cells(self, h5ad_path: str) -> int:
         """Cells in a file without loading its matrix (for limits and the background decision)."""
-        path = self.input_path(h5ad_path)
-        backed = _open_backed(path)
-        try:
-            return int(backed.n_obs)
-        finally:
-            backed.file.close()
+        with _opened(self.input_path(h5ad_path)) as cells:
+            return int(cells.n_obs)
 
     def cells_to_explain(self, req: ExplainGenesRequest) -> int:
         """Cells an explain_genes request attributes: the file's, or with max_cells_per_label and
         labels from an obs column, at most that many of each label (read from obs alone)."""
-        backed = _open_backed(self.input_path(req.h5ad_path))
-        try:
-            return _explained_count(backed.obs, req)
-        finally:
-            backed.file.close()
+        with _opened(self.input_path(req.h5ad_path)) as cells:
+            return _explained_count(cells.obs, req)
 
     def work_size(self, tool: str, request: Any) -> int:
         """Cells a request will process; also refuses requests over the limits up front."""
@@ -144,16 +140,14 @@ class InstructCellService:
         from instructcell_agent.core_model.alignment import align_to_vocab
 
         path = self.input_path(req.h5ad_path)
-        backed = _open_backed(path)
-        try:
-            obs = backed.obs.copy()
-            head = backed[: min(backed.n_obs, _INSPECT_CELLS)].to_memory()
-            n_cells, n_genes = backed.n_obs, backed.n_vars
-            layers, has_raw = list(backed.layers.keys()), backed.raw is not None
-        except Exception as exc:  # noqa: BLE001 - any failure here means an unreadable file
-            raise InputFileError(f"{req.h5ad_path} could not be read as AnnData: {type(exc).__name__}: {exc}") from exc
-        finally:
-            backed.file.close()
+        with _opened(path) as cells:
+            try:
+                obs = cells.obs.copy()
+                head = cells[: min(cells.n_obs, _INSPECT_CELLS)].to_memory()
+                n_cells, n_genes = cells.n_obs, cells.n_vars
+                layers, has_raw = list(cells.layers.keys()), cells.raw is not None
+            except Exception as exc:  # noqa: BLE001 - any failure here means an unreadable file
+                raise InputFileError(f"{req.h5ad_path} could not be read as AnnData: {type(exc).__name__}: {exc}") from exc
         model = self.model()
         overlap, kind, note = None, "invalid", ""
         try:
@@ -254,7 +248,7 @@ class InstructCellService:
         self._check(req.top_k, self.limits.max_top_k, "top_k")
         started = time.perf_counter()
         path = self.input_path(req.h5ad_path)
-        adata = read_h5ad(path)
+        adata = read_cells(path)
         n_explained = _explained_count(adata.obs, req)
         self._check(n_explained, self.limits.max_explain_cells, "cells per explain_genes call")
         model = self.model()
@@ -297,7 +291,7 @@ class InstructCellService:
         rep = reporter or _NoReporter()
         started = time.perf_counter()
         path = self.input_path(req.h5ad_path)
-        adata = read_h5ad(path)
+        adata = read_cells(path)
         self._check(adata.n_obs, self.limits.max_cells, f"cells per {_TOOL[task]} call")
         if adata.n_obs == 0:
             raise InputFileError(f"{req.h5ad_path} has no cells; nothing to annotate")
@@ -365,12 +359,22 @@ def _matrix(req) -> dict[str, Any]:
     return {"layer": req.layer, "use_raw": req.use_raw, "gene_key": req.gene_key}
 
 
-def _open_backed(path: Path) -> ad.AnnData:
+@contextlib.contextmanager
+def _opened(path: Path) -> Iterator[ad.AnnData]:
+    """The cells at `path` for a look at obs and the first cells: an .h5ad opened backed (its
+    matrix stays on disk; closed on exit), other formats read whole (core_model/readers.py)."""
+    if cell_file_format(path) != "h5ad":
+        yield read_cells(path)
+        return
     try:
-        return ad.read_h5ad(path, backed="r")
+        backed = ad.read_h5ad(path, backed="r")
     except Exception as exc:  # noqa: BLE001
-        read_h5ad(path)  # the full reader says what the file is instead (not HDF5, a CSV, ...)
+        read_cells(path)  # the full reader says what the file is instead (not HDF5, a CSV, ...)
         raise InputFileError(f"{path} could not be opened as AnnData: {type(exc).__name__}: {exc}") from exc
+    try:
+        yield backed
+    finally:
+        backed.file.close()
 
 
 def _describe_column(obs: pd.DataFrame, name: str) -> ObsColumn:

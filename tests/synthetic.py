@@ -90,3 +90,52 @@ def tiny_generator_config(**overrides):
                     signal_chunk=32, signal_inner_steps=10, signal_lr=1e-2, check_phrasings=1)
     settings.update(overrides)
     return GeneratorTrainConfig(**settings)
+
+
+def write_cellranger(adata: ad.AnnData, dest, layout: str = "h5", extra_features: int = 0) -> None:
+    """Write `adata`'s counts as Cell Ranger does: `layout` "h5" (version 3 HDF5, `dest` a file),
+    "h5_v2" (one group per genome) or "mtx" (`dest` a folder of gzipped Matrix Market files).
+    `var['gene_ids']` gives the Ensembl ids (else ENSG + position). `extra_features` antibody
+    features follow the genes (CITE-seq), with counts of their own."""
+    import gzip
+
+    import h5py
+    import scipy.io
+
+    counts = sp.csr_matrix(adata.X, dtype=np.float32)
+    names = [str(n) for n in adata.var_names]
+    ids = [str(i) for i in adata.var["gene_ids"]] if "gene_ids" in adata.var else [
+        f"ENSG{j:011d}" for j in range(len(names))]
+    types = ["Gene Expression"] * len(names)
+    if extra_features:
+        antibody = np.random.default_rng(1).poisson(50.0, size=(counts.shape[0], extra_features))
+        counts = sp.hstack([counts, sp.csr_matrix(antibody.astype(np.float32))]).tocsr()
+        names += [f"CD{k}_TotalSeqB" for k in range(extra_features)]
+        ids += [f"CD{k}" for k in range(extra_features)]
+        types += ["Antibody Capture"] * extra_features
+    barcodes = [str(b) for b in adata.obs_names]
+    if layout == "mtx":
+        dest.mkdir(parents=True)
+        with gzip.open(dest / "matrix.mtx.gz", "wb") as fh:
+            scipy.io.mmwrite(fh, counts.T.tocoo().astype(np.int64))
+        with gzip.open(dest / "features.tsv.gz", "wt") as fh:
+            fh.writelines(f"{i}\t{n}\t{t}\n" for i, n, t in zip(ids, names, types))
+        with gzip.open(dest / "barcodes.tsv.gz", "wt") as fh:
+            fh.writelines(f"{b}\n" for b in barcodes)
+        return
+    # Cell Ranger stores features x barcodes as CSC, which is the cells x genes CSR below.
+    with h5py.File(dest, "w") as f:
+        if layout == "h5":
+            g = f.create_group("matrix")
+            features = g.create_group("features")
+            features["id"], features["name"] = np.array(ids, dtype="S"), np.array(names, dtype="S")
+            features["feature_type"] = np.array(types, dtype="S")
+            features["genome"] = np.array(["GRCh38"] * len(ids), dtype="S")
+            features["_all_tag_keys"] = np.array([b"genome"])
+        else:
+            g = f.create_group("GRCh38")
+            g["genes"], g["gene_names"] = np.array(ids, dtype="S"), np.array(names, dtype="S")
+        g["barcodes"] = np.array(barcodes, dtype="S")
+        g["data"] = counts.data.astype(np.int32)
+        g["indices"], g["indptr"] = counts.indices.astype(np.int64), counts.indptr.astype(np.int64)
+        g["shape"] = np.array([counts.shape[1], counts.shape[0]], dtype=np.int32)

@@ -43,6 +43,29 @@ def test_annotate_writes_a_new_file_and_keeps_the_input(tiny_checkpoint, synthet
     assert annotated.uns["instructcell"]["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
 
 
+@pytest.mark.parametrize("layout", ["h5", "mtx"])
+def test_annotate_reads_cellranger_output_as_the_same_cells(tiny_checkpoint, synthetic_set, tmp_path, layout):
+    from synthetic import write_cellranger
+
+    cells = synthetic_set["adata"][:24]
+    cells.write_h5ad(tmp_path / "cells.h5ad")
+    dest = tmp_path / ("filtered_feature_bc_matrix.h5" if layout == "h5" else "filtered_feature_bc_matrix")
+    write_cellranger(cells, dest, layout, extra_features=2)
+    answers = {}
+    for name, data in (("h5ad", tmp_path / "cells.h5ad"), ("cellranger", dest)):
+        out = tmp_path / f"{name}_out.h5ad"
+        # Cell Ranger's files hold no species or tissue column: both runs name them
+        assert main(["annotate", "--checkpoint", str(tiny_checkpoint), "--data", str(data), "--out", str(out),
+                     "--candidates", "alpha,beta,gamma,delta", "--species", "human", "--tissue", "pancreas",
+                     "--precision", "float32"]) == 0
+        answers[name] = ad.read_h5ad(out)
+    assert list(answers["cellranger"].obs_names) == list(cells.obs_names)
+    assert list(answers["cellranger"].obs["instructcell_label"]) == list(answers["h5ad"].obs["instructcell_label"])
+    np.testing.assert_allclose(answers["cellranger"].obs["instructcell_confidence"],
+                               answers["h5ad"].obs["instructcell_confidence"], rtol=1e-5)
+    assert answers["cellranger"].n_vars == cells.n_vars  # the antibody features were left out
+
+
 def test_annotate_compares_with_known_labels_and_refuses_a_missing_column(tiny_checkpoint, synthetic_set,
                                                                           tmp_path, capsys):
     out = tmp_path / "annotated.h5ad"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import threading
+import warnings
 
 import anndata as ad
 import anyio
@@ -179,6 +180,35 @@ def test_annotate_cells_writes_files_and_matches_the_api(env, gen_model):
     assert text.contents[0].text.splitlines()[0].startswith("cell,label,confidence")
 
 
+@pytest.mark.parametrize("layout", ["h5", "mtx", "zarr"])
+def test_cellranger_outputs_and_zarr_stores_are_read_as_the_same_cells(env, layout):
+    from synthetic import write_cellranger
+
+    root = env["paths"]["root"]
+    cells = ad.read_h5ad(env["paths"]["planted"])
+    name = {"h5": "filtered_feature_bc_matrix.h5", "mtx": "filtered_feature_bc_matrix", "zarr": "planted.zarr"}[layout]
+    dest = root / f"run_{layout}" / name
+    dest.parent.mkdir()
+    if layout == "zarr":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # anndata's note on the zarr format version it writes
+            cells.write_zarr(dest)
+    else:
+        write_cellranger(cells, dest, layout, extra_features=2)
+    given = str(dest.relative_to(root))
+    info = check_structured(env["server"], "inspect_dataset", call(env["server"], "inspect_dataset",
+                                                                   {"h5ad_path": given}))
+    assert (info["n_cells"], info["n_genes"]) == (N_CELLS, 120) and info["overlap"]["n_matched"] == 120
+    answers = {}
+    for path in (given, "planted.h5ad"):
+        result = call(env["server"], "annotate_cells", {"h5ad_path": path, "candidates": CANDIDATES,
+                                                        "species": "human", "tissue": "pancreas"})
+        summary = check_structured(env["server"], "annotate_cells", result)["result"]
+        csv = next(f["path"] for f in summary["outputs"] if f["kind"] == "labels_csv")
+        answers[path] = pd.read_csv(csv, index_col="cell")
+    pd.testing.assert_frame_equal(answers[given], answers["planted.h5ad"])
+
+
 def test_annotate_cells_passes_on_what_to_weigh(env):
     free = call(env["server"], "annotate_cells", {"h5ad_path": "planted.h5ad", "tissue": "liver"})
     notes = check_structured(env["server"], "annotate_cells", free)["result"]["notes"]
@@ -314,8 +344,8 @@ def test_explain_genes_bounds_the_cells_of_each_label(env):
     ("missing.h5ad", "no such file"),
     ("../outside/secret.h5ad", "outside the allowed data roots"),
     ("escape.h5ad", "outside the allowed data roots"),  # symlink pointing out of the root
-    ("notes.txt", "does not end in .h5ad"),
-    ("folder.h5ad", "not a regular file"),
+    ("notes.txt", "does not end in .h5ad or .h5"),
+    ("folder.h5ad", "neither a zarr store nor a matrix folder"),
     ("fake.h5ad", "not an HDF5 file"),
 ])
 def test_bad_paths_come_back_as_tool_errors(env, path, message):

@@ -46,7 +46,7 @@ def test_absolute_path_outside_is_refused_but_a_second_root_allows_it(tree):
     assert resolve_input(str(other / "y.h5ad"), [root, other]) == other / "y.h5ad"
 
 
-@pytest.mark.parametrize("given, message", [("", "empty"), ("a\x00.h5ad", "NUL"), ("a", "not a regular file"),
+@pytest.mark.parametrize("given, message", [("", "empty"), ("a\x00.h5ad", "NUL"), ("a", "neither a zarr store nor a matrix folder"),
                                             ("missing.h5ad", "no such file")])
 def test_bad_inputs(tree, given, message):
     with pytest.raises(PathNotAllowedError, match=message):
@@ -56,7 +56,7 @@ def test_bad_inputs(tree, given, message):
 def test_wrong_suffix(tree):
     root, _ = tree
     (root / "t.csv").write_text("a,b\n")
-    with pytest.raises(PathNotAllowedError, match="does not end in .h5ad"):
+    with pytest.raises(PathNotAllowedError, match="does not end in .h5ad or .h5"):
         resolve_input("t.csv", [root])
 
 

@@ -1,0 +1,162 @@
+"""Cell files as users have them: AnnData (.h5ad, .zarr) and Cell Ranger's outputs.
+
+Cell Ranger writes each sample's cells twice, as an HDF5 file (`filtered_feature_bc_matrix.h5`)
+and as a folder of Matrix Market files (`filtered_feature_bc_matrix/`: matrix.mtx.gz,
+features.tsv.gz, barcodes.tsv.gz; genes.tsv in version 2). Most users hold those before they hold
+an .h5ad, so the command line and the MCP server read them directly, the way scanpy's tutorials
+do: gene symbols as var_names (made unique with scanpy's -1, -2 suffixes), Ensembl ids kept in
+`var['gene_ids']`, gene-expression features only (antibody and CRISPR features dropped). Every
+reader opens the input read-only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import anndata
+import scipy.sparse as sp
+
+from .errors import InputFileError
+from .io import PathLike, read_h5ad
+
+logger = logging.getLogger(__name__)
+
+FORMATS = ("h5ad", "zarr", "10x_h5", "10x_mtx")
+ACCEPTED = ("an AnnData .h5ad file or .zarr store, or Cell Ranger's filtered_feature_bc_matrix "
+            "(the .h5 file or the folder holding matrix.mtx.gz)")
+_MTX_NAMES = ("matrix.mtx.gz", "matrix.mtx")
+_ZARR_MARKERS = (".zgroup", ".zattrs", "zarr.json")
+
+
+def cell_file_format(path: PathLike) -> str:
+    """Which of `FORMATS` the file or folder at `path` is. A file that is none of them is
+    called "h5ad", so that `read_h5ad` says what it is instead (a CSV, not HDF5, ...).
+
+    Raises
+    ------
+    InputFileError
+        For a missing path, or a folder that is neither a zarr store nor a matrix folder (a Cell
+        Ranger `outs` folder is answered with the file to pass).
+    """
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise InputFileError(f"input not found: {p}; expected {ACCEPTED}")
+    if p.is_dir():
+        if any((p / m).exists() for m in _ZARR_MARKERS):
+            return "zarr"
+        if any((p / m).is_file() for m in _MTX_NAMES):
+            return "10x_mtx"
+        raise InputFileError(f"{p} is a folder but neither a zarr store nor a matrix folder; "
+                             f"expected {ACCEPTED}{_outs_hint(p)}")
+    if p.name in _MTX_NAMES:
+        return "10x_mtx"  # the matrix file itself: its folder holds the barcodes and features
+    if _is_10x_h5(p):
+        return "10x_h5"
+    return "h5ad"  # an AnnData saved under another suffix (.h5) is read as one too
+
+
+def read_cells(path: PathLike) -> anndata.AnnData:
+    """Read the cells at `path` (see `FORMATS`) into memory, read-only.
+
+    Raises
+    ------
+    InputFileError
+        When the path is missing or holds none of the accepted formats; the message says which
+        format it was taken for and why it failed.
+    """
+    p = Path(path).expanduser()
+    kind = cell_file_format(p)
+    if kind == "h5ad":
+        if p.suffix.lower() == ".loom":
+            raise InputFileError(f"{p} is a loom file; read it with anndata.read_loom (needs the loompy package), "
+                                 f"save it with adata.write_h5ad(...) and pass that; expected {ACCEPTED}")
+        return read_h5ad(p, expected=f"expected {ACCEPTED}")
+    if "raw_feature_bc_matrix" in str(p):
+        logger.warning("%s is Cell Ranger's raw matrix: it holds every barcode, empty droplets "
+                       "included; the filtered_feature_bc_matrix beside it holds the cells", p)
+    adata = _READERS[kind](p)
+    logger.info("read %s (%s): %d cells x %d genes", p, kind, adata.n_obs, adata.n_vars)
+    return adata
+
+
+def _read_zarr(p: Path) -> anndata.AnnData:
+    try:
+        return anndata.read_zarr(str(p))
+    except Exception as exc:  # noqa: BLE001 - any failure means "not a readable AnnData store"
+        raise InputFileError(f"{p} looks like a zarr store but could not be read as AnnData "
+                             f"({type(exc).__name__}: {exc}); expected {ACCEPTED}") from exc
+
+
+def _read_10x_h5(p: Path) -> anndata.AnnData:
+    import scanpy as sc
+
+    try:
+        with _duplicate_symbols_expected():
+            adata = sc.read_10x_h5(p)  # gene expression only; no backup_url, so nothing is fetched
+    except Exception as exc:  # noqa: BLE001 - scanpy's own errors (several genomes, damaged file)
+        raise InputFileError(f"{p} could not be read as a Cell Ranger .h5 file ({type(exc).__name__}: {exc}); "
+                             "read it with scanpy.read_10x_h5 (genome=...) and save an .h5ad") from exc
+    adata.var_names_make_unique()
+    return adata
+
+
+def _read_10x_mtx(p: Path) -> anndata.AnnData:
+    import scanpy as sc
+
+    folder = p.parent if p.is_file() else p
+    names = {f.name for f in folder.iterdir()}
+    if not names & {"features.tsv.gz", "features.tsv", "genes.tsv.gz", "genes.tsv"} or not names & {
+            "barcodes.tsv.gz", "barcodes.tsv"}:
+        raise InputFileError(f"{folder} holds a matrix.mtx but not its features.tsv(.gz) / genes.tsv and "
+                             f"barcodes.tsv(.gz); expected {ACCEPTED}")
+    try:
+        # cache=False: scanpy would otherwise write a copy under its cache folder.
+        with _duplicate_symbols_expected():
+            adata = sc.read_10x_mtx(folder, var_names="gene_symbols", make_unique=True, cache=False)
+    except Exception as exc:  # noqa: BLE001 - malformed Matrix Market or tables
+        raise InputFileError(f"{folder} could not be read as a Cell Ranger matrix folder "
+                             f"({type(exc).__name__}: {exc}); expected {ACCEPTED}") from exc
+    adata.X = sp.csr_matrix(adata.X)  # scanpy transposes to CSC; the model reads cells by rows
+    return adata
+
+
+@contextlib.contextmanager
+def _duplicate_symbols_expected() -> Iterator[None]:
+    """Silence anndata's warning about repeated gene symbols: Cell Ranger's references repeat a
+    few (one symbol, two Ensembl ids), and the names are made unique right after reading."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Variable names are not unique")
+        yield
+
+
+_READERS = {"zarr": _read_zarr, "10x_h5": _read_10x_h5, "10x_mtx": _read_10x_mtx}
+
+
+def _is_10x_h5(p: Path) -> bool:
+    """Cell Ranger's HDF5 layout: a 'matrix' group with 'features' (version 3 onwards) or, in
+    version 2, one group per genome holding 'genes' and 'barcodes'. An AnnData file has neither."""
+    import h5py
+
+    try:
+        with h5py.File(p, "r") as f:
+            matrix = f.get("matrix")
+            if isinstance(matrix, h5py.Group) and "features" in matrix:
+                return True
+            if "X" in f or "obs" in f:
+                return False
+            return any(isinstance(g, h5py.Group) and {"genes", "barcodes", "data"} <= set(g) for g in f.values())
+    except OSError:  # not HDF5 at all: read_h5ad says what it is
+        return False
+
+
+def _outs_hint(p: Path) -> str:
+    """Name the matrix to pass when `p` is a Cell Ranger `outs` folder (or holds one)."""
+    for base in (p, p / "outs"):
+        found = sorted(base.glob("*filtered_feature_bc_matrix*")) if base.is_dir() else []
+        if found:
+            return f"; this looks like Cell Ranger's output: pass {found[0]}"
+    return ""

@@ -1,0 +1,117 @@
+"""Reading cells as users have them: Cell Ranger's .h5 and matrix folders, zarr stores, and the
+refusals for folders and files that are none of them."""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+
+import h5py
+import numpy as np
+import pytest
+
+from instructcell_agent.core_model.errors import InputFileError
+from instructcell_agent.core_model.readers import cell_file_format, read_cells
+from synthetic import make_counts, write_cellranger
+
+
+@pytest.fixture(scope="module")
+def cells():
+    adata = make_counts(24, seed=5)
+    adata.var["gene_ids"] = [f"ENSG{j:011d}" for j in range(adata.n_vars)]
+    return adata
+
+
+def _digests(root) -> dict[str, str]:
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("layout, name, kind", [("h5", "filtered_feature_bc_matrix.h5", "10x_h5"),
+                                                ("h5_v2", "filtered_gene_bc_matrices_h5.h5", "10x_h5"),
+                                                ("mtx", "filtered_feature_bc_matrix", "10x_mtx")])
+def test_cellranger_outputs_read_as_their_counts(cells, tmp_path, layout, name, kind):
+    dest = tmp_path / name
+    write_cellranger(cells, dest, layout, extra_features=0 if layout == "h5_v2" else 3)
+    before = _digests(tmp_path)
+    assert cell_file_format(dest) == kind
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing to warn about in a clean file
+        got = read_cells(dest)
+    assert _digests(tmp_path) == before  # read-only
+    # the antibody features are dropped, gene symbols name the genes, Ensembl ids are kept
+    assert list(got.var_names) == list(cells.var_names)
+    assert list(got.var["gene_ids"]) == list(cells.var["gene_ids"])
+    assert list(got.obs_names) == list(cells.obs_names)
+    assert got.X.format == "csr"
+    np.testing.assert_array_equal(got.X.toarray(), cells.X.toarray())
+
+
+def test_the_matrix_file_itself_reads_its_folder(cells, tmp_path):
+    write_cellranger(cells, tmp_path / "m", "mtx")
+    assert cell_file_format(tmp_path / "m" / "matrix.mtx.gz") == "10x_mtx"
+    np.testing.assert_array_equal(read_cells(tmp_path / "m" / "matrix.mtx.gz").X.toarray(), cells.X.toarray())
+
+
+def test_repeated_symbols_are_made_unique_as_scanpy_does(cells, tmp_path):
+    twice = cells.copy()
+    twice.var_names = ["GENE000", "GENE000", *cells.var_names[2:]]
+    write_cellranger(twice, tmp_path / "f.h5", "h5")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = read_cells(tmp_path / "f.h5")
+    assert list(got.var_names[:2]) == ["GENE000", "GENE000-1"]
+    assert got.var_names.is_unique
+
+
+def test_zarr_store_and_anndata_under_another_suffix(cells, tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # anndata's note on the zarr format version it writes
+        cells.write_zarr(tmp_path / "cells.zarr")
+    cells.write_h5ad(tmp_path / "cells.h5")
+    for path, kind in ((tmp_path / "cells.zarr", "zarr"), (tmp_path / "cells.h5", "h5ad")):
+        assert cell_file_format(path) == kind
+        got = read_cells(path)
+        assert list(got.obs["cell_type"]) == list(cells.obs["cell_type"])
+        np.testing.assert_array_equal(got.X.toarray(), cells.X.toarray())
+
+
+def test_a_cellranger_outs_folder_is_answered_with_the_file_to_pass(cells, tmp_path):
+    outs = tmp_path / "sample1" / "outs"
+    outs.mkdir(parents=True)
+    write_cellranger(cells, outs / "filtered_feature_bc_matrix.h5", "h5")
+    for given in (tmp_path / "sample1", outs):
+        with pytest.raises(InputFileError, match="looks like Cell Ranger's output: pass .*filtered_feature_bc_matrix.h5"):
+            read_cells(given)
+
+
+def _hdf5_of_something_else(folder) -> None:
+    with h5py.File(folder / "f", "w") as f:
+        f.create_group("something")
+
+
+@pytest.mark.parametrize("build, message", [
+    (lambda d: (d / "f").mkdir(), "neither a zarr store nor a matrix folder"),
+    (lambda d: ((d / "f").mkdir(), (d / "f" / "matrix.mtx.gz").write_bytes(b"")), "not its features.tsv"),
+    (_hdf5_of_something_else, "could not be read as AnnData"),
+    (lambda d: (d / "f").write_text("gene,cell1\nA,1\n"), "text table"),
+])
+def test_what_is_none_of_them_is_refused_naming_the_accepted_formats(tmp_path, build, message):
+    build(tmp_path)
+    with pytest.raises(InputFileError, match=message) as caught:
+        read_cells(tmp_path / "f")
+    assert "Cell Ranger" in str(caught.value)
+
+
+def test_loom_and_missing_paths_say_what_to_do(tmp_path):
+    with h5py.File(tmp_path / "x.loom", "w") as f:
+        f["matrix"] = np.zeros((2, 2))
+    with pytest.raises(InputFileError, match="read_loom"):
+        read_cells(tmp_path / "x.loom")
+    with pytest.raises(InputFileError, match="input not found"):
+        read_cells(tmp_path / "missing.h5")
+
+
+def test_the_package_exports_the_reader():
+    import instructcell_agent as ica
+
+    assert ica.read_cells is read_cells
