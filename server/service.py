@@ -147,7 +147,8 @@ class InstructCellService:
                 n_cells, n_genes = cells.n_obs, cells.n_vars
                 layers, has_raw = list(cells.layers.keys()), cells.raw is not None
             except Exception as exc:  # noqa: BLE001 - any failure here means an unreadable file
-                raise InputFileError(f"{req.h5ad_path} could not be read as AnnData: {type(exc).__name__}: {exc}") from exc
+                raise InputFileError(f"{req.h5ad_path} could not be read as AnnData: "
+                                     f"{type(exc).__name__}: {exc}") from exc
         model = self.model()
         overlap, kind, note = None, "invalid", ""
         try:

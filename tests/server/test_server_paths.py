@@ -46,7 +46,8 @@ def test_absolute_path_outside_is_refused_but_a_second_root_allows_it(tree):
     assert resolve_input(str(other / "y.h5ad"), [root, other]) == other / "y.h5ad"
 
 
-@pytest.mark.parametrize("given, message", [("", "empty"), ("a\x00.h5ad", "NUL"), ("a", "neither a zarr store nor a matrix folder"),
+@pytest.mark.parametrize("given, message", [("", "empty"), ("a\x00.h5ad", "NUL"),
+                                            ("a", "neither a zarr store nor a matrix folder"),
                                             ("missing.h5ad", "no such file")])
 def test_bad_inputs(tree, given, message):
     with pytest.raises(PathNotAllowedError, match=message):
