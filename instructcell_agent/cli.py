@@ -145,6 +145,9 @@ def _add_answer_arguments(p, candidates: str | None, key_added: str) -> None:
     p.add_argument("--candidates", default=candidates,
                    help=f"comma-separated candidate labels (default: {candidates or 'none, a free answer'})")
     p.add_argument("--key-added", default=key_added, help=f"prefix of the obs/obsm/uns keys written (default {key_added})")
+    p.add_argument("--table", default=None, metavar="CSV_OR_TSV",
+                   help="also write one row per cell (label, confidence, answer, typicality, Cell Ontology id and "
+                        "name, p_<candidate> columns) as .csv or .tsv, e.g. for Seurat's AddMetaData")
     p.add_argument("--compare-key", default=None,
                    help="obs column of labels the cells already have: print the agreement with them, overall and "
                         "per label (answers read through the Cell Ontology), and store it in uns")
@@ -335,9 +338,10 @@ def _annotate(args) -> int:
     """`annotate` and `drug-response`: answer every cell of --data, write them to a new file (--out)."""
     from .agreement import known_labels
     from .api import annotate, load_model, predict_drug_response
-    from .core_model.io import write_h5ad_atomic
+    from .core_model.io import write_h5ad_atomic, write_text_atomic
     from .core_model.readers import read_cells
 
+    sep = _table_separator(args) if args.table else None  # refused before any reading
     adata = read_cells(args.data)
     known = known_labels(adata, args.compare_key) if args.compare_key else None  # refused before the model runs
     candidates = [c.strip() for c in args.candidates.split(",") if c.strip()] if args.candidates else None
@@ -355,10 +359,27 @@ def _annotate(args) -> int:
     if compared is not None:
         out.uns[args.key_added]["agreement"] = {"key": args.compare_key, **compared.to_dict()}
     write_h5ad_atomic(out, args.out, protect=[args.data])
+    if sep is not None:
+        write_text_atomic(result.to_table().to_csv(sep=sep, index_label="cell"), args.table)
     print(result.summary())
     if compared is not None:
         print(compared.summary(f"obs[{args.compare_key!r}]"))
     return 0
+
+
+def _table_separator(args) -> str:
+    """The column separator of --table, from its suffix; a table that would replace the input or
+    --out is refused."""
+    from .core_model.errors import InputFileError
+
+    table = Path(args.table).expanduser()
+    seps = {".csv": ",", ".tsv": "\t", ".txt": "\t"}
+    if table.suffix.lower() not in seps:
+        raise InputFileError(f"--table {args.table}: name a .csv or .tsv file")
+    for other, what in ((args.data, "the input"), (args.out, "--out")):
+        if table.resolve() == Path(other).expanduser().resolve():
+            raise InputFileError(f"--table {args.table} is {what}; name a new file")
+    return seps[table.suffix.lower()]
 
 
 def _explain(args) -> int:

@@ -70,6 +70,21 @@ class AnnotationResult:
             columns["typicality"] = self.typicality
         return pd.DataFrame(columns, index=self.obs_names)
 
+    def to_table(self) -> pd.DataFrame:
+        """`to_frame` plus, for cell types, the Cell Ontology id and name of each label, and with
+        candidates one `p_<candidate>` column per candidate: everything per cell in one flat
+        table (what `annotate --table` and the MCP server's labels CSV write; a Seurat user adds
+        it with AddMetaData)."""
+        frame = self.to_frame()
+        if self.provenance.get("task") == "annotation":
+            terms = [ontology_id(str(l)) if l is not None else None for l in self.labels]
+            frame["ontology_id"] = terms
+            frame["ontology_name"] = [ontology_name(t) if t else None for t in terms]
+        if self.probabilities is not None:
+            probs = self.probabilities.set_axis([f"p_{c}" for c in self.probabilities.columns], axis=1)
+            frame = frame.join(probs)
+        return frame
+
     def agreement(self, known) -> Agreement:
         """Agreement with labels the cells already have (`adata.obs['cell_type']`, say): overall and
         per known label, answers read onto the known names through the Cell Ontology

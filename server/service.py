@@ -316,7 +316,7 @@ class InstructCellService:
             annotated.uns[key]["agreement"] = {"key": req.compare_key, **found.to_dict()}
         with Staging(self.config.output_dir) as staging:
             write_h5ad_atomic(annotated, staging.path(base + ".h5ad"), protect=[path])
-            _labels_frame(result).to_csv(staging.path(base + "_labels.csv"), index_label="cell")
+            result.to_table().to_csv(staging.path(base + "_labels.csv"), index_label="cell")
             rep.check()  # the last point a cancellation is honoured: after it the files are published
             files = staging.commit({base + ".h5ad": "annotated_h5ad", base + "_labels.csv": "labels_csv"})
         conf = np.asarray(result.confidence, dtype=float)
@@ -425,10 +425,3 @@ def _explained_per_label(result) -> dict[str, int]:
     return dict(Counter(map(str, np.asarray(result.groups)[expressed])))
 
 
-def _labels_frame(result) -> pd.DataFrame:
-    frame = result.to_frame()
-    if result.probabilities is not None:
-        probs = result.probabilities.copy()
-        probs.columns = [f"p_{c}" for c in probs.columns]
-        frame = frame.join(probs)
-    return frame

@@ -188,6 +188,26 @@ def test_summary_merges_spellings_of_one_population():
         ["natural killer cell"] * 3 + ["B cell", "pancreatic A cell"])
 
 
+def test_the_table_holds_every_per_cell_field_flat():
+    from instructcell_agent.results import AnnotationResult
+
+    labels = np.array(["CD19+ B", "alpha", None], dtype=object)
+    probs = pd.DataFrame([[0.9, 0.1], [0.2, 0.8], [np.nan, np.nan]], index=["a", "b", "c"],
+                         columns=["CD19+ B", "alpha"])
+    result = AnnotationResult(["a", "b", "c"], labels, np.array([0.9, 0.8, np.nan]), ["CD19+ B", "alpha", ""],
+                              probabilities=probs, provenance={"task": "annotation"},
+                              typicality=np.array([0.5, -3.5, np.nan]))
+    table = result.to_table()
+    assert list(table.columns) == ["label", "confidence", "answer", "typicality", "ontology_id", "ontology_name",
+                                   "p_CD19+ B", "p_alpha"]
+    assert list(table.index) == ["a", "b", "c"]
+    assert list(table["ontology_id"]) == ["CL:0000236", "CL:0000171", None]
+    np.testing.assert_allclose(table["p_alpha"], [0.1, 0.8, np.nan])
+    drug = AnnotationResult(["a"], np.array(["sensitive"], dtype=object), np.array([0.7]), ["sensitive"],
+                            provenance={"task": "drug_response"})
+    assert list(drug.to_table().columns) == ["label", "confidence", "answer"]  # no ontology for responses
+
+
 def test_progress_hears_every_batch_up_to_the_last_cell(tiny_model, cells):
     heard = []
     ica.annotate(cells, model=tiny_model, candidates=list(CELL_TYPES), batch_size=10,

@@ -66,6 +66,27 @@ def test_annotate_reads_cellranger_output_as_the_same_cells(tiny_checkpoint, syn
     assert answers["cellranger"].n_vars == cells.n_vars  # the antibody features were left out
 
 
+def test_annotate_writes_a_table_beside_the_file(tiny_checkpoint, synthetic_set, tmp_path, capsys):
+    import pandas as pd
+
+    out, table = tmp_path / "annotated.h5ad", tmp_path / "labels.tsv"
+    base = ["annotate", "--checkpoint", str(tiny_checkpoint), "--data", str(synthetic_set["path"]),
+            "--candidates", "alpha,beta,gamma,delta", "--out", str(out)]
+    assert main([*base, "--table", str(table)]) == 0
+    written, annotated = pd.read_csv(table, sep="\t", index_col="cell"), ad.read_h5ad(out)
+    assert list(written.index) == list(annotated.obs_names)
+    assert list(written["label"]) == list(annotated.obs["instructcell_label"].astype(str))
+    assert list(written["ontology_id"]) == list(annotated.obs["instructcell_ontology_id"].astype(str))
+    np.testing.assert_allclose(written[[f"p_{c}" for c in ("alpha", "beta", "gamma", "delta")]].to_numpy(),
+                               annotated.obsm["instructcell_probabilities"], rtol=1e-6)
+    out.unlink()
+    assert main([*base, "--table", str(tmp_path / "labels.xlsx")]) == 2
+    assert "name a .csv or .tsv file" in capsys.readouterr().err
+    assert main([*base[:-1], str(tmp_path / "same.csv"), "--table", str(tmp_path / "same.csv")]) == 2
+    assert "is --out" in capsys.readouterr().err
+    assert not out.exists() and not (tmp_path / "same.csv").exists()  # refused before anything was written
+
+
 def test_annotate_compares_with_known_labels_and_refuses_a_missing_column(tiny_checkpoint, synthetic_set,
                                                                           tmp_path, capsys):
     out = tmp_path / "annotated.h5ad"
