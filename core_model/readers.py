@@ -30,6 +30,14 @@ ACCEPTED = ("an AnnData .h5ad file or .zarr store, or Cell Ranger's filtered_fea
             "(the .h5 file or the folder holding matrix.mtx.gz)")
 _MTX_NAMES = ("matrix.mtx.gz", "matrix.mtx")
 _ZARR_MARKERS = (".zgroup", ".zattrs", "zarr.json")
+# Formats of other ecosystems, answered with the conversion to make rather than a reading error.
+_CONVERT_FIRST = {
+    ".loom": "a loom file; read it with anndata.read_loom (needs the loompy package) and save it with "
+             "adata.write_h5ad(...)",
+    ".rds": "an R object (Seurat or SingleCellExperiment?); write an .h5ad from R first, e.g. with "
+            "zellkonverter::writeH5AD(sce, 'cells.h5ad') or SeuratDisk's SaveH5Seurat + Convert(dest = 'h5ad')",
+    ".h5seurat": "a Seurat HDF5 file; convert it in R with SeuratDisk::Convert('cells.h5seurat', dest = 'h5ad')",
+}
 
 
 def cell_file_format(path: PathLike) -> str:
@@ -71,9 +79,8 @@ def read_cells(path: PathLike) -> anndata.AnnData:
     p = Path(path).expanduser()
     kind = cell_file_format(p)
     if kind == "h5ad":
-        if p.suffix.lower() == ".loom":
-            raise InputFileError(f"{p} is a loom file; read it with anndata.read_loom (needs the loompy package), "
-                                 f"save it with adata.write_h5ad(...) and pass that; expected {ACCEPTED}")
+        if p.suffix.lower() in _CONVERT_FIRST:
+            raise InputFileError(f"{p}: {_CONVERT_FIRST[p.suffix.lower()]}; expected {ACCEPTED}")
         return read_h5ad(p, expected=f"expected {ACCEPTED}")
     if "raw_feature_bc_matrix" in str(p):
         logger.warning("%s is Cell Ranger's raw matrix: it holds every barcode, empty droplets "

@@ -102,11 +102,19 @@ def test_what_is_none_of_them_is_refused_naming_the_accepted_formats(tmp_path, b
     assert "Cell Ranger" in str(caught.value)
 
 
-def test_loom_and_missing_paths_say_what_to_do(tmp_path):
-    with h5py.File(tmp_path / "x.loom", "w") as f:
-        f["matrix"] = np.zeros((2, 2))
-    with pytest.raises(InputFileError, match="read_loom"):
-        read_cells(tmp_path / "x.loom")
+@pytest.mark.parametrize("name, message", [("x.loom", "anndata.read_loom"), ("x.rds", "zellkonverter::writeH5AD"),
+                                           ("x.h5Seurat", "SeuratDisk::Convert")])
+def test_other_ecosystems_files_are_answered_with_the_conversion(tmp_path, name, message):
+    if name.endswith(".rds"):
+        (tmp_path / name).write_bytes(b"\x1f\x8b\x08\x00")  # R's gzip-compressed serialization
+    else:
+        with h5py.File(tmp_path / name, "w") as f:
+            f["matrix"] = np.zeros((2, 2))
+    with pytest.raises(InputFileError, match=message):
+        read_cells(tmp_path / name)
+
+
+def test_missing_paths_say_what_was_expected(tmp_path):
     with pytest.raises(InputFileError, match="input not found"):
         read_cells(tmp_path / "missing.h5")
 
