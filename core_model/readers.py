@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -160,10 +161,25 @@ def _is_10x_h5(p: Path) -> bool:
         return False
 
 
+def _matrices_below(p: Path, depth: int = 5, max_folders: int = 500) -> list[Path]:
+    """Cell Ranger's filtered .h5 files at most `depth` folders below `p`; the walk stops after
+    `max_folders` folders, so naming a large data root costs little."""
+    found, seen = [], 0
+    for folder, subfolders, files in os.walk(p):
+        seen += 1
+        found += [Path(folder) / f for f in files if f.endswith("filtered_feature_bc_matrix.h5")]
+        if seen >= max_folders:
+            break
+        if len(Path(folder).relative_to(p).parts) >= depth:
+            subfolders.clear()
+    return found
+
+
 def _outs_hint(p: Path) -> str:
-    """Name the matrix to pass when `p` is a Cell Ranger `outs` folder (or holds one)."""
-    for base in (p, p / "outs"):
-        found = sorted(base.glob("*filtered_feature_bc_matrix*")) if base.is_dir() else []
-        if found:
-            return f"; this looks like Cell Ranger's output: pass {found[0]}"
-    return ""
+    """Name the matrices to pass when `p` holds Cell Ranger output: `outs/` of `count`, or the
+    per-sample folders of `multi` (outs/per_sample_outs/<sample>/count/sample_filtered_...)."""
+    found = sorted(_matrices_below(p), key=lambda f: (len(f.parts), str(f)))
+    if not found:
+        return ""
+    more = f" (and {len(found) - 3} more)" if len(found) > 3 else ""
+    return f"; this looks like Cell Ranger's output: pass {' or '.join(map(str, found[:3]))}{more}"

@@ -82,6 +82,12 @@ def test_a_cellranger_outs_folder_is_answered_with_the_file_to_pass(cells, tmp_p
     for given in (tmp_path / "sample1", outs):
         with pytest.raises(InputFileError, match="Cell Ranger's output: pass .*filtered_feature_bc_matrix.h5"):
             read_cells(given)
+    per_sample = tmp_path / "multi" / "outs" / "per_sample_outs"
+    for sample in ("A", "B"):
+        (per_sample / sample / "count").mkdir(parents=True)
+        write_cellranger(cells, per_sample / sample / "count" / "sample_filtered_feature_bc_matrix.h5", "h5")
+    with pytest.raises(InputFileError, match="pass .*A/count/sample_filtered_feature_bc_matrix.h5 or .*B/count"):
+        read_cells(tmp_path / "multi")
 
 
 def _hdf5_of_something_else(folder) -> None:
