@@ -30,7 +30,8 @@ from instructcell_agent.core_model.checkpoint import LoadedModel
 from instructcell_agent.core_model.datasets import prompt_fields
 from instructcell_agent.core_model.errors import InputFileError, InvalidValuesError, LabelKeyError
 from instructcell_agent.core_model.instructions import has_choices, render
-from instructcell_agent.core_model.io import get_labels, write_h5ad_atomic, write_json_atomic
+from instructcell_agent.core_model.io import write_h5ad_atomic, write_json_atomic
+from instructcell_agent.core_model.labels import UNASSIGNED
 from instructcell_agent.core_model.readout import one_set, readout_name
 from instructcell_agent.core_model.scoring import check_scoring, scoring_name, use_decisive
 
@@ -143,6 +144,7 @@ def explain(adata: ad.AnnData, model: LoadedModel | None = None, labels: str | S
     started = time.perf_counter()
     given = _given_labels(adata, labels)
     n_cells_in = adata.n_obs
+    adata, given, unlabelled_note = _without_unlabelled(adata, given, candidates)
     subsample_note = None
     if max_cells_per_label is not None:
         adata, given, subsample_note = _cap_per_label(adata, given, max_cells_per_label, seed)
@@ -164,7 +166,7 @@ def explain(adata: ad.AnnData, model: LoadedModel | None = None, labels: str | S
     user_named = candidates is not None or (dataset is None and given is not None and not isinstance(given, str))
     route = route_candidates(cands, model.label_sets) if user_named else None
     notes = [route.note] if route is not None and route.note else []
-    notes += [note for note in (inferred_note, subsample_note) if note]
+    notes += [note for note in (unlabelled_note, inferred_note, subsample_note) if note]
     if route is not None and route.kind == "ontology" and instruction and has_choices(instruction):
         instruction = None  # the open question is asked (see route_candidates)
         notes.append("the instruction lists the candidates ({choices}), which this route cannot use; "
@@ -299,12 +301,38 @@ def _given_labels(adata: ad.AnnData, labels: str | Sequence[str] | None) -> np.n
     if labels is None:
         return None
     if isinstance(labels, str):
-        return get_labels(adata, labels) if labels in adata.obs.columns else labels
+        if labels not in adata.obs.columns:
+            return labels
+        column = adata.obs[labels]  # missing labels kept as None: _without_unlabelled says what it left out
+        return np.asarray([None if pd.isna(v) else str(v) for v in column], dtype=object)
     values = np.asarray(list(labels), dtype=str)
     if len(values) != adata.n_obs:
         raise ValueError(f"labels has {len(values)} entries for {adata.n_obs} cells; pass one label per cell, "
                          "an obs column name, or a single label name")
     return values
+
+
+def _without_unlabelled(adata: ad.AnnData, given: np.ndarray | str | None,
+                        candidates: Sequence[str] | None) -> tuple[ad.AnnData, np.ndarray | str | None, str | None]:
+    """Leave out the cells that have no label to explain: a missing one (annotate leaves cells
+    without counts on the model's genes unlabelled) or 'Unassigned' (annotate's unassigned_below /
+    unassigned_atypical; unless the candidates name it), with a note saying how many."""
+    if given is None or isinstance(given, str):
+        return adata, given, None
+    named = candidates is not None and UNASSIGNED in [str(c) for c in candidates]
+    missing = np.array([label is None for label in given])
+    unassigned = np.zeros_like(missing) if named else given == UNASSIGNED
+    drop = missing | unassigned
+    if not drop.any():
+        return adata, given.astype(str), None
+    if drop.all():
+        raise LabelKeyError(f"none of the {adata.n_obs:,} cells has a label to explain ({int(missing.sum()):,} missing, "
+                            f"{int(unassigned.sum()):,} {UNASSIGNED!r})")
+    parts = [f"{int(n):,} {what}" for n, what in ((missing.sum(), "without a label"),
+                                                   (unassigned.sum(), f"labelled {UNASSIGNED!r}")) if n]
+    note = f"{' and '.join(parts)} of {adata.n_obs:,} cells left out: no label to explain"
+    keep = np.flatnonzero(~drop)
+    return adata[keep].copy(), given[keep].astype(str), note
 
 
 def _cap_per_label(adata: ad.AnnData, given: np.ndarray | str | None, cap: int,

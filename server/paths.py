@@ -19,8 +19,11 @@ class PathNotAllowedError(InstructCellError):
     """A path outside the data roots, a missing file, a directory, or the wrong file type."""
 
 
-def resolve_input(path: str | os.PathLike, roots: Sequence[Path], suffixes: Sequence[str] = INPUT_SUFFIXES) -> Path:
-    """The real path of an existing input file, zarr store or matrix folder inside one of `roots`.
+def resolve_input(path: str | os.PathLike, roots: Sequence[Path], suffixes: Sequence[str] = INPUT_SUFFIXES,
+                  outputs: Path | None = None) -> Path:
+    """The real path of an existing input file, zarr store or matrix folder inside one of `roots`,
+    or a finished file of the server's own output folder `outputs` (an annotated file to explain,
+    generated cells to annotate; never one still being written in its staging area).
 
     Relative paths are taken relative to the first root (clients rarely know the server's working
     directory). The check runs on the fully resolved path, so `..` segments and symlinks that
@@ -41,7 +44,10 @@ def resolve_input(path: str | os.PathLike, roots: Sequence[Path], suffixes: Sequ
         raise PathNotAllowedError(f"no such file: {raw}{_roots_hint(roots)}") from None
     except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop
         raise PathNotAllowedError(f"cannot resolve {raw}: {exc}") from None
-    if not any(real.is_relative_to(root) for root in roots):
+    if outputs is not None and real.is_relative_to(outputs):
+        if any(part.startswith(".") for part in real.relative_to(outputs).parts):
+            raise PathNotAllowedError(f"{raw} is not a finished output")
+    elif not any(real.is_relative_to(root) for root in roots):
         raise PathNotAllowedError(f"{raw} is outside the allowed data roots{_roots_hint(roots)}")
     if real.is_dir():
         try:

@@ -15,7 +15,8 @@ H5adPath = Annotated[str, Field(
     min_length=1, max_length=4096,
     description="Path of the cells inside one of the server's data roots (absolute, or relative to the first "
                 "data root): an AnnData .h5ad file or .zarr store, or Cell Ranger's filtered_feature_bc_matrix "
-                "(.h5 file, or the folder holding matrix.mtx.gz).")]
+                "(.h5 file, or the folder holding matrix.mtx.gz); or the path of an .h5ad this server wrote "
+                "(annotate_cells' annotated file, generate_cells' cells).")]
 OptionalText = Annotated[str | None, Field(max_length=200)]
 JobId = Annotated[str, Field(pattern=r"^[0-9a-f]{32}$", description="Job id returned by an earlier call.")]
 
@@ -115,7 +116,8 @@ class ExplainGenesRequest(_MatrixOptions):
     top_k: int = Field(10, ge=1, le=1000, description="Genes reported per label.")
     max_cells_per_label: int | None = Field(None, ge=1, le=1_000_000, description=(
         "Explain at most this many cells of each label (drawn at random, seeded), for large files: the rankings are "
-        "per-label means. Needs labels (an obs column). The cell limit then counts the cells explained."))
+        "per-label means. Needs labels (an obs column). The cell limit then counts the cells explained. For a file "
+        "without labels, explain the annotated file annotate_cells wrote, with labels='instructcell_label'."))
     background: bool = Field(False, description="Run as a background job and return a job id at once.")
 
 

@@ -23,6 +23,7 @@ import pandas as pd
 from instructcell_agent.agreement import known_labels
 from instructcell_agent.core_model.errors import CheckpointError, InputFileError, InstructCellError
 from instructcell_agent.core_model.io import write_h5ad_atomic
+from instructcell_agent.core_model.labels import UNASSIGNED
 from instructcell_agent.core_model.readers import cell_file_format, read_cells
 
 from .config import ServerConfig
@@ -58,14 +59,17 @@ GENERATION_NOTES = ("alternatives", "misread", "atypical")
 
 
 def _explained_count(obs: pd.DataFrame, req: ExplainGenesRequest) -> int:
-    """Cells an explain_genes request attributes: every cell, or with max_cells_per_label and
-    labels, at most that many of each label (an obs column's values; else one label for all)."""
+    """Cells an explain_genes request attributes, as `explain` picks them: with labels from an obs
+    column, its cells with a label other than 'Unassigned' (unless a candidate), at most
+    max_cells_per_label of each; else every cell (at most max_cells_per_label for one label)."""
     cap = req.max_cells_per_label
-    if cap is None or req.labels is None:
-        return len(obs)
-    if req.labels not in obs.columns:
-        return min(len(obs), cap)
-    return int(np.minimum(obs[req.labels].value_counts().to_numpy(), cap).sum())
+    if req.labels is None or req.labels not in obs.columns:
+        return len(obs) if cap is None or req.labels is None else min(len(obs), cap)
+    labels = obs[req.labels].dropna().astype(str)
+    if UNASSIGNED not in (req.candidates or []):
+        labels = labels[labels != UNASSIGNED]
+    counts = labels.value_counts().to_numpy()
+    return int(counts.sum() if cap is None else np.minimum(counts, cap).sum())
 
 
 class InstructCellService:
@@ -101,7 +105,9 @@ class InstructCellService:
 
     # ------------------------------------------------------------------ checks
     def input_path(self, h5ad_path: str) -> Path:
-        return resolve_input(h5ad_path, self.config.data_roots)
+        # The server's finished outputs are inputs too: an agent explains the file annotate_cells
+        # wrote (labels='instructcell_label') or annotates the cells generate_cells drew.
+        return resolve_input(h5ad_path, self.config.data_roots, outputs=self.config.output_dir)
 
     def count_cells(self, h5ad_path: str) -> int:
         """Cells in a file without loading its matrix (for limits and the background decision)."""

@@ -277,6 +277,25 @@ def test_at_most_n_cells_of_each_label_are_explained(marker_model, cells, given)
         explain(cells, model=marker_model, labels="cell_type", dataset="planted", max_cells_per_label=0)
 
 
+def test_cells_without_a_label_to_explain_are_left_out(marker_model, cells, given):
+    """An annotated file's label column: cells annotate left unlabelled (missing) or 'Unassigned'
+    are not explained, and the note counts them."""
+    marked = cells.copy()
+    column = marked.obs["cell_type"].astype(object)
+    column.iloc[[0, 5]] = np.nan
+    column.iloc[[1, 2, 7]] = "Unassigned"
+    marked.obs["answer"] = column
+    result = explain(marked, model=marker_model, labels="answer", dataset="planted", batch_size=16)
+    kept = [n for i, n in enumerate(cells.obs_names) if i not in (0, 1, 2, 5, 7)]
+    assert list(result.obs_names) == kept
+    assert "2 without a label and 3 labelled 'Unassigned' of 48 cells left out" in " ".join(result.provenance["notes"])
+    rows = [list(given.obs_names).index(n) for n in kept]  # the others are explained as in the full run
+    np.testing.assert_allclose(result.attributions.values, given.attributions.values[rows], rtol=1e-4, atol=1e-6)
+    marked.obs["answer"] = "Unassigned"
+    with pytest.raises(LabelKeyError, match="none of the 48 cells has a label to explain"):
+        explain(marked, model=marker_model, labels="answer", dataset="planted")
+
+
 def test_an_unknown_label_gives_a_clear_error(tiny_model, cells):
     with pytest.raises(LabelKeyError, match="'epsilon' is neither an obs column nor a candidate"):
         explain(cells[:4], model=tiny_model, labels="epsilon", dataset="planted")

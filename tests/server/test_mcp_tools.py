@@ -337,6 +337,24 @@ def test_explain_genes_bounds_the_cells_of_each_label(env):
     assert any("explained 40 of" in note for note in summary["notes"])
 
 
+def test_an_annotated_output_can_be_explained_by_its_answers(env):
+    """An unlabelled file's answers explained within the explain limit: annotate it, then explain
+    the file annotate_cells wrote, a few cells of each answer."""
+    result = call(env["server"], "annotate_cells", {"h5ad_path": "planted.h5ad", "candidates": CANDIDATES})
+    summary = check_structured(env["server"], "annotate_cells", result)["result"]
+    annotated = next(f["path"] for f in summary["outputs"] if f["kind"] == "annotated_h5ad")
+    args = {"h5ad_path": annotated, "labels": "instructcell_label", "max_cells_per_label": 5, "top_k": 3}
+    explained = check_structured(env["server"], "explain_genes", call(env["server"], "explain_genes", args))["result"]
+    answered = {k: v for k, v in summary["label_counts"].items() if v}
+    assert explained["cells_per_label"] == {label: min(5, n) for label, n in answered.items()}
+    assert set(explained["top_genes"]) == set(answered)
+    staging = env["paths"]["out"] / ".staging_probe"
+    staging.mkdir(exist_ok=True)
+    (staging / "half_written.h5ad").write_bytes(b"\x89HDF")
+    assert "not a finished output" in error_text(call(env["server"], "inspect_dataset",
+                                                      {"h5ad_path": str(staging / "half_written.h5ad")}))
+
+
 # ------------------------------------------------------------------ errors and limits
 
 

@@ -116,3 +116,19 @@ def test_http_exposure_rules():
     check_http_exposure("0.0.0.0", "token")
     with pytest.raises(ValueError, match="without a bearer token"):
         check_http_exposure("0.0.0.0", None)
+
+
+def test_the_explain_count_leaves_out_cells_without_a_label_as_explain_does():
+    import numpy as np
+    import pandas as pd
+
+    from instructcell_agent.server.schemas import ExplainGenesRequest
+    from instructcell_agent.server.service import _explained_count
+
+    obs = pd.DataFrame({"answer": ["a"] * 6 + ["b"] * 2 + ["Unassigned"] * 3 + [np.nan]})
+    count = lambda **kw: _explained_count(obs, ExplainGenesRequest(h5ad_path="x.h5ad", **kw))  # noqa: E731
+    assert count() == 12  # predicted labels: every cell
+    assert count(labels="answer") == 8
+    assert count(labels="answer", max_cells_per_label=4) == 6
+    assert count(labels="answer", candidates=["a", "b", "Unassigned"]) == 11  # a candidate: explained
+    assert count(labels="a", max_cells_per_label=5) == 5  # one label for every cell
