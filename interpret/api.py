@@ -326,8 +326,8 @@ def _without_unlabelled(adata: ad.AnnData, given: np.ndarray | str | None,
     if not drop.any():
         return adata, given.astype(str), None
     if drop.all():
-        raise LabelKeyError(f"none of the {adata.n_obs:,} cells has a label to explain ({int(missing.sum()):,} missing, "
-                            f"{int(unassigned.sum()):,} {UNASSIGNED!r})")
+        raise LabelKeyError(f"none of the {adata.n_obs:,} cells has a label to explain "
+                            f"({int(missing.sum()):,} missing, {int(unassigned.sum()):,} {UNASSIGNED!r})")
     parts = [f"{int(n):,} {what}" for n, what in ((missing.sum(), "without a label"),
                                                    (unassigned.sum(), f"labelled {UNASSIGNED!r}")) if n]
     note = f"{' and '.join(parts)} of {adata.n_obs:,} cells left out: no label to explain"
