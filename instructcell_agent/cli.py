@@ -384,17 +384,18 @@ def _table_separator(args) -> str:
 
 def _explain(args) -> int:
     from .api import load_model
-    from .core_model.io import get_labels
+    from .core_model.io import obs_column
     from .core_model.readers import read_cells
     from .interpret.api import explain, write_explanation
 
     adata = read_cells(args.data)
     candidates = [c.strip() for c in args.candidates.split(",")] if args.candidates else None
-    labels = get_labels(adata, args.label_key) if args.label_key else None  # a missing column is an error here
+    if args.label_key:  # a missing column is an error here (explain would take the name for a label)
+        obs_column(adata, args.label_key, "Pass the name of the column that holds the labels")
     loaded = load_model(args.checkpoint, device=args.device, precision=args.precision)
     # A file named like one of the checkpoint's datasets gets that label set as candidates.
     dataset = args.dataset or (Path(args.data).stem if Path(args.data).stem in loaded.label_sets else None)
-    result = explain(adata, model=loaded, labels=labels, method=args.method,
+    result = explain(adata, model=loaded, labels=args.label_key, method=args.method,
                      top_k=args.top_k, dataset=None if candidates else dataset, candidates=candidates,
                      normalize=args.normalize, reference=args.reference,
                      n_steps=args.n_steps, batch_size=args.batch_size, use_raw=args.use_raw, layer=args.layer,

@@ -110,7 +110,8 @@ class ExplanationResult:
         return cell_scores(self.attributions.values, self.attributions.above_reference, self.normalize)
 
     def summary(self) -> str:
-        """A few readable lines: method, cells, top genes and marker precision per label."""
+        """A few readable lines: method, cells, top genes and marker precision per label, then the
+        notes (cells left out, how candidates were scored)."""
         a = self.attributions
         lines = [f"{len(self.obs_names):,} cells explained with {a.method} over {len(self.genes):,} genes; "
                  f"{len(self.labels)} labels"]
@@ -124,6 +125,7 @@ class ExplanationResult:
             if report is not None and label in report.index and pd.notna(report.at[label, "precision_at_k"]):
                 extra = f"  (marker precision@10 {report.at[label, 'precision_at_k']:.2f})"
             lines.append(f"  {label}: {', '.join(names)}{extra}")
+        lines += [f"note: {note}" for note in self.provenance.get("notes", [])]
         return "\n".join(lines)
 
     # -------------------------------------------------------------- write-back

@@ -182,6 +182,13 @@ def test_argument_errors_and_warnings_read_as_messages(tiny_checkpoint, syntheti
     err = capsys.readouterr().err
     assert code == 0 and "warning: 1 of 10 cells" in err and "EmptyCellWarning" not in err
     assert ad.read_h5ad(tmp_path / "answered.h5ad").obs["instructcell_label"].isna().sum() == 1
+    # the answers explained: the unlabelled cell is left out, with a note; a missing column is refused
+    base = ["explain", "--checkpoint", str(tiny_checkpoint), "--data", str(tmp_path / "answered.h5ad")]
+    assert main([*base, "--label-key", "instructcell_label", "--out", str(tmp_path / "why_answers")]) == 0
+    assert "1 without a label of 10 cells left out" in capsys.readouterr().out
+    assert ad.read_h5ad(tmp_path / "why_answers" / "explained.h5ad").n_obs == 9
+    assert main([*base, "--label-key", "celltype", "--out", str(tmp_path / "why_not")]) == 2
+    assert "obs has no column 'celltype'" in capsys.readouterr().err and not (tmp_path / "why_not").exists()
 
 
 def test_gene_names_can_come_from_a_var_column(tiny_checkpoint, synthetic_set, tmp_path):
