@@ -1,8 +1,8 @@
 """A LangChain agent that inspects a dataset, annotates its cells and explains the answers.
 
 Runs offline by default: a scripted chat model plays the agent's turns (inspect_dataset, then
-annotate_cells with a label set the model learned for the file's tissue, then explain_genes) and the real
-tools do the work. Give --model to let a real chat model decide instead (needs its provider
+annotate_cells with a label set the model learned for the file's tissue, then explain_genes on the file
+annotate_cells wrote, 20 cells of each answer) and the real tools do the work. Give --model to let a real chat model decide instead (needs its provider
 package and API key, e.g. --model anthropic:claude-sonnet-4-5 or --model openai:gpt-4.1).
 
     python examples/agent_workflow.py --data pbmc.h5ad                   # native tools, in process
@@ -60,6 +60,7 @@ def default_data() -> Path:
     return out
 
 
+EXPLAIN_PER_LABEL = 20
 KNOWN_LABEL_COLUMNS = ("cell_type", "celltype", "cell_types", "labels", "annotation", "bulk_labels")
 
 
@@ -76,10 +77,19 @@ def scripted_model(h5ad_path: str):
         return {"h5ad_path": h5ad_path, **({"candidates": labels} if len(labels) >= 2 else {}),
                 **({"compare_key": known} if known else {})}
 
+    def explain_args(messages):
+        # The model's answers explained: the file annotate_cells wrote holds them in
+        # obs['instructcell_label']; a few cells of each answer keep attribution cheap on any file.
+        done = next(value for name, value in tool_results(messages) if name == "annotate_cells")
+        summary = done.get("result", done)
+        annotated = next(f["path"] for f in summary["outputs"] if f["kind"] == "annotated_h5ad")
+        return {"h5ad_path": annotated, "labels": "instructcell_label", "max_cells_per_label": EXPLAIN_PER_LABEL,
+                "top_k": 5}
+
     return ScriptedChatModel(plan=[
         ("inspect_dataset", {"h5ad_path": h5ad_path}),
         ("annotate_cells", annotate_args),
-        ("explain_genes", {"h5ad_path": h5ad_path, "top_k": 5}),
+        ("explain_genes", explain_args),
     ])
 
 
