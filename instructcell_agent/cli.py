@@ -140,7 +140,7 @@ def _add_answer_arguments(p, candidates: str | None, key_added: str) -> None:
     """What `annotate` and `drug-response` share: one question to every cell of a file."""
     p.add_argument("--checkpoint", default=None)
     p.add_argument("--data", required=True, help=DATA_HELP)
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", default=None, help="the annotated .h5ad to write (needed unless --table is given)")
     p.add_argument("--instruction", default=None)
     p.add_argument("--candidates", default=candidates,
                    help=f"comma-separated candidate labels (default: {candidates or 'none, a free answer'})")
@@ -338,9 +338,13 @@ def _annotate(args) -> int:
     """`annotate` and `drug-response`: answer every cell of --data, write them to a new file (--out)."""
     from .agreement import known_labels
     from .api import annotate, load_model, predict_drug_response
+    from .core_model.errors import InputFileError
     from .core_model.io import write_h5ad_atomic, write_text_atomic
     from .core_model.readers import read_cells
 
+    if not args.out and not args.table:
+        raise InputFileError("name where the answers go: --out FILE.h5ad (the annotated cells), --table FILE.csv "
+                             "(one row per cell), or both")
     sep = _table_separator(args) if args.table else None  # refused before any reading
     adata = read_cells(args.data)
     known = known_labels(adata, args.compare_key) if args.compare_key else None  # refused before the model runs
@@ -354,11 +358,14 @@ def _annotate(args) -> int:
         result = predict_drug_response(adata, drug=args.drug, progress=_progress_bar("predicting"), **shared)
     else:
         result = annotate(adata, free_text=args.free_text, progress=_progress_bar("annotating"), **shared)
-    out = result.to_adata(adata.copy(), key_added=args.key_added)
     compared = result.agreement(known) if known is not None else None
-    if compared is not None:
-        out.uns[args.key_added]["agreement"] = {"key": args.compare_key, **compared.to_dict()}
-    write_h5ad_atomic(out, args.out, protect=[args.data])
+    if args.out:
+        # Written into the cells read here (a new object; the input file is only read), so a
+        # large matrix is not held twice.
+        out = result.to_adata(adata, key_added=args.key_added)
+        if compared is not None:
+            out.uns[args.key_added]["agreement"] = {"key": args.compare_key, **compared.to_dict()}
+        write_h5ad_atomic(out, args.out, protect=[args.data])
     if sep is not None:
         write_text_atomic(result.to_table().to_csv(sep=sep, index_label="cell"), args.table)
     print(result.summary())
@@ -377,7 +384,7 @@ def _table_separator(args) -> str:
     if table.suffix.lower() not in seps:
         raise InputFileError(f"--table {args.table}: name a .csv or .tsv file")
     for other, what in ((args.data, "the input"), (args.out, "--out")):
-        if table.resolve() == Path(other).expanduser().resolve():
+        if other and table.resolve() == Path(other).expanduser().resolve():
             raise InputFileError(f"--table {args.table} is {what}; name a new file")
     return seps[table.suffix.lower()]
 

@@ -85,6 +85,11 @@ def test_annotate_writes_a_table_beside_the_file(tiny_checkpoint, synthetic_set,
     assert main([*base[:-1], str(tmp_path / "same.csv"), "--table", str(tmp_path / "same.csv")]) == 2
     assert "is --out" in capsys.readouterr().err
     assert not out.exists() and not (tmp_path / "same.csv").exists()  # refused before anything was written
+    # the table alone (no copy of the matrix written), or neither: refused
+    assert main([*base[:-2], "--table", str(tmp_path / "only.csv")]) == 0
+    assert list(pd.read_csv(tmp_path / "only.csv", index_col="cell")["label"]) == list(written["label"])
+    assert main(base[:-2]) == 2 and "name where the answers go" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.tsv", "only.csv"]
 
 
 def test_annotate_compares_with_known_labels_and_refuses_a_missing_column(tiny_checkpoint, synthetic_set,
