@@ -157,6 +157,7 @@ class AnnotationResult:
         done = "answered" if self.provenance.get("task") == "drug_response" else "annotated"
         lines = [f"{len(answered):,} cells {done}; mean confidence {mean}; "
                  f"{int((answered < 0.5).sum()):,} below 0.5"]
+        lines += [line for line in (self._genes_read(),) if line]
         if self.n_unlabelled():
             lines.append(f"{self.n_unlabelled():,} cells unlabelled: no counts on any of the model's genes")
         if self.typicality is not None:
@@ -177,6 +178,17 @@ class AnnotationResult:
         lines += self._merged_synonyms(counts)
         lines += [f"Note: {note}" for note in self.provenance.get("notes", [])]
         return "\n".join(lines)
+
+    def _genes_read(self) -> str | None:
+        """One line from the gene alignment report: how much of the model's vocabulary the file
+        holds (answers weaken as it falls; README, 'files with few genes') and how values were read."""
+        report = self.provenance.get("alignment")
+        if not report:
+            return None
+        kind = (report.get("value_type") or {}).get("kind", "")
+        return (f"genes: {report['n_matched']:,} of the model's {report['n_vocab']:,} matched "
+                f"({report['matched_fraction']:.0%}) among the file's {report['n_input_genes']:,}; "
+                f"values read as {kind.replace('_', ' ') or 'unknown'}; species {report.get('species') or 'unknown'}")
 
     def _atypical_among(self, label) -> str:
         """' (k below -3)' for a label some of whose cells fall below typicality -3, else ''."""

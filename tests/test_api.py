@@ -259,6 +259,8 @@ def test_cells_without_counts_are_left_unlabelled(tiny_model, cells, kind):
     assert np.isnan(result.confidence[[0, 5]]).all() and not np.isnan(np.delete(result.confidence, [0, 5])).any()
     assert result.answers[0] == "" and EMPTY_CELLS_NOTE in result.provenance["notes"]
     assert result.label_counts().sum() == 22 and "2 cells unlabelled" in result.summary()
+    assert "genes: 120 of the model's 120 matched (100%) among the file's 120; values read as raw counts" in (
+        result.summary())
     # the other cells are answered exactly as without the emptied ones
     kept = ica.annotate(cells[[i for i in range(24) if i not in (0, 5)]].copy(), model=tiny_model, **kwargs)
     assert list(np.delete(result.labels, [0, 5])) == list(kept.labels)
