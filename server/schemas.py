@@ -173,9 +173,11 @@ class DatasetInfo(BaseModel):
     matching_label_sets: dict[str, list[str]] = Field(
         default_factory=dict,
         description="The model's annotation label sets learned for this file's species and tissue (obs columns "
-                    "species/organism and tissue, as annotate_cells reads them), by name. Pass one set's labels "
-                    "as candidates for a probability per label, or no candidates for free answers; empty when "
-                    "the model learned no labels for this context.")
+                    "species/organism and tissue, as annotate_cells reads them; without a species column, the "
+                    "species its gene names show), by name. Pass one set's labels as candidates for a probability "
+                    "per label, or no candidates for free answers; empty when the model learned no labels for "
+                    "this context. Without a tissue column every tissue of the species is listed: ask which "
+                    "tissue the cells come from, or pass it as annotate_cells' tissue.")
 
 
 class DescribeModelRequest(_Request):

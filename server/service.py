@@ -176,7 +176,7 @@ class InstructCellService:
             within_cell_limit=n_cells <= self.limits.max_cells,
             runs_in_background=n_cells > self.limits.async_threshold_cells,
             model_annotation_labels=model.labels_for_task("annotation")[:50],
-            matching_label_sets=_matching_label_sets(model, head))
+            matching_label_sets=_matching_label_sets(model, head, overlap.species if overlap else ""))
 
     def describe_model(self, req: DescribeModelRequest) -> ModelInfo:
         """What the loaded checkpoint learned: label sets, drugs, generation conditions."""
@@ -412,14 +412,16 @@ def _concat(parts):
         typicality=typicality)
 
 
-def _matching_label_sets(model, cells: ad.AnnData) -> dict[str, list[str]]:
-    """Label sets learned for the most common (species, tissue) of `cells`: which candidates an
-    agent should pass. Listing every learned label instead mixes sets, and a mix is scored as
-    plain text (route_candidates), which the model answers poorly."""
+def _matching_label_sets(model, cells: ad.AnnData, detected_species: str = "") -> dict[str, list[str]]:
+    """Label sets learned for the most common (species, tissue) of `cells`, the species its gene
+    names show standing in for a missing species column (as annotate_cells does): which
+    candidates an agent should pass. Listing every learned label instead mixes sets, and a mix is
+    scored as plain text (route_candidates), which the model answers poorly."""
     from instructcell_agent.core_model.datasets import prompt_fields
 
     contexts = Counter((f["species"], f["tissue"]) for f in prompt_fields(cells))
     species, tissue = contexts.most_common(1)[0][0] if contexts else ("", "")
+    species = species or detected_species or ""
     names = model.label_sets_for_context("annotation", species, tissue)
     return {name: list(model.label_sets[name]["labels"]) for name in names}
 

@@ -153,6 +153,17 @@ def test_inspect_dataset(env):
     assert info["matching_label_sets"] == {}
 
 
+def test_matching_label_sets_take_the_detected_species_without_a_species_column(gen_model):
+    from instructcell_agent.server.service import _matching_label_sets
+
+    bare = make_counts(10, seed=3)
+    bare.obs = bare.obs[[]]  # Cell Ranger's files hold barcodes only
+    assert set(_matching_label_sets(gen_model, bare, "human")) == {"planted"}
+    assert _matching_label_sets(gen_model, bare, "mouse") == {}
+    bare.obs["species"] = "human"  # a column wins over what the genes show
+    assert set(_matching_label_sets(gen_model, bare, "mouse")) == {"planted"}
+
+
 def test_annotate_cells_writes_files_and_matches_the_api(env, gen_model):
     paths = env["paths"]
     before = digest(paths["planted"])
