@@ -211,7 +211,7 @@ def _answer(adata: ad.AnnData, model: LoadedModel | None, task: str, instruction
         notes += _unseen_context_notes(loaded, task, fields, free_text)
         for note in notes:
             warnings.warn(note, UnseenContextWarning, stacklevel=3)
-    if task == "drug_response" and (drug_note := _unseen_drug_note(loaded, drug)):
+    if task == "drug_response" and (drug_note := unseen_drug_note(loaded, drug)):
         notes.append(drug_note)
         warnings.warn(drug_note, UnseenContextWarning, stacklevel=3)
     if calibrate and cands is None:
@@ -348,7 +348,7 @@ def _unseen_context_notes(loaded: LoadedModel, task: str, fields: list[dict[str,
     return notes
 
 
-def _unseen_drug_note(loaded: LoadedModel, drug: str) -> str | None:
+def unseen_drug_note(loaded: LoadedModel, drug: str) -> str | None:
     """A note when `drug` is none of the drugs the checkpoint learned responses to.
 
     Why: the shipped checkpoint learned one drug (erlotinib, aissa2021). Asked about cisplatin or

@@ -190,6 +190,9 @@ def _add_explain(sub) -> None:
                    help="explain at most this many cells of each label (drawn at random; needs --label-key): the "
                         "rankings are per-label means, and each cell costs a backward pass")
     p.add_argument("--seed", type=int, default=0, help="draws the cells --max-cells-per-label keeps")
+    p.add_argument("--drug", default=None,
+                   help="explain drug-response answers to this drug (as drug-response asks; candidates default to "
+                        "the learned responses, e.g. resistant,sensitive) instead of cell types")
     _add_matrix_arguments(p)
     # float32: in bfloat16 the per-label top-10 genes changed by up to a quarter (zheng2017) for a
     # 1.2-1.7x speed-up; an explanation should not depend on the machine unless asked
@@ -407,6 +410,7 @@ def _explain(args) -> int:
                      normalize=args.normalize, reference=args.reference,
                      n_steps=args.n_steps, batch_size=args.batch_size, use_raw=args.use_raw, layer=args.layer,
                      gene_key=args.gene_key, max_cells_per_label=args.max_cells_per_label, seed=args.seed,
+                     drug=args.drug,
                      scoring=args.scoring, readout=not args.no_readout, progress=_progress_bar("explaining"))
     paths = write_explanation(result, args.out, protect=[args.data])
     print(result.summary())

@@ -53,7 +53,7 @@ def explain(adata: ad.AnnData, model: LoadedModel | None = None, labels: str | S
             marker_db: str = DEFAULT_DB, compare_wilcoxon: bool = True,
             species: str | None = None, layer: str | None = None, use_raw: bool = False,
             gene_key: str | None = None, min_genes: int = 100, scoring: str = "auto", readout: bool = True,
-            max_cells_per_label: int | None = None, seed: int = 0,
+            max_cells_per_label: int | None = None, seed: int = 0, drug: str | None = None,
             progress: Callable[[int, int], None] | None = None) -> ExplanationResult:
     """Gene saliency of every cell for its label, aggregated per label, checked against markers.
 
@@ -112,6 +112,12 @@ def explain(adata: ad.AnnData, model: LoadedModel | None = None, labels: str | S
         As in ``annotate``: where the checkpoint has a linear gene read-out and the scored labels
         are one learned label set, the explained log-probability includes its weighted term (the
         quantity ``annotate`` answers with). False: the language model's alone.
+    drug
+        Explain drug-response answers instead of cell types: the prompt asks about this drug as
+        ``predict_drug_response`` does (its default instruction; a given `instruction` may use
+        ``{drug}``), and the candidates default to the response labels the checkpoint learned
+        (resistant / sensitive). A drug the checkpoint never learned gets the same warning and
+        note as in ``predict_drug_response``. A drug-response `dataset` brings its own drug.
     max_cells_per_label, seed
         Explain at most this many cells of each label, drawn at random (`seed`), in file order:
         the per-label ranking is a mean over cells, and attribution costs a backward pass per
@@ -149,10 +155,18 @@ def explain(adata: ad.AnnData, model: LoadedModel | None = None, labels: str | S
     if max_cells_per_label is not None:
         adata, given, subsample_note = _cap_per_label(adata, given, max_cells_per_label, seed)
     inferred_note = None
-    if candidates is None and dataset is None and given is None:
+    entry = model.label_sets.get(dataset, {}) if dataset is not None else {}
+    if drug is None and entry.get("task") == "drug_response":
+        drug = entry.get("drug") or None  # a response set's labels are asked about its own drug
+        if drug is None:
+            raise ValueError(f"{dataset!r} is a drug-response label set that records no drug; pass drug=...")
+    task = "annotation" if drug is None else "drug_response"
+    if drug is not None and not str(drug).strip():
+        raise ValueError("drug is empty; name the drug the responses are to (e.g. 'erlotinib')")
+    if candidates is None and dataset is None and given is None and task == "annotation":
         dataset, inferred_note = _set_of_free_answers(model, adata, layer=layer, use_raw=use_raw, gene_key=gene_key,
                                                       min_genes=min_genes, species=species)
-    cands = _candidates(model, dataset, candidates, given)
+    cands = _candidates(model, dataset, candidates, given, task)
     given = _check_in_candidates(given, cands, adata.n_obs)
     aligned = align_to_vocab(adata, model.vocab, layer=layer, use_raw=use_raw, gene_key=gene_key, min_genes=min_genes)
     # A cell with no counts on the model's genes has nothing to explain; measured against the mean
@@ -164,14 +178,20 @@ def explain(adata: ad.AnnData, model: LoadedModel | None = None, labels: str | S
     # Candidates the user named (or the labels of their obs column) may be spelled unlike anything
     # the checkpoint learned; its own label sets need no routing.
     user_named = candidates is not None or (dataset is None and given is not None and not isinstance(given, str))
-    route = route_candidates(cands, model.label_sets) if user_named else None
+    route = route_candidates(cands, model.label_sets, task) if user_named else None
     notes = [route.note] if route is not None and route.note else []
     notes += [note for note in (unlabelled_note, inferred_note, subsample_note) if note]
+    if drug is not None:
+        from instructcell_agent.api import UnseenContextWarning, unseen_drug_note
+
+        if drug_note := unseen_drug_note(model, drug):
+            notes.append(drug_note)
+            warnings.warn(drug_note, UnseenContextWarning, stacklevel=2)
     if route is not None and route.kind == "ontology" and instruction and has_choices(instruction):
         instruction = None  # the open question is asked (see route_candidates)
         notes.append("the instruction lists the candidates ({choices}), which this route cannot use; "
                       "the default open question was asked instead")
-    template, prefixes, rows = _prompts(model, adata, instruction, cands, route)
+    template, prefixes, rows = _prompts(model, adata, instruction, cands, route, drug)
     decisive = use_decisive(scoring, route.scores_learned_labels if route is not None else True)
     target = None if given is None else np.array([cands.index(l) for l in given], dtype=np.int64)
     scored = list(route.learned) if route is not None and route.kind == "ontology" else cands
@@ -201,6 +221,7 @@ def explain(adata: ad.AnnData, model: LoadedModel | None = None, labels: str | S
     report = _marker_comparison(means, db, species, model.vocab, attr.inputs, groups, compare_wilcoxon)
     provenance = {
         "method": method, "target": "given" if given is not None else "predicted", "instruction": template,
+        "task": task, "drug": drug,
         "candidates": cands, "candidate_route": route.kind if route is not None else "learned",
         "scoring": scoring_name(decisive),
         "readout": readout_name(expert, scored),
@@ -358,7 +379,7 @@ def _cap_per_label(adata: ad.AnnData, given: np.ndarray | str | None, cap: int,
 
 
 def _candidates(model: LoadedModel, dataset: str | None, candidates: Sequence[str] | None,
-                given: np.ndarray | str | None) -> list[str]:
+                given: np.ndarray | str | None, task: str = "annotation") -> list[str]:
     if candidates is not None:
         cands = [str(c) for c in candidates]
     elif dataset is not None:
@@ -366,7 +387,7 @@ def _candidates(model: LoadedModel, dataset: str | None, candidates: Sequence[st
     elif given is not None and not isinstance(given, str):
         cands = sorted(set(given.tolist()))
     else:
-        cands = model.labels_for_task("annotation")
+        cands = model.labels_for_task(task)
     if len(set(cands)) != len(cands) or not cands:
         raise ValueError("candidates must be a non-empty list without duplicates")
     return cands
@@ -388,14 +409,16 @@ def _check_in_candidates(given: np.ndarray | str | None, cands: list[str], n_obs
 
 
 def _prompts(model: LoadedModel, adata: ad.AnnData, instruction: str | None, cands: list[str],
-             route: CandidateRoute | None = None) -> tuple[str, list[str], np.ndarray]:
-    """The rendered prompt prefix of every cell, as distinct prefixes plus a row index per cell."""
+             route: CandidateRoute | None = None, drug: str | None = None) -> tuple[str, list[str], np.ndarray]:
+    """The rendered prompt prefix of every cell, as distinct prefixes plus a row index per cell
+    (with `drug`, the drug-response question `predict_drug_response` asks)."""
     from instructcell_agent.api import DEFAULT_INSTRUCTIONS
 
     open_question = route is not None and route.kind == "ontology"
-    template = instruction or DEFAULT_INSTRUCTIONS[("annotation", not open_question)]
+    task = "annotation" if drug is None else "drug_response"
+    template = instruction or DEFAULT_INSTRUCTIONS[(task, not open_question)]
     texts = []
-    for fields in prompt_fields(adata):
+    for fields in prompt_fields(adata, **({"drug": drug} if drug is not None else {})):
         # A fixed candidate order keeps one shared prefix for every cell (read once).
         values = {**fields, "cell_type": "", "condition": "", "choices": ", ".join(cands)}
         texts.append(model.model.prefix_text(render(template, values)))

@@ -114,6 +114,9 @@ class ExplainGenesRequest(_MatrixOptions):
                               "genes scaled to [0, 1], so no single cell dominates a label's ranking), or none "
                               "(raw attributions).")
     top_k: int = Field(10, ge=1, le=1000, description="Genes reported per label.")
+    drug: OptionalText = Field(None, description=(
+        "Explain drug-response answers to this drug (as predict_drug_response asks; candidates default to the "
+        "learned responses, e.g. resistant / sensitive) instead of cell types."))
     max_cells_per_label: int | None = Field(None, ge=1, le=1_000_000, description=(
         "Explain at most this many cells of each label (drawn at random, seeded), for large files: the rankings are "
         "per-label means. Needs labels (an obs column). The cell limit then counts the cells explained. For a file "

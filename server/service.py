@@ -265,7 +265,8 @@ class InstructCellService:
         with self.model_lock:
             result = explain(adata, model=model, labels=req.labels, method=req.method, top_k=req.top_k,
                              reference=req.reference, normalize=req.normalize,
-                             candidates=req.candidates, max_cells_per_label=req.max_cells_per_label, **_matrix(req),
+                             candidates=req.candidates, max_cells_per_label=req.max_cells_per_label, drug=req.drug,
+                             **_matrix(req),
                              progress=lambda done, total: rep.update(done, total, f"explained {done:,} of {total:,} cells"))
         rep.update(n_explained, n_explained, "writing tables and figures")
         folder = f"{slug(path.stem)}_explain_{new_id()}"

@@ -444,3 +444,13 @@ def test_a_catalog_run_without_shared_data_says_how_to_train_on_it_alone(synthet
     assert main(["train", "--out", str(tmp_path / "run"), "--catalog", str(catalog), "--lm-steps", "1"]) == 2
     assert "or pass --no-shared to train on your --catalog sets alone" in capsys.readouterr().err
     assert not (tmp_path / "run" / "checkpoint").exists()
+
+
+def test_explain_takes_a_drug(tiny_checkpoint, synthetic_set, tmp_path):
+    cells = ad.read_h5ad(synthetic_set["path"])[:8].copy()
+    cells.write_h5ad(tmp_path / "few.h5ad")
+    assert main(["explain", "--checkpoint", str(tiny_checkpoint), "--data", str(tmp_path / "few.h5ad"),
+                 "--drug", "erlotinib", "--candidates", "resistant,sensitive", "--out", str(tmp_path / "why")]) == 0
+    provenance = json.loads((tmp_path / "why" / "explain.json").read_text())["provenance"]
+    assert (provenance["drug"], provenance["task"], provenance["candidates"]) == (
+        "erlotinib", "drug_response", ["resistant", "sensitive"])

@@ -372,3 +372,38 @@ def test_a_file_of_empty_cells_is_refused_with_a_message(tiny_model):
     cells.X = sp.csr_matrix(cells.X.shape, dtype=np.float32)
     with pytest.raises(InvalidValuesError, match="none of the 4 cells has counts"):
         explain(cells, model=tiny_model, dataset="planted")
+
+
+def test_drug_responses_are_explained_with_the_drug_in_the_question(tiny_model, cells):
+    import dataclasses
+    import warnings
+
+    from instructcell_agent.api import DEFAULT_INSTRUCTIONS, UnseenContextWarning
+
+    drug_set = {"task": "drug_response", "labels": ["resistant", "sensitive"], "drug": "Erlotinib",
+                "species": "human", "tissue": "pancreas"}
+    model = dataclasses.replace(tiny_model, label_sets={**tiny_model.label_sets, "screen": drug_set})
+    few = cells[:6]
+    labels = ["resistant", "sensitive"] * 3
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnseenContextWarning)  # a drug the checkpoint learned: no warning
+        erlotinib = explain(few, model=model, labels=labels, drug="erlotinib", candidates=["resistant", "sensitive"],
+                            scoring="full")
+    assert erlotinib.provenance["task"] == "drug_response" and erlotinib.provenance["drug"] == "erlotinib"
+    assert erlotinib.provenance["instruction"] == DEFAULT_INSTRUCTIONS[("drug_response", True)]
+    assert set(erlotinib.top_genes["label"]) == {"resistant", "sensitive"}
+    # the same prompt written out by hand gives the same attributions (every label token scored in
+    # both: by hand they are not labels of a learned drug set): the drug is in the question
+    by_hand = explain(few, model=model, labels=labels, candidates=["resistant", "sensitive"], scoring="full",
+                      instruction="Is this cell resistant or sensitive to erlotinib? Options: {choices}.")
+    np.testing.assert_allclose(erlotinib.attributions.values, by_hand.attributions.values, rtol=1e-5, atol=1e-7)
+    with pytest.warns(UnseenContextWarning, match="learned drug response for Erlotinib only; 'cisplatin'"):
+        cisplatin = explain(few, model=model, labels=labels, drug="cisplatin", candidates=["resistant", "sensitive"],
+                            scoring="full")
+    assert not np.allclose(cisplatin.attributions.values, erlotinib.attributions.values)
+    assert any("never seen" in note for note in cisplatin.provenance["notes"])
+    with pytest.raises(ValueError, match="drug is empty"):
+        explain(few, model=model, labels=labels, drug=" ")
+    # a drug-response label set brings its own drug
+    from_set = explain(few, model=model, labels=labels, dataset="screen", scoring="full")
+    assert from_set.provenance["drug"] == "Erlotinib" and from_set.provenance["task"] == "drug_response"

@@ -366,6 +366,17 @@ def test_an_annotated_output_can_be_explained_by_its_answers(env):
                                                       {"h5ad_path": str(staging / "half_written.h5ad")}))
 
 
+def test_explain_genes_explains_drug_responses(env):
+    args = {"h5ad_path": "planted.h5ad", "labels": "resistant", "candidates": ["resistant", "sensitive"],
+            "drug": "erlotinib", "max_cells_per_label": 8, "top_k": 3}
+    summary = check_structured(env["server"], "explain_genes", call(env["server"], "explain_genes", args))["result"]
+    assert summary["n_explained"] == 8 and set(summary["top_genes"]) == {"resistant"}
+    record = next(f["path"] for f in summary["outputs"] if f["kind"] == "explanation:explain")
+    provenance = json.loads(open(record).read())["provenance"]
+    assert (provenance["drug"], provenance["task"]) == ("erlotinib", "drug_response")
+    assert "{drug}" in provenance["instruction"]
+
+
 # ------------------------------------------------------------------ errors and limits
 
 
