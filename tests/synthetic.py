@@ -94,7 +94,8 @@ def tiny_generator_config(**overrides):
 
 def write_cellranger(adata: ad.AnnData, dest, layout: str = "h5", extra_features: int = 0) -> None:
     """Write `adata`'s counts as Cell Ranger does: `layout` "h5" (version 3 HDF5, `dest` a file),
-    "h5_v2" (one group per genome) or "mtx" (`dest` a folder of gzipped Matrix Market files).
+    "h5_v2" (one group per genome), "mtx" (`dest` a folder of gzipped Matrix Market files) or
+    "mtx_v2" (version 2's folder: plain matrix.mtx, genes.tsv of id and symbol, barcodes.tsv).
     `var['gene_ids']` gives the Ensembl ids (else ENSG + position). `extra_features` antibody
     features follow the genes (CITE-seq), with counts of their own."""
     import gzip
@@ -114,6 +115,12 @@ def write_cellranger(adata: ad.AnnData, dest, layout: str = "h5", extra_features
         ids += [f"CD{k}" for k in range(extra_features)]
         types += ["Antibody Capture"] * extra_features
     barcodes = [str(b) for b in adata.obs_names]
+    if layout == "mtx_v2":
+        dest.mkdir(parents=True)
+        scipy.io.mmwrite(dest / "matrix.mtx", counts.T.tocoo().astype(np.int64))
+        (dest / "genes.tsv").write_text("".join(f"{i}\t{n}\n" for i, n in zip(ids, names)))
+        (dest / "barcodes.tsv").write_text("".join(f"{b}\n" for b in barcodes))
+        return
     if layout == "mtx":
         dest.mkdir(parents=True)
         with gzip.open(dest / "matrix.mtx.gz", "wb") as fh:
