@@ -314,6 +314,11 @@ def test_generate_cells(env):
     assert summary["notes"] == []
     generated = ad.read_h5ad(summary["outputs"][0]["path"])
     assert generated.n_obs == 16 and (generated.obs["cell_type"] == "alpha").all()
+    # the generated file is an input too: annotated, against the type asked for
+    answered = call(env["server"], "annotate_cells", {"h5ad_path": summary["outputs"][0]["path"],
+                                                      "candidates": CANDIDATES, "compare_key": "cell_type"})
+    agreement = check_structured(env["server"], "annotate_cells", answered)["result"]["agreement"]
+    assert agreement["compare_key"] == "cell_type" and agreement["n_compared"] == 16
 
 
 @pytest.mark.parametrize("reference, normalize", [(None, None), ("mean", "none")])
