@@ -16,7 +16,7 @@ from .core_model.precision import add_device_argument, add_precision_argument
 from .core_model.scoring import add_scoring_argument
 
 log = logging.getLogger("instructcell_agent")
-# core_model/readers.py reads these (kept as text here so that --help imports no data stack)
+# What core_model/readers.py reads, written out here so that --help imports no data stack.
 DATA_HELP = ("the cells: an AnnData .h5ad file or .zarr store, or Cell Ranger's filtered_feature_bc_matrix "
              "(.h5 file, or the folder holding matrix.mtx.gz)")
 

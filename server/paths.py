@@ -16,7 +16,8 @@ _MATRIX_FILES = ("matrix.mtx", "matrix.mtx.gz")
 
 
 class PathNotAllowedError(InstructCellError):
-    """A path outside the data roots, a missing file, a directory, or the wrong file type."""
+    """A path outside the data roots (and not a finished output), a missing file, a folder that
+    holds no cells, or the wrong file type."""
 
 
 def resolve_input(path: str | os.PathLike, roots: Sequence[Path], suffixes: Sequence[str] = INPUT_SUFFIXES,

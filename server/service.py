@@ -110,7 +110,8 @@ class InstructCellService:
         return resolve_input(h5ad_path, self.config.data_roots, outputs=self.config.output_dir)
 
     def count_cells(self, h5ad_path: str) -> int:
-        """Cells in a file without loading its matrix (for limits and the background decision)."""
+        """Cells in a file (for limits and the background decision): an .h5ad's matrix stays on
+        disk; other formats are read whole."""
         with _opened(self.input_path(h5ad_path)) as cells:
             return int(cells.n_obs)
 
