@@ -217,7 +217,8 @@ def explain(adata: ad.AnnData, model: LoadedModel | None = None, labels: str | S
     means = label_means(cell_scores(attr.values, attr.above_reference, normalize), np.where(empty, "", groups),
                         model.vocab, order=cands)
     species = species or aligned.report.species
-    db = load_marker_db(marker_db)
+    # marker databases list cell types: a drug response has no markers to check against
+    db = load_marker_db(marker_db) if task == "annotation" else None
     report = _marker_comparison(means, db, species, model.vocab, attr.inputs, groups, compare_wilcoxon)
     provenance = {
         "method": method, "target": "given" if given is not None else "predicted", "instruction": template,
@@ -236,7 +237,9 @@ def explain(adata: ad.AnnData, model: LoadedModel | None = None, labels: str | S
         "n_cells_in": n_cells_in, "max_cells_per_label": max_cells_per_label,
         "seed": seed if max_cells_per_label is not None else None,
         # route and reference notes, then the marker check's
-        "notes": notes + ([] if db is not None else ["marker validation skipped: shared marker database not found"]),
+        "notes": notes + ([] if db is not None or task != "annotation" else
+                          [f"marker validation skipped: no {marker_db} table found (set INSTRUCTCELL_SHARED to the "
+                           "folder whose data/markers holds it)"]),
     }
     return ExplanationResult(list(aligned.obs_names), list(model.vocab), np.asarray(groups, dtype=str), attr, means,
                              top_k, normalize, report, adata.obs.copy(), provenance, db, species)

@@ -392,6 +392,8 @@ def test_drug_responses_are_explained_with_the_drug_in_the_question(tiny_model, 
     assert erlotinib.provenance["task"] == "drug_response" and erlotinib.provenance["drug"] == "erlotinib"
     assert erlotinib.provenance["instruction"] == DEFAULT_INSTRUCTIONS[("drug_response", True)]
     assert set(erlotinib.top_genes["label"]) == {"resistant", "sensitive"}
+    # marker databases list cell types: nothing to check a response against, and nothing to say about it
+    assert erlotinib.marker_report is None and not any("marker" in n for n in erlotinib.provenance["notes"])
     # the same prompt written out by hand gives the same attributions (every label token scored in
     # both: by hand they are not labels of a learned drug set): the drug is in the question
     by_hand = explain(few, model=model, labels=labels, candidates=["resistant", "sensitive"], scoring="full",
