@@ -11,6 +11,8 @@ the mean PanglaoDB precision at 10 beside the full run's.
     python benchmarks/explain_subsample.py [--caps 5 10 20] [--seeds 0 1 2] [--out-dir benchmarks/results]
     python benchmarks/explain_subsample.py --splits valid test --caps 20 50 100 --seeds 0 1 \
         --datasets zheng2017_pbmc_sorted --stem explain_subsample_valid_test   # more cells per label
+    python benchmarks/explain_subsample.py --targets answers ...   # no labels: the full run explains each
+        # cell's predicted label, the capped runs answer every cell first and draw from each answer
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="held-out splits whose cells are explained (pooled)")
     p.add_argument("--datasets", nargs="+", default=list(DATASETS))
     p.add_argument("--stem", default="explain_subsample", help="results file name")
+    p.add_argument("--targets", choices=["truth", "answers"], default="truth",
+                   help="what is explained: the true labels, or (no labels given) the model's own answers")
     p.add_argument("--out-dir", type=Path, default=Path(__file__).parent / "results")
     return p.parse_args(argv)
 
@@ -60,7 +64,8 @@ def mean_precision(result) -> float | None:
     return float(np.nanmean(values)) if values.notna().any() else None
 
 
-def run_set(model, spec, caps: Sequence[int], seeds: Sequence[int], splits: Sequence[str]) -> dict[str, Any]:
+def run_set(model, spec, caps: Sequence[int], seeds: Sequence[int], splits: Sequence[str],
+            targets: str = "truth") -> dict[str, Any]:
     split = read_split(spec.split_path)
     names = [name for which in splits for name in split[which]]
     test = subset_by_names(read_h5ad(spec.path), names, "+".join(splits)).copy()
@@ -70,13 +75,14 @@ def run_set(model, spec, caps: Sequence[int], seeds: Sequence[int], splits: Sequ
 
     def run(cap: int | None, seed: int = 0):
         started = time.perf_counter()
-        result = explain(test, model=model, labels=truth, candidates=cands, compare_wilcoxon=False, species=species,
-                         max_cells_per_label=cap, seed=seed)
+        result = explain(test, model=model, labels=truth if targets == "truth" else None, candidates=cands,
+                         compare_wilcoxon=False, species=species, max_cells_per_label=cap, seed=seed)
         return result, time.perf_counter() - started
 
     full, full_s = run(None)
     full_top = top_genes(full)
-    sizes = {str(l): int(n) for l, n in zip(*np.unique(truth, return_counts=True))}
+    groups = truth if targets == "truth" else np.asarray(full.groups, dtype=str)  # the answers, in the full run
+    sizes = {str(l): int(n) for l, n in zip(*np.unique(groups, return_counts=True))}
     row: dict[str, Any] = {"name": spec.name, "n_test": int(test.n_obs), "labels": sizes, "full_seconds": full_s,
                            "full_precision": mean_precision(full), "caps": []}
     for cap in caps:
@@ -100,8 +106,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     meta = run_meta(shlex.join(["python", *sys.argv]))
     model = ica.load_model(precision="float32")
     specs = {s.name: s for s in load_catalog(tasks=("annotation",))}
-    rows = [run_set(model, specs[name], args.caps, args.seeds, args.splits) for name in args.datasets]
-    report = {**meta, "seeds": args.seeds, "splits": args.splits, "rows": rows}
+    rows = [run_set(model, specs[name], args.caps, args.seeds, args.splits, args.targets) for name in args.datasets]
+    report = {**meta, "seeds": args.seeds, "splits": args.splits, "targets": args.targets, "rows": rows}
     print(write_report(report, markdown(report), args.out_dir, args.stem))
 
 
@@ -110,12 +116,18 @@ def _mean(values: list[float | None]) -> str:
     return f"{np.mean(kept):.2f}" if kept else "-"
 
 
+_TARGETS = {"truth": "the true labels",
+            "answers": "no labels (the full run explains each cell's predicted label; a capped run answers every "
+                       "cell first, timed with it, and draws from each answer; labels sized by the full run's "
+                       "answers)"}
+
+
 def markdown(report: dict[str, Any]) -> str:
     lines = ["# Explaining at most N cells of each label", "", f"- command: `{report['command']}`",
              f"- date: {report['date']}",
              f"- machine: {report['nproc']} CPU cores, load average at start {report['loadavg']}",
-             f"- `explain` with the true labels on the {' + '.join(report.get('splits', ['test']))} split, LM in "
-             "float32, "
+             f"- `explain` with {_TARGETS[report.get('targets', 'truth')]} on the "
+             f"{' + '.join(report.get('splits', ['test']))} split, LM in float32, "
              "candidates the set's learned "
              f"labels; each cap over seeds {', '.join(map(str, report['seeds']))} (mean), beside the run over every "
              "cell", "- shared top 10: share of a label's top 10 genes also in the full run's top 10, over the "

@@ -187,7 +187,8 @@ def _add_explain(sub) -> None:
                         "ranked where a cell expresses them above the reference")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--max-cells-per-label", type=int, default=None,
-                   help="explain at most this many cells of each label (drawn at random; needs --label-key): the "
+                   help="explain at most this many cells of each label (drawn at random; without --label-key "
+                        "every cell is answered first, without gradients, and drawn from each answer): the "
                         "rankings are per-label means, and each cell costs a backward pass")
     p.add_argument("--seed", type=int, default=0, help="draws the cells --max-cells-per-label keeps")
     p.add_argument("--drug", default=None,

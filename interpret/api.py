@@ -121,9 +121,11 @@ def explain(adata: ad.AnnData, model: LoadedModel | None = None, labels: str | S
     max_cells_per_label, seed
         Explain at most this many cells of each label, drawn at random (`seed`), in file order:
         the per-label ranking is a mean over cells, and attribution costs a backward pass per
-        cell. Needs `labels` (e.g. the obs column ``annotate(...).to_adata`` writes). The result
-        then holds the cells explained (``result.obs_names``); see
-        benchmarks/results/explain_subsample.md for how the rankings hold up.
+        cell. Without `labels` every cell is answered first (``annotate`` or
+        ``predict_drug_response`` over the same candidates, no gradients, several times cheaper
+        than attribution) and the cells are drawn from each answer. The result then holds the
+        cells explained (``result.obs_names``); see benchmarks/results/explain_subsample.md for
+        how the rankings hold up.
     progress
         Called with (cells done, total) after each attribution batch; an exception it raises
         stops the work there (the server's cancellation).
@@ -142,6 +144,7 @@ def explain(adata: ad.AnnData, model: LoadedModel | None = None, labels: str | S
         Unknown method, normalisation or reference, bad `top_k`, labels of the wrong length.
     """
     _check_options(method, normalize, top_k, reference)
+    _check_cap(max_cells_per_label)
     check_scoring(scoring)
     if model is None:
         from instructcell_agent.api import load_model
@@ -150,23 +153,20 @@ def explain(adata: ad.AnnData, model: LoadedModel | None = None, labels: str | S
     started = time.perf_counter()
     given = _given_labels(adata, labels)
     n_cells_in = adata.n_obs
+    drug, task = _task(model, dataset, drug)
+    matrix = dict(layer=layer, use_raw=use_raw, gene_key=gene_key, min_genes=min_genes)
+    inferred_note = answers_note = None
+    if candidates is None and dataset is None and given is None and task == "annotation":
+        dataset, inferred_note = _set_of_free_answers(model, adata, species=species, **matrix)
+    answered = given is None and max_cells_per_label is not None
+    if answered:  # the cells to draw are known only from their answers: annotate first (no gradients)
+        given, answers_note = _answers(model, adata, _answer_candidates(model, candidates, dataset, drug), drug,
+                                       species=species or "", scoring=scoring, readout=readout, **matrix)
     adata, given, unlabelled_note = _without_unlabelled(adata, given, candidates)
     subsample_note = None
     if max_cells_per_label is not None:
         adata, given, subsample_note = _cap_per_label(adata, given, max_cells_per_label, seed)
-    inferred_note = None
-    entry = model.label_sets.get(dataset, {}) if dataset is not None else {}
-    if drug is None and entry.get("task") == "drug_response":
-        drug = entry.get("drug") or None  # a response set's labels are asked about its own drug
-        if drug is None:
-            raise ValueError(f"{dataset!r} is a drug-response label set that records no drug; pass drug=...")
-    task = "annotation" if drug is None else "drug_response"
-    if drug is not None and not str(drug).strip():
-        raise ValueError("drug is empty; name the drug the responses are to (e.g. 'erlotinib')")
-    if candidates is None and dataset is None and given is None and task == "annotation":
-        dataset, inferred_note = _set_of_free_answers(model, adata, layer=layer, use_raw=use_raw, gene_key=gene_key,
-                                                      min_genes=min_genes, species=species)
-    cands = _candidates(model, dataset, candidates, given, task)
+    cands = _candidates(model, dataset, candidates, None if answered else given, task)
     given = _check_in_candidates(given, cands, adata.n_obs)
     aligned = align_to_vocab(adata, model.vocab, layer=layer, use_raw=use_raw, gene_key=gene_key, min_genes=min_genes)
     # A cell with no counts on the model's genes has nothing to explain; measured against the mean
@@ -177,10 +177,10 @@ def explain(adata: ad.AnnData, model: LoadedModel | None = None, labels: str | S
                                  "nothing to explain (check the matrix read: layer=..., use_raw=...)")
     # Candidates the user named (or the labels of their obs column) may be spelled unlike anything
     # the checkpoint learned; its own label sets need no routing.
-    user_named = candidates is not None or (dataset is None and given is not None and not isinstance(given, str))
+    user_named = candidates is not None or (dataset is None and labels is not None and not isinstance(given, str))
     route = route_candidates(cands, model.label_sets, task) if user_named else None
     notes = [route.note] if route is not None and route.note else []
-    notes += [note for note in (unlabelled_note, inferred_note, subsample_note) if note]
+    notes += [note for note in (inferred_note, answers_note, unlabelled_note, subsample_note) if note]
     if drug is not None:
         from instructcell_agent.api import UnseenContextWarning, unseen_drug_note
 
@@ -221,7 +221,8 @@ def explain(adata: ad.AnnData, model: LoadedModel | None = None, labels: str | S
     db = load_marker_db(marker_db) if task == "annotation" else None
     report = _marker_comparison(means, db, species, model.vocab, attr.inputs, groups, compare_wilcoxon)
     provenance = {
-        "method": method, "target": "given" if given is not None else "predicted", "instruction": template,
+        "method": method, "instruction": template,
+        "target": "answers (annotated first)" if answered else "given" if given is not None else "predicted",
         "task": task, "drug": drug,
         "candidates": cands, "candidate_route": route.kind if route is not None else "learned",
         "scoring": scoring_name(decisive),
@@ -297,6 +298,48 @@ _MAJORITY = 0.5
 _SET_SAMPLE = 256
 
 
+def _task(model: LoadedModel, dataset: str | None, drug: str | None) -> tuple[str | None, str]:
+    """The drug asked about (a drug-response `dataset` brings its own) and the task it makes."""
+    entry = model.label_sets.get(dataset, {}) if dataset is not None else {}
+    if drug is None and entry.get("task") == "drug_response":
+        drug = entry.get("drug") or None  # a response set's labels are asked about its own drug
+        if drug is None:
+            raise ValueError(f"{dataset!r} is a drug-response label set that records no drug; pass drug=...")
+    if drug is not None and not str(drug).strip():
+        raise ValueError("drug is empty; name the drug the responses are to (e.g. 'erlotinib')")
+    return drug, "annotation" if drug is None else "drug_response"
+
+
+def _answer_candidates(model: LoadedModel, candidates: Sequence[str] | None, dataset: str | None,
+                       drug: str | None) -> list[str] | None:
+    """What the cells are asked to choose from before they are drawn: the candidates, else the
+    label set's labels, else the learned responses; None (free answers) for cell types of no
+    one set, whose free answers range over the labels learned for the cells' species and tissue."""
+    if candidates is not None:
+        return [str(c) for c in candidates]
+    if dataset is not None:
+        return [str(c) for c in model.label_set(dataset)["labels"]]
+    return model.labels_for_task("drug_response") if drug is not None else None
+
+
+def _answers(model: LoadedModel, adata: ad.AnnData, cands: list[str] | None, drug: str | None,
+             **kwargs: Any) -> tuple[np.ndarray, str]:
+    """Each cell's answer (None where annotate leaves a cell unlabelled), what max_cells_per_label
+    draws from when no labels are given, and a note saying so."""
+    from instructcell_agent.api import annotate, predict_drug_response
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # annotate's notes on the file are explain's own to give
+        if drug is not None:
+            result = predict_drug_response(adata, drug=drug, model=model, candidates=cands, **kwargs)
+        else:
+            result = annotate(adata, model=model, candidates=cands, **kwargs)
+    answers = np.asarray([None if a is None else str(a) for a in result.labels], dtype=object)
+    how = "predict_drug_response" if drug is not None else "annotate"
+    return answers, (f"no labels given: the {adata.n_obs:,} cells were answered first ({how}, without gradients) "
+                     "and max_cells_per_label drew from each answer")
+
+
 def _set_of_free_answers(model: LoadedModel, adata: ad.AnnData, *, species: str | None,
                          **matrix: Any) -> tuple[str | None, str | None]:
     """The learned annotation label set holding the most of the free answers of up to
@@ -359,16 +402,15 @@ def _without_unlabelled(adata: ad.AnnData, given: np.ndarray | str | None,
     return adata[keep].copy(), given[keep].astype(str), note
 
 
-def _cap_per_label(adata: ad.AnnData, given: np.ndarray | str | None, cap: int,
+def _check_cap(cap: int | None) -> None:
+    if cap is not None and (isinstance(cap, bool) or not isinstance(cap, (int, np.integer)) or cap < 1):
+        raise ValueError(f"max_cells_per_label must be a whole number of at least 1, got {cap!r}")
+
+
+def _cap_per_label(adata: ad.AnnData, given: np.ndarray | str, cap: int,
                    seed: int) -> tuple[ad.AnnData, np.ndarray | str, str | None]:
     """At most `cap` cells of each label, drawn at random (seeded), kept in file order; with a note
     saying so when cells were left out."""
-    if isinstance(cap, bool) or not isinstance(cap, (int, np.integer)) or cap < 1:
-        raise ValueError(f"max_cells_per_label must be a whole number of at least 1, got {cap!r}")
-    if given is None:
-        raise ValueError("max_cells_per_label needs the labels to explain, an obs column (annotate(...).to_adata "
-                         "writes 'instructcell_label') or one label per cell: predicted labels are known only "
-                         "after the attribution pass it would bound")
     groups = np.full(adata.n_obs, given, dtype=object) if isinstance(given, str) else given
     rng = np.random.default_rng(seed)
     parts = [np.flatnonzero(groups == label) for label in sorted(set(groups.tolist()))]

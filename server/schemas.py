@@ -119,8 +119,9 @@ class ExplainGenesRequest(_MatrixOptions):
         "learned responses, e.g. resistant / sensitive) instead of cell types."))
     max_cells_per_label: int | None = Field(None, ge=1, le=1_000_000, description=(
         "Explain at most this many cells of each label (drawn at random, seeded), for large files: the rankings are "
-        "per-label means. Needs labels (an obs column). The cell limit then counts the cells explained. For a file "
-        "without labels, explain the annotated file annotate_cells wrote, with labels='instructcell_label'."))
+        "per-label means. The cell limit then counts the cells explained. Without labels every cell is answered "
+        "first (no gradients, far cheaper) and the cells are drawn from each answer; the limit then counts this "
+        "many for each answer the model can give (each candidate, else each learned label)."))
     background: bool = Field(False, description="Run as a background job and return a job id at once.")
 
 

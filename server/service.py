@@ -58,13 +58,19 @@ class _NoReporter:
 GENERATION_NOTES = ("alternatives", "misread", "atypical")
 
 
-def _explained_count(obs: pd.DataFrame, req: ExplainGenesRequest) -> int:
+def _explained_count(obs: pd.DataFrame, req: ExplainGenesRequest, n_answers: int | None = None) -> int:
     """Cells an explain_genes request attributes, as `explain` picks them: with labels from an obs
     column, its cells with a label other than 'Unassigned' (unless a candidate), at most
-    max_cells_per_label of each; else every cell (at most max_cells_per_label for one label)."""
+    max_cells_per_label of each; with one label for every cell, at most max_cells_per_label;
+    without labels, every cell, or with max_cells_per_label at most that many of each of the
+    `n_answers` answers the cells can be given (they are answered first; a bound)."""
     cap = req.max_cells_per_label
-    if req.labels is None or req.labels not in obs.columns:
-        return len(obs) if cap is None or req.labels is None else min(len(obs), cap)
+    if cap is None and req.labels is None:
+        return len(obs)
+    if req.labels is None:
+        return min(len(obs), cap * n_answers) if n_answers else len(obs)
+    if req.labels not in obs.columns:
+        return len(obs) if cap is None else min(len(obs), cap)
     labels = obs[req.labels].dropna().astype(str)
     if UNASSIGNED not in (req.candidates or []):
         labels = labels[labels != UNASSIGNED]
@@ -116,10 +122,17 @@ class InstructCellService:
             return int(cells.n_obs)
 
     def cells_to_explain(self, req: ExplainGenesRequest) -> int:
-        """Cells an explain_genes request attributes: the file's, or with max_cells_per_label and
-        labels from an obs column, at most that many of each label (read from obs alone)."""
+        """Cells an explain_genes request attributes (`_explained_count`; read from obs, and without
+        labels bounded by the answers the model can give)."""
         with _opened(self.input_path(req.h5ad_path)) as cells:
-            return _explained_count(cells.obs, req)
+            return self._explained(cells.obs, req)
+
+    def _explained(self, obs: pd.DataFrame, req: ExplainGenesRequest) -> int:
+        n_answers = None
+        if req.labels is None and req.max_cells_per_label is not None:
+            task = "annotation" if req.drug is None else "drug_response"
+            n_answers = len(req.candidates) if req.candidates else len(self.model().labels_for_task(task))
+        return _explained_count(obs, req, n_answers)
 
     def work_size(self, tool: str, request: Any) -> int:
         """Cells a request will process; also refuses requests over the limits up front."""
@@ -257,12 +270,15 @@ class InstructCellService:
         started = time.perf_counter()
         path = self.input_path(req.h5ad_path)
         adata = read_cells(path)
-        n_explained = _explained_count(adata.obs, req)
+        n_explained = self._explained(adata.obs, req)
         self._check(n_explained, self.limits.max_explain_cells, "cells per explain_genes call")
         model = self.model()
         # Progress after every attribution batch; rep.update raises JobCancelled once the job is
         # cancelled, so a cancellation is honoured between batches and nothing is written.
-        rep.update(0, n_explained, f"explaining {n_explained:,} cells ({req.method})")
+        answered_first = req.labels is None and req.max_cells_per_label is not None
+        plan = (f"answering {adata.n_obs:,} cells first, then explaining at most {n_explained:,}" if answered_first
+                else f"explaining {n_explained:,} cells")
+        rep.update(0, n_explained, f"{plan} ({req.method})")
         with self.model_lock:
             result = explain(adata, model=model, labels=req.labels, method=req.method, top_k=req.top_k,
                              reference=req.reference, normalize=req.normalize,

@@ -271,8 +271,17 @@ def test_at_most_n_cells_of_each_label_are_explained(marker_model, cells, given)
     assert list(same.obs_names) == list(capped.obs_names) != list(other.obs_names)
     with pytest.raises(ValueError, match="adata\\[result.obs_names\\]"):
         capped.to_adata(cells.copy())
-    with pytest.raises(ValueError, match="needs the labels to explain"):
-        explain(cells, model=marker_model, dataset="planted", max_cells_per_label=5)
+    # without labels the cells are answered first and drawn from each answer
+    import instructcell_agent as ica
+
+    answered = explain(cells, model=marker_model, dataset="planted", max_cells_per_label=5, seed=1)
+    answers = ica.annotate(cells, model=marker_model, candidates=list(marker_model.label_set("planted")["labels"]))
+    by_cell = dict(zip(cells.obs_names, answers.labels))
+    assert [by_cell[n] for n in answered.obs_names] == list(answered.groups)
+    assert pd.Series(answered.groups).value_counts().max() <= 5
+    assert len(answered.obs_names) == sum(min(5, n) for n in pd.Series(answers.labels).value_counts())
+    assert answered.provenance["target"] == "answers (annotated first)"
+    assert "were answered first (annotate" in " ".join(answered.provenance["notes"])
     with pytest.raises(ValueError, match="whole number of at least 1"):
         explain(cells, model=marker_model, labels="cell_type", dataset="planted", max_cells_per_label=0)
 

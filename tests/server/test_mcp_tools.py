@@ -351,6 +351,14 @@ def test_explain_genes_bounds_the_cells_of_each_label(env):
     assert summary["n_cells"] == N_CELLS and summary["n_explained"] == 40
     assert set(summary["cells_per_label"].values()) == {10}
     assert any("explained 40 of" in note for note in summary["notes"])
+    # without labels the cells are answered first: at most ten of each of the four candidates
+    answers = {"h5ad_path": "planted.h5ad", "candidates": CANDIDATES, "max_cells_per_label": 10, "top_k": 3}
+    summary = check_structured(env["server"], "explain_genes", call(env["server"], "explain_genes", answers))["result"]
+    assert 0 < summary["n_explained"] <= 40 and max(summary["cells_per_label"].values()) <= 10
+    assert any("were answered first" in note for note in summary["notes"])
+    # the bound counts every candidate: 31 of each of four (124) is over the limit, refused before any work
+    over = {**answers, "max_cells_per_label": 31}
+    assert "at most 120 allowed" in error_text(call(env["server"], "explain_genes", over))
 
 
 def test_an_annotated_output_can_be_explained_by_its_answers(env):

@@ -132,3 +132,6 @@ def test_the_explain_count_leaves_out_cells_without_a_label_as_explain_does():
     assert count(labels="answer", max_cells_per_label=4) == 6
     assert count(labels="answer", candidates=["a", "b", "Unassigned"]) == 11  # a candidate: explained
     assert count(labels="a", max_cells_per_label=5) == 5  # one label for every cell
+    # no labels: answered first, at most the cap for each answer the model can give (a bound)
+    assert _explained_count(obs, ExplainGenesRequest(h5ad_path="x.h5ad", max_cells_per_label=2), 3) == 6
+    assert _explained_count(obs, ExplainGenesRequest(h5ad_path="x.h5ad", max_cells_per_label=5), 3) == 12
