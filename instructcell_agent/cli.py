@@ -375,6 +375,7 @@ def _annotate(args) -> int:
     print(result.summary())
     if compared is not None:
         print(compared.summary(f"obs[{args.compare_key!r}]"))
+    print("wrote " + ", ".join(str(p) for p in (args.out, args.table) if p))
     return 0
 
 

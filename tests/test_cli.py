@@ -104,6 +104,7 @@ def test_annotate_compares_with_known_labels_and_refuses_a_missing_column(tiny_c
     expected = (annotated.obs["instructcell_label"].astype(str) == annotated.obs["cell_type"].astype(str)).mean()
     assert stored["key"] == "cell_type" and stored["agreement"] == pytest.approx(expected)
     assert f"agreement with obs['cell_type']: {expected:.3f}" in printed
+    assert printed.strip().splitlines()[-1] == f"wrote {out}"
     missing = tmp_path / "never.h5ad"
     assert main(args[:-1] + [str(missing), "--compare-key", "celltype"]) == 2
     assert "no column 'celltype'" in capsys.readouterr().err and not missing.exists()
