@@ -64,12 +64,16 @@ def test_repeated_symbols_are_made_unique_as_scanpy_does(cells, tmp_path):
     assert got.var_names.is_unique
 
 
-def test_zarr_store_and_anndata_under_another_suffix(cells, tmp_path):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # anndata's note on the zarr format version it writes
-        cells.write_zarr(tmp_path / "cells.zarr")
+def test_zarr_stores_and_anndata_under_another_suffix(cells, tmp_path):
+    import anndata
+
+    for version in (2, 3):  # zarr's two store layouts (.zgroup / zarr.json)
+        with warnings.catch_warnings(), anndata.settings.override(zarr_write_format=version):
+            warnings.simplefilter("ignore")  # anndata's note on the zarr format version it writes
+            cells.write_zarr(tmp_path / f"cells_v{version}.zarr")
     cells.write_h5ad(tmp_path / "cells.h5")
-    for path, kind in ((tmp_path / "cells.zarr", "zarr"), (tmp_path / "cells.h5", "h5ad")):
+    for path, kind in ((tmp_path / "cells_v2.zarr", "zarr"), (tmp_path / "cells_v3.zarr", "zarr"),
+                       (tmp_path / "cells.h5", "h5ad")):
         assert cell_file_format(path) == kind
         got = read_cells(path)
         assert list(got.obs["cell_type"]) == list(cells.obs["cell_type"])
