@@ -130,6 +130,8 @@ class InstructCellService:
     def _explained(self, obs: pd.DataFrame, req: ExplainGenesRequest) -> int:
         n_answers = None
         if req.labels is None and req.max_cells_per_label is not None:
+            # every cell is answered first, as annotate_cells would: its limit holds too
+            self._check(len(obs), self.limits.max_cells, "cells answered first (explain_genes without labels)")
             task = "annotation" if req.drug is None else "drug_response"
             n_answers = len(req.candidates) if req.candidates else len(self.model().labels_for_task(task))
         return _explained_count(obs, req, n_answers)

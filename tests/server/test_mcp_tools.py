@@ -359,6 +359,9 @@ def test_explain_genes_bounds_the_cells_of_each_label(env):
     # the bound counts every candidate: 31 of each of four (124) is over the limit, refused before any work
     over = {**answers, "max_cells_per_label": 31}
     assert "at most 120 allowed" in error_text(call(env["server"], "explain_genes", over))
+    # answering every cell first falls under annotate_cells' cell limit too (700 cells, 600 allowed)
+    big = call(env["server"], "explain_genes", {**answers, "h5ad_path": "big.h5ad", "max_cells_per_label": 2})
+    assert "700 cells answered first" in error_text(big)
 
 
 def test_an_annotated_output_can_be_explained_by_its_answers(env):
