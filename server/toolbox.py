@@ -50,8 +50,9 @@ _OUT_NOTE = " The full result is written to new files under the server's output 
             "and instructcell:// resource URIs; the input file is never modified."
 
 SPECS: tuple[ToolSpec, ...] = (
-    ToolSpec("inspect_dataset", "Inspect an .h5ad dataset",
-             "Describe an AnnData .h5ad file before running the model: cells, genes, obs columns with example "
+    ToolSpec("inspect_dataset", "Inspect a dataset",
+             "Describe a cell file (AnnData .h5ad or .zarr, or Cell Ranger's .h5 or matrix folder) before running "
+             "the model: cells, genes, obs columns with example "
              "values, layers, the kind of expression values (raw counts, log1p, normalized) and how many of the "
              "model's genes it contains. Reads only; runs no inference. Use it first to pick labels and options.",
              InspectDatasetRequest, DatasetInfo, read_only=True, idempotent=True, runs_model=False),
@@ -61,7 +62,7 @@ SPECS: tuple[ToolSpec, ...] = (
              "with the training cells behind each. Runs no inference. Use it to pick candidates or a cell type.",
              DescribeModelRequest, ModelInfo, read_only=True, idempotent=True, runs_model=False),
     ToolSpec("annotate_cells", "Annotate cell types",
-             "Predict the cell type of every cell in an .h5ad file with the InstructCell model. Returns label "
+             "Predict the cell type of every cell in a file with the InstructCell model. Returns label "
              "counts, mean confidence, a few example cells and notes to weigh (e.g. a tissue the model never saw). "
              "Pass candidates to choose among known types (probabilities per type): best one label set from "
              "inspect_dataset's matching_label_sets, or Cell Ontology names. compare_key (an obs column of labels "
@@ -71,7 +72,7 @@ SPECS: tuple[ToolSpec, ...] = (
              + _JOB_NOTE + _OUT_NOTE,
              AnnotateCellsRequest, AnnotationOutput, read_only=False, idempotent=False, runs_model=True),
     ToolSpec("predict_drug_response", "Predict drug response",
-             "Predict whether each cell in an .h5ad file is resistant or sensitive to a drug. Returns class "
+             "Predict whether each cell in a file is resistant or sensitive to a drug. Returns class "
              "counts, mean confidence and example cells. At most {max_cells:,} cells per call." + _JOB_NOTE
              + _OUT_NOTE,
              PredictDrugResponseRequest, AnnotationOutput, read_only=False, idempotent=False, runs_model=True),
@@ -84,8 +85,9 @@ SPECS: tuple[ToolSpec, ...] = (
              "{max_generate:,} cells per call." + _JOB_NOTE + _OUT_NOTE,
              GenerateCellsRequest, GenerationOutput, read_only=False, idempotent=True, runs_model=True),
     ToolSpec("explain_genes", "Explain predictions by genes",
-             "Rank the genes that drive the model's cell-type answers (gradient saliency or Integrated "
-             "Gradients), per label, and check them against marker databases. Returns the top genes per label; "
+             "Rank the genes that drive the model's cell-type answers, or with drug its drug-response answers "
+             "(gradient saliency or Integrated Gradients), per label, and check cell types against marker "
+             "databases. Returns the top genes per label; "
              "tables and dot plot / heatmap PNGs are written to files. At most {max_explain_cells:,} cells and "
              "top_k {max_top_k} per call." + _JOB_NOTE + _OUT_NOTE,
              ExplainGenesRequest, ExplanationOutput, read_only=False, idempotent=False, runs_model=True),
