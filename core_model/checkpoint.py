@@ -116,6 +116,16 @@ class LoadedModel:
             names.append(name)
         return names
 
+    def label_tissues(self, task: str) -> dict[str, str]:
+        """Each learned label of `task` -> the tissue of the sets that taught it ('pancreas /
+        peripheral blood' for a label learned in both)."""
+        where: dict[str, set[str]] = {}
+        for entry in self.label_sets.values():
+            if entry["task"] == task:
+                for label in entry["labels"]:
+                    where.setdefault(str(label), set()).add(str(entry.get("tissue") or "?"))
+        return {label: " / ".join(sorted(tissues)) for label, tissues in where.items()}
+
     def known_contexts(self, task: str) -> list[str]:
         """'species / tissue' of every label set of `task`, for messages."""
         seen = []

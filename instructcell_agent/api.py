@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
+from collections import Counter
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -279,6 +280,11 @@ def _answer(adata: ad.AnnData, model: LoadedModel | None, task: str, instruction
     }
     if task == "drug_response":  # the instruction above is the template; which drug filled it
         provenance["drug"] = drug
+    if cands is None and task == "annotation":
+        # what a file without a tissue was read as; answers on several tissues' labels are worth a look
+        tissue_of = loaded.label_tissues("annotation")
+        provenance["answer_tissues"] = dict(Counter(tissue_of.get(str(l), "?") for l in labels
+                                                    if l is not None).most_common())
     prob_frame = pd.DataFrame(probs, index=aligned.obs_names, columns=cands) if probs is not None else None
     result = AnnotationResult(list(map(str, aligned.obs_names)), labels, conf, answers, prob_frame, provenance,
                               typicality)

@@ -174,6 +174,8 @@ class AnnotationResult:
             rules.append(f"typicality below {-self.provenance['unassigned_atypical']:g}")
         if rules:
             lines.append(f"{self.n_unassigned():,} cells {UNASSIGNED!r}: {' or '.join(rules)}")
+        if tissues := self.provenance.get("answer_tissues"):
+            lines.append("free answers name labels learned in: " + ", ".join(f"{t} {n:,}" for t, n in tissues.items()))
         lines += [f"  {label}: {n}{self._atypical_among(label)}" for label, n in counts.items()]
         lines += self._merged_synonyms(counts)
         lines += [f"Note: {note}" for note in self.provenance.get("notes", [])]

@@ -269,6 +269,10 @@ class AnnotationSummary(BaseModel):
     alignment: str = Field(description="How the input's genes matched the model's.")
     notes: list[str] = Field(default_factory=list,
                              description="What to weigh before trusting the labels (e.g. a tissue the model never saw).")
+    answer_tissues: dict[str, int] | None = Field(
+        None, description="Free answers (no candidates) counted by the tissue whose training sets taught the label "
+                          "named: what the cells were read as. Several tissues for one sample are worth a look; "
+                          "pass tissue (or a tissue column) to keep the answers to one.")
     agreement: AgreementSummary | None = Field(None, description="With compare_key: agreement with those labels.")
     outputs: list[OutputFile]
     seconds: float

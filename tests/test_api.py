@@ -48,6 +48,21 @@ def test_free_answers_and_chat_mode(tiny_model, cells):
     assert result.probabilities is None and len(result.answers) == 24
     assert all(a.startswith("This cell is most likely") for a in result.answers)
     assert ((result.confidence >= 0) & (result.confidence <= 1)).all()
+    # free answers say which tissue's labels they name (the planted set is pancreas)
+    assert result.provenance["answer_tissues"] == {"pancreas": 24}
+    assert "free answers name labels learned in: pancreas 24" in result.summary()
+    scored = ica.annotate(cells, model=tiny_model, candidates=list(CELL_TYPES))
+    assert "answer_tissues" not in scored.provenance
+
+
+def test_label_tissues_join_the_tissues_a_label_was_learned_in(tiny_model):
+    import dataclasses
+
+    blood = {"task": "annotation", "labels": ["alpha", "T"], "species": "human", "tissue": "peripheral blood"}
+    model = dataclasses.replace(tiny_model, label_sets={**tiny_model.label_sets, "blood": blood})
+    tissues = model.label_tissues("annotation")
+    assert tissues["alpha"] == "pancreas / peripheral blood" and tissues["T"] == "peripheral blood"
+    assert tissues["beta"] == "pancreas"
 
 
 def test_free_answers_for_an_unseen_tissue_say_so(tiny_model, synthetic_set):

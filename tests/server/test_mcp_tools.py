@@ -570,6 +570,14 @@ def test_cancelling_the_request_cancels_its_job(env):
     assert output_entries(env["paths"]["out"]) == before
 
 
+def test_free_answers_are_counted_by_tissue_over_every_chunk(env):
+    result = call(env["server"], "annotate_cells", {"h5ad_path": "planted.h5ad"})  # 240 cells, chunks of 64
+    summary = check_structured(env["server"], "annotate_cells", result)["result"]
+    assert summary["answer_tissues"] == {"pancreas": N_CELLS}
+    scored = call(env["server"], "annotate_cells", {"h5ad_path": "planted.h5ad", "candidates": CANDIDATES})
+    assert check_structured(env["server"], "annotate_cells", scored)["result"]["answer_tissues"] is None
+
+
 def test_free_text_reaches_the_api(env, monkeypatch):
     import instructcell_agent.api as api
 
