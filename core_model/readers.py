@@ -87,8 +87,25 @@ def read_cells(path: PathLike) -> anndata.AnnData:
         logger.warning("%s is Cell Ranger's raw matrix: it holds every barcode, empty droplets "
                        "included; the filtered_feature_bc_matrix beside it holds the cells", p)
     adata = _READERS[kind](p)
+    if kind != "zarr":
+        _refuse_several_genomes(adata, p)
     logger.info("read %s (%s): %d cells x %d genes", p, kind, adata.n_obs, adata.n_vars)
     return adata
+
+
+def _refuse_several_genomes(adata: anndata.AnnData, p: Path) -> None:
+    """A matrix counted against a multi-species reference (a barnyard experiment) names each gene
+    with its genome's prefix (GRCh38_CD3E, mm10___Cd3e), which no vocabulary matches, and mixes
+    cells of two species that need different answers: say so instead of failing on gene overlap.
+    (Only the .h5 records each feature's genome; a matrix folder fails on the overlap instead.)"""
+    if "genome" not in adata.var:
+        return
+    genomes = sorted(set(map(str, adata.var["genome"])))
+    if len(genomes) > 1:
+        raise InputFileError(f"{p} was counted against {len(genomes)} genomes ({', '.join(genomes)}): a "
+                             "mixed-species experiment. Split the cells by species first (each cell's share of "
+                             "counts on each genome's genes), keep one genome's genes with the prefix removed "
+                             "from their names, and save an .h5ad per species")
 
 
 def _read_zarr(p: Path) -> anndata.AnnData:

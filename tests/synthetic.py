@@ -92,12 +92,14 @@ def tiny_generator_config(**overrides):
     return GeneratorTrainConfig(**settings)
 
 
-def write_cellranger(adata: ad.AnnData, dest, layout: str = "h5", extra_features: int = 0) -> None:
+def write_cellranger(adata: ad.AnnData, dest, layout: str = "h5", extra_features: int = 0,
+                     genomes: list[str] | None = None) -> None:
     """Write `adata`'s counts as Cell Ranger does: `layout` "h5" (version 3 HDF5, `dest` a file),
     "h5_v2" (one group per genome), "mtx" (`dest` a folder of gzipped Matrix Market files) or
     "mtx_v2" (version 2's folder: plain matrix.mtx, genes.tsv of id and symbol, barcodes.tsv).
     `var['gene_ids']` gives the Ensembl ids (else ENSG + position). `extra_features` antibody
-    features follow the genes (CITE-seq), with counts of their own."""
+    features follow the genes (CITE-seq), with counts of their own. `genomes`: each feature's genome
+    ("h5" only; default all GRCh38)."""
     import gzip
 
     import h5py
@@ -137,7 +139,7 @@ def write_cellranger(adata: ad.AnnData, dest, layout: str = "h5", extra_features
             features = g.create_group("features")
             features["id"], features["name"] = np.array(ids, dtype="S"), np.array(names, dtype="S")
             features["feature_type"] = np.array(types, dtype="S")
-            features["genome"] = np.array(["GRCh38"] * len(ids), dtype="S")
+            features["genome"] = np.array(genomes or ["GRCh38"] * len(ids), dtype="S")
             features["_all_tag_keys"] = np.array([b"genome"])
         else:
             g = f.create_group("GRCh38")

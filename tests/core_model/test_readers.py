@@ -47,6 +47,16 @@ def test_cellranger_outputs_read_as_their_counts(cells, tmp_path, layout, name, 
     np.testing.assert_array_equal(got.X.toarray(), cells.X.toarray())
 
 
+def test_a_mixed_species_matrix_is_refused_with_what_to_do(cells, tmp_path):
+    barnyard = cells.copy()
+    half = cells.n_vars // 2
+    barnyard.var_names = ([f"GRCh38_{g}" for g in cells.var_names[:half]]
+                          + [f"mm10___{g}" for g in cells.var_names[half:]])
+    write_cellranger(barnyard, tmp_path / "f.h5", "h5", genomes=["GRCh38"] * half + ["mm10"] * (cells.n_vars - half))
+    with pytest.raises(InputFileError, match=r"counted against 2 genomes \(GRCh38, mm10\).*Split the cells by species"):
+        read_cells(tmp_path / "f.h5")
+
+
 def test_the_matrix_file_itself_reads_its_folder(cells, tmp_path):
     write_cellranger(cells, tmp_path / "m", "mtx")
     assert cell_file_format(tmp_path / "m" / "matrix.mtx.gz") == "10x_mtx"
