@@ -413,7 +413,8 @@ def _explain(args) -> int:
                      n_steps=args.n_steps, batch_size=args.batch_size, use_raw=args.use_raw, layer=args.layer,
                      gene_key=args.gene_key, max_cells_per_label=args.max_cells_per_label, seed=args.seed,
                      drug=args.drug,
-                     scoring=args.scoring, readout=not args.no_readout, progress=_progress_bar("explaining"))
+                     scoring=args.scoring, readout=not args.no_readout, progress=_progress_bar("explaining"),
+                     answer_progress=_progress_bar("answering first"))
     paths = write_explanation(result, args.out, protect=[args.data])
     print(result.summary())
     print("\n".join(str(p) for p in paths.values()))

@@ -54,7 +54,8 @@ def explain(adata: ad.AnnData, model: LoadedModel | None = None, labels: str | S
             species: str | None = None, layer: str | None = None, use_raw: bool = False,
             gene_key: str | None = None, min_genes: int = 100, scoring: str = "auto", readout: bool = True,
             max_cells_per_label: int | None = None, seed: int = 0, drug: str | None = None,
-            progress: Callable[[int, int], None] | None = None) -> ExplanationResult:
+            progress: Callable[[int, int], None] | None = None,
+            answer_progress: Callable[[int, int], None] | None = None) -> ExplanationResult:
     """Gene saliency of every cell for its label, aggregated per label, checked against markers.
 
     Parameters
@@ -126,8 +127,9 @@ def explain(adata: ad.AnnData, model: LoadedModel | None = None, labels: str | S
         than attribution) and the cells are drawn from each answer. The result then holds the
         cells explained (``result.obs_names``); see benchmarks/results/explain_subsample.md for
         how the rankings hold up.
-    progress
-        Called with (cells done, total) after each attribution batch; an exception it raises
+    progress, answer_progress
+        Called with (cells done, total) after each attribution batch, and after each batch of the
+        answers given first (`max_cells_per_label` without labels); an exception either raises
         stops the work there (the server's cancellation).
 
     Returns
@@ -161,7 +163,8 @@ def explain(adata: ad.AnnData, model: LoadedModel | None = None, labels: str | S
     answered = given is None and max_cells_per_label is not None
     if answered:  # the cells to draw are known only from their answers: annotate first (no gradients)
         given, answers_note = _answers(model, adata, _answer_candidates(model, candidates, dataset, drug), drug,
-                                       species=species or "", scoring=scoring, readout=readout, **matrix)
+                                       species=species or "", scoring=scoring, readout=readout,
+                                       progress=answer_progress, **matrix)
     adata, given, unlabelled_note = _without_unlabelled(adata, given, candidates)
     subsample_note = None
     if max_cells_per_label is not None:

@@ -281,12 +281,18 @@ class InstructCellService:
         plan = (f"answering {adata.n_obs:,} cells first, then explaining at most {n_explained:,}" if answered_first
                 else f"explaining {n_explained:,} cells")
         rep.update(0, n_explained, f"{plan} ({req.method})")
+        def explained(done: int, total: int) -> None:
+            rep.update(done, total, f"explained {done:,} of {total:,} cells")
+
+        def answered(done: int, total: int) -> None:
+            rep.update(0, n_explained, f"answered {done:,} of {total:,} cells first")
+
         with self.model_lock:
             result = explain(adata, model=model, labels=req.labels, method=req.method, top_k=req.top_k,
                              reference=req.reference, normalize=req.normalize,
                              candidates=req.candidates, max_cells_per_label=req.max_cells_per_label, drug=req.drug,
                              **_matrix(req),
-                             progress=lambda done, total: rep.update(done, total, f"explained {done:,} of {total:,} cells"))
+                             progress=explained, answer_progress=answered)
         rep.update(n_explained, n_explained, "writing tables and figures")
         folder = f"{slug(path.stem)}_explain_{new_id()}"
         with Staging(self.config.output_dir) as staging:

@@ -274,7 +274,11 @@ def test_at_most_n_cells_of_each_label_are_explained(marker_model, cells, given)
     # without labels the cells are answered first and drawn from each answer
     import instructcell_agent as ica
 
-    answered = explain(cells, model=marker_model, dataset="planted", max_cells_per_label=5, seed=1)
+    heard = {"answered": [], "explained": []}
+    answered = explain(cells, model=marker_model, dataset="planted", max_cells_per_label=5, seed=1,
+                       answer_progress=lambda done, total: heard["answered"].append((done, total)),
+                       progress=lambda done, total: heard["explained"].append((done, total)))
+    assert heard["answered"][-1] == (48, 48) and heard["explained"][-1][0] == len(answered.obs_names)
     answers = ica.annotate(cells, model=marker_model, candidates=list(marker_model.label_set("planted")["labels"]))
     by_cell = dict(zip(cells.obs_names, answers.labels))
     assert [by_cell[n] for n in answered.obs_names] == list(answered.groups)
