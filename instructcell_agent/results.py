@@ -174,12 +174,18 @@ class AnnotationResult:
             rules.append(f"typicality below {-self.provenance['unassigned_atypical']:g}")
         if rules:
             lines.append(f"{self.n_unassigned():,} cells {UNASSIGNED!r}: {' or '.join(rules)}")
-        if tissues := self.provenance.get("answer_tissues"):
+        if tissues := self.answer_tissues():
             lines.append("free answers name labels learned in: " + ", ".join(f"{t} {n:,}" for t, n in tissues.items()))
         lines += [f"  {label}: {n}{self._atypical_among(label)}" for label, n in counts.items()]
         lines += self._merged_synonyms(counts)
         lines += [f"Note: {note}" for note in self.provenance.get("notes", [])]
         return "\n".join(lines)
+
+    def answer_tissues(self) -> dict[str, int] | None:
+        """Free answers counted by the tissue of the training sets that taught each label named
+        ('pancreas / peripheral blood' for a label learned in both); None with candidates."""
+        found = self.provenance.get("answer_tissues")
+        return None if found is None else dict(zip(map(str, found["tissue"]), map(int, found["cells"])))
 
     def _genes_read(self) -> str | None:
         """One line from the gene alignment report: how much of the model's vocabulary the file

@@ -369,7 +369,7 @@ class InstructCellService:
             atypical_cells=int((typ < -3).sum()) if typ is not None else None,
             candidates=cands, drug=getattr(req, "drug", None), examples=examples,
             alignment=str(result.provenance.get("alignment_summary", "")),
-            notes=list(result.provenance.get("notes", [])), answer_tissues=result.provenance.get("answer_tissues"),
+            notes=list(result.provenance.get("notes", [])), answer_tissues=result.answer_tissues(),
             agreement=_agreement(found, req.compare_key) if found is not None else None, outputs=files,
             seconds=round(time.perf_counter() - started, 3))
 
@@ -430,9 +430,9 @@ def _concat(parts):
         probs = pd.concat([p.probabilities for p in parts])
     notes = list(dict.fromkeys(n for p in parts for n in p.provenance.get("notes", [])))
     provenance = dict(first.provenance, chunks=len(parts), notes=notes)
-    if "answer_tissues" in first.provenance:  # counts: summed over the chunks
-        summed = sum((Counter(p.provenance["answer_tissues"]) for p in parts), Counter())
-        provenance["answer_tissues"] = dict(summed.most_common())
+    if first.answer_tissues() is not None:  # counts: summed over the chunks
+        summed = sum((Counter(p.answer_tissues()) for p in parts), Counter()).most_common()
+        provenance["answer_tissues"] = {"tissue": [t for t, _ in summed], "cells": [n for _, n in summed]}
     typicality = np.concatenate([p.typicality for p in parts]) if first.typicality is not None else None
     return AnnotationResult(
         obs_names=[o for p in parts for o in p.obs_names], labels=np.concatenate([p.labels for p in parts]),

@@ -49,10 +49,10 @@ def test_free_answers_and_chat_mode(tiny_model, cells):
     assert all(a.startswith("This cell is most likely") for a in result.answers)
     assert ((result.confidence >= 0) & (result.confidence <= 1)).all()
     # free answers say which tissue's labels they name (the planted set is pancreas)
-    assert result.provenance["answer_tissues"] == {"pancreas": 24}
+    assert result.answer_tissues() == {"pancreas": 24}
     assert "free answers name labels learned in: pancreas 24" in result.summary()
     scored = ica.annotate(cells, model=tiny_model, candidates=list(CELL_TYPES))
-    assert "answer_tissues" not in scored.provenance
+    assert scored.answer_tissues() is None
 
 
 def test_label_tissues_join_the_tissues_a_label_was_learned_in(tiny_model):
@@ -63,6 +63,23 @@ def test_label_tissues_join_the_tissues_a_label_was_learned_in(tiny_model):
     tissues = model.label_tissues("annotation")
     assert tissues["alpha"] == "pancreas / peripheral blood" and tissues["T"] == "peripheral blood"
     assert tissues["beta"] == "pancreas"
+
+
+def test_answer_tissues_with_a_slash_survive_an_h5ad(tiny_model, cells, tmp_path):
+    import dataclasses
+    import warnings
+
+    from instructcell_agent.core_model.io import write_h5ad_atomic
+
+    marrow = {"task": "annotation", "labels": list(CELL_TYPES), "species": "human", "tissue": "immune (spleen/marrow)"}
+    model = dataclasses.replace(tiny_model, label_sets={**tiny_model.label_sets, "marrow": marrow})
+    result = ica.annotate(cells, model=model, tissue="pancreas")
+    assert result.answer_tissues() == {"immune (spleen/marrow) / pancreas": 24}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # anndata warns before it splits a key on '/'
+        write_h5ad_atomic(result.to_adata(cells.copy()), tmp_path / "a.h5ad")
+    stored = ad.read_h5ad(tmp_path / "a.h5ad").uns["instructcell"]["answer_tissues"]
+    assert list(stored["tissue"]) == ["immune (spleen/marrow) / pancreas"] and list(stored["cells"]) == [24]
 
 
 def test_free_answers_for_an_unseen_tissue_say_so(tiny_model, synthetic_set):
