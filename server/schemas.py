@@ -163,6 +163,8 @@ class VocabularyOverlap(BaseModel):
 class DatasetInfo(BaseModel):
     kind: Literal["dataset"] = "dataset"
     h5ad_path: str
+    input_format: str = Field("h5ad", description="h5ad, zarr, 10x_h5 or 10x_mtx (Cell Ranger's files: barcodes "
+                                                  "and genes only, so no species or tissue columns).")
     n_cells: int
     n_genes: int
     obs_columns: list[ObsColumn]

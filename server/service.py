@@ -187,7 +187,8 @@ class InstructCellService:
                 sufficient=report.n_matched >= needed, gene_id_type=report.id_type, species=report.species,
                 missing_examples=list(report.missing_examples), notes=list(report.notes))
         return DatasetInfo(
-            h5ad_path=str(path), n_cells=n_cells, n_genes=n_genes, obs_columns=[_describe_column(obs, c) for c in obs],
+            h5ad_path=str(path), input_format=cell_file_format(path), n_cells=n_cells, n_genes=n_genes,
+            obs_columns=[_describe_column(obs, c) for c in obs],
             layers=layers, has_raw=has_raw, value_type=kind, value_note=note, overlap=overlap,
             within_cell_limit=n_cells <= self.limits.max_cells,
             runs_in_background=n_cells > self.limits.async_threshold_cells,

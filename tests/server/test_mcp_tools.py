@@ -135,7 +135,7 @@ def test_describe_model_without_a_usable_generator_still_lists_the_label_sets(ge
 def test_inspect_dataset(env):
     result = call(env["server"], "inspect_dataset", {"h5ad_path": "planted.h5ad"})
     info = check_structured(env["server"], "inspect_dataset", result)
-    assert (info["n_cells"], info["n_genes"]) == (N_CELLS, 120)
+    assert (info["n_cells"], info["n_genes"]) == (N_CELLS, 120) and info["input_format"] == "h5ad"
     assert info["value_type"] == "raw_counts"
     assert {c["name"] for c in info["obs_columns"]} == {"cell_type", "species", "tissue"}
     cell_type = next(c for c in info["obs_columns"] if c["name"] == "cell_type")
@@ -210,6 +210,7 @@ def test_cellranger_outputs_and_zarr_stores_are_read_as_the_same_cells(env, layo
     info = check_structured(env["server"], "inspect_dataset", call(env["server"], "inspect_dataset",
                                                                    {"h5ad_path": given}))
     assert (info["n_cells"], info["n_genes"]) == (N_CELLS, 120) and info["overlap"]["n_matched"] == 120
+    assert info["input_format"] == {"h5": "10x_h5", "mtx": "10x_mtx", "zarr": "zarr"}[layout]
     answers = {}
     for path in (given, "planted.h5ad"):
         result = call(env["server"], "annotate_cells", {"h5ad_path": path, "candidates": CANDIDATES,
