@@ -45,7 +45,7 @@ def drug_and_task(model: LoadedModel, dataset: str | None, drug: str | None) -> 
 
 
 def answer_candidates(model: LoadedModel, candidates: Sequence[str] | None, dataset: str | None,
-                       drug: str | None) -> list[str] | None:
+                      drug: str | None) -> list[str] | None:
     """What the cells are asked to choose from before they are drawn: the candidates, else the
     label set's labels, else the learned responses; None (free answers) for cell types of no
     one set, whose free answers range over the labels learned for the cells' species and tissue."""
@@ -57,7 +57,7 @@ def answer_candidates(model: LoadedModel, candidates: Sequence[str] | None, data
 
 
 def answers_first(model: LoadedModel, adata: ad.AnnData, cands: list[str] | None, drug: str | None,
-             **kwargs: Any) -> tuple[np.ndarray, str]:
+                  **kwargs: Any) -> tuple[np.ndarray, str]:
     """Each cell's answer (None where annotate leaves a cell unlabelled), what max_cells_per_label
     draws from when no labels are given, and a note saying so."""
     from instructcell_agent.api import annotate, predict_drug_response
@@ -75,7 +75,7 @@ def answers_first(model: LoadedModel, adata: ad.AnnData, cands: list[str] | None
 
 
 def set_of_free_answers(model: LoadedModel, adata: ad.AnnData, *, species: str | None,
-                         **matrix: Any) -> tuple[str | None, str | None]:
+                        **matrix: Any) -> tuple[str | None, str | None]:
     """The learned annotation label set holding the most of the free answers of up to
     `_SET_SAMPLE` evenly spaced cells (a label several sets share counts for each), when it holds
     at least half of them; and a note saying so."""
@@ -114,7 +114,7 @@ def given_labels(adata: ad.AnnData, labels: str | Sequence[str] | None) -> np.nd
 
 
 def without_unlabelled(adata: ad.AnnData, given: np.ndarray | str | None,
-                        candidates: Sequence[str] | None) -> tuple[ad.AnnData, np.ndarray | str | None, str | None]:
+                       candidates: Sequence[str] | None) -> tuple[ad.AnnData, np.ndarray | str | None, str | None]:
     """Leave out the cells that have no label to explain: a missing one (annotate leaves cells
     without counts on the model's genes unlabelled) or 'Unassigned' (annotate's unassigned_below /
     unassigned_atypical; unless the candidates name it), with a note saying how many."""
@@ -137,12 +137,13 @@ def without_unlabelled(adata: ad.AnnData, given: np.ndarray | str | None,
 
 
 def check_cap(cap: int | None) -> None:
+    """Refuse a cap that is not a whole number of at least 1 (before any cell is answered)."""
     if cap is not None and (isinstance(cap, bool) or not isinstance(cap, (int, np.integer)) or cap < 1):
         raise ValueError(f"max_cells_per_label must be a whole number of at least 1, got {cap!r}")
 
 
 def cap_per_label(adata: ad.AnnData, given: np.ndarray | str, cap: int,
-                   seed: int) -> tuple[ad.AnnData, np.ndarray | str, str | None]:
+                  seed: int) -> tuple[ad.AnnData, np.ndarray | str, str | None]:
     """At most `cap` cells of each label, drawn at random (seeded), kept in file order; with a note
     saying so when cells were left out."""
     groups = np.full(adata.n_obs, given, dtype=object) if isinstance(given, str) else given
@@ -158,7 +159,7 @@ def cap_per_label(adata: ad.AnnData, given: np.ndarray | str, cap: int,
 
 
 def candidates_of(model: LoadedModel, dataset: str | None, candidates: Sequence[str] | None,
-                given: np.ndarray | str | None, task: str = "annotation") -> list[str]:
+                  given: np.ndarray | str | None, task: str = "annotation") -> list[str]:
     if candidates is not None:
         cands = [str(c) for c in candidates]
     elif dataset is not None:
