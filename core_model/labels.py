@@ -7,12 +7,27 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
-from typing import Sequence
+from typing import Any, Sequence
+
+import numpy as np
 
 
 # The label of a cell whose answer's confidence fell below the caller's threshold
 # (`AnnotationResult.unassigned_below`); the model's best guess stays in the answer.
 UNASSIGNED = "Unassigned"
+
+
+def unexplainable(labels: Sequence[Any], candidates: Sequence[str] | None) -> tuple[np.ndarray, np.ndarray]:
+    """(missing, unassigned) masks of the cells with no label to explain: a missing one (None or
+    NaN: annotate leaves cells without counts on the model's genes unlabelled) or 'Unassigned'
+    (annotate's unassigned_below / unassigned_atypical), unless the candidates name it. The
+    server counts an explain call's cells with the same rule before it runs (this module is
+    light to import, interpret's is not)."""
+    missing = np.array([label is None or (isinstance(label, float) and np.isnan(label)) for label in labels],
+                       dtype=bool)
+    named = candidates is not None and UNASSIGNED in [str(c) for c in candidates]
+    unassigned = np.zeros_like(missing) if named else np.array([label == UNASSIGNED for label in labels], dtype=bool)
+    return missing, unassigned
 
 
 def normalize_label(text: str) -> str:

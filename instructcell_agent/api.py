@@ -283,9 +283,8 @@ def _answer(adata: ad.AnnData, model: LoadedModel | None, task: str, instruction
     if cands is None and task == "annotation":
         # what a file without a tissue was read as; answers on several tissues' labels are worth a look
         tissue_of = loaded.label_tissues("annotation")
-        counts = Counter(tissue_of.get(str(l), "?") for l in labels if l is not None).most_common()
-        # by column: an .h5ad would turn the '/' of 'immune (spleen/marrow)' in a key into groups
-        provenance["answer_tissues"] = {"tissue": [t for t, _ in counts], "cells": [n for _, n in counts]}
+        provenance["answer_tissues"] = AnnotationResult.answer_tissue_record(
+            Counter(tissue_of.get(str(l), "?") for l in labels if l is not None))
     prob_frame = pd.DataFrame(probs, index=aligned.obs_names, columns=cands) if probs is not None else None
     result = AnnotationResult(list(map(str, aligned.obs_names)), labels, conf, answers, prob_frame, provenance,
                               typicality)

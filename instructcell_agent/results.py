@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -180,6 +181,13 @@ class AnnotationResult:
         lines += self._merged_synonyms(counts)
         lines += [f"Note: {note}" for note in self.provenance.get("notes", [])]
         return "\n".join(lines)
+
+    @staticmethod
+    def answer_tissue_record(counts: Counter) -> dict[str, list]:
+        """How `answer_tissues` is stored in provenance: by column, most cells first, since an
+        .h5ad would turn the '/' of a tissue such as 'immune (spleen/marrow)' in a key into groups."""
+        ranked = counts.most_common()
+        return {"tissue": [t for t, _ in ranked], "cells": [n for _, n in ranked]}
 
     def answer_tissues(self) -> dict[str, int] | None:
         """Free answers counted by the tissue of the training sets that taught each label named

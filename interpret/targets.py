@@ -19,7 +19,7 @@ import pandas as pd
 
 from instructcell_agent.core_model.checkpoint import LoadedModel
 from instructcell_agent.core_model.errors import LabelKeyError
-from instructcell_agent.core_model.labels import UNASSIGNED
+from instructcell_agent.core_model.labels import UNASSIGNED, unexplainable
 
 # Without labels or candidates, explain scores the learned label set that holds most free answers.
 # Why: over every learned label at once (53 for the shipped checkpoint, from several tissues) the
@@ -115,14 +115,11 @@ def given_labels(adata: ad.AnnData, labels: str | Sequence[str] | None) -> np.nd
 
 def without_unlabelled(adata: ad.AnnData, given: np.ndarray | str | None,
                        candidates: Sequence[str] | None) -> tuple[ad.AnnData, np.ndarray | str | None, str | None]:
-    """Leave out the cells that have no label to explain: a missing one (annotate leaves cells
-    without counts on the model's genes unlabelled) or 'Unassigned' (annotate's unassigned_below /
-    unassigned_atypical; unless the candidates name it), with a note saying how many."""
+    """Leave out the cells that have no label to explain (`unexplainable`), with a note saying
+    how many."""
     if given is None or isinstance(given, str):
         return adata, given, None
-    named = candidates is not None and UNASSIGNED in [str(c) for c in candidates]
-    missing = np.array([label is None for label in given])
-    unassigned = np.zeros_like(missing) if named else given == UNASSIGNED
+    missing, unassigned = unexplainable(given, candidates)
     drop = missing | unassigned
     if not drop.any():
         return adata, given.astype(str), None

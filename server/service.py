@@ -23,7 +23,7 @@ import pandas as pd
 from instructcell_agent.agreement import known_labels
 from instructcell_agent.core_model.errors import CheckpointError, InputFileError, InstructCellError
 from instructcell_agent.core_model.io import write_h5ad_atomic
-from instructcell_agent.core_model.labels import UNASSIGNED
+from instructcell_agent.core_model.labels import unexplainable
 from instructcell_agent.core_model.readers import cell_file_format, read_cells
 
 from .config import ServerConfig
@@ -60,7 +60,7 @@ GENERATION_NOTES = ("alternatives", "misread", "atypical")
 
 def _explained_count(obs: pd.DataFrame, req: ExplainGenesRequest, n_answers: int | None = None) -> int:
     """Cells an explain_genes request attributes, as `explain` picks them: with labels from an obs
-    column, its cells with a label other than 'Unassigned' (unless a candidate), at most
+    column, its cells with a label to explain (`unexplainable`), at most
     max_cells_per_label of each; with one label for every cell, at most max_cells_per_label;
     without labels, every cell, or with max_cells_per_label at most that many of each of the
     `n_answers` answers the cells can be given (they are answered first; a bound)."""
@@ -71,10 +71,9 @@ def _explained_count(obs: pd.DataFrame, req: ExplainGenesRequest, n_answers: int
         return min(len(obs), cap * n_answers) if n_answers else len(obs)
     if req.labels not in obs.columns:
         return len(obs) if cap is None else min(len(obs), cap)
-    labels = obs[req.labels].dropna().astype(str)
-    if UNASSIGNED not in (req.candidates or []):
-        labels = labels[labels != UNASSIGNED]
-    counts = labels.value_counts().to_numpy()
+    column = np.array([None if pd.isna(v) else str(v) for v in obs[req.labels]], dtype=object)  # as explain reads it
+    missing, unassigned = unexplainable(column, req.candidates)
+    counts = pd.Series(column[~(missing | unassigned)]).value_counts().to_numpy()
     return int(counts.sum() if cap is None else np.minimum(counts, cap).sum())
 
 
@@ -432,8 +431,8 @@ def _concat(parts):
     notes = list(dict.fromkeys(n for p in parts for n in p.provenance.get("notes", [])))
     provenance = dict(first.provenance, chunks=len(parts), notes=notes)
     if first.answer_tissues() is not None:  # counts: summed over the chunks
-        summed = sum((Counter(p.answer_tissues()) for p in parts), Counter()).most_common()
-        provenance["answer_tissues"] = {"tissue": [t for t, _ in summed], "cells": [n for _, n in summed]}
+        summed = sum((Counter(p.answer_tissues()) for p in parts), Counter())
+        provenance["answer_tissues"] = AnnotationResult.answer_tissue_record(summed)
     typicality = np.concatenate([p.typicality for p in parts]) if first.typicality is not None else None
     return AnnotationResult(
         obs_names=[o for p in parts for o in p.obs_names], labels=np.concatenate([p.labels for p in parts]),
