@@ -165,7 +165,7 @@ def evaluate(loaded: LoadedModel, data: str | Path, split_path: str | Path | Non
              instructions: Sequence[str] | None = None, n_instructions: int | None = None, seed: int = 0,
              split: str = "test", batch_size: int = 32, calibrate: bool = False,
              keep_predictions: bool = False, scoring: str = "auto", readout: bool = True,
-             keep_scores: bool = False, drug: str | None = None) -> dict[str, Any]:
+             keep_scores: bool = False, drug: str | None = None, genome: str | None = None) -> dict[str, Any]:
     """Metrics of `loaded` on one split of a labelled .h5ad (the `instructcell evaluate` job).
 
     `scoring` as in `annotate`: "auto" scores decisive tokens when every label of the dataset is
@@ -179,12 +179,13 @@ def evaluate(loaded: LoadedModel, data: str | Path, split_path: str | Path | Non
     ``result["truth_columns"]`` its true label's column in the row (-1: not among them).
 
     `drug` names the drug of a `dsp` file (else obs['drug'], else the checkpoint's record of a set
-    of the file's name); a drug-response phrasing without one is refused.
+    of the file's name); a drug-response phrasing without one is refused. `genome`: the species of
+    a multi-genome matrix to read (core_model/genomes.py).
     """
     if task not in BANK_OF_TASK:
         raise ValueError(f"task must be one of {sorted(BANK_OF_TASK)}, got {task!r}")
     check_scoring(scoring)
-    adata = read_cells(data)
+    adata = read_cells(data, genome=genome)
     all_labels = sorted(set(get_labels(adata, label_key)))
     if split_path is not None:
         adata = subset_by_names(adata, split_names(split_path, split), split)

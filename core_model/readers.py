@@ -22,6 +22,7 @@ import anndata
 import scipy.sparse as sp
 
 from .errors import InputFileError
+from .genomes import feature_genomes, keep_genome, selection_note, several_genomes_error
 from .io import PathLike, read_h5ad
 
 logger = logging.getLogger(__name__)
@@ -68,44 +69,56 @@ def cell_file_format(path: PathLike) -> str:
     return "h5ad"  # an AnnData saved under another suffix (.h5) is read as one too
 
 
-def read_cells(path: PathLike) -> anndata.AnnData:
+def read_cells(path: PathLike, genome: str | None = None) -> anndata.AnnData:
     """Read the cells at `path` (see `FORMATS`) into memory, read-only.
+
+    `genome`: for a matrix counted against several genomes (a barnyard or xenograft experiment,
+    core_model/genomes.py), the one to read: its genes, and the cells counted mostly on them.
 
     Raises
     ------
     InputFileError
         When the path is missing or holds none of the accepted formats; the message says which
-        format it was taken for and why it failed.
+        format it was taken for and why it failed. For a multi-genome matrix read without
+        `genome`, or a `genome` the file does not hold.
     """
     p = Path(path).expanduser()
     kind = cell_file_format(p)
     if kind == "h5ad":
         if p.suffix.lower() in _CONVERT_FIRST:
             raise InputFileError(f"{p}: {_CONVERT_FIRST[p.suffix.lower()]}; expected {ACCEPTED}")
-        return read_h5ad(p, expected=f"expected {ACCEPTED}")
-    if "raw_feature_bc_matrix" in str(p):
-        logger.warning("%s is Cell Ranger's raw matrix: it holds every barcode, empty droplets "
-                       "included; the filtered_feature_bc_matrix beside it holds the cells", p)
-    adata = _READERS[kind](p)
-    if kind != "zarr":
-        _refuse_several_genomes(adata, p)
+        adata = read_h5ad(p, expected=f"expected {ACCEPTED}")
+    else:
+        if "raw_feature_bc_matrix" in str(p):
+            logger.warning("%s is Cell Ranger's raw matrix: it holds every barcode, empty droplets "
+                           "included; the filtered_feature_bc_matrix beside it holds the cells", p)
+        adata = _READERS[kind](p)
+    adata = _one_genome(adata, p, genome)
     logger.info("read %s (%s): %d cells x %d genes", p, kind, adata.n_obs, adata.n_vars)
     return adata
 
 
-def _refuse_several_genomes(adata: anndata.AnnData, p: Path) -> None:
-    """A matrix counted against a multi-species reference (a barnyard experiment) names each gene
-    with its genome's prefix (GRCh38_CD3E, mm10___Cd3e), which no vocabulary matches, and mixes
-    cells of two species that need different answers: say so instead of failing on gene overlap.
-    (Only the .h5 records each feature's genome; a matrix folder fails on the overlap instead.)"""
-    if "genome" not in adata.var:
-        return
-    genomes = sorted(set(map(str, adata.var["genome"])))
-    if len(genomes) > 1:
-        raise InputFileError(f"{p} was counted against {len(genomes)} genomes ({', '.join(genomes)}): a "
-                             "mixed-species experiment. Split the cells by species first (each cell's share of "
-                             "counts on each genome's genes), keep one genome's genes with the prefix removed "
-                             "from their names, and save an .h5ad per species")
+def _one_genome(adata: anndata.AnnData, p: Path, genome: str | None) -> anndata.AnnData:
+    """One species' cells and genes of a multi-genome matrix, whose prefixed gene names
+    (GRCh38_CD3E) no vocabulary matches; a file of one genome as it is."""
+    genomes = feature_genomes(adata)
+    if genomes is None:
+        own = sorted(set(map(str, adata.var["genome"]))) if "genome" in adata.var else []
+        if genome is not None and own != [genome]:
+            held = f"one genome's genes ({own[0]})" if own else "genes without genome prefixes"
+            raise InputFileError(f"genome={genome!r} selects one species of a mixed-species matrix; {p} holds "
+                                 f"{held}: leave genome out")
+        return adata
+    if genome is None:
+        raise several_genomes_error(str(p), adata, genomes)
+    selected = keep_genome(adata, genomes, genome, str(p))
+    if selected.n_obs < adata.n_obs:
+        warnings.warn(selection_note(selected), GenomeSelectionWarning, stacklevel=3)
+    return selected
+
+
+class GenomeSelectionWarning(UserWarning):
+    """Cells of a multi-genome matrix were left out: those of the other species, or of both."""
 
 
 def _read_zarr(p: Path) -> anndata.AnnData:

@@ -80,6 +80,14 @@ def _add_readout_argument(p) -> None:
                         "(core_model/readout.py)")
 
 
+def _add_data_arguments(p) -> None:
+    """--data, and --genome for a matrix counted against several species' genomes."""
+    p.add_argument("--data", required=True, help=DATA_HELP)
+    p.add_argument("--genome", default=None,
+                   help="for a matrix counted against several genomes (barnyard, xenograft): the one to read, e.g. "
+                        "GRCh38; its genes, and the cells with most of their counts on them")
+
+
 def _add_matrix_arguments(p) -> None:
     """Which matrix and gene names of --data to read (the API's use_raw, layer and gene_key)."""
     p.add_argument("--use-raw", action="store_true", help="read adata.raw instead of adata.X")
@@ -92,7 +100,7 @@ def _add_matrix_arguments(p) -> None:
 def _add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="metrics of a checkpoint on one split of a labelled .h5ad")
     p.add_argument("--checkpoint", default=None, help="checkpoint directory (default: the shipped one)")
-    p.add_argument("--data", required=True, help=DATA_HELP)
+    _add_data_arguments(p)
     p.add_argument("--split", required=True, help="split JSON (train/valid/test lists of obs_names)")
     p.add_argument("--split-name", default="test")
     p.add_argument("--task", choices=["cta", "dsp", "cpcg"], required=True)
@@ -114,7 +122,7 @@ def _add_evaluate(sub) -> None:
 def _add_make_split(sub) -> None:
     p = sub.add_parser("make-split", help="stratified train/valid/test split of a labelled .h5ad, for training on "
                                           "your own set (train --catalog)")
-    p.add_argument("--data", required=True, help=DATA_HELP)
+    _add_data_arguments(p)
     p.add_argument("--label-key", required=True, help="obs column of labels to stratify by")
     p.add_argument("--out", required=True, help="split JSON to write ({train, valid, test}: lists of obs_names)")
     p.add_argument("--valid", type=float, default=0.1, help="share of each label's cells for valid (default 0.1)")
@@ -139,7 +147,7 @@ def _add_drug_response(sub) -> None:
 def _add_answer_arguments(p, candidates: str | None, key_added: str) -> None:
     """What `annotate` and `drug-response` share: one question to every cell of a file."""
     p.add_argument("--checkpoint", default=None)
-    p.add_argument("--data", required=True, help=DATA_HELP)
+    _add_data_arguments(p)
     p.add_argument("--out", default=None, help="the annotated .h5ad to write (needed unless --table is given)")
     p.add_argument("--instruction", default=None)
     p.add_argument("--candidates", default=candidates,
@@ -170,7 +178,7 @@ def _add_answer_arguments(p, candidates: str | None, key_added: str) -> None:
 def _add_explain(sub) -> None:
     p = sub.add_parser("explain", help="gene saliency per label; writes explained.h5ad, top_genes.csv and figures")
     p.add_argument("--checkpoint", default=None)
-    p.add_argument("--data", required=True, help=DATA_HELP)
+    _add_data_arguments(p)
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--label-key", default=None, help="obs column of labels to explain (default: predicted labels)")
     p.add_argument("--dataset", default=None, help="checkpoint label set whose labels are the candidates")
@@ -241,6 +249,18 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {exc} (run with -v for the traceback)", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # Long runs get stopped on purpose; say what survives rather than print a traceback.
+        print(f"interrupted: {_what_survives(args)}", file=sys.stderr)
+        return 130
+
+
+def _what_survives(args: argparse.Namespace) -> str:
+    if args.command in ("train", "train-generator"):
+        return ("training state is saved every few hundred steps; run the same command with --resume to continue"
+                if args.command == "train" else
+                "the generator is written only when training ends; the checkpoint keeps the one it had, if any")
+    return "outputs are written only when complete (to a temporary name, then renamed), so no file is half-written"
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
@@ -315,7 +335,8 @@ def _evaluate(args) -> int:
     instructions = load_instruction_file(args.instructions) if args.instructions else None
     result = evaluate(loaded, args.data, args.split, args.task, args.label_key, instructions=instructions,
                       n_instructions=args.n_instructions, seed=args.seed, split=args.split_name,
-                      calibrate=args.calibrate, scoring=args.scoring, readout=not args.no_readout, drug=args.drug)
+                      calibrate=args.calibrate, scoring=args.scoring, readout=not args.no_readout, drug=args.drug,
+                      genome=args.genome)
     write_json_atomic(result, args.out)
     print(json.dumps({k: result[k] for k in ("accuracy", "macro_f1", "weighted_f1", "invalid_rate", "n_cells")}))
     return 0
@@ -330,7 +351,7 @@ def _make_split(args) -> int:
 
     if Path(args.out).resolve() == Path(args.data).resolve():
         raise InputFileError(f"--out {args.out} is the input file; name a new .json file")
-    adata = read_cells(args.data)
+    adata = read_cells(args.data, genome=args.genome)
     split, report = stratified_split(adata.obs_names, known_labels(adata, args.label_key, "to split by"), valid=args.valid,
                                      test=args.test, seed=args.seed)
     write_json_atomic(split, args.out)
@@ -350,7 +371,7 @@ def _annotate(args) -> int:
         raise InputFileError("name where the answers go: --out FILE.h5ad (the annotated cells), --table FILE.csv "
                              "(one row per cell), or both")
     sep = _table_separator(args) if args.table else None  # refused before any reading
-    adata = read_cells(args.data)
+    adata = read_cells(args.data, genome=args.genome)
     known = known_labels(adata, args.compare_key) if args.compare_key else None  # refused before the model runs
     candidates = [c.strip() for c in args.candidates.split(",") if c.strip()] if args.candidates else None
     model = load_model(args.checkpoint, device=args.device, precision=args.precision)
@@ -400,7 +421,7 @@ def _explain(args) -> int:
     from .core_model.readers import read_cells
     from .interpret.api import explain, write_explanation
 
-    adata = read_cells(args.data)
+    adata = read_cells(args.data, genome=args.genome)
     candidates = [c.strip() for c in args.candidates.split(",")] if args.candidates else None
     if args.label_key:  # a missing column is an error here (explain would take the name for a label)
         obs_column(adata, args.label_key, "Pass the name of the column that holds the labels")

@@ -29,6 +29,10 @@ class _MatrixOptions(_Request):
     layer: OptionalText = Field(None, description="Layer to read instead of X (e.g. 'counts').")
     use_raw: bool = Field(False, description="Read adata.raw instead of X.")
     gene_key: OptionalText = Field(None, description="var column holding gene symbols, if var_names are not genes.")
+    genome: OptionalText = Field(
+        None, description="For a matrix counted against several species' genomes (barnyard or xenograft; the "
+                          "reply to reading it without one names them): the genome to read, e.g. 'GRCh38'. Its genes "
+                          "are read, and the cells with most of their counts on them; the others are left out.")
 
 
 class InspectDatasetRequest(_MatrixOptions):

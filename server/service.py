@@ -22,6 +22,7 @@ import pandas as pd
 
 from instructcell_agent.agreement import known_labels
 from instructcell_agent.core_model.errors import CheckpointError, InputFileError, InstructCellError
+from instructcell_agent.core_model.genomes import selection_note
 from instructcell_agent.core_model.io import write_h5ad_atomic
 from instructcell_agent.core_model.labels import unexplainable
 from instructcell_agent.core_model.readers import cell_file_format, read_cells
@@ -114,16 +115,16 @@ class InstructCellService:
         # wrote (labels='instructcell_label') or annotates the cells generate_cells drew.
         return resolve_input(h5ad_path, self.config.data_roots, outputs=self.config.output_dir)
 
-    def count_cells(self, h5ad_path: str) -> int:
+    def count_cells(self, h5ad_path: str, genome: str | None = None) -> int:
         """Cells in a file (for limits and the background decision): an .h5ad's matrix stays on
         disk; other formats are read whole."""
-        with _opened(self.input_path(h5ad_path)) as cells:
+        with _opened(self.input_path(h5ad_path), genome) as cells:
             return int(cells.n_obs)
 
     def cells_to_explain(self, req: ExplainGenesRequest) -> int:
         """Cells an explain_genes request attributes (`_explained_count`; read from obs, and without
         labels bounded by the answers the model can give)."""
-        with _opened(self.input_path(req.h5ad_path)) as cells:
+        with _opened(self.input_path(req.h5ad_path), req.genome) as cells:
             return self._explained(cells.obs, req)
 
     def _explained(self, obs: pd.DataFrame, req: ExplainGenesRequest) -> int:
@@ -145,7 +146,7 @@ class InstructCellService:
             n = self.cells_to_explain(request)
             self._check(n, self.limits.max_explain_cells, "cells per explain_genes call")
             return n
-        n = self.count_cells(request.h5ad_path)
+        n = self.count_cells(request.h5ad_path, getattr(request, "genome", None))
         self._check(n, self.limits.max_cells, f"cells per {tool} call")
         return n
 
@@ -161,7 +162,7 @@ class InstructCellService:
         from instructcell_agent.core_model.alignment import align_to_vocab
 
         path = self.input_path(req.h5ad_path)
-        with _opened(path) as cells:
+        with _opened(path, req.genome) as cells:
             try:
                 obs = cells.obs.copy()
                 head = cells[: min(cells.n_obs, _INSPECT_CELLS)].to_memory()
@@ -271,7 +272,7 @@ class InstructCellService:
         self._check(req.top_k, self.limits.max_top_k, "top_k")
         started = time.perf_counter()
         path = self.input_path(req.h5ad_path)
-        adata = read_cells(path)
+        adata = read_cells(path, genome=req.genome)
         n_explained = self._explained(adata.obs, req)
         self._check(n_explained, self.limits.max_explain_cells, "cells per explain_genes call")
         model = self.model()
@@ -313,7 +314,8 @@ class InstructCellService:
                                   reference=result.provenance.get("reference") or "none",
                                   normalize=req.normalize,
                                   cells_per_label=_explained_per_label(result), top_genes=top,
-                                  marker_precision=precision, notes=list(result.provenance.get("notes", [])),
+                                  marker_precision=precision,
+                                  notes=_read_notes(adata, req) + list(result.provenance.get("notes", [])),
                                   outputs=files,
                                   seconds=round(time.perf_counter() - started, 3))
 
@@ -324,7 +326,7 @@ class InstructCellService:
         rep = reporter or _NoReporter()
         started = time.perf_counter()
         path = self.input_path(req.h5ad_path)
-        adata = read_cells(path)
+        adata = read_cells(path, genome=req.genome)
         self._check(adata.n_obs, self.limits.max_cells, f"cells per {_TOOL[task]} call")
         if adata.n_obs == 0:
             raise InputFileError(f"{req.h5ad_path} has no cells; nothing to annotate")
@@ -369,7 +371,8 @@ class InstructCellService:
             atypical_cells=int((typ < -3).sum()) if typ is not None else None,
             candidates=cands, drug=getattr(req, "drug", None), examples=examples,
             alignment=str(result.provenance.get("alignment_summary", "")),
-            notes=list(result.provenance.get("notes", [])), answer_tissues=result.answer_tissues(),
+            notes=_read_notes(adata, req) + list(result.provenance.get("notes", [])),
+            answer_tissues=result.answer_tissues(),
             agreement=_agreement(found, req.compare_key) if found is not None else None, outputs=files,
             seconds=round(time.perf_counter() - started, 3))
 
@@ -393,11 +396,12 @@ def _matrix(req) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def _opened(path: Path) -> Iterator[ad.AnnData]:
+def _opened(path: Path, genome: str | None = None) -> Iterator[ad.AnnData]:
     """The cells at `path` for a look at obs and the first cells: an .h5ad opened backed (its
-    matrix stays on disk; closed on exit), other formats read whole (core_model/readers.py)."""
-    if cell_file_format(path) != "h5ad":
-        yield read_cells(path)
+    matrix stays on disk; closed on exit), other formats, or one genome's cells, read whole
+    (core_model/readers.py)."""
+    if cell_file_format(path) != "h5ad" or genome is not None:
+        yield read_cells(path, genome=genome)
         return
     try:
         backed = ad.read_h5ad(path, backed="r")
@@ -408,6 +412,13 @@ def _opened(path: Path) -> Iterator[ad.AnnData]:
         yield backed
     finally:
         backed.file.close()
+
+
+def _read_notes(adata: ad.AnnData, req) -> list[str]:
+    """What this call's reading left out (the other species' cells where it chose a genome; a
+    file written after such a choice keeps the record, which is not this call's doing)."""
+    note = selection_note(adata) if req.genome else None
+    return [note] if note else []
 
 
 def _describe_column(obs: pd.DataFrame, name: str) -> ObsColumn:

@@ -92,6 +92,29 @@ def tiny_generator_config(**overrides):
     return GeneratorTrainConfig(**settings)
 
 
+def make_barnyard(cells: ad.AnnData) -> tuple[ad.AnnData, list[str]]:
+    """`cells` as human cells beside 8 mouse cells and 2 droplets holding one of each, counted
+    against a combined reference: every gene's name and id carries its genome's prefix (ids from
+    `var['gene_ids']`, else ENSG + position). Returns the cells and each feature's genome."""
+    human = sp.csr_matrix(cells.X).toarray()
+    rng = np.random.default_rng(7)
+    mouse = rng.poisson(3.0, size=(8, 30)).astype(np.float32)
+    n_h, n_m = human.shape[0], mouse.shape[0]
+    X = np.zeros((n_h + n_m + 2, human.shape[1] + mouse.shape[1]), dtype=np.float32)
+    X[:n_h, :human.shape[1]] = human
+    X[n_h:n_h + n_m, human.shape[1]:] = mouse
+    X[n_h + n_m:, :human.shape[1]] = human[:2]  # a human and a mouse cell in one droplet
+    X[n_h + n_m:, human.shape[1]:] = mouse[:2] * 2
+    X[:n_h, human.shape[1]] += 1  # a little cross-species background, on a mouse gene
+    barnyard = ad.AnnData(sp.csr_matrix(X))
+    barnyard.obs_names = [*cells.obs_names, *(f"mouse{i}" for i in range(n_m)), "doublet0", "doublet1"]
+    barnyard.var_names = [*(f"GRCh38_{g}" for g in cells.var_names), *(f"mm10___Gene{j:03d}" for j in range(30))]
+    ids = cells.var["gene_ids"] if "gene_ids" in cells.var else [f"ENSG{j:011d}" for j in range(cells.n_vars)]
+    barnyard.var["gene_ids"] = [*(f"GRCh38_{i}" for i in ids),
+                                *(f"mm10___ENSMUSG{j:011d}" for j in range(30))]
+    return barnyard, ["GRCh38"] * cells.n_vars + ["mm10"] * 30
+
+
 def write_cellranger(adata: ad.AnnData, dest, layout: str = "h5", extra_features: int = 0,
                      genomes: list[str] | None = None) -> None:
     """Write `adata`'s counts as Cell Ranger does: `layout` "h5" (version 3 HDF5, `dest` a file),

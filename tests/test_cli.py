@@ -66,6 +66,26 @@ def test_annotate_reads_cellranger_output_as_the_same_cells(tiny_checkpoint, syn
     assert answers["cellranger"].n_vars == cells.n_vars  # the antibody features were left out
 
 
+def test_annotate_reads_one_genome_of_a_mixed_species_matrix(tiny_checkpoint, synthetic_set, tmp_path, capsys):
+    import pandas as pd
+    from synthetic import make_barnyard, write_cellranger
+
+    cells = synthetic_set["adata"][:24]
+    barnyard, genomes = make_barnyard(cells)
+    write_cellranger(barnyard, tmp_path / "f.h5", "h5", genomes=genomes)
+    table = tmp_path / "labels.csv"
+    base = ["annotate", "--checkpoint", str(tiny_checkpoint), "--data", str(tmp_path / "f.h5"), "--table", str(table),
+            "--candidates", "alpha,beta,gamma,delta", "--species", "human", "--tissue", "pancreas"]
+    assert main(base) == 2
+    assert "counted against 2 genomes (GRCh38, mm10)" in capsys.readouterr().err and not table.exists()
+    assert main([*base, "--genome", "GRCh38"]) == 0
+    assert list(pd.read_csv(table, index_col="cell").index) == list(cells.obs_names)  # the human cells only
+    captured = capsys.readouterr()
+    assert "warning: " in captured.err and "left out 8 mostly on another genome's genes" in captured.err
+    # the genes read without their prefix: every one matches the vocabulary, none of mm10's is read
+    assert "genes: 120 of the model's 120 matched (100%) among the file's 120" in captured.out
+
+
 def test_annotate_writes_a_table_beside_the_file(tiny_checkpoint, synthetic_set, tmp_path, capsys):
     import pandas as pd
 
@@ -171,6 +191,24 @@ def test_annotate_refuses_to_overwrite_its_input(tiny_checkpoint, synthetic_set,
                  "--out", str(synthetic_set["path"])])
     assert code == 2 and _digest(synthetic_set["path"]) == before
     assert "error:" in capsys.readouterr().err
+
+
+def test_an_interrupted_annotation_writes_nothing_and_says_so(tiny_checkpoint, synthetic_set, tmp_path, capsys,
+                                                              monkeypatch):
+    from instructcell_agent import cli
+
+    def stop_after_first_batch(desc):
+        def report(done, total):
+            raise KeyboardInterrupt  # as Ctrl-C arrives between two batches
+        return report
+
+    monkeypatch.setattr(cli, "_progress_bar", stop_after_first_batch)
+    out, table = tmp_path / "annotated.h5ad", tmp_path / "labels.csv"
+    code = main(["annotate", "--checkpoint", str(tiny_checkpoint), "--data", str(synthetic_set["path"]),
+                 "--candidates", "alpha,beta,gamma,delta", "--out", str(out), "--table", str(table)])
+    assert code == 130
+    assert "interrupted: outputs are written only when complete" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # neither file, nor a temporary one
 
 
 def test_argument_errors_and_warnings_read_as_messages(tiny_checkpoint, synthetic_set, tmp_path, capsys):

@@ -107,10 +107,14 @@ def _train(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from ...api import load_model
+    from ..errors import InputFileError
     from ..instructions import load_instruction_file
     from ..io import write_json_atomic
     from .evaluate import evaluate_generation
 
+    if args.genome:  # real cells are read from one .h5ad of a single species here
+        raise InputFileError("--genome is for --task cta and dsp; for cpcg, save one species' cells as an .h5ad "
+                             "(instructcell_agent.read_cells(path, genome=...).write_h5ad(...))")
     loaded = load_model(args.checkpoint, device=args.device, precision=args.precision)
     instructions = load_instruction_file(args.instructions) if args.instructions else None
     result = evaluate_generation(loaded, args.data, args.split, args.label_key, instructions=instructions,

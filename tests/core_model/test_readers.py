@@ -12,7 +12,7 @@ import pytest
 
 from instructcell_agent.core_model.errors import InputFileError
 from instructcell_agent.core_model.readers import cell_file_format, read_cells
-from synthetic import make_counts, write_cellranger
+from synthetic import make_barnyard, make_counts, write_cellranger
 
 
 @pytest.fixture(scope="module")
@@ -47,14 +47,44 @@ def test_cellranger_outputs_read_as_their_counts(cells, tmp_path, layout, name, 
     np.testing.assert_array_equal(got.X.toarray(), cells.X.toarray())
 
 
-def test_a_mixed_species_matrix_is_refused_with_what_to_do(cells, tmp_path):
-    barnyard = cells.copy()
-    half = cells.n_vars // 2
-    barnyard.var_names = ([f"GRCh38_{g}" for g in cells.var_names[:half]]
-                          + [f"mm10___{g}" for g in cells.var_names[half:]])
-    write_cellranger(barnyard, tmp_path / "f.h5", "h5", genomes=["GRCh38"] * half + ["mm10"] * (cells.n_vars - half))
-    with pytest.raises(InputFileError, match=r"counted against 2 genomes \(GRCh38, mm10\).*Split the cells by species"):
-        read_cells(tmp_path / "f.h5")
+@pytest.mark.parametrize("layout", ["h5", "mtx"])
+def test_a_mixed_species_matrix_reads_one_genome_when_asked(cells, tmp_path, layout):
+    from instructcell_agent.core_model.readers import GenomeSelectionWarning
+
+    barnyard, genomes = make_barnyard(cells)
+    dest = tmp_path / ("f.h5" if layout == "h5" else "m")
+    write_cellranger(barnyard, dest, layout, genomes=genomes)  # a folder records no genome: read from the ids
+    before = _digests(tmp_path)
+    # the refusal counts each species' cells, so the choice is an informed one
+    with pytest.raises(InputFileError, match=r"counted against 2 genomes \(GRCh38, mm10\).*GRCh38 24, mm10 8; 2 "
+                                             r"others.*genome="):
+        read_cells(dest)
+    with pytest.raises(InputFileError, match=r"genome 'hg19' is not in .*GRCh38, mm10"):
+        read_cells(dest, genome="hg19")
+    with pytest.warns(GenomeSelectionWarning, match=r"kept 24 of 34 cells.*left out 8 mostly on another.*2 with counts on several"):
+        human = read_cells(dest, genome="GRCh38")
+    assert list(human.obs_names) == list(cells.obs_names)
+    assert list(human.var_names) == list(cells.var_names)  # prefix removed: the vocabulary matches them
+    assert list(human.var["gene_ids"]) == list(cells.var["gene_ids"])
+    np.testing.assert_array_equal(human.X.toarray(), cells.X.toarray())  # the mouse genes dropped
+    assert (human.obs["genome_share"] >= 0.9).all()
+    record = human.uns["genome_selection"]
+    assert (record["cells_kept"], record["cells_other_genome"], record["cells_mixed"]) == (24, 8, 2)
+    with pytest.warns(GenomeSelectionWarning):
+        mouse = read_cells(dest, genome="mm10")
+    assert list(mouse.obs_names) == [f"mouse{i}" for i in range(8)]
+    assert mouse.var_names[0] == "Gene000" and mouse.n_vars == 30
+    assert _digests(tmp_path) == before  # read-only
+
+
+def test_genome_is_refused_for_a_file_of_one_genome(cells, tmp_path):
+    write_cellranger(cells, tmp_path / "f.h5", "h5")
+    assert read_cells(tmp_path / "f.h5", genome="GRCh38").n_obs == cells.n_obs  # the genome it holds
+    with pytest.raises(InputFileError, match=r"genome='mm10'.*holds one genome's genes \(GRCh38\)"):
+        read_cells(tmp_path / "f.h5", genome="mm10")
+    write_cellranger(cells, tmp_path / "m", "mtx")
+    with pytest.raises(InputFileError, match="genes without genome prefixes: leave genome out"):
+        read_cells(tmp_path / "m", genome="GRCh38")
 
 
 def test_the_matrix_file_itself_reads_its_folder(cells, tmp_path):

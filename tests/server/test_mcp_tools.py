@@ -221,6 +221,28 @@ def test_cellranger_outputs_and_zarr_stores_are_read_as_the_same_cells(env, layo
     pd.testing.assert_frame_equal(answers[given], answers["planted.h5ad"])
 
 
+def test_a_mixed_species_matrix_is_read_for_the_genome_asked(env):
+    from synthetic import make_barnyard, write_cellranger
+
+    root = env["paths"]["root"]
+    cells = ad.read_h5ad(env["paths"]["planted"])
+    barnyard, genomes = make_barnyard(cells)
+    dest = root / "barnyard" / "filtered_feature_bc_matrix.h5"
+    dest.parent.mkdir()
+    write_cellranger(barnyard, dest, "h5", genomes=genomes)
+    given = str(dest.relative_to(root))
+    refused = error_text(call(env["server"], "inspect_dataset", {"h5ad_path": given}))
+    assert "counted against 2 genomes (GRCh38, mm10)" in refused and "genome=" in refused
+    info = check_structured(env["server"], "inspect_dataset", call(env["server"], "inspect_dataset",
+                                                                   {"h5ad_path": given, "genome": "GRCh38"}))
+    assert (info["n_cells"], info["overlap"]["n_matched"]) == (N_CELLS, 120)
+    result = call(env["server"], "annotate_cells", {"h5ad_path": given, "genome": "GRCh38", "candidates": CANDIDATES,
+                                                    "species": "human", "tissue": "pancreas"})
+    summary = check_structured(env["server"], "annotate_cells", result)["result"]
+    assert summary["n_cells"] == N_CELLS
+    assert any(n.startswith("GRCh38: kept") and "left out 8 mostly on another" in n for n in summary["notes"])
+
+
 def test_annotate_cells_passes_on_what_to_weigh(env):
     free = call(env["server"], "annotate_cells", {"h5ad_path": "planted.h5ad", "tissue": "liver"})
     notes = check_structured(env["server"], "annotate_cells", free)["result"]["notes"]

@@ -1,0 +1,122 @@
+"""Matrices counted against a multi-species reference: one species' cells and genes from them.
+
+Barnyard experiments (human and mouse cells mixed on purpose) and xenografts (a human tumour
+grown in a mouse) are counted against a combined reference, e.g. 10x's GRCh38-and-mm10: every
+gene carries its genome's prefix (GRCh38_CD3E, mm10___Cd3e) and every cell has counts on both
+genomes' genes, mostly on its own. The model answers for one species at a time, so a reader
+keeps one genome's genes (prefix removed, so the vocabulary matches them) and the cells whose
+counts lie mostly on them; the other species' cells and the cells with counts on both (droplets
+holding a cell of each, most often) are left out and counted, never answered as if they were
+the chosen species.
+
+Cell Ranger's .h5 records each feature's genome; its matrix folders do not, so there the genome
+is read from the id prefix, and only where every id carries one in front of an Ensembl gene id
+(a single-genome file's ids have no prefix).
+"""
+
+from __future__ import annotations
+
+import re
+
+import anndata
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from .errors import InputFileError
+
+# The share of a cell's counts on the chosen genome's genes above which it is kept. Reads that
+# map to both genomes are discarded by the aligner, so a cell of one species has nearly all its
+# counts on its own genome; cells between the two cut-offs hold both species' transcripts.
+GENOME_SHARE = 0.9
+_PREFIXED = re.compile(r"^([A-Za-z0-9.\-]+?)_+(.+)$")
+_ENSEMBL_GENE = re.compile(r"^ENS[A-Z]*G\d{6,}")
+SELECTION_KEY = "genome_selection"  # uns entry the selection is recorded under
+
+
+def feature_genomes(adata: anndata.AnnData) -> pd.Series | None:
+    """Each feature's genome when the matrix holds several genomes, else None."""
+    if "genome" in adata.var:
+        genomes = adata.var["genome"].astype(str)
+        return genomes if genomes.nunique() > 1 else None
+    ids = pd.Series(adata.var["gene_ids"] if "gene_ids" in adata.var else adata.var_names, index=adata.var_names,
+                    dtype=str)
+    parts = ids.str.extract(_PREFIXED)
+    if parts[0].isna().any() or parts[0].nunique() < 2:
+        return None
+    if parts[1].str.match(_ENSEMBL_GENE).mean() < 0.9:  # prefixes of some other naming, not genomes
+        return None
+    return parts[0]
+
+
+def several_genomes_error(where: str, adata: anndata.AnnData, genomes: pd.Series) -> InputFileError:
+    """The refusal of a multi-genome matrix read without a genome, with each genome's cells."""
+    shares = _shares(adata, genomes)
+    names = list(shares)
+    cells = ", ".join(f"{g} {(s >= GENOME_SHARE).sum():,}" for g, s in shares.items())
+    mixed = int((np.max(np.stack(list(shares.values())), axis=0) < GENOME_SHARE).sum())
+    return InputFileError(
+        f"{where} was counted against {len(names)} genomes ({', '.join(names)}): a mixed-species experiment "
+        f"(barnyard or xenograft). Cells with at least {GENOME_SHARE:.0%} of their counts on one genome's genes: "
+        f"{cells}; {mixed:,} others. Choose the species to answer for with genome= (command line: --genome), e.g. "
+        f"genome={names[0]!r}: its genes are read with the prefix removed, and its cells are kept")
+
+
+def _shares(adata: anndata.AnnData, genomes: pd.Series) -> dict[str, np.ndarray]:
+    """Each genome's share of every cell's counts (0 for a cell without counts)."""
+    X = sp.csr_matrix(adata.X)
+    total = np.asarray(X.sum(axis=1)).ravel()
+    shares = {}
+    for genome in sorted(set(genomes)):
+        on_genome = np.asarray(X[:, (genomes == genome).to_numpy()].sum(axis=1)).ravel()
+        shares[genome] = np.divide(on_genome, total, out=np.zeros(len(total)), where=total > 0)
+    return shares
+
+
+def keep_genome(adata: anndata.AnnData, genomes: pd.Series, genome: str, where: str) -> anndata.AnnData:
+    """The cells of `genome` over its genes (names without the prefix), as a new AnnData; what
+    was left out is recorded in `uns['genome_selection']` (with a sentence under 'note') and each
+    kept cell's share of counts on the genome in `obs['genome_share']`."""
+    names = sorted(set(genomes))
+    if genome not in names:
+        raise InputFileError(f"genome {genome!r} is not in {where}; its genomes are {', '.join(names)}")
+    mine = (genomes == genome).to_numpy()
+    total = np.asarray(sp.csr_matrix(adata.X).sum(axis=1)).ravel()
+    share = _shares(adata, genomes)[genome]
+    keep = share >= GENOME_SHARE
+    if not keep.any():
+        raise InputFileError(f"no cell of {where} has {GENOME_SHARE:.0%} of its counts on {genome}'s genes; "
+                             f"choose another genome ({', '.join(names)})")
+    out = adata[keep, mine].copy()
+    prefix = re.compile(rf"^{re.escape(genome)}_+")
+    out.var_names = [prefix.sub("", str(n)) for n in out.var_names]
+    if "gene_ids" in out.var:
+        out.var["gene_ids"] = [prefix.sub("", str(i)) for i in out.var["gene_ids"]]
+    if "genome" in out.var:
+        out.var = out.var.drop(columns="genome")
+    out.var_names_make_unique()
+    out.obs["genome_share"] = share[keep].astype(np.float32)
+    empty = int((total == 0).sum())
+    mixed = int(((share > 1 - GENOME_SHARE) & ~keep).sum())
+    other = int((~keep).sum()) - mixed - empty
+    out.uns[SELECTION_KEY] = {
+        "genome": genome, "genomes": names, "min_share": GENOME_SHARE, "cells_kept": int(keep.sum()),
+        "cells_other_genome": other, "cells_mixed": mixed, "cells_without_counts": empty,
+        "note": _note(genome, int(keep.sum()), len(keep), other, mixed, empty)}
+    return out
+
+
+def _note(genome: str, kept: int, n: int, other: int, mixed: int, empty: int) -> str:
+    left = [f"{other:,} mostly on another genome's genes" if other else "",
+            f"{mixed:,} with counts on several genomes (likely cells of two species in one droplet)" if mixed else "",
+            f"{empty:,} without counts" if empty else ""]
+    left = [part for part in left if part]
+    text = (f"{genome}: kept {kept:,} of {n:,} cells, those with at least {GENOME_SHARE:.0%} of their counts "
+            "on its genes")
+    return text + (f"; left out {'; '.join(left)}" if left else "")
+
+
+def selection_note(adata: anndata.AnnData) -> str | None:
+    """The sentence saying which cells a genome choice kept, if the cells were read with one."""
+    record = adata.uns.get(SELECTION_KEY)
+    return str(record["note"]) if isinstance(record, dict) and "note" in record else None
