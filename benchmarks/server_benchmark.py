@@ -141,7 +141,8 @@ def connect(transport: str, cmd: list[str], env: dict, port: int):
 
 
 async def call_once(client, path: Path, candidates) -> float:
-    arguments = {"h5ad_path": str(path), **({"candidates": candidates} if candidates else {})}
+    # plot=False: the map (a UMAP of the file) is work the direct peer does not do
+    arguments = {"h5ad_path": str(path), "plot": False, **({"candidates": candidates} if candidates else {})}
     t0 = time.perf_counter()
     result = await client.call_tool("annotate_cells", arguments, read_timeout_seconds=3600)
     elapsed = time.perf_counter() - t0

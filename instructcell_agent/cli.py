@@ -156,6 +156,9 @@ def _add_answer_arguments(p, candidates: str | None, key_added: str) -> None:
     p.add_argument("--table", default=None, metavar="CSV_OR_TSV",
                    help="also write one row per cell (label, confidence, answer, typicality, Cell Ontology id and "
                         "name, p_<candidate> columns) as .csv or .tsv, e.g. for Seurat's AddMetaData")
+    p.add_argument("--plot", default=None, metavar="PNG",
+                   help="also draw the answers and their confidence on a map of the cells: the file's own "
+                        "obsm['X_umap'] (or X_tsne), else a UMAP computed from its genes, which --out then keeps")
     p.add_argument("--compare-key", default=None,
                    help="obs column of labels the cells already have: print the agreement with them, overall and "
                         "per label (answers read through the Cell Ontology), and store it in uns")
@@ -367,10 +370,12 @@ def _annotate(args) -> int:
     from .core_model.io import write_h5ad_atomic, write_text_atomic
     from .core_model.readers import read_cells
 
-    if not args.out and not args.table:
+    if not (args.out or args.table or args.plot):
         raise InputFileError("name where the answers go: --out FILE.h5ad (the annotated cells), --table FILE.csv "
-                             "(one row per cell), or both")
+                             "(one row per cell), --plot FILE.png (a map of the cells), or several")
     sep = _table_separator(args) if args.table else None  # refused before any reading
+    if args.plot:
+        _check_new_file(args.plot, ".png", "--plot", args)
     adata = read_cells(args.data, genome=args.genome)
     known = known_labels(adata, args.compare_key) if args.compare_key else None  # refused before the model runs
     candidates = [c.strip() for c in args.candidates.split(",") if c.strip()] if args.candidates else None
@@ -384,10 +389,13 @@ def _annotate(args) -> int:
     else:
         result = annotate(adata, free_text=args.free_text, progress=_progress_bar("annotating"), **shared)
     compared = result.agreement(known) if known is not None else None
+    drawn_map, no_map = _draw_map(result, adata, args) if args.plot else (None, None)
     if args.out:
         # Written into the cells read here (a new object; the input file is only read), so a
         # large matrix is not held twice.
         out = result.to_adata(adata, key_added=args.key_added)
+        if drawn_map is not None and drawn_map.computed:
+            out.obsm["X_umap"] = drawn_map.coords  # what the figure shows, for sc.pl.umap(out, color=...)
         if compared is not None:
             out.uns[args.key_added]["agreement"] = {"key": args.compare_key, **compared.to_dict()}
         write_h5ad_atomic(out, args.out, protect=[args.data])
@@ -396,23 +404,45 @@ def _annotate(args) -> int:
     print(result.summary())
     if compared is not None:
         print(compared.summary(f"obs[{args.compare_key!r}]"))
-    print("wrote " + ", ".join(str(p) for p in (args.out, args.table) if p))
+    print("wrote " + ", ".join(str(p) for p in (args.out, args.table, drawn_map and args.plot) if p))
+    if no_map:
+        print(f"error: no map drawn ({no_map}); the answers are written", file=sys.stderr)
+        return 2
     return 0
+
+
+def _draw_map(result, adata, args):
+    """(map, None) once --plot is drawn, or (None, why not): the picture failing must not cost
+    the answers of a long run, which are written either way."""
+    try:
+        return result.draw_map(adata, args.plot, layer=args.layer, use_raw=args.use_raw), None
+    except Exception as exc:  # noqa: BLE001 - reported, and the exit status says it failed
+        log.debug("map failed", exc_info=True)
+        return None, f"{type(exc).__name__}: {exc}" if args.verbose else str(exc)
 
 
 def _table_separator(args) -> str:
     """The column separator of --table, from its suffix; a table that would replace the input or
     --out is refused."""
+    seps = {".csv": ",", ".tsv": "\t", ".txt": "\t"}
+    suffix = _check_new_file(args.table, tuple(seps), "--table", args)
+    return seps[suffix]
+
+
+def _check_new_file(name: str, suffixes: str | tuple[str, ...], option: str, args) -> str:
+    """Refuse an output file of another type, or one that would replace the input or another
+    output; returns its suffix."""
     from .core_model.errors import InputFileError
 
-    table = Path(args.table).expanduser()
-    seps = {".csv": ",", ".tsv": "\t", ".txt": "\t"}
-    if table.suffix.lower() not in seps:
-        raise InputFileError(f"--table {args.table}: name a .csv or .tsv file")
-    for other, what in ((args.data, "the input"), (args.out, "--out")):
-        if other and table.resolve() == Path(other).expanduser().resolve():
-            raise InputFileError(f"--table {args.table} is {what}; name a new file")
-    return seps[table.suffix.lower()]
+    path = Path(name).expanduser()
+    suffixes = (suffixes,) if isinstance(suffixes, str) else suffixes
+    if path.suffix.lower() not in suffixes:
+        raise InputFileError(f"{option} {name}: name a {' or '.join(s for s in suffixes if s != '.txt')} file")
+    others = ((args.data, "the input"), (args.out, "--out"), (args.table, "--table"), (args.plot, "--plot"))
+    for other, what in others:
+        if other and what != option and path.resolve() == Path(other).expanduser().resolve():
+            raise InputFileError(f"{option} {name} is {what}; name a new file")
+    return path.suffix.lower()
 
 
 def _explain(args) -> int:

@@ -233,6 +233,21 @@ class AnnotationResult:
                          + " + ".join(f"{label} {int(counts[label])}" for label in labels))
         return lines
 
+    def draw_map(self, adata: ad.AnnData, path, *, layer: str | None = None, use_raw: bool = False):
+        """Draw the answers and their confidence on a map of the cells, as a PNG at `path`: the
+        file's own UMAP or t-SNE, else a UMAP computed from its genes (`layer` / `use_raw` as
+        given to `annotate`; instructcell_agent/cell_map.py). Returns the `CellMap`; keep its
+        coordinates (`obsm['X_umap']`) when it says they were computed. The cells must be the ones
+        annotated."""
+        from .cell_map import cell_map, plot_answers
+
+        if list(map(str, adata.obs_names)) != list(self.obs_names):
+            raise ValueError("adata's cells differ from the annotated cells (same obs_names in the same order needed)")
+        cmap = cell_map(adata, layer=layer, use_raw=use_raw)
+        task = "drug response" if self.provenance.get("task") == "drug_response" else "cell type"
+        plot_answers(cmap, self.labels, self.confidence, path, title=f"{len(self.obs_names):,} cells: {task}")
+        return cmap
+
     def to_adata(self, adata: ad.AnnData, key_added: str = "instructcell") -> ad.AnnData:
         """Write the result into `adata` (in memory, scverse style) and return it.
 

@@ -52,6 +52,11 @@ CompareKey = Annotated[str | None, Field(
     max_length=200, description="obs column of labels the cells already have (an author's annotation): the reply "
                                 "reports the agreement with them, overall and per label.")]
 
+DrawMap = Annotated[bool, Field(
+    description="Also draw the answers and their confidence on a map of the cells (a PNG among the outputs, kind "
+                "'map_png'): the file's own obsm['X_umap'] (or X_tsne), else a UMAP computed from its genes, which "
+                "the annotated file then keeps in obsm['X_umap'].")]
+
 
 class AnnotateCellsRequest(_MatrixOptions):
     h5ad_path: H5adPath
@@ -69,6 +74,7 @@ class AnnotateCellsRequest(_MatrixOptions):
     unassigned_below: UnassignedBelow = None
     unassigned_atypical: UnassignedAtypical = None
     compare_key: CompareKey = None
+    plot: DrawMap = True
     background: bool = Field(False, description="Run as a background job and return a job id at once.")
     n_examples: int = Field(5, ge=0, le=20, description="Example cells to include in the reply.")
 
@@ -82,6 +88,7 @@ class PredictDrugResponseRequest(_MatrixOptions):
     unassigned_below: UnassignedBelow = None
     unassigned_atypical: UnassignedAtypical = None
     compare_key: CompareKey = None
+    plot: DrawMap = True
     background: bool = Field(False, description="Run as a background job and return a job id at once.")
     n_examples: int = Field(5, ge=0, le=20, description="Example cells to include in the reply.")
 

@@ -348,11 +348,25 @@ class InstructCellService:
         annotated = result.to_adata(adata, key_added=key)
         if found is not None:
             annotated.uns[key]["agreement"] = {"key": req.compare_key, **found.to_dict()}
+        published = {base + ".h5ad": "annotated_h5ad", base + "_labels.csv": "labels_csv"}
+        notes = _read_notes(adata, req) + list(result.provenance.get("notes", []))
         with Staging(self.config.output_dir) as staging:
+            if req.plot:
+                rep.update(n, n, "drawing the map of the cells")
+                try:
+                    drawn = result.draw_map(adata, staging.path(base + "_map.png"), layer=req.layer,
+                                            use_raw=req.use_raw)
+                except Exception as exc:  # noqa: BLE001 - e.g. too few cells: the labels stand without a picture
+                    log.warning("no map drawn for %s", path, exc_info=True)
+                    notes.append(f"no map drawn: {exc}")
+                else:
+                    published[base + "_map.png"] = "map_png"
+                    if drawn.computed:
+                        annotated.obsm["X_umap"] = drawn.coords  # what the figure shows
             write_h5ad_atomic(annotated, staging.path(base + ".h5ad"), protect=[path])
             result.to_table().to_csv(staging.path(base + "_labels.csv"), index_label="cell")
             rep.check()  # the last point a cancellation is honoured: after it the files are published
-            files = staging.commit({base + ".h5ad": "annotated_h5ad", base + "_labels.csv": "labels_csv"})
+            files = staging.commit(published)
         conf = np.asarray(result.confidence, dtype=float)
         labelled = np.flatnonzero(~np.isnan(conf))  # unlabelled cells (no counts on the model's genes) have NaN
         cands = list(map(str, result.probabilities.columns)) if result.probabilities is not None else None
@@ -371,8 +385,7 @@ class InstructCellService:
             atypical_cells=int((typ < -3).sum()) if typ is not None else None,
             candidates=cands, drug=getattr(req, "drug", None), examples=examples,
             alignment=str(result.provenance.get("alignment_summary", "")),
-            notes=_read_notes(adata, req) + list(result.provenance.get("notes", [])),
-            answer_tissues=result.answer_tissues(),
+            notes=notes, answer_tissues=result.answer_tissues(),
             agreement=_agreement(found, req.compare_key) if found is not None else None, outputs=files,
             seconds=round(time.perf_counter() - started, 3))
 

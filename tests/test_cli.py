@@ -86,6 +86,31 @@ def test_annotate_reads_one_genome_of_a_mixed_species_matrix(tiny_checkpoint, sy
     assert "genes: 120 of the model's 120 matched (100%) among the file's 120" in captured.out
 
 
+def test_annotate_draws_the_answers_on_a_map_the_output_keeps(tiny_checkpoint, synthetic_set, tmp_path, capsys):
+    from test_cell_map import PNG_MAGIC
+
+    before = _digest(synthetic_set["path"])
+    out, plot = tmp_path / "annotated.h5ad", tmp_path / "map.png"
+    base = ["annotate", "--checkpoint", str(tiny_checkpoint), "--data", str(synthetic_set["path"]),
+            "--candidates", "alpha,beta,gamma,delta"]
+    assert main([*base, "--plot", str(plot)]) == 0  # a picture alone is an output too
+    assert plot.read_bytes()[:8] == PNG_MAGIC and f"wrote {plot}" in capsys.readouterr().out
+    plot.unlink()
+    assert main([*base, "--plot", str(plot), "--out", str(out)]) == 0
+    annotated = ad.read_h5ad(out)
+    assert annotated.obsm["X_umap"].shape == (annotated.n_obs, 2)  # the computed map, kept
+    assert _digest(synthetic_set["path"]) == before
+    assert main([*base, "--plot", str(tmp_path / "map.pdf"), "--out", str(out)]) == 2
+    assert "--plot" in (err := capsys.readouterr().err) and "name a .png file" in err
+    # a map that cannot be drawn (four cells) costs no answers: they are written, the status says it failed
+    synthetic_set["adata"][:4].write_h5ad(tmp_path / "four.h5ad")
+    table = tmp_path / "four.csv"
+    assert main([*base[:4], str(tmp_path / "four.h5ad"), *base[5:], "--plot", str(tmp_path / "four.png"),
+                 "--table", str(table)]) == 2
+    assert "no map drawn (4 cells with counts are too few" in capsys.readouterr().err
+    assert table.exists() and not (tmp_path / "four.png").exists()
+
+
 def test_annotate_writes_a_table_beside_the_file(tiny_checkpoint, synthetic_set, tmp_path, capsys):
     import pandas as pd
 

@@ -174,16 +174,23 @@ def test_annotate_cells_writes_files_and_matches_the_api(env, gen_model):
     assert summary["n_cells"] == N_CELLS and sum(summary["label_counts"].values()) == N_CELLS
     assert summary["candidates"] == CANDIDATES and len(summary["examples"]) == 5
     kinds = {f["kind"]: f for f in summary["outputs"]}
-    assert set(kinds) == {"annotated_h5ad", "labels_csv"}
+    assert set(kinds) == {"annotated_h5ad", "labels_csv", "map_png"}
     h5 = ad.read_h5ad(kinds["annotated_h5ad"]["path"])
     csv = pd.read_csv(kinds["labels_csv"]["path"], index_col="cell")
     assert h5.n_obs == N_CELLS and "instructcell_label" in h5.obs
+    # the map is drawn by default; the file had no UMAP, so the computed one is kept
+    assert kinds["map_png"]["mime_type"] == "image/png" and h5.obsm["X_umap"].shape == (N_CELLS, 2)
+    image = run(env["server"], lambda c: c.read_resource(kinds["map_png"]["uri"]))
+    assert image.contents[0].mime_type == "image/png" and image.contents[0].blob  # readable through the server
     # Chunked server calls give the same answers as one direct API call.
     direct = ica.annotate(ad.read_h5ad(paths["planted"]), model=gen_model, candidates=CANDIDATES)
     assert list(csv["label"]) == list(direct.labels)
     np.testing.assert_allclose(csv["confidence"], direct.confidence, rtol=1e-4, atol=1e-5)
     assert (csv["label"].to_numpy() == h5.obs["cell_type"].to_numpy()).mean() > 0.5  # planted; chance 0.25
     assert digest(paths["planted"]) == before  # the input is never modified
+    plain = check_structured(env["server"], "annotate_cells", call(env["server"], "annotate_cells", {
+        "h5ad_path": str(paths["planted"]), "candidates": CANDIDATES, "plot": False}))["result"]
+    assert {f["kind"] for f in plain["outputs"]} == {"annotated_h5ad", "labels_csv"}
     # Output files come back as resource links and can be read through the server.
     links = [b for b in result.content if b.type == "resource_link"]
     assert {str(l.uri) for l in links} == {f["uri"] for f in summary["outputs"]}

@@ -1,0 +1,80 @@
+"""The map of the answers: the file's own embedding where it has one, else a UMAP from its genes;
+a two-panel PNG of labels and confidence."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from instructcell_agent.cell_map import CellMap, cell_map, linear_values, plot_answers
+from instructcell_agent.core_model.errors import InputFileError
+from synthetic import CELL_TYPES, make_counts
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def cells():
+    return make_counts(60, seed=3)
+
+
+def test_the_files_own_umap_is_the_map(cells):
+    own = cells.copy()
+    own.obsm["X_umap"] = np.random.default_rng(0).normal(size=(own.n_obs, 2))
+    got = cell_map(own)
+    assert not got.computed and "obsm['X_umap']" in got.source
+    np.testing.assert_allclose(got.coords, own.obsm["X_umap"], rtol=1e-6)
+
+
+def test_without_one_a_umap_is_computed_that_separates_the_types(cells):
+    before = cells.copy()
+    got = cell_map(cells)
+    assert got.computed and got.coords.shape == (cells.n_obs, 2) and np.isfinite(got.coords).all()
+    assert not cells.obsm and (cells.X != before.X).nnz == 0  # the input is left as it was
+    np.testing.assert_array_equal(cell_map(cells).coords, got.coords)  # seeded: the same map twice
+    assert _types_apart(got.coords, cells.obs["cell_type"].to_numpy())
+
+
+def test_log_normalised_values_give_the_map_of_their_counts(cells):
+    import scanpy as sc
+
+    logged = cells.copy()
+    sc.pp.normalize_total(logged, target_sum=1e4)
+    sc.pp.log1p(logged)
+    # read back to a linear scale first, not logged twice: the map is drawn from the same values
+    linear = linear_values(logged).X.toarray()
+    per_10k = cells.X.toarray() / cells.X.toarray().sum(axis=1, keepdims=True) * 1e4
+    np.testing.assert_allclose(linear, per_10k, rtol=1e-4, atol=1e-3)
+    assert _types_apart(cell_map(logged).coords, cells.obs["cell_type"].to_numpy())
+
+
+def _types_apart(coords, labels) -> bool:
+    """The planted types lie apart on the map: the closest two type centres are further apart
+    than the widest type's mean distance to its centre."""
+    centres = np.stack([coords[labels == t].mean(axis=0) for t in CELL_TYPES])
+    spread = max(np.linalg.norm(coords[labels == t] - centres[i], axis=1).mean() for i, t in enumerate(CELL_TYPES))
+    gaps = np.linalg.norm(centres[:, None] - centres[None], axis=2)[np.triu_indices(len(CELL_TYPES), 1)]
+    return bool(gaps.min() > spread)
+
+
+def test_cells_without_counts_are_left_off_and_too_few_refused(cells):
+    import scipy.sparse as sp
+
+    emptied = cells.copy()
+    X = emptied.X.toarray()
+    X[:4] = 0
+    emptied.X = sp.csr_matrix(X)
+    got = cell_map(emptied)
+    assert np.isnan(got.coords[:4]).all() and np.isfinite(got.coords[4:]).all()
+    with pytest.raises(InputFileError, match="too few to draw a map"):
+        cell_map(emptied[:7].copy())  # three cells with counts
+
+
+def test_the_figure_is_a_png_with_every_cell(tmp_path, cells):
+    coords = np.random.default_rng(1).normal(size=(cells.n_obs, 2)).astype(np.float32)
+    labels = [None, "Unassigned", *cells.obs["cell_type"].astype(str)[2:]]
+    conf = np.r_[np.nan, 0.3, np.linspace(0.4, 1.0, cells.n_obs - 2)]
+    path = plot_answers(CellMap(coords, "test", computed=False), labels, conf, tmp_path / "map.png", title="t")
+    assert path.read_bytes()[:8] == PNG_MAGIC and [p.name for p in tmp_path.iterdir()] == ["map.png"]
+    with pytest.raises(ValueError, match="60 cells on the map, 59 labels"):
+        plot_answers(CellMap(coords, "test", computed=False), labels[1:], conf, tmp_path / "x.png")
