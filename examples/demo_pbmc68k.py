@@ -89,6 +89,9 @@ def main() -> None:
     print(f"\nwrote {path} (obs['instructcell_label'], obs['instructcell_confidence'], "
           "obs['instructcell_typicality'], obs['instructcell_ontology_id'], obs['instructcell_ontology_name'], "
           "uns['instructcell'])")
+    picture = path.with_name(path.stem.replace("_annotated", "") + "_map.png")
+    drawn = free.draw_map(adata, picture)  # the file's own UMAP: the free answers where its owner sees the cells
+    print(f"wrote {picture} (free answers and their confidence on {drawn.source})")
 
 
 if __name__ == "__main__":

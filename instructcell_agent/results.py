@@ -244,8 +244,15 @@ class AnnotationResult:
         if list(map(str, adata.obs_names)) != list(self.obs_names):
             raise ValueError("adata's cells differ from the annotated cells (same obs_names in the same order needed)")
         cmap = cell_map(adata, layer=layer, use_raw=use_raw)
-        task = "drug response" if self.provenance.get("task") == "drug_response" else "cell type"
-        plot_answers(cmap, self.labels, self.confidence, path, title=f"{len(self.obs_names):,} cells: {task}")
+        labels, what = self.labels, "drug response"
+        if self.provenance.get("task") == "annotation":
+            what = "cell type"
+            if self.probabilities is None:
+                # Free answers may name one population in several training sets' spellings
+                # ('CD14+ Mono', 'CD14+Mono'): one colour each, by its Cell Ontology name.
+                labels = [_ontology_named(label) for label in self.labels]
+                what = "cell type (free answers, by Cell Ontology name where known)"
+        plot_answers(cmap, labels, self.confidence, path, title=f"{len(self.obs_names):,} cells: {what}")
         return cmap
 
     def to_adata(self, adata: ad.AnnData, key_added: str = "instructcell") -> ad.AnnData:
@@ -277,3 +284,11 @@ class AnnotationResult:
             uns["candidates"] = list(map(str, self.probabilities.columns))
         adata.uns[key_added] = uns
         return adata
+
+
+def _ontology_named(label):
+    """The Cell Ontology name of a label where the synonym table knows it, else the label."""
+    if label is None or label == UNASSIGNED:
+        return label
+    term = ontology_id(str(label))
+    return (ontology_name(term) if term else None) or label

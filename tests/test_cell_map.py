@@ -78,3 +78,26 @@ def test_the_figure_is_a_png_with_every_cell(tmp_path, cells):
     assert path.read_bytes()[:8] == PNG_MAGIC and [p.name for p in tmp_path.iterdir()] == ["map.png"]
     with pytest.raises(ValueError, match="60 cells on the map, 59 labels"):
         plot_answers(CellMap(coords, "test", computed=False), labels[1:], conf, tmp_path / "x.png")
+
+
+def test_free_answers_are_coloured_by_population_candidates_as_given(cells, tmp_path, monkeypatch):
+    import pandas as pd
+
+    from instructcell_agent import cell_map as module
+    from instructcell_agent.results import AnnotationResult
+
+    drawn = {}
+    monkeypatch.setattr(module, "plot_answers", lambda cmap, labels, conf, path, title: drawn.update(labels=labels))
+    spellings = ["CD14+ Mono", "CD14+Mono", None, "Unassigned", "a type of its own"]
+    labels = np.array([spellings[i % 5] for i in range(cells.n_obs)], dtype=object)
+    free = AnnotationResult(obs_names=list(cells.obs_names), labels=labels, confidence=np.full(cells.n_obs, 0.9),
+                            answers=list(labels), provenance={"task": "annotation"})
+    free.draw_map(cells, tmp_path / "m.png")
+    # two training sets' spellings of one population share a colour; the rest keep their names
+    assert drawn["labels"][:5] == ["CD14-positive monocyte", "CD14-positive monocyte", None, "Unassigned",
+                                   "a type of its own"]
+    scored = AnnotationResult(obs_names=list(cells.obs_names), labels=labels, confidence=np.full(cells.n_obs, 0.9),
+                              answers=list(labels), provenance={"task": "annotation"},
+                              probabilities=pd.DataFrame(np.full((cells.n_obs, 2), 0.5), columns=["x", "y"]))
+    scored.draw_map(cells, tmp_path / "m.png")
+    assert list(drawn["labels"][:5]) == spellings  # the caller's candidates are drawn under their own names
