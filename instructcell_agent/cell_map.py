@@ -10,6 +10,7 @@ coordinates are returned so that callers can keep them (`obsm['X_umap']` of the 
 from __future__ import annotations
 
 import os
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -25,6 +26,7 @@ MIN_CELLS = 5  # fewer cells make no neighbourhood graph worth drawing
 _N_TOP_GENES, _N_PCS, _N_NEIGHBOURS = 2000, 30, 15
 # Not-answered cells ('Unassigned', or no counts on the model's genes) are drawn grey, underneath.
 _GREY = "#d0d0d0"
+_LEGEND_WIDTH = 36  # characters per line of a label name in the legend
 
 
 @dataclass
@@ -114,7 +116,8 @@ def plot_answers(cmap: CellMap, labels: Sequence, confidence: np.ndarray, path: 
     counts = labels[~grey].value_counts()
     for colour, (label, count) in zip(_palette(len(counts)), counts.items()):
         mine = (labels == label).to_numpy()
-        left.scatter(x[mine], y[mine], s=size, color=colour, linewidths=0, label=f"{label} ({count:,})")
+        name = textwrap.fill(label, width=_LEGEND_WIDTH)  # long names over two lines, not into the next panel
+        left.scatter(x[mine], y[mine], s=size, color=colour, linewidths=0, label=f"{name} ({count:,})")
     handles, names = left.get_legend_handles_labels()
     if not grey.any():  # no grey entry in the legend when every cell has a label
         handles, names = handles[1:], names[1:]
@@ -138,8 +141,11 @@ def _missing(value) -> bool:
 
 
 def _palette(n: int) -> list:
-    """`n` distinguishable colours: tab20, then tab20b and tab20c, then round again."""
+    """`n` distinguishable colours: tab10's ten, then tab20's lighter shades, tab20b and tab20c,
+    then round again (the ten most frequent labels get the ten most distinct colours)."""
     import matplotlib
 
-    colours = [c for name in ("tab20", "tab20b", "tab20c") for c in matplotlib.colormaps[name].colors]
+    tab20 = matplotlib.colormaps["tab20"].colors
+    colours = [*matplotlib.colormaps["tab10"].colors, *tab20[1::2],
+               *matplotlib.colormaps["tab20b"].colors, *matplotlib.colormaps["tab20c"].colors]
     return [colours[i % len(colours)] for i in range(n)]
