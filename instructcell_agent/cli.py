@@ -159,6 +159,9 @@ def _add_answer_arguments(p, candidates: str | None, key_added: str) -> None:
     p.add_argument("--plot", default=None, metavar="PNG",
                    help="also draw the answers and their confidence on a map of the cells: the file's own "
                         "obsm['X_umap'] (or X_tsne), else a UMAP computed from its genes, which --out then keeps")
+    p.add_argument("--groupby", default=None, metavar="KEY",
+                   help="obs column of groups (clusters, samples): print what each group was answered (most "
+                        "frequent answer, its share, the runner-up) and store it in uns")
     p.add_argument("--compare-key", default=None,
                    help="obs column of labels the cells already have: print the agreement with them, overall and "
                         "per label (answers read through the Cell Ontology), and store it in uns")
@@ -366,8 +369,9 @@ def _annotate(args) -> int:
     """`annotate` and `drug-response`: answer every cell of --data, write them to a new file (--out)."""
     from .agreement import known_labels
     from .api import annotate, load_model, predict_drug_response
+    from .composition import check_groups
     from .core_model.errors import InputFileError
-    from .core_model.io import write_h5ad_atomic, write_text_atomic
+    from .core_model.io import obs_column, write_h5ad_atomic, write_text_atomic
     from .core_model.readers import read_cells
 
     if not (args.out or args.table or args.plot):
@@ -378,6 +382,9 @@ def _annotate(args) -> int:
         _check_new_file(args.plot, ".png", "--plot", args)
     adata = read_cells(args.data, genome=args.genome)
     known = known_labels(adata, args.compare_key) if args.compare_key else None  # refused before the model runs
+    groups = obs_column(adata, args.groupby, "Name a column of groups (clusters, samples)") if args.groupby else None
+    if groups is not None:
+        check_groups(groups, args.groupby)
     candidates = [c.strip() for c in args.candidates.split(",") if c.strip()] if args.candidates else None
     model = load_model(args.checkpoint, device=args.device, precision=args.precision)
     shared = dict(model=model, instruction=args.instruction, candidates=candidates, use_raw=args.use_raw,
@@ -389,6 +396,7 @@ def _annotate(args) -> int:
     else:
         result = annotate(adata, free_text=args.free_text, progress=_progress_bar("annotating"), **shared)
     compared = result.agreement(known) if known is not None else None
+    grouped = result.composition(groups, args.groupby) if groups is not None else None
     drawn_map, no_map = _draw_map(result, adata, args) if args.plot else (None, None)
     if args.out:
         # Written into the cells read here (a new object; the input file is only read), so a
@@ -398,12 +406,16 @@ def _annotate(args) -> int:
             out.obsm["X_umap"] = drawn_map.coords  # what the figure shows, for sc.pl.umap(out, color=...)
         if compared is not None:
             out.uns[args.key_added]["agreement"] = {"key": args.compare_key, **compared.to_dict()}
+        if grouped is not None:
+            out.uns[args.key_added]["composition"] = grouped.to_uns()
         write_h5ad_atomic(out, args.out, protect=[args.data])
     if sep is not None:
         write_text_atomic(result.to_table().to_csv(sep=sep, index_label="cell"), args.table)
     print(result.summary())
     if compared is not None:
         print(compared.summary(f"obs[{args.compare_key!r}]"))
+    if grouped is not None:
+        print(grouped.summary())
     print("wrote " + ", ".join(str(p) for p in (args.out, args.table, drawn_map and args.plot) if p))
     if no_map:
         print(f"error: no map drawn ({no_map}); the answers are written", file=sys.stderr)

@@ -233,6 +233,35 @@ class AnnotationResult:
                          + " + ".join(f"{label} {int(counts[label])}" for label in labels))
         return lines
 
+    def composition(self, groups, key: str = "group"):
+        """What each group of cells was answered (`instructcell_agent/composition.py`): `groups`
+        one value per cell (a cluster column, say; a Series indexed by cell names is aligned by
+        name). Free cell-type answers are counted by Cell Ontology population, as `draw_map` colours
+        them, under the population's most frequent spelling."""
+        from .composition import composition
+
+        if isinstance(groups, pd.Series) and not groups.index.equals(pd.Index(self.obs_names)):
+            if not set(map(str, groups.index)) >= set(self.obs_names):
+                raise ValueError("groups: a Series whose index does not hold the annotated cells' names")
+            groups = groups.set_axis(groups.index.map(str)).reindex(self.obs_names)
+        groups = groups if isinstance(groups, pd.Series) else pd.Series(groups)  # a categorical keeps its order
+        return composition(self._population_labels(), self.confidence, groups, key)
+
+    def _population_labels(self) -> list:
+        """Free cell-type answers with one name per population: the model may write one population
+        in several training sets' spellings ('CD14+ Mono', 'CD14+Mono'), which the Cell Ontology
+        ties together; each is shown as the population's most frequent spelling here. Other labels
+        as they are."""
+        if self.provenance.get("task") != "annotation" or self.probabilities is not None:
+            return list(self.labels)
+        terms = [ontology_id(str(label)) if label is not None and label != UNASSIGNED else None
+                 for label in self.labels]
+        shown: dict[str, str] = {}
+        for (term, label), _ in Counter(zip(terms, self.labels)).most_common():  # most frequent first
+            if term is not None:
+                shown.setdefault(term, label)
+        return [shown[term] if term is not None else label for term, label in zip(terms, self.labels)]
+
     def draw_map(self, adata: ad.AnnData, path, *, layer: str | None = None, use_raw: bool = False):
         """Draw the answers and their confidence on a map of the cells, as a PNG at `path`: the
         file's own UMAP or t-SNE, else a UMAP computed from its genes (`layer` / `use_raw` as
@@ -244,15 +273,14 @@ class AnnotationResult:
         if list(map(str, adata.obs_names)) != list(self.obs_names):
             raise ValueError("adata's cells differ from the annotated cells (same obs_names in the same order needed)")
         cmap = cell_map(adata, layer=layer, use_raw=use_raw)
-        labels, what = self.labels, "drug response"
+        what = "drug response"
         if self.provenance.get("task") == "annotation":
-            what = "cell type"
-            if self.probabilities is None:
-                # Free answers may name one population in several training sets' spellings
-                # ('CD14+ Mono', 'CD14+Mono'): one colour each, by its Cell Ontology name.
-                labels = [_ontology_named(label) for label in self.labels]
-                what = "cell type (free answers, by Cell Ontology name where known)"
-        plot_answers(cmap, labels, self.confidence, path, title=f"{len(self.obs_names):,} cells: {what}")
+            # Free answers may name one population in several training sets' spellings
+            # ('CD14+ Mono', 'CD14+Mono'): one colour for it, by its Cell Ontology name.
+            what = ("cell type" if self.probabilities is not None
+                    else "cell type (free answers; a population's several spellings under its most frequent)")
+        plot_answers(cmap, self._population_labels(), self.confidence, path,
+                     title=f"{len(self.obs_names):,} cells: {what}")
         return cmap
 
     def to_adata(self, adata: ad.AnnData, key_added: str = "instructcell") -> ad.AnnData:
@@ -285,10 +313,3 @@ class AnnotationResult:
         adata.uns[key_added] = uns
         return adata
 
-
-def _ontology_named(label):
-    """The Cell Ontology name of a label where the synonym table knows it, else the label."""
-    if label is None or label == UNASSIGNED:
-        return label
-    term = ontology_id(str(label))
-    return (ontology_name(term) if term else None) or label

@@ -52,6 +52,9 @@ CompareKey = Annotated[str | None, Field(
     max_length=200, description="obs column of labels the cells already have (an author's annotation): the reply "
                                 "reports the agreement with them, overall and per label.")]
 
+GroupBy = Annotated[str | None, Field(
+    max_length=200, description="obs column of groups (clusters, samples, conditions): the reply says what each "
+                                "group was answered (most frequent answer, its share of the group, the runner-up).")]
 DrawMap = Annotated[bool, Field(
     description="Also draw the answers and their confidence on a map of the cells (a PNG among the outputs, kind "
                 "'map_png'): the file's own obsm['X_umap'] (or X_tsne), else a UMAP computed from its genes, which "
@@ -74,6 +77,7 @@ class AnnotateCellsRequest(_MatrixOptions):
     unassigned_below: UnassignedBelow = None
     unassigned_atypical: UnassignedAtypical = None
     compare_key: CompareKey = None
+    groupby: GroupBy = None
     plot: DrawMap = True
     background: bool = Field(False, description="Run as a background job and return a job id at once.")
     n_examples: int = Field(5, ge=0, le=20, description="Example cells to include in the reply.")
@@ -88,6 +92,7 @@ class PredictDrugResponseRequest(_MatrixOptions):
     unassigned_below: UnassignedBelow = None
     unassigned_atypical: UnassignedAtypical = None
     compare_key: CompareKey = None
+    groupby: GroupBy = None
     plot: DrawMap = True
     background: bool = Field(False, description="Run as a background job and return a job id at once.")
     n_examples: int = Field(5, ge=0, le=20, description="Example cells to include in the reply.")
@@ -260,6 +265,18 @@ class AgreementSummary(BaseModel):
     per_label: dict[str, LabelAgreement] = Field(description="The 50 largest known labels.")
 
 
+class GroupSummary(BaseModel):
+    group: str
+    n_cells: int
+    answer: str | None = Field(description="Most frequent answer (free cell-type answers by Cell Ontology name); "
+                                           "None when no cell of the group was labelled.")
+    share: float = Field(description="Its share of the group's cells.")
+    runner_up: str | None
+    runner_up_share: float
+    mean_confidence: float | None = Field(description="Of the group's labelled cells.")
+    not_labelled: int = Field(description="Cells left unlabelled or 'Unassigned'.")
+
+
 class AnnotationSummary(BaseModel):
     kind: Literal["annotation", "drug_response"]
     h5ad_path: str
@@ -287,6 +304,8 @@ class AnnotationSummary(BaseModel):
                           "named: what the cells were read as. Several tissues for one sample are worth a look; "
                           "pass tissue (or a tissue column) to keep the answers to one.")
     agreement: AgreementSummary | None = Field(None, description="With compare_key: agreement with those labels.")
+    groups: list[GroupSummary] | None = Field(None, description="With groupby: what each group was answered (the "
+                                                                "first 200 groups).")
     outputs: list[OutputFile]
     seconds: float
 

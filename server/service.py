@@ -21,9 +21,10 @@ import numpy as np
 import pandas as pd
 
 from instructcell_agent.agreement import known_labels
+from instructcell_agent.composition import check_groups
 from instructcell_agent.core_model.errors import CheckpointError, InputFileError, InstructCellError
 from instructcell_agent.core_model.genomes import selection_note
-from instructcell_agent.core_model.io import write_h5ad_atomic
+from instructcell_agent.core_model.io import obs_column, write_h5ad_atomic
 from instructcell_agent.core_model.labels import unexplainable
 from instructcell_agent.core_model.readers import cell_file_format, read_cells
 
@@ -33,8 +34,9 @@ from .outputs import Staging, new_id, slug
 from .paths import resolve_input
 from .schemas import (AgreementSummary, AnnotateCellsRequest, AnnotationSummary, CellExample, DatasetInfo,
                       DescribeModelRequest, ExplainGenesRequest, ExplanationSummary, GenerateCellsRequest,
-                      GenerationConditionInfo, GenerationSummary, GeneScore, InspectDatasetRequest, LabelAgreement,
-                      LabelSetInfo, ModelInfo, ObsColumn, PredictDrugResponseRequest, VocabularyOverlap)
+                      GenerationConditionInfo, GenerationSummary, GeneScore, GroupSummary, InspectDatasetRequest,
+                      LabelAgreement, LabelSetInfo, ModelInfo, ObsColumn, PredictDrugResponseRequest,
+                      VocabularyOverlap)
 
 log = logging.getLogger(__name__)
 
@@ -331,6 +333,9 @@ class InstructCellService:
         if adata.n_obs == 0:
             raise InputFileError(f"{req.h5ad_path} has no cells; nothing to annotate")
         known = known_labels(adata, req.compare_key) if req.compare_key else None  # refused before any model work
+        groups = obs_column(adata, req.groupby, "Name a column of groups (clusters, samples)") if req.groupby else None
+        if groups is not None:
+            check_groups(groups, req.groupby)
         model = self.model()
         n, step = adata.n_obs, max(1, self.limits.chunk_cells)
         parts: list[AnnotationResult] = []
@@ -348,6 +353,9 @@ class InstructCellService:
         annotated = result.to_adata(adata, key_added=key)
         if found is not None:
             annotated.uns[key]["agreement"] = {"key": req.compare_key, **found.to_dict()}
+        grouped = result.composition(groups, req.groupby) if groups is not None else None
+        if grouped is not None:
+            annotated.uns[key]["composition"] = grouped.to_uns()
         published = {base + ".h5ad": "annotated_h5ad", base + "_labels.csv": "labels_csv"}
         notes = _read_notes(adata, req) + list(result.provenance.get("notes", []))
         with Staging(self.config.output_dir) as staging:
@@ -386,7 +394,8 @@ class InstructCellService:
             candidates=cands, drug=getattr(req, "drug", None), examples=examples,
             alignment=str(result.provenance.get("alignment_summary", "")),
             notes=notes, answer_tissues=result.answer_tissues(),
-            agreement=_agreement(found, req.compare_key) if found is not None else None, outputs=files,
+            agreement=_agreement(found, req.compare_key) if found is not None else None,
+            groups=_groups(grouped) if grouped is not None else None, outputs=files,
             seconds=round(time.perf_counter() - started, 3))
 
 
@@ -425,6 +434,14 @@ def _opened(path: Path, genome: str | None = None) -> Iterator[ad.AnnData]:
         yield backed
     finally:
         backed.file.close()
+
+
+def _groups(grouped, max_groups: int = 200) -> list[GroupSummary]:
+    """The reply's view of a `Composition`: its first `max_groups` groups."""
+    return [GroupSummary(group=str(group), n_cells=int(row.n_cells), answer=row.answer, share=round(row.share, 4),
+                         runner_up=row.runner_up, runner_up_share=round(row.runner_up_share, 4),
+                         mean_confidence=_rounded(row.mean_confidence), not_labelled=int(row.not_labelled))
+            for group, row in grouped.table.head(max_groups).iterrows()]
 
 
 def _read_notes(adata: ad.AnnData, req) -> list[str]:

@@ -88,16 +88,16 @@ def test_free_answers_are_coloured_by_population_candidates_as_given(cells, tmp_
 
     drawn = {}
     monkeypatch.setattr(module, "plot_answers", lambda cmap, labels, conf, path, title: drawn.update(labels=labels))
-    spellings = ["CD14+ Mono", "CD14+Mono", None, "Unassigned", "a type of its own"]
-    labels = np.array([spellings[i % 5] for i in range(cells.n_obs)], dtype=object)
+    spellings = ["CD14+ Mono", "CD14+Mono", "CD14+Mono", None, "Unassigned", "a type of its own"]
+    labels = np.array([spellings[i % 6] for i in range(cells.n_obs)], dtype=object)
     free = AnnotationResult(obs_names=list(cells.obs_names), labels=labels, confidence=np.full(cells.n_obs, 0.9),
                             answers=list(labels), provenance={"task": "annotation"})
     free.draw_map(cells, tmp_path / "m.png")
-    # two training sets' spellings of one population share a colour; the rest keep their names
-    assert drawn["labels"][:5] == ["CD14-positive monocyte", "CD14-positive monocyte", None, "Unassigned",
-                                   "a type of its own"]
+    # two training sets' spellings of one population share a colour, under the more frequent one
+    assert drawn["labels"][:6] == ["CD14+Mono", "CD14+Mono", "CD14+Mono", None, "Unassigned", "a type of its own"]
+    assert free.composition(["g"] * cells.n_obs).table.loc["g", "answer"] == "CD14+Mono"  # counted the same way
     scored = AnnotationResult(obs_names=list(cells.obs_names), labels=labels, confidence=np.full(cells.n_obs, 0.9),
                               answers=list(labels), provenance={"task": "annotation"},
                               probabilities=pd.DataFrame(np.full((cells.n_obs, 2), 0.5), columns=["x", "y"]))
     scored.draw_map(cells, tmp_path / "m.png")
-    assert list(drawn["labels"][:5]) == spellings  # the caller's candidates are drawn under their own names
+    assert list(drawn["labels"][:6]) == spellings  # the caller's candidates are drawn under their own names

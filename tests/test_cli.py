@@ -111,6 +111,29 @@ def test_annotate_draws_the_answers_on_a_map_the_output_keeps(tiny_checkpoint, s
     assert table.exists() and not (tmp_path / "four.png").exists()
 
 
+def test_annotate_reports_what_each_group_was_answered(tiny_checkpoint, synthetic_set, tmp_path, capsys):
+    cells = synthetic_set["adata"][:80].copy()
+    cells.obs["cluster"] = cells.obs["cell_type"].cat.codes.astype(str)  # clusters that are the planted types
+    cells.obs["barcode"] = cells.obs_names
+    cells.write_h5ad(tmp_path / "cells.h5ad")
+    out = tmp_path / "annotated.h5ad"
+    base = ["annotate", "--checkpoint", str(tiny_checkpoint), "--data", str(tmp_path / "cells.h5ad"),
+            "--candidates", "alpha,beta,gamma,delta", "--out", str(out)]
+    assert main([*base, "--groupby", "cluster"]) == 0
+    printed = capsys.readouterr().out
+    stored = ad.read_h5ad(out).uns["instructcell"]["composition"]
+    assert stored["key"] == "cluster" and list(stored["table"]["group"]) == ["0", "1", "2", "3"]
+    for group, answer, share in zip(stored["table"]["group"], stored["table"]["answer"], stored["table"]["share"]):
+        assert f"  {group}: {answer} {share:.2f} of 20" in printed
+    # each planted cluster is answered mostly as its own type (chance: 0.25)
+    planted = dict(zip(cells.obs["cluster"], cells.obs["cell_type"].astype(str)))
+    assert sum(planted[g] == a for g, a in zip(stored["table"]["group"], stored["table"]["answer"])) >= 3
+    for key, message in (("clusters", "obs has no column 'clusters'"), ("barcode", "80 distinct values")):
+        out.unlink(missing_ok=True)
+        assert main([*base, "--groupby", key]) == 2 and message in capsys.readouterr().err
+        assert not out.exists()
+
+
 def test_annotate_writes_a_table_beside_the_file(tiny_checkpoint, synthetic_set, tmp_path, capsys):
     import pandas as pd
 

@@ -280,6 +280,24 @@ def test_annotate_cells_reports_agreement_with_known_labels(env):
     assert "no column 'celltype'" in text
 
 
+def test_annotate_cells_says_what_each_group_was_answered(env):
+    result = call(env["server"], "annotate_cells", {"h5ad_path": "planted.h5ad", "candidates": CANDIDATES,
+                                                    "groupby": "cell_type", "plot": False})
+    summary = check_structured(env["server"], "annotate_cells", result)["result"]
+    csv = pd.read_csv(next(f["path"] for f in summary["outputs"] if f["kind"] == "labels_csv"), index_col="cell")
+    known = ad.read_h5ad(env["paths"]["planted"]).obs["cell_type"].astype(str).to_numpy()
+    groups = {g["group"]: g for g in summary["groups"]}
+    assert set(groups) == set(known)
+    for name, group in groups.items():
+        answers = csv["label"][known == name].value_counts()
+        assert group["n_cells"] == (known == name).sum() and group["answer"] == answers.index[0]
+        assert group["share"] == pytest.approx(answers.iloc[0] / group["n_cells"], abs=1e-4)
+    h5 = ad.read_h5ad(next(f["path"] for f in summary["outputs"] if f["kind"] == "annotated_h5ad"))
+    assert h5.uns["instructcell"]["composition"]["key"] == "cell_type"
+    text = error_text(call(env["server"], "annotate_cells", {"h5ad_path": "planted.h5ad", "groupby": "cluster"}))
+    assert "no column 'cluster'" in text
+
+
 def test_annotate_cells_can_leave_low_confidence_cells_unassigned(env):
     result = call(env["server"], "annotate_cells", {"h5ad_path": "planted.h5ad", "candidates": CANDIDATES,
                                                     "unassigned_below": 1.0, "compare_key": "cell_type"})
