@@ -1,7 +1,8 @@
 """A picture of the answers: the cells on a 2-D map, coloured by label and by confidence.
 
-The map is the file's own embedding where it has one (obsm 'X_umap', else 'X_tsne'): the picture
-its owner already knows, now with the model's labels on it. Otherwise a UMAP is made the usual
+The map is the file's own embedding where it has one (obsm 'X_umap', else 'X_tsne', else a
+Seurat export's obs columns UMAP_1 / UMAP_2): the picture its owner already knows, now with the
+model's labels on it. Otherwise a UMAP is made the usual
 scanpy way from the file's values on all of its genes (not only the model's): counts per 10,000,
 log1p, the 2,000 most variable genes, 30 principal components, 15 neighbours, seed 0. Computed
 coordinates are returned so that callers can keep them (`obsm['X_umap']` of the annotated file).
@@ -22,6 +23,7 @@ import pandas as pd
 from .core_model.errors import InputFileError
 
 EMBEDDINGS = ("X_umap", "X_tsne")
+_OBS_EMBEDDINGS = (("UMAP_1", "UMAP_2"), ("umap_1", "umap_2"), ("tSNE_1", "tSNE_2"))
 MIN_CELLS = 5  # fewer cells make no neighbourhood graph worth drawing
 _N_TOP_GENES, _N_PCS, _N_NEIGHBOURS = 2000, 30, 15
 # Not-answered cells ('Unassigned', or no counts on the model's genes) are drawn grey, underneath.
@@ -51,6 +53,11 @@ def cell_map(adata: ad.AnnData, *, layer: str | None = None, use_raw: bool = Fal
             coords = np.asarray(adata.obsm[key], dtype=np.float32)[:, :2]
             if np.isfinite(coords).all():
                 return CellMap(coords, f"the file's obsm[{key!r}]", computed=False)
+    for x, y in _OBS_EMBEDDINGS:  # Seurat's exports keep the embedding as two obs columns
+        if x in adata.obs and y in adata.obs:
+            coords = adata.obs[[x, y]].to_numpy(dtype=np.float32, na_value=np.nan)
+            if np.isfinite(coords).all():
+                return CellMap(coords, f"the file's obs[{x!r}] and obs[{y!r}]", computed=False)
     cells = linear_values(adata, layer, use_raw)
     # Cells without counts have no place on a map of expression: they get NaN coordinates.
     placed = np.flatnonzero(np.asarray(cells.X.sum(axis=1)).ravel() > 0)

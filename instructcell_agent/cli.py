@@ -158,7 +158,8 @@ def _add_answer_arguments(p, candidates: str | None, key_added: str) -> None:
                         "name, p_<candidate> columns) as .csv or .tsv, e.g. for Seurat's AddMetaData")
     p.add_argument("--plot", default=None, metavar="PNG",
                    help="also draw the answers and their confidence on a map of the cells: the file's own "
-                        "obsm['X_umap'] (or X_tsne), else a UMAP computed from its genes, which --out then keeps")
+                        "obsm['X_umap'] (or X_tsne, or obs UMAP_1/UMAP_2), else a UMAP computed from its genes, "
+                        "which --out then keeps")
     p.add_argument("--groupby", default=None, metavar="KEY",
                    help="obs column of groups (clusters, samples): print what each group was answered (most "
                         "frequent answer, its share, the runner-up) and store it in uns")

@@ -26,6 +26,14 @@ def test_the_files_own_umap_is_the_map(cells):
     np.testing.assert_allclose(got.coords, own.obsm["X_umap"], rtol=1e-6)
 
 
+def test_a_seurat_exports_umap_columns_are_the_map(cells):
+    own = cells.copy()
+    own.obs["UMAP_1"], own.obs["UMAP_2"] = np.arange(own.n_obs), -np.arange(own.n_obs)
+    got = cell_map(own)
+    assert not got.computed and "obs['UMAP_1']" in got.source
+    np.testing.assert_array_equal(got.coords[:, 1], -np.arange(own.n_obs))
+
+
 def test_without_one_a_umap_is_computed_that_separates_the_types(cells):
     before = cells.copy()
     got = cell_map(cells)
