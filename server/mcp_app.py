@@ -25,6 +25,7 @@ from .config import ServerConfig
 from .jobs import Job
 from .outputs import URI_PREFIX, mime_for
 from .paths import PathNotAllowedError, resolve_output
+from .prompts import register_prompts
 from .schemas import OutputFile
 from .toolbox import SPECS, Toolbox, ToolFailure, ToolSpec
 
@@ -66,6 +67,7 @@ def build_server(config: ServerConfig | None = None, toolbox: Toolbox | None = N
     server = MCPServer("instructcell", title="InstructCell", instructions=INSTRUCTIONS, version=_version(),
                        tools=tools)
     server.toolbox = toolbox  # type: ignore[attr-defined] - tests and the CLI reach the jobs through it
+    register_prompts(server)
 
     @server.resource(URI_PREFIX + "{+name}", name="output", description="A result file under the output directory.")
     def read_output(name: str) -> str | bytes:

@@ -92,6 +92,25 @@ def test_every_tool_is_listed_with_typed_schemas_and_hints(env):
     assert "600" in tools["annotate_cells"].description  # the configured limit is stated
 
 
+def test_workflow_prompts_name_only_tools_and_arguments_there_are(env):
+    from instructcell_agent.server.prompts import REFERENCES
+    from instructcell_agent.server.toolbox import SPECS
+
+    prompts = {p.name: p for p in run(env["server"], lambda c: c.list_prompts()).prompts}
+    assert set(prompts) == set(REFERENCES) and all(p.description for p in prompts.values())
+    args = {"annotate_dataset": {"h5ad_path": "pbmc/cells.h5ad"},
+            "drug_response_report": {"h5ad_path": "pc9.h5ad", "drug": "erlotinib"},
+            "generate_and_check": {"cell_type": "CD14+ Mono", "n": "50"}}
+    requests = {spec.name: spec.request.model_fields for spec in SPECS}
+    for name, references in REFERENCES.items():
+        got = run(env["server"], lambda c, name=name: c.get_prompt(name, args[name]))
+        text = got.messages[0].content.text
+        assert all(value in text for value in args[name].values())  # the user's arguments reach the text
+        for tool, argument in references:
+            assert tool in text and (argument is None or argument in text), (name, tool, argument)
+            assert argument is None or argument in requests[tool], (tool, argument)  # still a real argument
+
+
 # ------------------------------------------------------------------ tools
 
 
