@@ -263,10 +263,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _what_survives(args: argparse.Namespace) -> str:
-    if args.command in ("train", "train-generator"):
-        return ("training state is saved every few hundred steps; run the same command with --resume to continue"
-                if args.command == "train" else
-                "the generator is written only when training ends; the checkpoint keeps the one it had, if any")
+    if args.command == "train":
+        return "training state is saved every few hundred steps; run the same command with --resume to continue"
+    if args.command == "train-generator":
+        return "the generator is written only when training ends; the checkpoint keeps the one it had, if any"
     return "outputs are written only when complete (to a temporary name, then renamed), so no file is half-written"
 
 

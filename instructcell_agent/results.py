@@ -276,7 +276,7 @@ class AnnotationResult:
         what = "drug response"
         if self.provenance.get("task") == "annotation":
             # Free answers may name one population in several training sets' spellings
-            # ('CD14+ Mono', 'CD14+Mono'): one colour for it, by its Cell Ontology name.
+            # ('CD14+ Mono', 'CD14+Mono'): one colour for it, under its most frequent spelling.
             what = ("cell type" if self.probabilities is not None
                     else "cell type (free answers; a population's several spellings under its most frequent)")
         plot_answers(cmap, self._population_labels(), self.confidence, path,
@@ -312,4 +312,3 @@ class AnnotationResult:
             uns["candidates"] = list(map(str, self.probabilities.columns))
         adata.uns[key_added] = uns
         return adata
-
