@@ -68,6 +68,17 @@ def cell_map(adata: ad.AnnData, *, layer: str | None = None, use_raw: bool = Fal
     return CellMap(coords, _computed_source(), computed=True)
 
 
+def keep_coords(adata: ad.AnnData, cmap: CellMap) -> str | None:
+    """Store a computed map in `adata.obsm` for scanpy's plots: 'X_umap' where the file has none,
+    else 'X_instructcell_umap' (a UMAP the file already holds is never replaced). Returns the key
+    written (None for a map read from the file)."""
+    if not cmap.computed:
+        return None
+    key = "X_umap" if "X_umap" not in adata.obsm else "X_instructcell_umap"
+    adata.obsm[key] = cmap.coords
+    return key
+
+
 def _computed_source() -> str:
     return (f"UMAP computed from the file's genes (per 10,000 counts, log1p, {_N_TOP_GENES:,} most variable genes, "
             f"{_N_PCS} PCs, {_N_NEIGHBOURS} neighbours, seed 0)")

@@ -370,6 +370,7 @@ def _annotate(args) -> int:
     """`annotate` and `drug-response`: answer every cell of --data, write them to a new file (--out)."""
     from .agreement import known_labels
     from .api import annotate, load_model, predict_drug_response
+    from .cell_map import keep_coords
     from .composition import check_groups
     from .core_model.errors import InputFileError
     from .core_model.io import obs_column, write_h5ad_atomic, write_text_atomic
@@ -403,8 +404,8 @@ def _annotate(args) -> int:
         # Written into the cells read here (a new object; the input file is only read), so a
         # large matrix is not held twice.
         out = result.to_adata(adata, key_added=args.key_added)
-        if drawn_map is not None and drawn_map.computed:
-            out.obsm["X_umap"] = drawn_map.coords  # what the figure shows, for sc.pl.umap(out, color=...)
+        if drawn_map is not None:
+            keep_coords(out, drawn_map)  # what the figure shows, for sc.pl.umap(out, color=...)
         if compared is not None:
             out.uns[args.key_added]["agreement"] = {"key": args.compare_key, **compared.to_dict()}
         if grouped is not None:

@@ -323,6 +323,7 @@ class InstructCellService:
 
     # ------------------------------------------------------------------ annotation core
     def _annotate(self, req, task: str, reporter: Reporter | None, run) -> AnnotationSummary:
+        from instructcell_agent.cell_map import keep_coords
         from instructcell_agent.results import AnnotationResult
 
         rep = reporter or _NoReporter()
@@ -369,8 +370,7 @@ class InstructCellService:
                     notes.append(f"no map drawn: {exc}")
                 else:
                     published[base + "_map.png"] = "map_png"
-                    if drawn.computed:
-                        annotated.obsm["X_umap"] = drawn.coords  # what the figure shows
+                    keep_coords(annotated, drawn)  # what the figure shows
             write_h5ad_atomic(annotated, staging.path(base + ".h5ad"), protect=[path])
             result.to_table().to_csv(staging.path(base + "_labels.csv"), index_label="cell")
             rep.check()  # the last point a cancellation is honoured: after it the files are published

@@ -109,3 +109,17 @@ def test_free_answers_are_coloured_by_population_candidates_as_given(cells, tmp_
                               probabilities=pd.DataFrame(np.full((cells.n_obs, 2), 0.5), columns=["x", "y"]))
     scored.draw_map(cells, tmp_path / "m.png")
     assert list(drawn["labels"][:6]) == spellings  # the caller's candidates are drawn under their own names
+
+
+def test_a_computed_map_never_replaces_a_umap_the_file_holds(cells):
+    from instructcell_agent.cell_map import keep_coords
+
+    partial = cells.copy()
+    partial.obsm["X_umap"] = np.full((partial.n_obs, 2), np.nan)  # e.g. cells added after the UMAP was made
+    partial.obsm["X_umap"][:10] = 1.0
+    got = cell_map(partial)
+    assert got.computed  # an embedding with holes is not drawn on
+    assert keep_coords(partial, got) == "X_instructcell_umap"
+    assert np.isnan(partial.obsm["X_umap"][10:]).all() and (partial.obsm["X_umap"][:10] == 1).all()
+    fresh = cells.copy()
+    assert keep_coords(fresh, got) == "X_umap" and keep_coords(fresh, cell_map(fresh)) is None
