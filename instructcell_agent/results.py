@@ -265,9 +265,9 @@ class AnnotationResult:
     def draw_map(self, adata: ad.AnnData, path, *, layer: str | None = None, use_raw: bool = False):
         """Draw the answers and their confidence on a map of the cells, as a PNG at `path`: the
         file's own UMAP or t-SNE, else a UMAP computed from its genes (`layer` / `use_raw` as
-        given to `annotate`; instructcell_agent/cell_map.py). Returns the `CellMap`; keep its
-        coordinates (`obsm['X_umap']`) when it says they were computed. The cells must be the ones
-        annotated."""
+        given to `annotate`; instructcell_agent/cell_map.py). Returns the `CellMap`;
+        `cell_map.keep_coords(adata, map)` keeps computed coordinates in `obsm`. The cells must be
+        the ones annotated."""
         from .cell_map import cell_map, plot_answers
 
         if list(map(str, adata.obs_names)) != list(self.obs_names):
