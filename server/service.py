@@ -91,6 +91,7 @@ class InstructCellService:
         # covers direct callers (the native LangChain tools may run on several threads).
         self.model_lock = threading.RLock()
         self._model = None
+        self._held = _HeldRead()
 
     # ------------------------------------------------------------------ model
     def model(self):
@@ -119,15 +120,27 @@ class InstructCellService:
 
     def count_cells(self, h5ad_path: str, genome: str | None = None) -> int:
         """Cells in a file (for limits and the background decision): an .h5ad's matrix stays on
-        disk; other formats are read whole."""
-        with _opened(self.input_path(h5ad_path), genome) as cells:
+        disk; other formats are read whole, and held for the call that runs next."""
+        with self._counted(self.input_path(h5ad_path), genome) as cells:
             return int(cells.n_obs)
 
     def cells_to_explain(self, req: ExplainGenesRequest) -> int:
         """Cells an explain_genes request attributes (`_explained_count`; read from obs, and without
         labels bounded by the answers the model can give)."""
-        with _opened(self.input_path(req.h5ad_path), req.genome) as cells:
+        with self._counted(self.input_path(req.h5ad_path), req.genome) as cells:
             return self._explained(cells.obs, req)
+
+    @contextlib.contextmanager
+    def _counted(self, path: Path, genome: str | None) -> Iterator[ad.AnnData]:
+        with _opened(path, genome) as cells:
+            if not cells.isbacked:  # read whole: the run takes it instead of reading it again
+                self._held.put(path, genome, cells)
+            yield cells
+
+    def _read(self, path: Path, genome: str | None) -> ad.AnnData:
+        """The cells a tool runs on: those its count just read, else read now."""
+        held = self._held.take(path, genome)
+        return held if held is not None else read_cells(path, genome=genome)
 
     def _explained(self, obs: pd.DataFrame, req: ExplainGenesRequest) -> int:
         n_answers = None
@@ -140,6 +153,13 @@ class InstructCellService:
 
     def work_size(self, tool: str, request: Any) -> int:
         """Cells a request will process; also refuses requests over the limits up front."""
+        try:
+            return self._work_size(tool, request)
+        except Exception:
+            self._held.drop()  # a refused request runs nothing: do not keep its file in memory
+            raise
+
+    def _work_size(self, tool: str, request: Any) -> int:
         if tool == "generate_cells":
             self._check(request.n, self.limits.max_generate, "generated cells per call (n)")
             return int(request.n)
@@ -274,7 +294,7 @@ class InstructCellService:
         self._check(req.top_k, self.limits.max_top_k, "top_k")
         started = time.perf_counter()
         path = self.input_path(req.h5ad_path)
-        adata = read_cells(path, genome=req.genome)
+        adata = self._read(path, req.genome)
         n_explained = self._explained(adata.obs, req)
         self._check(n_explained, self.limits.max_explain_cells, "cells per explain_genes call")
         model = self.model()
@@ -329,7 +349,7 @@ class InstructCellService:
         rep = reporter or _NoReporter()
         started = time.perf_counter()
         path = self.input_path(req.h5ad_path)
-        adata = read_cells(path, genome=req.genome)
+        adata = self._read(path, req.genome)
         self._check(adata.n_obs, self.limits.max_cells, f"cells per {_TOOL[task]} call")
         if adata.n_obs == 0:
             raise InputFileError(f"{req.h5ad_path} has no cells; nothing to annotate")
@@ -434,6 +454,36 @@ def _opened(path: Path, genome: str | None = None) -> Iterator[ad.AnnData]:
         yield backed
     finally:
         backed.file.close()
+
+
+class _HeldRead:
+    """A file read whole to count its cells (a Cell Ranger matrix, a zarr store, one genome's
+    cells), held for the call that runs on it next, which would otherwise read it again. One file
+    at a time, taken once; a file changed since is read afresh."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._entry: tuple[tuple, ad.AnnData] | None = None
+
+    def put(self, path: Path, genome: str | None, cells: ad.AnnData) -> None:
+        with self._lock:
+            self._entry = (_file_key(path, genome), cells)
+
+    def take(self, path: Path, genome: str | None) -> ad.AnnData | None:
+        with self._lock:
+            entry, self._entry = self._entry, None
+        return entry[1] if entry is not None and entry[0] == _file_key(path, genome) else None
+
+    def drop(self) -> None:
+        with self._lock:
+            self._entry = None
+
+
+def _file_key(path: Path, genome: str | None) -> tuple:
+    """What identifies a file's content cheaply: path, genome and each file's size and mtime (the
+    files of a matrix folder)."""
+    files = sorted(f for f in path.iterdir() if f.is_file()) if path.is_dir() else [path]
+    return (str(path), genome, tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files))
 
 
 def _groups(grouped, max_groups: int = 200) -> list[GroupSummary]:

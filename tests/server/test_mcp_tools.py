@@ -247,6 +247,26 @@ def test_cellranger_outputs_and_zarr_stores_are_read_as_the_same_cells(env, layo
     pd.testing.assert_frame_equal(answers[given], answers["planted.h5ad"])
 
 
+def test_a_file_read_whole_to_count_its_cells_is_read_once_per_call(env, monkeypatch):
+    from instructcell_agent.server import service as service_module
+    from synthetic import write_cellranger
+
+    root = env["paths"]["root"]
+    write_cellranger(ad.read_h5ad(env["paths"]["planted"]), root / "once.h5", "h5")
+    reads = []
+    real = service_module.read_cells
+    monkeypatch.setattr(service_module, "read_cells", lambda *a, **k: reads.append(a[0]) or real(*a, **k))
+    for _ in range(2):  # the second call reads again: nothing is kept after a call
+        result = call(env["server"], "annotate_cells", {"h5ad_path": "once.h5", "candidates": CANDIDATES,
+                                                        "plot": False})
+        assert check_structured(env["server"], "annotate_cells", result)["result"]["n_cells"] == N_CELLS
+    assert len(reads) == 2
+    held = env["server"].toolbox.service._held
+    held.put(root / "once.h5", None, ad.AnnData(np.zeros((1, 1))))
+    (root / "once.h5").touch()  # changed since it was counted: read afresh
+    assert held.take(root / "once.h5", None) is None
+
+
 def test_a_mixed_species_matrix_is_read_for_the_genome_asked(env):
     from synthetic import make_barnyard, write_cellranger
 
