@@ -80,9 +80,15 @@ def _add_readout_argument(p) -> None:
                         "(core_model/readout.py)")
 
 
-def _add_data_arguments(p) -> None:
-    """--data, and --genome for a matrix counted against several species' genomes."""
-    p.add_argument("--data", required=True, help=DATA_HELP)
+def _add_data_arguments(p, several: bool = False) -> None:
+    """--data (with `several`, one or more samples), and --genome for a matrix counted against
+    several species' genomes."""
+    if several:
+        p.add_argument("--data", required=True, nargs="+", metavar="DATA",
+                       help=DATA_HELP + "; several samples are read as one, obs['sample'] naming each cell's "
+                                        "(from its folder or file name), over the genes they share")
+    else:
+        p.add_argument("--data", required=True, help=DATA_HELP)
     p.add_argument("--genome", default=None,
                    help="for a matrix counted against several genomes (barnyard, xenograft): the one to read, e.g. "
                         "GRCh38; its genes, and the cells with most of their counts on them")
@@ -147,7 +153,7 @@ def _add_drug_response(sub) -> None:
 def _add_answer_arguments(p, candidates: str | None, key_added: str) -> None:
     """What `annotate` and `drug-response` share: one question to every cell of a file."""
     p.add_argument("--checkpoint", default=None)
-    _add_data_arguments(p)
+    _add_data_arguments(p, several=True)
     p.add_argument("--out", default=None, help="the annotated .h5ad to write (needed unless --table is given)")
     p.add_argument("--instruction", default=None)
     p.add_argument("--candidates", default=candidates,
@@ -185,7 +191,7 @@ def _add_answer_arguments(p, candidates: str | None, key_added: str) -> None:
 def _add_explain(sub) -> None:
     p = sub.add_parser("explain", help="gene saliency per label; writes explained.h5ad, top_genes.csv and figures")
     p.add_argument("--checkpoint", default=None)
-    _add_data_arguments(p)
+    _add_data_arguments(p, several=True)
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--label-key", default=None, help="obs column of labels to explain (default: predicted labels)")
     p.add_argument("--dataset", default=None, help="checkpoint label set whose labels are the candidates")
@@ -374,7 +380,6 @@ def _annotate(args) -> int:
     from .composition import check_groups
     from .core_model.errors import InputFileError
     from .core_model.io import obs_column, write_h5ad_atomic, write_text_atomic
-    from .core_model.readers import read_cells
 
     if not (args.out or args.table or args.plot):
         raise InputFileError("name where the answers go: --out FILE.h5ad (the annotated cells), --table FILE.csv "
@@ -382,11 +387,13 @@ def _annotate(args) -> int:
     sep = _table_separator(args) if args.table else None  # refused before any reading
     if args.plot:
         _check_new_file(args.plot, ".png", "--plot", args)
-    adata = read_cells(args.data, genome=args.genome)
+    adata = _read_data(args)
     known = known_labels(adata, args.compare_key) if args.compare_key else None  # refused before the model runs
-    groups = obs_column(adata, args.groupby, "Name a column of groups (clusters, samples)") if args.groupby else None
+    # several samples are reported on one by one unless another grouping is asked for
+    group_key = args.groupby or (adata.uns["samples"]["key"] if len(_inputs(args)) > 1 else None)
+    groups = obs_column(adata, group_key, "Name a column of groups (clusters, samples)") if group_key else None
     if groups is not None:
-        check_groups(groups, args.groupby)
+        check_groups(groups, group_key)
     candidates = [c.strip() for c in args.candidates.split(",") if c.strip()] if args.candidates else None
     model = load_model(args.checkpoint, device=args.device, precision=args.precision)
     shared = dict(model=model, instruction=args.instruction, candidates=candidates, use_raw=args.use_raw,
@@ -398,7 +405,7 @@ def _annotate(args) -> int:
     else:
         result = annotate(adata, free_text=args.free_text, progress=_progress_bar("annotating"), **shared)
     compared = result.agreement(known) if known is not None else None
-    grouped = result.composition(groups, args.groupby) if groups is not None else None
+    grouped = result.composition(groups, group_key) if groups is not None else None
     drawn_map, no_map = _draw_map(result, adata, args) if args.plot else (None, None)
     if args.out:
         # Written into the cells read here (a new object; the input file is only read), so a
@@ -410,7 +417,7 @@ def _annotate(args) -> int:
             out.uns[args.key_added]["agreement"] = {"key": args.compare_key, **compared.to_dict()}
         if grouped is not None:
             out.uns[args.key_added]["composition"] = grouped.to_uns()
-        write_h5ad_atomic(out, args.out, protect=[args.data])
+        write_h5ad_atomic(out, args.out, protect=_inputs(args))
     if sep is not None:
         write_text_atomic(result.to_table().to_csv(sep=sep, index_label="cell"), args.table)
     print(result.summary())
@@ -423,6 +430,20 @@ def _annotate(args) -> int:
         print(f"error: no map drawn ({no_map}); the answers are written", file=sys.stderr)
         return 2
     return 0
+
+
+def _inputs(args) -> list[str]:
+    """The --data paths, one or several."""
+    return list(args.data) if isinstance(args.data, list) else [args.data]
+
+
+def _read_data(args):
+    """The cells of --data: one file, or several samples read as one (core_model/samples.py)."""
+    from .core_model.readers import read_cells
+    from .core_model.samples import read_samples
+
+    paths = _inputs(args)
+    return read_cells(paths[0], genome=args.genome) if len(paths) == 1 else read_samples(paths, genome=args.genome)
 
 
 def _draw_map(result, adata, args):
@@ -452,7 +473,8 @@ def _check_new_file(name: str, suffixes: str | tuple[str, ...], option: str, arg
     suffixes = (suffixes,) if isinstance(suffixes, str) else suffixes
     if path.suffix.lower() not in suffixes:
         raise InputFileError(f"{option} {name}: name a {' or '.join(s for s in suffixes if s != '.txt')} file")
-    others = ((args.data, "the input"), (args.out, "--out"), (args.table, "--table"), (args.plot, "--plot"))
+    others = (*((data, "the input") for data in _inputs(args)), (args.out, "--out"), (args.table, "--table"),
+              (args.plot, "--plot"))
     for other, what in others:
         if other and what != option and path.resolve() == Path(other).expanduser().resolve():
             raise InputFileError(f"{option} {name} is {what}; name a new file")
@@ -462,16 +484,16 @@ def _check_new_file(name: str, suffixes: str | tuple[str, ...], option: str, arg
 def _explain(args) -> int:
     from .api import load_model
     from .core_model.io import obs_column
-    from .core_model.readers import read_cells
     from .interpret.api import explain, write_explanation
 
-    adata = read_cells(args.data, genome=args.genome)
+    adata = _read_data(args)
     candidates = [c.strip() for c in args.candidates.split(",")] if args.candidates else None
     if args.label_key:  # a missing column is an error here (explain would take the name for a label)
         obs_column(adata, args.label_key, "Pass the name of the column that holds the labels")
     loaded = load_model(args.checkpoint, device=args.device, precision=args.precision)
     # A file named like one of the checkpoint's datasets gets that label set as candidates.
-    dataset = args.dataset or (Path(args.data).stem if Path(args.data).stem in loaded.label_sets else None)
+    stem = Path(args.data[0]).stem if len(args.data) == 1 else None
+    dataset = args.dataset or (stem if stem in loaded.label_sets else None)
     result = explain(adata, model=loaded, labels=args.label_key, method=args.method,
                      top_k=args.top_k, dataset=None if candidates else dataset, candidates=candidates,
                      normalize=args.normalize, reference=args.reference,
@@ -480,7 +502,7 @@ def _explain(args) -> int:
                      drug=args.drug,
                      scoring=args.scoring, readout=not args.no_readout, progress=_progress_bar("explaining"),
                      answer_progress=_progress_bar("answering first"))
-    paths = write_explanation(result, args.out, protect=[args.data])
+    paths = write_explanation(result, args.out, protect=_inputs(args))
     print(result.summary())
     print("\n".join(str(p) for p in paths.values()))
     return 0

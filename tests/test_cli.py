@@ -134,6 +134,25 @@ def test_annotate_reports_what_each_group_was_answered(tiny_checkpoint, syntheti
         assert not out.exists()
 
 
+def test_annotate_reads_several_samples_as_one_and_reports_each(tiny_checkpoint, synthetic_set, tmp_path, capsys):
+    import pandas as pd
+    from synthetic import write_cellranger
+
+    cells = synthetic_set["adata"]
+    for name, part in (("ctrl", cells[:24]), ("stim", cells[24:40])):
+        (tmp_path / name / "outs").mkdir(parents=True)
+        write_cellranger(part, tmp_path / name / "outs" / "filtered_feature_bc_matrix.h5", "h5")
+    table = tmp_path / "labels.csv"
+    assert main(["annotate", "--checkpoint", str(tiny_checkpoint), "--data",
+                 *(str(tmp_path / n / "outs" / "filtered_feature_bc_matrix.h5") for n in ("ctrl", "stim")),
+                 "--candidates", "alpha,beta,gamma,delta", "--species", "human", "--table", str(table)]) == 0
+    written = pd.read_csv(table, index_col="cell")
+    assert list(written.index) == [f"{c}-ctrl" for c in cells.obs_names[:24]] + [
+        f"{c}-stim" for c in cells.obs_names[24:40]]
+    printed = capsys.readouterr().out
+    assert "answers by obs['sample']" in printed and "  ctrl: " in printed and " of 24" in printed
+
+
 def test_annotate_writes_a_table_beside_the_file(tiny_checkpoint, synthetic_set, tmp_path, capsys):
     import pandas as pd
 
