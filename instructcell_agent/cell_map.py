@@ -2,10 +2,10 @@
 
 The map is the file's own embedding where it has one (obsm 'X_umap', else 'X_tsne', else a
 Seurat export's obs columns UMAP_1 / UMAP_2): the picture its owner already knows, now with the
-model's labels on it. Otherwise a UMAP is made the usual
-scanpy way from the file's values on all of its genes (not only the model's): counts per 10,000,
-log1p, the 2,000 most variable genes, 30 principal components, 15 neighbours, seed 0. Computed
-coordinates are returned so that callers can keep them (`obsm['X_umap']` of the annotated file).
+model's labels on it. Otherwise a UMAP is made the usual scanpy way from the file's values on all
+of its genes (not only the model's): counts per 10,000, log1p, the 2,000 most variable genes, 30
+principal components, 15 neighbours, seed 0; `keep_coords` stores such a map in the annotated
+file's obsm.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from .core_model.errors import InputFileError
+from .core_model.labels import UNASSIGNED
 
 EMBEDDINGS = ("X_umap", "X_tsne")
 _OBS_EMBEDDINGS = (("UMAP_1", "UMAP_2"), ("umap_1", "umap_2"), ("tSNE_1", "tSNE_2"))
@@ -129,8 +130,8 @@ def plot_answers(cmap: CellMap, labels: Sequence, confidence: np.ndarray, path: 
     # the legend gets a column of its own between the panels, so long label names never overlap
     fig, (left, key, right) = plt.subplots(1, 3, figsize=(17, 6), gridspec_kw={"width_ratios": [1, 0.45, 1.1]})
     key.axis("off")
-    grey = labels.isna().to_numpy() | (labels == "Unassigned").to_numpy()
-    left.scatter(x[grey], y[grey], s=size, c=_GREY, linewidths=0, label=f"Unassigned / not labelled ({grey.sum():,})")
+    grey = labels.isna().to_numpy() | (labels == UNASSIGNED).to_numpy()
+    left.scatter(x[grey], y[grey], s=size, c=_GREY, linewidths=0, label=f"{UNASSIGNED} / not labelled ({grey.sum():,})")
     counts = labels[~grey].value_counts()
     for colour, (label, count) in zip(_palette(len(counts)), counts.items()):
         mine = (labels == label).to_numpy()

@@ -38,7 +38,8 @@ class Composition:
     def summary(self, max_groups: int = 50) -> str:
         lines = [f"answers by obs[{self.key!r}] (most frequent answer, its share of the group; runner-up):"]
         for group, row in self.table.head(max_groups).iterrows():
-            line = f"  {group}: {row['answer']} {row['share']:.2f} of {int(row['n_cells']):,}"
+            answer = row["answer"] if row["answer"] is not None else "no answer"
+            line = f"  {group}: {answer} {row['share']:.2f} of {int(row['n_cells']):,}"
             if row["runner_up"] is not None:
                 line += f"; {row['runner_up']} {row['runner_up_share']:.2f}"
             if row["not_labelled"]:

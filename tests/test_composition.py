@@ -37,6 +37,7 @@ def test_categories_keep_their_order_and_a_group_without_answers_says_so():
     ctrl = got.table.loc["ctrl"]
     assert ctrl["answer"] is None and ctrl["not_labelled"] == 1 and np.isnan(ctrl["mean_confidence"])
     assert got.to_uns()["table"]["answer"] == ["B", ""]  # an .h5ad stores no None
+    assert "  ctrl: no answer 0.00 of 1; 1 not labelled" in got.summary()
 
 
 def test_a_per_cell_column_is_refused():
