@@ -95,7 +95,9 @@ def _umap(cells: ad.AnnData, seed: int) -> np.ndarray:
     if cells.n_vars > _N_TOP_GENES:
         sc.pp.highly_variable_genes(cells, n_top_genes=_N_TOP_GENES, subset=True)
     sc.pp.pca(cells, n_comps=max(2, min(_N_PCS, n - 1, cells.n_vars - 1)), random_state=seed)
-    sc.pp.neighbors(cells, n_neighbors=max(2, min(_N_NEIGHBOURS, n - 1)), random_state=seed)
+    # Exact neighbours (scikit-learn): scanpy 1.11's approximate path, which it takes from 8,192
+    # cells on, calls a method scipy 1.17's sparse arrays no longer have.
+    sc.pp.neighbors(cells, n_neighbors=max(2, min(_N_NEIGHBOURS, n - 1)), random_state=seed, transformer="sklearn")
     sc.tl.umap(cells, random_state=seed)
     return np.asarray(cells.obsm["X_umap"], dtype=np.float32)
 

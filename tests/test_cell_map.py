@@ -43,6 +43,14 @@ def test_without_one_a_umap_is_computed_that_separates_the_types(cells):
     assert _types_apart(got.coords, cells.obs["cell_type"].to_numpy())
 
 
+def test_a_file_of_thousands_of_cells_gets_its_map():
+    # from 8,192 cells on scanpy's neighbours take another path (one that fails under scipy 1.17)
+    many = make_counts(8300, seed=4)
+    got = cell_map(many)
+    assert got.coords.shape == (8300, 2) and np.isfinite(got.coords).all()
+    assert _types_apart(got.coords, many.obs["cell_type"].to_numpy())
+
+
 def test_log_normalised_values_give_the_map_of_their_counts(cells):
     import scanpy as sc
 
