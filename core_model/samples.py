@@ -75,10 +75,17 @@ def read_samples(paths: Sequence[PathLike], genome: str | None = None,
     columns = set(parts[0].obs.columns).intersection(*(set(p.obs.columns) for p in parts[1:]))
     left_genes = sum(p.n_vars for p in parts) - len(genes) * len(parts)
     left_columns = set().union(*(set(p.obs.columns) for p in parts)) - columns
-    if left_genes or left_columns:
+    # Each file's embeddings (obsm: UMAP, PCA) and graphs (obsp) are coordinates of its own
+    # analysis: stacked, they would share axes they do not share, so none is kept.
+    embeddings = sorted(set().union(*(set(p.obsm.keys()) | set(p.obsp.keys()) for p in parts)))
+    for part in parts:
+        part.obsm.clear()
+        part.obsp.clear()
+    if left_genes or left_columns or embeddings:
         dropped = [f"genes not in every sample ({len(genes):,} kept)" if left_genes else "",
                    f"obs columns not in every sample ({', '.join(sorted(map(str, left_columns)))})"
-                   if left_columns else ""]
+                   if left_columns else "",
+                   f"each file's own embeddings and graphs ({', '.join(embeddings)})" if embeddings else ""]
         warnings.warn("reading the samples together left out " + " and ".join(d for d in dropped if d),
                       SamplesJoinWarning, stacklevel=2)
     # A column the files already call 'sample' is theirs to keep: ours goes beside it.

@@ -59,6 +59,16 @@ def test_a_files_own_sample_column_is_kept_and_names_repeat_in_order(tmp_path):
     assert list(both.obs["sample_file"].unique()) == ["pbmc", "pbmc_2"]
 
 
+def test_each_files_own_umap_is_left_out(tmp_path):
+    for i in range(2):
+        cells = make_counts(6, seed=i)
+        cells.obsm["X_umap"] = np.full((6, 2), float(i))  # two analyses, two coordinate systems
+        cells.write_h5ad(tmp_path / f"s{i}.h5ad")
+    with pytest.warns(SamplesJoinWarning, match=r"each file's own embeddings and graphs \(X_umap\)"):
+        both = read_samples([tmp_path / "s0.h5ad", tmp_path / "s1.h5ad"])
+    assert "X_umap" not in both.obsm  # the map of the joined cells is computed afresh
+
+
 def test_samples_on_different_scales_are_refused(tmp_path):
     import scanpy as sc
 
