@@ -154,7 +154,7 @@ def _add_answer_arguments(p, candidates: str | None, key_added: str) -> None:
     """What `annotate` and `drug-response` share: one question to every cell of a file."""
     p.add_argument("--checkpoint", default=None)
     _add_data_arguments(p, several=True)
-    p.add_argument("--out", default=None, help="the annotated .h5ad to write (needed unless --table is given)")
+    p.add_argument("--out", default=None, help="the annotated .h5ad to write (needed unless --table or --plot is given)")
     p.add_argument("--instruction", default=None)
     p.add_argument("--candidates", default=candidates,
                    help=f"comma-separated candidate labels (default: {candidates or 'none, a free answer'})")
@@ -168,7 +168,8 @@ def _add_answer_arguments(p, candidates: str | None, key_added: str) -> None:
                         "which --out then keeps")
     p.add_argument("--groupby", default=None, metavar="KEY",
                    help="obs column of groups (clusters, samples): print what each group was answered (most "
-                        "frequent answer, its share, the runner-up) and store it in uns")
+                        "frequent answer, its share, the runner-up) and store it in uns (default with several "
+                        "--data samples: the sample)")
     p.add_argument("--compare-key", default=None,
                    help="obs column of labels the cells already have: print the agreement with them, overall and "
                         "per label (answers read through the Cell Ontology), and store it in uns")
