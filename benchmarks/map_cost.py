@@ -75,7 +75,8 @@ def stacked(copies: int) -> ad.AnnData:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
-    command = " ".join(["python benchmarks/map_cost.py", shlex.join(argv if argv is not None else sys.argv[1:])]).strip()
+    given = shlex.join(argv if argv is not None else sys.argv[1:])
+    command = f"python benchmarks/map_cost.py {given}".strip()
     model = ica.load_model(precision="float32")
     specs = [s for s in load_catalog(tasks=("annotation",)) if s.name in model.label_sets and s.split_path]
     with tempfile.TemporaryDirectory() as tmp:
@@ -90,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         cell_map(cells)
         big.append({"copies": copies, "n_cells": cells.n_obs, "map_s": time.perf_counter() - started})
     report = {"meta": run_meta(command), "first_use_s": first_use_s, "sets": rows, "stacked": big}
-    lines = [f"# The map's cost beside the answers\n", f"- command: `{command}`",
+    lines = ["# The map's cost beside the answers\n", f"- command: `{command}`",
              f"- date: {report['meta']['date']}, {report['meta']['nproc']} CPU cores, load average at start "
              f"{report['meta']['loadavg']}, torch threads {report['meta']['torch_threads']}",
              "- ours: `ica.annotate(test cells, candidates=the set's labels)`, LM in float32; then "
