@@ -55,6 +55,11 @@ CompareKey = Annotated[str | None, Field(
 GroupBy = Annotated[str | None, Field(
     max_length=200, description="obs column of groups (clusters, samples, conditions): the reply says what each "
                                 "group was answered (most frequent answer, its share of the group, the runner-up).")]
+MoreSamples = Annotated[list[H5adPath] | None, Field(
+    None, max_length=50,
+    description="Further samples read together with h5ad_path (the same formats; e.g. each sample's Cell Ranger "
+                "output): obs['sample'] names each cell's sample (from its folder or file name), the genes are "
+                "those all samples hold, and the reply reports each sample unless groupby names another column.")]
 DrawMap = Annotated[bool, Field(
     description="Also draw the answers and their confidence on a map of the cells (a PNG among the outputs, kind "
                 "'map_png'): the file's own obsm['X_umap'] (or X_tsne), else a UMAP computed from its genes (about "
@@ -77,6 +82,7 @@ class AnnotateCellsRequest(_MatrixOptions):
     tissue: OptionalText = Field(None, description="Prompt field; default: obs['tissue'] if present.")
     unassigned_below: UnassignedBelow = None
     unassigned_atypical: UnassignedAtypical = None
+    more_samples: MoreSamples = None
     compare_key: CompareKey = None
     groupby: GroupBy = None
     plot: DrawMap = True
@@ -92,6 +98,7 @@ class PredictDrugResponseRequest(_MatrixOptions):
     instruction: str | None = Field(None, max_length=2000, description="Question asked per cell; default: ours.")
     unassigned_below: UnassignedBelow = None
     unassigned_atypical: UnassignedAtypical = None
+    more_samples: MoreSamples = None
     compare_key: CompareKey = None
     groupby: GroupBy = None
     plot: DrawMap = True

@@ -27,6 +27,7 @@ from instructcell_agent.core_model.genomes import selection_note
 from instructcell_agent.core_model.io import obs_column, write_h5ad_atomic
 from instructcell_agent.core_model.labels import unexplainable
 from instructcell_agent.core_model.readers import cell_file_format, read_cells
+from instructcell_agent.core_model.samples import read_samples
 
 from .config import ServerConfig
 from .jobs import Reporter
@@ -118,29 +119,43 @@ class InstructCellService:
         # wrote (labels='instructcell_label') or annotates the cells generate_cells drew.
         return resolve_input(h5ad_path, self.config.data_roots, outputs=self.config.output_dir)
 
-    def count_cells(self, h5ad_path: str, genome: str | None = None) -> int:
-        """Cells in a file (for limits and the background decision): an .h5ad's matrix stays on
-        disk; other formats are read whole, and held for the call that runs next."""
-        with self._counted(self.input_path(h5ad_path), genome) as cells:
+    def input_paths(self, req) -> list[Path]:
+        """`h5ad_path` and, where the request has them, its `more_samples`."""
+        paths = [self.input_path(p) for p in (req.h5ad_path, *(getattr(req, "more_samples", None) or ()))]
+        if len(set(paths)) < len(paths):
+            raise InputFileError("a sample is named twice (h5ad_path and more_samples must be distinct files)")
+        return paths
+
+    def count_cells(self, req) -> int:
+        """Cells a request reads (for limits and the background decision): an .h5ad's matrix stays
+        on disk; other formats and several samples are read whole, and held for the run."""
+        with self._counted(self.input_paths(req), req.genome) as cells:
             return int(cells.n_obs)
 
     def cells_to_explain(self, req: ExplainGenesRequest) -> int:
         """Cells an explain_genes request attributes (`_explained_count`; read from obs, and without
         labels bounded by the answers the model can give)."""
-        with self._counted(self.input_path(req.h5ad_path), req.genome) as cells:
+        with self._counted(self.input_paths(req), req.genome) as cells:
             return self._explained(cells.obs, req)
 
     @contextlib.contextmanager
-    def _counted(self, path: Path, genome: str | None) -> Iterator[ad.AnnData]:
-        with _opened(path, genome) as cells:
+    def _counted(self, paths: list[Path], genome: str | None) -> Iterator[ad.AnnData]:
+        if len(paths) > 1:
+            cells = read_samples(paths, genome=genome)
+            self._held.put(paths, genome, cells)
+            yield cells
+            return
+        with _opened(paths[0], genome) as cells:
             if not cells.isbacked:  # read whole: the run takes it instead of reading it again
-                self._held.put(path, genome, cells)
+                self._held.put(paths, genome, cells)
             yield cells
 
-    def _read(self, path: Path, genome: str | None) -> ad.AnnData:
+    def _read(self, paths: list[Path], genome: str | None) -> ad.AnnData:
         """The cells a tool runs on: those its count just read, else read now."""
-        held = self._held.take(path, genome)
-        return held if held is not None else read_cells(path, genome=genome)
+        held = self._held.take(paths, genome)
+        if held is not None:
+            return held
+        return read_cells(paths[0], genome=genome) if len(paths) == 1 else read_samples(paths, genome=genome)
 
     def _explained(self, obs: pd.DataFrame, req: ExplainGenesRequest) -> int:
         n_answers = None
@@ -168,7 +183,7 @@ class InstructCellService:
             n = self.cells_to_explain(request)
             self._check(n, self.limits.max_explain_cells, "cells per explain_genes call")
             return n
-        n = self.count_cells(request.h5ad_path, getattr(request, "genome", None))
+        n = self.count_cells(request)
         self._check(n, self.limits.max_cells, f"cells per {tool} call")
         return n
 
@@ -294,7 +309,7 @@ class InstructCellService:
         self._check(req.top_k, self.limits.max_top_k, "top_k")
         started = time.perf_counter()
         path = self.input_path(req.h5ad_path)
-        adata = self._read(path, req.genome)
+        adata = self._read([path], req.genome)
         n_explained = self._explained(adata.obs, req)
         self._check(n_explained, self.limits.max_explain_cells, "cells per explain_genes call")
         model = self.model()
@@ -348,15 +363,18 @@ class InstructCellService:
 
         rep = reporter or _NoReporter()
         started = time.perf_counter()
-        path = self.input_path(req.h5ad_path)
-        adata = self._read(path, req.genome)
+        paths = self.input_paths(req)
+        path = paths[0]
+        adata = self._read(paths, req.genome)
         self._check(adata.n_obs, self.limits.max_cells, f"cells per {_TOOL[task]} call")
         if adata.n_obs == 0:
             raise InputFileError(f"{req.h5ad_path} has no cells; nothing to annotate")
         known = known_labels(adata, req.compare_key) if req.compare_key else None  # refused before any model work
-        groups = obs_column(adata, req.groupby, "Name a column of groups (clusters, samples)") if req.groupby else None
+        # several samples are reported on one by one unless another grouping is asked for
+        group_key = req.groupby or (adata.uns["samples"]["key"] if len(paths) > 1 else None)
+        groups = obs_column(adata, group_key, "Name a column of groups (clusters, samples)") if group_key else None
         if groups is not None:
-            check_groups(groups, req.groupby)
+            check_groups(groups, group_key)
         model = self.model()
         n, step = adata.n_obs, max(1, self.limits.chunk_cells)
         parts: list[AnnotationResult] = []
@@ -374,7 +392,7 @@ class InstructCellService:
         annotated = result.to_adata(adata, key_added=key)
         if found is not None:
             annotated.uns[key]["agreement"] = {"key": req.compare_key, **found.to_dict()}
-        grouped = result.composition(groups, req.groupby) if groups is not None else None
+        grouped = result.composition(groups, group_key) if groups is not None else None
         if grouped is not None:
             annotated.uns[key]["composition"] = grouped.to_uns()
         published = {base + ".h5ad": "annotated_h5ad", base + "_labels.csv": "labels_csv"}
@@ -391,7 +409,7 @@ class InstructCellService:
                 else:
                     published[base + "_map.png"] = "map_png"
                     keep_coords(annotated, drawn)  # what the figure shows
-            write_h5ad_atomic(annotated, staging.path(base + ".h5ad"), protect=[path])
+            write_h5ad_atomic(annotated, staging.path(base + ".h5ad"), protect=paths)
             result.to_table().to_csv(staging.path(base + "_labels.csv"), index_label="cell")
             rep.check()  # the last point a cancellation is honoured: after it the files are published
             files = staging.commit(published)
@@ -465,25 +483,28 @@ class _HeldRead:
         self._lock = threading.Lock()
         self._entry: tuple[tuple, ad.AnnData] | None = None
 
-    def put(self, path: Path, genome: str | None, cells: ad.AnnData) -> None:
+    def put(self, paths: list[Path], genome: str | None, cells: ad.AnnData) -> None:
         with self._lock:
-            self._entry = (_file_key(path, genome), cells)
+            self._entry = (_files_key(paths, genome), cells)
 
-    def take(self, path: Path, genome: str | None) -> ad.AnnData | None:
+    def take(self, paths: list[Path], genome: str | None) -> ad.AnnData | None:
         with self._lock:
             entry, self._entry = self._entry, None
-        return entry[1] if entry is not None and entry[0] == _file_key(path, genome) else None
+        return entry[1] if entry is not None and entry[0] == _files_key(paths, genome) else None
 
     def drop(self) -> None:
         with self._lock:
             self._entry = None
 
 
-def _file_key(path: Path, genome: str | None) -> tuple:
-    """What identifies a file's content cheaply: path, genome and each file's size and mtime (the
+def _files_key(paths: list[Path], genome: str | None) -> tuple:
+    """What identifies the content read cheaply: paths, genome and each file's size and mtime (the
     files of a matrix folder)."""
-    files = sorted(f for f in path.iterdir() if f.is_file()) if path.is_dir() else [path]
-    return (str(path), genome, tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files))
+    def stats(path: Path) -> tuple:
+        files = sorted(f for f in path.iterdir() if f.is_file()) if path.is_dir() else [path]
+        return str(path), tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files)
+
+    return genome, tuple(stats(p) for p in paths)
 
 
 def _groups(grouped, max_groups: int = 200) -> list[GroupSummary]:

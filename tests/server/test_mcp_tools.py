@@ -262,9 +262,29 @@ def test_a_file_read_whole_to_count_its_cells_is_read_once_per_call(env, monkeyp
         assert check_structured(env["server"], "annotate_cells", result)["result"]["n_cells"] == N_CELLS
     assert len(reads) == 2
     held = env["server"].toolbox.service._held
-    held.put(root / "once.h5", None, ad.AnnData(np.zeros((1, 1))))
+    held.put([root / "once.h5"], None, ad.AnnData(np.zeros((1, 1))))
     (root / "once.h5").touch()  # changed since it was counted: read afresh
-    assert held.take(root / "once.h5", None) is None
+    assert held.take([root / "once.h5"], None) is None
+
+
+def test_several_samples_are_annotated_in_one_call_and_reported_each(env):
+    from synthetic import write_cellranger
+
+    root = env["paths"]["root"]
+    cells = ad.read_h5ad(env["paths"]["planted"])
+    for name, part in (("ctrl", cells[:20]), ("stim", cells[20:])):
+        (root / name / "outs").mkdir(parents=True)
+        write_cellranger(part, root / name / "outs" / "filtered_feature_bc_matrix.h5", "h5")
+    first, second = (f"{n}/outs/filtered_feature_bc_matrix.h5" for n in ("ctrl", "stim"))
+    result = call(env["server"], "annotate_cells", {"h5ad_path": first, "more_samples": [second],
+                                                    "candidates": CANDIDATES, "plot": False})
+    summary = check_structured(env["server"], "annotate_cells", result)["result"]
+    assert summary["n_cells"] == N_CELLS
+    assert [(g["group"], g["n_cells"]) for g in summary["groups"]] == [("ctrl", 20), ("stim", N_CELLS - 20)]
+    h5 = ad.read_h5ad(next(f["path"] for f in summary["outputs"] if f["kind"] == "annotated_h5ad"))
+    assert list(h5.obs["sample"].unique()) == ["ctrl", "stim"] and h5.obs_names[0].endswith("-ctrl")
+    text = error_text(call(env["server"], "annotate_cells", {"h5ad_path": first, "more_samples": [first]}))
+    assert "named twice" in text
 
 
 def test_a_mixed_species_matrix_is_read_for_the_genome_asked(env):
