@@ -51,7 +51,7 @@ def feature_genomes(adata: anndata.AnnData) -> pd.Series | None:
 
 def several_genomes_error(where: str, adata: anndata.AnnData, genomes: pd.Series) -> InputFileError:
     """The refusal of a multi-genome matrix read without a genome, with each genome's cells."""
-    shares = _shares(adata, genomes)
+    _, shares = _shares(adata, genomes)
     names = list(shares)
     cells = ", ".join(f"{g} {(s >= GENOME_SHARE).sum():,}" for g, s in shares.items())
     mixed = int((np.max(np.stack(list(shares.values())), axis=0) < GENOME_SHARE).sum())
@@ -62,15 +62,15 @@ def several_genomes_error(where: str, adata: anndata.AnnData, genomes: pd.Series
         f"genome={names[0]!r}: its genes are read with the prefix removed, and its cells are kept")
 
 
-def _shares(adata: anndata.AnnData, genomes: pd.Series) -> dict[str, np.ndarray]:
-    """Each genome's share of every cell's counts (0 for a cell without counts)."""
+def _shares(adata: anndata.AnnData, genomes: pd.Series) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Every cell's total counts, and each genome's share of them (0 for a cell without counts)."""
     X = sp.csr_matrix(adata.X)
     total = np.asarray(X.sum(axis=1)).ravel()
     shares = {}
     for genome in sorted(set(genomes)):
         on_genome = np.asarray(X[:, (genomes == genome).to_numpy()].sum(axis=1)).ravel()
         shares[genome] = np.divide(on_genome, total, out=np.zeros(len(total)), where=total > 0)
-    return shares
+    return total, shares
 
 
 def keep_genome(adata: anndata.AnnData, genomes: pd.Series, genome: str, where: str) -> anndata.AnnData:
@@ -81,8 +81,8 @@ def keep_genome(adata: anndata.AnnData, genomes: pd.Series, genome: str, where: 
     if genome not in names:
         raise InputFileError(f"genome {genome!r} is not in {where}; its genomes are {', '.join(names)}")
     mine = (genomes == genome).to_numpy()
-    total = np.asarray(sp.csr_matrix(adata.X).sum(axis=1)).ravel()
-    share = _shares(adata, genomes)[genome]
+    total, shares = _shares(adata, genomes)
+    share = shares[genome]
     keep = share >= GENOME_SHARE
     if not keep.any():
         raise InputFileError(f"no cell of {where} has {GENOME_SHARE:.0%} of its counts on {genome}'s genes; "

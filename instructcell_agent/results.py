@@ -90,12 +90,16 @@ class AnnotationResult:
         """Agreement with labels the cells already have (`adata.obs['cell_type']`, say): overall and
         per known label, answers read onto the known names through the Cell Ontology
         (`instructcell_agent/agreement.py`). A Series indexed by cell names is aligned by name."""
-        if isinstance(known, pd.Series) and not known.index.equals(pd.Index(self.obs_names)):
-            if set(map(str, known.index)) >= set(self.obs_names):
-                known = known.set_axis(known.index.map(str)).reindex(self.obs_names)
-            else:
-                raise ValueError("known labels: a Series whose index does not hold the annotated cells' names")
-        return agreement(self.labels, known)
+        return agreement(self.labels, self._by_cell(known, "known labels"))
+
+    def _by_cell(self, values, what: str):
+        """`values` in the annotated cells' order: a Series indexed by cell names is aligned by name
+        (a Series indexed otherwise is refused); anything else is taken as given, cell by cell."""
+        if isinstance(values, pd.Series) and not values.index.equals(pd.Index(self.obs_names)):
+            if not set(map(str, values.index)) >= set(self.obs_names):
+                raise ValueError(f"{what}: a Series whose index does not hold the annotated cells' names")
+            values = values.set_axis(values.index.map(str)).reindex(self.obs_names)
+        return values
 
     def unassigned_below(self, threshold: float) -> AnnotationResult:
         """A copy of this result with every cell answered at a confidence below `threshold` labelled
@@ -240,10 +244,7 @@ class AnnotationResult:
         them, under the population's most frequent spelling."""
         from .composition import composition
 
-        if isinstance(groups, pd.Series) and not groups.index.equals(pd.Index(self.obs_names)):
-            if not set(map(str, groups.index)) >= set(self.obs_names):
-                raise ValueError("groups: a Series whose index does not hold the annotated cells' names")
-            groups = groups.set_axis(groups.index.map(str)).reindex(self.obs_names)
+        groups = self._by_cell(groups, "groups")
         groups = groups if isinstance(groups, pd.Series) else pd.Series(groups)  # a categorical keeps its order
         return composition(self._population_labels(), self.confidence, groups, key)
 
