@@ -19,7 +19,8 @@ import pandas as pd
 import scipy.sparse as sp
 
 from .errors import GeneOverlapError, InvalidValuesError, LabelKeyError
-from .genes import detect_gene_id_type, earlier_name, to_human_symbols
+from .genes import (detect_gene_id_type, earlier_name, split_compound_name, split_compound_names,
+                    to_human_symbols)
 from .io import select_matrix
 from .values import detect_value_type, to_count_scale
 
@@ -136,6 +137,9 @@ def _gene_names(
                 fallback = [str(v) for v in var[column].astype(object).tolist()]
                 note = f"Ensembl ids the table lacks or names unlike the model were named from var[{column!r}]"
                 return var_names, fallback, [note]
+    if (pairs := split_compound_names(var_names)) is not None:
+        example = next(n for n in var_names if split_compound_name(n) is not None)
+        return pairs[0], pairs[1], [f"names such as {example!r} read as an Ensembl id (first) and a symbol (second)"]
     return var_names, None, []
 
 

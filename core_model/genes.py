@@ -24,7 +24,12 @@ IdType = Literal["ensembl", "symbol"]
 Species = Literal["human", "mouse"]
 
 _ENSEMBL = re.compile(r"^ENS([A-Z]{0,6})G\d{11}(?:\.\d+)?(?:_PAR_Y)?$")
+ENSEMBL_ID = _ENSEMBL
 _ENSEMBL_CORE = re.compile(r"^(ENS[A-Z]{0,6}G\d{11})")
+# An Ensembl id and a symbol in one name, either way round, as tables exported from GEO and some
+# pipelines write them: "ENSG00000075624|ACTB", "ENSG00000075624_ACTB", "ACTB__ENSG00000075624".
+_ID_FIRST = re.compile(r"^(ENS[A-Z]{0,6}G\d{11}(?:\.\d+)?)(?:[|:_]+|\s+)(\S.*)$")
+_ID_LAST = re.compile(r"^(\S.*?)(?:[|:_]+|\s+)(ENS[A-Z]{0,6}G\d{11}(?:\.\d+)?)$")
 # Human symbols are upper case except for the open-reading-frame infix ("C1orf127").
 _HUMAN_ORF = re.compile(r"^C\w*orf\d+")
 _HUMAN_ORF_UPPER = re.compile(r"^(C\w*?)ORF(?=\d)")
@@ -167,6 +172,28 @@ def _clean_names(names: Iterable[object]) -> list[str]:
         else:
             cleaned.append(str(name).strip())
     return cleaned
+
+
+def split_compound_name(name: str) -> tuple[str, str] | None:
+    """(Ensembl id, symbol) of a name that joins both ("ENSG00000075624|ACTB"), else None."""
+    if _ENSEMBL.match(name):
+        return None  # "ENSG00000002586_PAR_Y" is one id
+    if match := _ID_FIRST.match(name):
+        return match.group(1), match.group(2)
+    if match := _ID_LAST.match(name):
+        return match.group(2), match.group(1)
+    return None
+
+
+def split_compound_names(names: Sequence[str]) -> tuple[list[str], list[str]] | None:
+    """Ensembl ids and symbols of names most of which join both, each name that does not kept as
+    both; None when fewer than half of the non-empty names are such pairs."""
+    pairs = [split_compound_name(n) for n in _clean_names(names)]
+    n_named = sum(1 for n in names if str(n).strip())
+    if not n_named or 2 * sum(p is not None for p in pairs) <= n_named:
+        return None
+    kept = [p or (str(n).strip(), str(n).strip()) for p, n in zip(pairs, names)]
+    return [i for i, _ in kept], [s for _, s in kept]
 
 
 def strip_ensembl_version(name: str) -> str:

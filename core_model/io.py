@@ -33,13 +33,13 @@ def _describe_non_hdf5(head: bytes) -> str:
     if head.startswith(b"PK"):
         return "it is a zip archive (a zipped zarr store or .npz?)"
     if head.startswith(b"\x1f\x8b"):
-        return "it is gzip-compressed (decompress it first?)"
+        return "it is gzip-compressed (a text table? name it .csv.gz, .tsv.gz or .txt.gz)"
     try:
         text = head.decode("utf-8")
     except UnicodeDecodeError:
         return "its content is not HDF5"
     if "," in text or "\t" in text:
-        return "it looks like a text table (CSV/TSV); load it and build an AnnData first"
+        return "it looks like a text table (CSV/TSV): name it .csv, .tsv or .txt to have it read as one"
     return "it looks like a text file"
 
 

@@ -1,12 +1,13 @@
-"""Cell files as users have them: AnnData (.h5ad, .zarr) and Cell Ranger's outputs.
+"""Cell files as users have them: AnnData (.h5ad, .zarr), Cell Ranger's outputs, text tables.
 
 Cell Ranger writes each sample's cells twice, as an HDF5 file (`filtered_feature_bc_matrix.h5`)
 and as a folder of Matrix Market files (`filtered_feature_bc_matrix/`: matrix.mtx.gz,
 features.tsv.gz, barcodes.tsv.gz; genes.tsv in version 2). Most users hold those before they hold
 an .h5ad, so the command line and the MCP server read them directly, the way scanpy's tutorials
 do: gene symbols as var_names (made unique with scanpy's -1, -2 suffixes), Ensembl ids kept in
-`var['gene_ids']`, gene-expression features only (antibody and CRISPR features dropped). Every
-reader opens the input read-only.
+`var['gene_ids']`, gene-expression features only (antibody and CRISPR features dropped). Published
+sets often come as one delimited table instead (core_model/text_matrix.py). Every reader opens
+the input read-only.
 """
 
 from __future__ import annotations
@@ -24,12 +25,14 @@ import scipy.sparse as sp
 from .errors import InputFileError
 from .genomes import feature_genomes, keep_genome, selection_note, several_genomes_error
 from .io import PathLike, read_h5ad
+from .text_matrix import TABLE_SUFFIXES, is_text_table, read_text_table
 
 logger = logging.getLogger(__name__)
 
-FORMATS = ("h5ad", "zarr", "10x_h5", "10x_mtx")
-ACCEPTED = ("an AnnData .h5ad file or .zarr store, or Cell Ranger's filtered_feature_bc_matrix "
-            "(the .h5 file or the folder holding matrix.mtx.gz)")
+FORMATS = ("h5ad", "zarr", "10x_h5", "10x_mtx", "text")
+ACCEPTED = ("an AnnData .h5ad file or .zarr store, Cell Ranger's filtered_feature_bc_matrix "
+            "(the .h5 file or the folder holding matrix.mtx.gz), or a table of genes x cells or cells x genes "
+            f"({', '.join(TABLE_SUFFIXES)}, optionally .gz)")
 _MTX_NAMES = ("matrix.mtx.gz", "matrix.mtx")
 _ZARR_MARKERS = (".zgroup", ".zattrs", "zarr.json")
 # Formats of other ecosystems, answered with the conversion to make rather than a reading error.
@@ -64,6 +67,8 @@ def cell_file_format(path: PathLike) -> str:
                              f"expected {ACCEPTED}{_outs_hint(p)}")
     if p.name in _MTX_NAMES:
         return "10x_mtx"  # the matrix file itself: its folder holds the barcodes and features
+    if is_text_table(p):
+        return "text"
     if _is_10x_h5(p):
         return "10x_h5"
     return "h5ad"  # an AnnData saved under another suffix (.h5) is read as one too
@@ -171,7 +176,7 @@ def _duplicate_symbols_expected() -> Iterator[None]:
         yield
 
 
-_READERS = {"zarr": _read_zarr, "10x_h5": _read_10x_h5, "10x_mtx": _read_10x_mtx}
+_READERS = {"zarr": _read_zarr, "10x_h5": _read_10x_h5, "10x_mtx": _read_10x_mtx, "text": read_text_table}
 
 
 def _is_10x_h5(p: Path) -> bool:

@@ -16,6 +16,7 @@ _WHERE = {
     "annotate": ".api", "predict_drug_response": ".api", "generate_cells": ".api", "load_model": ".api",
     "default_checkpoint_path": ".api", "AnnotationResult": ".results", "explain": ".interpret.api",
     "read_cells": ".core_model.readers", "read_samples": ".core_model.samples",
+    "join_obs_table": ".core_model.obs_table",
 }
 __all__ = [*_WHERE, "__version__"]
 

@@ -17,8 +17,9 @@ from .core_model.scoring import add_scoring_argument
 
 log = logging.getLogger("instructcell_agent")
 # What core_model/readers.py reads, written out here so that --help imports no data stack.
-DATA_HELP = ("the cells: an AnnData .h5ad file or .zarr store, or Cell Ranger's filtered_feature_bc_matrix "
-             "(.h5 file, or the folder holding matrix.mtx.gz)")
+DATA_HELP = ("the cells: an AnnData .h5ad file or .zarr store, Cell Ranger's filtered_feature_bc_matrix "
+             "(.h5 file, or the folder holding matrix.mtx.gz), or a count table, genes x cells or cells x genes "
+             "(.csv, .tsv or .txt, optionally .gz)")
 
 
 def _add_train(sub) -> None:
@@ -87,6 +88,10 @@ def _add_data_arguments(p, several: bool = False) -> None:
         p.add_argument("--data", required=True, nargs="+", metavar="DATA",
                        help=DATA_HELP + "; several samples are read as one, obs['sample'] naming each cell's "
                                         "(from its folder or file name), over the genes they share")
+        p.add_argument("--obs-table", default=None, metavar="TABLE",
+                       help="per-cell metadata to join onto the cells by name (.csv, .tsv or .txt, optionally .gz; "
+                            "first column the cell names), e.g. GEO's metadata or Cell Ranger's clusters.csv; its "
+                            "columns can then be named by --groupby and --compare-key")
     else:
         p.add_argument("--data", required=True, help=DATA_HELP)
     p.add_argument("--genome", default=None,
@@ -444,7 +449,12 @@ def _read_data(args):
     from .core_model.samples import read_samples
 
     paths = _inputs(args)
-    return read_cells(paths[0], genome=args.genome) if len(paths) == 1 else read_samples(paths, genome=args.genome)
+    cells = read_cells(paths[0], genome=args.genome) if len(paths) == 1 else read_samples(paths, genome=args.genome)
+    if getattr(args, "obs_table", None):
+        from .core_model.obs_table import join_obs_table
+
+        cells = join_obs_table(cells, args.obs_table)
+    return cells
 
 
 def _draw_map(result, adata, args):

@@ -21,8 +21,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     p.add_argument("--transport", choices=("stdio", "http"), default="stdio")
     p.add_argument("--data-root", action="append", required=True, metavar="DIR",
-                   help="folder whose cell files (.h5ad, .zarr, Cell Ranger .h5 or matrix folders) the tools may "
-                        "read (repeatable)")
+                   help="folder whose cell files (.h5ad, .zarr, Cell Ranger .h5 or matrix folders, count tables) the "
+                        "tools may read (repeatable)")
     p.add_argument("--output-dir", required=True, metavar="DIR", help="folder for result files")
     p.add_argument("--checkpoint", default=None, help="checkpoint folder (default: the shipped one)")
     add_device_argument(p)

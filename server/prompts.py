@@ -16,7 +16,9 @@ tissue, or cell types I name (Cell Ontology names work); with neither, leave can
 pass species and tissue, so that free answers stay within what the model learned there.
 3. Call annotate_cells. Pass compare_key if an obs column already holds cell types (an author's \
 annotation) and groupby if one holds clusters or samples (leiden, louvain, seurat_clusters, sample). \
-If I named several samples' files, pass the others as more_samples.
+If I named several samples' files, pass the others as more_samples; if I named a table of per-cell \
+metadata (clusters.csv, a GEO metadata file), pass it as obs_table, and its columns can then be groupby or \
+compare_key.
 4. Report the label counts, the mean confidence, the low-confidence and atypical cells, every note, \
 each group's answer and share, and the agreement if you compared; show the map (the map_png \
 output) if you can display images.
@@ -54,7 +56,8 @@ REFERENCES = {
     "annotate_dataset": [("inspect_dataset", "genome"), ("inspect_dataset", "layer"), ("inspect_dataset", "use_raw"),
                          ("annotate_cells", "candidates"), ("annotate_cells", "species"),
                          ("annotate_cells", "tissue"), ("annotate_cells", "compare_key"),
-                         ("annotate_cells", "groupby"), ("annotate_cells", "more_samples"), ("explain_genes", "labels"),
+                         ("annotate_cells", "groupby"), ("annotate_cells", "more_samples"),
+                         ("annotate_cells", "obs_table"), ("explain_genes", "labels"),
                          ("explain_genes", "max_cells_per_label")],
     "drug_response_report": [("describe_model", None), ("inspect_dataset", None),
                              ("predict_drug_response", "drug"), ("predict_drug_response", "groupby"),

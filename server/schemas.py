@@ -15,7 +15,8 @@ H5adPath = Annotated[str, Field(
     min_length=1, max_length=4096,
     description="Path of the cells inside one of the server's data roots (absolute, or relative to the first "
                 "data root): an AnnData .h5ad file or .zarr store, or Cell Ranger's filtered_feature_bc_matrix "
-                "(.h5 file, or the folder holding matrix.mtx.gz); or the path of an .h5ad this server wrote "
+                "(.h5 file, or the folder holding matrix.mtx.gz), or a table of genes x cells or cells x genes "
+                "(.csv, .tsv or .txt, optionally .gz); or the path of an .h5ad this server wrote "
                 "(annotate_cells' annotated file, generate_cells' cells).")]
 OptionalText = Annotated[str | None, Field(max_length=200)]
 JobId = Annotated[str, Field(pattern=r"^[0-9a-f]{32}$", description="Job id returned by an earlier call.")]
@@ -52,6 +53,11 @@ CompareKey = Annotated[str | None, Field(
     max_length=200, description="obs column of labels the cells already have (an author's annotation): the reply "
                                 "reports the agreement with them, overall and per label.")]
 
+ObsTable = Annotated[str | None, Field(
+    None, min_length=1, max_length=4096,
+    description="A table of per-cell metadata inside the data roots (.csv, .tsv or .txt, optionally .gz; first "
+                "column the cell names), e.g. GEO's metadata or Cell Ranger's clusters.csv, joined onto the cells "
+                "by name; compare_key and groupby can then name its columns.")]
 GroupBy = Annotated[str | None, Field(
     max_length=200, description="obs column of groups (clusters, samples, conditions): the reply says what each "
                                 "group was answered (most frequent answer, its share of the group, the runner-up).")]
@@ -83,6 +89,7 @@ class AnnotateCellsRequest(_MatrixOptions):
     unassigned_below: UnassignedBelow = None
     unassigned_atypical: UnassignedAtypical = None
     more_samples: MoreSamples = None
+    obs_table: ObsTable = None
     compare_key: CompareKey = None
     groupby: GroupBy = None
     plot: DrawMap = True
@@ -99,6 +106,7 @@ class PredictDrugResponseRequest(_MatrixOptions):
     unassigned_below: UnassignedBelow = None
     unassigned_atypical: UnassignedAtypical = None
     more_samples: MoreSamples = None
+    obs_table: ObsTable = None
     compare_key: CompareKey = None
     groupby: GroupBy = None
     plot: DrawMap = True
@@ -187,8 +195,9 @@ class VocabularyOverlap(BaseModel):
 class DatasetInfo(BaseModel):
     kind: Literal["dataset"] = "dataset"
     h5ad_path: str
-    input_format: str = Field("h5ad", description="h5ad, zarr, 10x_h5 or 10x_mtx (Cell Ranger's files: barcodes "
-                                                  "and genes only, so no species or tissue columns).")
+    input_format: str = Field("h5ad", description="h5ad, zarr, 10x_h5, 10x_mtx or text (Cell Ranger's files and "
+                                                  "text tables: cells and genes only, so no species or tissue "
+                                                  "columns).")
     n_cells: int
     n_genes: int
     obs_columns: list[ObsColumn]

@@ -25,6 +25,7 @@ from instructcell_agent.composition import check_groups
 from instructcell_agent.core_model.errors import CheckpointError, InputFileError, InstructCellError
 from instructcell_agent.core_model.genomes import selection_note
 from instructcell_agent.core_model.io import obs_column, write_h5ad_atomic
+from instructcell_agent.core_model.obs_table import join_note, join_obs_table
 from instructcell_agent.core_model.labels import unexplainable
 from instructcell_agent.core_model.readers import cell_file_format, read_cells
 from instructcell_agent.core_model.samples import read_samples
@@ -366,6 +367,8 @@ class InstructCellService:
         paths = self.input_paths(req)
         path = paths[0]
         adata = self._read(paths, req.genome)
+        if req.obs_table is not None:  # before compare_key and groupby, which may name its columns
+            adata = join_obs_table(adata, self.input_path(req.obs_table))
         self._check(adata.n_obs, self.limits.max_cells, f"cells per {_TOOL[task]} call")
         if adata.n_obs == 0:
             raise InputFileError(f"{req.h5ad_path} has no cells; nothing to annotate")
@@ -516,10 +519,12 @@ def _groups(grouped, max_groups: int = 200) -> list[GroupSummary]:
 
 
 def _read_notes(adata: ad.AnnData, req) -> list[str]:
-    """What this call's reading left out (the other species' cells where it chose a genome; a
-    file written after such a choice keeps the record, which is not this call's doing)."""
-    note = selection_note(adata) if req.genome else None
-    return [note] if note else []
+    """What this call's reading left out or added (the other species' cells where it chose a
+    genome; the columns of its obs_table; a file written after such a reading keeps the record,
+    which is not this call's doing)."""
+    notes = [selection_note(adata) if req.genome else None,
+             join_note(adata) if getattr(req, "obs_table", None) else None]
+    return [n for n in notes if n]
 
 
 def _describe_column(obs: pd.DataFrame, name: str) -> ObsColumn:

@@ -51,10 +51,10 @@ _OUT_NOTE = " The full result is written to new files under the server's output 
 
 SPECS: tuple[ToolSpec, ...] = (
     ToolSpec("inspect_dataset", "Inspect a dataset",
-             "Describe a cell file (AnnData .h5ad or .zarr, or Cell Ranger's .h5 or matrix folder) before running "
-             "the model: cells, genes, obs columns with example "
-             "values, layers, the kind of expression values (raw counts, log1p, normalized) and how many of the "
-             "model's genes it contains. Reads only; runs no inference. Use it first to pick labels and options.",
+             "Describe a cell file (AnnData .h5ad or .zarr, Cell Ranger's .h5 or matrix folder, or a count table) "
+             "before running the model: cells, genes, obs columns with example values, layers, the kind of "
+             "expression values (raw counts, log1p, normalized) and how many of the model's genes it contains. "
+             "Reads only; runs no inference. Use it first to pick labels and options.",
              InspectDatasetRequest, DatasetInfo, read_only=True, idempotent=True, runs_model=False),
     ToolSpec("describe_model", "Describe the model",
              "What the loaded InstructCell model learned: its annotation and drug-response label sets (with species "

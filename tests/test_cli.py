@@ -134,6 +134,39 @@ def test_annotate_reports_what_each_group_was_answered(tiny_checkpoint, syntheti
         assert not out.exists()
 
 
+def test_annotate_joins_metadata_from_a_table_for_groups_and_comparison(tiny_checkpoint, synthetic_set, tmp_path,
+                                                                        capsys):
+    cells = synthetic_set["adata"][:40].copy()
+    clusters = cells.obs["cell_type"].cat.codes.astype(str)
+    with_column = cells.copy()
+    with_column.obs["cluster"] = clusters
+    with_column.write_h5ad(tmp_path / "with_column.h5ad")
+    del cells.obs["cell_type"]  # the counts file knows nothing about its cells
+    cells.write_h5ad(tmp_path / "bare.h5ad")
+    meta = tmp_path / "meta.tsv"
+    meta.write_text("cell\tcluster\tauthor_type\n" + "".join(
+        f"{c}\t{k}\t{t}\n" for c, k, t in zip(with_column.obs_names, clusters, with_column.obs["cell_type"])))
+    base = ["annotate", "--checkpoint", str(tiny_checkpoint), "--candidates", "alpha,beta,gamma,delta",
+            "--groupby", "cluster"]
+    stored = {}
+    for name, extra in (("with_column", []), ("bare", ["--obs-table", str(meta), "--compare-key", "author_type"])):
+        out = tmp_path / f"{name}_out.h5ad"
+        assert main([*base, "--data", str(tmp_path / f"{name}.h5ad"), "--out", str(out), *extra]) == 0
+        stored[name] = ad.read_h5ad(out)
+    printed = capsys.readouterr().out
+    assert "agreement with obs['author_type']" in printed
+    assert list(stored["bare"].obs["author_type"]) == list(with_column.obs["cell_type"])
+    composition = [stored[n].uns["instructcell"]["composition"]["table"] for n in ("with_column", "bare")]
+    assert list(composition[0]["answer"]) == list(composition[1]["answer"])
+    np.testing.assert_allclose(composition[0]["share"], composition[1]["share"])
+    # a table of other cells is refused before the model runs, and nothing is written
+    other = tmp_path / "other.csv"
+    other.write_text("cell,cluster\n" + "".join(f"x{i},1\n" for i in range(40)))
+    out = tmp_path / "refused.h5ad"
+    assert main([*base, "--data", str(tmp_path / "bare.h5ad"), "--out", str(out), "--obs-table", str(other)]) == 2
+    assert "names 0 of the data's 40 cells" in capsys.readouterr().err and not out.exists()
+
+
 def test_annotate_reads_several_samples_as_one_and_reports_each(tiny_checkpoint, synthetic_set, tmp_path, capsys):
     import pandas as pd
     from synthetic import write_cellranger

@@ -287,6 +287,29 @@ def test_several_samples_are_annotated_in_one_call_and_reported_each(env):
     assert "named twice" in text
 
 
+def test_metadata_from_a_table_reaches_groupby_and_compare_key(env):
+    root = env["paths"]["root"]
+    cells = ad.read_h5ad(env["paths"]["planted"])
+    table = root / "meta" / "clusters.csv"
+    table.parent.mkdir()
+    table.write_text("Barcode,Cluster,author\n" + "".join(
+        f"{c},{i % 3},{t}\n" for i, (c, t) in enumerate(zip(cells.obs_names, cells.obs["cell_type"]))))
+    result = call(env["server"], "annotate_cells", {"h5ad_path": "planted.h5ad", "obs_table": "meta/clusters.csv",
+                                                    "groupby": "Cluster", "compare_key": "author",
+                                                    "candidates": CANDIDATES, "plot": False})
+    summary = check_structured(env["server"], "annotate_cells", result)["result"]
+    assert sorted(g["group"] for g in summary["groups"]) == ["0", "1", "2"]
+    assert summary["agreement"]["compare_key"] == "author"
+    assert any(f"Cluster, author joined from clusters.csv onto {N_CELLS} of {N_CELLS} cells" in n
+               for n in summary["notes"])
+    h5 = ad.read_h5ad(next(f["path"] for f in summary["outputs"] if f["kind"] == "annotated_h5ad"))
+    assert list(h5.obs["Cluster"]) == [i % 3 for i in range(N_CELLS)]
+    (env["paths"]["outside"] / "secret.csv").write_text(table.read_text())
+    outside = error_text(call(env["server"], "annotate_cells", {"h5ad_path": "planted.h5ad",
+                                                                "obs_table": "../outside/secret.csv"}))
+    assert "outside the allowed data roots" in outside
+
+
 def test_a_mixed_species_matrix_is_read_for_the_genome_asked(env):
     from synthetic import make_barnyard, write_cellranger
 
@@ -507,7 +530,7 @@ def test_explain_genes_explains_drug_responses(env):
     ("missing.h5ad", "no such file"),
     ("../outside/secret.h5ad", "outside the allowed data roots"),
     ("escape.h5ad", "outside the allowed data roots"),  # symlink pointing out of the root
-    ("notes.txt", "does not end in .h5ad or .h5"),
+    ("notes.txt", "holds a header and no data"),  # read as a count table, by its suffix
     ("folder.h5ad", "neither a zarr store nor a matrix folder"),
     ("fake.h5ad", "not an HDF5 file"),
 ])

@@ -56,9 +56,12 @@ def test_bad_inputs(tree, given, message):
 
 def test_wrong_suffix(tree):
     root, _ = tree
-    (root / "t.csv").write_text("a,b\n")
-    with pytest.raises(PathNotAllowedError, match="does not end in .h5ad or .h5"):
-        resolve_input("t.csv", [root])
+    (root / "t.json").write_text("{}\n")
+    with pytest.raises(PathNotAllowedError, match="does not end in .h5ad or .h5.*count table"):
+        resolve_input("t.json", [root])
+    for name in ("t.csv", "t.tsv.gz", "GSE1_counts.txt"):  # count tables, admitted by their suffixes
+        (root / name).write_text("a,b\n")
+        assert resolve_input(name, [root]) == (root / name).resolve()
 
 
 def test_output_reads_stay_in_the_output_dir(tmp_path):
