@@ -75,37 +75,49 @@ def join_obs_table(adata: anndata.AnnData, path: PathLike) -> anndata.AnnData:
     Raises
     ------
     InputFileError
-        See `read_obs_table`; also when fewer than half the data's cells are named in the table
-        (a table of other cells, or names written another way), or when a column is already in obs.
+        See `joined_obs`.
     """
-    table = read_obs_table(path)
-    named = adata.obs_names.isin(table.index)
-    n_named = int(named.sum())
-    if n_named < MIN_NAMED_SHARE * adata.n_obs:
-        raise InputFileError(
-            f"{path} names {n_named:,} of the data's {adata.n_obs:,} cells in its first column (e.g. "
-            f"{', '.join(table.index[:3])}; the data's cells are e.g. {', '.join(adata.obs_names[:3])}): "
-            "a table of other cells, or names written another way (a barcode suffix such as -1, a sample prefix)")
-    clash = [c for c in table.columns if c in adata.obs.columns]
-    if clash:
-        raise InputFileError(f"{path}: column(s) {', '.join(map(repr, clash))} are already in the data's obs; rename "
-                             "them in the table")
-    if n_named < adata.n_obs:
-        warnings.warn(f"{adata.n_obs - n_named:,} of the data's {adata.n_obs:,} cells have no row in {path}; their "
-                      "columns from it are left empty", UnnamedCellsWarning, stacklevel=2)
-    # Nullable integers, so that cluster 3 stays 3 (not 3.0) beside the cells the table leaves out.
-    table = table.astype({c: "Int64" for c in table.columns if pd.api.types.is_integer_dtype(table[c])})
-    joined = adata.obs.join(table, how="left")
-    out = anndata.AnnData(X=adata.X, obs=joined, var=adata.var, uns=dict(adata.uns), obsm=dict(adata.obsm),
+    obs, record = joined_obs(adata.obs, path)
+    out = anndata.AnnData(X=adata.X, obs=obs, var=adata.var, uns=dict(adata.uns), obsm=dict(adata.obsm),
                           varm=dict(adata.varm), layers=dict(adata.layers), obsp=dict(adata.obsp),
                           varp=dict(adata.varp))
     if adata.raw is not None:
         out.raw = adata.raw
     # Kept with the cells (and in any file written from them): where these obs columns came from.
-    out.uns[UNS_KEY] = {"path": str(path), "columns": [str(c) for c in table.columns], "n_named": n_named,
-                        "n_cells": int(adata.n_obs)}
+    out.uns[UNS_KEY] = record
     logger.info("%s", join_note(out))
     return out
+
+
+def joined_obs(obs: pd.DataFrame, path: PathLike) -> tuple[pd.DataFrame, dict]:
+    """A copy of `obs` with the columns of the table at `path`, matched by cell name, and a record
+    of what was joined (also for a backed file's obs, whose matrix stays on disk).
+
+    Raises
+    ------
+    InputFileError
+        See `read_obs_table`; also when fewer than half the cells are named in the table (a table
+        of other cells, or names written another way), or when a column is already in obs.
+    """
+    table = read_obs_table(path)
+    n_cells = len(obs)
+    n_named = int(obs.index.isin(table.index).sum())
+    if n_named < MIN_NAMED_SHARE * n_cells:
+        raise InputFileError(
+            f"{path} names {n_named:,} of the data's {n_cells:,} cells in its first column (e.g. "
+            f"{', '.join(table.index[:3])}; the data's cells are e.g. {', '.join(obs.index[:3].astype(str))}): "
+            "a table of other cells, or names written another way (a barcode suffix such as -1, a sample prefix)")
+    clash = [c for c in table.columns if c in obs.columns]
+    if clash:
+        raise InputFileError(f"{path}: column(s) {', '.join(map(repr, clash))} are already in the data's obs; rename "
+                             "them in the table")
+    if n_named < n_cells:
+        warnings.warn(f"{n_cells - n_named:,} of the data's {n_cells:,} cells have no row in {path}; their "
+                      "columns from it are left empty", UnnamedCellsWarning, stacklevel=3)
+    # Nullable integers, so that cluster 3 stays 3 (not 3.0) beside the cells the table leaves out.
+    table = table.astype({c: "Int64" for c in table.columns if pd.api.types.is_integer_dtype(table[c])})
+    record = {"path": str(path), "columns": [str(c) for c in table.columns], "n_named": n_named, "n_cells": n_cells}
+    return obs.join(table, how="left"), record
 
 
 def join_note(adata: anndata.AnnData) -> str | None:

@@ -149,6 +149,8 @@ class ExplainGenesRequest(_MatrixOptions):
     drug: OptionalText = Field(None, description=(
         "Explain drug-response answers to this drug (as predict_drug_response asks; candidates default to the "
         "learned responses, e.g. resistant / sensitive) instead of cell types."))
+    more_samples: MoreSamples = None
+    obs_table: ObsTable = None
     max_cells_per_label: int | None = Field(None, ge=1, le=1_000_000, description=(
         "Explain at most this many cells of each label (drawn at random, seeded), for large files: the rankings are "
         "per-label means. The cell limit then counts the cells explained. Without labels every cell is answered "

@@ -25,7 +25,7 @@ from instructcell_agent.composition import check_groups
 from instructcell_agent.core_model.errors import CheckpointError, InputFileError, InstructCellError
 from instructcell_agent.core_model.genomes import selection_note
 from instructcell_agent.core_model.io import obs_column, write_h5ad_atomic
-from instructcell_agent.core_model.obs_table import join_note, join_obs_table
+from instructcell_agent.core_model.obs_table import join_note, join_obs_table, joined_obs
 from instructcell_agent.core_model.labels import unexplainable
 from instructcell_agent.core_model.readers import cell_file_format, read_cells
 from instructcell_agent.core_model.samples import read_samples
@@ -137,7 +137,8 @@ class InstructCellService:
         """Cells an explain_genes request attributes (`_explained_count`; read from obs, and without
         labels bounded by the answers the model can give)."""
         with self._counted(self.input_paths(req), req.genome) as cells:
-            return self._explained(cells.obs, req)
+            obs = joined_obs(cells.obs, self.input_path(req.obs_table))[0] if req.obs_table else cells.obs
+            return self._explained(obs, req)
 
     @contextlib.contextmanager
     def _counted(self, paths: list[Path], genome: str | None) -> Iterator[ad.AnnData]:
@@ -309,8 +310,11 @@ class InstructCellService:
         rep = reporter or _NoReporter()
         self._check(req.top_k, self.limits.max_top_k, "top_k")
         started = time.perf_counter()
-        path = self.input_path(req.h5ad_path)
-        adata = self._read([path], req.genome)
+        paths = self.input_paths(req)
+        path = paths[0]
+        adata = self._read(paths, req.genome)
+        if req.obs_table is not None:  # before labels, which may name its column
+            adata = join_obs_table(adata, self.input_path(req.obs_table))
         n_explained = self._explained(adata.obs, req)
         self._check(n_explained, self.limits.max_explain_cells, "cells per explain_genes call")
         model = self.model()
@@ -335,7 +339,7 @@ class InstructCellService:
         rep.update(n_explained, n_explained, "writing tables and figures")
         folder = f"{slug(path.stem)}_explain_{new_id()}"
         with Staging(self.config.output_dir) as staging:
-            write_explanation(result, staging.path(folder), protect=[path])
+            write_explanation(result, staging.path(folder), protect=paths)
             rep.check()
             files = staging.commit({folder: "explanation"})
         top: dict[str, list[GeneScore]] = {}

@@ -283,6 +283,10 @@ def test_several_samples_are_annotated_in_one_call_and_reported_each(env):
     assert [(g["group"], g["n_cells"]) for g in summary["groups"]] == [("ctrl", 20), ("stim", N_CELLS - 20)]
     h5 = ad.read_h5ad(next(f["path"] for f in summary["outputs"] if f["kind"] == "annotated_h5ad"))
     assert list(h5.obs["sample"].unique()) == ["ctrl", "stim"] and h5.obs_names[0].endswith("-ctrl")
+    explained = check_structured(env["server"], "explain_genes", call(env["server"], "explain_genes", {
+        "h5ad_path": first, "more_samples": [second], "candidates": CANDIDATES, "max_cells_per_label": 2,
+        "top_k": 3}))["result"]
+    assert explained["n_cells"] == N_CELLS and sum(explained["cells_per_label"].values()) <= 2 * len(CANDIDATES)
     text = error_text(call(env["server"], "annotate_cells", {"h5ad_path": first, "more_samples": [first]}))
     assert "named twice" in text
 
@@ -304,6 +308,12 @@ def test_metadata_from_a_table_reaches_groupby_and_compare_key(env):
                for n in summary["notes"])
     h5 = ad.read_h5ad(next(f["path"] for f in summary["outputs"] if f["kind"] == "annotated_h5ad"))
     assert list(h5.obs["Cluster"]) == [i % 3 for i in range(N_CELLS)]
+    # explain_genes explains the labels of a column the table brought, counted against its limit as such
+    explained = check_structured(env["server"], "explain_genes", call(env["server"], "explain_genes", {
+        "h5ad_path": "planted.h5ad", "obs_table": "meta/clusters.csv", "labels": "author",
+        "max_cells_per_label": 3, "top_k": 3}))["result"]
+    assert explained["cells_per_label"] == {t: 3 for t in cells.obs["cell_type"].astype(str).unique()}
+    assert any("joined from clusters.csv" in n for n in explained["notes"])
     (env["paths"]["outside"] / "secret.csv").write_text(table.read_text())
     outside = error_text(call(env["server"], "annotate_cells", {"h5ad_path": "planted.h5ad",
                                                                 "obs_table": "../outside/secret.csv"}))
