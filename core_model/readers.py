@@ -5,9 +5,9 @@ and as a folder of Matrix Market files (`filtered_feature_bc_matrix/`: matrix.mt
 features.tsv.gz, barcodes.tsv.gz; genes.tsv in version 2). Most users hold those before they hold
 an .h5ad, so the command line and the MCP server read them directly, the way scanpy's tutorials
 do: gene symbols as var_names (made unique with scanpy's -1, -2 suffixes), Ensembl ids kept in
-`var['gene_ids']`, gene-expression features only (antibody and CRISPR features dropped). Published
-sets often come as one delimited table instead (core_model/text_matrix.py). Every reader opens
-the input read-only.
+`var['gene_ids']`, gene-expression features only (antibody and CRISPR features dropped); the
+Matrix Market files also as GEO serves them (core_model/mtx.py). Published sets often come as
+one delimited table instead (core_model/text_matrix.py). Every reader opens the input read-only.
 """
 
 from __future__ import annotations
@@ -20,20 +20,20 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import anndata
-import scipy.sparse as sp
 
 from .errors import InputFileError
 from .genomes import feature_genomes, keep_genome, selection_note, several_genomes_error
 from .io import PathLike, read_h5ad
+from .mtx import is_matrix_file, matrix_files, read_matrix_market
 from .text_matrix import TABLE_SUFFIXES, is_text_table, read_text_table
 
 logger = logging.getLogger(__name__)
 
 FORMATS = ("h5ad", "zarr", "10x_h5", "10x_mtx", "text")
 ACCEPTED = ("an AnnData .h5ad file or .zarr store, Cell Ranger's filtered_feature_bc_matrix "
-            "(the .h5 file or the folder holding matrix.mtx.gz), or a table of genes x cells or cells x genes "
+            "(the .h5 file, or matrix.mtx.gz or its folder; GEO's GSM..._matrix.mtx.gz too), or a table of "
+            "genes x cells or cells x genes "
             f"({', '.join(TABLE_SUFFIXES)}, optionally .gz)")
-_MTX_NAMES = ("matrix.mtx.gz", "matrix.mtx")
 _ZARR_MARKERS = (".zgroup", ".zattrs", "zarr.json")
 # Formats of other ecosystems, answered with the conversion to make rather than a reading error.
 _CONVERT_FIRST = {
@@ -61,11 +61,11 @@ def cell_file_format(path: PathLike) -> str:
     if p.is_dir():
         if any((p / m).exists() for m in _ZARR_MARKERS):
             return "zarr"
-        if any((p / m).is_file() for m in _MTX_NAMES):
+        if matrix_files(p):  # Cell Ranger's folder, or GEO's prefixed files (one or several samples)
             return "10x_mtx"
         raise InputFileError(f"{p} is a folder but neither a zarr store nor a matrix folder; "
                              f"expected {ACCEPTED}{_outs_hint(p)}")
-    if p.name in _MTX_NAMES:
+    if is_matrix_file(p):
         return "10x_mtx"  # the matrix file itself: its folder holds the barcodes and features
     if is_text_table(p):
         return "text"
@@ -148,23 +148,11 @@ def _read_10x_h5(p: Path) -> anndata.AnnData:
 
 
 def _read_10x_mtx(p: Path) -> anndata.AnnData:
-    import scanpy as sc
-
-    folder = p.parent if p.is_file() else p
-    names = {f.name for f in folder.iterdir()}
-    if not names & {"features.tsv.gz", "features.tsv", "genes.tsv.gz", "genes.tsv"} or not names & {
-            "barcodes.tsv.gz", "barcodes.tsv"}:
-        raise InputFileError(f"{folder} holds a matrix.mtx but not its features.tsv(.gz) / genes.tsv and "
-                             f"barcodes.tsv(.gz); expected {ACCEPTED}")
     try:
-        # cache=False: scanpy would otherwise write a copy under its cache folder.
         with _duplicate_symbols_expected():
-            adata = sc.read_10x_mtx(folder, var_names="gene_symbols", make_unique=True, cache=False)
-    except Exception as exc:  # noqa: BLE001 - malformed Matrix Market or tables
-        raise InputFileError(f"{folder} could not be read as a Cell Ranger matrix folder "
-                             f"({type(exc).__name__}: {exc}); expected {ACCEPTED}") from exc
-    adata.X = sp.csr_matrix(adata.X)  # scanpy transposes to CSC; the model reads cells by rows
-    return adata
+            return read_matrix_market(p)
+    except InputFileError as exc:
+        raise InputFileError(f"{exc}; expected {ACCEPTED}") from exc
 
 
 @contextlib.contextmanager

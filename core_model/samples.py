@@ -18,6 +18,7 @@ import anndata
 
 from .errors import InputFileError
 from .io import PathLike
+from .mtx import is_matrix_file
 from .readers import read_cells
 from .values import detect_value_type
 
@@ -26,7 +27,7 @@ logger = logging.getLogger(__name__)
 SAMPLE_KEY = "sample"
 # Folder names that say what a file is, not whose it is (Cell Ranger's output layout).
 _LAYOUT_NAMES = {"outs", "count", "per_sample_outs", "filtered_feature_bc_matrix", "raw_feature_bc_matrix",
-                 "filtered_gene_bc_matrices", "sample_filtered_feature_bc_matrix"}
+                 "filtered_gene_bc_matrices", "sample_filtered_feature_bc_matrix", "matrix"}
 
 
 class SamplesJoinWarning(UserWarning):
@@ -36,9 +37,12 @@ class SamplesJoinWarning(UserWarning):
 def sample_name(path: PathLike) -> str:
     """A sample's name from its path: the first folder above Cell Ranger's layout folders
     ('run/pbmc_ctrl/outs/filtered_feature_bc_matrix.h5' -> 'pbmc_ctrl'), else the file's name
-    without its suffix."""
+    without its suffix (and, for GEO's Matrix Market files, without '_matrix':
+    'GSM1_ctrl_matrix.mtx.gz' -> 'GSM1_ctrl')."""
     p = Path(path).expanduser()
     stem = p.name.split(".")[0]
+    if is_matrix_file(p) and stem != "matrix":
+        stem = stem[: -len("matrix")].rstrip("_-.") or stem
     if stem not in _LAYOUT_NAMES and not stem.startswith("sample_filtered"):
         return stem
     for parent in p.parents:

@@ -18,7 +18,8 @@ from .core_model.scoring import add_scoring_argument
 log = logging.getLogger("instructcell_agent")
 # What core_model/readers.py reads, written out here so that --help imports no data stack.
 DATA_HELP = ("the cells: an AnnData .h5ad file or .zarr store, Cell Ranger's filtered_feature_bc_matrix "
-             "(.h5 file, or the folder holding matrix.mtx.gz), or a count table, genes x cells or cells x genes "
+             "(.h5 file, or matrix.mtx.gz or its folder; GEO's GSM..._matrix.mtx.gz too), or a count table, "
+             "genes x cells or cells x genes "
              "(.csv, .tsv or .txt, optionally .gz)")
 
 

@@ -7,14 +7,14 @@ from pathlib import Path
 from typing import Sequence
 
 from instructcell_agent.core_model.errors import InputFileError, InstructCellError
+from instructcell_agent.core_model.mtx import is_matrix_file
 from instructcell_agent.core_model.readers import cell_file_format
 from instructcell_agent.core_model.text_matrix import is_text_table
 
-# AnnData files, Cell Ranger's .h5 and its Matrix Market file, text tables (by their own suffixes,
+# AnnData files, Cell Ranger's .h5, Matrix Market files (GEO's prefixed ones too), text tables (by their own suffixes,
 # core_model/text_matrix.py); folders (zarr stores, matrix folders) are admitted by what they hold
 # instead (core_model/readers.py).
 INPUT_SUFFIXES = (".h5ad", ".h5")
-_MATRIX_FILES = ("matrix.mtx", "matrix.mtx.gz")
 
 
 class PathNotAllowedError(InstructCellError):
@@ -60,7 +60,7 @@ def resolve_input(path: str | os.PathLike, roots: Sequence[Path], suffixes: Sequ
         return real
     if not real.is_file():
         raise PathNotAllowedError(f"{raw} is not a regular file or folder (a device?); give an .h5ad file")
-    if suffixes and real.suffix.lower() not in suffixes and real.name not in _MATRIX_FILES and not is_text_table(real):
+    if suffixes and real.suffix.lower() not in suffixes and not is_matrix_file(real) and not is_text_table(real):
         raise PathNotAllowedError(f"{raw} does not end in {' or '.join(suffixes)}; give an AnnData .h5ad file "
                                   "(or a Cell Ranger .h5 file, matrix folder, AnnData .zarr store, or a .csv, .tsv or "
                                   ".txt count table)")

@@ -15,7 +15,8 @@ H5adPath = Annotated[str, Field(
     min_length=1, max_length=4096,
     description="Path of the cells inside one of the server's data roots (absolute, or relative to the first "
                 "data root): an AnnData .h5ad file or .zarr store, or Cell Ranger's filtered_feature_bc_matrix "
-                "(.h5 file, or the folder holding matrix.mtx.gz), or a table of genes x cells or cells x genes "
+                "(.h5 file, or matrix.mtx.gz or its folder; GEO's GSM..._matrix.mtx.gz too), or a table of "
+                "genes x cells or cells x genes "
                 "(.csv, .tsv or .txt, optionally .gz); or the path of an .h5ad this server wrote "
                 "(annotate_cells' annotated file, generate_cells' cells).")]
 OptionalText = Annotated[str | None, Field(max_length=200)]

@@ -142,7 +142,7 @@ def _hdf5_of_something_else(folder) -> None:
 
 @pytest.mark.parametrize("build, message", [
     (lambda d: (d / "f").mkdir(), "neither a zarr store nor a matrix folder"),
-    (lambda d: ((d / "f").mkdir(), (d / "f" / "matrix.mtx.gz").write_bytes(b"")), "not its features.tsv"),
+    (lambda d: ((d / "f").mkdir(), (d / "f" / "matrix.mtx.gz").write_bytes(b"")), "no features file beside it"),
     (_hdf5_of_something_else, "could not be read as AnnData"),
     (lambda d: (d / "f").write_text("gene,cell1\nA,1\n"), "text table"),
 ])

@@ -18,7 +18,10 @@ from synthetic import make_counts, write_cellranger
     ("run/stim/outs/filtered_feature_bc_matrix", "stim"),
     ("multi/outs/per_sample_outs/donor1/count/sample_filtered_feature_bc_matrix.h5", "donor1"),
     ("data/ctrl.h5ad", "ctrl"),
-    ("data/day3.zarr", "day3")])
+    ("data/day3.zarr", "day3"),
+    ("GSE1_RAW/GSM1_ctrl_matrix.mtx.gz", "GSM1_ctrl"),  # GEO's per-sample Matrix Market files
+    ("run/stim/outs/filtered_feature_bc_matrix/matrix.mtx.gz", "stim"),
+    ("data/GSE2_counts.csv.gz", "GSE2_counts")])
 def test_a_sample_is_named_by_its_folder_or_file(path, name):
     assert sample_name(path) == name
 
