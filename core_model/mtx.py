@@ -1,4 +1,5 @@
-"""Matrix Market triplets: Cell Ranger's matrix folders, and the same files as GEO serves them.
+"""Matrix Market files: Cell Ranger's matrix folders, the same files as GEO serves them, and the
+outputs of kallisto|bustools and alevin-fry.
 
 Cell Ranger writes `matrix.mtx.gz` (features x barcodes), `features.tsv.gz` (id, symbol, feature
 type; version 2: `genes.tsv`, id and symbol) and `barcodes.tsv.gz`. GEO series hold the same
@@ -12,8 +13,10 @@ scanpy's reader fails on (KeyError). So they are read here:
   other types than "Gene Expression", e.g. antibody tags, are left out as Cell Ranger's own
   reader does); a header line, when the file has one line more than the matrix has features, is
   skipped; barcodes: the first column, likewise;
-- the matrix is features x barcodes (Cell Ranger) or barcodes x features (some hand-written
-  files): told by the lengths of the two lists.
+- the matrix is features x barcodes (Cell Ranger) or barcodes x features (kallisto|bustools'
+  `cells_x_genes.mtx` with `.genes.txt` / `.genes.names.txt` and `.barcodes.txt`; alevin-fry's
+  `quants_mat.mtx` with `quants_mat_cols.txt` and `quants_mat_rows.txt`; hand-written files):
+  told by the lengths of the two lists.
 
 Gene symbols become var_names, made unique with -1, -2 suffixes as scanpy does; ids stay in
 `var['gene_ids']`.
@@ -33,31 +36,50 @@ import scipy.sparse as sp
 from .errors import InputFileError
 
 MATRIX_NAMES = ("matrix.mtx.gz", "matrix.mtx")
+_MTX_SUFFIXES = (".mtx.gz", ".mtx")
 _FEATURE_NAMES = ("features.tsv.gz", "features.tsv", "genes.tsv.gz", "genes.tsv")
 _BARCODE_NAMES = ("barcodes.tsv.gz", "barcodes.tsv")
 GENE_EXPRESSION = "Gene Expression"
 
 
 def matrix_files(folder: Path) -> list[Path]:
-    """Every `*matrix.mtx(.gz)` file directly in `folder`, sorted."""
-    return sorted(f for f in folder.iterdir() if f.is_file() and f.name.endswith(MATRIX_NAMES))
+    """Every Matrix Market file directly in `folder`, sorted."""
+    return sorted(f for f in folder.iterdir() if f.is_file() and is_matrix_file(f))
 
 
 def is_matrix_file(path: Path) -> bool:
-    return path.name.endswith(MATRIX_NAMES)
+    return path.name.endswith(_MTX_SUFFIXES)
 
 
-def prefix_of(matrix: Path) -> str:
-    """'GSM1_ctrl_' for 'GSM1_ctrl_matrix.mtx.gz'; '' for Cell Ranger's own name."""
-    return next(matrix.name[: -len(n)] for n in MATRIX_NAMES if matrix.name.endswith(n))
+def _companions(matrix: Path) -> tuple[list[str], list[str]]:
+    """Names the features and barcodes files of `matrix` may have, in order of preference."""
+    name = matrix.name
+    cell_ranger = next((n for n in MATRIX_NAMES if name.endswith(n)), None)
+    if cell_ranger is not None:  # Cell Ranger's names, perhaps behind GEO's 'GSM1_ctrl_'
+        prefix = name[: -len(cell_ranger)]
+        return [prefix + n for n in _FEATURE_NAMES], [prefix + n for n in _BARCODE_NAMES]
+    stem = name[: -len(next(s for s in _MTX_SUFFIXES if name.endswith(s)))]
+    # kallisto|bustools: cells_x_genes.mtx, .genes.names.txt (symbols) / .genes.txt (ids), .barcodes.txt;
+    # alevin-fry: quants_mat.mtx, quants_mat_cols.txt (genes), quants_mat_rows.txt (barcodes)
+    return ([f"{stem}.genes.names.txt", f"{stem}.genes.txt", f"{stem}_cols.txt"],
+            [f"{stem}.barcodes.txt", f"{stem}_rows.txt"])
 
 
-def _companion(folder: Path, prefix: str, names: tuple[str, ...], what: str, matrix: Path) -> Path:
+def _companion(matrix: Path, names: list[str], what: str) -> Path:
     for name in names:
-        if (folder / f"{prefix}{name}").is_file():
-            return folder / f"{prefix}{name}"
-    raise InputFileError(f"{matrix} has no {what} beside it ({' or '.join(prefix + n for n in names[:2])}); a "
-                         "Matrix Market matrix needs its features (genes) and barcodes files, with the same prefix")
+        if (matrix.parent / name).is_file():
+            return matrix.parent / name
+    raise InputFileError(f"{matrix} has no {what} beside it ({' or '.join(names[:2])}); a Matrix Market matrix "
+                         "needs its features (genes) and barcodes files, named as the matrix is")
+
+
+def _feature_rows(matrix: Path, path: Path, n: int) -> list[list[str]]:
+    """The features' rows; kallisto's symbols beside its ids file become (id, symbol) rows."""
+    rows = _rows(path, n, "features")
+    ids = matrix.parent / path.name.replace(".genes.names.txt", ".genes.txt")
+    if path.name.endswith(".genes.names.txt") and ids.is_file():
+        rows = [[i[0], s[0]] for i, s in zip(_rows(ids, n, "features"), rows)]
+    return rows
 
 
 def _lines(path: Path) -> list[list[str]]:
@@ -91,9 +113,9 @@ def read_matrix_market(path: Path) -> anndata.AnnData:
         barcodes file, lists whose lengths fit neither orientation, or an unreadable matrix.
     """
     matrix = _the_matrix(path)
-    folder, prefix = matrix.parent, prefix_of(matrix)
-    features_path = _companion(folder, prefix, _FEATURE_NAMES, "features file", matrix)
-    barcodes_path = _companion(folder, prefix, _BARCODE_NAMES, "barcodes file", matrix)
+    feature_names, barcode_names = _companions(matrix)
+    features_path = _companion(matrix, feature_names, "features file")
+    barcodes_path = _companion(matrix, barcode_names, "barcodes file")
     try:
         X = sp.coo_matrix(scipy.io.mmread(matrix), dtype=np.float32)
     except Exception as exc:  # noqa: BLE001 - scipy's errors for a malformed or truncated file
@@ -106,7 +128,7 @@ def read_matrix_market(path: Path) -> anndata.AnnData:
         cells = X.tocsr()  # already barcodes x features
     else:
         cells = X.T.tocsr()
-    features = _rows(features_path, cells.shape[1], "features")
+    features = _feature_rows(matrix, features_path, cells.shape[1])
     barcodes = [row[0] for row in _rows(barcodes_path, cells.shape[0], "barcodes")]
     adata = anndata.AnnData(X=cells, obs=pd.DataFrame(index=pd.Index(barcodes, dtype=object)),
                             var=_feature_frame(features))
@@ -123,7 +145,7 @@ def _the_matrix(path: Path) -> Path:
     if len(found) == 1:
         return found[0]
     if not found:
-        raise InputFileError(f"{path} holds no matrix.mtx(.gz)")
+        raise InputFileError(f"{path} holds no Matrix Market file (.mtx or .mtx.gz)")
     names = ", ".join(f.name for f in found[:4]) + (f" and {len(found) - 4} more" if len(found) > 4 else "")
     raise InputFileError(f"{path} holds {len(found)} matrices ({names}): pass one matrix file, or several to read "
                          "them as samples of one study (CLI: --data a_matrix.mtx.gz b_matrix.mtx.gz)")

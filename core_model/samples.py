@@ -27,7 +27,10 @@ logger = logging.getLogger(__name__)
 SAMPLE_KEY = "sample"
 # Folder names that say what a file is, not whose it is (Cell Ranger's output layout).
 _LAYOUT_NAMES = {"outs", "count", "per_sample_outs", "filtered_feature_bc_matrix", "raw_feature_bc_matrix",
-                 "filtered_gene_bc_matrices", "sample_filtered_feature_bc_matrix", "matrix"}
+                 "filtered_gene_bc_matrices", "sample_filtered_feature_bc_matrix", "matrix",
+                 # kallisto|bustools, alevin-fry and STARsolo outputs: the sample is the folder above
+                 "cells_x_genes", "counts_unfiltered", "counts_filtered", "quants_mat", "af_quant", "alevin",
+                 "Solo.out", "Gene", "GeneFull", "filtered", "raw"}
 
 
 class SamplesJoinWarning(UserWarning):
@@ -41,7 +44,7 @@ def sample_name(path: PathLike) -> str:
     'GSM1_ctrl_matrix.mtx.gz' -> 'GSM1_ctrl')."""
     p = Path(path).expanduser()
     stem = p.name.split(".")[0]
-    if is_matrix_file(p) and stem != "matrix":
+    if is_matrix_file(p) and stem.endswith("matrix") and stem != "matrix":
         stem = stem[: -len("matrix")].rstrip("_-.") or stem
     if stem not in _LAYOUT_NAMES and not stem.startswith("sample_filtered"):
         return stem

@@ -90,3 +90,26 @@ def test_lists_of_another_sample_are_refused(cells, tmp_path):
     _write_text(tmp_path / "GSM1_barcodes.tsv.gz", list(cells.obs_names[:5]))
     with pytest.raises(InputFileError, match="lists 5 barcodes, but the matrix has 12"):
         read_cells(tmp_path / "GSM1_matrix.mtx.gz")
+
+
+@pytest.mark.parametrize("tool", ["kallisto", "alevin-fry"])
+def test_pseudoaligners_outputs_read_as_cells_by_genes(cells, tmp_path, tool):
+    from instructcell_agent.core_model.samples import sample_name
+
+    folder = tmp_path / "donor7" / ("counts_unfiltered" if tool == "kallisto" else "af_quant")
+    folder.mkdir(parents=True)
+    stem = "cells_x_genes" if tool == "kallisto" else "quants_mat"
+    scipy.io.mmwrite(folder / f"{stem}.mtx", sp.coo_matrix(cells.X))  # both write cells in rows
+    if tool == "kallisto":
+        _write_text(folder / f"{stem}.genes.txt", list(cells.var["gene_ids"]))
+        _write_text(folder / f"{stem}.genes.names.txt", list(cells.var_names))
+        _write_text(folder / f"{stem}.barcodes.txt", list(cells.obs_names))
+    else:
+        _write_text(folder / f"{stem}_cols.txt", list(cells.var_names))
+        _write_text(folder / f"{stem}_rows.txt", list(cells.obs_names))
+    got = read_cells(folder)
+    assert list(got.var_names) == list(cells.var_names) and list(got.obs_names) == list(cells.obs_names)
+    if tool == "kallisto":  # the ids file beside the names file gives the ids
+        assert list(got.var["gene_ids"]) == list(cells.var["gene_ids"])
+    np.testing.assert_array_equal(got.X.toarray(), cells.X.toarray())
+    assert sample_name(folder / f"{stem}.mtx") == "donor7"

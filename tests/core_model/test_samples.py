@@ -21,6 +21,7 @@ from synthetic import make_counts, write_cellranger
     ("data/day3.zarr", "day3"),
     ("GSE1_RAW/GSM1_ctrl_matrix.mtx.gz", "GSM1_ctrl"),  # GEO's per-sample Matrix Market files
     ("run/stim/outs/filtered_feature_bc_matrix/matrix.mtx.gz", "stim"),
+    ("sampleA/Solo.out/Gene/filtered/matrix.mtx", "sampleA"),  # STARsolo
     ("data/GSE2_counts.csv.gz", "GSE2_counts")])
 def test_a_sample_is_named_by_its_folder_or_file(path, name):
     assert sample_name(path) == name
