@@ -42,6 +42,8 @@ _CONVERT_FIRST = {
     ".rds": "an R object (Seurat or SingleCellExperiment?); write an .h5ad from R first, e.g. with "
             "zellkonverter::writeH5AD(sce, 'cells.h5ad') or SeuratDisk's SaveH5Seurat + Convert(dest = 'h5ad')",
     ".h5seurat": "a Seurat HDF5 file; convert it in R with SeuratDisk::Convert('cells.h5seurat', dest = 'h5ad')",
+    ".xlsx": "an Excel workbook; save the sheet of counts as .csv (genes x cells or cells x genes) and pass that",
+    ".xls": "an Excel workbook; save the sheet of counts as .csv (genes x cells or cells x genes) and pass that",
 }
 
 

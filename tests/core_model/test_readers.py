@@ -154,10 +154,12 @@ def test_what_is_none_of_them_is_refused_naming_the_accepted_formats(tmp_path, b
 
 
 @pytest.mark.parametrize("name, message", [("x.loom", "anndata.read_loom"), ("x.rds", "zellkonverter::writeH5AD"),
-                                           ("x.h5Seurat", "SeuratDisk::Convert")])
+                                           ("x.h5Seurat", "SeuratDisk::Convert"), ("x.xlsx", "save the sheet")])
 def test_other_ecosystems_files_are_answered_with_the_conversion(tmp_path, name, message):
     if name.endswith(".rds"):
         (tmp_path / name).write_bytes(b"\x1f\x8b\x08\x00")  # R's gzip-compressed serialization
+    elif name.endswith(".xlsx"):
+        (tmp_path / name).write_bytes(b"PK\x03\x04")  # a zip archive, as Excel writes
     else:
         with h5py.File(tmp_path / name, "w") as f:
             f["matrix"] = np.zeros((2, 2))
