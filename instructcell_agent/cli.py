@@ -11,16 +11,14 @@ from pathlib import Path
 
 from . import __version__
 from . import cli_checkpoint as checkpoint_commands
+from . import cli_data as data_commands
 from .cli_checkpoint import recorded_command
+from .cli_data import add_data_arguments, inputs, read_data
 from .core_model.precision import add_device_argument, add_precision_argument
 from .core_model.scoring import add_scoring_argument
 
 log = logging.getLogger("instructcell_agent")
-# What core_model/readers.py reads, written out here so that --help imports no data stack.
-DATA_HELP = ("the cells: an AnnData .h5ad file or .zarr store, Cell Ranger's filtered_feature_bc_matrix "
-             "(.h5 file, or matrix.mtx.gz or its folder; GEO's GSM..._matrix.mtx.gz too), or a count table, "
-             "genes x cells or cells x genes "
-             "(.csv, .tsv or .txt, optionally .gz)")
+
 
 
 def _add_train(sub) -> None:
@@ -82,24 +80,6 @@ def _add_readout_argument(p) -> None:
                         "(core_model/readout.py)")
 
 
-def _add_data_arguments(p, several: bool = False) -> None:
-    """--data (with `several`, one or more samples), and --genome for a matrix counted against
-    several species' genomes."""
-    if several:
-        p.add_argument("--data", required=True, nargs="+", metavar="DATA",
-                       help=DATA_HELP + "; several samples are read as one, obs['sample'] naming each cell's "
-                                        "(from its folder or file name), over the genes they share")
-        p.add_argument("--obs-table", default=None, metavar="TABLE",
-                       help="per-cell metadata to join onto the cells by name (.csv, .tsv or .txt, optionally .gz; "
-                            "first column the cell names), e.g. GEO's metadata or Cell Ranger's clusters.csv; its "
-                            "columns can then be named by --groupby and --compare-key")
-    else:
-        p.add_argument("--data", required=True, help=DATA_HELP)
-    p.add_argument("--genome", default=None,
-                   help="for a matrix counted against several genomes (barnyard, xenograft): the one to read, e.g. "
-                        "GRCh38; its genes, and the cells with most of their counts on them")
-
-
 def _add_matrix_arguments(p) -> None:
     """Which matrix and gene names of --data to read (the API's use_raw, layer and gene_key)."""
     p.add_argument("--use-raw", action="store_true", help="read adata.raw instead of adata.X")
@@ -112,7 +92,7 @@ def _add_matrix_arguments(p) -> None:
 def _add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="metrics of a checkpoint on one split of a labelled .h5ad")
     p.add_argument("--checkpoint", default=None, help="checkpoint directory (default: the shipped one)")
-    _add_data_arguments(p)
+    add_data_arguments(p)
     p.add_argument("--split", required=True, help="split JSON (train/valid/test lists of obs_names)")
     p.add_argument("--split-name", default="test")
     p.add_argument("--task", choices=["cta", "dsp", "cpcg"], required=True)
@@ -129,17 +109,6 @@ def _add_evaluate(sub) -> None:
     add_device_argument(p)
     add_scoring_argument(p)
     _add_readout_argument(p)
-
-
-def _add_make_split(sub) -> None:
-    p = sub.add_parser("make-split", help="stratified train/valid/test split of a labelled .h5ad, for training on "
-                                          "your own set (train --catalog)")
-    _add_data_arguments(p)
-    p.add_argument("--label-key", required=True, help="obs column of labels to stratify by")
-    p.add_argument("--out", required=True, help="split JSON to write ({train, valid, test}: lists of obs_names)")
-    p.add_argument("--valid", type=float, default=0.1, help="share of each label's cells for valid (default 0.1)")
-    p.add_argument("--test", type=float, default=0.1, help="share of each label's cells for test (default 0.1)")
-    p.add_argument("--seed", type=int, default=42, help="seed of the draw (default 42, as the shared splits)")
 
 
 def _add_annotate(sub) -> None:
@@ -159,7 +128,7 @@ def _add_drug_response(sub) -> None:
 def _add_answer_arguments(p, candidates: str | None, key_added: str) -> None:
     """What `annotate` and `drug-response` share: one question to every cell of a file."""
     p.add_argument("--checkpoint", default=None)
-    _add_data_arguments(p, several=True)
+    add_data_arguments(p, several=True)
     p.add_argument("--out", default=None, help="the annotated .h5ad to write (needed unless --table or --plot is given)")
     p.add_argument("--instruction", default=None)
     p.add_argument("--candidates", default=candidates,
@@ -198,7 +167,7 @@ def _add_answer_arguments(p, candidates: str | None, key_added: str) -> None:
 def _add_explain(sub) -> None:
     p = sub.add_parser("explain", help="gene saliency per label; writes explained.h5ad, top_genes.csv and figures")
     p.add_argument("--checkpoint", default=None)
-    _add_data_arguments(p, several=True)
+    add_data_arguments(p, several=True)
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--label-key", default=None, help="obs column of labels to explain (default: predicted labels)")
     p.add_argument("--dataset", default=None, help="checkpoint label set whose labels are the candidates")
@@ -241,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_annotate(sub)
     _add_drug_response(sub)
     _add_explain(sub)
-    _add_make_split(sub)
+    data_commands.add_commands(sub)
     checkpoint_commands.add_commands(sub)
     from .core_model.generation import commands as generation_commands  # generate, train-generator, cpcg
 
@@ -259,8 +228,10 @@ def main(argv: list[str] | None = None) -> int:
                 return generation_commands.run(args)
             if checkpoint_commands.handles(args):
                 return checkpoint_commands.run(args)
+            if data_commands.handles(args):
+                return data_commands.run(args)
             return {"train": _train, "evaluate": _evaluate, "annotate": _annotate, "drug-response": _annotate,
-                    "explain": _explain, "make-split": _make_split}[args.command](args)
+                    "explain": _explain}[args.command](args)
     except InstructCellError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -362,23 +333,6 @@ def _evaluate(args) -> int:
     return 0
 
 
-def _make_split(args) -> int:
-    from .agreement import known_labels
-    from .core_model.errors import InputFileError
-    from .core_model.io import write_json_atomic
-    from .core_model.readers import read_cells
-    from .core_model.splits import stratified_split
-
-    if Path(args.out).resolve() == Path(args.data).resolve():
-        raise InputFileError(f"--out {args.out} is the input file; name a new .json file")
-    adata = read_cells(args.data, genome=args.genome)
-    split, report = stratified_split(adata.obs_names, known_labels(adata, args.label_key, "to split by"), valid=args.valid,
-                                     test=args.test, seed=args.seed)
-    write_json_atomic(split, args.out)
-    print(json.dumps({"out": str(args.out), **report}))
-    return 0
-
-
 def _annotate(args) -> int:
     """`annotate` and `drug-response`: answer every cell of --data, write them to a new file (--out)."""
     from .agreement import known_labels
@@ -394,10 +348,10 @@ def _annotate(args) -> int:
     sep = _table_separator(args) if args.table else None  # refused before any reading
     if args.plot:
         _check_new_file(args.plot, ".png", "--plot", args)
-    adata = _read_data(args)
+    adata = read_data(args)
     known = known_labels(adata, args.compare_key) if args.compare_key else None  # refused before the model runs
     # several samples are reported on one by one unless another grouping is asked for
-    group_key = args.groupby or (adata.uns["samples"]["key"] if len(_inputs(args)) > 1 else None)
+    group_key = args.groupby or (adata.uns["samples"]["key"] if len(inputs(args)) > 1 else None)
     groups = obs_column(adata, group_key, "Name a column of groups (clusters, samples)") if group_key else None
     if groups is not None:
         check_groups(groups, group_key)
@@ -424,7 +378,7 @@ def _annotate(args) -> int:
             out.uns[args.key_added]["agreement"] = {"key": args.compare_key, **compared.to_dict()}
         if grouped is not None:
             out.uns[args.key_added]["composition"] = grouped.to_uns()
-        write_h5ad_atomic(out, args.out, protect=_inputs(args))
+        write_h5ad_atomic(out, args.out, protect=inputs(args))
     if sep is not None:
         write_text_atomic(result.to_table().to_csv(sep=sep, index_label="cell"), args.table)
     print(result.summary())
@@ -437,25 +391,6 @@ def _annotate(args) -> int:
         print(f"error: no map drawn ({no_map}); the answers are written", file=sys.stderr)
         return 2
     return 0
-
-
-def _inputs(args) -> list[str]:
-    """The --data paths, one or several."""
-    return list(args.data) if isinstance(args.data, list) else [args.data]
-
-
-def _read_data(args):
-    """The cells of --data: one file, or several samples read as one (core_model/samples.py)."""
-    from .core_model.readers import read_cells
-    from .core_model.samples import read_samples
-
-    paths = _inputs(args)
-    cells = read_cells(paths[0], genome=args.genome) if len(paths) == 1 else read_samples(paths, genome=args.genome)
-    if getattr(args, "obs_table", None):
-        from .core_model.obs_table import join_obs_table
-
-        cells = join_obs_table(cells, args.obs_table)
-    return cells
 
 
 def _draw_map(result, adata, args):
@@ -485,7 +420,7 @@ def _check_new_file(name: str, suffixes: str | tuple[str, ...], option: str, arg
     suffixes = (suffixes,) if isinstance(suffixes, str) else suffixes
     if path.suffix.lower() not in suffixes:
         raise InputFileError(f"{option} {name}: name a {' or '.join(s for s in suffixes if s != '.txt')} file")
-    others = (*((data, "the input") for data in _inputs(args)), (args.out, "--out"), (args.table, "--table"),
+    others = (*((data, "the input") for data in inputs(args)), (args.out, "--out"), (args.table, "--table"),
               (args.plot, "--plot"))
     for other, what in others:
         if other and what != option and path.resolve() == Path(other).expanduser().resolve():
@@ -498,7 +433,7 @@ def _explain(args) -> int:
     from .core_model.io import obs_column
     from .interpret.api import explain, write_explanation
 
-    adata = _read_data(args)
+    adata = read_data(args)
     candidates = [c.strip() for c in args.candidates.split(",")] if args.candidates else None
     if args.label_key:  # a missing column is an error here (explain would take the name for a label)
         obs_column(adata, args.label_key, "Pass the name of the column that holds the labels")
@@ -514,7 +449,7 @@ def _explain(args) -> int:
                      drug=args.drug,
                      scoring=args.scoring, readout=not args.no_readout, progress=_progress_bar("explaining"),
                      answer_progress=_progress_bar("answering first"))
-    paths = write_explanation(result, args.out, protect=_inputs(args))
+    paths = write_explanation(result, args.out, protect=inputs(args))
     print(result.summary())
     print("\n".join(str(p) for p in paths.values()))
     return 0

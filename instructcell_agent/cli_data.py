@@ -1,0 +1,113 @@
+"""The command line's cells: --data and its options, and the commands that only read cells
+(`make-split`, `convert`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+COMMANDS = ("make-split", "convert")
+# What core_model/readers.py reads, written out here so that --help imports no data stack.
+DATA_HELP = ("the cells: an AnnData .h5ad file or .zarr store, Cell Ranger's filtered_feature_bc_matrix "
+             "(.h5 file, or matrix.mtx.gz or its folder; GEO's GSM..._matrix.mtx.gz too), or a count table, "
+             "genes x cells or cells x genes (.csv, .tsv or .txt, optionally .gz)")
+
+
+def add_data_arguments(p: argparse.ArgumentParser, several: bool = False) -> None:
+    """--data (with `several`, one or more samples, and a metadata table to join), and --genome
+    for a matrix counted against several species' genomes."""
+    if several:
+        p.add_argument("--data", required=True, nargs="+", metavar="DATA",
+                       help=DATA_HELP + "; several samples are read as one, obs['sample'] naming each cell's "
+                                        "(from its folder or file name), over the genes they share")
+        p.add_argument("--obs-table", default=None, metavar="TABLE",
+                       help="per-cell metadata to join onto the cells by name (.csv, .tsv or .txt, optionally .gz; "
+                            "first column the cell names), e.g. GEO's metadata or Cell Ranger's clusters.csv; its "
+                            "columns can then be named by --groupby and --compare-key")
+    else:
+        p.add_argument("--data", required=True, help=DATA_HELP)
+    p.add_argument("--genome", default=None,
+                   help="for a matrix counted against several genomes (barnyard, xenograft): the one to read, e.g. "
+                        "GRCh38; its genes, and the cells with most of their counts on them")
+
+
+def inputs(args: argparse.Namespace) -> list[str]:
+    """The --data paths, one or several."""
+    return list(args.data) if isinstance(args.data, list) else [args.data]
+
+
+def read_data(args: argparse.Namespace):
+    """The cells of --data: one file, or several samples read as one (core_model/samples.py),
+    with the columns of --obs-table where given."""
+    from .core_model.readers import read_cells
+    from .core_model.samples import read_samples
+
+    paths = inputs(args)
+    cells = read_cells(paths[0], genome=args.genome) if len(paths) == 1 else read_samples(paths, genome=args.genome)
+    if getattr(args, "obs_table", None):
+        from .core_model.obs_table import join_obs_table
+
+        cells = join_obs_table(cells, args.obs_table)
+    return cells
+
+
+def add_commands(sub: Any) -> None:
+    p = sub.add_parser("make-split", help="stratified train/valid/test split of a labelled .h5ad, for training on "
+                                          "your own set (train --catalog)")
+    add_data_arguments(p)
+    p.add_argument("--label-key", required=True, help="obs column of labels to stratify by")
+    p.add_argument("--out", required=True, help="split JSON to write ({train, valid, test}: lists of obs_names)")
+    p.add_argument("--valid", type=float, default=0.1, help="share of each label's cells for valid (default 0.1)")
+    p.add_argument("--test", type=float, default=0.1, help="share of each label's cells for test (default 0.1)")
+    p.add_argument("--seed", type=int, default=42, help="seed of the draw (default 42, as the shared splits)")
+
+    p = sub.add_parser("convert", help="write cells as the commands read them (any --data format, several samples, "
+                                       "--obs-table) to one .h5ad: for scanpy, make-split and train --catalog")
+    add_data_arguments(p, several=True)
+    p.add_argument("--out", required=True, help="the .h5ad to write (a new file)")
+
+
+def handles(args: argparse.Namespace) -> bool:
+    return args.command in COMMANDS
+
+
+def run(args: argparse.Namespace) -> int:
+    return {"make-split": _make_split, "convert": _convert}[args.command](args)
+
+
+def _check_out(args: argparse.Namespace, suffix: str, required: bool) -> None:
+    """--out is a new `suffix` file (`required`: refused under another suffix), never an input."""
+    from .core_model.errors import InputFileError
+
+    out = Path(args.out).expanduser()
+    if required and out.suffix.lower() != suffix:
+        raise InputFileError(f"--out {args.out}: name a {suffix} file")
+    if any(out.resolve() == Path(p).expanduser().resolve() for p in inputs(args)):
+        raise InputFileError(f"--out {args.out} is the input file; name a new {suffix} file")
+
+
+def _make_split(args: argparse.Namespace) -> int:
+    from .agreement import known_labels
+    from .core_model.io import write_json_atomic
+    from .core_model.splits import stratified_split
+
+    _check_out(args, ".json", required=False)
+    adata = read_data(args)
+    split, report = stratified_split(adata.obs_names, known_labels(adata, args.label_key, "to split by"),
+                                     valid=args.valid, test=args.test, seed=args.seed)
+    write_json_atomic(split, args.out)
+    print(json.dumps({"out": str(args.out), **report}))
+    return 0
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from .core_model.io import write_h5ad_atomic
+
+    _check_out(args, ".h5ad", required=True)
+    adata = read_data(args)
+    write_h5ad_atomic(adata, args.out, protect=inputs(args))
+    columns = ", ".join(map(str, adata.obs.columns[:12])) or "none"
+    print(f"wrote {args.out}: {adata.n_obs:,} cells x {adata.n_vars:,} genes; obs columns: {columns}")
+    return 0
