@@ -113,6 +113,10 @@ def _layout(header: list[str], first: list[str], path: Path) -> tuple[int, list[
     if n_values < 1:
         raise InputFileError(f"{path}: its first data line holds names and no values ({first[:5]}); expected "
                              "a table of genes x cells (or cells x genes) with a header line")
+    if n_values == 1 and lead >= 2:
+        raise InputFileError(f"{path} looks like a long table, one value per line after {lead} names "
+                             f"({', '.join(first)}); pivot it to genes x cells first, e.g. in pandas: "
+                             "df.pivot_table(index='gene', columns='cell', values='count', fill_value=0)")
     if len(header) == n_values:  # R's write.csv: no corner cell
         return lead, header, [""] * lead
     if len(header) == len(first):

@@ -128,6 +128,7 @@ def test_names_joining_an_ensembl_id_and_a_symbol_align_as_either(cells, vocab):
     ("c1,c2\nACTB,1,2\nCD3E,1,NA\n", "line 3 holds an empty or NA value"),
     ("c1,c2\nACTB,1,2\nCD3E,1,high\n", "'high'.*every value must be a number"),
     ("c1,c2,c3,c4\nACTB,1,2\n", "the header has 4 fields and the first data line 3"),
+    ("gene,cell,count\nACTB,AAAC-1,5\nCD3E,AAAC-1,2\n", "looks like a long table.*pivot it"),
     ("cell_a,cell_b\nrow_1,1,2\nrow_2,3,4\n", "neither its row names .*row_1.* nor its column names .*cell_a.* look "
                                               "like genes"),
 ])
