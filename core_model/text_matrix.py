@@ -12,7 +12,9 @@ cells in columns (R's `write.csv` of a count matrix, Drop-seq's DGE files) or th
   not numbers;
 - orientation: whichever axis holds names that look like genes (symbols of the shipped tables,
   any case, or Ensembl ids) holds the genes. A table where neither does is refused, with
-  examples of both axes' names.
+  examples of both axes' names;
+- lines that end in the delimiter (an empty last field) are read without it; a long table (two
+  names and one value per line) is refused with the pivot to make.
 
 Values are parsed in blocks of rows into a sparse float32 matrix, so a large count table never
 sits in memory as float64 text-parsed frames. The file is opened read-only.
@@ -67,6 +69,7 @@ def _open_text(path: Path) -> IO[str]:
 
 
 def head_lines(path: Path) -> tuple[str, str]:
+    """The header and first data line, without line ends; refused when either is missing."""
     try:
         with _open_text(path) as fh:
             header, first = fh.readline(), fh.readline()
@@ -90,6 +93,7 @@ def delimiter_of(header: str, first: str) -> str | None:
 
 
 def fields_of(line: str, delimiter: str | None) -> list[str]:
+    """A line's fields, quotes removed (None: split on runs of blanks)."""
     if delimiter is None:
         return [f.strip('"') for f in line.split()]
     return next(csv.reader([line], delimiter=delimiter))
