@@ -142,6 +142,11 @@ class InstructCellService:
 
     @contextlib.contextmanager
     def _counted(self, paths: list[Path], genome: str | None) -> Iterator[ad.AnnData]:
+        held = self._held.take(paths, genome)  # read whole by inspect_dataset just before
+        if held is not None:
+            self._held.put(paths, genome, held)
+            yield held
+            return
         if len(paths) > 1:
             cells = read_samples(paths, genome=genome)
             self._held.put(paths, genome, cells)
@@ -201,7 +206,9 @@ class InstructCellService:
         from instructcell_agent.core_model.alignment import align_to_vocab
 
         path = self.input_path(req.h5ad_path)
-        with _opened(path, req.genome) as cells:
+        # A file read whole (a count table, Cell Ranger's files) is held for the call that
+        # usually follows (annotate_cells on it), which would otherwise parse it again.
+        with self._counted([path], req.genome) as cells:
             try:
                 obs = cells.obs.copy()
                 head = cells[: min(cells.n_obs, _INSPECT_CELLS)].to_memory()
@@ -482,9 +489,10 @@ def _opened(path: Path, genome: str | None = None) -> Iterator[ad.AnnData]:
 
 
 class _HeldRead:
-    """A file read whole to count its cells (a Cell Ranger matrix, a zarr store, one genome's
-    cells), held for the call that runs on it next, which would otherwise read it again. One file
-    at a time, taken once; a file changed since is read afresh."""
+    """A file read whole to count its cells or to inspect it (a Cell Ranger matrix, a zarr store,
+    a count table, one genome's cells), held for the call that runs on it next, which would
+    otherwise read it again. One file at a time, taken once (by any call that reads cells); a file
+    changed since is read afresh."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()

@@ -256,11 +256,16 @@ def test_a_file_read_whole_to_count_its_cells_is_read_once_per_call(env, monkeyp
     reads = []
     real = service_module.read_cells
     monkeypatch.setattr(service_module, "read_cells", lambda *a, **k: reads.append(a[0]) or real(*a, **k))
-    for _ in range(2):  # the second call reads again: nothing is kept after a call
+    for _ in range(2):  # the second call reads again: nothing is kept after a run
         result = call(env["server"], "annotate_cells", {"h5ad_path": "once.h5", "candidates": CANDIDATES,
                                                         "plot": False})
         assert check_structured(env["server"], "annotate_cells", result)["result"]["n_cells"] == N_CELLS
     assert len(reads) == 2
+    # inspect_dataset's read is held for the call that follows it
+    check_structured(env["server"], "inspect_dataset", call(env["server"], "inspect_dataset", {"h5ad_path": "once.h5"}))
+    result = call(env["server"], "annotate_cells", {"h5ad_path": "once.h5", "candidates": CANDIDATES, "plot": False})
+    assert check_structured(env["server"], "annotate_cells", result)["result"]["n_cells"] == N_CELLS
+    assert len(reads) == 3
     held = env["server"].toolbox.service._held
     held.put([root / "once.h5"], None, ad.AnnData(np.zeros((1, 1))))
     (root / "once.h5").touch()  # changed since it was counted: read afresh
