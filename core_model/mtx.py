@@ -8,7 +8,10 @@ three files per sample with the sample's accession in front (`GSM4138110_ctrl_ma
 file the authors wrote themselves: symbols alone, or id and symbol without a feature type, which
 scanpy's reader fails on (KeyError). So they are read here:
 
-- the prefix is whatever stands before `matrix.mtx`; the other two files carry the same one;
+- the prefix is whatever stands before `matrix.mtx`; the other two files carry the same one
+  (failing those names, the one file beside the matrix that shares its prefix up to the last
+  '_' and names genes or features, and likewise barcodes or cells: GSE1_counts.mtx.gz beside
+  GSE1_genes.tsv.gz and GSE1_barcodes.tsv.gz);
 - features: one column (names), two (id, name) or three or more (id, name, type; features of
   other types than "Gene Expression", e.g. antibody tags, are left out as Cell Ranger's own
   reader does); a header line, when the file has one line more than the matrix has features, is
@@ -65,12 +68,22 @@ def _companions(matrix: Path) -> tuple[list[str], list[str]]:
             [f"{stem}.barcodes.txt", f"{stem}_rows.txt"])
 
 
-def _companion(matrix: Path, names: list[str], what: str) -> Path:
+def _companion(matrix: Path, names: list[str], what: str, words: tuple[str, ...]) -> Path:
+    """The first of `names` beside `matrix`; else the one file beside it that shares the
+    matrix's prefix (up to its last '_') and names `words` (GSE1_counts.mtx.gz beside
+    GSE1_genes.tsv.gz); refused when there is none, or several."""
     for name in names:
         if (matrix.parent / name).is_file():
             return matrix.parent / name
-    raise InputFileError(f"{matrix} has no {what} beside it ({' or '.join(names[:2])}); a Matrix Market matrix "
-                         "needs its features (genes) and barcodes files, named as the matrix is")
+    stem = matrix.name.split(".")[0]
+    prefix = stem[: stem.rfind("_") + 1] if "_" in stem else ""
+    found = [f for f in matrix.parent.iterdir() if f.is_file() and f != matrix and f.name.startswith(prefix)
+             and any(w in f.name[len(prefix):].lower() for w in words) and not is_matrix_file(f)]
+    if len(found) == 1:
+        return found[0]
+    others = f"; beside it: {', '.join(sorted(f.name for f in found))}" if found else ""
+    raise InputFileError(f"{matrix} has no {what} beside it ({' or '.join(names[:2])}){others}; a Matrix Market "
+                         "matrix needs its features (genes) and barcodes files, named as the matrix is")
 
 
 def _feature_rows(matrix: Path, path: Path, n: int) -> list[list[str]]:
@@ -114,8 +127,8 @@ def read_matrix_market(path: Path) -> anndata.AnnData:
     """
     matrix = _the_matrix(path)
     feature_names, barcode_names = _companions(matrix)
-    features_path = _companion(matrix, feature_names, "features file")
-    barcodes_path = _companion(matrix, barcode_names, "barcodes file")
+    features_path = _companion(matrix, feature_names, "features file", ("feature", "gene"))
+    barcodes_path = _companion(matrix, barcode_names, "barcodes file", ("barcode", "cell"))
     try:
         X = sp.coo_matrix(scipy.io.mmread(matrix), dtype=np.float32)
     except Exception as exc:  # noqa: BLE001 - scipy's errors for a malformed or truncated file

@@ -113,3 +113,16 @@ def test_pseudoaligners_outputs_read_as_cells_by_genes(cells, tmp_path, tool):
         assert list(got.var["gene_ids"]) == list(cells.var["gene_ids"])
     np.testing.assert_array_equal(got.X.toarray(), cells.X.toarray())
     assert sample_name(folder / f"{stem}.mtx") == "donor7"
+
+
+def test_lists_named_after_the_matrix_prefix_are_found(cells, tmp_path):
+    scipy.io.mmwrite(tmp_path / "GSE9_counts.mtx", sp.coo_matrix(cells.X.T))
+    _write_text(tmp_path / "GSE9_genes.tsv.gz", [f"{i}\t{s}" for i, s in zip(cells.var["gene_ids"], cells.var_names)])
+    _write_text(tmp_path / "GSE9_cell_barcodes.txt", list(cells.obs_names))
+    _write_text(tmp_path / "GSE9_README.txt", ["not a list"])
+    got = read_cells(tmp_path / "GSE9_counts.mtx")
+    assert list(got.var_names) == list(cells.var_names) and list(got.obs_names) == list(cells.obs_names)
+    _write_text(tmp_path / "GSE9_barcodes_old.txt", list(cells.obs_names))  # two candidates: not guessed
+    with pytest.raises(InputFileError, match="no barcodes file beside it.*beside it: GSE9_barcodes_old.txt, "
+                                             "GSE9_cell_barcodes.txt"):
+        read_cells(tmp_path / "GSE9_counts.mtx")
