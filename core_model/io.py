@@ -191,7 +191,10 @@ def select_matrix(
             )
         return _in_memory(adata.layers[layer]), [str(n) for n in adata.var_names]
     if adata.X is None:
-        raise InputFileError("the input has no expression matrix (adata.X is None); pass layer=...")
+        layers = ", ".join(map(repr, adata.layers.keys())) or "none"
+        raw = "; adata.raw is present (use_raw=True, CLI --use-raw)" if adata.raw is not None else ""
+        raise InputFileError(f"the input has no expression matrix (adata.X is None); name a layer to read instead "
+                             f"(layer=..., CLI --layer; available layers: {layers}){raw}")
     return _in_memory(adata.X), [str(n) for n in adata.var_names]
 
 

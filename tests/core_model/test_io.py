@@ -118,6 +118,9 @@ def test_select_matrix_variants() -> None:
     adata.raw = adata[:, :3].copy()
     x, names = select_matrix(adata, use_raw=True)
     assert x.shape == (6, 3) and names == ["G0", "G1", "G2"]
+    adata.X = None  # counts kept in a layer only: the refusal names what to read instead
+    with pytest.raises(InputFileError, match="adata.X is None.*--layer; available layers: 'counts'.*--use-raw"):
+        select_matrix(adata)
 
 
 def test_write_atomic_and_protect(tmp_path: Path) -> None:
