@@ -14,7 +14,9 @@ matrix with them and gets a copy of obs.
 from __future__ import annotations
 
 import logging
+import re
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 
 import anndata
@@ -77,7 +79,7 @@ def join_obs_table(adata: anndata.AnnData, path: PathLike) -> anndata.AnnData:
     InputFileError
         See `joined_obs`.
     """
-    obs, record = joined_obs(adata.obs, path)
+    obs, record = joined_obs(adata.obs, path, sample_key_of(adata))
     out = anndata.AnnData(X=adata.X, obs=obs, var=adata.var, uns=dict(adata.uns), obsm=dict(adata.obsm),
                           varm=dict(adata.varm), layers=dict(adata.layers), obsp=dict(adata.obsp),
                           varp=dict(adata.varp))
@@ -89,9 +91,19 @@ def join_obs_table(adata: anndata.AnnData, path: PathLike) -> anndata.AnnData:
     return out
 
 
-def joined_obs(obs: pd.DataFrame, path: PathLike) -> tuple[pd.DataFrame, dict]:
+def sample_key_of(adata: anndata.AnnData) -> str | None:
+    """The obs column naming each cell's sample, for cells read as several samples."""
+    samples = adata.uns.get("samples")
+    return str(samples["key"]) if isinstance(samples, Mapping) and "key" in samples else None
+
+
+def joined_obs(obs: pd.DataFrame, path: PathLike, sample_key: str | None = None) -> tuple[pd.DataFrame, dict]:
     """A copy of `obs` with the columns of the table at `path`, matched by cell name, and a record
     of what was joined (also for a backed file's obs, whose matrix stays on disk).
+
+    The names are matched as the data has them, else in the form that matches most cells among
+    those tables commonly use (`_key_forms`): a barcode's '-1' left out on either side, or, for
+    cells read as several samples (`sample_key`), the sample before or after the barcode.
 
     Raises
     ------
@@ -101,12 +113,14 @@ def joined_obs(obs: pd.DataFrame, path: PathLike) -> tuple[pd.DataFrame, dict]:
     """
     table = read_obs_table(path)
     n_cells = len(obs)
-    n_named = int(obs.index.isin(table.index).sum())
+    form, keys, table = _best_form(obs, table, sample_key)
+    n_named = int(pd.Index(keys).isin(table.index).sum())
     if n_named < MIN_NAMED_SHARE * n_cells:
         raise InputFileError(
             f"{path} names {n_named:,} of the data's {n_cells:,} cells in its first column (e.g. "
             f"{', '.join(table.index[:3])}; the data's cells are e.g. {', '.join(obs.index[:3].astype(str))}): "
-            "a table of other cells, or names written another way (a barcode suffix such as -1, a sample prefix)")
+            "a table of other cells, or names written another way than the data's, with or without a barcode's "
+            "-1, or with the sample before or after the barcode")
     clash = [c for c in table.columns if c in obs.columns]
     if clash:
         raise InputFileError(f"{path}: column(s) {', '.join(map(repr, clash))} are already in the data's obs; rename "
@@ -116,8 +130,51 @@ def joined_obs(obs: pd.DataFrame, path: PathLike) -> tuple[pd.DataFrame, dict]:
                       "columns from it are left empty", UnnamedCellsWarning, stacklevel=3)
     # Nullable integers, so that cluster 3 stays 3 (not 3.0) beside the cells the table leaves out.
     table = table.astype({c: "Int64" for c in table.columns if pd.api.types.is_integer_dtype(table[c])})
-    record = {"path": str(path), "columns": [str(c) for c in table.columns], "n_named": n_named, "n_cells": n_cells}
-    return obs.join(table, how="left"), record
+    rows = table.reindex(keys)
+    rows.index = obs.index
+    record = {"path": str(path), "columns": [str(c) for c in table.columns], "n_named": n_named, "n_cells": n_cells,
+              "matched_as": form}
+    return pd.concat([obs, rows], axis=1), record
+
+
+_SUFFIX = re.compile(r"-\d+$")  # Cell Ranger's GEM-well suffix, which some tables keep and others drop
+
+
+def _key_forms(obs: pd.DataFrame, sample_key: str | None) -> dict[str, list[str]]:
+    """Each cell's name in the forms metadata tables write it, by description."""
+    names = [str(n) for n in obs.index]
+    forms = {"the cell names": names}
+    if sample_key is not None and sample_key in obs:
+        samples = [str(s) for s in obs[sample_key]]
+        # read_samples names a cell '<barcode>-<sample>'
+        barcodes = [n[: -len(s) - 1] if n.endswith(f"-{s}") else n for n, s in zip(names, samples)]
+        forms.update({
+            "sample_barcode": [f"{s}_{b}" for s, b in zip(samples, barcodes)],
+            "sample:barcode": [f"{s}:{b}" for s, b in zip(samples, barcodes)],
+            "sample-barcode": [f"{s}-{b}" for s, b in zip(samples, barcodes)],
+            "barcode_sample": [f"{b}_{s}" for s, b in zip(samples, barcodes)],
+        })
+    return forms
+
+
+def _best_form(obs: pd.DataFrame, table: pd.DataFrame,
+               sample_key: str | None) -> tuple[str, list[str], pd.DataFrame]:
+    """(description, each cell's key, the table re-indexed alike) of the form naming most cells;
+    a form whose keys repeat among the data's cells is not used (two cells would get one row)."""
+    stripped_index = table.index.str.replace(_SUFFIX, "", regex=True)
+    tables = {"": table}
+    if not stripped_index.duplicated().any():
+        tables[" (a barcode's -1 left out)"] = table.set_axis(stripped_index)
+    best = ("the cell names", [str(n) for n in obs.index], table, -1)
+    for described, keys in _key_forms(obs, sample_key).items():
+        for how, candidate in tables.items():
+            data_keys = [_SUFFIX.sub("", k) for k in keys] if how else keys
+            if len(set(data_keys)) < len(data_keys):
+                continue
+            n = int(pd.Index(data_keys).isin(candidate.index).sum())
+            if n > best[3]:
+                best = (described + how, data_keys, candidate, n)
+    return best[0], best[1], best[2]
 
 
 def join_note(adata: anndata.AnnData) -> str | None:
@@ -126,5 +183,7 @@ def join_note(adata: anndata.AnnData) -> str | None:
     if joined is None:
         return None
     columns = ", ".join(joined["columns"][:8]) + (", ..." if len(joined["columns"]) > 8 else "")
+    matched = joined.get("matched_as", "the cell names")
+    how = "" if matched == "the cell names" else f", its names matched as {matched}"
     return (f"obs columns {columns} joined from {Path(joined['path']).name} onto {joined['n_named']:,} of "
-            f"{joined['n_cells']:,} cells")
+            f"{joined['n_cells']:,} cells{how}")

@@ -47,9 +47,10 @@ def read_data(args: argparse.Namespace):
     paths = inputs(args)
     cells = read_cells(paths[0], genome=args.genome) if len(paths) == 1 else read_samples(paths, genome=args.genome)
     if getattr(args, "obs_table", None):
-        from .core_model.obs_table import join_obs_table
+        from .core_model.obs_table import join_note, join_obs_table
 
         cells = join_obs_table(cells, args.obs_table)
+        print(join_note(cells))
     return cells
 
 

@@ -25,7 +25,7 @@ from instructcell_agent.composition import check_groups
 from instructcell_agent.core_model.errors import CheckpointError, InputFileError, InstructCellError
 from instructcell_agent.core_model.genomes import selection_note
 from instructcell_agent.core_model.io import obs_column, write_h5ad_atomic
-from instructcell_agent.core_model.obs_table import join_note, join_obs_table, joined_obs
+from instructcell_agent.core_model.obs_table import join_note, join_obs_table, joined_obs, sample_key_of
 from instructcell_agent.core_model.labels import unexplainable
 from instructcell_agent.core_model.readers import cell_file_format, read_cells
 from instructcell_agent.core_model.samples import read_samples
@@ -137,7 +137,8 @@ class InstructCellService:
         """Cells an explain_genes request attributes (`_explained_count`; read from obs, and without
         labels bounded by the answers the model can give)."""
         with self._counted(self.input_paths(req), req.genome) as cells:
-            obs = joined_obs(cells.obs, self.input_path(req.obs_table))[0] if req.obs_table else cells.obs
+            obs = (joined_obs(cells.obs, self.input_path(req.obs_table), sample_key_of(cells))[0] if req.obs_table
+                   else cells.obs)
             return self._explained(obs, req)
 
     @contextlib.contextmanager

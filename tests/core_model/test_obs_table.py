@@ -83,3 +83,37 @@ def test_a_gzipped_table_reads_with_cell_names_as_text(tmp_path):
     pd.DataFrame({"cluster": [1, 2]}, index=pd.Index(["0001", "0002"], name="cell")).to_csv(path, sep="\t")
     table = read_obs_table(path)
     assert list(table.index) == ["0001", "0002"]  # names, not numbers: leading zeros kept
+
+
+@pytest.mark.parametrize("written, how", [
+    (lambda b, s: f"{s}_{b}", "sample_barcode"),
+    (lambda b, s: f"{s}:{b.removesuffix('-1')}", "sample:barcode (a barcode's -1 left out)"),
+    (lambda b, s: f"{b}-{s}", None),  # read_samples' own names
+])
+def test_several_samples_match_the_forms_tables_write(tmp_path, written, how):
+    from instructcell_agent.core_model.obs_table import join_note
+
+    parts = []
+    for sample in ("ctrl", "stim"):
+        part = ad.AnnData(sp.csr_matrix(np.ones((3, 2), dtype=np.float32)))
+        part.obs_names = [f"AAAC{i}-1" for i in range(3)]  # the same barcodes in both samples
+        parts.append(part)
+    cells = ad.concat(parts, label="sample", keys=["ctrl", "stim"], index_unique="-")
+    cells.uns["samples"] = {"key": "sample", "names": ["ctrl", "stim"], "paths": []}
+    path = tmp_path / "meta.csv"
+    path.write_text("cell,donor\n" + "".join(f"{written(f'AAAC{i}-1', s)},{s}{i}\n" for s in ("ctrl", "stim")
+                                             for i in range(3)))
+    joined = join_obs_table(cells, path)
+    assert list(joined.obs["donor"]) == ["ctrl0", "ctrl1", "ctrl2", "stim0", "stim1", "stim2"]
+    assert joined.uns["obs_table"]["matched_as"] == (how or "the cell names")
+    assert (how is None) == ("matched as" not in join_note(joined))
+
+
+def test_a_barcode_suffix_left_out_by_the_table_still_matches(cells, tmp_path):
+    path = tmp_path / "meta.csv"
+    cells = cells.copy()
+    cells.obs_names = [f"ACGT{i}-1" for i in range(6)]
+    path.write_text("cell,cluster\n" + "".join(f"ACGT{i},{i % 2}\n" for i in range(6)))
+    joined = join_obs_table(cells, path)
+    assert list(joined.obs["cluster"]) == [0, 1, 0, 1, 0, 1]
+    assert joined.uns["obs_table"]["matched_as"] == "the cell names (a barcode's -1 left out)"
