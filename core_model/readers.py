@@ -24,21 +24,19 @@ import anndata
 from .errors import InputFileError
 from .genomes import feature_genomes, keep_genome, selection_note, several_genomes_error
 from .io import PathLike, read_h5ad
+from .loom import is_loom, read_loom
 from .mtx import is_matrix_file, matrix_files, read_matrix_market
 from .text_matrix import TABLE_SUFFIXES, is_text_table, read_text_table
 
 logger = logging.getLogger(__name__)
 
-FORMATS = ("h5ad", "zarr", "10x_h5", "10x_mtx", "text")
+FORMATS = ("h5ad", "zarr", "10x_h5", "10x_mtx", "text", "loom")
 ACCEPTED = ("an AnnData .h5ad file or .zarr store, Cell Ranger's filtered_feature_bc_matrix "
             "(the .h5 file, or matrix.mtx.gz or its folder; GEO's GSM..._matrix.mtx.gz too), or a table of "
-            "genes x cells or cells x genes "
-            f"({', '.join(TABLE_SUFFIXES)}, optionally .gz)")
+            f"genes x cells or cells x genes ({', '.join(TABLE_SUFFIXES)}, optionally .gz), or a .loom file")
 _ZARR_MARKERS = (".zgroup", ".zattrs", "zarr.json")
 # Formats of other ecosystems, answered with the conversion to make rather than a reading error.
 _CONVERT_FIRST = {
-    ".loom": "a loom file; read it with anndata.read_loom (needs the loompy package) and save it with "
-             "adata.write_h5ad(...)",
     ".rds": "an R object (Seurat or SingleCellExperiment?); write an .h5ad from R first, e.g. with "
             "zellkonverter::writeH5AD(sce, 'cells.h5ad') or SeuratDisk's SaveH5Seurat + Convert(dest = 'h5ad')",
     ".h5seurat": "a Seurat HDF5 file; convert it in R with SeuratDisk::Convert('cells.h5seurat', dest = 'h5ad')",
@@ -71,6 +69,8 @@ def cell_file_format(path: PathLike) -> str:
         return "10x_mtx"  # the matrix file itself: its folder holds the barcodes and features
     if is_text_table(p):
         return "text"
+    if is_loom(p):
+        return "loom"
     if _is_10x_h5(p):
         return "10x_h5"
     return "h5ad"  # an AnnData saved under another suffix (.h5) is read as one too
@@ -166,7 +166,8 @@ def _duplicate_symbols_expected() -> Iterator[None]:
         yield
 
 
-_READERS = {"zarr": _read_zarr, "10x_h5": _read_10x_h5, "10x_mtx": _read_10x_mtx, "text": read_text_table}
+_READERS = {"zarr": _read_zarr, "10x_h5": _read_10x_h5, "10x_mtx": _read_10x_mtx, "text": read_text_table,
+            "loom": read_loom}
 
 
 def _is_10x_h5(p: Path) -> bool:

@@ -11,10 +11,10 @@ from instructcell_agent.core_model.mtx import is_matrix_file
 from instructcell_agent.core_model.readers import cell_file_format
 from instructcell_agent.core_model.text_matrix import is_text_table
 
-# AnnData files, Cell Ranger's .h5, Matrix Market files (GEO's prefixed ones too), text tables (by their own suffixes,
-# core_model/text_matrix.py); folders (zarr stores, matrix folders) are admitted by what they hold
-# instead (core_model/readers.py).
-INPUT_SUFFIXES = (".h5ad", ".h5")
+# AnnData files, Cell Ranger's .h5, loom files, Matrix Market files (GEO's prefixed ones too) and
+# text tables (by their own suffixes, core_model/mtx.py and text_matrix.py); folders (zarr stores,
+# matrix folders) are admitted by what they hold instead (core_model/readers.py).
+INPUT_SUFFIXES = (".h5ad", ".h5", ".loom")
 
 
 class PathNotAllowedError(InstructCellError):
