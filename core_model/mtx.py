@@ -160,8 +160,9 @@ def _the_matrix(path: Path) -> Path:
     if not found:
         raise InputFileError(f"{path} holds no Matrix Market file (.mtx or .mtx.gz)")
     names = ", ".join(f.name for f in found[:4]) + (f" and {len(found) - 4} more" if len(found) > 4 else "")
+    suffix = next(s for s in _MTX_SUFFIXES if found[0].name.endswith(s))
     raise InputFileError(f"{path} holds {len(found)} matrices ({names}): pass one matrix file, or several to read "
-                         "them as samples of one study (CLI: --data a_matrix.mtx.gz b_matrix.mtx.gz)")
+                         f"them as samples of one study (CLI: --data {path}/*{suffix})")
 
 
 def _feature_frame(rows: list[list[str]]) -> pd.DataFrame:
