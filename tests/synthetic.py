@@ -171,3 +171,25 @@ def write_cellranger(adata: ad.AnnData, dest, layout: str = "h5", extra_features
         g["data"] = counts.data.astype(np.int32)
         g["indices"], g["indptr"] = counts.indices.astype(np.int64), counts.indptr.astype(np.int64)
         g["shape"] = np.array([counts.shape[1], counts.shape[0]], dtype=np.int32)
+
+
+def write_loom(adata, path, *, strings="bytes") -> None:
+    """A loom file as loompy writes it: genes x cells (chunked, as loompy's 64 x 64), attributes as
+    fixed-length bytes or variable-length strings."""
+    import h5py
+
+    def text(values):
+        values = [str(v) for v in values]
+        return np.array(values, dtype="S") if strings == "bytes" else np.array(values, dtype=h5py.string_dtype())
+
+    with h5py.File(path, "w") as f:
+        f.create_dataset("matrix", data=adata.X.toarray().T.astype(np.uint16),
+                         chunks=(min(64, adata.n_vars), min(64, adata.n_obs)))
+        f.create_dataset("layers/spliced", data=adata.X.toarray().T.astype(np.uint16))
+        f.create_dataset("row_attrs/Gene", data=text(adata.var_names))
+        f.create_dataset("row_attrs/Accession", data=text(adata.var["gene_ids"]))
+        f.create_dataset("col_attrs/CellID", data=text(adata.obs_names))
+        f.create_dataset("col_attrs/ClusterName", data=text(adata.obs["cell_type"]))
+        f.create_dataset("col_attrs/Age", data=np.arange(adata.n_obs, dtype=np.float64))
+        f.create_dataset("col_attrs/_X_tsne", data=np.zeros((adata.n_obs, 2)))  # 2-D: an embedding, left out
+        f.create_group("attrs")

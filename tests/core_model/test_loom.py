@@ -8,25 +8,7 @@ import pytest
 
 from instructcell_agent.core_model.errors import InputFileError
 from instructcell_agent.core_model.readers import cell_file_format, read_cells
-from synthetic import make_counts
-
-
-def _write_loom(adata, path, *, strings="bytes") -> None:
-    """A loom file as loompy writes it: genes x cells, attributes as fixed-length bytes or vlen strings."""
-    def text(values):
-        values = [str(v) for v in values]
-        return np.array(values, dtype="S") if strings == "bytes" else np.array(values, dtype=h5py.string_dtype())
-
-    with h5py.File(path, "w") as f:
-        f.create_dataset("matrix", data=adata.X.toarray().T.astype(np.uint16), chunks=(16, 8))
-        f.create_dataset("layers/spliced", data=adata.X.toarray().T.astype(np.uint16))
-        f.create_dataset("row_attrs/Gene", data=text(adata.var_names))
-        f.create_dataset("row_attrs/Accession", data=text(adata.var["gene_ids"]))
-        f.create_dataset("col_attrs/CellID", data=text(adata.obs_names))
-        f.create_dataset("col_attrs/ClusterName", data=text(adata.obs["cell_type"]))
-        f.create_dataset("col_attrs/Age", data=np.arange(adata.n_obs, dtype=np.float64))
-        f.create_dataset("col_attrs/_X_tsne", data=np.zeros((adata.n_obs, 2)))  # 2-D: an embedding, left out
-        f.create_group("attrs")
+from synthetic import make_counts, write_loom
 
 
 @pytest.mark.parametrize("strings", ["bytes", "vlen"])
@@ -37,7 +19,7 @@ def test_a_loom_file_reads_as_its_cells_with_their_attributes(tmp_path, strings,
     cells = make_counts(20, seed=3)
     cells.var["gene_ids"] = [f"ENSG{j:011d}" for j in range(cells.n_vars)]
     path = tmp_path / "velocyto.loom"
-    _write_loom(cells, path, strings=strings)
+    write_loom(cells, path, strings=strings)
     before = path.read_bytes()
     assert cell_file_format(path) == "loom"
     got = read_cells(path)
