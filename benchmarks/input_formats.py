@@ -172,7 +172,7 @@ def render(report: dict[str, Any]) -> str:
              "shipped checkpoint and the set's labels as candidates, compared cell by cell with the .h5ad's", "",
              "| format | cells | genes matched | read s | same answers as the .h5ad |", "| --- | --- | --- | --- | --- |"]
     for row in report["rows"]:
-        lines.append(f"| {row['format']} | {row['n_cells']:,} | {row['genes_matched']:,} | {row['read_s']:.2f} | "
+        lines.append(f"| {row['format'].replace('|', chr(92) + '|')} | {row['n_cells']:,} | {row['genes_matched']:,} | {row['read_s']:.2f} | "
                      f"{row['same_answers']:,} of {row['of']:,} |")
     return "\n".join(lines) + "\n"
 
