@@ -1,4 +1,4 @@
-"""Cell files as users have them: AnnData (.h5ad, .zarr), Cell Ranger's outputs, text tables.
+"""Cell files as users have them: AnnData (.h5ad, .zarr), Cell Ranger's outputs, text tables, loom.
 
 Cell Ranger writes each sample's cells twice, as an HDF5 file (`filtered_feature_bc_matrix.h5`)
 and as a folder of Matrix Market files (`filtered_feature_bc_matrix/`: matrix.mtx.gz,
@@ -7,7 +7,8 @@ an .h5ad, so the command line and the MCP server read them directly, the way sca
 do: gene symbols as var_names (made unique with scanpy's -1, -2 suffixes), Ensembl ids kept in
 `var['gene_ids']`, gene-expression features only (antibody and CRISPR features dropped); the
 Matrix Market files also as GEO serves them (core_model/mtx.py). Published sets often come as
-one delimited table instead (core_model/text_matrix.py). Every reader opens the input read-only.
+one delimited table instead (core_model/text_matrix.py), or as loom files (core_model/loom.py).
+Every reader opens the input read-only.
 """
 
 from __future__ import annotations
