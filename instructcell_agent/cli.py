@@ -20,7 +20,6 @@ from .core_model.scoring import add_scoring_argument
 log = logging.getLogger("instructcell_agent")
 
 
-
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a checkpoint on the shared train splits and/or your own sets "
                                      "(--catalog); --init-from fine-tunes one")
