@@ -170,9 +170,11 @@ def render(report: dict[str, Any]) -> str:
              f"- date: {report['date']}", f"- machine: {report['nproc']} CPU cores, load average at start "
              f"{report['loadavg']}", f"- cells: {report['source']}'s test split; answers: `ica.annotate` with the "
              "shipped checkpoint and the set's labels as candidates, compared cell by cell with the .h5ad's", "",
-             "| format | cells | genes matched | read s | same answers as the .h5ad |", "| --- | --- | --- | --- | --- |"]
+             "| format | cells | genes matched | read s | same answers as the .h5ad |",
+             "| --- | --- | --- | --- | --- |"]
     for row in report["rows"]:
-        lines.append(f"| {row['format'].replace('|', chr(92) + '|')} | {row['n_cells']:,} | {row['genes_matched']:,} | {row['read_s']:.2f} | "
+        name = row["format"].replace("|", "\\|")  # a pipe inside a cell would end it
+        lines.append(f"| {name} | {row['n_cells']:,} | {row['genes_matched']:,} | {row['read_s']:.2f} | "
                      f"{row['same_answers']:,} of {row['of']:,} |")
     return "\n".join(lines) + "\n"
 
