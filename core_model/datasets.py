@@ -17,6 +17,7 @@ import numpy as np
 
 from .context import canonical_species, canonical_tissue
 from .errors import InputFileError, LabelKeyError
+from .readers import cell_file_format
 
 # The catalog does not name the drug of a drug-response set; the study does.
 KNOWN_DRUGS = {"aissa2021_pc9_erlotinib": "erlotinib"}
@@ -123,6 +124,10 @@ def load_user_catalog(path: str | os.PathLike) -> list[DatasetSpec]:
         for file in (spec.path, spec.split_path):
             if not Path(file).is_file():
                 raise InputFileError(f"dataset catalog {path}, entry {entry['name']!r}: no file {file}")
+        if cell_file_format(spec.path) != "h5ad":  # a count table, Cell Ranger's .h5, a loom file ...
+            raise InputFileError(f"dataset catalog {path}, entry {entry['name']!r}: {spec.path.name} is not an .h5ad; "
+                                 "training reads .h5ad files: write one with `instructcell convert --data "
+                                 f"{spec.path.name} [--obs-table METADATA] --out {spec.path.stem.split('.')[0]}.h5ad`")
         specs.append(spec)
     return specs
 

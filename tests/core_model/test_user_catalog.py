@@ -41,3 +41,11 @@ def test_train_refuses_an_empty_list_of_datasets(tmp_path):
     with pytest.raises(ValueError, match="specs is empty"):
         train(tiny_train_config(), tmp_path / "run", specs=[], show_progress=False)
     assert not (tmp_path / "run" / "gene_vocab.json").exists()
+
+
+def test_a_set_that_is_not_an_h5ad_is_answered_with_the_conversion(synthetic_set, tmp_path):
+    table = tmp_path / "GSE0_counts.csv.gz"
+    table.write_bytes(b"")
+    with pytest.raises(InputFileError, match="is not an .h5ad.*instructcell convert --data GSE0_counts.csv.gz "
+                                             r"\[--obs-table METADATA\] --out GSE0_counts.h5ad"):
+        load_user_catalog(_catalog(tmp_path, synthetic_set, [_entry(synthetic_set, path=str(table))]))
