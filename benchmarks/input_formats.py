@@ -4,7 +4,8 @@ zheng2017's test cells (the canonical split) are written, in a temporary folder,
 format users bring: AnnData (.h5ad, the reference; .zarr), Cell Ranger's .h5 and matrix folder,
 GEO's per-sample Matrix Market files (accession prefix, a two-column genes file), kallisto|
 bustools' cells_x_genes.mtx, count tables (genes x cells .csv.gz as R writes them; cells x genes
-.tsv as pandas writes them), a loom file, an .h5ad whose gene names join Ensembl id and symbol,
+.tsv as pandas writes them), a loom file, an h5Seurat file (written to SeuratDisk's specification
+by the test suite's writer), an .h5ad whose gene names join Ensembl id and symbol,
 and two Cell Ranger .h5 samples read together. Each is read with `ica.read_cells` (the samples
 with `ica.read_samples`), timed, and annotated with the shipped model and zheng2017's labels as
 candidates; the answers are compared cell by cell with the .h5ad's.
@@ -35,7 +36,7 @@ from instructcell_agent.core_model.io import get_labels, read_h5ad
 from report_io import run_meta, write_report
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from synthetic import write_cellranger, write_loom  # noqa: E402 - the test suite's writers of these formats
+from synthetic import write_cellranger, write_h5seurat, write_loom  # noqa: E402 - the test suite's writers
 
 SOURCE = "zheng2017_pbmc_sorted"
 
@@ -113,6 +114,8 @@ def formats(cells: ad.AnnData, tmp: Path) -> dict[str, Callable[[], Any]]:
         "genes x cells .csv.gz (R)": lambda: _table(cells, tmp / "counts.csv.gz", True),
         "cells x genes .tsv (pandas)": lambda: _table(cells, tmp / "counts.tsv", False),
         "loom": lambda: (write_loom(cells, tmp / "cells.loom"), tmp / "cells.loom")[1],
+        "h5Seurat (to SeuratDisk's specification)": lambda: (write_h5seurat(cells, tmp / "cells.h5Seurat"),
+                                                             tmp / "cells.h5Seurat")[1],
         "h5ad, names 'ENSG..._SYMBOL'": lambda: _joined_names(cells, tmp / "joined.h5ad"),
         "two Cell Ranger .h5 samples": lambda: _samples(cells, tmp / "samples"),
     }

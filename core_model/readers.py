@@ -1,4 +1,5 @@
-"""Cell files as users have them: AnnData (.h5ad, .zarr), Cell Ranger's outputs, text tables, loom.
+"""Cell files as users have them: AnnData (.h5ad, .zarr), Cell Ranger's outputs, text tables, loom,
+h5Seurat.
 
 Cell Ranger writes each sample's cells twice, as an HDF5 file (`filtered_feature_bc_matrix.h5`)
 and as a folder of Matrix Market files (`filtered_feature_bc_matrix/`: matrix.mtx.gz,
@@ -7,7 +8,8 @@ an .h5ad, so the command line and the MCP server read them directly, the way sca
 do: gene symbols as var_names (made unique with scanpy's -1, -2 suffixes), Ensembl ids kept in
 `var['gene_ids']`, gene-expression features only (antibody and CRISPR features dropped); the
 Matrix Market files also as GEO serves them (core_model/mtx.py). Published sets often come as
-one delimited table instead (core_model/text_matrix.py), or as loom files (core_model/loom.py).
+one delimited table instead (core_model/text_matrix.py), or as loom or h5Seurat files
+(core_model/loom.py, core_model/h5seurat.py).
 Every reader opens the input read-only.
 """
 
@@ -25,22 +27,24 @@ import anndata
 from .errors import InputFileError
 from .genomes import feature_genomes, keep_genome, selection_note, several_genomes_error
 from .io import PathLike, read_h5ad
+from .h5seurat import is_h5seurat, read_h5seurat
 from .loom import is_loom, read_loom
 from .mtx import is_matrix_file, matrix_files, read_matrix_market
 from .text_matrix import TABLE_SUFFIXES, is_text_table, read_text_table
 
 logger = logging.getLogger(__name__)
 
-FORMATS = ("h5ad", "zarr", "10x_h5", "10x_mtx", "text", "loom")
+FORMATS = ("h5ad", "zarr", "10x_h5", "10x_mtx", "text", "loom", "h5seurat")
 ACCEPTED = ("an AnnData .h5ad file or .zarr store, Cell Ranger's filtered_feature_bc_matrix "
             "(the .h5 file, or matrix.mtx.gz or its folder; GEO's GSM..._matrix.mtx.gz too), or a table of "
-            f"genes x cells or cells x genes ({', '.join(TABLE_SUFFIXES)}, optionally .gz), or a .loom file")
+            f"genes x cells or cells x genes ({', '.join(TABLE_SUFFIXES)}, optionally .gz), or a .loom or "
+            ".h5Seurat file")
 _ZARR_MARKERS = (".zgroup", ".zattrs", "zarr.json")
 # Formats of other ecosystems, answered with the conversion to make rather than a reading error.
 _CONVERT_FIRST = {
     ".rds": "an R object (Seurat or SingleCellExperiment?); write an .h5ad from R first, e.g. with "
-            "zellkonverter::writeH5AD(sce, 'cells.h5ad') or SeuratDisk's SaveH5Seurat + Convert(dest = 'h5ad')",
-    ".h5seurat": "a Seurat HDF5 file; convert it in R with SeuratDisk::Convert('cells.h5seurat', dest = 'h5ad')",
+            "zellkonverter::writeH5AD(sce, 'cells.h5ad'), or SeuratDisk::SaveH5Seurat(obj, 'cells.h5Seurat'), "
+            "which is read directly",
     ".xlsx": "an Excel workbook; save the sheet of counts as .csv (genes x cells or cells x genes) and pass that",
     ".xls": "an Excel workbook; save the sheet of counts as .csv (genes x cells or cells x genes) and pass that",
 }
@@ -72,6 +76,8 @@ def cell_file_format(path: PathLike) -> str:
         return "text"
     if is_loom(p):
         return "loom"
+    if is_h5seurat(p):
+        return "h5seurat"
     if _is_10x_h5(p):
         return "10x_h5"
     return "h5ad"  # an AnnData saved under another suffix (.h5) is read as one too
@@ -168,7 +174,7 @@ def _duplicate_symbols_expected() -> Iterator[None]:
 
 
 _READERS = {"zarr": _read_zarr, "10x_h5": _read_10x_h5, "10x_mtx": _read_10x_mtx, "text": read_text_table,
-            "loom": read_loom}
+            "loom": read_loom, "h5seurat": read_h5seurat}
 
 
 def _is_10x_h5(p: Path) -> bool:

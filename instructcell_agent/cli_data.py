@@ -12,7 +12,7 @@ COMMANDS = ("make-split", "convert")
 # What core_model/readers.py reads, written out here so that --help imports no data stack.
 DATA_HELP = ("the cells: an AnnData .h5ad file or .zarr store, Cell Ranger's filtered_feature_bc_matrix "
              "(.h5 file, or matrix.mtx.gz or its folder; GEO's GSM..._matrix.mtx.gz too), or a count table, "
-             "genes x cells or cells x genes (.csv, .tsv or .txt, optionally .gz), or a .loom file")
+             "genes x cells or cells x genes (.csv, .tsv or .txt, optionally .gz), or a .loom or .h5Seurat file")
 
 
 def add_data_arguments(p: argparse.ArgumentParser, several: bool = False) -> None:

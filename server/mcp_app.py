@@ -33,9 +33,9 @@ log = logging.getLogger(__name__)
 
 INSTRUCTIONS = (
     "InstructCell: a single-cell language model. Start with inspect_dataset on an .h5ad file (or a .zarr store, "
-    "Cell Ranger's filtered_feature_bc_matrix .h5 or folder, a .csv/.tsv/.txt(.gz) count table or a .loom file) "
-    "inside the server's data roots (describe_model lists what the model learned), then annotate_cells, "
-    "predict_drug_response, explain_genes or generate_cells. "
+    "Cell Ranger's filtered_feature_bc_matrix .h5 or folder, a .csv/.tsv/.txt(.gz) count table, a .loom or "
+    ".h5Seurat file) inside the server's data roots (describe_model lists what the model learned), then "
+    "annotate_cells, predict_drug_response, explain_genes or generate_cells. "
     "Results come back as small summaries; full results are files (paths and instructcell:// resources). Large "
     "requests run as jobs: poll job_status, then job_result."
 )

@@ -14,7 +14,7 @@ from instructcell_agent.core_model.text_matrix import is_text_table
 # AnnData files, Cell Ranger's .h5, loom files, Matrix Market files (GEO's prefixed ones too) and
 # text tables (by their own suffixes, core_model/mtx.py and text_matrix.py); folders (zarr stores,
 # matrix folders) are admitted by what they hold instead (core_model/readers.py).
-INPUT_SUFFIXES = (".h5ad", ".h5", ".loom")
+INPUT_SUFFIXES = (".h5ad", ".h5", ".loom", ".h5seurat")
 
 
 class PathNotAllowedError(InstructCellError):

@@ -16,9 +16,9 @@ H5adPath = Annotated[str, Field(
     description="Path of the cells inside one of the server's data roots (absolute, or relative to the first "
                 "data root): an AnnData .h5ad file or .zarr store, or Cell Ranger's filtered_feature_bc_matrix "
                 "(.h5 file, or matrix.mtx.gz or its folder; GEO's GSM..._matrix.mtx.gz too), or a table of "
-                "genes x cells or cells x genes (.csv, .tsv or .txt, optionally .gz), or a .loom file; or the path "
-                "of an .h5ad this server wrote "
-                "(annotate_cells' annotated file, generate_cells' cells).")]
+                "genes x cells or cells x genes (.csv, .tsv or .txt, optionally .gz), or a .loom or .h5Seurat "
+                "file; or the path of an .h5ad this server wrote (annotate_cells' annotated file, generate_cells' "
+                "cells).")]
 OptionalText = Annotated[str | None, Field(max_length=200)]
 JobId = Annotated[str, Field(pattern=r"^[0-9a-f]{32}$", description="Job id returned by an earlier call.")]
 
@@ -198,9 +198,9 @@ class VocabularyOverlap(BaseModel):
 class DatasetInfo(BaseModel):
     kind: Literal["dataset"] = "dataset"
     h5ad_path: str
-    input_format: str = Field("h5ad", description="h5ad, zarr, 10x_h5, 10x_mtx, text or loom (Cell Ranger's files "
-                                                  "and text tables: cells and genes only, so no species or tissue "
-                                                  "columns).")
+    input_format: str = Field("h5ad", description="h5ad, zarr, 10x_h5, 10x_mtx, text, loom or h5seurat (Cell "
+                                                  "Ranger's files and text tables: cells and genes only, so no "
+                                                  "species or tissue columns).")
     n_cells: int
     n_genes: int
     obs_columns: list[ObsColumn]

@@ -193,3 +193,47 @@ def write_loom(adata, path, *, strings="bytes") -> None:
         f.create_dataset("col_attrs/Age", data=np.arange(adata.n_obs, dtype=np.float64))
         f.create_dataset("col_attrs/_X_tsne", data=np.zeros((adata.n_obs, 2)))  # 2-D: an embedding, left out
         f.create_group("attrs")
+
+
+def write_h5seurat(adata, path, *, counts: bool = True, meta: str = "group") -> None:
+    """An h5Seurat file as SeuratDisk's specification lays it out: the RNA assay's `counts` (or,
+    with counts=False, an empty counts matrix beside log-normalised `data`) as dgCMatrix groups,
+    `features`, `cell.names`, and `meta.data` as a group (cell_type a factor) or, with
+    meta="compound", one compound dataset."""
+    import h5py
+
+    strings = h5py.string_dtype()
+    X = sp.csr_matrix(adata.X, dtype=np.float64)  # cells x genes CSR = R's genes x cells dgCMatrix
+
+    def sparse(group, matrix):
+        group["data"], group["indices"], group["indptr"] = matrix.data, matrix.indices, matrix.indptr
+        group.attrs["dims"] = np.array([adata.n_vars, adata.n_obs], dtype=np.int32)
+
+    with h5py.File(path, "w") as f:
+        f.attrs["active.assay"], f.attrs["project"], f.attrs["version"] = "RNA", "test", "3.1.5"
+        f.create_dataset("cell.names", data=np.array(list(adata.obs_names), dtype=object), dtype=strings)
+        rna = f.create_group("assays/RNA")
+        rna.attrs["key"] = "rna_"
+        rna.create_dataset("features", data=np.array(list(adata.var_names), dtype=object), dtype=strings)
+        if counts:
+            sparse(rna.create_group("counts"), X)
+            sparse(rna.create_group("data"), X.log1p())
+        else:
+            sparse(rna.create_group("counts"), sp.csr_matrix(X.shape))
+            sparse(rna.create_group("data"), X.log1p())
+        labels = list(adata.obs["cell_type"].astype(str))
+        if meta == "compound":
+            rows = np.array([(label, float(i)) for i, label in enumerate(labels)],
+                            dtype=[("cell_type", strings), ("nCount_RNA", np.float64)])
+            f.create_dataset("meta.data", data=rows)
+        else:
+            group = f.create_group("meta.data")
+            group.attrs["colnames"] = np.array(["cell_type", "nCount_RNA"], dtype=object)
+            levels = sorted(set(labels))
+            factor = group.create_group("cell_type")
+            factor.create_dataset("levels", data=np.array(levels, dtype=object), dtype=strings)
+            factor["values"] = np.array([levels.index(label) + 1 for label in labels], dtype=np.int32)
+            group["nCount_RNA"] = np.asarray(X.sum(axis=1)).ravel()
+        f.create_group("misc")
+        f.create_group("tools")
+

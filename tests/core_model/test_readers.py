@@ -154,7 +154,7 @@ def test_what_is_none_of_them_is_refused_naming_the_accepted_formats(tmp_path, b
 
 
 @pytest.mark.parametrize("name, message", [("x.rds", "zellkonverter::writeH5AD"),
-                                           ("x.h5Seurat", "SeuratDisk::Convert"), ("x.xlsx", "save the sheet")])
+                                           ("x.xlsx", "save the sheet")])
 def test_other_ecosystems_files_are_answered_with_the_conversion(tmp_path, name, message):
     if name.endswith(".rds"):
         (tmp_path / name).write_bytes(b"\x1f\x8b\x08\x00")  # R's gzip-compressed serialization
