@@ -237,3 +237,14 @@ def write_h5seurat(adata, path, *, counts: bool = True, meta: str = "group") -> 
         f.create_group("misc")
         f.create_group("tools")
 
+
+def read_untouched(path, kind: str):
+    """`read_cells(path)`, checking that `path` is taken for format `kind` and left byte for byte."""
+    from instructcell_agent.core_model.readers import cell_file_format, read_cells
+
+    before = path.read_bytes()
+    assert cell_file_format(path) == kind
+    got = read_cells(path)
+    assert path.read_bytes() == before
+    return got
+
