@@ -86,12 +86,13 @@ def _companion(matrix: Path, names: list[str], what: str, words: tuple[str, ...]
                          "matrix needs its features (genes) and barcodes files, named as the matrix is")
 
 
-def _feature_rows(matrix: Path, path: Path, n: int) -> list[list[str]]:
-    """The features' rows; kallisto's symbols beside its ids file become (id, symbol) rows."""
-    rows = _rows(path, n, "features")
-    ids = matrix.parent / path.name.replace(".genes.names.txt", ".genes.txt")
+def _feature_rows(path: Path, lines: list[list[str]], n: int) -> list[list[str]]:
+    """The features' rows (`lines`, read from `path`); kallisto's symbols beside its ids file
+    become (id, symbol) rows."""
+    rows = _rows(path, lines, n, "features")
+    ids = path.parent / path.name.replace(".genes.names.txt", ".genes.txt")
     if path.name.endswith(".genes.names.txt") and ids.is_file():
-        rows = [[i[0], s[0]] for i, s in zip(_rows(ids, n, "features"), rows)]
+        rows = [[i[0], s[0]] for i, s in zip(_rows(ids, _lines(ids), n, "features"), rows)]
     return rows
 
 
@@ -105,9 +106,9 @@ def _lines(path: Path) -> list[list[str]]:
                              f"{exc})") from exc
 
 
-def _rows(path: Path, n: int, what: str) -> list[list[str]]:
-    """The `n` rows of a features or barcodes file, past a header line if it has one more."""
-    rows = _lines(path)
+def _rows(path: Path, rows: list[list[str]], n: int, what: str) -> list[list[str]]:
+    """The `n` rows (of `rows`, read from `path`) of a features or barcodes file, past a header
+    line if it has one more."""
     if len(rows) == n + 1:
         rows = rows[1:]
     if len(rows) != n:
@@ -134,15 +135,16 @@ def read_matrix_market(path: Path) -> anndata.AnnData:
     except Exception as exc:  # noqa: BLE001 - scipy's errors for a malformed or truncated file
         raise InputFileError(f"{matrix} could not be read as a Matrix Market matrix ({type(exc).__name__}: "
                              f"{exc})") from exc
-    n_features = len(_lines(features_path))
+    feature_lines = _lines(features_path)
+    n_features = len(feature_lines)
     # Cell Ranger's orientation (features x barcodes) unless the lists say otherwise (a header
     # line may add one to a list's length).
     if n_features in (X.shape[1], X.shape[1] + 1) and n_features not in (X.shape[0], X.shape[0] + 1):
         cells = X.tocsr()  # already barcodes x features
     else:
         cells = X.T.tocsr()
-    features = _feature_rows(matrix, features_path, cells.shape[1])
-    barcodes = [row[0] for row in _rows(barcodes_path, cells.shape[0], "barcodes")]
+    features = _feature_rows(features_path, feature_lines, cells.shape[1])
+    barcodes = [row[0] for row in _rows(barcodes_path, _lines(barcodes_path), cells.shape[0], "barcodes")]
     adata = anndata.AnnData(X=cells, obs=pd.DataFrame(index=pd.Index(barcodes, dtype=object)),
                             var=_feature_frame(features))
     if "feature_types" in adata.var and (adata.var["feature_types"] == GENE_EXPRESSION).any():

@@ -199,15 +199,15 @@ def _refuse_gaps(path: Path, X: sp.csr_matrix, delimiter: str | None, n_fields: 
                          "cell (0 for a gene not detected)")
 
 
-def _name_frame(index: pd.Index, headers: list[str]) -> tuple[pd.Index, pd.DataFrame]:
-    """The most gene-like (or, for cells, the first) level of `index` as names; the others as columns."""
+def _name_frame(index: pd.Index, headers: list[str]) -> pd.DataFrame:
+    """The most gene-like (or, for cells, the first) level of `index` as the index; the others as columns."""
     levels = [index.get_level_values(i).astype(str) for i in range(index.nlevels)]
     best = max(range(len(levels)), key=lambda i: gene_like_share(levels[i]))
     columns = {}
     for i, level in enumerate(levels):
         if i != best:
             columns[headers[i] or f"name_{i}"] = np.asarray(level)
-    return pd.Index(levels[best]), pd.DataFrame(columns, index=pd.Index(np.asarray(levels[best]), dtype=object))
+    return pd.DataFrame(columns, index=pd.Index(np.asarray(levels[best]), dtype=object))
 
 
 def read_text_table(path: Path) -> anndata.AnnData:
@@ -228,7 +228,8 @@ def read_text_table(path: Path) -> anndata.AnnData:
         header, first = header[:-1], first[:-1]
     lead, column_names, name_headers = _layout(header, first, path)
     X, index = _parse_values(path, delimiter, lead, len(column_names), trailing)
-    row_names, row_frame = _name_frame(index, name_headers)
+    row_frame = _name_frame(index, name_headers)
+    row_names = row_frame.index
     row_share, column_share = gene_like_share(list(row_names)), gene_like_share(column_names)
     if max(row_share, column_share) < MIN_GENE_LIKE:
         raise InputFileError(
