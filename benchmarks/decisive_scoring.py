@@ -68,7 +68,7 @@ def fixed_instruction(loaded: LoadedModel, spec: Any) -> dict[str, Any]:
     for name, decisive in (("full", False), ("decisive", True)):
         _score(loaded, data.X[:4], [text] * 4, labels, BATCH, decisive)  # warm the prompt and trie memos
         start = time.perf_counter()
-        loglik = _score(loaded, data.X, [text] * data.n_cells, labels, BATCH, decisive)
+        loglik, _ = _score(loaded, data.X, [text] * data.n_cells, labels, BATCH, decisive)
         seconds = time.perf_counter() - start
         chosen, conf, _ = _choose(loglik, labels, calibrate=False)
         correct = np.asarray(chosen) == data.labels

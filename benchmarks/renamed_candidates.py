@@ -101,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         aligned = align_to_vocab(cells, model.vocab)
         texts = [_prompt(model, DEFAULT_INSTRUCTIONS[("annotation", True)], f, renamed["cl_names"])
                  for f in prompt_fields(cells, None, **kwargs)]
-        picked, _, _ = _choose(_score(model, aligned.X, texts, renamed["cl_names"], 64), renamed["cl_names"], False)
+        picked, _, _ = _choose(_score(model, aligned.X, texts, renamed["cl_names"], 64)[0], renamed["cl_names"], False)
         row["cl_names_as_text"] = {**scores(truth_idx, picked, renamed["cl_names"], time.perf_counter() - start),
                                    "route": "text"}
         logger.info("%s: %s", spec.name, {k: round(row[k]["macro_f1"], 3) for k in VARIANTS})

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .core_model import readout_first
 from .core_model.alignment import align_to_vocab, empty_cells
 from .core_model.calibration import label_prior_correction
 from .core_model.candidate_route import CandidateNoteWarning, CandidateRoute, route_candidates
@@ -110,6 +111,11 @@ def annotate(adata: ad.AnnData, model: LoadedModel | None = None, instruction: s
     each label's score adds the read-out's log-probability, core_model/readout.py; free answers are
     then chosen by scoring the learned labels instead of decoding. False: the language model alone),
     progress (called with (cells done, total) after each batch; the CLI draws a bar with it).
+    fast (True: cells the linear read-out gives one label a probability of 0.98 or more take its
+    answer and probabilities, and the language model reads only the others; where the read-out
+    answers with its full weight over one learned label set (core_model/readout_first.py). On the
+    valid cells of the ten shared sets that changed no answer; uns['instructcell']['fast'] counts
+    the cells it answered. Off by default: every cell's answer then comes from the language model).
     unassigned_below (a confidence: cells answered with a lower one are labelled 'Unassigned', for
     files that may hold types the candidates lack; see `AnnotationResult.unassigned_below`),
     unassigned_atypical (a number of standard deviations, 3 say: cells whose typicality, how alike
@@ -160,7 +166,7 @@ def _answer(adata: ad.AnnData, model: LoadedModel | None, task: str, instruction
             drug: str = "", layer: str | None = None, use_raw: bool = False, gene_key: str | None = None,
             min_genes: int = 100, batch_size: int | None = None, mode: str = "instruct",
             free_text: bool = False, calibrate: bool = False, scoring: str = "auto", readout: bool = True,
-            progress: Callable[[int, int], None] | None = None,
+            progress: Callable[[int, int], None] | None = None, fast: bool = False,
             unassigned_below: float | None = None, unassigned_atypical: float | None = None) -> AnnotationResult:
     if mode not in ("instruct", "chat"):
         raise ValueError(f"mode must be 'instruct' or 'chat', got {mode!r}")
@@ -217,6 +223,9 @@ def _answer(adata: ad.AnnData, model: LoadedModel | None, task: str, instruction
         warnings.warn(drug_note, UnseenContextWarning, stacklevel=3)
     if calibrate and cands is None:
         raise ValueError("calibrate=True corrects scored candidates: pass candidates (or an instruction with {choices})")
+    if calibrate and fast:  # the correction averages the LM's scores over the cells; fast leaves some without
+        raise ValueError("calibrate=True and fast=True do not combine: the correction needs the language model's "
+                         "scores for every cell, and fast skips it where the read-out is sure")
     # Labels the model learned to write are told apart by their decisive tokens; a string it never
     # learned is scored in full under "auto" (its later tokens are not near-certain).
     decisive = use_decisive(scoring, route.scores_learned_labels if cands is not None else allowed is not None)
@@ -236,8 +245,10 @@ def _answer(adata: ad.AnnData, model: LoadedModel | None, task: str, instruction
     if cands is None and not by_readout:
         expert = None  # decoded free answers: the read-out does not join them
     labels, conf, answers, probs = [], [], [], np.zeros((0, len(cands or ())))  # what no cell to answer gives
+    n_sure = 0  # cells the read-out answered alone (`fast`)
     if len(keep) and by_readout:  # the read-out needs a score for every allowed label, which decoding does not give
-        labels, conf = _choose_allowed(loaded, X, texts, batch_size, allowed, decisive, expert, progress)
+        labels, conf, n_sure = _choose_allowed(loaded, X, texts, batch_size, allowed, decisive, expert, progress,
+                                               fast)
         answers = list(labels)
     elif len(keep) and cands is None:
         labels, conf, answers = _generate_answers(loaded, X, texts, batch_size, allowed, decisive, progress)
@@ -245,7 +256,7 @@ def _answer(adata: ad.AnnData, model: LoadedModel | None, task: str, instruction
         mapper = LabelMapper(tuple(loaded.labels_for_task(task)))
         labels = [mapper.map(a) or a for a in labels]
     elif len(keep):
-        loglik = _score(loaded, X, texts, scored, batch_size, decisive, progress, expert)
+        loglik, n_sure = _score(loaded, X, texts, scored, batch_size, decisive, progress, expert, fast)
         answers = None
         if pooled:
             loglik, top = route.pool(loglik)
@@ -278,6 +289,11 @@ def _answer(adata: ad.AnnData, model: LoadedModel | None, task: str, instruction
         "confidence_temperature": (loaded.temperature(expert, scored if cands is not None else first_allowed)
                                    if cands is not None or by_readout else 1.0),
     }
+    if fast:
+        asked = scored if cands is not None else (first_allowed if by_readout else None)
+        provenance["fast"] = _fast_record(n_sure, len(keep), expert, asked, loaded)
+        if not n_sure and (why := provenance["fast"].get("why_none")):
+            notes.append(f"fast: every cell was answered by the language model: {why}")
     if task == "drug_response":  # the instruction above is the template; which drug filled it
         provenance["drug"] = drug
     if cands is None and task == "annotation":
@@ -291,6 +307,17 @@ def _answer(adata: ad.AnnData, model: LoadedModel | None, task: str, instruction
     if unassigned_atypical is not None:
         result = result.unassigned_atypical(unassigned_atypical)
     return result if unassigned_below is None else result.unassigned_below(unassigned_below)
+
+
+def _fast_record(n_sure: int, n_cells: int, expert: Readout | None, labels, loaded: LoadedModel) -> dict:
+    """Provenance of `fast`: how many cells the read-out answered alone, and, where it could
+    answer none for the labels asked, why (core_model/readout_first.py)."""
+    record = {"sure_at": readout_first.SURE, "cells_answered_by_readout_alone": n_sure, "cells_answered": n_cells}
+    if labels is None:  # decoded free answers: nothing is scored, so the read-out has no say
+        record["why_none"] = "free answers are decoded here, not scored over labels"
+    elif why := readout_first.why_not(expert, labels, loaded.label_lists):
+        record["why_none"] = why
+    return record
 
 
 class UnseenContextWarning(UserWarning):
@@ -398,38 +425,62 @@ def _batches(loaded: LoadedModel, X, texts: list[str], batch_size: int,
             progress(int(rows[-1]) + 1, X.shape[0])
 
 
-@torch.no_grad()
 def _score(loaded: LoadedModel, X, texts: list[str], labels: list[str], batch_size: int,
            decisive: bool = False, progress: Callable[[int, int], None] | None = None,
-           expert: Readout | None = None) -> np.ndarray:
+           expert: Readout | None = None, fast: bool = False) -> tuple[np.ndarray, int]:
     """Log-likelihood (cells x labels) of each label as the answer (of its decisive tokens only),
     plus the read-out's log-probability where `expert` is given (core_model/readout.py), divided
     by the checkpoint's confidence temperature for that mode (core_model/temperature.py; the best
-    label of each cell is the same at any temperature, its probability is not)."""
+    label of each cell is the same at any temperature, its probability is not); and how many
+    cells the read-out answered alone: with `fast`, where it can (core_model/readout_first.py),
+    a cell it is sure of gets its log-probabilities instead and the language model never reads it."""
+    temperature = loaded.temperature(expert, labels)
+    if not fast or readout_first.why_not(expert, labels, loaded.label_lists) is not None:
+        return _lm_scores(loaded, X, texts, labels, batch_size, decisive, progress, expert) / temperature, 0
+    scores = readout_first.readout_log_probs(loaded.model, X, expert, labels)
+    slow = np.flatnonzero(~readout_first.sure(scores))
+    n_sure = X.shape[0] - len(slow)
+    if progress is not None and n_sure:
+        progress(n_sure, X.shape[0])
+    if len(slow):
+        tick = None if progress is None else (lambda d, _t: progress(n_sure + d, X.shape[0]))
+        scores[slow] = _lm_scores(loaded, X[slow], [texts[i] for i in slow], labels, batch_size, decisive, tick,
+                                  expert) / temperature
+    return scores, n_sure
+
+
+@torch.no_grad()
+def _lm_scores(loaded: LoadedModel, X, texts: list[str], labels: list[str], batch_size: int, decisive: bool,
+               progress: Callable[[int, int], None] | None, expert: Readout | None) -> np.ndarray:
+    """The language model's scores, with the read-out's added where `expert` joins (unscaled)."""
     sets = loaded.label_lists
     scores = [answer_scores(loaded.model, ctx, expr, labels, decisive, expert, sets).cpu().numpy()
               for _, ctx, expr in _batches(loaded, X, texts, batch_size, progress)]
-    return np.concatenate(scores).astype(np.float64) / loaded.temperature(expert, labels)
+    return np.concatenate(scores).astype(np.float64)
 
 
 def _choose_allowed(loaded: LoadedModel, X, texts: list[str], batch_size: int, allowed: list[list[str]],
-                    decisive: bool, expert: Readout, progress: Callable[[int, int], None] | None = None):
+                    decisive: bool, expert: Readout, progress: Callable[[int, int], None] | None = None,
+                    fast: bool = False):
     """Free answers chosen by scoring each cell's allowed labels with the read-out beside the LM
-    (cells sharing an allowed list, usually all of them, are scored together)."""
+    (cells sharing an allowed list, usually all of them, are scored together); and how many cells
+    the read-out answered alone (`fast`)."""
     labels: list[str] = [""] * X.shape[0]
     conf = [0.0] * X.shape[0]
     groups: dict[tuple[str, ...], list[int]] = {}
     for r, a in enumerate(allowed):
         groups.setdefault(tuple(a), []).append(r)
-    done = 0
+    done = n_sure = 0
     for group, rows in groups.items():
         tick = None if progress is None else (lambda d, _t, base=done: progress(base + d, X.shape[0]))
-        scores = _score(loaded, X[rows], [texts[r] for r in rows], list(group), batch_size, decisive, tick, expert)
+        scores, sure = _score(loaded, X[rows], [texts[r] for r in rows], list(group), batch_size, decisive, tick,
+                              expert, fast)
         best, top, _ = _choose(scores, list(group), False)
         for r, b, c in zip(rows, best, top):
             labels[r], conf[r] = b, c
         done += len(rows)
-    return labels, conf
+        n_sure += sure
+    return labels, conf, n_sure
 
 
 @torch.no_grad()

@@ -161,6 +161,10 @@ def _add_answer_arguments(p, candidates: str | None, key_added: str) -> None:
     add_device_argument(p)
     add_scoring_argument(p)
     _add_readout_argument(p)
+    p.add_argument("--fast", action="store_true",
+                   help="cells the linear read-out gives one label a probability of 0.98 or more take its answer, "
+                        "and the language model reads only the others (on the shared sets' valid cells no "
+                        "answer changed; core_model/readout_first.py)")
 
 
 def _add_explain(sub) -> None:
@@ -359,7 +363,7 @@ def _annotate(args) -> int:
     shared = dict(model=model, instruction=args.instruction, candidates=candidates, use_raw=args.use_raw,
                   layer=args.layer, gene_key=args.gene_key, species=args.species, tissue=args.tissue,
                   scoring=args.scoring, unassigned_below=args.unassigned_below,
-                  unassigned_atypical=args.unassigned_atypical, readout=not args.no_readout)
+                  unassigned_atypical=args.unassigned_atypical, readout=not args.no_readout, fast=args.fast)
     if args.command == "drug-response":
         result = predict_drug_response(adata, drug=args.drug, progress=_progress_bar("predicting"), **shared)
     else:

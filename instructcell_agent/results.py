@@ -162,7 +162,7 @@ class AnnotationResult:
         done = "answered" if self.provenance.get("task") == "drug_response" else "annotated"
         lines = [f"{len(answered):,} cells {done}; mean confidence {mean}; "
                  f"{int((answered < 0.5).sum()):,} below 0.5"]
-        lines += [line for line in (self._genes_read(),) if line]
+        lines += [line for line in (self._genes_read(), self.fast_line()) if line]
         if self.n_unlabelled():
             lines.append(f"{self.n_unlabelled():,} cells unlabelled: no counts on any of the model's genes")
         if self.typicality is not None:
@@ -185,6 +185,16 @@ class AnnotationResult:
         lines += self._merged_synonyms(counts)
         lines += [f"Note: {note}" for note in self.provenance.get("notes", [])]
         return "\n".join(lines)
+
+    def fast_line(self) -> str | None:
+        """How many cells the read-out answered alone under `fast` (None without `fast`, or when it
+        answered none: a note then says why)."""
+        fast = self.provenance.get("fast")
+        if not fast or not fast["cells_answered_by_readout_alone"]:
+            return None
+        return (f"fast: {fast['cells_answered_by_readout_alone']:,} of {fast['cells_answered']:,} cells answered by "
+                f"the linear read-out alone (its probability {fast['sure_at']:g} or more), the rest by the language "
+                "model")
 
     @staticmethod
     def answer_tissue_record(counts: Counter) -> dict[str, list]:

@@ -268,7 +268,7 @@ class InstructCellService:
 
         extra = {k: v for k, v in (("species", req.species), ("tissue", req.tissue), ("free_text", req.free_text),
                                    ("unassigned_below", req.unassigned_below),
-                                   ("unassigned_atypical", req.unassigned_atypical)) if v}
+                                   ("unassigned_atypical", req.unassigned_atypical), ("fast", req.fast)) if v}
         return self._annotate(req, "annotation", reporter, lambda view, model: api.annotate(
             view, model=model, instruction=req.instruction, candidates=req.candidates, **extra, **_matrix(req)))
 
@@ -278,7 +278,8 @@ class InstructCellService:
 
         return self._annotate(req, "drug_response", reporter, lambda view, model: api.predict_drug_response(
             view, drug=req.drug, model=model, instruction=req.instruction, candidates=req.candidates,
-            unassigned_below=req.unassigned_below, unassigned_atypical=req.unassigned_atypical, **_matrix(req)))
+            unassigned_below=req.unassigned_below, unassigned_atypical=req.unassigned_atypical, fast=req.fast,
+            **_matrix(req)))
 
     def generate_cells(self, req: GenerateCellsRequest, reporter: Reporter | None = None) -> GenerationSummary:
         from instructcell_agent import api
@@ -412,6 +413,7 @@ class InstructCellService:
             annotated.uns[key]["composition"] = grouped.to_uns()
         published = {base + ".h5ad": "annotated_h5ad", base + "_labels.csv": "labels_csv"}
         notes = _read_notes(adata, req) + list(result.provenance.get("notes", []))
+        notes += [line for line in (result.fast_line(),) if line]
         with Staging(self.config.output_dir) as staging:
             if req.plot:
                 rep.update(n, n, "drawing the map of the cells")
@@ -560,6 +562,10 @@ def _concat(parts):
         probs = pd.concat([p.probabilities for p in parts])
     notes = list(dict.fromkeys(n for p in parts for n in p.provenance.get("notes", [])))
     provenance = dict(first.provenance, chunks=len(parts), notes=notes)
+    if "fast" in first.provenance:  # counts: summed over the chunks
+        counted = ("cells_answered_by_readout_alone", "cells_answered")
+        provenance["fast"] = dict(first.provenance["fast"],
+                                  **{k: sum(p.provenance["fast"][k] for p in parts) for k in counted})
     if first.answer_tissues() is not None:  # counts: summed over the chunks
         summed = sum((Counter(p.answer_tissues()) for p in parts), Counter())
         provenance["answer_tissues"] = AnnotationResult.answer_tissue_record(summed)

@@ -116,7 +116,7 @@ def test_candidates_named_by_the_cell_ontology_pool_the_learned_labels(tiny_mode
     # probabilities of its own labels (language model and read-out), renamed
     assert result.provenance["readout"].startswith("linear gene read-out")
     texts = [_prompt(tiny_model, DEFAULT_INSTRUCTIONS[("annotation", False)], {}, None)] * cells.n_obs
-    loglik = _score(tiny_model, align_to_vocab(cells, tiny_model.vocab).X, texts, list(CELL_TYPES), 64, decisive,
+    loglik, _ = _score(tiny_model, align_to_vocab(cells, tiny_model.vocab).X, texts, list(CELL_TYPES), 64, decisive,
                     None, tiny_model.readout)
     expected = np.exp(loglik - loglik.max(1, keepdims=True))
     expected /= expected.sum(1, keepdims=True)

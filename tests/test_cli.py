@@ -246,6 +246,16 @@ def test_annotate_labels_low_confidence_cells_unassigned(tiny_checkpoint, synthe
     assert not (tmp_path / "never.h5ad").exists()
 
 
+def test_annotate_fast_says_how_many_cells_the_readout_answered(tiny_checkpoint, synthetic_set, tmp_path, capsys):
+    out = tmp_path / "annotated.h5ad"
+    assert main(["annotate", "--checkpoint", str(tiny_checkpoint), "--data", str(synthetic_set["path"]),
+                 "--candidates", "alpha,beta,gamma,delta", "--out", str(out), "--fast"]) == 0
+    record = ad.read_h5ad(out).uns["instructcell"]["fast"]
+    n_sure, n_cells = record["cells_answered_by_readout_alone"], record["cells_answered"]
+    assert 0 < n_sure <= n_cells and f"fast: {n_sure} of {n_cells} cells answered by the linear read-out alone" in (
+        capsys.readouterr().out)
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
 def test_drug_response_writes_probabilities_per_cell_and_keeps_the_input(tiny_checkpoint, synthetic_set, tmp_path):
     before = _digest(synthetic_set["path"])

@@ -143,7 +143,7 @@ def test_annotate_with_and_without_the_readout(tiny_model):
     template = DEFAULT_INSTRUCTIONS[("annotation", True)]
     texts = [_prompt(tiny_model, template, {}, list(CELL_TYPES))] * cells.n_obs
     X = align_to_vocab(cells, tiny_model.vocab).X
-    lm = _score(tiny_model, X, texts, list(CELL_TYPES), 64, True)
+    lm, _ = _score(tiny_model, X, texts, list(CELL_TYPES), 64, True)
     expr = tiny_model.model.normalize(torch.from_numpy(X.toarray().astype(np.float32)))
     combined = lm + tiny_model.readout.log_probs(expr, list(CELL_TYPES)).numpy()
     for result, scores in ((alone, lm), (both, combined)):

@@ -405,6 +405,23 @@ def test_annotate_cells_can_leave_low_confidence_cells_unassigned(env):
                                                  {"h5ad_path": "planted.h5ad", "unassigned_below": 0}))
 
 
+def test_annotate_cells_fast_counts_the_cells_the_readout_answered_over_every_chunk(env, gen_checkpoint):
+    import re
+
+    result = call(env["server"], "annotate_cells", {"h5ad_path": "planted.h5ad", "candidates": CANDIDATES,
+                                                    "fast": True})
+    summary = check_structured(env["server"], "annotate_cells", result)["result"]
+    line = next(n for n in summary["notes"] if n.startswith("fast: "))
+    n_sure, n_cells = map(int, re.match(r"fast: (\d+) of (\d+) cells", line).groups())
+    direct = ica.annotate(ad.read_h5ad(env["paths"]["root"] / "planted.h5ad"), model=ica.load_model(gen_checkpoint),
+                          candidates=CANDIDATES, fast=True)
+    assert n_cells == N_CELLS > 64  # more than one chunk of the test server's 64 cells
+    assert n_sure == direct.provenance["fast"]["cells_answered_by_readout_alone"] > 0
+    plain = check_structured(env["server"], "annotate_cells", call(env["server"], "annotate_cells", {
+        "h5ad_path": "planted.h5ad", "candidates": CANDIDATES}))["result"]
+    assert not any(n.startswith("fast: ") for n in plain["notes"])
+
+
 def test_annotate_cells_counts_and_can_unassign_atypical_cells(env):
     # 20 cells of the training batch's types, then the same cells turned into a type never learned
     cells = make_counts(240, seed=0)[200:220].copy()

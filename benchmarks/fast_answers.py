@@ -1,0 +1,163 @@
+"""`fast=True` against the default, side by side: the cells the read-out answers alone, and at what cost.
+
+Every cell of one split of each shared annotation and drug-response set is answered through the
+Python API as a user calls it (`ica.annotate(cells, candidates=labels)`, `predict_drug_response`
+for the drug set: one prompt for every cell), once with the default (every cell read by the
+language model) and once with `fast=True` (core_model/readout_first.py), timed in turn in the same
+run, each `--repeats` times, the fastest pass kept. Reported per set: the share of cells the
+read-out answered alone, the share given the same label as the default, accuracy and macro-F1 of
+both, expected calibration error of both (10 bins), cells per second of both and their ratio. For
+free answers (no candidates) it reports whether the read-out can answer alone at all there, and
+if not why (labels across several learned sets: the language model picks the naming).
+
+    python benchmarks/fast_answers.py                                   # shipped checkpoint, test split
+    python benchmarks/fast_answers.py --checkpoint DIR --split valid --stem fast_answers_valid
+
+The threshold (SURE = 0.98) was chosen on the valid split with a read-out fitted on train only
+(`instructcell train-readout --checkpoint COPY --split train`): the shipped read-out was fitted on
+train+valid, so on valid it is sure of nearly every cell and right about all of them.
+Writes ``<stem>.md`` and ``<stem>.json`` to ``--out-dir`` (default benchmarks/results).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from sklearn.metrics import f1_score
+
+import instructcell_agent as ica
+from instructcell_agent.core_model import readout_first
+from instructcell_agent.core_model.alignment import align_to_vocab
+from instructcell_agent.core_model.datasets import load_catalog, prompt_fields, read_split, subset_by_names
+from instructcell_agent.core_model.io import get_labels, read_h5ad
+from instructcell_agent.core_model.temperature import calibration_error
+from report_io import run_meta, write_report
+
+logger = logging.getLogger("fast_answers")
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", type=Path, default=ica.default_checkpoint_path())
+    p.add_argument("--split", default="test")
+    p.add_argument("--datasets", default="", help="comma-separated set names (default: every annotation and drug set)")
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--out-dir", type=Path, default=Path(__file__).resolve().parent / "results")
+    p.add_argument("--stem", default="fast_answers")
+    return p.parse_args(argv)
+
+
+def answer(model, cells, spec, labels: list[str], fast: bool):
+    with warnings.catch_warnings():  # atypical-cell and context warnings are not what is measured here
+        warnings.simplefilter("ignore")
+        if spec.task == "drug_response":
+            return ica.predict_drug_response(cells, drug=spec.drug, model=model, candidates=labels, fast=fast)
+        return ica.annotate(cells, model=model, candidates=labels, fast=fast)
+
+
+def timed(model, cells, spec, labels: list[str], fast: bool, repeats: int):
+    """The result and the fastest pass's seconds."""
+    best, result = float("inf"), None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = answer(model, cells, spec, labels, fast)
+        best = min(best, time.perf_counter() - start)
+    return result, best
+
+
+def scores(result, truth: np.ndarray, labels: list[str]) -> dict[str, float]:
+    predicted = np.asarray(result.labels, dtype=object).astype(str)
+    correct = predicted == truth
+    conf = np.asarray(result.confidence, dtype=float)
+    return {"accuracy": float(correct.mean()),
+            "macro_f1": float(f1_score(truth, predicted, labels=labels, average="macro", zero_division=0)),
+            "ece": float(calibration_error(conf, correct)), "mean_confidence": float(conf.mean())}
+
+
+def free_answer_route(model, cells) -> str:
+    """Whether the read-out can answer cells alone when they are asked without candidates."""
+    aligned = align_to_vocab(cells, model.vocab)
+    allowed = model.labels_for_cells("annotation", prompt_fields(cells))
+    if not allowed or not allowed[0]:
+        return "no learned labels for these cells"
+    why = readout_first.why_not(model.readout_for(aligned.matched), allowed[0], model.label_lists)
+    return "yes" if why is None else f"no: {why}"
+
+
+def run_set(model, spec, split: str, repeats: int) -> dict[str, Any]:
+    cells = subset_by_names(read_h5ad(spec.path), read_split(spec.split_path)[split], split)
+    truth = np.asarray(get_labels(cells, spec.label_key)).astype(str)
+    labels = list(model.label_set(spec.name)["labels"])
+    answer(model, cells[:8].copy(), spec, labels, False)  # first-call costs (prompt memo, trie) outside the clock
+    full, t_full = timed(model, cells, spec, labels, False, repeats)
+    fast, t_fast = timed(model, cells, spec, labels, True, repeats)
+    record = fast.provenance["fast"]
+    same = np.asarray(full.labels, dtype=object) == np.asarray(fast.labels, dtype=object)
+    row = {"dataset": spec.name, "n_cells": cells.n_obs,
+           "by_readout_alone": record["cells_answered_by_readout_alone"], "why_none": record.get("why_none"),
+           "same_label": int(same.sum()), "full": scores(full, truth, labels), "fast": scores(fast, truth, labels),
+           "seconds_full": t_full, "seconds_fast": t_fast,
+           "cells_per_s_full": cells.n_obs / t_full, "cells_per_s_fast": cells.n_obs / t_fast,
+           "speedup": t_full / t_fast}
+    row["free_answers_by_readout_alone"] = free_answer_route(model, cells) if spec.task == "annotation" else "-"
+    logger.info("%s: %d of %d by the read-out alone, %d same label, %.2fx", spec.name, row["by_readout_alone"],
+                cells.n_obs, row["same_label"], row["speedup"])
+    return row
+
+
+def render(report: dict[str, Any]) -> str:
+    meta = report["meta"]
+    lines = [
+        "# `fast=True` against the default, side by side", "",
+        f"- command: `{meta['command']}`", f"- date: {meta['date']}",
+        f"- machine: {meta['nproc']} CPU cores, load average at start {meta['loadavg']}, torch threads "
+        f"{meta['torch_threads']}",
+        f"- checkpoint: `{report['checkpoint']}`; split: {report['split']}; read-out threshold {readout_first.SURE}",
+        "- setting: the Python API with the set's labels as candidates in one order (one prompt for every cell); "
+        f"fastest of {report['repeats']} passes each, the default and `fast=True` in turn in the same run",
+        "", "| dataset | cells | by read-out alone | same label as default | default acc / F1 / ECE | "
+        "fast acc / F1 / ECE | default cells/s | fast cells/s | speed-up | free answers: read-out alone? |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in report["rows"]:
+        f, q = r["full"], r["fast"]
+        lines.append(
+            f"| {r['dataset']} | {r['n_cells']} | {r['by_readout_alone']} ({r['by_readout_alone'] / r['n_cells']:.0%}) "
+            f"| {r['same_label']} ({r['same_label'] / r['n_cells']:.1%}) "
+            f"| {f['accuracy']:.3f} / {f['macro_f1']:.3f} / {f['ece']:.3f} "
+            f"| {q['accuracy']:.3f} / {q['macro_f1']:.3f} / {q['ece']:.3f} "
+            f"| {r['cells_per_s_full']:.1f} | {r['cells_per_s_fast']:.1f} | {r['speedup']:.2f}x "
+            f"| {r['free_answers_by_readout_alone']} |")
+    t = report["totals"]
+    lines += ["", f"All sets: {t['by_readout_alone']} of {t['n_cells']} cells answered by the read-out alone, "
+              f"{t['same_label']} given the default's label; {t['seconds_full']:.1f} s against "
+              f"{t['seconds_fast']:.1f} s ({t['speedup']:.2f}x)."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = parse_args(argv)
+    meta = run_meta(shlex.join(["python", *sys.argv]))
+    model = ica.load_model(args.checkpoint, precision="float32")
+    wanted = [s for s in args.datasets.split(",") if s]
+    specs = [s for s in load_catalog(tasks=("annotation", "drug_response")) if not wanted or s.name in wanted]
+    rows = [run_set(model, spec, args.split, args.repeats) for spec in specs]
+    totals = {k: sum(r[k] for r in rows) for k in ("n_cells", "by_readout_alone", "same_label", "seconds_full",
+                                                    "seconds_fast")}
+    totals["speedup"] = totals["seconds_full"] / totals["seconds_fast"]
+    report = {"meta": meta, "checkpoint": str(args.checkpoint), "split": args.split, "repeats": args.repeats,
+              "rows": rows, "totals": totals}
+    print(write_report(report, render(report), args.out_dir, args.stem))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

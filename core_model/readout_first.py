@@ -1,0 +1,60 @@
+"""Cells the linear read-out alone is sure of, answered without the language model (opt-in `fast`).
+
+Why: on a 2-core CPU the language model answers 4 to 36 cells a second and the read-out
+(core_model/readout.py) thousands. In the product of experts a label the read-out gives a
+probability of at least SURE is one the language model would have to outvote by about 4 nats, and
+it did not once: with a read-out fitted on the train splits only, the product chose the read-out's
+label for every one of the 994 valid cells of the ten shared sets where the read-out's
+probability was at least 0.98 (0.56 to 0.98 of each set's cells), 0.990 of them right
+(benchmarks/EXPERIMENTS.md, "Cells the read-out is sure of"). So with `fast` those cells take
+the read-out's answer and the language model reads only the rest.
+
+Only where the read-out takes its full part in the answer: labels of one learned set (across
+sets the language model picks the naming, which the read-out cannot) at a weight of 1 or more (a
+file holding few of the genes weighs the read-out down, and the language model decides).
+A cell answered this way has the read-out's own probabilities (at SURE or above for its label;
+the temperature fitted for the product does not apply to them).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .corpus import dense_rows
+from .readout import Readout, joins, one_set
+
+SURE = 0.98
+_CHUNK = 1024  # cells normalized at once: the read-out is one matrix product, memory is what bounds it
+
+
+def why_not(readout: Readout | None, labels: Sequence[str], label_sets: Sequence[Sequence[str]]) -> str | None:
+    """Why the read-out cannot answer cells alone for `labels` (None when it can)."""
+    if not joins(readout, labels):
+        return ("the read-out does not score these labels (the checkpoint has none, it is turned off, or the labels "
+                "are ones it never learned)")
+    if not one_set(labels, label_sets):
+        return "the labels come from several learned sets, and the language model picks which set names the cell"
+    if readout.weight_for(labels) < 1:
+        return (f"this file holds few of the read-out's genes (weight {readout.weight_for(labels):.2g}), "
+                "so the language model decides")
+    return None
+
+
+@torch.no_grad()
+def readout_log_probs(model, X, readout: Readout, labels: Sequence[str]) -> np.ndarray:
+    """(cells, labels) the read-out's log-probability of each label among `labels`, for count-scale
+    rows `X` (normalized as the model normalizes its input)."""
+    out = [np.zeros((0, len(labels)))]
+    for start in range(0, X.shape[0], _CHUNK):
+        rows = np.arange(start, min(start + _CHUNK, X.shape[0]))
+        expr = model.normalize(torch.from_numpy(dense_rows(X, rows)).to(model.device))
+        out.append(readout.log_probs(expr, labels).double().cpu().numpy())
+    return np.concatenate(out)
+
+
+def sure(log_probs: np.ndarray) -> np.ndarray:
+    """Whether each cell's best label has a read-out probability of at least SURE."""
+    return log_probs.max(1) >= np.log(SURE) if len(log_probs) else np.zeros(0, dtype=bool)

@@ -1,0 +1,100 @@
+"""`fast`: cells the read-out alone is sure of take its answer; the language model reads the rest."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+import instructcell_agent as ica
+from synthetic import CELL_TYPES, make_counts
+from instructcell_agent.core_model import readout_first
+from instructcell_agent.core_model.alignment import align_to_vocab
+from instructcell_agent.core_model.readout import Readout
+
+# the tiny model's reference cells find every synthetic cell atypical; that warning is not under test here
+pytestmark = pytest.mark.filterwarnings("ignore::instructcell_agent.api.AtypicalCellsWarning")
+
+
+def _readout_probs(model, cells) -> np.ndarray:
+    X = align_to_vocab(cells, model.vocab).X
+    expr = model.model.normalize(torch.from_numpy(X.toarray().astype(np.float32)))
+    return model.readout.log_probs(expr, list(CELL_TYPES)).exp().double().numpy()
+
+
+@pytest.fixture()
+def counted_rows(tiny_model, monkeypatch):
+    """How many cells the language model scored, over every call."""
+    seen = []
+    score = tiny_model.model.score_candidates
+
+    def counting(ctx, expr, *args, **kwargs):
+        seen.append(expr.shape[0])
+        return score(ctx, expr, *args, **kwargs)
+
+    monkeypatch.setattr(tiny_model.model, "score_candidates", counting)
+    return seen
+
+
+def test_sure_cells_take_the_readout_answer_and_the_rest_the_full_one(tiny_model, counted_rows):
+    cells = make_counts(48, seed=11)
+    full = ica.annotate(cells, model=tiny_model, candidates=list(CELL_TYPES))
+    n_full = sum(counted_rows)
+    counted_rows.clear()
+    fast = ica.annotate(cells, model=tiny_model, candidates=list(CELL_TYPES), fast=True)
+    probs = _readout_probs(tiny_model, cells)
+    sure = probs.max(1) >= readout_first.SURE
+    assert 0 < sure.sum() < cells.n_obs  # both kinds of cell occur, or the test tells nothing
+    assert n_full == cells.n_obs and sum(counted_rows) == cells.n_obs - sure.sum()
+    got = fast.probabilities.to_numpy()
+    np.testing.assert_allclose(got[sure], probs[sure], rtol=1e-4, atol=1e-6)  # the read-out's own probabilities
+    np.testing.assert_allclose(got[~sure], full.probabilities.to_numpy()[~sure], rtol=1e-4, atol=1e-6)
+    assert list(fast.labels[sure]) == [CELL_TYPES[i] for i in probs[sure].argmax(1)]
+    assert fast.provenance["fast"] == {"sure_at": readout_first.SURE,
+                                       "cells_answered_by_readout_alone": int(sure.sum()),
+                                       "cells_answered": cells.n_obs}
+    assert "fast" not in full.provenance
+
+
+def test_free_answers_by_the_readout_skip_the_language_model_too(tiny_model, counted_rows):
+    cells = make_counts(48, seed=11)
+    free = ica.annotate(cells, model=tiny_model, fast=True)
+    sure = _readout_probs(tiny_model, cells).max(1) >= readout_first.SURE
+    assert free.provenance["fast"]["cells_answered_by_readout_alone"] == sure.sum() > 0
+    assert sum(counted_rows) == cells.n_obs - sure.sum()
+
+
+def test_fast_without_a_readout_answers_every_cell_by_the_language_model_and_says_why(tiny_model):
+    cells = make_counts(24, seed=5)
+    plain = ica.annotate(cells, model=tiny_model, candidates=list(CELL_TYPES), readout=False)
+    fast = ica.annotate(cells, model=tiny_model, candidates=list(CELL_TYPES), readout=False, fast=True)
+    np.testing.assert_array_equal(fast.probabilities.to_numpy(), plain.probabilities.to_numpy())
+    record = fast.provenance["fast"]
+    assert record["cells_answered_by_readout_alone"] == 0 and "does not score" in record["why_none"]
+    assert any(n.startswith("fast: every cell was answered by the language model") for n in fast.provenance["notes"])
+
+
+def test_the_readout_answers_alone_only_at_its_full_weight_within_one_set():
+    labels = ["A", "B", "C"]
+    readout = Readout(labels, torch.zeros(3, 5), torch.zeros(3))
+    sets = [["A", "B"], ["B", "C"]]
+    assert readout_first.why_not(readout, ["A", "B"], sets) is None
+    assert "several learned sets" in readout_first.why_not(readout, ["A", "B", "C"], sets)
+    assert "few of the read-out's genes" in readout_first.why_not(dataclasses.replace(readout, answer_weight=0.5),
+                                                                  ["A", "B"], sets)
+    assert "does not score" in readout_first.why_not(readout, ["A", "D"], sets)
+    assert "does not score" in readout_first.why_not(None, ["A", "B"], sets)
+
+
+def test_sure_is_the_best_label_at_the_threshold_or_above():
+    at, below = np.log([readout_first.SURE, 1 - readout_first.SURE]), np.log([0.97, 0.03])
+    assert readout_first.sure(np.array([at, below, below[::-1]])).tolist() == [True, False, False]
+    assert readout_first.sure(np.zeros((0, 2))).shape == (0,)
+
+
+def test_fast_does_not_combine_with_the_label_prior_correction(tiny_model):
+    with pytest.raises(ValueError, match="calibrate=True and fast=True"):
+        ica.annotate(make_counts(24, seed=5), model=tiny_model, candidates=list(CELL_TYPES), calibrate=True,
+                     fast=True)
