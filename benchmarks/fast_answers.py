@@ -8,7 +8,8 @@ run, each `--repeats` times, the fastest pass kept. Reported per set: the share 
 read-out answered alone, the share given the same label as the default, accuracy and macro-F1 of
 both, expected calibration error of both (10 bins), cells per second of both and their ratio. For
 free answers (no candidates) it reports whether the read-out can answer alone at all there, and
-if not why (labels across several learned sets: the language model picks the naming).
+if not why (labels across several learned sets: the language model picks the naming); where it
+can, free answers are timed with and without `fast` too.
 
     python benchmarks/fast_answers.py                                   # shipped checkpoint, test split
     python benchmarks/fast_answers.py --checkpoint DIR --split valid --stem fast_answers_valid
@@ -55,7 +56,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def answer(model, cells, spec, labels: list[str], fast: bool):
+def answer(model, cells, spec, labels: list[str] | None, fast: bool):
+    """The set's cells answered among `labels` (None: free answers, no candidates)."""
     with warnings.catch_warnings():  # atypical-cell and context warnings are not what is measured here
         warnings.simplefilter("ignore")
         if spec.task == "drug_response":
@@ -63,7 +65,7 @@ def answer(model, cells, spec, labels: list[str], fast: bool):
         return ica.annotate(cells, model=model, candidates=labels, fast=fast)
 
 
-def timed(model, cells, spec, labels: list[str], fast: bool, repeats: int):
+def timed(model, cells, spec, labels: list[str] | None, fast: bool, repeats: int):
     """The result and the fastest pass's seconds."""
     best, result = float("inf"), None
     for _ in range(repeats):
@@ -71,6 +73,19 @@ def timed(model, cells, spec, labels: list[str], fast: bool, repeats: int):
         result = answer(model, cells, spec, labels, fast)
         best = min(best, time.perf_counter() - start)
     return result, best
+
+
+def free_answers_side_by_side(model, cells, spec, repeats: int) -> dict[str, Any] | str:
+    """Free answers (no candidates) with and without `fast`, where the read-out can answer alone
+    there; otherwise why not."""
+    route = free_answer_route(model, cells)
+    if route != "yes":
+        return route
+    full, t_full = timed(model, cells, spec, None, False, repeats)
+    fast, t_fast = timed(model, cells, spec, None, True, repeats)
+    same = np.asarray(full.labels, dtype=object) == np.asarray(fast.labels, dtype=object)
+    return {"by_readout_alone": fast.provenance["fast"]["cells_answered_by_readout_alone"],
+            "same_label": int(same.sum()), "speedup": t_full / t_fast}
 
 
 def scores(result, truth: np.ndarray, labels: list[str]) -> dict[str, float]:
@@ -83,7 +98,7 @@ def scores(result, truth: np.ndarray, labels: list[str]) -> dict[str, float]:
 
 
 def free_answer_route(model, cells) -> str:
-    """Whether the read-out can answer cells alone when they are asked without candidates."""
+    """"yes" when the read-out can answer cells alone as they are asked without candidates, else why not."""
     aligned = align_to_vocab(cells, model.vocab)
     allowed = model.labels_for_cells("annotation", prompt_fields(cells))
     if not allowed or not allowed[0]:
@@ -107,7 +122,7 @@ def run_set(model, spec, split: str, repeats: int) -> dict[str, Any]:
            "seconds_full": t_full, "seconds_fast": t_fast,
            "cells_per_s_full": cells.n_obs / t_full, "cells_per_s_fast": cells.n_obs / t_fast,
            "speedup": t_full / t_fast}
-    row["free_answers_by_readout_alone"] = free_answer_route(model, cells) if spec.task == "annotation" else "-"
+    row["free_answers"] = free_answers_side_by_side(model, cells, spec, repeats) if spec.task == "annotation" else "-"
     logger.info("%s: %d of %d by the read-out alone, %d same label, %.2fx", spec.name, row["by_readout_alone"],
                 cells.n_obs, row["same_label"], row["speedup"])
     return row
@@ -127,14 +142,19 @@ def render(report: dict[str, Any]) -> str:
         "fast acc / F1 / ECE | default cells/s | fast cells/s | speed-up | free answers: read-out alone? |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in report["rows"]:
-        f, q = r["full"], r["fast"]
+        f, q, free = r["full"], r["fast"], r["free_answers"]
+        if isinstance(free, dict):
+            free = (f"yes: {free['by_readout_alone']} by the read-out alone, {free['same_label']} same label, "
+                    f"{free['speedup']:.2f}x")
+        else:
+            free = free.split(";")[0]  # the reason, without its hint
         lines.append(
             f"| {r['dataset']} | {r['n_cells']} | {r['by_readout_alone']} ({r['by_readout_alone'] / r['n_cells']:.0%}) "
             f"| {r['same_label']} ({r['same_label'] / r['n_cells']:.1%}) "
             f"| {f['accuracy']:.3f} / {f['macro_f1']:.3f} / {f['ece']:.3f} "
             f"| {q['accuracy']:.3f} / {q['macro_f1']:.3f} / {q['ece']:.3f} "
             f"| {r['cells_per_s_full']:.1f} | {r['cells_per_s_fast']:.1f} | {r['speedup']:.2f}x "
-            f"| {r['free_answers_by_readout_alone']} |")
+            f"| {free} |")
     t = report["totals"]
     lines += ["", f"All sets: {t['by_readout_alone']} of {t['n_cells']} cells answered by the read-out alone, "
               f"{t['same_label']} given the default's label; {t['seconds_full']:.1f} s against "
