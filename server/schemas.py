@@ -70,8 +70,10 @@ MoreSamples = Annotated[list[H5adPath] | None, Field(
 Fast = Annotated[bool, Field(
     description="Cells the model's linear gene read-out gives one label a probability of 0.98 or more take its "
                 "answer, and the language model reads only the others: several times faster on a CPU where most "
-                "cells are clear-cut (on the shared sets' valid cells no answer changed). The reply's notes say "
-                "how many cells it answered. false: every cell by the language model.")]
+                "cells are clear-cut (on the shared sets' valid cells no answer changed). It applies to candidates "
+                "from one learned label set (inspect_dataset's matching_label_sets) and to drug response, not to "
+                "free answers for blood or pancreas cells (several sets' labels). The reply's notes say how many "
+                "cells it answered, or why none. false: every cell by the language model.")]
 DrawMap = Annotated[bool, Field(
     description="Also draw the answers and their confidence on a map of the cells (a PNG among the outputs, kind "
                 "'map_png'): the file's own obsm['X_umap'] (or X_tsne), else a UMAP computed from its genes (about "
