@@ -191,6 +191,10 @@ def _add_explain(sub) -> None:
                         "every cell is answered first, without gradients, and drawn from each answer): the "
                         "rankings are per-label means, and each cell costs a backward pass")
     p.add_argument("--seed", type=int, default=0, help="draws the cells --max-cells-per-label keeps")
+    p.add_argument("--fast", action="store_true",
+                   help="with --max-cells-per-label and no --label-key: the answers given first take annotate's "
+                        "--fast (cells the linear read-out is sure of answered by it alone); the attributions "
+                        "always go through the language model")
     p.add_argument("--drug", default=None,
                    help="explain drug-response answers to this drug (as drug-response asks; candidates default to "
                         "the learned responses, e.g. resistant,sensitive) instead of cell types")
@@ -450,7 +454,8 @@ def _explain(args) -> int:
                      n_steps=args.n_steps, batch_size=args.batch_size, use_raw=args.use_raw, layer=args.layer,
                      gene_key=args.gene_key, max_cells_per_label=args.max_cells_per_label, seed=args.seed,
                      drug=args.drug,
-                     scoring=args.scoring, readout=not args.no_readout, progress=_progress_bar("explaining"),
+                     scoring=args.scoring, readout=not args.no_readout, fast=args.fast,
+                     progress=_progress_bar("explaining"),
                      answer_progress=_progress_bar("answering first"))
     paths = write_explanation(result, args.out, protect=inputs(args))
     print(result.summary())

@@ -55,7 +55,7 @@ def explain(adata: ad.AnnData, model: LoadedModel | None = None, labels: str | S
             marker_db: str = DEFAULT_DB, compare_wilcoxon: bool = True,
             species: str | None = None, layer: str | None = None, use_raw: bool = False,
             gene_key: str | None = None, min_genes: int = 100, scoring: str = "auto", readout: bool = True,
-            max_cells_per_label: int | None = None, seed: int = 0, drug: str | None = None,
+            max_cells_per_label: int | None = None, seed: int = 0, drug: str | None = None, fast: bool = False,
             progress: Callable[[int, int], None] | None = None,
             answer_progress: Callable[[int, int], None] | None = None) -> ExplanationResult:
     """Gene saliency of every cell for its label, aggregated per label, checked against markers.
@@ -129,6 +129,11 @@ def explain(adata: ad.AnnData, model: LoadedModel | None = None, labels: str | S
         than attribution) and the cells are drawn from each answer. The result then holds the
         cells explained (``result.obs_names``); see benchmarks/results/explain_subsample.md for
         how the rankings hold up.
+    fast
+        For those answers given first: as in ``annotate``, cells the linear read-out is sure of
+        take its answer without the language model (core_model/readout_first.py); on a large
+        file answering every cell costs more than explaining the cells drawn. The attributions
+        themselves always go through the language model.
     progress, answer_progress
         Called with (cells done, total) after each attribution batch, and after each batch of the
         answers given first (`max_cells_per_label` without labels); an exception either raises
@@ -166,7 +171,7 @@ def explain(adata: ad.AnnData, model: LoadedModel | None = None, labels: str | S
     if answered:  # the cells to draw are known only from their answers: annotate first (no gradients)
         given, answers_note = answers_first(model, adata, answer_candidates(model, candidates, dataset, drug), drug,
                                             species=species or "", scoring=scoring, readout=readout,
-                                            progress=answer_progress, **matrix)
+                                            progress=answer_progress, fast=fast, **matrix)
     adata, given, unlabelled_note = without_unlabelled(adata, given, candidates)
     subsample_note = None
     if max_cells_per_label is not None:

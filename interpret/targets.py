@@ -70,6 +70,9 @@ def answers_first(model: LoadedModel, adata: ad.AnnData, cands: list[str] | None
             result = annotate(adata, model=model, candidates=cands, **kwargs)
     answers = np.asarray([None if a is None else str(a) for a in result.labels], dtype=object)
     how = "predict_drug_response" if drug is not None else "annotate"
+    if (fast := result.provenance.get("fast")) is not None:
+        how += (f", fast: {fast['cells_answered_by_readout_alone']:,} by the linear read-out alone"
+                if fast["cells_answered_by_readout_alone"] else f", fast not used: {fast.get('why_none', '')}")
     return answers, (f"no labels given: the {adata.n_obs:,} cells were answered first ({how}, without gradients) "
                      "and max_cells_per_label drew from each answer")
 

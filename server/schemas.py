@@ -166,6 +166,10 @@ class ExplainGenesRequest(_MatrixOptions):
         "per-label means. The cell limit then counts the cells explained. Without labels every cell is answered "
         "first (no gradients, far cheaper) and the cells are drawn from each answer; the limit then counts this "
         "many for each answer the model can give (each candidate, else each learned label)."))
+    fast: bool = Field(False, description=(
+        "With max_cells_per_label and no labels: the answers given first take annotate_cells' fast (cells the "
+        "linear read-out is sure of answered by it alone), the larger share of the time on a large file. The "
+        "attributions always go through the language model."))
     background: bool = Field(False, description="Run as a background job and return a job id at once.")
 
 

@@ -290,6 +290,21 @@ def test_at_most_n_cells_of_each_label_are_explained(marker_model, cells, given)
         explain(cells, model=marker_model, labels="cell_type", dataset="planted", max_cells_per_label=0)
 
 
+def test_answers_given_first_can_be_fast(marker_model, cells):
+    """fast reaches the answers max_cells_per_label draws from, and the note counts the cells the
+    read-out answered alone; the cells drawn are those the fast answers give."""
+    import instructcell_agent as ica
+
+    fast = explain(cells, model=marker_model, dataset="planted", max_cells_per_label=5, seed=1, fast=True)
+    answers = ica.annotate(cells, model=marker_model, candidates=list(marker_model.label_set("planted")["labels"]),
+                           fast=True)
+    n_sure = answers.provenance["fast"]["cells_answered_by_readout_alone"]
+    note = " ".join(fast.provenance["notes"])
+    assert n_sure > 0 and f"(annotate, fast: {n_sure} by the linear read-out alone, without gradients)" in note
+    by_cell = dict(zip(cells.obs_names, answers.labels))
+    assert [by_cell[n] for n in fast.obs_names] == list(fast.groups)
+
+
 def test_cells_without_a_label_to_explain_are_left_out(marker_model, cells, given):
     """An annotated file's label column: cells annotate left unlabelled (missing) or 'Unassigned'
     are not explained, and the note counts them."""

@@ -518,6 +518,9 @@ def test_explain_genes_bounds_the_cells_of_each_label(env):
     summary = check_structured(env["server"], "explain_genes", call(env["server"], "explain_genes", answers))["result"]
     assert 0 < summary["n_explained"] <= 40 and max(summary["cells_per_label"].values()) <= 10
     assert any("were answered first" in note for note in summary["notes"])
+    fast = call(env["server"], "explain_genes", {**answers, "fast": True})
+    fast = check_structured(env["server"], "explain_genes", fast)["result"]
+    assert any("were answered first (annotate, fast: " in note for note in fast["notes"])
     # the bound counts every candidate: 31 of each of four (124) is over the limit, refused before any work
     over = {**answers, "max_cells_per_label": 31}
     assert "at most 120 allowed" in error_text(call(env["server"], "explain_genes", over))
