@@ -13,7 +13,10 @@ Only where the read-out takes its full part in the answer: labels of one learned
 sets the language model picks the naming, which the read-out cannot) at a weight of 1 or more (a
 file holding few of the genes weighs the read-out down, and the language model decides).
 A cell answered this way has the read-out's own probabilities (at SURE or above for its label;
-the temperature fitted for the product does not apply to them).
+the temperature fitted for the product does not apply to them). The cost: a linear read-out can
+be sure of a type the candidates lack, where the language model was not (13 of zheng2017's 70
+CD34+ test cells asked among kang2018's labels, benchmarks/results/missing_types_fast.md), so a
+confidence threshold sets fewer such cells aside; typicality does not depend on who answered.
 """
 
 from __future__ import annotations
