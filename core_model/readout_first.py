@@ -13,21 +13,23 @@ Only where the read-out takes its full part in the answer: labels of one learned
 sets the language model picks the naming, which the read-out cannot) at a weight of 1 or more (a
 file holding few of the genes weighs the read-out down, and the language model decides).
 A cell answered this way has the read-out's own probabilities (at SURE or above for its label;
-the temperature fitted for the product does not apply to them). The cost: a linear read-out can
-be sure of a type the candidates lack, where the language model was not (13 of zheng2017's 70
-CD34+ test cells asked among kang2018's labels, benchmarks/results/missing_types_fast.md), so a
-confidence threshold sets fewer such cells aside; typicality does not depend on who answered.
+the temperature fitted for the product does not apply to them). A linear read-out can be sure
+of a type the candidates lack, where the language model was not (13 of zheng2017's 70 CD34+ test
+cells asked among kang2018's labels, when sure alone decided), so a cell the read-out is sure of
+but that is unlike the training cells of its label (typicality below -3, where the checkpoint
+keeps reference cells) goes to the language model too (`sure_and_typical`).
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
 from .corpus import dense_rows
 from .readout import Readout, joins, one_set
+from .reference import ATYPICAL_BELOW
 
 SURE = 0.98
 _CHUNK = 1024  # cells normalized at once: the read-out is one matrix product, memory is what bounds it
@@ -62,3 +64,20 @@ def readout_log_probs(model, X, readout: Readout, labels: Sequence[str]) -> np.n
 def sure(log_probs: np.ndarray) -> np.ndarray:
     """Whether each cell's best label has a read-out probability of at least SURE."""
     return log_probs.max(1) >= np.log(SURE) if len(log_probs) else np.zeros(0, dtype=bool)
+
+
+def sure_and_typical(log_probs: np.ndarray, labels: Sequence[str],
+                     typicality: Callable[[np.ndarray, list[str]], np.ndarray] | None) -> np.ndarray:
+    """`sure`, less the cells unlike the training cells of the read-out's label: `typicality`
+    (rows, their labels) -> z-scores, as core_model/reference.py measures them; a cell below
+    ATYPICAL_BELOW goes to the language model. Why: a linear read-out can be sure of a type the
+    candidates lack (zheng2017's CD34+ cells among kang2018's labels), where the language model
+    was not; such cells are atypical of the label given (0.73 of those cells, against at most
+    0.015 of each set's test cells; benchmarks/results/atypical_cells.md). NaN (no reference
+    cells for the label) does not count against a cell."""
+    ok = sure(log_probs)
+    if typicality is not None and ok.any():
+        rows = np.flatnonzero(ok)
+        z = typicality(rows, [labels[i] for i in log_probs[rows].argmax(1)])
+        ok[rows[np.asarray(z, dtype=float) < ATYPICAL_BELOW]] = False
+    return ok

@@ -246,9 +246,12 @@ def _answer(adata: ad.AnnData, model: LoadedModel | None, task: str, instruction
         expert = None  # decoded free answers: the read-out does not join them
     labels, conf, answers, probs = [], [], [], np.zeros((0, len(cands or ())))  # what no cell to answer gives
     n_sure = 0  # cells the read-out answered alone (`fast`)
+    # fast leaves a cell unlike its label's training cells to the language model (readout_first.py)
+    typical = (None if loaded.reference is None else
+               (lambda counts, named: loaded.reference.typicality(counts, aligned.matched, named)))
     if len(keep) and by_readout:  # the read-out needs a score for every allowed label, which decoding does not give
         labels, conf, n_sure = _choose_allowed(loaded, X, texts, batch_size, allowed, decisive, expert, progress,
-                                               fast)
+                                               fast, typical)
         answers = list(labels)
     elif len(keep) and cands is None:
         labels, conf, answers = _generate_answers(loaded, X, texts, batch_size, allowed, decisive, progress)
@@ -256,7 +259,7 @@ def _answer(adata: ad.AnnData, model: LoadedModel | None, task: str, instruction
         mapper = LabelMapper(tuple(loaded.labels_for_task(task)))
         labels = [mapper.map(a) or a for a in labels]
     elif len(keep):
-        loglik, n_sure = _score(loaded, X, texts, scored, batch_size, decisive, progress, expert, fast)
+        loglik, n_sure = _score(loaded, X, texts, scored, batch_size, decisive, progress, expert, fast, typical)
         answers = None
         if pooled:
             loglik, top = route.pool(loglik)
@@ -427,18 +430,22 @@ def _batches(loaded: LoadedModel, X, texts: list[str], batch_size: int,
 
 def _score(loaded: LoadedModel, X, texts: list[str], labels: list[str], batch_size: int,
            decisive: bool = False, progress: Callable[[int, int], None] | None = None,
-           expert: Readout | None = None, fast: bool = False) -> tuple[np.ndarray, int]:
+           expert: Readout | None = None, fast: bool = False,
+           typical: Callable[..., np.ndarray] | None = None) -> tuple[np.ndarray, int]:
     """Log-likelihood (cells x labels) of each label as the answer (of its decisive tokens only),
     plus the read-out's log-probability where `expert` is given (core_model/readout.py), divided
     by the checkpoint's confidence temperature for that mode (core_model/temperature.py; the best
     label of each cell is the same at any temperature, its probability is not); and how many
     cells the read-out answered alone: with `fast`, where it can (core_model/readout_first.py),
-    a cell it is sure of gets its log-probabilities instead and the language model never reads it."""
+    a cell it is sure of gets its log-probabilities instead and the language model never reads it,
+    unless `typical` (count rows, their labels -> typicality) finds it unlike its label's training
+    cells."""
     temperature = loaded.temperature(expert, labels)
     if not fast or readout_first.why_not(expert, labels, loaded.label_lists) is not None:
         return _lm_scores(loaded, X, texts, labels, batch_size, decisive, progress, expert) / temperature, 0
     scores = readout_first.readout_log_probs(loaded.model, X, expert, labels)
-    slow = np.flatnonzero(~readout_first.sure(scores))
+    of_rows = None if typical is None else (lambda rows, named: typical(X[rows], named))
+    slow = np.flatnonzero(~readout_first.sure_and_typical(scores, labels, of_rows))
     n_sure = X.shape[0] - len(slow)
     if progress is not None and n_sure:
         progress(n_sure, X.shape[0])
@@ -461,7 +468,7 @@ def _lm_scores(loaded: LoadedModel, X, texts: list[str], labels: list[str], batc
 
 def _choose_allowed(loaded: LoadedModel, X, texts: list[str], batch_size: int, allowed: list[list[str]],
                     decisive: bool, expert: Readout, progress: Callable[[int, int], None] | None = None,
-                    fast: bool = False):
+                    fast: bool = False, typical: Callable[..., np.ndarray] | None = None):
     """Free answers chosen by scoring each cell's allowed labels with the read-out beside the LM
     (cells sharing an allowed list, usually all of them, are scored together); and how many cells
     the read-out answered alone (`fast`)."""
@@ -474,7 +481,7 @@ def _choose_allowed(loaded: LoadedModel, X, texts: list[str], batch_size: int, a
     for group, rows in groups.items():
         tick = None if progress is None else (lambda d, _t, base=done: progress(base + d, X.shape[0]))
         scores, sure = _score(loaded, X[rows], [texts[r] for r in rows], list(group), batch_size, decisive, tick,
-                              expert, fast)
+                              expert, fast, typical)
         best, top, _ = _choose(scores, list(group), False)
         for r, b, c in zip(rows, best, top):
             labels[r], conf[r] = b, c

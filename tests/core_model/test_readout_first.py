@@ -14,7 +14,7 @@ from instructcell_agent.core_model import readout_first
 from instructcell_agent.core_model.alignment import align_to_vocab
 from instructcell_agent.core_model.readout import Readout
 
-# the tiny model's reference cells find every synthetic cell atypical; that warning is not under test here
+# cells of another batch than the tiny model's training cells are atypical; that warning is not under test
 pytestmark = pytest.mark.filterwarnings("ignore::instructcell_agent.api.AtypicalCellsWarning")
 
 
@@ -38,14 +38,15 @@ def counted_rows(tiny_model, monkeypatch):
     return seen
 
 
-def test_sure_cells_take_the_readout_answer_and_the_rest_the_full_one(tiny_model, counted_rows):
-    cells = make_counts(48, seed=11)
+def test_sure_cells_take_the_readout_answer_and_the_rest_the_full_one(tiny_model, synthetic_set, counted_rows):
+    cells = synthetic_set["adata"][200:].copy()  # held-out cells of the training batch: typical of their labels
     full = ica.annotate(cells, model=tiny_model, candidates=list(CELL_TYPES))
     n_full = sum(counted_rows)
     counted_rows.clear()
     fast = ica.annotate(cells, model=tiny_model, candidates=list(CELL_TYPES), fast=True)
     probs = _readout_probs(tiny_model, cells)
     sure = probs.max(1) >= readout_first.SURE
+    assert not (fast.typicality[sure] < -3).any()  # so every sure cell is the read-out's
     assert 0 < sure.sum() < cells.n_obs  # both kinds of cell occur, or the test tells nothing
     assert n_full == cells.n_obs and sum(counted_rows) == cells.n_obs - sure.sum()
     got = fast.probabilities.to_numpy()
@@ -58,8 +59,24 @@ def test_sure_cells_take_the_readout_answer_and_the_rest_the_full_one(tiny_model
     assert "fast" not in full.provenance
 
 
-def test_free_answers_by_the_readout_skip_the_language_model_too(tiny_model, counted_rows):
+def test_cells_unlike_their_labels_training_cells_go_to_the_language_model(tiny_model, counted_rows):
+    # another batch (make_counts' other seeds draw other background rates): the read-out is sure of
+    # many of its cells, the reference finds every one of them atypical
     cells = make_counts(48, seed=11)
+    sure = _readout_probs(tiny_model, cells).max(1) >= readout_first.SURE
+    assert sure.sum() > 0
+    gated = ica.annotate(cells, model=tiny_model, candidates=list(CELL_TYPES), fast=True)
+    assert (gated.typicality < -3).all() and gated.provenance["fast"]["cells_answered_by_readout_alone"] == 0
+    assert sum(counted_rows) == cells.n_obs
+    counted_rows.clear()
+    no_reference = dataclasses.replace(tiny_model, reference=None)  # nothing to judge by: sure is enough
+    ungated = ica.annotate(cells, model=no_reference, candidates=list(CELL_TYPES), fast=True)
+    assert ungated.provenance["fast"]["cells_answered_by_readout_alone"] == sure.sum()
+    assert sum(counted_rows) == cells.n_obs - sure.sum()
+
+
+def test_free_answers_by_the_readout_skip_the_language_model_too(tiny_model, synthetic_set, counted_rows):
+    cells = synthetic_set["adata"][200:].copy()
     free = ica.annotate(cells, model=tiny_model, fast=True)
     sure = _readout_probs(tiny_model, cells).max(1) >= readout_first.SURE
     assert free.provenance["fast"]["cells_answered_by_readout_alone"] == sure.sum() > 0
@@ -92,6 +109,19 @@ def test_sure_is_the_best_label_at_the_threshold_or_above():
     at, below = np.log([readout_first.SURE, 1 - readout_first.SURE]), np.log([0.97, 0.03])
     assert readout_first.sure(np.array([at, below, below[::-1]])).tolist() == [True, False, False]
     assert readout_first.sure(np.zeros((0, 2))).shape == (0,)
+
+
+def test_sure_and_typical_asks_typicality_of_the_sure_cells_only():
+    logp = np.log([[0.99, 0.01], [0.01, 0.99], [0.5, 0.5], [0.99, 0.01]])
+    asked = []
+
+    def typicality(rows, labels):
+        asked.append((rows.tolist(), labels))
+        return np.array([-3.5, np.nan, 0.0])  # atypical; no reference for the label; typical
+
+    assert readout_first.sure_and_typical(logp, ["A", "B"], typicality).tolist() == [False, True, False, True]
+    assert asked == [([0, 1, 3], ["A", "B", "A"])]
+    assert readout_first.sure_and_typical(logp, ["A", "B"], None).tolist() == [True, True, False, True]
 
 
 def test_fast_does_not_combine_with_the_label_prior_correction(tiny_model):
