@@ -36,7 +36,8 @@ from .core_model.precision import resolve_device, resolve_precision
 from .core_model.readout import Readout, answer_scores, readout_name
 from .core_model.reference import ATYPICAL_SHARE, AtypicalCellsWarning, atypical_share
 from .core_model.scoring import check_scoring, scoring_name, use_decisive
-from .results import AnnotationResult, check_unassigned_atypical, check_unassigned_below
+from .results import (LANGUAGE_MODEL, READOUT_ALONE, AnnotationResult, check_unassigned_atypical,
+                      check_unassigned_below)
 
 log = logging.getLogger(__name__)
 
@@ -245,12 +246,12 @@ def _answer(adata: ad.AnnData, model: LoadedModel | None, task: str, instruction
     if cands is None and not by_readout:
         expert = None  # decoded free answers: the read-out does not join them
     labels, conf, answers, probs = [], [], [], np.zeros((0, len(cands or ())))  # what no cell to answer gives
-    n_sure = 0  # cells the read-out answered alone (`fast`)
+    alone = np.zeros(len(keep), dtype=bool)  # cells the read-out answered alone (`fast`)
     # fast leaves a cell unlike its label's training cells to the language model (readout_first.py)
     typical = (None if loaded.reference is None else
                (lambda counts, named: loaded.reference.typicality(counts, aligned.matched, named)))
     if len(keep) and by_readout:  # the read-out needs a score for every allowed label, which decoding does not give
-        labels, conf, n_sure = _choose_allowed(loaded, X, texts, batch_size, allowed, decisive, expert, progress,
+        labels, conf, alone = _choose_allowed(loaded, X, texts, batch_size, allowed, decisive, expert, progress,
                                                fast, typical)
         answers = list(labels)
     elif len(keep) and cands is None:
@@ -259,7 +260,7 @@ def _answer(adata: ad.AnnData, model: LoadedModel | None, task: str, instruction
         mapper = LabelMapper(tuple(loaded.labels_for_task(task)))
         labels = [mapper.map(a) or a for a in labels]
     elif len(keep):
-        loglik, n_sure = _score(loaded, X, texts, scored, batch_size, decisive, progress, expert, fast, typical)
+        loglik, alone = _score(loaded, X, texts, scored, batch_size, decisive, progress, expert, fast, typical)
         answers = None
         if pooled:
             loglik, top = route.pool(loglik)
@@ -294,8 +295,8 @@ def _answer(adata: ad.AnnData, model: LoadedModel | None, task: str, instruction
     }
     if fast:
         asked = scored if cands is not None else (first_allowed if by_readout else None)
-        provenance["fast"] = _fast_record(n_sure, len(keep), expert, asked, loaded)
-        if not n_sure and (why := provenance["fast"].get("why_none")):
+        provenance["fast"] = _fast_record(int(alone.sum()), len(keep), expert, asked, loaded)
+        if not alone.any() and (why := provenance["fast"].get("why_none")):
             notes.append(f"fast: every cell was answered by the language model: {why}")
     if task == "drug_response":  # the instruction above is the template; which drug filled it
         provenance["drug"] = drug
@@ -305,8 +306,12 @@ def _answer(adata: ad.AnnData, model: LoadedModel | None, task: str, instruction
         provenance["answer_tissues"] = AnnotationResult.answer_tissue_record(
             Counter(tissue_of.get(str(l), "?") for l in labels if l is not None))
     prob_frame = pd.DataFrame(probs, index=aligned.obs_names, columns=cands) if probs is not None else None
+    answered_by = None
+    if fast:  # who answered each cell; None for a cell left unlabelled
+        answered_by = np.full(len(aligned.obs_names), None, dtype=object)
+        answered_by[keep] = np.where(alone, READOUT_ALONE, LANGUAGE_MODEL)
     result = AnnotationResult(list(map(str, aligned.obs_names)), labels, conf, answers, prob_frame, provenance,
-                              typicality)
+                              typicality, answered_by)
     if unassigned_atypical is not None:
         result = result.unassigned_atypical(unassigned_atypical)
     return result if unassigned_below is None else result.unassigned_below(unassigned_below)
@@ -431,21 +436,23 @@ def _batches(loaded: LoadedModel, X, texts: list[str], batch_size: int,
 def _score(loaded: LoadedModel, X, texts: list[str], labels: list[str], batch_size: int,
            decisive: bool = False, progress: Callable[[int, int], None] | None = None,
            expert: Readout | None = None, fast: bool = False,
-           typical: Callable[..., np.ndarray] | None = None) -> tuple[np.ndarray, int]:
+           typical: Callable[..., np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Log-likelihood (cells x labels) of each label as the answer (of its decisive tokens only),
     plus the read-out's log-probability where `expert` is given (core_model/readout.py), divided
     by the checkpoint's confidence temperature for that mode (core_model/temperature.py; the best
-    label of each cell is the same at any temperature, its probability is not); and how many
-    cells the read-out answered alone: with `fast`, where it can (core_model/readout_first.py),
+    label of each cell is the same at any temperature, its probability is not); and which cells
+    the read-out answered alone (bool per cell): with `fast`, where it can (core_model/readout_first.py),
     a cell it is sure of gets its log-probabilities instead and the language model never reads it,
     unless `typical` (count rows, their labels -> typicality) finds it unlike its label's training
     cells."""
     temperature = loaded.temperature(expert, labels)
     if not fast or readout_first.why_not(expert, labels, loaded.label_lists) is not None:
-        return _lm_scores(loaded, X, texts, labels, batch_size, decisive, progress, expert) / temperature, 0
+        scores = _lm_scores(loaded, X, texts, labels, batch_size, decisive, progress, expert) / temperature
+        return scores, np.zeros(X.shape[0], dtype=bool)
     scores = readout_first.readout_log_probs(loaded.model, X, expert, labels)
     of_rows = None if typical is None else (lambda rows, named: typical(X[rows], named))
-    slow = np.flatnonzero(~readout_first.sure_and_typical(scores, labels, of_rows))
+    alone = readout_first.sure_and_typical(scores, labels, of_rows)
+    slow = np.flatnonzero(~alone)
     n_sure = X.shape[0] - len(slow)
     if progress is not None and n_sure:
         progress(n_sure, X.shape[0])
@@ -453,7 +460,7 @@ def _score(loaded: LoadedModel, X, texts: list[str], labels: list[str], batch_si
         tick = None if progress is None else (lambda d, _t: progress(n_sure + d, X.shape[0]))
         scores[slow] = _lm_scores(loaded, X[slow], [texts[i] for i in slow], labels, batch_size, decisive, tick,
                                   expert) / temperature
-    return scores, n_sure
+    return scores, alone
 
 
 @torch.no_grad()
@@ -470,24 +477,24 @@ def _choose_allowed(loaded: LoadedModel, X, texts: list[str], batch_size: int, a
                     decisive: bool, expert: Readout, progress: Callable[[int, int], None] | None = None,
                     fast: bool = False, typical: Callable[..., np.ndarray] | None = None):
     """Free answers chosen by scoring each cell's allowed labels with the read-out beside the LM
-    (cells sharing an allowed list, usually all of them, are scored together); and how many cells
+    (cells sharing an allowed list, usually all of them, are scored together); and which cells
     the read-out answered alone (`fast`)."""
     labels: list[str] = [""] * X.shape[0]
     conf = [0.0] * X.shape[0]
     groups: dict[tuple[str, ...], list[int]] = {}
     for r, a in enumerate(allowed):
         groups.setdefault(tuple(a), []).append(r)
-    done = n_sure = 0
+    done = 0
+    alone = np.zeros(X.shape[0], dtype=bool)
     for group, rows in groups.items():
         tick = None if progress is None else (lambda d, _t, base=done: progress(base + d, X.shape[0]))
-        scores, sure = _score(loaded, X[rows], [texts[r] for r in rows], list(group), batch_size, decisive, tick,
+        scores, alone[rows] = _score(loaded, X[rows], [texts[r] for r in rows], list(group), batch_size, decisive, tick,
                               expert, fast, typical)
         best, top, _ = _choose(scores, list(group), False)
         for r, b, c in zip(rows, best, top):
             labels[r], conf[r] = b, c
         done += len(rows)
-        n_sure += sure
-    return labels, conf, n_sure
+    return labels, conf, alone
 
 
 @torch.no_grad()

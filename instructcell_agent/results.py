@@ -28,6 +28,10 @@ def check_unassigned_atypical(sds: float) -> None:
         raise ValueError(f"unassigned_atypical takes a positive number of standard deviations (3, say), got {sds!r}")
 
 
+# who answered a cell under `fast` (core_model/readout_first.py)
+READOUT_ALONE, LANGUAGE_MODEL = "read-out alone", "language model"
+
+
 @dataclass
 class AnnotationResult:
     """Per-cell answers of one annotation (or drug-response) call.
@@ -54,6 +58,9 @@ class AnnotationResult:
         z-score, 0 as alike as those cells are on average, -3 three of their standard deviations
         less alike; NaN for an unlabelled cell or a label without reference cells. None when the
         checkpoint keeps no reference cells.
+    answered_by
+        With `fast`: 'read-out alone' for a cell the linear read-out answered without the language
+        model, 'language model' for the others (None for an unlabelled cell); None without `fast`.
     """
 
     obs_names: list[str]
@@ -63,12 +70,16 @@ class AnnotationResult:
     probabilities: pd.DataFrame | None = None
     provenance: dict[str, Any] = field(default_factory=dict)
     typicality: np.ndarray | None = None
+    answered_by: np.ndarray | None = None
 
     def to_frame(self) -> pd.DataFrame:
-        """One row per cell: label, confidence, answer (and typicality, where there is one)."""
+        """One row per cell: label, confidence, answer (and typicality, and with `fast` who answered,
+        where there are)."""
         columns = {"label": self.labels, "confidence": self.confidence, "answer": self.answers}
         if self.typicality is not None:
             columns["typicality"] = self.typicality
+        if self.answered_by is not None:
+            columns["answered_by"] = self.answered_by
         return pd.DataFrame(columns, index=self.obs_names)
 
     def to_table(self) -> pd.DataFrame:
@@ -298,7 +309,8 @@ class AnnotationResult:
         """Write the result into `adata` (in memory, scverse style) and return it.
 
         Adds `obs['<key>_label']`, `obs['<key>_confidence']`, `obs['<key>_typicality']` (where
-        the checkpoint keeps reference cells), `obs['<key>_ontology_id']` and
+        the checkpoint keeps reference cells), `obs['<key>_answered_by']` (with `fast`),
+        `obs['<key>_ontology_id']` and
         `obs['<key>_ontology_name']` (cell types: the label's Cell Ontology id and name, where the
         package's synonym table has one; missing elsewhere),
         `obsm['<key>_probabilities']` (with candidates) and `uns['<key>']` (provenance). The cells
@@ -310,6 +322,8 @@ class AnnotationResult:
         adata.obs[f"{key_added}_confidence"] = self.confidence.astype(np.float32)
         if self.typicality is not None:
             adata.obs[f"{key_added}_typicality"] = np.asarray(self.typicality, dtype=np.float32)
+        if self.answered_by is not None:
+            adata.obs[f"{key_added}_answered_by"] = pd.Categorical(self.answered_by)
         if self.provenance.get("task") == "annotation":
             # Cell Ontology ids (CELLxGENE's convention) let labels from different spellings be
             # merged downstream: 'CD19+ B' and 'B' are both CL:0000236. Missing where unknown.

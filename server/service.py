@@ -570,11 +570,12 @@ def _concat(parts):
         summed = sum((Counter(p.answer_tissues()) for p in parts), Counter())
         provenance["answer_tissues"] = AnnotationResult.answer_tissue_record(summed)
     typicality = np.concatenate([p.typicality for p in parts]) if first.typicality is not None else None
+    answered_by = np.concatenate([p.answered_by for p in parts]) if first.answered_by is not None else None
     return AnnotationResult(
         obs_names=[o for p in parts for o in p.obs_names], labels=np.concatenate([p.labels for p in parts]),
         confidence=np.concatenate([np.asarray(p.confidence) for p in parts]),
         answers=[a for p in parts for a in p.answers], probabilities=probs, provenance=provenance,
-        typicality=typicality)
+        typicality=typicality, answered_by=answered_by)
 
 
 def _matching_label_sets(model, cells: ad.AnnData, detected_species: str = "") -> dict[str, list[str]]:

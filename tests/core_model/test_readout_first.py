@@ -56,7 +56,11 @@ def test_sure_cells_take_the_readout_answer_and_the_rest_the_full_one(tiny_model
     assert fast.provenance["fast"] == {"sure_at": readout_first.SURE,
                                        "cells_answered_by_readout_alone": int(sure.sum()),
                                        "cells_answered": cells.n_obs}
-    assert "fast" not in full.provenance
+    assert "fast" not in full.provenance and full.answered_by is None
+    expected = np.where(sure, "read-out alone", "language model")
+    assert list(fast.answered_by) == list(expected) == list(fast.to_table()["answered_by"])
+    out = fast.to_adata(cells.copy())
+    assert list(out.obs["instructcell_answered_by"].astype(str)) == list(expected)
 
 
 def test_cells_unlike_their_labels_training_cells_go_to_the_language_model(tiny_model, counted_rows):
@@ -73,6 +77,20 @@ def test_cells_unlike_their_labels_training_cells_go_to_the_language_model(tiny_
     ungated = ica.annotate(cells, model=no_reference, candidates=list(CELL_TYPES), fast=True)
     assert ungated.provenance["fast"]["cells_answered_by_readout_alone"] == sure.sum()
     assert sum(counted_rows) == cells.n_obs - sure.sum()
+
+
+def test_a_cell_left_unlabelled_was_answered_by_no_one(tiny_model, synthetic_set):
+    import scipy.sparse as sp
+
+    cells = synthetic_set["adata"][200:210].copy()
+    X = cells.X.toarray()
+    X[3] = 0  # no counts: left unlabelled
+    cells.X = sp.csr_matrix(X)
+    with pytest.warns(UserWarning, match="no counts"):
+        result = ica.annotate(cells, model=tiny_model, candidates=list(CELL_TYPES), fast=True)
+    assert result.labels[3] is None and result.answered_by[3] is None
+    assert all(a in ("read-out alone", "language model") for i, a in enumerate(result.answered_by) if i != 3)
+    assert result.provenance["fast"]["cells_answered"] == 9
 
 
 def test_free_answers_by_the_readout_skip_the_language_model_too(tiny_model, synthetic_set, counted_rows):

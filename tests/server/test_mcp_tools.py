@@ -417,6 +417,8 @@ def test_annotate_cells_fast_counts_the_cells_the_readout_answered_over_every_ch
                           candidates=CANDIDATES, fast=True)
     assert n_cells == N_CELLS > 64  # more than one chunk of the test server's 64 cells
     assert n_sure == direct.provenance["fast"]["cells_answered_by_readout_alone"] > 0
+    csv = pd.read_csv(next(f["path"] for f in summary["outputs"] if f["kind"] == "labels_csv"), index_col="cell")
+    assert (csv["answered_by"] == "read-out alone").sum() == n_sure  # per cell, over every chunk
     plain = check_structured(env["server"], "annotate_cells", call(env["server"], "annotate_cells", {
         "h5ad_path": "planted.h5ad", "candidates": CANDIDATES}))["result"]
     assert not any(n.startswith("fast: ") for n in plain["notes"])
