@@ -488,8 +488,8 @@ def _choose_allowed(loaded: LoadedModel, X, texts: list[str], batch_size: int, a
     alone = np.zeros(X.shape[0], dtype=bool)
     for group, rows in groups.items():
         tick = None if progress is None else (lambda d, _t, base=done: progress(base + d, X.shape[0]))
-        scores, alone[rows] = _score(loaded, X[rows], [texts[r] for r in rows], list(group), batch_size, decisive, tick,
-                              expert, fast, typical)
+        scores, alone[rows] = _score(loaded, X[rows], [texts[r] for r in rows], list(group), batch_size,
+                                     decisive, tick, expert, fast, typical)
         best, top, _ = _choose(scores, list(group), False)
         for r, b, c in zip(rows, best, top):
             labels[r], conf[r] = b, c
