@@ -28,11 +28,11 @@ import instructcell_agent as ica
 from instructcell_agent.core_model.datasets import load_catalog, read_split, subset_by_names
 from instructcell_agent.core_model.io import read_h5ad
 from instructcell_agent.interpret.api import explain
+from explain_subsample import top_genes
 from report_io import run_meta, write_report
 
 logger = logging.getLogger("explain_fast")
 DATASETS = ("zheng2017_pbmc_sorted", "kang2018_pbmc_ifnb", "pbmc3k_seurat")
-K = 10
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -63,17 +63,12 @@ def run(model, cells: ad.AnnData, cap: int, fast: bool) -> tuple[Any, float, flo
     return result, marks[-1] - start, time.perf_counter() - start
 
 
-def top_genes(result) -> dict[str, list[str]]:
-    top = result.top_genes.sort_values(["label", "rank"])
-    return {str(label): group["gene"].tolist()[:K] for label, group in top.groupby("label")}
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     meta = run_meta(shlex.join(["python", *sys.argv]))
-    model = ica.load_model(precision="float32")
     specs = {s.name: s for s in load_catalog(tasks=("annotation",))}
+    model = ica.load_model(precision="float32")  # as `instructcell explain` runs it
     rows = []
     for name in args.datasets:
         cells = held_out(specs[name], args.splits)
