@@ -39,6 +39,7 @@ from instructcell_agent.core_model import readout_first
 from instructcell_agent.core_model.alignment import align_to_vocab
 from instructcell_agent.core_model.datasets import load_catalog, prompt_fields, read_split, subset_by_names
 from instructcell_agent.core_model.io import get_labels, read_h5ad
+from instructcell_agent.core_model.reference import ATYPICAL_BELOW
 from instructcell_agent.core_model.temperature import calibration_error
 from report_io import run_meta, write_report
 
@@ -53,6 +54,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--out-dir", type=Path, default=Path(__file__).resolve().parent / "results")
     p.add_argument("--stem", default="fast_answers")
+    p.add_argument("--thresholds", type=float, nargs="+", default=[0.9, 0.95, 0.98, 0.99, 0.999],
+                   help="read-out probabilities at which the sweep counts the cells it would answer alone")
     return p.parse_args(argv)
 
 
@@ -107,7 +110,24 @@ def free_answer_route(model, cells) -> str:
     return "yes" if why is None else f"no: {why}"
 
 
-def run_set(model, spec, split: str, repeats: int) -> dict[str, Any]:
+def sweep(model, cells, labels: list[str], default_labels, thresholds: Sequence[float]) -> list[dict[str, Any]]:
+    """At each threshold, the cells the read-out would answer alone (its probability at least the
+    threshold, the cell not atypical of that label, as `fast` decides) and how many of them the
+    default gave another label: how the threshold was chosen, without a run per threshold."""
+    aligned = align_to_vocab(cells, model.vocab)
+    logp = readout_first.readout_log_probs(model.model, aligned.X, model.readout_for(aligned.matched), labels)
+    best = np.asarray(labels, dtype=object)[logp.argmax(1)]
+    typicality = (model.reference.typicality(aligned.X, aligned.matched, list(best)) if model.reference is not None
+                  else np.full(len(best), np.nan))
+    differ = best != np.asarray(default_labels, dtype=object)
+    out = []
+    for threshold in thresholds:
+        alone = (logp.max(1) >= np.log(threshold)) & ~(typicality < ATYPICAL_BELOW)
+        out.append({"threshold": threshold, "alone": int(alone.sum()), "differ": int(differ[alone].sum())})
+    return out
+
+
+def run_set(model, spec, split: str, repeats: int, thresholds: Sequence[float]) -> dict[str, Any]:
     cells = subset_by_names(read_h5ad(spec.path), read_split(spec.split_path)[split], split)
     truth = np.asarray(get_labels(cells, spec.label_key)).astype(str)
     labels = list(model.label_set(spec.name)["labels"])
@@ -121,7 +141,11 @@ def run_set(model, spec, split: str, repeats: int) -> dict[str, Any]:
            "same_label": int(same.sum()), "full": scores(full, truth, labels), "fast": scores(fast, truth, labels),
            "seconds_full": t_full, "seconds_fast": t_fast,
            "cells_per_s_full": cells.n_obs / t_full, "cells_per_s_fast": cells.n_obs / t_fast,
-           "speedup": t_full / t_fast}
+           "speedup": t_full / t_fast, "sweep": sweep(model, cells, labels, full.labels, thresholds)}
+    at_sure = next((r for r in row["sweep"] if r["threshold"] == readout_first.SURE), None)
+    if at_sure is not None and at_sure["alone"] != row["by_readout_alone"]:  # the sweep decides as fast does
+        raise RuntimeError(f"{spec.name}: the sweep counts {at_sure['alone']} cells at {readout_first.SURE}, "
+                           f"fast answered {row['by_readout_alone']}")
     row["free_answers"] = free_answers_side_by_side(model, cells, spec, repeats) if spec.task == "annotation" else "-"
     logger.info("%s: %d of %d by the read-out alone, %d same label, %.2fx", spec.name, row["by_readout_alone"],
                 cells.n_obs, row["same_label"], row["speedup"])
@@ -159,6 +183,17 @@ def render(report: dict[str, Any]) -> str:
     lines += ["", f"All sets: {t['by_readout_alone']} of {t['n_cells']} cells answered by the read-out alone, "
               f"{t['same_label']} given the default's label; {t['seconds_full']:.1f} s against "
               f"{t['seconds_fast']:.1f} s ({t['speedup']:.2f}x)."]
+    thresholds = [r["threshold"] for r in report["rows"][0]["sweep"]]
+    lines += ["", "Threshold sweep (no extra runs: the read-out's probabilities beside the default's answers): cells "
+              "the read-out would answer alone at each threshold (not atypical of its label, as `fast` decides), "
+              "and how many of them the default answered otherwise.", "",
+              "| dataset | " + " | ".join(f"{x:g}: alone / differ" for x in thresholds) + " |",
+              "| --- |" + " --- |" * len(thresholds)]
+    for r in report["rows"]:
+        lines.append(f"| {r['dataset']} | " + " | ".join(f"{c['alone']} / {c['differ']}" for c in r["sweep"]) + " |")
+    sums = [(sum(r["sweep"][i]["alone"] for r in report["rows"]), sum(r["sweep"][i]["differ"] for r in report["rows"]))
+            for i in range(len(thresholds))]
+    lines.append("| all sets | " + " | ".join(f"{a} / {d}" for a, d in sums) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -169,7 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     model = ica.load_model(args.checkpoint, precision="float32")
     wanted = [s for s in args.datasets.split(",") if s]
     specs = [s for s in load_catalog(tasks=("annotation", "drug_response")) if not wanted or s.name in wanted]
-    rows = [run_set(model, spec, args.split, args.repeats) for spec in specs]
+    rows = [run_set(model, spec, args.split, args.repeats, args.thresholds) for spec in specs]
     totals = {k: sum(r[k] for r in rows) for k in ("n_cells", "by_readout_alone", "same_label", "seconds_full",
                                                     "seconds_fast")}
     totals["speedup"] = totals["seconds_full"] / totals["seconds_fast"]
