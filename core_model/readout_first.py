@@ -42,7 +42,7 @@ def why_not(readout: Readout | None, labels: Sequence[str], label_sets: Sequence
                 "are ones it never learned)")
     if not one_set(labels, label_sets):
         return ("the labels come from several learned sets, and the language model picks which set names the cell; "
-                "candidates from one learned set (`instructcell info` lists them) let the read-out answer alone")
+                "candidates from one learned set let the read-out answer alone")
     if readout.weight_for(labels) < 1:
         return (f"this file holds few of the read-out's genes (weight {readout.weight_for(labels):.2g}), "
                 "so the language model decides")

@@ -33,7 +33,7 @@ from .core_model.errors import InstructionError
 from .core_model.instructions import has_choices, render
 from .core_model.labels import LabelMapper
 from .core_model.precision import resolve_device, resolve_precision
-from .core_model.readout import Readout, answer_scores, readout_name
+from .core_model.readout import Readout, answer_scores, joins, one_set, readout_name
 from .core_model.reference import ATYPICAL_SHARE, AtypicalCellsWarning, atypical_share
 from .core_model.scoring import check_scoring, scoring_name, use_decisive
 from .results import (LANGUAGE_MODEL, READOUT_ALONE, AnnotationResult, check_unassigned_atypical,
@@ -324,8 +324,19 @@ def _fast_record(n_sure: int, n_cells: int, expert: Readout | None, labels, load
     if labels is None:  # decoded free answers: nothing is scored, so the read-out has no say
         record["why_none"] = "free answers are decoded here, not scored over labels"
     elif why := readout_first.why_not(expert, labels, loaded.label_lists):
-        record["why_none"] = why
+        record["why_none"] = why + _one_set_hint(loaded, labels, expert)
     return record
+
+
+def _one_set_hint(loaded: LoadedModel, labels: Sequence[str], expert: Readout | None) -> str:
+    """Where the labels span several learned sets: those sets, each of which `fast` could answer
+    from as candidates (what to pass instead); '' otherwise."""
+    if not joins(expert, labels) or one_set(labels, loaded.label_lists):
+        return ""
+    # the sets the labels are made of (free answers: the sets learned for the tissue), else those they touch
+    sets = ([(name, e["labels"]) for name, e in loaded.label_sets.items() if set(e["labels"]) <= set(labels)]
+            or [(name, e["labels"]) for name, e in loaded.label_sets.items() if set(e["labels"]) & set(labels)])
+    return ": " + "; ".join(f"{name}: {', '.join(map(str, named))}" for name, named in sets[:4])
 
 
 class UnseenContextWarning(UserWarning):

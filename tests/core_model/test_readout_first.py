@@ -146,3 +146,17 @@ def test_fast_does_not_combine_with_the_label_prior_correction(tiny_model):
     with pytest.raises(ValueError, match="calibrate=True and fast=True"):
         ica.annotate(make_counts(24, seed=5), model=tiny_model, candidates=list(CELL_TYPES), calibrate=True,
                      fast=True)
+
+
+def test_labels_over_several_sets_go_to_the_language_model_and_the_note_names_the_sets(tiny_model, synthetic_set,
+                                                                                      counted_rows):
+    entry = next(iter(tiny_model.label_sets.values()))
+    two_sets = {"set_a": {**entry, "labels": ["alpha", "beta"]}, "set_b": {**entry, "labels": ["gamma", "delta"]}}
+    model = dataclasses.replace(tiny_model, label_sets=two_sets)
+    cells = synthetic_set["adata"][200:].copy()
+    free = ica.annotate(cells, model=model, fast=True)  # free answers range over both sets' labels
+    record = free.provenance["fast"]
+    assert record["cells_answered_by_readout_alone"] == 0 and sum(counted_rows) == cells.n_obs
+    assert "several learned sets" in record["why_none"]
+    assert record["why_none"].endswith("set_a: alpha, beta; set_b: gamma, delta")
+    assert set(free.answered_by) == {"language model"}
