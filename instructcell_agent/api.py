@@ -112,8 +112,9 @@ def annotate(adata: ad.AnnData, model: LoadedModel | None = None, instruction: s
     each label's score adds the read-out's log-probability, core_model/readout.py; free answers are
     then chosen by scoring the learned labels instead of decoding. False: the language model alone),
     progress (called with (cells done, total) after each batch; the CLI draws a bar with it).
-    fast (True: cells the linear read-out gives one label a probability of 0.98 or more take its
-    answer and probabilities, and the language model reads only the others; where the read-out
+    fast (True: cells the linear read-out gives one label a probability of 0.98 or more, unless
+    their typicality for it is below -3, take its answer and probabilities (`answered_by` says
+    which), and the language model reads only the others; where the read-out
     answers with its full weight over one learned label set (core_model/readout_first.py). On the
     valid cells of the ten shared sets that changed no answer; uns['instructcell']['fast'] counts
     the cells it answered. Off by default: every cell's answer then comes from the language model).

@@ -162,9 +162,9 @@ def _add_answer_arguments(p, candidates: str | None, key_added: str) -> None:
     add_scoring_argument(p)
     _add_readout_argument(p)
     p.add_argument("--fast", action="store_true",
-                   help="cells the linear read-out gives one label a probability of 0.98 or more take its answer, "
-                        "and the language model reads only the others (on the shared sets' valid cells no "
-                        "answer changed; core_model/readout_first.py)")
+                   help="cells the linear read-out gives one label a probability of 0.98 or more (unless atypical of "
+                        "it) take its answer, and the language model reads only the others (on the shared sets' valid "
+                        "cells no answer changed; core_model/readout_first.py)")
 
 
 def _add_explain(sub) -> None:

@@ -68,9 +68,10 @@ MoreSamples = Annotated[list[H5adPath] | None, Field(
                 "output): obs['sample'] names each cell's sample (from its folder or file name), the genes are "
                 "those all samples hold, and the reply reports each sample unless groupby names another column.")]
 Fast = Annotated[bool, Field(
-    description="Cells the model's linear gene read-out gives one label a probability of 0.98 or more take its "
-                "answer, and the language model reads only the others: several times faster on a CPU where most "
-                "cells are clear-cut (on the shared sets' valid cells no answer changed). It applies to candidates "
+    description="Cells the model's linear gene read-out gives one label a probability of 0.98 or more (and that are "
+                "not atypical of it) take its answer, and the language model reads only the others: several times "
+                "faster on a CPU where most cells are clear-cut (on the shared sets' valid cells no answer changed). "
+                "It applies to candidates "
                 "from one learned label set (inspect_dataset's matching_label_sets) and to drug response, not to "
                 "free answers for blood or pancreas cells (several sets' labels). The reply's notes say how many "
                 "cells it answered, or why none. false: every cell by the language model.")]
