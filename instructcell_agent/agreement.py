@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from .core_model.io import obs_column
+from .core_model.hierarchy import AT_LABEL, BROADER, consistent
 from .core_model.labels import UNASSIGNED, LabelMapper
 
 
@@ -92,6 +93,57 @@ def agreement(predicted: Sequence[Any], known: Sequence[Any]) -> Agreement:
     return Agreement(agreement=float(frame["agrees"].mean()) if len(frame) else float("nan"),
                      n_compared=int(compared.sum()), n_unlabelled=int((~has_answer).sum()),
                      n_unknown=int((~has_known).sum()), per_label=per_label, n_unassigned=int(unassigned.sum()))
+
+
+@dataclass(frozen=True)
+class ResolvedAgreement:
+    """How often `resolve_at`'s answers are right for labels the cells already have: an answer
+    at a label agrees as `agreement` reads it; a broader type agrees when the known label falls
+    under it (core_model/hierarchy.py, `consistent`). 'Unassigned' cells are counted, not compared."""
+
+    n_label: int
+    agree_label: float
+    n_broader: int
+    agree_broader: float
+    n_unassigned: int
+    n_unknown: int
+
+    @property
+    def agreement(self) -> float:
+        """Share of the resolved answers, at a label or broader, right for the known labels."""
+        n = self.n_label + self.n_broader
+        right = (self.agree_label * self.n_label if self.n_label else 0.0) + \
+            (self.agree_broader * self.n_broader if self.n_broader else 0.0)
+        return right / n if n else float("nan")
+
+    def summary(self, key: str = "known labels") -> str:
+        n = self.n_label + self.n_broader
+        return (f"resolved answers right for {key}: {self.agreement:.3f} of {n:,} cells ({self.n_label:,} at "
+                f"their label: {self.agree_label:.3f}; {self.n_broader:,} as a broader type: "
+                f"{self.agree_broader:.3f}); {self.n_unassigned:,} {UNASSIGNED!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.__dict__, "agreement": self.agreement}
+
+
+def resolved_agreement(resolved: pd.DataFrame, known: Sequence[Any]) -> ResolvedAgreement:
+    """Compare a result's `resolved` table with `known` labels (NaN / None: unknown), cell by cell."""
+    known = pd.Series(list(known), dtype=object)
+    if len(resolved) != len(known):
+        raise ValueError(f"{len(resolved)} resolved answers for {len(known)} known labels")
+    has_known = known.notna().to_numpy()
+    levels = resolved["resolved_level"].to_numpy()
+    right = np.array([bool(k) and consistent(str(a), str(label)) if level is not None else False
+                      for a, label, level, k in zip(resolved["resolved"], known, levels, has_known)])
+
+    def share(level: str) -> tuple[int, float]:
+        mask = (levels == level) & has_known
+        return int(mask.sum()), float(right[mask].mean()) if mask.any() else float("nan")
+
+    (n_label, agree_label), (n_broader, agree_broader) = share(AT_LABEL), share(BROADER)
+    return ResolvedAgreement(n_label, agree_label, n_broader, agree_broader,
+                             n_unassigned=int((resolved["resolved"] == UNASSIGNED).sum()),
+                             n_unknown=int((~has_known).sum()))
 
 
 def known_labels(adata: ad.AnnData, key: str, purpose: str = "to compare with") -> pd.Series:

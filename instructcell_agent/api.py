@@ -30,12 +30,14 @@ from .core_model.checkpoint import LoadedModel, load_checkpoint
 from .core_model.corpus import dense_rows
 from .core_model.datasets import prompt_fields
 from .core_model.errors import InstructionError
+from .core_model.hierarchy import check_resolve_at
 from .core_model.instructions import has_choices, render
-from .core_model.labels import LabelMapper
+from .core_model.labels import UNASSIGNED, LabelMapper
 from .core_model.precision import resolve_device, resolve_precision
 from .core_model.readout import Readout, answer_scores, joins, one_set, readout_name
 from .core_model.reference import ATYPICAL_SHARE, AtypicalCellsWarning, atypical_share
 from .core_model.scoring import check_scoring, scoring_name, use_decisive
+from .resolution import Part, resolved_frame
 from .results import (LANGUAGE_MODEL, READOUT_ALONE, AnnotationResult, check_unassigned_atypical,
                       check_unassigned_below)
 
@@ -122,7 +124,12 @@ def annotate(adata: ad.AnnData, model: LoadedModel | None = None, instruction: s
     files that may hold types the candidates lack; see `AnnotationResult.unassigned_below`),
     unassigned_atypical (a number of standard deviations, 3 say: cells whose typicality, how alike
     the training cells of their label they are, lies further below 0 are labelled 'Unassigned';
-    with or without candidates; see `AnnotationResult.unassigned_atypical`).
+    with or without candidates; see `AnnotationResult.unassigned_atypical`),
+    resolve_at (a probability above 0.5, 0.9 say: each cell also gets the finest answer that reaches
+    it, its label or, summing the probabilities of the labels under each Cell Ontology type, a
+    broader type such as 'CD4-positive, alpha-beta T cell', else 'Unassigned'; the `resolved`
+    table, obs['<key>_resolved']; core_model/hierarchy.py. With candidates or free answers scored
+    with the read-out; decoded answers keep only the labels that reach it).
     """
     return _answer(adata, model, "annotation", instruction, candidates, **kwargs)
 
@@ -169,9 +176,15 @@ def _answer(adata: ad.AnnData, model: LoadedModel | None, task: str, instruction
             min_genes: int = 100, batch_size: int | None = None, mode: str = "instruct",
             free_text: bool = False, calibrate: bool = False, scoring: str = "auto", readout: bool = True,
             progress: Callable[[int, int], None] | None = None, fast: bool = False,
-            unassigned_below: float | None = None, unassigned_atypical: float | None = None) -> AnnotationResult:
+            unassigned_below: float | None = None, unassigned_atypical: float | None = None,
+            resolve_at: float | None = None) -> AnnotationResult:
     if mode not in ("instruct", "chat"):
         raise ValueError(f"mode must be 'instruct' or 'chat', got {mode!r}")
+    if resolve_at is not None:
+        if task != "annotation":  # two labels, no broader type to fall back on
+            raise ValueError("resolve_at is for cell types (broader Cell Ontology types); for drug response use "
+                             "unassigned_below")
+        check_resolve_at(resolve_at)
     if unassigned_below is not None:
         check_unassigned_below(unassigned_below)  # before any model work
     if unassigned_atypical is not None:
@@ -248,15 +261,17 @@ def _answer(adata: ad.AnnData, model: LoadedModel | None, task: str, instruction
         expert = None  # decoded free answers: the read-out does not join them
     labels, conf, answers, probs = [], [], [], np.zeros((0, len(cands or ())))  # what no cell to answer gives
     alone = np.zeros(len(keep), dtype=bool)  # cells the read-out answered alone (`fast`)
+    parts: list[Part] | None = []  # the scored probabilities resolve_at sums (None: decoded answers)
     # fast leaves a cell unlike its label's training cells to the language model (readout_first.py)
     typical = (None if loaded.reference is None else
                (lambda counts, named: loaded.reference.typicality(counts, aligned.matched, named)))
     if len(keep) and by_readout:  # the read-out needs a score for every allowed label, which decoding does not give
-        labels, conf, alone = _choose_allowed(loaded, X, texts, batch_size, allowed, decisive, expert, progress,
-                                               fast, typical)
+        labels, conf, alone, parts = _choose_allowed(loaded, X, texts, batch_size, allowed, decisive, expert,
+                                                      progress, fast, typical)
         answers = list(labels)
     elif len(keep) and cands is None:
         labels, conf, answers = _generate_answers(loaded, X, texts, batch_size, allowed, decisive, progress)
+        parts = None
         # Free answers: named with the checkpoint's own spelling when they match one.
         mapper = LabelMapper(tuple(loaded.labels_for_task(task)))
         labels = [mapper.map(a) or a for a in labels]
@@ -268,6 +283,7 @@ def _answer(adata: ad.AnnData, model: LoadedModel | None, task: str, instruction
             answers = [route.learned[i] for i in top]  # the model's own, often finer, answer
         labels, conf, probs = _choose(loglik, cands, calibrate)
         answers = answers or list(labels)
+        parts = [(np.arange(len(keep)), cands, probs)]
     labels, conf, answers, probs = _unlabelled_filled(len(aligned.obs_names), keep, labels, conf, answers,
                                                       probs if cands is not None else None)
     # typicality is measured against the learned label the model chose (routed candidates are
@@ -311,8 +327,16 @@ def _answer(adata: ad.AnnData, model: LoadedModel | None, task: str, instruction
     if fast:  # who answered each cell; None for a cell left unlabelled
         answered_by = np.full(len(aligned.obs_names), None, dtype=object)
         answered_by[keep] = np.where(alone, READOUT_ALONE, LANGUAGE_MODEL)
+    resolved = None
+    if resolve_at is not None:
+        resolved = resolved_frame(list(map(str, aligned.obs_names)), keep, parts, labels, conf, resolve_at)
+        provenance["resolve_at"] = resolve_at
+        if parts is None:
+            notes.append("resolve_at: these answers were decoded as text, with no probability for the other labels, "
+                         "so no broader type could be summed: a cell keeps its label where its confidence reaches "
+                         f"{resolve_at:g}, else it is {UNASSIGNED!r}")
     result = AnnotationResult(list(map(str, aligned.obs_names)), labels, conf, answers, prob_frame, provenance,
-                              typicality, answered_by)
+                              typicality, answered_by, resolved)
     if unassigned_atypical is not None:
         result = result.unassigned_atypical(unassigned_atypical)
     return result if unassigned_below is None else result.unassigned_below(unassigned_below)
@@ -489,8 +513,8 @@ def _choose_allowed(loaded: LoadedModel, X, texts: list[str], batch_size: int, a
                     decisive: bool, expert: Readout, progress: Callable[[int, int], None] | None = None,
                     fast: bool = False, typical: Callable[..., np.ndarray] | None = None):
     """Free answers chosen by scoring each cell's allowed labels with the read-out beside the LM
-    (cells sharing an allowed list, usually all of them, are scored together); and which cells
-    the read-out answered alone (`fast`)."""
+    (cells sharing an allowed list, usually all of them, are scored together); which cells the
+    read-out answered alone (`fast`); and each group's (rows, labels, probabilities)."""
     labels: list[str] = [""] * X.shape[0]
     conf = [0.0] * X.shape[0]
     groups: dict[tuple[str, ...], list[int]] = {}
@@ -498,15 +522,17 @@ def _choose_allowed(loaded: LoadedModel, X, texts: list[str], batch_size: int, a
         groups.setdefault(tuple(a), []).append(r)
     done = 0
     alone = np.zeros(X.shape[0], dtype=bool)
+    parts: list[Part] = []
     for group, rows in groups.items():
         tick = None if progress is None else (lambda d, _t, base=done: progress(base + d, X.shape[0]))
         scores, alone[rows] = _score(loaded, X[rows], [texts[r] for r in rows], list(group), batch_size,
                                      decisive, tick, expert, fast, typical)
-        best, top, _ = _choose(scores, list(group), False)
+        best, top, probs = _choose(scores, list(group), False)
         for r, b, c in zip(rows, best, top):
             labels[r], conf[r] = b, c
+        parts.append((np.asarray(rows), list(group), probs))
         done += len(rows)
-    return labels, conf, alone
+    return labels, conf, alone, parts
 
 
 @torch.no_grad()

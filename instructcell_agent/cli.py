@@ -116,6 +116,11 @@ def _add_annotate(sub) -> None:
     p.add_argument("--free-text", action="store_true",
                    help="without candidates, let the model answer in unconstrained text (default: decode "
                         "within the labels the checkpoint knows for the species and tissue)")
+    p.add_argument("--resolve-at", type=float, default=None, metavar="PROBABILITY",
+                   help="also give each cell the finest answer whose probability reaches this (above 0.5; e.g. "
+                        "0.9): its label, else a broader Cell Ontology type summing the labels under it ('CD4-"
+                        "positive, alpha-beta T cell' for a cell torn between CD4+ T subsets), else 'Unassigned'; "
+                        "written to obs '<key>_resolved' (and _confidence, _ontology_id, _level)")
 
 
 def _add_drug_response(sub) -> None:
@@ -347,11 +352,14 @@ def _annotate(args) -> int:
     from .cell_map import keep_coords
     from .composition import check_groups
     from .core_model.errors import InputFileError
+    from .core_model.hierarchy import check_resolve_at
     from .core_model.io import obs_column, write_h5ad_atomic, write_text_atomic
 
     if not (args.out or args.table or args.plot):
         raise InputFileError("name where the answers go: --out FILE.h5ad (the annotated cells), --table FILE.csv "
                              "(one row per cell), --plot FILE.png (a map of the cells), or several")
+    if getattr(args, "resolve_at", None) is not None:  # annotate only; refused before any reading
+        check_resolve_at(args.resolve_at)
     sep = _table_separator(args) if args.table else None  # refused before any reading
     if args.plot:
         _check_new_file(args.plot, ".png", "--plot", args)
@@ -371,8 +379,10 @@ def _annotate(args) -> int:
     if args.command == "drug-response":
         result = predict_drug_response(adata, drug=args.drug, progress=_progress_bar("predicting"), **shared)
     else:
-        result = annotate(adata, free_text=args.free_text, progress=_progress_bar("annotating"), **shared)
+        result = annotate(adata, free_text=args.free_text, resolve_at=args.resolve_at,
+                          progress=_progress_bar("annotating"), **shared)
     compared = result.agreement(known) if known is not None else None
+    resolved_compared = result.resolved_agreement(known) if known is not None and result.resolved is not None else None
     grouped = result.composition(groups, group_key) if groups is not None else None
     drawn_map, no_map = _draw_map(result, adata, args) if args.plot else (None, None)
     if args.out:
@@ -383,6 +393,8 @@ def _annotate(args) -> int:
             keep_coords(out, drawn_map)  # what the figure shows, for sc.pl.umap(out, color=...)
         if compared is not None:
             out.uns[args.key_added]["agreement"] = {"key": args.compare_key, **compared.to_dict()}
+        if resolved_compared is not None:
+            out.uns[args.key_added]["resolved_agreement"] = {"key": args.compare_key, **resolved_compared.to_dict()}
         if grouped is not None:
             out.uns[args.key_added]["composition"] = grouped.to_uns()
         write_h5ad_atomic(out, args.out, protect=inputs(args))
@@ -391,6 +403,8 @@ def _annotate(args) -> int:
     print(result.summary())
     if compared is not None:
         print(compared.summary(f"obs[{args.compare_key!r}]"))
+    if resolved_compared is not None:
+        print(resolved_compared.summary(f"obs[{args.compare_key!r}]"))
     if grouped is not None:
         print(grouped.summary())
     print("wrote " + ", ".join(str(p) for p in (args.out, args.table, drawn_map and args.plot) if p))

@@ -11,8 +11,9 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
-from .agreement import Agreement, agreement
+from .agreement import Agreement, ResolvedAgreement, agreement, resolved_agreement
 from .core_model.labels import UNASSIGNED, ontology_id, ontology_name
+from .resolution import COLUMNS as RESOLVED_COLUMNS, resolved_line
 
 
 def check_unassigned_below(threshold: float) -> None:
@@ -61,6 +62,11 @@ class AnnotationResult:
     answered_by
         With `fast`: 'read-out alone' for a cell the linear read-out answered without the language
         model, 'language model' for the others (None for an unlabelled cell); None without `fast`.
+    resolved
+        With `resolve_at`: per cell (rows by cell name) the finest answer reaching that probability,
+        `resolved` (the label, a broader Cell Ontology type's name, or 'Unassigned'),
+        `resolved_confidence`, `resolved_ontology_id` and `resolved_level` ('label' or 'broader
+        type'); None without `resolve_at`. See core_model/hierarchy.py.
     """
 
     obs_names: list[str]
@@ -71,6 +77,7 @@ class AnnotationResult:
     provenance: dict[str, Any] = field(default_factory=dict)
     typicality: np.ndarray | None = None
     answered_by: np.ndarray | None = None
+    resolved: pd.DataFrame | None = None
 
     def to_frame(self) -> pd.DataFrame:
         """One row per cell: label, confidence, answer (and typicality, and with `fast` who answered,
@@ -80,7 +87,8 @@ class AnnotationResult:
             columns["typicality"] = self.typicality
         if self.answered_by is not None:
             columns["answered_by"] = self.answered_by
-        return pd.DataFrame(columns, index=self.obs_names)
+        frame = pd.DataFrame(columns, index=self.obs_names)
+        return frame if self.resolved is None else frame.join(self.resolved)
 
     def to_table(self) -> pd.DataFrame:
         """`to_frame` plus, for cell types, the Cell Ontology id and name of each label, and with
@@ -102,6 +110,13 @@ class AnnotationResult:
         per known label, answers read onto the known names through the Cell Ontology
         (`instructcell_agent/agreement.py`). A Series indexed by cell names is aligned by name."""
         return agreement(self.labels, self._by_cell(known, "known labels"))
+
+    def resolved_agreement(self, known) -> ResolvedAgreement:
+        """How often the answers of `resolve_at` are right for labels the cells already have: at a
+        label as `agreement` reads it, as a broader type when the known label falls under it."""
+        if self.resolved is None:
+            raise ValueError("this result has no resolved answers: annotate with resolve_at (0.9, say)")
+        return resolved_agreement(self.resolved, self._by_cell(known, "known labels"))
 
     def _by_cell(self, values, what: str):
         """`values` in the annotated cells' order: a Series indexed by cell names is aligned by name
@@ -137,10 +152,16 @@ class AnnotationResult:
             raise ValueError("this result has no typicality: the checkpoint keeps no reference cells "
                              "(`instructcell fit-reference --checkpoint DIR` keeps them)")
         low = np.asarray(self.typicality, dtype=float) < -sds  # NaN compares False: left as answered
-        return self._unassigned(low, "unassigned_atypical", sds,
-                                f"cells less like their label's training cells than {sds:g} of those cells' "
-                                f"standard deviations (typicality below {-sds:g}) are labelled {UNASSIGNED!r} "
-                                "(the model's best guess stays in the answer)")
+        result = self
+        if self.resolved is not None:  # unlike its label's cells: no broader answer is trusted either
+            answered = self.resolved["resolved"].notna().to_numpy()
+            resolved = self.resolved.copy()
+            resolved.loc[low & answered, list(RESOLVED_COLUMNS)] = [UNASSIGNED, np.nan, None, None]
+            result = dataclasses.replace(self, resolved=resolved)
+        return result._unassigned(low, "unassigned_atypical", sds,
+                                  f"cells less like their label's training cells than {sds:g} of those cells' "
+                                  f"standard deviations (typicality below {-sds:g}) are labelled {UNASSIGNED!r} "
+                                  "(the model's best guess stays in the answer)")
 
     def _unassigned(self, mask: np.ndarray, key: str, value: float, note: str) -> AnnotationResult:
         # A second call could not give back the labels the first one took (a lower threshold).
@@ -173,7 +194,7 @@ class AnnotationResult:
         done = "answered" if self.provenance.get("task") == "drug_response" else "annotated"
         lines = [f"{len(answered):,} cells {done}; mean confidence {mean}; "
                  f"{int((answered < 0.5).sum()):,} below 0.5"]
-        lines += [line for line in (self._genes_read(), self.fast_line()) if line]
+        lines += [line for line in (self._genes_read(), self.fast_line(), self.resolved_line()) if line]
         if self.n_unlabelled():
             lines.append(f"{self.n_unlabelled():,} cells unlabelled: no counts on any of the model's genes")
         if self.typicality is not None:
@@ -206,6 +227,13 @@ class AnnotationResult:
         return (f"fast: {fast['cells_answered_by_readout_alone']:,} of {fast['cells_answered']:,} cells answered by "
                 f"the linear read-out alone (its probability {fast['sure_at']:g} or more), the rest by the language "
                 "model")
+
+    def resolved_line(self) -> str | None:
+        """With `resolve_at`: how many cells were resolved at their label, how many as a broader type
+        (the commonest named), how many 'Unassigned'; None otherwise."""
+        if self.resolved is None:
+            return None
+        return resolved_line(self.resolved, self.provenance.get("resolve_at", float("nan")))
 
     @staticmethod
     def answer_tissue_record(counts: Counter) -> dict[str, list]:
@@ -310,6 +338,8 @@ class AnnotationResult:
 
         Adds `obs['<key>_label']`, `obs['<key>_confidence']`, `obs['<key>_typicality']` (where
         the checkpoint keeps reference cells), `obs['<key>_answered_by']` (with `fast`),
+        `obs['<key>_resolved']`, `_resolved_confidence`, `_resolved_ontology_id` and
+        `_resolved_level` (with `resolve_at`),
         `obs['<key>_ontology_id']` and
         `obs['<key>_ontology_name']` (cell types: the label's Cell Ontology id and name, where the
         package's synonym table has one; missing elsewhere),
@@ -324,6 +354,11 @@ class AnnotationResult:
             adata.obs[f"{key_added}_typicality"] = np.asarray(self.typicality, dtype=np.float32)
         if self.answered_by is not None:
             adata.obs[f"{key_added}_answered_by"] = pd.Categorical(self.answered_by)
+        if self.resolved is not None:
+            for column in RESOLVED_COLUMNS:
+                values = self.resolved[column].to_numpy()
+                adata.obs[f"{key_added}_{column}"] = (values.astype(np.float32) if column == "resolved_confidence"
+                                                      else pd.Categorical(values))
         if self.provenance.get("task") == "annotation":
             # Cell Ontology ids (CELLxGENE's convention) let labels from different spellings be
             # merged downstream: 'CD19+ B' and 'B' are both CL:0000236. Missing where unknown.

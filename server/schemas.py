@@ -75,6 +75,12 @@ Fast = Annotated[bool, Field(
                 "from one learned label set (inspect_dataset's matching_label_sets) and to drug response, not to "
                 "free answers for blood or pancreas cells (several sets' labels). The reply's notes say how many "
                 "cells it answered, or why none. false: every cell by the language model.")]
+ResolveAt = Annotated[float | None, Field(
+    gt=0.5, le=1, description="Also give each cell the finest answer whose probability reaches this (0.9, say): its "
+                              "label, else a broader Cell Ontology type summing the probabilities of the labels under "
+                              "it ('CD4-positive, alpha-beta T cell' for a cell torn between CD4+ T subsets), else "
+                              "'Unassigned'. The reply counts them (resolved_counts); the annotated file holds "
+                              "obs['instructcell_resolved']. Omit for labels only.")]
 DrawMap = Annotated[bool, Field(
     description="Also draw the answers and their confidence on a map of the cells (a PNG among the outputs, kind "
                 "'map_png'): the file's own obsm['X_umap'] (or X_tsne), else a UMAP computed from its genes (about "
@@ -97,6 +103,7 @@ class AnnotateCellsRequest(_MatrixOptions):
     tissue: OptionalText = Field(None, description="Prompt field; default: obs['tissue'] if present.")
     unassigned_below: UnassignedBelow = None
     unassigned_atypical: UnassignedAtypical = None
+    resolve_at: ResolveAt = None
     fast: Fast = False
     more_samples: MoreSamples = None
     obs_table: ObsTable = None
@@ -282,6 +289,7 @@ class CellExample(BaseModel):
     confidence: float
     typicality: float | None = Field(None, description="How alike the training cells of its label the cell is: "
                                                        "0 as those cells, -3 three of their standard deviations less.")
+    resolved: str | None = Field(None, description="With resolve_at: its label, a broader type or 'Unassigned'.")
 
 
 class LabelAgreement(BaseModel):
@@ -338,6 +346,13 @@ class AnnotationSummary(BaseModel):
                           "named: what the cells were read as. Several tissues for one sample are worth a look; "
                           "pass tissue (or a tissue column) to keep the answers to one.")
     agreement: AgreementSummary | None = Field(None, description="With compare_key: agreement with those labels.")
+    resolved_counts: dict[str, int] | None = Field(
+        None, description="With resolve_at: cells per resolved answer (labels, broader Cell Ontology types, "
+                          "'Unassigned'); a note says how many were resolved at their label.")
+    resolved_agreement: float | None = Field(
+        None, description="With resolve_at and compare_key: share of the resolved answers (at a label or broader) "
+                          "right for those labels, a broader type counting as right when the known label falls "
+                          "under it.")
     groups: list[GroupSummary] | None = Field(None, description="With groupby: what each group was answered (the "
                                                                 "first 200 groups).")
     outputs: list[OutputFile]

@@ -268,7 +268,8 @@ class InstructCellService:
 
         extra = {k: v for k, v in (("species", req.species), ("tissue", req.tissue), ("free_text", req.free_text),
                                    ("unassigned_below", req.unassigned_below),
-                                   ("unassigned_atypical", req.unassigned_atypical), ("fast", req.fast)) if v}
+                                   ("unassigned_atypical", req.unassigned_atypical), ("fast", req.fast),
+                                   ("resolve_at", req.resolve_at)) if v}
         return self._annotate(req, "annotation", reporter, lambda view, model: api.annotate(
             view, model=model, instruction=req.instruction, candidates=req.candidates, **extra, **_matrix(req)))
 
@@ -413,7 +414,12 @@ class InstructCellService:
             annotated.uns[key]["composition"] = grouped.to_uns()
         published = {base + ".h5ad": "annotated_h5ad", base + "_labels.csv": "labels_csv"}
         notes = _read_notes(adata, req) + list(result.provenance.get("notes", []))
-        notes += [line for line in (result.fast_line(),) if line]
+        notes += [line for line in (result.fast_line(), result.resolved_line()) if line]
+        resolved = result.resolved["resolved"].to_numpy() if result.resolved is not None else None
+        found_resolved = result.resolved_agreement(known) if known is not None and resolved is not None else None
+        if found_resolved is not None:
+            annotated.uns[key]["resolved_agreement"] = {"key": req.compare_key, **found_resolved.to_dict()}
+            notes.append(found_resolved.summary(f"obs[{req.compare_key!r}]"))
         with Staging(self.config.output_dir) as staging:
             if req.plot:
                 rep.update(n, n, "drawing the map of the cells")
@@ -438,7 +444,8 @@ class InstructCellService:
         typ = np.asarray(result.typicality, dtype=float) if result.typicality is not None else None
         examples = [CellExample(cell=result.obs_names[i], label=str(result.labels[i]),
                                 confidence=round(float(conf[i]), 4),
-                                typicality=_rounded(typ[i]) if typ is not None else None) for i in pick]
+                                typicality=_rounded(typ[i]) if typ is not None else None,
+                                resolved=str(resolved[i]) if resolved is not None else None) for i in pick]
         return AnnotationSummary(
             kind=task, h5ad_path=str(path), n_cells=n,
             label_counts={str(k): int(v) for k, v in result.label_counts().items()},
@@ -451,6 +458,10 @@ class InstructCellService:
             notes=notes, answer_tissues=result.answer_tissues(),
             agreement=_agreement(found, req.compare_key) if found is not None else None,
             groups=_groups(grouped) if grouped is not None else None, outputs=files,
+            resolved_counts=(None if resolved is None else
+                             {str(k): int(v) for k, v in pd.Series(resolved).dropna().value_counts().items()}),
+            resolved_agreement=(None if found_resolved is None or np.isnan(found_resolved.agreement)
+                                else round(found_resolved.agreement, 4)),
             seconds=round(time.perf_counter() - started, 3))
 
 
@@ -571,11 +582,12 @@ def _concat(parts):
         provenance["answer_tissues"] = AnnotationResult.answer_tissue_record(summed)
     typicality = np.concatenate([p.typicality for p in parts]) if first.typicality is not None else None
     answered_by = np.concatenate([p.answered_by for p in parts]) if first.answered_by is not None else None
+    resolved = pd.concat([p.resolved for p in parts]) if first.resolved is not None else None
     return AnnotationResult(
         obs_names=[o for p in parts for o in p.obs_names], labels=np.concatenate([p.labels for p in parts]),
         confidence=np.concatenate([np.asarray(p.confidence) for p in parts]),
         answers=[a for p in parts for a in p.answers], probabilities=probs, provenance=provenance,
-        typicality=typicality, answered_by=answered_by)
+        typicality=typicality, answered_by=answered_by, resolved=resolved)
 
 
 def _matching_label_sets(model, cells: ad.AnnData, detected_species: str = "") -> dict[str, list[str]]:

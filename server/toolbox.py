@@ -68,7 +68,9 @@ SPECS: tuple[ToolSpec, ...] = (
              "inspect_dataset's matching_label_sets, or Cell Ontology names. compare_key (an obs column of labels "
              "the cells already have) adds the agreement with them. atypical_cells counts cells unlike the "
              "training cells of their label (a type or tissue the model may not know); unassigned_atypical=3 "
-             "labels them 'Unassigned'. At most {max_cells:,} cells per call."
+             "labels them 'Unassigned'. resolve_at=0.9 adds each cell's finest answer reaching that "
+             "probability: its label, or a broader type such as 'CD4-positive, alpha-beta T cell' where fine "
+             "types are unsure (resolved_counts). At most {max_cells:,} cells per call."
              + _JOB_NOTE + _OUT_NOTE,
              AnnotateCellsRequest, AnnotationOutput, read_only=False, idempotent=False, runs_model=True),
     ToolSpec("predict_drug_response", "Predict drug response",

@@ -1,0 +1,117 @@
+"""`resolve_at`: each cell's finest answer at a probability, through the API, the command line and
+the result's views (core_model/hierarchy.py computes it; tested there on constructed probabilities).
+
+The tiny model's labels (alpha, beta, gamma, delta) are all pancreatic endocrine cells, so the
+broader type is known: whatever a cell's label probabilities, they sum to 1 under it."""
+
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+import instructcell_agent as ica
+from synthetic import CELL_TYPES, novel_counts
+from instructcell_agent.cli import main
+
+ENDOCRINE = "pancreatic endocrine cell"
+
+
+@pytest.fixture()
+def cells(synthetic_set):
+    return synthetic_set["adata"][200:224].copy()  # the training file's held-out cells: of its batch
+
+
+def _check(result, at: float) -> None:
+    """Each cell: its label where its confidence reaches `at`, else the endocrine type at the summed 1.0."""
+    table = result.resolved
+    sure = result.confidence >= at - 1e-9
+    assert list(table.index) == result.obs_names
+    assert (table["resolved"][sure] == result.labels[sure]).all()
+    assert (table["resolved_level"][sure] == "label").all()
+    np.testing.assert_allclose(table["resolved_confidence"][sure], result.confidence[sure])
+    assert (table["resolved"][~sure] == ENDOCRINE).all() and (table["resolved_level"][~sure] == "broader type").all()
+    np.testing.assert_allclose(table["resolved_confidence"][~sure], 1.0, rtol=1e-6)
+    assert (table["resolved_ontology_id"][~sure] == "CL:0008024").all()
+
+
+@pytest.mark.parametrize("kwargs", [{"candidates": list(CELL_TYPES)}, {}], ids=["candidates", "free"])
+def test_unsure_cells_are_resolved_to_the_type_their_labels_share(tiny_model, cells, kwargs):
+    plain = ica.annotate(cells, model=tiny_model, **kwargs)
+    at = float(np.clip(np.median(plain.confidence), 0.51, 1.0))  # about half the cells fall short of it
+    result = ica.annotate(cells, model=tiny_model, resolve_at=at, **kwargs)
+    assert list(result.labels) == list(plain.labels) and plain.resolved is None  # the labels are untouched
+    _check(result, at)
+    assert result.provenance["resolve_at"] == at
+    n_broader = int((result.confidence < at - 1e-9).sum())
+    assert 0 < n_broader < 24  # both levels are exercised
+    assert f"{24 - n_broader} cells at their label, {n_broader} as a broader type" in result.summary()
+    # the views: one row per cell in the frame and table, obs columns in the AnnData
+    assert {"resolved", "resolved_confidence", "resolved_level"} <= set(result.to_table().columns)
+    out = result.to_adata(cells.copy(), key_added="ic")
+    assert list(out.obs["ic_resolved"].astype(str)) == list(result.resolved["resolved"])
+    assert out.obs["ic_resolved_confidence"].dtype == np.float32
+    # right for the known labels whichever level: the endocrine type holds every one of them
+    found = result.resolved_agreement(cells.obs["cell_type"])
+    assert found.n_broader == n_broader and (n_broader == 0 or found.agree_broader == 1.0)
+    assert found.n_label + found.n_broader == 24 and found.n_unassigned == 0
+
+
+def test_a_bar_of_one_resolves_almost_every_cell_to_the_broader_type(tiny_model, cells):
+    result = ica.annotate(cells, model=tiny_model, candidates=list(CELL_TYPES), resolve_at=1.0)
+    _check(result, 1.0)
+    assert (result.resolved["resolved"] == ENDOCRINE).mean() > 0.5
+
+
+def test_decoded_answers_keep_only_the_labels_that_reach_the_bar(tiny_model, cells):
+    result = ica.annotate(cells, model=tiny_model, readout=False, resolve_at=0.9)  # decoded: no other label scored
+    sure = result.confidence >= 0.9
+    assert (result.resolved["resolved"][sure] == result.labels[sure]).all()
+    assert (result.resolved["resolved"][~sure] == "Unassigned").all()
+    assert any("decoded as text" in note for note in result.provenance["notes"])
+
+
+def test_cells_without_counts_stay_empty_and_atypical_cells_are_unassigned_too(tiny_model, synthetic_set):
+    cells = synthetic_set["adata"][200:].copy()
+    emptied = np.ones(cells.n_obs)
+    emptied[0] = 0  # no counts on the model's genes: left unlabelled
+    cells.X = sp.csr_matrix(sp.diags(emptied) @ sp.vstack([cells.X[:20], novel_counts(cells.X[20:])]))
+    with pytest.warns(UserWarning):
+        result = ica.annotate(cells, model=tiny_model, candidates=list(CELL_TYPES), resolve_at=0.9,
+                              unassigned_atypical=3)
+    table = result.resolved
+    assert table["resolved"].iloc[0] is None and np.isnan(table["resolved_confidence"].iloc[0])
+    low = np.asarray(result.typicality, dtype=float) < -3
+    assert low[20:].mean() > 0.5
+    assert (table["resolved"][low] == "Unassigned").all() and table["resolved_level"][low].isna().all()
+    assert table["resolved_confidence"][low].isna().all()
+
+
+@pytest.mark.parametrize("at", [0.5, 0, 1.5])
+def test_thresholds_that_single_out_no_answer_are_refused(tiny_model, cells, at):
+    with pytest.raises(ValueError, match="resolve_at takes a probability above 0.5"):
+        ica.annotate(cells, model=tiny_model, resolve_at=at)
+
+
+def test_drug_responses_have_no_broader_type(tiny_model, cells):
+    with pytest.raises(ValueError, match="for drug response use unassigned_below"):
+        ica.predict_drug_response(cells, drug="erlotinib", model=tiny_model, resolve_at=0.9)
+
+
+def test_the_command_line_writes_and_compares_the_resolved_answers(tiny_checkpoint, synthetic_set, tmp_path, capsys):
+    out, table = tmp_path / "annotated.h5ad", tmp_path / "labels.csv"
+    base = ["annotate", "--checkpoint", str(tiny_checkpoint), "--data", str(synthetic_set["path"]),
+            "--candidates", "alpha,beta,gamma,delta"]
+    assert main([*base, "--out", str(out), "--table", str(table), "--resolve-at", "0.9",
+                 "--compare-key", "cell_type"]) == 0
+    printed = capsys.readouterr().out
+    assert "resolved at 0.9" in printed and "resolved answers right for obs['cell_type']" in printed
+    annotated = ad.read_h5ad(out)
+    assert {"instructcell_resolved", "instructcell_resolved_level"} <= set(annotated.obs)
+    assert annotated.uns["instructcell"]["resolved_agreement"]["key"] == "cell_type"
+    assert "resolved" in table.read_text().splitlines()[0].split(",")
+    # refused before the file is read: nothing written
+    assert main([*base, "--out", str(tmp_path / "no.h5ad"), "--resolve-at", "0.4"]) == 2
+    assert "resolve_at takes a probability above 0.5" in capsys.readouterr().err
+    assert not (tmp_path / "no.h5ad").exists()
