@@ -41,7 +41,7 @@ from instructcell_agent.core_model.datasets import load_catalog, prompt_fields, 
 from instructcell_agent.core_model.io import get_labels, read_h5ad
 from instructcell_agent.core_model.reference import ATYPICAL_BELOW
 from instructcell_agent.core_model.temperature import calibration_error
-from report_io import run_meta, write_report
+from report_io import meta_lines, run_meta, write_report
 
 logger = logging.getLogger("fast_answers")
 
@@ -156,9 +156,7 @@ def render(report: dict[str, Any]) -> str:
     meta = report["meta"]
     lines = [
         "# `fast=True` against the default, side by side", "",
-        f"- command: `{meta['command']}`", f"- date: {meta['date']}",
-        f"- machine: {meta['nproc']} CPU cores, load average at start {meta['loadavg']}, torch threads "
-        f"{meta['torch_threads']}",
+        *meta_lines(meta),
         f"- checkpoint: `{report['checkpoint']}`; split: {report['split']}; read-out threshold {readout_first.SURE}",
         "- setting: the Python API with the set's labels as candidates in one order (one prompt for every cell); "
         f"fastest of {report['repeats']} passes each, the default and `fast=True` in turn in the same run",

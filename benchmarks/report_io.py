@@ -19,6 +19,13 @@ def run_meta(command: str) -> dict[str, Any]:
             "torch_threads": torch.get_num_threads()}
 
 
+def meta_lines(meta: dict[str, Any]) -> list[str]:
+    """A report's command, date and machine as Markdown list items (from `run_meta`)."""
+    return [f"- command: `{meta['command']}`", f"- date: {meta['date']}",
+            f"- machine: {meta['nproc']} CPU cores, load average at start {meta['loadavg']}, torch threads "
+            f"{meta['torch_threads']}"]
+
+
 def write_report(report: dict[str, Any], markdown: str, out_dir: Path, stem: str) -> Path:
     """`out_dir/stem.json` and `out_dir/stem.md`, each written atomically; returns the .md path."""
     out_dir.mkdir(parents=True, exist_ok=True)

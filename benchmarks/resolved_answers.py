@@ -33,7 +33,7 @@ import instructcell_agent as ica
 from instructcell_agent.core_model.datasets import load_catalog, read_split, subset_by_names
 from instructcell_agent.core_model.hierarchy import AT_LABEL, BROADER, consistent, resolve
 from instructcell_agent.core_model.io import get_labels, read_h5ad
-from report_io import run_meta, write_report
+from report_io import meta_lines, run_meta, write_report
 
 logger = logging.getLogger("resolved_answers")
 API_AT = 0.9  # the bar the API is called with (free answers: the only one)
@@ -105,9 +105,7 @@ def render(report: dict[str, Any]) -> str:
     meta = report["meta"]
     lines = [
         "# `resolve_at`: the finest answer reaching a probability, against `unassigned_below` at the same bar", "",
-        f"- command: `{meta['command']}`", f"- date: {meta['date']}",
-        f"- machine: {meta['nproc']} CPU cores, load average at start {meta['loadavg']}, torch threads "
-        f"{meta['torch_threads']}",
+        *meta_lines(meta),
         f"- checkpoint: `{report['checkpoint']}`; split: {report['split']}; float32",
         "- right: the answer names the cell's known label, a synonym, or a type the known label falls under "
         "(core_model/hierarchy.py, `consistent`); in brackets, the share right",
