@@ -55,6 +55,19 @@ def below(confidence: np.ndarray) -> dict[str, float]:
     return {f"{t:g}": float((confidence < t).mean()) for t in THRESHOLDS}
 
 
+def missing_cases(specs: dict[str, DatasetSpec]) -> list[tuple[str, Any, list[str], dict[str, str]]]:
+    """(what, cells, candidates, prompt fields) of each case where the candidates lack the cells' type."""
+    labels = {name: list(spec.classes) for name, spec in specs.items()}  # the catalog's classes, sorted
+    kang, xin = labels["kang2018_pbmc_ifnb"], labels["xin2016_pancreas_subset"]
+    zheng = test_cells(specs["zheng2017_pbmc_sorted"])
+    cd34 = zheng[np.asarray(get_labels(zheng, "cell_type"), str) == "CD34+"].copy()
+    return [("zheng2017's CD34+ test cells, kang2018's labels", cd34, kang, {}),
+            ("xin2016's pancreas test cells, kang2018's labels (tissue given as blood)",
+             test_cells(specs["xin2016_pancreas_subset"]), kang, {"tissue": "peripheral blood"}),
+            ("bastidasponce2019's mouse pancreas test cells, xin2016's labels",
+             test_cells(specs["bastidasponce2019_pancreas_e155"]), xin, {})]
+
+
 def by_readout_alone(result) -> int | None:
     """Cells the read-out answered alone (`fast`), None without it."""
     fast = result.provenance.get("fast")
@@ -88,15 +101,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                     "n": len(conf), "accuracy": float(right.mean()), "below": below(conf),
                     "kept_accuracy": {f"{t:g}": float(right[conf >= t].mean()) for t in THRESHOLDS}})
 
-    kang, xin = labels["kang2018_pbmc_ifnb"], labels["xin2016_pancreas_subset"]
-    zheng = test_cells(specs["zheng2017_pbmc_sorted"])
-    cd34 = zheng[np.asarray(get_labels(zheng, "cell_type"), str) == "CD34+"].copy()
-    missing = [("zheng2017's CD34+ test cells, kang2018's labels", cd34, kang, {}),
-               ("xin2016's pancreas test cells, kang2018's labels (tissue given as blood)",
-                test_cells(specs["xin2016_pancreas_subset"]), kang, {"tissue": "peripheral blood"}),
-               ("bastidasponce2019's mouse pancreas test cells, xin2016's labels",
-                test_cells(specs["bastidasponce2019_pancreas_e155"]), xin, {})]
-    for what, cells, cands, fields in missing:
+    for what, cells, cands, fields in missing_cases(specs):
         result = ica.annotate(cells, model=model, candidates=cands, fast=args.fast, **fields)
         conf = np.asarray(result.confidence, float)
         rows.append({"cells": what, "kind": "missing types", "n": len(conf), "below": below(conf),

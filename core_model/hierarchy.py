@@ -1,16 +1,17 @@
 """The finest answer the model is sure of: a cell's label, or a broader Cell Ontology type.
 
-Why: some populations are told apart poorly by any method (zheng2017's four CD4+ T subsets, F1
-0.36 to 0.7), while which lineage the cell belongs to is rarely in doubt. A cell answered
+Why: some populations are told apart poorly by any method (zheng2017's four CD4+ T subsets),
+while which lineage the cell belongs to is rarely in doubt. A cell answered
 'CD4+/CD45RO+ Memory' at 0.45, with 0.50 more spread over the other CD4+ subsets, is a
 CD4-positive T cell at 0.95. Summing the probabilities of the labels under each Cell Ontology
 term (core_model/resources/label_ontology.json, 'is_a') gives that answer, honestly weighted,
 instead of a coin toss at the fine level or 'Unassigned'.
 
 The rule, per cell, for a threshold `at` above 0.5: among the label itself and the ontology
-terms above the labels, take the most specific one whose probability (the sum over the labels it
-covers) reaches `at`; none reaching it leaves the cell 'Unassigned'. Above 0.5 two such terms
-always share labels, so 'most specific' is well defined on this table's tree.
+terms above some of the labels (not all: a term over every candidate is sure by construction), take
+the most specific one whose probability (the sum over the labels it covers) reaches `at`; none
+reaching it leaves the cell 'Unassigned'. Above 0.5 two such terms always share labels, so 'most
+specific' is well defined on this table's tree.
 """
 
 from __future__ import annotations
@@ -41,7 +42,10 @@ class _Node:
 
 
 def _nodes(labels: Sequence[str]) -> list[_Node]:
-    """Each label, and each ontology term covering two labels or more, most specific first."""
+    """Each label, and each ontology term covering two labels or more but not all of them, most
+    specific first. A term over every label is left out: its probability is 1 whatever the cell,
+    so it would say what the candidates say, not what the cell does (xin2016's four islet labels
+    asked of mouse ductal cells and progenitors would all come back 'pancreatic endocrine cell')."""
     terms = [ontology_id(str(label)) for label in labels]
     nodes = [_Node(str(label), term, frozenset([j]), 1 << 30) for j, (label, term) in enumerate(zip(labels, terms))]
     covers: dict[str, set[int]] = {}
@@ -53,7 +57,7 @@ def _nodes(labels: Sequence[str]) -> list[_Node]:
     # (the one whose ancestors include the others) names them best
     for term in sorted(covers, key=lambda t: -len(ontology_ancestors(t))):
         cover = frozenset(covers[term])
-        if cover not in seen:
+        if cover not in seen and len(cover) < len(labels):
             seen.add(cover)
             nodes.append(_Node(ontology_name(term), term, cover, len(ontology_ancestors(term))))
     return sorted(nodes, key=lambda n: (len(n.covers), -n.depth))

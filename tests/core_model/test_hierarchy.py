@@ -58,8 +58,16 @@ def test_labels_without_a_term_answer_alone_and_unanswered_cells_stay_empty():
 
 
 def test_a_probability_of_one_counts_as_reaching_one():
-    found = resolve(np.array([[1.0, 0.0], [0.3, 0.7]]), ["alpha", "beta"], 1.0)
+    found = resolve(np.array([[1.0, 0.0, 0.0], [0.3, 0.7, 0.0]]), ["alpha", "beta", "acinar"], 1.0)
     assert list(found.names) == ["alpha", "pancreatic endocrine cell"]
+
+
+def test_a_type_over_every_candidate_is_no_answer():
+    # its probability is 1 whatever the cell: it would repeat the candidates, not read the cell
+    found = resolve(np.array([[0.6, 0.4], [0.95, 0.05]]), ["alpha", "beta"], 0.9)
+    assert list(found.names) == ["Unassigned", "alpha"]
+    found = resolve(np.array([[0.5, 0.4, 0.1]]), ["CD4T", "CD8T", "NK"], 0.9)  # T cell covers two of three
+    assert list(found.names) == ["T cell"]
 
 
 @pytest.mark.parametrize("at", [0.5, 0.3, 0, 1.01, float("nan"), True, "0.9"])

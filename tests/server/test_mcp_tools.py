@@ -406,22 +406,25 @@ def test_annotate_cells_can_leave_low_confidence_cells_unassigned(env):
 
 
 def test_annotate_cells_resolves_unsure_cells_to_a_broader_type_over_every_chunk(env, gen_checkpoint):
-    # at 1.0 nearly every cell of the planted endocrine types climbs to the type they share
-    result = call(env["server"], "annotate_cells", {"h5ad_path": "planted.h5ad", "candidates": CANDIDATES,
-                                                    "resolve_at": 1.0, "compare_key": "cell_type", "plot": False})
+    # a fifth candidate outside the planted endocrine types: cells torn between those climb to the type
+    cands, at = [*CANDIDATES, "hepatocyte"], 0.99
+    result = call(env["server"], "annotate_cells", {"h5ad_path": "planted.h5ad", "candidates": cands,
+                                                    "resolve_at": at, "compare_key": "cell_type", "plot": False})
     summary = check_structured(env["server"], "annotate_cells", result)["result"]
-    direct = ica.annotate(ad.read_h5ad(env["paths"]["root"] / "planted.h5ad"), model=ica.load_model(gen_checkpoint),
-                          candidates=CANDIDATES, resolve_at=1.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        direct = ica.annotate(ad.read_h5ad(env["paths"]["root"] / "planted.h5ad"),
+                              model=ica.load_model(gen_checkpoint), candidates=cands, resolve_at=at)
     assert N_CELLS > 64  # more than one chunk of the test server's 64 cells
     expected = direct.resolved["resolved"].value_counts()
     assert summary["resolved_counts"] == {str(k): int(v) for k, v in expected.items()}
-    assert summary["resolved_counts"].get("pancreatic endocrine cell", 0) > N_CELLS / 2
+    assert summary["resolved_counts"].get("pancreatic endocrine cell", 0) > 0
     known = ad.read_h5ad(env["paths"]["planted"]).obs["cell_type"]
     assert summary["resolved_agreement"] == pytest.approx(direct.resolved_agreement(known).agreement, abs=1e-4)
     assert all(e["resolved"] is not None for e in summary["examples"])
-    assert any(n.startswith("resolved at 1 ") for n in summary["notes"])
+    assert any(n.startswith(f"resolved at {at:g} ") for n in summary["notes"])
     h5 = ad.read_h5ad(next(f["path"] for f in summary["outputs"] if f["kind"] == "annotated_h5ad"))
-    assert list(h5.obs["instructcell_resolved"].astype(str)) == list(direct.resolved["resolved"])
+    assert list(h5.obs["instructcell_resolved"].astype(str)) == list(direct.resolved["resolved"].astype(str))
     assert "resolve_at" in error_text(call(env["server"], "annotate_cells",
                                            {"h5ad_path": "planted.h5ad", "resolve_at": 0.5}))
 
