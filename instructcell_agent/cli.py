@@ -384,6 +384,8 @@ def _annotate(args) -> int:
     compared = result.agreement(known) if known is not None else None
     resolved_compared = result.resolved_agreement(known) if known is not None and result.resolved is not None else None
     grouped = result.composition(groups, group_key) if groups is not None else None
+    grouped_resolved = (result.composition(groups, group_key, resolved=True)
+                        if groups is not None and result.resolved is not None else None)
     drawn_map, no_map = _draw_map(result, adata, args) if args.plot else (None, None)
     if args.out:
         # Written into the cells read here (a new object; the input file is only read), so a
@@ -397,6 +399,8 @@ def _annotate(args) -> int:
             out.uns[args.key_added]["resolved_agreement"] = {"key": args.compare_key, **resolved_compared.to_dict()}
         if grouped is not None:
             out.uns[args.key_added]["composition"] = grouped.to_uns()
+        if grouped_resolved is not None:
+            out.uns[args.key_added]["resolved_composition"] = grouped_resolved.to_uns()
         write_h5ad_atomic(out, args.out, protect=inputs(args))
     if sep is not None:
         write_text_atomic(result.to_table().to_csv(sep=sep, index_label="cell"), args.table)
@@ -407,6 +411,8 @@ def _annotate(args) -> int:
         print(resolved_compared.summary(f"obs[{args.compare_key!r}]"))
     if grouped is not None:
         print(grouped.summary())
+    if grouped_resolved is not None:
+        print(grouped_resolved.summary())
     print("wrote " + ", ".join(str(p) for p in (args.out, args.table, drawn_map and args.plot) if p))
     if no_map:
         print(f"error: no map drawn ({no_map}); the answers are written", file=sys.stderr)

@@ -34,9 +34,10 @@ class Composition:
     key: str
     table: pd.DataFrame
     n_ungrouped: int = 0
+    what: str = "answers"  # or "resolved answers" (`resolve_at`)
 
     def summary(self, max_groups: int = 50) -> str:
-        lines = [f"answers by obs[{self.key!r}] (most frequent answer, its share of the group; runner-up):"]
+        lines = [f"{self.what} by obs[{self.key!r}] (most frequent answer, its share of the group; runner-up):"]
         for group, row in self.table.head(max_groups).iterrows():
             answer = row["answer"] if row["answer"] is not None else "no answer"
             line = f"  {group}: {answer} {row['share']:.2f} of {int(row['n_cells']):,}"
@@ -61,7 +62,8 @@ class Composition:
         return {"key": self.key, "n_ungrouped": self.n_ungrouped, "table": columns}
 
 
-def composition(labels: Sequence[Any], confidence: np.ndarray, groups: pd.Series, key: str) -> Composition:
+def composition(labels: Sequence[Any], confidence: np.ndarray, groups: pd.Series, key: str,
+                what: str = "answers") -> Composition:
     """The composition of `labels` (None: unlabelled; 'Unassigned') by `groups` (one value per
     cell, NaN: no group).
 
@@ -91,7 +93,7 @@ def composition(labels: Sequence[Any], confidence: np.ndarray, groups: pd.Series
                      "mean_confidence": float(cells["confidence"][named.index].mean()) if len(named) else float("nan"),
                      "not_labelled": len(cells) - len(named)})
     table = pd.DataFrame(rows, columns=["group", *COLUMNS]).set_index("group")
-    return Composition(key=key, table=table, n_ungrouped=int(groups.isna().sum()))
+    return Composition(key=key, table=table, n_ungrouped=int(groups.isna().sum()), what=what)
 
 
 def check_groups(groups: pd.Series, key: str) -> None:

@@ -286,15 +286,21 @@ class AnnotationResult:
                          + " + ".join(f"{label} {int(counts[label])}" for label in labels))
         return lines
 
-    def composition(self, groups, key: str = "group"):
+    def composition(self, groups, key: str = "group", resolved: bool = False):
         """What each group of cells was answered (`instructcell_agent/composition.py`): `groups`
         one value per cell (a cluster column, say; a Series indexed by cell names is aligned by
         name). Free cell-type answers are counted by Cell Ontology population, as `draw_map` colours
-        them, under the population's most frequent spelling."""
+        them, under the population's most frequent spelling. `resolved`: the answers of
+        `resolve_at` instead (a cluster of CD4+ T cells whose subsets split is one broader type)."""
         from .composition import composition
 
         groups = self._by_cell(groups, "groups")
         groups = groups if isinstance(groups, pd.Series) else pd.Series(groups)  # a categorical keeps its order
+        if resolved:
+            if self.resolved is None:
+                raise ValueError("this result has no resolved answers: annotate with resolve_at (0.9, say)")
+            return composition(list(self.resolved["resolved"]), self.resolved["resolved_confidence"].to_numpy(),
+                               groups, key, what="resolved answers")
         return composition(self._population_labels(), self.confidence, groups, key)
 
     def _population_labels(self) -> list:

@@ -18,10 +18,11 @@ pass species and tissue, so that free answers stay within what the model learned
 annotation) and groupby if one holds clusters or samples (leiden, louvain, seurat_clusters, sample). \
 If I named several samples' files, pass the others as more_samples; if I named a table of per-cell \
 metadata (clusters.csv, a GEO metadata file), pass it as obs_table, and its columns can then be groupby or \
-compare_key.
+compare_key. Pass resolve_at=0.9, so that cells torn between fine types (CD4+ T subsets, say) also get \
+the broader type the model is sure of.
 4. Report the label counts, the mean confidence, the low-confidence and atypical cells, every note, \
-each group's answer and share, and the agreement if you compared; show the map (the map_png \
-output) if you can display images.
+each group's answer and share, the resolved counts (and each group's resolved answer), and the \
+agreement if you compared; show the map (the map_png output) if you can display images.
 5. Call explain_genes on the annotated_h5ad file annotate_cells wrote, with \
 labels="instructcell_label" and max_cells_per_label=20, and list each label's top genes, saying \
 which are known markers.
@@ -57,7 +58,8 @@ REFERENCES = {
                          ("annotate_cells", "candidates"), ("annotate_cells", "species"),
                          ("annotate_cells", "tissue"), ("annotate_cells", "compare_key"),
                          ("annotate_cells", "groupby"), ("annotate_cells", "more_samples"),
-                         ("annotate_cells", "obs_table"), ("explain_genes", "labels"),
+                         ("annotate_cells", "obs_table"), ("annotate_cells", "resolve_at"),
+                         ("explain_genes", "labels"),
                          ("explain_genes", "max_cells_per_label")],
     "drug_response_report": [("describe_model", None), ("inspect_dataset", None),
                              ("predict_drug_response", "drug"), ("predict_drug_response", "groupby"),

@@ -346,6 +346,9 @@ class AnnotationSummary(BaseModel):
                           "named: what the cells were read as. Several tissues for one sample are worth a look; "
                           "pass tissue (or a tissue column) to keep the answers to one.")
     agreement: AgreementSummary | None = Field(None, description="With compare_key: agreement with those labels.")
+    resolved_groups: list[GroupSummary] | None = Field(
+        None, description="With resolve_at and groupby: what each group's resolved answers were (a cluster whose "
+                          "fine labels split may be one broader type).")
     resolved_counts: dict[str, int] | None = Field(
         None, description="With resolve_at: cells per resolved answer (labels, broader Cell Ontology types, "
                           "'Unassigned'); a note says how many were resolved at their label.")

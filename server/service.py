@@ -412,6 +412,10 @@ class InstructCellService:
         grouped = result.composition(groups, group_key) if groups is not None else None
         if grouped is not None:
             annotated.uns[key]["composition"] = grouped.to_uns()
+        grouped_resolved = (result.composition(groups, group_key, resolved=True)
+                            if groups is not None and result.resolved is not None else None)
+        if grouped_resolved is not None:
+            annotated.uns[key]["resolved_composition"] = grouped_resolved.to_uns()
         published = {base + ".h5ad": "annotated_h5ad", base + "_labels.csv": "labels_csv"}
         notes = _read_notes(adata, req) + list(result.provenance.get("notes", []))
         notes += [line for line in (result.fast_line(), result.resolved_line()) if line]
@@ -458,6 +462,7 @@ class InstructCellService:
             notes=notes, answer_tissues=result.answer_tissues(),
             agreement=_agreement(found, req.compare_key) if found is not None else None,
             groups=_groups(grouped) if grouped is not None else None, outputs=files,
+            resolved_groups=_groups(grouped_resolved) if grouped_resolved is not None else None,
             resolved_counts=(None if resolved is None else
                              {str(k): int(v) for k, v in pd.Series(resolved).dropna().value_counts().items()}),
             resolved_agreement=(None if found_resolved is None or np.isnan(found_resolved.agreement)

@@ -68,6 +68,15 @@ def test_unsure_cells_are_resolved_to_the_type_their_likely_labels_share(tiny_mo
     found = result.resolved_agreement(cells.obs["cell_type"])
     assert found.n_broader == broader.sum() and found.agree_broader == 1.0
     assert found.n_label == sure.sum() and found.n_unassigned == 24 - sure.sum() - broader.sum()
+    # by group: the resolved answers' most frequent one and its share
+    by_type = result.composition(cells.obs["cell_type"], "cell_type", resolved=True)
+    assert by_type.summary().startswith("resolved answers by obs['cell_type']")
+    for group, row in by_type.table.iterrows():
+        answers = table["resolved"][(cells.obs["cell_type"] == group).to_numpy()]
+        named = answers[answers != "Unassigned"].value_counts()
+        assert row["answer"] == named.index[0] and row["share"] == pytest.approx(named.iloc[0] / len(answers))
+    with pytest.raises(ValueError, match="resolve_at"):
+        plain.composition(cells.obs["cell_type"], resolved=True)
 
 
 @pytest.mark.parametrize("kwargs", [{"candidates": list(CELL_TYPES)}, {}], ids=["candidates", "free"])
@@ -117,12 +126,14 @@ def test_the_command_line_writes_and_compares_the_resolved_answers(tiny_checkpoi
     base = ["annotate", "--checkpoint", str(tiny_checkpoint), "--data", str(synthetic_set["path"]),
             "--candidates", "alpha,beta,gamma,delta"]
     assert main([*base, "--out", str(out), "--table", str(table), "--resolve-at", "0.9",
-                 "--compare-key", "cell_type"]) == 0
+                 "--compare-key", "cell_type", "--groupby", "cell_type"]) == 0
     printed = capsys.readouterr().out
     assert "resolved at 0.9" in printed and "resolved answers right for obs['cell_type']" in printed
+    assert "resolved answers by obs['cell_type']" in printed
     annotated = ad.read_h5ad(out)
     assert {"instructcell_resolved", "instructcell_resolved_level"} <= set(annotated.obs)
     assert annotated.uns["instructcell"]["resolved_agreement"]["key"] == "cell_type"
+    assert annotated.uns["instructcell"]["resolved_composition"]["key"] == "cell_type"
     assert "resolved" in table.read_text().splitlines()[0].split(",")
     # refused before the file is read: nothing written
     assert main([*base, "--out", str(tmp_path / "no.h5ad"), "--resolve-at", "0.4"]) == 2

@@ -409,7 +409,8 @@ def test_annotate_cells_resolves_unsure_cells_to_a_broader_type_over_every_chunk
     # a fifth candidate outside the planted endocrine types: cells torn between those climb to the type
     cands, at = [*CANDIDATES, "hepatocyte"], 0.99
     result = call(env["server"], "annotate_cells", {"h5ad_path": "planted.h5ad", "candidates": cands,
-                                                    "resolve_at": at, "compare_key": "cell_type", "plot": False})
+                                                    "resolve_at": at, "compare_key": "cell_type", "plot": False,
+                                                    "groupby": "cell_type"})
     summary = check_structured(env["server"], "annotate_cells", result)["result"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
@@ -422,6 +423,8 @@ def test_annotate_cells_resolves_unsure_cells_to_a_broader_type_over_every_chunk
     known = ad.read_h5ad(env["paths"]["planted"]).obs["cell_type"]
     assert summary["resolved_agreement"] == pytest.approx(direct.resolved_agreement(known).agreement, abs=1e-4)
     assert all(e["resolved"] is not None for e in summary["examples"])
+    by_type = direct.composition(known, "cell_type", resolved=True).table
+    assert {g["group"]: g["answer"] for g in summary["resolved_groups"]} == dict(by_type["answer"])
     assert any(n.startswith(f"resolved at {at:g} ") for n in summary["notes"])
     h5 = ad.read_h5ad(next(f["path"] for f in summary["outputs"] if f["kind"] == "annotated_h5ad"))
     assert list(h5.obs["instructcell_resolved"].astype(str)) == list(direct.resolved["resolved"].astype(str))
