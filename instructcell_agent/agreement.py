@@ -17,8 +17,8 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
-from .core_model.io import obs_column
 from .core_model.hierarchy import AT_LABEL, BROADER, consistent
+from .core_model.io import obs_column
 from .core_model.labels import UNASSIGNED, LabelMapper
 
 
@@ -102,19 +102,25 @@ class ResolvedAgreement:
     under it (core_model/hierarchy.py, `consistent`). 'Unassigned' cells are counted, not compared."""
 
     n_label: int
-    agree_label: float
+    right_label: int
     n_broader: int
-    agree_broader: float
+    right_broader: int
     n_unassigned: int
     n_unknown: int
+
+    @property
+    def agree_label(self) -> float:
+        return self.right_label / self.n_label if self.n_label else float("nan")
+
+    @property
+    def agree_broader(self) -> float:
+        return self.right_broader / self.n_broader if self.n_broader else float("nan")
 
     @property
     def agreement(self) -> float:
         """Share of the resolved answers, at a label or broader, right for the known labels."""
         n = self.n_label + self.n_broader
-        right = (self.agree_label * self.n_label if self.n_label else 0.0) + \
-            (self.agree_broader * self.n_broader if self.n_broader else 0.0)
-        return right / n if n else float("nan")
+        return (self.right_label + self.right_broader) / n if n else float("nan")
 
     def summary(self, key: str = "known labels") -> str:
         n = self.n_label + self.n_broader
@@ -133,15 +139,11 @@ def resolved_agreement(resolved: pd.DataFrame, known: Sequence[Any]) -> Resolved
         raise ValueError(f"{len(resolved)} resolved answers for {len(known)} known labels")
     has_known = known.notna().to_numpy()
     levels = resolved["resolved_level"].to_numpy()
-    right = np.array([bool(k) and consistent(str(a), str(label)) if level is not None else False
-                      for a, label, level, k in zip(resolved["resolved"], known, levels, has_known)])
-
-    def share(level: str) -> tuple[int, float]:
-        mask = (levels == level) & has_known
-        return int(mask.sum()), float(right[mask].mean()) if mask.any() else float("nan")
-
-    (n_label, agree_label), (n_broader, agree_broader) = share(AT_LABEL), share(BROADER)
-    return ResolvedAgreement(n_label, agree_label, n_broader, agree_broader,
+    right = np.array([level is not None and bool(k) and consistent(str(answer), str(label))
+                      for answer, label, level, k in zip(resolved["resolved"], known, levels, has_known)])
+    at_label, broader = (levels == AT_LABEL) & has_known, (levels == BROADER) & has_known
+    return ResolvedAgreement(n_label=int(at_label.sum()), right_label=int(right[at_label].sum()),
+                             n_broader=int(broader.sum()), right_broader=int(right[broader].sum()),
                              n_unassigned=int((resolved["resolved"] == UNASSIGNED).sum()),
                              n_unknown=int((~has_known).sum()))
 
