@@ -318,17 +318,25 @@ class AnnotationResult:
                 shown.setdefault(term, label)
         return [shown[term] if term is not None else label for term, label in zip(terms, self.labels)]
 
-    def draw_map(self, adata: ad.AnnData, path, *, layer: str | None = None, use_raw: bool = False):
+    def draw_map(self, adata: ad.AnnData, path, *, layer: str | None = None, use_raw: bool = False,
+                 resolved: bool = False):
         """Draw the answers and their confidence on a map of the cells, as a PNG at `path`: the
         file's own UMAP or t-SNE, else a UMAP computed from its genes (`layer` / `use_raw` as
         given to `annotate`; instructcell_agent/cell_map.py). Returns the `CellMap`;
         `cell_map.keep_coords(adata, map)` keeps computed coordinates in `obsm`. The cells must be
-        the ones annotated."""
+        the ones annotated. `resolved`: the answers of `resolve_at` and their probabilities instead."""
         from .cell_map import cell_map, plot_answers
 
         if list(map(str, adata.obs_names)) != list(self.obs_names):
             raise ValueError("adata's cells differ from the annotated cells (same obs_names in the same order needed)")
+        if resolved and self.resolved is None:
+            raise ValueError("this result has no resolved answers: annotate with resolve_at (0.9, say)")
         cmap = cell_map(adata, layer=layer, use_raw=use_raw)
+        if resolved:
+            plot_answers(cmap, list(self.resolved["resolved"]), self.resolved["resolved_confidence"].to_numpy(), path,
+                         title=f"{len(self.obs_names):,} cells: the finest type reaching probability "
+                               f"{self.provenance.get('resolve_at', float('nan')):g} (resolve_at)")
+            return cmap
         what = "drug response"
         if self.provenance.get("task") == "annotation":
             # Free answers may name one population in several training sets' spellings

@@ -79,6 +79,26 @@ def test_unsure_cells_are_resolved_to_the_type_their_likely_labels_share(tiny_mo
         plain.composition(cells.obs["cell_type"], resolved=True)
 
 
+def test_the_map_draws_the_resolved_answers_when_asked(tiny_model, cells, tmp_path, monkeypatch):
+    from instructcell_agent import cell_map
+
+    plain = _annotate(cells, tiny_model, candidates=WITH_OTHER)
+    result = _annotate(cells, tiny_model, candidates=WITH_OTHER, resolve_at=float(np.median(plain.confidence)))
+    result.draw_map(cells, tmp_path / "resolved.png", resolved=True)
+    assert (tmp_path / "resolved.png").read_bytes()[:4] == b"\x89PNG"
+    drawn = {}
+    monkeypatch.setattr(cell_map, "plot_answers", lambda cmap, labels, conf, path, title: drawn.update(
+        labels=list(labels), conf=np.asarray(conf), title=title))
+    result.draw_map(cells, tmp_path / "unused.png", resolved=True)
+    assert drawn["labels"] == list(result.resolved["resolved"]) and "resolve_at" in drawn["title"]
+    np.testing.assert_array_equal(drawn["conf"], result.resolved["resolved_confidence"].to_numpy())
+    result.draw_map(cells, tmp_path / "unused.png")
+    assert drawn["labels"] == list(result.labels)  # without resolved=True the labels, as before
+    with pytest.raises(ValueError, match="resolve_at"):
+        plain.draw_map(cells, tmp_path / "no.png", resolved=True)
+    assert not (tmp_path / "no.png").exists()
+
+
 @pytest.mark.parametrize("kwargs", [{"candidates": list(CELL_TYPES)}, {}], ids=["candidates", "free"])
 def test_a_type_over_every_candidate_is_no_answer(tiny_model, cells, kwargs):
     result = _annotate(cells, tiny_model, resolve_at=0.99, **kwargs)  # free: the tissue's four learned labels
