@@ -38,7 +38,7 @@ from .aggregate import DEFAULT_NORMALIZE, NORMALIZATIONS, cell_scores, label_mea
 from .attribution import METHODS, IGSettings, attribute
 from .markers import DEFAULT_DB, PRECISION_K, MarkerDB, load_marker_db, marker_report, wilcoxon_rankings
 from .result import DEFAULT_KEY, ExplanationResult
-from .targets import (answer_candidates, answers_first, candidates_of, cap_per_label, check_cap,
+from .targets import (answer_candidates, answers_first, broader_types, candidates_of, cap_per_label, check_cap,
                       check_in_candidates, drug_and_task, given_labels, set_of_free_answers,
                       without_unlabelled)
 
@@ -177,7 +177,11 @@ def explain(adata: ad.AnnData, model: LoadedModel | None = None, labels: str | S
     if max_cells_per_label is not None:
         adata, given, subsample_note = cap_per_label(adata, given, max_cells_per_label, seed)
     cands = candidates_of(model, dataset, candidates, None if answered else given, task)
-    given = check_in_candidates(given, cands, adata.n_obs)
+    # resolve_at's broader answers, over candidates the caller named (labels taken as the candidates
+    # hold no broader type: it would be a candidate of its own)
+    broader = broader_types(given, cands) if candidates is not None or dataset is not None else []
+    explained = [*cands, *(name for name, _ in broader)]
+    given = check_in_candidates(given, explained, adata.n_obs)
     aligned = align_to_vocab(adata, model.vocab, layer=layer, use_raw=use_raw, gene_key=gene_key, min_genes=min_genes)
     # A cell with no counts on the model's genes has nothing to explain; measured against the mean
     # training cell its attributions would only echo the reference, so the per-label means skip it.
@@ -191,6 +195,8 @@ def explain(adata: ad.AnnData, model: LoadedModel | None = None, labels: str | S
     route = route_candidates(cands, model.label_sets, task) if user_named else None
     notes = [route.note] if route is not None and route.note else []
     notes += [note for note in (inferred_note, answers_note, unlabelled_note, subsample_note) if note]
+    notes += [f"{name!r} explained as a broader type: the summed probability of {', '.join(cands[i] for i in g)}"
+              for name, g in broader]
     if drug is not None:
         from instructcell_agent.api import UnseenContextWarning, unseen_drug_note
 
@@ -203,7 +209,7 @@ def explain(adata: ad.AnnData, model: LoadedModel | None = None, labels: str | S
                       "the default open question was asked instead")
     template, prefixes, rows = _prompts(model, adata, instruction, cands, route, drug)
     decisive = use_decisive(scoring, route.scores_learned_labels if route is not None else True)
-    target = None if given is None else np.array([cands.index(l) for l in given], dtype=np.int64)
+    target = None if given is None else np.array([explained.index(l) for l in given], dtype=np.int64)
     scored = list(route.learned) if route is not None and route.kind == "ontology" else cands
     # Only over one learned set: across sets `annotate` lets the LM pick the set first, a choice
     # that has no gradient (core_model/readout.py).
@@ -217,7 +223,7 @@ def explain(adata: ad.AnnData, model: LoadedModel | None = None, labels: str | S
                      "train-readout`); attributions are measured against zero expression instead")
     attr = attribute(model.model, aligned.X, cands, prefixes, rows, target, method=method, batch_size=batch_size,
                      ig=IGSettings(n_steps, min(8, n_steps), ig_tolerance, max_steps=16 * n_steps), reference=ref,
-                     progress=progress, route=route, decisive=decisive, readout=expert)
+                     progress=progress, route=route, decisive=decisive, readout=expert, broader=broader)
     if route is not None and (route.kind == "text" or route.unrouted):
         warnings.warn(route.note, CandidateNoteWarning, stacklevel=2)
     groups = given if given is not None else np.asarray(cands, dtype=object)[attr.predicted].astype(str)
@@ -225,7 +231,7 @@ def explain(adata: ad.AnnData, model: LoadedModel | None = None, labels: str | S
         notes.append(f"{int(empty.sum()):,} cells with no counts on any of the model's genes were left out of "
                      "the per-label means")
     means = label_means(cell_scores(attr.values, attr.above_reference, normalize), np.where(empty, "", groups),
-                        model.vocab, order=cands)
+                        model.vocab, order=explained)
     species = species or aligned.report.species
     # marker databases list cell types: a drug response has no markers to check against
     db = load_marker_db(marker_db) if task == "annotation" else None
@@ -235,6 +241,7 @@ def explain(adata: ad.AnnData, model: LoadedModel | None = None, labels: str | S
         "target": "answers (annotated first)" if answered else "given" if given is not None else "predicted",
         "task": task, "drug": drug,
         "candidates": cands, "candidate_route": route.kind if route is not None else "learned",
+        "broader_types": {name: [cands[i] for i in g] for name, g in broader},
         "scoring": scoring_name(decisive),
         "readout": readout_name(expert, scored),
         "normalize": normalize,

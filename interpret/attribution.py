@@ -65,9 +65,10 @@ class Attributions:
     inputs
         cells x genes float32 log1p(CP10k): the model input that was attributed.
     target
-        Per cell, the index (into `candidates`) of the label explained.
+        Per cell, the index (into `explained`) of the label explained.
     probabilities
-        cells x candidates softmax probabilities of the unperturbed input.
+        cells x `explained` probabilities of the unperturbed input: the candidates' softmax, then
+        each broader type's sum over the candidates under it.
     candidates
         The scored labels, in scoring order.
     method
@@ -85,6 +86,10 @@ class Attributions:
         perturbed inputs, e.g. the deletion test).
     route, decisive, readout
         How the candidates were scored (re-scoring must do the same).
+    broader
+        (name, candidate indices) of each broader type explained beside the candidates (`resolve_at`'s
+        answers, core_model/hierarchy.py): its log-probability is the log of the summed
+        probabilities of the candidates under it.
     """
 
     values: np.ndarray
@@ -102,11 +107,17 @@ class Attributions:
     route: CandidateRoute | None = None
     decisive: bool = False
     readout: Readout | None = None
+    broader: tuple[tuple[str, tuple[int, ...]], ...] = ()
+
+    @property
+    def explained(self) -> list[str]:
+        """The candidates, then the broader types: what `target` and `probabilities` index."""
+        return [*self.candidates, *(name for name, _ in self.broader)]
 
     @property
     def predicted(self) -> np.ndarray:
         """Index of the most probable candidate per cell."""
-        return self.probabilities.argmax(1)
+        return self.probabilities[:, :len(self.candidates)].argmax(1)
 
     @property
     def above_reference(self) -> np.ndarray:
@@ -130,8 +141,12 @@ class LabelLogProb:
     """
 
     def __init__(self, model: CellLanguageModel, prefixes: Sequence[str], candidates: Sequence[str],
-                 route: CandidateRoute | None = None, decisive: bool = False, readout: Readout | None = None) -> None:
+                 route: CandidateRoute | None = None, decisive: bool = False, readout: Readout | None = None,
+                 broader: Sequence[Sequence[int]] = ()) -> None:
         self.model = model
+        # broader types: columns after the candidates, each the log of the summed probability of
+        # the candidates under it (what `resolve_at` sums)
+        self.broader = [torch.tensor(list(g), device=model.device) for g in broader]
         self.decisive = decisive  # score decisive tokens only, as `annotate` does for learned labels
         self.readout = readout  # the linear read-out joins the LM's scores, as in `annotate` (None: LM alone)
         self.prefixes = list(prefixes)
@@ -151,9 +166,11 @@ class LabelLogProb:
             weight = self.readout.weight_for(self.scored)
             scores = scores + weight * self.readout.log_probs(expr, self.scored).to(scores.dtype)
         logp = torch.log_softmax(scores, 1)
-        if not self.pooled:
+        if self.pooled:
+            logp = torch.stack([torch.logsumexp(logp[:, g], 1) for g in self.groups], 1)
+        if not self.broader:
             return logp
-        return torch.stack([torch.logsumexp(logp[:, g], 1) for g in self.groups], 1)
+        return torch.cat([logp, torch.stack([torch.logsumexp(logp[:, g], 1) for g in self.broader], 1)], 1)
 
 
 class _TargetLogProb:
@@ -170,7 +187,9 @@ class _TargetLogProb:
     def __call__(self, expr: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         logp = self.forward(expr, rows)
         self.probabilities = logp.detach().exp()
-        self.chosen = logp.detach().argmax(1) if self.target is None else self.target
+        # the most probable candidate (a broader type's sum is never "predicted")
+        n_cands = len(self.forward.candidates)
+        self.chosen = logp.detach()[:, :n_cands].argmax(1) if self.target is None else self.target
         return logp.gather(1, self.chosen[:, None])
 
 
@@ -295,7 +314,8 @@ def attribute(model: CellLanguageModel, counts: sp.csr_matrix | np.ndarray, cand
               method: str = "saliency", batch_size: int = 16, ig: IGSettings | None = None,
               internal_batch_size: int = 64, reference: np.ndarray | None = None,
               progress: Callable[[int, int], None] | None = None, route: CandidateRoute | None = None,
-              decisive: bool = False, readout: Readout | None = None) -> Attributions:
+              decisive: bool = False, readout: Readout | None = None,
+              broader: Sequence[tuple[str, Sequence[int]]] = ()) -> Attributions:
     """Attribute each cell's target-label log-probability to its log-normalized expression.
 
     Parameters
@@ -310,7 +330,8 @@ def attribute(model: CellLanguageModel, counts: sp.csr_matrix | np.ndarray, cand
         Distinct prompt prefixes (``model.prefix_text(...)``) and, per cell, which one it uses
         (default: all cells use ``prefixes[0]``).
     target
-        Per cell, the candidate index to explain (default: the predicted one).
+        Per cell, the index to explain among the candidates and then the `broader` types (default:
+        the predicted candidate).
     method
         ``"saliency"`` (gradient x input), ``"gradient"`` or ``"ig"``.
     batch_size
@@ -337,6 +358,9 @@ def attribute(model: CellLanguageModel, counts: sp.csr_matrix | np.ndarray, cand
     readout
         A linear gene read-out whose weighted log-probabilities join the scores (core_model/readout.py);
         the caller passes it only when it covers the scored labels, all from one learned set.
+    broader
+        (name, candidate indices) of broader types to explain beside the candidates: the log of the
+        summed probability of the candidates under each (`resolve_at`'s answers).
 
     Returns
     -------
@@ -358,12 +382,16 @@ def attribute(model: CellLanguageModel, counts: sp.csr_matrix | np.ndarray, cand
     if n_cells == 0:
         raise ValueError("no cells to attribute")
     rows = np.zeros(n_cells, dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
-    if target is not None and (np.min(target) < 0 or np.max(target) >= len(candidates)):
-        raise ValueError(f"target indices must lie in [0, {len(candidates)})")
+    broader = tuple((str(name), tuple(int(i) for i in g)) for name, g in broader)
+    n_explained = len(candidates) + len(broader)
+    if target is not None and (np.min(target) < 0 or np.max(target) >= n_explained):
+        raise ValueError(f"target indices must lie in [0, {n_explained})")
+    if any(not g or min(g) < 0 or max(g) >= len(candidates) for _, g in broader):
+        raise ValueError("a broader type must cover candidates, by index")
     if model.training:
         log.warning("model was in training mode; switching it to eval for attributions")
         model.eval()
-    forward = LabelLogProb(model, prefixes, candidates, route, decisive, readout)
+    forward = LabelLogProb(model, prefixes, candidates, route, decisive, readout, [g for _, g in broader])
     parts = []
     for start in range(0, n_cells, batch_size):
         idx = np.arange(start, min(start + batch_size, n_cells))
@@ -376,7 +404,7 @@ def attribute(model: CellLanguageModel, counts: sp.csr_matrix | np.ndarray, cand
         np.concatenate(probs), [str(c) for c in candidates], method,
         np.concatenate(deltas) if method == "ig" else None, ig.n_steps if method == "ig" else None,
         list(prefixes), rows, np.concatenate(used) if method == "ig" else None,
-        None if reference is None else ref.cpu().numpy(), route, decisive, readout,
+        None if reference is None else ref.cpu().numpy(), route, decisive, readout, broader,
     )
 
 
@@ -405,7 +433,7 @@ def _one_batch(forward: LabelLogProb, counts: sp.csr_matrix | np.ndarray, idx: n
         delta, used = None, 1
     else:
         p = _probabilities(forward, expr, row_t)
-        tgt = p.argmax(1) if given is None else given
+        tgt = p[:, :len(forward.candidates)].argmax(1) if given is None else given
         with torch.enable_grad():
             attr, delta, used = _integrated_gradients(forward, expr, row_t, tgt, ig, internal_batch_size, reference)
     as_np = lambda t: t.detach().float().cpu().numpy()  # noqa: E731
@@ -422,13 +450,14 @@ def _log_expression(model: CellLanguageModel, counts: sp.csr_matrix | np.ndarray
 def label_probability(model: CellLanguageModel, expr: np.ndarray, candidates: Sequence[str], prefixes: Sequence[str],
                       rows: np.ndarray, target: np.ndarray, batch_size: int = 16,
                       route: CandidateRoute | None = None, decisive: bool = False,
-                      readout: Readout | None = None) -> np.ndarray:
-    """Probability of each cell's `target` candidate given log-normalized input `expr` (cells x genes).
+                      readout: Readout | None = None, broader: Sequence[Sequence[int]] = ()) -> np.ndarray:
+    """Probability of each cell's `target` (a candidate, or a `broader` type after them) given
+    log-normalized input `expr` (cells x genes).
 
     Used by the deletion test: `expr` may have genes zeroed in log space. `route`, `decisive`,
-    `readout`: as in `attribute`.
+    `readout`, `broader` (candidate indices of each broader type): as in `attribute`.
     """
-    forward = LabelLogProb(model, prefixes, candidates, route, decisive, readout)
+    forward = LabelLogProb(model, prefixes, candidates, route, decisive, readout, broader)
     out = []
     for start in range(0, expr.shape[0], batch_size):
         sl = slice(start, start + batch_size)

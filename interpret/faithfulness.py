@@ -100,7 +100,7 @@ def _probability_without(model: CellLanguageModel, a: Attributions, rows: np.nda
     keep = genes >= 0
     expr[cells[keep], genes[keep]] = 0.0
     return label_probability(model, expr, a.candidates, a.prefixes, rows, a.target, batch_size, a.route, a.decisive,
-                             a.readout)
+                             a.readout, [g for _, g in a.broader])
 
 
 def _random_expressed(inputs: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:

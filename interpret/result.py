@@ -176,7 +176,7 @@ class ExplanationResult:
             adata.obs[f"{key}_ig_delta"] = a.delta.astype(np.float32)
         adata.obsm[f"{key}_probabilities"] = a.probabilities.astype(np.float32)
         params = {"target": self.provenance.get("target", ""), "normalize": self.normalize, "top_k": self.top_k,
-                  "candidates": list(a.candidates), "attribution": a.method,
+                  "candidates": list(a.candidates), "probability_columns": a.explained, "attribution": a.method,
                   "reference": self.provenance.get("reference") or "none",
                   "n_steps": a.n_steps if a.n_steps is not None else 0}
         adata.uns[key] = rank_genes_groups_layout(self.means, self.top_k, f"{key}_label", f"instructcell_{a.method}",

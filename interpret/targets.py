@@ -19,7 +19,7 @@ import pandas as pd
 
 from instructcell_agent.core_model.checkpoint import LoadedModel
 from instructcell_agent.core_model.errors import LabelKeyError
-from instructcell_agent.core_model.labels import UNASSIGNED, unexplainable
+from instructcell_agent.core_model.labels import UNASSIGNED, ontology_ancestors, ontology_id, unexplainable
 
 # Without labels or candidates, explain scores the learned label set that holds most free answers.
 # Why: over every learned label at once (53 for the shipped checkpoint, from several tissues) the
@@ -173,6 +173,23 @@ def candidates_of(model: LoadedModel, dataset: str | None, candidates: Sequence[
     return cands
 
 
+def broader_types(given: np.ndarray | str | None, cands: list[str]) -> list[tuple[str, tuple[int, ...]]]:
+    """(name, candidate indices) of each given label that is no candidate but a Cell Ontology type
+    over two candidates or more, not all: a broader answer of `resolve_at` (core_model/hierarchy.py,
+    the same rule), explained as the summed probability of the candidates under it."""
+    if given is None:
+        return []
+    found = []
+    for name in ([given] if isinstance(given, str) else sorted(set(given.tolist()))):
+        if name in cands or (term := ontology_id(name)) is None:
+            continue
+        under = tuple(i for i, c in enumerate(cands)
+                      if (t := ontology_id(c)) is not None and (t == term or term in ontology_ancestors(t)))
+        if 2 <= len(under) < len(cands):
+            found.append((name, under))
+    return found
+
+
 def check_in_candidates(given: np.ndarray | str | None, cands: list[str], n_obs: int) -> np.ndarray | None:
     if given is None:
         return None
@@ -184,5 +201,6 @@ def check_in_candidates(given: np.ndarray | str | None, cands: list[str], n_obs:
     unknown = sorted(set(given.tolist()) - set(cands))
     if unknown:
         raise LabelKeyError(f"label(s) {unknown[:10]} are not among the candidates {cands}; pass candidates=[...] "
-                            "or dataset=<label set> that contains them")
+                            "or dataset=<label set> that contains them (a broader Cell Ontology type, as resolve_at "
+                            "answers, is explained over two or more of the candidates but not all)")
     return given
