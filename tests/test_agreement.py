@@ -31,6 +31,13 @@ def test_answers_agree_by_name_synonym_or_finer_type_never_coarser():
     assert split.per_label.loc["CD4T", "most_common_answer"] == "T cell"
 
 
+def test_common_author_spellings_are_read_as_their_population():
+    # Azimuth's and tutorials' names for the shared PBMC populations
+    found = agreement(["CD14+Mono", "FCGR3A+Mono", "CD4+/CD45RA+/CD25- Naive T", "CD4+/CD25 T Reg", "CD8T"],
+                      ["CD14 Mono", "CD16 Mono", "CD4 Naive", "Regulatory T cells", "CD8+ T cells"])
+    assert found.agreement == 1.0
+
+
 def test_unlabelled_cells_and_cells_without_a_known_label_are_left_out():
     found = agreement(["B", None, "NK", "B"], ["B", "B", None, "NK"])
     assert (found.n_compared, found.n_unlabelled, found.n_unknown) == (2, 1, 1)
