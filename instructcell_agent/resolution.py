@@ -45,8 +45,8 @@ def resolved_frame(obs_names: Sequence[str], keep: np.ndarray, parts: list[Part]
 
 
 def resolved_line(frame: pd.DataFrame, at: float) -> str:
-    """'resolved at 0.9: 262 cells at their label, 122 as a broader type (CD4-positive, alpha-beta
-    T cell 71, ...), 5 'Unassigned'' (the summary's line)."""
+    """The summary's line: 'resolved at 0.9 (...): N cells at their label, M as a broader type
+    (the four commonest, with their counts), U 'Unassigned''."""
     levels = Counter(frame["resolved_level"].dropna())
     broader = Counter(frame.loc[frame["resolved_level"] == BROADER, "resolved"])
     n_unassigned = int((frame["resolved"] == UNASSIGNED).sum())
