@@ -74,9 +74,14 @@ def summarize(messages: Sequence[BaseMessage]) -> str:
             agreement = result.get("agreement") or {}
             agrees = (f"; agreement with obs['{agreement['compare_key']}'] {agreement['agreement']:.2f}"
                       if agreement.get("agreement") is not None else "")
+            resolved = sorted((result.get("resolved_counts") or {}).items(), key=lambda kv: -kv[1])[:3]
+            resolves = ("; resolved: " + ", ".join(f"{k} {v}" for k, v in resolved) if resolved else "") + (
+                f" (right for obs['{agreement['compare_key']}'] {result['resolved_agreement']:.2f})"
+                if resolved and result.get("resolved_agreement") is not None and agreement else "")
             lines.append(f"- {name}: {result['n_cells']} cells; " + ", ".join(f"{k} {v}" for k, v in top)
                          + (f"; mean confidence {result['mean_confidence']:.2f}"
-                            if result.get("mean_confidence") is not None else "; no cell labelled") + agrees)
+                            if result.get("mean_confidence") is not None else "; no cell labelled") + agrees
+                         + resolves)
         elif isinstance(result, dict) and "top_genes" in result:
             genes = "; ".join(f"{label}: {', '.join(g['gene'] for g in gs[:3])}"
                               for label, gs in list(result["top_genes"].items())[:5])

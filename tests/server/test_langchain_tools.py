@@ -114,6 +114,7 @@ def test_example_workflow_runs_end_to_end(env, gen_checkpoint, tmp_path):
     assert "inspect_dataset: 240 cells x 120 genes" in answer
     assert "annotate_cells: 240 cells" in answer and "explain_genes: top genes" in answer
     assert "agreement with obs['cell_type']" in answer  # the file's own labels were passed as compare_key
+    assert "; resolved: " in answer and "right for obs['cell_type']" in answer  # and resolve_at
     explained = list((tmp_path / "out").glob("*_annotated_*_explain_*/explain.json"))  # the annotated file's
     assert len(explained) == 1
     notes = " ".join(json.loads(explained[0].read_text())["provenance"]["notes"])
