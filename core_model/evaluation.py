@@ -22,6 +22,7 @@ from .alignment import align_to_vocab
 from .datasets import prompt_fields, split_names, subset_by_names
 from .instructions import format_choices, has_choices, load_bank, render
 from .errors import InputFileError
+from .hierarchy import AT_LABEL, BROADER, check_resolve_at, consistent, resolve
 from .io import get_labels
 from .labels import LabelMapper
 from .readers import read_cells
@@ -146,6 +147,34 @@ def confidence_summary(preds: Predictions, temperature: float) -> dict[str, Any]
             "definition": "top-label probability of scored answers; calibration_error: 10 equal-width bins"}
 
 
+def resolved_summary(preds: Predictions, temperature: float, at: float) -> dict[str, Any]:
+    """`resolve_at` over the scored answers (core_model/hierarchy.py): how many cells reach the
+    bar at their label, how many as a broader type, how many do not, and how often each is right
+    for the cell's label (a broader type when the label falls under it). Decoded answers have no
+    probabilities to sum: counted, not resolved."""
+    rows = preds.score_rows or [None] * len(preds.truth)
+    groups: dict[tuple[str, ...], list[int]] = {}
+    for i, row in enumerate(rows):
+        if row is not None:
+            groups.setdefault(tuple(preds.score_labels[i]), []).append(i)
+    out = {"at": at, "n_label": 0, "right_label": 0, "n_broader": 0, "right_broader": 0, "n_unassigned": 0,
+           "n_decoded": sum(row is None for row in rows)}
+    for labels, cells in groups.items():  # the rows of one label list resolved together
+        z = np.stack([rows[i] for i in cells]).astype(np.float64) / temperature
+        probs = np.exp(z - z.max(1, keepdims=True))  # -inf scores (labels ruled out) get 0
+        found = resolve(probs / probs.sum(1, keepdims=True), labels, at)
+        for i, name, level in zip(cells, found.names, found.levels):
+            key = {AT_LABEL: "label", BROADER: "broader"}.get(level)
+            if key is None:
+                out["n_unassigned"] += 1
+                continue
+            out[f"n_{key}"] += 1
+            out[f"right_{key}"] += int(consistent(str(name), str(preds.truth[i])))
+    answered = out["n_label"] + out["n_broader"]
+    out["accuracy"] = (out["right_label"] + out["right_broader"]) / answered if answered else None
+    return out
+
+
 def metrics(truth: np.ndarray, predicted: np.ndarray, labels: Sequence[str]) -> dict[str, Any]:
     """Accuracy, macro/weighted F1 over the dataset's labels (an invalid answer is a wrong one)."""
     if len(truth) == 0:
@@ -165,7 +194,8 @@ def evaluate(loaded: LoadedModel, data: str | Path, split_path: str | Path | Non
              instructions: Sequence[str] | None = None, n_instructions: int | None = None, seed: int = 0,
              split: str = "test", batch_size: int = 32, calibrate: bool = False,
              keep_predictions: bool = False, scoring: str = "auto", readout: bool = True,
-             keep_scores: bool = False, drug: str | None = None, genome: str | None = None) -> dict[str, Any]:
+             keep_scores: bool = False, drug: str | None = None, genome: str | None = None,
+             resolve_at: float | None = None) -> dict[str, Any]:
     """Metrics of `loaded` on one split of a labelled .h5ad (the `instructcell evaluate` job).
 
     `scoring` as in `annotate`: "auto" scores decisive tokens when every label of the dataset is
@@ -180,10 +210,16 @@ def evaluate(loaded: LoadedModel, data: str | Path, split_path: str | Path | Non
 
     `drug` names the drug of a `dsp` file (else obs['drug'], else the checkpoint's record of a set
     of the file's name); a drug-response phrasing without one is refused. `genome`: the species of
-    a multi-genome matrix to read (core_model/genomes.py).
+    a multi-genome matrix to read (core_model/genomes.py). `resolve_at` (cell types): also
+    ``result["resolved"]``, each scored cell's finest answer reaching that probability
+    (`resolved_summary`).
     """
     if task not in BANK_OF_TASK:
         raise ValueError(f"task must be one of {sorted(BANK_OF_TASK)}, got {task!r}")
+    if resolve_at is not None:
+        if task != "cta":
+            raise ValueError("resolve_at is for cell types (--task cta)")
+        check_resolve_at(resolve_at)
     check_scoring(scoring)
     adata = read_cells(data, genome=genome)
     all_labels = sorted(set(get_labels(adata, label_key)))
@@ -227,6 +263,8 @@ def evaluate(loaded: LoadedModel, data: str | Path, split_path: str | Path | Non
         "confidence": confidence_summary(preds, loaded.temperature(expert, all_labels)),
         "macro_f1_definition": "sklearn macro F1 over the dataset's label set; invalid answers count as wrong",
     }
+    if resolve_at is not None:
+        result["resolved"] = resolved_summary(preds, loaded.temperature(expert, all_labels), resolve_at)
     if keep_scores:
         result["score_rows"], correct, result["truth_columns"] = scored_cells(preds)
         result["correct"] = correct.tolist()

@@ -104,6 +104,9 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--out", required=True, help="metrics JSON to write")
     p.add_argument("--calibrate", action="store_true",
                    help="batch label-prior correction of scored answers (core_model/calibration.py)")
+    p.add_argument("--resolve-at", type=float, default=None, metavar="PROBABILITY",
+                   help="cta: also count each scored cell's finest answer reaching this probability (its label or "
+                        "a broader Cell Ontology type) and how often it is right: the JSON's 'resolved'")
     add_precision_argument(p, "float32")  # metrics should not depend on the machine unless asked
     add_device_argument(p)
     add_scoring_argument(p)
@@ -339,9 +342,10 @@ def _evaluate(args) -> int:
     result = evaluate(loaded, args.data, args.split, args.task, args.label_key, instructions=instructions,
                       n_instructions=args.n_instructions, seed=args.seed, split=args.split_name,
                       calibrate=args.calibrate, scoring=args.scoring, readout=not args.no_readout, drug=args.drug,
-                      genome=args.genome)
+                      genome=args.genome, resolve_at=args.resolve_at)
     write_json_atomic(result, args.out)
-    print(json.dumps({k: result[k] for k in ("accuracy", "macro_f1", "weighted_f1", "invalid_rate", "n_cells")}))
+    print(json.dumps({k: result[k] for k in ("accuracy", "macro_f1", "weighted_f1", "invalid_rate", "n_cells",
+                                             "resolved") if k in result}))
     return 0
 
 

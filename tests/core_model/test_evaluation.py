@@ -132,3 +132,37 @@ def test_evaluate_with_and_without_the_readout(tiny_model, synthetic_set):
     # free answers with the read-out are chosen among the learned labels: never invalid
     assert both["without_options"]["invalid_rate"] == 0.0 and both["without_options"]["n_cells"] > 0
     assert both["accuracy"] > 0.8
+
+
+def test_evaluate_resolves_scored_answers_when_asked(tiny_model, synthetic_set):
+    args = (tiny_model, synthetic_set["path"], synthetic_set["split_path"], "cta", "cell_type")
+    plain = evaluate(*args, seed=1)
+    result = evaluate(*args, seed=1, resolve_at=0.9)
+    assert "resolved" not in plain and result["accuracy"] == plain["accuracy"]  # the answers do not change
+    found = result["resolved"]
+    n_scored = found["n_label"] + found["n_broader"] + found["n_unassigned"]
+    assert n_scored + found["n_decoded"] == result["n_cells"] and n_scored > 0
+    # the tiny model's four labels are all pancreatic endocrine cells: a type over every label is no
+    # answer, so unsure cells stay unassigned
+    assert found["n_broader"] == 0
+    assert 0 <= found["right_label"] <= found["n_label"]
+    with pytest.raises(ValueError, match="resolve_at"):
+        evaluate(*args, resolve_at=0.5)
+    with pytest.raises(ValueError, match="cell types"):
+        evaluate(*args[:3], "dsp", "cell_type", resolve_at=0.9)
+
+
+def test_resolved_summary_counts_labels_broader_types_and_decoded_answers():
+    from instructcell_agent.core_model.evaluation import Predictions, resolved_summary
+
+    labels = ["B", "CD4T", "CD8T", "NK"]
+    rows = [np.log([0.02, 0.50, 0.45, 0.03]), np.log([0.01, 0.01, 0.01, 0.97]), None,
+            np.log([0.40, 0.30, 0.01, 0.29])]  # a T cell; a sure NK; decoded; nothing reaches 0.9
+    preds = Predictions(truth=np.array(["CD8T", "NK", "B", "B"]), predicted=np.array(["CD4T", "NK", "B", "B"]),
+                        with_options=np.array([True, True, False, True]), answers=["CD4T", "NK", "B", "B"],
+                        seconds=1.0, score_rows=rows, score_labels=[labels, labels, None, labels])
+    found = resolved_summary(preds, 1.0, 0.9)
+    assert (found["n_label"], found["right_label"], found["n_broader"], found["right_broader"]) == (1, 1, 1, 1)
+    assert found["n_unassigned"] == 1 and found["n_decoded"] == 1 and found["accuracy"] == 1.0
+    # a temperature above 1 flattens the rows: the NK cell no longer reaches 0.9 alone
+    assert resolved_summary(preds, 3.0, 0.9)["n_label"] == 0
