@@ -33,7 +33,7 @@ import numpy as np
 
 import instructcell_agent as ica
 from instructcell_agent.core_model.datasets import load_catalog, read_split, subset_by_names
-from instructcell_agent.core_model.hierarchy import AT_LABEL, BROADER, consistent, resolve
+from instructcell_agent.core_model.hierarchy import BROADER, consistent, count_right, resolve
 from instructcell_agent.core_model.io import get_labels, read_h5ad
 from missing_types import missing_cases
 from report_io import meta_lines, run_meta, write_report
@@ -56,14 +56,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def tally(names, levels, confidence, labels, truth, at: float) -> dict[str, Any]:
     """Counts and right shares of resolved answers, and of `unassigned_below` at the same bar."""
     names, levels = np.asarray(names, dtype=object), np.asarray(levels, dtype=object)
-    right = np.array([level is not None and consistent(str(n), str(t)) for n, level, t in zip(names, levels, truth)])
-    at_label, broader = levels == AT_LABEL, levels == BROADER
     kept = np.asarray(confidence, dtype=float) >= at  # unassigned_below's cells
     kept_right = np.array([consistent(str(l), str(t)) for l, t in zip(labels, truth)]) & kept
-    return {"at": at, "n_label": int(at_label.sum()), "right_label": int(right[at_label].sum()),
-            "n_broader": int(broader.sum()), "right_broader": int(right[broader].sum()),
-            "n_unassigned": int((~at_label & ~broader).sum()),
-            "broader_types": dict(Counter(map(str, names[broader])).most_common()),
+    return {"at": at, **count_right(names, levels, truth),
+            "broader_types": dict(Counter(map(str, names[levels == BROADER])).most_common()),
             "kept": int(kept.sum()), "kept_right": int(kept_right.sum())}
 
 

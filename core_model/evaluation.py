@@ -22,7 +22,7 @@ from .alignment import align_to_vocab
 from .datasets import prompt_fields, split_names, subset_by_names
 from .instructions import format_choices, has_choices, load_bank, render
 from .errors import InputFileError
-from .hierarchy import AT_LABEL, BROADER, check_resolve_at, consistent, resolve
+from .hierarchy import check_resolve_at, count_right, resolve
 from .io import get_labels
 from .labels import LabelMapper
 from .readers import read_cells
@@ -153,23 +153,21 @@ def resolved_summary(preds: Predictions, temperature: float, at: float) -> dict[
     for the cell's label (a broader type when the label falls under it). Decoded answers have no
     probabilities to sum: counted, not resolved."""
     rows = preds.score_rows or [None] * len(preds.truth)
+    # with options each cell lists the labels in its own order: rows are put in one (sorted) order
+    # per label set, so each set's types are worked out once
     groups: dict[tuple[str, ...], list[int]] = {}
     for i, row in enumerate(rows):
         if row is not None:
-            groups.setdefault(tuple(preds.score_labels[i]), []).append(i)
+            groups.setdefault(tuple(sorted(preds.score_labels[i])), []).append(i)
     out = {"at": at, "n_label": 0, "right_label": 0, "n_broader": 0, "right_broader": 0, "n_unassigned": 0,
            "n_decoded": sum(row is None for row in rows)}
-    for labels, cells in groups.items():  # the rows of one label list resolved together
-        z = np.stack([rows[i] for i in cells]).astype(np.float64) / temperature
+    for labels, cells in groups.items():
+        order = [[list(preds.score_labels[i]).index(label) for label in labels] for i in cells]
+        z = np.stack([np.asarray(rows[i])[o] for i, o in zip(cells, order)]).astype(np.float64) / temperature
         probs = np.exp(z - z.max(1, keepdims=True))  # -inf scores (labels ruled out) get 0
         found = resolve(probs / probs.sum(1, keepdims=True), labels, at)
-        for i, name, level in zip(cells, found.names, found.levels):
-            key = {AT_LABEL: "label", BROADER: "broader"}.get(level)
-            if key is None:
-                out["n_unassigned"] += 1
-                continue
-            out[f"n_{key}"] += 1
-            out[f"right_{key}"] += int(consistent(str(name), str(preds.truth[i])))
+        for key, value in count_right(found.names, found.levels, preds.truth[cells]).items():
+            out[key] += value
     answered = out["n_label"] + out["n_broader"]
     out["accuracy"] = (out["right_label"] + out["right_broader"]) / answered if answered else None
     return out

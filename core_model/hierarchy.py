@@ -41,12 +41,29 @@ class _Node:
     depth: int  # ancestors in the table: more is more specific among equal covers
 
 
-def _nodes(labels: Sequence[str]) -> list[_Node]:
-    """Each label, and each ontology term covering two labels or more but not all of them, most
-    specific first. A term over every label is left out: its probability is 1 whatever the cell,
-    so it would say what the candidates say, not what the cell does (xin2016's four islet labels
-    asked of mouse ductal cells and progenitors would all come back 'pancreatic endocrine cell')."""
-    terms = [ontology_id(str(label)) for label in labels]
+def _informative(n_covered: int, n_labels: int) -> bool:
+    """Whether a type over `n_covered` of `n_labels` labels is an answer of its own: it must cover
+    two labels or more (one is that label), and not all of them: over every label its probability
+    is 1 whatever the cell, so it would say what the candidates say, not what the cell does
+    (xin2016's four islet labels asked of mouse ductal cells and progenitors would all come back
+    'pancreatic endocrine cell')."""
+    return 2 <= n_covered < n_labels
+
+
+def broader_cover(name: str, labels: Sequence[str]) -> tuple[int, ...] | None:
+    """The indices of `labels` under the Cell Ontology type `name`, where that type is a broader
+    answer over them (`_informative`); None otherwise (no term, or not broader)."""
+    term = ontology_id(str(name))
+    if term is None:
+        return None
+    under = tuple(i for i, label in enumerate(labels)
+                  if (t := ontology_id(str(label))) is not None and (t == term or term in ontology_ancestors(t)))
+    return under if _informative(len(under), len(labels)) else None
+
+
+def _nodes(labels: Sequence[str], terms: Sequence[str | None]) -> list[_Node]:
+    """Each label, and each ontology term over the labels that is an answer of its own
+    (`_informative`), most specific first."""
     nodes = [_Node(str(label), term, frozenset([j]), 1 << 30) for j, (label, term) in enumerate(zip(labels, terms))]
     covers: dict[str, set[int]] = {}
     for j, term in enumerate(terms):
@@ -57,7 +74,7 @@ def _nodes(labels: Sequence[str]) -> list[_Node]:
     # (the one whose ancestors include the others) names them best
     for term in sorted(covers, key=lambda t: -len(ontology_ancestors(t))):
         cover = frozenset(covers[term])
-        if cover not in seen and len(cover) < len(labels):
+        if cover not in seen and _informative(len(cover), len(labels)):
             seen.add(cover)
             nodes.append(_Node(ontology_name(term), term, cover, len(ontology_ancestors(term))))
     return sorted(nodes, key=lambda n: (len(n.covers), -n.depth))
@@ -84,7 +101,8 @@ def resolve(probs: np.ndarray, labels: Sequence[str], at: float) -> Resolved:
     probs = np.asarray(probs, dtype=float)
     if probs.ndim != 2 or probs.shape[1] != len(labels):
         raise ValueError(f"probabilities of shape {probs.shape} for {len(labels)} labels")
-    nodes = _nodes(labels)
+    terms = [ontology_id(str(label)) for label in labels]
+    nodes = _nodes(labels, terms)
     member = np.zeros((len(labels), len(nodes)))
     for k, node in enumerate(nodes):
         member[list(node.covers), k] = 1.0
@@ -94,7 +112,6 @@ def resolve(probs: np.ndarray, labels: Sequence[str], at: float) -> Resolved:
     conf = np.full(n, np.nan)
     ids = np.full(n, None, dtype=object)
     levels = np.full(n, None, dtype=object)
-    terms = [ontology_id(str(label)) for label in labels]
     answered = ~np.isnan(probs).any(axis=1)
     reached = mass >= at - 1e-9  # a lone label at probability 1.0 may sum to 0.9999999
     for i in np.flatnonzero(answered):
@@ -121,3 +138,18 @@ def consistent(answer: str, known: str) -> bool:
         return True
     a, k = ontology_id(answer), ontology_id(known)
     return a is not None and k is not None and (a == k or a in ontology_ancestors(k) or k in ontology_ancestors(a))
+
+
+def count_right(names: Sequence, levels: Sequence, known: Sequence) -> dict[str, int]:
+    """How many resolved answers are at a label and at a broader type, how many of each are right
+    for the `known` labels (`consistent`; a cell with no known label, None or NaN, is left out of
+    both), and how many are 'Unassigned'."""
+    out = {"n_label": 0, "right_label": 0, "n_broader": 0, "right_broader": 0,
+           "n_unassigned": sum(name == UNASSIGNED for name in names)}
+    for name, level, label in zip(names, levels, known):
+        key = {AT_LABEL: "label", BROADER: "broader"}.get(level)
+        if key is None or label is None or (isinstance(label, float) and np.isnan(label)):
+            continue
+        out[f"n_{key}"] += 1
+        out[f"right_{key}"] += int(consistent(str(name), str(label)))
+    return out

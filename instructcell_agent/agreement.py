@@ -17,7 +17,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
-from .core_model.hierarchy import AT_LABEL, BROADER, consistent
+from .core_model.hierarchy import count_right
 from .core_model.io import obs_column
 from .core_model.labels import UNASSIGNED, LabelMapper
 
@@ -137,15 +137,9 @@ def resolved_agreement(resolved: pd.DataFrame, known: Sequence[Any]) -> Resolved
     known = pd.Series(list(known), dtype=object)
     if len(resolved) != len(known):
         raise ValueError(f"{len(resolved)} resolved answers for {len(known)} known labels")
-    has_known = known.notna().to_numpy()
-    levels = resolved["resolved_level"].to_numpy()
-    right = np.array([level is not None and bool(k) and consistent(str(answer), str(label))
-                      for answer, label, level, k in zip(resolved["resolved"], known, levels, has_known)])
-    at_label, broader = (levels == AT_LABEL) & has_known, (levels == BROADER) & has_known
-    return ResolvedAgreement(n_label=int(at_label.sum()), right_label=int(right[at_label].sum()),
-                             n_broader=int(broader.sum()), right_broader=int(right[broader].sum()),
-                             n_unassigned=int((resolved["resolved"] == UNASSIGNED).sum()),
-                             n_unknown=int((~has_known).sum()))
+    counts = count_right(list(resolved["resolved"]), list(resolved["resolved_level"]),
+                         [label if pd.notna(label) else None for label in known])
+    return ResolvedAgreement(**counts, n_unknown=int(known.isna().sum()))
 
 
 def known_labels(adata: ad.AnnData, key: str, purpose: str = "to compare with") -> pd.Series:

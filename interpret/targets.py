@@ -19,7 +19,8 @@ import pandas as pd
 
 from instructcell_agent.core_model.checkpoint import LoadedModel
 from instructcell_agent.core_model.errors import LabelKeyError
-from instructcell_agent.core_model.labels import UNASSIGNED, ontology_ancestors, ontology_id, unexplainable
+from instructcell_agent.core_model.hierarchy import broader_cover
+from instructcell_agent.core_model.labels import UNASSIGNED, unexplainable
 
 # Without labels or candidates, explain scores the learned label set that holds most free answers.
 # Why: over every learned label at once (53 for the shipped checkpoint, from several tissues) the
@@ -179,15 +180,8 @@ def broader_types(given: np.ndarray | str | None, cands: list[str]) -> list[tupl
     the same rule), explained as the summed probability of the candidates under it."""
     if given is None:
         return []
-    found = []
-    for name in ([given] if isinstance(given, str) else sorted(set(given.tolist()))):
-        if name in cands or (term := ontology_id(name)) is None:
-            continue
-        under = tuple(i for i, c in enumerate(cands)
-                      if (t := ontology_id(c)) is not None and (t == term or term in ontology_ancestors(t)))
-        if 2 <= len(under) < len(cands):
-            found.append((name, under))
-    return found
+    names = [given] if isinstance(given, str) else sorted(set(given.tolist()))
+    return [(name, under) for name in names if name not in cands and (under := broader_cover(name, cands))]
 
 
 def check_in_candidates(given: np.ndarray | str | None, cands: list[str], n_obs: int) -> np.ndarray | None:

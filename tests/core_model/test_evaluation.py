@@ -156,11 +156,12 @@ def test_resolved_summary_counts_labels_broader_types_and_decoded_answers():
     from instructcell_agent.core_model.evaluation import Predictions, resolved_summary
 
     labels = ["B", "CD4T", "CD8T", "NK"]
-    rows = [np.log([0.02, 0.50, 0.45, 0.03]), np.log([0.01, 0.01, 0.01, 0.97]), None,
+    rows = [np.log([0.02, 0.50, 0.45, 0.03]), np.log([0.97, 0.01, 0.01, 0.01]), None,
             np.log([0.40, 0.30, 0.01, 0.29])]  # a T cell; a sure NK; decoded; nothing reaches 0.9
+    # the NK cell's options came in another order, as evaluate shuffles them per cell
     preds = Predictions(truth=np.array(["CD8T", "NK", "B", "B"]), predicted=np.array(["CD4T", "NK", "B", "B"]),
                         with_options=np.array([True, True, False, True]), answers=["CD4T", "NK", "B", "B"],
-                        seconds=1.0, score_rows=rows, score_labels=[labels, labels, None, labels])
+                        seconds=1.0, score_rows=rows, score_labels=[labels, labels[::-1], None, labels])
     found = resolved_summary(preds, 1.0, 0.9)
     assert (found["n_label"], found["right_label"], found["n_broader"], found["right_broader"]) == (1, 1, 1, 1)
     assert found["n_unassigned"] == 1 and found["n_decoded"] == 1 and found["accuracy"] == 1.0

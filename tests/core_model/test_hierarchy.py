@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from instructcell_agent.core_model.hierarchy import AT_LABEL, BROADER, consistent, resolve
+from instructcell_agent.core_model.hierarchy import AT_LABEL, BROADER, broader_cover, consistent, count_right, resolve
 
 SHORT = {"mono": "CD14+ Monocyte", "b": "CD19+ B", "treg": "CD4+/CD25 T Reg", "cd4_naive": "CD4+/CD45RA+/CD25- Naive T",
          "cd4_memory": "CD4+/CD45RO+ Memory", "nk": "CD56+ NK", "cd8": "CD8+ Cytotoxic T",
@@ -94,3 +94,16 @@ def test_shape_mismatch_is_refused():
 ])
 def test_consistent_reads_broader_finer_and_synonymous_answers_as_right(answer, known, right):
     assert consistent(answer, known) is right
+
+
+def test_broader_cover_names_the_labels_under_a_type_that_is_an_answer_of_its_own():
+    assert broader_cover("T cell", ZHENG) == (2, 3, 4, 6, 7)
+    assert broader_cover("lymphocyte", ["CD4T", "CD8T", "NK"]) is None  # over every label: no answer
+    assert broader_cover("CD56+ NK", ZHENG) is None  # one label: that label
+    assert broader_cover("hepatocyte", ZHENG) is None  # no term
+
+
+def test_count_right_counts_each_level_and_leaves_unknown_labels_out():
+    found = count_right(["T cell", "CD19+ B", "T cell", "Unassigned", None], [BROADER, AT_LABEL, BROADER, None, None],
+                        ["CD8T", "NK", None, "B", "B"])
+    assert found == {"n_label": 1, "right_label": 0, "n_broader": 1, "right_broader": 1, "n_unassigned": 1}
