@@ -254,10 +254,7 @@ def explain(adata: ad.AnnData, model: LoadedModel | None = None, labels: str | S
         "alignment_summary": aligned.report.summary(), "seconds": time.perf_counter() - started,
         "n_cells_in": n_cells_in, "max_cells_per_label": max_cells_per_label,
         "seed": seed if max_cells_per_label is not None else None,
-        # route and reference notes, then the marker check's
-        "notes": notes + ([] if db is not None or task != "annotation" else
-                          [f"marker validation skipped: no {marker_db} table found (set INSTRUCTCELL_SHARED to the "
-                           "folder whose data/markers holds it)"]),
+        "notes": notes,
     }
     return ExplanationResult(list(aligned.obs_names), list(model.vocab), np.asarray(groups, dtype=str), attr, means,
                              top_k, normalize, report, adata.obs.copy(), provenance, db, species)

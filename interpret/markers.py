@@ -1,37 +1,39 @@
 """Marker validation: are a label's top genes known markers of its cell type?
 
-The shared marker databases (``<shared>/data/markers``) name cell types their own way; our small
-table ``marker_map.json`` maps the label strings of the shared datasets onto those names. Gene
-symbols are compared upper-case: the model's vocabulary is human symbols and PanglaoDB writes
-mouse genes human-style, so mouse datasets aligned to human symbols compare directly.
+The marker databases (PanglaoDB, CellMarker 2.0) name cell types their own way; our small table
+``marker_map.json`` maps the label strings of the shared datasets onto those names, and
+``known_markers.tsv.gz`` ships those cell types' genes (``scripts/build_marker_table.py``), so
+the check works wherever the package is installed. Gene symbols are compared upper-case: the
+model's vocabulary is human symbols and PanglaoDB writes mouse genes human-style, so mouse
+datasets aligned to human symbols compare directly.
 
-Everything here degrades gracefully: without the shared folder, or for a label our table does
-not map, a report says so instead of failing.
+A label our table does not map gets a report line saying so instead of a failure.
 """
 
 from __future__ import annotations
 
 import csv
+import gzip
+import io
 import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
-from pathlib import Path
 
 import anndata as ad
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from instructcell_agent.core_model.datasets import shared_root
-from instructcell_agent.core_model.errors import InputFileError
 from instructcell_agent.core_model.labels import ontology_id
 
 log = logging.getLogger(__name__)
 
+# the releases the shipped table was built from (scripts/build_marker_table.py)
 DATABASES = {"panglaodb": "PanglaoDB_markers_27_Mar_2020.tsv", "cellmarker2": "CellMarker2_Human_Aug.csv"}
+TABLE = "known_markers.tsv.gz"
 DEFAULT_DB = "panglaodb"
 PRECISION_K = 10
 
@@ -92,61 +94,30 @@ def marker_map() -> dict[str, dict[str, list[str]]]:
     return {k: v for k, v in json.loads(text).items() if not k.startswith("_")}
 
 
-def marker_dir(root: Path | None = None) -> Path | None:
-    """The shared data's markers folder (which may not exist), or None (logged) when no shared data
-    folder is found."""
-    try:
-        base = root or shared_root()
-    except InputFileError as exc:
-        log.warning("marker validation skipped: %s", exc)
-        return None
-    return base / "data" / "markers"
+@lru_cache(maxsize=1)
+def _shipped_table() -> dict[str, dict[str, dict[str, frozenset[str]]]]:
+    """``{database: {cell_type: {species: symbols}}}`` from ``known_markers.tsv.gz``."""
+    raw: dict[str, dict[str, dict[str, set[str]]]] = {}
+    with resources.files(__package__).joinpath(TABLE).open("rb") as fh:
+        text = io.TextIOWrapper(gzip.GzipFile(fileobj=fh), encoding="utf-8", newline="")
+        for row in csv.DictReader(text, delimiter="\t"):
+            by_type = raw.setdefault(row["database"], {}).setdefault(row["cell_type"], {})
+            by_type.setdefault(row["species"], set()).add(row["symbol"])
+    return {db: {ct: {sp_: frozenset(g) for sp_, g in by.items()} for ct, by in types.items()}
+            for db, types in raw.items()}
 
 
-def _panglaodb(path: Path) -> dict[str, dict[str, set[str]]]:
-    genes: dict[str, dict[str, set[str]]] = {}
-    with path.open(newline="", encoding="utf-8") as fh:
-        for row in csv.DictReader(fh, delimiter="\t"):
-            symbol = (row.get("official gene symbol") or "").strip().upper()
-            cell_type = (row.get("cell type") or "").strip()
-            if not symbol or not cell_type:
-                continue
-            tags = (row.get("species") or "").split()
-            # "Mm Hs" rows hold for both; rows of neither tag ("None") are kept for any species.
-            keys = [{"Hs": "human", "Mm": "mouse"}[t] for t in tags if t in ("Hs", "Mm")] or ["any"]
-            for key in keys:
-                genes.setdefault(cell_type, {}).setdefault(key, set()).add(symbol)
-    return genes
+def load_marker_db(name: str = DEFAULT_DB) -> MarkerDB:
+    """One marker database, as the package ships it, with our label mapping.
 
-
-def _cellmarker2(path: Path) -> dict[str, dict[str, set[str]]]:
-    genes: dict[str, dict[str, set[str]]] = {}
-    with path.open(newline="", encoding="utf-8") as fh:
-        for row in csv.DictReader(fh):
-            cell_type = (row.get("CT") or "").strip()
-            symbols = {g.strip().upper() for g in (row.get("Gene") or "").split(",") if g.strip()}
-            # The shared CellMarker 2.0 table is the human one.
-            genes.setdefault(cell_type, {}).setdefault("human", set()).update(symbols)
-    return genes
-
-
-@lru_cache(maxsize=4)
-def _load_cached(name: str, path: str) -> MarkerDB:
-    reader = _panglaodb if name == "panglaodb" else _cellmarker2
-    raw = reader(Path(path))
-    genes = {ct: {sp_: frozenset(g) for sp_, g in by.items()} for ct, by in raw.items()}
-    return MarkerDB(name, genes, marker_map().get(name, {}), path)
-
-
-def load_marker_db(name: str = DEFAULT_DB, root: Path | None = None) -> MarkerDB | None:
-    """Read one shared marker database with our label mapping; None when the files are absent.
+    The table holds every gene the database lists for the cell types ``marker_map.json`` maps
+    labels onto (``scripts/build_marker_table.py`` builds it from the shared folder's copies), so
+    marker validation needs no shared data.
 
     Parameters
     ----------
     name
         ``"panglaodb"`` (the reference for precision numbers) or ``"cellmarker2"``.
-    root
-        Shared data folder (default: :func:`~instructcell_agent.core_model.datasets.shared_root`).
 
     Raises
     ------
@@ -155,13 +126,7 @@ def load_marker_db(name: str = DEFAULT_DB, root: Path | None = None) -> MarkerDB
     """
     if name not in DATABASES:
         raise ValueError(f"unknown marker database {name!r}; choose one of {sorted(DATABASES)}")
-    folder = marker_dir(root)
-    if folder is None or not (folder / DATABASES[name]).is_file():
-        if folder is not None:  # a shared folder without the markers (a partial copy, another project's)
-            log.warning("marker database %s not found at %s (INSTRUCTCELL_SHARED names the shared data folder); "
-                        "marker validation skipped", name, folder / DATABASES[name])
-        return None
-    return _load_cached(name, str(folder / DATABASES[name]))
+    return MarkerDB(name, _shipped_table()[name], marker_map().get(name, {}), f"{TABLE} ({DATABASES[name]})")
 
 
 def precision_at_k(ranked: Sequence[str], known: set[str], k: int = PRECISION_K) -> float:
@@ -203,7 +168,7 @@ def marker_report(rankings: Mapping[str, Sequence[str]], db: MarkerDB | None, sp
         row = {"label": label, "cell_types": "", "n_known": 0, "n_known_in_vocab": np.nan,
                "known_in_top": "", "precision_at_k": np.nan, "note": ""}
         if db is None:
-            row["note"] = "no marker database (shared data not found)"
+            row["note"] = "no marker database"
         elif known is None:
             row["note"] = f"label not in our {db.name} mapping (interpret/marker_map.json)"
         else:

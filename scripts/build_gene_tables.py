@@ -173,14 +173,20 @@ def build_earlier_names(pairs: Iterable[tuple[str, str]], ensembl: dict[str, str
 
 
 def write_table(path: Path, header: Sequence[str], table: dict[str, str]) -> int:
-    """Write a sorted two-column gzipped TSV atomically and deterministically.
+    """Write a sorted two-column gzipped TSV atomically and deterministically; returns its size in bytes."""
+    return write_rows(path, header, sorted(table.items()))
+
+
+def write_rows(path: Path, header: Sequence[str], rows: Iterable[Sequence[str]]) -> int:
+    """Write `rows` (already in their final order) under `header` as a gzipped TSV, atomically and
+    deterministically.
 
     Returns
     -------
     int
         The size of the written file in bytes.
     """
-    lines = ["\t".join(header)] + [f"{k}\t{v}" for k, v in sorted(table.items())]
+    lines = ["\t".join(header)] + ["\t".join(row) for row in rows]
     payload = ("\n".join(lines) + "\n").encode("utf-8")
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

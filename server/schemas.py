@@ -404,7 +404,8 @@ class ExplanationSummary(BaseModel):
                                                     "counts on the model's genes are left out; see notes).")
     top_genes: dict[str, list[GeneScore]] = Field(description="Per label, its top genes by attribution.")
     marker_precision: dict[str, float | None] | None = Field(
-        description="Per label, share of the top 10 genes that are known markers (None: no marker database).")
+        description="Per label, share of the top 10 genes that are known markers (None: a label the marker table "
+                    "does not map).")
     notes: list[str] = Field(default_factory=list, description="How the labels were scored, where that matters.")
     outputs: list[OutputFile]
     seconds: float

@@ -1,0 +1,127 @@
+"""Build the marker table that ``instructcell_agent.interpret.markers`` ships.
+
+`explain` checks each label's top genes against known markers. The marker databases live in the
+shared folder, which a pip-installed package does not have; so the genes of the cell types our
+table ``interpret/marker_map.json`` maps labels onto are kept in a small table the package ships:
+``interpret/known_markers.tsv.gz``, columns database, cell_type, species, symbol (upper-case),
+one row per gene. Species is ``human``, ``mouse`` or ``any`` (a PanglaoDB row tagged neither).
+
+Sources (read from ``<shared>/data/markers``, never copied whole):
+
+* PanglaoDB, 27 Mar 2020 release (``PanglaoDB_markers_27_Mar_2020.tsv``), rows tagged ``Hs``
+  and/or ``Mm``;
+* CellMarker 2.0, human table (``CellMarker2_Human_Aug.csv``).
+
+Usage::
+
+    python scripts/build_marker_table.py [--shared PATH] [--out FILE]
+
+Run it again after adding a database cell type to ``marker_map.json``. The output is
+byte-for-byte deterministic (sorted rows, gzip mtime 0); a test rebuilds it from the shared
+folder, where there is one, and compares.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from build_gene_tables import REPO_ROOT, default_shared, write_rows  # noqa: E402
+
+logger = logging.getLogger("build_marker_table")
+
+DATABASES = {"panglaodb": "PanglaoDB_markers_27_Mar_2020.tsv", "cellmarker2": "CellMarker2_Human_Aug.csv"}
+MARKER_MAP = REPO_ROOT / "interpret" / "marker_map.json"
+DEFAULT_OUT = REPO_ROOT / "interpret" / "known_markers.tsv.gz"
+HEADER = ("database", "cell_type", "species", "symbol")
+Rows = set[tuple[str, str, str]]  # (cell_type, species, symbol)
+
+
+def panglaodb_rows(path: Path) -> Rows:
+    """(cell type, species, symbol) of every PanglaoDB row; a row tagged "Mm Hs" holds for both."""
+    rows: Rows = set()
+    with path.open(newline="", encoding="utf-8") as fh:
+        for row in csv.DictReader(fh, delimiter="\t"):
+            symbol = (row.get("official gene symbol") or "").strip().upper()
+            cell_type = (row.get("cell type") or "").strip()
+            if not symbol or not cell_type:
+                continue
+            tags = (row.get("species") or "").split()
+            # rows tagged with neither species ("None") are kept for any species
+            for species in [{"Hs": "human", "Mm": "mouse"}[t] for t in tags if t in ("Hs", "Mm")] or ["any"]:
+                rows.add((cell_type, species, symbol))
+    return rows
+
+
+def cellmarker2_rows(path: Path) -> Rows:
+    """(cell type, "human", symbol) of every CellMarker 2.0 row (the shared table is the human one);
+    its Gene field lists several symbols, comma-separated."""
+    rows: Rows = set()
+    with path.open(newline="", encoding="utf-8") as fh:
+        for row in csv.DictReader(fh):
+            cell_type = (row.get("CT") or "").strip()
+            for gene in (row.get("Gene") or "").split(","):
+                if cell_type and gene.strip():
+                    rows.add((cell_type, "human", gene.strip().upper()))
+    return rows
+
+
+READERS = {"panglaodb": panglaodb_rows, "cellmarker2": cellmarker2_rows}
+
+
+def mapped_types(marker_map: dict) -> dict[str, set[str]]:
+    """Per database, the cell types our label table names."""
+    return {db: {t for types in section.values() for t in types}
+            for db, section in marker_map.items() if not db.startswith("_")}
+
+
+def table_rows(sources: dict[str, Rows], wanted: dict[str, set[str]]) -> list[tuple[str, str, str, str]]:
+    """The shipped rows, sorted: every gene of the wanted cell types of each database.
+
+    Raises
+    ------
+    ValueError
+        When a wanted cell type is not in its database (a typo in marker_map.json).
+    """
+    out = []
+    for db in sorted(wanted):
+        missing = sorted(wanted[db] - {ct for ct, _, _ in sources[db]})
+        if missing:
+            raise ValueError(f"marker_map.json names cell types {missing} that {db} does not have")
+        out += [(db, ct, sp, g) for ct, sp, g in sources[db] if ct in wanted[db]]
+    return sorted(out)
+
+
+def read_sources(markers_dir: Path, names: Iterable[str]) -> dict[str, Rows]:
+    return {name: READERS[name](markers_dir / DATABASES[name]) for name in names}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point; returns the exit status."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--shared", type=Path, default=default_shared(), help="the shared folder")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output file")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+    markers_dir = args.shared / "data" / "markers"
+    missing = [f for f in DATABASES.values() if not (markers_dir / f).is_file()]
+    if missing:
+        logger.error("missing %s under %s; pass --shared PATH", ", ".join(missing), markers_dir)
+        return 2
+    wanted = mapped_types(json.loads(MARKER_MAP.read_text(encoding="utf-8")))
+    rows = table_rows(read_sources(markers_dir, wanted), wanted)
+    size = write_rows(args.out, HEADER, rows)
+    logger.info("%s: %d rows (%s), %d bytes", args.out.name, len(rows),
+                ", ".join(f"{db} {len(types)} cell types" for db, types in sorted(wanted.items())), size)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
