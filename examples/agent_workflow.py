@@ -71,12 +71,13 @@ def scripted_model(h5ad_path: str):
         # An earlier result feeds the next call: the first label set inspect_dataset found for the
         # file's species and tissue becomes the candidates (none found: free answers).
         # A column that looks like an author's cell types is passed as compare_key, for the agreement;
-        # resolve_at adds each cell's finest sure answer (a broader type where fine ones are unsure).
+        # resolve_at adds each cell's finest sure answer (a broader type where fine ones are unsure);
+        # marker_check, how well each label's known markers single out its cells.
         info = next(value for name, value in tool_results(messages) if name == "inspect_dataset")
         labels = next(iter(info.get("matching_label_sets", {}).values()), [])
         known = next((c["name"] for c in info.get("obs_columns", []) if c["name"] in KNOWN_LABEL_COLUMNS), None)
         return {"h5ad_path": h5ad_path, **({"candidates": labels} if len(labels) >= 2 else {}),
-                **({"compare_key": known} if known else {}), "resolve_at": 0.9}
+                **({"compare_key": known} if known else {}), "resolve_at": 0.9, "marker_check": "panglaodb"}
 
     def explain_args(messages):
         # The model's answers explained: the file annotate_cells wrote holds them in

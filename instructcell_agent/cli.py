@@ -124,6 +124,10 @@ def _add_annotate(sub) -> None:
                         "0.9): its label, else a broader Cell Ontology type summing the labels under it ('CD4-"
                         "positive, alpha-beta T cell' for a cell torn between CD4+ T subsets), else 'Unassigned'; "
                         "written to obs '<key>_resolved' (and _confidence, _ontology_id, _level)")
+    p.add_argument("--marker-check", nargs="?", const="panglaodb", default=None, choices=["panglaodb", "cellmarker2"],
+                   help="also check each answer against its known markers (PanglaoDB, or cellmarker2): how well "
+                        "they single out the cells given it (AUROC), printed and stored in uns '<key>_marker_check' "
+                        "and obs '<key>_marker_score'; asks no model")
 
 
 def _add_drug_response(sub) -> None:
@@ -390,6 +394,7 @@ def _annotate(args) -> int:
     grouped = result.composition(groups, group_key) if groups is not None else None
     grouped_resolved = (result.composition(groups, group_key, resolved=True)
                         if groups is not None and result.resolved is not None else None)
+    checked = _marker_check(result, adata, model, args) if getattr(args, "marker_check", None) else None
     drawn_map, no_map = _draw_map(result, adata, args) if args.plot else (None, None)
     if args.out:
         # Written into the cells read here (a new object; the input file is only read), so a
@@ -405,6 +410,8 @@ def _annotate(args) -> int:
             out.uns[args.key_added]["composition"] = grouped.to_uns()
         if grouped_resolved is not None:
             out.uns[args.key_added]["resolved_composition"] = grouped_resolved.to_uns()
+        if checked is not None:
+            checked.store(out, args.key_added)
         write_h5ad_atomic(out, args.out, protect=inputs(args))
     if sep is not None:
         write_text_atomic(result.to_table().to_csv(sep=sep, index_label="cell"), args.table)
@@ -417,11 +424,21 @@ def _annotate(args) -> int:
         print(grouped.summary())
     if grouped_resolved is not None:
         print(grouped_resolved.summary())
+    if checked is not None:
+        print(checked.summary())
     print("wrote " + ", ".join(str(p) for p in (args.out, args.table, drawn_map and args.plot) if p))
     if no_map:
         print(f"error: no map drawn ({no_map}); the answers are written", file=sys.stderr)
         return 2
     return 0
+
+
+def _marker_check(result, adata, model, args):
+    """The answers against their known markers, on the matrix the model read."""
+    from .interpret.marker_check import marker_check
+
+    return marker_check(adata, result.labels, model=model, marker_db=args.marker_check, layer=args.layer,
+                        use_raw=args.use_raw, gene_key=args.gene_key)
 
 
 def _draw_map(result, adata, args):

@@ -110,7 +110,9 @@ def given_labels(adata: ad.AnnData, labels: str | Sequence[str] | None) -> np.nd
             return labels
         column = adata.obs[labels]  # missing labels kept as None: _without_unlabelled says what it left out
         return np.asarray([None if pd.isna(v) else str(v) for v in column], dtype=object)
-    values = np.asarray(list(labels), dtype=str)
+    # None / NaN stay missing (annotate leaves cells without counts unlabelled), not the string 'None'
+    values = np.asarray([None if v is None or (isinstance(v, float) and np.isnan(v)) else str(v) for v in labels],
+                        dtype=object)
     if len(values) != adata.n_obs:
         raise ValueError(f"labels has {len(values)} entries for {adata.n_obs} cells; pass one label per cell, "
                          "an obs column name, or a single label name")

@@ -19,10 +19,11 @@ annotation) and groupby if one holds clusters or samples (leiden, louvain, seura
 If I named several samples' files, pass the others as more_samples; if I named a table of per-cell \
 metadata (clusters.csv, a GEO metadata file), pass it as obs_table, and its columns can then be groupby or \
 compare_key. Pass resolve_at=0.9, so that cells torn between fine types (CD4+ T subsets, say) also get \
-the broader type the model is sure of.
+the broader type the model is sure of, and marker_check="panglaodb", for each label's known markers.
 4. Report the label counts, the mean confidence, the low-confidence and atypical cells, every note, \
-each group's answer and share, the resolved counts (and each group's resolved answer), and the \
-agreement if you compared; show the map (the map_png output) if you can display images.
+each group's answer and share, the resolved counts (and each group's resolved answer), the \
+agreement if you compared, and the labels marker_check does not support (weak is expected between \
+labels that share their markers); show the map (the map_png output) if you can display images.
 5. Call explain_genes on the annotated_h5ad file annotate_cells wrote, with \
 labels="instructcell_label" and max_cells_per_label=20, and list each label's top genes, saying \
 which are known markers.
@@ -59,6 +60,7 @@ REFERENCES = {
                          ("annotate_cells", "tissue"), ("annotate_cells", "compare_key"),
                          ("annotate_cells", "groupby"), ("annotate_cells", "more_samples"),
                          ("annotate_cells", "obs_table"), ("annotate_cells", "resolve_at"),
+                         ("annotate_cells", "marker_check"),
                          ("explain_genes", "labels"),
                          ("explain_genes", "max_cells_per_label")],
     "drug_response_report": [("describe_model", None), ("inspect_dataset", None),

@@ -81,6 +81,11 @@ ResolveAt = Annotated[float | None, Field(
                               "it ('CD4-positive, alpha-beta T cell' for a cell torn between CD4+ T subsets), else "
                               "'Unassigned'. The reply counts them (resolved_counts); the annotated file holds "
                               "obs['instructcell_resolved']. Omit for labels only.")]
+MarkerCheck = Annotated[Literal["panglaodb", "cellmarker2"] | None, Field(
+    description="Also check each answer against its known markers in this database (asks no model): how well "
+                "they single out the cells given it, as an AUROC and a verdict per label (marker_check). Lineages "
+                "(B, NK, monocytes, islet hormones) mostly score 0.8 and above; subsets of one lineage share their "
+                "markers and score lower even when right. Omit to skip.")]
 DrawMap = Annotated[bool, Field(
     description="Also draw the answers and their confidence on a map of the cells (a PNG among the outputs, kind "
                 "'map_png'): the file's own obsm['X_umap'] (or X_tsne), else a UMAP computed from its genes (about "
@@ -109,6 +114,7 @@ class AnnotateCellsRequest(_MatrixOptions):
     obs_table: ObsTable = None
     compare_key: CompareKey = None
     groupby: GroupBy = None
+    marker_check: MarkerCheck = None
     plot: DrawMap = True
     background: bool = Field(False, description="Run as a background job and return a job id at once.")
     n_examples: int = Field(5, ge=0, le=20, description="Example cells to include in the reply.")
@@ -321,6 +327,20 @@ class GroupSummary(BaseModel):
     not_labelled: int = Field(description="Cells left unlabelled or 'Unassigned'.")
 
 
+class MarkerSupport(BaseModel):
+    label: str
+    n_cells: int
+    n_markers: int = Field(description="The label's known markers the file holds and expresses.")
+    auroc: float | None = Field(description="How well the label's marker score singles its cells out from the "
+                                            "other labelled cells; None when it cannot be measured.")
+    support: Literal["supported", "weak", "not supported", "no known markers", "no other label"] = Field(
+        description="supported: AUROC >= 0.8; weak: >= 0.6; not supported: below.")
+    top_markers: str = Field(description="Known markers most above the other cells, each with the share of the "
+                                         "label's cells / of the others expressing it.")
+    shares_markers_with: str = Field(description="Labels whose known markers overlap this one's (Jaccard > 0.5): "
+                                                 "a weak verdict is expected between them.")
+
+
 class AnnotationSummary(BaseModel):
     kind: Literal["annotation", "drug_response"]
     h5ad_path: str
@@ -360,6 +380,8 @@ class AnnotationSummary(BaseModel):
                           "under it.")
     groups: list[GroupSummary] | None = Field(None, description="With groupby: what each group was answered (the "
                                                                 "first 200 groups).")
+    marker_check: list[MarkerSupport] | None = Field(None, description="With marker_check: each answer against its "
+                                                                       "known markers, weakest first (200 at most).")
     outputs: list[OutputFile]
     seconds: float
 

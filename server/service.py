@@ -37,7 +37,7 @@ from .paths import resolve_input
 from .schemas import (AgreementSummary, AnnotateCellsRequest, AnnotationSummary, CellExample, DatasetInfo,
                       DescribeModelRequest, ExplainGenesRequest, ExplanationSummary, GenerateCellsRequest,
                       GenerationConditionInfo, GenerationSummary, GeneScore, GroupSummary, InspectDatasetRequest,
-                      LabelAgreement, LabelSetInfo, ModelInfo, ObsColumn, PredictDrugResponseRequest,
+                      LabelAgreement, LabelSetInfo, MarkerSupport, ModelInfo, ObsColumn, PredictDrugResponseRequest,
                       VocabularyOverlap)
 
 log = logging.getLogger(__name__)
@@ -416,6 +416,9 @@ class InstructCellService:
                             if groups is not None and result.resolved is not None else None)
         if grouped_resolved is not None:
             annotated.uns[key]["resolved_composition"] = grouped_resolved.to_uns()
+        checked = self._marker_check(req, adata, result, model)
+        if checked is not None:
+            checked.store(annotated, key)
         published = {base + ".h5ad": "annotated_h5ad", base + "_labels.csv": "labels_csv"}
         notes = _read_notes(adata, req) + list(result.provenance.get("notes", []))
         notes += [line for line in (result.fast_line(), result.resolved_line()) if line]
@@ -467,10 +470,30 @@ class InstructCellService:
                              {str(k): int(v) for k, v in pd.Series(resolved).dropna().value_counts().items()}),
             resolved_agreement=(None if found_resolved is None or np.isnan(found_resolved.agreement)
                                 else round(found_resolved.agreement, 4)),
+            marker_check=_marker_support(checked) if checked is not None else None,
             seconds=round(time.perf_counter() - started, 3))
 
 
+    @staticmethod
+    def _marker_check(req, adata, result, model):
+        """`marker_check` of the answers, when asked (annotation only: a drug response has no markers)."""
+        if getattr(req, "marker_check", None) is None:
+            return None
+        from instructcell_agent.interpret.marker_check import marker_check  # imports torch: only when asked
+
+        return marker_check(adata, result.labels, model=model, marker_db=req.marker_check, **_matrix(req))
+
+
 _TOOL = {"annotation": "annotate_cells", "drug_response": "predict_drug_response"}
+
+
+def _marker_support(checked) -> list[MarkerSupport]:
+    """The reply's view of a `MarkerCheck`: weakest labels first, 200 at most."""
+    rows = checked.table.sort_values("auroc", na_position="last", kind="stable").head(200)
+    return [MarkerSupport(label=str(r.label), n_cells=int(r.n_cells), n_markers=int(r.n_markers),
+                          auroc=None if np.isnan(r.auroc) else round(float(r.auroc), 4), support=r.support,
+                          top_markers=r.top_markers, shares_markers_with=r.shares_markers_with)
+            for r in rows.itertuples(index=False)]
 
 
 def _agreement(found, key: str) -> AgreementSummary:

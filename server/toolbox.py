@@ -70,7 +70,9 @@ SPECS: tuple[ToolSpec, ...] = (
              "training cells of their label (a type or tissue the model may not know); unassigned_atypical=3 "
              "labels them 'Unassigned'. resolve_at=0.9 adds each cell's finest answer reaching that "
              "probability: its label, or a broader type such as 'CD4-positive, alpha-beta T cell' where fine "
-             "types are unsure (resolved_counts). At most {max_cells:,} cells per call."
+             "types are unsure (resolved_counts). marker_check='panglaodb' adds, per label, how well its known "
+             "markers single out the cells given it (no model asked): a second opinion on each answer. At most "
+             "{max_cells:,} cells per call."
              + _JOB_NOTE + _OUT_NOTE,
              AnnotateCellsRequest, AnnotationOutput, read_only=False, idempotent=False, runs_model=True),
     ToolSpec("predict_drug_response", "Predict drug response",

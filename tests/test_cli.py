@@ -230,6 +230,19 @@ def test_annotate_compares_with_known_labels_and_refuses_a_missing_column(tiny_c
     assert "no column 'celltype'" in capsys.readouterr().err and not missing.exists()
 
 
+def test_annotate_checks_the_answers_against_known_markers(tiny_checkpoint, synthetic_set, tmp_path, capsys):
+    out = tmp_path / "annotated.h5ad"
+    assert main(["annotate", "--checkpoint", str(tiny_checkpoint), "--data", str(synthetic_set["path"]),
+                 "--candidates", "alpha,beta,gamma,delta", "--out", str(out), "--marker-check"]) == 0
+    printed = capsys.readouterr().out
+    annotated = ad.read_h5ad(out)
+    table = annotated.uns["instructcell_marker_check"]
+    assert sorted(table["label"]) == sorted(set(annotated.obs["instructcell_label"].astype(str)))
+    # the planted genes (GENE000...) are no database's markers of the pancreas names the labels map to
+    assert set(table["support"]) == {"no known markers"} and "marker check (panglaodb, human)" in printed
+    assert annotated.obs["instructcell_marker_score"].isna().all()
+
+
 def test_annotate_labels_low_confidence_cells_unassigned(tiny_checkpoint, synthetic_set, tmp_path, capsys):
     out = tmp_path / "annotated.h5ad"
     args = ["annotate", "--checkpoint", str(tiny_checkpoint), "--data", str(synthetic_set["path"]),

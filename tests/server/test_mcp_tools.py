@@ -377,6 +377,25 @@ def test_annotate_cells_reports_agreement_with_known_labels(env):
     assert "no column 'celltype'" in text
 
 
+def test_annotate_cells_checks_the_answers_against_known_markers(env):
+    result = call(env["server"], "annotate_cells", {"h5ad_path": "planted.h5ad", "candidates": CANDIDATES,
+                                                    "marker_check": "cellmarker2", "plot": False})
+    summary = check_structured(env["server"], "annotate_cells", result)["result"]
+    rows = summary["marker_check"]
+    assert sorted(r["label"] for r in rows) == sorted(summary["label_counts"])
+    assert sum(r["n_cells"] for r in rows) == N_CELLS
+    # the planted genes (GENE000...) are none of the database's markers of these pancreas names
+    assert {r["support"] for r in rows} == {"no known markers"} and all(r["auroc"] is None for r in rows)
+    h5 = ad.read_h5ad(next(f["path"] for f in summary["outputs"] if f["kind"] == "annotated_h5ad"))
+    assert sorted(h5.uns["instructcell_marker_check"]["label"]) == sorted(summary["label_counts"])
+    assert "instructcell_marker_score" in h5.obs
+    plain = check_structured(env["server"], "annotate_cells", call(
+        env["server"], "annotate_cells", {"h5ad_path": "planted.h5ad", "candidates": CANDIDATES, "plot": False}))
+    assert plain["result"]["marker_check"] is None
+    text = error_text(call(env["server"], "annotate_cells", {"h5ad_path": "planted.h5ad", "marker_check": "scType"}))
+    assert "panglaodb" in text
+
+
 def test_annotate_cells_says_what_each_group_was_answered(env):
     result = call(env["server"], "annotate_cells", {"h5ad_path": "planted.h5ad", "candidates": CANDIDATES,
                                                     "groupby": "cell_type", "plot": False})
