@@ -78,9 +78,10 @@ def summarize(messages: Sequence[BaseMessage]) -> str:
             resolves = ("; resolved: " + ", ".join(f"{k} {v}" for k, v in resolved) if resolved else "") + (
                 f" (right for obs['{agreement['compare_key']}'] {result['resolved_agreement']:.2f})"
                 if resolved and result.get("resolved_agreement") is not None and agreement else "")
-            checked = [r for r in result.get("marker_check") or [] if r["support"] in ("weak", "not supported")]
-            markers = ("; markers do not single out: " + ", ".join(f"{r['label']} ({r['auroc']:.2f})" for r in checked)
-                       if checked else "; markers support every checked label" if result.get("marker_check") else "")
+            checked = [r for r in result.get("marker_check") or [] if r["auroc"] is not None]
+            weak = [r for r in checked if r["support"] in ("weak", "not supported")]
+            markers = ("; markers do not single out: " + ", ".join(f"{r['label']} ({r['auroc']:.2f})" for r in weak)
+                       if weak else "; markers support every checked label" if checked else "")
             lines.append(f"- {name}: {result['n_cells']} cells; " + ", ".join(f"{k} {v}" for k, v in top)
                          + (f"; mean confidence {result['mean_confidence']:.2f}"
                             if result.get("mean_confidence") is not None else "; no cell labelled") + agrees

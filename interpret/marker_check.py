@@ -164,7 +164,7 @@ def marker_check(adata: ad.AnnData, labels: str | Sequence[str] = "instructcell_
     known = {name: db.markers_for(name, species) for name in names}
     cols = {name: sorted(column[g] for g in (known[name] or ()) if g in column) for name in names}
     union = sorted({c for v in cols.values() for c in v})
-    sub = X[:, union].toarray().astype(np.float64) if union else np.zeros((X.shape[0], 0))
+    sub = X[:, union].toarray() if union else np.zeros((X.shape[0], 0), dtype=np.float32)  # cells x markers
     z = (sub - sub.mean(0)) / np.maximum(sub.std(0), 1e-12)
     where = {c: i for i, c in enumerate(union)}
 
@@ -187,7 +187,7 @@ def marker_check(adata: ad.AnnData, labels: str | Sequence[str] = "instructcell_
                               else "weak" if shown >= WEAK else "not supported")
             if (~mine).any():
                 lift = z[mine][:, idx].mean(0) - z[~mine][:, idx].mean(0)
-                best = np.argsort(-lift)[:n_top]
+                best = np.argsort(-lift, kind="stable")[:n_top]  # ties in the vocabulary's order
                 frac_in, frac_out = (sub[mine][:, idx] > 0).mean(0), (sub[~mine][:, idx] > 0).mean(0)
                 row["top_markers"] = ", ".join(f"{genes[union[idx[i]]]} {frac_in[i]:.2f}/{frac_out[i]:.2f}"
                                                for i in best)

@@ -83,7 +83,7 @@ class ExplanationResult:
 
         Only genes with a positive mean score are listed (fewer than k where fewer genes push
         the label up). ``is_known_marker`` is True/False against the marker database for mapped
-        labels, and missing (NA) where it cannot be said (no shared data, label not in our mapping).
+        labels, and missing (NA) where it cannot be said (a label not in our mapping, a drug response).
         """
         rows = []
         for label, (names, scores) in rankings(self.means, self.top_k, positive_only=True).items():

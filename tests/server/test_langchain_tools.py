@@ -15,7 +15,7 @@ from mcp import Client
 
 from instructcell_agent.langchain_tools import make_tools
 from instructcell_agent.mcp_langchain import mcp_tools
-from instructcell_agent.scripted_model import ScriptedChatModel
+from instructcell_agent.scripted_model import ScriptedChatModel, summarize
 from instructcell_agent.server.mcp_app import build_server
 from instructcell_agent.server.toolbox import Toolbox
 from server_testkit import N_CELLS, make_config, make_data_root
@@ -119,6 +119,21 @@ def test_example_workflow_runs_end_to_end(env, gen_checkpoint, tmp_path):
     assert len(explained) == 1
     notes = " ".join(json.loads(explained[0].read_text())["provenance"]["notes"])
     assert f"at most {example.EXPLAIN_PER_LABEL} per label" in notes
+
+
+def test_the_scripted_summary_names_the_labels_markers_do_not_support():
+    def reply(rows):
+        result = {"n_cells": 10, "label_counts": {"B": 6, "CD4T": 4}, "mean_confidence": 0.9, "marker_check": rows}
+        return ToolMessage(json.dumps(result), tool_call_id="1", name="annotate_cells")
+
+    def row(label, auroc, support):
+        return {"label": label, "auroc": auroc, "support": support}
+
+    weak = summarize([reply([row("CD4T", 0.55, "not supported"), row("B", 0.97, "supported")])])
+    assert "markers do not single out: CD4T (0.55)" in weak and "B (0.97)" not in weak
+    assert "markers support every checked label" in summarize([reply([row("B", 0.97, "supported")])])
+    unchecked = summarize([reply([row("B", None, "no known markers")])])  # nothing measured: nothing claimed
+    assert "markers" not in unchecked
 
 
 def test_native_tool_argument_errors_come_back_as_tool_messages(env):
