@@ -78,7 +78,8 @@ def summarize(messages: Sequence[BaseMessage]) -> str:
             resolves = ("; resolved: " + ", ".join(f"{k} {v}" for k, v in resolved) if resolved else "") + (
                 f" (right for obs['{agreement['compare_key']}'] {result['resolved_agreement']:.2f})"
                 if resolved and result.get("resolved_agreement") is not None and agreement else "")
-            checked = [r for r in result.get("marker_check") or [] if r.get("auroc") is not None]  # a reply may leave out None fields
+            # a reply may leave out None fields: a label with no AUROC has no "auroc"
+            checked = [r for r in result.get("marker_check") or [] if r.get("auroc") is not None]
             weak = [r for r in checked if r["support"] in ("weak", "not supported")]
             markers = ("; markers do not single out: " + ", ".join(f"{r['label']} ({r['auroc']:.2f})" for r in weak)
                        if weak else "; markers support every checked label" if checked else "")
