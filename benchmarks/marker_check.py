@@ -128,7 +128,8 @@ def render(report: dict[str, Any]) -> str:
         *meta_lines(report["meta"]),
         f"- checkpoint: `{report['checkpoint']}`; test split; float32; marker database {report['marker_db']}",
         "- AUROC: the label's marker score (mean z-scored log1p(CP10k) over its known markers), its cells against "
-        "the file's other labelled cells; supported >= 0.8, weak >= 0.6, not supported below",
+        "the cells of the file's other labels (synonyms of its Cell Ontology type left out); supported >= 0.8, "
+        "weak >= 0.6, not supported below",
         "- precision: of the cells answered with the label, the share whose known label it is", "",
         "## Pooled over the nine sets' answered labels", "",
         "| verdict | labels | cells | answers' precision |", "| --- | --- | --- | --- |"]

@@ -86,6 +86,10 @@ def main() -> None:
               f"on the other {kept.n_compared}: {kept.agreement:.3f}")
     print("\nPer known label (free answers):")
     print(free.agreement(known).summary("bulk_labels"))
+    # A second opinion that asks no model: how well each free answer's known markers (PanglaoDB)
+    # single out the cells given it, against the file's other cells.
+    print("\nThe free answers against their known markers:")
+    print(ica.marker_check(adata, free.labels, model=model, use_raw=True).summary())
 
     out = free.to_adata(adata.copy(), key_added="instructcell")
     path = write_h5ad_atomic(out, args.out)

@@ -31,6 +31,7 @@ from scipy.stats import rankdata
 from instructcell_agent.core_model.alignment import align_to_vocab
 from instructcell_agent.core_model.cell_encoder import log_normalize_csr
 from instructcell_agent.core_model.errors import LabelKeyError
+from instructcell_agent.core_model.labels import ontology_id
 from instructcell_agent.core_model.vocab import read_vocab
 
 from .markers import DEFAULT_DB, MarkerDB, load_marker_db
@@ -50,7 +51,8 @@ class MarkerCheck:
     ----------
     table
         One row per label: n_cells, n_markers (known markers the file holds and expresses),
-        auroc (the label's marker score, its cells against the other labelled cells), support
+        auroc (the label's marker score, its cells against the cells of other labels; another
+        spelling of the same Cell Ontology type is not another label), support
         ('supported' at AUROC >= 0.8, 'weak' from 0.6, 'not supported' below, 'no known markers',
         'no other label'), top_markers (the known markers most above the other cells, with the
         fraction of the label's cells and of the others expressing each), shares_markers_with
@@ -74,7 +76,9 @@ class MarkerCheck:
         lines = [head]
         for row in self.table.sort_values("auroc", na_position="last").itertuples(index=False):
             auroc = "-" if np.isnan(row.auroc) else f"{row.auroc:.2f}"
-            shares = f"; shares markers with {row.shares_markers_with}" if row.shares_markers_with else ""
+            others = row.shares_markers_with.split(", ") if row.shares_markers_with else []
+            more = f" and {len(others) - 3} more" if len(others) > 3 else ""
+            shares = f"; shares markers with {', '.join(others[:3])}{more}" if others else ""
             cells = f"{row.n_cells:,} cell{'' if row.n_cells == 1 else 's'}"
             lines.append(f"  {row.label}: {row.support} (AUROC {auroc}, {cells}, {row.n_markers} known markers"
                          f"{'; ' + row.top_markers if row.top_markers else ''}{shares})")
@@ -168,27 +172,33 @@ def marker_check(adata: ad.AnnData, labels: str | Sequence[str] = "instructcell_
     z = (sub - sub.mean(0)) / np.maximum(sub.std(0), 1e-12)
     where = {c: i for i, c in enumerate(union)}
 
+    # free answers may name one population under several training sets' spellings ('CD14+Mono',
+    # 'CD14+ Monocyte'): a label is compared with the cells of other populations only
+    term = {name: ontology_id(name) for name in names}
+    same = {name: {o for o in names if o == name or (term[name] is not None and term[o] == term[name])}
+            for name in names}
     rows, own = [], np.full(len(given), np.nan)
     for name in names:
         mine = given == name
+        other = ~np.isin(given, list(same[name]))
         idx = [where[c] for c in cols[name]]
         row = {"label": name, "n_cells": int(mine.sum()), "n_markers": len(idx), "auroc": np.nan,
                "top_markers": "", "shares_markers_with": ", ".join(
-                   o for o in names if o != name and known[name] and known[o]
+                   o for o in names if o not in same[name] and known[name] and known[o]
                    and _jaccard(known[name], known[o]) > SHARED)}
         if not idx:
             row["support"] = "no known markers"
         else:
             score = z[:, idx].mean(1)
             own[mine] = score[mine]
-            row["auroc"] = auroc = _auroc(score, mine)
+            row["auroc"] = auroc = _auroc(score[mine | other], mine[mine | other])
             shown = round(auroc, 2)  # the verdict agrees with the AUROC as printed (0.7997 reads 0.80)
             row["support"] = ("no other label" if np.isnan(auroc) else "supported" if shown >= SUPPORTED
                               else "weak" if shown >= WEAK else "not supported")
-            if (~mine).any():
-                lift = z[mine][:, idx].mean(0) - z[~mine][:, idx].mean(0)
+            if other.any():
+                lift = z[mine][:, idx].mean(0) - z[other][:, idx].mean(0)
                 best = np.argsort(-lift, kind="stable")[:n_top]  # ties in the vocabulary's order
-                frac_in, frac_out = (sub[mine][:, idx] > 0).mean(0), (sub[~mine][:, idx] > 0).mean(0)
+                frac_in, frac_out = (sub[mine][:, idx] > 0).mean(0), (sub[other][:, idx] > 0).mean(0)
                 row["top_markers"] = ", ".join(f"{genes[union[idx[i]]]} {frac_in[i]:.2f}/{frac_out[i]:.2f}"
                                                for i in best)
         rows.append(row)

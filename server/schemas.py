@@ -332,7 +332,8 @@ class MarkerSupport(BaseModel):
     n_cells: int
     n_markers: int = Field(description="The label's known markers the file holds and expresses.")
     auroc: float | None = Field(description="How well the label's marker score singles its cells out from the "
-                                            "other labelled cells; None when it cannot be measured.")
+                                            "cells of other labels (not its synonyms); None when it cannot be "
+                                            "measured.")
     support: Literal["supported", "weak", "not supported", "no known markers", "no other label"] = Field(
         description="supported: AUROC >= 0.8; weak: >= 0.6; not supported: below.")
     top_markers: str = Field(description="Known markers most above the other cells, each with the share of the "

@@ -41,6 +41,17 @@ def test_swapped_labels_are_not_supported(tiny_model):
     assert table.loc[["gamma", "delta"], "support"].eq("supported").all()
 
 
+def test_another_spelling_of_a_label_is_not_counted_against_it(tiny_model):
+    cells = make_counts(80, seed=4)
+    labels = cells.obs["cell_type"].astype(str).to_numpy().copy()
+    alpha = np.flatnonzero(labels == "alpha")
+    labels[alpha[::2]] = "pancreatic A cell"  # the Cell Ontology's name for the same population
+    table = marker_check(cells, list(labels), model=tiny_model, marker_db=PLANTED).table.set_index("label")
+    assert table.loc[["alpha", "pancreatic A cell"], "support"].eq("supported").all()
+    assert (table.loc[["alpha", "pancreatic A cell"], "auroc"] > 0.95).all()
+    assert table.at["alpha", "n_cells"] == 10 and table.at["pancreatic A cell", "n_cells"] == 10
+
+
 def test_labels_it_cannot_check_say_why(tiny_model):
     cells = make_counts(40, seed=5)
     labels = cells.obs["cell_type"].astype(str).replace({"gamma": "stellate"}).to_numpy()
