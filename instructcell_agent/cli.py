@@ -13,7 +13,8 @@ from . import __version__
 from . import cli_checkpoint as checkpoint_commands
 from . import cli_data as data_commands
 from .cli_checkpoint import recorded_command
-from .cli_data import add_data_arguments, inputs, read_data
+from .cli_data import (add_data_arguments, add_matrix_arguments, check_new_file, inputs, read_data,
+                       table_separator)
 from .core_model.precision import add_device_argument, add_precision_argument
 from .core_model.scoring import add_scoring_argument
 
@@ -77,15 +78,6 @@ def _add_readout_argument(p) -> None:
     p.add_argument("--no-readout", action="store_true",
                    help="answer with the language model alone, without the checkpoint's linear gene read-out "
                         "(core_model/readout.py)")
-
-
-def _add_matrix_arguments(p) -> None:
-    """Which matrix and gene names of --data to read (the API's use_raw, layer and gene_key)."""
-    p.add_argument("--use-raw", action="store_true", help="read adata.raw instead of adata.X")
-    p.add_argument("--layer", default=None, help="read this layer instead of adata.X (e.g. counts)")
-    p.add_argument("--gene-key", default=None,
-                   help="var column holding the gene names (default: var_names; beside Ensembl ids a symbol "
-                        "column such as gene_symbols or feature_name is found by itself)")
 
 
 def _add_evaluate(sub) -> None:
@@ -166,7 +158,7 @@ def _add_answer_arguments(p, candidates: str | None, key_added: str) -> None:
                    help="label cells 'Unassigned' whose typicality (how alike the training cells of their label, "
                         "in those cells' standard deviations; written to obs '<key>_typicality') is below -SDS, "
                         "with or without candidates; e.g. 3")
-    _add_matrix_arguments(p)
+    add_matrix_arguments(p)
     p.add_argument("--species", default="", help="species named in the prompt (default: obs['species'] if present)")
     p.add_argument("--tissue", default="", help="tissue named in the prompt (default: obs['tissue'] if present)")
     add_precision_argument(p, "auto")
@@ -210,7 +202,7 @@ def _add_explain(sub) -> None:
     p.add_argument("--drug", default=None,
                    help="explain drug-response answers to this drug (as drug-response asks; candidates default to "
                         "the learned responses, e.g. resistant,sensitive) instead of cell types")
-    _add_matrix_arguments(p)
+    add_matrix_arguments(p)
     # float32: in bfloat16 the per-label top-10 genes changed by up to a quarter (zheng2017) for a
     # 1.2-1.7x speed-up; an explanation should not depend on the machine unless asked
     add_precision_argument(p, "float32")
@@ -368,9 +360,9 @@ def _annotate(args) -> int:
                              "(one row per cell), --plot FILE.png (a map of the cells), or several")
     if getattr(args, "resolve_at", None) is not None:  # annotate only; refused before any reading
         check_resolve_at(args.resolve_at)
-    sep = _table_separator(args) if args.table else None  # refused before any reading
+    sep = table_separator(args) if args.table else None  # refused before any reading
     if args.plot:
-        _check_new_file(args.plot, ".png", "--plot", args)
+        check_new_file(args.plot, ".png", "--plot", args)
     adata = read_data(args)
     known = known_labels(adata, args.compare_key) if args.compare_key else None  # refused before the model runs
     # several samples are reported on one by one unless another grouping is asked for
@@ -449,31 +441,6 @@ def _draw_map(result, adata, args):
     except Exception as exc:  # noqa: BLE001 - reported, and the exit status says it failed
         log.debug("map failed", exc_info=True)
         return None, f"{type(exc).__name__}: {exc}" if args.verbose else str(exc)
-
-
-def _table_separator(args) -> str:
-    """The column separator of --table, from its suffix; a table that would replace the input or
-    --out is refused."""
-    seps = {".csv": ",", ".tsv": "\t", ".txt": "\t"}
-    suffix = _check_new_file(args.table, tuple(seps), "--table", args)
-    return seps[suffix]
-
-
-def _check_new_file(name: str, suffixes: str | tuple[str, ...], option: str, args) -> str:
-    """Refuse an output file of another type, or one that would replace the input or another
-    output; returns its suffix."""
-    from .core_model.errors import InputFileError
-
-    path = Path(name).expanduser()
-    suffixes = (suffixes,) if isinstance(suffixes, str) else suffixes
-    if path.suffix.lower() not in suffixes:
-        raise InputFileError(f"{option} {name}: name a {' or '.join(s for s in suffixes if s != '.txt')} file")
-    others = (*((data, "the input") for data in inputs(args)), (args.out, "--out"), (args.table, "--table"),
-              (args.plot, "--plot"))
-    for other, what in others:
-        if other and what != option and path.resolve() == Path(other).expanduser().resolve():
-            raise InputFileError(f"{option} {name} is {what}; name a new file")
-    return path.suffix.lower()
 
 
 def _explain(args) -> int:

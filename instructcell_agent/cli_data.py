@@ -1,5 +1,5 @@
 """The command line's cells: --data and its options, and the commands that only read cells
-(`make-split`, `convert`)."""
+(`make-split`, `convert`, `marker-check`)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-COMMANDS = ("make-split", "convert")
+COMMANDS = ("make-split", "convert", "marker-check")
 # What core_model/readers.py reads, written out here so that --help imports no data stack.
 DATA_HELP = ("the cells: an AnnData .h5ad file or .zarr store, Cell Ranger's filtered_feature_bc_matrix "
              "(.h5 file, or matrix.mtx.gz or its folder; GEO's GSM..._matrix.mtx.gz too), or a count table, "
@@ -31,6 +31,15 @@ def add_data_arguments(p: argparse.ArgumentParser, several: bool = False) -> Non
     p.add_argument("--genome", default=None,
                    help="for a matrix counted against several genomes (barnyard, xenograft): the one to read, e.g. "
                         "GRCh38; its genes, and the cells with most of their counts on them")
+
+
+def add_matrix_arguments(p: argparse.ArgumentParser) -> None:
+    """Which matrix and gene names of --data to read (the API's use_raw, layer and gene_key)."""
+    p.add_argument("--use-raw", action="store_true", help="read adata.raw instead of adata.X")
+    p.add_argument("--layer", default=None, help="read this layer instead of adata.X (e.g. counts)")
+    p.add_argument("--gene-key", default=None,
+                   help="var column holding the gene names (default: var_names; beside Ensembl ids a symbol "
+                        "column such as gene_symbols or feature_name is found by itself)")
 
 
 def inputs(args: argparse.Namespace) -> list[str]:
@@ -69,13 +78,51 @@ def add_commands(sub: Any) -> None:
     add_data_arguments(p, several=True)
     p.add_argument("--out", required=True, help="the .h5ad to write (a new file)")
 
+    p = sub.add_parser("marker-check", help="how well each label's known markers single out the cells given it "
+                                            "(asks no model): annotate's answers, or any labels a file has")
+    add_data_arguments(p, several=True)
+    p.add_argument("--label-key", default="instructcell_label",
+                   help="obs column of labels to check (default: annotate's instructcell_label)")
+    p.add_argument("--marker-db", default="panglaodb", choices=["panglaodb", "cellmarker2"])
+    p.add_argument("--checkpoint", default=None, help="whose gene list to read the file on (default: the shipped one)")
+    add_matrix_arguments(p)
+    p.add_argument("--out", default=None, help="also write the cells (a new .h5ad) with each one's score for its "
+                                               "label in obs 'instructcell_marker_score' and the table in uns")
+    p.add_argument("--table", default=None, help="also write the per-label table (.csv or .tsv)")
+
 
 def handles(args: argparse.Namespace) -> bool:
     return args.command in COMMANDS
 
 
 def run(args: argparse.Namespace) -> int:
-    return {"make-split": _make_split, "convert": _convert}[args.command](args)
+    return {"make-split": _make_split, "convert": _convert, "marker-check": _marker_check}[args.command](args)
+
+
+def table_separator(args: argparse.Namespace) -> str:
+    """The column separator of --table, from its suffix; a table that would replace the input or
+    --out is refused."""
+    seps = {".csv": ",", ".tsv": "\t", ".txt": "\t"}
+    suffix = check_new_file(args.table, tuple(seps), "--table", args)
+    return seps[suffix]
+
+
+def check_new_file(name: str, suffixes: str | tuple[str, ...], option: str,
+                   args: argparse.Namespace) -> str:
+    """Refuse an output file of another type, or one that would replace the input or another
+    output; returns its suffix."""
+    from .core_model.errors import InputFileError
+
+    path = Path(name).expanduser()
+    suffixes = (suffixes,) if isinstance(suffixes, str) else suffixes
+    if path.suffix.lower() not in suffixes:
+        raise InputFileError(f"{option} {name}: name a {' or '.join(s for s in suffixes if s != '.txt')} file")
+    others = (*((data, "the input") for data in inputs(args)), (args.out, "--out"), (args.table, "--table"),
+              (getattr(args, "plot", None), "--plot"))
+    for other, what in others:
+        if other and what != option and path.resolve() == Path(other).expanduser().resolve():
+            raise InputFileError(f"{option} {name} is {what}; name a new file")
+    return path.suffix.lower()
 
 
 def _check_out(args: argparse.Namespace, suffix: str, required: bool) -> None:
@@ -111,4 +158,25 @@ def _convert(args: argparse.Namespace) -> int:
     write_h5ad_atomic(adata, args.out, protect=inputs(args))
     columns = ", ".join(map(str, adata.obs.columns[:12])) or "none"
     print(f"wrote {args.out}: {adata.n_obs:,} cells x {adata.n_vars:,} genes; obs columns: {columns}")
+    return 0
+
+
+def _marker_check(args: argparse.Namespace) -> int:
+    from .core_model.io import write_h5ad_atomic, write_text_atomic
+    from .interpret.marker_check import marker_check
+
+    if args.out:  # both refused before any reading
+        check_new_file(args.out, ".h5ad", "--out", args)
+    sep = table_separator(args) if args.table else None
+    adata = read_data(args)
+    check = marker_check(adata, args.label_key, model=args.checkpoint, marker_db=args.marker_db, layer=args.layer,
+                         use_raw=args.use_raw, gene_key=args.gene_key)
+    if args.out:
+        write_h5ad_atomic(check.to_adata(adata), args.out, protect=inputs(args))
+    if sep is not None:
+        write_text_atomic(check.table.to_csv(sep=sep, index=False), args.table)
+    print(check.summary())
+    written = [p for p in (args.out, args.table) if p]
+    if written:
+        print("wrote " + ", ".join(written))
     return 0

@@ -243,6 +243,25 @@ def test_annotate_checks_the_answers_against_known_markers(tiny_checkpoint, synt
     assert annotated.obs["instructcell_marker_score"].isna().all()
 
 
+def test_marker_check_reads_a_files_own_labels_and_keeps_the_input(tiny_checkpoint, synthetic_set, tmp_path,
+                                                                   capsys):
+    before = _digest(synthetic_set["path"])
+    out, table = tmp_path / "checked.h5ad", tmp_path / "labels.tsv"
+    args = ["marker-check", "--data", str(synthetic_set["path"]), "--label-key", "cell_type",
+            "--checkpoint", str(tiny_checkpoint)]
+    assert main(args + ["--out", str(out), "--table", str(table)]) == 0
+    printed = capsys.readouterr().out
+    assert "marker check (panglaodb, human)" in printed and printed.strip().endswith(f"wrote {out}, {table}")
+    rows = table.read_text().splitlines()
+    assert rows[0].split("\t")[:3] == ["label", "n_cells", "n_markers"] and len(rows) == 1 + 4
+    assert "instructcell_marker_score" in ad.read_h5ad(out).obs
+    assert _digest(synthetic_set["path"]) == before
+    assert main(args + ["--out", str(synthetic_set["path"])]) == 2
+    assert "is the input" in capsys.readouterr().err
+    assert main(args[:-4] + ["--label-key", "celltype", "--checkpoint", str(tiny_checkpoint)]) == 2
+    assert "'celltype' is not an obs column" in capsys.readouterr().err
+
+
 def test_annotate_labels_low_confidence_cells_unassigned(tiny_checkpoint, synthetic_set, tmp_path, capsys):
     out = tmp_path / "annotated.h5ad"
     args = ["annotate", "--checkpoint", str(tiny_checkpoint), "--data", str(synthetic_set["path"]),
