@@ -39,7 +39,7 @@ from .attribution import METHODS, IGSettings, attribute
 from .markers import DEFAULT_DB, PRECISION_K, MarkerDB, load_marker_db, marker_report, wilcoxon_rankings
 from .result import DEFAULT_KEY, ExplanationResult
 from .targets import (answer_candidates, answers_first, broader_types, candidates_of, cap_per_label, check_cap,
-                      check_in_candidates, drug_and_task, given_labels, set_of_free_answers,
+                      check_in_candidates, drug_and_task, given_labels, recorded_candidates, set_of_free_answers,
                       without_unlabelled)
 
 REFERENCES = ("train", "zero", "mean")
@@ -77,7 +77,9 @@ def explain(adata: ad.AnnData, model: LoadedModel | None = None, labels: str | S
         Genes reported per label.
     dataset, candidates
         The labels scored for every cell: `candidates` if given, else the label set `dataset`
-        of the checkpoint, else the labels passed in `labels`, else the learned label set that
+        of the checkpoint, else the candidates ``annotate`` recorded in ``uns`` when `labels` names
+        a column its ``to_adata`` wrote (``instructcell_label``, ``instructcell_resolved``), else
+        the labels passed in `labels`, else the learned label set that
         holds most of the cells' free answers (``annotate`` without candidates, on up to 256 evenly
         spaced cells; at least half of them), else all annotation labels of the checkpoint.
     instruction
@@ -161,6 +163,9 @@ def explain(adata: ad.AnnData, model: LoadedModel | None = None, labels: str | S
         model = load_model()
     started = time.perf_counter()
     given = given_labels(adata, labels)
+    recorded_note = None
+    if candidates is None and dataset is None:  # an annotated file's own answers: annotate's candidates
+        candidates, recorded_note = recorded_candidates(adata, labels)
     n_cells_in = adata.n_obs
     drug, task = drug_and_task(model, dataset, drug)
     matrix = dict(layer=layer, use_raw=use_raw, gene_key=gene_key, min_genes=min_genes)
@@ -194,7 +199,7 @@ def explain(adata: ad.AnnData, model: LoadedModel | None = None, labels: str | S
     user_named = candidates is not None or (dataset is None and labels is not None and not isinstance(given, str))
     route = route_candidates(cands, model.label_sets, task) if user_named else None
     notes = [route.note] if route is not None and route.note else []
-    notes += [note for note in (inferred_note, answers_note, unlabelled_note, subsample_note) if note]
+    notes += [note for note in (recorded_note, inferred_note, answers_note, unlabelled_note, subsample_note) if note]
     notes += [f"{name!r} explained as a broader type: the summed probability of {', '.join(cands[i] for i in g)}"
               for name, g in broader]
     if drug is not None:

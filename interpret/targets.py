@@ -10,7 +10,7 @@ labels the cells name. A drug makes the question a drug-response one.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import anndata as ad
@@ -117,6 +117,22 @@ def given_labels(adata: ad.AnnData, labels: str | Sequence[str] | None) -> np.nd
         raise ValueError(f"labels has {len(values)} entries for {adata.n_obs} cells; pass one label per cell, "
                          "an obs column name, or a single label name")
     return values
+
+
+def recorded_candidates(adata: ad.AnnData, labels) -> tuple[list[str] | None, str | None]:
+    """The candidates ``annotate`` answered among, with a note, when `labels` names a column its
+    ``to_adata`` wrote (``<key>_label``, ``<key>_resolved``) and ``uns[key]`` records them: the
+    answers are then explained over the probabilities they came from (a candidate no cell was
+    given still takes its share; a resolved broader type sums the candidates under it)."""
+    if not isinstance(labels, str) or labels not in adata.obs.columns:
+        return None, None
+    key, _, kind = labels.rpartition("_")
+    record = adata.uns.get(key) if kind in ("label", "resolved") and key else None
+    found = record.get("candidates") if isinstance(record, Mapping) else None
+    if found is None or len(found) < 2:
+        return None, None
+    names = [str(c) for c in found]
+    return names, f"candidates taken from uns[{key!r}]: the {len(names)} annotate answered among"
 
 
 def without_unlabelled(adata: ad.AnnData, given: np.ndarray | str | None,

@@ -159,3 +159,17 @@ def test_the_command_line_writes_and_compares_the_resolved_answers(tiny_checkpoi
     assert main([*base, "--out", str(tmp_path / "no.h5ad"), "--resolve-at", "0.4"]) == 2
     assert "resolve_at takes a probability above 0.5" in capsys.readouterr().err
     assert not (tmp_path / "no.h5ad").exists()
+
+
+def test_explain_reads_the_candidates_annotate_recorded(tiny_model, cells):
+    two_types = cells[np.isin(cells.obs["cell_type"].astype(str), ["alpha", "beta"])].copy()
+    candidates = list(CELL_TYPES)
+    annotated = ica.annotate(two_types, model=tiny_model, candidates=candidates).to_adata(two_types)
+    answered = set(annotated.obs["instructcell_label"].astype(str))
+    why = ica.explain(annotated, model=tiny_model, labels="instructcell_label", compare_wilcoxon=False)
+    # every candidate annotate scored, not only the labels its answers happen to use
+    assert why.provenance["candidates"] == candidates and answered < set(candidates)
+    assert any("candidates taken from uns['instructcell']" in n for n in why.provenance["notes"])
+    named = ica.explain(annotated, model=tiny_model, labels="instructcell_label", candidates=sorted(answered),
+                        compare_wilcoxon=False)
+    assert named.provenance["candidates"] == sorted(answered)  # candidates named by the caller win
