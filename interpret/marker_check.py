@@ -102,7 +102,7 @@ def _vocab(model) -> list[str]:
     if model is not None and hasattr(model, "vocab"):
         return list(model.vocab)
     if model is None:
-        from instructcell_agent.api import default_checkpoint_path  # (no torch: api imports it lazily)
+        from instructcell_agent.api import default_checkpoint_path
 
         model = default_checkpoint_path()
     return read_vocab(os.fspath(model))
