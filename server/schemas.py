@@ -154,11 +154,13 @@ class ExplainGenesRequest(_MatrixOptions):
     h5ad_path: H5adPath
     labels: OptionalText = Field(
         None, description="What to explain: an obs column of labels, or one label for every cell. "
-                          "Default: each cell's predicted label. 'instructcell_resolved' (annotate_cells' "
-                          "resolve_at answers) with the candidates annotate_cells scored: a broader type is "
-                          "explained as the summed probability of the candidates under it.")
+                          "Default: each cell's predicted label. On a file annotate_cells wrote, "
+                          "'instructcell_label' or 'instructcell_resolved' (its resolve_at answers) are explained "
+                          "over the candidates it recorded: a broader type as the summed probability of the "
+                          "candidates under it.")
     candidates: list[Annotated[str, Field(min_length=1, max_length=200)]] | None = Field(
-        None, min_length=2, max_length=200, description="Labels scored for every cell. Default: the model's.")
+        None, min_length=2, max_length=200, description="Labels scored for every cell. Default: those annotate_cells "
+                                                        "recorded in the file, else the model's.")
     method: Literal["saliency", "gradient", "ig"] = Field(
         "saliency", description="saliency (gradient x input), gradient, or ig (Integrated Gradients; slower).")
     reference: Literal["train", "zero", "mean"] = Field(
