@@ -34,9 +34,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from build_gene_tables import REPO_ROOT, default_shared, write_rows  # noqa: E402
 
+from instructcell_agent.interpret.markers import DATABASES  # noqa: E402  (the releases it is built from)
+
 logger = logging.getLogger("build_marker_table")
 
-DATABASES = {"panglaodb": "PanglaoDB_markers_27_Mar_2020.tsv", "cellmarker2": "CellMarker2_Human_Aug.csv"}
 MARKER_MAP = REPO_ROOT / "interpret" / "marker_map.json"
 DEFAULT_OUT = REPO_ROOT / "interpret" / "known_markers.tsv.gz"
 HEADER = ("database", "cell_type", "species", "symbol")
