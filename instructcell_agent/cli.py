@@ -202,6 +202,10 @@ def _add_explain(sub) -> None:
     p.add_argument("--drug", default=None,
                    help="explain drug-response answers to this drug (as drug-response asks; candidates default to "
                         "the learned responses, e.g. resistant,sensitive) instead of cell types")
+    p.add_argument("--versus", default=None, metavar="LABEL|runner-up",
+                   help="why each cell's label rather than this candidate (or, with runner-up, each cell's most "
+                        "probable other candidate): explain log p(label) - log p(versus); cells are grouped "
+                        "'A vs B' and checked against the known markers of A not listed for B")
     add_matrix_arguments(p)
     # float32: in bfloat16 the per-label top-10 genes changed by up to a quarter (zheng2017) for a
     # 1.2-1.7x speed-up; an explanation should not depend on the machine unless asked
@@ -461,7 +465,7 @@ def _explain(args) -> int:
                      normalize=args.normalize, reference=args.reference,
                      n_steps=args.n_steps, batch_size=args.batch_size, use_raw=args.use_raw, layer=args.layer,
                      gene_key=args.gene_key, max_cells_per_label=args.max_cells_per_label, seed=args.seed,
-                     drug=args.drug,
+                     drug=args.drug, versus=args.versus,
                      scoring=args.scoring, readout=not args.no_readout, fast=args.fast,
                      progress=_progress_bar("explaining"),
                      answer_progress=_progress_bar("answering first"))

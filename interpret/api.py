@@ -35,12 +35,13 @@ from instructcell_agent.core_model.readout import one_set, readout_name
 from instructcell_agent.core_model.scoring import check_scoring, scoring_name, use_decisive
 
 from .aggregate import DEFAULT_NORMALIZE, NORMALIZATIONS, cell_scores, label_means, rankings
-from .attribution import METHODS, IGSettings, attribute
-from .markers import DEFAULT_DB, PRECISION_K, MarkerDB, load_marker_db, marker_report, wilcoxon_rankings
+from .attribution import METHODS, RUNNER_UP, IGSettings, attribute
+from .markers import (DEFAULT_DB, PRECISION_K, MarkerDB, load_marker_db, marker_report, wilcoxon_pair_rankings,
+                      wilcoxon_rankings)
 from .result import DEFAULT_KEY, ExplanationResult
 from .targets import (answer_candidates, answers_first, broader_types, candidates_of, cap_per_label, check_cap,
-                      check_in_candidates, drug_and_task, given_labels, recorded_candidates, set_of_free_answers,
-                      without_unlabelled)
+                      check_in_candidates, contrast_groups, drug_and_task, given_labels, recorded_candidates,
+                      set_of_free_answers, versus_indices, without_unlabelled)
 
 REFERENCES = ("train", "zero", "mean")
 
@@ -56,7 +57,7 @@ def explain(adata: ad.AnnData, model: LoadedModel | None = None, labels: str | S
             species: str | None = None, layer: str | None = None, use_raw: bool = False,
             gene_key: str | None = None, min_genes: int = 100, scoring: str = "auto", readout: bool = True,
             max_cells_per_label: int | None = None, seed: int = 0, drug: str | None = None, fast: bool = False,
-            progress: Callable[[int, int], None] | None = None,
+            versus: str | None = None, progress: Callable[[int, int], None] | None = None,
             answer_progress: Callable[[int, int], None] | None = None) -> ExplanationResult:
     """Gene saliency of every cell for its label, aggregated per label, checked against markers.
 
@@ -131,6 +132,15 @@ def explain(adata: ad.AnnData, model: LoadedModel | None = None, labels: str | S
         than attribution) and the cells are drawn from each answer. The result then holds the
         cells explained (``result.obs_names``); see benchmarks/results/explain_subsample.md for
         how the rankings hold up.
+    versus
+        Why each cell's label rather than another: explain log p(label) - log p(`versus`) instead of
+        log p(label). A candidate label (the same for every cell), or ``"runner-up"``: each cell's
+        most probable other candidate. The other candidates then drop out of the explained quantity
+        (the softmax's normaliser cancels), so the rankings name what tells the two apart rather
+        than what sets the label off from every candidate. Cells are grouped as ``'A vs B'``;
+        cells whose label is `versus` itself are left out (with a note); the marker check counts
+        the known markers of A that the database does not list for B, and wilcoxon ranks A's cells
+        against B's (None where either has fewer than two cells).
     fast
         For those answers given first: as in ``annotate``, cells the linear read-out is sure of
         take its answer without the language model (core_model/readout_first.py); on a large
@@ -187,6 +197,7 @@ def explain(adata: ad.AnnData, model: LoadedModel | None = None, labels: str | S
     broader = broader_types(given, cands) if candidates is not None or dataset is not None else []
     explained = [*cands, *(name for name, _ in broader)]
     given = check_in_candidates(given, explained, adata.n_obs)
+    against = versus_indices(versus, explained, adata.n_obs)
     aligned = align_to_vocab(adata, model.vocab, layer=layer, use_raw=use_raw, gene_key=gene_key, min_genes=min_genes)
     # A cell with no counts on the model's genes has nothing to explain; measured against the mean
     # training cell its attributions would only echo the reference, so the per-label means skip it.
@@ -228,10 +239,22 @@ def explain(adata: ad.AnnData, model: LoadedModel | None = None, labels: str | S
                      "train-readout`); attributions are measured against zero expression instead")
     attr = attribute(model.model, aligned.X, cands, prefixes, rows, target, method=method, batch_size=batch_size,
                      ig=IGSettings(n_steps, min(8, n_steps), ig_tolerance, max_steps=16 * n_steps), reference=ref,
-                     progress=progress, route=route, decisive=decisive, readout=expert, broader=broader)
+                     progress=progress, route=route, decisive=decisive, readout=expert, broader=broader,
+                     versus=against)
     if route is not None and (route.kind == "text" or route.unrouted):
         warnings.warn(route.note, CandidateNoteWarning, stacklevel=2)
     groups = given if given is not None else np.asarray(cands, dtype=object)[attr.predicted].astype(str)
+    pairs: dict[str, tuple[str, str]] = {}
+    obs_names = list(aligned.obs_names)
+    if versus is not None:  # 'A vs B' groups; a cell answered B itself has nothing to contrast
+        keep, groups, pairs, contrast_note = contrast_groups(attr, groups)
+        attr, adata, empty = attr.subset(keep), adata[keep], empty[keep]
+        obs_names = [obs_names[i] for i in keep]
+        other = "its runner-up" if versus == RUNNER_UP else versus
+        notes += [f"each cell explained as log p(its label) - log p({other}): the genes that make it that label "
+                  "rather than the other"]
+        notes += [contrast_note] if contrast_note else []
+        explained = list(pairs)  # the means' row order: by label, then by versus, as explained lists them
     if empty.any():  # a group named by no candidate is left out of the means
         notes.append(f"{int(empty.sum()):,} cells with no counts on any of the model's genes were left out of "
                      "the per-label means")
@@ -240,11 +263,12 @@ def explain(adata: ad.AnnData, model: LoadedModel | None = None, labels: str | S
     species = species or aligned.report.species
     # marker databases list cell types: a drug response has no markers to check against
     db = load_marker_db(marker_db) if task == "annotation" else None
-    report = _marker_comparison(means, db, species, model.vocab, attr.inputs, groups, compare_wilcoxon)
+    report = _marker_comparison(means, db, species, model.vocab, attr.inputs, groups, compare_wilcoxon, pairs,
+                                np.asarray(attr.explained)[attr.target])
     provenance = {
         "method": method, "instruction": template,
         "target": "answers (annotated first)" if answered else "given" if given is not None else "predicted",
-        "task": task, "drug": drug,
+        "task": task, "drug": drug, "versus": versus,
         "candidates": cands, "candidate_route": route.kind if route is not None else "learned",
         "broader_types": {name: [cands[i] for i in g] for name, g in broader},
         "scoring": scoring_name(decisive),
@@ -261,8 +285,8 @@ def explain(adata: ad.AnnData, model: LoadedModel | None = None, labels: str | S
         "seed": seed if max_cells_per_label is not None else None,
         "notes": notes,
     }
-    return ExplanationResult(list(aligned.obs_names), list(model.vocab), np.asarray(groups, dtype=str), attr, means,
-                             top_k, normalize, report, adata.obs.copy(), provenance, db, species)
+    return ExplanationResult(obs_names, list(model.vocab), np.asarray(groups, dtype=str), attr, means,
+                             top_k, normalize, report, adata.obs.copy(), provenance, db, species, pairs)
 
 
 def _check_options(method: str, normalize: str, top_k: int, reference: str | np.ndarray) -> None:
@@ -327,15 +351,18 @@ def _prompts(model: LoadedModel, adata: ad.AnnData, instruction: str | None, can
 
 
 def _marker_comparison(means: pd.DataFrame, db: MarkerDB | None, species: str | None, vocab: Sequence[str],
-                       inputs: np.ndarray, groups: np.ndarray, compare_wilcoxon: bool) -> pd.DataFrame | None:
-    """Precision at 10 of our ranking, and of wilcoxon's on the same cells and labels."""
+                       inputs: np.ndarray, groups: np.ndarray, compare_wilcoxon: bool,
+                       pairs: dict[str, tuple[str, str]], labels: np.ndarray) -> pd.DataFrame | None:
+    """Precision at 10 of our ranking, and of wilcoxon's on the same cells and labels (for
+    contrasts 'A vs B', A's cells against B's; `labels` is each cell's explained label)."""
     if db is None:
         return None
     ours = {label: names for label, (names, _) in rankings(means, PRECISION_K, positive_only=True).items()}
-    report = marker_report(ours, db, species, PRECISION_K, vocab)
+    report = marker_report(ours, db, species, PRECISION_K, vocab, pairs)
     if compare_wilcoxon:
-        wil = wilcoxon_rankings(sp.csr_matrix(inputs), vocab, groups, n_genes=PRECISION_K)
-        wil_report = marker_report(wil, db, species, PRECISION_K).set_index("label")
+        wil = (wilcoxon_pair_rankings(sp.csr_matrix(inputs), vocab, labels, pairs, n_genes=PRECISION_K) if pairs
+               else wilcoxon_rankings(sp.csr_matrix(inputs), vocab, groups, n_genes=PRECISION_K))
+        wil_report = marker_report(wil, db, species, PRECISION_K, pairs=pairs).set_index("label")
         # a label wilcoxon could not test (one cell) gets no genes, not NaN: an .h5ad cannot hold a
         # text column with missing values, and explained.h5ad carries this table
         report["wilcoxon_known_in_top"] = report["label"].map(wil_report["known_in_top"]).fillna("")

@@ -31,13 +31,20 @@ too, but rankings count only genes the cell expresses above the reference
 (`Attributions.above_reference`; measured in `benchmarks/results/saliency_variants.md`).
 This function takes any reference vector; ``explain`` defaults to the checkpoint's mean
 training cell of the scored label set (interpret/api.py).
+
+Contrast
+--------
+With `versus`, each cell's explained quantity is log p(target) - log p(versus): why this label
+rather than that one (a named label, or the cell's runner-up). The softmax's normaliser cancels,
+so the other candidates drop out: a gene that raises both labels alike scores nothing, where the
+plain log-probability credits it for pushing down every other candidate.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import scipy.sparse as sp
@@ -52,6 +59,8 @@ from instructcell_agent.core_model.readout import Readout
 log = logging.getLogger(__name__)
 
 METHODS = ("saliency", "gradient", "ig")
+# `versus` value asking for each cell's most probable other candidate
+RUNNER_UP = "runner-up"
 
 
 @dataclass
@@ -90,6 +99,9 @@ class Attributions:
         (name, candidate indices) of each broader type explained beside the candidates (`resolve_at`'s
         answers, core_model/hierarchy.py): its log-probability is the log of the summed
         probabilities of the candidates under it.
+    versus
+        Per cell, the index (into `explained`) of the label the target was contrasted with: the
+        values attribute log p(target) - log p(versus). None: the target's log-probability alone.
     """
 
     values: np.ndarray
@@ -108,11 +120,18 @@ class Attributions:
     decisive: bool = False
     readout: Readout | None = None
     broader: tuple[tuple[str, tuple[int, ...]], ...] = ()
+    versus: np.ndarray | None = None
 
     @property
     def explained(self) -> list[str]:
         """The candidates, then the broader types: what `target` and `probabilities` index."""
         return [*self.candidates, *(name for name, _ in self.broader)]
+
+    def subset(self, keep: np.ndarray) -> Attributions:
+        """The same attributions for the cells `keep` (indices or a boolean mask) only."""
+        per_cell = ("values", "inputs", "target", "probabilities", "delta", "rows", "steps_used", "versus")
+        return replace(self, **{name: None if getattr(self, name) is None else getattr(self, name)[keep]
+                                for name in per_cell})
 
     @property
     def predicted(self) -> np.ndarray:
@@ -173,14 +192,47 @@ class LabelLogProb:
         return torch.cat([logp, torch.stack([torch.logsumexp(logp[:, g], 1) for g in self.broader], 1)], 1)
 
 
+class _Contrast:
+    """Captum forward for a contrast: every column minus each row's `versus` column, so the target
+    column is log p(target) - log p(versus). `versus` is a forward argument (not state) because
+    Integrated Gradients expands the arguments along its path points with the inputs."""
+
+    def __init__(self, forward: LabelLogProb) -> None:
+        self.forward = forward
+
+    def __call__(self, expr: torch.Tensor, rows: torch.Tensor, versus: torch.Tensor) -> torch.Tensor:
+        logp = self.forward(expr, rows)
+        return logp - logp.gather(1, versus[:, None])
+
+
+def _runner_up(logp: torch.Tensor, chosen: torch.Tensor, excluded: torch.Tensor) -> torch.Tensor:
+    """Per row, the most probable candidate that is neither the chosen label nor (for a broader
+    chosen type) one of the candidates under it. `excluded` is (explained, candidates) bool."""
+    cands = logp[:, :excluded.shape[1]].detach().clone()
+    cands[excluded[chosen]] = -torch.inf
+    return cands.argmax(1)
+
+
+def _exclusions(n_candidates: int, broader: Sequence[Sequence[int]], device: torch.device) -> torch.Tensor:
+    """(explained, candidates) bool: what a runner-up may not be for each explained label."""
+    out = torch.zeros(n_candidates + len(broader), n_candidates, dtype=torch.bool, device=device)
+    out[torch.arange(n_candidates), torch.arange(n_candidates)] = True
+    for i, under in enumerate(broader):
+        out[n_candidates + i, list(under)] = True
+    return out
+
+
 class _TargetLogProb:
     """Captum forward for gradients: the log-probability of each cell's target label, (B, 1), from
     the same pass that records every candidate's probability and, without a given target, picks
     the most probable one. One forward serves both: a separate no-gradient pass for the
-    probabilities had cost about a quarter of saliency's time (benchmarks/saliency_passes.py)."""
+    probabilities had cost about a quarter of saliency's time (benchmarks/saliency_passes.py).
+    With a contrast, log p(target) - log p(versus), the runner-up picked in the same pass."""
 
-    def __init__(self, forward: LabelLogProb, target: torch.Tensor | None) -> None:
+    def __init__(self, forward: LabelLogProb, target: torch.Tensor | None, versus: torch.Tensor | None = None,
+                 excluded: torch.Tensor | None = None) -> None:
         self.forward, self.target = forward, target
+        self.versus, self.excluded = versus, excluded  # excluded set: pick each row's runner-up
         self.probabilities: torch.Tensor | None = None
         self.chosen: torch.Tensor | None = None
 
@@ -190,21 +242,24 @@ class _TargetLogProb:
         # the most probable candidate (a broader type's sum is never "predicted")
         n_cands = len(self.forward.candidates)
         self.chosen = logp.detach()[:, :n_cands].argmax(1) if self.target is None else self.target
-        return logp.gather(1, self.chosen[:, None])
+        out = logp.gather(1, self.chosen[:, None])
+        if self.excluded is not None:
+            self.versus = _runner_up(logp, self.chosen, self.excluded)
+        return out if self.versus is None else out - logp.gather(1, self.versus[:, None])
 
 
 def _gradient_batch(forward: LabelLogProb, expr: torch.Tensor, rows: torch.Tensor, target: torch.Tensor | None,
-                    method: str, reference: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Saliency or plain gradient of one batch: (attributions, probabilities, targets), one pass.
-
-    Gradients are taken w.r.t. the input only; `reference` is (genes,) or all zeros."""
+                    method: str, reference: torch.Tensor, versus: torch.Tensor | None = None,
+                    excluded: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+    """Saliency or plain gradient of one batch: (attributions, probabilities, targets, versus), one
+    pass. Gradients are taken w.r.t. the input only; `reference` is (genes,) or all zeros."""
     expr = expr.detach().requires_grad_()  # Captum would set it too, with a warning per batch
-    forward_target = _TargetLogProb(forward, target)
+    forward_target = _TargetLogProb(forward, target, versus, excluded)
     with torch.enable_grad():
         grads = Saliency(forward_target).attribute(expr, target=0, abs=False, additional_forward_args=(rows,))
     # x - 0 is exactly x, so the zero reference gives InputXGradient's numbers
     attr = grads * (expr.detach() - reference) if method == "saliency" else grads
-    return attr, forward_target.probabilities, forward_target.chosen
+    return attr, forward_target.probabilities, forward_target.chosen, forward_target.versus
 
 
 @dataclass(frozen=True)
@@ -244,9 +299,9 @@ class IGSettings:
 class _PathFunction:
     """f(r + a * (x - r)) for the batch's targets, memoised per position a (no gradients)."""
 
-    def __init__(self, forward: LabelLogProb, expr: torch.Tensor, rows: torch.Tensor, target: torch.Tensor,
-                 reference: torch.Tensor) -> None:
-        self.forward, self.expr, self.rows, self.target, self.reference = forward, expr, rows, target, reference
+    def __init__(self, forward: Callable[..., torch.Tensor], expr: torch.Tensor, args: tuple[torch.Tensor, ...],
+                 target: torch.Tensor, reference: torch.Tensor) -> None:
+        self.forward, self.expr, self.args, self.target, self.reference = forward, expr, args, target, reference
         self.memo: dict[float, torch.Tensor] = {}
 
     def point(self, alpha: float) -> torch.Tensor:
@@ -256,15 +311,16 @@ class _PathFunction:
     def __call__(self, alpha: float) -> torch.Tensor:
         if alpha not in self.memo:
             with torch.no_grad():
-                out = self.forward(self.point(alpha), self.rows)
+                out = self.forward(self.point(alpha), *self.args)
             self.memo[alpha] = out.gather(1, self.target[:, None]).squeeze(1)
         return self.memo[alpha]
 
 
-def _integrated_gradients(forward: LabelLogProb, expr: torch.Tensor, rows: torch.Tensor, target: torch.Tensor,
-                          settings: IGSettings, internal_batch_size: int,
+def _integrated_gradients(forward: Callable[..., torch.Tensor], expr: torch.Tensor, args: tuple[torch.Tensor, ...],
+                          target: torch.Tensor, settings: IGSettings, internal_batch_size: int,
                           reference: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """IG from the reference, integrated adaptively along the same straight path.
+    """IG from the reference, integrated adaptively along the same straight path. `forward` takes
+    the input and then `args` (the prompt rows; for a contrast also each row's versus label).
 
     The cell encoder layer-normalises its first hidden layer, so the model is nearly
     scale-invariant in its input: along the path from zero the answer changes within a narrow
@@ -278,7 +334,7 @@ def _integrated_gradients(forward: LabelLogProb, expr: torch.Tensor, rows: torch
     """
     ig = IntegratedGradients(forward)
     reference = reference.expand_as(expr)
-    path = _PathFunction(forward, expr, rows, target, reference)
+    path = _PathFunction(forward, expr, args, target, reference)
     points = settings.breakpoints()
     per = max(1, settings.n_steps // (len(points) - 1))
     budget = settings.tolerance / (len(points) - 1) if settings.tolerance is not None else None
@@ -286,7 +342,7 @@ def _integrated_gradients(forward: LabelLogProb, expr: torch.Tensor, rows: torch
     total, used, capped = torch.zeros_like(expr), 0, False
     while todo:
         lo, hi, tol = todo.pop()
-        attr = ig.attribute(path.point(hi), baselines=path.point(lo), target=target, additional_forward_args=(rows,),
+        attr = ig.attribute(path.point(hi), baselines=path.point(lo), target=target, additional_forward_args=args,
                             n_steps=per, internal_batch_size=max(internal_batch_size, expr.shape[0])).detach()
         used += per
         gap = (attr.sum(1) - (path(hi) - path(lo))).abs().max().item()
@@ -299,8 +355,7 @@ def _integrated_gradients(forward: LabelLogProb, expr: torch.Tensor, rows: torch
         total += attr
     if capped:
         log.warning("Integrated Gradients stopped refining at %d points (max_steps); see the per-cell deltas", used)
-    delta = ig.compute_convergence_delta(total, reference, expr, target=target,
-                                         additional_forward_args=(rows,))
+    delta = ig.compute_convergence_delta(total, reference, expr, target=target, additional_forward_args=args)
     return total, delta, used
 
 
@@ -315,7 +370,8 @@ def attribute(model: CellLanguageModel, counts: sp.csr_matrix | np.ndarray, cand
               internal_batch_size: int = 64, reference: np.ndarray | None = None,
               progress: Callable[[int, int], None] | None = None, route: CandidateRoute | None = None,
               decisive: bool = False, readout: Readout | None = None,
-              broader: Sequence[tuple[str, Sequence[int]]] = ()) -> Attributions:
+              broader: Sequence[tuple[str, Sequence[int]]] = (),
+              versus: np.ndarray | str | None = None) -> Attributions:
     """Attribute each cell's target-label log-probability to its log-normalized expression.
 
     Parameters
@@ -361,6 +417,10 @@ def attribute(model: CellLanguageModel, counts: sp.csr_matrix | np.ndarray, cand
     broader
         (name, candidate indices) of broader types to explain beside the candidates: the log of the
         summed probability of the candidates under each (`resolve_at`'s answers).
+    versus
+        Explain log p(target) - log p(versus) instead: per cell, an index like `target`'s, or
+        :data:`RUNNER_UP` for each cell's most probable candidate other than its target (and, for a
+        broader target, other than the candidates under it). Default: no contrast.
 
     Returns
     -------
@@ -369,8 +429,8 @@ def attribute(model: CellLanguageModel, counts: sp.csr_matrix | np.ndarray, cand
     Raises
     ------
     ValueError
-        Unknown method, a target index outside the candidates, or a reference that is not one
-        finite, non-negative value per gene.
+        Unknown method, a target or versus index outside the candidates, or a reference that is
+        not one finite, non-negative value per gene.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -388,23 +448,34 @@ def attribute(model: CellLanguageModel, counts: sp.csr_matrix | np.ndarray, cand
         raise ValueError(f"target indices must lie in [0, {n_explained})")
     if any(not g or min(g) < 0 or max(g) >= len(candidates) for _, g in broader):
         raise ValueError("a broader type must cover candidates, by index")
+    if isinstance(versus, str) and versus != RUNNER_UP:
+        raise ValueError(f"versus must be per-cell indices or {RUNNER_UP!r}, got {versus!r}")
+    if versus is not None and not isinstance(versus, str):
+        versus = np.asarray(versus, dtype=np.int64)
+        if versus.shape != (n_cells,) or np.min(versus) < 0 or np.max(versus) >= n_explained:
+            raise ValueError(f"versus must hold one index in [0, {n_explained}) per cell")
     if model.training:
         log.warning("model was in training mode; switching it to eval for attributions")
         model.eval()
     forward = LabelLogProb(model, prefixes, candidates, route, decisive, readout, [g for _, g in broader])
+    excluded = _exclusions(len(candidates), [g for _, g in broader], model.device) \
+        if isinstance(versus, str) else None
     parts = []
     for start in range(0, n_cells, batch_size):
         idx = np.arange(start, min(start + batch_size, n_cells))
-        parts.append(_one_batch(forward, counts, idx, rows, target, method, ig, internal_batch_size, ref))
+        fixed = versus[idx] if isinstance(versus, np.ndarray) else None
+        parts.append(_one_batch(forward, counts, idx, rows, target, method, ig, internal_batch_size, ref,
+                                fixed, excluded))
         if progress is not None:
             progress(int(idx[-1]) + 1, n_cells)
-    values, inputs, probs, targets, deltas, used = (list(x) for x in zip(*parts))
+    values, inputs, probs, targets, deltas, used, against = (list(x) for x in zip(*parts))
     return Attributions(
         np.concatenate(values), np.concatenate(inputs), np.concatenate(targets).astype(np.int64),
         np.concatenate(probs), [str(c) for c in candidates], method,
         np.concatenate(deltas) if method == "ig" else None, ig.n_steps if method == "ig" else None,
         list(prefixes), rows, np.concatenate(used) if method == "ig" else None,
         None if reference is None else ref.cpu().numpy(), route, decisive, readout, broader,
+        None if versus is None else np.concatenate(against).astype(np.int64),
     )
 
 
@@ -422,23 +493,31 @@ def _reference_tensor(model: CellLanguageModel, reference: np.ndarray | None, n_
 
 def _one_batch(forward: LabelLogProb, counts: sp.csr_matrix | np.ndarray, idx: np.ndarray, rows: np.ndarray,
                target: np.ndarray | None, method: str, ig: IGSettings, internal_batch_size: int,
-               reference: torch.Tensor) -> tuple:
-    """(attributions, inputs, probabilities, targets, IG delta or None, points used) of cells `idx`."""
+               reference: torch.Tensor, versus: np.ndarray | None = None,
+               excluded: torch.Tensor | None = None) -> tuple:
+    """(attributions, inputs, probabilities, targets, IG delta or None, points used, versus or None)
+    of cells `idx`; `versus` fixed per cell, or `excluded` set to pick each cell's runner-up."""
     model = forward.model
     expr = _log_expression(model, counts, idx)
     row_t = torch.from_numpy(rows[idx]).to(model.device)
     given = None if target is None else torch.as_tensor(target[idx], device=model.device)
+    against = None if versus is None else torch.as_tensor(versus, device=model.device)
     if method in ("saliency", "gradient"):
-        attr, p, tgt = _gradient_batch(forward, expr, row_t, given, method, reference)
+        attr, p, tgt, against = _gradient_batch(forward, expr, row_t, given, method, reference, against, excluded)
         delta, used = None, 1
     else:
         p = _probabilities(forward, expr, row_t)
         tgt = p[:, :len(forward.candidates)].argmax(1) if given is None else given
+        if excluded is not None:
+            against = _runner_up(p.log(), tgt, excluded)
+        contrast = against is not None
         with torch.enable_grad():
-            attr, delta, used = _integrated_gradients(forward, expr, row_t, tgt, ig, internal_batch_size, reference)
+            attr, delta, used = _integrated_gradients(_Contrast(forward) if contrast else forward, expr,
+                                                      (row_t, against) if contrast else (row_t,), tgt, ig,
+                                                      internal_batch_size, reference)
     as_np = lambda t: t.detach().float().cpu().numpy()  # noqa: E731
     return (as_np(attr), as_np(expr), as_np(p), tgt.cpu().numpy(), as_np(delta) if delta is not None else None,
-            np.full(len(idx), used, dtype=np.int64))
+            np.full(len(idx), used, dtype=np.int64), against.cpu().numpy() if against is not None else None)
 
 
 def _log_expression(model: CellLanguageModel, counts: sp.csr_matrix | np.ndarray, idx: np.ndarray) -> torch.Tensor:
@@ -450,9 +529,12 @@ def _log_expression(model: CellLanguageModel, counts: sp.csr_matrix | np.ndarray
 def label_probability(model: CellLanguageModel, expr: np.ndarray, candidates: Sequence[str], prefixes: Sequence[str],
                       rows: np.ndarray, target: np.ndarray, batch_size: int = 16,
                       route: CandidateRoute | None = None, decisive: bool = False,
-                      readout: Readout | None = None, broader: Sequence[Sequence[int]] = ()) -> np.ndarray:
+                      readout: Readout | None = None, broader: Sequence[Sequence[int]] = (),
+                      versus: np.ndarray | None = None) -> np.ndarray:
     """Probability of each cell's `target` (a candidate, or a `broader` type after them) given
-    log-normalized input `expr` (cells x genes).
+    log-normalized input `expr` (cells x genes); with `versus` (an index per cell), its probability
+    within the pair, p(target) / (p(target) + p(versus)), whose log-odds is the contrast `attribute`
+    explains.
 
     Used by the deletion test: `expr` may have genes zeroed in log space. `route`, `decisive`,
     `readout`, `broader` (candidate indices of each broader type): as in `attribute`.
@@ -463,6 +545,10 @@ def label_probability(model: CellLanguageModel, expr: np.ndarray, candidates: Se
         sl = slice(start, start + batch_size)
         x = torch.from_numpy(np.ascontiguousarray(expr[sl], dtype=np.float32)).to(model.device)
         r = torch.from_numpy(np.asarray(rows[sl], dtype=np.int64)).to(model.device)
-        p = forward(x, r).exp()
-        out.append(p.gather(1, torch.as_tensor(target[sl], device=model.device)[:, None]).squeeze(1).cpu().numpy())
+        logp = forward(x, r)
+        p = logp.gather(1, torch.as_tensor(target[sl], device=model.device)[:, None]).squeeze(1)
+        if versus is not None:  # sigmoid of the log-odds against versus: p within the pair
+            other = logp.gather(1, torch.as_tensor(versus[sl], device=model.device)[:, None]).squeeze(1)
+            p = torch.sigmoid(p - other).log()
+        out.append(p.exp().cpu().numpy())
     return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)

@@ -10,6 +10,10 @@ The same drops are also measured in log-odds, log(p / (1 - p)). A model that is 
 (p = 0.9998) can lose a lot of evidence while its probability barely moves, and random deletions
 then often *raise* p by a hair, which leaves the probability ratio undefined; log-odds drops
 stay on a scale where both are measurable.
+
+For a contrast (attributions of log p(A) - log p(B), `Attributions.versus`), the probability is
+A's within the pair, p(A) / (p(A) + p(B)), so the log-odds drop is the drop of the contrast
+itself.
 """
 
 from __future__ import annotations
@@ -69,6 +73,8 @@ def deletion_test(model: CellLanguageModel, attributions: Attributions, k: int =
     a = attributions
     rows = a.rows if a.rows is not None else np.zeros(len(a.target), dtype=np.int64)
     base = a.probabilities[np.arange(len(a.target)), a.target]
+    if a.versus is not None:  # A's probability within the pair (A, B)
+        base = base / (base + a.probabilities[np.arange(len(a.versus)), a.versus])
     top_idx, _ = per_cell_top(a.values, a.inputs, k)
     after_top = _probability_without(model, a, rows, top_idx, batch_size)
     rng = np.random.default_rng(seed)
@@ -100,7 +106,7 @@ def _probability_without(model: CellLanguageModel, a: Attributions, rows: np.nda
     keep = genes >= 0
     expr[cells[keep], genes[keep]] = 0.0
     return label_probability(model, expr, a.candidates, a.prefixes, rows, a.target, batch_size, a.route, a.decisive,
-                             a.readout, [g for _, g in a.broader])
+                             a.readout, [g for _, g in a.broader], a.versus)
 
 
 def _random_expressed(inputs: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:

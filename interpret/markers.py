@@ -129,6 +129,18 @@ def load_marker_db(name: str = DEFAULT_DB) -> MarkerDB:
     return MarkerDB(name, _shipped_table()[name], marker_map().get(name, {}), f"{TABLE} ({DATABASES[name]})")
 
 
+def contrast_markers(db: MarkerDB, label: str, versus: str, species: str | None = None) -> set[str] | None:
+    """Known markers of `label` that the database does not list for `versus`: the genes that should
+    tell the two apart (empty where both map to the same database types, e.g. two monocyte
+    subsets under PanglaoDB's 'Monocytes'). None where either label is unmapped."""
+    mine, theirs = db.markers_for(label, species), db.markers_for(versus, species)
+    return None if mine is None or theirs is None else mine - theirs
+
+
+def _known(db: MarkerDB, label: str, species: str | None, pair: tuple[str, str] | None) -> set[str] | None:
+    return db.markers_for(label, species) if pair is None else contrast_markers(db, *pair, species)
+
+
 def precision_at_k(ranked: Sequence[str], known: set[str], k: int = PRECISION_K) -> float:
     """Known markers among the first `k` ranked genes, divided by `k`.
 
@@ -140,7 +152,8 @@ def precision_at_k(ranked: Sequence[str], known: set[str], k: int = PRECISION_K)
 
 
 def marker_report(rankings: Mapping[str, Sequence[str]], db: MarkerDB | None, species: str | None = None,
-                  k: int = PRECISION_K, vocab: Sequence[str] | None = None) -> pd.DataFrame:
+                  k: int = PRECISION_K, vocab: Sequence[str] | None = None,
+                  pairs: Mapping[str, tuple[str, str]] | None = None) -> pd.DataFrame:
     """Per label: mapped cell types, known markers among the top `k` genes, precision at `k`.
 
     Parameters
@@ -155,6 +168,9 @@ def marker_report(rankings: Mapping[str, Sequence[str]], db: MarkerDB | None, sp
         Cut-off for the precision.
     vocab
         Genes the model can rank at all: reported as how many known markers it could have found.
+    pairs
+        ``{row label: (label, versus)}`` for contrasts ('A vs B'): their known markers are A's
+        that the database does not list for B (:func:`contrast_markers`).
 
     Returns
     -------
@@ -163,17 +179,22 @@ def marker_report(rankings: Mapping[str, Sequence[str]], db: MarkerDB | None, sp
     """
     universe = {str(g).upper() for g in vocab} if vocab is not None else None
     rows = []
+    pairs = pairs or {}
     for label, ranked in rankings.items():
-        known = db.markers_for(label, species) if db is not None else None
+        pair = pairs.get(label)
+        known = _known(db, label, species, pair) if db is not None else None
         row = {"label": label, "cell_types": "", "n_known": 0, "n_known_in_vocab": np.nan,
                "known_in_top": "", "precision_at_k": np.nan, "note": ""}
         if db is None:
             row["note"] = "no marker database"
         elif known is None:
             row["note"] = f"label not in our {db.name} mapping (interpret/marker_map.json)"
+        elif pair is not None and not known:
+            row.update(cell_types=_types(db, pair), n_known_in_vocab=0,
+                       note=f"{db.name} lists no marker of {pair[0]!r} that it does not list for {pair[1]!r}")
         else:
             top = [str(g) for g in list(ranked)[:k]]
-            row.update(cell_types="; ".join(db.cell_types_for(label) or []), n_known=len(known),
+            row.update(cell_types=_types(db, pair or (label,)), n_known=len(known),
                        known_in_top=",".join(g for g in top if g.upper() in known),
                        precision_at_k=precision_at_k(ranked, known, k))
             if universe is not None:
@@ -183,9 +204,17 @@ def marker_report(rankings: Mapping[str, Sequence[str]], db: MarkerDB | None, sp
                                        "precision_at_k", "note"])
 
 
-def is_known(db: MarkerDB | None, label: str, genes: Sequence[str], species: str | None = None) -> list[bool | None]:
-    """Per gene: a known marker of `label`? None where that cannot be said (no db, unmapped label)."""
-    known = db.markers_for(label, species) if db is not None else None
+def _types(db: MarkerDB, labels: Sequence[str]) -> str:
+    """'T cytotoxic cells; T cells' for a label, 'NK cells (not T cells)' for a contrast."""
+    names = ["; ".join(db.cell_types_for(label) or []) for label in labels]
+    return names[0] if len(names) == 1 else f"{names[0]} (not {names[1]})"
+
+
+def is_known(db: MarkerDB | None, label: str, genes: Sequence[str], species: str | None = None,
+             pair: tuple[str, str] | None = None) -> list[bool | None]:
+    """Per gene: a known marker of `label` (of `pair`'s first label and not its second)? None where
+    that cannot be said (no db, unmapped label)."""
+    known = _known(db, label, species, pair) if db is not None else None
     if known is None:
         return [None] * len(genes)
     return [str(g).upper() in known for g in genes]
@@ -214,3 +243,26 @@ def wilcoxon_rankings(log_expr: sp.spmatrix | np.ndarray, genes: Sequence[str], 
     sc.tl.rank_genes_groups(adata, "group", method="wilcoxon", n_genes=min(n_genes, adata.n_vars))
     names = adata.uns["rank_genes_groups"]["names"]
     return {g: [str(x) for x in names[g]] for g in keep_groups}
+
+
+def wilcoxon_pair_rankings(log_expr: sp.spmatrix | np.ndarray, genes: Sequence[str], labels: Sequence[str],
+                           pairs: Mapping[str, tuple[str, str]], n_genes: int = 100) -> dict[str, list[str]]:
+    """Top genes of each contrast ``{name: (A, B)}`` by scanpy's wilcoxon test of the cells labelled A
+    against those labelled B (``reference=B``): the usual way to ask what tells two types apart.
+    A contrast with fewer than two cells on either side is left out."""
+    import scanpy as sc
+
+    labels = np.asarray(labels, dtype=str)
+    out = {}
+    for name, (a, b) in pairs.items():
+        mask = (labels == a) | (labels == b)
+        if (labels == a).sum() < 2 or (labels == b).sum() < 2:
+            continue
+        X = log_expr[mask] if sp.issparse(log_expr) else np.asarray(log_expr)[mask]
+        adata = ad.AnnData(sp.csr_matrix(X, dtype=np.float32))
+        adata.var_names = pd.Index([str(g) for g in genes])
+        adata.obs["group"] = pd.Categorical(labels[mask], categories=[a, b])
+        sc.tl.rank_genes_groups(adata, "group", groups=[a], reference=b, method="wilcoxon",
+                                n_genes=min(n_genes, adata.n_vars))
+        out[name] = [str(x) for x in adata.uns["rank_genes_groups"]["names"][a]]
+    return out

@@ -34,7 +34,8 @@ class ExplanationResult:
     genes
         The model's gene vocabulary (columns of the attributions).
     groups
-        Per cell, the label it was explained for and aggregated under (predicted or given).
+        Per cell, the label it was explained for and aggregated under (predicted or given); with
+        ``versus``, the contrast 'A vs B'.
     attributions
         Per-cell attributions, model inputs, probabilities, IG deltas.
     means
@@ -50,6 +51,8 @@ class ExplanationResult:
         The input's ``obs`` (copied into :meth:`to_adata`'s new AnnData).
     provenance
         Method, instruction, candidates, checkpoint, alignment report, notes.
+    contrasts
+        ``{group: (label, versus)}`` when ``explain`` was asked ``versus`` (empty otherwise).
     """
 
     obs_names: list[str]
@@ -64,6 +67,7 @@ class ExplanationResult:
     provenance: dict[str, Any] = field(default_factory=dict)
     marker_db: MarkerDB | None = field(default=None, repr=False)
     species: str | None = None
+    contrasts: dict[str, tuple[str, str]] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ views
     @property
@@ -87,7 +91,7 @@ class ExplanationResult:
         """
         rows = []
         for label, (names, scores) in rankings(self.means, self.top_k, positive_only=True).items():
-            known = is_known(self.marker_db, label, names, self.species)
+            known = is_known(self.marker_db, label, names, self.species, self.contrasts.get(label))
             rows += [(label, r + 1, g, float(s), k) for r, (g, s, k) in enumerate(zip(names, scores, known))]
         frame = pd.DataFrame(rows, columns=TOP_GENES_COLUMNS)
         frame["is_known_marker"] = frame["is_known_marker"].astype("boolean")
@@ -139,7 +143,8 @@ class ExplanationResult:
 
         Both get ``obs['<key>_label']`` (the groupby column), ``obs['<key>_predicted']``,
         ``obs['<key>_target_probability']``, ``obs['<key>_top_genes']`` (comma-separated top-k),
-        ``obs['<key>_ig_delta']`` (IG), ``obsm['<key>_probabilities']`` and ``uns['<key>_markers']``.
+        ``obs['<key>_ig_delta']`` (IG), ``obs['<key>_versus']`` (a contrast), ``obsm['<key>_probabilities']``
+        and ``uns['<key>_markers']``.
         """
         if adata is None:
             adata = self._vocab_adata(key_added)
@@ -174,10 +179,14 @@ class ExplanationResult:
         adata.obs[f"{key}_top_genes"] = [",".join(genes[r[r >= 0]]) for r in idx]
         if a.delta is not None:
             adata.obs[f"{key}_ig_delta"] = a.delta.astype(np.float32)
+        if a.versus is not None:
+            adata.obs[f"{key}_versus"] = pd.Categorical(np.asarray(a.explained, dtype=object)[a.versus].astype(str),
+                                                        categories=a.explained)
         adata.obsm[f"{key}_probabilities"] = a.probabilities.astype(np.float32)
         params = {"target": self.provenance.get("target", ""), "normalize": self.normalize, "top_k": self.top_k,
                   "candidates": list(a.candidates), "probability_columns": a.explained, "attribution": a.method,
                   "reference": self.provenance.get("reference") or "none",
+                  "versus": self.provenance.get("versus") or "none",
                   "n_steps": a.n_steps if a.n_steps is not None else 0}
         adata.uns[key] = rank_genes_groups_layout(self.means, self.top_k, f"{key}_label", f"instructcell_{a.method}",
                                                   a.inputs, self.groups, params)

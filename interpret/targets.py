@@ -22,6 +22,8 @@ from instructcell_agent.core_model.errors import LabelKeyError
 from instructcell_agent.core_model.hierarchy import broader_cover
 from instructcell_agent.core_model.labels import UNASSIGNED, unexplainable
 
+from .attribution import RUNNER_UP, Attributions
+
 # Without labels or candidates, explain scores the learned label set that holds most free answers.
 # Why: over every learned label at once (53 for the shipped checkpoint, from several tissues) the
 # scored labels are no one set, so the read-out cannot join and the reference is a pool of sets'
@@ -216,3 +218,34 @@ def check_in_candidates(given: np.ndarray | str | None, cands: list[str], n_obs:
                             "or dataset=<label set> that contains them (a broader Cell Ontology type, as resolve_at "
                             "answers, is explained over two or more of the candidates but not all)")
     return given
+
+
+def versus_indices(versus: str | None, explained: list[str], n_obs: int) -> np.ndarray | str | None:
+    """`explain`'s `versus` as `attribute` takes it: None, ``"runner-up"``, or the label's index for
+    every cell; a label that is not explained is refused, naming those that are."""
+    if versus is None or versus == RUNNER_UP:
+        return versus
+    if versus not in explained:
+        raise LabelKeyError(f"versus {versus!r} is not among the candidates {explained}; pass one of them, or "
+                            f"{RUNNER_UP!r} for each cell's most probable other candidate")
+    return np.full(n_obs, explained.index(versus), dtype=np.int64)
+
+
+def contrast_groups(attr: Attributions, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[str, tuple[str, str]],
+                                                                     str | None]:
+    """The cells with something to contrast (their label is not the versus label itself), their
+    'A vs B' groups, ``{group: (A, B)}`` ordered by A then B as the labels are explained, and a
+    note on the cells left out."""
+    names = np.asarray(attr.explained, dtype=object)
+    label, other = np.asarray(groups, dtype=object), names[attr.versus]
+    keep = np.flatnonzero(label != other)
+    if keep.size == 0:
+        raise LabelKeyError(f"every cell's label is {other[0]!r}, the label to contrast with; nothing to explain. "
+                            f"Pass another versus, or {RUNNER_UP!r}")
+    contrast = np.asarray([f"{a} vs {b}" for a, b in zip(label[keep], other[keep])], dtype=str)
+    present = set(zip(label[keep].tolist(), other[keep].tolist()))
+    pairs = {f"{a} vs {b}": (a, b) for a in names.tolist() for b in names.tolist() if (a, b) in present}
+    dropped = label.size - keep.size
+    note = (f"{dropped:,} cell(s) labelled {', '.join(sorted(set(other[label == other].tolist())))!r} left out: "
+            "nothing to contrast a label with itself") if dropped else None
+    return keep, contrast, pairs, note

@@ -26,7 +26,9 @@ agreement if you compared, and the labels marker_check does not support (weak is
 labels that share their markers); show the map (the map_png output) if you can display images.
 5. Call explain_genes on the annotated_h5ad file annotate_cells wrote, with \
 labels="instructcell_label" and max_cells_per_label=20, and list each label's top genes, saying \
-which are known markers.
+which are known markers. Where two labels are easily confused (subsets that share markers, or \
+many cells resolved to a broader type), call it again with versus="runner-up" and list, for each \
+pair, the genes that tell the answer from its runner-up.
 
 Say plainly where the model is unsure: low confidence, atypical cells, or a tissue it never learned."""
 
@@ -62,7 +64,7 @@ REFERENCES = {
                          ("annotate_cells", "obs_table"), ("annotate_cells", "resolve_at"),
                          ("annotate_cells", "marker_check"),
                          ("explain_genes", "labels"),
-                         ("explain_genes", "max_cells_per_label")],
+                         ("explain_genes", "max_cells_per_label"), ("explain_genes", "versus")],
     "drug_response_report": [("describe_model", None), ("inspect_dataset", None),
                              ("predict_drug_response", "drug"), ("predict_drug_response", "groupby"),
                              ("explain_genes", "labels"), ("explain_genes", "drug"),

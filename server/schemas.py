@@ -184,6 +184,10 @@ class ExplainGenesRequest(_MatrixOptions):
         "per-label means. The cell limit then counts the cells explained. Without labels every cell is answered "
         "first (no gradients, far cheaper) and the cells are drawn from each answer; the limit then counts this "
         "many for each answer the model can give (each candidate, else each learned label)."))
+    versus: OptionalText = Field(None, description=(
+        "Why each cell's label rather than another: a candidate label, or 'runner-up' for each cell's most "
+        "probable other candidate. Explains log p(label) - log p(versus), so the genes ranked are those that tell "
+        "the two apart; results are grouped 'A vs B', and cells whose label is the versus label are left out."))
     fast: bool = Field(False, description=(
         "With max_cells_per_label and no labels: the answers given first take annotate_cells' fast (cells the "
         "linear read-out is sure of answered by it alone), the larger share of the time on a large file. The "

@@ -344,7 +344,7 @@ class InstructCellService:
             result = explain(adata, model=model, labels=req.labels, method=req.method, top_k=req.top_k,
                              reference=req.reference, normalize=req.normalize,
                              candidates=req.candidates, max_cells_per_label=req.max_cells_per_label, drug=req.drug,
-                             fast=req.fast, **_matrix(req),
+                             fast=req.fast, versus=req.versus, **_matrix(req),
                              progress=explained, answer_progress=answered)
         rep.update(n_explained, n_explained, "writing tables and figures")
         folder = f"{slug(path.stem)}_explain_{new_id()}"

@@ -91,7 +91,8 @@ SPECS: tuple[ToolSpec, ...] = (
     ToolSpec("explain_genes", "Explain predictions by genes",
              "Rank the genes that drive the model's cell-type answers, or with drug its drug-response answers "
              "(gradient saliency or Integrated Gradients), per label, and check cell types against marker "
-             "databases. Returns the top genes per label; "
+             "databases; with versus, the genes that make each answer this label rather than another (a named "
+             "one, or each cell's runner-up). Returns the top genes per label; "
              "tables and dot plot / heatmap PNGs are written to files. At most {max_explain_cells:,} cells and "
              "top_k {max_top_k} per call." + _JOB_NOTE + _OUT_NOTE,
              ExplainGenesRequest, ExplanationOutput, read_only=False, idempotent=False, runs_model=True),

@@ -375,6 +375,17 @@ def test_argument_errors_and_warnings_read_as_messages(tiny_checkpoint, syntheti
     assert ad.read_h5ad(tmp_path / "why_answers" / "explained.h5ad").n_obs == 9
     assert main([*base, "--label-key", "celltype", "--out", str(tmp_path / "why_not")]) == 2
     assert "obs has no column 'celltype'" in capsys.readouterr().err and not (tmp_path / "why_not").exists()
+    # why each answer rather than its runner-up; a versus that is no candidate is refused before any output
+    assert main([*base, "--label-key", "instructcell_label", "--versus", "runner-up",
+                 "--out", str(tmp_path / "why_rather")]) == 0
+    rather = ad.read_h5ad(tmp_path / "why_rather" / "explained.h5ad")
+    assert (rather.obs["instructcell_saliency_label"].astype(str)
+            == rather.obs["instructcell_saliency_predicted"].astype(str) + " vs "
+            + rather.obs["instructcell_saliency_versus"].astype(str)).all()
+    assert main([*base, "--label-key", "instructcell_label", "--versus", "acinar",
+                 "--out", str(tmp_path / "why_acinar")]) == 2
+    assert "'acinar' is not among the candidates" in capsys.readouterr().err
+    assert not (tmp_path / "why_acinar").exists()
 
 
 def test_gene_names_can_come_from_a_var_column(tiny_checkpoint, synthetic_set, tmp_path):

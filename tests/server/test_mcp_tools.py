@@ -552,6 +552,25 @@ def test_explain_genes(env, reference, normalize):
     assert blob.contents[0].mime_type == "image/png" and blob.contents[0].blob
 
 
+def test_explain_genes_contrasts_each_answer_with_its_runner_up(env):
+    paths = env["paths"]
+    small = paths["root"] / "small_versus.h5ad"
+    ad.read_h5ad(paths["planted"])[:24].copy().write_h5ad(small)
+    args = {"h5ad_path": str(small), "labels": "cell_type", "candidates": CANDIDATES, "top_k": 3}
+    summary = check_structured(env["server"], "explain_genes",
+                               call(env["server"], "explain_genes", {**args, "versus": "runner-up"}))["result"]
+    pairs = [label.split(" vs ") for label in summary["top_genes"]]
+    assert pairs and all(len(p) == 2 and p[0] != p[1] and set(p) <= set(CANDIDATES) for p in pairs)
+    assert sum(summary["cells_per_label"].values()) == summary["n_explained"] == 24
+    # one named label: its own cells are left out, the others grouped against it
+    named = check_structured(env["server"], "explain_genes",
+                             call(env["server"], "explain_genes", {**args, "versus": CANDIDATES[0]}))["result"]
+    assert all(label.endswith(f" vs {CANDIDATES[0]}") for label in named["top_genes"])
+    assert named["n_explained"] < 24 and any("nothing to contrast" in note for note in named["notes"])
+    refused = call(env["server"], "explain_genes", {**args, "versus": "hepatocyte"})
+    assert "not among the candidates" in error_text(refused)
+
+
 def test_explain_genes_bounds_the_cells_of_each_label(env):
     # the planted file is over the explain limit (120 cells); ten of each of its four labels are not
     args = {"h5ad_path": "planted.h5ad", "labels": "cell_type", "top_k": 3}
