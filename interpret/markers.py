@@ -31,8 +31,10 @@ from instructcell_agent.core_model.labels import ontology_id
 
 log = logging.getLogger(__name__)
 
-# the releases the shipped table was built from (scripts/build_marker_table.py)
-DATABASES = {"panglaodb": "PanglaoDB_markers_27_Mar_2020.tsv", "cellmarker2": "CellMarker2_Human_Aug.csv"}
+# the releases the shipped table was built from (scripts/build_marker_table.py): CellMarker 2.0's
+# human table (aggregated) and its mouse one (full)
+DATABASES = {"panglaodb": ("PanglaoDB_markers_27_Mar_2020.tsv",),
+             "cellmarker2": ("CellMarker2_Human_Aug.csv", "Cell_marker_Mouse.csv.gz")}
 TABLE = "known_markers.tsv.gz"
 DEFAULT_DB = "panglaodb"
 PRECISION_K = 10
@@ -126,7 +128,7 @@ def load_marker_db(name: str = DEFAULT_DB) -> MarkerDB:
     """
     if name not in DATABASES:
         raise ValueError(f"unknown marker database {name!r}; choose one of {sorted(DATABASES)}")
-    return MarkerDB(name, _shipped_table()[name], marker_map().get(name, {}), f"{TABLE} ({DATABASES[name]})")
+    return MarkerDB(name, _shipped_table()[name], marker_map().get(name, {}), f"{TABLE} ({', '.join(DATABASES[name])})")
 
 
 def contrast_markers(db: MarkerDB, label: str, versus: str, species: str | None = None) -> set[str] | None:

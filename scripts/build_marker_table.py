@@ -10,7 +10,9 @@ Sources (read from ``<shared>/data/markers``, never copied whole):
 
 * PanglaoDB, 27 Mar 2020 release (``PanglaoDB_markers_27_Mar_2020.tsv``), rows tagged ``Hs``
   and/or ``Mm``;
-* CellMarker 2.0, human table (``CellMarker2_Human_Aug.csv``).
+* CellMarker 2.0, human table (``CellMarker2_Human_Aug.csv``, aggregated per tissue and cell type)
+  and mouse table (``Cell_marker_Mouse.csv.gz``, one row per marker and study; rows of normal
+  cells only, not cancer cells). Both name cell types alike ('B cell', 'Alpha cell (α cell)').
 
 Usage::
 
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import gzip
 import json
 import logging
 import sys
@@ -61,8 +64,8 @@ def panglaodb_rows(path: Path) -> Rows:
 
 
 def cellmarker2_rows(path: Path) -> Rows:
-    """(cell type, "human", symbol) of every CellMarker 2.0 row (the shared table is the human one);
-    its Gene field lists several symbols, comma-separated."""
+    """(cell type, "human", symbol) of every row of CellMarker 2.0's aggregated human table; its
+    Gene field lists several symbols, comma-separated."""
     rows: Rows = set()
     with path.open(newline="", encoding="utf-8") as fh:
         for row in csv.DictReader(fh):
@@ -73,7 +76,25 @@ def cellmarker2_rows(path: Path) -> Rows:
     return rows
 
 
-READERS = {"panglaodb": panglaodb_rows, "cellmarker2": cellmarker2_rows}
+def cellmarker2_mouse_rows(path: Path) -> Rows:
+    """(cell type, "mouse", symbol) of CellMarker 2.0's full mouse table, normal cells only (a
+    cancer study's markers of its tumour cells are not those of the cell type); the official
+    symbol where the row has one, else the marker as the study wrote it."""
+    rows: Rows = set()
+    with gzip.open(path, "rt", newline="", encoding="utf-8") as fh:
+        for row in csv.DictReader(fh):
+            if (row.get("cell_type") or "").strip() != "Normal cell":
+                continue
+            cell_type = (row.get("cell_name") or "").strip()
+            symbol = ((row.get("Symbol") or "").strip() or (row.get("marker") or "").strip()).upper()
+            if cell_type and symbol:
+                rows.add((cell_type, "mouse", symbol))
+    return rows
+
+
+# one reader per source file (DATABASES names a database's files)
+READERS = {"PanglaoDB_markers_27_Mar_2020.tsv": panglaodb_rows, "CellMarker2_Human_Aug.csv": cellmarker2_rows,
+           "Cell_marker_Mouse.csv.gz": cellmarker2_mouse_rows}
 
 
 def mapped_types(marker_map: dict) -> dict[str, set[str]]:
@@ -100,7 +121,8 @@ def table_rows(sources: dict[str, Rows], wanted: dict[str, set[str]]) -> list[tu
 
 
 def read_sources(markers_dir: Path, names: Iterable[str]) -> dict[str, Rows]:
-    return {name: READERS[name](markers_dir / DATABASES[name]) for name in names}
+    """Per database, the rows of all its files."""
+    return {name: set().union(*(READERS[f](markers_dir / f) for f in DATABASES[name])) for name in names}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -112,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     markers_dir = args.shared / "data" / "markers"
-    missing = [f for f in DATABASES.values() if not (markers_dir / f).is_file()]
+    missing = [f for files in DATABASES.values() for f in files if not (markers_dir / f).is_file()]
     if missing:
         logger.error("missing %s under %s; pass --shared PATH", ", ".join(missing), markers_dir)
         return 2
