@@ -142,3 +142,15 @@ def test_wilcoxon_pairs_rank_a_against_b_only():
                                     {"a vs b": ("a", "b"), "a vs d": ("a", "d")}, n_genes=5)
     assert list(ranked) == ["a vs b"]  # d has one cell
     assert ranked["a vs b"][0] == "G2"
+
+
+def test_integrated_gradients_of_a_contrast_add_up_to_it(tiny_model, cells):
+    # completeness: the attributions sum to the contrast at the cell minus at the reference, refined
+    # piece by piece until the gap is within the tolerance
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        result = explain(cells[:8], model=tiny_model, candidates=CANDS, versus=RUNNER_UP, method="ig", n_steps=32,
+                         ig_tolerance=0.05, compare_wilcoxon=False)
+    a = result.attributions
+    assert a.delta is not None and np.abs(a.delta).max() < 0.05
+    assert (a.versus != a.target).all() and np.abs(a.values).sum() > 0
