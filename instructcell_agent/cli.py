@@ -202,10 +202,11 @@ def _add_explain(sub) -> None:
     p.add_argument("--drug", default=None,
                    help="explain drug-response answers to this drug (as drug-response asks; candidates default to "
                         "the learned responses, e.g. resistant,sensitive) instead of cell types")
-    p.add_argument("--versus", default=None, metavar="LABEL|runner-up",
-                   help="why each cell's label rather than this candidate (or, with runner-up, each cell's most "
-                        "probable other candidate): explain log p(label) - log p(versus); cells are grouped "
-                        "'A vs B' and checked against the known markers of A not listed for B")
+    p.add_argument("--versus", default=None, metavar="LABEL|runner-up|COLUMN",
+                   help="why each cell's label rather than this candidate (runner-up: each cell's most probable "
+                        "other candidate; an obs column: each cell's label there, e.g. an author's, where it "
+                        "differs): explain log p(label) - log p(versus); cells are grouped 'A vs B' and checked "
+                        "against the known markers of A not listed for B")
     add_matrix_arguments(p)
     # float32: in bfloat16 the per-label top-10 genes changed by up to a quarter (zheng2017) for a
     # 1.2-1.7x speed-up; an explanation should not depend on the machine unless asked

@@ -40,8 +40,8 @@ from .markers import (DEFAULT_DB, PRECISION_K, MarkerDB, load_marker_db, marker_
                       wilcoxon_rankings)
 from .result import DEFAULT_KEY, ExplanationResult
 from .targets import (answer_candidates, answers_first, broader_types, candidates_of, cap_per_label, check_cap,
-                      check_in_candidates, contrast_groups, drug_and_task, given_labels, recorded_candidates,
-                      set_of_free_answers, versus_indices, without_unlabelled)
+                      check_in_candidates, contrast_groups, drug_and_task, given_labels, per_cell_versus,
+                      recorded_candidates, set_of_free_answers, versus_indices, without_unlabelled)
 
 REFERENCES = ("train", "zero", "mean")
 
@@ -57,7 +57,7 @@ def explain(adata: ad.AnnData, model: LoadedModel | None = None, labels: str | S
             species: str | None = None, layer: str | None = None, use_raw: bool = False,
             gene_key: str | None = None, min_genes: int = 100, scoring: str = "auto", readout: bool = True,
             max_cells_per_label: int | None = None, seed: int = 0, drug: str | None = None, fast: bool = False,
-            versus: str | None = None, progress: Callable[[int, int], None] | None = None,
+            versus: str | Sequence[str] | None = None, progress: Callable[[int, int], None] | None = None,
             answer_progress: Callable[[int, int], None] | None = None) -> ExplanationResult:
     """Gene saliency of every cell for its label, aggregated per label, checked against markers.
 
@@ -134,8 +134,10 @@ def explain(adata: ad.AnnData, model: LoadedModel | None = None, labels: str | S
         how the rankings hold up.
     versus
         Why each cell's label rather than another: explain log p(label) - log p(`versus`) instead of
-        log p(label). A candidate label (the same for every cell), or ``"runner-up"``: each cell's
-        most probable other candidate. The other candidates then drop out of the explained quantity
+        log p(label). A candidate label (the same for every cell); ``"runner-up"``: each cell's
+        most probable other candidate; an ``obs`` column or one label per cell, e.g. the labels an
+        author gave, to ask why the model's answer rather than the author's (cells without one are
+        left out). The other candidates then drop out of the explained quantity
         (the softmax's normaliser cancels), so the rankings name what tells the two apart rather
         than what sets the label off from every candidate. Cells are grouped as ``'A vs B'``;
         cells whose label is `versus` itself are left out (with a note); the marker check counts
@@ -173,6 +175,7 @@ def explain(adata: ad.AnnData, model: LoadedModel | None = None, labels: str | S
         model = load_model()
     started = time.perf_counter()
     given = given_labels(adata, labels)
+    versus_by_cell = per_cell_versus(adata, versus)  # read before any cell is left out
     recorded_note = None
     if candidates is None and dataset is None:  # an annotated file's own answers: annotate's candidates
         candidates, recorded_note = recorded_candidates(adata, labels)
@@ -197,7 +200,7 @@ def explain(adata: ad.AnnData, model: LoadedModel | None = None, labels: str | S
     broader = broader_types(given, cands) if candidates is not None or dataset is not None else []
     explained = [*cands, *(name for name, _ in broader)]
     given = check_in_candidates(given, explained, adata.n_obs)
-    against = versus_indices(versus, explained, adata.n_obs)
+    against, adata, given, versus_note = versus_indices(versus, versus_by_cell, explained, adata, given)
     aligned = align_to_vocab(adata, model.vocab, layer=layer, use_raw=use_raw, gene_key=gene_key, min_genes=min_genes)
     # A cell with no counts on the model's genes has nothing to explain; measured against the mean
     # training cell its attributions would only echo the reference, so the per-label means skip it.
@@ -210,7 +213,8 @@ def explain(adata: ad.AnnData, model: LoadedModel | None = None, labels: str | S
     user_named = candidates is not None or (dataset is None and labels is not None and not isinstance(given, str))
     route = route_candidates(cands, model.label_sets, task) if user_named else None
     notes = [route.note] if route is not None and route.note else []
-    notes += [note for note in (recorded_note, inferred_note, answers_note, unlabelled_note, subsample_note) if note]
+    notes += [note for note in (recorded_note, inferred_note, answers_note, unlabelled_note, subsample_note,
+                                versus_note) if note]
     notes += [f"{name!r} explained as a broader type: the summed probability of {', '.join(cands[i] for i in g)}"
               for name, g in broader]
     if drug is not None:
@@ -250,7 +254,8 @@ def explain(adata: ad.AnnData, model: LoadedModel | None = None, labels: str | S
         keep, groups, pairs, contrast_note = contrast_groups(attr, groups)
         attr, adata, empty = attr.subset(keep), adata[keep], empty[keep]
         obs_names = [obs_names[i] for i in keep]
-        other = "its runner-up" if versus == RUNNER_UP else versus
+        other = ("its runner-up" if versus == RUNNER_UP else versus if versus_by_cell is None
+                 else f"its label in obs[{versus!r}]" if isinstance(versus, str) else "its versus label")
         notes += [f"each cell explained as log p(its label) - log p({other}): the genes that make it that label "
                   "rather than the other"]
         notes += [contrast_note] if contrast_note else []

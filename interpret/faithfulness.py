@@ -34,7 +34,9 @@ log = logging.getLogger(__name__)
 @dataclass
 class DeletionResult:
     """Mean drops of the explained label's probability and log-odds; each `ratio` = top / random
-    (NaN if the random drop is not positive)."""
+    (NaN if the random drop is not positive); `flipped_top` / `flipped_random`: of the cells whose
+    probability was at least 0.5, the share below 0.5 after the deletion (for a contrast: the cells
+    that then prefer B to A; for random genes, averaged over the draws)."""
 
     k: int
     n_cells: int
@@ -46,6 +48,8 @@ class DeletionResult:
     mean_logodds_drop_top: float
     mean_logodds_drop_random: float
     logodds_ratio: float
+    flipped_top: float = float("nan")
+    flipped_random: float = float("nan")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -83,8 +87,11 @@ def deletion_test(model: CellLanguageModel, attributions: Attributions, k: int =
     mean_top, mean_rand = float(np.mean(base - after_top)), float(np.mean([base - r for r in after_random]))
     lo_top = float(np.mean(_logodds(base) - _logodds(after_top)))
     lo_rand = float(np.mean([_logodds(base) - _logodds(r) for r in after_random]))
+    held = base >= 0.5
+    flipped = lambda after: float(np.mean(after[held] < 0.5)) if held.any() else float("nan")  # noqa: E731
     return DeletionResult(k, len(base), n_random, mean_top, mean_rand, _ratio(mean_top, mean_rand),
-                          float(base.mean()), lo_top, lo_rand, _ratio(lo_top, lo_rand))
+                          float(base.mean()), lo_top, lo_rand, _ratio(lo_top, lo_rand), flipped(after_top),
+                          float(np.mean([flipped(r) for r in after_random])))
 
 
 def _ratio(top: float, rand: float) -> float:

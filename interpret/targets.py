@@ -220,15 +220,45 @@ def check_in_candidates(given: np.ndarray | str | None, cands: list[str], n_obs:
     return given
 
 
-def versus_indices(versus: str | None, explained: list[str], n_obs: int) -> np.ndarray | str | None:
-    """`explain`'s `versus` as `attribute` takes it: None, ``"runner-up"``, or the label's index for
-    every cell; a label that is not explained is refused, naming those that are."""
-    if versus is None or versus == RUNNER_UP:
-        return versus
-    if versus not in explained:
-        raise LabelKeyError(f"versus {versus!r} is not among the candidates {explained}; pass one of them, or "
-                            f"{RUNNER_UP!r} for each cell's most probable other candidate")
-    return np.full(n_obs, explained.index(versus), dtype=np.int64)
+def per_cell_versus(adata: ad.AnnData, versus: str | Sequence[str] | None) -> dict[str, str | None] | None:
+    """`explain`'s `versus` per cell name, read on the input before any cell is left out, when it
+    names an obs column (the author's labels, say) or holds one label per cell; None otherwise."""
+    if versus is None or (isinstance(versus, str) and versus not in adata.obs.columns):
+        return None
+    values = given_labels(adata, versus)
+    names = [str(n) for n in adata.obs_names]
+    if len(set(names)) != len(names):
+        raise ValueError("a versus label per cell needs unique cell names (adata.obs_names_make_unique())")
+    return dict(zip(names, values.tolist()))
+
+
+def versus_indices(versus: str | Sequence[str] | None, per_cell: dict[str, str | None] | None, explained: list[str],
+                   adata: ad.AnnData, given: np.ndarray | str | None
+                   ) -> tuple[np.ndarray | str | None, ad.AnnData, np.ndarray | str | None, str | None]:
+    """`explain`'s `versus` as `attribute` takes it (None, ``"runner-up"``, or an index per cell),
+    with the cells and labels left to explain and a note: a cell whose versus label is missing is
+    left out; a label that is not explained is refused, naming those that are."""
+    if versus is None or (per_cell is None and versus == RUNNER_UP):
+        return versus, adata, given, None
+    names = ([versus] * adata.n_obs if per_cell is None
+             else [per_cell[str(n)] for n in adata.obs_names])
+    unknown = sorted({n for n in names if n is not None and n not in explained})
+    if unknown:
+        what = (f"versus {versus!r} is neither an obs column nor" if per_cell is None
+                else f"versus labels {unknown[:10]} are not")
+        raise LabelKeyError(f"{what} among the candidates {explained}; pass a candidate, an obs column of "
+                            f"candidates, or {RUNNER_UP!r} for each cell's most probable other candidate")
+    have = np.asarray([n is not None for n in names])
+    if not have.any():
+        raise LabelKeyError("no cell has a versus label; nothing to contrast")
+    note = None
+    if not have.all():
+        keep = np.flatnonzero(have)
+        note = f"{int((~have).sum()):,} of {adata.n_obs:,} cells without a versus label left out"
+        adata = adata[keep].copy()
+        given = given[keep] if isinstance(given, np.ndarray) else given
+        names = [names[i] for i in keep]
+    return np.asarray([explained.index(n) for n in names], dtype=np.int64), adata, given, note
 
 
 def contrast_groups(attr: Attributions, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[str, tuple[str, str]],
@@ -240,12 +270,13 @@ def contrast_groups(attr: Attributions, groups: np.ndarray) -> tuple[np.ndarray,
     label, other = np.asarray(groups, dtype=object), names[attr.versus]
     keep = np.flatnonzero(label != other)
     if keep.size == 0:
-        raise LabelKeyError(f"every cell's label is {other[0]!r}, the label to contrast with; nothing to explain. "
-                            f"Pass another versus, or {RUNNER_UP!r}")
+        raise LabelKeyError(f"every cell's label is its versus label ({', '.join(sorted(set(other.tolist())))}); "
+                            f"nothing to explain. Pass another versus, or {RUNNER_UP!r}")
     contrast = np.asarray([f"{a} vs {b}" for a, b in zip(label[keep], other[keep])], dtype=str)
     present = set(zip(label[keep].tolist(), other[keep].tolist()))
     pairs = {f"{a} vs {b}": (a, b) for a in names.tolist() for b in names.tolist() if (a, b) in present}
     dropped = label.size - keep.size
-    note = (f"{dropped:,} cell(s) labelled {', '.join(sorted(set(other[label == other].tolist())))!r} left out: "
-            "nothing to contrast a label with itself") if dropped else None
+    same = ", ".join(sorted(set(other[label == other].tolist())))
+    note = (f"{dropped:,} cell(s) whose label is their versus label ({same}) left out: nothing to contrast a label "
+            "with itself") if dropped else None
     return keep, contrast, pairs, note

@@ -384,7 +384,7 @@ def test_argument_errors_and_warnings_read_as_messages(tiny_checkpoint, syntheti
             + rather.obs["instructcell_saliency_versus"].astype(str)).all()
     assert main([*base, "--label-key", "instructcell_label", "--versus", "acinar",
                  "--out", str(tmp_path / "why_acinar")]) == 2
-    assert "'acinar' is not among the candidates" in capsys.readouterr().err
+    assert "'acinar' is neither an obs column nor among the candidates" in capsys.readouterr().err
     assert not (tmp_path / "why_acinar").exists()
 
 

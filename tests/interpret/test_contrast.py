@@ -87,6 +87,7 @@ def test_the_deletion_test_measures_the_pair(tiny_model, cells):
     result = deletion_test(tiny_model.model, a, k=4, n_random=1)
     assert result.mean_probability == pytest.approx(float(pair.mean()), rel=1e-5)
     assert result.mean_logodds_drop_top > result.mean_logodds_drop_random
+    assert 0 <= result.flipped_random <= result.flipped_top <= 1
 
 
 def test_explain_groups_by_pair_and_leaves_out_the_versus_label(tiny_model, cells):
@@ -111,7 +112,7 @@ def test_explain_groups_by_pair_and_leaves_out_the_versus_label(tiny_model, cell
 
 
 def test_explain_refuses_a_versus_it_cannot_contrast(tiny_model, cells):
-    with pytest.raises(LabelKeyError, match="not among the candidates"):
+    with pytest.raises(LabelKeyError, match="neither an obs column nor among the candidates"):
         explain(cells, model=tiny_model, labels="cell_type", candidates=CANDS, versus="hepatocyte")
     betas = cells[cells.obs["cell_type"] == "beta"].copy()
     with pytest.raises(LabelKeyError, match="nothing to explain"):
@@ -154,3 +155,27 @@ def test_integrated_gradients_of_a_contrast_add_up_to_it(tiny_model, cells):
     a = result.attributions
     assert a.delta is not None and np.abs(a.delta).max() < 0.05
     assert (a.versus != a.target).all() and np.abs(a.values).sum() > 0
+
+
+def test_versus_can_be_each_cells_label_in_an_obs_column(tiny_model, cells):
+    # an author's labels: the model's answer explained against the author's, where they differ
+    author = cells.copy()
+    truth = author.obs["cell_type"].astype(str).to_numpy()
+    other = np.asarray([CANDS[(CANDS.index(t) + 1) % 4] for t in truth], dtype=object)
+    other[2], other[5] = None, truth[5]  # one cell without an author label, one where they agree
+    author.obs["author"] = other
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        result = explain(author, model=tiny_model, labels="cell_type", candidates=CANDS, versus="author", top_k=4)
+    kept = [i for i in range(16) if i not in (2, 5)]
+    assert result.obs_names == [author.obs_names[i] for i in kept]
+    assert list(result.groups) == [f"{truth[i]} vs {other[i]}" for i in kept]
+    notes = " ".join(result.provenance["notes"])
+    assert "1 of 16 cells without a versus label left out" in notes and "nothing to contrast" in notes
+    assert "its label in obs['author']" in notes
+    # the same as a list, one per cell; an author label that is no candidate is refused
+    listed = explain(author, model=tiny_model, labels="cell_type", candidates=CANDS, versus=list(other), top_k=4)
+    np.testing.assert_allclose(listed.attributions.values, result.attributions.values, rtol=1e-5, atol=1e-7)
+    author.obs["author"] = ["acinar"] * 16
+    with pytest.raises(LabelKeyError, match="acinar"):
+        explain(author, model=tiny_model, labels="cell_type", candidates=CANDS, versus="author")
