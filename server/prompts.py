@@ -28,7 +28,8 @@ labels that share their markers); show the map (the map_png output) if you can d
 labels="instructcell_label" and max_cells_per_label=20, and list each label's top genes, saying \
 which are known markers. Where two labels are easily confused (subsets that share markers, or \
 many cells resolved to a broader type), call it again with versus="runner-up" and list, for each \
-pair, the genes that tell the answer from its runner-up.
+pair, the genes that tell the answer from its runner-up; if you compared with an author's labels, \
+call it with versus set to that column to show why the answers differ where they do.
 
 Say plainly where the model is unsure: low confidence, atypical cells, or a tissue it never learned."""
 
