@@ -20,7 +20,7 @@ import pandas as pd
 from instructcell_agent.core_model.checkpoint import LoadedModel
 from instructcell_agent.core_model.errors import LabelKeyError
 from instructcell_agent.core_model.hierarchy import broader_cover
-from instructcell_agent.core_model.labels import UNASSIGNED, unexplainable
+from instructcell_agent.core_model.labels import UNASSIGNED, LabelMapper, unexplainable
 
 from .attribution import RUNNER_UP, Attributions
 
@@ -236,29 +236,41 @@ def versus_indices(versus: str | Sequence[str] | None, per_cell: dict[str, str |
                    adata: ad.AnnData, given: np.ndarray | str | None
                    ) -> tuple[np.ndarray | str | None, ad.AnnData, np.ndarray | str | None, str | None]:
     """`explain`'s `versus` as `attribute` takes it (None, ``"runner-up"``, or an index per cell),
-    with the cells and labels left to explain and a note: a cell whose versus label is missing is
-    left out; a label that is not explained is refused, naming those that are."""
+    with the cells and labels left to explain and a note. A versus label spelled unlike the
+    candidates is read through the Cell Ontology (`LabelMapper`, as free answers are). One label
+    for every cell that maps to no candidate is refused, naming the candidates; per cell (an
+    author's column), cells whose label is missing or maps to no candidate are left out."""
     if versus is None or (per_cell is None and versus == RUNNER_UP):
         return versus, adata, given, None
     names = ([versus] * adata.n_obs if per_cell is None
              else [per_cell[str(n)] for n in adata.obs_names])
-    unknown = sorted({n for n in names if n is not None and n not in explained})
-    if unknown:
-        what = (f"versus {versus!r} is neither an obs column nor" if per_cell is None
-                else f"versus labels {unknown[:10]} are not")
-        raise LabelKeyError(f"{what} among the candidates {explained}; pass a candidate, an obs column of "
-                            f"candidates, or {RUNNER_UP!r} for each cell's most probable other candidate")
+    # an author's labels are often spelled their own way: read each through the Cell Ontology onto
+    # the candidate naming its type or its nearest broader type ('CD14+ Monocyte' as 'CD14+Mono')
+    mapper = LabelMapper(tuple(explained))
+    read_as = {n: mapper.map(n) for n in set(names) if n is not None and n not in explained}
+    unknown = sorted(n for n, m in read_as.items() if m is None)
+    hint = (f"pass a candidate, an obs column of candidates, or {RUNNER_UP!r} for each cell's most probable other "
+            "candidate")
+    if unknown and per_cell is None:
+        raise LabelKeyError(f"versus {versus!r} is neither an obs column nor among the candidates {explained} "
+                            f"(nor a Cell Ontology name of one); {hint}")
+    names = [n if n is None or n in explained else read_as[n] for n in names]
     have = np.asarray([n is not None for n in names])
     if not have.any():
-        raise LabelKeyError("no cell has a versus label; nothing to contrast")
-    note = None
+        raise LabelKeyError(f"no cell has a versus label among the candidates {explained} (labels found: "
+                            f"{unknown[:10]}); {hint}")
+    read = sorted((n, m) for n, m in read_as.items() if m is not None)
+    notes = ([f"versus labels read as candidates through the Cell Ontology: "
+              f"{', '.join(f'{n!r} as {m!r}' for n, m in read[:5])}{' and more' if len(read) > 5 else ''}"]
+             if read else [])
     if not have.all():
         keep = np.flatnonzero(have)
-        note = f"{int((~have).sum()):,} of {adata.n_obs:,} cells without a versus label left out"
+        why = f"missing or naming no candidate ({', '.join(map(repr, unknown[:5]))})" if unknown else "missing"
+        notes.append(f"{int((~have).sum()):,} of {adata.n_obs:,} cells left out: their versus label is {why}")
         adata = adata[keep].copy()
         given = given[keep] if isinstance(given, np.ndarray) else given
         names = [names[i] for i in keep]
-    return np.asarray([explained.index(n) for n in names], dtype=np.int64), adata, given, note
+    return np.asarray([explained.index(n) for n in names], dtype=np.int64), adata, given, "; ".join(notes) or None
 
 
 def contrast_groups(attr: Attributions, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[str, tuple[str, str]],

@@ -186,8 +186,9 @@ class ExplainGenesRequest(_MatrixOptions):
         "many for each answer the model can give (each candidate, else each learned label)."))
     versus: OptionalText = Field(None, description=(
         "Why each cell's label rather than another: a candidate label, 'runner-up' for each cell's most probable "
-        "other candidate, or an obs column of candidate labels (an author's annotation: why the model's answer "
-        "rather than the author's). Explains log p(label) - log p(versus), so the genes ranked are those that tell "
+        "other candidate, or an obs column of labels (an author's annotation: why the model's answer rather than "
+        "the author's; names read through the Cell Ontology, cells whose label names no candidate left out). "
+        "Explains log p(label) - log p(versus), so the genes ranked are those that tell "
         "the two apart; results are grouped 'A vs B', and cells whose label is the versus label are left out."))
     fast: bool = Field(False, description=(
         "With max_cells_per_label and no labels: the answers given first take annotate_cells' fast (cells the "

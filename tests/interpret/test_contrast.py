@@ -171,11 +171,21 @@ def test_versus_can_be_each_cells_label_in_an_obs_column(tiny_model, cells):
     assert result.obs_names == [author.obs_names[i] for i in kept]
     assert list(result.groups) == [f"{truth[i]} vs {other[i]}" for i in kept]
     notes = " ".join(result.provenance["notes"])
-    assert "1 of 16 cells without a versus label left out" in notes and "nothing to contrast" in notes
+    assert "1 of 16 cells left out: their versus label is missing" in notes and "nothing to contrast" in notes
     assert "its label in obs['author']" in notes
     # the same as a list, one per cell; an author label that is no candidate is refused
     listed = explain(author, model=tiny_model, labels="cell_type", candidates=CANDS, versus=list(other), top_k=4)
     np.testing.assert_allclose(listed.attributions.values, result.attributions.values, rtol=1e-5, atol=1e-7)
+    # spelled the author's way: read through the Cell Ontology ('pancreatic A cell' is 'alpha')
+    author.obs["author"] = ["pancreatic A cell" if o == "alpha" else o for o in other]
+    named = explain(author, model=tiny_model, labels="cell_type", candidates=CANDS, versus="author", top_k=4)
+    assert list(named.groups) == list(result.groups)
+    assert any("'pancreatic A cell' as 'alpha'" in note for note in named.provenance["notes"])
+    # a label naming no candidate: its cells are left out, and with no cell left the call is refused
+    author.obs["author"] = ["acinar" if i == 0 else o for i, o in enumerate(other)]
+    partial = explain(author, model=tiny_model, labels="cell_type", candidates=CANDS, versus="author", top_k=4)
+    assert author.obs_names[0] not in partial.obs_names
+    assert any("naming no candidate ('acinar')" in note for note in partial.provenance["notes"])
     author.obs["author"] = ["acinar"] * 16
-    with pytest.raises(LabelKeyError, match="acinar"):
+    with pytest.raises(LabelKeyError, match="labels found: \\['acinar'\\]"):
         explain(author, model=tiny_model, labels="cell_type", candidates=CANDS, versus="author")
