@@ -135,9 +135,11 @@ def explain(adata: ad.AnnData, model: LoadedModel | None = None, labels: str | S
     versus
         Why each cell's label rather than another: explain log p(label) - log p(`versus`) instead of
         log p(label). A candidate label (the same for every cell); ``"runner-up"``: each cell's
-        most probable other candidate; an ``obs`` column or one label per cell, e.g. the labels an
-        author gave, to ask why the model's answer rather than the author's (cells without one are
-        left out). The other candidates then drop out of the explained quantity
+        most probable other candidate; an ``obs`` column (it wins over a candidate of the same name)
+        or one label per cell, e.g. the labels an author gave, to ask why the model's answer rather
+        than the author's (names read through the Cell Ontology as free answers are; cells whose
+        label is missing or names no candidate are left out). The other candidates then drop out of
+        the explained quantity
         (the softmax's normaliser cancels), so the rankings name what tells the two apart rather
         than what sets the label off from every candidate. Cells are grouped as ``'A vs B'``;
         cells whose label is `versus` itself are left out (with a note); the marker check counts
