@@ -39,6 +39,11 @@ import numpy as np
 from .labels import normalize_label, ontology_ancestors, ontology_id
 
 
+# types the model never learned can still be named from their known markers (interpret/marker_annotation.py)
+BY_MARKERS_HINT = ("For cell types the model never learned, annotate_by_markers (CLI annotate --by-markers, MCP "
+                   "by_markers) answers from their known markers instead.")
+
+
 class CandidateNoteWarning(UserWarning):
     """Candidates scored as plain text: the checkpoint could not route them (see the note)."""
 
@@ -96,7 +101,8 @@ def route_candidates(candidates: Sequence[str], label_sets: dict[str, dict], tas
     if problem:
         note = (f"candidates scored as text ({problem}); the likelihood of a string the model never learned to "
                 f"answer says little about the cell. Name the candidates as one of the checkpoint's label sets "
-                f"does (`instructcell info` lists them){' or by Cell Ontology names' if task == 'annotation' else ''}.")
+                f"does (`instructcell info` lists them){' or by Cell Ontology names' if task == 'annotation' else ''}."
+                + (f" {BY_MARKERS_HINT}" if task == "annotation" else ""))
         return CandidateRoute("text", cands, note=note)
     kept = [l for l in learned if l in owner]
     note = (f"candidates are not one label set this checkpoint learned; scored through the Cell Ontology: "
@@ -109,7 +115,8 @@ def route_candidates(candidates: Sequence[str], label_sets: dict[str, dict], tas
         names = ", ".join(repr(c) for _, c in unrouted)
         note += (f" {names}: no label this checkpoint learned lies at or below {'it' if len(unrouted) == 1 else 'them'}"
                  f" (or no Cell Ontology term is recorded); scored as plain text in the open question, so cells of "
-                 f"{'that type' if len(unrouted) == 1 else 'those types'} will mostly be given another candidate.")
+                 f"{'that type' if len(unrouted) == 1 else 'those types'} will mostly be given another candidate. "
+                 f"{BY_MARKERS_HINT}")
     return CandidateRoute("ontology", cands, tuple(kept) + tuple(c for _, c in unrouted),
                           tuple(owner[l] for l in kept) + tuple(i for i, _ in unrouted), note,
                           tuple(c for _, c in unrouted))

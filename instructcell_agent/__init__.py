@@ -15,7 +15,7 @@ from typing import Any
 _WHERE = {
     "annotate": ".api", "predict_drug_response": ".api", "generate_cells": ".api", "load_model": ".api",
     "default_checkpoint_path": ".api", "AnnotationResult": ".results", "explain": ".interpret.api",
-    "marker_check": ".interpret.marker_check",
+    "marker_check": ".interpret.marker_check", "annotate_by_markers": ".interpret.marker_annotation",
     "read_cells": ".core_model.readers", "read_samples": ".core_model.samples",
     "join_obs_table": ".core_model.obs_table",
 }

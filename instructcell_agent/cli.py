@@ -120,6 +120,14 @@ def _add_annotate(sub) -> None:
                    help="also check each answer against its known markers (PanglaoDB, or cellmarker2): how well "
                         "they single out the cells given it (AUROC), printed and stored in uns '<key>_marker_check' "
                         "and obs '<key>_marker_score'; asks no model")
+    p.add_argument("--by-markers", nargs="?", const="panglaodb", default=None, choices=["panglaodb", "cellmarker2"],
+                   help="answer from the candidates' known markers alone (PanglaoDB's 178 cell types across organs, "
+                        "or cellmarker2), no model asked: for cell types the model never learned ('Hepatocyte', "
+                        "'Kupffer cell'); tells lineages apart, not subsets of one (interpret/marker_annotation.py)")
+    p.add_argument("--markers", default=None, metavar="FILE",
+                   help="with --by-markers: your own markers (JSON {\"type\": [genes]}, or .csv/.tsv rows of "
+                        "cell type, gene), used instead of the database's for those types; --candidates defaults to "
+                        "its types")
 
 
 def _add_drug_response(sub) -> None:
@@ -376,16 +384,22 @@ def _annotate(args) -> int:
     if groups is not None:
         check_groups(groups, group_key)
     candidates = [c.strip() for c in args.candidates.split(",") if c.strip()] if args.candidates else None
-    model = load_model(args.checkpoint, device=args.device, precision=args.precision)
-    shared = dict(model=model, instruction=args.instruction, candidates=candidates, use_raw=args.use_raw,
-                  layer=args.layer, gene_key=args.gene_key, species=args.species, tissue=args.tissue,
-                  scoring=args.scoring, unassigned_below=args.unassigned_below,
-                  unassigned_atypical=args.unassigned_atypical, readout=not args.no_readout, fast=args.fast)
-    if args.command == "drug-response":
-        result = predict_drug_response(adata, drug=args.drug, progress=_progress_bar("predicting"), **shared)
+    by_markers = getattr(args, "by_markers", None) or getattr(args, "markers", None)
+    if by_markers:  # no model: the candidates' known markers answer (cli_markers.py)
+        from .cli_markers import by_markers_result, markers_line
+
+        model, result = None, by_markers_result(args, adata, candidates)
     else:
-        result = annotate(adata, free_text=args.free_text, resolve_at=args.resolve_at,
-                          progress=_progress_bar("annotating"), **shared)
+        model = load_model(args.checkpoint, device=args.device, precision=args.precision)
+        shared = dict(model=model, instruction=args.instruction, candidates=candidates, use_raw=args.use_raw,
+                      layer=args.layer, gene_key=args.gene_key, species=args.species, tissue=args.tissue,
+                      scoring=args.scoring, unassigned_below=args.unassigned_below,
+                      unassigned_atypical=args.unassigned_atypical, readout=not args.no_readout, fast=args.fast)
+        if args.command == "drug-response":
+            result = predict_drug_response(adata, drug=args.drug, progress=_progress_bar("predicting"), **shared)
+        else:
+            result = annotate(adata, free_text=args.free_text, resolve_at=args.resolve_at,
+                              progress=_progress_bar("annotating"), **shared)
     compared = result.agreement(known) if known is not None else None
     resolved_compared = result.resolved_agreement(known) if known is not None and result.resolved is not None else None
     grouped = result.composition(groups, group_key) if groups is not None else None
@@ -413,6 +427,8 @@ def _annotate(args) -> int:
     if sep is not None:
         write_text_atomic(result.to_table().to_csv(sep=sep, index_label="cell"), args.table)
     print(result.summary())
+    if by_markers:
+        print(markers_line(result))
     if compared is not None:
         print(compared.summary(f"obs[{args.compare_key!r}]"))
     if resolved_compared is not None:

@@ -5,8 +5,11 @@ shared folder, which a pip-installed package does not have; so the genes of the 
 table ``interpret/marker_map.json`` maps labels onto are kept in a small table the package ships:
 ``interpret/known_markers.tsv.gz``, columns database, cell_type, species, symbol (upper-case),
 one row per gene. Species is ``human``, ``mouse`` or ``any`` (a PanglaoDB row tagged neither).
+PanglaoDB's genes are kept for all its 178 cell types (across organs), since
+``interpret/marker_annotation.py`` answers with any of them; CellMarker 2.0's 1,880 types, many
+of them long noisy lists, for the mapped types only.
 
-Sources (read from ``<shared>/data/markers``, never copied whole):
+Sources (read from ``<shared>/data/markers``; only cell type, species and gene symbol are kept):
 
 * PanglaoDB, 27 Mar 2020 release (``PanglaoDB_markers_27_Mar_2020.tsv``), rows tagged ``Hs``
   and/or ``Mm``;
@@ -45,6 +48,7 @@ MARKER_MAP = REPO_ROOT / "interpret" / "marker_map.json"
 DEFAULT_OUT = REPO_ROOT / "interpret" / "known_markers.tsv.gz"
 HEADER = ("database", "cell_type", "species", "symbol")
 Rows = set[tuple[str, str, str]]  # (cell_type, species, symbol)
+WHOLE = ("panglaodb",)  # databases shipped with every cell type, not just the mapped ones
 
 
 def panglaodb_rows(path: Path) -> Rows:
@@ -139,7 +143,10 @@ def main(argv: list[str] | None = None) -> int:
         logger.error("missing %s under %s; pass --shared PATH", ", ".join(missing), markers_dir)
         return 2
     wanted = mapped_types(json.loads(MARKER_MAP.read_text(encoding="utf-8")))
-    rows = table_rows(read_sources(markers_dir, wanted), wanted)
+    sources = read_sources(markers_dir, wanted)
+    for db in WHOLE:
+        wanted[db] |= {cell_type for cell_type, _, _ in sources[db]}
+    rows = table_rows(sources, wanted)
     size = write_rows(args.out, HEADER, rows)
     logger.info("%s: %d rows (%s), %d bytes", args.out.name, len(rows),
                 ", ".join(f"{db} {len(types)} cell types" for db, types in sorted(wanted.items())), size)

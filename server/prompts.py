@@ -13,7 +13,10 @@ species to read as genome. If the value type or the notes say the matrix is scal
 use_raw as they suggest.
 2. Choose the candidates: a label set that matching_label_sets lists for the file's species and \
 tissue, or cell types I name (Cell Ontology names work); with neither, leave candidates out and \
-pass species and tissue, so that free answers stay within what the model learned there.
+pass species and tissue, so that free answers stay within what the model learned there. If the \
+tissue is one the model never learned (describe_model lists its tissues) and I named its cell \
+types, call annotate_cells with those candidates and by_markers="panglaodb" as well, which answers \
+from their known markers alone, and report both (the marker answers tell lineages apart, not subsets).
 3. Call annotate_cells. Pass compare_key if an obs column already holds cell types (an author's \
 annotation) and groupby if one holds clusters or samples (leiden, louvain, seurat_clusters, sample). \
 If I named several samples' files, pass the others as more_samples; if I named a table of per-cell \
@@ -63,8 +66,8 @@ REFERENCES = {
                          ("annotate_cells", "tissue"), ("annotate_cells", "compare_key"),
                          ("annotate_cells", "groupby"), ("annotate_cells", "more_samples"),
                          ("annotate_cells", "obs_table"), ("annotate_cells", "resolve_at"),
-                         ("annotate_cells", "marker_check"),
-                         ("explain_genes", "labels"),
+                         ("annotate_cells", "marker_check"), ("annotate_cells", "by_markers"),
+                         ("describe_model", None), ("explain_genes", "labels"),
                          ("explain_genes", "max_cells_per_label"), ("explain_genes", "versus")],
     "drug_response_report": [("describe_model", None), ("inspect_dataset", None),
                              ("predict_drug_response", "drug"), ("predict_drug_response", "groupby"),

@@ -115,6 +115,15 @@ class AnnotateCellsRequest(_MatrixOptions):
     compare_key: CompareKey = None
     groupby: GroupBy = None
     marker_check: MarkerCheck = None
+    by_markers: Literal["panglaodb", "cellmarker2"] | None = Field(
+        None, description="Answer from the candidates' known markers alone, no model asked: for cell types the model "
+                          "never learned ('Hepatocyte', 'Kupffer cell'; PanglaoDB lists 178 across organs). Tells "
+                          "lineages apart (islet hormones, B / T / NK / myeloid), not subsets of one lineage; where "
+                          "the model learned the types it is far more accurate. Needs candidates (or markers).")
+    markers: dict[Annotated[str, Field(min_length=1, max_length=200)],
+                  list[Annotated[str, Field(min_length=1, max_length=50)]]] | None = Field(
+        None, max_length=200, description="With by_markers: your own marker genes per cell type, {type: [genes]}, "
+                                          "used instead of the database's; candidates default to its types.")
     plot: DrawMap = True
     background: bool = Field(False, description="Run as a background job and return a job id at once.")
     n_examples: int = Field(5, ge=0, le=20, description="Example cells to include in the reply.")

@@ -266,12 +266,32 @@ class InstructCellService:
     def annotate_cells(self, req: AnnotateCellsRequest, reporter: Reporter | None = None) -> AnnotationSummary:
         from instructcell_agent import api
 
+        if req.by_markers or req.markers:
+            return self._annotate_by_markers(req, reporter)
         extra = {k: v for k, v in (("species", req.species), ("tissue", req.tissue), ("free_text", req.free_text),
                                    ("unassigned_below", req.unassigned_below),
                                    ("unassigned_atypical", req.unassigned_atypical), ("fast", req.fast),
                                    ("resolve_at", req.resolve_at)) if v}
         return self._annotate(req, "annotation", reporter, lambda view, model: api.annotate(
             view, model=model, instruction=req.instruction, candidates=req.candidates, **extra, **_matrix(req)))
+
+    def _annotate_by_markers(self, req: AnnotateCellsRequest, reporter: Reporter | None) -> AnnotationSummary:
+        """Cell types from known markers alone: no model is loaded, and the file is scored whole
+        (a cell's score sets it against the file's other cells, so chunks would change answers)."""
+        from instructcell_agent.interpret.marker_annotation import annotate_by_markers
+
+        if not req.by_markers:
+            raise ValueError("markers are read by by_markers: set by_markers ('panglaodb') to answer from them")
+        unused = [name for name in _NOT_BY_MARKERS if getattr(req, name)]
+        if unused:
+            raise ValueError(f"by_markers asks no model, so {', '.join(unused)} does not apply; leave it out")
+        candidates = req.candidates or (list(req.markers) if req.markers else None)
+        if not candidates:
+            raise ValueError("by_markers needs the cell types to choose from: candidates (or markers)")
+        matrix = _matrix(req)
+        return self._annotate(req, "annotation", reporter, lambda view, model: annotate_by_markers(
+            view, candidates, markers=req.markers, marker_db=req.by_markers, model=self.config.checkpoint,
+            species=req.species or None, unassigned_below=req.unassigned_below, **matrix), whole=True)
 
     def predict_drug_response(self, req: PredictDrugResponseRequest,
                               reporter: Reporter | None = None) -> AnnotationSummary:
@@ -372,7 +392,7 @@ class InstructCellService:
                                   seconds=round(time.perf_counter() - started, 3))
 
     # ------------------------------------------------------------------ annotation core
-    def _annotate(self, req, task: str, reporter: Reporter | None, run) -> AnnotationSummary:
+    def _annotate(self, req, task: str, reporter: Reporter | None, run, whole: bool = False) -> AnnotationSummary:
         from instructcell_agent.cell_map import keep_coords
         from instructcell_agent.results import AnnotationResult
 
@@ -392,10 +412,10 @@ class InstructCellService:
         groups = obs_column(adata, group_key, "Name a column of groups (clusters, samples)") if group_key else None
         if groups is not None:
             check_groups(groups, group_key)
-        model = self.model()
-        n, step = adata.n_obs, max(1, self.limits.chunk_cells)
+        model = None if whole else self.model()  # `whole`: the marker route, which needs no model
+        n, step = adata.n_obs, (adata.n_obs if whole else max(1, self.limits.chunk_cells))
         parts: list[AnnotationResult] = []
-        rep.update(0, n, f"{n:,} cells queued for the model")
+        rep.update(0, n, f"{n:,} cells queued" + ("" if whole else " for the model"))
         # Chunks bound the time between progress reports and cancellation checks; each chunk
         # runs the public API on a view (the input is never modified).
         for start in range(0, n, step):
@@ -485,6 +505,8 @@ class InstructCellService:
 
 
 _TOOL = {"annotation": "annotate_cells", "drug_response": "predict_drug_response"}
+# annotate_cells options the marker route has no use for: refused rather than silently ignored
+_NOT_BY_MARKERS = ("instruction", "free_text", "unassigned_atypical", "fast", "resolve_at", "marker_check")
 
 
 def _marker_support(checked) -> list[MarkerSupport]:

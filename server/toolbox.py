@@ -71,7 +71,9 @@ SPECS: tuple[ToolSpec, ...] = (
              "labels them 'Unassigned'. resolve_at=0.9 adds each cell's finest answer reaching that "
              "probability: its label, or a broader type such as 'CD4-positive, alpha-beta T cell' where fine "
              "types are unsure (resolved_counts). marker_check='panglaodb' adds, per label, how well its known "
-             "markers single out the cells given it (no model asked): a second opinion on each answer. At most "
+             "markers single out the cells given it (no model asked): a second opinion on each answer. For cell "
+             "types the model never learned (see describe_model), by_markers='panglaodb' with candidates such as "
+             "'Hepatocyte', 'Kupffer cell' answers from their known markers alone (or your own: markers). At most "
              "{max_cells:,} cells per call."
              + _JOB_NOTE + _OUT_NOTE,
              AnnotateCellsRequest, AnnotationOutput, read_only=False, idempotent=False, runs_model=True),

@@ -396,6 +396,30 @@ def test_annotate_cells_checks_the_answers_against_known_markers(env):
     assert "panglaodb" in text
 
 
+def test_annotate_cells_by_markers_answers_from_the_markers_given_over_the_whole_file(env):
+    from synthetic import marker_genes
+
+    markers = {t: marker_genes(t) for t in CELL_TYPES}
+    result = call(env["server"], "annotate_cells", {"h5ad_path": "planted.h5ad", "by_markers": "panglaodb",
+                                                    "markers": markers, "compare_key": "cell_type", "plot": False})
+    summary = check_structured(env["server"], "annotate_cells", result)["result"]
+    assert summary["candidates"] == CANDIDATES and summary["agreement"]["agreement"] >= 0.95
+    assert any("known markers alone" in note for note in summary["notes"])
+    h5 = ad.read_h5ad(next(f["path"] for f in summary["outputs"] if f["kind"] == "annotated_h5ad"))
+    assert h5.uns["instructcell"]["candidate_route"] == "known markers"
+    # scored whole, not in the server's chunks: the API on the whole file gives the same probabilities
+    from instructcell_agent.interpret.marker_annotation import annotate_by_markers
+
+    cells = ad.read_h5ad(env["paths"]["planted"])
+    direct = annotate_by_markers(cells, CANDIDATES, markers=markers, model=env["toolbox"].service.config.checkpoint)
+    assert np.allclose(h5.obsm["instructcell_probabilities"], direct.probabilities.to_numpy(), atol=1e-6)
+    for arguments, expected in (({"markers": markers}, "set by_markers"),
+                                ({"by_markers": "panglaodb", "markers": markers, "fast": True}, "fast does not apply"),
+                                ({"by_markers": "panglaodb"}, "candidates (or markers)")):
+        text = error_text(call(env["server"], "annotate_cells", {"h5ad_path": "planted.h5ad", **arguments}))
+        assert expected in text, text
+
+
 def test_annotate_cells_says_what_each_group_was_answered(env):
     result = call(env["server"], "annotate_cells", {"h5ad_path": "planted.h5ad", "candidates": CANDIDATES,
                                                     "groupby": "cell_type", "plot": False})

@@ -1,0 +1,60 @@
+"""`instructcell annotate --by-markers`: cell types from known markers, no model asked."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import anndata as ad
+import pandas as pd
+from synthetic import CELL_TYPES, marker_genes
+
+from instructcell_agent.cli import main
+
+
+def _digest(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _markers_file(tmp_path):
+    path = tmp_path / "markers.json"
+    path.write_text(json.dumps({t: marker_genes(t) for t in CELL_TYPES}))
+    return path
+
+
+def test_by_markers_answers_from_a_marker_file_and_keeps_the_input(tiny_checkpoint, synthetic_set, tmp_path, capsys):
+    data = synthetic_set["path"]
+    before = _digest(data)
+    out, table = tmp_path / "out.h5ad", tmp_path / "labels.csv"
+    code = main(["annotate", "--checkpoint", str(tiny_checkpoint), "--data", str(data), "--by-markers",
+                 "--markers", str(_markers_file(tmp_path)), "--out", str(out), "--table", str(table),
+                 "--compare-key", "cell_type"])
+    assert code == 0
+    assert _digest(data) == before
+    written = ad.read_h5ad(out)
+    truth = written.obs["cell_type"].astype(str)
+    assert (written.obs["instructcell_label"].astype(str) == truth).mean() >= 0.95
+    assert written.uns["instructcell"]["candidate_route"] == "known markers"
+    assert list(written.uns["instructcell"]["markers"]["source"]) == ["given"] * 4
+    rows = pd.read_csv(table, index_col="cell")
+    assert {f"p_{t}" for t in CELL_TYPES} <= set(rows.columns) and len(rows) == written.n_obs
+    printed = capsys.readouterr().out
+    assert "answered from known markers alone" in printed and "scored on:" in printed
+    assert "alpha (given): 4 markers expressed" in printed
+
+
+def test_by_markers_refuses_what_does_not_apply(tiny_checkpoint, synthetic_set, tmp_path, capsys):
+    base = ["annotate", "--checkpoint", str(tiny_checkpoint), "--data", str(synthetic_set["path"]),
+            "--out", str(tmp_path / "out.h5ad")]
+    markers = ["--markers", str(_markers_file(tmp_path))]
+    assert main([*base, "--by-markers", *markers, "--fast"]) == 2
+    assert "--fast does not apply" in capsys.readouterr().err
+    assert main([*base, *markers]) == 2
+    assert "add --by-markers" in capsys.readouterr().err
+    assert main([*base, "--by-markers"]) == 2
+    assert "--candidates" in capsys.readouterr().err
+    assert main([*base, "--by-markers", "--candidates", "alpha,zeta cell"]) == 2
+    assert "no known markers for 'zeta cell'" in capsys.readouterr().err
+    assert main([*base, "--by-markers", "--candidates", "alpha,beta"]) == 2  # PanglaoDB's genes, not the file's
+    assert "none of the known markers of 'alpha', 'beta' is expressed" in capsys.readouterr().err
+    assert not (tmp_path / "out.h5ad").exists()
