@@ -210,7 +210,7 @@ def render(report: dict[str, Any]) -> str:
              f"- checkpoint (model column): `{report['checkpoint']}`, float32, the set's labels as candidates",
              "- marker route: `instructcell_agent.interpret.marker_annotation.annotate_by_markers`, the set's labels "
              "as candidates, mapped onto database cell types by `interpret/marker_map.json`; no model, nothing fitted "
-             "on any set but the two settings below", "",
+             "on any set but the settings below", "",
              "## Settings chosen on the valid splits (PanglaoDB)", "",
              f"Distractors: {', '.join(DISTRACTORS)} (PanglaoDB types of organs no shared set comes from) added to "
              "the set's labels; 'absent' is the share of cells answered with one.", "",
