@@ -84,6 +84,13 @@ def main() -> None:
         kept = unlike.agreement(labels)
         print(f"with unassigned_atypical=3 ({name} answers): {unlike.n_unassigned()} cells 'Unassigned', agreement "
               f"on the other {kept.n_compared}: {kept.agreement:.3f}")
+    # The peer that needs no training: the same names and cells answered from their known markers
+    # alone (PanglaoDB), what annotate_by_markers gives for types the model never learned.
+    start = time.perf_counter()
+    by_markers = ica.annotate_by_markers(subset, candidates, model=model, use_raw=True)
+    print(f"known markers alone (annotate_by_markers, no model), the same names and cells: agreement "
+          f"{by_markers.agreement(sub_known).agreement:.3f}  ({subset.n_obs / (time.perf_counter() - start):.0f} "
+          "cells/s)")
     print("\nPer known label (free answers):")
     print(free.agreement(known).summary("bulk_labels"))
     # A second opinion that asks no model: how well each free answer's known markers (PanglaoDB)
