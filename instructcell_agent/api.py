@@ -421,7 +421,10 @@ def _unseen_context_notes(loaded: LoadedModel, task: str, fields: list[dict[str,
             f"this checkpoint learned no {what} labels for {species or 'any species'} / "
             f"{tissue or 'any tissue'}; free answers for these cells range over {scope}. Pass candidates "
             f"(the labels you expect) for answers you can weigh, or name a tissue it knows: "
-            f"{'; '.join(loaded.known_contexts(task))}.")
+            f"{'; '.join(loaded.known_contexts(task))}."
+            + (" Cell types it never learned can be named from their known markers: annotate_by_markers "
+               "(CLI annotate --by-markers, MCP by_markers) with the types you expect as candidates."
+               if task == "annotation" else ""))
     return notes
 
 
