@@ -7,9 +7,9 @@ table are its only inputs, and two settings are chosen on the valid splits here:
 
 1. valid splits, PanglaoDB: how a candidate's markers are pooled into one score (`mean` or
    `ztest` of their z-scores over the file's cells, `rank` within each cell, or `both` z-tests
-   summed) and the weight of a marker one candidate alone lists (1 or 2), by mean macro-F1 over
-   the nine cell-type sets with five distractors (types of other organs) added to each set's
-   labels; then the softmax temperature by log loss over their pooled cells, own labels;
+   summed), by mean macro-F1 over the nine cell-type sets with five distractors (types of other
+   organs) added to each set's labels; then the softmax temperature by log loss over their pooled
+   cells, own labels;
 2. test splits, with those settings: the route with PanglaoDB and with CellMarker 2.0 (accuracy,
    macro-F1, expected calibration error, cells per second), and in the same run the model with
    the set's labels as candidates (`ica.annotate`, float32): what training on the set buys; then
@@ -44,7 +44,6 @@ from instructcell_agent.interpret import marker_annotation as route
 from report_io import meta_lines, run_meta, write_report
 
 logger = logging.getLogger("marker_annotation")
-WEIGHTS = (1.0, 2.0)
 POOLINGS = route.POOLINGS
 # PanglaoDB types of organs no shared set comes from: candidates absent from every file
 DISTRACTORS = ["Hepatocytes", "Cholangiocytes", "Astrocytes", "Cardiomyocytes", "Podocytes"]
@@ -97,10 +96,10 @@ def _absent(result) -> float:
 
 
 def tune_on_valid(specs) -> dict[str, Any]:
-    """Pooling and marker weight by mean valid macro-F1 with the distractors added to the set's labels
+    """The pooling by mean valid macro-F1 with the distractors added to the set's labels
     (a user lists types that may be absent), then the temperature by pooled valid log loss with the
     own labels."""
-    settings = [(pooling, w) for pooling in POOLINGS for w in WEIGHTS]
+    settings = list(POOLINGS)
     f1 = {k: [] for k in settings}
     f1_distracted = {k: [] for k in settings}
     absent = {k: [] for k in settings}
@@ -110,15 +109,15 @@ def tune_on_valid(specs) -> dict[str, Any]:
         cells, truth = split_cells(spec, "valid")
         labels = list(spec.classes)
         truth_idx.append(np.array([labels.index(t) for t in truth]))
-        for pooling, w in settings:
-            result, _ = by_markers(cells, labels, pooling=pooling, max_weight=w, temperature=1.0)
-            f1[pooling, w].append(scores(truth, result, 1.0)["macro_f1"])
-            logp_at_1[pooling, w].append(np.log(result.probabilities.to_numpy().clip(1e-300)))
-            result, _ = by_markers(cells, labels + DISTRACTORS, pooling=pooling, max_weight=w, temperature=1.0)
-            f1_distracted[pooling, w].append(scores(truth, result, 1.0)["macro_f1"])
-            absent[pooling, w].append(_absent(result))
+        for pooling in settings:
+            result, _ = by_markers(cells, labels, pooling=pooling, temperature=1.0)
+            f1[pooling].append(scores(truth, result, 1.0)["macro_f1"])
+            logp_at_1[pooling].append(np.log(result.probabilities.to_numpy().clip(1e-300)))
+            result, _ = by_markers(cells, labels + DISTRACTORS, pooling=pooling, temperature=1.0)
+            f1_distracted[pooling].append(scores(truth, result, 1.0)["macro_f1"])
+            absent[pooling].append(_absent(result))
         logger.info("valid %s: macro-F1 own / with distractors %s", spec.name,
-                    {f"{p} {w:g}": (round(f1[p, w][-1], 3), round(f1_distracted[p, w][-1], 3)) for p, w in settings})
+                    {p: (round(f1[p][-1], 3), round(f1_distracted[p][-1], 3)) for p in settings})
     # users list the types a tissue may hold, some of them absent from their file: the setting is
     # chosen by macro-F1 with the distractors among the candidates (own labels alone break ties)
     chosen = max(settings, key=lambda k: (round(float(np.mean(f1_distracted[k])), 3), np.mean(f1[k])))
@@ -137,10 +136,9 @@ def tune_on_valid(specs) -> dict[str, Any]:
             n += len(idx)
         loss[float(t)] = total / n
     temperature = min(loss, key=loss.get)
-    table = [{"pooling": p, "weight": w, "macro_f1": float(np.mean(f1[p, w])),
-              "macro_f1_distracted": float(np.mean(f1_distracted[p, w])), "absent": float(np.mean(absent[p, w]))}
-             for p, w in settings]
-    return {"settings": table, "pooling": chosen[0], "weight": chosen[1], "temperature": temperature,
+    table = [{"pooling": p, "macro_f1": float(np.mean(f1[p])), "macro_f1_distracted": float(np.mean(f1_distracted[p])),
+              "absent": float(np.mean(absent[p]))} for p in settings]
+    return {"settings": table, "pooling": chosen, "temperature": temperature,
             "log_loss": loss[temperature], "sets": [s.name for s in specs]}
 
 
@@ -153,7 +151,7 @@ def model_answers(model, cells, labels: list[str]):
 
 
 def run_test(specs, model, tune: dict[str, Any]) -> list[dict[str, Any]]:
-    settings = dict(pooling=tune["pooling"], max_weight=tune["weight"], temperature=tune["temperature"])
+    settings = dict(pooling=tune["pooling"], temperature=tune["temperature"])
     rows = []
     for spec in specs:
         cells, truth = split_cells(spec, "test")
@@ -185,8 +183,7 @@ def run_liver(model, tune: dict[str, Any]) -> list[dict[str, Any]]:
     known = cells.obs["cell_type"]
     rows = []
     for what, cands in LIVER_CANDIDATES:
-        markers, _ = by_markers(cells, cands, pooling=tune["pooling"], max_weight=tune["weight"],
-                                temperature=tune["temperature"])
+        markers, _ = by_markers(cells, cands, pooling=tune["pooling"], temperature=tune["temperature"])
         answered, _ = model_answers(model, cells, cands)
         rows.append({"candidates": what, "names": cands,
                      "markers": markers.agreement(known).agreement,
@@ -214,15 +211,13 @@ def render(report: dict[str, Any]) -> str:
              "## Settings chosen on the valid splits (PanglaoDB)", "",
              f"Distractors: {', '.join(DISTRACTORS)} (PanglaoDB types of organs no shared set comes from) added to "
              "the set's labels; 'absent' is the share of cells answered with one.", "",
-             "| pooling | weight of a marker one candidate alone lists | mean macro-F1, own labels | with distractors "
-             "| absent |", "| --- | --- | --- | --- | --- |"]
-    lines += [f"| {r['pooling']} | {r['weight']:g} | {r['macro_f1']:.3f} | {r['macro_f1_distracted']:.3f} | "
-              f"{r['absent']:.3f} |" for r in tune["settings"]]
-    lines += ["", f"Chosen (highest mean macro-F1 with distractors): pooling {tune['pooling']}, weight "
-              f"{tune['weight']:g}; "
+             "| pooling | mean macro-F1, own labels | with distractors | absent |", "| --- | --- | --- | --- |"]
+    lines += [f"| {r['pooling']} | {r['macro_f1']:.3f} | {r['macro_f1_distracted']:.3f} | {r['absent']:.3f} |"
+              for r in tune["settings"]]
+    lines += ["", f"Chosen (highest mean macro-F1 with distractors): pooling {tune['pooling']}; "
               f"temperature {tune['temperature']:g} (pooled valid log loss {tune['log_loss']:.3f}, grid "
-              f"{TEMPERATURES[0]:g} to {TEMPERATURES[-1]:g}). Shipped: pooling {report['shipped']['pooling']}, weight "
-              f"{report['shipped']['weight']:g}, temperature {report['shipped']['temperature']:g}.", "",
+              f"{TEMPERATURES[0]:g} to {TEMPERATURES[-1]:g}). Shipped: pooling {report['shipped']['pooling']}, "
+              f"temperature {report['shipped']['temperature']:g}.", "",
               "## Test splits: accuracy / macro-F1 / expected calibration error / cells per second", "",
               "| dataset | cells | labels | markers, PanglaoDB | markers, CellMarker 2.0 "
               "| model (trained on the set) |",
@@ -253,7 +248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     tune = tune_on_valid(specs)
     model = ica.load_model(args.checkpoint, precision="float32")
     report = {"meta": meta, "checkpoint": str(args.checkpoint), "valid": tune,
-              "shipped": {"pooling": route.POOLING, "weight": route.MAX_WEIGHT, "temperature": route.TEMPERATURE},
+              "shipped": {"pooling": route.POOLING, "temperature": route.TEMPERATURE},
               "test": run_test(specs, model, tune), "liver": run_liver(model, tune)}
     path = write_report(report, render(report), args.out_dir, args.stem)
     logger.info("wrote %s", path)

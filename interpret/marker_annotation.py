@@ -21,7 +21,7 @@ type, the sum 0.11.
 What it can and cannot do (same report, test splits): types of different lineages (islet
 hormones, B / T / NK / myeloid) it tells apart nearly as well as the model trained on them (macro-F1
 0.97 to 1.00 on xin2016, baron2016 and tabula muris); subsets of one lineage (naive and memory CD4 T)
-share their markers and it does not (0.41 to 0.44 on the PBMC sets, against 0.80 to 0.95 for the
+share their markers and it does not (0.39 to 0.45 on the PBMC sets, against 0.80 to 0.95 for the
 model). Where the model learned the types, ask the model; this route is for the types it did not.
 """
 
@@ -46,20 +46,17 @@ from instructcell_agent.core_model.cell_encoder import log_normalize_csr
 from instructcell_agent.core_model.errors import InputFileError, InstructCellError
 from instructcell_agent.results import AnnotationResult, check_unassigned_below
 
-from .marker_check import _vocab
+from .marker_check import column_moments, model_genes
 from .markers import DEFAULT_DB, MarkerDB, load_marker_db
 
 ROUTE = "known markers"
 # the settings `python benchmarks/marker_annotation.py` chose on the nine cell-type sets' valid
-# splits (PanglaoDB): the pooling and marker weight by macro-F1 with distractors among the
-# candidates, then the softmax temperature by log loss with the sets' own labels
+# splits (PanglaoDB): the pooling by macro-F1 with distractors among the candidates, then the
+# softmax temperature by log loss with the sets' own labels
 POOLINGS = ("mean", "ztest", "rank", "both")  # z-scores over the file's cells, ranks within each cell, or both
 POOLING = "both"
 TEMPERATURE = 1.2612
 HEADER_WORDS = ("gene", "genes", "marker", "markers", "symbol", "symbols", "gene_symbol")
-# the weight of a marker one candidate alone lists, one every candidate lists weighing 1 (ScType's
-# specificity weight, taken among the candidates asked); 2 did no better on valid
-MAX_WEIGHT = 1.0
 
 
 class UnknownMarkersError(InstructCellError, ValueError):
@@ -145,7 +142,8 @@ def _unknown_message(db: MarkerDB, missing: Sequence[str]) -> str:
 
 def candidate_markers(candidates: Sequence[str], db: MarkerDB, species: str | None,
                       markers: Mapping[str, Sequence[str]] | None = None) -> dict[str, set[str]]:
-    """Upper-case marker symbols per candidate: the caller's own where given, else the database's.
+    """Upper-case marker symbols per candidate: the caller's own where given, else the database's
+    entries for `species` (``"human"`` / ``"mouse"``; every species' entries when None).
 
     Raises
     ------
@@ -196,7 +194,7 @@ def _rank_percentiles(X_log: sp.csr_matrix, columns: Sequence[int]) -> np.ndarra
 
 
 def marker_scores(X_log: sp.csr_matrix, genes: Sequence[str], marker_sets: Mapping[str, set[str]],
-                  max_weight: float = MAX_WEIGHT, pooling: str = POOLING) -> tuple[np.ndarray, dict[str, list[str]]]:
+                  pooling: str = POOLING) -> tuple[np.ndarray, dict[str, list[str]]]:
     """Cells x candidates scores (module doc; `pooling` one of POOLINGS), and per candidate the
     markers used (those the file expresses). z-scores are kept sparse: z = (x - mean) / sd per
     gene. A candidate none of whose markers the file expresses scores -inf (with a
@@ -224,32 +222,25 @@ def marker_scores(X_log: sp.csr_matrix, genes: Sequence[str], marker_sets: Mappi
         warnings.warn(f"none of the known markers of {', '.join(map(repr, empty))} is expressed in this file: "
                       "never answered (give markers the file holds: markers={label: [genes]})",
                       MarkerCoverageWarning, stacklevel=3)
-    n = len(cols) - len(empty)
-    listed = {}
-    for c in (c for v in cols.values() for c in v):
-        listed[c] = listed.get(c, 0) + 1
-    union = sorted(listed)
+    union = sorted({c for v in cols.values() for c in v})
     where = {c: i for i, c in enumerate(union)}
     if pooling in ("rank", "both"):
         ranks = _rank_percentiles(X_log, union)
     if pooling != "rank":
         sub = sp.csr_matrix(X_log[:, union], dtype=np.float64)
-        mean = np.asarray(sub.mean(0)).ravel()
-        sd = np.sqrt(np.maximum(np.asarray(sub.multiply(sub).mean(0)).ravel() - mean ** 2, 0)).clip(min=1e-12)
+        mean, sd = column_moments(sub)
     scores = np.full((X_log.shape[0], len(cols)), -np.inf)
-    for j, (label, c) in enumerate(cols.items()):
+    for j, c in enumerate(cols.values()):
         if not c:
             continue
         idx = [where[i] for i in c]
-        spread = max(n - 1, 1)
-        w = 1 + (max_weight - 1) * (n - np.array([listed[i] for i in c])) / spread
+        n = len(idx)
         scores[:, j] = 0.0
         if pooling in ("rank", "both"):  # a z-test of the markers' mean rank in the cell (uniform: mean 1/2, var 1/12)
-            scores[:, j] += ((ranks[:, idx] - 0.5) @ w) / np.sqrt((w ** 2).sum() / 12)
-        if pooling != "rank":
-            coef = w / sd[idx]
-            norm = w.sum() if pooling == "mean" else np.sqrt((w ** 2).sum())
-            scores[:, j] += (np.asarray(sub[:, idx] @ coef).ravel() - (mean[idx] * coef).sum()) / norm
+            scores[:, j] += (ranks[:, idx].mean(1) - 0.5) * np.sqrt(12 * n)
+        if pooling != "rank":  # the markers' mean z-score, or its z-test (times sqrt(n))
+            z_mean = (np.asarray(sub[:, idx] @ (1 / sd[idx])).ravel() - (mean[idx] / sd[idx]).sum()) / n
+            scores[:, j] += z_mean if pooling == "mean" else z_mean * np.sqrt(n)
     genes_used = {label: [genes[i] for i in c] for label, c in cols.items()}
     return scores, genes_used
 
@@ -259,7 +250,7 @@ def annotate_by_markers(adata: ad.AnnData, candidates: Sequence[str], *,
                         marker_db: str | MarkerDB = DEFAULT_DB, species: str | None = None, layer: str | None = None,
                         use_raw: bool = False, gene_key: str | None = None, model=None,
                         unassigned_below: float | None = None, temperature: float = TEMPERATURE,
-                        max_weight: float = MAX_WEIGHT, pooling: str = POOLING) -> AnnotationResult:
+                        pooling: str = POOLING) -> AnnotationResult:
     """Each cell's candidate, chosen from the candidates' known markers alone (no model is asked).
 
     Parameters
@@ -286,10 +277,9 @@ def annotate_by_markers(adata: ad.AnnData, candidates: Sequence[str], *,
         is read, with the markers, to size each cell's library.
     unassigned_below
         Cells answered with a lower confidence are labelled 'Unassigned'.
-    temperature, max_weight, pooling
-        The softmax temperature, the weight of a marker one candidate alone lists and how markers
-        are pooled into a score (what ``benchmarks/marker_annotation.py`` fits and compares; keep
-        the defaults otherwise).
+    temperature, pooling
+        The softmax temperature and how markers are pooled into a score (what
+        ``benchmarks/marker_annotation.py`` fits and compares; keep the defaults otherwise).
 
     Returns
     -------
@@ -312,20 +302,21 @@ def annotate_by_markers(adata: ad.AnnData, candidates: Sequence[str], *,
     if unassigned_below is not None:
         check_unassigned_below(unassigned_below)
     db = marker_db if isinstance(marker_db, MarkerDB) else load_marker_db(marker_db)
-    # species decides which database entries apply; read it off the genes first when not given
-    vocab = _vocab(model)
-    probe = align_to_vocab(adata, vocab, layer=layer, use_raw=use_raw, gene_key=gene_key, species=species,
-                           min_genes=1)
-    species = species or probe.report.species
-    wanted = candidate_markers(cands, db, species, markers)
-    # the model's genes size each cell's library; the markers beyond them are read too
-    extra = sorted({g for s in wanted.values() for g in s} - {g.upper() for g in vocab})
+    # The genes read: the model's, and every gene the database lists (and the caller's own markers)
+    # beyond them. They size each cell's library and are what a marker is ranked among within the
+    # cell, so they do not depend on which candidates are asked.
+    vocab = model_genes(model)
+    anyone = candidate_markers(cands, db, species, markers)  # unknown names refused before any reading
+    listed = {g for by_species in db.genes.values() for found in by_species.values() for g in found}
+    extra = sorted((listed | {g for found in anyone.values() for g in found}) - {g.upper() for g in vocab})
     genes = [g.upper() for g in vocab] + extra
     aligned = align_to_vocab(adata, list(vocab) + extra, layer=layer, use_raw=use_raw, gene_key=gene_key,
-                             species=species, min_genes=1) if extra else probe
+                             species=species, min_genes=1)
+    wanted = anyone if species else candidate_markers(cands, db, aligned.report.species, markers)
+    species = species or aligned.report.species
     keep = ~empty_cells(aligned.X)
     X_log = log_normalize_csr(aligned.X[np.flatnonzero(keep)])
-    scores, used = marker_scores(X_log, genes, wanted, max_weight, pooling)
+    scores, used = marker_scores(X_log, genes, wanted, pooling)
     logits = scores / temperature
     probs_kept = np.exp(logits - logits.max(1, keepdims=True))
     probs_kept /= probs_kept.sum(1, keepdims=True)

@@ -97,8 +97,8 @@ class MarkerCheck:
         return out
 
 
-def _vocab(model) -> list[str]:
-    """The gene universe to read the file on: the model's, a checkpoint's, or the shipped one's."""
+def model_genes(model) -> list[str]:
+    """The gene universe to read a file on: the model's, a checkpoint's, or the shipped one's."""
     if model is not None and hasattr(model, "vocab"):
         return list(model.vocab)
     if model is None:
@@ -106,6 +106,14 @@ def _vocab(model) -> list[str]:
 
         model = default_checkpoint_path()
     return read_vocab(os.fspath(model))
+
+
+def column_moments(X: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
+    """Each column's mean and standard deviation over the rows (the cells), from a sparse matrix
+    without densifying it; a constant column gets sd 1e-12, so its z-scores are 0, not NaN."""
+    mean = np.asarray(X.mean(0)).ravel()
+    sd = np.sqrt(np.maximum(np.asarray(X.multiply(X).mean(0)).ravel() - mean ** 2, 0)).clip(min=1e-12)
+    return mean, sd
 
 
 def _auroc(score: np.ndarray, positive: np.ndarray) -> float:
@@ -156,7 +164,7 @@ def marker_check(adata: ad.AnnData, labels: str | Sequence[str] = "instructcell_
         raise LabelKeyError(f"labels {labels!r} is not an obs column; columns: {', '.join(map(str, adata.obs.columns))}")
     cells, given, note = without_unlabelled(adata, given, None)
     db = marker_db if isinstance(marker_db, MarkerDB) else load_marker_db(marker_db)
-    vocab = _vocab(model)
+    vocab = model_genes(model)
     aligned = align_to_vocab(cells, vocab, layer=layer, use_raw=use_raw, gene_key=gene_key, species=species,
                              min_genes=1)
     species = species or aligned.report.species
@@ -171,8 +179,7 @@ def marker_check(adata: ad.AnnData, labels: str | Sequence[str] = "instructcell_
     union = sorted({c for v in cols.values() for c in v})
     # kept sparse (an atlas of a million cells would not fit dense): z = (x - mean) / sd per gene
     sub = sp.csr_matrix(X[:, union], dtype=np.float64)
-    mean = np.asarray(sub.mean(0)).ravel()
-    sd = np.sqrt(np.maximum(np.asarray(sub.multiply(sub).mean(0)).ravel() - mean ** 2, 0)).clip(min=1e-12)
+    mean, sd = column_moments(sub)
     where = {c: i for i, c in enumerate(union)}
 
     # free answers may name one population under several training sets' spellings ('CD14+Mono',
