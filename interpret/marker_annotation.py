@@ -193,6 +193,20 @@ def _rank_percentiles(X_log: sp.csr_matrix, columns: Sequence[int]) -> np.ndarra
     return out
 
 
+def read_for_markers(adata: ad.AnnData, db: MarkerDB, markers: Mapping[str, set[str]], vocab: Sequence[str], *,
+                     layer: str | None = None, use_raw: bool = False, gene_key: str | None = None,
+                     species: str | None = None):
+    """The cells on the genes the marker route reads, and those genes (upper-case): the model's,
+    then every gene the database lists and the given markers beyond them. They size each cell's
+    library and are what a marker is ranked among within the cell, so they do not depend on
+    which candidates are asked."""
+    listed = {g for by_species in db.genes.values() for found in by_species.values() for g in found}
+    extra = sorted((listed | {g for found in markers.values() for g in found}) - {g.upper() for g in vocab})
+    aligned = align_to_vocab(adata, list(vocab) + extra, layer=layer, use_raw=use_raw, gene_key=gene_key,
+                             species=species, min_genes=1)
+    return aligned, [g.upper() for g in vocab] + extra
+
+
 def marker_scores(X_log: sp.csr_matrix, genes: Sequence[str], marker_sets: Mapping[str, set[str]],
                   pooling: str = POOLING) -> tuple[np.ndarray, dict[str, list[str]]]:
     """Cells x candidates scores (module doc; `pooling` one of POOLINGS), and per candidate the
@@ -302,16 +316,10 @@ def annotate_by_markers(adata: ad.AnnData, candidates: Sequence[str], *,
     if unassigned_below is not None:
         check_unassigned_below(unassigned_below)
     db = marker_db if isinstance(marker_db, MarkerDB) else load_marker_db(marker_db)
-    # The genes read: the model's, and every gene the database lists (and the caller's own markers)
-    # beyond them. They size each cell's library and are what a marker is ranked among within the
-    # cell, so they do not depend on which candidates are asked.
     vocab = model_genes(model)
     anyone = candidate_markers(cands, db, species, markers)  # unknown names refused before any reading
-    listed = {g for by_species in db.genes.values() for found in by_species.values() for g in found}
-    extra = sorted((listed | {g for found in anyone.values() for g in found}) - {g.upper() for g in vocab})
-    genes = [g.upper() for g in vocab] + extra
-    aligned = align_to_vocab(adata, list(vocab) + extra, layer=layer, use_raw=use_raw, gene_key=gene_key,
-                             species=species, min_genes=1)
+    aligned, genes = read_for_markers(adata, db, anyone, vocab, layer=layer, use_raw=use_raw, gene_key=gene_key,
+                                      species=species)
     wanted = anyone if species else candidate_markers(cands, db, aligned.report.species, markers)
     species = species or aligned.report.species
     keep = ~empty_cells(aligned.X)
