@@ -43,7 +43,7 @@ from scipy.stats import rankdata
 
 from instructcell_agent.core_model.alignment import align_to_vocab, empty_cells
 from instructcell_agent.core_model.cell_encoder import log_normalize_csr
-from instructcell_agent.core_model.errors import InputFileError, InstructCellError
+from instructcell_agent.core_model.errors import InputFileError, InstructCellError, InvalidValuesError
 from instructcell_agent.results import AnnotationResult, check_unassigned_below
 
 from .marker_check import column_moments, model_genes
@@ -323,6 +323,9 @@ def annotate_by_markers(adata: ad.AnnData, candidates: Sequence[str], *,
     wanted = anyone if species else candidate_markers(cands, db, aligned.report.species, markers)
     species = species or aligned.report.species
     keep = ~empty_cells(aligned.X)
+    if not keep.any():
+        raise InvalidValuesError(f"none of the {len(keep):,} cells has counts on the genes read (the model's and the "
+                                 "database's): nothing to answer from; check the matrix (layer, use_raw) and gene names")
     X_log = log_normalize_csr(aligned.X[np.flatnonzero(keep)])
     scores, used = marker_scores(X_log, genes, wanted, pooling)
     logits = scores / temperature

@@ -10,7 +10,7 @@ import pytest
 import scipy.sparse as sp
 from synthetic import CELL_TYPES, make_counts, marker_genes, novel_counts
 
-from instructcell_agent.core_model.errors import InputFileError
+from instructcell_agent.core_model.errors import InputFileError, InvalidValuesError
 from instructcell_agent.core_model.labels import UNASSIGNED
 from instructcell_agent.interpret.marker_annotation import (MarkerCoverageWarning, UnknownMarkersError,
                                                             annotate_by_markers, database_types, marker_scores,
@@ -107,6 +107,10 @@ def test_bad_requests_are_refused_before_any_reading(tiny_model):
         annotate_by_markers(cells, ["alpha", "alpha"], marker_db=PLANTED, model=tiny_model)
     with pytest.raises(ValueError, match="unassigned_below"):
         annotate_by_markers(cells, ["alpha", "beta"], marker_db=PLANTED, model=tiny_model, unassigned_below=2)
+    empty = cells.copy()
+    empty.X = sp.csr_matrix(empty.shape, dtype=np.float32)
+    with pytest.raises(InvalidValuesError, match="none of the 20 cells has counts"):
+        annotate_by_markers(empty, ["alpha", "beta"], marker_db=PLANTED, model=tiny_model)
 
 
 def test_low_confidence_cells_can_be_unassigned_and_empty_cells_stay_unlabelled(tiny_model):
