@@ -324,8 +324,9 @@ def annotate_by_markers(adata: ad.AnnData, candidates: Sequence[str], *,
     species = species or aligned.report.species
     keep = ~empty_cells(aligned.X)
     if not keep.any():
-        raise InvalidValuesError(f"none of the {len(keep):,} cells has counts on the genes read (the model's and the "
-                                 "database's): nothing to answer from; check the matrix (layer, use_raw) and gene names")
+        raise InvalidValuesError(f"none of the {len(keep):,} cells has counts on the genes read (the model's and "
+                                 "the database's): nothing to answer from; check the matrix (layer, use_raw) and "
+                                 "the gene names")
     X_log = log_normalize_csr(aligned.X[np.flatnonzero(keep)])
     scores, used = marker_scores(X_log, genes, wanted, pooling)
     logits = scores / temperature
