@@ -15,7 +15,9 @@ table are its only inputs, and two settings are chosen on the valid splits here:
    the set's labels as candidates (`ica.annotate`, float32): what training on the set buys; and
    scanpy's `score_genes` on the same genes and markers (the usual way to score a gene set per
    cell), each cell given its top candidate; then all with the distractors added (how often a
-   cell is given a type absent from the file);
+   cell is given a type absent from the file); then the labels renamed to their Cell Ontology
+   names, answered by the route and by the model scoring those names as strings (what it does
+   with names it cannot route);
 3. the reference system's 20-cell liver demo file (a tissue the model never saw) with three
    candidate lists, the route beside the model.
 
@@ -49,6 +51,7 @@ from instructcell_agent.core_model.temperature import calibration_error
 from instructcell_agent.interpret import marker_annotation as route
 from instructcell_agent.interpret.marker_check import model_genes
 from instructcell_agent.interpret.markers import load_marker_db
+from renamed_candidates import renamings, scored_as_text
 from report_io import meta_lines, run_meta, write_report
 
 logger = logging.getLogger("marker_annotation")
@@ -211,10 +214,28 @@ def run_test(specs, model, tune: dict[str, Any]) -> list[dict[str, Any]]:
         result, seconds = model_answers(model, cells, labels + DISTRACTORS)
         row["model_distracted"] = {**scores(truth, result, seconds), "absent": _absent(result),
                                    "route": result.provenance["candidate_route"]}
+        row["unrouted"] = as_unrouted_names(model, spec, cells, truth, settings)
         logger.info("test %s: %s", spec.name, {k: round(v["macro_f1"], 3) for k, v in row.items()
                                                 if isinstance(v, dict) and "macro_f1" in v})
         rows.append(row)
     return rows
+
+
+def as_unrouted_names(model, spec, cells, truth: np.ndarray, settings: dict[str, Any]) -> dict[str, Any] | None:
+    """The set's labels renamed to their Cell Ontology names, answered by the marker route and by the
+    model scoring those names as strings (`renamed_candidates.py`'s peer): what the model does with
+    names it cannot route, as for a type it never learned. None for a set with a label without a term."""
+    own = sorted(set(model.label_set(spec.name)["labels"]))
+    renamed = renamings(own, set(model.labels_for_task("annotation")))
+    if renamed is None:
+        return None
+    names = renamed["cl_names"]
+    named = np.array([names[own.index(t)] for t in truth])
+    result, seconds = by_markers(cells, names, **settings)
+    fields = {"species": spec.species, "tissue": spec.tissue, "sequencing_method": spec.sequencing_method}
+    picked, text_seconds = scored_as_text(model, cells, names, fields)
+    return {"names": names, "markers": scores(named, result, seconds),
+            "model_as_text": plain_scores(named, np.asarray(picked), text_seconds)}
 
 
 def run_liver(model, tune: dict[str, Any]) -> list[dict[str, Any]]:
@@ -274,6 +295,14 @@ def render(report: dict[str, Any]) -> str:
         m, g, d = r["panglaodb_distracted"], r["score_genes_distracted"], r["model_distracted"]
         lines.append(f"| {r['dataset']} | {m['macro_f1']:.3f} / {m['absent']:.3f} | {g['macro_f1']:.3f} / "
                      f"{g['absent']:.3f} | {d['macro_f1']:.3f} / {d['absent']:.3f} | {d['route']} |")
+    lines += ["", "## Names the model cannot route: each set's labels as their Cell Ontology names, macro-F1", "",
+              "What the model does with a type it never learned is score its name as a string; here the names are "
+              "of types it did learn, so this is the route's behaviour, not a never-learned type's cells.", "",
+              "| dataset | markers, PanglaoDB | model scoring the names as strings |", "| --- | --- | --- |"]
+    for r in report["test"]:
+        u = r["unrouted"]
+        lines.append(f"| {r['dataset']} | " + ("label without a Cell Ontology term | - |" if u is None else
+                     f"{u['markers']['macro_f1']:.3f} | {u['model_as_text']['macro_f1']:.3f} |"))
     lines += ["", "## The reference system's 20-cell liver demo file (a tissue the model never saw)", "",
               "Agreement with the file's `cell_type`, answers read through the Cell Ontology ('Kupffer cell' "
               "counts for 'Macrophage').", "",

@@ -63,6 +63,17 @@ def renamings(own: list[str], learned: set[str]) -> dict[str, list[str]] | None:
     return {"cl_names": names, "synonyms": others}
 
 
+def scored_as_text(model, cells, cands: list[str], fields: dict[str, str]) -> tuple[list[str], float]:
+    """Each cell's candidate, the strings listed in the prompt and scored as they are (no routing:
+    what the model does with names it never learned), and the seconds it took."""
+    start = time.perf_counter()
+    aligned = align_to_vocab(cells, model.vocab)
+    texts = [_prompt(model, DEFAULT_INSTRUCTIONS[("annotation", True)], f, cands)
+             for f in prompt_fields(cells, None, **fields)]
+    picked, _, _ = _choose(_score(model, aligned.X, texts, cands, 64)[0], cands, False)
+    return picked, time.perf_counter() - start
+
+
 def scores(truth_idx: np.ndarray, picked: Sequence[str], cands: list[str], seconds: float) -> dict[str, Any]:
     pred = np.array([cands.index(p) for p in picked])
     return {"accuracy": float((pred == truth_idx).mean()),
@@ -97,13 +108,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             row[variant] = {**scores(truth_idx, result.labels, cands, time.perf_counter() - start),
                             "route": result.provenance["candidate_route"]}
         # the peer: the same CL names scored as strings listed in the prompt (no routing)
-        start = time.perf_counter()
-        aligned = align_to_vocab(cells, model.vocab)
-        texts = [_prompt(model, DEFAULT_INSTRUCTIONS[("annotation", True)], f, renamed["cl_names"])
-                 for f in prompt_fields(cells, None, **kwargs)]
-        picked, _, _ = _choose(_score(model, aligned.X, texts, renamed["cl_names"], 64)[0], renamed["cl_names"], False)
-        row["cl_names_as_text"] = {**scores(truth_idx, picked, renamed["cl_names"], time.perf_counter() - start),
-                                   "route": "text"}
+        picked, seconds = scored_as_text(model, cells, renamed["cl_names"], kwargs)
+        row["cl_names_as_text"] = {**scores(truth_idx, picked, renamed["cl_names"], seconds), "route": "text"}
         logger.info("%s: %s", spec.name, {k: round(row[k]["macro_f1"], 3) for k in VARIANTS})
         rows.append(row)
 
