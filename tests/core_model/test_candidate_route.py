@@ -45,19 +45,21 @@ def test_other_spellings_pool_the_learned_labels_under_each_candidate():
 def test_candidates_it_cannot_route_are_scored_as_text_with_a_reason(cands, why):
     route = route_candidates(cands, SETS)
     assert route.kind == "text" and why in route.note
+    assert "annotate_by_markers" in route.note  # what answers types the model never learned
 
 
 @pytest.mark.parametrize("extra", ["Kupffer cell", "macrophage"])  # no term / nothing learned under it
 def test_an_unroutable_candidate_is_scored_as_its_string_beside_the_routed_ones(extra):
     route = route_candidates(["B cell", "T cell", extra], SETS)
     assert route.kind == "ontology" and route.unrouted == (extra,) and repr(extra) in route.note
+    assert "annotate_by_markers" in route.note
     owner = dict(zip(route.learned, route.owner))
     assert owner[extra] == 2 and owner["CD19+ B"] == 0 and owner["CD8T"] == 1
 
 
 def test_drug_labels_outside_the_learned_set_are_text():
     route = route_candidates(["responder", "non-responder"], SETS, "drug_response")
-    assert route.kind == "text" and "Cell Ontology" not in route.note
+    assert route.kind == "text" and "Cell Ontology" not in route.note and "markers" not in route.note
 
 
 def test_pooling_sums_probabilities_per_candidate():
