@@ -129,7 +129,11 @@ def annotate(adata: ad.AnnData, model: LoadedModel | None = None, instruction: s
     it, its label or, summing the probabilities of the labels under each Cell Ontology type, a
     broader type such as 'CD4-positive, alpha-beta T cell', else 'Unassigned'; the `resolved`
     table, obs['<key>_resolved']; core_model/hierarchy.py. With candidates or free answers scored
-    with the read-out; decoded answers keep only the labels that reach it).
+    with the read-out; decoded answers keep only the labels that reach it),
+    by_markers (None, the default: candidates none of which is a type the checkpoint learned
+    ('Hepatocyte', 'Kupffer cell') are answered from their known markers, `annotate_by_markers`,
+    with a warning, unless an option only the model answers is given or the markers are unknown;
+    False: their names are scored as strings).
     """
     return _answer(adata, model, "annotation", instruction, candidates, **kwargs)
 
@@ -163,6 +167,36 @@ def generate_cells(model: LoadedModel | None = None, cell_type: str = "", n: int
                      sequencing_method=sequencing_method, instruction=instruction, seed=seed, allow_unseen=allow_unseen)
 
 
+BY_MARKERS_NOTE = ("none of the candidates is a type this checkpoint learned, so they were answered from their known "
+                   "markers (annotate_by_markers; PanglaoDB) rather than by scoring their names as strings; "
+                   "by_markers=False scores the strings instead")
+
+
+def answer_by_markers(route: CandidateRoute | None, **model_only) -> bool:
+    """Whether candidates go to their known markers instead of the model: none is a type the
+    checkpoint learned (so the model could only score the strings: mean test macro-F1 0.37 against
+    the markers' 0.66, benchmarks/results/marker_annotation.md), and no option that only the model
+    answers (an instruction, fast, resolve_at, calibrate, unassigned_atypical, chat mode) was asked."""
+    return route is not None and route.nothing_learned and not any(model_only.values())
+
+
+def _by_markers(adata: ad.AnnData, loaded: LoadedModel, route: CandidateRoute, **options) -> AnnotationResult | None:
+    """The candidates answered from their known markers (interpret/marker_annotation.py), with a note
+    and a warning saying so; None, with the reason added to the route's warning, where the database
+    or the file lacks their markers (the strings are scored then)."""
+    from .interpret.marker_annotation import UnknownMarkersError, annotate_by_markers
+
+    try:
+        species = options.pop("species") or None
+        result = annotate_by_markers(adata, list(route.candidates), model=loaded, species=species, **options)
+    except UnknownMarkersError as exc:
+        log.info("candidates scored as strings: %s", exc)
+        return None
+    warnings.warn(BY_MARKERS_NOTE, CandidateNoteWarning, stacklevel=4)
+    result.provenance["notes"].insert(0, BY_MARKERS_NOTE)
+    return result
+
+
 def default_batch_size(device: torch.device) -> int:
     """Cells per forward pass when the caller names none: 64 on a CPU; 256 on a GPU, where this
     small LM is launch-bound and bigger batches pay (H200, benchmarks/results/gpu_batch_sweep.md:
@@ -177,7 +211,7 @@ def _answer(adata: ad.AnnData, model: LoadedModel | None, task: str, instruction
             free_text: bool = False, calibrate: bool = False, scoring: str = "auto", readout: bool = True,
             progress: Callable[[int, int], None] | None = None, fast: bool = False,
             unassigned_below: float | None = None, unassigned_atypical: float | None = None,
-            resolve_at: float | None = None) -> AnnotationResult:
+            resolve_at: float | None = None, by_markers: bool | None = None) -> AnnotationResult:
     if mode not in ("instruct", "chat"):
         raise ValueError(f"mode must be 'instruct' or 'chat', got {mode!r}")
     if resolve_at is not None:
@@ -205,6 +239,13 @@ def _answer(adata: ad.AnnData, model: LoadedModel | None, task: str, instruction
                          "model learned), or annotate without candidates and read each cell's typicality, how alike "
                          "it is to the training cells of its label")
     route = route_candidates(cands, loaded.label_sets, task) if cands is not None else None
+    model_only = dict(instruction=instruction, fast=fast, resolve_at=resolve_at, calibrate=calibrate,
+                      unassigned_atypical=unassigned_atypical, chat=mode == "chat")
+    if by_markers is not False and answer_by_markers(route, **model_only):
+        found = _by_markers(adata, loaded, route, species=species, layer=layer, use_raw=use_raw, gene_key=gene_key,
+                            unassigned_below=unassigned_below)
+        if found is not None:
+            return found
     template = instruction or DEFAULT_INSTRUCTIONS[(task, cands is not None)]
     if has_choices(template) and cands is None:
         cands = loaded.labels_for_task(task)

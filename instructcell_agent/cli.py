@@ -124,6 +124,9 @@ def _add_annotate(sub) -> None:
                    help="answer from the candidates' known markers alone (PanglaoDB's 178 cell types across organs, "
                         "or cellmarker2), no model asked: for cell types the model never learned ('Hepatocyte', "
                         "'Kupffer cell'); tells lineages apart, not subsets of one (interpret/marker_annotation.py)")
+    p.add_argument("--no-markers", action="store_true",
+                   help="candidates none of which the model learned are answered from their known markers by "
+                        "default (as --by-markers); this scores their names as strings instead")
     p.add_argument("--markers", default=None, metavar="FILE",
                    help="with --by-markers: your own markers (JSON {\"type\": [genes]}, or .csv/.tsv rows of "
                         "cell type, gene), used instead of the database's for those types; --candidates defaults to "
@@ -399,7 +402,8 @@ def _annotate(args) -> int:
             result = predict_drug_response(adata, drug=args.drug, progress=_progress_bar("predicting"), **shared)
         else:
             result = annotate(adata, free_text=args.free_text, resolve_at=args.resolve_at,
-                              progress=_progress_bar("annotating"), **shared)
+                              by_markers=False if args.no_markers else None, progress=_progress_bar("annotating"),
+                              **shared)
     compared = result.agreement(known) if known is not None else None
     resolved_compared = result.resolved_agreement(known) if known is not None and result.resolved is not None else None
     grouped = result.composition(groups, group_key) if groups is not None else None

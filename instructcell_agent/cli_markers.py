@@ -11,7 +11,7 @@ __all__ = ["by_markers_result", "markers_line"]
 # what the marker route has no use for: each is refused rather than silently ignored
 _NOT_BY_MARKERS = {"instruction": "--instruction", "resolve_at": "--resolve-at", "free_text": "--free-text",
                    "unassigned_atypical": "--unassigned-atypical", "fast": "--fast", "no_readout": "--no-readout",
-                   "marker_check": "--marker-check (markers checked against themselves)"}
+                   "marker_check": "--marker-check (markers checked against themselves)", "no_markers": "--no-markers"}
 
 
 def by_markers_result(args, adata, candidates):

@@ -268,6 +268,14 @@ class InstructCellService:
 
         if req.by_markers or req.markers:
             return self._annotate_by_markers(req, reporter)
+        if self._none_learned(req):  # as api.annotate does, but on the whole file (see _annotate_by_markers)
+            from instructcell_agent.interpret.marker_annotation import UnknownMarkersError
+
+            try:
+                return self._annotate_by_markers(req.model_copy(update={"by_markers": "panglaodb"}), reporter,
+                                                 note=api.BY_MARKERS_NOTE)
+            except UnknownMarkersError:
+                pass  # no markers known or expressed: the model scores the names, and its note says so
         extra = {k: v for k, v in (("species", req.species), ("tissue", req.tissue), ("free_text", req.free_text),
                                    ("unassigned_below", req.unassigned_below),
                                    ("unassigned_atypical", req.unassigned_atypical), ("fast", req.fast),
@@ -275,9 +283,25 @@ class InstructCellService:
         return self._annotate(req, "annotation", reporter, lambda view, model: api.annotate(
             view, model=model, instruction=req.instruction, candidates=req.candidates, **extra, **_matrix(req)))
 
-    def _annotate_by_markers(self, req: AnnotateCellsRequest, reporter: Reporter | None) -> AnnotationSummary:
+    def _none_learned(self, req: AnnotateCellsRequest) -> bool:
+        """Whether api.annotate would answer these candidates from their markers: none is a type the
+        model learned, and no option only the model answers was asked (marker_check included: it
+        would check marker answers against the same markers)."""
+        from instructcell_agent import api
+        from instructcell_agent.core_model.candidate_route import route_candidates
+
+        if not req.candidates:
+            return False
+        route = route_candidates(req.candidates, self.model().label_sets)
+        return api.answer_by_markers(route, instruction=req.instruction, fast=req.fast, resolve_at=req.resolve_at,
+                                     unassigned_atypical=req.unassigned_atypical, marker_check=req.marker_check,
+                                     free_text=req.free_text)
+
+    def _annotate_by_markers(self, req: AnnotateCellsRequest, reporter: Reporter | None,
+                             note: str | None = None) -> AnnotationSummary:
         """Cell types from known markers alone: no model is loaded, and the file is scored whole
-        (a cell's score sets it against the file's other cells, so chunks would change answers)."""
+        (a cell's score sets it against the file's other cells, so chunks would change answers).
+        `note` heads the reply's notes (why the markers answered)."""
         from instructcell_agent.interpret.marker_annotation import annotate_by_markers
 
         if not req.by_markers:
@@ -288,10 +312,16 @@ class InstructCellService:
         candidates = req.candidates or (list(req.markers) if req.markers else None)
         if not candidates:
             raise ValueError("by_markers needs the cell types to choose from: candidates (or markers)")
-        matrix = _matrix(req)
-        return self._annotate(req, "annotation", reporter, lambda view, model: annotate_by_markers(
-            view, candidates, markers=req.markers, marker_db=req.by_markers, model=self.config.checkpoint,
-            species=req.species or None, unassigned_below=req.unassigned_below, **matrix), whole=True)
+
+        def run(view, model):
+            result = annotate_by_markers(view, candidates, markers=req.markers, marker_db=req.by_markers,
+                                         model=self.config.checkpoint, species=req.species or None,
+                                         unassigned_below=req.unassigned_below, **_matrix(req))
+            if note:
+                result.provenance["notes"].insert(0, note)
+            return result
+
+        return self._annotate(req, "annotation", reporter, run, whole=True)
 
     def predict_drug_response(self, req: PredictDrugResponseRequest,
                               reporter: Reporter | None = None) -> AnnotationSummary:

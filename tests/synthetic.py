@@ -40,6 +40,37 @@ def make_counts(n_cells: int, seed: int = 0) -> ad.AnnData:
     return adata
 
 
+# two liver types no checkpoint of the tests learned, and 8 of each one's PanglaoDB markers that
+# the other's entry does not list (the shipped table's genes)
+LIVER_TYPES = ("Hepatocyte", "Cholangiocyte")
+
+
+def liver_markers() -> dict[str, list[str]]:
+    from instructcell_agent.interpret.markers import load_marker_db
+
+    db = load_marker_db("panglaodb")
+    hep, chol = (set(db.genes[t]["human"]) for t in ("Hepatocytes", "Cholangiocytes"))
+    return {"Hepatocyte": sorted(hep - chol)[:8], "Cholangiocyte": sorted(chol - hep)[:8]}
+
+
+def make_liver_like(n_cells: int, seed: int = 0) -> ad.AnnData:
+    """make_counts' background genes plus the liver markers, half the cells raising each type's."""
+    rng = np.random.default_rng(seed)
+    markers = liver_markers()
+    base = make_counts(n_cells, seed)
+    extra = [g for t in LIVER_TYPES for g in markers[t]]
+    labels = np.array([LIVER_TYPES[i % 2] for i in range(n_cells)])
+    lam = np.full((n_cells, len(extra)), 0.3)
+    for i, label in enumerate(labels):
+        k = LIVER_TYPES.index(label)
+        lam[i, k * 8:(k + 1) * 8] += 12.0
+    X = sp.hstack([base.X, sp.csr_matrix(rng.poisson(lam).astype(np.float32))]).tocsr()
+    adata = ad.AnnData(X, obs=pd.DataFrame({"cell_type": pd.Categorical(labels)}, index=base.obs_names))
+    adata.var_names = list(base.var_names) + extra
+    adata.obs["species"] = "human"
+    return adata
+
+
 def novel_counts(counts) -> sp.csr_matrix:
     """Cells of a type no training cell shows: `counts` (cells of make_counts) with every planted
     marker at background level (values moved from GENE100-115) and a block of genes no type marks

@@ -58,3 +58,17 @@ def test_by_markers_refuses_what_does_not_apply(tiny_checkpoint, synthetic_set, 
     assert main([*base, "--by-markers", "--candidates", "alpha,beta"]) == 2  # PanglaoDB's genes, not the file's
     assert "none of the known markers of 'alpha', 'beta' is expressed" in capsys.readouterr().err
     assert not (tmp_path / "out.h5ad").exists()
+
+
+def test_annotate_answers_never_learned_candidates_from_markers_unless_told_not_to(tiny_checkpoint, tmp_path, capsys):
+    from synthetic import LIVER_TYPES, make_liver_like
+
+    make_liver_like(40).write_h5ad(tmp_path / "liver.h5ad")
+    routes = {}
+    for flags in ([], ["--no-markers"]):
+        out = tmp_path / f"out{len(flags)}.h5ad"
+        assert main(["annotate", "--checkpoint", str(tiny_checkpoint), "--data", str(tmp_path / "liver.h5ad"),
+                     "--candidates", ",".join(LIVER_TYPES), "--out", str(out), *flags]) == 0
+        routes[len(flags)] = ad.read_h5ad(out).uns["instructcell"]["candidate_route"]
+    assert routes == {0: "known markers", 1: "text"}
+    assert "none of the candidates is a type this checkpoint learned" in capsys.readouterr().out

@@ -420,6 +420,29 @@ def test_annotate_cells_by_markers_answers_from_the_markers_given_over_the_whole
         assert expected in text, text
 
 
+def test_annotate_cells_answers_types_the_model_never_learned_from_their_markers(env):
+    from synthetic import LIVER_TYPES, make_liver_like
+
+    cells = make_liver_like(N_CELLS, seed=7)  # more cells than a chunk: scored whole, as the API scores them
+    cells.write_h5ad(env["paths"]["root"] / "liver_like.h5ad")
+    result = call(env["server"], "annotate_cells", {"h5ad_path": "liver_like.h5ad", "candidates": list(LIVER_TYPES),
+                                                    "compare_key": "cell_type", "plot": False})
+    summary = check_structured(env["server"], "annotate_cells", result)["result"]
+    assert "none of the candidates is a type this checkpoint learned" in summary["notes"][0]
+    assert summary["agreement"]["agreement"] >= 0.95
+    h5 = ad.read_h5ad(next(f["path"] for f in summary["outputs"] if f["kind"] == "annotated_h5ad"))
+    assert h5.uns["instructcell"]["candidate_route"] == "known markers"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        direct = ica.annotate(cells, model=env["toolbox"].service.model(), candidates=list(LIVER_TYPES))
+    assert np.allclose(h5.obsm["instructcell_probabilities"], direct.probabilities.to_numpy(), atol=1e-6)
+    fast = check_structured(env["server"], "annotate_cells", call(env["server"], "annotate_cells", {
+        "h5ad_path": "liver_like.h5ad", "candidates": list(LIVER_TYPES), "fast": True, "plot": False}))["result"]
+    h5 = ad.read_h5ad(next(f["path"] for f in fast["outputs"] if f["kind"] == "annotated_h5ad"))
+    assert h5.uns["instructcell"]["candidate_route"] == "text"  # fast: an option only the model answers
+    assert not any("none of the candidates is a type" in note for note in fast["notes"])
+
+
 def test_annotate_cells_says_what_each_group_was_answered(env):
     result = call(env["server"], "annotate_cells", {"h5ad_path": "planted.h5ad", "candidates": CANDIDATES,
                                                     "groupby": "cell_type", "plot": False})
