@@ -182,8 +182,8 @@ def answer_by_markers(route: CandidateRoute | None, **model_only) -> bool:
 
 def _by_markers(adata: ad.AnnData, loaded: LoadedModel, route: CandidateRoute, **options) -> AnnotationResult | None:
     """The candidates answered from their known markers (interpret/marker_annotation.py), with a note
-    and a warning saying so; None, with the reason added to the route's warning, where the database
-    or the file lacks their markers (the strings are scored then)."""
+    and a warning saying so; None where the database or the file lacks their markers (logged; the
+    strings are scored then, under the route's own warning)."""
     from .interpret.marker_annotation import UnknownMarkersError, annotate_by_markers
 
     try:

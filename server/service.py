@@ -299,7 +299,7 @@ class InstructCellService:
 
     def _annotate_by_markers(self, req: AnnotateCellsRequest, reporter: Reporter | None,
                              note: str | None = None) -> AnnotationSummary:
-        """Cell types from known markers alone: no model is loaded, and the file is scored whole
+        """Cell types from known markers alone: no model is asked, and the file is scored whole
         (a cell's score sets it against the file's other cells, so chunks would change answers).
         `note` heads the reply's notes (why the markers answered)."""
         from instructcell_agent.interpret.marker_annotation import annotate_by_markers
