@@ -21,7 +21,9 @@ So candidates are routed:
   nearest term: 'CD8+ Cytotoxic T' to 'CD8 T cell' when both 'T cell' and 'CD8 T cell' are
   candidates).
   Candidates with no learned label under them (no term recorded, or a type the checkpoint never
-  learned) are scored there as their own string, with a warning. Measured against scoring every
+  learned) are scored there as their own string, with a warning; by default `ica.annotate` then
+  lets their known markers decide between each of them and the routed candidates, and the model
+  among the routed ones (`gate`, instructcell_agent/unlearned_candidates.py). Measured against scoring every
   candidate as a string (throwaway script, 2026-12-03): 'Kupffer cell' among four routable names
   on the reference system's 20-cell liver demo, 14 right against 7; kang2018's test cells with its
   seven labels' Cell Ontology names plus 'erythrocyte', 0.893 against 0.153.
@@ -84,6 +86,30 @@ class CandidateRoute:
         for c in range(len(self.candidates)):
             pooled[:, c] = _logsumexp(logp[:, owner == c], axis=1)[:, 0]
         return pooled, logp.argmax(1)
+
+    def finest(self, loglik: np.ndarray, chosen: Sequence[int]) -> list[str]:
+        """Per cell, the learned label (or unrouted string) scoring highest in `loglik` (cells x
+        `learned`) among those its `chosen` candidate owns: the model's own answer under it."""
+        owned = np.asarray(self.owner)[None, :] == np.asarray(chosen)[:, None]
+        return [self.learned[j] for j in np.where(owned, np.asarray(loglik, dtype=np.float64), -np.inf).argmax(1)]
+
+    def gate(self, probs: np.ndarray, marker_probs: np.ndarray) -> np.ndarray:
+        """Candidate probabilities (cells x candidates) with the unrouted candidates decided by their
+        known markers: each keeps the markers' probability, and the markers' summed probability of the
+        routed candidates is shared among them as the model's `probs` share it. So the markers tell an
+        unlearned type from the learned ones, and the model tells the learned ones apart. Cells the
+        markers could not score (a NaN row) keep `probs`."""
+        routed = np.array([c not in self.unrouted for c in self.candidates])
+        out = np.array(probs, dtype=np.float64)
+        marker_probs = np.asarray(marker_probs, dtype=np.float64)
+        ok = np.isfinite(marker_probs).all(1)
+        model = out[ok][:, routed]
+        total = model.sum(1, keepdims=True)
+        # all of the model's mass on unrouted strings: the routed candidates share the markers' mass evenly
+        share = np.where(total > 0, model / np.where(total > 0, total, 1.0), 1.0 / routed.sum())
+        out[np.ix_(ok, routed)] = marker_probs[ok][:, routed].sum(1, keepdims=True) * share
+        out[np.ix_(ok, ~routed)] = marker_probs[ok][:, ~routed]
+        return out
 
 
 def route_candidates(candidates: Sequence[str], label_sets: dict[str, dict], task: str = "annotation") -> CandidateRoute:

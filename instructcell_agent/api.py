@@ -40,6 +40,8 @@ from .core_model.scoring import check_scoring, scoring_name, use_decisive
 from .resolution import Part, resolved_frame
 from .results import (LANGUAGE_MODEL, READOUT_ALONE, AnnotationResult, check_unassigned_atypical,
                       check_unassigned_below)
+from .unlearned_candidates import (answer_by_markers, by_markers_answer, check_marker_result, gate_note,
+                                   gate_record, gates_unrouted, marker_result as markers_of)
 
 log = logging.getLogger(__name__)
 
@@ -132,8 +134,15 @@ def annotate(adata: ad.AnnData, model: LoadedModel | None = None, instruction: s
     with the read-out; decoded answers keep only the labels that reach it),
     by_markers (None, the default: candidates none of which is a type the checkpoint learned
     ('Hepatocyte', 'Kupffer cell') are answered from their known markers, `annotate_by_markers`,
-    with a warning, unless an option only the model answers is given or the markers are unknown;
-    False: their names are scored as strings).
+    with a warning; candidates mixing such types with learned ones ('Hepatocyte', 'T cell') have
+    the markers decide between each unlearned type and the learned ones, and the model among the
+    learned ones (`CandidateRoute.gate`; uns['instructcell']['marker_gate']); either only where no
+    option that only the model answers is given and the markers are known. False: the names of
+    unlearned types are scored as strings),
+    marker_result (the `annotate_by_markers` result over the same candidates that decides a mix of
+    learned and unlearned types, computed on these cells or on a file holding them, for chunks of
+    a large file: a marker's score sets a cell against the file's other cells; default: computed
+    on `adata`).
     """
     return _answer(adata, model, "annotation", instruction, candidates, **kwargs)
 
@@ -167,36 +176,6 @@ def generate_cells(model: LoadedModel | None = None, cell_type: str = "", n: int
                      sequencing_method=sequencing_method, instruction=instruction, seed=seed, allow_unseen=allow_unseen)
 
 
-BY_MARKERS_NOTE = ("none of the candidates is a type this checkpoint learned, so they were answered from their known "
-                   "markers (annotate_by_markers; PanglaoDB) rather than by scoring their names as strings; "
-                   "by_markers=False scores the strings instead")
-
-
-def answer_by_markers(route: CandidateRoute | None, **model_only) -> bool:
-    """Whether candidates go to their known markers instead of the model: none is a type the
-    checkpoint learned (so the model could only score the strings: mean test macro-F1 0.37 against
-    the markers' 0.66, benchmarks/results/marker_annotation.md), and no option that only the model
-    answers (an instruction, fast, resolve_at, calibrate, unassigned_atypical, chat mode) was asked."""
-    return route is not None and route.nothing_learned and not any(model_only.values())
-
-
-def _by_markers(adata: ad.AnnData, loaded: LoadedModel, route: CandidateRoute, **options) -> AnnotationResult | None:
-    """The candidates answered from their known markers (interpret/marker_annotation.py), with a note
-    and a warning saying so; None where the database or the file lacks their markers (logged; the
-    strings are scored then, under the route's own warning)."""
-    from .interpret.marker_annotation import UnknownMarkersError, annotate_by_markers
-
-    try:
-        species = options.pop("species") or None
-        result = annotate_by_markers(adata, list(route.candidates), model=loaded, species=species, **options)
-    except UnknownMarkersError as exc:
-        log.info("candidates scored as strings: %s", exc)
-        return None
-    warnings.warn(BY_MARKERS_NOTE, CandidateNoteWarning, stacklevel=4)
-    result.provenance["notes"].insert(0, BY_MARKERS_NOTE)
-    return result
-
-
 def default_batch_size(device: torch.device) -> int:
     """Cells per forward pass when the caller names none: 64 on a CPU; 256 on a GPU, where this
     small LM is launch-bound and bigger batches pay (H200, benchmarks/results/gpu_batch_sweep.md:
@@ -211,7 +190,8 @@ def _answer(adata: ad.AnnData, model: LoadedModel | None, task: str, instruction
             free_text: bool = False, calibrate: bool = False, scoring: str = "auto", readout: bool = True,
             progress: Callable[[int, int], None] | None = None, fast: bool = False,
             unassigned_below: float | None = None, unassigned_atypical: float | None = None,
-            resolve_at: float | None = None, by_markers: bool | None = None) -> AnnotationResult:
+            resolve_at: float | None = None, by_markers: bool | None = None,
+            marker_result: AnnotationResult | None = None) -> AnnotationResult:
     if mode not in ("instruct", "chat"):
         raise ValueError(f"mode must be 'instruct' or 'chat', got {mode!r}")
     if resolve_at is not None:
@@ -241,11 +221,21 @@ def _answer(adata: ad.AnnData, model: LoadedModel | None, task: str, instruction
     route = route_candidates(cands, loaded.label_sets, task) if cands is not None else None
     model_only = dict(instruction=instruction, fast=fast, resolve_at=resolve_at, calibrate=calibrate,
                       unassigned_atypical=unassigned_atypical, chat=mode == "chat")
+    matrix = dict(layer=layer, use_raw=use_raw, gene_key=gene_key)
     if by_markers is not False and answer_by_markers(route, **model_only):
-        found = _by_markers(adata, loaded, route, species=species, layer=layer, use_raw=use_raw, gene_key=gene_key,
-                            unassigned_below=unassigned_below)
+        found = by_markers_answer(adata, loaded, route, species=species, unassigned_below=unassigned_below, **matrix)
         if found is not None:
             return found
+    # candidates mixing types the checkpoint learned with types it did not: the markers decide the latter
+    markers = None
+    if marker_result is not None:
+        if by_markers is False:
+            raise ValueError("by_markers=False scores the candidates' names as strings, and marker_result asks their "
+                             "markers to decide: pass one or the other")
+        check_marker_result(marker_result, route, adata.obs_names)
+        markers = marker_result
+    elif by_markers is not False and gates_unrouted(route, **model_only):
+        markers = markers_of(adata, loaded, route, species=species, **matrix)
     template = instruction or DEFAULT_INSTRUCTIONS[(task, cands is not None)]
     if has_choices(template) and cands is None:
         cands = loaded.labels_for_task(task)
@@ -264,12 +254,12 @@ def _answer(adata: ad.AnnData, model: LoadedModel | None, task: str, instruction
     # the caller asks for unconstrained text.
     allowed = None if cands is not None or free_text else loaded.labels_for_cells(task, fields)
     first_allowed = allowed[0] if allowed else None
-    notes = [route.note] if route is not None and route.note else []
+    notes = [] if route is None or not route.note else [route.note if markers is None else gate_note(route, markers)]
     if pooled and instruction and has_choices(instruction):
         notes.append(f"the instruction lists the candidates ({{choices}}), which this route cannot use; "
                      f"the model was asked {template!r} instead")
     if route is not None and (route.kind == "text" or route.unrouted):
-        warnings.warn(route.note, CandidateNoteWarning, stacklevel=3)
+        warnings.warn(notes[0], CandidateNoteWarning, stacklevel=3)
     if cands is None:
         notes += _unseen_context_notes(loaded, task, fields, free_text)
         for note in notes:
@@ -319,10 +309,16 @@ def _answer(adata: ad.AnnData, model: LoadedModel | None, task: str, instruction
     elif len(keep):
         loglik, alone = _score(loaded, X, texts, scored, batch_size, decisive, progress, expert, fast, typical)
         answers = None
+        learned_loglik = loglik
         if pooled:
             loglik, top = route.pool(loglik)
             answers = [route.learned[i] for i in top]  # the model's own, often finer, answer
         labels, conf, probs = _choose(loglik, cands, calibrate)
+        if markers is not None:  # the markers decide the candidates the checkpoint never learned
+            probs = route.gate(probs, _marker_rows(markers, aligned.obs_names, keep, cands))
+            best = probs.argmax(1)
+            labels, conf = [cands[b] for b in best], probs.max(1).tolist()
+            answers = route.finest(learned_loglik, best)
         answers = answers or list(labels)
         parts = [(np.arange(len(keep)), cands, probs)]
     labels, conf, answers, probs = _unlabelled_filled(len(aligned.obs_names), keep, labels, conf, answers,
@@ -351,6 +347,8 @@ def _answer(adata: ad.AnnData, model: LoadedModel | None, task: str, instruction
         "confidence_temperature": (loaded.temperature(expert, scored if cands is not None else first_allowed)
                                    if cands is not None or by_readout else 1.0),
     }
+    if markers is not None:
+        provenance["marker_gate"] = gate_record(route, markers, labels)
     if fast:
         asked = scored if cands is not None else (first_allowed if by_readout else None)
         provenance["fast"] = _fast_record(int(alone.sum()), len(keep), expert, asked, loaded)
@@ -381,6 +379,17 @@ def _answer(adata: ad.AnnData, model: LoadedModel | None, task: str, instruction
     if unassigned_atypical is not None:
         result = result.unassigned_atypical(unassigned_atypical)
     return result if unassigned_below is None else result.unassigned_below(unassigned_below)
+
+
+def _marker_rows(markers: AnnotationResult, obs_names: Sequence[str], keep: np.ndarray,
+                 cands: Sequence[str]) -> np.ndarray:
+    """The markers' probabilities (cells `keep` x `cands`): by position where they were computed on
+    these cells, else by cell name (a result computed on a whole file, answered in chunks)."""
+    frame = markers.probabilities
+    names = [str(n) for n in obs_names]
+    if list(map(str, frame.index)) != names:
+        frame = frame.set_axis(list(map(str, frame.index))).reindex(names)
+    return frame[list(cands)].to_numpy(dtype=np.float64)[keep]
 
 
 def _fast_record(n_sure: int, n_cells: int, expert: Readout | None, labels, loaded: LoadedModel) -> dict:

@@ -126,7 +126,8 @@ def _add_annotate(sub) -> None:
                         "'Kupffer cell'); tells lineages apart, not subsets of one (interpret/marker_annotation.py)")
     p.add_argument("--no-markers", action="store_true",
                    help="candidates none of which the model learned are answered from their known markers by "
-                        "default (as --by-markers); this scores their names as strings instead")
+                        "default (as --by-markers), and where they mix learned and unlearned types the markers "
+                        "decide the unlearned ones; this scores their names as strings instead")
     p.add_argument("--markers", default=None, metavar="FILE",
                    help="with --by-markers: your own markers (JSON {\"type\": [genes]}, or .csv/.tsv rows of "
                         "cell type, gene), used instead of the database's for those types; --candidates defaults to "

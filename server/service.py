@@ -265,6 +265,8 @@ class InstructCellService:
 
     def annotate_cells(self, req: AnnotateCellsRequest, reporter: Reporter | None = None) -> AnnotationSummary:
         from instructcell_agent import api
+        from instructcell_agent.core_model.candidate_route import route_candidates
+        from instructcell_agent.unlearned_candidates import BY_MARKERS_NOTE, gates_unrouted, marker_result
 
         if req.by_markers or req.markers:
             return self._annotate_by_markers(req, reporter)
@@ -273,29 +275,42 @@ class InstructCellService:
 
             try:
                 return self._annotate_by_markers(req.model_copy(update={"by_markers": "panglaodb"}), reporter,
-                                                 note=api.BY_MARKERS_NOTE)
+                                                 note=BY_MARKERS_NOTE)
             except UnknownMarkersError:
                 pass  # no markers known or expressed: the model scores the names, and its note says so
         extra = {k: v for k, v in (("species", req.species), ("tissue", req.tissue), ("free_text", req.free_text),
                                    ("unassigned_below", req.unassigned_below),
                                    ("unassigned_atypical", req.unassigned_atypical), ("fast", req.fast),
                                    ("resolve_at", req.resolve_at)) if v}
+        gate: dict[str, Any] = {}
+
+        def whole_file_markers(adata, model) -> None:
+            # candidates mixing types the model learned with types it did not: their markers are
+            # scored on the whole file once (chunks would change them), then decide in every chunk
+            route = route_candidates(req.candidates, model.label_sets) if req.candidates else None
+            if gates_unrouted(route) and not self._model_only(req):
+                gate["markers"] = marker_result(adata, model, route, species=req.species, **_matrix(req))
+
         return self._annotate(req, "annotation", reporter, lambda view, model: api.annotate(
-            view, model=model, instruction=req.instruction, candidates=req.candidates, **extra, **_matrix(req)))
+            view, model=model, instruction=req.instruction, candidates=req.candidates, **extra, **_matrix(req),
+            marker_result=gate.get("markers"), by_markers=None if gate.get("markers") else False),
+            before=whole_file_markers)
+
+    @staticmethod
+    def _model_only(req: AnnotateCellsRequest) -> bool:
+        """Whether an option only the model answers was asked, so known markers answer nothing
+        (marker_check included: it would check marker answers against the same markers)."""
+        return any((req.instruction, req.fast, req.resolve_at, req.unassigned_atypical, req.marker_check,
+                    req.free_text))
 
     def _none_learned(self, req: AnnotateCellsRequest) -> bool:
         """Whether api.annotate would answer these candidates from their markers: none is a type the
-        model learned, and no option only the model answers was asked (marker_check included: it
-        would check marker answers against the same markers)."""
-        from instructcell_agent import api
+        model learned, and no option only the model answers was asked."""
         from instructcell_agent.core_model.candidate_route import route_candidates
 
         if not req.candidates:
             return False
-        route = route_candidates(req.candidates, self.model().label_sets)
-        return api.answer_by_markers(route, instruction=req.instruction, fast=req.fast, resolve_at=req.resolve_at,
-                                     unassigned_atypical=req.unassigned_atypical, marker_check=req.marker_check,
-                                     free_text=req.free_text)
+        return route_candidates(req.candidates, self.model().label_sets).nothing_learned and not self._model_only(req)
 
     def _annotate_by_markers(self, req: AnnotateCellsRequest, reporter: Reporter | None,
                              note: str | None = None) -> AnnotationSummary:
@@ -422,7 +437,8 @@ class InstructCellService:
                                   seconds=round(time.perf_counter() - started, 3))
 
     # ------------------------------------------------------------------ annotation core
-    def _annotate(self, req, task: str, reporter: Reporter | None, run, whole: bool = False) -> AnnotationSummary:
+    def _annotate(self, req, task: str, reporter: Reporter | None, run, whole: bool = False,
+                  before=None) -> AnnotationSummary:
         from instructcell_agent.cell_map import keep_coords
         from instructcell_agent.results import AnnotationResult
 
@@ -443,6 +459,8 @@ class InstructCellService:
         if groups is not None:
             check_groups(groups, group_key)
         model = None if whole else self.model()  # `whole`: the marker route, which needs no model
+        if before is not None:  # what is read from the whole file before it is answered in chunks
+            before(adata, model)
         n, step = adata.n_obs, (adata.n_obs if whole else max(1, self.limits.chunk_cells))
         parts: list[AnnotationResult] = []
         rep.update(0, n, f"{n:,} cells queued" + ("" if whole else " for the model"))
@@ -657,6 +675,9 @@ def _concat(parts):
         counted = ("cells_answered_by_readout_alone", "cells_answered")
         provenance["fast"] = dict(first.provenance["fast"],
                                   **{k: sum(p.provenance["fast"][k] for p in parts) for k in counted})
+    if "marker_gate" in first.provenance:  # counts: summed over the chunks
+        cells = [p.provenance["marker_gate"]["cells"] for p in parts]
+        provenance["marker_gate"] = dict(first.provenance["marker_gate"], cells=[sum(c) for c in zip(*cells)])
     if first.answer_tissues() is not None:  # counts: summed over the chunks
         summed = sum((Counter(p.answer_tissues()) for p in parts), Counter())
         provenance["answer_tissues"] = AnnotationResult.answer_tissue_record(summed)

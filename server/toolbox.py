@@ -73,7 +73,9 @@ SPECS: tuple[ToolSpec, ...] = (
              "types are unsure (resolved_counts). marker_check='panglaodb' adds, per label, how well its known "
              "markers single out the cells given it (no model asked): a second opinion on each answer. For cell "
              "types the model never learned (see describe_model), by_markers='panglaodb' with candidates such as "
-             "'Hepatocyte', 'Kupffer cell' answers from their known markers alone (or your own: markers). At most "
+             "'Hepatocyte', 'Kupffer cell' answers from their known markers alone (or your own: markers); "
+             "candidates mixing such types with learned ones have the markers decide the unlearned ones by "
+             "default. At most "
              "{max_cells:,} cells per call."
              + _JOB_NOTE + _OUT_NOTE,
              AnnotateCellsRequest, AnnotationOutput, read_only=False, idempotent=False, runs_model=True),

@@ -71,6 +71,35 @@ def make_liver_like(n_cells: int, seed: int = 0) -> ad.AnnData:
     return adata
 
 
+def make_mixed_tissue(n_cells: int, seed: int = 0) -> ad.AnnData:
+    """Learned and unlearned types in one file: alpha and beta cells of make_counts (the types the
+    test checkpoints learn) and hepatocytes (novel_counts cells), each raising 8 of its PanglaoDB
+    markers (real symbols, so the shipped marker table knows them) appended after the planted genes."""
+    from instructcell_agent.interpret.markers import load_marker_db
+
+    db = load_marker_db("panglaodb")
+    entries = {"alpha": "Alpha cells", "beta": "Beta cells", "Hepatocyte": "Hepatocytes"}
+    genes = {t: set(db.genes[e]["human"]) for t, e in entries.items()}
+    own = {t: sorted(g - set().union(*(genes[o] for o in genes if o != t)))[:8] for t, g in genes.items()}
+    rng = np.random.default_rng(seed)
+    base = make_counts(2 * n_cells, seed)
+    base = base[base.obs["cell_type"].isin(["alpha", "beta"]).to_numpy()][:n_cells]
+    labels = base.obs["cell_type"].astype(str).to_numpy()
+    X = base.X.toarray()
+    liver = np.arange(n_cells) % 3 == 2  # a third of the cells are hepatocytes
+    X[liver] = novel_counts(X[liver]).toarray()
+    labels[liver] = "Hepatocyte"
+    extra = [g for t in entries for g in own[t]]
+    lam = np.full((n_cells, len(extra)), 0.3)
+    for k, t in enumerate(entries):
+        lam[np.ix_(labels == t, np.arange(k * 8, (k + 1) * 8))] += 12.0
+    X = sp.csr_matrix(np.hstack([X, rng.poisson(lam)]).astype(np.float32))
+    adata = ad.AnnData(X, obs=pd.DataFrame({"cell_type": pd.Categorical(labels)}, index=base.obs_names))
+    adata.var_names = list(base.var_names) + extra
+    adata.obs["species"] = "human"
+    return adata
+
+
 def novel_counts(counts) -> sp.csr_matrix:
     """Cells of a type no training cell shows: `counts` (cells of make_counts) with every planted
     marker at background level (values moved from GENE100-115) and a block of genes no type marks

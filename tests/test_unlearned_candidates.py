@@ -6,7 +6,7 @@ import warnings
 
 import numpy as np
 import pytest
-from synthetic import LIVER_TYPES, make_liver_like
+from synthetic import LIVER_TYPES, make_liver_like, make_mixed_tissue
 
 import instructcell_agent as ica
 from instructcell_agent.core_model.candidate_route import CandidateNoteWarning
@@ -43,3 +43,72 @@ def test_a_learned_type_among_the_candidates_keeps_the_model(tiny_model):
         warnings.simplefilter("ignore")
         result = ica.annotate(cells, model=tiny_model, candidates=["Hepatocyte", "alpha"])
     assert result.provenance["candidate_route"] != "known markers"
+
+
+# --- candidates mixing learned types with unlearned ones: the markers decide the unlearned ones ---
+
+MIXED = ["alpha", "beta", "Hepatocyte"]  # the checkpoint learned alpha and beta, never hepatocytes
+
+
+def _mixed(tiny_model, cells, **options):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = ica.annotate(cells, model=tiny_model, candidates=MIXED, **options)
+    return result, [str(w.message) for w in caught if issubclass(w.category, CandidateNoteWarning)]
+
+
+def test_unlearned_candidates_beside_learned_ones_are_decided_by_their_markers(tiny_model):
+    cells = make_mixed_tissue(60)
+    truth = cells.obs["cell_type"].astype(str).to_numpy()
+    result, said = _mixed(tiny_model, cells)
+    assert result.provenance["candidate_route"] == "ontology"
+    assert _accuracy(result, cells) >= 0.95
+    gate = result.provenance["marker_gate"]
+    assert gate["unlearned"] == ["Hepatocyte"]
+    assert gate["cells"] == [int((np.asarray(result.labels) == "Hepatocyte").sum())]
+    assert gate["marker_db"] == "panglaodb" and gate["markers"]["candidate"] == MIXED
+    assert said and "known markers" in said[0] and "decided" in result.provenance["notes"][0]
+    probs = result.probabilities.to_numpy()
+    assert np.allclose(probs.sum(1), 1.0)
+    # the model's own answer stays its learned label; a hepatocyte's is the candidate itself
+    answers = np.asarray(result.answers, str)
+    assert set(answers[truth == "Hepatocyte"]) == {"Hepatocyte"}
+    # scored as strings, the type the model never learned is the one it misses
+    strings, said = _mixed(tiny_model, cells, by_markers=False)
+    assert "marker_gate" not in strings.provenance and "scored as plain text" in said[0]
+    hep = truth == "Hepatocyte"
+    assert (np.asarray(result.labels, str)[hep] == "Hepatocyte").mean() > (
+        np.asarray(strings.labels, str)[hep] == "Hepatocyte").mean()
+
+
+@pytest.mark.parametrize("option", [{"fast": True}, {"mode": "chat"}, {"instruction": "Which cell type is this?"}])
+def test_no_marker_gate_where_only_the_model_answers_an_option(tiny_model, option):
+    result, _ = _mixed(tiny_model, make_mixed_tissue(12), **option)
+    assert "marker_gate" not in result.provenance
+
+
+def test_markers_scored_on_a_whole_file_decide_its_chunks(tiny_model):
+    cells = make_mixed_tissue(60)
+    cells = cells[np.argsort(cells.obs["cell_type"].astype(str).to_numpy(), kind="stable")].copy()  # sorted by type
+    whole, _ = _mixed(tiny_model, cells)
+    found = ica.annotate_by_markers(cells, MIXED, model=tiny_model)
+    chunk = cells[40:].copy()  # hepatocytes absent: alone, its marker z-scores would be relative to alpha/beta
+    given, _ = _mixed(tiny_model, chunk, marker_result=found)
+    assert list(given.labels) == list(whole.labels)[40:]
+    assert np.allclose(given.probabilities.to_numpy(), whole.probabilities.to_numpy()[40:])
+
+
+def test_a_marker_result_that_cannot_decide_is_refused(tiny_model):
+    cells = make_mixed_tissue(12)
+    found = ica.annotate_by_markers(cells, MIXED, model=tiny_model)
+    for options, expected in (({"candidates": ["alpha", "beta"]}, "not such a mix"),
+                              ({"candidates": ["alpha", "beta", "Cholangiocyte"]}, "same candidates"),
+                              ({"candidates": MIXED, "by_markers": False}, "one or the other")):
+        with pytest.raises(ValueError, match=expected), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ica.annotate(cells, model=tiny_model, marker_result=found, **options)
+    other = make_mixed_tissue(12, seed=1)
+    other.obs_names = [f"other{i}" for i in range(other.n_obs)]
+    with pytest.raises(ValueError, match="lacks 12 of these cells"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ica.annotate(other, model=tiny_model, candidates=MIXED, marker_result=found)

@@ -7,7 +7,7 @@ import warnings
 import numpy as np
 import pytest
 
-from instructcell_agent.core_model.candidate_route import route_candidates
+from instructcell_agent.core_model.candidate_route import CandidateRoute, route_candidates
 
 SETS = {
     "blood": {"task": "annotation", "labels": ["B", "CD14+Mono", "CD4T", "CD8T", "NK"]},
@@ -82,3 +82,24 @@ def test_a_candidate_whose_labels_are_all_ruled_out_pools_to_minus_infinity_quie
         warnings.simplefilter("error")
         pooled, _ = route.pool(loglik)
     assert np.isneginf(pooled[:, 0]).all() and np.allclose(pooled[:, 1], 0.0)
+
+
+def test_the_gate_lets_markers_decide_unrouted_candidates_and_the_model_the_routed_ones():
+    route = CandidateRoute("ontology", ("a", "b", "x"), learned=("A", "B", "x"), owner=(0, 1, 2), unrouted=("x",))
+    model = np.array([[0.6, 0.2, 0.2], [0.0, 0.0, 1.0], [0.5, 0.5, 0.0]])
+    markers = np.array([[0.1, 0.3, 0.6], [0.5, 0.1, 0.4], [np.nan, np.nan, np.nan]])
+    gated = route.gate(model, markers)
+    # markers: 0.4 for {a, b}, shared 3:1 as the model shares it; x keeps the markers' 0.6
+    assert np.allclose(gated[0], [0.3, 0.1, 0.6])
+    # the model put nothing on a or b: the markers' 0.6 for them is shared evenly
+    assert np.allclose(gated[1], [0.3, 0.3, 0.4])
+    assert np.allclose(gated[2], model[2])  # a cell the markers could not score keeps the model's answer
+    assert np.allclose(gated.sum(1), 1.0)
+
+
+def test_the_finest_answer_is_the_best_learned_label_under_the_chosen_candidate():
+    route = CandidateRoute("ontology", ("T cell", "x"), learned=("CD4T", "CD8T", "x"), owner=(0, 0, 1),
+                           unrouted=("x",))
+    loglik = np.array([[-2.0, -1.0, -0.1], [-0.5, -3.0, -4.0]])
+    # the first cell's best string is the unrouted 'x'; gated to 'T cell', its answer is CD8T
+    assert route.finest(loglik, [0, 1]) == ["CD8T", "x"]

@@ -443,6 +443,29 @@ def test_annotate_cells_answers_types_the_model_never_learned_from_their_markers
     assert not any("none of the candidates is a type" in note for note in fast["notes"])
 
 
+def test_annotate_cells_has_markers_scored_on_the_whole_file_decide_unlearned_candidates(env):
+    from synthetic import make_mixed_tissue
+
+    cells = make_mixed_tissue(N_CELLS, seed=7)
+    cells = cells[np.argsort(cells.obs["cell_type"].astype(str).to_numpy(), kind="stable")].copy()  # chunks of one type
+    cells.write_h5ad(env["paths"]["root"] / "mixed_tissue.h5ad")
+    candidates = ["alpha", "beta", "Hepatocyte"]  # the checkpoint learned alpha and beta, never hepatocytes
+    result = call(env["server"], "annotate_cells", {"h5ad_path": "mixed_tissue.h5ad", "candidates": candidates,
+                                                    "compare_key": "cell_type", "plot": False})
+    summary = check_structured(env["server"], "annotate_cells", result)["result"]
+    assert summary["agreement"]["agreement"] >= 0.95
+    assert "known markers" in summary["notes"][0]
+    h5 = ad.read_h5ad(next(f["path"] for f in summary["outputs"] if f["kind"] == "annotated_h5ad"))
+    assert h5.uns["instructcell"]["candidate_route"] == "ontology"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        direct = ica.annotate(cells, model=env["toolbox"].service.model(), candidates=candidates)
+    assert np.allclose(h5.obsm["instructcell_probabilities"], direct.probabilities.to_numpy(), atol=1e-5)
+    strings = check_structured(env["server"], "annotate_cells", call(env["server"], "annotate_cells", {
+        "h5ad_path": "mixed_tissue.h5ad", "candidates": candidates, "fast": True, "plot": False}))["result"]
+    assert "scored as plain text" in " ".join(strings["notes"])  # fast: an option only the model answers
+
+
 def test_annotate_cells_says_what_each_group_was_answered(env):
     result = call(env["server"], "annotate_cells", {"h5ad_path": "planted.h5ad", "candidates": CANDIDATES,
                                                     "groupby": "cell_type", "plot": False})
