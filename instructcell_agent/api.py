@@ -136,9 +136,9 @@ def annotate(adata: ad.AnnData, model: LoadedModel | None = None, instruction: s
     ('Hepatocyte', 'Kupffer cell') are answered from their known markers, `annotate_by_markers`,
     with a warning; candidates mixing such types with learned ones ('Hepatocyte', 'T cell') have
     the markers decide between each unlearned type and the learned ones, and the model among the
-    learned ones (`CandidateRoute.gate`; uns['instructcell']['marker_gate']); either only where no
-    option that only the model answers is given and the markers are known. False: the names of
-    unlearned types are scored as strings),
+    learned ones (`CandidateRoute.gate`; uns['instructcell']['marker_gate']), whatever the other
+    options; either only where the markers are known. False: the names of unlearned types are
+    scored as strings),
     marker_result (the `annotate_by_markers` result over the same candidates that decides a mix of
     learned and unlearned types, computed on these cells or on a file holding them, for chunks of
     a large file: a marker's score sets a cell against the file's other cells; default: computed
@@ -234,7 +234,7 @@ def _answer(adata: ad.AnnData, model: LoadedModel | None, task: str, instruction
                              "markers to decide: pass one or the other")
         check_marker_result(marker_result, route, adata.obs_names)
         markers = marker_result
-    elif by_markers is not False and gates_unrouted(route, **model_only):
+    elif by_markers is not False and gates_unrouted(route):
         markers = markers_of(adata, loaded, route, species=species, **matrix)
     template = instruction or DEFAULT_INSTRUCTIONS[(task, cands is not None)]
     if has_choices(template) and cands is None:

@@ -12,8 +12,9 @@ nearest them. Known markers (interpret/marker_annotation.py) carry what the mode
   (`CandidateRoute.gate`), so the model keeps the distinctions it was trained on (naive from memory
   T cells, which markers do not tell apart) and the markers add the types it never saw.
 
-Either way only where no option that only the model answers was asked (an instruction, fast,
-resolve_at, calibrate, unassigned_atypical, chat mode), and `by_markers=False` keeps the strings.
+The first only where no option that only the model answers was asked (an instruction, fast,
+resolve_at, calibrate, unassigned_atypical, chat mode): the markers answer alone there. The second
+keeps the model, so every option still applies. `by_markers=False` keeps the strings in both.
 """
 
 from __future__ import annotations
@@ -51,11 +52,10 @@ def answer_by_markers(route: CandidateRoute | None, **model_only) -> bool:
     return route is not None and route.nothing_learned and not any(model_only.values())
 
 
-def gates_unrouted(route: CandidateRoute | None, **model_only) -> bool:
+def gates_unrouted(route: CandidateRoute | None) -> bool:
     """Whether known markers decide the candidates the checkpoint never learned while the model
-    answers the others (`CandidateRoute.gate`): the candidates mix both kinds and no option that only
-    the model answers was asked."""
-    return route is not None and route.kind == "ontology" and bool(route.unrouted) and not any(model_only.values())
+    answers the others (`CandidateRoute.gate`): the candidates mix both kinds."""
+    return route is not None and route.kind == "ontology" and bool(route.unrouted)
 
 
 def by_markers_answer(adata: ad.AnnData, loaded: LoadedModel, route: CandidateRoute,

@@ -288,7 +288,7 @@ class InstructCellService:
             # candidates mixing types the model learned with types it did not: their markers are
             # scored on the whole file once (chunks would change them), then decide in every chunk
             route = route_candidates(req.candidates, model.label_sets) if req.candidates else None
-            if gates_unrouted(route) and not self._model_only(req):
+            if gates_unrouted(route):
                 gate["markers"] = marker_result(adata, model, route, species=req.species, **_matrix(req))
 
         return self._annotate(req, "annotation", reporter, lambda view, model: api.annotate(

@@ -81,10 +81,16 @@ def test_unlearned_candidates_beside_learned_ones_are_decided_by_their_markers(t
         np.asarray(strings.labels, str)[hep] == "Hepatocyte").mean()
 
 
-@pytest.mark.parametrize("option", [{"fast": True}, {"mode": "chat"}, {"instruction": "Which cell type is this?"}])
-def test_no_marker_gate_where_only_the_model_answers_an_option(tiny_model, option):
-    result, _ = _mixed(tiny_model, make_mixed_tissue(12), **option)
-    assert "marker_gate" not in result.provenance
+@pytest.mark.parametrize("option", [{"fast": True}, {"mode": "chat"}, {"instruction": "Which cell type is this?"},
+                                    {"resolve_at": 0.9}, {"unassigned_atypical": 3.0}])
+def test_the_marker_gate_keeps_the_model_so_its_options_still_apply(tiny_model, option):
+    cells = make_mixed_tissue(30)
+    result, _ = _mixed(tiny_model, cells, **option)
+    assert result.provenance["marker_gate"]["unlearned"] == ["Hepatocyte"]
+    hep = cells.obs["cell_type"].astype(str).to_numpy() == "Hepatocyte"
+    assert (np.asarray(result.labels, str)[hep] == "Hepatocyte").mean() >= 0.9
+    if "resolve_at" in option:
+        assert result.resolved is not None and len(result.resolved) == cells.n_obs
 
 
 def test_markers_scored_on_a_whole_file_decide_its_chunks(tiny_model):
