@@ -3,12 +3,14 @@
 A user annotating a tissue the checkpoint half knows lists its types: some the checkpoint learned
 ('T cell'), some it never saw ('Hepatocyte'). `ica.annotate` lets the unlearned ones' known
 markers decide between each of them and the learned ones, and the model choose among the learned
-ones (`CandidateRoute.gate`); `by_markers=False` scores their names as strings instead (the peer:
-what `annotate` did before). The shared sets hold no labelled type the checkpoint never learned,
-so one is made: on each set's split, the labels named by their Cell Ontology names, one type at a
-time is hidden from the checkpoint (every learned label at or below its term is removed from the
-label sets and the read-out, so the routing treats it as never learned). The language model
-still saw those cells in training, which can only help the strings (the peer) tell them.
+ones (`CandidateRoute.gate`), the markers' say shrinking where the model's own learned answer fits
+the cell well (its typicality; the plain gate, without that weight, beside it); `by_markers=False`
+scores their names as strings instead (the peer: what `annotate` did before either gate). The
+shared sets hold no labelled type the checkpoint never learned, so one is made: on each set's
+split, the labels named by their Cell Ontology names, one type at a time is hidden from the
+checkpoint (every learned label at or below its term is removed from the label sets and the
+read-out, so the routing treats it as never learned). The language model still saw those cells
+in training, which can only help the strings (the peer) tell them.
 
 Per trial: macro-F1 over the set's labels, the hidden type's recall, accuracy on the other cells,
 and the share of the other cells given the hidden type; beside them the marker route alone
@@ -16,8 +18,9 @@ and the share of the other cells given the hidden type; beside them the marker r
 risk: every type learned, three types of other organs (absent from every file) among the
 candidates; how many cells the markers hand to one.
 
-The gate is computed here from the strings' probabilities and the markers' (what `annotate` does
-inside), and checked against `annotate`'s own answers on one trial per set.
+The gate is computed here from the strings' probabilities, their typicality and the markers'
+probabilities (what `annotate` does inside), and checked against `annotate`'s own answers on one
+trial per set.
 
     python benchmarks/mixed_candidates.py [--split test] [--sets a,b] [--out-dir benchmarks/results]
 """
@@ -48,7 +51,7 @@ from report_io import meta_lines, run_meta, write_report
 
 logger = logging.getLogger("mixed_candidates")
 ABSENT = ["Hepatocytes", "Astrocytes", "Cardiomyocytes"]  # PanglaoDB types of organs no shared set comes from
-METHODS = ("strings", "gate", "markers", "nothing_hidden")
+METHODS = ("strings", "gate", "plain_gate", "markers", "nothing_hidden")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -125,8 +128,10 @@ def run_set(model, spec, split: str) -> dict[str, Any] | None:
         view = hidden(model, ontology_id(hide))
         route = route_candidates(names, view.label_sets)
         strings = quiet_annotate(cells, view, names, by_markers=False)
-        probs = strings.probabilities[names].to_numpy()
-        gated = picked(route.gate(probs, markers.probabilities[names].to_numpy()), names)
+        probs, marker_probs = strings.probabilities[names].to_numpy(), markers.probabilities[names].to_numpy()
+        # the strings' typicality is the model's own learned answer's, which annotate weighs the gate by
+        gated = picked(route.gate(probs, marker_probs, np.asarray(strings.typicality, float)), names)
+        plain = picked(route.gate(probs, marker_probs), names)
         if not checked:  # the gate as annotate applies it, on one trial per set
             direct = np.asarray(quiet_annotate(cells, view, names).labels, str)
             row["checked_against_annotate"] = {"hidden": hide, "same_answers": int((direct == gated).sum()),
@@ -134,7 +139,8 @@ def run_set(model, spec, split: str) -> dict[str, Any] | None:
             checked = True
         trial = {"hidden": hide, "n_hidden": int((named == hide).sum()), "route": route.kind,
                  "strings": measures(named, picked(probs, names), hide), "gate": measures(named, gated, hide),
-                 "markers": measures(named, by_markers, hide), "nothing_hidden": measures(named, ceiling, hide)}
+                 "plain_gate": measures(named, plain, hide), "markers": measures(named, by_markers, hide),
+                 "nothing_hidden": measures(named, ceiling, hide)}
         row["trials"].append(trial)
         logger.info("%s, %s hidden: macro-F1 strings %.3f, gate %.3f, markers %.3f, nothing hidden %.3f",
                     spec.name, hide, trial["strings"]["macro_f1"], trial["gate"]["macro_f1"],
@@ -143,8 +149,12 @@ def run_set(model, spec, split: str) -> dict[str, Any] | None:
     absent_markers = quiet_markers(cells, model, cands)
     strings = quiet_annotate(cells, model, cands, by_markers=False)
     gated = quiet_annotate(cells, model, cands)  # annotate's own gate
+    route = route_candidates(cands, model.label_sets)
+    plain = picked(route.gate(strings.probabilities[cands].to_numpy(), absent_markers.probabilities[cands].to_numpy()),
+                   cands)
     row["absent_types"] = {"strings": measures(named, np.asarray(strings.labels, str), None, ABSENT),
                            "gate": measures(named, np.asarray(gated.labels, str), None, ABSENT),
+                           "plain_gate": measures(named, plain, None, ABSENT),
                            "markers": measures(named, picked(absent_markers.probabilities[cands].to_numpy(), cands),
                                                None, ABSENT),
                            "gate_route": gated.provenance["candidate_route"],
@@ -182,10 +192,12 @@ def render(report: dict[str, Any]) -> str:
              "- candidates: each set's labels by their Cell Ontology names (sets with a label without a term left "
              "out); one type at a time hidden from the checkpoint (its learned labels and those below it removed from "
              "the label sets and the read-out), so routing treats it as never learned",
-             "- strings: `ica.annotate(..., by_markers=False)`, the hidden type's name scored as a string (what "
-             "`annotate` did before); gate: the markers decide the hidden type against the learned ones, the model "
-             "among those (`annotate`'s default); markers: `annotate_by_markers` alone; nothing hidden: the "
-             "checkpoint as shipped (the ceiling)",
+             "- strings: `ica.annotate(..., by_markers=False)`, the hidden type's name scored as a string; "
+             "plain gate: the markers decide the hidden type against the learned ones, the model among those "
+             "(`annotate`'s default from 2026-12-06 01:55); gate: the same, weighed by how well the model's own "
+             "learned answer fits the cell (markers' weight 1 / (1 + exp(typicality)); `annotate`'s default since "
+             "2026-12-06 04:00); markers: `annotate_by_markers` alone; nothing hidden: the checkpoint as shipped "
+             "(the ceiling)",
              "- checked: " + "; ".join(f"{r['dataset']}: {r['checked_against_annotate']['same_answers']} of "
                                        f"{r['checked_against_annotate']['cells']} cells as `annotate` answers"
                                        for r in rows if "checked_against_annotate" in r), "",
@@ -196,32 +208,36 @@ def render(report: dict[str, Any]) -> str:
         lines.append(f"| {method.replace('_', ' ')} | {mean_of(rows, method, 'macro_f1'):.3f} | "
                      f"{mean_of(rows, method, 'hidden_recall'):.3f} | {mean_of(rows, method, 'others_accuracy'):.3f} "
                      f"| {mean_of(rows, method, 'others_given_hidden'):.3f} |")
-    lines += ["", "## Per set: mean macro-F1 over its trials (strings / gate / markers / nothing hidden)", "",
-              "| dataset | cells | trials | strings | gate | markers | nothing hidden |",
-              "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines += ["", "## Per set: mean macro-F1 over its trials", "",
+              "| dataset | cells | trials | " + " | ".join(m.replace("_", " ") for m in METHODS) + " |",
+              "| --- | --- | --- | " + " | ".join("---" for _ in METHODS) + " |"]
     for r in rows:
         means = [mean_of([r], m, "macro_f1") for m in METHODS]
         lines.append(f"| {r['dataset']} | {r['n_cells']} | {len(r['trials'])} | "
                      + " | ".join(f"{v:.3f}" for v in means) + " |")
-    lines += ["", "## Every trial: hidden type (cells): macro-F1 and its recall, strings -> gate", "",
-              "| dataset | hidden type | cells | strings F1 / recall | gate F1 / recall | markers F1 / recall |",
-              "| --- | --- | --- | --- | --- | --- |"]
+    lines += ["", "## Every trial: hidden type (cells): macro-F1 and its recall", "",
+              "| dataset | hidden type | cells | strings F1 / recall | gate F1 / recall | plain gate F1 / recall "
+              "| markers F1 / recall |",
+              "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         for t in r["trials"]:
             lines.append(f"| {r['dataset']} | {t['hidden']} | {t['n_hidden']} | " + " | ".join(
-                f"{t[m]['macro_f1']:.3f} / {t[m]['hidden_recall']:.2f}" for m in ("strings", "gate", "markers")) + " |")
+                f"{t[m]['macro_f1']:.3f} / {t[m]['hidden_recall']:.2f}"
+                for m in ("strings", "gate", "plain_gate", "markers")) + " |")
     lines += ["", f"## Nothing hidden, three absent types among the candidates ({', '.join(ABSENT)})", "",
               "macro-F1 over the set's labels / share of the cells given an absent type.", "",
-              "| dataset | strings | gate | markers alone |", "| --- | --- | --- | --- |"]
+              "| dataset | strings | gate | plain gate | markers alone |", "| --- | --- | --- | --- | --- |"]
     for r in rows:
         a = r["absent_types"]
         lines.append(f"| {r['dataset']} | " + " | ".join(
-            f"{a[m]['macro_f1']:.3f} / {a[m]['given_absent']:.3f}" for m in ("strings", "gate", "markers")) + " |")
-    absent = {m: float(np.mean([r["absent_types"][m][k] for r in rows])) for m in ("strings", "gate")
-              for k in ("macro_f1",)}
-    given = float(np.mean([r["absent_types"]["gate"]["given_absent"] for r in rows]))
+            f"{a[m]['macro_f1']:.3f} / {a[m]['given_absent']:.3f}"
+            for m in ("strings", "gate", "plain_gate", "markers")) + " |")
+    absent = {m: float(np.mean([r["absent_types"][m]["macro_f1"] for r in rows])) for m in ("strings", "gate",
+                                                                                              "plain_gate")}
+    given = {m: float(np.mean([r["absent_types"][m]["given_absent"] for r in rows])) for m in ("gate", "plain_gate")}
     lines += ["", f"Mean over the sets: macro-F1 {absent['strings']:.3f} with strings, {absent['gate']:.3f} with the "
-              f"gate, which gave an absent type to {given:.3f} of the cells."]
+              f"gate, which gave an absent type to {given['gate']:.3f} of the cells, {absent['plain_gate']:.3f} with "
+              f"the plain gate ({given['plain_gate']:.3f} of the cells)."]
     lines += ["", "## The reference system's 20-cell liver demo file", "",
               "Agreement with the file's `cell_type`, answers read through the Cell Ontology ('Kupffer cell' "
               "counts for 'Macrophage'); its cells are immune and endothelial, types the model learned.", "",

@@ -315,7 +315,9 @@ def _answer(adata: ad.AnnData, model: LoadedModel | None, task: str, instruction
             answers = [route.learned[i] for i in top]  # the model's own, often finer, answer
         labels, conf, probs = _choose(loglik, cands, calibrate)
         if markers is not None:  # the markers decide the candidates the checkpoint never learned
-            probs = route.gate(probs, _marker_rows(markers, aligned.obs_names, keep, cands))
+            # weighed by how well the model's own learned answer fits each cell (CandidateRoute.gate)
+            fit = None if loaded.reference is None else loaded.reference.typicality(X, aligned.matched, answers)
+            probs = route.gate(probs, _marker_rows(markers, aligned.obs_names, keep, cands), fit)
             best = probs.argmax(1)
             labels, conf = [cands[b] for b in best], probs.max(1).tolist()
             answers = route.finest(learned_loglik, best)

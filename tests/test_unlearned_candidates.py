@@ -9,7 +9,7 @@ import pytest
 from synthetic import LIVER_TYPES, make_liver_like, make_mixed_tissue
 
 import instructcell_agent as ica
-from instructcell_agent.core_model.candidate_route import CandidateNoteWarning
+from instructcell_agent.core_model.candidate_route import CandidateNoteWarning, route_candidates
 
 
 def _accuracy(result, cells) -> float:
@@ -79,6 +79,26 @@ def test_unlearned_candidates_beside_learned_ones_are_decided_by_their_markers(t
     hep = truth == "Hepatocyte"
     assert (np.asarray(result.labels, str)[hep] == "Hepatocyte").mean() > (
         np.asarray(strings.labels, str)[hep] == "Hepatocyte").mean()
+
+
+def test_the_markers_weigh_less_where_the_model_s_learned_answer_fits_the_cell(tiny_model):
+    cells = make_mixed_tissue(45)
+    gated, _ = _mixed(tiny_model, cells)
+    strings, _ = _mixed(tiny_model, cells, by_markers=False)
+    markers = ica.annotate_by_markers(cells, MIXED, model=tiny_model).probabilities[MIXED].to_numpy()
+    route = route_candidates(MIXED, tiny_model.label_sets)
+    model = strings.probabilities[MIXED].to_numpy()
+    fit = np.asarray(strings.typicality, float)  # the model's own learned answer's typicality
+    assert np.allclose(gated.probabilities[MIXED].to_numpy(), route.gate(model, markers, fit))
+    plain = route.gate(model, markers)
+    # hepatocytes fit no learned type well: the markers still decide them
+    hep = cells.obs["cell_type"].astype(str).to_numpy() == "Hepatocyte"
+    assert np.all(fit[hep] < -1) and set(np.asarray(gated.labels, str)[hep]) == {"Hepatocyte"}
+    # alpha and beta cells fit their learned answer: they keep more of the model's probabilities
+    typical = ~hep & (fit > 0)
+    assert typical.any()
+    assert np.all(np.abs(gated.probabilities.to_numpy()[typical] - model[typical])
+                  <= np.abs(plain[typical] - model[typical]) + 1e-12)
 
 
 @pytest.mark.parametrize("option", [{"fast": True}, {"mode": "chat"}, {"instruction": "Which cell type is this?"},

@@ -97,6 +97,20 @@ def test_the_gate_lets_markers_decide_unrouted_candidates_and_the_model_the_rout
     assert np.allclose(gated.sum(1), 1.0)
 
 
+def test_the_gate_leaves_a_cell_its_learned_answer_fits_to_the_model():
+    route = CandidateRoute("ontology", ("a", "b", "x"), learned=("A", "B", "x"), owner=(0, 1, 2), unrouted=("x",))
+    model = np.tile([0.6, 0.4, 0.0], (4, 1))
+    markers = np.tile([0.0, 0.1, 0.9], (4, 1))
+    plain = route.gate(model, markers)
+    weighed = route.gate(model, markers, np.array([-30.0, 0.0, 30.0, np.nan]))
+    assert np.allclose(weighed[0], plain[0])  # unlike its learned answer's training cells: the markers decide
+    assert np.allclose(weighed[1], (plain[1] + model[1]) / 2)  # as alike as they are on average: half each
+    assert np.allclose(weighed[2], model[2])  # far more alike: the model's answer stands
+    assert np.allclose(weighed[3], plain[3])  # no typicality to weigh by: the plain gate
+    assert np.allclose(weighed.sum(1), 1.0)
+    assert weighed[0].argmax() == 2 and weighed[2].argmax() == 0
+
+
 def test_the_finest_answer_is_the_best_learned_label_under_the_chosen_candidate():
     route = CandidateRoute("ontology", ("T cell", "x"), learned=("CD4T", "CD8T", "x"), owner=(0, 0, 1),
                            unrouted=("x",))
