@@ -388,12 +388,16 @@ def _annotate(args) -> int:
     if groups is not None:
         check_groups(groups, group_key)
     candidates = [c.strip() for c in args.candidates.split(",") if c.strip()] if args.candidates else None
-    by_markers = getattr(args, "by_markers", None) or getattr(args, "markers", None)
-    if by_markers:  # no model: the candidates' known markers answer (cli_markers.py)
-        from .cli_markers import by_markers_result, markers_line
+    from .cli_markers import by_markers_result, markers_line, unlearned_only_result
 
-        model, result = None, by_markers_result(args, adata, candidates)
-    else:
+    by_markers = getattr(args, "by_markers", None) or getattr(args, "markers", None)
+    model = None
+    if by_markers:  # no model: the candidates' known markers answer (cli_markers.py)
+        result = by_markers_result(args, adata, candidates)
+    else:  # nor where annotate would have them answer (no candidate a type the model learned)
+        result = unlearned_only_result(args, adata, candidates)
+        by_markers = result is not None
+    if result is None:
         model = load_model(args.checkpoint, device=args.device, precision=args.precision)
         shared = dict(model=model, instruction=args.instruction, candidates=candidates, use_raw=args.use_raw,
                       layer=args.layer, gene_key=args.gene_key, species=args.species, tissue=args.tissue,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from .interpret.marker_annotation import annotate_by_markers, markers_line, read_marker_file
 
-__all__ = ["by_markers_result", "markers_line"]
+__all__ = ["by_markers_result", "markers_line", "unlearned_only_result"]
 
 # what the marker route has no use for: each is refused rather than silently ignored
 _NOT_BY_MARKERS = {"instruction": "--instruction", "resolve_at": "--resolve-at", "free_text": "--free-text",
@@ -30,3 +30,29 @@ def by_markers_result(args, adata, candidates):
     return annotate_by_markers(adata, candidates, markers=markers, marker_db=args.by_markers, model=args.checkpoint,
                                species=args.species or None, layer=args.layer, use_raw=args.use_raw,
                                gene_key=args.gene_key, unassigned_below=args.unassigned_below)
+
+
+def unlearned_only_result(args, adata, candidates):
+    """`annotate`'s answer where it would come from the candidates' known markers anyway (none of them
+    is a type the checkpoint learned, and no option only the model answers was asked; see
+    instructcell_agent/unlearned_candidates.py), found without loading the model, which takes seconds
+    and the language model's memory; None where the model is needed, or where the markers cannot
+    answer (then `annotate` scores the names as strings, with its warning)."""
+    from .api import default_checkpoint_path
+    from .core_model.candidate_route import route_candidates
+    from .core_model.io import read_checkpoint_lists
+    from .unlearned_candidates import answer_by_markers, by_markers_answer
+
+    if args.command != "annotate" or getattr(args, "no_markers", False) or not candidates or args.marker_check:
+        return None  # --marker-check: as before, with the model loaded (its genes read the check)
+    if len(set(candidates)) != len(candidates) or len(candidates) < 2:
+        return None  # annotate refuses these, with its own message
+    checkpoint = args.checkpoint or default_checkpoint_path()
+    _, label_sets = read_checkpoint_lists(checkpoint)
+    route = route_candidates(candidates, label_sets)
+    if not answer_by_markers(route, instruction=args.instruction, fast=args.fast, resolve_at=args.resolve_at,
+                             unassigned_atypical=args.unassigned_atypical):
+        return None
+    return by_markers_answer(adata, checkpoint, route, species=args.species or "",
+                             unassigned_below=args.unassigned_below, layer=args.layer, use_raw=args.use_raw,
+                             gene_key=args.gene_key)

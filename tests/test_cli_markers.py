@@ -7,6 +7,7 @@ import json
 
 import anndata as ad
 import pandas as pd
+import pytest
 from synthetic import CELL_TYPES, marker_genes
 
 from instructcell_agent.cli import main
@@ -72,3 +73,31 @@ def test_annotate_answers_never_learned_candidates_from_markers_unless_told_not_
         routes[len(flags)] = ad.read_h5ad(out).uns["instructcell"]["candidate_route"]
     assert routes == {0: "known markers", 1: "text"}
     assert "none of the candidates is a type this checkpoint learned" in capsys.readouterr().out
+
+
+def test_annotate_answers_never_learned_candidates_without_loading_the_model(tiny_checkpoint, tmp_path, monkeypatch):
+    import instructcell_agent as ica
+    from instructcell_agent import api
+    from instructcell_agent.core_model.checkpoint import load_checkpoint
+    from synthetic import LIVER_TYPES, make_liver_like
+
+    cells = make_liver_like(40)
+    cells.write_h5ad(tmp_path / "liver.h5ad")
+    with pytest.warns(UserWarning):
+        direct = ica.annotate(cells, model=load_checkpoint(tiny_checkpoint), candidates=list(LIVER_TYPES))
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(api, "load_model", no_model)
+    out = tmp_path / "out.h5ad"
+    assert main(["annotate", "--checkpoint", str(tiny_checkpoint), "--data", str(tmp_path / "liver.h5ad"),
+                 "--candidates", ",".join(LIVER_TYPES), "--out", str(out)]) == 0
+    written = ad.read_h5ad(out)
+    assert written.uns["instructcell"]["candidate_route"] == "known markers"
+    assert list(written.obs["instructcell_label"].astype(str)) == list(direct.labels)
+    # an option only the model answers needs it: then it is loaded
+    with pytest.raises(AssertionError, match="the model was loaded"):
+        main(["annotate", "--checkpoint", str(tiny_checkpoint), "--data", str(tmp_path / "liver.h5ad"),
+              "--candidates", ",".join(LIVER_TYPES), "--out", str(tmp_path / "fast.h5ad"), "--fast"])
+
