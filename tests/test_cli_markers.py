@@ -100,4 +100,3 @@ def test_annotate_answers_never_learned_candidates_without_loading_the_model(tin
     with pytest.raises(AssertionError, match="the model was loaded"):
         main(["annotate", "--checkpoint", str(tiny_checkpoint), "--data", str(tmp_path / "liver.h5ad"),
               "--candidates", ",".join(LIVER_TYPES), "--out", str(tmp_path / "fast.h5ad"), "--fast"])
-
