@@ -136,8 +136,9 @@ def annotate(adata: ad.AnnData, model: LoadedModel | None = None, instruction: s
     ('Hepatocyte', 'Kupffer cell') are answered from their known markers, `annotate_by_markers`,
     with a warning; candidates mixing such types with learned ones ('Hepatocyte', 'T cell') have
     the markers decide between each unlearned type and the learned ones, and the model among the
-    learned ones (`CandidateRoute.gate`; uns['instructcell']['marker_gate']), whatever the other
-    options; either only where the markers are known. False: the names of unlearned types are
+    learned ones (`CandidateRoute.gate`, the markers weighing less where the model's own answer
+    fits the cell; uns['instructcell']['marker_gate']), whatever the other options; either only
+    where the markers are known. False: the names of unlearned types are
     scored as strings),
     marker_result (the `annotate_by_markers` result over the same candidates that decides a mix of
     learned and unlearned types, computed on these cells or on a file holding them, for chunks of
