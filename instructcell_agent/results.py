@@ -250,7 +250,7 @@ class AnnotationResult:
 
     def _genes_read(self) -> str | None:
         """One line from the gene alignment report: how much of the model's vocabulary the file
-        holds (answers weaken as it falls; README, 'files with few genes') and how values were read."""
+        holds (answers weaken as it falls; docs/python-api.md, 'Files with few genes') and how values were read."""
         report = self.provenance.get("alignment")
         if not report:
             return None
