@@ -415,6 +415,8 @@ def _annotate(args) -> int:
     grouped_resolved = (result.composition(groups, group_key, resolved=True)
                         if groups is not None and result.resolved is not None else None)
     checked = _marker_check(result, adata, model, args) if getattr(args, "marker_check", None) else None
+    if checked is not None:
+        checked.note_answers_from_these_markers(result.provenance)
     drawn_map, no_map = _draw_map(result, adata, args) if args.plot else (None, None)
     if args.out:
         # Written into the cells read here (a new object; the input file is only read), so a
@@ -459,7 +461,8 @@ def _marker_check(result, adata, model, args):
     """The answers against their known markers, on the matrix the model read."""
     from .interpret.marker_check import marker_check
 
-    return marker_check(adata, result.labels, model=model, marker_db=args.marker_check, layer=args.layer,
+    return marker_check(adata, result.labels, model=model or args.checkpoint, marker_db=args.marker_check,
+                        layer=args.layer,
                         use_raw=args.use_raw, gene_key=args.gene_key)
 
 

@@ -11,7 +11,7 @@ __all__ = ["by_markers_result", "markers_line", "unlearned_only_result"]
 # what the marker route has no use for: each is refused rather than silently ignored
 _NOT_BY_MARKERS = {"instruction": "--instruction", "resolve_at": "--resolve-at", "free_text": "--free-text",
                    "unassigned_atypical": "--unassigned-atypical", "fast": "--fast", "no_readout": "--no-readout",
-                   "marker_check": "--marker-check (markers checked against themselves)", "no_markers": "--no-markers"}
+                   "no_markers": "--no-markers"}
 
 
 def by_markers_result(args, adata, candidates):
@@ -43,8 +43,8 @@ def unlearned_only_result(args, adata, candidates):
     from .core_model.io import read_checkpoint_lists
     from .unlearned_candidates import answer_by_markers, by_markers_answer
 
-    if args.command != "annotate" or getattr(args, "no_markers", False) or not candidates or args.marker_check:
-        return None  # --marker-check: as before, with the model loaded (its genes read the check)
+    if args.command != "annotate" or getattr(args, "no_markers", False) or not candidates:
+        return None
     if len(set(candidates)) != len(candidates) or len(candidates) < 2:
         return None  # annotate refuses these, with its own message
     checkpoint = args.checkpoint or default_checkpoint_path()

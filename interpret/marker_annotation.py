@@ -47,7 +47,7 @@ from instructcell_agent.core_model.errors import InputFileError, InstructCellErr
 from instructcell_agent.results import AnnotationResult, check_unassigned_below
 
 from .marker_check import column_moments, model_genes
-from .markers import DEFAULT_DB, MarkerDB, load_marker_db
+from .markers import DEFAULT_DB, MarkerDB, fold_cell_type, load_marker_db
 
 ROUTE = "known markers"
 # the settings `python benchmarks/marker_annotation.py` chose on the nine cell-type sets' valid
@@ -65,28 +65,6 @@ class UnknownMarkersError(InstructCellError, ValueError):
 
 class MarkerCoverageWarning(UserWarning):
     """A candidate none of whose markers the file expresses: it cannot be scored, and is never answered."""
-
-
-def _key(name: str) -> str:
-    """A cell-type name folded for lookup: case, punctuation, plurals and a trailing 'cell' set
-    aside ('Kupffer cells' and 'kupffer cell' are 'kupffer'; 'Hepatocytes' is 'hepatocyte')."""
-    words = re.sub(r"[^0-9a-z]+", " ", str(name).casefold()).split()
-    words = [w[:-1] if len(w) > 3 and w.endswith("s") and not w.endswith("ss") else w for w in words]
-    if len(words) > 1 and words[-1] == "cell":
-        words = words[:-1]
-    return " ".join(words)
-
-
-def database_types(db: MarkerDB, label: str) -> list[str] | None:
-    """The database cell types a candidate stands for: our label table first (the shared sets'
-    labels and their Cell Ontology synonyms), then the database's own names, folded; None if
-    neither knows it."""
-    types = db.cell_types_for(label)
-    if types:
-        return types
-    wanted = _key(label)
-    found = sorted(t for t in db.genes if _key(t) == wanted)
-    return found or None
 
 
 def read_marker_file(path) -> dict[str, list[str]]:
@@ -130,10 +108,10 @@ def read_marker_file(path) -> dict[str, list[str]]:
 
 def _unknown_message(db: MarkerDB, missing: Sequence[str]) -> str:
     names = sorted(db.genes)
-    folded = {_key(n): n for n in names}
+    folded = {fold_cell_type(n): n for n in names}
     hints = []
     for label in missing:
-        close = difflib.get_close_matches(_key(label), list(folded), n=3, cutoff=0.5)
+        close = difflib.get_close_matches(fold_cell_type(label), list(folded), n=3, cutoff=0.5)
         hints.append(f"{label!r}" + (f" (close: {', '.join(repr(folded[c]) for c in close)})" if close else ""))
     return (f"no known markers for {', '.join(hints)} in {db.name}: name the database's cell type "
             f"(`instructcell_agent.interpret.markers.load_marker_db({db.name!r}).genes` lists its {len(names)}), "
@@ -156,7 +134,7 @@ def candidate_markers(candidates: Sequence[str], db: MarkerDB, species: str | No
         if label in markers:
             out[label] = {str(g).strip().upper() for g in markers[label] if str(g).strip()}
             continue
-        types = database_types(db, label)
+        types = db.cell_types_for(label)
         genes: set[str] = set()
         for cell_type in types or ():
             by_species = db.genes.get(cell_type, {})

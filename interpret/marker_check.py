@@ -85,6 +85,22 @@ class MarkerCheck:
                          f"{'; ' + row.top_markers if row.top_markers else ''}{shares})")
         return "\n".join(lines + self.provenance.get("notes", []))
 
+    def note_answers_from_these_markers(self, provenance: dict) -> None:
+        """Say which answers the same database's markers chose (`provenance` of the answers: the
+        marker route's, or the model's where those markers decided the types it never learned).
+        Checked against the markers that chose them, such answers are supported by construction,
+        so for them the check is no second opinion; it still is for the other labels."""
+        gate = provenance.get("marker_gate") or {}
+        found = gate.get("markers") or provenance.get("markers") or {}
+        chosen = [c for c, source in zip(found.get("candidate", ()), found.get("source", ()))
+                  if source == self.provenance["marker_db"] and (not gate or c in gate.get("unlearned", ()))]
+        same = [c for c in chosen if c in set(self.table["label"])]
+        if same:
+            self.provenance["notes"].append(
+                f"note: {', '.join(repr(c) for c in same)} {'was' if len(same) == 1 else 'were'} answered from "
+                f"{self.provenance['marker_db']}'s markers, the ones checked here, so 'supported' is expected of "
+                f"{'it' if len(same) == 1 else 'them'} and says little; the check speaks for the other labels")
+
     def to_adata(self, adata: ad.AnnData, key_added: str = "instructcell") -> ad.AnnData:
         """A copy of `adata` with ``obs[f'{key_added}_marker_score']`` and the table in
         ``uns[f'{key_added}_marker_check']`` (stored by column: an .h5ad keeps labels with '/' as keys badly)."""

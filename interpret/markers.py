@@ -17,6 +17,7 @@ import gzip
 import io
 import json
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -38,6 +39,16 @@ DATABASES = {"panglaodb": ("PanglaoDB_markers_27_Mar_2020.tsv",),
 TABLE = "known_markers.tsv.gz"
 DEFAULT_DB = "panglaodb"
 PRECISION_K = 10
+
+
+def fold_cell_type(name: str) -> str:
+    """A cell-type name folded for lookup: case, punctuation, plurals and a trailing 'cell' set
+    aside ('Kupffer cells' and 'kupffer cell' are 'kupffer'; 'Hepatocytes' is 'hepatocyte')."""
+    words = re.sub(r"[^0-9a-z]+", " ", str(name).casefold()).split()
+    words = [w[:-1] if len(w) > 3 and w.endswith("s") and not w.endswith("ss") else w for w in words]
+    if len(words) > 1 and words[-1] == "cell":
+        words = words[:-1]
+    return " ".join(words)
 
 
 @dataclass(frozen=True)
@@ -62,15 +73,21 @@ class MarkerDB:
     source: str = ""
 
     def cell_types_for(self, label: str) -> list[str] | None:
-        """Database cell types our table maps `label` to (exact, then case-insensitive, then a mapped
-        label with the same Cell Ontology term: 'pancreatic A cell' as 'Alpha'), or None."""
+        """Database cell types `label` stands for, or None: our table's mapping first (exact, then
+        case-insensitive, then a mapped label with the same Cell Ontology term: 'pancreatic A
+        cell' as 'Alpha'), then the database's own names folded alike ('Kupffer cell' as
+        'Kupffer cells'). Every reader of the database (marker annotation, marker check, explain's
+        marker report) goes through here, so a name one of them finds, all of them find."""
         if label in self.label_map:
             return list(self.label_map[label])
         folded = {k.casefold(): v for k, v in self.label_map.items()}
         hit = folded.get(str(label).casefold())
         if hit is None and (term := ontology_id(str(label))):
             hit = next((v for k, v in self.label_map.items() if ontology_id(k) == term), None)
-        return list(hit) if hit is not None else None
+        if hit is not None:
+            return list(hit)
+        wanted = fold_cell_type(label)
+        return sorted(t for t in self.genes if fold_cell_type(t) == wanted) or None
 
     def markers_for(self, label: str, species: str | None = None) -> set[str] | None:
         """Known marker symbols of `label` (union over its mapped cell types), or None if unmapped.

@@ -298,10 +298,8 @@ class InstructCellService:
 
     @staticmethod
     def _model_only(req: AnnotateCellsRequest) -> bool:
-        """Whether an option only the model answers was asked, so known markers answer nothing
-        (marker_check included: it would check marker answers against the same markers)."""
-        return any((req.instruction, req.fast, req.resolve_at, req.unassigned_atypical, req.marker_check,
-                    req.free_text))
+        """Whether an option only the model answers was asked, so known markers answer nothing."""
+        return any((req.instruction, req.fast, req.resolve_at, req.unassigned_atypical, req.free_text))
 
     def _none_learned(self, req: AnnotateCellsRequest) -> bool:
         """Whether api.annotate would answer these candidates from their markers: none is a type the
@@ -486,9 +484,11 @@ class InstructCellService:
             annotated.uns[key]["resolved_composition"] = grouped_resolved.to_uns()
         checked = self._marker_check(req, adata, result, model)
         if checked is not None:
+            checked.note_answers_from_these_markers(result.provenance)
             checked.store(annotated, key)
         published = {base + ".h5ad": "annotated_h5ad", base + "_labels.csv": "labels_csv"}
         notes = _read_notes(adata, req) + list(result.provenance.get("notes", []))
+        notes += checked.provenance["notes"] if checked is not None else []
         notes += [line for line in (result.fast_line(), result.resolved_line()) if line]
         resolved = result.resolved["resolved"].to_numpy() if result.resolved is not None else None
         found_resolved = result.resolved_agreement(known) if known is not None and resolved is not None else None
@@ -542,19 +542,20 @@ class InstructCellService:
             seconds=round(time.perf_counter() - started, 3))
 
 
-    @staticmethod
-    def _marker_check(req, adata, result, model):
-        """`marker_check` of the answers, when asked (annotation only: a drug response has no markers)."""
+    def _marker_check(self, req, adata, result, model):
+        """`marker_check` of the answers, when asked (annotation only: a drug response has no markers);
+        on the checkpoint's genes, loaded or not (the marker route loads no model)."""
         if getattr(req, "marker_check", None) is None:
             return None
         from instructcell_agent.interpret.marker_check import marker_check  # imports torch: only when asked
 
-        return marker_check(adata, result.labels, model=model, marker_db=req.marker_check, **_matrix(req))
+        return marker_check(adata, result.labels, model=model or self.config.checkpoint, marker_db=req.marker_check,
+                            **_matrix(req))
 
 
 _TOOL = {"annotation": "annotate_cells", "drug_response": "predict_drug_response"}
 # annotate_cells options the marker route has no use for: refused rather than silently ignored
-_NOT_BY_MARKERS = ("instruction", "free_text", "unassigned_atypical", "fast", "resolve_at", "marker_check")
+_NOT_BY_MARKERS = ("instruction", "free_text", "unassigned_atypical", "fast", "resolve_at")
 
 
 def _marker_support(checked) -> list[MarkerSupport]:

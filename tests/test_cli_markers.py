@@ -100,3 +100,26 @@ def test_annotate_answers_never_learned_candidates_without_loading_the_model(tin
     with pytest.raises(AssertionError, match="the model was loaded"):
         main(["annotate", "--checkpoint", str(tiny_checkpoint), "--data", str(tmp_path / "liver.h5ad"),
               "--candidates", ",".join(LIVER_TYPES), "--out", str(tmp_path / "fast.h5ad"), "--fast"])
+
+
+def test_a_marker_check_of_answers_the_markers_chose_says_so(tiny_checkpoint, tmp_path, monkeypatch, capsys):
+    from instructcell_agent import api
+    from synthetic import LIVER_TYPES, make_liver_like
+
+    make_liver_like(40).write_h5ad(tmp_path / "liver.h5ad")
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(api, "load_model", no_model)  # the check reads the checkpoint's genes, not its model
+    for db in ("panglaodb", "cellmarker2"):
+        out = tmp_path / f"{db}.h5ad"
+        assert main(["annotate", "--checkpoint", str(tiny_checkpoint), "--data", str(tmp_path / "liver.h5ad"),
+                     "--candidates", ",".join(LIVER_TYPES), "--marker-check", db, "--out", str(out)]) == 0
+        written = ad.read_h5ad(out)
+        assert written.uns["instructcell"]["candidate_route"] == "known markers"  # not the names as strings
+        assert sorted(written.uns["instructcell_marker_check"]["label"]) == sorted(LIVER_TYPES)
+        printed = capsys.readouterr().out
+        said = "answered from panglaodb's markers, the ones checked here" in printed
+        assert said == (db == "panglaodb"), printed
+

@@ -13,7 +13,7 @@ from synthetic import CELL_TYPES, make_counts, marker_genes, novel_counts
 from instructcell_agent.core_model.errors import InputFileError, InvalidValuesError
 from instructcell_agent.core_model.labels import UNASSIGNED
 from instructcell_agent.interpret.marker_annotation import (MarkerCoverageWarning, UnknownMarkersError,
-                                                            annotate_by_markers, database_types, marker_scores,
+                                                            annotate_by_markers, marker_scores,
                                                             read_marker_file)
 from instructcell_agent.interpret.markers import MarkerDB, load_marker_db
 
@@ -56,12 +56,12 @@ def test_cell_scores_do_not_depend_on_the_candidate_order(tiny_model):
 
 def test_names_are_read_whatever_their_case_plural_or_trailing_cell():
     for name in ("alpha", "Alpha cell", "ALPHA CELLS", "alpha-cells"):
-        assert database_types(PLANTED, name) == ["Alpha cells"], name
-    assert database_types(PLANTED, "epsilon") is None
+        assert PLANTED.cell_types_for(name) == ["Alpha cells"], name
+    assert PLANTED.cell_types_for("epsilon") is None
     shipped = load_marker_db("panglaodb")
-    assert database_types(shipped, "Kupffer cell") == ["Kupffer cells"]
-    assert database_types(shipped, "hepatocytes") == ["Hepatocytes"]
-    assert database_types(shipped, "T cell") == ["T cells"]  # through our label table
+    assert shipped.cell_types_for("Kupffer cell") == ["Kupffer cells"]
+    assert shipped.cell_types_for("hepatocytes") == ["Hepatocytes"]
+    assert shipped.cell_types_for("T cell") == ["T cells"]  # through our label table
     assert "ALB" in shipped.genes["Hepatocytes"]["human"]  # every PanglaoDB type ships, not just the mapped ones
 
 

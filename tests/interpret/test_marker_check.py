@@ -52,6 +52,15 @@ def test_another_spelling_of_a_label_is_not_counted_against_it(tiny_model):
     assert table.at["alpha", "n_cells"] == 10 and table.at["pancreatic A cell", "n_cells"] == 10
 
 
+def test_labels_named_as_the_database_names_its_types_are_checked(tiny_model):
+    # what annotate_by_markers answers ('Kupffer cell' for PanglaoDB's 'Kupffer cells'), no label table
+    cells = make_counts(80, seed=4)
+    by_name = MarkerDB("planted", {f"{t.capitalize()} cells": {"any": frozenset(marker_genes(t))} for t in CELL_TYPES})
+    labels = [f"{t} cell" for t in cells.obs["cell_type"].astype(str)]
+    table = marker_check(cells, labels, model=tiny_model, marker_db=by_name).table.set_index("label")
+    assert (table["support"] == "supported").all() and (table["n_markers"] == 4).all()
+
+
 def test_labels_it_cannot_check_say_why(tiny_model):
     cells = make_counts(40, seed=5)
     labels = cells.obs["cell_type"].astype(str).replace({"gamma": "stellate"}).to_numpy()

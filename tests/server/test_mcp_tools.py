@@ -441,6 +441,14 @@ def test_annotate_cells_answers_types_the_model_never_learned_from_their_markers
     h5 = ad.read_h5ad(next(f["path"] for f in fast["outputs"] if f["kind"] == "annotated_h5ad"))
     assert h5.uns["instructcell"]["candidate_route"] == "text"  # fast: an option only the model answers
     assert not any("none of the candidates is a type" in note for note in fast["notes"])
+    # a marker check asks no model: the markers still answer, and the check says it read the same markers
+    checked = check_structured(env["server"], "annotate_cells", call(env["server"], "annotate_cells", {
+        "h5ad_path": "liver_like.h5ad", "candidates": list(LIVER_TYPES), "marker_check": "panglaodb",
+        "plot": False}))["result"]
+    h5 = ad.read_h5ad(next(f["path"] for f in checked["outputs"] if f["kind"] == "annotated_h5ad"))
+    assert h5.uns["instructcell"]["candidate_route"] == "known markers"
+    assert sorted(row["label"] for row in checked["marker_check"]) == sorted(LIVER_TYPES)
+    assert any("answered from panglaodb's markers, the ones checked here" in note for note in checked["notes"])
 
 
 def test_annotate_cells_has_markers_scored_on_the_whole_file_decide_unlearned_candidates(env):
