@@ -18,9 +18,10 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from .errors import GeneOverlapError, InvalidValuesError, LabelKeyError
+from .errors import GeneOverlapError, InputFileError, InvalidValuesError, LabelKeyError
 from .genes import (detect_gene_id_type, earlier_name, split_compound_name, split_compound_names,
                     to_human_symbols)
+from .genomes import genome_prefixes, strip_genome_prefix
 from .io import select_matrix
 from .values import detect_value_type, to_count_scale
 
@@ -121,6 +122,10 @@ def _gene_names(
     var: pd.DataFrame, var_names: list[str], gene_key: str | None
 ) -> tuple[list[str], list[str] | None, list[str]]:
     """Return (names to map, fallback symbols or None, notes)."""
+    if gene_key is None and (genomes := genome_prefixes(var_names)) is not None:
+        names, fallback, notes = _gene_names(var, _one_genome_names(var_names, genomes), None)
+        return names, fallback, [f"gene names carry the genome prefix {genomes.dropna().iloc[0]!r} (a combined "
+                                 "reference's naming): read without it", *notes]
     if gene_key is not None:
         if gene_key not in var.columns:
             available = ", ".join(repr(str(c)) for c in var.columns) or "none"
@@ -141,6 +146,21 @@ def _gene_names(
         example = next(n for n in var_names if split_compound_name(n) is not None)
         return pairs[0], pairs[1], [f"names such as {example!r} read as an Ensembl id (first) and a symbol (second)"]
     return var_names, None, []
+
+
+def _one_genome_names(var_names: list[str], genomes: pd.Series) -> list[str]:
+    """Names without their genome prefix, where every prefixed name is of one genome; a matrix
+    of several genomes (a barnyard or xenograft experiment) is refused: its cells are of several
+    species, which the reader's genome selection separates (cells as well as genes)."""
+    counts = genomes.value_counts()
+    if len(counts) > 1:
+        held = ", ".join(f"{g} {n:,}" for g, n in counts.items())
+        raise InputFileError(
+            f"the genes carry the prefixes of {len(counts)} genomes ({held} genes): a mixed-species matrix "
+            f"(barnyard or xenograft). Read the file with ica.read_cells(path, genome={counts.index[0]!r}) "
+            f"(command line: --genome {counts.index[0]}), which keeps that genome's genes and the cells whose "
+            "counts lie on them")
+    return strip_genome_prefix(var_names, str(counts.index[0]))
 
 
 class SmallPanelWarning(UserWarning):
@@ -191,7 +211,7 @@ def _raw_panel_hint(adata: anndata.AnnData, gene_key: str | None, species: str, 
     raw_names = [str(n) for n in adata.raw.var_names]
     try:
         names, fallback, _ = _gene_names(adata.raw.var, raw_names, gene_key)
-    except LabelKeyError:  # gene_key names a column X's var has and raw's lacks
+    except (LabelKeyError, InputFileError):  # gene_key names a column raw's var lacks; raw of several genomes
         return None
     targets = _vocab_targets(names, fallback, species, vocab_index)[0]
     n_raw = int(np.unique(targets[targets >= 0]).size)

@@ -34,6 +34,30 @@ _ENSEMBL_GENE = re.compile(r"^ENS[A-Z]*G\d{6,}")
 SELECTION_KEY = "genome_selection"  # uns entry the selection is recorded under
 
 
+# How combined references name their genomes (10x: GRCh38, mm10; older builds hg19, GRCm39...):
+# a gene name's prefix is read as a genome only when it looks like one of these.
+_GENOME_NAME = re.compile(r"^(GRC[hm]\d+|hg\d+|mm\d+)([.\-][\w.\-]*)?$", re.IGNORECASE)
+# the share of gene names that must carry a genome prefix before names are read as prefixed
+_PREFIXED_SHARE = 0.95
+
+
+def genome_prefixes(names: list[str]) -> pd.Series | None:
+    """Each name's genome prefix ('GRCh38' of 'GRCh38_CD3E', 'mm10' of 'mm10___Cd3e') when nearly
+    all names carry one (an AnnData made from a combined reference's matrix, kept whole or cut to
+    one genome's genes); None otherwise (a name like 'HLA_A' alone is no genome's)."""
+    parts = pd.Series([str(n) for n in names], dtype=str).str.extract(_PREFIXED)
+    genome = parts[0].where(parts[0].fillna("").str.match(_GENOME_NAME))
+    if not len(names) or genome.notna().mean() < _PREFIXED_SHARE:
+        return None
+    return genome
+
+
+def strip_genome_prefix(names: list[str], genome: str) -> list[str]:
+    """The names without `genome`'s prefix (others as they are)."""
+    prefix = re.compile(rf"^{re.escape(genome)}_+")
+    return [prefix.sub("", str(n)) for n in names]
+
+
 def feature_genomes(adata: anndata.AnnData) -> pd.Series | None:
     """Each feature's genome when the matrix holds several genomes, else None."""
     if "genome" in adata.var:
@@ -42,11 +66,14 @@ def feature_genomes(adata: anndata.AnnData) -> pd.Series | None:
     ids = pd.Series(adata.var["gene_ids"] if "gene_ids" in adata.var else adata.var_names, index=adata.var_names,
                     dtype=str)
     parts = ids.str.extract(_PREFIXED)
-    if parts[0].isna().any() or parts[0].nunique() < 2:
+    if (not parts[0].isna().any() and parts[0].nunique() > 1
+            and parts[1].str.match(_ENSEMBL_GENE).mean() >= 0.9):  # else prefixes of some other naming
+        return parts[0]
+    # an AnnData made from such a matrix may keep only the prefixed symbols (GRCh38_CD3E)
+    named = genome_prefixes(list(adata.var_names))
+    if named is None or named.isna().any() or named.nunique() < 2:
         return None
-    if parts[1].str.match(_ENSEMBL_GENE).mean() < 0.9:  # prefixes of some other naming, not genomes
-        return None
-    return parts[0]
+    return pd.Series(named.to_numpy(), index=adata.var_names, dtype=str)
 
 
 def several_genomes_error(where: str, adata: anndata.AnnData, genomes: pd.Series) -> InputFileError:
@@ -88,10 +115,9 @@ def keep_genome(adata: anndata.AnnData, genomes: pd.Series, genome: str, where: 
         raise InputFileError(f"no cell of {where} has {GENOME_SHARE:.0%} of its counts on {genome}'s genes; "
                              f"choose another genome ({', '.join(names)})")
     out = adata[keep, mine].copy()
-    prefix = re.compile(rf"^{re.escape(genome)}_+")
-    out.var_names = [prefix.sub("", str(n)) for n in out.var_names]
+    out.var_names = strip_genome_prefix(list(out.var_names), genome)
     if "gene_ids" in out.var:
-        out.var["gene_ids"] = [prefix.sub("", str(i)) for i in out.var["gene_ids"]]
+        out.var["gene_ids"] = strip_genome_prefix(list(out.var["gene_ids"]), genome)
     if "genome" in out.var:
         out.var = out.var.drop(columns="genome")
     out.var_names_make_unique()

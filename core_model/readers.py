@@ -25,7 +25,7 @@ from pathlib import Path
 import anndata
 
 from .errors import InputFileError
-from .genomes import feature_genomes, keep_genome, selection_note, several_genomes_error
+from .genomes import feature_genomes, genome_prefixes, keep_genome, selection_note, several_genomes_error
 from .io import PathLike, read_h5ad
 from .h5seurat import is_h5seurat, read_h5seurat
 from .loom import is_loom, read_loom
@@ -118,6 +118,8 @@ def _one_genome(adata: anndata.AnnData, p: Path, genome: str | None) -> anndata.
     genomes = feature_genomes(adata)
     if genomes is None:
         own = sorted(set(map(str, adata.var["genome"]))) if "genome" in adata.var else []
+        if not own and (prefixed := genome_prefixes(list(adata.var_names))) is not None:
+            own = sorted(set(prefixed.dropna()))  # one genome's genes, named with its prefix (alignment reads it off)
         if genome is not None and own != [genome]:
             held = f"one genome's genes ({own[0]})" if own else "genes without genome prefixes"
             raise InputFileError(f"genome={genome!r} selects one species of a mixed-species matrix; {p} holds "

@@ -17,6 +17,7 @@ import scipy.sparse as sp
 from instructcell_agent.core_model.alignment import AlignedData, SmallPanelWarning, align_to_vocab
 from instructcell_agent.core_model.errors import (
     GeneOverlapError,
+    InputFileError,
     InvalidValuesError,
     LabelKeyError,
 )
@@ -155,6 +156,32 @@ def test_mouse_symbols_matched_by_ortholog() -> None:
     assert result.report.species == "mouse"
     assert result.report.n_matched == 3
     assert result.report.missing_examples == ("GAPDH",)
+
+
+def test_genome_prefixed_names_of_one_genome_are_read_without_the_prefix() -> None:
+    # a combined reference's matrix cut to its human genes keeps names such as GRCh38_CD4
+    vocab = ["CD4", "CD8A", "CD19", "GAPDH"]
+    x = _counts(4, 4)
+    plain = align_to_vocab(_adata(x, vocab), vocab, min_genes=4)
+    for prefix in ("GRCh38_", "hg19_"):
+        result = align_to_vocab(_adata(x, [prefix + g for g in vocab]), vocab, min_genes=4)
+        assert result.report.n_matched == 4
+        np.testing.assert_array_equal(result.X.toarray(), plain.X.toarray())
+        assert any(f"genome prefix {prefix[:-1]!r}" in note for note in result.report.notes)
+    mouse = align_to_vocab(_adata(x, ["mm10___Cd4", "mm10___Cd8a", "mm10___Cd19", "mm10___Gapdh"]), vocab,
+                           min_genes=4)
+    assert mouse.report.species == "mouse" and mouse.report.n_matched == 4
+    # an underscore in a few names is no genome's prefix
+    odd = align_to_vocab(_adata(x, ["CD4", "CD8A", "CD19", "HLA_X"]), vocab, min_genes=3)
+    assert odd.report.n_matched == 3 and not any("genome prefix" in n for n in odd.report.notes)
+
+
+def test_genes_of_several_genomes_are_refused_with_the_reader_that_separates_them() -> None:
+    vocab = ["CD4", "CD8A", "CD19", "GAPDH"]
+    genes = ["GRCh38_CD4", "GRCh38_CD8A", "mm10___Cd19", "mm10___Gapdh"]
+    with pytest.raises(InputFileError) as info:
+        align_to_vocab(_adata(_counts(4, 4), genes), vocab, min_genes=2)
+    assert "2 genomes" in str(info.value) and "genome='GRCh38'" in str(info.value) and "--genome" in str(info.value)
 
 
 def test_low_overlap_refused_with_numbers() -> None:

@@ -77,6 +77,26 @@ def test_a_mixed_species_matrix_reads_one_genome_when_asked(cells, tmp_path, lay
     assert _digests(tmp_path) == before  # read-only
 
 
+def test_an_h5ad_of_prefixed_symbols_reads_one_genome_when_asked(cells, tmp_path):
+    # an AnnData someone made from a combined reference's matrix, keeping only the prefixed symbols
+    from instructcell_agent.core_model.readers import GenomeSelectionWarning
+
+    barnyard, _ = make_barnyard(cells)
+    del barnyard.var["gene_ids"]
+    barnyard.write_h5ad(tmp_path / "barnyard.h5ad")
+    with pytest.raises(InputFileError, match=r"counted against 2 genomes \(GRCh38, mm10\)"):
+        read_cells(tmp_path / "barnyard.h5ad")
+    with pytest.warns(GenomeSelectionWarning, match="kept 24 of 34 cells"):
+        human = read_cells(tmp_path / "barnyard.h5ad", genome="GRCh38")
+    assert list(human.var_names) == list(cells.var_names)
+    np.testing.assert_array_equal(human.X.toarray(), cells.X.toarray())
+    # cut to its human genes, names still prefixed: one genome, which genome= may name
+    barnyard[:, :cells.n_vars].copy().write_h5ad(tmp_path / "human_genes.h5ad")
+    assert read_cells(tmp_path / "human_genes.h5ad", genome="GRCh38").n_vars == cells.n_vars
+    with pytest.raises(InputFileError, match=r"holds one genome's genes \(GRCh38\)"):
+        read_cells(tmp_path / "human_genes.h5ad", genome="mm10")
+
+
 def test_genome_is_refused_for_a_file_of_one_genome(cells, tmp_path):
     write_cellranger(cells, tmp_path / "f.h5", "h5")
     assert read_cells(tmp_path / "f.h5", genome="GRCh38").n_obs == cells.n_obs  # the genome it holds
