@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import anndata
@@ -50,6 +50,7 @@ class AlignmentReport:
     missing_examples: tuple[str, ...]
     unmatched_input_examples: tuple[str, ...]
     notes: tuple[str, ...]
+    names_from: str = "var_names"  # or "var['<column>']": where the gene names were read
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dictionary."""
@@ -65,6 +66,7 @@ class AlignmentReport:
             "missing_examples": list(self.missing_examples),
             "unmatched_input_examples": list(self.unmatched_input_examples),
             "notes": list(self.notes),
+            "names_from": self.names_from,
         }
 
     def summary(self) -> str:
@@ -322,9 +324,20 @@ def align_to_vocab(
         missing_examples=missing,
         unmatched_input_examples=unmatched_input,
         notes=tuple(notes),
+        names_from="var_names" if gene_key is None else f"var[{gene_key!r}]",
     )
 
     needed = min(min_genes, len(vocab))
+    if n_matched < needed and gene_key is None:
+        # var_names that are no genes' names (row numbers, barcodes of another export) beside a
+        # column that holds them: read that column, as gene_key would, and say so
+        column = _gene_name_column(_var_frame(adata, use_raw), species, vocab_index, needed)
+        if column is not None:
+            aligned = align_to_vocab(adata, vocab, layer=layer, use_raw=use_raw, gene_key=column, species=species,
+                                     min_genes=min_genes)
+            note = (f"var_names matched {n_matched:,} of the model's genes (e.g. {', '.join(names[:3])}); gene names "
+                    f"read from var[{column!r}] instead (gene_key={column!r})")
+            return replace(aligned, report=replace(aligned.report, notes=(note, *aligned.report.notes)))
     if n_matched < needed:
         examples = ", ".join(names[:5]) or "none"
         raise GeneOverlapError(
@@ -347,6 +360,24 @@ def align_to_vocab(
     aligned.sort_indices()
     logger.info("%s", report.summary().splitlines()[0])
     return AlignedData(X=aligned, obs_names=[str(n) for n in adata.obs_names], report=report, matched=matched)
+
+
+def _gene_name_column(var: pd.DataFrame, species: str | None, vocab_index: dict[str, int],
+                      needed: int) -> str | None:
+    """The var column of text whose values match the most vocabulary genes, if it matches at
+    least `needed` of them; None otherwise."""
+    best, best_n = None, needed - 1
+    for column in var.columns:
+        values = var[column]
+        if not (pd.api.types.is_object_dtype(values) or isinstance(values.dtype, pd.CategoricalDtype)
+                or pd.api.types.is_string_dtype(values)):
+            continue
+        names = [str(v) for v in values.astype(object).tolist()]
+        targets = _vocab_targets(names, None, species, vocab_index)[0]
+        n = int(np.unique(targets[targets >= 0]).size)
+        if n > best_n:
+            best, best_n = str(column), n
+    return best
 
 
 def _matrices_note(adata: anndata.AnnData, layer: str | None, use_raw: bool) -> str:

@@ -255,8 +255,10 @@ class AnnotationResult:
         if not report:
             return None
         kind = (report.get("value_type") or {}).get("kind", "")
+        source = report.get("names_from", "var_names")
+        named = "" if source == "var_names" else f" (names from {source})"
         return (f"genes: {report['n_matched']:,} of the model's {report['n_vocab']:,} matched "
-                f"({report['matched_fraction']:.0%}) among the file's {report['n_input_genes']:,}; "
+                f"({report['matched_fraction']:.0%}) among the file's {report['n_input_genes']:,}{named}; "
                 f"values read as {kind.replace('_', ' ') or 'unknown'}; species {report.get('species') or 'unknown'}")
 
     def _atypical_among(self, label) -> str:

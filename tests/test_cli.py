@@ -394,10 +394,18 @@ def test_gene_names_can_come_from_a_var_column(tiny_checkpoint, synthetic_set, t
     cells.var_names = [f"feature{i}" for i in range(cells.n_vars)]
     cells.write_h5ad(tmp_path / "numbered.h5ad")
     args = ["annotate", "--checkpoint", str(tiny_checkpoint), "--data", str(tmp_path / "numbered.h5ad")]
-    assert main(args + ["--out", str(tmp_path / "none.h5ad")]) == 2  # no gene of the model's under those names
     assert main(args + ["--out", str(tmp_path / "named.h5ad"), "--gene-key", "symbol"]) == 0
     out = ad.read_h5ad(tmp_path / "named.h5ad")
     assert out.uns["instructcell"]["alignment"]["n_matched"] == 120 and out.obs["instructcell_label"].notna().all()
+    # no gene of the model's under the var_names: the column holding the names is found without --gene-key
+    assert main(args + ["--out", str(tmp_path / "found.h5ad")]) == 0
+    found = ad.read_h5ad(tmp_path / "found.h5ad")
+    assert found.uns["instructcell"]["alignment"]["names_from"] == "var['symbol']"
+    assert list(found.obs["instructcell_label"]) == list(out.obs["instructcell_label"])
+    del cells.var["symbol"]
+    cells.write_h5ad(tmp_path / "unnamed.h5ad")
+    assert main(["annotate", "--checkpoint", str(tiny_checkpoint), "--data", str(tmp_path / "unnamed.h5ad"),
+                 "--out", str(tmp_path / "none.h5ad")]) == 2  # no gene names anywhere: refused
 
 
 def test_a_file_that_is_not_anndata_gives_a_clear_error(tiny_checkpoint, tmp_path, capsys):

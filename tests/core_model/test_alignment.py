@@ -184,6 +184,21 @@ def test_genes_of_several_genomes_are_refused_with_the_reader_that_separates_the
     assert "2 genomes" in str(info.value) and "genome='GRCh38'" in str(info.value) and "--genome" in str(info.value)
 
 
+def test_var_names_of_no_genes_beside_a_column_of_names_read_that_column() -> None:
+    vocab = ["CD4", "CD8A", "CD19", "GAPDH"]
+    x = _counts(3, 5)
+    var = pd.DataFrame({"n_cells": [3, 1, 2, 3, 0], "kind": ["a"] * 5,
+                        "gene_name": ["CD4", "CD8A", "CD19", "GAPDH", "FOO1"]})
+    result = align_to_vocab(_adata(x, [str(i) for i in range(5)], var), vocab, min_genes=3)
+    assert result.report.n_matched == 4
+    np.testing.assert_array_equal(result.X.toarray(), x[:, :4])
+    assert "gene names read from var['gene_name'] instead" in result.report.notes[0]
+    assert result.report.names_from == "var['gene_name']" and result.report.to_dict()["names_from"] == "var['gene_name']"
+    # no column holding enough genes: refused as before
+    with pytest.raises(GeneOverlapError):
+        align_to_vocab(_adata(x, [str(i) for i in range(5)], var.drop(columns="gene_name")), vocab, min_genes=3)
+
+
 def test_low_overlap_refused_with_numbers() -> None:
     vocab = [f"GENE{i}" for i in range(200)]
     genes = vocab[:37] + [f"OTHER{i}" for i in range(50)]
