@@ -200,6 +200,9 @@ def _vocab_targets(names: list[str], fallback: list[str] | None, species: str | 
     return targets, id_type, info, earlier
 
 
+# var_names matching fewer genes than this send alignment looking for a var column of gene names
+_FEW_GENES = 100
+
 # Why warn: a file cut to its 2,000 most variable genes (the usual scanpy workflow, with the
 # full matrix kept in adata.raw) holds 13-17% of the vocabulary, and on the valid splits the
 # answers from such copies lost up to 0.2 macro-F1 (benchmarks/EXPERIMENTS.md, "files cut to
@@ -328,10 +331,11 @@ def align_to_vocab(
     )
 
     needed = min(min_genes, len(vocab))
-    if n_matched < needed and gene_key is None:
+    enough = max(needed, min(_FEW_GENES, len(vocab)))  # independent of min_genes: inspection asks for 0
+    if n_matched < enough and gene_key is None:
         # var_names that are no genes' names (row numbers, barcodes of another export) beside a
         # column that holds them: read that column, as gene_key would, and say so
-        column = _gene_name_column(_var_frame(adata, use_raw), species, vocab_index, needed)
+        column = _gene_name_column(_var_frame(adata, use_raw), species, vocab_index, enough)
         if column is not None:
             aligned = align_to_vocab(adata, vocab, layer=layer, use_raw=use_raw, gene_key=column, species=species,
                                      min_genes=min_genes)

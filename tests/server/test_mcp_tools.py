@@ -170,6 +170,15 @@ def test_inspect_dataset(env):
     info = check_structured(env["server"], "inspect_dataset", call(env["server"], "inspect_dataset",
                                                                    {"h5ad_path": "liver.h5ad"}))
     assert info["matching_label_sets"] == {}
+    # gene names in a var column, not in var_names: the overlap annotate_cells will find
+    numbered = make_counts(20, seed=22)
+    numbered.var["gene_name"] = list(numbered.var_names)
+    numbered.var_names = [str(i) for i in range(numbered.n_vars)]
+    numbered.write_h5ad(env["paths"]["root"] / "numbered.h5ad")
+    info = check_structured(env["server"], "inspect_dataset", call(env["server"], "inspect_dataset",
+                                                                   {"h5ad_path": "numbered.h5ad"}))
+    assert info["overlap"]["n_matched"] == 120 and info["overlap"]["sufficient"] is True
+    assert "var['gene_name']" in info["overlap"]["notes"][0]
 
 
 def test_matching_label_sets_take_the_detected_species_without_a_species_column(gen_model):
