@@ -462,8 +462,7 @@ def _marker_check(result, adata, model, args):
     from .interpret.marker_check import marker_check
 
     return marker_check(adata, result.labels, model=model or args.checkpoint, marker_db=args.marker_check,
-                        layer=args.layer,
-                        use_raw=args.use_raw, gene_key=args.gene_key)
+                        layer=args.layer, use_raw=args.use_raw, gene_key=args.gene_key)
 
 
 def _draw_map(result, adata, args):
