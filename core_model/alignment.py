@@ -288,7 +288,7 @@ def align_to_vocab(
     try:
         value_report = detect_value_type(X)
     except InvalidValuesError as exc:  # say which matrix was read and which others the file holds
-        raise InvalidValuesError(f"{exc}; {_matrices_note(adata, layer, use_raw)}") from exc
+        raise InvalidValuesError(f"{exc}; {matrices_note(adata, layer, use_raw)}") from exc
     targets, id_type, info, earlier = _vocab_targets(names, fallback, species, vocab_index)
     notes.extend(info.notes)
     if earlier:
@@ -384,7 +384,7 @@ def _gene_name_column(var: pd.DataFrame, species: str | None, vocab_index: dict[
     return best
 
 
-def _matrices_note(adata: anndata.AnnData, layer: str | None, use_raw: bool) -> str:
+def matrices_note(adata: anndata.AnnData, layer: str | None, use_raw: bool) -> str:
     """'read adata.X; the file also holds adata.raw and layers 'counts'' (what to pass instead)."""
     read = f"layer {layer!r}" if layer is not None else "adata.raw" if use_raw else "adata.X"
     others = [] if use_raw or adata.raw is None else ["adata.raw (use_raw=True)"]

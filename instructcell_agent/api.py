@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 
 from .core_model import readout_first
-from .core_model.alignment import align_to_vocab, empty_cells
+from .core_model.alignment import align_to_vocab, empty_cells, matrices_note
 from .core_model.calibration import label_prior_correction
 from .core_model.candidate_route import CandidateNoteWarning, CandidateRoute, route_candidates
 from .core_model.checkpoint import LoadedModel, load_checkpoint
@@ -284,9 +284,10 @@ def _answer(adata: ad.AnnData, model: LoadedModel | None, task: str, instruction
     keep = np.flatnonzero(~empty_cells(aligned.X))
     X = aligned.X
     if len(keep) < len(texts):
-        notes.append(EMPTY_CELLS_NOTE)
-        warnings.warn(f"{len(texts) - len(keep):,} of {len(texts):,} cells: {EMPTY_CELLS_NOTE}", EmptyCellWarning,
-                      stacklevel=3)
+        # none with counts: most likely the wrong matrix (an emptied X beside a counts layer)
+        said = EMPTY_CELLS_NOTE if len(keep) else f"{EMPTY_CELLS_NOTE}; {matrices_note(adata, layer, use_raw)}"
+        notes.append(said)
+        warnings.warn(f"{len(texts) - len(keep):,} of {len(texts):,} cells: {said}", EmptyCellWarning, stacklevel=3)
         X, texts = X[keep], [texts[i] for i in keep]
         allowed = [allowed[i] for i in keep] if allowed is not None else None
     if cands is None and not by_readout:

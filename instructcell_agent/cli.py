@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 import warnings
 from pathlib import Path
@@ -365,7 +366,7 @@ def _evaluate(args) -> int:
 def _annotate(args) -> int:
     """`annotate` and `drug-response`: answer every cell of --data, write them to a new file (--out)."""
     from .agreement import known_labels
-    from .api import annotate, load_model, predict_drug_response
+    from .api import EMPTY_CELLS_NOTE, annotate, load_model, predict_drug_response
     from .cell_map import keep_coords
     from .composition import check_groups
     from .core_model.errors import InputFileError
@@ -409,6 +410,14 @@ def _annotate(args) -> int:
             result = annotate(adata, free_text=args.free_text, resolve_at=args.resolve_at,
                               by_markers=False if args.no_markers else None, progress=_progress_bar("annotating"),
                               **shared)
+    if len(result.confidence) and all(math.isnan(float(c)) for c in result.confidence):
+        # not a cell with counts on the model's genes: most likely the wrong matrix, so say which others there are
+        notes = result.provenance.get("notes", [])
+        said = next((n for n in notes if n.startswith(EMPTY_CELLS_NOTE)), EMPTY_CELLS_NOTE)
+        which = said[len(EMPTY_CELLS_NOTE):].lstrip("; ")  # the matrix read, and the others the file holds
+        print(f"error: none of the {adata.n_obs:,} cells has counts on the model's genes{'; ' + which if which else ''}; "
+              "nothing written", file=sys.stderr)
+        return 2
     compared = result.agreement(known) if known is not None else None
     resolved_compared = result.resolved_agreement(known) if known is not None and result.resolved is not None else None
     grouped = result.composition(groups, group_key) if groups is not None else None

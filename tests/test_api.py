@@ -311,6 +311,11 @@ def test_a_file_of_empty_cells_is_answered_with_no_labels(tiny_model, cells):
         result = ica.annotate(_emptied(cells, slice(None)), model=tiny_model, candidates=list(CELL_TYPES))
     assert result.n_unlabelled() == 24 and result.probabilities.shape == (24, 4)
     assert "0 cells annotated; mean confidence n/a" in result.summary()
+    # an emptied X beside a layer of counts: the note names the matrix to read instead
+    emptied = _emptied(cells, slice(None))
+    emptied.layers["counts"] = cells.X.copy()
+    with pytest.warns(EmptyCellWarning, match="read adata.X; the file also holds layer 'counts'"):
+        ica.annotate(emptied, model=tiny_model, candidates=list(CELL_TYPES))
 
 
 def test_free_drug_answers_from_a_checkpoint_that_learned_no_drug_labels(tiny_model, cells):

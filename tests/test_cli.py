@@ -368,6 +368,16 @@ def test_argument_errors_and_warnings_read_as_messages(tiny_checkpoint, syntheti
     err = capsys.readouterr().err
     assert code == 0 and "warning: 1 of 10 cells" in err and "EmptyCellWarning" not in err
     assert ad.read_h5ad(tmp_path / "answered.h5ad").obs["instructcell_label"].isna().sum() == 1
+    # no cell with counts (X emptied, the counts in a layer): refused, naming the layer, nothing written
+    counts = cells.X.copy()
+    cells.X[:] = 0
+    cells.layers["counts"] = counts
+    cells.write_h5ad(tmp_path / "zeros.h5ad")
+    code = main(["annotate", "--checkpoint", str(tiny_checkpoint), "--data", str(tmp_path / "zeros.h5ad"),
+                 "--out", str(tmp_path / "none.h5ad")])
+    err = capsys.readouterr().err
+    assert code == 2 and "error: none of the 10 cells has counts" in err and "layer 'counts'" in err
+    assert not (tmp_path / "none.h5ad").exists()
     # the answers explained: the unlabelled cell is left out, with a note; a missing column is refused
     base = ["explain", "--checkpoint", str(tiny_checkpoint), "--data", str(tmp_path / "answered.h5ad")]
     assert main([*base, "--label-key", "instructcell_label", "--out", str(tmp_path / "why_answers")]) == 0
