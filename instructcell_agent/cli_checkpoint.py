@@ -62,8 +62,11 @@ def add_commands(sub: Any) -> None:
     c.add_argument("--seed", type=int, default=0, help="seed of the phrasing draws")
     add_precision_argument(c, "float32")
     add_device_argument(c)
-    c = sub.add_parser("info", help="describe a checkpoint: how it was made, its label sets")
+    c = sub.add_parser("info", help="describe a checkpoint: its label sets, drugs and generation conditions; "
+                                    "--json: how each part was made")
     c.add_argument("--checkpoint", help="checkpoint directory (default: the shipped one)")
+    c.add_argument("--json", action="store_true",
+                   help="the full record as JSON: every command and data hash behind each part")
     c = sub.add_parser("store-weights", help="rewrite a checkpoint's trained weights in a smaller float type")
     c.add_argument("--checkpoint", required=True)
     c.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default="float16")
@@ -204,5 +207,44 @@ def _info(args) -> int:
     if (path / "temperature.json").is_file():  # confidence temperatures (core_model/temperature.py)
         meta = json.loads((path / "temperature.json").read_text())
         out["confidence_temperature"] = {k: meta.get(k) for k in ("temperature", "fitted_on", "command", "created")}
-    print(json.dumps(out, indent=1))
+    labels = json.loads((path / "labels.json").read_text())
+    print(json.dumps(out, indent=1) if args.json else _info_summary(path, config, labels, out))
     return 0
+
+
+def _info_summary(path: Path, config: dict, labels: dict, out: dict) -> str:
+    """What a user asks `info` first: the label sets (what to pass as candidates), the drugs, what
+    `generate` can draw; the commands and hashes are left to --json."""
+    backbone = (config.get("model") or {}).get("backbone", {}).get("name", "?")
+    lines = [f"checkpoint {path}", f"  instructcell-agent {out.get('package_version', '?')}, created "
+             f"{out.get('created', '?')}; language model {backbone}",
+             f"  trained on the train splits of {len(out.get('data', []))} sets",
+             "label sets (candidates from one set are scored as learned; other names go through the Cell Ontology):"]
+    for name, entry in labels.items():
+        task = (f"drug response to {entry['drug']}" if entry.get("drug") else entry.get("task", "?").replace("_", " "))
+        lines.append(f"  {name} ({task}; {entry.get('species', '?')}, {entry.get('tissue', '?')}; "
+                     f"{len(entry['labels'])} labels): {', '.join(entry['labels'])}")
+    generator = out.get("generator")
+    if generator:
+        by_set: dict[tuple[str, str, str], list[dict]] = {}
+        for group in generator["conditions"]:
+            by_set.setdefault((group["dataset"], group["species"], group["tissue"]), []).append(group)
+        lines.append(f"generate can draw {len(generator['conditions'])} cell types of a species, tissue and set:")
+        for (name, species, tissue), groups in by_set.items():
+            conditions = sorted({c for g in groups for c in g["conditions"]})
+            lines.append(f"  {name} ({species}, {tissue}{'; conditions ' + ', '.join(conditions) if conditions else ''}"
+                         f"): {', '.join(sorted(g['cell_type'] for g in groups))}")
+    extras = []
+    if "readout" in out:
+        extras.append(f"a linear gene read-out over {out['readout']['labels']} labels")
+    if "reference" in out:
+        extras.append(f"typicality against {out['reference']['per_label']} training cells of each of "
+                      f"{out['reference']['labels']} labels")
+    if "confidence_temperature" in out:
+        temps = out["confidence_temperature"].get("temperature") or {}
+        names = {"readout": "with the read-out", "lm_alone": "for the language model alone"}
+        extras.append("confidence temperatures " + ", ".join(f"{v:.2f} {names.get(k, k)}" for k, v in temps.items()))
+    if extras:
+        lines.append("also: " + "; ".join(extras))
+    lines.append("how each part was made (commands, data hashes): instructcell info --json")
+    return "\n".join(lines)

@@ -506,7 +506,14 @@ def test_train_passes_its_options_to_the_config(synthetic_set, tmp_path, monkeyp
 def test_info_prints_how_the_shipped_checkpoint_was_made(capsys):
     from instructcell_agent import default_checkpoint_path
 
-    assert main(["info"]) == 0
+    assert main(["info"]) == 0  # what a user looks for first: the label sets, the drugs, what generate draws
+    summary = capsys.readouterr().out
+    labels = json.loads((default_checkpoint_path() / "labels.json").read_text())
+    assert all(name in summary for name in labels)
+    assert "kang2018_pbmc_ifnb (annotation; human, peripheral blood; 7 labels): B, CD14+Mono" in summary
+    assert "drug response to erlotinib" in summary and "conditions IFN-beta stimulated, control" in summary
+    assert summary.rstrip().endswith("instructcell info --json")
+    assert main(["info", "--json"]) == 0
     printed = json.loads(capsys.readouterr().out)
     config = json.loads((default_checkpoint_path() / "config.json").read_text())
     assert printed["command"] == config["command"]
