@@ -64,9 +64,31 @@ def ontology_synonyms(term: str) -> list[str]:
     return list(_table()[term]["labels"])
 
 
+def loose_label(text: str) -> str:
+    """A label folded past spelling habits: '-positive' / ' positive' as '+', '-negative' as a minus,
+    spaces, hyphens and underscores dropped, a plural 's' set aside ('CD16-positive monocytes' and
+    'CD16+ Monocyte' are both 'cd16+monocyte'; 'B-cells' is 'bcell')."""
+    key = normalize_label(text)
+    key = re.sub(r"[\s_-]*positive\b", "+", key)
+    key = re.sub(r"[\s_-]*negative\b", "\u2212", key)  # a minus sign, which the next line keeps
+    key = re.sub(r"[\s_\-\u2010\u2011]+", "", key)
+    return key[:-1] if len(key) > 3 and key.endswith("s") and not key.endswith("ss") else key
+
+
+@lru_cache(maxsize=1)
+def _loose_ids() -> dict[str, str]:
+    """Loose forms of the recorded names, each kept only where it names one term."""
+    seen: dict[str, set[str]] = {}
+    for term, entry in _table().items():
+        for label in [entry["name"], *entry["labels"]]:
+            seen.setdefault(loose_label(label), set()).add(term)
+    return {key: next(iter(terms)) for key, terms in seen.items() if len(terms) == 1}
+
+
 def ontology_id(label: str) -> str | None:
-    """Cell Ontology id recorded for a label string, if any."""
-    return _synonym_ids().get(normalize_label(label))
+    """Cell Ontology id recorded for a label string, if any: as written (case and spacing aside),
+    else as spelt another common way ('CD16-positive monocyte' for the table's 'CD16+ Monocyte')."""
+    return _synonym_ids().get(normalize_label(label)) or _loose_ids().get(loose_label(label))
 
 
 @dataclass(frozen=True)
@@ -96,7 +118,7 @@ class LabelMapper:
         key = normalize_label(answer)
         if key in self._exact:  # type: ignore[attr-defined]
             return self._exact[key]  # type: ignore[attr-defined]
-        term = _synonym_ids().get(key)
+        term = ontology_id(answer)
         if term is None:
             return None
         by_term = self._by_term  # type: ignore[attr-defined]

@@ -14,8 +14,8 @@ from . import __version__
 from . import cli_checkpoint as checkpoint_commands
 from . import cli_data as data_commands
 from .cli_checkpoint import recorded_command
-from .cli_data import (add_data_arguments, add_matrix_arguments, check_new_file, inputs, read_data,
-                       table_separator)
+from .cli_data import (CANDIDATES_HELP, add_data_arguments, add_matrix_arguments, check_new_file, inputs,
+                       parse_candidates, read_data, table_separator)
 from .core_model.precision import add_device_argument, add_precision_argument
 from .core_model.scoring import add_scoring_argument
 
@@ -148,7 +148,7 @@ def _add_answer_arguments(p, candidates: str | None, key_added: str) -> None:
     p.add_argument("--out", default=None, help="the annotated .h5ad to write (needed unless --table or --plot is given)")
     p.add_argument("--instruction", default=None)
     p.add_argument("--candidates", default=candidates,
-                   help=f"comma-separated candidate labels (default: {candidates or 'none, a free answer'})")
+                   help=f"{CANDIDATES_HELP} (default: {candidates or 'none, a free answer'})")
     p.add_argument("--key-added", default=key_added, help=f"prefix of the obs/obsm/uns keys written (default {key_added})")
     p.add_argument("--table", default=None, metavar="CSV_OR_TSV",
                    help="also write one row per cell (label, confidence, answer, typicality, Cell Ontology id and "
@@ -191,7 +191,7 @@ def _add_explain(sub) -> None:
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--label-key", default=None, help="obs column of labels to explain (default: predicted labels)")
     p.add_argument("--dataset", default=None, help="checkpoint label set whose labels are the candidates")
-    p.add_argument("--candidates", default=None, help="comma-separated candidate labels")
+    p.add_argument("--candidates", default=None, help=CANDIDATES_HELP)
     p.add_argument("--method", choices=["saliency", "gradient", "ig"], default="saliency")
     p.add_argument("--top-k", type=int, default=10)
     p.add_argument("--n-steps", type=int, default=64, help="Integrated Gradients integration points")
@@ -388,7 +388,7 @@ def _annotate(args) -> int:
     groups = obs_column(adata, group_key, "Name a column of groups (clusters, samples)") if group_key else None
     if groups is not None:
         check_groups(groups, group_key)
-    candidates = [c.strip() for c in args.candidates.split(",") if c.strip()] if args.candidates else None
+    candidates = parse_candidates(args.candidates)
     from .cli_markers import by_markers_result, markers_line, unlearned_only_result
 
     by_markers = getattr(args, "by_markers", None) or getattr(args, "markers", None)
@@ -490,7 +490,7 @@ def _explain(args) -> int:
     from .interpret.api import explain, write_explanation
 
     adata = read_data(args)
-    candidates = [c.strip() for c in args.candidates.split(",")] if args.candidates else None
+    candidates = parse_candidates(args.candidates)
     if args.label_key:  # a missing column is an error here (explain would take the name for a label)
         obs_column(adata, args.label_key, "Pass the name of the column that holds the labels")
     loaded = load_model(args.checkpoint, device=args.device, precision=args.precision)

@@ -33,6 +33,25 @@ def add_data_arguments(p: argparse.ArgumentParser, several: bool = False) -> Non
                         "GRCh38; its genes, and the cells with most of their counts on them")
 
 
+CANDIDATES_HELP = ("candidate labels, separated by commas, or by semicolons where names hold commas (Cell Ontology "
+                   "names such as 'CD4-positive, alpha-beta T cell'), or a text file of one name per line")
+
+
+def parse_candidates(text: str | None) -> list[str] | None:
+    """`--candidates` as given: a file of one name per line (blank lines and '#' comments skipped),
+    else names separated by ';' when the text holds one (Cell Ontology names hold commas), else by ','."""
+    if not text:
+        return None
+    path = Path(text)
+    if path.is_file():
+        lines = path.read_text(encoding="utf-8").splitlines()
+        names = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+        if not names:
+            raise ValueError(f"--candidates {text} names a file with no candidate in it (one name per line)")
+        return names
+    return [name.strip() for name in text.split(";" if ";" in text else ",") if name.strip()]
+
+
 def add_matrix_arguments(p: argparse.ArgumentParser) -> None:
     """Which matrix and gene names of --data to read (the API's use_raw, layer and gene_key)."""
     p.add_argument("--use-raw", action="store_true", help="read adata.raw instead of adata.X")

@@ -33,3 +33,32 @@ def test_convert_writes_what_the_commands_read(tmp_path, capsys):
         assert main(["convert", "--data", ctrl, "--out", str(bad)]) == 2
     err = capsys.readouterr().err
     assert "name a .h5ad file" in err and not (tmp_path / "out.csv").exists()
+
+
+def test_candidates_are_read_as_users_write_them(tmp_path):
+    import pytest
+
+    from instructcell_agent.cli_data import parse_candidates
+
+    assert parse_candidates("B cell, T cell,NK cell") == ["B cell", "T cell", "NK cell"]
+    # Cell Ontology names hold commas: semicolons separate them
+    assert parse_candidates("CD4-positive, alpha-beta T cell; B cell") == ["CD4-positive, alpha-beta T cell", "B cell"]
+    listed = tmp_path / "candidates.txt"
+    listed.write_text("# my types\nCD14-positive, CD16-negative classical monocyte\n\nB cell\n")
+    assert parse_candidates(str(listed)) == ["CD14-positive, CD16-negative classical monocyte", "B cell"]
+    assert parse_candidates(None) is None and parse_candidates("") is None
+    (tmp_path / "empty.txt").write_text("# nothing\n")
+    with pytest.raises(ValueError, match="no candidate in it"):
+        parse_candidates(str(tmp_path / "empty.txt"))
+
+
+def test_annotate_takes_its_candidates_from_a_file(tiny_checkpoint, synthetic_set, tmp_path):
+    from synthetic import CELL_TYPES
+
+    (tmp_path / "types.txt").write_text("\n".join(CELL_TYPES) + "\n")
+    base = ["annotate", "--checkpoint", str(tiny_checkpoint), "--data", str(synthetic_set["path"])]
+    assert main([*base, "--candidates", ",".join(CELL_TYPES), "--out", str(tmp_path / "listed.h5ad")]) == 0
+    assert main([*base, "--candidates", str(tmp_path / "types.txt"), "--out", str(tmp_path / "file.h5ad")]) == 0
+    listed, from_file = (ad.read_h5ad(tmp_path / n) for n in ("listed.h5ad", "file.h5ad"))
+    assert list(from_file.obs["instructcell_label"]) == list(listed.obs["instructcell_label"])
+    np.testing.assert_allclose(from_file.obsm["instructcell_probabilities"], listed.obsm["instructcell_probabilities"])

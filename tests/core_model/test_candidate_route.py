@@ -37,6 +37,14 @@ def test_other_spellings_pool_the_learned_labels_under_each_candidate():
     assert "NK" not in owner and "alpha" not in owner  # covered by no candidate: left out
 
 
+def test_names_spelt_another_common_way_are_routed_too():
+    # '-positive' for '+', hyphens, plurals: spellings the synonym table does not list word for word
+    route = route_candidates(["B-cells", "CD8-positive T cells", "CD14-positive monocytes", "NK cells"], SETS)
+    assert route.kind == "ontology" and not route.unrouted
+    owner = dict(zip(route.learned, route.owner))
+    assert owner["B"] == owner["CD19+ B"] == 0 and owner["CD8T"] == 1 and owner["CD14+Mono"] == 2 and owner["NK"] == 3
+
+
 @pytest.mark.parametrize("cands, why", [
     (["Kupffer cell", "hepatocyte"], "none of 'Kupffer cell', 'hepatocyte' has a Cell Ontology term"),
     (["macrophage", "endothelial cell"], "has a Cell Ontology term with a label"),  # terms, nothing learned
@@ -117,3 +125,23 @@ def test_the_finest_answer_is_the_best_learned_label_under_the_chosen_candidate(
     loglik = np.array([[-2.0, -1.0, -0.1], [-0.5, -3.0, -4.0]])
     # the first cell's best string is the unrouted 'x'; gated to 'T cell', its answer is CD8T
     assert route.finest(loglik, [0, 1]) == ["CD8T", "x"]
+
+
+def test_ontology_ids_read_common_spellings_and_never_move_a_recorded_name():
+    from instructcell_agent.core_model.labels import _table, ontology_id
+
+    assert ontology_id("CD16-positive monocyte") == ontology_id("CD16+ Monocyte") == "CL:0002396"
+    assert ontology_id("nonclassical monocytes") == ontology_id("non-classical monocyte")
+    assert ontology_id("T-helper 2 cells") == ontology_id("Th2") and ontology_id("regulatory T-cells") == "CL:0000815"
+    assert ontology_id("Kupffer cell") is None and ontology_id("hepatocytes") is None
+    # every name the table records keeps its own term
+    recorded = [(term, name) for term, entry in _table().items() for name in [entry["name"], *entry["labels"]]]
+    assert all(ontology_id(name) == term for term, name in recorded)
+
+
+def test_answers_spelt_another_common_way_map_onto_a_sets_labels():
+    from instructcell_agent.core_model.labels import LabelMapper
+
+    mapper = LabelMapper(("B", "CD14+Mono", "FCGR3A+Mono", "NK"))
+    assert mapper.map("CD16-positive monocyte") == "FCGR3A+Mono" and mapper.map("B-cells") == "B"
+    assert mapper.map("CD14-positive monocytes") == "CD14+Mono" and mapper.map("hepatocyte") is None
