@@ -366,8 +366,9 @@ def _evaluate(args) -> int:
 def _annotate(args) -> int:
     """`annotate` and `drug-response`: answer every cell of --data, write them to a new file (--out)."""
     from .agreement import known_labels
-    from .api import EMPTY_CELLS_NOTE, annotate, load_model, predict_drug_response
+    from .api import EMPTY_CELLS_NOTE
     from .cell_map import keep_coords
+    from .cli_markers import markers_line
     from .composition import check_groups
     from .core_model.errors import InputFileError
     from .core_model.hierarchy import check_resolve_at
@@ -388,28 +389,16 @@ def _annotate(args) -> int:
     groups = obs_column(adata, group_key, "Name a column of groups (clusters, samples)") if group_key else None
     if groups is not None:
         check_groups(groups, group_key)
-    candidates = parse_candidates(args.candidates)
-    from .cli_markers import by_markers_result, markers_line, unlearned_only_result
-
-    by_markers = getattr(args, "by_markers", None) or getattr(args, "markers", None)
-    model = None
-    if by_markers:  # no model: the candidates' known markers answer (cli_markers.py)
-        result = by_markers_result(args, adata, candidates)
-    else:  # nor where annotate would have them answer (no candidate a type the model learned)
-        result = unlearned_only_result(args, adata, candidates)
-        by_markers = result is not None
-    if result is None:
-        model = load_model(args.checkpoint, device=args.device, precision=args.precision)
-        shared = dict(model=model, instruction=args.instruction, candidates=candidates, use_raw=args.use_raw,
-                      layer=args.layer, gene_key=args.gene_key, species=args.species, tissue=args.tissue,
-                      scoring=args.scoring, unassigned_below=args.unassigned_below,
-                      unassigned_atypical=args.unassigned_atypical, readout=not args.no_readout, fast=args.fast)
-        if args.command == "drug-response":
-            result = predict_drug_response(adata, drug=args.drug, progress=_progress_bar("predicting"), **shared)
-        else:
-            result = annotate(adata, free_text=args.free_text, resolve_at=args.resolve_at,
-                              by_markers=False if args.no_markers else None, progress=_progress_bar("annotating"),
-                              **shared)
+    result = None
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            result, model, by_markers = _answers(args, adata, parse_candidates(args.candidates))
+    finally:  # each warning once: not again where the summary prints the same text as a note
+        noted = set(result.provenance.get("notes", [])) if result is not None else set()
+        for w in caught:
+            if str(w.message) not in noted:
+                warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     if len(result.confidence) and all(math.isnan(float(c)) for c in result.confidence):
         # not a cell with counts on the model's genes: most likely the wrong matrix, so say which others there are
         notes = result.provenance.get("notes", [])
@@ -464,6 +453,31 @@ def _annotate(args) -> int:
         print(f"error: no map drawn ({no_map}); the answers are written", file=sys.stderr)
         return 2
     return 0
+
+
+def _answers(args, adata, candidates):
+    """(answers, the model loaded for them or None, whether known markers gave them) for `annotate`
+    and `drug-response`."""
+    from .api import annotate, load_model, predict_drug_response
+    from .cli_markers import by_markers_result, unlearned_only_result
+
+    by_markers = getattr(args, "by_markers", None) or getattr(args, "markers", None)
+    if by_markers:  # no model: the candidates' known markers answer (cli_markers.py)
+        return by_markers_result(args, adata, candidates), None, True
+    result = unlearned_only_result(args, adata, candidates)  # where annotate would have them answer
+    if result is not None:
+        return result, None, True
+    model = load_model(args.checkpoint, device=args.device, precision=args.precision)
+    shared = dict(model=model, instruction=args.instruction, candidates=candidates, use_raw=args.use_raw,
+                  layer=args.layer, gene_key=args.gene_key, species=args.species, tissue=args.tissue,
+                  scoring=args.scoring, unassigned_below=args.unassigned_below,
+                  unassigned_atypical=args.unassigned_atypical, readout=not args.no_readout, fast=args.fast)
+    if args.command == "drug-response":
+        result = predict_drug_response(adata, drug=args.drug, progress=_progress_bar("predicting"), **shared)
+    else:
+        result = annotate(adata, free_text=args.free_text, resolve_at=args.resolve_at,
+                          by_markers=False if args.no_markers else None, progress=_progress_bar("annotating"), **shared)
+    return result, model, False
 
 
 def _marker_check(result, adata, model, args):

@@ -671,3 +671,13 @@ def test_explain_takes_a_drug(tiny_checkpoint, synthetic_set, tmp_path):
     provenance = json.loads((tmp_path / "why" / "explain.json").read_text())["provenance"]
     assert (provenance["drug"], provenance["task"], provenance["candidates"]) == (
         "erlotinib", "drug_response", ["resistant", "sensitive"])
+
+
+def test_a_warning_the_summary_prints_as_a_note_is_printed_once(tiny_checkpoint, synthetic_set, tmp_path, capsys):
+    # a type the checkpoint never learned among learned ones: the route's note is both a warning and a summary note
+    names = "pancreatic A cell,type B pancreatic cell,pancreatic D cell,pancreatic PP cell,Hepatocyte"
+    assert main(["annotate", "--checkpoint", str(tiny_checkpoint), "--data", str(synthetic_set["path"]),
+                 "--candidates", names, "--table", str(tmp_path / "labels.csv")]) == 0
+    captured = capsys.readouterr()
+    said = "'Hepatocyte': no label this checkpoint learned lies at or below it"
+    assert (captured.out + captured.err).count(said) == 1 and said in captured.out
