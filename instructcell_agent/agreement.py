@@ -82,7 +82,8 @@ def agreement(predicted: Sequence[Any], known: Sequence[Any]) -> Agreement:
     mapper = LabelMapper(tuple(sorted(set(known[has_known].astype(str)))))
     frame = pd.DataFrame({"known": known[compared].astype(str).to_numpy(),
                           "answer": [str(p) for p, c in zip(predicted, compared) if c]})
-    frame["agrees"] = [mapper.map(a) == k for a, k in zip(frame["answer"], frame["known"])]
+    named = {answer: mapper.map(answer) for answer in set(frame["answer"])}  # once per answer, not per cell
+    frame["agrees"] = [named[a] == k for a, k in zip(frame["answer"], frame["known"])]
     rows = []
     for label, group in frame.groupby("known", sort=True):
         counts = group["answer"].value_counts()
