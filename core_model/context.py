@@ -38,3 +38,20 @@ def canonical_species(text: str) -> str:
 def canonical_tissue(text: str) -> str:
     """'PBMC' / 'blood' -> 'peripheral blood', 'islets of Langerhans' -> 'pancreas'; other text as given."""
     return TISSUE_ALIASES.get(_key(text), " ".join(str(text).split()))
+
+
+def species_clash(stated: list[str], detected: str) -> str | None:
+    """A sentence when the species the cells are said to be (obs or the caller) is not the one
+    their genes show ('mouse' in obs, human symbols in var), else None. Why: the prompt and the
+    label sets free answers range over follow what is said, so a wrong column quietly changes
+    the question."""
+    named = {canonical_species(s) for s in stated if str(s).strip()}
+    if detected not in ("human", "mouse") or not named:
+        return None
+    other = sorted(s for s in named if s in ("human", "mouse") and s != detected)
+    if not other or any(detected in s.split() for s in named):  # 'human and mouse' names both
+        return None
+    return (f"the cells are said to be {' and '.join(other)} (obs species or the species given), but their genes "
+            f"read as {detected} ones: the prompt and the labels free answers range over follow what is said; "
+            f"pass species={detected!r} (command line: --species {detected}) if the column is wrong")
+

@@ -26,6 +26,7 @@ from .core_model import readout_first
 from .core_model.alignment import align_to_vocab, empty_cells, matrices_note
 from .core_model.calibration import label_prior_correction
 from .core_model.candidate_route import CandidateNoteWarning, CandidateRoute, route_candidates
+from .core_model.context import species_clash
 from .core_model.checkpoint import LoadedModel, load_checkpoint
 from .core_model.corpus import dense_rows
 from .core_model.datasets import prompt_fields
@@ -265,6 +266,9 @@ def _answer(adata: ad.AnnData, model: LoadedModel | None, task: str, instruction
         notes += _unseen_context_notes(loaded, task, fields, free_text)
         for note in notes:
             warnings.warn(note, UnseenContextWarning, stacklevel=3)
+    if clash := species_clash(sorted({f["species"] for f in fields}), aligned.report.species):
+        notes.append(clash)
+        warnings.warn(clash, UnseenContextWarning, stacklevel=3)
     if task == "drug_response" and (drug_note := unseen_drug_note(loaded, drug)):
         notes.append(drug_note)
         warnings.warn(drug_note, UnseenContextWarning, stacklevel=3)

@@ -436,3 +436,20 @@ def test_atypical_cells_are_unassigned(tiny_model, synthetic_set):
         ica.annotate(cells, model=bare, unassigned_atypical=3)
     with pytest.raises(ValueError, match="no typicality"):
         ica.annotate(cells, model=bare, candidates=list(CELL_TYPES)).unassigned_atypical(3)
+
+
+def test_cells_said_to_be_another_species_than_their_genes_show_are_warned_about(tiny_model, cells):
+    from instructcell_agent.api import UnseenContextWarning
+    from instructcell_agent.core_model.context import species_clash
+
+    assert species_clash(["Mus musculus"], "human").startswith("the cells are said to be mouse")
+    assert species_clash(["human and mouse"], "human") is None and species_clash(["human", ""], "human") is None
+    assert species_clash([""], "human") is None and species_clash(["mouse"], "unknown") is None
+    said_mouse = cells.copy()
+    said_mouse.obs["species"] = "mouse"  # the synthetic genes read as human symbols
+    with pytest.warns(UnseenContextWarning, match="said to be mouse .* pass species='human'"):
+        result = ica.annotate(said_mouse, model=tiny_model, candidates=list(CELL_TYPES))
+    assert any("said to be mouse" in note for note in result.provenance["notes"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnseenContextWarning)  # the species they are said to be: no warning
+        ica.annotate(cells, model=tiny_model, candidates=list(CELL_TYPES))
