@@ -389,16 +389,8 @@ def _annotate(args) -> int:
     groups = obs_column(adata, group_key, "Name a column of groups (clusters, samples)") if group_key else None
     if groups is not None:
         check_groups(groups, group_key)
-    result = None
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            result, model, by_markers = _answers(args, adata, parse_candidates(args.candidates))
-    finally:  # each warning once: not again where the summary prints the same text as a note
-        noted = set(result.provenance.get("notes", [])) if result is not None else set()
-        for w in caught:
-            if str(w.message) not in noted:
-                warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    result, model, by_markers = _warned_once(lambda: _answers(args, adata, parse_candidates(args.candidates)),
+                                             lambda answers: answers[0].provenance)
     if len(result.confidence) and all(math.isnan(float(c)) for c in result.confidence):
         # not a cell with counts on the model's genes: most likely the wrong matrix, so say which others there are
         notes = result.provenance.get("notes", [])
@@ -511,19 +503,35 @@ def _explain(args) -> int:
     # A file named like one of the checkpoint's datasets gets that label set as candidates.
     stem = Path(args.data[0]).stem if len(args.data) == 1 else None
     dataset = args.dataset or (stem if stem in loaded.label_sets else None)
-    result = explain(adata, model=loaded, labels=args.label_key, method=args.method,
-                     top_k=args.top_k, dataset=None if candidates else dataset, candidates=candidates,
-                     normalize=args.normalize, reference=args.reference,
-                     n_steps=args.n_steps, batch_size=args.batch_size, use_raw=args.use_raw, layer=args.layer,
-                     gene_key=args.gene_key, max_cells_per_label=args.max_cells_per_label, seed=args.seed,
-                     drug=args.drug, versus=args.versus,
-                     scoring=args.scoring, readout=not args.no_readout, fast=args.fast,
-                     progress=_progress_bar("explaining"),
-                     answer_progress=_progress_bar("answering first"))
+    result = _warned_once(lambda: explain(
+        adata, model=loaded, labels=args.label_key, method=args.method, top_k=args.top_k,
+        dataset=None if candidates else dataset, candidates=candidates, normalize=args.normalize,
+        reference=args.reference, n_steps=args.n_steps, batch_size=args.batch_size, use_raw=args.use_raw,
+        layer=args.layer, gene_key=args.gene_key, max_cells_per_label=args.max_cells_per_label, seed=args.seed,
+        drug=args.drug, versus=args.versus, scoring=args.scoring, readout=not args.no_readout, fast=args.fast,
+        progress=_progress_bar("explaining"), answer_progress=_progress_bar("answering first")),
+        lambda explained: explained.provenance)
     paths = write_explanation(result, args.out, protect=inputs(args))
     print(result.summary())
     print("\n".join(str(p) for p in paths.values()))
     return 0
+
+
+def _warned_once(run, provenance_of):
+    """`run()`'s result, with the warnings it raised shown afterwards except those whose text its
+    provenance notes hold: the summary prints those, and the same paragraph twice on one screen
+    reads as two problems. On an exception every warning is shown."""
+    result = None
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            result = run()
+    finally:
+        noted = set(provenance_of(result).get("notes", [])) if result is not None else set()
+        for w in caught:
+            if str(w.message) not in noted:
+                warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    return result
 
 
 def _progress_bar(desc: str):

@@ -219,6 +219,8 @@ def explain(adata: ad.AnnData, model: LoadedModel | None = None, labels: str | S
                                 versus_note) if note]
     notes += [f"{name!r} explained as a broader type: the summed probability of {', '.join(cands[i] for i in g)}"
               for name, g in broader]
+    if route is not None and (marker_note := _answered_by_markers_note(route, given)):
+        notes.append(marker_note)
     if drug is not None:
         from instructcell_agent.api import UnseenContextWarning, unseen_drug_note
 
@@ -294,6 +296,22 @@ def explain(adata: ad.AnnData, model: LoadedModel | None = None, labels: str | S
     }
     return ExplanationResult(obs_names, list(model.vocab), np.asarray(groups, dtype=str), attr, means,
                              top_k, normalize, report, adata.obs.copy(), provenance, db, species, pairs)
+
+
+def _answered_by_markers_note(route, given) -> str | None:
+    """Which explained labels `annotate` answers from known markers (types the checkpoint never
+    learned): their gradients are of the model's score for the name as text, which did not give the
+    answer, so the note says where to look instead."""
+    unlearned = set(route.unrouted) | (set(route.candidates) if route.nothing_learned else set())
+    names = [c for c in route.candidates if c in unlearned and (given is None or c in set(given))]
+    if not names:
+        return None
+    one = len(names) == 1
+    it, its = ("it", "its") if one else ("them", "their")
+    return (f"{', '.join(repr(n) for n in names)} {'is a type' if one else 'are types'} this checkpoint never "
+            f"learned, which annotate answers from known markers by default; the genes listed for {it} move the "
+            f"model's score for the name as text, not the answer: marker_check (CLI --marker-check) shows which of "
+            f"{its} known markers stand out in those cells")
 
 
 def _check_options(method: str, normalize: str, top_k: int, reference: str | np.ndarray) -> None:

@@ -232,6 +232,16 @@ def test_the_default_reference_is_the_sets_mean_training_cell(marker_model, give
     np.testing.assert_array_equal(one.attributions.reference, mean)
 
 
+def test_a_type_never_learned_among_the_candidates_is_said_to_be_answered_from_markers(marker_model, cells):
+    few = cells[:8].copy()
+    cands = [*CELL_TYPES, "Hepatocyte"]  # annotate's markers decide Hepatocyte; its gradients are of the text
+    result = explain(few, model=marker_model, candidates=cands, labels=["Hepatocyte"] * 4 + ["alpha"] * 4)
+    said = [n for n in result.provenance["notes"] if "never learned, which annotate answers from known markers" in n]
+    assert len(said) == 1 and said[0].startswith("'Hepatocyte' is a type")
+    plain = explain(few, model=marker_model, candidates=list(CELL_TYPES), labels=["alpha"] * 8)
+    assert not any("answers from known markers" in n for n in plain.provenance["notes"])
+
+
 def test_without_mean_training_cells_the_reference_falls_back_to_zero(marker_model, cells):
     import copy
 
