@@ -26,8 +26,8 @@ from .core_model import readout_first
 from .core_model.alignment import align_to_vocab, empty_cells, matrices_note
 from .core_model.calibration import label_prior_correction
 from .core_model.candidate_route import CandidateNoteWarning, CandidateRoute, route_candidates
-from .core_model.context import species_clash
 from .core_model.checkpoint import LoadedModel, load_checkpoint
+from .core_model.context import species_clash
 from .core_model.corpus import dense_rows
 from .core_model.datasets import prompt_fields
 from .core_model.errors import InstructionError

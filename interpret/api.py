@@ -303,7 +303,9 @@ def _answered_by_markers_note(route, given) -> str | None:
     learned): their gradients are of the model's score for the name as text, which did not give the
     answer, so the note says where to look instead."""
     unlearned = set(route.unrouted) | (set(route.candidates) if route.nothing_learned else set())
-    names = [c for c in route.candidates if c in unlearned and (given is None or c in set(given))]
+    if given is not None:  # only the labels explained here
+        unlearned &= {given} if isinstance(given, str) else set(given)
+    names = [c for c in route.candidates if c in unlearned]
     if not names:
         return None
     one = len(names) == 1
