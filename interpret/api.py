@@ -219,8 +219,6 @@ def explain(adata: ad.AnnData, model: LoadedModel | None = None, labels: str | S
                                 versus_note) if note]
     notes += [f"{name!r} explained as a broader type: the summed probability of {', '.join(cands[i] for i in g)}"
               for name, g in broader]
-    if route is not None and (marker_note := _answered_by_markers_note(route, given)):
-        notes.append(marker_note)
     if drug is not None:
         from instructcell_agent.api import UnseenContextWarning, unseen_drug_note
 
@@ -272,6 +270,9 @@ def explain(adata: ad.AnnData, model: LoadedModel | None = None, labels: str | S
     species = species or aligned.report.species
     # marker databases list cell types: a drug response has no markers to check against
     db = load_marker_db(marker_db) if task == "annotation" else None
+    if unlearned := _answered_by_markers(route, given):
+        shown = _standing_out(adata, groups, unlearned, model, db, species, matrix) if versus is None else {}
+        notes.append(_answered_by_markers_note(unlearned, shown))
     report = _marker_comparison(means, db, species, model.vocab, attr.inputs, groups, compare_wilcoxon, pairs,
                                 np.asarray(attr.explained)[attr.target])
     provenance = {
@@ -298,22 +299,43 @@ def explain(adata: ad.AnnData, model: LoadedModel | None = None, labels: str | S
                              top_k, normalize, report, adata.obs.copy(), provenance, db, species, pairs)
 
 
-def _answered_by_markers_note(route, given) -> str | None:
-    """Which explained labels `annotate` answers from known markers (types the checkpoint never
-    learned): their gradients are of the model's score for the name as text, which did not give the
-    answer, so the note says where to look instead."""
+def _answered_by_markers(route, given) -> list[str]:
+    """The explained labels `annotate` answers from known markers: types the checkpoint never learned."""
+    if route is None:
+        return []
     unlearned = set(route.unrouted) | (set(route.candidates) if route.nothing_learned else set())
     if given is not None:  # only the labels explained here
         unlearned &= {given} if isinstance(given, str) else set(given)
-    names = [c for c in route.candidates if c in unlearned]
-    if not names:
-        return None
+    return [c for c in route.candidates if c in unlearned]
+
+
+def _standing_out(adata: ad.AnnData, groups, names: list[str], model: LoadedModel, db: MarkerDB | None,
+                  species: str | None, matrix: dict) -> dict[str, str]:
+    """Each name's known markers that stand out in its cells against the others explained (as
+    `marker_check` lists them), where the database knows the name."""
+    if db is None or len(set(map(str, groups))) < 2:
+        return {}
+    from .marker_check import marker_check
+
+    options = {k: matrix[k] for k in ("layer", "use_raw", "gene_key")}
+    table = marker_check(adata, [str(g) for g in groups], model=model, marker_db=db, species=species,
+                         **options).table.set_index("label")
+    return {name: f"{table.at[name, 'top_markers']} (AUROC {table.at[name, 'auroc']:.2f})" for name in names
+            if name in table.index and table.at[name, "top_markers"]}
+
+
+def _answered_by_markers_note(names: list[str], standing_out: dict[str, str]) -> str:
+    """Why the genes listed for types annotate answers from known markers do not explain those
+    answers: their gradients are of the model's score for the name as text; and what does."""
     one = len(names) == 1
     it, its = ("it", "its") if one else ("them", "their")
-    return (f"{', '.join(repr(n) for n in names)} {'is a type' if one else 'are types'} this checkpoint never "
+    note = (f"{', '.join(repr(n) for n in names)} {'is a type' if one else 'are types'} this checkpoint never "
             f"learned, which annotate answers from known markers by default; the genes listed for {it} move the "
-            f"model's score for the name as text, not the answer: marker_check (CLI --marker-check) shows which of "
-            f"{its} known markers stand out in those cells")
+            "model's score for the name as text, not the answer")
+    if standing_out:
+        return note + "; the known markers that stand out in those cells (share of them / of the others " \
+                      "expressing each): " + "; ".join(f"{n}: {s}" for n, s in standing_out.items())
+    return note + f": marker_check (CLI --marker-check) shows which of {its} known markers stand out in those cells"
 
 
 def _check_options(method: str, normalize: str, top_k: int, reference: str | np.ndarray) -> None:
