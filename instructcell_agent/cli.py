@@ -523,8 +523,7 @@ def _warned_once(run, provenance_of):
     reads as two problems. On an exception every warning is shown."""
     result = None
     try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
+        with warnings.catch_warnings(record=True) as caught:  # the filters as they are: ignored stays ignored
             result = run()
     finally:
         noted = set(provenance_of(result).get("notes", [])) if result is not None else set()
