@@ -36,6 +36,7 @@ from instructcell_agent.core_model.scoring import check_scoring, scoring_name, u
 
 from .aggregate import DEFAULT_NORMALIZE, NORMALIZATIONS, cell_scores, label_means, rankings
 from .attribution import METHODS, RUNNER_UP, IGSettings, attribute
+from .marker_explain import answering_markers, by_markers_note, circular_precision, marker_attributions, merged
 from .markers import (DEFAULT_DB, PRECISION_K, MarkerDB, load_marker_db, marker_report, wilcoxon_pair_rankings,
                       wilcoxon_rankings)
 from .result import DEFAULT_KEY, ExplanationResult
@@ -247,8 +248,6 @@ def explain(adata: ad.AnnData, model: LoadedModel | None = None, labels: str | S
                      ig=IGSettings(n_steps, min(8, n_steps), ig_tolerance, max_steps=16 * n_steps), reference=ref,
                      progress=progress, route=route, decisive=decisive, readout=expert, broader=broader,
                      versus=against)
-    if route is not None and (route.kind == "text" or route.unrouted):
-        warnings.warn(route.note, CandidateNoteWarning, stacklevel=2)
     groups = given if given is not None else np.asarray(cands, dtype=object)[attr.predicted].astype(str)
     pairs: dict[str, tuple[str, str]] = {}
     obs_names = list(aligned.obs_names)
@@ -265,16 +264,37 @@ def explain(adata: ad.AnnData, model: LoadedModel | None = None, labels: str | S
     if empty.any():  # a group named by no candidate is left out of the means
         notes.append(f"{int(empty.sum()):,} cells with no counts on any of the model's genes were left out of "
                      "the per-label means")
-    means = label_means(cell_scores(attr.values, attr.above_reference, normalize), np.where(empty, "", groups),
-                        model.vocab, order=explained)
     species = species or aligned.report.species
     # marker databases list cell types: a drug response has no markers to check against
     db = load_marker_db(marker_db) if task == "annotation" else None
-    if unlearned := _answered_by_markers(route, given):
-        shown = _standing_out(adata, groups, unlearned, model, db, species, matrix) if versus is None else {}
-        notes.append(_answered_by_markers_note(unlearned, shown))
+    counted_groups = np.where(empty, "", groups)
+    by_markers = None
+    if db is not None and versus is None:  # answers known markers gave are explained by those markers
+        found, recorded_db = answering_markers(adata, labels, _answered_by_markers(route, given),
+                                               route.candidates if route is not None else cands, db, species)
+        found = {name: genes for name, genes in found.items() if name in set(map(str, groups))}
+        if found:
+            by_markers = marker_attributions(
+                adata, counted_groups, found, vocab=model.vocab, normalize=normalize, species=species,
+                db=load_marker_db(recorded_db) if recorded_db and recorded_db != db.name else db,
+                **{k: matrix[k] for k in ("layer", "use_raw", "gene_key")})
+            notes.append(by_markers_note(by_markers, len(obs_names), subsample_note is not None))
+    elif versus is not None and (unlearned := _answered_by_markers(route, given)):
+        notes.append(f"{', '.join(map(repr, unlearned))}: never learned by this checkpoint; contrasted through the "
+                     "model's scores for the names as text, not the known markers annotate answers them from")
+    if route is not None and (route.kind == "text" or route.unrouted):
+        # what the model's scores make of names it never learned: moot where every answer
+        # explained is explained by its markers
+        if by_markers is None or not set(map(str, groups)) <= set(by_markers.labels):
+            warnings.warn(route.note, CandidateNoteWarning, stacklevel=2)
+        elif route.note in notes:
+            notes.remove(route.note)
+    means = label_means(cell_scores(*merged(attr.values, attr.above_reference, by_markers, groups, model.vocab),
+                                    normalize), counted_groups, model.vocab, order=explained)
     report = _marker_comparison(means, db, species, model.vocab, attr.inputs, groups, compare_wilcoxon, pairs,
                                 np.asarray(attr.explained)[attr.target])
+    if report is not None and by_markers is not None:
+        report = circular_precision(report, by_markers.labels)
     provenance = {
         "method": method, "instruction": template,
         "target": "answers (annotated first)" if answered else "given" if given is not None else "predicted",
@@ -293,10 +313,11 @@ def explain(adata: ad.AnnData, model: LoadedModel | None = None, labels: str | S
         "alignment_summary": aligned.report.summary(), "seconds": time.perf_counter() - started,
         "n_cells_in": n_cells_in, "max_cells_per_label": max_cells_per_label,
         "seed": seed if max_cells_per_label is not None else None,
+        "explained_by_markers": by_markers.n_markers if by_markers is not None else None,
         "notes": notes,
     }
     return ExplanationResult(obs_names, list(model.vocab), np.asarray(groups, dtype=str), attr, means,
-                             top_k, normalize, report, adata.obs.copy(), provenance, db, species, pairs)
+                             top_k, normalize, report, adata.obs.copy(), provenance, db, species, pairs, by_markers)
 
 
 def _answered_by_markers(route, given) -> list[str]:
@@ -307,35 +328,6 @@ def _answered_by_markers(route, given) -> list[str]:
     if given is not None:  # only the labels explained here
         unlearned &= {given} if isinstance(given, str) else set(given)
     return [c for c in route.candidates if c in unlearned]
-
-
-def _standing_out(adata: ad.AnnData, groups, names: list[str], model: LoadedModel, db: MarkerDB | None,
-                  species: str | None, matrix: dict) -> dict[str, str]:
-    """Each name's known markers that stand out in its cells against the others explained (as
-    `marker_check` lists them), where the database knows the name."""
-    if db is None or len(set(map(str, groups))) < 2:
-        return {}
-    from .marker_check import marker_check
-
-    options = {k: matrix[k] for k in ("layer", "use_raw", "gene_key")}
-    table = marker_check(adata, [str(g) for g in groups], model=model, marker_db=db, species=species,
-                         **options).table.set_index("label")
-    return {name: f"{table.at[name, 'top_markers']} (AUROC {table.at[name, 'auroc']:.2f})" for name in names
-            if name in table.index and table.at[name, "top_markers"]}
-
-
-def _answered_by_markers_note(names: list[str], standing_out: dict[str, str]) -> str:
-    """Why the genes listed for types annotate answers from known markers do not explain those
-    answers: their gradients are of the model's score for the name as text; and what does."""
-    one = len(names) == 1
-    it, its = ("it", "its") if one else ("them", "their")
-    note = (f"{', '.join(repr(n) for n in names)} {'is a type' if one else 'are types'} this checkpoint never "
-            f"learned, which annotate answers from known markers by default; the genes listed for {it} move the "
-            "model's score for the name as text, not the answer")
-    if standing_out:
-        return note + "; the known markers that stand out in those cells (share of them / of the others " \
-                      "expressing each): " + "; ".join(f"{n}: {s}" for n, s in standing_out.items())
-    return note + f": marker_check (CLI --marker-check) shows which of {its} known markers stand out in those cells"
 
 
 def _check_options(method: str, normalize: str, top_k: int, reference: str | np.ndarray) -> None:

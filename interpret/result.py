@@ -15,12 +15,14 @@ import scipy.sparse as sp
 
 from .aggregate import cell_scores, per_cell_top, rank_genes_groups_layout, rankings
 from .attribution import Attributions
+from .marker_explain import ATTRIBUTION, MarkerAttributions, merged
 from .markers import MarkerDB, is_known
 
 log = logging.getLogger(__name__)
 
 DEFAULT_KEY = "instructcell_saliency"
-TOP_GENES_COLUMNS = ["label", "rank", "gene", "score", "is_known_marker"]
+TOP_GENES_COLUMNS = ["label", "rank", "gene", "score", "is_known_marker", "attribution"]
+MODEL_ATTRIBUTION = "model"
 
 
 @dataclass
@@ -53,6 +55,10 @@ class ExplanationResult:
         Method, instruction, candidates, checkpoint, alignment report, notes.
     contrasts
         ``{group: (label, versus)}`` when ``explain`` was asked ``versus`` (empty otherwise).
+    by_markers
+        For labels annotate answers from known markers (interpret/marker_explain.py): each of their
+        cells' markers' shares of the marker score the answer won on, which replace the model's
+        attributions for those cells in every view; None when no label is.
     """
 
     obs_names: list[str]
@@ -68,6 +74,7 @@ class ExplanationResult:
     marker_db: MarkerDB | None = field(default=None, repr=False)
     species: str | None = None
     contrasts: dict[str, tuple[str, str]] = field(default_factory=dict)
+    by_markers: MarkerAttributions | None = None
 
     # ------------------------------------------------------------------ views
     @property
@@ -83,23 +90,39 @@ class ExplanationResult:
 
     @property
     def top_genes(self) -> pd.DataFrame:
-        """Tidy top-k genes per label: label, rank (1 = best), gene, score, is_known_marker.
+        """Tidy top-k genes per label: label, rank (1 = best), gene, score, is_known_marker, attribution.
 
         Only genes with a positive mean score are listed (fewer than k where fewer genes push
         the label up). ``is_known_marker`` is True/False against the marker database for mapped
         labels, and missing (NA) where it cannot be said (a label not in our mapping, a drug response).
+        ``attribution`` is ``"model"``, or ``"known-marker score"`` for a label annotate answers
+        from known markers (`by_markers`; its genes may lie beyond the model's).
         """
         rows = []
-        for label, (names, scores) in rankings(self.means, self.top_k, positive_only=True).items():
+        for label, (names, scores) in self.rankings(self.top_k).items():
             known = is_known(self.marker_db, label, names, self.species, self.contrasts.get(label))
-            rows += [(label, r + 1, g, float(s), k) for r, (g, s, k) in enumerate(zip(names, scores, known))]
+            how = self.attribution_of(label)
+            rows += [(label, r + 1, g, float(s), k, how) for r, (g, s, k) in enumerate(zip(names, scores, known))]
         frame = pd.DataFrame(rows, columns=TOP_GENES_COLUMNS)
         frame["is_known_marker"] = frame["is_known_marker"].astype("boolean")
         return frame
 
+    def attribution_of(self, label: str) -> str:
+        """How `label`'s genes were found: "model", or "known-marker score" (`by_markers`)."""
+        return ATTRIBUTION if self.by_markers is not None and label in self.by_markers.labels else MODEL_ATTRIBUTION
+
+    def rankings(self, n: int) -> dict[str, tuple[list[str], np.ndarray]]:
+        """Top `n` genes per label with a positive mean score, best first; a label the markers
+        explain is ranked over all its markers, the model's genes or not."""
+        ranked = rankings(self.means, n, positive_only=True)
+        if self.by_markers is not None:
+            ranked.update((label, found) for label, found in rankings(self.by_markers.means, n, positive_only=True)
+                          .items() if label in ranked)
+        return ranked
+
     def per_cell_top(self, k: int = 10) -> pd.DataFrame:
         """Each cell's `k` most salient expressed genes: cell, label, rank, gene, score (long format)."""
-        idx, vals = per_cell_top(self.cell_scores(), self.attributions.above_reference, k)
+        idx, vals = per_cell_top(self.cell_scores(), self._merged()[1], k)
         genes = np.asarray(self.genes + [""], dtype=object)  # index -1 -> ""
         n, kk = idx.shape
         frame = pd.DataFrame({
@@ -111,7 +134,12 @@ class ExplanationResult:
 
     def cell_scores(self) -> np.ndarray:
         """cells x genes scores as aggregated (genes at or below the reference 0, normalised as `normalize`)."""
-        return cell_scores(self.attributions.values, self.attributions.above_reference, self.normalize)
+        return cell_scores(*self._merged(), self.normalize)
+
+    def _merged(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per-cell attributions and what rankings count, marker-explained cells' rows their markers'."""
+        return merged(self.attributions.values, self.attributions.above_reference, self.by_markers, self.groups,
+                      self.genes)
 
     def summary(self) -> str:
         """A few readable lines: method, cells, top genes and marker precision per label, then the
@@ -124,10 +152,12 @@ class ExplanationResult:
             lines.append(f"Integrated Gradients ({steps:.0f} integration points per cell): completeness |delta| "
                          f"median {np.median(np.abs(a.delta)):.4f}, max {np.max(np.abs(a.delta)):.4f}")
         report = self.marker_report.set_index("label") if self.marker_report is not None else None
-        for label, (names, _) in rankings(self.means, min(self.top_k, 5), positive_only=True).items():
+        for label, (names, _) in self.rankings(min(self.top_k, 5)).items():
             extra = ""
             if report is not None and label in report.index and pd.notna(report.at[label, "precision_at_k"]):
                 extra = f"  (marker precision@10 {report.at[label, 'precision_at_k']:.2f})"
+            if self.attribution_of(label) == ATTRIBUTION:
+                extra = f"  (by its {ATTRIBUTION}: answered from known markers)"
             lines.append(f"  {label}: {', '.join(names)}{extra}")
         lines += [f"note: {note}" for note in self.provenance.get("notes", [])]
         return "\n".join(lines)
@@ -152,7 +182,10 @@ class ExplanationResult:
             raise ValueError("adata's cells differ from the explained cells (same obs_names in the same order needed; "
                              "after max_cells_per_label, pass adata[result.obs_names])")
         self._annotate(adata, key_added)
-        missing = sorted(set(self.top_genes["gene"]) - set(map(str, adata.var_names)))
+        # the genes the rank_genes_groups layout names (the model's; a marker-explained label's
+        # markers beyond them are in top_genes only)
+        ranked = {g for names, _ in rankings(self.means, self.top_k).values() for g in names}
+        missing = sorted(ranked - set(map(str, adata.var_names)))
         if missing:
             log.warning("%d ranked genes are not var_names of this AnnData (e.g. %s); scanpy's rank_genes_groups "
                         "plots need them: use result.to_adata() for an AnnData on the model's genes",
@@ -165,13 +198,13 @@ class ExplanationResult:
         inputs = self.attributions.inputs
         var = pd.DataFrame({"n_cells_expressed": (inputs > 0).sum(0)}, index=pd.Index(self.genes))
         out = ad.AnnData(sp.csr_matrix(inputs), obs=obs, var=var)
-        out.layers[key] = self.attributions.values
+        out.layers[key] = self._merged()[0]
         out.uns["log1p"] = {"base": None}  # tells scanpy X is natural-log log1p
         return out
 
     def _annotate(self, adata: ad.AnnData, key: str) -> None:
         a = self.attributions
-        idx, _ = per_cell_top(self.cell_scores(), a.above_reference, self.top_k)
+        idx, _ = per_cell_top(self.cell_scores(), self._merged()[1], self.top_k)
         genes = np.asarray(self.genes, dtype=object)
         adata.obs[f"{key}_label"] = pd.Categorical(self.groups, categories=self.labels)
         adata.obs[f"{key}_predicted"] = pd.Categorical(self.predicted.astype(str), categories=a.candidates)

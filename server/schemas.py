@@ -443,9 +443,14 @@ class ExplanationSummary(BaseModel):
     cells_per_label: dict[str, int] = Field(description="Cells averaged into each label's ranking (cells with no "
                                                     "counts on the model's genes are left out; see notes).")
     top_genes: dict[str, list[GeneScore]] = Field(description="Per label, its top genes by attribution.")
+    explained_by_markers: list[str] = Field(
+        default_factory=list,
+        description="Labels annotate answered from known markers (by_markers, or a type the checkpoint never "
+                    "learned): their top genes are those markers' shares of the marker score the answer won on, "
+                    "not the model's gradients.")
     marker_precision: dict[str, float | None] | None = Field(
         description="Per label, share of the top 10 genes that are known markers (None: a label the marker table "
-                    "does not map).")
+                    "does not map, or one explained by its own known markers).")
     notes: list[str] = Field(default_factory=list, description="How the labels were scored, where that matters.")
     outputs: list[OutputFile]
     seconds: float

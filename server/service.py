@@ -429,6 +429,7 @@ class InstructCellService:
                                   reference=result.provenance.get("reference") or "none",
                                   normalize=req.normalize,
                                   cells_per_label=_explained_per_label(result), top_genes=top,
+                                  explained_by_markers=list(result.provenance.get("explained_by_markers") or ()),
                                   marker_precision=precision,
                                   notes=_read_notes(adata, req) + list(result.provenance.get("notes", [])),
                                   outputs=files,

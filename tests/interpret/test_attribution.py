@@ -232,30 +232,6 @@ def test_the_default_reference_is_the_sets_mean_training_cell(marker_model, give
     np.testing.assert_array_equal(one.attributions.reference, mean)
 
 
-def test_a_type_never_learned_among_the_candidates_is_said_to_be_answered_from_markers(marker_model, cells):
-    few = cells[:8].copy()
-    cands = [*CELL_TYPES, "Hepatocyte"]  # annotate's markers decide Hepatocyte; its gradients are of the text
-    result = explain(few, model=marker_model, candidates=cands, labels=["Hepatocyte"] * 4 + ["alpha"] * 4)
-    said = [n for n in result.provenance["notes"] if "never learned, which annotate answers from known markers" in n]
-    assert len(said) == 1 and said[0].startswith("'Hepatocyte' is a type")
-    plain = explain(few, model=marker_model, candidates=list(CELL_TYPES), labels=["alpha"] * 8)
-    assert not any("answers from known markers" in n for n in plain.provenance["notes"])
-
-
-def test_the_note_names_the_known_markers_that_stand_out_where_the_database_has_them(marker_model, cells):
-    from instructcell_agent.interpret.api import _answered_by_markers_note, _standing_out
-    from instructcell_agent.interpret.markers import MarkerDB
-
-    db = MarkerDB("planted", {"Alpha cells": {"any": frozenset(marker_genes("alpha"))}})
-    groups = cells.obs["cell_type"].astype(str).to_numpy()
-    matrix = {"layer": None, "use_raw": False, "gene_key": None}
-    shown = _standing_out(cells, groups, ["alpha"], marker_model, db, "human", matrix)
-    assert set(shown) == {"alpha"} and shown["alpha"].split()[0] in marker_genes("alpha")
-    assert "AUROC 1.00" in shown["alpha"]
-    note = _answered_by_markers_note(["alpha"], shown)
-    assert "stand out in those cells" in note and shown["alpha"] in note and "marker_check" not in note
-
-
 def test_without_mean_training_cells_the_reference_falls_back_to_zero(marker_model, cells):
     import copy
 

@@ -103,7 +103,7 @@ def test_cli_explain_writes_everything_and_keeps_the_input(tiny_checkpoint, synt
     assert code == 0
     assert _digest(synthetic_set["path"]) == before
     top = pd.read_csv(out / "top_genes.csv")
-    assert list(top.columns) == ["label", "rank", "gene", "score", "is_known_marker"]
+    assert list(top.columns) == ["label", "rank", "gene", "score", "is_known_marker", "attribution"]
     assert 4 <= len(top) <= 4 * 5 and top["rank"].between(1, 5).all() and (top["score"] > 0).all()
     adata = ad.read_h5ad(out / "explained.h5ad")
     assert adata.n_obs == 240 and KEY in adata.uns

@@ -458,6 +458,14 @@ def test_annotate_cells_answers_types_the_model_never_learned_from_their_markers
     assert h5.uns["instructcell"]["candidate_route"] == "known markers"
     assert sorted(row["label"] for row in checked["marker_check"]) == sorted(LIVER_TYPES)
     assert any("answered from panglaodb's markers, the ones checked here" in note for note in checked["notes"])
+    # the answers explained by the markers that gave them, and said so
+    answered = next(f["path"] for f in summary["outputs"] if f["kind"] == "annotated_h5ad")
+    explained = check_structured(env["server"], "explain_genes", call(env["server"], "explain_genes", {
+        "h5ad_path": answered, "labels": "instructcell_label", "max_cells_per_label": 8}))
+    found = explained["result"]
+    assert sorted(found["explained_by_markers"]) == sorted(LIVER_TYPES)
+    assert all(found["marker_precision"][t] is None for t in LIVER_TYPES)
+    assert all(g["is_known_marker"] for t in LIVER_TYPES for g in found["top_genes"][t])
 
 
 def test_annotate_cells_has_markers_scored_on_the_whole_file_decide_unlearned_candidates(env):
