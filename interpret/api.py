@@ -36,13 +36,15 @@ from instructcell_agent.core_model.scoring import check_scoring, scoring_name, u
 
 from .aggregate import DEFAULT_NORMALIZE, NORMALIZATIONS, cell_scores, label_means, rankings
 from .attribution import METHODS, RUNNER_UP, IGSettings, attribute
-from .marker_explain import answering_markers, by_markers_note, circular_precision, marker_attributions, merged
+from .marker_explain import (answering_markers, by_markers_note, circular_precision, marker_attributions,
+                             markers_only_attributions, merged)
 from .markers import (DEFAULT_DB, PRECISION_K, MarkerDB, load_marker_db, marker_report, wilcoxon_pair_rankings,
                       wilcoxon_rankings)
 from .result import DEFAULT_KEY, ExplanationResult
 from .targets import (answer_candidates, answers_first, broader_types, candidates_of, cap_per_label, check_cap,
                       check_in_candidates, contrast_groups, drug_and_task, given_labels, per_cell_versus,
-                      recorded_candidates, set_of_free_answers, versus_indices, without_unlabelled)
+                      recorded_candidates, recorded_probabilities, set_of_free_answers, versus_indices,
+                      without_unlabelled)
 
 REFERENCES = ("train", "zero", "mean")
 
@@ -238,16 +240,35 @@ def explain(adata: ad.AnnData, model: LoadedModel | None = None, labels: str | S
     # that has no gradient (core_model/readout.py).
     expert = model.readout_for(aligned.matched) if readout and model.readout is not None \
         and model.readout.covers(scored) and one_set(scored, model.label_lists) else None
-    ref_name = None if method == "gradient" else reference if isinstance(reference, str) else "given"
+    species = species or aligned.report.species
+    # marker databases list cell types: a drug response has no markers to check against
+    db = load_marker_db(marker_db) if task == "annotation" else None
+    found, answers_db = {}, db
+    if db is not None and versus is None:  # answers known markers gave are explained by those markers
+        found, recorded_db = answering_markers(adata, labels, _answered_by_markers(route, given),
+                                               route.candidates if route is not None else cands, db, species)
+        answers_db = load_marker_db(recorded_db) if recorded_db and recorded_db != db.name else db
+    # every candidate answered from its markers: the model has no part in the answers, and is not run
+    markers_only = bool(found) and set(cands) <= set(found) and not broader
+    ref_name = None if method == "gradient" or markers_only else reference if isinstance(reference, str) else "given"
     ref, ref_sets = _reference(reference, aligned.X, model, dataset, scored) if ref_name else (None, [])
     if ref_name == "train" and ref is None:
         ref_name = "zero"
         notes.append("the checkpoint keeps no mean training cells (refit its read-out with `instructcell "
                      "train-readout`); attributions are measured against zero expression instead")
-    attr = attribute(model.model, aligned.X, cands, prefixes, rows, target, method=method, batch_size=batch_size,
-                     ig=IGSettings(n_steps, min(8, n_steps), ig_tolerance, max_steps=16 * n_steps), reference=ref,
-                     progress=progress, route=route, decisive=decisive, readout=expert, broader=broader,
-                     versus=against)
+    if markers_only:
+        attr = markers_only_attributions(adata, aligned.X, cands, target, found, model=model, db=answers_db,
+                                         species=species, method=method,
+                                         recorded=recorded_probabilities(adata, labels, cands),
+                                         **{k: matrix[k] for k in ("layer", "use_raw", "gene_key")})
+        if progress is not None:
+            progress(adata.n_obs, adata.n_obs)
+    else:
+        attr = attribute(model.model, aligned.X, cands, prefixes, rows, target, method=method,
+                         batch_size=batch_size, ig=IGSettings(n_steps, min(8, n_steps), ig_tolerance,
+                                                              max_steps=16 * n_steps),
+                         reference=ref, progress=progress, route=route, decisive=decisive, readout=expert,
+                         broader=broader, versus=against)
     groups = given if given is not None else np.asarray(cands, dtype=object)[attr.predicted].astype(str)
     pairs: dict[str, tuple[str, str]] = {}
     obs_names = list(aligned.obs_names)
@@ -264,21 +285,13 @@ def explain(adata: ad.AnnData, model: LoadedModel | None = None, labels: str | S
     if empty.any():  # a group named by no candidate is left out of the means
         notes.append(f"{int(empty.sum()):,} cells with no counts on any of the model's genes were left out of "
                      "the per-label means")
-    species = species or aligned.report.species
-    # marker databases list cell types: a drug response has no markers to check against
-    db = load_marker_db(marker_db) if task == "annotation" else None
     counted_groups = np.where(empty, "", groups)
     by_markers = None
-    if db is not None and versus is None:  # answers known markers gave are explained by those markers
-        found, recorded_db = answering_markers(adata, labels, _answered_by_markers(route, given),
-                                               route.candidates if route is not None else cands, db, species)
-        found = {name: genes for name, genes in found.items() if name in set(map(str, groups))}
-        if found:
-            by_markers = marker_attributions(
-                adata, counted_groups, found, vocab=model.vocab, normalize=normalize, species=species,
-                db=load_marker_db(recorded_db) if recorded_db and recorded_db != db.name else db,
-                **{k: matrix[k] for k in ("layer", "use_raw", "gene_key")})
-            notes.append(by_markers_note(by_markers, len(obs_names), subsample_note is not None))
+    if found := {name: genes for name, genes in found.items() if name in set(map(str, groups))}:
+        by_markers = marker_attributions(adata, counted_groups, found, vocab=model.vocab, normalize=normalize,
+                                         species=species, db=answers_db,
+                                         **{k: matrix[k] for k in ("layer", "use_raw", "gene_key")})
+        notes.append(by_markers_note(by_markers, len(obs_names), subsample_note is not None, markers_only))
     elif versus is not None and (unlearned := _answered_by_markers(route, given)):
         notes.append(f"{', '.join(map(repr, unlearned))}: never learned by this checkpoint; contrasted through the "
                      "model's scores for the names as text, not the known markers annotate answers them from")

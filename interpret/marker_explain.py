@@ -17,6 +17,7 @@ against the other cells drawn rather than the whole file annotate scored (a note
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -28,6 +29,7 @@ import scipy.sparse as sp
 from instructcell_agent.core_model.cell_encoder import log_normalize_csr
 
 from .aggregate import cell_scores, label_means
+from .attribution import Attributions
 from .marker_annotation import POOLING, POOLINGS, _rank_percentiles, read_for_markers
 from .marker_check import column_moments
 from .markers import MarkerDB
@@ -182,8 +184,9 @@ def _recorded(markers, names: Sequence[str] | None) -> dict[str, set[str]]:
     return {name: found[name] for name in (names if names is not None else list(found)) if found.get(name)}
 
 
-def by_markers_note(found: MarkerAttributions, n_cells: int, subsampled: bool) -> str:
-    """Which labels the markers explain, and how."""
+def by_markers_note(found: MarkerAttributions, n_cells: int, subsampled: bool, markers_only: bool = False) -> str:
+    """Which labels the markers explain, and how (and, where they answered every candidate, that
+    the model was not run)."""
     names = ", ".join(repr(n) for n in found.labels)
     one = len(found.labels) == 1
     against = "the other cells drawn" if subsampled else f"the {n_cells:,} cells explained"
@@ -192,6 +195,8 @@ def by_markers_note(found: MarkerAttributions, n_cells: int, subsampled: bool) -
             f"against {against}), not the model's gradients")
     if silent := [n for n, k in found.n_markers.items() if not k]:
         note += f"; the cells express none of the markers of {', '.join(map(repr, silent))}"
+    if markers_only:
+        note += "; the markers answer every candidate, so the model was not run (probabilities: the marker route's)"
     return note
 
 
@@ -203,3 +208,31 @@ def circular_precision(report: pd.DataFrame, labels: Sequence[str]) -> pd.DataFr
     report.loc[mine, "precision_at_k"] = np.nan
     report.loc[mine, "note"] = "ranked by the known markers it was answered on: no precision to check"
     return report
+
+
+def markers_only_attributions(adata: ad.AnnData, counts: sp.spmatrix, candidates: Sequence[str],
+                              target: np.ndarray | None, found: Mapping[str, set[str]], *, model, db: MarkerDB,
+                              species: str | None, method: str, recorded: np.ndarray | None, layer: str | None = None,
+                              use_raw: bool = False, gene_key: str | None = None) -> Attributions:
+    """Attributions for cells every candidate of which the known markers answer (``by_markers``,
+    or no candidate the checkpoint learned), with no model run: the values are left to the
+    markers' shares (`merged`). The probabilities are those annotate recorded (`recorded`, in
+    candidate order) where the file has them, else the marker route's own over these cells; a cell
+    with no target is explained for its most probable candidate, the marker route's answer.
+    `counts` are the cells on the model's genes (``AlignedData.X``): the model input kept beside;
+    `model` gives the gene list the marker route reads the cells on."""
+    from .marker_annotation import annotate_by_markers
+
+    if recorded is None:
+        with warnings.catch_warnings():  # the route's own warnings were given when the cells were answered
+            warnings.simplefilter("ignore")
+            routed = annotate_by_markers(adata, list(candidates), markers={c: sorted(found[c]) for c in candidates},
+                                         marker_db=db, species=species, layer=layer, use_raw=use_raw,
+                                         gene_key=gene_key, model=model)
+        recorded = routed.probabilities.to_numpy(dtype=np.float32)
+    probabilities = np.nan_to_num(recorded, nan=0.0)
+    inputs = log_normalize_csr(counts).toarray()
+    if target is None:
+        target = probabilities.argmax(1)
+    return Attributions(np.zeros_like(inputs), inputs, np.asarray(target, dtype=np.int64), probabilities,
+                        [str(c) for c in candidates], method)

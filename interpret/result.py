@@ -145,8 +145,9 @@ class ExplanationResult:
         """A few readable lines: method, cells, top genes and marker precision per label, then the
         notes (cells left out, how candidates were scored)."""
         a = self.attributions
-        lines = [f"{len(self.obs_names):,} cells explained with {a.method} over {len(self.genes):,} genes; "
-                 f"{len(self.labels)} labels"]
+        by_markers = self.by_markers is not None and set(self.labels) <= set(self.by_markers.labels)
+        how = f"the {ATTRIBUTION} each was answered on" if by_markers else f"{a.method} over {len(self.genes):,} genes"
+        lines = [f"{len(self.obs_names):,} cells explained with {how}; {len(self.labels)} labels"]
         if a.delta is not None:
             steps = float(np.mean(a.steps_used)) if a.steps_used is not None else float("nan")
             lines.append(f"Integrated Gradients ({steps:.0f} integration points per cell): completeness |delta| "

@@ -137,6 +137,21 @@ def recorded_candidates(adata: ad.AnnData, labels) -> tuple[list[str] | None, st
     return names, f"candidates taken from uns[{key!r}]: the {len(names)} annotate answered among"
 
 
+def recorded_probabilities(adata: ad.AnnData, labels, candidates: Sequence[str]) -> np.ndarray | None:
+    """The probabilities ``annotate`` wrote beside the answers `labels` names (``<key>_label``:
+    ``obsm['<key>_probabilities']``, columns ``uns[key]['candidates']``), in `candidates` order;
+    None where the file holds no such record for these candidates."""
+    if not isinstance(labels, str):
+        return None
+    key, _, kind = labels.rpartition("_")
+    record = adata.uns.get(key) if kind == "label" and key else None
+    found = adata.obsm.get(f"{key}_probabilities") if isinstance(record, Mapping) else None
+    columns = [str(c) for c in record.get("candidates", ())] if found is not None else []
+    if found is None or sorted(columns) != sorted(map(str, candidates)) or np.shape(found)[1] != len(columns):
+        return None
+    return np.asarray(found, dtype=np.float32)[:, [columns.index(str(c)) for c in candidates]]
+
+
 def without_unlabelled(adata: ad.AnnData, given: np.ndarray | str | None,
                        candidates: Sequence[str] | None) -> tuple[ad.AnnData, np.ndarray | str | None, str | None]:
     """Leave out the cells that have no label to explain (`unexplainable`), with a note saying

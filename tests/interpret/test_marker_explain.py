@@ -35,12 +35,19 @@ def test_the_shares_sum_to_the_marker_score_each_answer_won_on(tiny_model, pooli
         assert found.n_markers[label] == len(used[label])
 
 
-def test_answers_given_by_markers_are_explained_by_the_markers_that_gave_them(tiny_model):
+def _no_model(*args, **kwargs):
+    raise AssertionError("the model was run")
+
+
+def test_answers_given_by_markers_are_explained_by_the_markers_that_gave_them(tiny_model, monkeypatch):
     cells = make_liver_like(24)
     answered = ica.annotate_by_markers(cells, list(LIVER_TYPES), model=tiny_model).to_adata(cells.copy())
+    monkeypatch.setattr("instructcell_agent.interpret.api.attribute", _no_model)  # the markers gave every answer
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no note that the names were scored as text: they were not
         result = explain(answered, model=tiny_model, labels="instructcell_label")
+    # the probabilities are annotate's, recorded beside its answers
+    np.testing.assert_allclose(result.attributions.probabilities, answered.obsm["instructcell_probabilities"])
     top, planted = result.top_genes, liver_markers()
     for label in LIVER_TYPES:
         mine = top[top["label"] == label]
@@ -50,10 +57,23 @@ def test_answers_given_by_markers_are_explained_by_the_markers_that_gave_them(ti
     assert report.loc[list(LIVER_TYPES), "precision_at_k"].isna().all()  # its own markers: nothing to check
     assert any("answered from known markers" in n for n in result.provenance["notes"])
     assert set(result.provenance["explained_by_markers"]) == set(LIVER_TYPES)
-    # every per-cell view reads the markers' shares, not the model's gradients: the liver markers are
-    # none of this model's genes, so nothing is left on them
-    assert np.all(result.cell_scores() == 0) and np.abs(result.attributions.values).sum() > 0
+    # every per-cell view reads the markers' shares: the liver markers are none of this model's
+    # genes, so nothing is left on them
+    assert np.all(result.cell_scores() == 0)
     assert "instructcell_saliency" in result.to_adata().uns
+    assert "cells explained with the known-marker score" in result.summary()
+
+
+def test_candidates_the_checkpoint_never_learned_are_explained_as_annotate_answers_them(tiny_model, monkeypatch):
+    cells = make_liver_like(16)
+    monkeypatch.setattr("instructcell_agent.interpret.api.attribute", _no_model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        answers = ica.annotate(cells, model=tiny_model, candidates=list(LIVER_TYPES))
+        result = explain(cells, model=tiny_model, candidates=list(LIVER_TYPES))
+    assert list(result.groups) == list(answers.labels)  # the marker route's answers, not the strings' scores
+    np.testing.assert_allclose(result.attributions.probabilities, answers.probabilities.to_numpy(), atol=1e-6)
+    assert any("the model was not run" in n for n in result.provenance["notes"])
 
 
 def test_only_the_types_the_markers_decide_are_explained_by_them(tiny_model):
