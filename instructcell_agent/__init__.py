@@ -17,7 +17,7 @@ _WHERE = {
     "default_checkpoint_path": ".api", "AnnotationResult": ".results", "explain": ".interpret.api",
     "marker_check": ".interpret.marker_check", "annotate_by_markers": ".interpret.marker_annotation",
     "read_cells": ".core_model.readers", "read_samples": ".core_model.samples",
-    "join_obs_table": ".core_model.obs_table",
+    "join_obs_table": ".core_model.obs_table", "tissue_cell_types": ".interpret.tissue_types",
 }
 __all__ = [*_WHERE, "__version__"]
 

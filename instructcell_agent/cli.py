@@ -15,7 +15,7 @@ from . import cli_checkpoint as checkpoint_commands
 from . import cli_data as data_commands
 from .cli_checkpoint import recorded_command
 from .cli_data import (CANDIDATES_HELP, add_data_arguments, add_matrix_arguments, check_new_file, inputs,
-                       parse_candidates, read_data, table_separator)
+                       parse_candidates, read_data, table_separator, with_tissue_types)
 from .core_model.precision import add_device_argument, add_precision_argument
 from .core_model.scoring import add_scoring_argument
 
@@ -129,6 +129,11 @@ def _add_annotate(sub) -> None:
                    help="candidates none of which the model learned are answered from their known markers by "
                         "default (as --by-markers), and where they mix learned and unlearned types the markers "
                         "decide the unlearned ones; this scores their names as strings instead")
+    p.add_argument("--tissue-types", default=None, metavar="TISSUE",
+                   help="candidates: the known cell types of TISSUE (liver, lung, kidney, brain, colon...: "
+                        "PanglaoDB's types of that organ, and the immune, endothelial and stromal types most tissues "
+                        "hold), added to any --candidates; for tissues the model never learned, answered from their "
+                        "known markers")
     p.add_argument("--markers", default=None, metavar="FILE",
                    help="with --by-markers: your own markers (JSON {\"type\": [genes]}, or .csv/.tsv rows of "
                         "cell type, gene), used instead of the database's for those types; --candidates defaults to "
@@ -379,6 +384,7 @@ def _annotate(args) -> int:
                              "(one row per cell), --plot FILE.png (a map of the cells), or several")
     if getattr(args, "resolve_at", None) is not None:  # annotate only; refused before any reading
         check_resolve_at(args.resolve_at)
+    candidates = with_tissue_types(parse_candidates(args.candidates), getattr(args, "tissue_types", None))
     sep = table_separator(args) if args.table else None  # refused before any reading
     if args.plot:
         check_new_file(args.plot, ".png", "--plot", args)
@@ -389,7 +395,7 @@ def _annotate(args) -> int:
     groups = obs_column(adata, group_key, "Name a column of groups (clusters, samples)") if group_key else None
     if groups is not None:
         check_groups(groups, group_key)
-    result, model, by_markers = _warned_once(lambda: _answers(args, adata, parse_candidates(args.candidates)),
+    result, model, by_markers = _warned_once(lambda: _answers(args, adata, candidates),
                                              lambda answers: answers[0].provenance)
     if len(result.confidence) and all(math.isnan(float(c)) for c in result.confidence):
         # not a cell with counts on the model's genes: most likely the wrong matrix, so say which others there are

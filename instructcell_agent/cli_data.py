@@ -52,6 +52,18 @@ def parse_candidates(text: str | None) -> list[str] | None:
     return [name.strip() for name in text.split(";" if ";" in text else ",") if name.strip()]
 
 
+def with_tissue_types(candidates: list[str] | None, tissue: str | None) -> list[str] | None:
+    """`--candidates` with `--tissue-types`' known types of the tissue added (printed, so the
+    user sees what was asked and can edit it into --candidates)."""
+    if not tissue:
+        return candidates
+    from .interpret.tissue_types import tissue_cell_types
+
+    types = [t for t in tissue_cell_types(tissue) if t not in (candidates or [])]
+    print(f"candidates of {tissue!r} ({len(types)} known types): {', '.join(types)}")
+    return [*(candidates or []), *types]
+
+
 def add_matrix_arguments(p: argparse.ArgumentParser) -> None:
     """Which matrix and gene names of --data to read (the API's use_raw, layer and gene_key)."""
     p.add_argument("--use-raw", action="store_true", help="read adata.raw instead of adata.X")

@@ -17,9 +17,13 @@ Sources (read from ``<shared>/data/markers``; only cell type, species and gene s
   and mouse table (``Cell_marker_Mouse.csv.gz``, one row per marker and study; rows of normal
   cells only, not cancer cells). Both name cell types alike ('B cell', 'Alpha cell (α cell)').
 
+Beside it, ``interpret/marker_organs.json``: the organ PanglaoDB files each of its cell types
+under ('Kupffer cells': 'Liver'), which ``interpret/tissue_types.py`` reads to offer a tissue's
+known types as candidates.
+
 Usage::
 
-    python scripts/build_marker_table.py [--shared PATH] [--out FILE]
+    python scripts/build_marker_table.py [--shared PATH] [--out FILE] [--organs-out FILE]
 
 Run it again after adding a database cell type to ``marker_map.json``. The output is
 byte-for-byte deterministic (sorted rows, gzip mtime 0); a test rebuilds it from the shared
@@ -46,6 +50,7 @@ logger = logging.getLogger("build_marker_table")
 
 MARKER_MAP = REPO_ROOT / "interpret" / "marker_map.json"
 DEFAULT_OUT = REPO_ROOT / "interpret" / "known_markers.tsv.gz"
+DEFAULT_ORGANS_OUT = REPO_ROOT / "interpret" / "marker_organs.json"
 HEADER = ("database", "cell_type", "species", "symbol")
 Rows = set[tuple[str, str, str]]  # (cell_type, species, symbol)
 WHOLE = ("panglaodb",)  # databases shipped with every cell type, not just the mapped ones
@@ -65,6 +70,25 @@ def panglaodb_rows(path: Path) -> Rows:
             for species in [{"Hs": "human", "Mm": "mouse"}[t] for t in tags if t in ("Hs", "Mm")] or ["any"]:
                 rows.add((cell_type, species, symbol))
     return rows
+
+
+def panglaodb_organs(path: Path) -> dict[str, str]:
+    """PanglaoDB's organ of each cell type, sorted by cell type (a type filed under no organ,
+    'NA', is left out)."""
+    organs: dict[str, str] = {}
+    with path.open(newline="", encoding="utf-8") as fh:
+        for row in csv.DictReader(fh, delimiter="\t"):
+            cell_type, organ = (row.get("cell type") or "").strip(), (row.get("organ") or "").strip()
+            if cell_type and organ and organ != "NA":
+                organs.setdefault(cell_type, organ)
+    return dict(sorted(organs.items()))
+
+
+def write_organs(path: Path, organs: dict[str, str]) -> int:
+    """Write the organ table as JSON (deterministic: sorted keys, one entry per line); returns its size."""
+    text = json.dumps({"panglaodb": organs}, indent=1, sort_keys=True, ensure_ascii=False) + "\n"
+    path.write_text(text, encoding="utf-8")
+    return len(text.encode("utf-8"))
 
 
 def cellmarker2_rows(path: Path) -> Rows:
@@ -134,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shared", type=Path, default=default_shared(), help="the shared folder")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output file")
+    parser.add_argument("--organs-out", type=Path, default=DEFAULT_ORGANS_OUT, help="the organ table's output file")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
@@ -150,6 +175,10 @@ def main(argv: list[str] | None = None) -> int:
     size = write_rows(args.out, HEADER, rows)
     logger.info("%s: %d rows (%s), %d bytes", args.out.name, len(rows),
                 ", ".join(f"{db} {len(types)} cell types" for db, types in sorted(wanted.items())), size)
+    organs = panglaodb_organs(markers_dir / DATABASES["panglaodb"][0])
+    size = write_organs(args.organs_out, organs)
+    logger.info("%s: %d cell types in %d organs, %d bytes", args.organs_out.name, len(organs),
+                len(set(organs.values())), size)
     return 0
 
 

@@ -14,8 +14,9 @@ use_raw as they suggest.
 2. Choose the candidates: a label set that matching_label_sets lists for the file's species and \
 tissue, or cell types I name (Cell Ontology names work); with neither, leave candidates out and \
 pass species and tissue, so that free answers stay within what the model learned there. If the \
-tissue is one the model never learned (describe_model lists its tissues) and I named its cell \
-types, call annotate_cells with those candidates and by_markers="panglaodb" as well, which answers \
+tissue is one the model never learned (describe_model lists its tissues), pass the cell types I \
+name, else the tissue_cell_types inspect_dataset lists for it (drop types the tissue cannot hold), \
+as candidates, and also call annotate_cells with them and by_markers="panglaodb", which answers \
 from their known markers alone, and report both (the marker answers tell lineages apart, not subsets).
 3. Call annotate_cells. Pass compare_key if an obs column already holds cell types (an author's \
 annotation) and groupby if one holds clusters or samples (leiden, louvain, seurat_clusters, sample). \

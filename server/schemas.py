@@ -266,6 +266,13 @@ class DatasetInfo(BaseModel):
                     "per label, or no candidates for free answers; empty when the model learned no labels for "
                     "this context. Without a tissue column every tissue of the species is listed: ask which "
                     "tissue the cells come from, or pass it as annotate_cells' tissue.")
+    tissue_cell_types: list[str] = Field(
+        default_factory=list,
+        description="Where the model learned no labels for the file's tissue (a tissue column naming liver, lung, "
+                    "kidney, brain...): that tissue's known cell types (PanglaoDB's types of its organ, and the "
+                    "immune, endothelial and stromal types most tissues hold), candidates annotate_cells answers "
+                    "from their known markers. A list to start from: drop types the tissue cannot hold, add ones "
+                    "it lacks. Empty otherwise.")
 
 
 class DescribeModelRequest(_Request):

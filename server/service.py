@@ -240,7 +240,7 @@ class InstructCellService:
             within_cell_limit=n_cells <= self.limits.max_cells,
             runs_in_background=n_cells > self.limits.async_threshold_cells,
             model_annotation_labels=model.labels_for_task("annotation")[:50],
-            matching_label_sets=_matching_label_sets(model, head, overlap.species if overlap else ""))
+            **_candidates_for(model, head, overlap.species if overlap else ""))
 
     def describe_model(self, req: DescribeModelRequest) -> ModelInfo:
         """What the loaded checkpoint learned: label sets, drugs, generation conditions."""
@@ -693,18 +693,27 @@ def _concat(parts):
         typicality=typicality, answered_by=answered_by, resolved=resolved)
 
 
-def _matching_label_sets(model, cells: ad.AnnData, detected_species: str = "") -> dict[str, list[str]]:
-    """Label sets learned for the most common (species, tissue) of `cells`, the species its gene
-    names show standing in for a missing species column (as annotate_cells does): which
-    candidates an agent should pass. Listing every learned label instead mixes sets, and a mix is
+def _candidates_for(model, cells: ad.AnnData, detected_species: str = "") -> dict[str, Any]:
+    """inspect_dataset's candidates for `cells`: the label sets learned for their most common
+    (species, tissue), the species its gene names show standing in for a missing species column
+    (as annotate_cells does); where there are none and the tissue is known, its known cell types
+    (interpret/tissue_types.py). Listing every learned label instead mixes sets, and a mix is
     scored as plain text (route_candidates), which the model answers poorly."""
     from instructcell_agent.core_model.datasets import prompt_fields
+    from instructcell_agent.interpret.tissue_types import UnknownTissueError, tissue_cell_types
 
     contexts = Counter((f["species"], f["tissue"]) for f in prompt_fields(cells))
     species, tissue = contexts.most_common(1)[0][0] if contexts else ("", "")
     species = species or detected_species or ""
     names = model.label_sets_for_context("annotation", species, tissue)
-    return {name: list(model.label_sets[name]["labels"]) for name in names}
+    types: list[str] = []
+    if not names and tissue:
+        try:
+            types = tissue_cell_types(tissue)
+        except UnknownTissueError:
+            pass  # a tissue no organ of the database stands for: nothing to offer
+    return {"matching_label_sets": {name: list(model.label_sets[name]["labels"]) for name in names},
+            "tissue_cell_types": types}
 
 
 def _explained_per_label(result) -> dict[str, int]:

@@ -133,8 +133,9 @@ def test_the_shipped_table_is_what_the_script_builds_from_the_shared_databases(t
     if any(not (build.default_shared() / "data" / "markers" / f).is_file()
            for files in build.DATABASES.values() for f in files):
         pytest.skip("shared marker databases not available")
-    assert build.main(["--out", str(tmp_path / "t.tsv.gz")]) == 0
+    assert build.main(["--out", str(tmp_path / "t.tsv.gz"), "--organs-out", str(tmp_path / "o.json")]) == 0
     assert (tmp_path / "t.tsv.gz").read_bytes() == (REPO_ROOT / "interpret" / markers.TABLE).read_bytes()
+    assert (tmp_path / "o.json").read_bytes() == (REPO_ROOT / "interpret" / "marker_organs.json").read_bytes()
 
 
 def test_every_shared_annotation_label_is_mapped():

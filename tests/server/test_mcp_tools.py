@@ -164,12 +164,15 @@ def test_inspect_dataset(env):
     assert set(CELL_TYPES) <= set(info["model_annotation_labels"])
     # the label sets learned for the file's species and tissue: the candidates to pass
     assert {name: set(labels) for name, labels in info["matching_label_sets"].items()} == {"planted": set(CELL_TYPES)}
+    assert info["tissue_cell_types"] == []
     liver = make_counts(20, seed=21)
     liver.obs["tissue"] = "liver"
     liver.write_h5ad(env["paths"]["root"] / "liver.h5ad")
     info = check_structured(env["server"], "inspect_dataset", call(env["server"], "inspect_dataset",
                                                                    {"h5ad_path": "liver.h5ad"}))
     assert info["matching_label_sets"] == {}
+    # a tissue the model learned nothing of: its known cell types are offered instead
+    assert info["tissue_cell_types"] == ica.tissue_cell_types("liver") and "Hepatocytes" in info["tissue_cell_types"]
     # gene names in a var column, not in var_names: the overlap annotate_cells will find
     numbered = make_counts(20, seed=22)
     numbered.var["gene_name"] = list(numbered.var_names)
@@ -182,14 +185,18 @@ def test_inspect_dataset(env):
 
 
 def test_matching_label_sets_take_the_detected_species_without_a_species_column(gen_model):
-    from instructcell_agent.server.service import _matching_label_sets
+    from instructcell_agent.server.service import _candidates_for
+
+    def sets(cells, species):
+        return _candidates_for(gen_model, cells, species)["matching_label_sets"]
 
     bare = make_counts(10, seed=3)
     bare.obs = bare.obs[[]]  # Cell Ranger's files hold barcodes only
-    assert set(_matching_label_sets(gen_model, bare, "human")) == {"planted"}
-    assert _matching_label_sets(gen_model, bare, "mouse") == {}
+    assert set(sets(bare, "human")) == {"planted"}
+    assert sets(bare, "mouse") == {}
+    assert _candidates_for(gen_model, bare, "mouse")["tissue_cell_types"] == []  # no tissue to name types of
     bare.obs["species"] = "human"  # a column wins over what the genes show
-    assert set(_matching_label_sets(gen_model, bare, "mouse")) == {"planted"}
+    assert set(sets(bare, "mouse")) == {"planted"}
 
 
 def test_annotate_cells_writes_files_and_matches_the_api(env, gen_model):
