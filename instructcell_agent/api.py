@@ -481,9 +481,22 @@ def _unseen_context_notes(loaded: LoadedModel, task: str, fields: list[dict[str,
             f"(the labels you expect) for answers you can weigh, or name a tissue it knows: "
             f"{'; '.join(loaded.known_contexts(task))}."
             + (" Cell types it never learned can be named from their known markers: annotate_by_markers "
-               "(CLI annotate --by-markers, MCP by_markers) with the types you expect as candidates."
-               if task == "annotation" else ""))
+               "(CLI annotate --by-markers, MCP by_markers) with the types you expect as candidates"
+               + _tissue_types_hint(tissue) + "." if task == "annotation" else ""))
     return notes
+
+
+def _tissue_types_hint(tissue: str) -> str:
+    """Where the tissue names an organ of the marker database: the candidates that name its types."""
+    from .interpret.tissue_types import UnknownTissueError, tissue_cell_types
+
+    try:
+        types = tissue_cell_types(tissue) if tissue else []
+    except UnknownTissueError:
+        return ""
+    more = f" and {len(types) - 6} more" if len(types) > 6 else ""
+    return (f"; for {tissue}, ica.tissue_cell_types({tissue!r}) (CLI --tissue-types, MCP inspect_dataset's "
+            f"tissue_cell_types) lists them: {', '.join(types[:6])}{more}") if types else ""
 
 
 def unseen_drug_note(loaded: LoadedModel, drug: str) -> str | None:

@@ -93,6 +93,7 @@ def test_free_answers_for_an_unseen_tissue_say_so(tiny_model, synthetic_set):
         result = ica.annotate(cells, model=tiny_model, tissue="liver")
     assert "human / pancreas" in result.provenance["notes"][0] and "Note: " in result.summary()
     assert "annotate_by_markers" in result.provenance["notes"][0]  # the way to name types it never learned
+    assert "ica.tissue_cell_types('liver')" in result.provenance["notes"][0]  # and which types to name
     with warnings.catch_warnings():
         warnings.simplefilter("error", UnseenContextWarning)
         assert ica.annotate(cells, model=tiny_model).provenance["notes"] == []  # the tissue it was trained on
