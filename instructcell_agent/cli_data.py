@@ -59,7 +59,7 @@ def with_tissue_types(candidates: list[str] | None, tissue: str | None) -> list[
         return candidates
     from .interpret.tissue_types import tissue_cell_types
 
-    types = [t for t in tissue_cell_types(tissue) if t not in (candidates or [])]
+    types = tissue_cell_types(tissue, besides=candidates or ())
     print(f"candidates of {tissue!r} ({len(types)} known types): {', '.join(types)}")
     return [*(candidates or []), *types]
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from functools import lru_cache
 from importlib import resources
 
@@ -93,12 +94,14 @@ def tissue_organs(tissue: str) -> tuple[str, ...]:
     return found
 
 
-def tissue_cell_types(tissue: str, common: bool = True, subsets: bool = False) -> list[str]:
+def tissue_cell_types(tissue: str, common: bool = True, subsets: bool = False,
+                      besides: Sequence[str] = ()) -> list[str]:
     """Candidates for cells of `tissue`: the cell types PanglaoDB files under its organ (names the
     marker route and `annotate` take as they are), then `COMMON_TYPES` (with `common`); lineage
     subsets (`SUBSETS`) only with `subsets`. Two names of one Cell Ontology term ('Megakaryocytes',
     'Platelets') keep the first: candidates sharing a term cannot be read through the ontology,
-    and `annotate` would score them all as plain text.
+    and `annotate` would score them all as plain text. `besides`: candidates named already, whose
+    types (the same name or term: 'T cell' for 'T cells') are not listed again.
 
     Raises
     ------
@@ -107,10 +110,11 @@ def tissue_cell_types(tissue: str, common: bool = True, subsets: bool = False) -
     """
     organs = tissue_organs(tissue)
     own = sorted(t for t, organ in cell_type_organs().items() if organ in organs and (subsets or t not in SUBSETS))
-    out, terms = [], set()
+    out, terms = [], {ontology_id(n) for n in besides} - {None}
+    names = {_fold(n) for n in besides}
     for name in own + [t for t in COMMON_TYPES if common and t not in own]:
         term = ontology_id(name)
-        if term is None or term not in terms:
+        if _fold(name) not in names and (term is None or term not in terms):
             out.append(name)
             terms.add(term)
     return out

@@ -19,7 +19,7 @@ from mcp.server.mcpserver.exceptions import ResourceError, ToolError
 from mcp.server.mcpserver.resources import FunctionResource
 from mcp.server.mcpserver.tools import Tool
 from mcp_types import CallToolResult, ResourceLink, TextContent, ToolAnnotations
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .config import ServerConfig
 from .jobs import Job
@@ -27,7 +27,7 @@ from .outputs import URI_PREFIX, mime_for
 from .paths import PathNotAllowedError, resolve_output
 from .prompts import register_prompts
 from .schemas import OutputFile
-from .toolbox import SPECS, Toolbox, ToolFailure, ToolSpec
+from .toolbox import SPECS, Toolbox, ToolFailure, ToolSpec, error_message
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,10 @@ def _tool_function(toolbox: Toolbox, spec: ToolSpec, publish):
 
     async def tool(ctx: Context, **arguments: Any) -> CallToolResult:
         try:
-            request = spec.request(**arguments)
+            try:  # the request model's own checks (a tissue no organ stands for) read as the caller's error
+                request = spec.request(**arguments)
+            except ValidationError as exc:
+                raise ToolFailure(error_message(exc)) from None
             if not spec.runs_model:
                 output = await anyio.to_thread.run_sync(toolbox.run_quick, spec, request)
             else:

@@ -15,9 +15,10 @@ use_raw as they suggest.
 tissue, or cell types I name (Cell Ontology names work); with neither, leave candidates out and \
 pass species and tissue, so that free answers stay within what the model learned there. If the \
 tissue is one the model never learned (describe_model lists its tissues), pass the cell types I \
-name, else the tissue_cell_types inspect_dataset lists for it (drop types the tissue cannot hold), \
-as candidates, and also call annotate_cells with them and by_markers="panglaodb", which answers \
-from their known markers alone, and report both (the marker answers tell lineages apart, not subsets).
+name as candidates, else tissue_types set to the tissue (its known types, which inspect_dataset \
+lists as tissue_cell_types), and also call annotate_cells with them and by_markers="panglaodb", \
+which answers from their known markers alone, and report both (the marker answers tell lineages \
+apart, not subsets).
 3. Call annotate_cells. Pass compare_key if an obs column already holds cell types (an author's \
 annotation) and groupby if one holds clusters or samples (leiden, louvain, seurat_clusters, sample). \
 If I named several samples' files, pass the others as more_samples; if I named a table of per-cell \
@@ -68,6 +69,7 @@ REFERENCES = {
                          ("annotate_cells", "groupby"), ("annotate_cells", "more_samples"),
                          ("annotate_cells", "obs_table"), ("annotate_cells", "resolve_at"),
                          ("annotate_cells", "marker_check"), ("annotate_cells", "by_markers"),
+                         ("annotate_cells", "tissue_types"),
                          ("describe_model", None), ("explain_genes", "labels"),
                          ("explain_genes", "max_cells_per_label"), ("explain_genes", "versus")],
     "drug_response_report": [("describe_model", None), ("inspect_dataset", None),

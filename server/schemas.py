@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 H5adPath = Annotated[str, Field(
     min_length=1, max_length=4096,
@@ -124,6 +124,22 @@ class AnnotateCellsRequest(_MatrixOptions):
                   list[Annotated[str, Field(min_length=1, max_length=50)]]] | None = Field(
         None, max_length=200, description="With by_markers: your own marker genes per cell type, {type: [genes]}, "
                                           "used instead of the database's; candidates default to its types.")
+    tissue_types: OptionalText = Field(
+        None, description="A tissue the model never learned (liver, lung, kidney, brain, colon...): its known cell "
+                          "types (PanglaoDB's types of that organ, and the immune, endothelial and stromal types most "
+                          "tissues hold) are added to the candidates, and the types the model never learned are "
+                          "answered from their known markers. inspect_dataset lists them (tissue_cell_types).")
+
+    @model_validator(mode="after")
+    def _with_tissue_types(self):
+        """The tissue's known types joined to the candidates, so every use of them sees one list."""
+        if self.tissue_types:
+            from instructcell_agent.interpret.tissue_types import tissue_cell_types
+
+            given = list(self.candidates or [])
+            self.candidates = given + tissue_cell_types(self.tissue_types, besides=given)
+            self.tissue_types = None  # joined once: validating the result again adds nothing
+        return self
     plot: DrawMap = True
     background: bool = Field(False, description="Run as a background job and return a job id at once.")
     n_examples: int = Field(5, ge=0, le=20, description="Example cells to include in the reply.")

@@ -43,6 +43,12 @@ def test_the_candidates_are_the_organs_types_then_the_common_ones():
     assert len(set(blood)) == len(blood) and "T cells" in blood
 
 
+def test_types_named_already_are_not_listed_again():
+    # 'Hepatocyte' is 'Hepatocytes' spelt otherwise, 'T cell' the Cell Ontology term of 'T cells'
+    types = ica.tissue_cell_types("liver", besides=["Hepatocyte", "T cell"])
+    assert "Hepatocytes" not in types and "T cells" not in types and "Kupffer cells" in types
+
+
 def test_the_organ_table_is_what_the_build_script_writes(tmp_path):
     spec = importlib.util.spec_from_file_location("build_marker_table", REPO_ROOT / "scripts" / "build_marker_table.py")
     build = importlib.util.module_from_spec(spec)

@@ -140,7 +140,9 @@ def test_native_tool_argument_errors_come_back_as_tool_messages(env):
     # raised, a ValidationError ends the agent's run; as a ToolMessage the agent can fix its call
     tools = {t.name: t for t in env["tools"]}
     for name, args, expected in [("annotate_cells", {"h5ad_path": "planted.h5ad", "candidate": ["a", "b"]}, "candidate"),
-                                 ("predict_drug_response", {"h5ad_path": "planted.h5ad"}, "drug")]:
+                                 ("predict_drug_response", {"h5ad_path": "planted.h5ad"}, "drug"),
+                                 ("annotate_cells", {"h5ad_path": "planted.h5ad", "tissue_types": "tumour"},
+                                  "no organ of the marker database is known as 'tumour'")]:
         msg = tools[name].invoke({"type": "tool_call", "id": "1", "name": name, "args": args})
         assert isinstance(msg, ToolMessage) and msg.status == "error"
         assert "invalid arguments" in msg.content and expected in msg.content

@@ -465,6 +465,12 @@ def test_annotate_cells_answers_types_the_model_never_learned_from_their_markers
     assert h5.uns["instructcell"]["candidate_route"] == "known markers"
     assert sorted(row["label"] for row in checked["marker_check"]) == sorted(LIVER_TYPES)
     assert any("answered from panglaodb's markers, the ones checked here" in note for note in checked["notes"])
+    # the tissue named instead of its types: the same candidates inspect_dataset would list
+    named = check_structured(env["server"], "annotate_cells", call(env["server"], "annotate_cells", {
+        "h5ad_path": "liver_like.h5ad", "tissue_types": "liver", "plot": False}))["result"]
+    assert named["candidates"] == ica.tissue_cell_types("liver")
+    assert "no organ of the marker database" in error_text(call(env["server"], "annotate_cells", {
+        "h5ad_path": "liver_like.h5ad", "tissue_types": "tumour"}))
     # the answers explained by the markers that gave them, and said so
     answered = next(f["path"] for f in summary["outputs"] if f["kind"] == "annotated_h5ad")
     explained = check_structured(env["server"], "explain_genes", call(env["server"], "explain_genes", {
