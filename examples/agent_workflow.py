@@ -1,7 +1,8 @@
 """A LangChain agent that inspects a dataset, annotates its cells and explains the answers.
 
 Runs offline by default: a scripted chat model plays the agent's turns (inspect_dataset, then
-annotate_cells with a label set the model learned for the file's tissue, then explain_genes on the file
+annotate_cells with a label set the model learned for the file's tissue, or that tissue's known
+cell types where it learned none, then explain_genes on the file
 annotate_cells wrote, 20 cells of each answer) and the real tools do the work. Give --model to let a real chat model decide instead (needs its provider
 package and API key, e.g. --model anthropic:claude-sonnet-4-5 or --model openai:gpt-4.1).
 
@@ -69,13 +70,16 @@ def scripted_model(h5ad_path: str):
 
     def annotate_args(messages):
         # An earlier result feeds the next call: the first label set inspect_dataset found for the
-        # file's species and tissue becomes the candidates (none found: free answers).
+        # file's species and tissue becomes the candidates; for a tissue the model never learned,
+        # that tissue's known cell types, answered from their known markers (none: free answers).
         # A column that looks like an author's cell types is passed as compare_key, for the agreement;
         # resolve_at adds each cell's finest sure answer (a broader type where fine ones are unsure);
         # marker_check, how well each label's known markers single out its cells.
         info = next(value for name, value in tool_results(messages) if name == "inspect_dataset")
-        labels = next(iter(info.get("matching_label_sets", {}).values()), [])
-        known = next((c["name"] for c in info.get("obs_columns", []) if c["name"] in KNOWN_LABEL_COLUMNS), None)
+        labels = next(iter(info.get("matching_label_sets", {}).values()), None) or info.get("tissue_cell_types", [])
+        columns = {c["name"] for c in info.get("obs_columns", [])}
+        known = next((c for c in KNOWN_LABEL_COLUMNS if c in columns), None)  # 'cell_type' before 'annotation'
+
         return {"h5ad_path": h5ad_path, **({"candidates": labels} if len(labels) >= 2 else {}),
                 **({"compare_key": known} if known else {}), "resolve_at": 0.9, "marker_check": "panglaodb"}
 

@@ -146,3 +146,19 @@ def test_native_tool_argument_errors_come_back_as_tool_messages(env):
         msg = tools[name].invoke({"type": "tool_call", "id": "1", "name": name, "args": args})
         assert isinstance(msg, ToolMessage) and msg.status == "error"
         assert "invalid arguments" in msg.content and expected in msg.content
+
+
+def test_the_example_agent_names_a_tissues_types_where_no_learned_set_matches():
+    spec = importlib.util.spec_from_file_location("agent_workflow_example", EXAMPLE)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    plan = example.scripted_model("liver.h5ad").plan
+    annotate_args = dict(plan)["annotate_cells"]
+    info = {"n_cells": 20, "matching_label_sets": {}, "tissue_cell_types": ["Hepatocytes", "Kupffer cells"],
+            "obs_columns": [{"name": "annotation"}, {"name": "cell_type"}]}
+    args = annotate_args([ToolMessage(json.dumps(info), tool_call_id="1", name="inspect_dataset")])
+    assert args["candidates"] == ["Hepatocytes", "Kupffer cells"]
+    assert args["compare_key"] == "cell_type"  # the cell-type column before a free-text annotation
+    info["matching_label_sets"] = {"planted": list(CELL_TYPES)}  # a learned set wins
+    args = annotate_args([ToolMessage(json.dumps(info), tool_call_id="1", name="inspect_dataset")])
+    assert args["candidates"] == list(CELL_TYPES)
