@@ -130,6 +130,12 @@ class CandidateRoute:
         return out
 
 
+def ontology_note(n_learned: int) -> str:
+    """How candidates read through the Cell Ontology are scored (the first sentence of that route's note)."""
+    return (f"candidates are not one label set this checkpoint learned; scored through the Cell Ontology: "
+            f"the model's probability over {n_learned} labels it learned, summed per candidate.")
+
+
 def route_candidates(candidates: Sequence[str], label_sets: dict[str, dict], task: str = "annotation") -> CandidateRoute:
     """Pick how to score `candidates` given a checkpoint's label sets (see the module doc)."""
     cands = tuple(candidates)
@@ -161,8 +167,7 @@ def route_candidates(candidates: Sequence[str], label_sets: dict[str, dict], tas
                 + (f" {BY_MARKERS_HINT} {BY_MARKERS_MEASURED}" if task == "annotation" else ""))
         return CandidateRoute("text", cands, note=note, nothing_learned=nothing_learned)
     kept = [l for l in learned if l in owner]
-    note = (f"candidates are not one label set this checkpoint learned; scored through the Cell Ontology: "
-            f"the model's probability over {len(kept)} labels it learned, summed per candidate.")
+    note = ontology_note(len(kept))
     # A candidate with no learned label under it is scored as its own string in the open question.
     # The model seldom answers with a string it never learned, so such cells mostly go to the
     # nearest type it knows; the alternative, scoring every candidate as a string, fails for all.

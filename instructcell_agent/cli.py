@@ -197,6 +197,8 @@ def _add_explain(sub) -> None:
     p.add_argument("--label-key", default=None, help="obs column of labels to explain (default: predicted labels)")
     p.add_argument("--dataset", default=None, help="checkpoint label set whose labels are the candidates")
     p.add_argument("--candidates", default=None, help=CANDIDATES_HELP)
+    p.add_argument("--tissue-types", default=None, metavar="TISSUE",
+                   help="candidates: the known cell types of TISSUE, as annotate --tissue-types takes them")
     p.add_argument("--method", choices=["saliency", "gradient", "ig"], default="saliency")
     p.add_argument("--top-k", type=int, default=10)
     p.add_argument("--n-steps", type=int, default=64, help="Integrated Gradients integration points")
@@ -501,8 +503,8 @@ def _explain(args) -> int:
     from .core_model.io import obs_column
     from .interpret.api import explain, write_explanation
 
+    candidates = with_tissue_types(parse_candidates(args.candidates), args.tissue_types)  # refused before reading
     adata = read_data(args)
-    candidates = parse_candidates(args.candidates)
     if args.label_key:  # a missing column is an error here (explain would take the name for a label)
         obs_column(adata, args.label_key, "Pass the name of the column that holds the labels")
     loaded = load_model(args.checkpoint, device=args.device, precision=args.precision)

@@ -24,7 +24,8 @@ import pandas as pd
 import scipy.sparse as sp
 
 from instructcell_agent.core_model.alignment import align_to_vocab, empty_cells
-from instructcell_agent.core_model.candidate_route import CandidateNoteWarning, CandidateRoute, route_candidates
+from instructcell_agent.core_model.candidate_route import (CandidateNoteWarning, CandidateRoute, ontology_note,
+                                                           route_candidates)
 from instructcell_agent.core_model.cell_encoder import log_normalize_csr
 from instructcell_agent.core_model.checkpoint import LoadedModel
 from instructcell_agent.core_model.datasets import prompt_fields
@@ -245,9 +246,16 @@ def explain(adata: ad.AnnData, model: LoadedModel | None = None, labels: str | S
     db = load_marker_db(marker_db) if task == "annotation" else None
     found, answers_db = {}, db
     if db is not None and versus is None:  # answers known markers gave are explained by those markers
-        found, recorded_db = answering_markers(adata, labels, _answered_by_markers(route, given),
+        found, recorded_db = answering_markers(adata, labels, _answered_by_markers(route),
                                                route.candidates if route is not None else cands, db, species)
         answers_db = load_marker_db(recorded_db) if recorded_db and recorded_db != db.name else db
+    # the never-learned names are annotate's markers' to decide, not scored as text as the route's note says
+    gated = route is not None and route.kind == "ontology" and bool(route.unrouted) and set(route.unrouted) <= set(found)
+    if gated:
+        names = ", ".join(map(repr, route.unrouted))
+        notes[notes.index(route.note)] = (f"{ontology_note(len(route.learned) - len(route.unrouted))} {names}: "
+                                          "never learned by this checkpoint; annotate answers them from their known "
+                                          "markers, and cells given them are explained by those markers")
     # every candidate answered from its markers: the model has no part in the answers, and is not run
     markers_only = bool(found) and set(cands) <= set(found) and not broader
     ref_name = None if method == "gradient" or markers_only else reference if isinstance(reference, str) else "given"
@@ -270,6 +278,7 @@ def explain(adata: ad.AnnData, model: LoadedModel | None = None, labels: str | S
                          reference=ref, progress=progress, route=route, decisive=decisive, readout=expert,
                          broader=broader, versus=against)
     groups = given if given is not None else np.asarray(cands, dtype=object)[attr.predicted].astype(str)
+    answered_labels = set(map(str, groups))  # before a contrast turns them into 'A vs B' groups
     pairs: dict[str, tuple[str, str]] = {}
     obs_names = list(aligned.obs_names)
     if versus is not None:  # 'A vs B' groups; a cell answered B itself has nothing to contrast
@@ -287,18 +296,18 @@ def explain(adata: ad.AnnData, model: LoadedModel | None = None, labels: str | S
                      "the per-label means")
     counted_groups = np.where(empty, "", groups)
     by_markers = None
-    if found := {name: genes for name, genes in found.items() if name in set(map(str, groups))}:
+    if found := {name: genes for name, genes in found.items() if name in answered_labels}:
         by_markers = marker_attributions(adata, counted_groups, found, vocab=model.vocab, normalize=normalize,
                                          species=species, db=answers_db,
                                          **{k: matrix[k] for k in ("layer", "use_raw", "gene_key")})
         notes.append(by_markers_note(by_markers, len(obs_names), subsample_note is not None, markers_only))
-    elif versus is not None and (unlearned := _answered_by_markers(route, given)):
+    elif versus is not None and (unlearned := [n for n in _answered_by_markers(route) if n in answered_labels]):
         notes.append(f"{', '.join(map(repr, unlearned))}: never learned by this checkpoint; contrasted through the "
                      "model's scores for the names as text, not the known markers annotate answers them from")
     if route is not None and (route.kind == "text" or route.unrouted):
         # what the model's scores make of names it never learned: moot where every answer
         # explained is explained by its markers
-        if by_markers is None or not set(map(str, groups)) <= set(by_markers.labels):
+        if not gated and (by_markers is None or not set(map(str, groups)) <= set(by_markers.labels)):
             warnings.warn(route.note, CandidateNoteWarning, stacklevel=2)
         elif route.note in notes:
             notes.remove(route.note)
@@ -333,13 +342,11 @@ def explain(adata: ad.AnnData, model: LoadedModel | None = None, labels: str | S
                              top_k, normalize, report, adata.obs.copy(), provenance, db, species, pairs, by_markers)
 
 
-def _answered_by_markers(route, given) -> list[str]:
-    """The explained labels `annotate` answers from known markers: types the checkpoint never learned."""
+def _answered_by_markers(route) -> list[str]:
+    """The candidates `annotate` answers from known markers: types the checkpoint never learned."""
     if route is None:
         return []
     unlearned = set(route.unrouted) | (set(route.candidates) if route.nothing_learned else set())
-    if given is not None:  # only the labels explained here
-        unlearned &= {given} if isinstance(given, str) else set(given)
     return [c for c in route.candidates if c in unlearned]
 
 

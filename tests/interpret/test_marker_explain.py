@@ -107,3 +107,16 @@ def test_a_contrast_of_a_type_never_learned_says_it_reads_the_models_scores_for_
                          versus="runner-up")
     assert result.by_markers is None
     assert any(n.startswith("'Hepatocyte': never learned by this checkpoint") for n in result.provenance["notes"])
+
+
+def test_names_the_markers_decide_are_not_said_to_be_scored_as_text(tiny_model):
+    cells = make_mixed_tissue(24)
+    learned_only = cells[cells.obs["cell_type"].isin(["alpha", "beta"]).to_numpy()].copy()  # none given Hepatocyte
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no CandidateNoteWarning that 'Hepatocyte' is scored as a string
+        result = explain(learned_only, model=tiny_model, candidates=["alpha", "beta", "Hepatocyte"],
+                         labels="cell_type")
+    assert result.by_markers is None
+    said = [n for n in result.provenance["notes"] if "'Hepatocyte': never learned by this checkpoint" in n]
+    assert len(said) == 1 and "annotate answers them from their known markers" in said[0]
+    assert not any("scored as plain text" in n for n in result.provenance["notes"])
