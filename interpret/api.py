@@ -250,7 +250,8 @@ def explain(adata: ad.AnnData, model: LoadedModel | None = None, labels: str | S
                                                route.candidates if route is not None else cands, db, species)
         answers_db = load_marker_db(recorded_db) if recorded_db and recorded_db != db.name else db
     # the never-learned names are annotate's markers' to decide, not scored as text as the route's note says
-    gated = route is not None and route.kind == "ontology" and bool(route.unrouted) and set(route.unrouted) <= set(found)
+    gated = route is not None and route.kind == "ontology" and bool(route.unrouted) \
+        and set(route.unrouted) <= set(found)
     if gated:
         names = ", ".join(map(repr, route.unrouted))
         notes[notes.index(route.note)] = (f"{ontology_note(len(route.learned) - len(route.unrouted))} {names}: "

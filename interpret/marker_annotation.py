@@ -150,7 +150,7 @@ def candidate_markers(candidates: Sequence[str], db: MarkerDB, species: str | No
     return out
 
 
-def _rank_percentiles(X_log: sp.csr_matrix, columns: Sequence[int]) -> np.ndarray:
+def rank_percentiles(X_log: sp.csr_matrix, columns: Sequence[int]) -> np.ndarray:
     """Cells x `columns`: each gene's rank within its cell among all genes read, as a fraction in
     (0, 1) (ties averaged; the genes a cell does not express tie at the bottom). Cell by cell, so
     a cell's score does not depend on the other cells of the file."""
@@ -217,7 +217,7 @@ def marker_scores(X_log: sp.csr_matrix, genes: Sequence[str], marker_sets: Mappi
     union = sorted({c for v in cols.values() for c in v})
     where = {c: i for i, c in enumerate(union)}
     if pooling in ("rank", "both"):
-        ranks = _rank_percentiles(X_log, union)
+        ranks = rank_percentiles(X_log, union)
     if pooling != "rank":
         sub = sp.csr_matrix(X_log[:, union], dtype=np.float64)
         mean, sd = column_moments(sub)

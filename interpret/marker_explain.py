@@ -30,7 +30,7 @@ from instructcell_agent.core_model.cell_encoder import log_normalize_csr
 
 from .aggregate import cell_scores, label_means
 from .attribution import Attributions
-from .marker_annotation import POOLING, POOLINGS, _rank_percentiles, read_for_markers
+from .marker_annotation import POOLING, POOLINGS, rank_percentiles, read_for_markers
 from .marker_check import column_moments
 from .markers import MarkerDB
 
@@ -120,7 +120,7 @@ def marker_attributions(adata: ad.AnnData, groups: Sequence[str], marker_sets: M
         sub = X_log[:, union].astype(np.float64)
         mean, sd = column_moments(sub)
         z = (sub.toarray() - mean) / sd
-        ranks = _rank_percentiles(X_log, union) if pooling in ("rank", "both") else None
+        ranks = rank_percentiles(X_log, union) if pooling in ("rank", "both") else None
         for label, found in cols.items():
             rows, idx, n = np.flatnonzero(groups == label), [where[c] for c in found], len(found)
             if not n or not rows.size:
