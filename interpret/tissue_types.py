@@ -21,6 +21,8 @@ from importlib import resources
 from instructcell_agent.core_model.errors import InstructCellError
 from instructcell_agent.core_model.labels import ontology_id
 
+from .markers import fold_cell_type
+
 ORGANS_FILE = "marker_organs.json"
 # Found in most tissues (PanglaoDB files them under 'Vasculature', 'Connective tissue' and 'Immune
 # system'): added to an organ's own types unless `common=False`. Broad types only: the immune
@@ -32,7 +34,8 @@ COMMON_TYPES = ("Endothelial cells", "Fibroblasts", "Macrophages", "Monocytes", 
 SUBSETS = frozenset({"B cells memory", "B cells naive", "T memory cells", "T helper cells", "T regulatory cells",
                      "T cytotoxic cells", "T follicular helper cells", "Gamma delta T cells", "Natural killer T cells",
                      "Nuocytes", "Myeloid-derived suppressor cells", "Red pulp macrophages"})
-# tissue words files and users write, folded (`_fold`), beyond PanglaoDB's own organ names
+# tissue words files and users write, folded (`fold_cell_type`: case, punctuation and a plural 's'
+# set aside), beyond PanglaoDB's own organ names
 TISSUE_WORDS = {
     "lung": ("Lungs",), "airway": ("Lungs",), "alveolu": ("Lungs",), "bronchu": ("Lungs",), "trachea": ("Lungs",),
     "liver": ("Liver",), "hepatic": ("Liver",),
@@ -58,12 +61,6 @@ class UnknownTissueError(InstructCellError, ValueError):
     """A tissue none of whose words names an organ the marker database files cell types under."""
 
 
-def _fold(text: str) -> str:
-    """Case, punctuation and a plural 's' set aside ('Lungs' is 'lung', 'Adrenal glands' 'adrenal gland')."""
-    words = re.sub(r"[^0-9a-z]+", " ", str(text).casefold()).split()
-    return " ".join(w[:-1] if len(w) > 3 and w.endswith("s") and not w.endswith("ss") else w for w in words)
-
-
 @lru_cache(maxsize=1)
 def cell_type_organs() -> dict[str, str]:
     """PanglaoDB's organ of each of its cell types ('Kupffer cells': 'Liver')."""
@@ -82,8 +79,8 @@ def tissue_organs(tissue: str) -> tuple[str, ...]:
         A name that stands for no organ, with the organs there are.
     """
     organs = sorted(set(cell_type_organs().values()))
-    folded = _fold(tissue)
-    by_name = {_fold(o): (o,) for o in organs}
+    folded = fold_cell_type(tissue)
+    by_name = {fold_cell_type(o): (o,) for o in organs}
     names = {**by_name, **TISSUE_WORDS}  # a word of ours over an organ of the same name ("blood": its immune cells too)
     found = names.get(folded) or tuple(dict.fromkeys(
         o for name, found in names.items() if re.search(rf"\b{re.escape(name)}\b", folded) for o in found))
@@ -111,10 +108,10 @@ def tissue_cell_types(tissue: str, common: bool = True, subsets: bool = False,
     organs = tissue_organs(tissue)
     own = sorted(t for t, organ in cell_type_organs().items() if organ in organs and (subsets or t not in SUBSETS))
     out, terms = [], {ontology_id(n) for n in besides} - {None}
-    names = {_fold(n) for n in besides}
+    names = {fold_cell_type(n) for n in besides}
     for name in own + [t for t in COMMON_TYPES if common and t not in own]:
         term = ontology_id(name)
-        if _fold(name) not in names and (term is None or term not in terms):
+        if fold_cell_type(name) not in names and (term is None or term not in terms):
             out.append(name)
             terms.add(term)
     return out
