@@ -249,16 +249,18 @@ def explain(adata: ad.AnnData, model: LoadedModel | None = None, labels: str | S
         found, recorded_db = answering_markers(adata, labels, _answered_by_markers(route),
                                                route.candidates if route is not None else cands, db, species)
         answers_db = load_marker_db(recorded_db) if recorded_db and recorded_db != db.name else db
+    # every candidate answered from its markers: the model has no part in the answers, and is not run
+    markers_only = bool(found) and set(cands) <= set(found) and not broader
     # the never-learned names are annotate's markers' to decide, not scored as text as the route's note says
     gated = route is not None and route.kind == "ontology" and bool(route.unrouted) \
         and set(route.unrouted) <= set(found)
-    if gated:
+    if markers_only and route is not None and route.note in notes:
+        notes.remove(route.note)  # how the model would score them: it is not asked
+    elif gated:
         names = ", ".join(map(repr, route.unrouted))
         notes[notes.index(route.note)] = (f"{ontology_note(len(route.learned) - len(route.unrouted))} {names}: "
                                           "never learned by this checkpoint; annotate answers them from their known "
                                           "markers, and cells given them are explained by those markers")
-    # every candidate answered from its markers: the model has no part in the answers, and is not run
-    markers_only = bool(found) and set(cands) <= set(found) and not broader
     ref_name = None if method == "gradient" or markers_only else reference if isinstance(reference, str) else "given"
     ref, ref_sets = _reference(reference, aligned.X, model, dataset, scored) if ref_name else (None, [])
     if ref_name == "train" and ref is None:
@@ -308,7 +310,7 @@ def explain(adata: ad.AnnData, model: LoadedModel | None = None, labels: str | S
     if route is not None and (route.kind == "text" or route.unrouted):
         # what the model's scores make of names it never learned: moot where every answer
         # explained is explained by its markers
-        if not gated and (by_markers is None or not set(map(str, groups)) <= set(by_markers.labels)):
+        if not (gated or markers_only) and (by_markers is None or not set(map(str, groups)) <= set(by_markers.labels)):
             warnings.warn(route.note, CandidateNoteWarning, stacklevel=2)
         elif route.note in notes:
             notes.remove(route.note)

@@ -76,6 +76,19 @@ def test_candidates_the_checkpoint_never_learned_are_explained_as_annotate_answe
     assert any("the model was not run" in n for n in result.provenance["notes"])
 
 
+def test_answers_by_markers_among_learned_names_say_nothing_of_how_the_model_would_score_them(tiny_model,
+                                                                                             monkeypatch):
+    cells = make_mixed_tissue(24)
+    mixed = ["alpha", "beta", "Hepatocyte"]  # learned names beside one never learned: read through the ontology
+    answered = ica.annotate_by_markers(cells, mixed, model=tiny_model).to_adata(cells.copy())
+    monkeypatch.setattr("instructcell_agent.interpret.api.attribute", _no_model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = explain(answered, model=tiny_model, labels="instructcell_label")
+    assert set(result.provenance["explained_by_markers"]) == set(mixed) & set(result.groups)
+    assert not any("Cell Ontology" in n for n in result.provenance["notes"])  # the model was not asked
+
+
 def test_only_the_types_the_markers_decide_are_explained_by_them(tiny_model):
     cells = make_mixed_tissue(24)
     with warnings.catch_warnings():
