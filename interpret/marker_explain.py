@@ -176,12 +176,13 @@ def answering_markers(adata: ad.AnnData, labels, unlearned: Sequence[str], candi
 
 def _recorded(markers, names: Sequence[str] | None) -> dict[str, set[str]]:
     """{candidate: markers} from a recorded ``markers`` entry (by column: candidate, genes), for
-    `names` (all when None)."""
+    `names` (all when None); a candidate the file expressed none of the markers of keeps an
+    empty set (the route scored it too, and never answered it)."""
     if not isinstance(markers, Mapping):
         return {}
     pairs = zip(map(str, markers.get("candidate", ())), map(str, markers.get("genes", ())))
     found = {cand: {g for g in genes.split(",") if g} for cand, genes in pairs}
-    return {name: found[name] for name in (names if names is not None else list(found)) if found.get(name)}
+    return {name: found[name] for name in (names if names is not None else list(found)) if name in found}
 
 
 def by_markers_note(found: MarkerAttributions, n_cells: int, subsampled: bool, markers_only: bool = False) -> str:

@@ -64,6 +64,18 @@ def test_answers_given_by_markers_are_explained_by_the_markers_that_gave_them(ti
     assert "cells explained with the known-marker score" in result.summary()
 
 
+def test_a_candidate_whose_markers_the_file_lacks_still_leaves_the_model_out(tiny_model, monkeypatch):
+    cells = make_liver_like(16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # no marker of 'Absent' is among this file's genes: never answered
+        answered = ica.annotate_by_markers(cells, [*LIVER_TYPES, "Absent"], markers={"Absent": ["NOTAGENE1"]},
+                                           model=tiny_model)
+    assert answered.provenance["markers"]["genes"][-1] == ""
+    monkeypatch.setattr("instructcell_agent.interpret.api.attribute", _no_model)
+    result = explain(answered.to_adata(cells.copy()), model=tiny_model, labels="instructcell_label")
+    assert set(result.provenance["explained_by_markers"]) == set(LIVER_TYPES)
+
+
 def test_candidates_the_checkpoint_never_learned_are_explained_as_annotate_answers_them(tiny_model, monkeypatch):
     cells = make_liver_like(16)
     monkeypatch.setattr("instructcell_agent.interpret.api.attribute", _no_model)
