@@ -75,7 +75,8 @@ SPECS: tuple[ToolSpec, ...] = (
              "types the model never learned (see describe_model), by_markers='panglaodb' with candidates such as "
              "'Hepatocyte', 'Kupffer cell' answers from their known markers alone (or your own: markers); "
              "candidates mixing such types with learned ones have the markers decide the unlearned ones by "
-             "default. At most "
+             "default; tissue_types='liver' adds a tissue's known types as candidates (inspect_dataset's "
+             "tissue_cell_types lists them). At most "
              "{max_cells:,} cells per call."
              + _JOB_NOTE + _OUT_NOTE,
              AnnotateCellsRequest, AnnotationOutput, read_only=False, idempotent=False, runs_model=True),
