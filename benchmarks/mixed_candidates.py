@@ -51,7 +51,7 @@ from report_io import meta_lines, run_meta, write_report
 
 logger = logging.getLogger("mixed_candidates")
 ABSENT = ["Hepatocytes", "Astrocytes", "Cardiomyocytes"]  # PanglaoDB types of organs no shared set comes from
-METHODS = ("strings", "gate", "plain_gate", "markers", "nothing_hidden")
+METHODS = ("strings", "gate", "plain_gate", "marker_led", "markers", "nothing_hidden")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -94,6 +94,18 @@ def picked(probs: np.ndarray, names: Sequence[str]) -> np.ndarray:
     return np.asarray(names)[np.nan_to_num(probs, nan=-1.0).argmax(1)]
 
 
+def marker_led(probs: np.ndarray, marker_probs: np.ndarray, typicality: np.ndarray) -> np.ndarray:
+    """A variant of the gate (exploratory, not `annotate`'s): the markers' own probabilities over
+    every candidate, learned ones too, weighed as the gate weighs the markers (1 / (1 + exp(t)), 1
+    where t is NaN) against the model's; cells the markers could not score keep the model's. Where
+    a cell is unlike its learned answer's training cells the markers then choose among the learned
+    types as well (benchmarks/EXPERIMENTS.md, 2026-12-06: progenitors answered 'T cells')."""
+    weight = 1.0 / (1.0 + np.exp(np.clip(np.asarray(typicality, dtype=np.float64), -50.0, 50.0)))
+    weight = np.where(np.isnan(weight), 1.0, weight)[:, None]
+    scored = np.isfinite(marker_probs).all(1, keepdims=True)
+    return np.where(scored, weight * np.nan_to_num(marker_probs) + (1.0 - weight) * probs, probs)
+
+
 def measures(truth: np.ndarray, answers: np.ndarray, hide: str | None, absent: Sequence[str] = ()) -> dict[str, float]:
     out = {"macro_f1": float(f1_score(truth, answers, average="macro", labels=sorted(set(truth)), zero_division=0)),
            "accuracy": float((answers == truth).mean())}
@@ -132,6 +144,7 @@ def run_set(model, spec, split: str) -> dict[str, Any] | None:
         # the strings' typicality is the model's own learned answer's, which annotate weighs the gate by
         gated = picked(route.gate(probs, marker_probs, np.asarray(strings.typicality, float)), names)
         plain = picked(route.gate(probs, marker_probs), names)
+        led = picked(marker_led(probs, marker_probs, np.asarray(strings.typicality, float)), names)
         if not checked:  # the gate as annotate applies it, on one trial per set
             direct = np.asarray(quiet_annotate(cells, view, names).labels, str)
             row["checked_against_annotate"] = {"hidden": hide, "same_answers": int((direct == gated).sum()),
@@ -139,7 +152,8 @@ def run_set(model, spec, split: str) -> dict[str, Any] | None:
             checked = True
         trial = {"hidden": hide, "n_hidden": int((named == hide).sum()), "route": route.kind,
                  "strings": measures(named, picked(probs, names), hide), "gate": measures(named, gated, hide),
-                 "plain_gate": measures(named, plain, hide), "markers": measures(named, by_markers, hide),
+                 "plain_gate": measures(named, plain, hide), "marker_led": measures(named, led, hide),
+                 "markers": measures(named, by_markers, hide),
                  "nothing_hidden": measures(named, ceiling, hide)}
         row["trials"].append(trial)
         logger.info("%s, %s hidden: macro-F1 strings %.3f, gate %.3f, markers %.3f, nothing hidden %.3f",
@@ -155,6 +169,9 @@ def run_set(model, spec, split: str) -> dict[str, Any] | None:
     row["absent_types"] = {"strings": measures(named, np.asarray(strings.labels, str), None, ABSENT),
                            "gate": measures(named, np.asarray(gated.labels, str), None, ABSENT),
                            "plain_gate": measures(named, plain, None, ABSENT),
+                           "marker_led": measures(named, picked(marker_led(
+                               strings.probabilities[cands].to_numpy(), absent_markers.probabilities[cands].to_numpy(),
+                               np.asarray(strings.typicality, float)), cands), None, ABSENT),
                            "markers": measures(named, picked(absent_markers.probabilities[cands].to_numpy(), cands),
                                                None, ABSENT),
                            "gate_route": gated.provenance["candidate_route"],
@@ -196,8 +213,9 @@ def render(report: dict[str, Any]) -> str:
              "plain gate: the markers decide the hidden type against the learned ones, the model among those "
              "(`annotate`'s default from 2026-12-06 01:55); gate: the same, weighed by how well the model's own "
              "learned answer fits the cell (markers' weight 1 / (1 + exp(typicality)); `annotate`'s default since "
-             "2026-12-06 04:00); markers: `annotate_by_markers` alone; nothing hidden: the checkpoint as shipped "
-             "(the ceiling)",
+             "2026-12-06 04:00); marker led (a variant, not `annotate`'s): the markers' own probabilities over every "
+             "candidate, learned ones too, with the gate's weight, against the model's; markers: "
+             "`annotate_by_markers` alone; nothing hidden: the checkpoint as shipped (the ceiling)",
              "- checked: " + "; ".join(f"{r['dataset']}: {r['checked_against_annotate']['same_answers']} of "
                                        f"{r['checked_against_annotate']['cells']} cells as `annotate` answers"
                                        for r in rows if "checked_against_annotate" in r), "",
@@ -217,27 +235,30 @@ def render(report: dict[str, Any]) -> str:
                      + " | ".join(f"{v:.3f}" for v in means) + " |")
     lines += ["", "## Every trial: hidden type (cells): macro-F1 and its recall", "",
               "| dataset | hidden type | cells | strings F1 / recall | gate F1 / recall | plain gate F1 / recall "
-              "| markers F1 / recall |",
-              "| --- | --- | --- | --- | --- | --- | --- |"]
+              "| marker led F1 / recall | markers F1 / recall |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         for t in r["trials"]:
             lines.append(f"| {r['dataset']} | {t['hidden']} | {t['n_hidden']} | " + " | ".join(
                 f"{t[m]['macro_f1']:.3f} / {t[m]['hidden_recall']:.2f}"
-                for m in ("strings", "gate", "plain_gate", "markers")) + " |")
+                for m in ("strings", "gate", "plain_gate", "marker_led", "markers")) + " |")
     lines += ["", f"## Nothing hidden, three absent types among the candidates ({', '.join(ABSENT)})", "",
               "macro-F1 over the set's labels / share of the cells given an absent type.", "",
-              "| dataset | strings | gate | plain gate | markers alone |", "| --- | --- | --- | --- | --- |"]
+              "| dataset | strings | gate | plain gate | marker led | markers alone |",
+              "| --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         a = r["absent_types"]
         lines.append(f"| {r['dataset']} | " + " | ".join(
-            f"{a[m]['macro_f1']:.3f} / {a[m]['given_absent']:.3f}"
-            for m in ("strings", "gate", "plain_gate", "markers")) + " |")
-    absent = {m: float(np.mean([r["absent_types"][m]["macro_f1"] for r in rows])) for m in ("strings", "gate",
-                                                                                              "plain_gate")}
-    given = {m: float(np.mean([r["absent_types"][m]["given_absent"] for r in rows])) for m in ("gate", "plain_gate")}
+            f"{a[m]['macro_f1']:.3f} / {a[m]['given_absent']:.3f}" if m in a else "-"
+            for m in ("strings", "gate", "plain_gate", "marker_led", "markers")) + " |")
+    absent = {m: float(np.mean([r["absent_types"][m]["macro_f1"] for r in rows]))
+              for m in ("strings", "gate", "plain_gate", "marker_led")}
+    given = {m: float(np.mean([r["absent_types"][m]["given_absent"] for r in rows]))
+             for m in ("gate", "plain_gate", "marker_led")}
     lines += ["", f"Mean over the sets: macro-F1 {absent['strings']:.3f} with strings, {absent['gate']:.3f} with the "
               f"gate, which gave an absent type to {given['gate']:.3f} of the cells, {absent['plain_gate']:.3f} with "
-              f"the plain gate ({given['plain_gate']:.3f} of the cells)."]
+              f"the plain gate ({given['plain_gate']:.3f} of the cells), {absent['marker_led']:.3f} marker led "
+              f"({given['marker_led']:.3f} of the cells)."]
     lines += ["", "## The reference system's 20-cell liver demo file", "",
               "Agreement with the file's `cell_type`, answers read through the Cell Ontology ('Kupffer cell' "
               "counts for 'Macrophage'); its cells are immune and endothelial, types the model learned.", "",
