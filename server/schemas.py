@@ -129,6 +129,9 @@ class AnnotateCellsRequest(_MatrixOptions):
                           "types (PanglaoDB's types of that organ, and the immune, endothelial and stromal types most "
                           "tissues hold) are added to the candidates, and the types the model never learned are "
                           "answered from their known markers. inspect_dataset lists them (tissue_cell_types).")
+    plot: DrawMap = True
+    background: bool = Field(False, description="Run as a background job and return a job id at once.")
+    n_examples: int = Field(5, ge=0, le=20, description="Example cells to include in the reply.")
 
     @model_validator(mode="after")
     def _with_tissue_types(self):
@@ -140,9 +143,6 @@ class AnnotateCellsRequest(_MatrixOptions):
             self.candidates = given + tissue_cell_types(self.tissue_types, besides=given)
             self.tissue_types = None  # joined once: validating the result again adds nothing
         return self
-    plot: DrawMap = True
-    background: bool = Field(False, description="Run as a background job and return a job id at once.")
-    n_examples: int = Field(5, ge=0, le=20, description="Example cells to include in the reply.")
 
 
 class PredictDrugResponseRequest(_MatrixOptions):
