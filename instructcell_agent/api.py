@@ -38,6 +38,7 @@ from .core_model.precision import resolve_device, resolve_precision
 from .core_model.readout import Readout, answer_scores, joins, one_set, readout_name
 from .core_model.reference import ATYPICAL_SHARE, AtypicalCellsWarning, atypical_share
 from .core_model.scoring import check_scoring, scoring_name, use_decisive
+from .lacking_types import lacking_note, lacking_types
 from .resolution import Part, resolved_frame
 from .results import (LANGUAGE_MODEL, READOUT_ALONE, AnnotationResult, check_unassigned_atypical,
                       check_unassigned_below)
@@ -299,6 +300,7 @@ def _answer(adata: ad.AnnData, model: LoadedModel | None, task: str, instruction
     labels, conf, answers, probs = [], [], [], np.zeros((0, len(cands or ())))  # what no cell to answer gives
     alone = np.zeros(len(keep), dtype=bool)  # cells the read-out answered alone (`fast`)
     parts: list[Part] | None = []  # the scored probabilities resolve_at sums (None: decoded answers)
+    lacking = None  # with candidates: which cells look like a learned type they lack (lacking_types.py)
     # fast leaves a cell unlike its label's training cells to the language model (readout_first.py)
     typical = (None if loaded.reference is None else
                (lambda counts, named: loaded.reference.typicality(counts, aligned.matched, named)))
@@ -329,6 +331,8 @@ def _answer(adata: ad.AnnData, model: LoadedModel | None, task: str, instruction
             answers = route.finest(learned_loglik, best)
         answers = answers or list(labels)
         parts = [(np.arange(len(keep)), cands, probs)]
+        if task == "annotation" and route.kind != "text":  # cells of a learned type the candidates lack
+            lacking = lacking_types(loaded, X, aligned.matched, cands, answers)
     labels, conf, answers, probs = _unlabelled_filled(len(aligned.obs_names), keep, labels, conf, answers,
                                                       probs if cands is not None else None)
     # typicality is measured against the learned label the model chose (routed candidates are
@@ -338,6 +342,9 @@ def _answer(adata: ad.AnnData, model: LoadedModel | None, task: str, instruction
     if (note := _atypical_note(typicality)) is not None:
         notes.append(note)
         warnings.warn(note, AtypicalCellsWarning, stacklevel=3)
+    if (note := lacking_note(lacking)) is not None:
+        notes.append(note)
+        warnings.warn(note, CandidateNoteWarning, stacklevel=3)
     if mode == "chat":
         answers = [f"This cell is most likely {l} (probability {c:.2f})." if l is not None else ""
                    for l, c in zip(labels, conf)]
@@ -382,8 +389,12 @@ def _answer(adata: ad.AnnData, model: LoadedModel | None, task: str, instruction
             notes.append("resolve_at: these answers were decoded as text, with no probability for the other labels, "
                          "so no broader type could be summed: a cell keeps its label where its confidence reaches "
                          f"{resolve_at:g}, else it is {UNASSIGNED!r}")
+    outside, outside_type = None, None
+    if lacking is not None:  # NaN and None for cells left unlabelled
+        outside, outside_type = np.full(len(aligned.obs_names), np.nan), np.full(len(aligned.obs_names), None, object)
+        outside[keep], outside_type[keep] = lacking.probability, lacking.label
     result = AnnotationResult(list(map(str, aligned.obs_names)), labels, conf, answers, prob_frame, provenance,
-                              typicality, answered_by, resolved)
+                              typicality, answered_by, resolved, outside, outside_type)
     if unassigned_atypical is not None:
         result = result.unassigned_atypical(unassigned_atypical)
     return result if unassigned_below is None else result.unassigned_below(unassigned_below)

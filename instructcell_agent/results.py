@@ -67,6 +67,11 @@ class AnnotationResult:
         `resolved` (the label, a broader Cell Ontology type's name, or 'Unassigned'),
         `resolved_confidence`, `resolved_ontology_id` and `resolved_level` ('label' or 'broader
         type'); None without `resolve_at`. See core_model/hierarchy.py.
+    outside, outside_type
+        With candidates (cell types): per cell, the read-out's probability that it is a type the
+        checkpoint learned but the candidates lack, and the likeliest such type (None where there
+        is none); NaN / None where not measured (an unlabelled cell, a type only the markers
+        gave); None without candidates or without a read-out. See instructcell_agent/lacking_types.py.
     """
 
     obs_names: list[str]
@@ -78,6 +83,8 @@ class AnnotationResult:
     typicality: np.ndarray | None = None
     answered_by: np.ndarray | None = None
     resolved: pd.DataFrame | None = None
+    outside: np.ndarray | None = None
+    outside_type: np.ndarray | None = None
 
     def to_frame(self) -> pd.DataFrame:
         """One row per cell: label, confidence, answer (and typicality, and with `fast` who answered,
@@ -87,6 +94,8 @@ class AnnotationResult:
             columns["typicality"] = self.typicality
         if self.answered_by is not None:
             columns["answered_by"] = self.answered_by
+        if self.outside is not None:
+            columns["outside_candidates"], columns["outside_type"] = self.outside, self.outside_type
         frame = pd.DataFrame(columns, index=self.obs_names)
         return frame if self.resolved is None else frame.join(self.resolved)
 
@@ -370,6 +379,9 @@ class AnnotationResult:
             adata.obs[f"{key_added}_typicality"] = np.asarray(self.typicality, dtype=np.float32)
         if self.answered_by is not None:
             adata.obs[f"{key_added}_answered_by"] = pd.Categorical(self.answered_by)
+        if self.outside is not None:
+            adata.obs[f"{key_added}_outside_candidates"] = np.asarray(self.outside, dtype=np.float32)
+            adata.obs[f"{key_added}_outside_type"] = pd.Categorical(self.outside_type)
         if self.resolved is not None:
             for column in RESOLVED_COLUMNS:
                 values = self.resolved[column].to_numpy()

@@ -28,7 +28,9 @@ the broader type the model is sure of, and marker_check="panglaodb", for each la
 4. Report the label counts, the mean confidence, the low-confidence and atypical cells, every note, \
 each group's answer and share, the resolved counts (and each group's resolved answer), the \
 agreement if you compared, and the labels marker_check does not support (weak is expected between \
-labels that share their markers); show the map (the map_png output) if you can display images.
+labels that share their markers); show the map (the map_png output) if you can display images. If a \
+note says cells look like types the candidates lack, name those types and offer to annotate again \
+with them among the candidates.
 5. Call explain_genes on the annotated_h5ad file annotate_cells wrote, with \
 labels="instructcell_label" and max_cells_per_label=20, and list each label's top genes, saying \
 which are known markers. Where two labels are easily confused (subsets that share markers, or \

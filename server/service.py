@@ -665,13 +665,23 @@ def _rounded(value: float) -> float | None:
 
 
 def _concat(parts):
+    from instructcell_agent.lacking_types import Lacking, is_lacking_note, lacking_note
     from instructcell_agent.results import AnnotationResult
 
     first = parts[0]
     probs = None
     if first.probabilities is not None:
         probs = pd.concat([p.probabilities for p in parts])
-    notes = list(dict.fromkeys(n for p in parts for n in p.provenance.get("notes", [])))
+    outside = outside_type = None
+    if any(p.outside is not None for p in parts):  # a chunk with no cell to answer measured none
+        outside = np.concatenate([p.outside if p.outside is not None else np.full(len(p.obs_names), np.nan)
+                                  for p in parts])
+        outside_type = np.concatenate([p.outside_type if p.outside is not None else
+                                       np.full(len(p.obs_names), None, dtype=object) for p in parts])
+    # each chunk's count of cells a type the candidates lack would read as several notes: one for the file
+    notes = list(dict.fromkeys(n for p in parts for n in p.provenance.get("notes", []) if not is_lacking_note(n)))
+    if outside is not None and (note := lacking_note(Lacking(outside, outside_type))) is not None:
+        notes.append(note)
     provenance = dict(first.provenance, chunks=len(parts), notes=notes)
     if "fast" in first.provenance:  # counts: summed over the chunks
         counted = ("cells_answered_by_readout_alone", "cells_answered")
@@ -690,7 +700,7 @@ def _concat(parts):
         obs_names=[o for p in parts for o in p.obs_names], labels=np.concatenate([p.labels for p in parts]),
         confidence=np.concatenate([np.asarray(p.confidence) for p in parts]),
         answers=[a for p in parts for a in p.answers], probabilities=probs, provenance=provenance,
-        typicality=typicality, answered_by=answered_by, resolved=resolved)
+        typicality=typicality, answered_by=answered_by, resolved=resolved, outside=outside, outside_type=outside_type)
 
 
 def _candidates_for(model, cells: ad.AnnData, detected_species: str = "") -> dict[str, Any]:

@@ -1,0 +1,82 @@
+"""Cells of a learned type the candidates leave out are flagged, and the note names the type."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+from synthetic import CELL_TYPES, make_counts
+
+import instructcell_agent as ica
+from instructcell_agent.core_model.candidate_route import CandidateNoteWarning
+from instructcell_agent.lacking_types import LACKING_AT, Lacking, lacking_labels, lacking_note
+
+
+def test_a_type_is_lacking_unless_listed_under_or_above_a_candidate():
+    labels = ["CD4T", "Memory CD4 T", "T cell", "CD8T", "NK", "B", "Ngn3 high EP", "Fibroblast"]
+    # 'CD4T' names the candidate's term, 'Memory CD4 T' lies below it, 'T cell' is broader (every
+    # CD4 T cell is one), 'B' and 'b cell' differ only in spelling
+    assert lacking_labels(["CD4 T cell", "b cell", "fibroblast"], labels) == ["CD8T", "NK", "Ngn3 high EP"]
+    assert lacking_labels(labels, labels) == []
+
+
+def _annotate(tiny_model, cells, candidates):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = ica.annotate(cells, model=tiny_model, candidates=candidates)
+    said = [str(w.message) for w in caught if issubclass(w.category, CandidateNoteWarning)]
+    return result, said
+
+
+def test_cells_of_a_left_out_type_are_flagged_and_named(tiny_model):
+    cells = make_counts(48, seed=3)
+    cells.X = cells.X.toarray()
+    cells.X[0] = 0  # no counts: left unlabelled, nothing measured
+    truth = cells.obs["cell_type"].astype(str).to_numpy()
+    complete, said = _annotate(tiny_model, cells, list(CELL_TYPES))
+    assert not said and np.nanmax(complete.outside) < LACKING_AT
+    result, said = _annotate(tiny_model, cells, [t for t in CELL_TYPES if t != "gamma"])
+    outside = np.asarray(result.outside, float)
+    assert np.isnan(outside[0]) and result.outside_type[0] is None
+    gamma = truth == "gamma"
+    gamma[0] = False
+    flagged = outside > LACKING_AT
+    assert flagged[gamma].mean() >= 0.9 and flagged[~gamma].mean() <= 0.1
+    assert set(result.outside_type[flagged]) == {"gamma"}
+    note = next(n for n in result.provenance["notes"] if "candidates lack" in n)
+    assert "'gamma'" in note and said and "candidates lack" in said[-1]
+    frame = result.to_frame()
+    assert {"outside_candidates", "outside_type"} <= set(frame.columns)
+    adata = result.to_adata(cells.copy())
+    assert list(adata.obs["instructcell_outside_type"].astype(object)[flagged]) == ["gamma"] * int(flagged.sum())
+
+
+def test_the_note_waits_for_enough_flagged_cells():
+    probability = np.array([0.9, 0.9, 0.1, np.nan] + [0.0] * 96)
+    label = np.array(["NK", "NK"] + [None] * 98, dtype=object)
+    assert lacking_note(Lacking(probability, label)) is None  # two cells: below the three the note needs
+    probability[2], label[2] = 0.7, "CD34+"
+    note = lacking_note(Lacking(probability, label))
+    assert note.startswith("3 of 99 cells (3%)") and "'NK' (2), 'CD34+' (1)" in note
+    assert lacking_note(None) is None
+
+
+def test_a_file_answered_in_chunks_gets_one_note_counted_over_all_of_it():
+    from instructcell_agent.results import AnnotationResult
+    from instructcell_agent.server.service import _concat
+
+    def part(names, outside, kinds):
+        lacking = Lacking(np.asarray(outside, float), np.asarray(kinds, dtype=object))
+        notes = [n for n in [lacking_note(lacking), "another note"] if n]
+        return AnnotationResult(names, np.array(["B"] * len(names), dtype=object), np.full(len(names), 0.9),
+                                ["B"] * len(names), provenance={"notes": notes}, outside=lacking.probability,
+                                outside_type=lacking.label)
+
+    first = part([f"a{i}" for i in range(40)], [0.9] * 3 + [0.0] * 37, ["NK"] * 3 + [None] * 37)
+    second = part([f"b{i}" for i in range(40)], [0.8] * 2 + [0.0] * 38, ["NK"] * 2 + [None] * 38)
+    empty = AnnotationResult(["c0"], np.array([None], dtype=object), np.array([np.nan]), [""],
+                             provenance={"notes": []})  # a chunk with no cell to answer measured nothing
+    whole = _concat([first, second, empty])
+    lacking = [n for n in whole.provenance["notes"] if "candidates lack" in n]
+    assert len(lacking) == 1 and lacking[0].startswith("5 of 80 cells") and "another note" in whole.provenance["notes"]
+    assert np.isnan(whole.outside[-1]) and whole.outside_type[-1] is None and len(whole.outside) == 81
