@@ -8,7 +8,10 @@ are flagged. On each annotation set's split, with the set's own labels as candid
 - complete: every label listed; flagged cells and notes here are false alarms;
 - one type left out at a time: the share of its cells flagged (and named as it), the share of
   the other cells flagged, the AUC of the probability for telling its cells from the others,
-  and whether the note fired and named it.
+  and whether the note fired and named it;
+- another set's labels (blood sets among each other, pancreas sets among each other): the share
+  flagged of the cells whose type that list lacks (zheng2017's CD34+ cells among kang2018's
+  labels) and of the others.
 
 Beside it, the cost: the seconds of `annotate` and of the check alone on the same cells.
 
@@ -32,11 +35,14 @@ from sklearn.metrics import roc_auc_score
 import instructcell_agent as ica
 from instructcell_agent.core_model.alignment import align_to_vocab
 from instructcell_agent.core_model.datasets import load_catalog
-from instructcell_agent.lacking_types import LACKING_AT, lacking_types
+from instructcell_agent.lacking_types import LACKING_AT, lacking_labels, lacking_types
 from marker_annotation import split_cells
 from report_io import meta_lines, run_meta, write_report
 
 logger = logging.getLogger("lacking_types")
+# sets of one tissue and species, each set's cells asked among the others' labels
+FOREIGN = (("zheng2017_pbmc_sorted", "kang2018_pbmc_ifnb", "pbmc3k_seurat"),
+           ("xin2016_pancreas_subset", "wang2016_pancreas_subset", "baron2016_pancreas_human_mouse"))
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -45,6 +51,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--sets", default="", help="comma-separated set names (default: every annotation set)")
     p.add_argument("--checkpoint", type=Path, default=ica.default_checkpoint_path())
     p.add_argument("--out-dir", type=Path, default=Path(__file__).resolve().parent / "results")
+    p.add_argument("--stem", default="")
     return p.parse_args(argv)
 
 
@@ -90,6 +97,30 @@ def run_set(model, spec, split: str) -> dict[str, Any]:
     return row
 
 
+def run_foreign(model, specs, split: str) -> list[dict[str, Any]]:
+    """Each set's cells asked among another set of the same tissue's labels."""
+    by_name = {s.name: s for s in specs}
+    rows = []
+    for group in FOREIGN:
+        for cells_of in group:
+            for labels_of in group:
+                if cells_of == labels_of or not {cells_of, labels_of} <= set(by_name):
+                    continue
+                cells, truth = split_cells(by_name[cells_of], split)
+                cands = sorted(set(model.label_set(labels_of)["labels"]))
+                result, seconds, note = annotated(cells, model, cands)
+                flagged = np.asarray(result.outside, float) > LACKING_AT
+                lacks = np.array([bool(lacking_labels(cands, [t])) for t in truth])
+                rows.append({"cells": cells_of, "labels": labels_of, "n_cells": int(cells.n_obs),
+                             "lacked_types": sorted(set(truth[lacks])), "n_lacked": int(lacks.sum()),
+                             "lacked_flagged": float(flagged[lacks].mean()) if lacks.any() else float("nan"),
+                             "others_flagged": float(flagged[~lacks].mean()) if (~lacks).any() else float("nan"),
+                             "note": note, "seconds": seconds})
+                logger.info("%s among %s: %d cells of types the list lacks, flagged %.2f; others %.3f", cells_of,
+                            labels_of, rows[-1]["n_lacked"], rows[-1]["lacked_flagged"], rows[-1]["others_flagged"])
+    return rows
+
+
 def render(report: dict[str, Any]) -> str:
     rows = report["sets"]
     trials = [t for r in rows for t in r["left_out"]]
@@ -119,6 +150,15 @@ def render(report: dict[str, Any]) -> str:
                      f"{len(t)} | {np.mean([x['flagged'] for x in t]):.3f} | "
                      f"{np.mean([x['others_flagged'] for x in t]):.4f} | {np.nanmean([x['auc'] for x in t]):.3f} | "
                      f"{sum(x['note_names_it'] for x in t)}/{len(t)} | {c['seconds']:.1f} | {c['check_seconds']:.3f} |")
+    lines += ["", "## Another set's labels", "",
+              "Cells of types the list lacks: those whose own label is neither listed, nor under a listed type, nor "
+              "broader than one (by Cell Ontology term).", "",
+              "| cells | labels | cells | of types the list lacks | lacked types | their cells flagged | others flagged "
+              "| note |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in report["foreign"]:
+        lines.append(f"| {r['cells']} | {r['labels']} | {r['n_cells']} | {r['n_lacked']} | "
+                     f"{', '.join(r['lacked_types']) or '-'} | {r['lacked_flagged']:.2f} | {r['others_flagged']:.3f} | "
+                     f"{r['note'][:r['note'].find(' (the read-out')] if r['note'] else '-'} |")
     lines += ["", "## Every trial", "", "| dataset | left out | cells | flagged | named | others flagged | AUC | note |",
               "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
@@ -137,8 +177,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     specs = [s for s in load_catalog(tasks=("annotation",)) if not wanted or s.name in wanted]
     model = ica.load_model(args.checkpoint, precision="float32")
     report = {"meta": meta, "checkpoint": str(args.checkpoint), "split": args.split,
-              "sets": [run_set(model, spec, args.split) for spec in specs]}
-    path = write_report(report, render(report), args.out_dir, f"lacking_types_{args.split}")
+              "sets": [run_set(model, spec, args.split) for spec in specs],
+              "foreign": run_foreign(model, specs, args.split)}
+    path = write_report(report, render(report), args.out_dir, args.stem or f"lacking_types_{args.split}")
     logger.info("wrote %s", path)
     return 0
 
