@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 
 import numpy as np
@@ -49,6 +50,14 @@ def test_cells_of_a_left_out_type_are_flagged_and_named(tiny_model):
     assert {"outside_candidates", "outside_type"} <= set(frame.columns)
     adata = result.to_adata(cells.copy())
     assert list(adata.obs["instructcell_outside_type"].astype(object)[flagged]) == ["gamma"] * int(flagged.sum())
+
+
+def test_nothing_is_flagged_where_the_read_out_cannot_be_trusted_on_the_file(tiny_model):
+    # the read-out's weight for the file (its curve over gene coverage) below MIN_WEIGHT: a file holding
+    # few of the model's genes, where a linear read-out misreads cells
+    weak = dataclasses.replace(tiny_model, readout=dataclasses.replace(tiny_model.readout, answer_weight=0.1))
+    result, said = _annotate(weak, make_counts(24, seed=4), [t for t in CELL_TYPES if t != "gamma"])
+    assert np.isnan(result.outside).all() and not any("candidates lack" in s for s in said)
 
 
 def test_the_note_waits_for_enough_flagged_cells():
