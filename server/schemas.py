@@ -398,6 +398,10 @@ class AnnotationSummary(BaseModel):
                                                          "cells of their label (a type or tissue the model may not "
                                                          "know; unassigned_atypical=3 labels them 'Unassigned'). "
                                                          "None when the checkpoint keeps no reference cells.")
+    outside_candidates: dict[str, int] | None = Field(
+        None, description="With candidates: cells that look like a type the model learned but the candidates lack "
+                          "(the read-out's probability on such types above 0.5), by that type; add it to the "
+                          "candidates if the file may hold it. None without candidates.")
     candidates: list[str] | None
     drug: str | None = None
     examples: list[CellExample]

@@ -529,7 +529,8 @@ class InstructCellService:
             low_confidence_cells=int((conf[labelled] < 0.5).sum()), unlabelled_cells=n - m,
             unassigned_cells=result.n_unassigned(),
             atypical_cells=int((typ < -3).sum()) if typ is not None else None,
-            candidates=cands, drug=getattr(req, "drug", None), examples=examples,
+            outside_candidates=_outside_counts(result), candidates=cands, drug=getattr(req, "drug", None),
+            examples=examples,
             alignment=str(result.provenance.get("alignment_summary", "")),
             notes=notes, answer_tissues=result.answer_tissues(),
             agreement=_agreement(found, req.compare_key) if found is not None else None,
@@ -662,6 +663,16 @@ def _describe_column(obs: pd.DataFrame, name: str) -> ObsColumn:
 
 def _rounded(value: float) -> float | None:
     return None if np.isnan(value) else round(float(value), 3)
+
+
+def _outside_counts(result) -> dict[str, int] | None:
+    """Cells flagged as a learned type the candidates lack, by that type (instructcell_agent/lacking_types.py)."""
+    from instructcell_agent.lacking_types import LACKING_AT
+
+    if result.outside is None:
+        return None
+    flagged = np.asarray(result.outside, dtype=float) > LACKING_AT  # NaN compares False
+    return {str(k): int(v) for k, v in pd.Series(result.outside_type[flagged]).value_counts().items()}
 
 
 def _concat(parts):

@@ -578,6 +578,20 @@ def test_annotate_cells_fast_counts_the_cells_the_readout_answered_over_every_ch
     assert not any(n.startswith("fast: ") for n in plain["notes"])
 
 
+def test_annotate_cells_counts_the_cells_of_a_type_the_candidates_lack_over_every_chunk(env):
+    left_out = CANDIDATES[-1]
+    result = call(env["server"], "annotate_cells", {"h5ad_path": "planted.h5ad", "candidates": CANDIDATES[:-1]})
+    summary = check_structured(env["server"], "annotate_cells", result)["result"]
+    truth = ad.read_h5ad(env["paths"]["root"] / "planted.h5ad").obs["cell_type"].astype(str).to_numpy()
+    assert list(summary["outside_candidates"]) == [left_out]
+    assert summary["outside_candidates"][left_out] >= 0.8 * (truth == left_out).sum()
+    lacking = [n for n in summary["notes"] if "candidates lack" in n]
+    assert len(lacking) == 1 and f"'{left_out}'" in lacking[0]  # one note for the file, not one per chunk
+    full = check_structured(env["server"], "annotate_cells", call(env["server"], "annotate_cells", {
+        "h5ad_path": "planted.h5ad", "candidates": CANDIDATES}))["result"]
+    assert full["outside_candidates"] == {} and not any("candidates lack" in n for n in full["notes"])
+
+
 def test_annotate_cells_counts_and_can_unassign_atypical_cells(env):
     # 20 cells of the training batch's types, then the same cells turned into a type never learned
     cells = make_counts(240, seed=0)[200:220].copy()
