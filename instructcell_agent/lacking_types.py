@@ -37,7 +37,7 @@ from .core_model.readout_first import readout_log_probs
 LACKING_AT = 0.5  # a cell is flagged where the read-out puts more than this on types the candidates lack
 NOTE_SHARE, NOTE_CELLS = 0.02, 3  # the note needs this share of the cells flagged, and this many
 # The read-out's weight for a set on this file (its curve over gene coverage, core_model/readout_weight.py)
-# says how far it can be trusted there: 1 on files holding the genes its training files held, 0.15 to 0.3
+# says how far it can be trusted there: 1 on files holding the genes its training files held, 0.18 to 0.30
 # on pbmc68k_reduced's 5% of them, where it saw CD16 monocytes in 58 of 300 cells. Below this, no check.
 MIN_WEIGHT = 0.5
 LACK_PHRASE = "look like types the model learned that the candidates lack"
