@@ -10,7 +10,8 @@ The score, per cell: the Pearson correlation of its log1p(CP10k) profile with th
 label's mean training profile, over the genes the file holds among the `INFORMATIVE_GENES` whose
 mean differs most between the learned labels, as a z-score against the same correlation of up
 to `PER_LABEL` of that label's training cells (each against the mean of the others), on the
-Fisher scale (atanh). 0 is as alike as the label's training cells are on
+Fisher scale (atanh), those cells thinned to the cell's own depth where it is shallower than they
+are (`DepthCurve`). 0 is as alike as the label's training cells are on
 average; -3 is three of their standard deviations less alike. Stored training cells, not stored
 statistics, because the score's scale follows the file's genes: a file cut to its 2,000 most
 variable genes correlates differently from a whole one, and the training cells are cut alike at
@@ -34,6 +35,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -105,7 +107,7 @@ class Reference:
         self.genes = informative_genes(self.mean_cp10k, int(self.info.get("informative_genes", 0)))
         # (key, genes read) -> `_stats`: a file answered in chunks (the MCP server's 256 cells) reads
         # the same genes every time, and the kept cells' spread need not be measured again
-        self._stats_cache: dict[tuple[int, bytes], tuple[np.ndarray, float, float]] = {}
+        self._stats_cache: dict[tuple[int, bytes], tuple[np.ndarray, DepthCurve | None]] = {}
 
     def population(self, label: str) -> list[int]:
         """The keys a cell given `label` is scored against: the label's own, and those of labels
@@ -126,14 +128,14 @@ class Reference:
 
     def typicality(self, counts: sp.spmatrix, present: np.ndarray, labels: Sequence[str | None]) -> np.ndarray:
         """z-score per cell (see the module docstring) of `counts` (cells x vocabulary, linear
-        scale) against the kept cells of its label's population in `labels` (`population`), over
-        the vocabulary genes at positions `present` (the file's genes). NaN for a cell without a
-        label, a label of no population this reference holds enough cells of, or a cell with no
-        counts there."""
+        scale) against the kept cells of its label's population in `labels` (`population`) thinned
+        to the cell's depth (`DepthCurve`), over the vocabulary genes at positions `present` (the
+        file's genes). NaN for a cell without a label, a label of no population this reference holds
+        enough cells of, or a cell with no counts there."""
         counts = sp.csr_matrix(counts)
         present = np.asarray(present, dtype=np.int64)
-        if self.genes is not None:
-            present = np.intersect1d(present, self.genes)
+        scored = present if self.genes is None else np.intersect1d(present, self.genes)
+        at = np.searchsorted(present, scored)  # the scored genes among the file's
         out = np.full(counts.shape[0], np.nan)
         genes_read = hashlib.sha1(present.tobytes()).digest()
         names = np.asarray([str(l) if l is not None else "" for l in labels], dtype=object)
@@ -141,40 +143,42 @@ class Reference:
             keys = self.population(label)
             if not keys:
                 continue
-            rows = np.flatnonzero(names == label)
-            best = np.full(rows.size, -np.inf)
             for k in keys:
                 if (k, genes_read) not in self._stats_cache:
                     if len(self._stats_cache) >= STATS_CACHE:
                         self._stats_cache.clear()
-                    self._stats_cache[(k, genes_read)] = self._stats(k, present)
-                mean_log, centre, spread = self._stats_cache[(k, genes_read)]
-                if not np.isfinite(spread):
-                    continue
-                for lo in range(0, rows.size, CHUNK):
-                    part = rows[lo:lo + CHUNK]
-                    z = (fisher(correlation(counts[part][:, present], mean_log)) - centre) / spread
-                    best[lo:lo + CHUNK] = np.fmax(best[lo:lo + CHUNK], z)
-            out[rows] = np.where(np.isfinite(best), best, np.nan)
+                    self._stats_cache[(k, genes_read)] = self._stats(k, present, at)
+            rows = np.flatnonzero(names == label)
+            for lo in range(0, rows.size, CHUNK):
+                part = sp.csr_matrix(counts[rows[lo:lo + CHUNK]][:, present])
+                depth = np.asarray(pseudo_counts(part).sum(1)).ravel()
+                part = part[:, at]
+                best = np.full(part.shape[0], -np.inf)
+                for k in keys:
+                    mean_log, curve = self._stats_cache[(k, genes_read)]
+                    if curve is not None:
+                        centre, spread = curve.at(depth)
+                        best = np.fmax(best, (fisher(correlation(part, mean_log)) - centre) / spread)
+                out[rows[lo:lo + CHUNK]] = np.where(np.isfinite(best), best, np.nan)
         return out
 
-    def _stats(self, k: int, present: np.ndarray) -> tuple[np.ndarray, float, float]:
-        """Label k's mean profile over `present` (log1p CP10k after renormalising there) and the
-        mean and standard deviation of its kept cells' Fisher-scaled correlations, each cell against
-        the mean of the label's other training cells (its own counts would flatter it)."""
-        mean_log = log_profile(self.mean_cp10k[k][present])
+    def _stats(self, k: int, present: np.ndarray, at: np.ndarray) -> tuple[np.ndarray, DepthCurve | None]:
+        """Label k's mean profile over the scored genes `present[at]` (log1p CP10k after
+        renormalising there), and its DepthCurve: its kept cells' depth on the file's genes
+        `present` and their Fisher-scaled correlations over the scored ones, each cell against the
+        mean of the label's other training cells (its own counts would flatter it), at every
+        depth they are thinned to; None where too few cells are kept."""
+        scored = present[at]
+        mean_log = log_profile(self.mean_cp10k[k][scored])
         kept = self.cells[self.offsets[k]:self.offsets[k + 1]]
         n = float(self.n_cells[k])
         if kept.shape[0] < MIN_CELLS or n < 2:
-            return mean_log, np.nan, np.nan
-        own = cp10k(kept).toarray()
-        others = (n * self.mean_cp10k[k][None, :] - own) / (n - 1)
-        sims = np.array([correlation(kept[i][:, present], log_profile(others[i, present]))[0]
-                         for i in range(kept.shape[0])])
-        scores = fisher(sims[np.isfinite(sims)])
-        if scores.size < MIN_CELLS:
-            return mean_log, np.nan, np.nan
-        return mean_log, float(scores.mean()), float(max(scores.std(ddof=1), 1e-6))
+            return mean_log, None
+        others = ((n * self.mean_cp10k[k][None, :] - cp10k(kept).toarray()) / (n - 1))[:, scored]
+        profiles = np.log1p(others * (1e4 / np.clip(others.sum(1, keepdims=True), 1e-12, None)))
+        # seeded by the label's name, not its index, so a label draws alike in every reference holding it
+        seed = zlib.crc32("\t".join(self.keys[k]).encode())
+        return mean_log, depth_curve(kept[:, present], at, profiles, seed=seed)
 
     def clear_cache(self) -> None:
         """Forget the spreads measured so far (benchmarks time a first call with it)."""
@@ -228,6 +232,100 @@ def correlation(counts: sp.spmatrix, profile: np.ndarray) -> np.ndarray:
 
 def fisher(r: np.ndarray) -> np.ndarray:
     return np.arctanh(np.clip(r, -0.999999, 0.999999))
+
+
+# Fractions of their counts the kept cells are thinned to (binomially) when a label's spread is
+# measured. A shallow cell correlates less with its label's mean profile however typical it is: with
+# one spread measured at the training cells' own depth, zheng2017's test cells thinned to a fifth
+# of their counts (median 299) fell below -3 0.66 of them, a twentieth 0.97, while the answers were
+# still right for 0.75 and 0.57 (benchmarks/results/sequencing_depth_typicality_unmatched.md). So a
+# cell is measured against the kept cells thinned to its own depth. Depth is counted, not read off
+# the genes detected: how many genes a cell detects is also what type it is (aissa2021's PC9 cells
+# detect 861 at 1,268 counts, zheng2017's blood cells 593 at 1,505), and matching on it let blood
+# cells pass as PC9 cells (benchmarks/EXPERIMENTS.md, shallower cells).
+DEPTH_FRACTIONS = (1.0, 0.5, 0.25, 0.125, 0.0625, 0.03125, 0.015625)
+
+
+@dataclass(frozen=True)
+class DepthCurve:
+    """A label's kept cells thinned to each of DEPTH_FRACTIONS: their median count on the file's
+    genes (strictly descending from the full depth), and the mean and standard deviation of their
+    Fisher-scaled correlations there."""
+
+    depth: np.ndarray
+    centre: np.ndarray
+    spread: np.ndarray
+
+    def at(self, depth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(centre, spread) for cells of `depth` counts: interpolated on log depth between the
+        levels; cells as deep as the full depth's median or deeper take the full depth's (what
+        every cell was measured against before depth was matched), cells shallower than the
+        shallowest level take that level's."""
+        x = np.log(np.maximum(np.asarray(depth, dtype=float), 1.0))
+        xp = np.log(np.maximum(self.depth[::-1], 1.0))
+        return np.interp(x, xp, self.centre[::-1]), np.interp(x, xp, self.spread[::-1])
+
+
+def pseudo_counts(values: sp.spmatrix) -> sp.csr_matrix:
+    """The counts behind each row of linear-scale values: the row divided by its smallest value
+    (what one count became where counts were normalised per cell: exact for UMI data, a stand-in
+    for reads and TPM; a row of raw counts holds a 1 as a rule) and rounded, at least 1."""
+    out = sp.csr_matrix(values, dtype=np.float64, copy=True)
+    out.eliminate_zeros()
+    lengths = np.diff(out.indptr)
+    if out.nnz == 0:
+        return out
+    smallest = np.ones(out.shape[0])
+    filled = lengths > 0
+    smallest[filled] = np.minimum.reduceat(out.data, out.indptr[:-1][filled])
+    out.data = np.maximum(np.rint(out.data / np.repeat(smallest, lengths)), 1.0)
+    return out
+
+
+def depth_curve(kept: sp.spmatrix, at: np.ndarray, profiles: np.ndarray, seed: int) -> DepthCurve | None:
+    """The DepthCurve of kept cells (rows of `kept`: linear scale on the file's genes), scored over
+    the columns `at`, each against its own row of `profiles` (log1p CP10k of the label's mean
+    without it). Seeded, so a label's curve is the same on every call. None where fewer than
+    MIN_CELLS cells have a correlation at the full depth."""
+    kept = sp.csr_matrix(kept, dtype=np.float64)
+    counts = pseudo_counts(kept)
+    rng = np.random.default_rng(seed)
+    depth: list[float] = []
+    centre: list[float] = []
+    spread: list[float] = []
+    for fraction in DEPTH_FRACTIONS:
+        thinned, cells = counts, kept  # the full depth scores the stored values themselves
+        if fraction < 1.0:
+            thinned = counts.copy()
+            thinned.data = rng.binomial(thinned.data.astype(np.int64), fraction).astype(np.float64)
+            thinned.eliminate_zeros()
+            cells = thinned
+        sims = row_correlation(cells[:, at], profiles)
+        ok = np.isfinite(sims)
+        if ok.sum() < MIN_CELLS:
+            break
+        median = float(np.median(np.asarray(thinned.sum(1)).ravel()[ok]))
+        if depth and median >= depth[-1]:
+            continue  # no shallower than the level before: nothing to interpolate between
+        scores = fisher(sims[ok])
+        depth.append(median)
+        centre.append(float(scores.mean()))
+        spread.append(float(max(scores.std(ddof=1), 1e-6)))
+    if not depth:
+        return None
+    return DepthCurve(np.asarray(depth), np.asarray(centre), np.asarray(spread))
+
+
+def row_correlation(cells: sp.csr_matrix, profiles: np.ndarray) -> np.ndarray:
+    """Pearson correlation of each row's log1p(CP10k) with the same row of `profiles` (dense,
+    cells x genes); NaN for a row without counts."""
+    x = cp10k(cells)
+    x.data = np.log1p(x.data)
+    x = x.toarray() - np.asarray(x.mean(1))
+    p = profiles - profiles.mean(1, keepdims=True)
+    denominator = np.sqrt((x * x).sum(1) * (p * p).sum(1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(denominator > 0, (x * p).sum(1) / np.where(denominator > 0, denominator, 1.0), np.nan)
 
 
 # ---------------------------------------------------------------- fitting

@@ -65,13 +65,16 @@ def test_sure_cells_take_the_readout_answer_and_the_rest_the_full_one(tiny_model
 
 def test_cells_unlike_their_labels_training_cells_go_to_the_language_model(tiny_model, counted_rows):
     # another batch (make_counts' other seeds draw other background rates): the read-out is sure of
-    # many of its cells, the reference finds every one of them atypical
+    # many of its cells, the reference finds nearly every one of them atypical
     cells = make_counts(48, seed=11)
     sure = _readout_probs(tiny_model, cells).max(1) >= readout_first.SURE
     assert sure.sum() > 0
     gated = ica.annotate(cells, model=tiny_model, candidates=list(CELL_TYPES), fast=True)
-    assert (gated.typicality < -3).all() and gated.provenance["fast"]["cells_answered_by_readout_alone"] == 0
-    assert sum(counted_rows) == cells.n_obs
+    atypical = gated.typicality < -3
+    assert atypical.mean() > 0.9 and (sure & atypical).sum() > 0
+    alone = int((sure & ~atypical).sum())  # the sure cells the reference does not find atypical
+    assert gated.provenance["fast"]["cells_answered_by_readout_alone"] == alone
+    assert sum(counted_rows) == cells.n_obs - alone
     counted_rows.clear()
     no_reference = dataclasses.replace(tiny_model, reference=None)  # nothing to judge by: sure is enough
     ungated = ica.annotate(cells, model=no_reference, candidates=list(CELL_TYPES), fast=True)

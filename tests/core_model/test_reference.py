@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
+from instructcell_agent.core_model import reference as reference_module
 from instructcell_agent.core_model.errors import CheckpointError
 from instructcell_agent.core_model.reference import (
     MIN_CELLS, correlation, fit_reference, load_reference, save_reference)
@@ -161,9 +162,11 @@ def test_a_population_is_scored_against_every_set_naming_it(fresh):
     np.testing.assert_allclose(apart.typicality(alpha, ALL, ["pancreatic A cell"] * n), expected)
 
 
-def test_the_score_reads_the_genes_that_tell_the_labels_apart(fresh):
+def test_the_score_reads_the_genes_that_tell_the_labels_apart(fresh, monkeypatch):
     """With n_informative, only the genes whose mean varies most across the labels count: the
-    planted markers among them, and the score equal to the all-genes one on just those genes."""
+    planted markers among them, and the score equal to the all-genes one on just those genes
+    (depth, counted on all the file's genes, held out of the comparison: test_reference_depth.py)."""
+    monkeypatch.setattr(reference_module, "DEPTH_FRACTIONS", (1.0,))
     counts, labels = fresh
     train = PLANTED[:200]
     parts = [("planted", train.X, train.obs["cell_type"].to_numpy())]
