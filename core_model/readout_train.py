@@ -23,6 +23,7 @@ from .errors import CheckpointError
 from .gene_panels import hvg_cut, variable_gene_order
 from .io import file_sha256, read_checkpoint_lists
 from .readout import DEFAULT_WEIGHT, Block, Readout, fit_readout, save_readout
+from .reference import pseudo_counts
 
 if TYPE_CHECKING:
     from .checkpoint import LoadedModel
@@ -41,13 +42,33 @@ def panel_dropped(counts: sp.spmatrix, rng: np.random.Generator, low: float = 0.
     return counts
 
 
+# Shallowest a thinned copy gets: a thirtieth of the cell's counts (zheng2017's cells: about 50).
+THIN_LOW = 0.03
+
+
+def thinned_copy(counts: sp.spmatrix, rng: np.random.Generator, low: float = THIN_LOW) -> sp.csr_matrix:
+    """Cells as a shallower run would give them: each cell's counts (normalised sets' recovered
+    from each cell's smallest value, `reference.pseudo_counts`) thinned binomially to its own
+    fraction, drawn log-uniformly from [low, 1]. Normalizing afterwards gives the few, large
+    values a shallow cell shows the read-out (one count of 25 is 400 per 10,000)."""
+    counts = pseudo_counts(counts)
+    counts.sort_indices()  # the same cells draw alike however their entries were stored
+    fraction = np.exp(rng.uniform(np.log(low), 0.0, counts.shape[0]))
+    counts.data = rng.binomial(counts.data.astype(np.int64), np.repeat(fraction, np.diff(counts.indptr)))
+    counts = sp.csr_matrix(counts, dtype=np.float32)
+    counts.eliminate_zeros()
+    return counts
+
+
 def readout_blocks(label_sets: dict[str, Any], known: dict[str, DatasetSpec], vocab: list[str], split: str,
                    target_sum: float, panel_copies: int = 0, seed: int = 0,
-                   hvg_copies: int = 0) -> tuple[list[Block], dict[str, torch.Tensor], list[dict[str, Any]]]:
+                   hvg_copies: int = 0, thin_copies: int = 0
+                   ) -> tuple[list[Block], dict[str, torch.Tensor], list[dict[str, Any]]]:
     """What the read-out is fitted on, for every label set with a spec in `known`: the blocks of
     `fit_readout` (log1p(CP10k) of the `split` cells, then `panel_copies` panel-dropped copies of
-    them, then `hvg_copies` copies cut to the set's most variable genes, `gene_panels.hvg_cut`),
-    each set's mean cell (cells as they are) and the data's provenance."""
+    them, then `hvg_copies` copies cut to the set's most variable genes, `gene_panels.hvg_cut`,
+    then `thin_copies` copies thinned to a shallower depth, `thinned_copy`), each set's mean cell
+    (cells as they are) and the data's provenance."""
     rng = np.random.default_rng(seed)
     blocks, means, data = [], {}, []
     for name, entry in label_sets.items():
@@ -63,6 +84,7 @@ def readout_blocks(label_sets: dict[str, Any], known: dict[str, DatasetSpec], vo
             order = variable_gene_order(part.X, target_sum)
             views += [log_normalize_csr(hvg_cut(part.X, order, rng), target_sum).toarray()
                       for _ in range(hvg_copies)]
+        views += [log_normalize_csr(thinned_copy(part.X, rng), target_sum).toarray() for _ in range(thin_copies)]
         blocks.append((np.concatenate(views), np.concatenate([part.labels] * len(views)), list(entry["labels"])))
         data.append({"name": name, "split": split, "n_cells": part.n_cells, "sha256": file_sha256(spec.path),
                      "split_sha256": file_sha256(spec.split_path) if spec.split_path else None})
@@ -72,8 +94,8 @@ def readout_blocks(label_sets: dict[str, Any], known: dict[str, DatasetSpec], vo
 
 def train_readout(checkpoint_dir: str | os.PathLike, specs: Sequence[DatasetSpec] | None = None, *,
                   split: str = "train", l2: float = 1.0, answer_weight: float = DEFAULT_WEIGHT,
-                  panel_copies: int = 0, seed: int = 0, hvg_copies: int = 0, command: str | None = None,
-                  inherit_from: LoadedModel | None = None) -> Readout:
+                  panel_copies: int = 0, seed: int = 0, hvg_copies: int = 0, thin_copies: int = 0,
+                  command: str | None = None, inherit_from: LoadedModel | None = None) -> Readout:
     """Fit the read-out on `split` of every dataset the checkpoint has a label set for and write
     it into the checkpoint directory (readout.safetensors + readout.json, atomically), with each
     set's mean cell over the same cells (`explain`'s default reference).
@@ -89,6 +111,10 @@ def train_readout(checkpoint_dir: str | os.PathLike, specs: Sequence[DatasetSpec
     (`gene_panels.hvg_cut`). Off by default: on valid one copy read files cut to 2,000 HVGs better
     and whole files no better, losing on zheng2017 (benchmarks/EXPERIMENTS.md, files cut to their
     most variable genes).
+    `thin_copies`: fit also on that many copies of every cell thinned to a shallower depth
+    (`thinned_copy`). Off by default: on valid cells thinned to a fifth or a twentieth of their
+    counts one copy answered better (pbmc3k, 2,000 genes, most), whole cells about as well, and
+    it has not been checked on test (benchmarks/EXPERIMENTS.md, shallower cells).
     `inherit_from`: the checkpoint a fine-tuning run started from; label sets without data that it
     has read-out rows for keep them (`with_inherited_rows`)."""
     root = Path(checkpoint_dir)
@@ -102,7 +128,8 @@ def train_readout(checkpoint_dir: str | os.PathLike, specs: Sequence[DatasetSpec
         log.warning("no data for label sets %s: their labels are scored by the language model alone",
                     sorted(set(missing) - set(inherited)))
     readout = fitted_readout(label_sets, known, vocab, split, target_sum, l2=l2, answer_weight=answer_weight,
-                             panel_copies=panel_copies, seed=seed, hvg_copies=hvg_copies, command=command)
+                             panel_copies=panel_copies, seed=seed, hvg_copies=hvg_copies,
+                             thin_copies=thin_copies, command=command)
     if inherited:
         readout = with_inherited_rows(readout, inherit_from, inherited)
     save_readout(root, readout, vocab)
@@ -135,16 +162,17 @@ def with_inherited_rows(fitted: Readout, start: LoadedModel, inherited: Sequence
 
 def fitted_readout(label_sets: dict[str, Any], known: dict[str, DatasetSpec], vocab: list[str], split: str,
                    target_sum: float, *, l2: float = 1.0, answer_weight: float = DEFAULT_WEIGHT,
-                   panel_copies: int = 0, seed: int = 0, hvg_copies: int = 0,
+                   panel_copies: int = 0, seed: int = 0, hvg_copies: int = 0, thin_copies: int = 0,
                    command: str | None = None) -> Readout:
     """The read-out `train_readout` writes, fitted in memory (`readout_blocks`, `fit_readout`)."""
-    blocks, means, data = readout_blocks(label_sets, known, vocab, split, target_sum, panel_copies, seed, hvg_copies)
+    blocks, means, data = readout_blocks(label_sets, known, vocab, split, target_sum, panel_copies, seed, hvg_copies,
+                                         thin_copies)
     if not blocks:
         raise CheckpointError(f"none of the checkpoint's label sets {sorted(label_sets)} has data to fit a read-out on")
     labels, weight, bias, info = fit_readout(blocks, len(vocab), l2=l2)
     # fit_readout counts the rows it fitted (cells and their panel copies); report the cells
     info = {**info, "n_cells": sum(d["n_cells"] for d in data), "n_fitted_rows": info["n_cells"],
-            "panel_copies": panel_copies, "hvg_copies": hvg_copies, "seed": seed}
+            "panel_copies": panel_copies, "hvg_copies": hvg_copies, "thin_copies": thin_copies, "seed": seed}
     log.info("read-out fitted: %d labels, train accuracy %.3f", len(labels), info["train_accuracy"])
     return Readout(labels, weight, bias, answer_weight,
                    {**info, "data": data, "command": command, "torch": torch.__version__}, means)

@@ -38,7 +38,10 @@ def add_commands(sub: Any) -> None:
     c.add_argument("--hvg-copies", type=int, default=0,
                    help="also fit on N copies of every cell cut to its set's 500-3,000 most variable genes "
                         "(better on files cut to HVGs, not on whole files; benchmarks/EXPERIMENTS.md)")
-    c.add_argument("--seed", type=int, default=0, help="seed of the panel draws")
+    c.add_argument("--thin-copies", type=int, default=0,
+                   help="also fit on N copies of every cell thinned to 3%%-100%% of its counts (better on shallow "
+                        "cells on valid, not checked on test; benchmarks/EXPERIMENTS.md, shallower cells)")
+    c.add_argument("--seed", type=int, default=0, help="seed of the panel and thinning draws")
     c = sub.add_parser("fit-reference", help="keep training cells of each label, what a cell's typicality (how alike "
                                              "its label's training cells it is) is measured against")
     c.add_argument("--checkpoint", required=True, help="checkpoint directory; reference.* files are added to it")
@@ -116,7 +119,7 @@ def _train_readout(args) -> int:
     command = recorded_command()
     readout = train_readout(args.checkpoint, specs, split=args.split, l2=args.l2, answer_weight=args.weight,
                             panel_copies=args.panel_copies, seed=args.seed, hvg_copies=args.hvg_copies,
-                            command=command)
+                            thin_copies=args.thin_copies, command=command)
     print(json.dumps({"labels": len(readout.labels), **{k: readout.info[k] for k in ("n_cells", "train_accuracy")}}))
     return 0
 
@@ -192,6 +195,7 @@ def _info(args) -> int:
                           "weight_curve": meta.get("weight_curve", []),
                           "weight_curve_command": meta.get("weight_curve_command"), "l2": meta.get("l2"),
                           "panel_copies": meta.get("panel_copies", 0), "hvg_copies": meta.get("hvg_copies", 0),
+                          "thin_copies": meta.get("thin_copies", 0),
                           "mean_cell_sets": meta.get("mean_cell_sets", []),
                           "command": meta.get("command"), "data": meta.get("data")}
     if (path / "reference.json").is_file():  # training cells typicality is measured against (core_model/reference.py)

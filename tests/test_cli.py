@@ -576,13 +576,14 @@ def test_train_readout_refits_a_checkpoints_readout(tiny_checkpoint, synthetic_s
         (ckpt / name).unlink()
     catalog = _user_catalog(tmp_path, synthetic_set, name="planted", task="cta", drug="")
     assert main(["train-readout", "--checkpoint", str(ckpt), "--catalog", str(catalog), "--weight", "0.5",
-                 "--panel-copies", "1", "--hvg-copies", "1"]) == 0
+                 "--panel-copies", "1", "--hvg-copies", "1", "--thin-copies", "1"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["n_cells"] == 160
     vocab = json.loads((ckpt / "gene_vocab.json").read_text())
     readout = load_readout(ckpt, vocab)
     assert readout.answer_weight == 0.5 and readout.info["data"][0]["split"] == "train"
-    # each cell fitted three times: as it is, through a random gene panel, cut to its set's HVGs
-    assert (readout.info["panel_copies"], readout.info["hvg_copies"], readout.info["n_fitted_rows"]) == (1, 1, 480)
+    # each cell fitted four times: as it is, through a random gene panel, cut to its set's HVGs, thinned
+    assert (readout.info["panel_copies"], readout.info["hvg_copies"], readout.info["thin_copies"],
+            readout.info["n_fitted_rows"]) == (1, 1, 1, 640)
     out = tmp_path / "m.json"
     base = ["evaluate", "--checkpoint", str(ckpt), "--data", str(synthetic_set["path"]),
             "--split", str(synthetic_set["split_path"]), "--task", "cta", "--label-key", "cell_type",

@@ -183,8 +183,25 @@ def test_panel_dropped_cells_keep_a_random_share_of_their_own_counts():
     assert (again != dropped).nnz == 0  # seeded
 
 
-@pytest.mark.parametrize("copies", [{"panel_copies": 1}, {"hvg_copies": 1}])
-def test_panel_and_hvg_copies_add_cells_to_the_fit_but_not_to_the_mean_cells(tiny_model, planted_spec, copies):
+def test_thinned_copies_are_the_same_cells_with_fewer_counts():
+    import scipy.sparse as sp
+
+    from instructcell_agent.core_model.readout_train import thinned_copy
+
+    rng = np.random.default_rng(0)
+    counts = sp.csr_matrix(rng.poisson(3.0, (200, 50)).astype(np.float32))
+    thin = thinned_copy(counts, np.random.default_rng(1), low=0.05)
+    assert thin.shape == counts.shape and (thin.toarray() <= counts.toarray()).all()
+    kept = np.asarray(thin.sum(1)).ravel() / np.asarray(counts.sum(1)).ravel()
+    assert kept.min() < 0.2 and kept.max() > 0.6  # each cell its own depth, from a twentieth up
+    # a normalised set: its counts come back first, and the same draws thin them alike
+    normalised = sp.csr_matrix(sp.diags(1e4 / np.asarray(counts.sum(1)).ravel()) @ counts)
+    again = thinned_copy(normalised, np.random.default_rng(1), low=0.05)
+    np.testing.assert_array_equal(again.toarray(), thin.toarray())
+
+
+@pytest.mark.parametrize("copies", [{"panel_copies": 1}, {"hvg_copies": 1}, {"thin_copies": 1}])
+def test_panel_hvg_and_thin_copies_add_cells_to_the_fit_but_not_to_the_mean_cells(tiny_model, planted_spec, copies):
     from instructcell_agent.core_model.readout_train import readout_blocks
 
     args = (tiny_model.label_sets, {planted_spec.name: planted_spec}, tiny_model.vocab, "train",
@@ -195,7 +212,7 @@ def test_panel_and_hvg_copies_add_cells_to_the_fit_but_not_to_the_mean_cells(tin
     assert twice[0].shape == (2 * n, plain[0].shape[1]) and data[0]["n_cells"] == n
     np.testing.assert_array_equal(twice[0][:n], plain[0])  # the cells as they are come first
     np.testing.assert_array_equal(twice[1], np.concatenate([plain[1], plain[1]]))
-    if "panel_copies" in copies:  # (the tiny vocabulary is shorter than any HVG cut: nothing cut)
+    if "hvg_copies" not in copies:  # (the tiny vocabulary is shorter than any HVG cut: nothing cut)
         assert (twice[0][n:] > 0).sum() < (plain[0] > 0).sum()  # the copies hold fewer genes
     torch.testing.assert_close(twice_means[planted_spec.name], plain_means[planted_spec.name])
 
