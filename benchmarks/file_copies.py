@@ -19,7 +19,7 @@ import scipy.sparse as sp
 
 from instructcell_agent.core_model.cell_encoder import log_normalize_csr
 from instructcell_agent.core_model.io import read_h5ad, write_h5ad_atomic
-from instructcell_agent.core_model.reference import pseudo_counts
+from instructcell_agent.core_model.reference import pseudo_counts, thin
 from instructcell_agent.core_model.values import detect_value_type, to_count_scale
 
 logger = logging.getLogger("file_copies")
@@ -69,10 +69,6 @@ def umi_counts(X: Any) -> sp.csr_matrix:
 
 
 def thinned(counts: sp.csr_matrix, fraction: float, rng: np.random.Generator) -> sp.csr_matrix:
-    """Each count kept with probability `fraction` (binomial thinning): the same cells sequenced
+    """Each count kept with probability `fraction` (`reference.thin`): the same cells sequenced
     `fraction` as deeply, as far as sampling goes."""
-    out = counts.copy()
-    if fraction < 1.0:
-        out.data = rng.binomial(out.data, fraction)
-        out.eliminate_zeros()
-    return out
+    return thin(counts, fraction, rng) if fraction < 1.0 else counts.copy()

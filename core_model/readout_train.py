@@ -23,7 +23,7 @@ from .errors import CheckpointError
 from .gene_panels import hvg_cut, variable_gene_order
 from .io import file_sha256, read_checkpoint_lists
 from .readout import DEFAULT_WEIGHT, Block, Readout, fit_readout, save_readout
-from .reference import pseudo_counts
+from .reference import pseudo_counts, thin
 
 if TYPE_CHECKING:
     from .checkpoint import LoadedModel
@@ -42,7 +42,7 @@ def panel_dropped(counts: sp.spmatrix, rng: np.random.Generator, low: float = 0.
     return counts
 
 
-# Shallowest a thinned copy gets: a thirtieth of the cell's counts (zheng2017's cells: about 50).
+# Shallowest a thinned copy gets: 3% of the cell's counts (zheng2017's median cell: about 45).
 THIN_LOW = 0.03
 
 
@@ -54,10 +54,7 @@ def thinned_copy(counts: sp.spmatrix, rng: np.random.Generator, low: float = THI
     counts = pseudo_counts(counts)
     counts.sort_indices()  # the same cells draw alike however their entries were stored
     fraction = np.exp(rng.uniform(np.log(low), 0.0, counts.shape[0]))
-    counts.data = rng.binomial(counts.data.astype(np.int64), np.repeat(fraction, np.diff(counts.indptr)))
-    counts = sp.csr_matrix(counts, dtype=np.float32)
-    counts.eliminate_zeros()
-    return counts
+    return sp.csr_matrix(thin(counts, fraction, rng), dtype=np.float32)
 
 
 def readout_blocks(label_sets: dict[str, Any], known: dict[str, DatasetSpec], vocab: list[str], split: str,
@@ -113,8 +110,9 @@ def train_readout(checkpoint_dir: str | os.PathLike, specs: Sequence[DatasetSpec
     most variable genes).
     `thin_copies`: fit also on that many copies of every cell thinned to a shallower depth
     (`thinned_copy`). Off by default: on valid cells thinned to a fifth or a twentieth of their
-    counts one copy answered better (pbmc3k, 2,000 genes, most), whole cells about as well, and
-    it has not been checked on test (benchmarks/EXPERIMENTS.md, shallower cells).
+    counts one copy answered better (pbmc3k, 2,000 genes, most), but whole files as `evaluate`
+    asks them a little worse (pbmc3k -0.023 macro-F1); not checked on test
+    (benchmarks/EXPERIMENTS.md, shallower cells).
     `inherit_from`: the checkpoint a fine-tuning run started from; label sets without data that it
     has read-out rows for keep them (`with_inherited_rows`)."""
     root = Path(checkpoint_dir)

@@ -282,6 +282,18 @@ def pseudo_counts(values: sp.spmatrix) -> sp.csr_matrix:
     return out
 
 
+def thin(counts: sp.spmatrix, fraction: float | np.ndarray, rng: np.random.Generator) -> sp.csr_matrix:
+    """Each count kept with probability `fraction` (one for every cell, or one per cell): binomial
+    thinning, the same cells sequenced that much less deeply, as far as sampling goes. `counts`
+    holds whole numbers (`pseudo_counts` for normalised values); it is not modified."""
+    out = sp.csr_matrix(counts, dtype=np.float64, copy=True)
+    per_cell = np.broadcast_to(np.asarray(fraction, dtype=float), (out.shape[0],))
+    out.data = rng.binomial(np.rint(out.data).astype(np.int64), np.repeat(per_cell, np.diff(out.indptr))).astype(
+        np.float64)
+    out.eliminate_zeros()
+    return out
+
+
 def depth_curve(kept: sp.spmatrix, at: np.ndarray, profiles: np.ndarray, seed: int) -> DepthCurve | None:
     """The DepthCurve of kept cells (rows of `kept`: linear scale on the file's genes), scored over
     the columns `at`, each against its own row of `profiles` (log1p CP10k of the label's mean
@@ -296,10 +308,7 @@ def depth_curve(kept: sp.spmatrix, at: np.ndarray, profiles: np.ndarray, seed: i
     for fraction in DEPTH_FRACTIONS:
         thinned, cells = counts, kept  # the full depth scores the stored values themselves
         if fraction < 1.0:
-            thinned = counts.copy()
-            thinned.data = rng.binomial(thinned.data.astype(np.int64), fraction).astype(np.float64)
-            thinned.eliminate_zeros()
-            cells = thinned
+            thinned = cells = thin(counts, fraction, rng)
         sims = row_correlation(cells[:, at], profiles)
         ok = np.isfinite(sims)
         if ok.sum() < MIN_CELLS:

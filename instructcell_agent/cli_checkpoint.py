@@ -40,7 +40,8 @@ def add_commands(sub: Any) -> None:
                         "(better on files cut to HVGs, not on whole files; benchmarks/EXPERIMENTS.md)")
     c.add_argument("--thin-copies", type=int, default=0,
                    help="also fit on N copies of every cell thinned to 3%%-100%% of its counts (better on shallow "
-                        "cells on valid, not checked on test; benchmarks/EXPERIMENTS.md, shallower cells)")
+                        "cells on valid, a little worse on whole 2,000-gene files; benchmarks/EXPERIMENTS.md, "
+                        "shallower cells)")
     c.add_argument("--seed", type=int, default=0, help="seed of the panel and thinning draws")
     c = sub.add_parser("fit-reference", help="keep training cells of each label, what a cell's typicality (how alike "
                                              "its label's training cells it is) is measured against")

@@ -6,7 +6,7 @@ import scipy.sparse as sp
 
 from instructcell_agent.core_model import reference as reference_module
 from instructcell_agent.core_model.reference import (ATYPICAL_BELOW, DEPTH_FRACTIONS, DepthCurve, fit_reference,
-                                                     pseudo_counts)
+                                                     pseudo_counts, thin)
 
 N_GENES = 400
 
@@ -24,13 +24,6 @@ def _cells(rng, profile, n, depth):
     return sp.csr_matrix(rng.poisson(profile[None, :] * rng.uniform(0.7, 1.3, (n, 1)) * depth).astype(np.float32))
 
 
-def _thin(rng, counts, fraction):
-    out = sp.csr_matrix(counts, copy=True)
-    out.data = rng.binomial(out.data.astype(np.int64), fraction).astype(np.float32)
-    out.eliminate_zeros()
-    return out
-
-
 @pytest.fixture(scope="module")
 def reference_and_cells():
     rng = np.random.default_rng(0)
@@ -46,7 +39,7 @@ def test_shallow_cells_of_the_label_are_not_called_atypical(reference_and_cells,
     reference, rng, query_a, _ = reference_and_cells
     present, labels = np.arange(N_GENES), ["A"] * query_a.shape[0]
     assert np.mean(reference.typicality(query_a, present, labels) < ATYPICAL_BELOW) < 0.05
-    shallow = {f: _thin(rng, query_a, f) for f in (0.2, 0.05)}
+    shallow = {f: thin(query_a, f, rng) for f in (0.2, 0.05)}
     for fraction, cells in shallow.items():
         assert np.mean(reference.typicality(cells, present, labels) < ATYPICAL_BELOW) < 0.05, fraction
     # measured against the kept cells at their own depth only, the same cells fall below
@@ -62,19 +55,30 @@ def test_shallow_cells_of_another_type_stay_atypical(reference_and_cells):
     reference, rng, _, query_b = reference_and_cells
     present = np.arange(N_GENES)
     for fraction in (1.0, 0.2, 0.05):
-        cells = query_b if fraction == 1.0 else _thin(rng, query_b, fraction)
+        cells = query_b if fraction == 1.0 else thin(query_b, fraction, rng)
         assert np.mean(reference.typicality(cells, present, ["A"] * cells.shape[0]) < ATYPICAL_BELOW) > 0.9, fraction
 
 
 def test_normalised_and_logged_files_are_measured_at_the_depth_of_their_counts(reference_and_cells):
     reference, rng, query_a, _ = reference_and_cells
-    shallow = _thin(rng, query_a, 0.05)
+    shallow = thin(query_a, 0.05, rng)
     totals = np.asarray(shallow.sum(1)).ravel()
     normalised = sp.csr_matrix(sp.diags(1e4 / totals) @ shallow)
     present = np.arange(N_GENES)
     labels = ["A"] * shallow.shape[0]
     np.testing.assert_allclose(reference.typicality(normalised, present, labels),
                                reference.typicality(shallow, present, labels), atol=1e-6)
+
+
+def test_thinning_keeps_a_share_of_each_cells_counts():
+    rng = np.random.default_rng(0)
+    counts = sp.csr_matrix(rng.poisson(20.0, (50, 30)).astype(np.float32))
+    before = counts.copy()
+    per_cell = np.linspace(0.1, 1.0, 50)
+    thinned = thin(counts, per_cell, np.random.default_rng(1))
+    kept = np.asarray(thinned.sum(1)).ravel() / np.asarray(counts.sum(1)).ravel()
+    assert abs(kept[:10].mean() - per_cell[:10].mean()) < 0.05 and kept[-1] == 1.0
+    assert (counts != before).nnz == 0  # the input is left as it was
 
 
 def test_pseudo_counts_gives_back_counts_normalised_per_cell():
