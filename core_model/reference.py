@@ -288,8 +288,8 @@ def thin(counts: sp.spmatrix, fraction: float | np.ndarray, rng: np.random.Gener
     holds whole numbers (`pseudo_counts` for normalised values); it is not modified."""
     out = sp.csr_matrix(counts, dtype=np.float64, copy=True)
     per_cell = np.broadcast_to(np.asarray(fraction, dtype=float), (out.shape[0],))
-    out.data = rng.binomial(np.rint(out.data).astype(np.int64), np.repeat(per_cell, np.diff(out.indptr))).astype(
-        np.float64)
+    per_entry = np.repeat(per_cell, np.diff(out.indptr))
+    out.data = rng.binomial(np.rint(out.data).astype(np.int64), per_entry).astype(np.float64)
     out.eliminate_zeros()
     return out
 
