@@ -86,6 +86,23 @@ def split_rows(one: dict[str, Any], two: dict[str, Any]) -> list[tuple[np.ndarra
             for rows in by_width.values()]
 
 
+def at_weights_1_and_2(loaded, held: Readout, spec: Any, copy: Any, seed: int) -> list[dict[str, Any]]:
+    """`evaluate` on the valid cells of `copy` (a file of `spec`'s set) with the `held` read-out
+    at weights 1 and 2, keeping the score rows; the language model's part is recorded on the
+    first pass and replayed on the second (readout_variants.py), so only the read-out differs."""
+    recorder = Recorder(loaded.model)
+    recorder.record()
+    answers = []
+    for w in (1.0, 2.0):
+        loaded.readout = Readout(held.labels, held.weight, held.bias, w, held.info)
+        if answers:
+            recorder.replay()
+        answers.append(evaluate(loaded, copy.path, copy.split_path, TASK_CODE[spec.task], spec.label_key,
+                                seed=seed, split="valid", keep_scores=True))
+    recorder.restore()
+    return answers
+
+
 def record_level(loaded, shipped: Readout, held: Readout, specs: list[Any], share: float, seed: int,
                  tmp: Path) -> dict[str, Any]:
     """One share of genes: per set, its coverage, macro-F1 at weight 1 and the split score rows."""
@@ -99,16 +116,7 @@ def record_level(loaded, shipped: Readout, held: Readout, specs: list[Any], shar
             continue
         present = torch.zeros(len(loaded.vocab), dtype=torch.bool)
         present[torch.from_numpy(matched)] = True
-        recorder = Recorder(loaded.model)
-        recorder.record()
-        answers = []
-        for w in (1.0, 2.0):
-            loaded.readout = Readout(held.labels, held.weight, held.bias, w, held.info)
-            if answers:
-                recorder.replay()
-            answers.append(evaluate(loaded, copy.path, copy.split_path, TASK_CODE[spec.task], spec.label_key,
-                                    seed=seed, split="valid", keep_scores=True))
-        recorder.restore()
+        answers = at_weights_1_and_2(loaded, held, spec, copy, seed)
         groups = split_rows(*answers)
         out[spec.name] = {"coverage": shipped.coverage(present, spec.name), "groups": groups,
                           "n_rows": int(sum(len(g[2]) for g in groups)), "macro_f1_weight_1": answers[0]["macro_f1"]}

@@ -15,6 +15,10 @@ Counts come from the file: raw counts as they are, normalised (and logged) UMI c
 back by the value one count became in each cell (benchmarks/file_copies.py `umi_counts`); a set
 whose values give no counts back is skipped, and the report says why.
 
+`--versus CHECKPOINT` answers the same thinned cells with a second checkpoint too (another read-out
+setting, say), and a second table sets the two side by side: macro-F1 with a paired bootstrap of
+the difference, and confidence against accuracy.
+
     python benchmarks/sequencing_depth.py [--fractions 1 0.5 0.2 0.1 0.05] [--sets a,b] [--seed 0]
 """
 
@@ -53,6 +57,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--sets", default="", help="comma-separated set names (default: every annotation and drug set)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint", type=Path, default=ica.default_checkpoint_path())
+    p.add_argument("--versus", type=Path, help="a second checkpoint answering the same cells, compared with ours")
     p.add_argument("--out-dir", type=Path, default=Path(__file__).resolve().parent / "results")
     p.add_argument("--stem", default="sequencing_depth")
     args = p.parse_args(argv)
@@ -84,20 +89,29 @@ def ours(cells: ad.AnnData, model, spec, labels: list[str]) -> tuple[Any, float,
     return result, time.perf_counter() - start, sorted({w.category.__name__ for w in caught})
 
 
+def answered(result) -> np.ndarray:
+    return np.asarray([str(a) if isinstance(a, str) else "" for a in result.labels])
+
+
+def answer_stats(result, truth: np.ndarray, labels: list[str]) -> dict[str, Any]:
+    """Accuracy, macro-F1 and how the confidence matches the accuracy, of one checkpoint's answers."""
+    answers = answered(result)
+    conf = np.nan_to_num(np.asarray(result.confidence, dtype=float), nan=0.0)
+    acc, f1 = score(truth, answers, labels)
+    return {"accuracy": acc, "macro_f1": f1, "mean_confidence": float(conf.mean()),
+            "ece": calibration_error(conf, answers == truth), "below_0.5": float((conf < 0.5).mean()),
+            "n_unlabelled": int((answers == "").sum())}
+
+
 def depth_row(cells: ad.AnnData, truth: np.ndarray, result, seconds: float, warned: list[str],
               base: dict[str, np.ndarray], labels: list[str], full_answers: np.ndarray | None) -> dict[str, Any]:
     """Everything measured at one depth."""
     X = sp.csr_matrix(cells.X)
-    answers = np.asarray([str(a) if isinstance(a, str) else "" for a in result.labels])
-    correct = answers == truth
-    conf = np.nan_to_num(np.asarray(result.confidence, dtype=float), nan=0.0)
-    acc, f1 = score(truth, answers, labels)
+    answers = answered(result)
     row: dict[str, Any] = {
         "median_counts": float(np.median(np.asarray(X.sum(1)).ravel())),
         "median_genes": float(np.median(np.diff(X.indptr))),
-        "ours": {"accuracy": acc, "macro_f1": f1, "mean_confidence": float(conf.mean()),
-                 "ece": calibration_error(conf, correct), "below_0.5": float((conf < 0.5).mean()),
-                 "n_unlabelled": int((answers == "").sum()), "seconds": seconds, "warnings": warned},
+        "ours": {**answer_stats(result, truth, labels), "seconds": seconds, "warnings": warned},
         "baselines": {},
     }
     if result.typicality is not None:
@@ -113,7 +127,13 @@ def depth_row(cells: ad.AnnData, truth: np.ndarray, result, seconds: float, warn
     return row
 
 
-def run_set(spec, model, fractions: Sequence[float], seed: int) -> dict[str, Any]:
+def versus_row(result, other, truth: np.ndarray, labels: list[str]) -> dict[str, Any]:
+    """The second checkpoint's answers on the same cells, and ours - its macro-F1 (paired bootstrap)."""
+    gap = paired_f1_bootstrap(truth, answered(result), answered(other), labels)
+    return {**answer_stats(other, truth, labels), "difference": gap.delta, "low": gap.low, "high": gap.high}
+
+
+def run_set(spec, model, fractions: Sequence[float], seed: int, versus=None) -> dict[str, Any]:
     adata = read_h5ad(spec.path)
     split = read_split(spec.split_path)
     labels = sorted(set(get_labels(adata, spec.label_key)))
@@ -135,8 +155,10 @@ def run_set(spec, model, fractions: Sequence[float], seed: int) -> dict[str, Any
         result, seconds, warned = ours(cells, model, spec, labels)
         base = {name: r.predicted[i * n:(i + 1) * n] for name, r in fitted.items()}
         row = depth_row(cells, truth, result, seconds, warned, base, labels, full_answers)
+        if versus is not None:
+            row["versus"] = versus_row(result, ours(cells, versus, spec, labels)[0], truth, labels)
         if fraction == 1.0:
-            full_answers = np.asarray([str(a) if isinstance(a, str) else "" for a in result.labels])
+            full_answers = answered(result)
         rows.append({"fraction": fraction, **row})
         logger.info("%s f=%.2f: median %d counts, ours %.3f / %.3f, best %s %.3f", spec.name, fraction,
                     row["median_counts"], row["ours"]["accuracy"], row["ours"]["macro_f1"], row["best"]["name"],
@@ -169,12 +191,29 @@ def render(report: dict[str, Any]) -> str:
                 f"[{gap['low']:+.3f}, {gap['high']:+.3f}] ({gap['name']}) | {o['mean_confidence']:.3f} / "
                 f"{o['ece']:.3f} / {o['below_0.5']:.3f} | {o.get('atypical', float('nan')):.3f} | "
                 f"{_share(o.get('same_as_full_depth'))} | {o['seconds']:.1f} |")
+    if report.get("versus"):
+        lines += versus_lines(report)
     lines += ["", "Warnings issued by `annotate` per set and depth:", ""]
     for s in report["sets"]:
         for r in s.get("depths", []):
             if r["ours"]["warnings"]:
                 lines.append(f"- {s['name']} f={r['fraction']:g}: {', '.join(r['ours']['warnings'])}")
     return "\n".join(lines) + "\n"
+
+
+def versus_lines(report: dict[str, Any]) -> list[str]:
+    head = ("| set | f | ours acc / F1 | versus acc / F1 | F1 ours - versus | ours mean conf / ECE / below 0.5 "
+            "| versus mean conf / ECE / below 0.5 |")
+    lines = ["", f"## Against `{report['versus']}` on the same cells", "",
+             "F1 difference with its 95% paired bootstrap interval.", "", head, "|" + " --- |" * (head.count("|") - 1)]
+    for s in report["sets"]:
+        for r in s.get("depths", []):
+            o, v = r["ours"], r["versus"]
+            lines.append(f"| {s['name']} | {r['fraction']:g} | {o['accuracy']:.3f} / {o['macro_f1']:.3f} | "
+                         f"{v['accuracy']:.3f} / {v['macro_f1']:.3f} | {v['difference']:+.3f} [{v['low']:+.3f}, "
+                         f"{v['high']:+.3f}] | {o['mean_confidence']:.3f} / {o['ece']:.3f} / {o['below_0.5']:.3f} | "
+                         f"{v['mean_confidence']:.3f} / {v['ece']:.3f} / {v['below_0.5']:.3f} |")
+    return lines
 
 
 def _share(value: float | None) -> str:
@@ -189,10 +228,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     wanted = [s for s in args.sets.split(",") if s]
     specs = [s for s in load_catalog() if s.task in ("annotation", "drug_response") and (not wanted or s.name in wanted)]
     model = load_checkpoint(args.checkpoint)
+    versus = load_checkpoint(args.versus) if args.versus else None
     fractions = sorted(set(args.fractions), reverse=True)
-    sets = [run_set(spec, model, fractions, args.seed) for spec in specs]
+    sets = [run_set(spec, model, fractions, args.seed, versus) for spec in specs]
     report = {"meta": meta, "checkpoint": str(args.checkpoint), "fractions": fractions, "seed": args.seed,
-              "sets": sets}
+              "versus": str(args.versus) if args.versus else None, "sets": sets}
     print(write_report(report, render(report), args.out_dir, args.stem))
     return 0
 

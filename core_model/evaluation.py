@@ -203,8 +203,9 @@ def evaluate(loaded: LoadedModel, data: str | Path, split_path: str | Path | Non
     With `keep_predictions`, ``result["cells"]`` holds each cell's obs name, truth and answer
     (mapped to a label, or ``<invalid>``), for paired comparisons with other classifiers. With
     `keep_scores`, ``result["score_rows"]`` holds each scored cell's answer scores (arrays, not
-    JSON), ``result["correct"]`` whether its answer was right (core_model/temperature_fit.py) and
-    ``result["truth_columns"]`` its true label's column in the row (-1: not among them).
+    JSON), ``result["correct"]`` whether its answer was right (core_model/temperature_fit.py),
+    ``result["truth_columns"]`` its true label's column in the row (-1: not among them) and
+    ``result["scored_cells"]`` its position among the split's cells.
 
     `drug` names the drug of a `dsp` file (else obs['drug'], else the checkpoint's record of a set
     of the file's name); a drug-response phrasing without one is refused. `genome`: the species of
@@ -266,6 +267,7 @@ def evaluate(loaded: LoadedModel, data: str | Path, split_path: str | Path | Non
     if keep_scores:
         result["score_rows"], correct, result["truth_columns"] = scored_cells(preds)
         result["correct"] = correct.tolist()
+        result["scored_cells"] = [i for i, row in enumerate(preds.score_rows or []) if row is not None]
     if keep_predictions:
         result["cells"] = {"obs_names": [str(n) for n in adata.obs_names], "truth": [str(t) for t in preds.truth],
                            "predicted": [str(p) for p in preds.predicted]}

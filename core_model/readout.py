@@ -10,7 +10,8 @@ times the read-out's log-probability among the same labels (a product of experts
 over the candidates). Strings the checkpoint never learned have no read-out column and are scored
 by the language model alone. The weight may follow a curve over the file's gene coverage, fitted
 by label log loss on valid (core_model/readout_weight.py): a file lacking most of the genes the
-read-out was fitted on leans on the language model instead.
+read-out was fitted on leans on the language model instead; and a second curve over each cell's
+detected genes caps it, so a shallow cell does too.
 
 The read-out is one weight matrix over the model's gene vocabulary and every learned label,
 trained on the train splits with each cell's softmax restricted to its own dataset's labels (the
@@ -68,6 +69,12 @@ class Readout:
     weight_curve: list[tuple[float, float]] = field(default_factory=list)
     # Set by `for_genes` for one file: each label set's labels and its weight there.
     set_weights: list[tuple[frozenset[str], float]] = field(default_factory=list)
+    # (detected vocabulary genes, weight) points, genes ascending: the most a cell with that many
+    # non-zero genes lets the read-out weigh, interpolated in log genes and held flat beyond the
+    # ends. A shallow cell's few genes carry large normalized values, so the linear read-out grows
+    # sure of little evidence where the language model does not (fitted by label log loss on thinned
+    # valid cells, benchmarks/readout_depth_curve.py). Empty: no cap.
+    depth_curve: list[tuple[float, float]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.column = {label: i for i, label in enumerate(self.labels)}
@@ -78,6 +85,21 @@ class Readout:
             return self.answer_weight
         xs, ws = zip(*self.weight_curve)
         return float(np.interp(coverage, xs, ws))
+
+    def depth_caps(self, genes: np.ndarray) -> np.ndarray:
+        """The most the read-out may weigh in cells with these numbers of non-zero vocabulary
+        genes (inf everywhere without a depth curve)."""
+        genes = np.maximum(np.asarray(genes, dtype=np.float64), 1.0)
+        if not self.depth_curve:
+            return np.full(genes.shape, np.inf)
+        xs, ws = zip(*self.depth_curve)
+        return np.interp(np.log(genes), np.log(xs), ws)
+
+    def cell_weights(self, expr: torch.Tensor, weight: float) -> torch.Tensor:
+        """(B, 1) each cell's weight: `weight`, capped by the depth curve at the cell's number of
+        non-zero genes in `expr` (the weight is a constant to gradients: the count is a step)."""
+        caps = self.depth_caps((expr > 0).sum(1).cpu().numpy())
+        return torch.from_numpy(np.minimum(caps, float(weight))).unsqueeze(1).to(expr.device)
 
     def coverage(self, present: torch.Tensor, name: str) -> float:
         """The share of label set `name`'s mean training cell (linear scale) on the `present`
@@ -164,7 +186,8 @@ def add_readout(scores: torch.Tensor, readout: Readout | None, expr: torch.Tenso
     if not joins(readout, labels):
         return scores
     if one_set(labels, label_sets):
-        return scores + readout.weight_for(labels) * readout.log_probs(expr, labels).to(scores.dtype)
+        weights = readout.cell_weights(expr, readout.weight_for(labels)).to(scores.dtype)
+        return scores + weights * readout.log_probs(expr, labels).to(scores.dtype)
     out = torch.full_like(scores, float("-inf"))
     best = scores.argmax(1).tolist()
     for b in sorted(set(best)):
@@ -173,7 +196,8 @@ def add_readout(scores: torch.Tensor, readout: Readout | None, expr: torch.Tenso
         cols = torch.tensor([j for j, l in enumerate(labels) if l in family], device=scores.device)
         within = [labels[j] for j in cols.tolist()]
         r = readout.log_probs(expr[rows], within).to(scores.dtype)
-        out[rows.unsqueeze(1), cols] = scores[rows.unsqueeze(1), cols] + readout.weight_for([labels[b]]) * r
+        weights = readout.cell_weights(expr[rows], readout.weight_for([labels[b]])).to(scores.dtype)
+        out[rows.unsqueeze(1), cols] = scores[rows.unsqueeze(1), cols] + weights * r
     return out
 
 
@@ -181,12 +205,14 @@ def readout_name(readout: Readout | None, labels: Sequence[str] | None) -> str:
     """Provenance: what besides the language model chose the answer."""
     if not joins(readout, labels):
         return "none"
+    shallow = ", less for shallow cells" if readout.depth_curve else ""
     if readout.set_weights and not any(set(labels) <= held for held, _ in readout.set_weights):
         # labels across sets: each set re-ranks with its own weight (`add_readout`)
         weights = sorted({w for held, w in readout.set_weights if held & set(labels)})
         if len(weights) > 1:
-            return f"linear gene read-out, weight {weights[0]:.3g} to {weights[-1]:.3g} by label set (gene coverage)"
-    return f"linear gene read-out, weight {readout.weight_for(labels):.3g}"
+            return (f"linear gene read-out, weight {weights[0]:.3g} to {weights[-1]:.3g} by label set "
+                    f"(gene coverage){shallow}")
+    return f"linear gene read-out, weight {readout.weight_for(labels):.3g}{shallow}"
 
 
 # ---------------------------------------------------------------- training
@@ -253,7 +279,8 @@ def save_readout(root: str | os.PathLike, readout: Readout, vocab: Sequence[str]
     if sets:  # float16 keeps log1p values (under 12) to 3 significant digits
         tensors["mean_cells"] = torch.stack([readout.mean_cells[n].cpu() for n in sets]).half()
     meta = {"format_version": FORMAT_VERSION, "labels": readout.labels, "answer_weight": readout.answer_weight,
-            "weight_curve": [list(p) for p in readout.weight_curve], "mean_cell_sets": sets,
+            "weight_curve": [list(p) for p in readout.weight_curve],
+            "depth_curve": [list(p) for p in readout.depth_curve], "mean_cell_sets": sets,
             "vocab_sha256": vocab_sha256(vocab), **readout.info}
     save_tensors_with_meta(root, WEIGHTS_FILE, META_FILE, tensors, meta)
     log.info("wrote %s and %s in %s", WEIGHTS_FILE, META_FILE, root)
@@ -280,7 +307,12 @@ def load_readout(root: str | os.PathLike, vocab: Sequence[str]) -> Readout | Non
     curve = [(float(c), float(w)) for c, w in meta.pop("weight_curve", [])]
     if curve and (not sets or [c for c, _ in curve] != sorted({c for c, _ in curve})):
         raise CheckpointError(f"{root}/{META_FILE}: a weight curve needs mean cells and strictly ascending coverages")
+    depth = [(float(g), float(w)) for g, w in meta.pop("depth_curve", [])]
+    if depth and ([g for g, _ in depth] != sorted({g for g, _ in depth}) or depth[0][0] < 1
+                  or min(w for _, w in depth) < 0):
+        raise CheckpointError(f"{root}/{META_FILE}: a depth curve needs strictly ascending gene counts from 1 "
+                              "and weights of at least 0")
     bookkeeping = ("format_version", "answer_weight", "vocab_sha256", "weights_sha256")
     info = {k: v for k, v in meta.items() if k not in bookkeeping}
     return Readout(labels, weight, bias, float(meta.get("answer_weight", DEFAULT_WEIGHT)), info,
-                   dict(zip(sets, means)), curve)
+                   dict(zip(sets, means)), curve, depth_curve=depth)

@@ -12,6 +12,8 @@ the read-out's answer and the language model reads only the rest.
 Only where the read-out takes its full part in the answer: labels of one learned set (across
 sets the language model picks the naming, which the read-out cannot) at a weight of 1 or more (a
 file holding few of the genes weighs the read-out down, and the language model decides).
+A shallow cell whose few genes cap the read-out's weight below 1 (the depth curve,
+core_model/readout.py) goes to the language model as well (`deep_enough`).
 A cell answered this way has the read-out's own probabilities (at SURE or above for its label;
 the temperature fitted for the product does not apply to them). A linear read-out can be sure
 of a type the candidates lack, where the language model was not (13 of zheng2017's 70 CD34+ test
@@ -59,6 +61,13 @@ def readout_log_probs(model, X, readout: Readout, labels: Sequence[str]) -> np.n
         expr = model.normalize(torch.from_numpy(dense_rows(X, rows)).to(model.device))
         out.append(readout.log_probs(expr, labels).double().cpu().numpy())
     return np.concatenate(out)
+
+
+def deep_enough(readout: Readout, X) -> np.ndarray:
+    """Whether each count-scale row `X` has the genes for the read-out's full weight (its depth
+    curve lets it weigh 1 or more there): a shallow cell's read-out is sure of too little."""
+    genes = np.asarray((X > 0).sum(1)).ravel()
+    return readout.depth_caps(genes) >= 1
 
 
 def sure(log_probs: np.ndarray) -> np.ndarray:

@@ -144,7 +144,8 @@ def with_inherited_rows(fitted: Readout, start: LoadedModel, inherited: Sequence
     what a joint refit would give them: each cell's softmax runs over its own set's labels and the
     penalty is per cell, so a set's rows do not depend on other sets' cells. A label a new set
     spells alike keeps the new fit's row. The genes are the start's (a run from a checkpoint keeps
-    them), so the rows fit; the start's weight curve by gene coverage is kept where the fit has none."""
+    them), so the rows fit; the start's weight curves (by gene coverage, by cell depth) are kept where
+    the fit has none."""
     old = start.readout
     extra = list(dict.fromkeys(label for name in inherited for label in start.label_sets[name]["labels"]
                                if label in old.column and label not in fitted.column))
@@ -155,7 +156,8 @@ def with_inherited_rows(fitted: Readout, start: LoadedModel, inherited: Sequence
     log.info("read-out rows of %d labels (sets %s) kept from the starting checkpoint", len(extra), list(inherited))
     return Readout(fitted.labels + extra, torch.cat([fitted.weight, old.weight[rows].to(fitted.weight.dtype)]),
                    torch.cat([fitted.bias, old.bias[rows].to(fitted.bias.dtype)]), fitted.answer_weight, info,
-                   means, fitted.weight_curve or list(old.weight_curve))
+                   means, fitted.weight_curve or list(old.weight_curve),
+                   depth_curve=fitted.depth_curve or list(old.depth_curve))
 
 
 def fitted_readout(label_sets: dict[str, Any], known: dict[str, DatasetSpec], vocab: list[str], split: str,

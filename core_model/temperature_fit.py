@@ -36,14 +36,15 @@ TASK_CODE = {task: code for code, task in BANK_OF_TASK.items()}  # "annotation" 
 
 def held_out_readout(loaded: LoadedModel, specs: Sequence[DatasetSpec], split: str) -> Readout:
     """The checkpoint's read-out refitted (same L2 and weights) on `split` of `specs` only, its
-    weights rounded to float16 as a checkpoint stores them; it keeps the shipped weight curve, and
-    the shipped mean cells that the curve's coverage is measured on."""
+    weights rounded to float16 as a checkpoint stores them; it keeps the shipped weight curves, and
+    the shipped mean cells that the coverage curve is measured on."""
     shipped = loaded.readout
     readout = fitted_readout(loaded.label_sets, {s.name: s for s in specs}, loaded.vocab, split,
                              float(loaded.model.cfg.target_sum), l2=float(shipped.info.get("l2", 1.0)),
                              answer_weight=shipped.answer_weight)
     readout.weight = readout.weight.half().float()
     readout.weight_curve, readout.mean_cells = list(shipped.weight_curve), dict(shipped.mean_cells)
+    readout.depth_curve = list(shipped.depth_curve)
     return readout.to(loaded.model.device)
 
 

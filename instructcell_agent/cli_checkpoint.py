@@ -27,8 +27,8 @@ def add_commands(sub: Any) -> None:
     c.add_argument("--l2", type=float, default=1.0, help="L2 penalty (scikit-learn's 1/C)")
     c.add_argument("--weight", type=float, default=1.0,
                    help="weight of the read-out's log-probability beside the LM's in every answer (0: off); "
-                        "refitting drops a weight curve the read-out had (benchmarks/readout_weight_curve.py "
-                        "fits one by gene coverage)")
+                        "refitting drops the weight curves the read-out had (benchmarks/readout_weight_curve.py "
+                        "fits one by gene coverage, benchmarks/readout_depth_curve.py one by each cell's genes)")
     c.add_argument("--catalog", action="append", default=[],
                    help="JSON catalog of your own datasets (as for train), for label sets the shared catalog lacks")
     c.add_argument("--panel-copies", type=int, default=0,
@@ -194,7 +194,9 @@ def _info(args) -> int:
         meta = json.loads((path / "readout.json").read_text())
         out["readout"] = {"labels": len(meta.get("labels", [])), "answer_weight": meta.get("answer_weight"),
                           "weight_curve": meta.get("weight_curve", []),
-                          "weight_curve_command": meta.get("weight_curve_command"), "l2": meta.get("l2"),
+                          "weight_curve_command": meta.get("weight_curve_command"),
+                          "depth_curve": meta.get("depth_curve", []),
+                          "depth_curve_command": meta.get("depth_curve_command"), "l2": meta.get("l2"),
                           "panel_copies": meta.get("panel_copies", 0), "hvg_copies": meta.get("hvg_copies", 0),
                           "thin_copies": meta.get("thin_copies", 0),
                           "mean_cell_sets": meta.get("mean_cell_sets", []),
@@ -241,7 +243,8 @@ def _info_summary(path: Path, config: dict, labels: dict, out: dict) -> str:
                          f"): {', '.join(sorted(g['cell_type'] for g in groups))}")
     extras = []
     if "readout" in out:
-        extras.append(f"a linear gene read-out over {out['readout']['labels']} labels")
+        shallow = ", weighed less in cells with few genes" if out["readout"]["depth_curve"] else ""
+        extras.append(f"a linear gene read-out over {out['readout']['labels']} labels{shallow}")
     if "reference" in out:
         extras.append(f"typicality against {out['reference']['per_label']} training cells of each of "
                       f"{out['reference']['labels']} labels")

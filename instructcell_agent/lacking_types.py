@@ -79,17 +79,19 @@ def lacking_types(loaded: LoadedModel, X, matched: np.ndarray, candidates: Seque
     read within the largest label set that learned its answer (the widest view of what else it
     might be: xin2016's four islet types are a part of wang2016's seven); a cell whose answer no
     set learned (a type the markers gave), or whose set the read-out cannot be trusted for on this
-    file (`MIN_WEIGHT`), is not measured."""
+    file or in this cell (`MIN_WEIGHT`), is not measured."""
     readout = loaded.readout_for(matched)
     if readout is None:
         return None
     n = X.shape[0]
     probability, label = np.full(n, np.nan), np.full(n, None, dtype=object)
+    # a shallow cell's few genes cap the read-out's weight too (its depth curve): not measured there either
+    deep = readout.depth_caps(np.asarray((X > 0).sum(1)).ravel()) >= MIN_WEIGHT
     sets = sorted((e["labels"] for e in loaded.label_sets.values() if e["task"] == task and readout.covers(e["labels"])),
                   key=len, reverse=True)
     home = [next((i for i, labels in enumerate(sets) if answer in labels), None) for answer in answers]
     for i, labels in enumerate(sets):
-        rows = np.flatnonzero([h == i for h in home])
+        rows = np.flatnonzero(np.array([h == i for h in home], dtype=bool) & deep)
         lacking = lacking_labels(candidates, labels)
         if not len(rows) or readout.weight_for(labels) < MIN_WEIGHT:
             continue

@@ -9,6 +9,7 @@ import numpy as np
 from synthetic import CELL_TYPES, make_counts
 
 import instructcell_agent as ica
+from instructcell_agent.core_model.alignment import align_to_vocab
 from instructcell_agent.core_model.candidate_route import CandidateNoteWarning
 from instructcell_agent.lacking_types import LACKING_AT, Lacking, lacking_labels, lacking_note
 
@@ -58,6 +59,18 @@ def test_nothing_is_flagged_where_the_read_out_cannot_be_trusted_on_the_file(tin
     weak = dataclasses.replace(tiny_model, readout=dataclasses.replace(tiny_model.readout, answer_weight=0.1))
     result, said = _annotate(weak, make_counts(24, seed=4), [t for t in CELL_TYPES if t != "gamma"])
     assert np.isnan(result.outside).all() and not any("candidates lack" in s for s in said)
+
+
+def test_shallow_cells_the_depth_curve_caps_are_not_measured(tiny_model):
+    cells = make_counts(24, seed=4)
+    genes = np.asarray((align_to_vocab(cells, tiny_model.vocab).X > 0).sum(1)).ravel()  # as the model reads them
+    cut = float(np.ceil(np.median(genes)))
+    # the read-out weighs under MIN_WEIGHT in cells with fewer genes than the median, fully from there
+    capped = dataclasses.replace(tiny_model.readout, depth_curve=[(cut - 1, 0.1), (cut, 1.0)])
+    result, _ = _annotate(dataclasses.replace(tiny_model, readout=capped), cells,
+                          [t for t in CELL_TYPES if t != "gamma"])
+    measured = ~np.isnan(np.asarray(result.outside, float))
+    assert measured.any() and not measured[genes < cut].any()
 
 
 def test_the_note_waits_for_enough_flagged_cells():
