@@ -60,7 +60,7 @@ EDGES = (0, 25, 50, 100, 200, 400, 800, 1600)  # detected vocabulary genes per c
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", type=Path, default=default_checkpoint_path())
-    p.add_argument("--fractions", type=float, nargs="+", default=[1.0, 0.3, 0.1, 0.05, 0.02],
+    p.add_argument("--fractions", type=float, nargs="+", default=[1.0, 0.25, 0.08, 0.03],
                    help="shares of each valid cell's counts kept (binomial thinning; 1: as they are)")
     p.add_argument("--datasets", help="comma-separated catalog names (default: every annotation and drug set)")
     p.add_argument("--seed", type=int, default=0)
