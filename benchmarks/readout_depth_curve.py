@@ -17,19 +17,25 @@ binned by their cell's detected vocabulary genes, and per bin we fit
 The read-out is refitted on train so that the valid cells are new to it. The curve stored with
 `--write DIR` places each bin's weight (bins of at least `--min-rows` rows) at its median genes,
 made non-decreasing in genes (pool-adjacent-violators) and capped as the coverage curve is; it caps
-each cell's weight at answer time (core_model/readout.py). Refit the confidence temperatures
-afterwards (`instructcell calibrate`): the answer scores they divide have changed.
+each cell's weight at answer time (core_model/readout.py). Each label set also gets a curve of its
+own, its bins shrunk toward the pooled ones by a prior counted as `--prior-rows` rows, by default
+the size with the lowest log loss on held-out halves of the valid cells (benchmarks/depth_curve_fit.py).
+Refit the confidence temperatures afterwards (`instructcell calibrate`): the answer scores they
+divide have changed.
 
-    python benchmarks/readout_depth_curve.py --out-dir /tmp/depth
-    python benchmarks/readout_depth_curve.py --write instructcell_agent/checkpoints/default
+    python benchmarks/readout_depth_curve.py --out-dir /tmp/depth --save-rows /tmp/depth/rows.json.gz
+    python benchmarks/readout_depth_curve.py --from-rows /tmp/depth/rows.json.gz \
+        --write instructcell_agent/checkpoints/default
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import gzip
 import json
 import logging
+import math
 import shlex
 import sys
 import tempfile
@@ -40,21 +46,21 @@ import anndata as ad
 import numpy as np
 
 from compare_checkpoints import split_specs
+from depth_curve_fit import PRIOR_ROWS, Surfaces, bins_of, chosen_prior_rows, groups_of, held_out
 from file_copies import thinned, umi_counts
 from instructcell_agent import default_checkpoint_path
 from instructcell_agent.core_model.alignment import align_to_vocab
 from instructcell_agent.core_model.checkpoint import load_checkpoint
 from instructcell_agent.core_model.datasets import shared_root, split_names, subset_by_names
 from instructcell_agent.core_model.io import read_h5ad, write_h5ad_atomic
-from instructcell_agent.core_model.readout import Readout, load_readout, save_readout
-from instructcell_agent.core_model.readout_weight import T_GRID, fit_weight, label_nll, monotone_curve
+from instructcell_agent.core_model.readout import Readout, SetDepthCurve, load_readout, save_readout
+from instructcell_agent.core_model.readout_weight import T_GRID, fit_weight, label_nll
 from instructcell_agent.core_model.temperature import calibration_error, confidences, fit_temperature
 from readout_variants import fit_blocks, fit_variant
 from readout_weight_curve import at_weights_1_and_2
 from report_io import run_meta, write_report
 
 logger = logging.getLogger("readout_depth_curve")
-EDGES = (0, 25, 50, 100, 200, 400, 800, 1600)  # detected vocabulary genes per cell, bin lower edges
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -66,8 +72,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-weight", type=float, default=1.0, help="the cap the shipped weight curve has")
     p.add_argument("--min-rows", type=int, default=30, help="fewest rows a bin needs to place a curve point")
-    p.add_argument("--from-report", type=Path,
-                   help="take the fitted bins from this script's earlier JSON instead of answering cells again")
+    p.add_argument("--prior-rows", type=float,
+                   help="rows the pooled bin counts as in a set's own curve (default: the size with the lowest "
+                        f"held-out log loss among {', '.join(f'{k:g}' for k in PRIOR_ROWS)}; inf: the pooled curve)")
+    p.add_argument("--save-rows", type=Path, help="keep the split score rows in this .json.gz for --from-rows")
+    p.add_argument("--from-rows", type=Path, help="fit from rows an earlier run saved instead of answering cells")
     p.add_argument("--write", type=Path, help="store the curve in this checkpoint's read-out")
     p.add_argument("--out-dir", type=Path, default=Path(__file__).parent / "results")
     return p.parse_args(argv)
@@ -96,24 +105,18 @@ def detected_genes(path: Path, split_path: Path, vocab: Sequence[str]) -> np.nda
     return np.asarray((align_to_vocab(adata, vocab).X > 0).sum(1)).ravel()
 
 
-def rows_of(one: dict[str, Any], two: dict[str, Any], genes: np.ndarray) -> list[dict[str, Any]]:
+def rows_of(one: dict[str, Any], two: dict[str, Any], genes: np.ndarray, name: str) -> list[dict[str, Any]]:
     """Each scored row holding its true label, split into the language model's scores and the
-    read-out's log-probabilities (from the same answers at weights 1 and 2), with its cell's genes."""
+    read-out's log-probabilities (from the same answers at weights 1 and 2), with its cell's genes,
+    its set and its cell."""
     out = []
     for r1, r2, col, cell in zip(one["score_rows"], two["score_rows"], one["truth_columns"], one["scored_cells"]):
         r1, r2 = np.asarray(r1, np.float64), np.asarray(r2, np.float64)
         if col < 0 or not np.isfinite(r1).all():  # across label sets the other sets' labels are ruled out
             continue
-        out.append({"lm": r1 - (r2 - r1), "ro": r2 - r1, "truth": int(col), "genes": int(genes[cell])})
+        out.append({"lm": r1 - (r2 - r1), "ro": r2 - r1, "truth": int(col), "genes": int(genes[cell]),
+                    "set": name, "cell": int(cell)})
     return out
-
-
-def groups_of(rows: list[dict[str, Any]]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    by_width: dict[int, list[dict[str, Any]]] = {}
-    for r in rows:
-        by_width.setdefault(len(r["lm"]), []).append(r)
-    return [(np.stack([r["lm"] for r in rs]), np.stack([r["ro"] for r in rs]), np.array([r["truth"] for r in rs]))
-            for rs in by_width.values()]
 
 
 def record(loaded, held: Readout, specs: list[Any], fraction: float, seed: int, tmp: Path) -> dict[str, Any]:
@@ -125,7 +128,7 @@ def record(loaded, held: Readout, specs: list[Any], fraction: float, seed: int, 
             continue
         genes = detected_genes(copy.path, copy.split_path, loaded.vocab)
         answers = at_weights_1_and_2(loaded, held, spec, copy, seed)
-        out[spec.name] = {"rows": rows_of(*answers, genes), "macro_f1_weight_1": answers[0]["macro_f1"],
+        out[spec.name] = {"rows": rows_of(*answers, genes, spec.name), "macro_f1_weight_1": answers[0]["macro_f1"],
                           "median_genes": float(np.median(genes))}
         logger.info("fraction %g, %s: %d rows, median genes %d, macro-F1 %.3f", fraction, spec.name,
                     len(out[spec.name]["rows"]), out[spec.name]["median_genes"], answers[0]["macro_f1"])
@@ -154,26 +157,12 @@ def fit_bin(rows: list[dict[str, Any]], shipped_t: float, max_weight: float) -> 
             "mean_confidence_fitted": float(fitted_conf.mean()), "ece_fitted": calibration_error(fitted_conf, correct)}
 
 
-def bins_of(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    out: dict[str, list[dict[str, Any]]] = {}
-    for lo, hi in zip(EDGES, (*EDGES[1:], None)):
-        inside = [r for r in rows if r["genes"] >= lo and (hi is None or r["genes"] < hi)]
-        if inside:
-            out[f"{lo}+" if hi is None else f"{lo}-{hi - 1}"] = inside
-    return out
-
-
-def depth_curve(bins: dict[str, Any], min_rows: int, max_weight: float) -> list[tuple[float, float]]:
-    """(genes, weight) points from the bins with enough rows, non-decreasing and capped."""
-    points = [(b["median_genes"], b["weight"], b["n_rows"]) for b in bins.values() if b["n_rows"] >= min_rows]
-    return [(max(g, 1.0), min(w, max_weight)) for g, w in monotone_curve(points)]
-
-
 def render_markdown(report: dict[str, Any]) -> str:
     meta = report["meta"]
     lines = ["# The read-out's weight and the confidence temperature by cell depth, fitted on valid", "",
              f"- command: `{meta['command']}`", f"- date: {meta['date']}",
-             *([f"- curve taken from that run's bins by: `{meta['curve_command']}`"] if meta.get("curve_command") else []),
+             *([f"- curves fitted from that run's saved rows by: `{meta['curve_command']}`"]
+               if meta.get("curve_command") else []),
              f"- checkpoint: `{meta['checkpoint']}`; read-out refitted on train; valid splits thinned binomially to "
              f"{meta['fractions']} of their counts (seed {meta['seed']}), pooled; shared data: {meta['shared']}",
              f"- rows binned by their cell's detected vocabulary genes; shipped confidence temperature "
@@ -192,6 +181,7 @@ def render_markdown(report: dict[str, Any]) -> str:
                      f"{b['mean_confidence_fitted']:.3f} / {b['ece_fitted']:.3f} |")
     lines += ["", f"Stored curve (median genes of bins with at least {meta['min_rows']} rows, weight), non-decreasing "
               f"and capped at {meta['max_weight']:g}: " + ", ".join(f"({g:.0f}, {w:.2f})" for g, w in report["curve"])]
+    lines += held_out_lines(report)
     lines += ["", "## Per set and depth", "", "| fraction | dataset | median genes | scored rows | macro-F1, weight 1 |",
               "| --- | --- | --- | --- | --- |"]
     for fraction, sets in report["sets"].items():
@@ -201,6 +191,32 @@ def render_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def held_out_lines(report: dict[str, Any]) -> list[str]:
+    """The prior sizes compared on held-out halves, and the curves stored per set."""
+    table, k = report["held_out"], report["prior_rows"]
+    chosen = "inf" if math.isinf(k) else f"{k:g}"
+    lines = ["", "## A curve per label set, on held-out cells", "",
+             "Each set's valid cells split in halves (seeded); curves fitted on one half answer the other at the "
+             "shipped temperature, then the halves swap. Prior rows: how many rows the pooled bin's loss counts as "
+             "in a set's own fit (0: the set alone; inf: the pooled curve for every set).", "",
+             "| prior rows | rows | log loss | accuracy | ECE |", "| --- | --- | --- | --- | --- |"]
+    for name, e in table.items():
+        a = e["all"]
+        lines.append(f"| {name} | {a['n_rows']} | {a['log_loss']:.4f} | {a['accuracy']:.3f} | {a['ece']:.3f} |")
+    lines += ["", f"Per set and per bin, prior rows {chosen} against inf (the pooled curve):", "",
+              "| set or bin | rows | log loss | accuracy | ECE |", "| --- | --- | --- | --- | --- |"]
+    for part in ("sets", "bins"):
+        for name, e in table[chosen][part].items():
+            p = table["inf"][part][name]
+            if e["n_rows"]:
+                lines.append(f"| {name} | {e['n_rows']} | {p['log_loss']:.4f} -> {e['log_loss']:.4f} | "
+                             f"{p['accuracy']:.3f} -> {e['accuracy']:.3f} | {p['ece']:.3f} -> {e['ece']:.3f} |")
+    lines += ["", f"Stored per-set curves (prior rows {chosen}; all rows):", ""]
+    lines += [f"- {name}: " + ", ".join(f"({g:.0f}, {w:.2f})" for g, w in points)
+              for name, points in report["set_curves"].items()] or ["- none: every set on the pooled curve"]
+    return lines
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     args = parse_args(argv)
@@ -208,29 +224,72 @@ def main(argv: Sequence[str] | None = None) -> int:
     loaded = load_checkpoint(args.checkpoint, "cpu", precision="float32")
     if loaded.readout is None:
         raise SystemExit(f"{args.checkpoint} has no read-out (instructcell train-readout)")
-    if args.from_report:
-        report = json.loads(args.from_report.read_text())
-        report["meta"]["curve_command"] = shlex.join(cmd)
+    if args.from_rows:
+        meta, sets, rows = load_rows(args.from_rows)
+        meta["curve_command"] = shlex.join(cmd)
     else:
-        report = measure(args, cmd, loaded)
-    report["meta"].update(min_rows=args.min_rows, max_weight=args.max_weight)
-    report["curve"] = depth_curve(report["bins"], args.min_rows, args.max_weight)
+        meta, sets, rows = measure(args, cmd, loaded)
+        if args.save_rows:
+            save_rows(args.save_rows, meta, sets, rows)
+    meta.update(min_rows=args.min_rows, max_weight=args.max_weight)
+    report = fit(rows, meta, sets, args)
     logger.info("wrote %s", write_report(report, render_markdown(report), args.out_dir, "readout_depth_curve"))
     if args.write is not None:
-        target = load_readout(args.write, loaded.vocab)
-        if target is None:
-            raise SystemExit(f"{args.write} has no read-out to store the curve in")
-        target.depth_curve = report["curve"]
-        target.info["depth_curve_command"] = report["meta"].get("curve_command", report["meta"]["command"])
-        if args.from_report:
-            target.info["depth_curve_measured_by"] = report["meta"]["command"]
-        save_readout(args.write, target, loaded.vocab)
-        logger.info("stored the curve in %s/readout.json; refit its temperatures (instructcell calibrate)", args.write)
+        store(args.write, loaded, report)
     return 0
 
 
-def measure(args: argparse.Namespace, cmd: list[str], loaded) -> dict[str, Any]:
-    """Answer the thinned valid cells at every depth and fit each bin of detected genes."""
+def fit(rows: list[dict[str, Any]], meta: dict[str, Any], sets: dict[str, Any], args: argparse.Namespace
+        ) -> dict[str, Any]:
+    """The pooled bins and curve, the held-out comparison of prior sizes and each set's curve."""
+    shipped_t = meta["shipped_temperature"]
+    bins = {name: fit_bin(inside, shipped_t, args.max_weight) for name, inside in bins_of(rows).items()}
+    table = held_out(rows, PRIOR_ROWS, args.min_rows, args.max_weight, shipped_t, args.seed)
+    prior_rows = args.prior_rows if args.prior_rows is not None else float(chosen_prior_rows(table))
+    curve, by_set = Surfaces(rows, args.min_rows).curves(prior_rows, args.max_weight)
+    return {"meta": meta, "bins": bins, "sets": sets, "curve": curve, "held_out": table,
+            "prior_rows": prior_rows, "set_curves": {} if math.isinf(prior_rows) else by_set}
+
+
+def store(root: Path, loaded, report: dict[str, Any]) -> None:
+    """The curves into the read-out of the checkpoint at `root` (its labels from `loaded`)."""
+    target = load_readout(root, loaded.vocab)
+    if target is None:
+        raise SystemExit(f"{root} has no read-out to store the curve in")
+    meta = report["meta"]
+    target.depth_curve = report["curve"]
+    target.set_depth_curves = {name: SetDepthCurve(frozenset(loaded.label_sets[name]["labels"]), points)
+                               for name, points in report["set_curves"].items()}
+    target.info["depth_curve_command"] = meta.get("curve_command", meta["command"])
+    target.info["depth_curve_prior_rows"] = report["prior_rows"]
+    target.info.pop("depth_curve_measured_by", None)
+    if meta.get("curve_command"):
+        target.info["depth_curve_measured_by"] = meta["command"]
+    save_readout(root, target, loaded.vocab)
+    logger.info("stored the curves in %s/readout.json; refit its temperatures (instructcell calibrate)", root)
+
+
+def save_rows(path: Path, meta: dict[str, Any], sets: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    plain = [{**r, "lm": np.asarray(r["lm"]).tolist(), "ro": np.asarray(r["ro"]).tolist()} for r in rows]
+    tmp = path.with_name(path.name + ".part")
+    with gzip.open(tmp, "wt") as f:
+        json.dump({"meta": meta, "sets": sets, "rows": plain}, f)
+    tmp.replace(path)
+    logger.info("kept %d rows in %s", len(rows), path)
+
+
+def load_rows(path: Path) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
+    with gzip.open(path, "rt") as f:
+        saved = json.load(f)
+    rows = [{**r, "lm": np.asarray(r["lm"], np.float64), "ro": np.asarray(r["ro"], np.float64)} for r in saved["rows"]]
+    return saved["meta"], saved["sets"], rows
+
+
+def measure(args: argparse.Namespace, cmd: list[str], loaded
+            ) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
+    """Answer the thinned valid cells at every depth: the run's metadata, each set's figures per
+    depth and the split score rows."""
     shipped_t = loaded.temperatures.get("readout", 1.0)
     order = list(loaded.label_sets)
     specs = sorted((s for s in split_specs(args.datasets) if s.name in loaded.label_sets),
@@ -243,10 +302,9 @@ def measure(args: argparse.Namespace, cmd: list[str], loaded) -> dict[str, Any]:
             level = record(loaded, held, specs, fraction, args.seed, Path(tmp))
             rows += [r for e in level.values() for r in e["rows"]]
             sets[f"{fraction:g}"] = {name: {"n_rows": len(e.pop("rows")), **e} for name, e in level.items()}
-    bins = {name: fit_bin(inside, shipped_t, args.max_weight) for name, inside in bins_of(rows).items()}
-    return {"meta": {**run_meta(shlex.join(cmd)), "checkpoint": str(args.checkpoint), "seed": args.seed,
-                     "fractions": args.fractions, "shared": str(shared_root()), "shipped_temperature": shipped_t},
-            "bins": bins, "sets": sets}
+    meta = {**run_meta(shlex.join(cmd)), "checkpoint": str(args.checkpoint), "seed": args.seed,
+            "fractions": args.fractions, "shared": str(shared_root()), "shipped_temperature": shipped_t}
+    return meta, sets, rows
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -48,6 +48,23 @@ WEIGHTS_FILE, META_FILE = "readout.safetensors", "readout.json"
 # A plain product of experts: the weight of a read-out fitted without a curve
 # (benchmarks/readout_weight_curve.py fits one).
 DEFAULT_WEIGHT = 1.0
+
+
+class SetDepthCurve(NamedTuple):
+    """One label set's depth curve: (detected vocabulary genes, weight) points, genes ascending."""
+
+    labels: frozenset[str]
+    points: list[tuple[float, float]]
+
+
+def depth_caps(points: Sequence[tuple[float, float]], genes: np.ndarray) -> np.ndarray:
+    """The curve's weights at these numbers of detected genes, interpolated in log genes and held
+    flat beyond its ends (inf everywhere for no points)."""
+    genes = np.maximum(np.asarray(genes, dtype=np.float64), 1.0)
+    if not points:
+        return np.full(genes.shape, np.inf)
+    xs, ws = zip(*points)
+    return np.interp(np.log(genes), np.log(xs), ws)
 
 
 @dataclass
@@ -75,6 +92,11 @@ class Readout:
     # sure of little evidence where the language model does not (fitted by label log loss on thinned
     # valid cells, benchmarks/readout_depth_curve.py). Empty: no cap.
     depth_curve: list[tuple[float, float]] = field(default_factory=list)
+    # The same, fitted on one label set's cells (shrunk toward the pooled curve where the set has
+    # few of them): sets read shallow cells differently (on valid, zheng2017's read-out kept its full
+    # weight at 18 genes a cell, pbmc3k's was worth 0.05 up to 63). Used for scores over labels that
+    # one such set alone holds; `depth_curve` elsewhere.
+    set_depth_curves: dict[str, SetDepthCurve] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.column = {label: i for i, label in enumerate(self.labels)}
@@ -86,19 +108,25 @@ class Readout:
         xs, ws = zip(*self.weight_curve)
         return float(np.interp(coverage, xs, ws))
 
-    def depth_caps(self, genes: np.ndarray) -> np.ndarray:
-        """The most the read-out may weigh in cells with these numbers of non-zero vocabulary
-        genes (inf everywhere without a depth curve)."""
-        genes = np.maximum(np.asarray(genes, dtype=np.float64), 1.0)
-        if not self.depth_curve:
-            return np.full(genes.shape, np.inf)
-        xs, ws = zip(*self.depth_curve)
-        return np.interp(np.log(genes), np.log(xs), ws)
+    def depth_curve_for(self, labels: Sequence[str] | None) -> list[tuple[float, float]]:
+        """The depth curve of scores over `labels`: the curve of the one label set holding them all,
+        else the pooled one (no labels; labels of no fitted set; labels several sets spell alike,
+        where nothing tells which set a cell resembles)."""
+        if labels is not None:
+            held = [c.points for c in self.set_depth_curves.values() if set(labels) <= c.labels]
+            if len(held) == 1:
+                return held[0]
+        return self.depth_curve
 
-    def cell_weights(self, expr: torch.Tensor, weight: float) -> torch.Tensor:
-        """(B, 1) each cell's weight: `weight`, capped by the depth curve at the cell's number of
-        non-zero genes in `expr` (the weight is a constant to gradients: the count is a step)."""
-        caps = self.depth_caps((expr > 0).sum(1).cpu().numpy())
+    def depth_caps(self, genes: np.ndarray, labels: Sequence[str] | None = None) -> np.ndarray:
+        """The most the read-out may weigh, in scores over `labels`, in cells with these numbers of
+        non-zero vocabulary genes (inf everywhere without a depth curve)."""
+        return depth_caps(self.depth_curve_for(labels), genes)
+
+    def cell_weights(self, expr: torch.Tensor, weight: float, labels: Sequence[str] | None = None) -> torch.Tensor:
+        """(B, 1) each cell's weight in scores over `labels`: `weight`, capped by the depth curve at
+        the cell's number of non-zero genes in `expr` (a constant to gradients: the count is a step)."""
+        caps = self.depth_caps((expr > 0).sum(1).cpu().numpy(), labels)
         return torch.from_numpy(np.minimum(caps, float(weight))).unsqueeze(1).to(expr.device)
 
     def coverage(self, present: torch.Tensor, name: str) -> float:
@@ -186,7 +214,7 @@ def add_readout(scores: torch.Tensor, readout: Readout | None, expr: torch.Tenso
     if not joins(readout, labels):
         return scores
     if one_set(labels, label_sets):
-        weights = readout.cell_weights(expr, readout.weight_for(labels)).to(scores.dtype)
+        weights = readout.cell_weights(expr, readout.weight_for(labels), labels).to(scores.dtype)
         return scores + weights * readout.log_probs(expr, labels).to(scores.dtype)
     out = torch.full_like(scores, float("-inf"))
     best = scores.argmax(1).tolist()
@@ -196,7 +224,7 @@ def add_readout(scores: torch.Tensor, readout: Readout | None, expr: torch.Tenso
         cols = torch.tensor([j for j, l in enumerate(labels) if l in family], device=scores.device)
         within = [labels[j] for j in cols.tolist()]
         r = readout.log_probs(expr[rows], within).to(scores.dtype)
-        weights = readout.cell_weights(expr[rows], readout.weight_for([labels[b]])).to(scores.dtype)
+        weights = readout.cell_weights(expr[rows], readout.weight_for([labels[b]]), within).to(scores.dtype)
         out[rows.unsqueeze(1), cols] = scores[rows.unsqueeze(1), cols] + weights * r
     return out
 
@@ -205,7 +233,7 @@ def readout_name(readout: Readout | None, labels: Sequence[str] | None) -> str:
     """Provenance: what besides the language model chose the answer."""
     if not joins(readout, labels):
         return "none"
-    shallow = ", less for shallow cells" if readout.depth_curve else ""
+    shallow = ", less for shallow cells" if readout.depth_curve or readout.set_depth_curves else ""
     if readout.set_weights and not any(set(labels) <= held for held, _ in readout.set_weights):
         # labels across sets: each set re-ranks with its own weight (`add_readout`)
         weights = sorted({w for held, w in readout.set_weights if held & set(labels)})
@@ -281,6 +309,8 @@ def save_readout(root: str | os.PathLike, readout: Readout, vocab: Sequence[str]
     meta = {"format_version": FORMAT_VERSION, "labels": readout.labels, "answer_weight": readout.answer_weight,
             "weight_curve": [list(p) for p in readout.weight_curve],
             "depth_curve": [list(p) for p in readout.depth_curve], "mean_cell_sets": sets,
+            "set_depth_curves": {name: {"labels": sorted(c.labels), "points": [list(p) for p in c.points]}
+                                 for name, c in readout.set_depth_curves.items()},
             "vocab_sha256": vocab_sha256(vocab), **readout.info}
     save_tensors_with_meta(root, WEIGHTS_FILE, META_FILE, tensors, meta)
     log.info("wrote %s and %s in %s", WEIGHTS_FILE, META_FILE, root)
@@ -307,12 +337,29 @@ def load_readout(root: str | os.PathLike, vocab: Sequence[str]) -> Readout | Non
     curve = [(float(c), float(w)) for c, w in meta.pop("weight_curve", [])]
     if curve and (not sets or [c for c, _ in curve] != sorted({c for c, _ in curve})):
         raise CheckpointError(f"{root}/{META_FILE}: a weight curve needs mean cells and strictly ascending coverages")
-    depth = [(float(g), float(w)) for g, w in meta.pop("depth_curve", [])]
-    if depth and ([g for g, _ in depth] != sorted({g for g, _ in depth}) or depth[0][0] < 1
-                  or min(w for _, w in depth) < 0):
-        raise CheckpointError(f"{root}/{META_FILE}: a depth curve needs strictly ascending gene counts from 1 "
-                              "and weights of at least 0")
+    depth = checked_depth_curve(meta.pop("depth_curve", []), f"{root}/{META_FILE}")
+    by_set = checked_set_curves(meta.pop("set_depth_curves", {}), f"{root}/{META_FILE}")
     bookkeeping = ("format_version", "answer_weight", "vocab_sha256", "weights_sha256")
     info = {k: v for k, v in meta.items() if k not in bookkeeping}
     return Readout(labels, weight, bias, float(meta.get("answer_weight", DEFAULT_WEIGHT)), info,
-                   dict(zip(sets, means)), curve, depth_curve=depth)
+                   dict(zip(sets, means)), curve, depth_curve=depth, set_depth_curves=by_set)
+
+
+def checked_depth_curve(points: Sequence[Sequence[float]], where: str) -> list[tuple[float, float]]:
+    """Stored (genes, weight) points as a curve, refused unless genes ascend strictly from 1 and
+    weights are non-negative."""
+    depth = [(float(g), float(w)) for g, w in points]
+    if depth and ([g for g, _ in depth] != sorted({g for g, _ in depth}) or depth[0][0] < 1
+                  or min(w for _, w in depth) < 0):
+        raise CheckpointError(f"{where}: a depth curve needs strictly ascending gene counts from 1 "
+                              "and weights of at least 0")
+    return depth
+
+
+def checked_set_curves(stored: Any, where: str) -> dict[str, SetDepthCurve]:
+    """Stored per-set depth curves ({name: {"labels": [...], "points": [[genes, weight], ...]}})."""
+    if not isinstance(stored, dict) or not all(isinstance(e, dict) and {"labels", "points"} <= set(e)
+                                               for e in stored.values()):
+        raise CheckpointError(f"{where}: per-set depth curves need, per label set, its labels and points")
+    return {name: SetDepthCurve(frozenset(e["labels"]), checked_depth_curve(e["points"], f"{where} ({name})"))
+            for name, e in stored.items()}

@@ -63,11 +63,11 @@ def readout_log_probs(model, X, readout: Readout, labels: Sequence[str]) -> np.n
     return np.concatenate(out)
 
 
-def deep_enough(readout: Readout, X) -> np.ndarray:
-    """Whether each count-scale row `X` has the genes for the read-out's full weight (its depth
-    curve lets it weigh 1 or more there): a shallow cell's read-out is sure of too little."""
+def deep_enough(readout: Readout, X, labels: Sequence[str]) -> np.ndarray:
+    """Whether each count-scale row `X` has the genes for the read-out's full weight over `labels`
+    (its depth curve lets it weigh 1 or more there): a shallow cell's read-out is sure of too little."""
     genes = np.asarray((X > 0).sum(1)).ravel()
-    return readout.depth_caps(genes) >= 1
+    return readout.depth_caps(genes, labels) >= 1
 
 
 def sure(log_probs: np.ndarray) -> np.ndarray:

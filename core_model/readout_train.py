@@ -157,7 +157,8 @@ def with_inherited_rows(fitted: Readout, start: LoadedModel, inherited: Sequence
     return Readout(fitted.labels + extra, torch.cat([fitted.weight, old.weight[rows].to(fitted.weight.dtype)]),
                    torch.cat([fitted.bias, old.bias[rows].to(fitted.bias.dtype)]), fitted.answer_weight, info,
                    means, fitted.weight_curve or list(old.weight_curve),
-                   depth_curve=fitted.depth_curve or list(old.depth_curve))
+                   depth_curve=fitted.depth_curve or list(old.depth_curve),
+                   set_depth_curves=fitted.set_depth_curves or dict(old.set_depth_curves))
 
 
 def fitted_readout(label_sets: dict[str, Any], known: dict[str, DatasetSpec], vocab: list[str], split: str,

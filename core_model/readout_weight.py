@@ -36,24 +36,50 @@ def label_nll(groups: Sequence[Group], weight: float, temperature: float) -> np.
     return np.concatenate(out) if out else np.zeros(0)
 
 
-def fit_weight(groups: Sequence[Group]) -> tuple[float, float, float]:
+def fit_weight(groups: Sequence[Group], prior: Sequence[Group] = (), prior_rows: float = 0.0
+               ) -> tuple[float, float, float]:
     """(weight, temperature, mean log loss) minimising the mean label log loss over the grids.
 
     Each group holds cells scored over one label list (rows of one width); truth columns index it.
+    With `prior` groups, their mean loss counts as `prior_rows` more rows: a fit on a few rows of
+    one label set shrinks toward the fit on every set's rows (the loss reported is the blend's).
     """
-    groups = [g for g in groups if len(g[2])]
+    groups = _checked(groups)
     if not groups:
         raise ValueError("no scored cells to fit a read-out weight on")
+    surface = loss_surface(groups)
+    if prior_rows > 0 and _checked(prior):
+        surface = shrunk(surface, sum(len(g[2]) for g in groups), loss_surface(prior), prior_rows)
+    return best_on(surface)
+
+
+def loss_surface(groups: Sequence[Group]) -> np.ndarray:
+    """(WEIGHT_GRID, T_GRID) the mean label log loss of `groups` at every grid point."""
+    groups = _checked(groups)
+    return np.array([[label_nll(groups, w, t).mean() for t in T_GRID] for w in WEIGHT_GRID])
+
+
+def shrunk(surface: np.ndarray, n_rows: int, prior: np.ndarray, prior_rows: float) -> np.ndarray:
+    """The loss of `n_rows` rows blended with a prior loss counted as `prior_rows` rows."""
+    if np.isinf(prior_rows):
+        return prior
+    share = prior_rows / (n_rows + prior_rows)
+    return (1 - share) * surface + share * prior
+
+
+def best_on(surface: np.ndarray) -> tuple[float, float, float]:
+    """(weight, temperature, loss) at the surface's minimum."""
+    i, j = np.unravel_index(int(np.argmin(surface)), surface.shape)
+    return float(WEIGHT_GRID[i]), float(T_GRID[j]), float(surface[i, j])
+
+
+def _checked(groups: Sequence[Group]) -> list[Group]:
+    """The groups holding rows, each refused unless its scores are finite and of one shape."""
+    groups = [g for g in groups if len(g[2])]
     for lm, ro, truth in groups:
         if lm.shape != ro.shape or lm.shape[0] != len(truth) or not np.isfinite(lm).all() or not np.isfinite(ro).all():
             raise ValueError("each group needs finite LM and read-out scores of one shape and one truth per row")
-    best = (np.inf, 0.0, 0.0)
-    for w in WEIGHT_GRID:
-        for t in T_GRID:
-            loss = float(label_nll(groups, w, t).mean())
-            if loss < best[0]:
-                best = (loss, float(w), float(t))
-    return best[1], best[2], best[0]
+    return groups
 
 
 def monotone_curve(points: Sequence[tuple[float, float, int]]) -> list[tuple[float, float]]:

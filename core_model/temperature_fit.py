@@ -44,7 +44,7 @@ def held_out_readout(loaded: LoadedModel, specs: Sequence[DatasetSpec], split: s
                              answer_weight=shipped.answer_weight)
     readout.weight = readout.weight.half().float()
     readout.weight_curve, readout.mean_cells = list(shipped.weight_curve), dict(shipped.mean_cells)
-    readout.depth_curve = list(shipped.depth_curve)
+    readout.depth_curve, readout.set_depth_curves = list(shipped.depth_curve), dict(shipped.set_depth_curves)
     return readout.to(loaded.model.device)
 
 

@@ -572,7 +572,7 @@ def _score(loaded: LoadedModel, X, texts: list[str], labels: list[str], batch_si
         return scores, np.zeros(X.shape[0], dtype=bool)
     scores = readout_first.readout_log_probs(loaded.model, X, expert, labels)
     of_rows = None if typical is None else (lambda rows, named: typical(X[rows], named))
-    alone = readout_first.sure_and_typical(scores, labels, of_rows) & readout_first.deep_enough(expert, X)
+    alone = readout_first.sure_and_typical(scores, labels, of_rows) & readout_first.deep_enough(expert, X, labels)
     slow = np.flatnonzero(~alone)
     n_sure = X.shape[0] - len(slow)
     if progress is not None and n_sure:

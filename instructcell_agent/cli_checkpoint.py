@@ -196,6 +196,7 @@ def _info(args) -> int:
                           "weight_curve": meta.get("weight_curve", []),
                           "weight_curve_command": meta.get("weight_curve_command"),
                           "depth_curve": meta.get("depth_curve", []),
+                          "set_depth_curves": meta.get("set_depth_curves", {}),
                           "depth_curve_command": meta.get("depth_curve_command"), "l2": meta.get("l2"),
                           "panel_copies": meta.get("panel_copies", 0), "hvg_copies": meta.get("hvg_copies", 0),
                           "thin_copies": meta.get("thin_copies", 0),
@@ -243,7 +244,8 @@ def _info_summary(path: Path, config: dict, labels: dict, out: dict) -> str:
                          f"): {', '.join(sorted(g['cell_type'] for g in groups))}")
     extras = []
     if "readout" in out:
-        shallow = ", weighed less in cells with few genes" if out["readout"]["depth_curve"] else ""
+        curves = out["readout"]["depth_curve"] or out["readout"]["set_depth_curves"]
+        shallow = ", weighed less in cells with few genes" if curves else ""
         extras.append(f"a linear gene read-out over {out['readout']['labels']} labels{shallow}")
     if "reference" in out:
         extras.append(f"typicality against {out['reference']['per_label']} training cells of each of "

@@ -85,12 +85,13 @@ def lacking_types(loaded: LoadedModel, X, matched: np.ndarray, candidates: Seque
         return None
     n = X.shape[0]
     probability, label = np.full(n, np.nan), np.full(n, None, dtype=object)
-    # a shallow cell's few genes cap the read-out's weight too (its depth curve): not measured there either
-    deep = readout.depth_caps(np.asarray((X > 0).sum(1)).ravel()) >= MIN_WEIGHT
+    genes = np.asarray((X > 0).sum(1)).ravel()
     sets = sorted((e["labels"] for e in loaded.label_sets.values() if e["task"] == task and readout.covers(e["labels"])),
                   key=len, reverse=True)
     home = [next((i for i, labels in enumerate(sets) if answer in labels), None) for answer in answers]
     for i, labels in enumerate(sets):
+        # a shallow cell's few genes cap the read-out's weight too (its depth curve): not measured there either
+        deep = readout.depth_caps(genes, labels) >= MIN_WEIGHT
         rows = np.flatnonzero(np.array([h == i for h in home], dtype=bool) & deep)
         lacking = lacking_labels(candidates, labels)
         if not len(rows) or readout.weight_for(labels) < MIN_WEIGHT:

@@ -182,7 +182,7 @@ class LabelLogProb:
         ctx = self.model.start(self.prefixes, rows)
         scores = self.model.score_candidates(ctx, expr, self.scored, decisive=self.decisive)
         if self.readout is not None:
-            weight = self.readout.cell_weights(expr, self.readout.weight_for(self.scored)).to(scores.dtype)
+            weight = self.readout.cell_weights(expr, self.readout.weight_for(self.scored), self.scored).to(scores.dtype)
             scores = scores + weight * self.readout.log_probs(expr, self.scored).to(scores.dtype)
         logp = torch.log_softmax(scores, 1)
         if self.pooled:

@@ -6,11 +6,13 @@ import dataclasses
 import warnings
 
 import numpy as np
+import pytest
 from synthetic import CELL_TYPES, make_counts
 
 import instructcell_agent as ica
 from instructcell_agent.core_model.alignment import align_to_vocab
 from instructcell_agent.core_model.candidate_route import CandidateNoteWarning
+from instructcell_agent.core_model.readout import SetDepthCurve
 from instructcell_agent.lacking_types import LACKING_AT, Lacking, lacking_labels, lacking_note
 
 
@@ -61,12 +63,19 @@ def test_nothing_is_flagged_where_the_read_out_cannot_be_trusted_on_the_file(tin
     assert np.isnan(result.outside).all() and not any("candidates lack" in s for s in said)
 
 
-def test_shallow_cells_the_depth_curve_caps_are_not_measured(tiny_model):
+@pytest.mark.parametrize("own_curve", [False, True], ids=["pooled curve", "the set's own curve"])
+def test_shallow_cells_the_depth_curve_caps_are_not_measured(tiny_model, own_curve):
     cells = make_counts(24, seed=4)
     genes = np.asarray((align_to_vocab(cells, tiny_model.vocab).X > 0).sum(1)).ravel()  # as the model reads them
     cut = float(np.ceil(np.median(genes)))
     # the read-out weighs under MIN_WEIGHT in cells with fewer genes than the median, fully from there
-    capped = dataclasses.replace(tiny_model.readout, depth_curve=[(cut - 1, 0.1), (cut, 1.0)])
+    curve = [(cut - 1, 0.1), (cut, 1.0)]
+    if own_curve:  # the pooled curve lets every cell through; the set's own caps the shallow ones
+        labels = frozenset(next(iter(tiny_model.label_sets.values()))["labels"])
+        capped = dataclasses.replace(tiny_model.readout, depth_curve=[(1.0, 1.0)],
+                                     set_depth_curves={"tiny": SetDepthCurve(labels, curve)})
+    else:
+        capped = dataclasses.replace(tiny_model.readout, depth_curve=curve)
     result, _ = _annotate(dataclasses.replace(tiny_model, readout=capped), cells,
                           [t for t in CELL_TYPES if t != "gamma"])
     measured = ~np.isnan(np.asarray(result.outside, float))

@@ -14,7 +14,8 @@ from instructcell_agent.core_model import readout_first
 from instructcell_agent.core_model.alignment import align_to_vocab
 from instructcell_agent.core_model.checkpoint import load_checkpoint
 from instructcell_agent.core_model.errors import CheckpointError
-from instructcell_agent.core_model.readout import Readout, add_readout, load_readout, readout_name, save_readout
+from instructcell_agent.core_model.readout import (Readout, SetDepthCurve, add_readout, load_readout, readout_name,
+                                                  save_readout)
 
 pytestmark = pytest.mark.filterwarnings("ignore::instructcell_agent.api.AtypicalCellsWarning")
 
@@ -62,6 +63,42 @@ def test_depth_curve_round_trips_and_a_bad_one_is_refused(tmp_path):
             load_readout(tmp_path, vocab)
 
 
+def test_a_set_with_its_own_curve_uses_it_and_other_labels_the_pooled_one():
+    readout = _readout([(2.0, 0.1), (5.0, 1.0)])
+    readout.set_depth_curves = {"xy": SetDepthCurve(frozenset({"x", "y"}), [(2.0, 0.8), (5.0, 1.0)])}
+    expr = torch.zeros(2, 6)
+    expr[0, :2] = 1.0  # two genes: 0.8 by the set's curve, 0.1 by the pooled one
+    expr[1, :6] = 1.0
+    scores = torch.randn(2, 2, dtype=torch.float64)
+    for labels, cap in ((["x", "y"], 0.8), (["p", "q"], 0.1)):
+        got = add_readout(scores, readout, expr, labels, [["x", "y"], ["p", "q"]])
+        weights = torch.tensor([[cap], [1.0]], dtype=torch.float64)
+        torch.testing.assert_close(got, scores + weights * readout.log_probs(expr, labels).double())
+    # free answers across sets: the set the language model's best label picks re-ranks with its own curve
+    np.testing.assert_allclose(readout.depth_caps(np.array([2]), ["x"]), [0.8])
+    # labels two sets' curves hold alike tell no set apart: the pooled curve
+    readout.set_depth_curves["xyp"] = SetDepthCurve(frozenset({"x", "y", "p"}), [(2.0, 0.5), (5.0, 1.0)])
+    np.testing.assert_allclose(readout.depth_caps(np.array([2]), ["x", "y"]), [0.1])
+    np.testing.assert_allclose(readout.depth_caps(np.array([2]), ["x", "p"]), [0.5])
+    readout.depth_curve = []
+    assert readout_name(readout, ["x", "y"]).endswith("less for shallow cells")
+
+
+def test_set_depth_curves_round_trip_and_a_bad_one_is_refused(tmp_path):
+    vocab = [f"G{i}" for i in range(6)]
+    readout = _readout([(20.0, 0.1), (200.0, 1.0)])
+    readout.set_depth_curves = {"xy": SetDepthCurve(frozenset({"x", "y"}), [(20.0, 0.3), (200.0, 1.0)])}
+    save_readout(tmp_path, readout, vocab)
+    assert load_readout(tmp_path, vocab).set_depth_curves == readout.set_depth_curves
+    meta = json.loads((tmp_path / "readout.json").read_text())
+    for bad in ({"xy": {"labels": ["x", "y"], "points": [[20.0, 1.0], [2.0, 0.1]]}}, {"xy": {"labels": ["x"]}},
+                [[20.0, 0.3]]):
+        meta["set_depth_curves"] = bad
+        (tmp_path / "readout.json").write_text(json.dumps(meta))
+        with pytest.raises(CheckpointError, match="depth curve"):
+            load_readout(tmp_path, vocab)
+
+
 def _shallow(cells, keep: int, seed: int = 0):
     """Each cell keeping only `keep` of its non-zero genes (a shallow cell, as far as detection goes)."""
     out = cells.copy()
@@ -99,7 +136,7 @@ def test_fast_leaves_capped_cells_to_the_language_model(tiny_model, synthetic_se
     genes = np.asarray((X > 0).sum(1)).ravel()
     cut = float(np.median(genes))
     monkeypatch.setattr(tiny_model.readout, "depth_curve", [(cut, 0.5), (cut + 1, 1.0)])
-    deep = readout_first.deep_enough(tiny_model.readout, X)
+    deep = readout_first.deep_enough(tiny_model.readout, X, list(CELL_TYPES))
     np.testing.assert_array_equal(deep, genes >= cut + 1)
     assert 0 < deep.sum() < len(deep)
     fast = ica.annotate(cells, model=tiny_model, candidates=list(CELL_TYPES), fast=True)

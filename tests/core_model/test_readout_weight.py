@@ -39,6 +39,17 @@ def test_the_more_reliable_expert_gets_the_larger_share():
         fit_weight([(np.zeros((2, 3)), np.full((2, 3), -np.inf), np.array([0, 1]))])
 
 
+def test_a_few_rows_shrink_toward_the_prior_and_many_rows_hold_their_own():
+    few, many = _experts(30, lm_noise=2.5, ro_noise=1.5, seed=0), _experts(3000, lm_noise=2.5, ro_noise=1.5, seed=10)
+    prior = _experts(3000, lm_noise=1.5, ro_noise=2.5, seed=20)  # other sets: the language model is the better
+    alone, prior_w = fit_weight([few])[0], fit_weight([prior])[0]
+    shrunk = fit_weight([few], [prior], prior_rows=100)[0]
+    assert prior_w < shrunk < alone
+    assert fit_weight([few], [prior], prior_rows=0)[0] == alone
+    # the same prior barely moves a set with thousands of rows
+    assert abs(np.log(fit_weight([many], [prior], prior_rows=100)[0] / fit_weight([many])[0])) < 0.3
+
+
 def test_curve_is_made_non_decreasing_in_coverage():
     assert monotone_curve([(1.0, 4.0, 100), (0.1, 0.5, 50)]) == [(0.1, 0.5), (1.0, 4.0)]
     pooled = monotone_curve([(0.05, 2.0, 10), (0.1, 0.5, 10), (1.0, 4.0, 10)])
