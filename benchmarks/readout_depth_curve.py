@@ -256,6 +256,9 @@ def store(root: Path, loaded, report: dict[str, Any]) -> None:
     target = load_readout(root, loaded.vocab)
     if target is None:
         raise SystemExit(f"{root} has no read-out to store the curve in")
+    unknown = sorted(set(report["set_curves"]) - set(loaded.label_sets))
+    if unknown:
+        raise SystemExit(f"{root}: the rows hold label sets its checkpoint lacks: {', '.join(unknown)}")
     meta = report["meta"]
     target.depth_curve = report["curve"]
     target.set_depth_curves = {name: SetDepthCurve(frozenset(loaded.label_sets[name]["labels"]), points)
