@@ -28,6 +28,7 @@ curve from an earlier run's levels without answering cells again.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import shlex
@@ -49,6 +50,7 @@ from instructcell_agent.core_model.errors import GeneOverlapError
 from instructcell_agent.core_model.evaluation import evaluate
 from instructcell_agent.core_model.io import read_h5ad
 from instructcell_agent.core_model.readout import Readout, load_readout, save_readout
+from instructcell_agent.core_model.readout_adapt import ADAPT_KEY
 from instructcell_agent.core_model.readout_weight import T_GRID, fit_weight, label_nll, monotone_curve
 from readout_variants import Recorder, fit_blocks, fit_variant
 from report_io import run_meta, write_report
@@ -68,6 +70,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         "on test, benchmarks/EXPERIMENTS.md); the fitted points are reported uncapped")
     p.add_argument("--from-report", type=Path,
                    help="take the fitted levels from this script's earlier JSON instead of answering cells again")
+    p.add_argument("--adapt", action="store_true",
+                   help="answer with the read-out re-centred for each copy's genes (core_model/readout_adapt.py); "
+                        "--write then turns that on in the checkpoint with the curve fitted for it")
     p.add_argument("--write", type=Path, help="store the (capped) curve in this checkpoint's read-out")
     p.add_argument("--out-dir", type=Path, default=Path(__file__).parent / "results")
     return p.parse_args(argv)
@@ -94,7 +99,7 @@ def at_weights_1_and_2(loaded, held: Readout, spec: Any, copy: Any, seed: int) -
     recorder.record()
     answers = []
     for w in (1.0, 2.0):
-        loaded.readout = Readout(held.labels, held.weight, held.bias, w, held.info)
+        loaded.readout = dataclasses.replace(held, answer_weight=w)
         if answers:
             recorder.replay()
         answers.append(evaluate(loaded, copy.path, copy.split_path, TASK_CODE[spec.task], spec.label_key,
@@ -142,6 +147,8 @@ def render_markdown(report: dict[str, Any]) -> str:
              f"- checkpoint: `{meta['checkpoint']}`; read-out refitted on train; valid splits, own valid phrasings, "
              f"seed {meta['seed']}; shared data: {meta['shared']}",
              *([f"- curve taken from that run's levels by: `{meta['curve_command']}`"] if meta.get("curve_command") else []),
+             *(["- the read-out re-centred for each copy's genes on the reference cells (core_model/readout_adapt.py)"]
+               if meta.get("adapt") else []),
              "- per share of genes kept: the weight and temperature minimising the mean log loss of the true label "
              "over every scored row holding it (core_model/readout_weight.py), against weight 1 at its best temperature",
              "", "| genes kept | rows | coverage, median [range] | weight | temperature | log loss | log loss, weight 1 |",
@@ -172,6 +179,8 @@ def measure(args: argparse.Namespace, cmd: list[str], loaded) -> dict[str, Any]:
                    key=lambda s: order.index(s.name))
     held = fit_variant(fit_blocks(loaded, specs, "train"), len(loaded.vocab), "raw",
                        float(shipped.info.get("l2", 1.0)), 0.0, 1.0)
+    # the shipped mean cells rank the sets sharing labels when re-centring, as at answer time
+    held = dataclasses.replace(held, mean_cells=shipped.mean_cells, info={**held.info, ADAPT_KEY: args.adapt})
     sets, levels = {}, {}
     with tempfile.TemporaryDirectory(prefix="weight_curve_") as tmp:
         for share in args.shares:
@@ -184,6 +193,7 @@ def measure(args: argparse.Namespace, cmd: list[str], loaded) -> dict[str, Any]:
         for entry in level.values():
             entry.pop("groups")
     return {"meta": {**run_meta(shlex.join(cmd)), "checkpoint": str(args.checkpoint), "seed": args.seed,
+                     "adapt": args.adapt,
                      "shares": args.shares, "shared": str(shared_root()), "skipped": skipped},
             "levels": levels, "sets": sets}
 
@@ -209,6 +219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if target is None:
             raise SystemExit(f"{args.write} has no read-out to store the curve in")
         target.weight_curve, target.answer_weight = report["curve"], report["curve"][-1][1]
+        target.info[ADAPT_KEY] = bool(report["meta"].get("adapt", False))
         target.info["weight_curve_command"] = report["meta"].get("curve_command", report["meta"]["command"])
         if args.from_report:
             target.info["weight_curve_measured_by"] = report["meta"]["command"]

@@ -27,6 +27,7 @@ from .io import file_sha256, write_json_atomic
 from .model import CellLanguageModel
 from .precision import resolve_precision
 from .readout import Readout, joins, load_readout, save_readout
+from .readout_adapt import ADAPT_KEY, adapted
 from .reference import Reference, load_reference, save_reference
 from .temperature import load_temperatures, rebind_temperatures
 
@@ -48,6 +49,7 @@ class LoadedModel:
     temperatures: dict[str, float] = field(default_factory=dict)
     # training cells kept per label, what a cell's typicality is measured against (core_model/reference.py)
     reference: Reference | None = None
+    _adapted: dict[bytes, tuple[Readout, Readout]] = field(default_factory=dict, repr=False)
 
     def temperature(self, readout: Readout | None, labels: Sequence[str] | None = None) -> float:
         """What answer scores over `labels` are divided by before the softmax that gives
@@ -61,12 +63,24 @@ class LoadedModel:
 
     def readout_for(self, matched: np.ndarray) -> Readout | None:
         """The read-out as it answers a file holding the vocabulary genes at positions `matched`
-        (its weight per label set taken from its curve at the file's gene coverage), or None."""
+        (its weight per label set taken from its curve at the file's gene coverage; re-centred for
+        those genes where the read-out says so, core_model/readout_adapt.py), or None."""
         if self.readout is None:
             return None
         present = torch.zeros(len(self.vocab), dtype=torch.bool)
         present[torch.as_tensor(np.asarray(matched, dtype=np.int64))] = True
-        return self.readout.for_genes(present, {name: e["labels"] for name, e in self.label_sets.items()})
+        sets = {name: e["labels"] for name, e in self.label_sets.items()}
+        readout = self.readout
+        if readout.info.get(ADAPT_KEY) and self.reference is not None:
+            # one fit per gene panel: a file answered in chunks (the MCP server) reads the same genes
+            key = present.numpy().tobytes()
+            source, fitted = self._adapted.get(key, (None, None))
+            if source is not readout:  # a read-out swapped in since (benchmarks do) is fitted anew
+                fitted = adapted(readout, self.reference, present.numpy(), sets, float(self.model.cfg.target_sum))
+                self._adapted.clear()  # one panel at a time is the common case; keep memory flat
+                self._adapted[key] = (readout, fitted)
+            readout = fitted
+        return readout.for_genes(present, sets)
 
     def label_set(self, name: str) -> dict[str, Any]:
         if name not in self.label_sets:

@@ -67,6 +67,16 @@ def depth_caps(points: Sequence[tuple[float, float]], genes: np.ndarray) -> np.n
     return np.interp(np.log(genes), np.log(xs), ws)
 
 
+class SetShift(NamedTuple):
+    """One label set's logits re-centred for a file's genes (core_model/readout_adapt.py):
+    `scale * logit + shift[label]` over its labels; `coverage` ranks the sets sharing labels."""
+
+    labels: frozenset[str]
+    coverage: float
+    scale: float
+    shift: dict[str, float]
+
+
 @dataclass
 class Readout:
     """Weights (labels x genes) and bias over the checkpoint's learned labels."""
@@ -97,6 +107,9 @@ class Readout:
     # weight at 18 genes a cell, pbmc3k's was worth 0.05 up to 63). Used for scores over labels that
     # one such set alone holds; `depth_curve` elsewhere.
     set_depth_curves: dict[str, SetDepthCurve] = field(default_factory=dict)
+    # Set by core_model/readout_adapt.py for one file: each label set's logits re-centred for the
+    # genes the file holds. Empty: the logits as fitted.
+    set_shifts: dict[str, SetShift] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.column = {label: i for i, label in enumerate(self.labels)}
@@ -160,7 +173,18 @@ class Readout:
         """(B, len(labels)) log-probability of each label among `labels`, for log-normalized `expr`."""
         idx = torch.tensor([self.column[label] for label in labels], device=expr.device)
         logits = expr.float() @ self.weight.to(expr.device)[idx].T + self.bias.to(expr.device)[idx]
+        shift = self.shift_for(labels)
+        if shift is not None and (shift.scale != 1.0 or shift.shift):
+            offsets = torch.tensor([shift.shift.get(label, 0.0) for label in labels], device=expr.device)
+            logits = logits * shift.scale + offsets
         return torch.log_softmax(logits, 1)
+
+    def shift_for(self, labels: Sequence[str]) -> SetShift | None:
+        """The re-centring of scores over `labels`: that of the label set holding them all whose
+        genes the file holds best (several sets spell some labels alike; a whole training file's
+        own set, re-centred by nothing, wins), or None."""
+        held = [s for s in self.set_shifts.values() if set(labels) <= s.labels]
+        return max(held, key=lambda s: s.coverage) if held else None
 
     def mean_cell(self, sets: Sequence[str]) -> torch.Tensor | None:
         """The mean training cell of the named label sets, each set weighted equally (None when
@@ -234,6 +258,9 @@ def readout_name(readout: Readout | None, labels: Sequence[str] | None) -> str:
     if not joins(readout, labels):
         return "none"
     shallow = ", less for shallow cells" if readout.depth_curve or readout.set_depth_curves else ""
+    shift = readout.shift_for(labels) if labels else None
+    if shift is not None and shift.shift:  # core_model/readout_adapt.py
+        shallow += ", re-centred for the file's genes"
     if readout.set_weights and not any(set(labels) <= held for held, _ in readout.set_weights):
         # labels across sets: each set re-ranks with its own weight (`add_readout`)
         weights = sorted({w for held, w in readout.set_weights if held & set(labels)})

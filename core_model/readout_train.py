@@ -23,6 +23,7 @@ from .errors import CheckpointError
 from .gene_panels import hvg_cut, variable_gene_order
 from .io import file_sha256, read_checkpoint_lists
 from .readout import DEFAULT_WEIGHT, Block, Readout, fit_readout, save_readout
+from .readout_adapt import ADAPT_KEY
 from .reference import pseudo_counts, thin
 
 if TYPE_CHECKING:
@@ -152,6 +153,8 @@ def with_inherited_rows(fitted: Readout, start: LoadedModel, inherited: Sequence
     rows = [old.column[label] for label in extra]
     info = {**fitted.info, "inherited_sets": list(inherited),
             "inherited_from": str(start.path) if start.path else None}
+    if not fitted.weight_curve and old.info.get(ADAPT_KEY):  # the inherited coverage curve was fitted with it
+        info[ADAPT_KEY] = True
     means = {**{n: old.mean_cells[n] for n in inherited if n in old.mean_cells}, **fitted.mean_cells}
     log.info("read-out rows of %d labels (sets %s) kept from the starting checkpoint", len(extra), list(inherited))
     return Readout(fitted.labels + extra, torch.cat([fitted.weight, old.weight[rows].to(fitted.weight.dtype)]),

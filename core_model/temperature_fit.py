@@ -23,6 +23,7 @@ from .datasets import DatasetSpec, load_catalog
 from .evaluation import BANK_OF_TASK, evaluate
 from .precision import resolve_device
 from .readout import Readout
+from .readout_adapt import ADAPT_KEY
 from .readout_train import fitted_readout
 from .temperature import fit_temperature, save_temperatures, summary
 
@@ -45,6 +46,7 @@ def held_out_readout(loaded: LoadedModel, specs: Sequence[DatasetSpec], split: s
     readout.weight = readout.weight.half().float()
     readout.weight_curve, readout.mean_cells = list(shipped.weight_curve), dict(shipped.mean_cells)
     readout.depth_curve, readout.set_depth_curves = list(shipped.depth_curve), dict(shipped.set_depth_curves)
+    readout.info[ADAPT_KEY] = bool(shipped.info.get(ADAPT_KEY, False))  # goes with the coverage curve
     return readout.to(loaded.model.device)
 
 

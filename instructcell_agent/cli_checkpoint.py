@@ -198,6 +198,7 @@ def _info(args) -> int:
                           "depth_curve": meta.get("depth_curve", []),
                           "set_depth_curves": meta.get("set_depth_curves", {}),
                           "depth_curve_command": meta.get("depth_curve_command"), "l2": meta.get("l2"),
+                          "adapt_to_genes": bool(meta.get("adapt_to_genes", False)),
                           "panel_copies": meta.get("panel_copies", 0), "hvg_copies": meta.get("hvg_copies", 0),
                           "thin_copies": meta.get("thin_copies", 0),
                           "mean_cell_sets": meta.get("mean_cell_sets", []),
@@ -246,6 +247,8 @@ def _info_summary(path: Path, config: dict, labels: dict, out: dict) -> str:
     if "readout" in out:
         curves = out["readout"]["depth_curve"] or out["readout"]["set_depth_curves"]
         shallow = ", weighed less in cells with few genes" if curves else ""
+        if out["readout"]["adapt_to_genes"]:
+            shallow += ", re-centred for a file lacking genes"
         extras.append(f"a linear gene read-out over {out['readout']['labels']} labels{shallow}")
     if "reference" in out:
         extras.append(f"typicality against {out['reference']['per_label']} training cells of each of "

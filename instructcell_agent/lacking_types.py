@@ -40,6 +40,10 @@ NOTE_SHARE, NOTE_CELLS = 0.02, 3  # the note needs this share of the cells flagg
 # says how far it can be trusted there: 1 on files holding the genes its training files held, 0.18 to 0.30
 # on pbmc68k_reduced's 5% of them, where it saw CD16 monocytes in 58 of 300 cells. Below this, no check.
 MIN_WEIGHT = 0.5
+# Since the read-out is re-centred for a file's genes (core_model/readout_adapt.py) it keeps weight 1
+# on such files; the check keeps to the files it was measured on, those the curve before that gave
+# 0.5 or more (gene coverage 0.26 and up).
+MIN_COVERAGE = 0.26
 LACK_PHRASE = "look like types the model learned that the candidates lack"
 
 # benchmarks/results/lacking_types_test.md (`python benchmarks/lacking_types.py`)
@@ -94,7 +98,9 @@ def lacking_types(loaded: LoadedModel, X, matched: np.ndarray, candidates: Seque
         deep = readout.depth_caps(genes, labels) >= MIN_WEIGHT
         rows = np.flatnonzero(np.array([h == i for h in home], dtype=bool) & deep)
         lacking = lacking_labels(candidates, labels)
-        if not len(rows) or readout.weight_for(labels) < MIN_WEIGHT:
+        shift = readout.shift_for(labels)
+        few_genes = readout.weight_for(labels) < MIN_WEIGHT or (shift is not None and shift.coverage < MIN_COVERAGE)
+        if not len(rows) or few_genes:
             continue
         probability[rows] = 0.0
         if not lacking:

@@ -1,0 +1,89 @@
+"""The linear read-out re-centred for a file that lacks some of the genes it was fitted on.
+
+Why: the read-out (core_model/readout.py) is a linear map of log1p(CP10k) over the vocabulary.
+A file holding a share of those genes (cut to its most variable genes, a targeted panel) loses
+the absent genes' terms and is normalised over fewer genes, so every label's logit moves by an
+amount of its own: on the valid splits cut to 2,000 HVGs the read-out alone fell from 0.835 to
+0.42 macro-F1 on zheng2017 (benchmarks/EXPERIMENTS.md), and the coverage weight curve then had to
+hand most of the answer to the language model. Much of that loss is a shift, not lost signal:
+the checkpoint's reference cells (training cells kept per label, core_model/reference.py) show
+it, read once whole and once through the file's genes.
+
+So each label set's logits get a scale and a per-label offset, `a * (w . x + b) + c`, fitted so
+that the set's reference cells read through the file's genes give the label probabilities the
+full read-out gives them whole (cross-entropy, softmax over the set's labels, as the read-out was
+trained). One number per label and one per set, fitted on ~40 cells a label, so it cannot learn
+the file; a set whose reference cells lose no counts on the file's genes is left as fitted, so a
+whole training file answers exactly as before.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from .cell_encoder import log_normalize_csr
+from .readout import Readout, SetShift
+from .reference import Reference
+
+# The read-out.json entry that turns it on: the coverage weight curve stored beside it was fitted
+# with it (benchmarks/readout_weight_curve.py --adapt), so the two go together.
+ADAPT_KEY = "adapt_to_genes"
+# A weak pull toward the read-out as fitted (a = 1, c = 0) keeps the fit defined for a label
+# whose cells tell it little; small beside the cross-entropy of ~40 cells a label.
+RIDGE = 1e-3
+
+
+def adapted(readout: Readout, reference: Reference, present: np.ndarray,
+            label_sets: dict[str, Sequence[str]], target_sum: float) -> Readout:
+    """`readout` with each label set's logits re-centred for a file holding the `present`
+    vocabulary genes (bool mask), fitted on `reference`'s cells of that set."""
+    weight, bias = readout.weight.float().cpu(), readout.bias.float().cpu()
+    mask = torch.from_numpy(present)
+    shifts = {}
+    for name, labels in label_sets.items():
+        labels = [l for l in labels if l in readout.column]
+        rows = [np.arange(reference.offsets[k], reference.offsets[k + 1])
+                for k, key in enumerate(reference.keys) if key[0] == name]
+        if not labels or not rows or name not in readout.mean_cells:
+            continue
+        cells = reference.cells[np.concatenate(rows)]
+        kept = sp.csr_matrix(cells.multiply(present.astype(np.float32)[None, :]))
+        coverage = readout.coverage(mask, name)
+        if kept.sum() >= cells.sum():  # nothing lost: the set reads this file as it was fitted
+            shifts[name] = SetShift(frozenset(labels), coverage, 1.0, {})
+            continue
+        cols = torch.tensor([readout.column[l] for l in labels])
+        scale, shift = _fit(_logits(cells, weight[cols], bias[cols], target_sum),
+                            _logits(kept, weight[cols], bias[cols], target_sum))
+        shifts[name] = SetShift(frozenset(labels), coverage, scale, dict(zip(labels, shift)))
+    return dataclasses.replace(readout, set_shifts=shifts)
+
+
+def _logits(counts: sp.csr_matrix, weight: torch.Tensor, bias: torch.Tensor, target_sum: float) -> torch.Tensor:
+    """The read-out's logits (cells, labels) for count rows, normalised as the model normalises."""
+    expr = log_normalize_csr(counts, target_sum).astype(np.float64)
+    return torch.from_numpy(np.asarray(expr @ weight.double().numpy().T)) + bias.double()
+
+
+def _fit(whole: torch.Tensor, through: torch.Tensor) -> tuple[float, list[float]]:
+    """Scale a and offsets c making softmax(a * through + c) match softmax(whole), row by row.
+    Deterministic (L-BFGS from the identity)."""
+    target = torch.softmax(whole, 1)
+    scale = torch.ones(1, dtype=whole.dtype, requires_grad=True)
+    shift = torch.zeros(whole.shape[1], dtype=whole.dtype, requires_grad=True)
+    opt = torch.optim.LBFGS([scale, shift], max_iter=200, tolerance_grad=1e-9, line_search_fn="strong_wolfe")
+
+    def loss_fn() -> torch.Tensor:
+        opt.zero_grad()
+        logp = torch.log_softmax(through * scale + shift, 1)
+        loss = -(target * logp).sum(1).mean() + RIDGE * (((scale - 1) ** 2).sum() + (shift ** 2).sum())
+        loss.backward()
+        return loss
+
+    opt.step(loss_fn)
+    return float(scale.detach()), [float(c) for c in shift.detach()]
