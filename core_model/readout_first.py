@@ -34,10 +34,10 @@ from .readout import Readout, joins, one_set
 from .reference import ATYPICAL_BELOW
 
 SURE = 0.98
-# Before the read-out was re-centred for a file's genes (core_model/readout_adapt.py) its weight
-# reached 1 from a gene coverage of 0.47 up, and `fast` answered alone there. Re-centred, it keeps
-# weight 1 on files holding far fewer genes, but SURE was never checked on those: they stay with
-# the language model.
+# The falling coverage curve gives the read-out weight 1 from a gene coverage of 0.47 up, which is
+# where `fast` answers alone. A read-out re-centred for a file's genes (core_model/readout_adapt.py,
+# an option) keeps weight 1 on files holding far fewer genes, but SURE was never checked on those:
+# they stay with the language model.
 FAST_MIN_COVERAGE = 0.47
 _CHUNK = 1024  # cells normalized at once: the read-out is one matrix product, memory is what bounds it
 
