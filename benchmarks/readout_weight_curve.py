@@ -72,7 +72,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="take the fitted levels from this script's earlier JSON instead of answering cells again")
     p.add_argument("--adapt", action="store_true",
                    help="answer with the read-out re-centred for each copy's genes (core_model/readout_adapt.py); "
-                        "--write then turns that on in the checkpoint with the curve fitted for it")
+                        "--write then turns that on in the checkpoint with the curve fitted for it. With "
+                        "--from-report, --write turns it on beside that report's curve even where the curve was "
+                        "fitted without it (the falling curve with the re-centring, cross_study.py)")
     p.add_argument("--write", type=Path, help="store the (capped) curve in this checkpoint's read-out")
     p.add_argument("--out-dir", type=Path, default=Path(__file__).parent / "results")
     return p.parse_args(argv)
@@ -219,7 +221,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if target is None:
             raise SystemExit(f"{args.write} has no read-out to store the curve in")
         target.weight_curve, target.answer_weight = report["curve"], report["curve"][-1][1]
-        target.info[ADAPT_KEY] = bool(report["meta"].get("adapt", False))
+        target.info[ADAPT_KEY] = bool(report["meta"].get("adapt", False)) or args.adapt
         target.info["weight_curve_command"] = report["meta"].get("curve_command", report["meta"]["command"])
         if args.from_report:
             target.info["weight_curve_measured_by"] = report["meta"]["command"]

@@ -35,7 +35,7 @@ from .reference import ATYPICAL_BELOW
 
 SURE = 0.98
 # The falling coverage curve gives the read-out weight 1 from a gene coverage of 0.47 up, which is
-# where `fast` answers alone. A read-out re-centred for a file's genes (core_model/readout_adapt.py,
+# where `fast` answers alone. The curve refitted for the re-centred read-out (core_model/readout_adapt.py;
 # an option) keeps weight 1 on files holding far fewer genes, but SURE was never checked on those:
 # they stay with the language model.
 FAST_MIN_COVERAGE = 0.47

@@ -40,9 +40,9 @@ NOTE_SHARE, NOTE_CELLS = 0.02, 3  # the note needs this share of the cells flagg
 # says how far it can be trusted there: 1 on files holding the genes its training files held, 0.18 to 0.30
 # on pbmc68k_reduced's 5% of them, where it saw CD16 monocytes in 58 of 300 cells. Below this, no check.
 MIN_WEIGHT = 0.5
-# A read-out re-centred for a file's genes (core_model/readout_adapt.py, an option) keeps weight 1 on
-# files holding few of them; the check keeps to the files it was measured on, those the falling curve
-# gives 0.5 or more (gene coverage 0.26 and up).
+# The curve refitted for the re-centred read-out (core_model/readout_adapt.py; an option) keeps weight 1
+# on files holding few of the genes; the check keeps to the files it was measured on, those the falling
+# curve gives 0.5 or more (gene coverage 0.26 and up).
 MIN_COVERAGE = 0.26
 LACK_PHRASE = "look like types the model learned that the candidates lack"
 
