@@ -38,6 +38,7 @@ import numpy as np
 
 import instructcell_agent as ica
 from instructcell_agent.core_model.alignment import AlignedData, align_to_vocab
+from instructcell_agent.core_model.bootstrap import summarize
 from instructcell_agent.core_model.datasets import DatasetSpec, load_catalog, read_split, subset_by_names
 from instructcell_agent.core_model.hierarchy import consistent
 from instructcell_agent.core_model.io import get_labels, read_h5ad
@@ -180,11 +181,6 @@ def difference(a: np.ndarray, b: np.ndarray, seed: int) -> tuple[float, np.ndarr
     return float(np.mean(a - b)), weights @ (a - b)
 
 
-def interval(delta: float, draws: np.ndarray) -> dict[str, float]:
-    low, high = np.percentile(draws, [2.5, 97.5])
-    return {"delta": delta, "low": float(low), "high": float(high)}
-
-
 def render(report: dict[str, Any]) -> str:
     names = report["names"]
     head = "| query cells | labels of | n | " + " | ".join(f"{n} acc" for n in names) + " | " + \
@@ -257,13 +253,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         for n in names[1:]:
             delta, d = difference(scored[n][i], scored[names[0]][i], args.seed)
             draws[n].append(d)
-            versus[n] = interval(delta, d)
+            versus[n] = summarize(delta, d, int(mask.sum())).to_dict()
         rows.append({"query": q.name, "labels_of": labels_of, "n": int(mask.sum()),
                      "accuracy": {n: float(scored[n][i].mean()) for n in names}, "versus": versus})
     mean = {"n": sum(r["n"] for r in rows),
             "accuracy": {n: float(np.mean([r["accuracy"][n] for r in rows])) for n in names},
-            "versus": {n: interval(float(np.mean([r["versus"][n]["delta"] for r in rows])), np.mean(draws[n], axis=0))
-                       for n in names[1:]}}
+            "versus": {n: summarize(float(np.mean([r["versus"][n]["delta"] for r in rows])), np.mean(draws[n], axis=0),
+                                    sum(r["n"] for r in rows)).to_dict() for n in names[1:]}}
     report = {"meta": run_meta(shlex.join(cmd)), "checkpoints": [str(p) for p in args.checkpoints], "names": names,
               "hvg": args.hvg, "fast": args.fast, "precision": precision, "pairs": rows, "mean": mean}
     path = write_report(report, render(report), args.out_dir, args.stem)
