@@ -43,7 +43,7 @@ class GeneratorTrainConfig:
     seed: int = 0
     # stage 1, passes over the training cells: 60 (the shipped generator, 10 min on 2 CPU cores) met
     # kang2018's targets in more seeds than 20 (benchmarks/EXPERIMENTS.md, 2026-12-04 late); 150 fitted
-    # kang2018's per-type means worse and met fewer targets (2026-12-07)
+    # kang2018's per-type means worse (2026-12-07)
     epochs: int = 60
     batch_size: int = 128
     lr: float = 3e-3
