@@ -17,8 +17,13 @@ each, for:
 - drug response (erlotinib): aissa2021's PC9 test cells, and kang2018's blood test cells asked
   the same question;
 - other labs' cells of learned types: pbmc3k's test cells among kang2018's labels (where both
-  name the type), and scanpy's bundled pbmc68k_reduced (765 genes, `make demo`'s file) among the
-  ten sorted populations' names.
+  name the type), scanpy's bundled pbmc68k_reduced (765 genes, `make demo`'s file) among the
+  ten sorted populations' names, and CellTypist's unlabelled sample (shared `data/compat`, 559
+  immune cells of a study no set comes from) answered freely, flagged share by answer;
+- another study of a learned type, no model run: each cell-type set's test cells under their own
+  labels, scored against the reference without that set's kept cells (the other sets' cells of
+  the same population), as a file of a study the model never saw is scored; cells whose label no
+  other set holds (over enough shared genes) are counted as unscored.
 
 And generated cells: one per kang2018 / zheng2017 test cell with that cell's conditions (the
 generation benchmark's requests, the generator's valid phrasings), scored against their requested
@@ -29,6 +34,7 @@ Answers as users get them: `ica.annotate`, default instruction, candidates in on
 calibrated confidences.
 
     python benchmarks/atypical_cells.py [--precision bfloat16] [--out-dir benchmarks/results]
+    python benchmarks/atypical_cells.py --only-another-study   # the last group alone (seconds)
 """
 
 from __future__ import annotations
@@ -44,11 +50,14 @@ from typing import Any, Sequence
 import anndata as ad
 import numpy as np
 import scanpy as sc
+import scipy.sparse as sp
 from sklearn.metrics import roc_auc_score
 
 import instructcell_agent as ica
-from instructcell_agent.core_model.datasets import DatasetSpec, load_catalog, read_split, subset_by_names
+from instructcell_agent.core_model.alignment import align_to_vocab
+from instructcell_agent.core_model.datasets import DatasetSpec, load_catalog, read_split, shared_root, subset_by_names
 from instructcell_agent.core_model.io import get_labels, read_h5ad
+from instructcell_agent.core_model.reference import Reference
 from report_io import run_meta, write_report
 
 logger = logging.getLogger("atypical_cells")
@@ -61,6 +70,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--precision", default="bfloat16", choices=["float32", "bfloat16"])
     p.add_argument("--out-dir", type=Path, default=Path(__file__).parent / "results")
+    p.add_argument("--only-another-study", action="store_true",
+                   help="print the leave-one-study-out group alone (no model run, no report written)")
     return p.parse_args(argv)
 
 
@@ -77,10 +88,10 @@ def hvg_cut(cells: ad.AnnData, n_top: int = 2000) -> ad.AnnData:
     return cells[:, logged.var["highly_variable"].to_numpy()].copy()
 
 
-def flagged(result, truth: np.ndarray | None = None, scored: bool = True) -> dict[str, Any]:
+def flagged(result, truth: np.ndarray | None = None, scored: bool = True, by_answer: bool = False) -> dict[str, Any]:
     """Shares flagged; with `truth`, the share flagged at -3 per true label, and where the
     candidates name the true labels (`scored`), the accuracy and the flagged share of right and
-    of wrong answers."""
+    of wrong answers; `by_answer`: the share flagged at -3 per answer (for unlabelled cells)."""
     typ, conf = np.asarray(result.typicality, float), np.asarray(result.confidence, float)
     row: dict[str, Any] = {"n": len(typ), "n_no_typicality": int(np.isnan(typ).sum()),
                            "median_typicality": float(np.nanmedian(typ)),
@@ -88,6 +99,10 @@ def flagged(result, truth: np.ndarray | None = None, scored: bool = True) -> dic
                            "confidence_below": {f"{c:g}": float((conf < c).mean()) for c in CONFIDENCES},
                            "either_-3_or_0.5": float(((typ < -3) | (conf < 0.5)).mean()),
                            "typicality": typ.tolist(), "confidence": conf.tolist()}
+    if by_answer:
+        answers = np.asarray(result.labels, str)
+        row["flagged_at_-3_by_answer"] = {str(l): [int((answers == l).sum()), float((typ[answers == l] < -3).mean())]
+                                          for l in sorted(set(answers), key=lambda l: -(answers == l).sum())}
     if truth is not None:
         row["flagged_at_-3_by_true_label"] = {str(l): float((typ[truth == l] < -3).mean()) for l in sorted(set(truth))}
     if truth is not None and scored:
@@ -104,6 +119,46 @@ def auroc(inset: list[dict[str, Any]], other: list[dict[str, Any]], key: str) ->
     keep_a, keep_b = ~np.isnan(a), ~np.isnan(b)
     y = np.r_[np.zeros(keep_a.sum()), np.ones(keep_b.sum())]
     return float(roc_auc_score(y, -np.r_[a[keep_a], b[keep_b]]))  # lower score = flagged
+
+
+def without_set(reference: Reference, name: str) -> Reference:
+    """The reference less one label set's kept cells: what a file of a study it never saw meets."""
+    take = [i for i, key in enumerate(reference.keys) if key[0] != name]
+    kept = [reference.cells[reference.offsets[i]:reference.offsets[i + 1]] for i in take]
+    offsets = np.concatenate([[0], np.cumsum([k.shape[0] for k in kept])]).astype(np.int64)
+    return Reference([reference.keys[i] for i in take], reference.mean_cp10k[take], reference.n_cells[take],
+                     sp.vstack(kept, format="csr"), offsets, dict(reference.info), dict(reference.tissues))
+
+
+def another_study(model, tests: dict[str, ad.AnnData], truths: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+    """Each set's test cells under their own labels against the reference without that set."""
+    rows = []
+    for name, cells in tests.items():
+        aligned = align_to_vocab(cells, model.vocab)
+        typ = without_set(model.reference, name).typicality(aligned.X, aligned.matched, truths[name])
+        scored = ~np.isnan(typ)
+        by_label = {}
+        for label in sorted(set(truths[name])):
+            own = scored & (truths[name] == label)
+            by_label[str(label)] = [int(own.sum()), float((typ[own] < -3).mean()) if own.any() else None]
+        rows.append({"cells": name, "n": len(typ), "n_scored": int(scored.sum()),
+                     "median_typicality": float(np.nanmedian(typ)) if scored.any() else None,
+                     "typicality_below": {f"-{s:g}": float((typ[scored] < -s).mean()) if scored.any() else None
+                                          for s in SDS},
+                     "flagged_at_-3_by_true_label": by_label})
+    return rows
+
+
+def another_study_lines(rows: list[dict[str, Any]]) -> list[str]:
+    lines = ["| test cells of | n | scored | median typicality | " + " | ".join(f"typ < -{s:g}" for s in SDS)
+             + " | scored cells by label: n, share below -3 |", "|---|---|---|---|" + "---|" * len(SDS) + "---|"]
+    for row in rows:
+        below = " | ".join("-" if row["typicality_below"][f"-{s:g}"] is None
+                           else f"{row['typicality_below'][f'-{s:g}']:.3f}" for s in SDS)
+        median = "-" if row["median_typicality"] is None else f"{row['median_typicality']:+.2f}"
+        labels = ", ".join(f"{l} {n} {share:.2f}" for l, (n, share) in row["flagged_at_-3_by_true_label"].items() if n)
+        lines.append(f"| {row['cells']} | {row['n']} | {row['n_scored']} | {median} | {below} | {labels} |")
+    return lines
 
 
 def generated_vs_real(model, spec: DatasetSpec, cells: ad.AnnData, truth: np.ndarray, seed: int = 0) -> dict[str, Any]:
@@ -140,17 +195,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     labels = {name: list(spec.classes) for name, spec in specs.items()}
     tests = {name: test_cells(spec) for name, spec in specs.items()}
     truths = {name: np.asarray(get_labels(c, specs[name].label_key), str) for name, c in tests.items()}
+    studies = another_study(model, tests, truths)
+    if args.only_another_study:
+        print("\n".join(another_study_lines(studies)))
+        return
     rows: dict[str, list[dict[str, Any]]] = {k: [] for k in ("in-set, candidates", "in-set, free", "in-set, HVG-2000",
                                                                "missing types", "other tissue, free", "drug response",
                                                                "other labs")}
     seconds = {"annotate": 0.0, "typicality": 0.0}
 
     def run(group: str, what: str, cells: ad.AnnData, truth: np.ndarray | None = None, scored: bool = True,
-            answer=ica.annotate, **kwargs) -> None:
+            answer=ica.annotate, by_answer: bool = False, **kwargs) -> None:
         start = time.perf_counter()
         result = answer(cells, model=model, **kwargs)
         seconds["annotate"] += time.perf_counter() - start
-        row = {"cells": what, **flagged(result, truth, scored)}
+        row = {"cells": what, **flagged(result, truth, scored, by_answer)}
         rows[group].append(row)
         logger.info("%s | %s: typicality < -3 %.3f, confidence < 0.5 %.3f", group, what,
                     row["typicality_below"]["-3"], row["confidence_below"]["0.5"])
@@ -188,12 +247,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         np.asarray(demo.obs["bulk_labels"], str), use_raw=True, candidates=sorted(set(demo.obs["bulk_labels"])))
     run("other labs", "pbmc68k_reduced (765 genes), free answers (blood)", demo,
         np.asarray(demo.obs["bulk_labels"], str), scored=False, use_raw=True, **BLOOD)
+    sample = read_h5ad(shared_root() / "data" / "compat" / "celltypist_sample_unlabeled.h5ad")
+    run("other labs", f"CellTypist's unlabelled sample ({sample.n_obs} immune cells), free answers", sample,
+        by_answer=True, scored=False)
 
     generated = {name: generated_vs_real(model, specs[name], tests[name], truths[name])
                  for name in ("kang2018_pbmc_ifnb", "zheng2017_pbmc_sorted")}
 
     # the score's own cost: typicality alone on zheng2017's test cells, beside annotate's total
-    from instructcell_agent.core_model.alignment import align_to_vocab
     aligned = align_to_vocab(zheng, model.vocab)
     for when in ("first", "again"):  # a first call measures each label's spread; later ones reuse it
         if when == "first":
@@ -212,7 +273,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     aurocs = [{"compared": what, "typicality": auroc(a, b, "typicality"), "confidence": auroc(a, b, "confidence")}
               for what, a, b in separations]
     report = {"meta": meta, "precision": model.model.precision, "sds": list(SDS), "confidences": list(CONFIDENCES),
-              "rows": rows, "auroc": aurocs, "generated": generated, "seconds": seconds,
+              "rows": rows, "another_study": studies, "auroc": aurocs, "generated": generated, "seconds": seconds,
               "reference": {k: model.reference.info.get(k) for k in ("per_label", "informative_genes", "seed",
                                                                      "command")}}
     lines = ["# Cells unlike their label's training cells", "",
@@ -244,6 +305,12 @@ def main(argv: Sequence[str] | None = None) -> None:
             if "flagged_at_-3_by_true_label" in row:
                 lines.append(f"- {row['cells']}: " + ", ".join(
                     f"{label} {share:.2f}" for label, share in row["flagged_at_-3_by_true_label"].items()))
+            if "flagged_at_-3_by_answer" in row:
+                lines.append(f"- {row['cells']}, by answer (cells, share): " + ", ".join(
+                    f"{label} {n} {share:.2f}" for label, (n, share) in row["flagged_at_-3_by_answer"].items()))
+    lines += ["", "Another study of a learned type (no model run): each set's test cells under their own labels, "
+              "scored against the reference without that set's kept cells; shares of the scored cells:", ""]
+    lines += another_study_lines(studies)
     lines += ["", "AUROC of telling the second group's cells from the first's (cells pooled; lower score = "
               "flagged):", "", "| compared | typicality | confidence |", "|---|---|---|"]
     lines += [f"| {a['compared']} | {a['typicality']:.3f} | {a['confidence']:.3f} |" for a in aurocs]

@@ -90,9 +90,10 @@ def sure_and_typical(log_probs: np.ndarray, labels: Sequence[str],
     (rows, their labels) -> z-scores, as core_model/reference.py measures them; a cell below
     ATYPICAL_BELOW goes to the language model. Why: a linear read-out can be sure of a type the
     candidates lack (zheng2017's CD34+ cells among kang2018's labels), where the language model
-    was not; such cells are atypical of the label given (0.73 of those cells, against at most
-    0.015 of each set's test cells; benchmarks/results/atypical_cells.md). NaN (no reference
-    cells for the label) does not count against a cell."""
+    was not; such cells are often atypical of the label given (0.31 of those cells below -3,
+    against at most 0.005 of each set's test cells, benchmarks/results/atypical_cells.md; with
+    this check 10 of the 70 skip the language model, 13 without it, benchmarks/EXPERIMENTS.md).
+    NaN (no reference cells for the label) does not count against a cell."""
     ok = sure(log_probs)
     if typicality is not None and ok.any():
         rows = np.flatnonzero(ok)

@@ -7,12 +7,12 @@ as blood: 0.57 of them below 0.6). Whether a cell looks like the cells the model
 from is a question the expression answers directly, without the language model.
 
 The score, per cell: the Pearson correlation of its log1p(CP10k) profile with the log1p of its
-label's mean training profile, over the genes the file holds among the `INFORMATIVE_GENES` whose
-mean differs most between the learned labels, as a z-score against the same correlation of up
-to `PER_LABEL` of that label's training cells (each against the mean of the others), on the
-Fisher scale (atanh), those cells thinned to the cell's own depth where it is shallower than they
-are (`DepthCurve`). 0 is as alike as the label's training cells are on
-average; -3 is three of their standard deviations less alike. Stored training cells, not stored
+label's mean training profile, over the genes both the file and that label's training file hold
+(`MIN_SHARED`) among the `INFORMATIVE_GENES` whose mean differs most between the learned labels,
+as a z-score against the same correlation of up to `PER_LABEL` of that label's training cells
+(each against the mean of the others), on the Fisher scale (atanh), those cells thinned to the
+cell's own depth where it is shallower than they are (`DepthCurve`). 0 is as alike as the label's
+training cells are on average; -3 is three of their standard deviations less alike. Stored training cells, not stored
 statistics, because the score's scale follows the file's genes: a file cut to its 2,000 most
 variable genes correlates differently from a whole one, and the training cells are cut alike at
 run time. Correlation rather than cosine: housekeeping genes lift every cosine (on whole files,
@@ -69,6 +69,17 @@ STATS_CACHE = 1024  # (label, genes read) spreads kept between calls
 # (or, for generated cells, the generator's rendering of the type), not a few cells, is unlike
 # what the model learned.
 ATYPICAL_BELOW, ATYPICAL_SHARE = -3.0, 0.5
+# A set's kept cells hold counts only on the genes its own file held (pbmc3k's file keeps 2,000
+# genes, kang2018's 6,998, wang2016's 219), so each set is compared over the genes both it and the
+# file hold: over the file's other genes its cells read as zeros they never measured, and cells of
+# a study the reference holds none of fell below -3 for that alone (zheng2017's test cells scored
+# without zheng2017's own kept cells: 1.00 of them, 0.00 over the shared genes; kang2018's 0.49 ->
+# 0.19). A set sharing fewer than MIN_SHARED of the file's scored genes is not compared: over a few
+# genes cells of other tissues pass (xin2016's 980-gene pancreas file scored as blood, best blood
+# label per cell: below -3 for 1.00 of its cells before, 0.13 with every set compared over what it
+# shares, pbmc3k's 75 genes included, 0.99 with sets under 0.4 left out; benchmarks/EXPERIMENTS.md,
+# 2026-12-07).
+MIN_SHARED = 0.4
 
 
 class AtypicalCellsWarning(UserWarning):
@@ -105,6 +116,7 @@ class Reference:
             self.by_label.setdefault(label, []).append(i)
         self._populations: dict[str, list[int]] = {}
         self.genes = informative_genes(self.mean_cp10k, int(self.info.get("informative_genes", 0)))
+        self.measured = measured_genes(self.keys, self.mean_cp10k)
         # (key, genes read) -> `_stats`: a file answered in chunks (the MCP server's 256 cells) reads
         # the same genes every time, and the kept cells' spread need not be measured again
         self._stats_cache: dict[tuple[int, bytes], tuple[np.ndarray, DepthCurve | None]] = {}
@@ -129,45 +141,54 @@ class Reference:
     def typicality(self, counts: sp.spmatrix, present: np.ndarray, labels: Sequence[str | None]) -> np.ndarray:
         """z-score per cell (see the module docstring) of `counts` (cells x vocabulary, linear
         scale) against the kept cells of its label's population in `labels` (`population`) thinned
-        to the cell's depth (`DepthCurve`), over the vocabulary genes at positions `present` (the
-        file's genes). NaN for a cell without a label, a label of no population this reference holds
-        enough cells of, or a cell with no counts there."""
+        to the cell's depth (`DepthCurve`), each set's over the vocabulary genes at positions
+        `present` (the file's genes) that the set holds too (`MIN_SHARED`). NaN for a cell without
+        a label, a label of no population this reference holds enough cells of over those genes, or
+        a cell with no counts there."""
         counts = sp.csr_matrix(counts)
         present = np.asarray(present, dtype=np.int64)
-        scored = present if self.genes is None else np.intersect1d(present, self.genes)
-        at = np.searchsorted(present, scored)  # the scored genes among the file's
+        n_scored = (present if self.genes is None else np.intersect1d(present, self.genes)).size
         out = np.full(counts.shape[0], np.nan)
-        genes_read = hashlib.sha1(present.tobytes()).digest()
         names = np.asarray([str(l) if l is not None else "" for l in labels], dtype=object)
         for label in sorted(set(names) - {""}):
-            keys = self.population(label)
-            if not keys:
+            reads = [read for k in self.population(label) if (read := self._read(k, present, n_scored)) is not None]
+            if not reads:
                 continue
-            for k in keys:
-                if (k, genes_read) not in self._stats_cache:
-                    if len(self._stats_cache) >= STATS_CACHE:
-                        self._stats_cache.clear()
-                    self._stats_cache[(k, genes_read)] = self._stats(k, present, at)
             rows = np.flatnonzero(names == label)
             for lo in range(0, rows.size, CHUNK):
-                part = sp.csr_matrix(counts[rows[lo:lo + CHUNK]][:, present])
-                depth = np.asarray(pseudo_counts(part).sum(1)).ravel()
-                part = part[:, at]
-                best = np.full(part.shape[0], -np.inf)
-                for k in keys:
-                    mean_log, curve = self._stats_cache[(k, genes_read)]
-                    if curve is not None:
-                        centre, spread = curve.at(depth)
-                        best = np.fmax(best, (fisher(correlation(part, mean_log)) - centre) / spread)
+                cells = counts[rows[lo:lo + CHUNK]]
+                best = np.full(cells.shape[0], -np.inf)
+                for shared, at, mean_log, curve in reads:
+                    part = sp.csr_matrix(cells[:, shared])
+                    centre, spread = curve.at(np.asarray(pseudo_counts(part).sum(1)).ravel())
+                    best = np.fmax(best, (fisher(correlation(part[:, at], mean_log)) - centre) / spread)
                 out[rows[lo:lo + CHUNK]] = np.where(np.isfinite(best), best, np.nan)
         return out
 
+    def _read(self, k: int, present: np.ndarray, n_scored: int):
+        """How key k reads a file holding the genes `present`: (the genes both hold, the scored
+        ones' positions among them, the label's mean profile there, its DepthCurve); None where
+        the two share fewer than MIN_SHARED of the file's `n_scored` scored genes, or too few
+        cells are kept."""
+        shared = np.intersect1d(present, self.measured[self.keys[k][0]])
+        scored = shared if self.genes is None else np.intersect1d(shared, self.genes)
+        if scored.size == 0 or scored.size < MIN_SHARED * n_scored:
+            return None
+        at = np.searchsorted(shared, scored)
+        cached = (k, hashlib.sha1(shared.tobytes()).digest())
+        if cached not in self._stats_cache:
+            if len(self._stats_cache) >= STATS_CACHE:
+                self._stats_cache.clear()
+            self._stats_cache[cached] = self._stats(k, shared, at)
+        mean_log, curve = self._stats_cache[cached]
+        return None if curve is None else (shared, at, mean_log, curve)
+
     def _stats(self, k: int, present: np.ndarray, at: np.ndarray) -> tuple[np.ndarray, DepthCurve | None]:
         """Label k's mean profile over the scored genes `present[at]` (log1p CP10k after
-        renormalising there), and its DepthCurve: its kept cells' depth on the file's genes
-        `present` and their Fisher-scaled correlations over the scored ones, each cell against the
-        mean of the label's other training cells (its own counts would flatter it), at every
-        depth they are thinned to; None where too few cells are kept."""
+        renormalising there), and its DepthCurve: its kept cells' depth on the genes `present`
+        (those the file and the set both hold) and their Fisher-scaled correlations over the scored
+        ones, each cell against the mean of the label's other training cells (its own counts would
+        flatter it), at every depth they are thinned to; None where too few cells are kept."""
         scored = present[at]
         mean_log = log_profile(self.mean_cp10k[k][scored])
         kept = self.cells[self.offsets[k]:self.offsets[k + 1]]
@@ -190,6 +211,7 @@ class Reference:
         self.mean_cp10k = self.mean_cp10k[:, order]
         self.cells = sp.csr_matrix(self.cells[:, order])
         self.genes = informative_genes(self.mean_cp10k, int(self.info.get("informative_genes", 0)))
+        self.measured = measured_genes(self.keys, self.mean_cp10k)
         self.clear_cache()
 
 
@@ -200,6 +222,16 @@ def informative_genes(mean_cp10k: np.ndarray, n: int) -> np.ndarray | None:
         return None
     spread = np.log1p(mean_cp10k).var(0)
     return np.sort(np.lexsort((np.arange(spread.size), -spread))[:n])
+
+
+def measured_genes(keys: Sequence[tuple[str, str]], mean_cp10k: np.ndarray) -> dict[str, np.ndarray]:
+    """Per label set: the sorted vocabulary positions where any of its labels' mean is above 0,
+    the genes its training file held (a gene it held that none of its cells expressed is left
+    out too: it says nothing about a type there)."""
+    sets: dict[str, list[int]] = {}
+    for i, (name, _) in enumerate(keys):
+        sets.setdefault(name, []).append(i)
+    return {name: np.flatnonzero(mean_cp10k[rows].sum(0) > 0) for name, rows in sets.items()}
 
 
 def cp10k(counts: sp.spmatrix) -> sp.csr_matrix:

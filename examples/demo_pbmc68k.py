@@ -20,6 +20,10 @@ from instructcell_agent.core_model.io import write_h5ad_atomic
 from instructcell_agent.core_model.precision import PRECISIONS
 
 
+def cells(n: int) -> str:
+    return f"{n} cell" if n == 1 else f"{n} cells"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", default="runs/demo/pbmc68k_annotated.h5ad")
@@ -75,14 +79,14 @@ def main() -> None:
     # user does when unsure the candidates cover every type in the file.
     sure = scored.unassigned_below(0.5)
     kept = sure.agreement(sub_known)
-    print(f"with unassigned_below=0.5: {sure.n_unassigned()} cells 'Unassigned', agreement on the other "
+    print(f"with unassigned_below=0.5: {cells(sure.n_unassigned())} 'Unassigned', agreement on the other "
           f"{kept.n_compared}: {kept.agreement:.3f}")
     # Or by how unlike the training cells of their label the cells are (typicality, in those
     # cells' standard deviations), which works for free answers too.
     for name, result, labels in (("free", free, known), ("scored", scored, sub_known)):
         unlike = result.unassigned_atypical(3)
         kept = unlike.agreement(labels)
-        print(f"with unassigned_atypical=3 ({name} answers): {unlike.n_unassigned()} cells 'Unassigned', agreement "
+        print(f"with unassigned_atypical=3 ({name} answers): {cells(unlike.n_unassigned())} 'Unassigned', agreement "
               f"on the other {kept.n_compared}: {kept.agreement:.3f}")
     # The peer that needs no training: the same names and cells answered from their known markers
     # alone (PanglaoDB), what annotate_by_markers gives for types the model never learned.

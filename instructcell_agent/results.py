@@ -210,9 +210,10 @@ class AnnotationResult:
             typ = np.asarray(self.typicality, dtype=float)
             scored = typ[~np.isnan(typ)]
             if len(scored):
+                low = int((scored < -3).sum())
                 lines.append(f"typicality (alike their label's training cells; 0 as those cells, in their standard "
-                             f"deviations): median {float(np.median(scored)):+.2f}; {int((scored < -3).sum()):,} "
-                             f"cells below -3")
+                             f"deviations): median {float(np.median(scored)):+.2f}; "
+                             f"{low:,} cell{'' if low == 1 else 's'} below -3")
         rules = []
         if "unassigned_below" in self.provenance:
             rules.append(f"confidence below {self.provenance['unassigned_below']:g}")

@@ -169,9 +169,12 @@ def generate_cells(loaded: LoadedModel, cell_type: str, n: int, *, species: str 
     if loaded.reference is not None:
         # How alike each cell is to the training cells of the type asked for, on the scale real
         # cells have: generated kang2018 / zheng2017 test-cell look-alikes scored much as the real
-        # test cells do (medians +0.02 / +0.06 against -0.17 / +0.06; atypical_cells.md).
+        # test cells do (medians +0.02 / +0.06 against -0.17 / +0.06; atypical_cells.md). Read on
+        # the genes of the set the type was learned from, as a file of that set would be read (a
+        # cell of wang2016's 219-gene panel is not compared over the other 10,898).
+        genes = loaded.reference.measured.get(provenance["learned_from"], np.arange(len(loaded.vocab)))
         adata.obs["typicality"] = loaded.reference.typicality(
-            adata.X, np.arange(len(loaded.vocab)), [res.condition.cell_type] * int(n)).astype(np.float32)
+            adata.X, genes, [res.condition.cell_type] * int(n)).astype(np.float32)
         if (note := _atypical_note(gen, res, adata.obs["typicality"].to_numpy())) is not None:
             adata.uns["instructcell_generation"]["atypical"] = note
             warnings.warn(note, AtypicalCellsWarning, stacklevel=3)

@@ -11,7 +11,7 @@ import scipy.sparse as sp
 from instructcell_agent.core_model import reference as reference_module
 from instructcell_agent.core_model.errors import CheckpointError
 from instructcell_agent.core_model.reference import (
-    MIN_CELLS, correlation, fit_reference, load_reference, save_reference)
+    MIN_CELLS, MIN_SHARED, correlation, fit_reference, load_reference, save_reference)
 from synthetic import CELL_TYPES, N_GENES, make_counts, novel_counts
 
 VOCAB = [f"GENE{j:03d}" for j in range(N_GENES)]
@@ -83,6 +83,30 @@ def test_the_score_follows_the_files_genes(reference, fresh):
     whole = fit_reference([("planted", PLANTED[:200].X, PLANTED[:200].obs["cell_type"].to_numpy())], N_GENES,
                           per_label=30, seed=0)
     np.testing.assert_array_equal(reference.typicality(counts, ALL, labels), whole.typicality(counts, ALL, labels))
+
+
+def test_a_set_whose_file_held_fewer_genes_is_compared_over_those(fresh):
+    """A training file cut to half the genes (as pbmc3k's is to 2,000): a whole file's cells of its
+    types are compared with its cells over the genes both hold, not read against zeros the set never
+    measured, so they stay typical; a set sharing fewer than MIN_SHARED of the file's genes is not
+    compared at all (over a few genes other types pass)."""
+    counts, labels = fresh
+    train = PLANTED[:200]
+    half = ALL[::2]  # keeps half of each type's planted markers (GENE000-015)
+    cut = sp.csr_matrix(sp.csr_matrix(train.X).multiply(np.isin(ALL, half)[None, :]))
+    cut_ref = fit_reference([("cut", cut, train.obs["cell_type"].to_numpy())], N_GENES)
+    np.testing.assert_array_equal(cut_ref.measured["cut"], half)
+    whole = cut_ref.typicality(counts, ALL, labels)
+    np.testing.assert_allclose(whole, cut_ref.typicality(counts, half, labels))
+    assert abs(np.median(whole)) < 1 and (whole < -3).mean() < 0.05
+    wrong = cut_ref.typicality(counts, ALL, next_type(labels))
+    assert (wrong < whole).mean() > 0.9 and np.median(wrong) < -2.5  # half the markers, as in the test above
+    # a set holding a tenth of the genes shares too few with a whole file: no score, NaN
+    few = ALL[:int(N_GENES * MIN_SHARED) - 1]
+    tenth = sp.csr_matrix(sp.csr_matrix(train.X).multiply(np.isin(ALL, few)[None, :]))
+    small = fit_reference([("few", tenth, train.obs["cell_type"].to_numpy())], N_GENES)
+    assert np.isnan(small.typicality(counts, ALL, labels)).all()
+    assert np.isfinite(small.typicality(counts, few, labels)).all()  # a file of those genes is compared
 
 
 def test_no_typicality_without_a_label_reference_or_counts(reference, fresh):

@@ -54,6 +54,24 @@ def test_generated_cells_carry_their_typicality_of_the_type_asked_for(gen_model)
     assert np.median(typ) > np.median(as_beta) + 1
 
 
+def test_generated_cells_are_read_on_the_genes_of_the_set_their_type_was_learned_from(gen_model, monkeypatch):
+    # a type learned from a file of few genes (wang2016's 219) is compared with its training cells
+    # over those genes, as a file of that set would be, not over the whole vocabulary
+    learned_from = generate_cells(gen_model, "alpha", 2, condition="ctrl", seed=0).uns["instructcell_generation"][
+        "learned_from"]
+    few = np.arange(0, len(gen_model.vocab), 3)
+    monkeypatch.setitem(gen_model.reference.measured, learned_from, few)
+    read = {}
+
+    def typicality(X, genes, labels):
+        read["genes"] = np.asarray(genes)
+        return np.zeros(X.shape[0])
+
+    monkeypatch.setattr(gen_model.reference, "typicality", typicality)
+    generate_cells(gen_model, "alpha", 3, condition="ctrl", seed=0)
+    np.testing.assert_array_equal(read["genes"], few)
+
+
 def test_generated_genes_carry_their_ensembl_id_and_current_symbol():
     from instructcell_agent.core_model.generation.conditions import Condition
     from instructcell_agent.core_model.generation.sampling import to_anndata
