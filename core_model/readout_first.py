@@ -18,8 +18,8 @@ A cell answered this way has the read-out's own probabilities (at SURE or above 
 the temperature fitted for the product does not apply to them). A linear read-out can be sure
 of a type the candidates lack, where the language model was not (13 of zheng2017's 70 CD34+ test
 cells asked among kang2018's labels, when sure alone decided), so a cell the read-out is sure of
-but that is unlike the training cells of its label (typicality below -3, where the checkpoint
-keeps reference cells) goes to the language model too (`sure_and_typical`).
+but that is unlike the training cells of its label (typicality below FAST_TYPICAL_BELOW, where
+the checkpoint keeps reference cells) goes to the language model too (`sure_and_typical`).
 """
 
 from __future__ import annotations
@@ -31,9 +31,13 @@ import torch
 
 from .corpus import dense_rows
 from .readout import Readout, joins, one_set
-from .reference import ATYPICAL_BELOW
-
 SURE = 0.98
+# A sure read-out answer goes to the language model too where the cell sits this far below the
+# training cells of the read-out's label. -1 rather than the -3 `unassigned_atypical` uses: across
+# studies the read-out is sure of wrong answers for cells that are only mildly atypical (zheng2017's
+# CD8 T cells asked among kang2018's labels, read as 'CD4T' at p >= 0.98, typicality -2.2 to +0.8),
+# while a set's own test cells sit below -1 for 0.055 of them (benchmarks/EXPERIMENTS.md, 2026-12-07).
+FAST_TYPICAL_BELOW = -1.0
 # The falling coverage curve gives the read-out weight 1 from a gene coverage of 0.47 up, which is
 # where `fast` answers alone. The curve refitted for the re-centred read-out (core_model/readout_adapt.py;
 # an option) keeps weight 1 on files holding far fewer genes, but SURE was never checked on those:
@@ -88,7 +92,7 @@ def sure_and_typical(log_probs: np.ndarray, labels: Sequence[str],
                      typicality: Callable[[np.ndarray, list[str]], np.ndarray] | None) -> np.ndarray:
     """`sure`, less the cells unlike the training cells of the read-out's label: `typicality`
     (rows, their labels) -> z-scores, as core_model/reference.py measures them; a cell below
-    ATYPICAL_BELOW goes to the language model. Why: a linear read-out can be sure of a type the
+    FAST_TYPICAL_BELOW goes to the language model. Why: a linear read-out can be sure of a type the
     candidates lack (zheng2017's CD34+ cells among kang2018's labels), where the language model
     was not; such cells are often atypical of the label given (0.31 of those cells below -3,
     against at most 0.005 of each set's test cells, benchmarks/results/atypical_cells.md; with
@@ -98,5 +102,5 @@ def sure_and_typical(log_probs: np.ndarray, labels: Sequence[str],
     if typicality is not None and ok.any():
         rows = np.flatnonzero(ok)
         z = typicality(rows, [labels[i] for i in log_probs[rows].argmax(1)])
-        ok[rows[np.asarray(z, dtype=float) < ATYPICAL_BELOW]] = False
+        ok[rows[np.asarray(z, dtype=float) < FAST_TYPICAL_BELOW]] = False
     return ok

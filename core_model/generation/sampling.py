@@ -214,8 +214,8 @@ def _show(cond: Condition) -> str:
 def _atypical_note(gen: Generator, res: Resolution, typicality: np.ndarray) -> str | None:
     """A note when most generated cells are unlike the training cells of their type, as the
     annotation side notes it of a file. Why: the generator renders some types far worse than
-    others (puram2017's, learned from 16 cells each: a median typicality of -3.60 for its
-    endothelial cells against -1.3 to +0.9 for the blood types but one;
+    others (puram2017's, learned from 16 cells each: a median typicality of -3.38 for its
+    endothelial cells against -1.1 to +1.0 for the blood types but one;
     benchmarks/results/generated_types.md)."""
     share = atypical_share(typicality)
     if share < ATYPICAL_SHARE:
