@@ -110,20 +110,21 @@ def free_answer_route(model, cells) -> str:
 
 
 def sweep(model, cells, labels: list[str], default_labels, thresholds: Sequence[float]) -> list[dict[str, Any]]:
-    """At each threshold, the cells the read-out would answer alone (its probability at least the
-    threshold, the cell not atypical of that label and deep enough, as `fast` decides) and how many of them the
-    default gave another label: how the threshold was chosen, without a run per threshold."""
+    """At each threshold, the cells the read-out would answer alone (its probability at the weight a
+    cell's depth gives it at least the threshold, the cell not atypical of that label, as `fast`
+    decides) and how many of them the default gave another label: how the threshold was chosen,
+    without a run per threshold."""
     aligned = align_to_vocab(cells, model.vocab)
     readout = model.readout_for(aligned.matched)
     logp = readout_first.readout_log_probs(model.model, aligned.X, readout, labels)
+    logp = readout_first.at_weight(logp, readout_first.cell_weights(readout, aligned.X, labels))  # as it weighs
     best = np.asarray(labels, dtype=object)[logp.argmax(1)]
     typicality = (model.reference.typicality(aligned.X, aligned.matched, list(best)) if model.reference is not None
                   else np.full(len(best), np.nan))
-    deep = readout_first.deep_enough(readout, aligned.X, labels)  # shallow cells stay with the language model
     differ = best != np.asarray(default_labels, dtype=object)
     out = []
     for threshold in thresholds:
-        alone = (logp.max(1) >= np.log(threshold)) & ~(typicality < readout_first.FAST_TYPICAL_BELOW) & deep
+        alone = (logp.max(1) >= np.log(threshold)) & ~(typicality < readout_first.FAST_TYPICAL_BELOW)
         out.append({"threshold": threshold, "alone": int(alone.sum()), "differ": int(differ[alone].sum())})
     return out
 

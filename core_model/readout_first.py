@@ -12,10 +12,14 @@ the read-out's answer and the language model reads only the rest.
 Only where the read-out takes its full part in the answer: labels of one learned set (across
 sets the language model picks the naming, which the read-out cannot) at a weight of 1 or more (a
 file holding few of the genes weighs the read-out down, and the language model decides).
-A shallow cell whose few genes cap the read-out's weight below 1 (the depth curve,
-core_model/readout.py) goes to the language model as well (`deep_enough`).
-A cell answered this way has the read-out's own probabilities (at SURE or above for its label;
-the temperature fitted for the product does not apply to them). A linear read-out can be sure
+A shallow cell, whose few genes cap the read-out's weight below 1 (the depth curve,
+core_model/readout.py), is judged by the read-out as it weighs in the product: its
+log-probabilities times that weight, renormalized (`at_weight`), must reach SURE. Leaving every
+capped cell to the language model, as `fast` did at first, sent most test cells of sets whose
+files hold few genes per cell there at full depth (wang2016 37 of 50 sure cells, pbmc3k 64 of
+210; benchmarks/EXPERIMENTS.md, 2026-12-07).
+A cell answered this way has those probabilities (at SURE or above for its label; the temperature
+fitted for the product does not apply to them). A linear read-out can be sure
 of a type the candidates lack, where the language model was not (13 of zheng2017's 70 CD34+ test
 cells asked among kang2018's labels, when sure alone decided), so a cell the read-out is sure of
 but that is unlike the training cells of its label (typicality below FAST_TYPICAL_BELOW, where
@@ -76,11 +80,20 @@ def readout_log_probs(model, X, readout: Readout, labels: Sequence[str]) -> np.n
     return np.concatenate(out)
 
 
-def deep_enough(readout: Readout, X, labels: Sequence[str]) -> np.ndarray:
-    """Whether each count-scale row `X` has the genes for the read-out's full weight over `labels`
-    (its depth curve lets it weigh 1 or more there): a shallow cell's read-out is sure of too little."""
+def cell_weights(readout: Readout, X, labels: Sequence[str]) -> np.ndarray:
+    """Each count-scale row's weight of the read-out in the product over `labels` (its depth curve at
+    the row's detected genes), at most 1: SURE was chosen on cells at weight 1, and a larger weight
+    is not taken as making the read-out surer than that."""
     genes = np.asarray((X > 0).sum(1)).ravel()
-    return readout.depth_caps(genes, labels) >= 1
+    return np.minimum(readout.depth_caps(genes, labels), 1.0)
+
+
+def at_weight(log_probs: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """The read-out's log-probabilities as it weighs in the product: log-softmax of `weights` (one
+    per row) times `log_probs`. At weight 1 unchanged; below 1 flatter, so a shallow cell needs a
+    clearer read-out to reach SURE (the language model then needs the same ~4 nats to outvote it)."""
+    scaled = log_probs * np.asarray(weights, dtype=np.float64)[:, None]
+    return scaled - np.logaddexp.reduce(scaled, axis=1, keepdims=True) if len(scaled) else scaled
 
 
 def sure(log_probs: np.ndarray) -> np.ndarray:

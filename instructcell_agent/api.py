@@ -570,9 +570,10 @@ def _score(loaded: LoadedModel, X, texts: list[str], labels: list[str], batch_si
     if not fast or readout_first.why_not(expert, labels, loaded.label_lists) is not None:
         scores = _lm_scores(loaded, X, texts, labels, batch_size, decisive, progress, expert) / temperature
         return scores, np.zeros(X.shape[0], dtype=bool)
-    scores = readout_first.readout_log_probs(loaded.model, X, expert, labels)
+    scores = readout_first.at_weight(readout_first.readout_log_probs(loaded.model, X, expert, labels),
+                                     readout_first.cell_weights(expert, X, labels))
     of_rows = None if typical is None else (lambda rows, named: typical(X[rows], named))
-    alone = readout_first.sure_and_typical(scores, labels, of_rows) & readout_first.deep_enough(expert, X, labels)
+    alone = readout_first.sure_and_typical(scores, labels, of_rows)
     slow = np.flatnonzero(~alone)
     n_sure = X.shape[0] - len(slow)
     if progress is not None and n_sure:

@@ -130,15 +130,34 @@ def test_annotate_leans_on_the_language_model_for_cells_the_curve_caps(tiny_chec
     assert not np.allclose(plain.probabilities.to_numpy(), capped.probabilities.to_numpy(), atol=1e-3)
 
 
-def test_fast_leaves_capped_cells_to_the_language_model(tiny_model, synthetic_set, monkeypatch):
+def test_fast_judges_a_capped_cell_by_the_readout_at_its_weight(tiny_model, synthetic_set, monkeypatch):
     cells = synthetic_set["adata"][200:].copy()
-    X = align_to_vocab(cells, tiny_model.vocab).X
-    genes = np.asarray((X > 0).sum(1)).ravel()
-    cut = float(np.median(genes))
-    monkeypatch.setattr(tiny_model.readout, "depth_curve", [(cut, 0.5), (cut + 1, 1.0)])
-    deep = readout_first.deep_enough(tiny_model.readout, X, list(CELL_TYPES))
-    np.testing.assert_array_equal(deep, genes >= cut + 1)
-    assert 0 < deep.sum() < len(deep)
-    fast = ica.annotate(cells, model=tiny_model, candidates=list(CELL_TYPES), fast=True)
+    aligned = align_to_vocab(cells, tiny_model.vocab)
+    genes = np.asarray((aligned.X > 0).sum(1)).ravel()
+    cut = float(np.floor(np.median(genes)))  # whole genes: no cell falls between the curve's two points
+    monkeypatch.setattr(tiny_model.readout, "depth_curve", [(cut, 0.6), (cut + 1, 1.0)])
+    labels = list(CELL_TYPES)
+    weights = readout_first.cell_weights(tiny_model.readout, aligned.X, labels)
+    np.testing.assert_allclose(weights, np.where(genes > cut, 1.0, 0.6))
+    full = readout_first.readout_log_probs(tiny_model.model, aligned.X, tiny_model.readout, labels)
+    weighed = readout_first.at_weight(full, weights)
+    # a capped cell the read-out is sure of at weight 1 need not be at its own weight: the language model reads it
+    assert (readout_first.sure(full) & ~readout_first.sure(weighed)).any()
+    fast = ica.annotate(cells, model=tiny_model, candidates=labels, fast=True)
     alone = np.asarray(fast.answered_by) == "read-out alone"
-    assert alone.any() and not alone[~deep].any()
+    best = [labels[i] for i in weighed.argmax(1)]
+    typical = ~(tiny_model.reference.typicality(aligned.X, aligned.matched, best) < readout_first.FAST_TYPICAL_BELOW)
+    np.testing.assert_array_equal(alone, readout_first.sure(weighed) & typical)
+    assert alone[weights < 1].any() and alone[weights == 1].any()
+    # the answer's probabilities are the read-out's at the weight it has in the product
+    np.testing.assert_allclose(np.log(fast.probabilities.to_numpy()[alone]), weighed[alone], atol=1e-5)
+
+
+def test_at_weight_is_unchanged_at_one_uniform_at_zero_and_stays_normalized():
+    logp = np.log([[0.98, 0.015, 0.005], [0.5, 0.3, 0.2]])
+    np.testing.assert_allclose(readout_first.at_weight(logp, np.ones(2)), logp, atol=1e-12)
+    np.testing.assert_allclose(np.exp(readout_first.at_weight(logp, np.zeros(2))), 1 / 3)
+    half = readout_first.at_weight(logp, np.array([0.5, 0.5]))
+    np.testing.assert_allclose(np.exp(half).sum(1), 1.0)
+    assert half.argmax(1).tolist() == logp.argmax(1).tolist() and half[0, 0] < logp[0, 0]
+    assert readout_first.at_weight(np.zeros((0, 3)), np.zeros(0)).shape == (0, 3)
