@@ -46,12 +46,22 @@ ADAPT_KEY = "adapt_to_genes"
 # A weak pull toward the read-out as fitted (a = 1, c = 0) keeps the fit defined for a label
 # whose cells tell it little; small beside the cross-entropy of ~40 cells a label.
 RIDGE = 1e-3
+# An optional ceiling on the scale a (read-out.json entry; absent: no ceiling, the shipped fit).
+# Why: the fit only sees the set's own cell types, and a scale above 1 makes every answer on the
+# file surer, cells of types the set lacks too (bastidasponce2019's ductal cells and progenitors
+# among xin2016's islet labels: below confidence 0.5 0.649 -> 0.243 with the re-centring, 0.284
+# held to 1; benchmarks/EXPERIMENTS.md, 2026-12-07). Not on by default: on test copies cut to 10%,
+# 30% and 2,000 HVGs, where the sharper scale restores the spread the cut took, a ceiling of 1 cost
+# -0.014, -0.008 and -0.011 mean macro-F1 (benchmarks/results/compare_checkpoints_test_scale_ceiling_*.md).
+MAX_SCALE_KEY = "adapt_max_scale"
 
 
 def adapted(readout: Readout, reference: Reference, present: np.ndarray,
             label_sets: dict[str, Sequence[str]], target_sum: float) -> Readout:
     """`readout` with each label set's logits re-centred for a file holding the `present`
-    vocabulary genes (bool mask), fitted on `reference`'s cells of that set."""
+    vocabulary genes (bool mask), fitted on `reference`'s cells of that set; the scale held to
+    the read-out's MAX_SCALE_KEY where it has one."""
+    max_scale = readout.info.get(MAX_SCALE_KEY)
     weight, bias = readout.weight.float().cpu(), readout.bias.float().cpu()
     mask = torch.from_numpy(present)
     shifts = {}
@@ -69,7 +79,7 @@ def adapted(readout: Readout, reference: Reference, present: np.ndarray,
             continue
         cols = torch.tensor([readout.column[l] for l in labels])
         scale, shift = _fit(_logits(cells, weight[cols], bias[cols], target_sum),
-                            _logits(kept, weight[cols], bias[cols], target_sum))
+                            _logits(kept, weight[cols], bias[cols], target_sum), max_scale)
         shifts[name] = SetShift(frozenset(labels), coverage, scale, dict(zip(labels, shift)))
     return dataclasses.replace(readout, set_shifts=shifts)
 
@@ -80,13 +90,23 @@ def _logits(counts: sp.csr_matrix, weight: torch.Tensor, bias: torch.Tensor, tar
     return torch.from_numpy(np.asarray(expr @ weight.double().numpy().T)) + bias.double()
 
 
-def _fit(whole: torch.Tensor, through: torch.Tensor) -> tuple[float, list[float]]:
+def _fit(whole: torch.Tensor, through: torch.Tensor, max_scale: float | None = None) -> tuple[float, list[float]]:
     """Scale a and offsets c making softmax(a * through + c) match softmax(whole), row by row.
-    Deterministic (L-BFGS from the identity)."""
+    Deterministic (L-BFGS from the identity). With `max_scale`, a fitted above it is held there
+    and the offsets refitted: the loss is convex in (a, c), so that is the best fit under the cap."""
+    scale, shift = _fit_once(whole, through, fixed_scale=None)
+    if max_scale is not None and scale > max_scale:
+        scale, shift = _fit_once(whole, through, fixed_scale=float(max_scale))
+    return scale, shift
+
+
+def _fit_once(whole: torch.Tensor, through: torch.Tensor, fixed_scale: float | None) -> tuple[float, list[float]]:
     target = torch.softmax(whole, 1)
-    scale = torch.ones(1, dtype=whole.dtype, requires_grad=True)
+    scale = torch.full((1,), 1.0 if fixed_scale is None else fixed_scale, dtype=whole.dtype,
+                       requires_grad=fixed_scale is None)
     shift = torch.zeros(whole.shape[1], dtype=whole.dtype, requires_grad=True)
-    opt = torch.optim.LBFGS([scale, shift], max_iter=200, tolerance_grad=1e-9, line_search_fn="strong_wolfe")
+    opt = torch.optim.LBFGS([scale, shift] if fixed_scale is None else [shift], max_iter=200, tolerance_grad=1e-9,
+                            line_search_fn="strong_wolfe")
 
     def loss_fn() -> torch.Tensor:
         opt.zero_grad()

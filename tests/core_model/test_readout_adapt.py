@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -9,7 +11,7 @@ import torch
 
 from instructcell_agent.core_model.cell_encoder import log_normalize_csr
 from instructcell_agent.core_model.readout import Readout, SetShift, fit_readout, readout_name
-from instructcell_agent.core_model.readout_adapt import adapted
+from instructcell_agent.core_model.readout_adapt import MAX_SCALE_KEY, _fit, adapted
 from instructcell_agent.core_model.reference import fit_reference
 from synthetic import CELL_TYPES, N_GENES, make_counts
 
@@ -81,8 +83,6 @@ def test_labels_several_sets_spell_alike_take_the_best_covered_sets_shift():
 
 
 def test_a_checkpoint_re_centres_only_when_its_read_out_says_so(tiny_model):
-    import dataclasses
-
     from instructcell_agent.core_model.readout_adapt import ADAPT_KEY
 
     shipped = tiny_model.readout
@@ -110,3 +110,31 @@ def test_fast_keeps_to_files_holding_most_of_the_read_outs_genes():
     assert "coverage" in why_not(readout, ["a", "b"], [["a", "b"]])
     readout.set_shifts = {"s": SetShift(frozenset({"a", "b"}), 0.9, 1.2, {"a": 0.5, "b": 0.0})}
     assert why_not(readout, ["a", "b"], [["a", "b"]]) is None
+
+
+def test_a_scale_ceiling_holds_the_fit_there_and_refits_the_offsets():
+    g = torch.Generator().manual_seed(0)
+    whole = torch.randn(200, 4, generator=g, dtype=torch.float64) * 3
+    through = whole * 0.5 + 0.3 * torch.randn(200, 4, generator=g, dtype=torch.float64)  # a cut file: flatter
+
+    def loss(scale, shift):
+        target = torch.softmax(whole, 1)
+        return float(-(target * torch.log_softmax(through * scale + torch.tensor(shift), 1)).sum(1).mean())
+
+    free_scale, free_shift = _fit(whole, through)
+    assert free_scale > 1.5  # the free fit sharpens the flatter scores back
+    held_scale, held_shift = _fit(whole, through, max_scale=1.0)
+    assert held_scale == 1.0
+    assert loss(free_scale, free_shift) <= loss(held_scale, held_shift) <= loss(1.0, [0.0] * 4)
+    assert _fit(whole, through, max_scale=10.0) == (free_scale, free_shift)  # a ceiling above it changes nothing
+
+
+def test_a_read_out_with_a_scale_ceiling_keeps_every_set_under_it(fitted):
+    readout, reference = fitted
+    present = np.zeros(N_GENES, dtype=bool)
+    present[:16] = True
+    present[16::5] = True
+    free = adapted(readout, reference, present, SETS, 1e4).set_shifts["planted"]
+    capped = dataclasses.replace(readout, info={**readout.info, MAX_SCALE_KEY: free.scale / 2})
+    held = adapted(capped, reference, present, SETS, 1e4).set_shifts["planted"]
+    assert held.scale == pytest.approx(free.scale / 2) and held.shift != free.shift
