@@ -46,7 +46,7 @@ ADAPT_KEY = "adapt_to_genes"
 # A weak pull toward the read-out as fitted (a = 1, c = 0) keeps the fit defined for a label
 # whose cells tell it little; small beside the cross-entropy of ~40 cells a label.
 RIDGE = 1e-3
-# An optional ceiling on the scale a (read-out.json entry; absent: no ceiling, the shipped fit).
+# An optional ceiling on the scale a (a readout.json entry; absent: no ceiling, the shipped fit).
 # Why: the fit only sees the set's own cell types, and a scale above 1 makes every answer on the
 # file surer, cells of types the set lacks too (bastidasponce2019's ductal cells and progenitors
 # among xin2016's islet labels: below confidence 0.5 0.649 -> 0.243 with the re-centring, 0.284
@@ -101,6 +101,7 @@ def _fit(whole: torch.Tensor, through: torch.Tensor, max_scale: float | None = N
 
 
 def _fit_once(whole: torch.Tensor, through: torch.Tensor, fixed_scale: float | None) -> tuple[float, list[float]]:
+    """One L-BFGS fit of (a, c) from (1, 0), or of c alone with a held at `fixed_scale`."""
     target = torch.softmax(whole, 1)
     scale = torch.full((1,), 1.0 if fixed_scale is None else fixed_scale, dtype=whole.dtype,
                        requires_grad=fixed_scale is None)
