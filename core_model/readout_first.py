@@ -15,9 +15,9 @@ file holding few of the genes weighs the read-out down, and the language model d
 A shallow cell, whose few genes cap the read-out's weight below 1 (the depth curve,
 core_model/readout.py), is judged by the read-out as it weighs in the product: its
 log-probabilities times that weight, renormalized (`at_weight`), must reach SURE. Leaving every
-capped cell to the language model, as `fast` did at first, sent most test cells of sets whose
-files hold few genes per cell there at full depth (wang2016 37 of 50 sure cells, pbmc3k 64 of
-210; benchmarks/EXPERIMENTS.md, 2026-12-07).
+capped cell to the language model, as `fast` did at first, sent many whole cells of files holding
+few genes there (of the test cells the read-out was sure of: wang2016 37 of 50, pbmc3k 64 of 210;
+benchmarks/EXPERIMENTS.md, 2026-12-07).
 A cell answered this way has those probabilities (at SURE or above for its label; the temperature
 fitted for the product does not apply to them). A linear read-out can be sure
 of a type the candidates lack, where the language model was not (13 of zheng2017's 70 CD34+ test
