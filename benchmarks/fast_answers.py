@@ -13,6 +13,11 @@ can, free answers are timed with and without `fast` too.
 
     python benchmarks/fast_answers.py                                   # shipped checkpoint, test split
     python benchmarks/fast_answers.py --checkpoint DIR --split valid --stem fast_answers_valid
+    python benchmarks/fast_answers.py --thin 0.1 --stem fast_answers_thin0.1   # cells sequenced a tenth as deeply
+
+`--thin F` keeps each count of every cell with probability F (benchmarks/file_copies.py, as
+sequencing_depth.py thins): deep cells made shallow, where `fast` judges a cell by the read-out at
+the weight its depth gives it. Sets whose values give no counts back are skipped.
 
 The threshold (SURE = 0.98) was chosen on the valid split with a read-out fitted on train only
 (`instructcell train-readout --checkpoint COPY --split train`): the shipped read-out was fitted on
@@ -31,6 +36,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
+import anndata as ad
 import numpy as np
 from sklearn.metrics import f1_score
 
@@ -40,6 +46,7 @@ from instructcell_agent.core_model.alignment import align_to_vocab
 from instructcell_agent.core_model.datasets import load_catalog, prompt_fields, read_split, subset_by_names
 from instructcell_agent.core_model.io import get_labels, read_h5ad
 from instructcell_agent.core_model.temperature import calibration_error
+from file_copies import thinned, umi_counts
 from report_io import meta_lines, run_meta, write_report
 
 logger = logging.getLogger("fast_answers")
@@ -51,6 +58,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--split", default="test")
     p.add_argument("--datasets", default="", help="comma-separated set names (default: every annotation and drug set)")
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--thin", type=float, default=1.0, help="keep each count with this probability (default 1: as is)")
+    p.add_argument("--seed", type=int, default=0, help="the thinning's seed")
     p.add_argument("--out-dir", type=Path, default=Path(__file__).resolve().parent / "results")
     p.add_argument("--stem", default="fast_answers")
     p.add_argument("--thresholds", type=float, nargs="+", default=[0.9, 0.95, 0.98, 0.99, 0.999],
@@ -129,8 +138,23 @@ def sweep(model, cells, labels: list[str], default_labels, thresholds: Sequence[
     return out
 
 
-def run_set(model, spec, split: str, repeats: int, thresholds: Sequence[float]) -> dict[str, Any]:
+def thinned_cells(cells, fraction: float, seed: int):
+    """The cells as integer counts with each count kept with probability `fraction` (None: the
+    file's values give no counts back)."""
+    try:
+        counts = umi_counts(cells.X)
+    except ValueError as err:
+        logger.info("skipped (%s)", err)
+        return None
+    return ad.AnnData(X=thinned(counts, fraction, np.random.default_rng(seed)).astype(np.float32),
+                      obs=cells.obs.copy(), var=cells.var.copy())
+
+
+def run_set(model, spec, split: str, repeats: int, thresholds: Sequence[float], thin: float = 1.0,
+            seed: int = 0) -> dict[str, Any] | None:
     cells = subset_by_names(read_h5ad(spec.path), read_split(spec.split_path)[split], split)
+    if thin < 1.0 and (cells := thinned_cells(cells, thin, seed)) is None:
+        return None
     truth = np.asarray(get_labels(cells, spec.label_key)).astype(str)
     labels = list(model.label_set(spec.name)["labels"])
     answer(model, cells[:8].copy(), spec, labels, False)  # first-call costs (prompt memo, trie) outside the clock
@@ -138,7 +162,8 @@ def run_set(model, spec, split: str, repeats: int, thresholds: Sequence[float]) 
     fast, t_fast = timed(model, cells, spec, labels, True, repeats)
     record = fast.provenance["fast"]
     same = np.asarray(full.labels, dtype=object) == np.asarray(fast.labels, dtype=object)
-    row = {"dataset": spec.name, "n_cells": cells.n_obs,
+    counts = np.asarray(cells.X.sum(1)).ravel()
+    row = {"dataset": spec.name, "n_cells": cells.n_obs, "median_counts": float(np.median(counts)),
            "by_readout_alone": record["cells_answered_by_readout_alone"], "why_none": record.get("why_none"),
            "same_label": int(same.sum()), "full": scores(full, truth, labels), "fast": scores(fast, truth, labels),
            "seconds_full": t_full, "seconds_fast": t_fast,
@@ -160,9 +185,12 @@ def render(report: dict[str, Any]) -> str:
         "# `fast=True` against the default, side by side", "",
         *meta_lines(meta),
         f"- checkpoint: `{report['checkpoint']}`; split: {report['split']}; read-out threshold {readout_first.SURE}",
+        *([f"- every cell thinned to {report['thin']:g} of its counts (each count kept with that probability, seed "
+           f"{report['seed']}); sets whose values give no counts back skipped: {', '.join(report['skipped']) or 'none'}"]
+          if report.get("thin", 1.0) < 1.0 else []),
         "- setting: the Python API with the set's labels as candidates in one order (one prompt for every cell); "
         f"fastest of {report['repeats']} passes each, the default and `fast=True` in turn in the same run",
-        "", "| dataset | cells | by read-out alone | same label as default | default acc / F1 / ECE | "
+        "", "| dataset | cells (median counts) | by read-out alone | same label as default | default acc / F1 / ECE | "
         "fast acc / F1 / ECE | default cells/s | fast cells/s | speed-up | free answers: read-out alone? |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in report["rows"]:
@@ -173,7 +201,8 @@ def render(report: dict[str, Any]) -> str:
         else:
             free = free.split(";")[0]  # the reason, without its hint
         lines.append(
-            f"| {r['dataset']} | {r['n_cells']} | {r['by_readout_alone']} ({r['by_readout_alone'] / r['n_cells']:.0%}) "
+            f"| {r['dataset']} | {r['n_cells']} ({r.get('median_counts', float('nan')):,.0f}) "
+            f"| {r['by_readout_alone']} ({r['by_readout_alone'] / r['n_cells']:.0%}) "
             f"| {r['same_label']} ({r['same_label'] / r['n_cells']:.1%}) "
             f"| {f['accuracy']:.3f} / {f['macro_f1']:.3f} / {f['ece']:.3f} "
             f"| {q['accuracy']:.3f} / {q['macro_f1']:.3f} / {q['ece']:.3f} "
@@ -200,16 +229,24 @@ def render(report: dict[str, Any]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = parse_args(argv)
+    if not 0 < args.thin <= 1:
+        raise SystemExit("--thin must lie in (0, 1]")
     meta = run_meta(shlex.join(["python", *sys.argv]))
     model = ica.load_model(args.checkpoint, precision="float32")
     wanted = [s for s in args.datasets.split(",") if s]
     specs = [s for s in load_catalog(tasks=("annotation", "drug_response")) if not wanted or s.name in wanted]
-    rows = [run_set(model, spec, args.split, args.repeats, args.thresholds) for spec in specs]
+    rows, skipped = [], []
+    for spec in specs:
+        row = run_set(model, spec, args.split, args.repeats, args.thresholds, args.thin, args.seed)
+        if row is None:
+            skipped.append(spec.name)
+        else:
+            rows.append(row)
     totals = {k: sum(r[k] for r in rows) for k in ("n_cells", "by_readout_alone", "same_label", "seconds_full",
                                                     "seconds_fast")}
     totals["speedup"] = totals["seconds_full"] / totals["seconds_fast"]
     report = {"meta": meta, "checkpoint": str(args.checkpoint), "split": args.split, "repeats": args.repeats,
-              "rows": rows, "totals": totals}
+              "thin": args.thin, "seed": args.seed, "skipped": skipped, "rows": rows, "totals": totals}
     print(write_report(report, render(report), args.out_dir, args.stem))
     return 0
 

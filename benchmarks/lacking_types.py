@@ -9,11 +9,13 @@ are flagged. On each annotation set's split, with the set's own labels as candid
 - one type left out at a time: the share of its cells flagged (and named as it), the share of
   the other cells flagged, the AUC of the probability for telling its cells from the others,
   and whether the note fired and named it;
-- another set's labels (blood sets among each other, pancreas sets among each other): the share
-  flagged of the cells whose type that list lacks (zheng2017's CD34+ cells among kang2018's
-  labels) and of the others.
+- another set's labels (blood and immune sets among each other, pancreas sets among each other):
+  the share flagged of the cells whose type that list lacks (zheng2017's CD34+ cells among
+  kang2018's labels) and of the others.
 
-Beside it, the cost: the seconds of `annotate` and of the check alone on the same cells.
+Each measure under two rules on the same answers (`RULES`): cells read within the answer's own
+label set (the default), and also within the other sets that learned the answer. Beside it, the
+cost: the seconds of `annotate` and of the check alone.
 
     python benchmarks/lacking_types.py [--split test] [--sets a,b] [--out-dir benchmarks/results]
 """
@@ -35,14 +37,19 @@ from sklearn.metrics import roc_auc_score
 import instructcell_agent as ica
 from instructcell_agent.core_model.alignment import align_to_vocab
 from instructcell_agent.core_model.datasets import load_catalog
-from instructcell_agent.lacking_types import LACKING_AT, lacking_labels, lacking_types
+from instructcell_agent.lacking_types import LACKING_AT, lacking_labels, lacking_note, lacking_types
 from marker_annotation import split_cells
 from report_io import meta_lines, run_meta, write_report
 
 logger = logging.getLogger("lacking_types")
 # sets of one tissue and species, each set's cells asked among the others' labels
-FOREIGN = (("zheng2017_pbmc_sorted", "kang2018_pbmc_ifnb", "pbmc3k_seurat"),
-           ("xin2016_pancreas_subset", "wang2016_pancreas_subset", "baron2016_pancreas_human_mouse"))
+FOREIGN = (("zheng2017_pbmc_sorted", "kang2018_pbmc_ifnb", "pbmc3k_seurat", "tabulamuris_immune_actinn"),
+           ("xin2016_pancreas_subset", "wang2016_pancreas_subset", "baron2016_pancreas_human_mouse",
+            "bastidasponce2019_pancreas_e155"))
+# name -> lacking_types' keywords; the first is the default. A third rule, shallow cells read at the weight
+# the depth curve gives them, was measured on 2026-12-07 and dropped (benchmarks/EXPERIMENTS.md).
+RULES = {"own set": {}, "across sets": {"across_sets": True}}
+NAMES_IT = "note_names_it"
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -65,35 +72,46 @@ def annotated(cells, model, candidates):
     return result, seconds, next((n for n in result.provenance["notes"] if "candidates lack" in n), "")
 
 
+def by_rule(model, aligned, candidates, result) -> dict[str, dict[str, Any]]:
+    """Each rule's per-cell probability, type and note on the same answers (and the check's seconds)."""
+    out = {}
+    for name, keywords in RULES.items():
+        start = time.perf_counter()
+        lacking = lacking_types(model, aligned.X, aligned.matched, candidates, list(result.answers), **keywords)
+        seconds = time.perf_counter() - start
+        out[name] = {"p": np.asarray(lacking.probability, float), "type": np.asarray(lacking.label, object),
+                     "note": lacking_note(lacking) or "", "seconds": seconds}
+    return out
+
+
 def run_set(model, spec, split: str) -> dict[str, Any]:
     own = sorted(set(model.label_set(spec.name)["labels"]))
     cells, truth = split_cells(spec, split)
-    result, seconds, note = annotated(cells, model, own)
-    flagged = np.asarray(result.outside, float) > LACKING_AT
     aligned = align_to_vocab(cells, model.vocab)
-    start = time.perf_counter()
-    lacking_types(model, aligned.X, aligned.matched, own, list(result.answers))
-    row: dict[str, Any] = {"dataset": spec.name, "n_cells": int(cells.n_obs), "labels": own,
-                           "complete": {"flagged": float(flagged.mean()), "note": bool(note), "seconds": seconds,
-                                        "check_seconds": time.perf_counter() - start},
+    result, seconds, _ = annotated(cells, model, own)
+    rules = by_rule(model, aligned, own, result)
+    row: dict[str, Any] = {"dataset": spec.name, "n_cells": int(cells.n_obs), "labels": own, "seconds": seconds,
+                           "complete": {k: {"flagged": float((r["p"] > LACKING_AT).mean()), "note": bool(r["note"]),
+                                            "check_seconds": r["seconds"]} for k, r in rules.items()},
                            "left_out": []}
     for label in own:
         left = truth == label
         if not left.any():
             continue
-        result, seconds, note = annotated(cells, model, [l for l in own if l != label])
-        outside = np.asarray(result.outside, float)
-        flagged = outside > LACKING_AT
-        named = flagged & (np.asarray(result.outside_type, object) == label)
-        both = 0 < left.sum() < len(left)
-        row["left_out"].append({
-            "label": label, "n_cells": int(left.sum()), "flagged": float(flagged[left].mean()),
-            "named": float(named[left].mean()), "others_flagged": float(flagged[~left].mean()),
-            "auc": float(roc_auc_score(left, np.nan_to_num(outside))) if both else float("nan"),
-            "note": bool(note), "note_names_it": repr(label) in note, "seconds": seconds})
-        t = row["left_out"][-1]
-        logger.info("%s, %s left out (%d cells): flagged %.2f, others %.3f, note %s", spec.name, label,
-                    t["n_cells"], t["flagged"], t["others_flagged"], t["note_names_it"])
+        cands = [l for l in own if l != label]
+        result, seconds, _ = annotated(cells, model, cands)
+        trial: dict[str, Any] = {"label": label, "n_cells": int(left.sum()), "seconds": seconds}
+        for name, r in by_rule(model, aligned, cands, result).items():
+            flagged = r["p"] > LACKING_AT
+            named = flagged & (r["type"] == label)
+            both = 0 < left.sum() < len(left)
+            trial[name] = {"flagged": float(flagged[left].mean()), "named": float(named[left].mean()),
+                           "others_flagged": float(flagged[~left].mean()),
+                           "auc": float(roc_auc_score(left, np.nan_to_num(r["p"]))) if both else float("nan"),
+                           "note": bool(r["note"]), NAMES_IT: repr(label) in r["note"]}
+        row["left_out"].append(trial)
+        logger.info("%s, %s left out (%d cells): flagged %s", spec.name, label, trial["n_cells"],
+                    ", ".join(f"{k} {trial[k]['flagged']:.2f} (others {trial[k]['others_flagged']:.3f})" for k in RULES))
     return row
 
 
@@ -107,65 +125,96 @@ def run_foreign(model, specs, split: str) -> list[dict[str, Any]]:
                 if cells_of == labels_of or not {cells_of, labels_of} <= set(by_name):
                     continue
                 cells, truth = split_cells(by_name[cells_of], split)
+                aligned = align_to_vocab(cells, model.vocab)
                 cands = sorted(set(model.label_set(labels_of)["labels"]))
-                result, seconds, note = annotated(cells, model, cands)
-                flagged = np.asarray(result.outside, float) > LACKING_AT
+                result, seconds, _ = annotated(cells, model, cands)
                 lacks = np.array([bool(lacking_labels(cands, [t])) for t in truth])
-                rows.append({"cells": cells_of, "labels": labels_of, "n_cells": int(cells.n_obs),
-                             "lacked_types": sorted(set(truth[lacks])), "n_lacked": int(lacks.sum()),
-                             "lacked_flagged": float(flagged[lacks].mean()) if lacks.any() else float("nan"),
-                             "others_flagged": float(flagged[~lacks].mean()) if (~lacks).any() else float("nan"),
-                             "note": note, "seconds": seconds})
-                logger.info("%s among %s: %d cells of types the list lacks, flagged %.2f; others %.3f", cells_of,
-                            labels_of, rows[-1]["n_lacked"], rows[-1]["lacked_flagged"], rows[-1]["others_flagged"])
+                row = {"cells": cells_of, "labels": labels_of, "n_cells": int(cells.n_obs),
+                       "lacked_types": sorted(set(truth[lacks])), "n_lacked": int(lacks.sum()), "seconds": seconds}
+                for name, r in by_rule(model, aligned, cands, result).items():
+                    flagged = r["p"] > LACKING_AT
+                    row[name] = {"lacked_flagged": float(flagged[lacks].mean()) if lacks.any() else float("nan"),
+                                 "others_flagged": float(flagged[~lacks].mean()) if (~lacks).any() else float("nan"),
+                                 "note": r["note"]}
+                rows.append(row)
+                logger.info("%s among %s: %d cells of types the list lacks, flagged %s", cells_of, labels_of,
+                            row["n_lacked"], ", ".join(f"{k} {row[k]['lacked_flagged']:.2f} (others "
+                                                       f"{row[k]['others_flagged']:.3f})" for k in RULES))
     return rows
+
+
+def note_said(trial: dict[str, Any]) -> str:
+    return "names it" if trial[NAMES_IT] else ("fired" if trial["note"] else "no")
+
+
+def _short(note: str) -> str:
+    return note[:note.find(" (the read-out")] if note else "-"
 
 
 def render(report: dict[str, Any]) -> str:
     rows = report["sets"]
     trials = [t for r in rows for t in r["left_out"]]
+    order = " / ".join(RULES)
 
-    def mean(key: str) -> float:
-        return float(np.nanmean([t[key] for t in trials]))
+    def mean(rule: str, key: str) -> float:
+        return float(np.nanmean([t[rule][key] for t in trials]))
+
+    def each(fmt: str, value) -> str:  # the rules' values of one measure, in RULES' order
+        return " / ".join(format(value(rule), fmt) for rule in RULES)
 
     lines = ["# Candidate lists that leave out a type: flagged cells", "", *meta_lines(report["meta"]),
              f"- checkpoint: `{report['checkpoint']}`, float32; split: {report['split']}",
              f"- candidates: each set's own labels; a cell is flagged where the read-out's probability on learned types "
              f"the candidates lack is above {LACKING_AT:g} (`AnnotationResult.outside`); the note fires where at least "
-             "2% of the cells and 3 are flagged", "",
+             "2% of the cells and 3 are flagged",
+             "- rules, on the same answers: 'own set' (the default): each cell read within the largest label set "
+             "that learned its answer, cells too shallow for the read-out's depth curve to give it weight 0.5 not "
+             "measured; 'across sets' (`across_sets=True`): also read within every other set that learned the answer "
+             "or a finer type, for its types the candidates lack that share no learned type's lineage with a "
+             "candidate", "",
              f"## One type left out at a time: mean over {len(trials)} trials", "",
-             f"- left-out type's cells flagged: {mean('flagged'):.3f} (flagged and named as that type "
-             f"{mean('named'):.3f}); other cells flagged: {mean('others_flagged'):.4f}; AUC {mean('auc'):.3f}",
-             f"- the note fired and named the left-out type in {sum(t['note_names_it'] for t in trials)} of "
-             f"{len(trials)} trials (fired at all in {sum(t['note'] for t in trials)})",
-             f"- every label listed: cells flagged {np.mean([r['complete']['flagged'] for r in rows]):.4f} on "
-             f"average; the note fired on {sum(r['complete']['note'] for r in rows)} of {len(rows)} sets", "",
-             "## Per set", "",
-             "| dataset | cells | complete: flagged / note | trials | left-out cells flagged | others flagged | AUC "
-             "| note named it | annotate s | check s |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| rule | left-out type's cells flagged | flagged and named as it | other cells flagged | AUC "
+             "| note named it | note fired | complete lists: cells flagged | complete lists: note fired |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for rule in RULES:
+        lines.append(f"| {rule} | {mean(rule, 'flagged'):.3f} | {mean(rule, 'named'):.3f} | "
+                     f"{mean(rule, 'others_flagged'):.4f} | {mean(rule, 'auc'):.3f} | "
+                     f"{sum(t[rule][NAMES_IT] for t in trials)} of {len(trials)} | "
+                     f"{sum(t[rule]['note'] for t in trials)} | "
+                     f"{np.mean([r['complete'][rule]['flagged'] for r in rows]):.4f} | "
+                     f"{sum(r['complete'][rule]['note'] for r in rows)} of {len(rows)} sets |")
+    lines += ["", f"## Per set ({order})", "",
+              "| dataset | cells | complete: flagged | complete: note | trials | left-out cells flagged "
+              "| others flagged | AUC | note named it | annotate s | check s |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         t, c = r["left_out"], r["complete"]
-        lines.append(f"| {r['dataset']} | {r['n_cells']} | {c['flagged']:.3f} / {'yes' if c['note'] else 'no'} | "
-                     f"{len(t)} | {np.mean([x['flagged'] for x in t]):.3f} | "
-                     f"{np.mean([x['others_flagged'] for x in t]):.4f} | {np.nanmean([x['auc'] for x in t]):.3f} | "
-                     f"{sum(x['note_names_it'] for x in t)}/{len(t)} | {c['seconds']:.1f} | {c['check_seconds']:.3f} |")
-    lines += ["", "## Another set's labels", "",
+        lines.append(f"| {r['dataset']} | {r['n_cells']} | {each('.3f', lambda k: c[k]['flagged'])} | "
+                     f"{each('', lambda k: 'yes' if c[k]['note'] else 'no')} | {len(t)} | "
+                     f"{each('.3f', lambda k: np.mean([x[k]['flagged'] for x in t]))} | "
+                     f"{each('.4f', lambda k: np.mean([x[k]['others_flagged'] for x in t]))} | "
+                     f"{each('.3f', lambda k: np.nanmean([x[k]['auc'] for x in t]))} | "
+                     f"{each('', lambda k: f'{sum(x[k][NAMES_IT] for x in t)}/{len(t)}')} | "
+                     f"{r['seconds']:.1f} | {each('.3f', lambda k: c[k]['check_seconds'])} |")
+    lines += ["", f"## Another set's labels ({order})", "",
               "Cells of types the list lacks: those whose own label is neither listed, nor under a listed type, nor "
-              "broader than one (by Cell Ontology term).", "",
+              "broader than one (by Cell Ontology term). The note is the last rule's.", "",
               "| cells | labels | cells | of types the list lacks | lacked types | their cells flagged | others flagged "
               "| note |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    last = list(RULES)[-1]
     for r in report["foreign"]:
         lines.append(f"| {r['cells']} | {r['labels']} | {r['n_cells']} | {r['n_lacked']} | "
-                     f"{', '.join(r['lacked_types']) or '-'} | {r['lacked_flagged']:.2f} | {r['others_flagged']:.3f} | "
-                     f"{r['note'][:r['note'].find(' (the read-out')] if r['note'] else '-'} |")
-    lines += ["", "## Every trial", "", "| dataset | left out | cells | flagged | named | others flagged | AUC | note |",
+                     f"{', '.join(r['lacked_types']) or '-'} | {each('.2f', lambda k: r[k]['lacked_flagged'])} | "
+                     f"{each('.3f', lambda k: r[k]['others_flagged'])} | {_short(r[last]['note'])} |")
+    lines += ["", f"## Every trial ({order})", "",
+              "| dataset | left out | cells | flagged | named | others flagged | AUC | note |",
               "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         for t in r["left_out"]:
-            lines.append(f"| {r['dataset']} | {t['label']} | {t['n_cells']} | {t['flagged']:.2f} | {t['named']:.2f} | "
-                         f"{t['others_flagged']:.3f} | {t['auc']:.3f} | "
-                         f"{'names it' if t['note_names_it'] else ('fired' if t['note'] else 'no')} |")
+            lines.append(f"| {r['dataset']} | {t['label']} | {t['n_cells']} | {each('.2f', lambda k: t[k]['flagged'])} "
+                         f"| {each('.2f', lambda k: t[k]['named'])} | {each('.3f', lambda k: t[k]['others_flagged'])} "
+                         f"| {each('.3f', lambda k: t[k]['auc'])} | "
+                         f"{each('', lambda k: note_said(t[k]))} |")
     return "\n".join(lines) + "\n"
 
 

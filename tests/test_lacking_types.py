@@ -111,3 +111,63 @@ def test_a_file_answered_in_chunks_gets_one_note_counted_over_all_of_it():
     lacking = [n for n in whole.provenance["notes"] if "candidates lack" in n]
     assert len(lacking) == 1 and lacking[0].startswith("5 of 80 cells") and "another note" in whole.provenance["notes"]
     assert np.isnan(whole.outside[-1]) and whole.outside_type[-1] is None and len(whole.outside) == 81
+
+
+# Blood sets cut the CD4 T lineage differently (kang2018 'CD4T', pbmc3k naive / memory, zheng2017 five kinds);
+# every term below is one the shipped checkpoint's label sets learned.
+KANG = ["B", "CD14+Mono", "CD4T", "CD8T", "Dendritic", "FCGR3A+Mono", "NK"]
+PBMC3K = ["B", "CD14+ Mono", "CD8 T", "DC", "FCGR3A+ Mono", "Memory CD4 T", "NK", "Naive CD4 T", "Platelet"]
+ZHENG = ["CD14+ Monocyte", "CD19+ B", "CD34+", "CD4+ T Helper2", "CD4+/CD25 T Reg", "CD4+/CD45RA+/CD25- Naive T",
+         "CD4+/CD45RO+ Memory", "CD56+ NK", "CD8+ Cytotoxic T", "CD8+/CD45RA+ Naive Cytotoxic"]
+
+
+def _terms(*label_sets):
+    from instructcell_agent.core_model.labels import ontology_id
+
+    return {t for labels in label_sets for label in labels if (t := ontology_id(label))}
+
+
+def test_another_sets_type_counts_as_lacking_only_outside_the_candidates_lineages():
+    from instructcell_agent.lacking_types import learned_elsewhere
+
+    learned = _terms(KANG, PBMC3K, ZHENG)
+    # progenitors share no learned type with mature blood cells: lacking from either list
+    assert learned_elsewhere(KANG, ZHENG, learned) == ["CD34+"]
+    # T helper 2 and regulatory T cells are another cut of the CD4 T cells pbmc3k lists (kang2018 names the
+    # lineage as one type), though lacking_labels, by terms alone, calls them lacking
+    assert lacking_labels(PBMC3K, ZHENG) == ["CD34+", "CD4+ T Helper2", "CD4+/CD25 T Reg"]
+    assert learned_elsewhere(PBMC3K, ZHENG, learned) == ["CD34+"]
+    # with no set naming a lineage both share, nothing ties them to the candidates
+    assert learned_elsewhere(PBMC3K, ZHENG, set()) == ["CD34+", "CD4+ T Helper2", "CD4+/CD25 T Reg"]
+    # a label with no Cell Ontology term is lacking unless listed by name
+    assert learned_elsewhere(["alpha", "beta"], ["alpha", "Ngn3 high EP"], learned) == ["Ngn3 high EP"]
+    assert learned_elsewhere(["alpha", "Ngn3 high EP"], ["alpha", "Ngn3 high EP"], learned) == []
+
+
+def test_cells_are_read_within_other_sets_that_learned_their_answer(tiny_model):
+    from instructcell_agent.lacking_types import lacking_types
+
+    # the answer's own (largest) set lacks gamma; a second set learned the answer and gamma
+    loaded = dataclasses.replace(tiny_model, label_sets={
+        "home": {"task": "annotation", "labels": ["alpha", "beta", "delta"]},
+        "other": {"task": "annotation", "labels": ["alpha", "gamma", "beta"]}})
+    cells = make_counts(64, seed=5)
+    truth = cells.obs["cell_type"].astype(str).to_numpy()
+    aligned = align_to_vocab(cells, loaded.vocab)
+    answers = ["alpha"] * cells.n_obs  # every cell's answer, learned by both sets
+
+    def flagged(across, candidates=("alpha", "beta", "delta")):
+        lacking = lacking_types(loaded, aligned.X, aligned.matched, list(candidates), answers, across_sets=across)
+        return lacking.probability > LACKING_AT, lacking.label
+
+    alone, _ = flagged(False)
+    assert not alone.any()  # nothing the home set learned is lacking
+    across, names = flagged(True)
+    gamma, mature = truth == "gamma", np.isin(truth, ["alpha", "beta"])
+    assert across[gamma].mean() >= 0.9 and not across[mature].any()
+    assert set(names[across]) == {"gamma"}
+    listed, _ = flagged(True, ("alpha", "beta", "delta", "gamma"))
+    assert not listed.any()
+    # answers the other set never learned are read within their own set only
+    answers = ["delta"] * cells.n_obs
+    assert not flagged(True)[0].any()
