@@ -198,14 +198,14 @@ def render(report: dict[str, Any]) -> str:
                      f"{r['seconds']:.1f} | {each('.3f', lambda k: c[k]['check_seconds'])} |")
     lines += ["", f"## Another set's labels ({order})", "",
               "Cells of types the list lacks: those whose own label is neither listed, nor under a listed type, nor "
-              "broader than one (by Cell Ontology term). The note is the last rule's.", "",
+              "broader than one (by Cell Ontology term). The note is the default's.", "",
               "| cells | labels | cells | of types the list lacks | lacked types | their cells flagged | others flagged "
               "| note |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-    last = list(RULES)[-1]
+    default = next(iter(RULES))
     for r in report["foreign"]:
         lines.append(f"| {r['cells']} | {r['labels']} | {r['n_cells']} | {r['n_lacked']} | "
                      f"{', '.join(r['lacked_types']) or '-'} | {each('.2f', lambda k: r[k]['lacked_flagged'])} | "
-                     f"{each('.3f', lambda k: r[k]['others_flagged'])} | {_short(r[last]['note'])} |")
+                     f"{each('.3f', lambda k: r[k]['others_flagged'])} | {_short(r[default]['note'])} |")
     lines += ["", f"## Every trial ({order})", "",
               "| dataset | left out | cells | flagged | named | others flagged | AUC | note |",
               "| --- | --- | --- | --- | --- | --- | --- | --- |"]
