@@ -131,8 +131,9 @@ def lacking_types(loaded: LoadedModel, X, matched: np.ndarray, candidates: Seque
     sets = sorted((e["labels"] for e in loaded.label_sets.values() if e["task"] == task and readout.covers(e["labels"])),
                   key=len, reverse=True)
     home = np.array([next((i for i, labels in enumerate(sets) if answer in labels), -1) for answer in answers])
-    learned_terms = {t for labels in sets for l in labels if (t := ontology_id(l))}
-    distinct = sorted({a for a in answers if isinstance(a, str)})
+    if across_sets:
+        learned_terms = {t for labels in sets for l in labels if (t := ontology_id(l))}
+        distinct = {a for a in answers if isinstance(a, str)}
     for i, labels in enumerate(sets):
         shift = readout.shift_for(labels)
         if readout.weight_for(labels) < MIN_WEIGHT or (shift is not None and shift.coverage < MIN_COVERAGE):
@@ -142,12 +143,12 @@ def lacking_types(loaded: LoadedModel, X, matched: np.ndarray, candidates: Seque
         # listed types flagged where 0.01 were (benchmarks/EXPERIMENTS.md, 2026-12-07)
         deep = readout.depth_caps(genes, labels) >= MIN_WEIGHT
         own = (home == i) & deep
-        others = np.zeros(n, dtype=bool)
+        readings = [(np.flatnonzero(own), lacking_labels(candidates, labels))]
         if across_sets:
             read_here = {a for a in distinct if _learns(labels, a)}
             others = np.array([a in read_here for a in answers], dtype=bool) & (home >= 0) & (home != i) & deep
-        for rows, lacking in ((np.flatnonzero(own), lacking_labels(candidates, labels)),
-                              (np.flatnonzero(others), learned_elsewhere(candidates, labels, learned_terms))):
+            readings.append((np.flatnonzero(others), learned_elsewhere(candidates, labels, learned_terms)))
+        for rows, lacking in readings:
             if not len(rows):
                 continue
             total, best = np.zeros(len(rows)), np.full(len(rows), None, dtype=object)
