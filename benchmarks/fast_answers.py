@@ -46,7 +46,8 @@ from instructcell_agent.core_model.alignment import align_to_vocab
 from instructcell_agent.core_model.datasets import load_catalog, prompt_fields, read_split, subset_by_names
 from instructcell_agent.core_model.io import get_labels, read_h5ad
 from instructcell_agent.core_model.temperature import calibration_error
-from file_copies import thinned, umi_counts
+from instructcell_agent.core_model.thinning import umi_counts
+from file_copies import thinned
 from report_io import meta_lines, run_meta, write_report
 
 logger = logging.getLogger("fast_answers")

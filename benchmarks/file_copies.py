@@ -19,7 +19,7 @@ import scipy.sparse as sp
 
 from instructcell_agent.core_model.cell_encoder import log_normalize_csr
 from instructcell_agent.core_model.io import read_h5ad, write_h5ad_atomic
-from instructcell_agent.core_model.reference import pseudo_counts, thin
+from instructcell_agent.core_model.reference import thin
 from instructcell_agent.core_model.values import detect_value_type, to_count_scale
 
 logger = logging.getLogger("file_copies")
@@ -51,21 +51,6 @@ def _copy(spec: Any, adata: anndata.AnnData, keep: np.ndarray, out_dir: Path) ->
     path = out_dir / Path(spec.path).name
     write_h5ad_atomic(adata[:, keep].copy(), path)
     return dataclasses.replace(spec, path=path)
-
-
-def umi_counts(X: Any) -> sp.csr_matrix:
-    """Integer counts of a matrix holding UMI counts, or UMI counts normalised (and logged) per cell.
-
-    A normalised cell's non-zero values are integer multiples of the value one count became (its
-    smallest, as `detect_value_type` checks), so dividing by that value gives its counts back
-    (`pseudo_counts`). Raises ValueError where that does not hold (reads of full-length
-    protocols, TPM): such a matrix has no counts to thin.
-    """
-    report = detect_value_type(X)
-    linear = to_count_scale(X, report)
-    if report.kind != "raw_counts" and "integer multiples" not in report.note:
-        raise ValueError(f"values are {report.kind} ({report.note}): no counts to recover")
-    return sp.csr_matrix(linear if report.kind == "raw_counts" else pseudo_counts(linear), dtype=np.int64)
 
 
 def thinned(counts: sp.csr_matrix, fraction: float, rng: np.random.Generator) -> sp.csr_matrix:

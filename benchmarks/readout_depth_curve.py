@@ -47,7 +47,7 @@ import numpy as np
 
 from compare_checkpoints import split_specs
 from depth_curve_fit import PRIOR_ROWS, Surfaces, bins_of, chosen_prior_rows, groups_of, held_out
-from file_copies import thinned, umi_counts
+from file_copies import thinned
 from instructcell_agent import default_checkpoint_path
 from instructcell_agent.core_model.alignment import align_to_vocab
 from instructcell_agent.core_model.checkpoint import load_checkpoint
@@ -56,6 +56,7 @@ from instructcell_agent.core_model.io import read_h5ad, write_h5ad_atomic
 from instructcell_agent.core_model.readout import Readout, SetDepthCurve, load_readout, save_readout
 from instructcell_agent.core_model.readout_weight import T_GRID, fit_weight, label_nll
 from instructcell_agent.core_model.temperature import calibration_error, confidences, fit_temperature
+from instructcell_agent.core_model.thinning import umi_counts
 from readout_variants import fit_blocks, fit_variant
 from readout_weight_curve import at_weights_1_and_2
 from report_io import run_meta, write_report

@@ -12,7 +12,7 @@ confidence falls with our accuracy (mean confidence, expected calibration error,
 0.5) and what typicality says (share below -3).
 
 Counts come from the file: raw counts as they are, normalised (and logged) UMI counts divided
-back by the value one count became in each cell (benchmarks/file_copies.py `umi_counts`); a set
+back by the value one count became in each cell (core_model/thinning.py `umi_counts`); a set
 whose values give no counts back is skipped, and the report says why.
 
 `--versus CHECKPOINT` answers the same thinned cells with a second checkpoint too (another read-out
@@ -39,12 +39,13 @@ import scipy.sparse as sp
 
 import instructcell_agent as ica
 from baselines import log_cp10k, prepared_adata, run_baselines, score
-from file_copies import thinned, umi_counts
+from file_copies import thinned
 from instructcell_agent.core_model.bootstrap import paired_f1_bootstrap
 from instructcell_agent.core_model.checkpoint import load_checkpoint
 from instructcell_agent.core_model.datasets import load_catalog, read_split, subset_by_names
 from instructcell_agent.core_model.io import get_labels, read_h5ad
 from instructcell_agent.core_model.temperature import calibration_error
+from instructcell_agent.core_model.thinning import umi_counts
 from report_io import meta_lines, run_meta, write_report
 
 logger = logging.getLogger("sequencing_depth")

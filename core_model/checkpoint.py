@@ -29,7 +29,7 @@ from .precision import resolve_precision
 from .readout import Readout, joins, load_readout, save_readout
 from .readout_adapt import ADAPT_KEY, adapted
 from .reference import Reference, load_reference, save_reference
-from .temperature import load_temperatures, rebind_temperatures
+from .temperature import DepthTerm, load_depth_terms, load_temperatures, rebind_temperatures
 
 FORMAT_VERSION = 1
 REQUIRED = ("config.json", "gene_vocab.json", "labels.json", "weights.safetensors")
@@ -49,6 +49,8 @@ class LoadedModel:
     temperatures: dict[str, float] = field(default_factory=dict)
     # training cells kept per label, what a cell's typicality is measured against (core_model/reference.py)
     reference: Reference | None = None
+    # per mode, how the temperature grows in cells with few detected genes (core_model/temperature_depth.py)
+    temperature_depth: dict[str, DepthTerm] = field(default_factory=dict)
     _adapted: dict[bytes, tuple[Readout, Readout]] = field(default_factory=dict, repr=False)
 
     def temperature(self, readout: Readout | None, labels: Sequence[str] | None = None) -> float:
@@ -56,10 +58,27 @@ class LoadedModel:
         confidences: the fitted temperature of answers the read-out joins (`readout` given and
         covering `labels`; any labels when None) or of the language model alone; 1 if none, and
         for strings the checkpoint never learned (the temperatures were fitted on learned labels)."""
+        mode = self._temperature_mode(readout, labels)
+        return 1.0 if mode is None else self.temperatures.get(mode, 1.0)
+
+    def cell_temperatures(self, readout: Readout | None, labels: Sequence[str] | None, genes: np.ndarray) -> np.ndarray:
+        """`temperature` per cell, times the mode's depth term at each cell's detected genes where
+        one was fitted with that temperature (shallow cells get a higher one)."""
+        out = np.full(len(genes), self.temperature(readout, labels))
+        term = self.depth_term(readout, labels)
+        return out if term is None else out * term.factors(genes)
+
+    def depth_term(self, readout: Readout | None, labels: Sequence[str] | None) -> DepthTerm | None:
+        """The depth term `cell_temperatures` applies (None: every cell gets `temperature`)."""
+        mode = self._temperature_mode(readout, labels)
+        return self.temperature_depth.get(mode) if mode in self.temperatures else None
+
+    def _temperature_mode(self, readout: Readout | None, labels: Sequence[str] | None) -> str | None:
+        """"readout" or "lm_alone" (which temperature applies); None for labels never learned."""
         if labels is not None and not set(labels) <= {l for ls in self.label_lists for l in ls}:
-            return 1.0
+            return None
         joined = readout is not None and (labels is None or joins(readout, labels))
-        return self.temperatures.get("readout" if joined else "lm_alone", 1.0)
+        return "readout" if joined else "lm_alone"
 
     def readout_for(self, matched: np.ndarray) -> Readout | None:
         """The read-out as it answers a file holding the vocabulary genes at positions `matched`
@@ -329,4 +348,4 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
     model.use_lm_dtype(lm_dtype)
     readout = load_readout(root, vocab)
     return LoadedModel(model, vocab, labels, config, root, readout.to(device) if readout is not None else None,
-                       load_temperatures(root), load_reference(root, vocab))
+                       load_temperatures(root), load_reference(root, vocab), load_depth_terms(root))

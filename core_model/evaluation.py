@@ -29,6 +29,7 @@ from .readers import read_cells
 from .readout import Readout, answer_scores, readout_name
 from .scoring import check_scoring, scoring_name, use_decisive
 from .temperature import summary
+from .temperature_depth import detected_genes
 
 INVALID = "<invalid>"
 BANK_OF_TASK = {"cta": "annotation", "dsp": "drug_response"}
@@ -139,20 +140,23 @@ def scored_cells(preds: Predictions) -> tuple[list[np.ndarray], np.ndarray, list
     return [preds.score_rows[i] for i in keep], preds.predicted[keep] == preds.truth[keep], columns
 
 
-def confidence_summary(preds: Predictions, temperature: float) -> dict[str, Any]:
+def confidence_summary(preds: Predictions, temperature: float | np.ndarray) -> dict[str, Any]:
     """How well the confidences of scored answers match their accuracy, at `temperature`
-    (core_model/temperature.py)."""
+    (core_model/temperature.py; one, or one per cell of the split)."""
     rows, correct, _ = scored_cells(preds)
+    if np.ndim(temperature):
+        temperature = np.asarray(temperature)[[i for i, r in enumerate(preds.score_rows or []) if r is not None]]
     return {**summary(rows, correct, temperature),
             "definition": "top-label probability of scored answers; calibration_error: 10 equal-width bins"}
 
 
-def resolved_summary(preds: Predictions, temperature: float, at: float) -> dict[str, Any]:
+def resolved_summary(preds: Predictions, temperature: float | np.ndarray, at: float) -> dict[str, Any]:
     """`resolve_at` over the scored answers (core_model/hierarchy.py): how many cells reach the
     bar at their label, how many as a broader type, how many do not, and how often each is right
     for the cell's label (a broader type when the label falls under it). Decoded answers have no
     probabilities to sum: counted, not resolved."""
     rows = preds.score_rows or [None] * len(preds.truth)
+    per_cell = np.broadcast_to(np.asarray(temperature, dtype=np.float64), (len(preds.truth),))
     # with options each cell lists the labels in its own order: rows are put in one (sorted) order
     # per label set, so each set's types are worked out once
     groups: dict[tuple[str, ...], list[int]] = {}
@@ -163,7 +167,8 @@ def resolved_summary(preds: Predictions, temperature: float, at: float) -> dict[
            "n_decoded": sum(row is None for row in rows)}
     for labels, cells in groups.items():
         order = [[list(preds.score_labels[i]).index(label) for label in labels] for i in cells]
-        z = np.stack([np.asarray(rows[i])[o] for i, o in zip(cells, order)]).astype(np.float64) / temperature
+        z = np.stack([np.asarray(rows[i])[o] for i, o in zip(cells, order)]).astype(np.float64)
+        z /= per_cell[cells][:, None]
         probs = np.exp(z - z.max(1, keepdims=True))  # -inf scores (labels ruled out) get 0
         found = resolve(probs / probs.sum(1, keepdims=True), labels, at)
         for key, value in count_right(found.names, found.levels, preds.truth[cells]).items():
@@ -205,7 +210,8 @@ def evaluate(loaded: LoadedModel, data: str | Path, split_path: str | Path | Non
     `keep_scores`, ``result["score_rows"]`` holds each scored cell's answer scores (arrays, not
     JSON), ``result["correct"]`` whether its answer was right (core_model/temperature_fit.py),
     ``result["truth_columns"]`` its true label's column in the row (-1: not among them) and
-    ``result["scored_cells"]`` its position among the split's cells.
+    ``result["scored_cells"]`` its position among the split's cells, ``result["scored_genes"]``
+    its detected vocabulary genes.
 
     `drug` names the drug of a `dsp` file (else obs['drug'], else the checkpoint's record of a set
     of the file's name); a drug-response phrasing without one is refused. `genome`: the species of
@@ -242,6 +248,9 @@ def evaluate(loaded: LoadedModel, data: str | Path, split_path: str | Path | Non
     preds = predict_split(loaded, aligned.X, fields, truth, all_labels, phrasings, seed, batch_size,
                           answers=loaded.labels_for_cells(BANK_OF_TASK[task], fields), calibrate=calibrate,
                           decisive=decisive, readout=expert, label_lists=loaded.label_lists)
+    # one temperature per cell: shallow cells get a higher one where a depth term was fitted
+    genes = detected_genes(aligned.X)
+    temperatures = loaded.cell_temperatures(expert, all_labels, genes)
     result = {
         **metrics(preds.truth, preds.predicted, all_labels),
         "n_instructions": len(phrasings),
@@ -259,15 +268,16 @@ def evaluate(loaded: LoadedModel, data: str | Path, split_path: str | Path | Non
         "invalid_examples": sorted({a for a, p in zip(preds.answers, preds.predicted) if p == "<invalid>"})[:20],
         # the dataset's labels decide the mode: learned ones are scored with the read-out on both
         # routes (options listed or not)
-        "confidence": confidence_summary(preds, loaded.temperature(expert, all_labels)),
+        "confidence": confidence_summary(preds, temperatures),
         "macro_f1_definition": "sklearn macro F1 over the dataset's label set; invalid answers count as wrong",
     }
     if resolve_at is not None:
-        result["resolved"] = resolved_summary(preds, loaded.temperature(expert, all_labels), resolve_at)
+        result["resolved"] = resolved_summary(preds, temperatures, resolve_at)
     if keep_scores:
         result["score_rows"], correct, result["truth_columns"] = scored_cells(preds)
         result["correct"] = correct.tolist()
         result["scored_cells"] = [i for i, row in enumerate(preds.score_rows or []) if row is not None]
+        result["scored_genes"] = genes[result["scored_cells"]].tolist()  # the depth term's input
     if keep_predictions:
         result["cells"] = {"obs_names": [str(n) for n in adata.obs_names], "truth": [str(t) for t in preds.truth],
                            "predicted": [str(p) for p in preds.predicted]}

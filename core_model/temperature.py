@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -44,11 +45,37 @@ class StaleTemperatureWarning(UserWarning):
     """temperature.json was fitted with another weights file; confidences are left unscaled."""
 
 
-def confidences(rows: Sequence[np.ndarray], temperature: float = 1.0) -> np.ndarray:
-    """Top-label probability of each score row (scores / T, softmax over the row's finite entries)."""
+@dataclass(frozen=True)
+class DepthTerm:
+    """How the temperature grows below `genes_ref` detected genes: T0 * (genes_ref / g) ** slope
+    for a cell with g of them (why, and the fit: core_model/temperature_depth.py)."""
+
+    slope: float
+    genes_ref: float
+
+    def factors(self, genes: np.ndarray) -> np.ndarray:
+        """Per cell, what T0 is multiplied by (1 at `genes_ref` detected genes and above)."""
+        g = np.maximum(np.asarray(genes, dtype=np.float64), 1.0)
+        return np.exp(self.slope * np.maximum(0.0, np.log(self.genes_ref) - np.log(g)))
+
+    def to_json(self) -> dict[str, float]:
+        return {"slope": float(self.slope), "genes_ref": float(self.genes_ref)}
+
+    @classmethod
+    def from_json(cls, value: dict[str, Any]) -> "DepthTerm":
+        slope, ref = float(value["slope"]), float(value["genes_ref"])
+        if not np.isfinite(slope) or not np.isfinite(ref) or ref < 1:
+            raise ValueError(f"invalid depth term {value}")
+        return cls(slope, ref)
+
+
+def confidences(rows: Sequence[np.ndarray], temperature: float | np.ndarray = 1.0) -> np.ndarray:
+    """Top-label probability of each score row (scores / T, softmax over the row's finite entries);
+    `temperature` one for all rows or one per row (core_model/temperature_depth.py)."""
     out = np.empty(len(rows))
+    per_row = np.broadcast_to(np.asarray(temperature, dtype=np.float64), (len(rows),))
     for i, row in enumerate(rows):
-        z = np.asarray(row, dtype=np.float64) / temperature
+        z = np.asarray(row, dtype=np.float64) / per_row[i]
         z = z - np.max(z)
         out[i] = 1.0 / np.exp(z[np.isfinite(z)]).sum()
     return out
@@ -94,15 +121,18 @@ def fit_temperature(rows: Sequence[np.ndarray], correct: Sequence[bool]) -> floa
     return float(np.exp(LOG_T_GRID[int(np.argmin(losses))]))
 
 
-def summary(rows: Sequence[np.ndarray], correct: Sequence[bool], temperature: float) -> dict[str, Any]:
-    """Mean confidence, accuracy, ECE and log loss of the rows' answers at `temperature`, and the
-    share of answers with a confidence below 0.5 with the accuracy below and from there."""
+def summary(rows: Sequence[np.ndarray], correct: Sequence[bool], temperature: float | np.ndarray) -> dict[str, Any]:
+    """Mean confidence, accuracy, ECE and log loss of the rows' answers at `temperature` (one, or
+    one per row: then their median is recorded), and the share of answers with a confidence below
+    0.5 with the accuracy below and from there."""
     correct = np.asarray(correct, dtype=bool)
+    per_row = np.ndim(temperature) > 0
+    t = (float(np.median(temperature)) if np.size(temperature) else 1.0) if per_row else float(temperature)
     if len(rows) == 0:
-        return {"n_cells": 0, "temperature": temperature}
+        return {"n_cells": 0, "temperature": t}
     conf = confidences(rows, temperature)
     low = conf < 0.5  # what a user would set aside as uncertain
-    return {"n_cells": int(len(rows)), "temperature": float(temperature), "accuracy": float(correct.mean()),
+    return {"n_cells": int(len(rows)), "temperature": float(t), "accuracy": float(correct.mean()),
             "mean_confidence": float(conf.mean()), "calibration_error": calibration_error(conf, correct),
             "log_loss": confidence_log_loss(conf, correct), "share_below_half": float(low.mean()),
             "accuracy_below_half": float(correct[low].mean()) if low.any() else None,
@@ -110,14 +140,18 @@ def summary(rows: Sequence[np.ndarray], correct: Sequence[bool], temperature: fl
 
 
 # ---------------------------------------------------------------- files
-def save_temperatures(root: str | os.PathLike, temperatures: dict[str, float], info: dict[str, Any]) -> Path:
-    """Write temperature.json (atomically), bound to the checkpoint's current weights file."""
-    unknown = sorted(set(temperatures) - set(MODES))
+def save_temperatures(root: str | os.PathLike, temperatures: dict[str, float], info: dict[str, Any],
+                      depth: dict[str, DepthTerm] | None = None) -> Path:
+    """Write temperature.json (atomically), bound to the checkpoint's current weights file; `depth`:
+    the modes' depth terms (core_model/temperature_depth.py), where fitted."""
+    unknown = sorted((set(temperatures) | set(depth or {})) - set(MODES))
     if unknown:
         raise ValueError(f"temperature modes must be among {MODES}, got {unknown}")
     root = Path(root)
     meta = {"format_version": FORMAT_VERSION, "temperature": temperatures,
             "model_weights_sha256": file_sha256(root / "weights.safetensors"), **info}
+    if depth:
+        meta["depth"] = {mode: term.to_json() for mode, term in depth.items()}
     write_json_atomic(meta, root / FILE)
     return root / FILE
 
@@ -140,6 +174,21 @@ def load_temperatures(root: str | os.PathLike | None) -> dict[str, float]:
     if bad:
         raise CheckpointError(f"{root}/{FILE}: invalid temperatures {bad}")
     return temps
+
+
+def load_depth_terms(root: str | os.PathLike | None) -> dict[str, DepthTerm]:
+    """The depth terms stored with a checkpoint's temperatures ({} without them, or when the
+    temperatures are stale: `load_temperatures` has warned then)."""
+    if root is None or not (Path(root) / FILE).is_file():
+        return {}
+    root = Path(root)
+    meta = json.loads((root / FILE).read_text())
+    if meta.get("model_weights_sha256") != file_sha256(root / "weights.safetensors"):
+        return {}
+    try:
+        return {mode: DepthTerm.from_json(v) for mode, v in meta.get("depth", {}).items() if mode in MODES}
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{root}/{FILE}: invalid depth terms ({exc})") from exc
 
 
 def rebind_temperatures(root: str | os.PathLike, old_sha256: str) -> bool:

@@ -38,6 +38,7 @@ from .core_model.precision import resolve_device, resolve_precision
 from .core_model.readout import Readout, answer_scores, joins, one_set, readout_name
 from .core_model.reference import ATYPICAL_SHARE, AtypicalCellsWarning, atypical_share
 from .core_model.scoring import check_scoring, scoring_name, use_decisive
+from .core_model.temperature_depth import detected_genes
 from .lacking_types import lacking_note, lacking_types
 from .resolution import Part, resolved_frame
 from .results import (LANGUAGE_MODEL, READOUT_ALONE, AnnotationResult, check_unassigned_atypical,
@@ -348,6 +349,7 @@ def _answer(adata: ad.AnnData, model: LoadedModel | None, task: str, instruction
     if mode == "chat":
         answers = [f"This cell is most likely {l} (probability {c:.2f})." if l is not None else ""
                    for l, c in zip(labels, conf)]
+    chosen, chosen_among = cands is not None or by_readout, scored if cands is not None else first_allowed
     provenance = {
         "task": task, "instruction": template, "mode": mode, "alignment": aligned.report.to_dict(),
         "alignment_summary": aligned.report.summary(),
@@ -359,8 +361,9 @@ def _answer(adata: ad.AnnData, model: LoadedModel | None, task: str, instruction
         "scoring": scoring_name(decisive and (cands is not None or allowed is not None)),
         "readout": readout_name(expert, scored if cands is not None else (first_allowed if by_readout else None)),
         # decoded free answers report the LM's own probability of the text, unscaled
-        "confidence_temperature": (loaded.temperature(expert, scored if cands is not None else first_allowed)
-                                   if cands is not None or by_readout else 1.0),
+        "confidence_temperature": loaded.temperature(expert, chosen_among) if chosen else 1.0,
+        "confidence_depth_term": (depth.to_json() if chosen and (depth := loaded.depth_term(expert, chosen_among))
+                                  else None),
     }
     if markers is not None:
         provenance["marker_gate"] = gate_record(route, markers, labels)
@@ -566,7 +569,8 @@ def _score(loaded: LoadedModel, X, texts: list[str], labels: list[str], batch_si
     a cell it is sure of gets its log-probabilities instead and the language model never reads it,
     unless `typical` (count rows, their labels -> typicality) finds it unlike its label's training
     cells."""
-    temperature = loaded.temperature(expert, labels)
+    # one temperature per cell: shallow cells get a higher one where a depth term was fitted
+    temperature = loaded.cell_temperatures(expert, labels, detected_genes(X))[:, None]
     if not fast or readout_first.why_not(expert, labels, loaded.label_lists) is not None:
         scores = _lm_scores(loaded, X, texts, labels, batch_size, decisive, progress, expert) / temperature
         return scores, np.zeros(X.shape[0], dtype=bool)
@@ -581,7 +585,7 @@ def _score(loaded: LoadedModel, X, texts: list[str], labels: list[str], batch_si
     if len(slow):
         tick = None if progress is None else (lambda d, _t: progress(n_sure + d, X.shape[0]))
         scores[slow] = _lm_scores(loaded, X[slow], [texts[i] for i in slow], labels, batch_size, decisive, tick,
-                                  expert) / temperature
+                                  expert) / temperature[slow]
     return scores, alone
 
 

@@ -64,6 +64,12 @@ def add_commands(sub: Any) -> None:
     c.add_argument("--no-shared", action="store_true",
                    help="fit on the --catalog datasets only, not the shared sets as well")
     c.add_argument("--seed", type=int, default=0, help="seed of the phrasing draws")
+    c.add_argument("--depths", type=float, nargs="+", default=[], metavar="F",
+                   help="also read the cells thinned to these fractions of their counts (e.g. 0.5 0.2 0.1 0.05) and "
+                        "fit how the temperature grows in cells with few detected genes (several times the time)")
+    c.add_argument("--depth-modes", nargs="+", choices=("readout", "lm_alone"), default=["readout", "lm_alone"],
+                   help="the temperatures --depths applies to (default both: with the read-out, and the language "
+                        "model alone); the others are fitted on the cells as they are")
     add_precision_argument(c, "float32")
     add_device_argument(c)
     c = sub.add_parser("info", help="describe a checkpoint: its label sets, drugs and generation conditions; "
@@ -144,11 +150,14 @@ def _calibrate(args) -> int:
     command = recorded_command()
     record = calibrate_checkpoint(args.checkpoint, _catalog_specs(args.catalog, args.no_shared), split=args.split,
                                   readout_split=args.readout_split, seed=args.seed, precision=args.precision,
-                                  device=args.device, command=command)
-    print(json.dumps({"temperature": record["temperature"], "calibration_error_unscaled_then_fitted": {
-        mode: [r["pooled"]["unscaled"]["calibration_error"], r["pooled"]["fitted"]["calibration_error"]]
-        for mode, r in record["fit_report"].items() if "pooled" in r},
-        "skipped": {mode: r["skipped"] for mode, r in record["fit_report"].items() if "skipped" in r}}))
+                                  device=args.device, command=command, depths=args.depths,
+                                  depth_modes=args.depth_modes)
+    fits = record["fit_report"].items()
+    print(json.dumps({"temperature": record["temperature"], "depth_term": record["depth"],
+                      "calibration_error_unscaled_then_fitted": {
+                          mode: [r["pooled"][k]["calibration_error"] for k in ("unscaled", "fitted")]
+                          for mode, r in fits if "pooled" in r},
+                      "skipped": {mode: r["skipped"] for mode, r in fits if "skipped" in r}}))
     return 0
 
 
@@ -215,7 +224,8 @@ def _info(args) -> int:
                             "conditions": ConditionTable.from_list(meta.get("conditions", [])).grouped()}
     if (path / "temperature.json").is_file():  # confidence temperatures (core_model/temperature.py)
         meta = json.loads((path / "temperature.json").read_text())
-        out["confidence_temperature"] = {k: meta.get(k) for k in ("temperature", "fitted_on", "command", "created")}
+        out["confidence_temperature"] = {k: meta.get(k)
+                                         for k in ("temperature", "depth", "fitted_on", "command", "created")}
     labels = json.loads((path / "labels.json").read_text())
     print(json.dumps(out, indent=1) if args.json else _info_summary(path, config, labels, out))
     return 0

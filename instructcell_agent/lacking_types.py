@@ -111,8 +111,26 @@ def _learns(labels: Sequence[str], answer: str) -> bool:
     return term is not None and any((t := ontology_id(l)) is not None and term in _terms_with_self(t) for l in labels)
 
 
+def held(candidates: Sequence[str], labels: Sequence[str]) -> int:
+    """How many of `candidates` a label set spells: by name, or by the same Cell Ontology term."""
+    names = {normalize_label(l) for l in labels}
+    terms = {t for l in labels if (t := ontology_id(l))}
+    return sum(normalize_label(c) in names or ontology_id(c) in terms for c in candidates)
+
+
+def _homes(sets: Sequence[Sequence[str]], answers: Sequence[str], candidates: Sequence[str]) -> np.ndarray:
+    """Per answer, the index in `sets` of the set that learned it and spells the most candidates
+    (ties: the earlier, larger set); -1 where none learned it. The candidates are the user's
+    vocabulary: tabula muris's five labels put a B cell in tabula muris's set, not in puram2017's
+    nine head-and-neck types, which spell 'B cell' too."""
+    rank = sorted(range(len(sets)), key=lambda i: -held(candidates, sets[i]))  # stable: ties keep size order
+    home = {a: next((i for i in rank if a in sets[i]), -1) for a in set(answers)}
+    return np.array([home[a] for a in answers], dtype=int)
+
+
 def lacking_types(loaded: LoadedModel, X, matched: np.ndarray, candidates: Sequence[str],
-                  answers: Sequence[str], task: str = "annotation", across_sets: bool = False) -> Lacking | None:
+                  answers: Sequence[str], task: str = "annotation", across_sets: bool = False,
+                  home_by: str = "largest") -> Lacking | None:
     """`Lacking` for count rows `X` (the vocabulary genes at `matched`) answered `answers` (the
     model's own learned label per cell) among `candidates`; None without a read-out. A cell is
     read within the largest label set that learned its answer (the widest view of what else it
@@ -121,7 +139,10 @@ def lacking_types(loaded: LoadedModel, X, matched: np.ndarray, candidates: Seque
     learned and the candidates lack (`learned_elsewhere`): zheng2017's CD34+ cells asked among
     kang2018's labels, which no kang2018 type covers. Per cell the largest probability counts. A
     cell whose answer no set learned (a type the markers gave), or whose set the read-out cannot
-    be trusted for on this file or in this cell (`MIN_WEIGHT`), is not measured there."""
+    be trusted for on this file or in this cell (`MIN_WEIGHT`), is not measured there. With
+    `home_by="candidates"` the home set is the one spelling the most candidates (`_homes`)."""
+    if home_by not in ("largest", "candidates"):
+        raise ValueError(f"home_by must be 'largest' or 'candidates', not {home_by!r}")
     readout = loaded.readout_for(matched)
     if readout is None:
         return None
@@ -130,7 +151,8 @@ def lacking_types(loaded: LoadedModel, X, matched: np.ndarray, candidates: Seque
     genes = np.asarray((X > 0).sum(1)).ravel()
     sets = sorted((e["labels"] for e in loaded.label_sets.values() if e["task"] == task and readout.covers(e["labels"])),
                   key=len, reverse=True)
-    home = np.array([next((i for i, labels in enumerate(sets) if answer in labels), -1) for answer in answers])
+    home = _homes(sets, answers, candidates) if home_by == "candidates" else \
+        np.array([next((i for i, labels in enumerate(sets) if answer in labels), -1) for answer in answers])
     if across_sets:
         learned_terms = {t for labels in sets for l in labels if (t := ontology_id(l))}
         distinct = {a for a in answers if isinstance(a, str)}

@@ -556,6 +556,13 @@ def test_calibrate_writes_temperatures_from_the_command_line(tiny_checkpoint, sy
     # each mode is fitted, or skipped with the reason (too few wrong answers on the planted cells)
     assert set(printed["temperature"]) | set(printed["skipped"]) == {"readout", "lm_alone"}
     assert stored["temperature"] == printed["temperature"] and all(t > 0 for t in stored["temperature"].values())
+    assert printed["depth_term"] == {} and "depth" not in stored
+    # with thinned copies too, each fitted temperature gets its depth term
+    assert main(["calibrate", "--checkpoint", str(ckpt), "--catalog", str(catalog), "--depths", "0.3"]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    stored = json.loads((ckpt / "temperature.json").read_text())
+    assert set(printed["depth_term"]) == set(printed["temperature"]) and stored["depth"] == printed["depth_term"]
+    assert stored["fitted_on"]["depths"] == [1.0, 0.3]
 
 
 def test_train_readout_refits_a_checkpoints_readout(tiny_checkpoint, synthetic_set, tmp_path, capsys, monkeypatch):

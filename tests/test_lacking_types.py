@@ -171,3 +171,29 @@ def test_cells_are_read_within_other_sets_that_learned_their_answer(tiny_model):
     # answers the other set never learned are read within their own set only
     answers = ["delta"] * cells.n_obs
     assert not flagged(True)[0].any()
+
+
+def test_the_home_set_can_be_the_one_spelling_the_candidates(tiny_model):
+    from instructcell_agent.lacking_types import held, lacking_types
+
+    # 'users' spells every candidate; 'wide', larger, learned the answer and gamma but not delta
+    loaded = dataclasses.replace(tiny_model, label_sets={
+        "wide": {"task": "annotation", "labels": ["alpha", "beta", "gamma"]},
+        "users": {"task": "annotation", "labels": ["alpha", "delta"]}})
+    assert held(["Alpha", "beta", "CD4 T cell"], ["alpha", "beta", "CD4T"]) == 3  # by name or by term
+    cells = make_counts(64, seed=5)
+    gamma = cells.obs["cell_type"].astype(str).to_numpy() == "gamma"
+    aligned = align_to_vocab(cells, loaded.vocab)
+    answers = ["alpha"] * cells.n_obs
+
+    def flagged(candidates, home_by):
+        lacking = lacking_types(loaded, aligned.X, aligned.matched, candidates, answers, home_by=home_by)
+        return lacking.probability > LACKING_AT
+
+    users = ["alpha", "delta"]
+    assert flagged(users, "largest")[gamma].mean() >= 0.9  # read within 'wide', which learned gamma
+    assert not flagged(users, "candidates").any()  # read within 'users', which learned no type the list lacks
+    # a tie in candidates spelt goes to the larger set, as by default
+    assert flagged(["alpha"], "candidates")[gamma].mean() >= 0.9
+    with pytest.raises(ValueError, match="home_by"):
+        flagged(users, "smallest")

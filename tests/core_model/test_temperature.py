@@ -136,3 +136,48 @@ def test_calibrate_stores_no_temperature_where_too_few_answers_were_wrong(tiny_c
             assert record["temperature"][mode] == free["temperature"][mode]
     assert any(round(n) < 5 for n in wrong.values())  # the read-out answers every valid cell right
     assert load_checkpoint(root).temperatures == record["temperature"]
+
+
+def test_a_depth_term_softens_shallow_cells_more_and_keeps_every_answer(tiny_checkpoint, tmp_path):
+    from instructcell_agent.core_model.alignment import align_to_vocab
+    from instructcell_agent.core_model.temperature import DepthTerm, load_depth_terms
+
+    root = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, root)
+    loaded = load_checkpoint(root)
+    cells = make_counts(24, seed=5)
+    plain = ica.annotate(cells, model=loaded, candidates=list(CELL_TYPES))
+    genes = np.asarray((align_to_vocab(cells, loaded.vocab).X > 0).sum(1)).ravel()
+    term = DepthTerm(slope=1.0, genes_ref=float(np.median(genes)))  # the shallower half gets a higher temperature
+    loaded.temperatures, loaded.temperature_depth = {"readout": 2.0}, {"readout": term}
+    deep = ica.annotate(cells, model=loaded, candidates=list(CELL_TYPES))
+    assert list(deep.labels) == list(plain.labels)
+    per_cell = 2.0 * term.factors(genes)
+    assert (per_cell > 2.0).any() and (per_cell == 2.0).any()
+    scores = np.log(plain.probabilities.to_numpy()) / per_cell[:, None]
+    expected = np.exp(scores - scores.max(1, keepdims=True))
+    np.testing.assert_allclose(deep.probabilities.to_numpy(), expected / expected.sum(1, keepdims=True), rtol=1e-4)
+    assert deep.provenance["confidence_depth_term"] == term.to_json()
+    assert loaded.depth_term(None, list(CELL_TYPES)) is None  # the LM-alone mode has no temperature here
+    # stored with the temperatures, bound to the same weights
+    save_temperatures(root, {"readout": 2.0}, {"command": "test"}, {"readout": term})
+    assert load_depth_terms(root) == {"readout": term} and load_checkpoint(root).temperature_depth == {"readout": term}
+
+
+def test_calibrate_with_depths_fits_a_depth_term_on_thinned_cells(tiny_checkpoint, planted_spec, tmp_path):
+    from instructcell_agent.core_model.temperature_fit import calibrate_checkpoint
+
+    root = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, root)
+    with pytest.raises(ValueError, match="fractions"):
+        calibrate_checkpoint(root, [planted_spec], command="test", min_wrong=0, depths=[0.5, 2.0])
+    record = calibrate_checkpoint(root, [planted_spec], command="test", min_wrong=0, depths=[0.3, 0.1])
+    assert record["fitted_on"]["depths"] == [1.0, 0.3, 0.1]
+    fit = record["fit_report"]["readout"]
+    # the thinned copies were read too: three times the cells, each depth on its own in the record
+    assert fit["pooled"]["unscaled"]["n_cells"] == 120 and len(fit["per_set"]) == 3
+    assert any("at 0.1 of its counts" in name for name in fit["per_set"])
+    assert fit["pooled"]["fitted"]["log_loss"] <= fit["pooled"]["unscaled"]["log_loss"] + 1e-12
+    loaded = load_checkpoint(root)
+    assert {m: t.to_json() for m, t in loaded.temperature_depth.items()} == record["depth"]
+    assert set(record["depth"]) == set(record["temperature"])
