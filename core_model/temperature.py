@@ -101,19 +101,25 @@ def calibration_error(conf: np.ndarray, correct: np.ndarray, bins: int = 10) -> 
     return float(total / len(conf))
 
 
-def fit_temperature(rows: Sequence[np.ndarray], correct: Sequence[bool]) -> float:
-    """The T on a fine log-spaced grid (0.1 to 100) minimising `confidence_log_loss`."""
-    correct = np.asarray(correct, dtype=bool)
-    if len(rows) != len(correct) or len(rows) == 0:
-        raise ValueError(f"need one correctness flag per score row and at least one row, "
-                         f"got {len(rows)} and {len(correct)}")
-    # Only each row's top-to-rest gaps matter; stacking them once makes the grid search cheap.
+def score_gaps(rows: Sequence[np.ndarray]) -> np.ndarray:
+    """Each row's top score minus each of its finite scores (inf pads the shorter rows): all a
+    softmax's top probability depends on, stacked once so that grid searches are cheap."""
     width = max(len(r) for r in rows)
     gaps = np.full((len(rows), width), np.inf)
     for i, row in enumerate(rows):
         row = np.asarray(row, dtype=np.float64)
         finite = row[np.isfinite(row)]
         gaps[i, : len(finite)] = np.max(finite) - finite
+    return gaps
+
+
+def fit_temperature(rows: Sequence[np.ndarray], correct: Sequence[bool]) -> float:
+    """The T on a fine log-spaced grid (0.1 to 100) minimising `confidence_log_loss`."""
+    correct = np.asarray(correct, dtype=bool)
+    if len(rows) != len(correct) or len(rows) == 0:
+        raise ValueError(f"need one correctness flag per score row and at least one row, "
+                         f"got {len(rows)} and {len(correct)}")
+    gaps = score_gaps(rows)
     losses = []
     for log_t in LOG_T_GRID:
         conf = 1.0 / np.exp(-gaps / np.exp(log_t)).sum(1)

@@ -27,7 +27,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .temperature import LOG_T_GRID, DepthTerm, confidence_log_loss
+from .temperature import LOG_T_GRID, DepthTerm, confidence_log_loss, score_gaps
 
 SLOPE_GRID = np.round(np.arange(-0.5, 1.51, 0.05), 2)  # a negative slope: shallow cells read too unsure
 GENES_REF_GRID = (50, 100, 200, 400, 800, 1600)
@@ -36,18 +36,6 @@ GENES_REF_GRID = (50, 100, 200, 400, 800, 1600)
 def detected_genes(X) -> np.ndarray:
     """Per row of an (aligned) count matrix, how many genes hold counts."""
     return np.asarray((X > 0).sum(1)).ravel()
-
-
-def _gaps(rows: Sequence[np.ndarray]) -> np.ndarray:
-    """Each row's top score minus every finite score (inf pads), which is all a softmax's top
-    probability depends on."""
-    width = max(len(r) for r in rows)
-    gaps = np.full((len(rows), width), np.inf)
-    for i, row in enumerate(rows):
-        finite = np.asarray(row, dtype=np.float64)
-        finite = finite[np.isfinite(finite)]
-        gaps[i, : len(finite)] = np.max(finite) - finite
-    return gaps
 
 
 def _loss(gaps: np.ndarray, correct: np.ndarray, per_cell_t: np.ndarray) -> float:
@@ -64,7 +52,7 @@ def fit_depth_temperature(rows: Sequence[np.ndarray], correct: Sequence[bool],
     if not (len(rows) == len(correct) == len(genes)) or len(rows) == 0:
         raise ValueError(f"need one correctness flag and one gene count per score row, got {len(rows)} rows, "
                          f"{len(correct)} flags and {len(genes)} gene counts")
-    gaps = _gaps(rows)
+    gaps = score_gaps(rows)
     coarse = LOG_T_GRID[::20]
     best = (np.inf, 0.0, DepthTerm(0.0, GENES_REF_GRID[0]))
     for ref in GENES_REF_GRID:
