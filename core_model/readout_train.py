@@ -17,7 +17,7 @@ import scipy.sparse as sp
 import torch
 
 from .cell_encoder import log_normalize_csr
-from .corpus import load_split
+from .corpus import SplitData, load_split
 from .datasets import DatasetSpec, load_catalog
 from .errors import CheckpointError
 from .gene_panels import hvg_cut, variable_gene_order
@@ -93,7 +93,8 @@ def readout_blocks(label_sets: dict[str, Any], known: dict[str, DatasetSpec], vo
 def train_readout(checkpoint_dir: str | os.PathLike, specs: Sequence[DatasetSpec] | None = None, *,
                   split: str = "train", l2: float = 1.0, answer_weight: float = DEFAULT_WEIGHT,
                   panel_copies: int = 0, seed: int = 0, hvg_copies: int = 0, thin_copies: int = 0,
-                  command: str | None = None, inherit_from: LoadedModel | None = None) -> Readout:
+                  command: str | None = None, inherit_from: LoadedModel | None = None,
+                  inherited_rows: str = "prior", replayed: Sequence[SplitData] = ()) -> Readout:
     """Fit the read-out on `split` of every dataset the checkpoint has a label set for and write
     it into the checkpoint directory (readout.safetensors + readout.json, atomically), with each
     set's mean cell over the same cells (`explain`'s default reference).
@@ -115,7 +116,14 @@ def train_readout(checkpoint_dir: str | os.PathLike, specs: Sequence[DatasetSpec
     asks them a little worse (pbmc3k -0.023 macro-F1); not checked on test
     (benchmarks/EXPERIMENTS.md, shallower cells).
     `inherit_from`: the checkpoint a fine-tuning run started from; label sets without data that it
-    has read-out rows for keep them (`with_inherited_rows`)."""
+    has read-out rows for keep them (`with_inherited_rows`). A label such a set shares with a set
+    fitted here gets one row for both: `inherited_rows="prior"` fits it centred on the inherited
+    row (`fit_readout`'s prior: genes the new data lacks keep their weights), "replace" from zero
+    on the new data alone (before 2026-12-07; benchmarks/results/new_study.md). `replayed`: the
+    start's reference cells of inherited sets (core_model/replay.py); those of a set sharing a
+    label with a fitted set join the fit, so the shared row still reads that set's cells."""
+    if inherited_rows not in ("prior", "replace"):
+        raise ValueError(f"inherited_rows must be 'prior' or 'replace', got {inherited_rows!r}")
     root = Path(checkpoint_dir)
     vocab, label_sets = read_checkpoint_lists(root)
     target_sum = float(json.loads((root / "config.json").read_text())["model"].get("target_sum", 1e4))
@@ -126,13 +134,31 @@ def train_readout(checkpoint_dir: str | os.PathLike, specs: Sequence[DatasetSpec
     if set(missing) - set(inherited):
         log.warning("no data for label sets %s: their labels are scored by the language model alone",
                     sorted(set(missing) - set(inherited)))
+    prior = shared_rows(old, {label for name in inherited for label in inherit_from.label_sets[name]["labels"]}) \
+        if inherited and inherited_rows == "prior" else None
+    fitted_labels = {label for name in label_sets if name in known for label in label_sets[name]["labels"]}
+    rehearsed = [r for r in replayed if r.spec.name in inherited and fitted_labels & set(r.labels)]
     readout = fitted_readout(label_sets, known, vocab, split, target_sum, l2=l2, answer_weight=answer_weight,
                              panel_copies=panel_copies, seed=seed, hvg_copies=hvg_copies,
-                             thin_copies=thin_copies, command=command)
+                             thin_copies=thin_copies, command=command, prior=prior,
+                             extra_blocks=[replay_block(r, label_sets, target_sum) for r in rehearsed])
     if inherited:
         readout = with_inherited_rows(readout, inherit_from, inherited)
     save_readout(root, readout, vocab)
     return readout
+
+
+def replay_block(split: SplitData, label_sets: dict[str, Any], target_sum: float) -> tuple[Block, dict[str, Any]]:
+    """A replayed set's reference cells as a `fit_readout` block, with its provenance."""
+    expr = log_normalize_csr(split.X, target_sum).toarray()
+    block = (expr, np.asarray(split.labels), list(label_sets[split.spec.name]["labels"]))
+    return block, {"name": split.spec.name, "replayed_reference_cells": split.n_cells}
+
+
+def shared_rows(old: Readout, labels: set[str]) -> dict[str, tuple[torch.Tensor, float]]:
+    """The inherited read-out's (row, bias) of each of `labels` it has: `fit_readout`'s prior."""
+    return {label: (old.weight[old.column[label]], float(old.bias[old.column[label]]))
+            for label in sorted(labels) if label in old.column}
 
 
 def with_inherited_rows(fitted: Readout, start: LoadedModel, inherited: Sequence[str]) -> Readout:
@@ -144,9 +170,10 @@ def with_inherited_rows(fitted: Readout, start: LoadedModel, inherited: Sequence
     read-out adds (zheng2017 test macro-F1 0.764 -> 0.811 for the shipped model). The old rows are
     what a joint refit would give them: each cell's softmax runs over its own set's labels and the
     penalty is per cell, so a set's rows do not depend on other sets' cells. A label a new set
-    spells alike keeps the new fit's row. The genes are the start's (a run from a checkpoint keeps
-    them), so the rows fit; the start's weight curves (by gene coverage, by cell depth) are kept where
-    the fit has none."""
+    spells alike keeps the new fit's row (by default fitted centred on the old one and on the
+    replayed cells of its set, `train_readout`). The genes are the start's (a run from a checkpoint
+    keeps them), so the rows fit; the start's weight curves (by gene coverage, by cell depth) are
+    kept where the fit has none."""
     old = start.readout
     extra = list(dict.fromkeys(label for name in inherited for label in start.label_sets[name]["labels"]
                                if label in old.column and label not in fitted.column))
@@ -167,15 +194,19 @@ def with_inherited_rows(fitted: Readout, start: LoadedModel, inherited: Sequence
 def fitted_readout(label_sets: dict[str, Any], known: dict[str, DatasetSpec], vocab: list[str], split: str,
                    target_sum: float, *, l2: float = 1.0, answer_weight: float = DEFAULT_WEIGHT,
                    panel_copies: int = 0, seed: int = 0, hvg_copies: int = 0, thin_copies: int = 0,
-                   command: str | None = None) -> Readout:
-    """The read-out `train_readout` writes, fitted in memory (`readout_blocks`, `fit_readout`)."""
+                   command: str | None = None, prior: dict[str, tuple[torch.Tensor, float]] | None = None,
+                   extra_blocks: Sequence[tuple[Block, dict[str, Any]]] = ()) -> Readout:
+    """The read-out `train_readout` writes, fitted in memory (`readout_blocks`, `fit_readout`);
+    `extra_blocks` (block, provenance) join the fit without a mean cell (`replay_block`)."""
     blocks, means, data = readout_blocks(label_sets, known, vocab, split, target_sum, panel_copies, seed, hvg_copies,
                                          thin_copies)
     if not blocks:
         raise CheckpointError(f"none of the checkpoint's label sets {sorted(label_sets)} has data to fit a read-out on")
-    labels, weight, bias, info = fit_readout(blocks, len(vocab), l2=l2)
+    blocks += [block for block, _ in extra_blocks]
+    data = data + [source for _, source in extra_blocks]
+    labels, weight, bias, info = fit_readout(blocks, len(vocab), l2=l2, prior=prior)
     # fit_readout counts the rows it fitted (cells and their panel copies); report the cells
-    info = {**info, "n_cells": sum(d["n_cells"] for d in data), "n_fitted_rows": info["n_cells"],
+    info = {**info, "n_cells": sum(d.get("n_cells", 0) for d in data), "n_fitted_rows": info["n_cells"],
             "panel_copies": panel_copies, "hvg_copies": hvg_copies, "thin_copies": thin_copies, "seed": seed}
     log.info("read-out fitted: %d labels, train accuracy %.3f", len(labels), info["train_accuracy"])
     return Readout(labels, weight, bias, answer_weight,

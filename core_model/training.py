@@ -40,6 +40,7 @@ from .io import file_sha256, read_h5ad
 from .model import CellLanguageModel
 from .precision import resolve_device
 from .readout_train import train_readout
+from .replay import inherited_sets, is_replayed, replay_splits
 from .reference_fit import fit_checkpoint_reference
 from .train_state import check_resumable, save_state
 from .training_data import AuxHead, TrainingData
@@ -79,6 +80,9 @@ class TrainConfig:
     valid_cells: int = 48  # per dataset, for the end-of-training check
     save_every: int = 200
     init_from: str | None = None  # a checkpoint directory: start from its weights, skip stage 1
+    # with init_from: replay the start's reference cells of the label sets this run has no data for
+    # (core_model/replay.py), so fine-tuning on a user's sets alone does not forget them
+    replay: bool = True
     # Splits the weights are fitted on. "train+valid" is the final refit once settings were chosen
     # on valid (the benchmark's baselines are fitted on train+valid too); the end-of-run valid
     # check is then skipped, since it would score cells the model was fitted on.
@@ -158,7 +162,8 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, show_p
     if start is not None:
         warm_start.check_set_names(start, specs)
     vocab = start.vocab if start else _vocab(specs, cfg, out, resume)
-    data = TrainingData.build([_load_split(s, vocab, cfg.fit_splits) for s in specs])
+    replayed = replay_splits(start, inherited_sets(start, specs)) if start is not None and cfg.replay else []
+    data = TrainingData.build([_load_split(s, vocab, cfg.fit_splits) for s in specs] + replayed)
     model = start.model if start else new_model(cfg, data)
     aux = AuxHead(model.cfg.encoder.dim, data.n_labels)
     model.to(device)
@@ -182,7 +187,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, show_p
     valid = _validate(model, specs, vocab, cfg) if "valid" not in cfg.fit_splits.split("+") else {
         "skipped": f"the model was fitted on {cfg.fit_splits}"}
     model.to("cpu")  # checkpoints are written from, and loaded onto, the CPU
-    labels = _label_sets(specs, data)
+    labels = _label_sets(specs, data)  # a replayed set keeps the start's entry (merged below)
     info = {**_info(cfg, specs, valid), "command": command, "trained_on": _device_name(device)}
     if start is not None:
         labels = warm_start.merged_label_sets(start, labels)
@@ -192,7 +197,8 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, show_p
     # The read-out beside the LM (core_model/readout.py) is fitted on the same cells; the valid
     # check above is the language model's alone.
     if fit_readout:
-        train_readout(out / "checkpoint", specs, split=cfg.fit_splits, command=command, inherit_from=start)
+        train_readout(out / "checkpoint", specs, split=cfg.fit_splits, command=command, inherit_from=start,
+                      replayed=replayed)
     # what a cell's typicality of its label is measured against (core_model/reference.py)
     fit_checkpoint_reference(out / "checkpoint", specs, split=cfg.fit_splits, command=command, inherit_from=start)
     (out / "valid_metrics.json").write_text(json.dumps(valid, indent=1))
@@ -401,7 +407,7 @@ def _label_sets(specs: list[DatasetSpec], data: TrainingData) -> dict[str, dict[
             "tissue": s.spec.tissue, "species": s.spec.species, "sequencing_method": s.spec.sequencing_method,
             "drug": s.spec.drug,
         }
-        for s in data.splits
+        for s in data.splits if not is_replayed(s)
     }
 
 

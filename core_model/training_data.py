@@ -11,6 +11,7 @@ from torch import nn
 
 from .corpus import SplitData
 from .gene_panels import variable_gene_order
+from .replay import REPLAY_SHARE, is_replayed
 
 
 class AuxHead(nn.Module):
@@ -44,8 +45,14 @@ class TrainingData:
 
     def dataset_probs(self, alpha: float = 0.5) -> np.ndarray:
         """Chance each dataset is drawn for a batch: proportional to cells**alpha. Below 1, small
-        sets are seen more than their size alone would give, large ones less."""
+        sets are seen more than their size alone would give, large ones less. Sets replayed from a
+        starting checkpoint's reference cells (core_model/replay.py) share `REPLAY_SHARE` of the
+        draws among themselves, the run's own sets the rest."""
         weight = np.asarray([s.n_cells for s in self.splits], dtype=float) ** alpha
+        replayed = np.asarray([is_replayed(s) for s in self.splits])
+        if replayed.any() and not replayed.all():
+            weight[replayed] *= REPLAY_SHARE / weight[replayed].sum()
+            weight[~replayed] *= (1 - REPLAY_SHARE) / weight[~replayed].sum()
         return weight / weight.sum()
 
     def sample(self, rng: np.random.Generator, d: int, n: int) -> np.ndarray:

@@ -44,6 +44,9 @@ def _add_train(sub) -> None:
     p.add_argument("--init-from", default=None, metavar="CHECKPOINT",
                    help="start from this checkpoint's weights and gene vocabulary (skips stage 1): more steps "
                         "for a trained model, or fine-tuning it on --catalog sets")
+    p.add_argument("--no-replay", action="store_true",
+                   help="with --init-from: do not replay the start's reference cells of the label sets this run has "
+                        "no data for (core_model/replay.py; without them a --no-shared run forgets those sets)")
     p.add_argument("--lr", type=float, default=5e-4, help="peak learning rate of stage 2")
     p.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay, both stages")
     p.add_argument("--dataset-alpha", type=float, default=0.5,
@@ -310,7 +313,7 @@ def _train(args) -> int:
         weight_decay=args.weight_decay,
         fit_splits=args.fit_splits, vocab_from=args.vocab_from, dataset_alpha=args.dataset_alpha,
         linear_skip=args.linear_skip, aux_weight=args.aux_weight, freeze_encoder=args.freeze_encoder,
-        rank_weight=args.rank_weight,
+        rank_weight=args.rank_weight, replay=not args.no_replay,
     )
     command = recorded_command()
     specs = None

@@ -45,6 +45,22 @@ def test_fit_learns_each_block_within_its_own_labels():
         fit_readout([(a[0], np.array(["A1"] * 199 + ["Z"]), a[2])], 30)
 
 
+def test_a_prior_row_keeps_its_weights_on_genes_the_data_never_shows():
+    rng = np.random.default_rng(0)
+    expr, truth, label_set = _planted_block(200, ["A1", "A2", "B"], 30, rng, 0)
+    expr[:, 20:] = 0.0  # a file without genes 20 to 29
+    old = torch.linspace(-1, 1, 30)
+    labels, plain, _, info = fit_readout([(expr, truth, label_set)], 30)
+    _, centred, bias, centred_info = fit_readout([(expr, truth, label_set)], 30, prior={"B": (old, 0.5)})
+    b = labels.index("B")
+    assert torch.count_nonzero(plain[b, 20:]) == 0 and "centred_on_prior" not in info
+    torch.testing.assert_close(centred[b, 20:], old[20:])  # no data there: the prior row, as it was
+    assert centred_info["centred_on_prior"] == ["B"]
+    # where the data speaks, it is still fitted: B's marker weighs more than in the prior row
+    assert centred[b, 2] > old[2] + 0.5
+    torch.testing.assert_close(centred[labels.index("A1")], plain[labels.index("A1")], atol=0.05, rtol=0)
+
+
 def _readout(labels=("x", "y", "p", "q"), n_genes=3, weight=1.0) -> Readout:
     torch.manual_seed(0)
     return Readout(list(labels), torch.randn(len(labels), n_genes), torch.randn(len(labels)), weight)

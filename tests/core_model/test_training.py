@@ -150,7 +150,8 @@ def test_a_given_vocabulary_cannot_be_combined_with_a_starting_checkpoint(tiny_c
 
 
 def test_dataset_draws_follow_cells_to_the_power_alpha():
-    data = TrainingData([SimpleNamespace(n_cells=n) for n in (100, 400)], [0, 2], [{}, {}], 4)
+    data = TrainingData([SimpleNamespace(n_cells=n, spec=SimpleNamespace(extra={})) for n in (100, 400)], [0, 2],
+                        [{}, {}], 4)
     assert data.dataset_probs(1.0) == pytest.approx([0.2, 0.8])
     assert data.dataset_probs(0.5) == pytest.approx([1 / 3, 2 / 3])  # sqrt: 10 vs 20
     assert data.dataset_probs(0.0) == pytest.approx([0.5, 0.5])
