@@ -83,7 +83,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--work", type=Path, default=Path("/tmp/new_study"))
     p.add_argument("--precision", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--out-dir", type=Path, default=Path(__file__).parent / "results")
-    p.add_argument("--stem", default=None, help="report name (default new_study[_beside_shared])")
+    p.add_argument("--stem", default=None, help="report name (default new_study[_beside_shared][_no_replay])")
     return p.parse_args(argv)
 
 
@@ -139,7 +139,7 @@ def fine_tune(args: argparse.Namespace, catalog: Path) -> tuple[Path, float]:
 # Read-outs refitted on copies of the fine-tuned checkpoint (same LM weights): a label the study
 # spells as an inherited set does gets one row for both; how that row is fitted.
 READOUT_VARIANTS = {
-    "replace": "rows from zero on the study alone (before 2026-12-07)",
+    "replace": "rows from zero on the study alone (the read-out fit before 2026-12-07)",
     "replayed_from_zero": "rows from zero on the study and the inherited sets' replayed cells",
 }
 

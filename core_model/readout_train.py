@@ -134,8 +134,9 @@ def train_readout(checkpoint_dir: str | os.PathLike, specs: Sequence[DatasetSpec
     if set(missing) - set(inherited):
         log.warning("no data for label sets %s: their labels are scored by the language model alone",
                     sorted(set(missing) - set(inherited)))
-    prior = shared_rows(old, {label for name in inherited for label in inherit_from.label_sets[name]["labels"]}) \
-        if inherited and inherited_rows == "prior" else None
+    prior = None
+    if inherited and inherited_rows == "prior":
+        prior = shared_rows(old, {label for name in inherited for label in inherit_from.label_sets[name]["labels"]})
     fitted_labels = {label for name in label_sets if name in known for label in label_sets[name]["labels"]}
     rehearsed = [r for r in replayed if r.spec.name in inherited and fitted_labels & set(r.labels)]
     readout = fitted_readout(label_sets, known, vocab, split, target_sum, l2=l2, answer_weight=answer_weight,

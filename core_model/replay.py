@@ -53,15 +53,15 @@ def replay_splits(start, names: Sequence[str]) -> list[SplitData]:
         if not keys:
             continue
         rows = np.concatenate([np.arange(reference.offsets[i], reference.offsets[i + 1]) for i in keys])
-        labels = np.concatenate([[reference.keys[i][1]] * int(reference.offsets[i + 1] - reference.offsets[i])
-                                 for i in keys]).astype(object)
+        labels = np.repeat([reference.keys[i][1] for i in keys], np.diff(reference.offsets)[keys]).astype(object)
         spec = DatasetSpec(name=name, task=entry["task"], path=Path(str(start.path)) / "reference.safetensors",
                            label_key=entry.get("label_key", ""), tissue=entry.get("tissue", ""),
                            species=entry.get("species", ""), sequencing_method=entry.get("sequencing_method", ""),
                            drug=entry.get("drug", ""), classes=tuple(entry["labels"]),
                            extra={REPLAYED: str(start.path)})
         fields = {key: str(entry.get(key, "") or "") for key in PROMPT_FIELDS}
-        splits.append(SplitData(spec, sp.csr_matrix(reference.cells[rows]), labels, [dict(fields)] * len(rows),
+        # no alignment report: the kept cells are on the vocabulary already
+        splits.append(SplitData(spec, sp.csr_matrix(reference.cells[rows]), labels, [fields] * len(rows),
                                 [f"{name}:reference:{r}" for r in rows], None))
     log.info("replaying %d reference cells of %d inherited sets", sum(s.n_cells for s in splits), len(splits))
     return splits
