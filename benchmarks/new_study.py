@@ -215,7 +215,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     checkpoint, train_seconds = fine_tune(args, catalog)
     tuned = ica.load_model(checkpoint, precision=args.precision)
     after = {"asked": asked(tuned, test, truth, labels, **fields), "free": free(tuned, data, split_path, args)}
-    variants = [v for v in READOUT_VARIANTS if v == "replace" or not args.no_replay]
+    # beside the shared sets every row is fitted on its sets' data: nothing inherited to refit otherwise
+    variants = [] if args.beside_shared else [v for v in READOUT_VARIANTS if v == "replace" or not args.no_replay]
     refitted = {v: ica.load_model(readout_variant(checkpoint, catalog, v), precision=args.precision) for v in variants}
     after_variants = {v: _plain(asked(m, test, truth, labels, **fields)) for v, m in refitted.items()}
     gap = paired_f1_bootstrap(truth, after["asked"]["answers"], best.predicted, labels)

@@ -81,7 +81,7 @@ class TrainConfig:
     save_every: int = 200
     init_from: str | None = None  # a checkpoint directory: start from its weights, skip stage 1
     # with init_from: replay the start's reference cells of the label sets this run has no data for
-    # (core_model/replay.py), so fine-tuning on a user's sets alone does not forget them
+    # (core_model/replay.py), so fine-tuning on a user's sets alone forgets them less
     replay: bool = True
     # Splits the weights are fitted on. "train+valid" is the final refit once settings were chosen
     # on valid (the benchmark's baselines are fitted on train+valid too); the end-of-run valid
