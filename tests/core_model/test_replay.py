@@ -63,10 +63,13 @@ def test_a_label_spelt_alike_keeps_what_the_start_read_in_genes_the_new_file_lac
     train_readout(plain.path, [spec], inherit_from=start, inherited_rows="replace")
     plain = load_checkpoint(plain.path)
 
-    genes = [tiny_model_index(start, g) for g in sorted(lacking)]
-    row = lambda m, label: m.readout.weight[m.readout.column[label], genes]  # noqa: E731
-    assert torch.count_nonzero(row(plain, "alpha")) == 0  # what the file lacks, the row forgot
-    assert row(start, "alpha").sum() > 0 and row(tuned, "alpha").sum() > 0  # still read there
+    genes = [start.vocab.index(g) for g in sorted(lacking)]
+
+    def alpha_row(model) -> torch.Tensor:  # the 'alpha' row's weights on the genes the new file lacks
+        return model.readout.weight[model.readout.column["alpha"], genes]
+
+    assert torch.count_nonzero(alpha_row(plain)) == 0  # what the file lacks, the row forgot
+    assert alpha_row(start).sum() > 0 and alpha_row(tuned).sum() > 0  # still read there
     assert tuned.readout.info["centred_on_prior"] == sorted(CELL_TYPES)
     assert {d["name"] for d in tuned.readout.info["data"]} == {"mine", "planted"}  # the replayed cells joined
     # the start's own cells, whole, are still read right through the shared rows
@@ -83,7 +86,3 @@ def test_a_label_spelt_alike_keeps_what_the_start_read_in_genes_the_new_file_lac
     (tuned_logp, tuned_acc), (plain_logp, _) = true_logp(tuned), true_logp(plain)
     assert tuned_acc >= 0.95
     assert tuned_logp > plain_logp + 0.02  # measured: start -0.011, replayed -0.030, refitted from zero -0.090
-
-
-def tiny_model_index(model, gene: str) -> int:
-    return model.vocab.index(gene)
