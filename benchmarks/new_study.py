@@ -29,11 +29,13 @@ and 'Dendritic' is new to the model. Any labelled file works: `--data H5AD --lab
     python benchmarks/new_study.py [--lm-steps 300] [--lr 2.5e-4] [--work /tmp/new_study]
     python benchmarks/new_study.py --beside-shared     # trained beside the shared sets (needs ../shared)
     python benchmarks/new_study.py --no-replay         # without the reference cells replayed (before 2026-12-07)
+    python benchmarks/new_study.py --train-args='--freeze-encoder' --no-readout-variants --stem new_study_frozen_encoder
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import logging
 import shlex
 import shutil
@@ -78,6 +80,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--beside-shared", action="store_true", help="train beside the shared sets (no --no-shared)")
     p.add_argument("--no-replay", action="store_true",
                    help="fine-tune without replaying the shipped checkpoint's reference cells (core_model/replay.py)")
+    p.add_argument("--train-args", default="",
+                   help="more `instructcell train` options, one string: --train-args='--freeze-encoder'")
+    p.add_argument("--no-readout-variants", action="store_true",
+                   help="skip the read-out variants (step 5's refitted copies)")
     p.add_argument("--keep", default="zheng2017_pbmc_sorted,kang2018_pbmc_ifnb",
                    help="shared sets whose test cells check for forgetting (comma-separated; empty: none)")
     p.add_argument("--work", type=Path, default=Path("/tmp/new_study"))
@@ -129,6 +135,7 @@ def fine_tune(args: argparse.Namespace, catalog: Path) -> tuple[Path, float]:
         argv.append("--no-shared")
     if args.no_replay:
         argv.append("--no-replay")
+    argv += shlex.split(args.train_args)
     logger.info("instructcell %s", shlex.join(argv))
     start = time.perf_counter()
     if instructcell(argv) != 0:
@@ -172,6 +179,17 @@ def free(model, data: Path, split_path: Path, args: argparse.Namespace) -> dict[
                                         for part in ("with_options", "without_options")}
 
 
+# Which half forgot: the same checkpoints without their read-out (the language model's answers alone).
+LM_ALONE = {"shipped": "shipped, LM alone", "fine-tuned": "fine-tuned, LM alone"}
+
+
+def lm_alone(model):
+    """`model` answering without its read-out."""
+    alone = copy.copy(model)
+    alone.readout, alone._adapted = None, {}
+    return alone
+
+
 def forgetting(models: dict[str, Any], keep: list[str]) -> list[dict[str, Any]]:
     """Each kept shared set's test cells asked among its own labels, by every model."""
     specs = {s.name: s for s in load_catalog()}
@@ -184,11 +202,16 @@ def forgetting(models: dict[str, Any], keep: list[str]) -> list[dict[str, Any]]:
         cells = subset_by_names(read_h5ad(spec.path), read_split(spec.split_path)["test"], "test")
         truth = np.asarray(get_labels(cells, spec.label_key), dtype=object).astype(str)
         labels = list(spec.classes) or sorted(set(truth))
-        row = {"set": name, "n": len(truth)}
+        row: dict[str, Any] = {"set": name, "n": len(truth)}
+        answers = {}
         for what, model in models.items():
             scored = asked(model, cells, truth, labels)
+            answers[what] = scored["answers"]
             row[what] = {"accuracy": scored["accuracy"], "macro_f1": scored["macro_f1"]}
             logger.info("%s, %s: macro-F1 %.3f", name, what, scored["macro_f1"])
+        # how much of a drop the set's few hundred test cells can resolve
+        row["fine_tuned_minus_shipped"] = paired_f1_bootstrap(truth, answers["fine-tuned"], answers["shipped"],
+                                                              labels).to_dict()
         rows.append(row)
     return rows
 
@@ -216,12 +239,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     tuned = ica.load_model(checkpoint, precision=args.precision)
     after = {"asked": asked(tuned, test, truth, labels, **fields), "free": free(tuned, data, split_path, args)}
     # beside the shared sets every row is fitted on its sets' data: nothing inherited to refit otherwise
-    variants = [] if args.beside_shared else [v for v in READOUT_VARIANTS if v == "replace" or not args.no_replay]
+    variants = [] if args.beside_shared or args.no_readout_variants else [
+        v for v in READOUT_VARIANTS if v == "replace" or not args.no_replay]
     refitted = {v: ica.load_model(readout_variant(checkpoint, catalog, v), precision=args.precision) for v in variants}
     after_variants = {v: _plain(asked(m, test, truth, labels, **fields)) for v, m in refitted.items()}
     gap = paired_f1_bootstrap(truth, after["asked"]["answers"], best.predicted, labels)
     gain = paired_f1_bootstrap(truth, after["asked"]["answers"], before["asked"]["answers"], labels)
-    kept = forgetting({"shipped": shipped, "fine-tuned": tuned, **refitted}, keep)
+    kept = forgetting({"shipped": shipped, "fine-tuned": tuned, **refitted,
+                       LM_ALONE["shipped"]: lm_alone(shipped), LM_ALONE["fine-tuned"]: lm_alone(tuned)}, keep)
 
     report = {"meta": meta, "args": {k: str(v) for k, v in vars(args).items()}, "labels": labels,
               "n_cells": {k: len(v) for k, v in split.items()}, "train_seconds": train_seconds,
@@ -256,7 +281,8 @@ def markdown(report: dict[str, Any], meta: dict[str, Any], args: argparse.Namesp
              f"- fine-tune: `instructcell train --init-from <shipped> --catalog <study> "
              f"{'' if args.beside_shared else '--no-shared '}{'--no-replay ' if args.no_replay else ''}"
              f"--fit-splits train+valid --lm-steps {args.lm_steps} "
-             f"--lr {args.lr}`, {report['train_seconds'] / 60:.1f} min on this machine",
+             f"--lr {args.lr}{' ' + args.train_args if args.train_args else ''}`, "
+             f"{report['train_seconds'] / 60:.1f} min on this machine",
              "- baselines fitted on the same train+valid cells (log1p CP10k of the study's genes); "
              f"language model in {args.precision}",
              "- asked: `ica.annotate(test_cells, candidates=the study's labels)`; free: `evaluate` with the "
@@ -275,13 +301,16 @@ def markdown(report: dict[str, Any], meta: dict[str, Any], args: argparse.Namesp
               f"{_interval(report['fine_tuned_minus_best_baseline'])}; fine-tuned - shipped: "
               f"{_interval(report['fine_tuned_minus_shipped'])} (paired bootstrap over the test cells, 95%)."]
     if report["forgetting"]:
-        models = ["shipped", "fine-tuned", *report["readout_variants"]]
+        models = ["shipped", "fine-tuned", *report["readout_variants"],
+                  *(m for m in LM_ALONE.values() if m in report["forgetting"][0])]
         lines += ["", "Forgetting: shared sets' test cells asked among their own labels (accuracy / macro-F1).", "",
                   "| set | n | " + " | ".join(READOUT_VARIANTS.get(m, m) for m in models) + " |",
                   "|---|---|" + "---|" * len(models)]
         for row in report["forgetting"]:
             cells = " | ".join(f"{row[m]['accuracy']:.3f} / {row[m]['macro_f1']:.3f}" for m in models)
             lines.append(f"| {row['set']} | {row['n']} | {cells} |")
+        lines += ["", "Macro-F1, fine-tuned - shipped on those cells (paired bootstrap, 95%): " + "; ".join(
+            f"{row['set']} {_interval(row['fine_tuned_minus_shipped'])}" for row in report["forgetting"]) + "."]
     return "\n".join(lines) + "\n"
 
 

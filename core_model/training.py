@@ -40,7 +40,7 @@ from .io import file_sha256, read_h5ad
 from .model import CellLanguageModel
 from .precision import resolve_device
 from .readout_train import train_readout
-from .replay import inherited_sets, is_replayed, replay_splits
+from .replay import REPLAY_SHARE, inherited_sets, is_replayed, replay_splits
 from .reference_fit import fit_checkpoint_reference
 from .train_state import check_resumable, save_state
 from .training_data import AuxHead, TrainingData
@@ -83,6 +83,7 @@ class TrainConfig:
     # with init_from: replay the start's reference cells of the label sets this run has no data for
     # (core_model/replay.py), so fine-tuning on a user's sets alone forgets them less
     replay: bool = True
+    replay_share: float = REPLAY_SHARE  # of the LM's batches, for the replayed sets together
     # Splits the weights are fitted on. "train+valid" is the final refit once settings were chosen
     # on valid (the benchmark's baselines are fitted on train+valid too); the end-of-run valid
     # check is then skipped, since it would score cells the model was fitted on.
@@ -110,6 +111,8 @@ class TrainConfig:
             raise ValueError(f"dataset_alpha must lie in [0, 1], got {self.dataset_alpha}")
         if self.rank_weight < 0:
             raise ValueError(f"rank_weight must not be negative, got {self.rank_weight}")
+        if not 0.0 < self.replay_share < 1.0:
+            raise ValueError(f"replay_share must lie strictly between 0 and 1, got {self.replay_share}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -282,7 +285,7 @@ def train_encoder(encoder: nn.Module, aux: AuxHead, data: TrainingData, cfg: Tra
     opt = torch.optim.AdamW(params, lr=cfg.encoder_lr, weight_decay=cfg.weight_decay)
     rng = np.random.default_rng(cfg.seed)
     steps = int(cfg.encoder_epochs * sum(s.n_cells for s in data.splits) / cfg.encoder_batch)
-    probs = data.dataset_probs(cfg.dataset_alpha)
+    probs = data.dataset_probs(cfg.dataset_alpha, cfg.replay_share)
     encoder.train()
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.encoder_lr, total_steps=max(steps, 1))
     for _ in tqdm(range(steps), desc="stage 1 (encoder)", disable=not show):
@@ -332,7 +335,7 @@ def train_language_stage(model: CellLanguageModel, aux: AuxHead, data: TrainingD
         sched.load_state_dict(state["sched"])
         start = int(state["step"])
     banks = {task: load_bank(task).train for task in {s.spec.task for s in data.splits}}
-    probs = data.dataset_probs(cfg.dataset_alpha)
+    probs = data.dataset_probs(cfg.dataset_alpha, cfg.replay_share)
     model.train()
     model.lm.eval()  # no dropout in the backbone, frozen or not
     if cfg.freeze_encoder:

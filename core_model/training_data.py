@@ -43,16 +43,16 @@ class TrainingData:
             total += len(labels)
         return cls(splits, offsets, index, total)
 
-    def dataset_probs(self, alpha: float = 0.5) -> np.ndarray:
+    def dataset_probs(self, alpha: float = 0.5, replay_share: float = REPLAY_SHARE) -> np.ndarray:
         """Chance each dataset is drawn for a batch: proportional to cells**alpha. Below 1, small
         sets are seen more than their size alone would give, large ones less. Sets replayed from a
-        starting checkpoint's reference cells (core_model/replay.py) share `REPLAY_SHARE` of the
+        starting checkpoint's reference cells (core_model/replay.py) share `replay_share` of the
         draws among themselves, the run's own sets the rest."""
         weight = np.asarray([s.n_cells for s in self.splits], dtype=float) ** alpha
         replayed = np.asarray([is_replayed(s) for s in self.splits])
         if replayed.any() and not replayed.all():
-            weight[replayed] *= REPLAY_SHARE / weight[replayed].sum()
-            weight[~replayed] *= (1 - REPLAY_SHARE) / weight[~replayed].sum()
+            weight[replayed] *= replay_share / weight[replayed].sum()
+            weight[~replayed] *= (1 - replay_share) / weight[~replayed].sum()
         return weight / weight.sum()
 
     def sample(self, rng: np.random.Generator, d: int, n: int) -> np.ndarray:

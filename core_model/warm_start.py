@@ -95,7 +95,7 @@ def merged_label_sets(start: LoadedModel, new: dict[str, dict[str, Any]]) -> dic
 
 def sampler(data, cfg, target_sum: float, make_batch):
     """`batches(step)` for `fit_aux_head` over the run's training data (seeded per step)."""
-    probs = data.dataset_probs(cfg.dataset_alpha)
+    probs = data.dataset_probs(cfg.dataset_alpha, cfg.replay_share)
 
     def batches(step: int):
         rng = np.random.default_rng([cfg.seed, 7, step])

@@ -17,6 +17,7 @@ from .cli_checkpoint import recorded_command
 from .cli_data import (CANDIDATES_HELP, add_data_arguments, add_matrix_arguments, check_new_file, inputs,
                        parse_candidates, read_data, table_separator, with_tissue_types)
 from .core_model.precision import add_device_argument, add_precision_argument
+from .core_model.replay import REPLAY_SHARE
 from .core_model.scoring import add_scoring_argument
 
 log = logging.getLogger("instructcell_agent")
@@ -47,6 +48,8 @@ def _add_train(sub) -> None:
     p.add_argument("--no-replay", action="store_true",
                    help="with --init-from: do not replay the start's reference cells of the label sets this run has "
                         "no data for (core_model/replay.py; without them a --no-shared run forgets those sets)")
+    p.add_argument("--replay-share", type=float, default=REPLAY_SHARE,
+                   help="share of the language model's batches the replayed sets take together (default %(default)s)")
     p.add_argument("--lr", type=float, default=5e-4, help="peak learning rate of stage 2")
     p.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay, both stages")
     p.add_argument("--dataset-alpha", type=float, default=0.5,
@@ -313,7 +316,7 @@ def _train(args) -> int:
         weight_decay=args.weight_decay,
         fit_splits=args.fit_splits, vocab_from=args.vocab_from, dataset_alpha=args.dataset_alpha,
         linear_skip=args.linear_skip, aux_weight=args.aux_weight, freeze_encoder=args.freeze_encoder,
-        rank_weight=args.rank_weight, replay=not args.no_replay,
+        rank_weight=args.rank_weight, replay=not args.no_replay, replay_share=args.replay_share,
     )
     command = recorded_command()
     specs = None

@@ -40,6 +40,9 @@ def test_replayed_sets_share_half_of_the_draws_whatever_their_number(tiny_model,
     clones = [dataclasses.replace(replayed, spec=dataclasses.replace(replayed.spec, name=f"r{i}")) for i in range(3)]
     probs = TrainingData.build([own, replayed, *clones]).dataset_probs(0.5)
     assert probs[1:].sum() == pytest.approx(REPLAY_SHARE) and probs[0] == pytest.approx(1 - REPLAY_SHARE)
+    more = TrainingData.build([own, replayed, *clones]).dataset_probs(0.5, replay_share=0.75)
+    assert more[1:].sum() == pytest.approx(0.75) and more[0] == pytest.approx(0.25)
+    np.testing.assert_allclose(more[1:], probs[1:] * 1.5)  # drawn among themselves as before
     # a run without replayed sets draws as before: cells ** alpha
     plain = TrainingData.build([own, own]).dataset_probs(0.5)
     np.testing.assert_allclose(plain, [0.5, 0.5])
@@ -86,3 +89,9 @@ def test_a_label_spelt_alike_keeps_what_the_start_read_in_genes_the_new_file_lac
     (tuned_logp, tuned_acc), (plain_logp, _) = true_logp(tuned), true_logp(plain)
     assert tuned_acc >= 0.95
     assert tuned_logp > plain_logp + 0.02  # measured: start -0.011, replayed -0.030, refitted from zero -0.090
+
+
+@pytest.mark.parametrize("share", [0.0, 1.0, -0.1])
+def test_a_replay_share_that_leaves_no_batches_to_either_side_is_refused(share):
+    with pytest.raises(ValueError, match="replay_share"):
+        tiny_train_config(replay_share=share)
