@@ -35,7 +35,7 @@ and 'Dendritic' is new to the model. Any labelled file works: `--data H5AD --lab
 from __future__ import annotations
 
 import argparse
-import copy
+import dataclasses
 import logging
 import shlex
 import shutil
@@ -185,9 +185,7 @@ LM_ALONE = {"shipped": "shipped, LM alone", "fine-tuned": "fine-tuned, LM alone"
 
 def lm_alone(model):
     """`model` answering without its read-out."""
-    alone = copy.copy(model)
-    alone.readout, alone._adapted = None, {}
-    return alone
+    return dataclasses.replace(model, readout=None)
 
 
 def forgetting(models: dict[str, Any], keep: list[str]) -> list[dict[str, Any]]:
