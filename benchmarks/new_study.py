@@ -30,6 +30,7 @@ and 'Dendritic' is new to the model. Any labelled file works: `--data H5AD --lab
     python benchmarks/new_study.py --beside-shared     # trained beside the shared sets (needs ../shared)
     python benchmarks/new_study.py --no-replay         # without the reference cells replayed (before 2026-12-07)
     python benchmarks/new_study.py --train-args='--freeze-encoder' --no-readout-variants --stem new_study_frozen_encoder
+    python benchmarks/new_study.py --train-args='--anchor-weight 0.01' --no-readout-variants --stem new_study_anchor001
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from typing import Any, Sequence
 
 import anndata as ad
 import numpy as np
+from safetensors.torch import load_file
 
 import instructcell_agent as ica
 from instructcell_agent.cli import main as instructcell
@@ -179,6 +181,25 @@ def free(model, data: Path, split_path: Path, args: argparse.Namespace) -> dict[
                                         for part in ("with_options", "without_options")}
 
 
+def weight_drift(start: Path, tuned: Path) -> dict[str, dict[str, float]]:
+    """How far fine-tuning moved the weights, per part (encoder, the backbone's adapters, projection):
+    root-mean-square change, sum of squared changes (what `--anchor-weight` penalizes, halved) and
+    the part's root-mean-square weight, for scale."""
+    a, b = (load_file(str(d / "weights.safetensors")) for d in (start, tuned))
+    parts: dict[str, list[float]] = {}
+    for name, w in a.items():
+        if name not in b or not w.is_floating_point():
+            continue
+        part = "adapters" if ".lora_" in name else name.split(".")[0]
+        delta = b[name].float() - w.float()
+        acc = parts.setdefault(part, [0.0, 0, 0.0])
+        acc[0] += float((delta ** 2).sum())
+        acc[1] += delta.numel()
+        acc[2] += float((w.float() ** 2).sum())
+    return {part: {"rms_change": (sq / n) ** 0.5, "sum_sq_change": sq, "rms_weight": (w / n) ** 0.5}
+            for part, (sq, n, w) in sorted(parts.items()) if sq > 0}
+
+
 # Which half forgot: the same checkpoints without their read-out (the language model's answers alone).
 LM_ALONE = {"shipped": "shipped, LM alone", "fine-tuned": "fine-tuned, LM alone"}
 
@@ -253,7 +274,7 @@ def main(argv: Sequence[str] | None = None) -> None:
               "fine_tuned": {"asked": _plain(after["asked"]), "free": after["free"], "checkpoint": str(checkpoint)},
               "readout_variants": after_variants,
               "fine_tuned_minus_best_baseline": gap.to_dict(), "fine_tuned_minus_shipped": gain.to_dict(),
-              "forgetting": kept}
+              "forgetting": kept, "weight_drift": weight_drift(ica.default_checkpoint_path(), checkpoint)}
     stem = args.stem or "new_study" + _suffix(args)
     path = write_report(report, markdown(report, meta, args, best.name), args.out_dir, stem)
     print(path)
@@ -298,6 +319,10 @@ def markdown(report: dict[str, Any], meta: dict[str, Any], args: argparse.Namesp
     lines += ["", f"Macro-F1, fine-tuned (asked) - best baseline ({best}): "
               f"{_interval(report['fine_tuned_minus_best_baseline'])}; fine-tuned - shipped: "
               f"{_interval(report['fine_tuned_minus_shipped'])} (paired bootstrap over the test cells, 95%)."]
+    drift = report["weight_drift"]
+    lines += ["", "Weights moved by the fine-tune (root-mean-square change / weight): " + "; ".join(
+        f"{part} {d['rms_change']:.4f} / {d['rms_weight']:.4f}" for part, d in drift.items()) +
+        f"; summed squared change {sum(d['sum_sq_change'] for d in drift.values()):.3g}."]
     if report["forgetting"]:
         models = ["shipped", "fine-tuned", *report["readout_variants"],
                   *(m for m in LM_ALONE.values() if m in report["forgetting"][0])]

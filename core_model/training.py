@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import warm_start
+from . import anchor, warm_start
 from .backbone import load_backbone
 from .cell_encoder import sparse_log_normalize
 from .checkpoint import LoadedModel, save_checkpoint
@@ -104,6 +104,9 @@ class TrainConfig:
     # each label's decisive-token log-likelihood, `score_candidates`) beside the LM's next-token
     # loss, which never plays the labels against each other. 0: off (the shipped recipe).
     rank_weight: float = 0.0
+    # With init_from: weight of a penalty pulling the weights stage 2 trains back toward the start's
+    # (core_model/anchor.py, L2-SP), so fine-tuning forgets the sets it has no data for less. 0: off.
+    anchor_weight: float = 0.0
 
     def __post_init__(self) -> None:
         # Checked here, not at the first draw, so a bad value fails before minutes of data loading.
@@ -111,6 +114,10 @@ class TrainConfig:
             raise ValueError(f"dataset_alpha must lie in [0, 1], got {self.dataset_alpha}")
         if self.rank_weight < 0:
             raise ValueError(f"rank_weight must not be negative, got {self.rank_weight}")
+        if self.anchor_weight < 0:
+            raise ValueError(f"anchor_weight must not be negative, got {self.anchor_weight}")
+        if self.anchor_weight and not self.init_from:
+            raise ValueError("anchor_weight pulls toward a starting checkpoint's weights: it needs init_from")
         if not 0.0 < self.replay_share < 1.0:
             raise ValueError(f"replay_share must lie strictly between 0 and 1, got {self.replay_share}")
 
@@ -171,6 +178,8 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, show_p
     aux = AuxHead(model.cfg.encoder.dim, data.n_labels)
     model.to(device)
     aux.to(device)
+    # taken before a resumed run's state replaces the weights: the anchor is the start's
+    anchored = anchor.snapshot(model, cfg.train_lm) if cfg.anchor_weight else None
     state_path = out / "train_state.pt"
     state = torch.load(state_path, weights_only=True, map_location=device) if resume and state_path.exists() else None
     if state is not None:
@@ -184,7 +193,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, show_p
         warm_start.fit_aux_head(model.encoder, aux, warm_start.sampler(data, cfg, model.cfg.target_sum, _batch))
     else:
         train_encoder(model.encoder, aux, data, cfg, model.cfg.target_sum, show_progress)
-    train_language_stage(model, aux, data, cfg, out, state, show_progress)
+    train_language_stage(model, aux, data, cfg, out, state, show_progress, anchored)
     model.lm.requires_grad_(False)
     model.encoder.requires_grad_(True)  # a frozen encoder is frozen for stage 2 only
     valid = _validate(model, specs, vocab, cfg) if "valid" not in cfg.fit_splits.split("+") else {
@@ -308,10 +317,13 @@ def _prompt(template: str, fields: dict[str, str], labels: list[str], rng: rando
 
 
 def train_language_stage(model: CellLanguageModel, aux: AuxHead, data: TrainingData, cfg: TrainConfig, out: Path,
-                         state: dict | None, show: bool) -> None:
+                         state: dict | None, show: bool, anchored: dict[str, torch.Tensor] | None = None) -> None:
     """Stage 2: `cfg.lm_steps` steps of the LM answering in text (plus the auxiliary loss), saving
-    resumable state to `out` every `cfg.save_every` steps. Public so `benchmarks/train_step_time.py`
+    resumable state to `out` every `cfg.save_every` steps. `anchored`: the start's weights that
+    `cfg.anchor_weight` pulls toward (`anchor.snapshot`). Public so `benchmarks/train_step_time.py`
     can time it."""
+    if cfg.anchor_weight and anchored is None:
+        raise ValueError("cfg.anchor_weight is set but no anchored weights were given")
     trainable = list(model.proj.parameters()) + [model.token_scale]
     if cfg.freeze_encoder:
         model.encoder.requires_grad_(False)
@@ -364,6 +376,8 @@ def train_language_stage(model: CellLanguageModel, aux: AuxHead, data: TrainingD
         if not cfg.freeze_encoder:
             aux_logits = aux(model.encoder(expr)) + data.mask(d).to(model.device)
             loss = loss + cfg.aux_weight * F.cross_entropy(aux_logits, data.targets(d, rows).to(model.device))
+        if cfg.anchor_weight:
+            loss = loss + cfg.anchor_weight * anchor.penalty(model, anchored)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)

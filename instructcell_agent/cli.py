@@ -50,6 +50,9 @@ def _add_train(sub) -> None:
                         "no data for (core_model/replay.py; without them a --no-shared run forgets those sets)")
     p.add_argument("--replay-share", type=float, default=REPLAY_SHARE,
                    help="share of the language model's batches the replayed sets take together (default %(default)s)")
+    p.add_argument("--anchor-weight", type=float, default=0.0,
+                   help="with --init-from: weight of a penalty pulling the trained weights back toward the start's "
+                        "(L2-SP, core_model/anchor.py; default 0: off)")
     p.add_argument("--lr", type=float, default=5e-4, help="peak learning rate of stage 2")
     p.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay, both stages")
     p.add_argument("--dataset-alpha", type=float, default=0.5,
@@ -317,6 +320,7 @@ def _train(args) -> int:
         fit_splits=args.fit_splits, vocab_from=args.vocab_from, dataset_alpha=args.dataset_alpha,
         linear_skip=args.linear_skip, aux_weight=args.aux_weight, freeze_encoder=args.freeze_encoder,
         rank_weight=args.rank_weight, replay=not args.no_replay, replay_share=args.replay_share,
+        anchor_weight=args.anchor_weight,
     )
     command = recorded_command()
     specs = None
