@@ -183,8 +183,8 @@ def free(model, data: Path, split_path: Path, args: argparse.Namespace) -> dict[
 
 def weight_drift(start: Path, tuned: Path) -> dict[str, dict[str, float]]:
     """How far fine-tuning moved the weights, per part (encoder, the backbone's adapters, projection):
-    root-mean-square change, sum of squared changes (what `--anchor-weight` penalizes, halved) and
-    the part's root-mean-square weight, for scale."""
+    root-mean-square change, sum of squared changes (`--anchor-weight W` adds W/2 times their total
+    to the loss) and the part's root-mean-square weight, for scale."""
     a, b = (load_file(str(d / "weights.safetensors")) for d in (start, tuned))
     parts: dict[str, list[float]] = {}
     for name, w in a.items():

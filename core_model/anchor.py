@@ -5,9 +5,12 @@ no consistent use for: Adam scales each weight's step to its gradient's size, so
 walks them away from the start (the default fine-tune moved its ~8M weights by 0.002 each on
 average, where a typical weight is 0.03), and the sets the run has no data for are answered
 worse. The penalty `weight * 0.5 * sum((w - w_start)^2)` over the weights stage 2 trains pulls
-each back in proportion to how far it went, so the weights the new set needs move and the rest
-stay (Li, Grandvalet & Davoine, "Explicit inductive bias for transfer learning with convolutional
-networks", ICML 2018). `TrainConfig.anchor_weight`, CLI `instructcell train --anchor-weight`.
+each back in proportion to how far it went, so that mainly the weights the new set keeps pushing
+on move (L2-SP: Li, Grandvalet & Davoine, "Explicit inductive bias for transfer learning with
+convolutional networks", ICML 2018). `TrainConfig.anchor_weight`, CLI `instructcell train
+--anchor-weight`; off by default: at 0.1 the weights moved 30 times less, yet of the two shared
+sets checked only kang2018 was kept better, and the new set was learned less
+(benchmarks/EXPERIMENTS.md, 2026-12-07, 19:13 onwards).
 """
 
 from __future__ import annotations
