@@ -31,6 +31,7 @@ and 'Dendritic' is new to the model. Any labelled file works: `--data H5AD --lab
     python benchmarks/new_study.py --no-replay         # without the reference cells replayed (before 2026-12-07)
     python benchmarks/new_study.py --train-args='--freeze-encoder' --no-readout-variants --stem new_study_frozen_encoder
     python benchmarks/new_study.py --train-args='--anchor-weight 0.01' --no-readout-variants --stem new_study_anchor001
+    python benchmarks/new_study.py --train-args='--distill-weight 1' --no-readout-variants --stem new_study_distill1
 """
 
 from __future__ import annotations

@@ -46,13 +46,19 @@ class Context:
     cache: DynamicCache
     mask: torch.Tensor  # (B, L) 1 for real tokens, 0 for left padding
     next_pos: torch.Tensor  # (B,) position id of the next token
+    # Set once a cell was read into it: the cache then holds that cell (and whatever followed), so
+    # a second cell would be read after the first's answer. Scoring candidates on the context a
+    # training step had already extended with the answers did just that (the ranking loss before
+    # 2026-12-07); `read_cell` now refuses.
+    holds_cell: bool = False
 
     def repeat_interleave(self, n: int) -> Context:
         """A copy with every row repeated `n` times (row i -> rows i*n .. i*n+n-1)."""
         cache = DynamicCache()
         for idx, layer in enumerate(self.cache.layers):
             cache.update(layer.keys.repeat_interleave(n, 0), layer.values.repeat_interleave(n, 0), idx)
-        return Context(cache, self.mask.repeat_interleave(n, 0), self.next_pos.repeat_interleave(n, 0))
+        return Context(cache, self.mask.repeat_interleave(n, 0), self.next_pos.repeat_interleave(n, 0),
+                       self.holds_cell)
 
 
 def cache_argument(lm_model: nn.Module) -> str:
@@ -263,6 +269,9 @@ class CellLanguageModel(nn.Module):
 
     def read_cell(self, ctx: Context, expr: torch.Tensor) -> torch.Tensor:
         """Append the cell's soft tokens and the assistant header; returns the last hidden state."""
+        if ctx.holds_cell:
+            raise ValueError("this context already holds a cell: read each cell into a fresh `start(...)` context")
+        ctx.holds_cell = True
         suffix = torch.tensor(self._suffix_ids, device=self.device)
         suffix = self.embed_ids(suffix).unsqueeze(0).expand(expr.shape[0], -1, -1)
         hidden = self.extend(ctx, torch.cat([self.cell_tokens(expr).to(suffix.dtype), suffix], 1))

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import anchor, warm_start
+from . import anchor, distill, warm_start
 from .backbone import load_backbone
 from .cell_encoder import sparse_log_normalize
 from .checkpoint import LoadedModel, save_checkpoint
@@ -102,11 +102,16 @@ class TrainConfig:
     freeze_encoder: bool = False
     # Weight of a loss that ranks the set's labels as inference scores them (cross-entropy over
     # each label's decisive-token log-likelihood, `score_candidates`) beside the LM's next-token
-    # loss, which never plays the labels against each other. 0: off (the shipped recipe).
+    # loss, which never plays the labels against each other. 0: off (the shipped recipe). Its one
+    # measurement (2026-12-05) scored the labels after the answers it had just appended (fixed on
+    # 2026-12-07), so the loss as designed is unmeasured.
     rank_weight: float = 0.0
     # With init_from: weight of a penalty pulling the weights stage 2 trains back toward the start's
     # (core_model/anchor.py, L2-SP), so fine-tuning forgets the sets it has no data for less. 0: off.
     anchor_weight: float = 0.0
+    # With init_from and replay: weight of the start's answers on the replayed cells (core_model/
+    # distill.py), its candidate distribution distilled beside the replayed labels. 0: off.
+    distill_weight: float = 0.0
 
     def __post_init__(self) -> None:
         # Checked here, not at the first draw, so a bad value fails before minutes of data loading.
@@ -118,6 +123,11 @@ class TrainConfig:
             raise ValueError(f"anchor_weight must not be negative, got {self.anchor_weight}")
         if self.anchor_weight and not self.init_from:
             raise ValueError("anchor_weight pulls toward a starting checkpoint's weights: it needs init_from")
+        if self.distill_weight < 0:
+            raise ValueError(f"distill_weight must not be negative, got {self.distill_weight}")
+        if self.distill_weight and not (self.init_from and self.replay):
+            raise ValueError("distill_weight distils a starting checkpoint's answers on the cells it replays: "
+                             "it needs init_from, with replay on")
         if not 0.0 < self.replay_share < 1.0:
             raise ValueError(f"replay_share must lie strictly between 0 and 1, got {self.replay_share}")
 
@@ -180,6 +190,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, show_p
     aux.to(device)
     # taken before a resumed run's state replaces the weights: the anchor is the start's
     anchored = anchor.snapshot(model, cfg.train_lm) if cfg.anchor_weight else None
+    teacher = distill.frozen_teacher(model) if cfg.distill_weight else None
     state_path = out / "train_state.pt"
     state = torch.load(state_path, weights_only=True, map_location=device) if resume and state_path.exists() else None
     if state is not None:
@@ -193,7 +204,8 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, show_p
         warm_start.fit_aux_head(model.encoder, aux, warm_start.sampler(data, cfg, model.cfg.target_sum, _batch))
     else:
         train_encoder(model.encoder, aux, data, cfg, model.cfg.target_sum, show_progress)
-    train_language_stage(model, aux, data, cfg, out, state, show_progress, anchored)
+    train_language_stage(model, aux, data, cfg, out, state, show_progress, anchored, teacher)
+    del teacher  # a second copy of the model, not needed past stage 2
     model.lm.requires_grad_(False)
     model.encoder.requires_grad_(True)  # a frozen encoder is frozen for stage 2 only
     valid = _validate(model, specs, vocab, cfg) if "valid" not in cfg.fit_splits.split("+") else {
@@ -317,13 +329,17 @@ def _prompt(template: str, fields: dict[str, str], labels: list[str], rng: rando
 
 
 def train_language_stage(model: CellLanguageModel, aux: AuxHead, data: TrainingData, cfg: TrainConfig, out: Path,
-                         state: dict | None, show: bool, anchored: dict[str, torch.Tensor] | None = None) -> None:
+                         state: dict | None, show: bool, anchored: dict[str, torch.Tensor] | None = None,
+                         teacher: CellLanguageModel | None = None) -> None:
     """Stage 2: `cfg.lm_steps` steps of the LM answering in text (plus the auxiliary loss), saving
     resumable state to `out` every `cfg.save_every` steps. `anchored`: the start's weights that
-    `cfg.anchor_weight` pulls toward (`anchor.snapshot`). Public so `benchmarks/train_step_time.py`
-    can time it."""
+    `cfg.anchor_weight` pulls toward (`anchor.snapshot`); `teacher`: the frozen start whose answers
+    on replayed cells `cfg.distill_weight` distils (`distill.frozen_teacher`). Public so
+    `benchmarks/train_step_time.py` can time it."""
     if cfg.anchor_weight and anchored is None:
         raise ValueError("cfg.anchor_weight is set but no anchored weights were given")
+    if cfg.distill_weight and teacher is None:
+        raise ValueError("cfg.distill_weight is set but no teacher was given")
     trainable = list(model.proj.parameters()) + [model.token_scale]
     if cfg.freeze_encoder:
         model.encoder.requires_grad_(False)
@@ -364,15 +380,23 @@ def train_language_stage(model: CellLanguageModel, aux: AuxHead, data: TrainingD
         labels = sorted(set(split.labels))
         texts = [model.prefix_text(_prompt(template, split.fields[r], labels, random.Random(step))) for r in rows]
         uniq = sorted(set(texts))
-        ctx = model.start(uniq, torch.tensor([uniq.index(t) for t in texts]))
+        index = torch.tensor([uniq.index(t) for t in texts])
+        ctx = model.start(uniq, index)
         expr = _batch(data, d, rows, model.cfg.target_sum, cfg, rng).to(model.device)
         logp, mask = model.answer_logprob(ctx, expr, [str(split.labels[r]) for r in rows])
         lm_loss = -(logp.sum() / mask.sum())
         loss = lm_loss
+        distilled = bool(cfg.distill_weight) and is_replayed(split)
+        if cfg.rank_weight or distilled:
+            # answer_logprob extended ctx's cache with the cells and answers: the candidates are
+            # scored after a fresh read of the prompts (memoised within the step)
+            scores = model.score_candidates(model.start(uniq, index), expr, labels, decisive=True)
         if cfg.rank_weight:
-            scores = model.score_candidates(ctx, expr, labels, decisive=True)
             truth = torch.tensor([labels.index(str(split.labels[r])) for r in rows], device=model.device)
             loss = loss + cfg.rank_weight * F.cross_entropy(scores, truth)
+        if distilled:
+            taught = distill.teacher_scores(teacher, uniq, index, expr, labels)
+            loss = loss + cfg.distill_weight * distill.kl_to_teacher(scores, taught)
         if not cfg.freeze_encoder:
             aux_logits = aux(model.encoder(expr)) + data.mask(d).to(model.device)
             loss = loss + cfg.aux_weight * F.cross_entropy(aux_logits, data.targets(d, rows).to(model.device))

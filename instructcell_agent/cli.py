@@ -53,6 +53,9 @@ def _add_train(sub) -> None:
     p.add_argument("--anchor-weight", type=float, default=0.0,
                    help="with --init-from: weight of a penalty pulling the trained weights back toward the start's "
                         "(L2-SP, core_model/anchor.py; default 0: off)")
+    p.add_argument("--distill-weight", type=float, default=0.0,
+                   help="with --init-from and replay: weight of the start's answers on the replayed cells, its "
+                        "candidate probabilities distilled beside their labels (core_model/distill.py; default 0: off)")
     p.add_argument("--lr", type=float, default=5e-4, help="peak learning rate of stage 2")
     p.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay, both stages")
     p.add_argument("--dataset-alpha", type=float, default=0.5,
@@ -320,7 +323,7 @@ def _train(args) -> int:
         fit_splits=args.fit_splits, vocab_from=args.vocab_from, dataset_alpha=args.dataset_alpha,
         linear_skip=args.linear_skip, aux_weight=args.aux_weight, freeze_encoder=args.freeze_encoder,
         rank_weight=args.rank_weight, replay=not args.no_replay, replay_share=args.replay_share,
-        anchor_weight=args.anchor_weight,
+        anchor_weight=args.anchor_weight, distill_weight=args.distill_weight,
     )
     command = recorded_command()
     specs = None

@@ -496,14 +496,16 @@ def test_train_passes_its_options_to_the_config(synthetic_set, tmp_path, monkeyp
     assert defaults.hvg_panel_prob == TrainConfig.hvg_panel_prob == 0.0
     assert (defaults.replay, defaults.replay_share) == (True, TrainConfig.replay_share)
     assert defaults.anchor_weight == TrainConfig.anchor_weight == 0.0
+    assert defaults.distill_weight == TrainConfig.distill_weight == 0.0
     assert main([*base, "--hidden-dim", "96", "--gene-keep", "1", "--panel-drop", "0", "--lr", "1e-4",
                  "--init-from", "ckpt", "--aux-weight", "2", "--linear-skip", "--freeze-encoder",
-                 "--hvg-panel", "0.3", "--replay-share", "0.75", "--anchor-weight", "0.05"]) == 0
+                 "--hvg-panel", "0.3", "--replay-share", "0.75", "--anchor-weight", "0.05",
+                 "--distill-weight", "2"]) == 0
     got = seen["cfg"]
     assert (got.hidden_dim, got.gene_keep, got.panel_drop_prob, got.hvg_panel_prob) == (96, 1.0, 0.0, 0.3)
     assert (got.lr, got.init_from) == (1e-4, "ckpt")
     assert (got.aux_weight, got.linear_skip, got.freeze_encoder) == (2.0, True, True)
-    assert (got.replay_share, got.anchor_weight) == (0.75, 0.05)
+    assert (got.replay_share, got.anchor_weight, got.distill_weight) == (0.75, 0.05, 2.0)
 
 
 def test_an_anchor_without_a_start_to_anchor_to_is_an_error(synthetic_set, tmp_path, capsys):

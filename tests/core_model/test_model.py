@@ -134,6 +134,21 @@ def test_scores_depend_on_the_cell(model):
     assert not torch.allclose(a, b)
 
 
+def test_a_context_that_read_a_cell_refuses_another(model):
+    # Its cache holds the first cell and what followed (here the answer): a second cell read into
+    # it would be scored after them, which is not the question asked.
+    prefix = [model.prefix_text("Type?")]
+    expr = _expr(model, 2, 0)
+    with torch.no_grad():
+        ctx = model.start(prefix, torch.zeros(2, dtype=torch.long))
+        model.answer_logprob(ctx, expr, ["alpha", "beta"])
+        with pytest.raises(ValueError, match="already holds a cell"):
+            model.score_candidates(ctx, expr, CANDIDATES)
+        with pytest.raises(ValueError, match="already holds a cell"):
+            model.score_candidates(ctx.repeat_interleave(2), torch.cat([expr, expr]), CANDIDATES)
+        model.score_candidates(model.start(prefix, torch.zeros(2, dtype=torch.long)), expr, CANDIDATES)  # fresh: fine
+
+
 def test_generate_returns_one_text_and_logprob_per_cell(model):
     expr = _expr(model, 4)
     texts, logp = model.generate(model.start([model.prefix_text("Type?")], torch.zeros(4, dtype=torch.long)), expr,
