@@ -190,7 +190,9 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, show_p
     aux.to(device)
     # taken before a resumed run's state replaces the weights: the anchor is the start's
     anchored = anchor.snapshot(model, cfg.train_lm) if cfg.anchor_weight else None
-    teacher = distill.frozen_teacher(model) if cfg.distill_weight else None
+    if cfg.distill_weight and not replayed:  # every set the start learned has data here, or it kept no cells
+        log.warning("--distill-weight: this run replays no cells of the start's, so nothing is distilled")
+    teacher = distill.frozen_teacher(model) if cfg.distill_weight and replayed else None
     state_path = out / "train_state.pt"
     state = torch.load(state_path, weights_only=True, map_location=device) if resume and state_path.exists() else None
     if state is not None:
@@ -338,7 +340,7 @@ def train_language_stage(model: CellLanguageModel, aux: AuxHead, data: TrainingD
     `benchmarks/train_step_time.py` can time it."""
     if cfg.anchor_weight and anchored is None:
         raise ValueError("cfg.anchor_weight is set but no anchored weights were given")
-    if cfg.distill_weight and teacher is None:
+    if cfg.distill_weight and teacher is None and any(is_replayed(s) for s in data.splits):
         raise ValueError("cfg.distill_weight is set but no teacher was given")
     trainable = list(model.proj.parameters()) + [model.token_scale]
     if cfg.freeze_encoder:
@@ -386,7 +388,7 @@ def train_language_stage(model: CellLanguageModel, aux: AuxHead, data: TrainingD
         logp, mask = model.answer_logprob(ctx, expr, [str(split.labels[r]) for r in rows])
         lm_loss = -(logp.sum() / mask.sum())
         loss = lm_loss
-        distilled = bool(cfg.distill_weight) and is_replayed(split)
+        distilled = teacher is not None and bool(cfg.distill_weight) and is_replayed(split)
         if cfg.rank_weight or distilled:
             # answer_logprob extended ctx's cache with the cells and answers: the candidates are
             # scored after a fresh read of the prompts (memoised within the step)

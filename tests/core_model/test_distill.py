@@ -139,6 +139,19 @@ def test_distilling_keeps_the_starts_answers_where_a_study_draws_the_labels_othe
     assert moved_taught < 0.75 * moved_plain, (moved_taught, moved_plain)
 
 
+def test_a_run_replaying_nothing_says_nothing_is_distilled_and_keeps_no_teacher(tiny_checkpoint, planted_spec,
+                                                                              tmp_path, monkeypatch, caplog):
+    # planted is the start's only set and has data here: nothing to replay, so nothing to distil
+    made = []
+    monkeypatch.setattr(distill, "frozen_teacher", lambda model: made.append(model))
+    cfg = dataclasses.replace(tiny_train_config(lm_steps=2, save_every=2), init_from=str(tiny_checkpoint),
+                              distill_weight=1.0)
+    with caplog.at_level("WARNING"):
+        train(cfg, tmp_path / "run", specs=[planted_spec], show_progress=False, fit_readout=False)
+    assert not made
+    assert "nothing is distilled" in caplog.text
+
+
 @pytest.mark.parametrize("settings, match", [({"distill_weight": -1.0, "init_from": "ckpt"}, "negative"),
                                              ({"distill_weight": 1.0}, "init_from"),
                                              ({"distill_weight": 1.0, "init_from": "ckpt", "replay": False},
