@@ -3,6 +3,10 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# Test processes: one per core, at most 4 (each builds its own tiny models; more buy little).
+# `make test TEST_WORKERS=0` runs the suite in this process.
+TEST_WORKERS ?= $(shell $(PYTHON) -c "import os; print(min(4, len(os.sched_getaffinity(0)) \
+	if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1))")
 
 .PHONY: demo test bench install clean-venv
 
@@ -23,7 +27,7 @@ demo: $(STAMP)
 	$(PY) examples/demo_pbmc68k.py
 
 test: $(STAMP)
-	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -q
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 # Benchmarks need CellTypist (scikit-learn < 1.6) and the shared data beside the checkout.
 bench: $(STAMP)

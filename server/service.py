@@ -11,7 +11,6 @@ import contextlib
 import logging
 import threading
 import time
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,22 +22,24 @@ import pandas as pd
 from instructcell_agent.agreement import known_labels
 from instructcell_agent.composition import check_groups
 from instructcell_agent.core_model.errors import CheckpointError, InputFileError, InstructCellError
-from instructcell_agent.core_model.genomes import selection_note
 from instructcell_agent.core_model.io import obs_column, write_h5ad_atomic
-from instructcell_agent.core_model.obs_table import join_note, join_obs_table, joined_obs, sample_key_of
+from instructcell_agent.core_model.obs_table import join_obs_table, joined_obs, sample_key_of
 from instructcell_agent.core_model.labels import unexplainable
 from instructcell_agent.core_model.readers import cell_file_format, read_cells
 from instructcell_agent.core_model.samples import read_samples
 
+from .chunks import concat_chunks
 from .config import ServerConfig
 from .jobs import Reporter
 from .outputs import Staging, new_id, slug
 from .paths import resolve_input
-from .schemas import (AgreementSummary, AnnotateCellsRequest, AnnotationSummary, CellExample, DatasetInfo,
-                      DescribeModelRequest, ExplainGenesRequest, ExplanationSummary, GenerateCellsRequest,
-                      GenerationConditionInfo, GenerationSummary, GeneScore, GroupSummary, InspectDatasetRequest,
-                      LabelAgreement, LabelSetInfo, MarkerSupport, ModelInfo, ObsColumn, PredictDrugResponseRequest,
-                      VocabularyOverlap)
+from .reading import HeldRead, opened, read_notes
+from .replies import (agreement_summary, candidates_for, describe_column, explained_per_label, group_summaries,
+                      marker_support, outside_counts, rounded)
+from .schemas import (AnnotateCellsRequest, AnnotationSummary, CellExample, DatasetInfo, DescribeModelRequest,
+                      ExplainGenesRequest, ExplanationSummary, GenerateCellsRequest, GenerationConditionInfo,
+                      GenerationSummary, GeneScore, InspectDatasetRequest, LabelSetInfo, ModelInfo,
+                      PredictDrugResponseRequest, VocabularyOverlap)
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +94,7 @@ class InstructCellService:
         # covers direct callers (the native LangChain tools may run on several threads).
         self.model_lock = threading.RLock()
         self._model = None
-        self._held = _HeldRead()
+        self._held = HeldRead()
 
     # ------------------------------------------------------------------ model
     def model(self):
@@ -153,7 +154,7 @@ class InstructCellService:
             self._held.put(paths, genome, cells)
             yield cells
             return
-        with _opened(paths[0], genome) as cells:
+        with opened(paths[0], genome) as cells:
             if not cells.isbacked:  # read whole: the run takes it instead of reading it again
                 self._held.put(paths, genome, cells)
             yield cells
@@ -235,12 +236,12 @@ class InstructCellService:
                 missing_examples=list(report.missing_examples), notes=list(report.notes))
         return DatasetInfo(
             h5ad_path=str(path), input_format=cell_file_format(path), n_cells=n_cells, n_genes=n_genes,
-            obs_columns=[_describe_column(obs, c) for c in obs],
+            obs_columns=[describe_column(obs, c) for c in obs],
             layers=layers, has_raw=has_raw, value_type=kind, value_note=note, overlap=overlap,
             within_cell_limit=n_cells <= self.limits.max_cells,
             runs_in_background=n_cells > self.limits.async_threshold_cells,
             model_annotation_labels=model.labels_for_task("annotation")[:50],
-            **_candidates_for(model, head, overlap.species if overlap else ""))
+            **candidates_for(model, head, overlap.species if overlap else ""))
 
     def describe_model(self, req: DescribeModelRequest) -> ModelInfo:
         """What the loaded checkpoint learned: label sets, drugs, generation conditions."""
@@ -428,10 +429,10 @@ class InstructCellService:
                                   method=req.method,
                                   reference=result.provenance.get("reference") or "none",
                                   normalize=req.normalize,
-                                  cells_per_label=_explained_per_label(result), top_genes=top,
+                                  cells_per_label=explained_per_label(result), top_genes=top,
                                   explained_by_markers=list(result.provenance.get("explained_by_markers") or ()),
                                   marker_precision=precision,
-                                  notes=_read_notes(adata, req) + list(result.provenance.get("notes", [])),
+                                  notes=read_notes(adata, req) + list(result.provenance.get("notes", [])),
                                   outputs=files,
                                   seconds=round(time.perf_counter() - started, 3))
 
@@ -469,7 +470,7 @@ class InstructCellService:
             with self.model_lock:
                 parts.append(run(adata[start:start + step], model))
             rep.update(min(start + step, n), n, f"{min(start + step, n):,} of {n:,} cells")
-        result = _concat(parts)
+        result = concat_chunks(parts)
         key = "instructcell" if task == "annotation" else "instructcell_drug"
         base = f"{slug(path.stem)}_{'annotated' if task == 'annotation' else 'drug_response'}_{new_id()}"
         found = result.agreement(known) if known is not None else None
@@ -488,7 +489,7 @@ class InstructCellService:
             checked.note_answers_from_these_markers(result.provenance)
             checked.store(annotated, key)
         published = {base + ".h5ad": "annotated_h5ad", base + "_labels.csv": "labels_csv"}
-        notes = _read_notes(adata, req) + list(result.provenance.get("notes", []))
+        notes = read_notes(adata, req) + list(result.provenance.get("notes", []))
         notes += checked.provenance["notes"] if checked is not None else []
         notes += [line for line in (result.fast_line(), result.resolved_line()) if line]
         resolved = result.resolved["resolved"].to_numpy() if result.resolved is not None else None
@@ -520,7 +521,7 @@ class InstructCellService:
         typ = np.asarray(result.typicality, dtype=float) if result.typicality is not None else None
         examples = [CellExample(cell=result.obs_names[i], label=str(result.labels[i]),
                                 confidence=round(float(conf[i]), 4),
-                                typicality=_rounded(typ[i]) if typ is not None else None,
+                                typicality=rounded(typ[i]) if typ is not None else None,
                                 resolved=str(resolved[i]) if resolved is not None else None) for i in pick]
         return AnnotationSummary(
             kind=task, h5ad_path=str(path), n_cells=n,
@@ -529,18 +530,18 @@ class InstructCellService:
             low_confidence_cells=int((conf[labelled] < 0.5).sum()), unlabelled_cells=n - m,
             unassigned_cells=result.n_unassigned(),
             atypical_cells=int((typ < -3).sum()) if typ is not None else None,
-            outside_candidates=_outside_counts(result), candidates=cands, drug=getattr(req, "drug", None),
+            outside_candidates=outside_counts(result), candidates=cands, drug=getattr(req, "drug", None),
             examples=examples,
             alignment=str(result.provenance.get("alignment_summary", "")),
             notes=notes, answer_tissues=result.answer_tissues(),
-            agreement=_agreement(found, req.compare_key) if found is not None else None,
-            groups=_groups(grouped) if grouped is not None else None, outputs=files,
-            resolved_groups=_groups(grouped_resolved) if grouped_resolved is not None else None,
+            agreement=agreement_summary(found, req.compare_key) if found is not None else None,
+            groups=group_summaries(grouped) if grouped is not None else None, outputs=files,
+            resolved_groups=group_summaries(grouped_resolved) if grouped_resolved is not None else None,
             resolved_counts=(None if resolved is None else
                              {str(k): int(v) for k, v in pd.Series(resolved).dropna().value_counts().items()}),
             resolved_agreement=(None if found_resolved is None or np.isnan(found_resolved.agreement)
                                 else round(found_resolved.agreement, 4)),
-            marker_check=_marker_support(checked) if checked is not None else None,
+            marker_check=marker_support(checked) if checked is not None else None,
             seconds=round(time.perf_counter() - started, 3))
 
 
@@ -560,187 +561,5 @@ _TOOL = {"annotation": "annotate_cells", "drug_response": "predict_drug_response
 _NOT_BY_MARKERS = ("instruction", "free_text", "unassigned_atypical", "fast", "resolve_at")
 
 
-def _marker_support(checked) -> list[MarkerSupport]:
-    """The reply's view of a `MarkerCheck`: weakest labels first, 200 at most."""
-    rows = checked.table.sort_values("auroc", na_position="last", kind="stable").head(200)
-    return [MarkerSupport(label=str(r.label), n_cells=int(r.n_cells), n_markers=int(r.n_markers),
-                          auroc=None if np.isnan(r.auroc) else round(float(r.auroc), 4), support=r.support,
-                          top_markers=r.top_markers, shares_markers_with=r.shares_markers_with)
-            for r in rows.itertuples(index=False)]
-
-
-def _agreement(found, key: str) -> AgreementSummary:
-    """The reply's view of an `Agreement`: overall, and the 50 largest known labels."""
-    largest = found.per_label.sort_values("n_cells", ascending=False, kind="stable").head(50)
-    return AgreementSummary(
-        compare_key=key, agreement=None if np.isnan(found.agreement) else round(found.agreement, 4),
-        n_compared=found.n_compared,
-        per_label={str(label): LabelAgreement(n_cells=int(row.n_cells), agreement=round(float(row.agreement), 4),
-                                              most_common_answer=str(row.most_common_answer))
-                   for label, row in largest.iterrows()})
-
-
 def _matrix(req) -> dict[str, Any]:
     return {"layer": req.layer, "use_raw": req.use_raw, "gene_key": req.gene_key}
-
-
-@contextlib.contextmanager
-def _opened(path: Path, genome: str | None = None) -> Iterator[ad.AnnData]:
-    """The cells at `path` for a look at obs and the first cells: an .h5ad opened backed (its
-    matrix stays on disk; closed on exit), other formats, or one genome's cells, read whole
-    (core_model/readers.py)."""
-    if cell_file_format(path) != "h5ad" or genome is not None:
-        yield read_cells(path, genome=genome)
-        return
-    try:
-        backed = ad.read_h5ad(path, backed="r")
-    except Exception as exc:  # noqa: BLE001
-        read_cells(path)  # the full reader says what the file is instead (not HDF5, a CSV, ...)
-        raise InputFileError(f"{path} could not be opened as AnnData: {type(exc).__name__}: {exc}") from exc
-    try:
-        yield backed
-    finally:
-        backed.file.close()
-
-
-class _HeldRead:
-    """A file read whole to count its cells or to inspect it (a Cell Ranger matrix, a zarr store,
-    a count table, one genome's cells), held for the call that runs on it next, which would
-    otherwise read it again. One file at a time, taken once (by any call that reads cells); a file
-    changed since is read afresh."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._entry: tuple[tuple, ad.AnnData] | None = None
-
-    def put(self, paths: list[Path], genome: str | None, cells: ad.AnnData) -> None:
-        with self._lock:
-            self._entry = (_files_key(paths, genome), cells)
-
-    def take(self, paths: list[Path], genome: str | None) -> ad.AnnData | None:
-        with self._lock:
-            entry, self._entry = self._entry, None
-        return entry[1] if entry is not None and entry[0] == _files_key(paths, genome) else None
-
-    def drop(self) -> None:
-        with self._lock:
-            self._entry = None
-
-
-def _files_key(paths: list[Path], genome: str | None) -> tuple:
-    """What identifies the content read cheaply: paths, genome and each file's size and mtime (the
-    files of a matrix folder)."""
-    def stats(path: Path) -> tuple:
-        files = sorted(f for f in path.iterdir() if f.is_file()) if path.is_dir() else [path]
-        return str(path), tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files)
-
-    return genome, tuple(stats(p) for p in paths)
-
-
-def _groups(grouped, max_groups: int = 200) -> list[GroupSummary]:
-    """The reply's view of a `Composition`: its first `max_groups` groups."""
-    return [GroupSummary(group=str(group), n_cells=int(row.n_cells), answer=row.answer, share=round(row.share, 4),
-                         runner_up=row.runner_up, runner_up_share=round(row.runner_up_share, 4),
-                         mean_confidence=_rounded(row.mean_confidence), not_labelled=int(row.not_labelled))
-            for group, row in grouped.table.head(max_groups).iterrows()]
-
-
-def _read_notes(adata: ad.AnnData, req) -> list[str]:
-    """What this call's reading left out or added (the other species' cells where it chose a
-    genome; the columns of its obs_table; a file written after such a reading keeps the record,
-    which is not this call's doing)."""
-    notes = [selection_note(adata) if req.genome else None,
-             join_note(adata) if getattr(req, "obs_table", None) else None]
-    return [n for n in notes if n]
-
-
-def _describe_column(obs: pd.DataFrame, name: str) -> ObsColumn:
-    col = obs[name]
-    values = col.dropna().astype(str)
-    return ObsColumn(name=str(name), dtype=str(col.dtype), n_unique=int(values.nunique()),
-                     examples=list(dict.fromkeys(values.head(200)))[:5])
-
-
-def _rounded(value: float) -> float | None:
-    return None if np.isnan(value) else round(float(value), 3)
-
-
-def _outside_counts(result) -> dict[str, int] | None:
-    """Cells flagged as a learned type the candidates lack, by that type (instructcell_agent/lacking_types.py)."""
-    from instructcell_agent.lacking_types import LACKING_AT
-
-    if result.outside is None:
-        return None
-    flagged = np.asarray(result.outside, dtype=float) > LACKING_AT  # NaN compares False
-    return {str(k): int(v) for k, v in pd.Series(result.outside_type[flagged]).value_counts().items()}
-
-
-def _concat(parts):
-    from instructcell_agent.lacking_types import Lacking, is_lacking_note, lacking_note
-    from instructcell_agent.results import AnnotationResult
-
-    first = parts[0]
-    probs = None
-    if first.probabilities is not None:
-        probs = pd.concat([p.probabilities for p in parts])
-    outside = outside_type = None
-    if any(p.outside is not None for p in parts):  # a chunk with no cell to answer measured none
-        outside = np.concatenate([p.outside if p.outside is not None else np.full(len(p.obs_names), np.nan)
-                                  for p in parts])
-        outside_type = np.concatenate([p.outside_type if p.outside is not None else
-                                       np.full(len(p.obs_names), None, dtype=object) for p in parts])
-    # each chunk's count of cells a type the candidates lack would read as several notes: one for the file
-    notes = list(dict.fromkeys(n for p in parts for n in p.provenance.get("notes", []) if not is_lacking_note(n)))
-    if outside is not None and (note := lacking_note(Lacking(outside, outside_type))) is not None:
-        notes.append(note)
-    provenance = dict(first.provenance, chunks=len(parts), notes=notes)
-    if "fast" in first.provenance:  # counts: summed over the chunks
-        counted = ("cells_answered_by_readout_alone", "cells_answered")
-        provenance["fast"] = dict(first.provenance["fast"],
-                                  **{k: sum(p.provenance["fast"][k] for p in parts) for k in counted})
-    if "marker_gate" in first.provenance:  # counts: summed over the chunks
-        cells = [p.provenance["marker_gate"]["cells"] for p in parts]
-        provenance["marker_gate"] = dict(first.provenance["marker_gate"], cells=[sum(c) for c in zip(*cells)])
-    if first.answer_tissues() is not None:  # counts: summed over the chunks
-        summed = sum((Counter(p.answer_tissues()) for p in parts), Counter())
-        provenance["answer_tissues"] = AnnotationResult.answer_tissue_record(summed)
-    typicality = np.concatenate([p.typicality for p in parts]) if first.typicality is not None else None
-    answered_by = np.concatenate([p.answered_by for p in parts]) if first.answered_by is not None else None
-    resolved = pd.concat([p.resolved for p in parts]) if first.resolved is not None else None
-    return AnnotationResult(
-        obs_names=[o for p in parts for o in p.obs_names], labels=np.concatenate([p.labels for p in parts]),
-        confidence=np.concatenate([np.asarray(p.confidence) for p in parts]),
-        answers=[a for p in parts for a in p.answers], probabilities=probs, provenance=provenance,
-        typicality=typicality, answered_by=answered_by, resolved=resolved, outside=outside, outside_type=outside_type)
-
-
-def _candidates_for(model, cells: ad.AnnData, detected_species: str = "") -> dict[str, Any]:
-    """inspect_dataset's candidates for `cells`: the label sets learned for their most common
-    (species, tissue), the species its gene names show standing in for a missing species column
-    (as annotate_cells does); where there are none and the tissue is known, its known cell types
-    (interpret/tissue_types.py). Listing every learned label instead mixes sets, and a mix is
-    scored as plain text (route_candidates), which the model answers poorly."""
-    from instructcell_agent.core_model.datasets import prompt_fields
-    from instructcell_agent.interpret.tissue_types import UnknownTissueError, tissue_cell_types
-
-    contexts = Counter((f["species"], f["tissue"]) for f in prompt_fields(cells))
-    species, tissue = contexts.most_common(1)[0][0] if contexts else ("", "")
-    species = species or detected_species or ""
-    names = model.label_sets_for_context("annotation", species, tissue)
-    types: list[str] = []
-    if not names and tissue:
-        try:
-            types = tissue_cell_types(tissue)
-        except UnknownTissueError:
-            pass  # a tissue no organ of the database stands for: nothing to offer
-    return {"matching_label_sets": {name: list(model.label_sets[name]["labels"]) for name in names},
-            "tissue_cell_types": types}
-
-
-def _explained_per_label(result) -> dict[str, int]:
-    """Cells per label that its gene ranking averages: cells with no counts on the model's genes
-    (all-zero model input) keep a group but are left out of the means, so they are not counted."""
-    expressed = np.asarray(result.attributions.inputs > 0).any(axis=1)
-    return dict(Counter(map(str, np.asarray(result.groups)[expressed])))
-
-

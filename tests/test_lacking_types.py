@@ -94,7 +94,7 @@ def test_the_note_waits_for_enough_flagged_cells():
 
 def test_a_file_answered_in_chunks_gets_one_note_counted_over_all_of_it():
     from instructcell_agent.results import AnnotationResult
-    from instructcell_agent.server.service import _concat
+    from instructcell_agent.server.chunks import concat_chunks
 
     def part(names, outside, kinds):
         lacking = Lacking(np.asarray(outside, float), np.asarray(kinds, dtype=object))
@@ -107,7 +107,7 @@ def test_a_file_answered_in_chunks_gets_one_note_counted_over_all_of_it():
     second = part([f"b{i}" for i in range(40)], [0.8] * 2 + [0.0] * 38, ["NK"] * 2 + [None] * 38)
     empty = AnnotationResult(["c0"], np.array([None], dtype=object), np.array([np.nan]), [""],
                              provenance={"notes": []})  # a chunk with no cell to answer measured nothing
-    whole = _concat([first, second, empty])
+    whole = concat_chunks([first, second, empty])
     lacking = [n for n in whole.provenance["notes"] if "candidates lack" in n]
     assert len(lacking) == 1 and lacking[0].startswith("5 of 80 cells") and "another note" in whole.provenance["notes"]
     assert np.isnan(whole.outside[-1]) and whole.outside_type[-1] is None and len(whole.outside) == 81

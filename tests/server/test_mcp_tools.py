@@ -185,16 +185,16 @@ def test_inspect_dataset(env):
 
 
 def test_matching_label_sets_take_the_detected_species_without_a_species_column(gen_model):
-    from instructcell_agent.server.service import _candidates_for
+    from instructcell_agent.server.replies import candidates_for
 
     def sets(cells, species):
-        return _candidates_for(gen_model, cells, species)["matching_label_sets"]
+        return candidates_for(gen_model, cells, species)["matching_label_sets"]
 
     bare = make_counts(10, seed=3)
     bare.obs = bare.obs[[]]  # Cell Ranger's files hold barcodes only
     assert set(sets(bare, "human")) == {"planted"}
     assert sets(bare, "mouse") == {}
-    assert _candidates_for(gen_model, bare, "mouse")["tissue_cell_types"] == []  # no tissue to name types of
+    assert candidates_for(gen_model, bare, "mouse")["tissue_cell_types"] == []  # no tissue to name types of
     bare.obs["species"] = "human"  # a column wins over what the genes show
     assert set(sets(bare, "mouse")) == {"planted"}
 
