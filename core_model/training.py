@@ -102,9 +102,9 @@ class TrainConfig:
     freeze_encoder: bool = False
     # Weight of a loss that ranks the set's labels as inference scores them (cross-entropy over
     # each label's decisive-token log-likelihood, `score_candidates`) beside the LM's next-token
-    # loss, which never plays the labels against each other. 0: off (the shipped recipe). Its one
-    # measurement (2026-12-05) scored the labels after the answers it had just appended (fixed on
-    # 2026-12-07), so the loss as designed is unmeasured.
+    # loss, which never plays the labels against each other. 0: off (the shipped recipe): at 1, from
+    # the shipped weights, valid macro-F1 fell 0.014 [-0.033, -0.001] on average over the sets
+    # (benchmarks/results/compare_checkpoints_valid_rank_loss_fixed.md, 2026-12-08).
     rank_weight: float = 0.0
     # With init_from: weight of a penalty pulling the weights stage 2 trains back toward the start's
     # (core_model/anchor.py, L2-SP), so fine-tuning forgets the sets it has no data for less. 0: off.

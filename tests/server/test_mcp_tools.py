@@ -264,14 +264,15 @@ def test_cellranger_outputs_and_zarr_stores_are_read_as_the_same_cells(env, layo
 
 
 def test_a_file_read_whole_to_count_its_cells_is_read_once_per_call(env, monkeypatch):
-    from instructcell_agent.server import service as service_module
+    from instructcell_agent.server import reading, service
     from synthetic import write_cellranger
 
     root = env["paths"]["root"]
     write_cellranger(ad.read_h5ad(env["paths"]["planted"]), root / "once.h5", "h5")
     reads = []
-    real = service_module.read_cells
-    monkeypatch.setattr(service_module, "read_cells", lambda *a, **k: reads.append(a[0]) or real(*a, **k))
+    real = service.read_cells
+    for module in (service, reading):  # the service reads cells itself and through reading.opened
+        monkeypatch.setattr(module, "read_cells", lambda *a, **k: reads.append(a[0]) or real(*a, **k))
     for _ in range(2):  # the second call reads again: nothing is kept after a run
         result = call(env["server"], "annotate_cells", {"h5ad_path": "once.h5", "candidates": CANDIDATES,
                                                         "plot": False})
